@@ -1,0 +1,6 @@
+//! The `toronto` command as a library: `toronto up` (the whole stack in one
+//! process) and the client commands, so tests drive exactly what users run.
+#![forbid(unsafe_code)]
+
+pub mod nats_server;
+pub mod up;

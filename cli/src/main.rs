@@ -1,0 +1,279 @@
+//! `toronto`: the DevOps agent from a terminal.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use toronto_protocol::messages::{Status, StatusRequest};
+use toronto_protocol::{Encoding, Envelope, ServiceKind};
+use toronto_runtime::Config;
+use toronto_runtime::rpc::call;
+
+#[derive(Parser)]
+#[command(name = "toronto", version, about = "The Toronto DevOps agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole stack in one process: a local nats-server (unless
+    /// TORONTO_NATS_URL is set) and every service, until SIGTERM or ctrl-c.
+    Up {
+        /// Port of the local nats-server.
+        #[arg(long, env = "TORONTO_UP_NATS_PORT", default_value_t = 4222)]
+        nats_port: u16,
+        /// Where the local nats-server keeps its JetStream data.
+        #[arg(long, env = "TORONTO_UP_DATA_DIR", default_value = ".toronto")]
+        data_dir: PathBuf,
+        /// HTTP ports of the services are BASE+1 (planner) .. BASE+5 (chat bridge); 0 picks free ports.
+        #[arg(long, env = "TORONTO_UP_HTTP_PORT_BASE", default_value_t = 9100)]
+        http_port_base: u16,
+    },
+    /// Ask every service (or one) for its status.
+    Status {
+        /// planner, deployer, monitor, incident or chat; all when omitted.
+        service: Option<String>,
+        /// Print the reply envelopes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List running service instances through the NATS service API ($SRV.PING).
+    Ping {
+        /// How long to collect answers, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        wait_ms: u64,
+    },
+    /// Send any request: an envelope of TYPE with DATA (JSON) to SUBJECT; prints the reply.
+    Request {
+        /// The subject, e.g. toronto.devops.v1.planner.status.
+        subject: String,
+        /// The CloudEvents type, e.g. ai.toronto.devops.status.request.v1.
+        #[arg(long = "type")]
+        ty: String,
+        /// The data, as JSON.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Send MessagePack instead of JSON.
+        #[arg(long)]
+        msgpack: bool,
+    },
+    /// JSON Schemas of the contract.
+    Schemas {
+        #[command(subcommand)]
+        action: SchemasAction,
+    },
+    /// Print every TORONTO_* variable and what it does.
+    Config,
+}
+
+#[derive(Subcommand)]
+enum SchemasAction {
+    /// Write every schema under DIR (default `schemas`).
+    Write {
+        #[arg(default_value = "schemas")]
+        dir: PathBuf,
+    },
+    /// Fail when the files under DIR differ from the types.
+    Check {
+        #[arg(default_value = "schemas")]
+        dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up {
+            nats_port,
+            data_dir,
+            http_port_base,
+        } => {
+            let config = Config::from_env()?;
+            toronto_runtime::telemetry::init(&config.log);
+            let options = toronto_cli::up::UpOptions {
+                nats_port,
+                data_dir,
+                http_port_base,
+                start_nats: std::env::var_os("TORONTO_NATS_URL").is_none(),
+            };
+            let shutdown = toronto_runtime::shutdown::on_signal();
+            toronto_cli::up::run(config, options, shutdown).await
+        }
+        Command::Status { service, json } => status(service, json).await,
+        Command::Ping { wait_ms } => ping(wait_ms).await,
+        Command::Request {
+            subject,
+            ty,
+            data,
+            msgpack,
+        } => request(subject, ty, data, msgpack).await,
+        Command::Schemas { action } => match action {
+            SchemasAction::Write { dir } => {
+                for path in toronto_protocol::catalogue::write_all(&dir)? {
+                    println!("wrote {}", dir.join(path).display());
+                }
+                Ok(())
+            }
+            SchemasAction::Check { dir } => {
+                let problems = toronto_protocol::catalogue::drift(&dir)?;
+                if problems.is_empty() {
+                    println!("schemas in {} match the types", dir.display());
+                    Ok(())
+                } else {
+                    bail!(
+                        "schemas drifted (run `toronto schemas write`):\n{}",
+                        problems.join("\n")
+                    )
+                }
+            }
+        },
+        Command::Config => {
+            println!(
+                "{:<34} Path of an optional TOML file; variables override it.",
+                toronto_runtime::config::CONFIG_FILE_VAR
+            );
+            for var in toronto_runtime::config::ENV_VARS {
+                println!("{:<34} {}", var.name, var.description);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
+    let opts = toronto_runtime::connect::options(&config.nats, "toronto-cli").await?;
+    let urls = config.nats.urls.join(",");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let client = opts.connect(urls.as_str()).await?;
+        while client.connection_state() != async_nats::connection::State::Connected {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::Ok(client)
+    })
+    .await
+    .with_context(|| format!("cannot reach NATS at {urls} within 5 s"))?
+}
+
+async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let client = connect(&config).await?;
+    let kinds: Vec<ServiceKind> = match service {
+        Some(s) => vec![s.parse().map_err(anyhow::Error::msg)?],
+        None => ServiceKind::ALL.to_vec(),
+    };
+    let mut failed = 0;
+    for kind in kinds {
+        let envelope = Envelope::builder("toronto://cli", StatusRequest::default()).build();
+        let subject = config.subjects().status(kind);
+        match call::<_, Status>(&client, &subject, &envelope, Encoding::Json, Duration::from_secs(3)).await {
+            Ok(reply) if json => println!("{}", serde_json::to_string(&reply)?),
+            Ok(reply) => {
+                let s = reply.data;
+                println!(
+                    "{:<28} up {:>8.1}s  version {}  nats {}  instance {}",
+                    s.service,
+                    s.uptime_seconds,
+                    s.version,
+                    if s.nats_connected { "connected" } else { "disconnected" },
+                    s.instance_id
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                println!("{:<28} {e}", kind.service_name());
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} service(s) did not answer");
+    }
+    Ok(())
+}
+
+async fn ping(wait_ms: u64) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let client = connect(&config).await?;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await?;
+    client
+        .publish_with_reply("$SRV.PING", inbox, "".into())
+        .await?;
+    let deadline = tokio::time::sleep(Duration::from_millis(wait_ms));
+    tokio::pin!(deadline);
+    let mut found = 0;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(m) = replies.next() => {
+                let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+                println!("{:<28} {:<10} {}", v["name"].as_str().unwrap_or("?"), v["version"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"));
+                found += 1;
+            }
+        }
+    }
+    if found == 0 {
+        bail!("no service answered $SRV.PING");
+    }
+    Ok(())
+}
+
+async fn request(subject: String, ty: String, data: String, msgpack: bool) -> anyhow::Result<()> {
+    let config = Config::from_env()?;
+    let client = connect(&config).await?;
+    let data: serde_json::Value = serde_json::from_str(&data).context("--data is not JSON")?;
+    let id = uuid_v7();
+    let envelope = serde_json::json!({
+        "specversion": "1.0",
+        "id": id,
+        "source": "toronto://cli",
+        "type": ty,
+        "time": chrono_now(),
+        "correlationid": id,
+        "data": data,
+    });
+    let encoding = if msgpack { Encoding::MessagePack } else { Encoding::Json };
+    let raw: toronto_protocol::RawEnvelope = serde_json::from_value(envelope)?;
+    let bytes = toronto_protocol::encode(&raw, encoding)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", encoding.content_type());
+    let reply = tokio::time::timeout(
+        config.nats.request_timeout(),
+        client.request_with_headers(subject.clone(), headers, bytes.into()),
+    )
+    .await
+    .with_context(|| format!("{subject} did not answer"))??;
+    let reply_encoding = Encoding::from_content_type(
+        reply.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str()),
+    )?;
+    let envelope = toronto_protocol::decode_raw(&reply.payload, reply_encoding)?;
+    println!("{}", serde_json::to_string_pretty(&envelope)?);
+    if let Some(code) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")) {
+        bail!("the service answered with error {}", code.as_str());
+    }
+    Ok(())
+}
+
+fn uuid_v7() -> String {
+    toronto_protocol::envelope::new_id().to_string()
+}
+
+fn chrono_now() -> String {
+    toronto_protocol::envelope::now_rfc3339()
+}

@@ -1,0 +1,7 @@
+//! The `toronto-deployer` binary: configuration from `TORONTO_*`, runs until SIGTERM.
+#![forbid(unsafe_code)]
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    toronto_runtime::service_main(toronto_deployer::run).await
+}

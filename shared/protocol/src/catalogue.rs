@@ -1,0 +1,119 @@
+//! Every message type of the contract, with its generated JSON Schema (2020-12).
+//!
+//! `toronto schemas write` (or `scripts/gen-schemas`) writes these to `schemas/`;
+//! a test fails when the checked-in files drift from the types.
+
+use std::path::Path;
+
+use schemars::JsonSchema;
+
+use crate::envelope::Envelope;
+use crate::error::ErrorBody;
+use crate::message::Message;
+use crate::messages::{Status, StatusRequest};
+
+/// One schema file: its path under `schemas/` and its content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchemaFile {
+    /// Path relative to `schemas/`, e.g. `v1/status.json`.
+    pub path: String,
+    /// The message type it describes, if it is a payload (the envelope is not).
+    pub message_type: Option<String>,
+    /// The JSON Schema document.
+    pub schema: serde_json::Value,
+}
+
+fn payload<T: Message>() -> SchemaFile {
+    let mut schema = schemars::schema_for!(T).to_value();
+    let ty = T::message_type().to_string();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("$id".into(), format!("schemas/{}", T::schema_path()).into());
+        obj.insert("x-cloudevents-type".into(), ty.clone().into());
+    }
+    SchemaFile {
+        path: T::schema_path(),
+        message_type: Some(ty),
+        schema,
+    }
+}
+
+fn document<T: JsonSchema>(path: &str) -> SchemaFile {
+    let mut schema = schemars::schema_for!(T).to_value();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.insert("$id".into(), format!("schemas/{path}").into());
+    }
+    SchemaFile {
+        path: path.to_owned(),
+        message_type: None,
+        schema,
+    }
+}
+
+/// Every schema of the contract.
+pub fn all() -> Vec<SchemaFile> {
+    vec![
+        document::<Envelope<serde_json::Value>>("v1/envelope.json"),
+        payload::<ErrorBody>(),
+        payload::<StatusRequest>(),
+        payload::<Status>(),
+    ]
+}
+
+fn render(file: &SchemaFile) -> String {
+    let mut text = serde_json::to_string_pretty(&file.schema).expect("schema serializes");
+    text.push('\n');
+    text
+}
+
+/// Writes every schema under `dir` (the repository's `schemas/` folder) and removes
+/// stale `.json` files in its version folders.
+pub fn write_all(dir: &Path) -> std::io::Result<Vec<String>> {
+    let files = all();
+    let mut written = Vec::new();
+    for file in &files {
+        let path = dir.join(&file.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(&path, render(file))?;
+        written.push(file.path.clone());
+    }
+    for stale in drift(dir)? {
+        if let Some(path) = stale.strip_prefix("stale file: ") {
+            std::fs::remove_file(dir.join(path))?;
+        }
+    }
+    Ok(written)
+}
+
+/// Differences between the types and the files under `dir`: one line per missing,
+/// different or stale file. Empty when they agree.
+pub fn drift(dir: &Path) -> std::io::Result<Vec<String>> {
+    let files = all();
+    let mut problems = Vec::new();
+    for file in &files {
+        match std::fs::read_to_string(dir.join(&file.path)) {
+            Ok(text) if text == render(file) => {}
+            Ok(_) => problems.push(format!("differs: {}", file.path)),
+            Err(_) => problems.push(format!("missing: {}", file.path)),
+        }
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        for inner in std::fs::read_dir(entry.path())? {
+            let inner = inner?;
+            let rel = format!(
+                "{}/{}",
+                entry.file_name().to_string_lossy(),
+                inner.file_name().to_string_lossy()
+            );
+            if rel.ends_with(".json") && !files.iter().any(|f| f.path == rel) {
+                problems.push(format!("stale file: {rel}"));
+            }
+        }
+    }
+    Ok(problems)
+}

@@ -1,0 +1,227 @@
+//! JSON and MessagePack codecs for envelopes, chosen by the `Content-Type` header.
+//!
+//! MessagePack uses named maps and human-readable forms (ids and times as strings),
+//! so the two encodings carry the same document.
+
+use serde::Serialize;
+
+use crate::envelope::{Envelope, RawEnvelope, UncheckedEnvelope};
+use crate::error::ProtocolError;
+use crate::message::Message;
+
+/// The NATS header naming the encoding.
+pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
+/// Structured-mode CloudEvents in JSON (the default).
+pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
+/// Structured-mode CloudEvents in MessagePack.
+pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
+
+/// An encoding of the envelope.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// JSON, the default when no `Content-Type` is given.
+    #[default]
+    Json,
+    /// MessagePack via rmp-serde.
+    MessagePack,
+}
+
+impl Encoding {
+    /// The encoding named by a `Content-Type` value; absent means JSON. Parameters such
+    /// as `; charset=utf-8` are ignored.
+    pub fn from_content_type(value: Option<&str>) -> Result<Self, ProtocolError> {
+        let Some(value) = value else {
+            return Ok(Encoding::Json);
+        };
+        let media = value
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        match media.as_str() {
+            "" | "application/json" | JSON_CONTENT_TYPE => Ok(Encoding::Json),
+            MSGPACK_CONTENT_TYPE | "application/msgpack" | "application/x-msgpack" => {
+                Ok(Encoding::MessagePack)
+            }
+            _ => Err(ProtocolError::UnsupportedContentType(value.to_owned())),
+        }
+    }
+
+    /// The `Content-Type` value to send.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => JSON_CONTENT_TYPE,
+            Encoding::MessagePack => MSGPACK_CONTENT_TYPE,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Encoding::Json => "json",
+            Encoding::MessagePack => "msgpack",
+        }
+    }
+}
+
+/// Encodes an envelope.
+pub fn encode<T: Serialize>(
+    envelope: &Envelope<T>,
+    encoding: Encoding,
+) -> Result<Vec<u8>, ProtocolError> {
+    match encoding {
+        Encoding::Json => {
+            serde_json::to_vec(envelope).map_err(|e| ProtocolError::Encode(e.to_string()))
+        }
+        Encoding::MessagePack => {
+            let mut buf = Vec::with_capacity(256);
+            let mut serializer = rmp_serde::Serializer::new(&mut buf)
+                .with_struct_map()
+                .with_human_readable();
+            envelope
+                .serialize(&mut serializer)
+                .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+            Ok(buf)
+        }
+    }
+}
+
+/// Decodes and validates an envelope, leaving `data` untyped.
+pub fn decode_raw(bytes: &[u8], encoding: Encoding) -> Result<RawEnvelope, ProtocolError> {
+    let malformed = |reason: String| ProtocolError::Malformed {
+        encoding: encoding.name(),
+        reason,
+    };
+    let unchecked: UncheckedEnvelope = match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?,
+        Encoding::MessagePack => {
+            let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
+            serde::Deserialize::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?
+        }
+    };
+    unchecked.validate()
+}
+
+/// Decodes and validates an envelope whose payload is `T`.
+pub fn decode<T: Message>(bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, ProtocolError> {
+    decode_raw(bytes, encoding)?.into_typed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Priority;
+    use crate::messages::StatusRequest;
+    use crate::trace::TraceParent;
+    use crate::{ErrorBody, ErrorCode};
+
+    fn sample() -> Envelope<ErrorBody> {
+        Envelope::builder(
+            "toronto://test",
+            ErrorBody::new(ErrorCode::Conflict, "busy")
+                .with_details(serde_json::json!({"n": 1, "list": [1.5, "x", null]})),
+        )
+        .subject("shop-api")
+        .priority(Priority::High)
+        .build()
+    }
+
+    #[test]
+    fn round_trips_in_both_encodings() {
+        let env = sample();
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            let bytes = encode(&env, encoding).unwrap();
+            let back: Envelope<ErrorBody> = decode(&bytes, encoding).unwrap();
+            assert_eq!(back, env, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn encodings_are_distinct_on_the_wire() {
+        let env = sample();
+        let json = encode(&env, Encoding::Json).unwrap();
+        let msgpack = encode(&env, Encoding::MessagePack).unwrap();
+        assert_eq!(json[0], b'{');
+        assert_ne!(msgpack[0], b'{');
+        assert!(decode_raw(&msgpack, Encoding::Json).is_err());
+    }
+
+    #[test]
+    fn builder_sets_required_and_flow_attributes() {
+        let parent = sample();
+        let child = Envelope::builder("toronto://child", StatusRequest::default())
+            .caused_by(&parent.flow())
+            .build();
+        assert_eq!(child.id.get_version_num(), 7);
+        assert_eq!(child.ty, "ai.toronto.devops.status.request.v1");
+        assert_eq!(child.correlationid, parent.correlationid);
+        assert_eq!(child.causationid, Some(parent.id.to_string()));
+        let parent_tp = TraceParent::parse(parent.traceparent.as_deref().unwrap()).unwrap();
+        let child_tp = TraceParent::parse(child.traceparent.as_deref().unwrap()).unwrap();
+        assert_eq!(parent_tp.trace_id, child_tp.trace_id);
+        assert_eq!(child.dataschema.as_deref(), Some("schemas/v1/status.request.json"));
+    }
+
+    #[test]
+    fn validation_names_what_is_wrong() {
+        let good = serde_json::to_value(sample()).unwrap();
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            ("id", serde_json::Value::Null, "missing required attribute `id`"),
+            ("id", "not-a-uuid".into(), "not a UUID"),
+            ("source", "".into(), "missing required attribute `source`"),
+            ("type", serde_json::Value::Null, "missing required attribute `type`"),
+            ("type", "com.acme.thing.v1".into(), "invalid type"),
+            ("specversion", "0.3".into(), "`0.3` is not supported"),
+            ("time", "yesterday".into(), "RFC 3339"),
+            ("priority", "urgent".into(), "not one of low"),
+        ];
+        for (attr, value, expected) in cases {
+            let mut doc = good.clone();
+            if value.is_null() {
+                doc.as_object_mut().unwrap().remove(attr);
+            } else {
+                doc[attr] = value;
+            }
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            let err = decode_raw(&bytes, Encoding::Json).unwrap_err();
+            assert!(err.to_string().contains(expected), "{attr}: {err}");
+            assert_eq!(err.code(), ErrorCode::BadRequest);
+        }
+        let err = decode_raw(b"{not json", Encoding::Json).unwrap_err();
+        assert!(matches!(err, ProtocolError::Malformed { .. }));
+    }
+
+    #[test]
+    fn wrong_type_and_unsupported_major_are_told_apart() {
+        let env = sample();
+        let mut doc = serde_json::to_value(&env).unwrap();
+        doc["type"] = "ai.toronto.devops.error.v7".into();
+        let err = decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json)
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            err.to_body().details.unwrap()["supported"],
+            serde_json::json!(["ai.toronto.devops.error.v1"])
+        );
+        doc["type"] = "ai.toronto.devops.status.request.v1".into();
+        let err = decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json)
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::WrongType { .. }));
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn content_type_selects_encoding() {
+        assert_eq!(Encoding::from_content_type(None).unwrap(), Encoding::Json);
+        assert_eq!(
+            Encoding::from_content_type(Some("application/cloudevents+json; charset=utf-8"))
+                .unwrap(),
+            Encoding::Json
+        );
+        assert_eq!(
+            Encoding::from_content_type(Some("application/cloudevents+msgpack")).unwrap(),
+            Encoding::MessagePack
+        );
+        assert!(Encoding::from_content_type(Some("text/xml")).is_err());
+    }
+}

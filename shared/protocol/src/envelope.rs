@@ -1,0 +1,376 @@
+//! The CloudEvents 1.0 envelope (structured mode) with the contract's extension
+//! attributes `correlationid`, `causationid`, `priority` and `traceparent`.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::ProtocolError;
+use crate::message::{Message, MessageType};
+use crate::trace::TraceParent;
+
+/// The only CloudEvents version we speak.
+pub const SPEC_VERSION: &str = "1.0";
+
+/// How urgent a message is. Consumers may use it to order work; it never changes semantics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Priority {
+    /// Background work.
+    Low,
+    /// The default.
+    #[default]
+    Normal,
+    /// Ahead of normal work.
+    High,
+    /// Incidents and rollbacks.
+    Critical,
+}
+
+impl Priority {
+    fn parse(value: &str) -> Option<Self> {
+        match value {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            "critical" => Some(Priority::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// A CloudEvents envelope around a payload `T`.
+///
+/// Unknown extension attributes on incoming messages are tolerated and dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Envelope<T> {
+    /// Always `1.0`.
+    pub specversion: String,
+    /// Unique id of this message (UUID, v7 when we make it). Also the `Nats-Msg-Id`.
+    pub id: Uuid,
+    /// Who sent it, e.g. `toronto://agents/developer/alice`.
+    pub source: String,
+    /// `ai.toronto.devops.<name>.v<N>`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// When it was made (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
+    /// Encoding of `data`; `application/json` for ours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<String>,
+    /// The schema of `data`, relative to the repository's `schemas/` folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<String>,
+    /// What the message is about, e.g. the service name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// Ties every message of one flow together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<String>,
+    /// The id of the message that caused this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<String>,
+    /// How urgent it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// W3C trace context of the sender.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The payload.
+    pub data: T,
+}
+
+/// The attributes that link a message to its flow, taken from a received or built envelope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowContext {
+    /// The message's id.
+    pub id: Uuid,
+    /// Its correlation id (its own id when it started the flow).
+    pub correlationid: String,
+    /// Its trace context, if any.
+    pub traceparent: Option<TraceParent>,
+}
+
+impl<T> Envelope<T> {
+    /// The attributes a reply or follow-up message inherits.
+    pub fn flow(&self) -> FlowContext {
+        FlowContext {
+            id: self.id,
+            correlationid: self
+                .correlationid
+                .clone()
+                .unwrap_or_else(|| self.id.to_string()),
+            traceparent: self.traceparent.as_deref().and_then(TraceParent::parse),
+        }
+    }
+
+    /// The parsed `type`.
+    pub fn message_type(&self) -> Result<MessageType, ProtocolError> {
+        self.ty.parse()
+    }
+
+    /// Replaces the payload, keeping every attribute.
+    pub fn map_data<U>(self, f: impl FnOnce(T) -> U) -> Envelope<U> {
+        Envelope {
+            specversion: self.specversion,
+            id: self.id,
+            source: self.source,
+            ty: self.ty,
+            time: self.time,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            subject: self.subject,
+            correlationid: self.correlationid,
+            causationid: self.causationid,
+            priority: self.priority,
+            traceparent: self.traceparent,
+            data: f(self.data),
+        }
+    }
+}
+
+impl<T: Message> Envelope<T> {
+    /// Starts building an envelope for `data` sent by `source`.
+    pub fn builder(source: impl Into<String>, data: T) -> EnvelopeBuilder<T> {
+        EnvelopeBuilder::new(source, data)
+    }
+}
+
+/// A received envelope whose attributes are validated and whose `data` is still untyped.
+pub type RawEnvelope = Envelope<serde_json::Value>;
+
+impl RawEnvelope {
+    /// Converts `data` into the payload type `T`, checking that `type` names `T` at a
+    /// supported major (the older major goes through [`Message::upgrade`]).
+    pub fn into_typed<T: Message>(self) -> Result<Envelope<T>, ProtocolError> {
+        let ty = self.message_type()?;
+        T::check_type(&ty)?;
+        let Envelope {
+            specversion,
+            id,
+            source,
+            ty: type_attr,
+            time,
+            datacontenttype,
+            dataschema,
+            subject,
+            correlationid,
+            causationid,
+            priority,
+            traceparent,
+            data,
+        } = self;
+        let data = if ty.major == T::MAJOR {
+            serde_json::from_value(data).map_err(|e| ProtocolError::InvalidData(e.to_string()))?
+        } else {
+            T::upgrade(ty.major, data)?
+        };
+        Ok(Envelope {
+            specversion,
+            id,
+            source,
+            ty: type_attr,
+            time,
+            datacontenttype,
+            dataschema,
+            subject,
+            correlationid,
+            causationid,
+            priority,
+            traceparent,
+            data,
+        })
+    }
+}
+
+/// The wire form before validation: every attribute optional, so that a missing one
+/// is reported by name rather than as a parse error.
+#[derive(Debug, Deserialize)]
+pub(crate) struct UncheckedEnvelope {
+    specversion: Option<String>,
+    id: Option<String>,
+    source: Option<String>,
+    #[serde(rename = "type")]
+    ty: Option<String>,
+    time: Option<String>,
+    datacontenttype: Option<String>,
+    dataschema: Option<String>,
+    subject: Option<String>,
+    correlationid: Option<String>,
+    causationid: Option<String>,
+    priority: Option<String>,
+    traceparent: Option<String>,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+}
+
+fn required(value: Option<String>, name: &'static str) -> Result<String, ProtocolError> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ProtocolError::MissingAttribute(name)),
+    }
+}
+
+impl UncheckedEnvelope {
+    /// Validates the attributes: required ones present, `specversion` 1.0, `id` a UUID,
+    /// `type` well formed, `time` RFC 3339, `priority` known. An invalid `traceparent`
+    /// is dropped, as W3C trace context asks.
+    pub(crate) fn validate(self) -> Result<RawEnvelope, ProtocolError> {
+        let specversion = required(self.specversion, "specversion")?;
+        if specversion != SPEC_VERSION {
+            return Err(ProtocolError::InvalidAttribute {
+                attribute: "specversion",
+                reason: format!("`{specversion}` is not supported; use `1.0`"),
+            });
+        }
+        let id = required(self.id, "id")?;
+        let id = Uuid::parse_str(&id).map_err(|_| ProtocolError::InvalidAttribute {
+            attribute: "id",
+            reason: format!("`{id}` is not a UUID"),
+        })?;
+        let source = required(self.source, "source")?;
+        let ty = required(self.ty, "type")?;
+        ty.parse::<MessageType>()?;
+        let time = self
+            .time
+            .map(|t| {
+                DateTime::parse_from_rfc3339(&t)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|_| ProtocolError::InvalidAttribute {
+                        attribute: "time",
+                        reason: format!("`{t}` is not an RFC 3339 timestamp"),
+                    })
+            })
+            .transpose()?;
+        let priority = self
+            .priority
+            .map(|p| {
+                Priority::parse(&p).ok_or_else(|| ProtocolError::InvalidAttribute {
+                    attribute: "priority",
+                    reason: format!("`{p}` is not one of low, normal, high, critical"),
+                })
+            })
+            .transpose()?;
+        let traceparent = self
+            .traceparent
+            .filter(|tp| TraceParent::parse(tp).is_some());
+        Ok(Envelope {
+            specversion,
+            id,
+            source,
+            ty,
+            time,
+            datacontenttype: self.datacontenttype,
+            dataschema: self.dataschema,
+            subject: self.subject,
+            correlationid: self.correlationid,
+            causationid: self.causationid,
+            priority,
+            traceparent,
+            data: self.data.unwrap_or(serde_json::Value::Null),
+        })
+    }
+}
+
+/// Builds an outgoing envelope: fresh UUID v7 id, current time, `type` and
+/// `dataschema` from the payload type, and flow attributes from a parent message.
+#[derive(Debug)]
+pub struct EnvelopeBuilder<T> {
+    source: String,
+    data: T,
+    subject: Option<String>,
+    correlationid: Option<String>,
+    causationid: Option<String>,
+    priority: Option<Priority>,
+    traceparent: Option<TraceParent>,
+}
+
+impl<T: Message> EnvelopeBuilder<T> {
+    /// A builder for `data` sent by `source`.
+    pub fn new(source: impl Into<String>, data: T) -> Self {
+        Self {
+            source: source.into(),
+            data,
+            subject: None,
+            correlationid: None,
+            causationid: None,
+            priority: None,
+            traceparent: None,
+        }
+    }
+
+    /// Sets what the message is about.
+    pub fn subject(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
+    }
+
+    /// Sets the correlation id explicitly.
+    pub fn correlationid(mut self, id: impl Into<String>) -> Self {
+        self.correlationid = Some(id.into());
+        self
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets the trace context.
+    pub fn traceparent(mut self, traceparent: TraceParent) -> Self {
+        self.traceparent = Some(traceparent);
+        self
+    }
+
+    /// Makes this message a consequence of `parent`: same correlation id, causation id
+    /// set to the parent's id, and a child span of the parent's trace.
+    pub fn caused_by(mut self, parent: &FlowContext) -> Self {
+        self.correlationid = Some(parent.correlationid.clone());
+        self.causationid = Some(parent.id.to_string());
+        self.traceparent = Some(
+            parent
+                .traceparent
+                .as_ref()
+                .map(TraceParent::child)
+                .unwrap_or_else(TraceParent::new_root),
+        );
+        self
+    }
+
+    /// Finishes the envelope.
+    pub fn build(self) -> Envelope<T> {
+        let id = Uuid::now_v7();
+        Envelope {
+            specversion: SPEC_VERSION.to_owned(),
+            id,
+            source: self.source,
+            ty: T::message_type().to_string(),
+            time: Some(Utc::now()),
+            datacontenttype: Some("application/json".to_owned()),
+            dataschema: Some(format!("schemas/{}", T::schema_path())),
+            subject: self.subject,
+            correlationid: Some(self.correlationid.unwrap_or_else(|| id.to_string())),
+            causationid: self.causationid,
+            priority: self.priority,
+            traceparent: Some(
+                self.traceparent
+                    .unwrap_or_else(TraceParent::new_root)
+                    .to_string(),
+            ),
+            data: self.data,
+        }
+    }
+}
+
+/// A fresh message id (UUID v7).
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+/// The current time in RFC 3339, as the `time` attribute carries it.
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}

@@ -1,0 +1,25 @@
+//! The bus contract of the Toronto DevOps agent.
+//!
+//! Every message on the bus is a CloudEvents 1.0 envelope in structured mode
+//! ([`Envelope`]), encoded as JSON or MessagePack ([`codec`]) according to the
+//! `Content-Type` header. Message payloads are Rust types implementing [`Message`];
+//! their JSON Schemas under `schemas/v1/` are generated from these types
+//! ([`catalogue`]). Subjects are built by [`Subjects`] over a configurable prefix,
+//! and failures travel as the error envelope of [`error`].
+#![forbid(unsafe_code)]
+
+pub mod catalogue;
+pub mod codec;
+pub mod envelope;
+pub mod error;
+pub mod message;
+pub mod messages;
+pub mod subjects;
+pub mod trace;
+
+pub use codec::{Encoding, decode, decode_raw, encode};
+pub use envelope::{Envelope, EnvelopeBuilder, Priority, RawEnvelope};
+pub use error::{ErrorBody, ErrorCode, ProtocolError};
+pub use message::{Message, MessageType, TYPE_PREFIX};
+pub use subjects::{ServiceKind, Subjects};
+pub use trace::TraceParent;

@@ -1,0 +1,170 @@
+//! Message types: the `type` attribute (`ai.toronto.devops.<name>.v<N>`) and the
+//! [`Message`] trait that ties a Rust payload type to its name, major version and schema.
+
+use std::fmt;
+use std::str::FromStr;
+
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ProtocolError;
+
+/// Every `type` of ours starts with this.
+pub const TYPE_PREFIX: &str = "ai.toronto.devops.";
+
+/// A parsed `type` attribute: `ai.toronto.devops.<name>.v<major>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MessageType {
+    /// Dotted name between the prefix and the version, e.g. `task.deploy`.
+    pub name: String,
+    /// Major version, the `N` of `.vN`.
+    pub major: u32,
+}
+
+impl MessageType {
+    /// Builds a type from its name and major version.
+    pub fn new(name: impl Into<String>, major: u32) -> Self {
+        Self {
+            name: name.into(),
+            major,
+        }
+    }
+}
+
+impl fmt::Display for MessageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{TYPE_PREFIX}{}.v{}", self.name, self.major)
+    }
+}
+
+fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl FromStr for MessageType {
+    type Err = ProtocolError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = |why: &str| ProtocolError::InvalidType {
+            value: s.to_owned(),
+            reason: why.to_owned(),
+        };
+        let rest = s
+            .strip_prefix(TYPE_PREFIX)
+            .ok_or_else(|| invalid("must start with `ai.toronto.devops.`"))?;
+        let (name, version) = rest
+            .rsplit_once('.')
+            .ok_or_else(|| invalid("must end in `.v<major>`"))?;
+        let major = version
+            .strip_prefix('v')
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok())
+            .ok_or_else(|| invalid("must end in `.v<major>` with a decimal major"))?;
+        if !name.split('.').all(valid_token) {
+            return Err(invalid(
+                "name tokens must be non-empty lowercase letters, digits, `_` or `-`",
+            ));
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            major,
+        })
+    }
+}
+
+/// A payload type of the contract.
+///
+/// `NAME` and `MAJOR` make the CloudEvents `type`; the JSON Schema comes from
+/// `schemars`. A service accepts the current major and the one before it; a type
+/// whose previous major differs in shape overrides [`Message::upgrade`].
+pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'static {
+    /// Dotted name, e.g. `status.request`.
+    const NAME: &'static str;
+    /// Current major version.
+    const MAJOR: u32;
+
+    /// The current `type` attribute.
+    fn message_type() -> MessageType {
+        MessageType::new(Self::NAME, Self::MAJOR)
+    }
+
+    /// Majors this build accepts: the current one and the one before (when there is one).
+    fn supported_majors() -> Vec<u32> {
+        if Self::MAJOR > 1 {
+            vec![Self::MAJOR - 1, Self::MAJOR]
+        } else {
+            vec![Self::MAJOR]
+        }
+    }
+
+    /// The `type` strings this build accepts, for `unsupported_version` errors.
+    fn supported_types() -> Vec<String> {
+        Self::supported_majors()
+            .into_iter()
+            .map(|major| MessageType::new(Self::NAME, major).to_string())
+            .collect()
+    }
+
+    /// The schema file, relative to the repository's `schemas/` folder.
+    fn schema_path() -> String {
+        format!("v{}/{}.json", Self::MAJOR, Self::NAME)
+    }
+
+    /// Converts a payload of an accepted older major into the current type. The
+    /// default treats the older major as wire-compatible (additive changes only).
+    fn upgrade(major: u32, data: serde_json::Value) -> Result<Self, ProtocolError> {
+        let _ = major;
+        serde_json::from_value(data).map_err(|e| ProtocolError::InvalidData(e.to_string()))
+    }
+
+    /// Checks that `ty` names this message at a supported major.
+    fn check_type(ty: &MessageType) -> Result<(), ProtocolError> {
+        if ty.name != Self::NAME {
+            return Err(ProtocolError::WrongType {
+                got: ty.to_string(),
+                expected: Self::supported_types(),
+            });
+        }
+        if !Self::supported_majors().contains(&ty.major) {
+            return Err(ProtocolError::UnsupportedVersion {
+                got: ty.to_string(),
+                supported: Self::supported_types(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_prints_types() {
+        let ty: MessageType = "ai.toronto.devops.task.deploy.v1".parse().unwrap();
+        assert_eq!(ty.name, "task.deploy");
+        assert_eq!(ty.major, 1);
+        assert_eq!(ty.to_string(), "ai.toronto.devops.task.deploy.v1");
+    }
+
+    #[test]
+    fn refuses_malformed_types() {
+        for bad in [
+            "",
+            "ai.toronto.devops.v1",
+            "com.example.task.v1",
+            "ai.toronto.devops.task",
+            "ai.toronto.devops.task.v",
+            "ai.toronto.devops.task.vx",
+            "ai.toronto.devops.Task.v1",
+            "ai.toronto.devops..task.v1",
+            "ai.toronto.devops.task.v-1",
+        ] {
+            assert!(bad.parse::<MessageType>().is_err(), "{bad:?} parsed");
+        }
+    }
+}

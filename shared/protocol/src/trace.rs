@@ -1,0 +1,113 @@
+//! W3C trace context (`traceparent`), carried as a NATS header and as the envelope
+//! extension attribute of the same name.
+
+use std::fmt;
+
+use uuid::Uuid;
+
+/// The NATS header (and envelope attribute) name.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// A parsed `traceparent`: `00-<trace id>-<parent span id>-<flags>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    /// 32 lowercase hex digits, not all zero.
+    pub trace_id: String,
+    /// 16 lowercase hex digits, not all zero: the span of the sender.
+    pub span_id: String,
+    /// Trace flags; bit 0 is `sampled`.
+    pub flags: u8,
+}
+
+fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && s.bytes().any(|b| b != b'0')
+}
+
+fn random_hex(len: usize) -> String {
+    let mut out = Uuid::new_v4().simple().to_string();
+    out.truncate(len);
+    out
+}
+
+impl TraceParent {
+    /// Parses a `traceparent` value; `None` when it is not valid W3C trace context.
+    pub fn parse(value: &str) -> Option<Self> {
+        let mut parts = value.trim().split('-');
+        let (version, trace_id, span_id, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || u8::from_str_radix(version, 16).is_err() {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        if !is_hex(trace_id, 32) || !is_hex(span_id, 16) || flags.len() != 2 {
+            return None;
+        }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        Some(Self {
+            trace_id: trace_id.to_owned(),
+            span_id: span_id.to_owned(),
+            flags,
+        })
+    }
+
+    /// Starts a new trace (sampled).
+    pub fn new_root() -> Self {
+        Self {
+            trace_id: Uuid::new_v4().simple().to_string(),
+            span_id: random_hex(16),
+            flags: 1,
+        }
+    }
+
+    /// A new span in the same trace.
+    pub fn child(&self) -> Self {
+        Self {
+            trace_id: self.trace_id.clone(),
+            span_id: random_hex(16),
+            flags: self.flags,
+        }
+    }
+}
+
+impl fmt::Display for TraceParent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "00-{}-{}-{:02x}", self.trace_id, self.span_id, self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_keeps_trace_in_children() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let parsed = TraceParent::parse(tp).unwrap();
+        assert_eq!(parsed.to_string(), tp);
+        let child = parsed.child();
+        assert_eq!(child.trace_id, parsed.trace_id);
+        assert_ne!(child.span_id, parsed.span_id);
+        assert!(TraceParent::parse(&child.to_string()).is_some());
+        assert!(TraceParent::parse(&TraceParent::new_root().to_string()).is_some());
+    }
+
+    #[test]
+    fn refuses_invalid_context() {
+        for bad in [
+            "",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert!(TraceParent::parse(bad).is_none(), "{bad:?} parsed");
+        }
+    }
+}

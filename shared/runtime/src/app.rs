@@ -1,0 +1,278 @@
+//! A service's whole life: connect, register, serve status and HTTP, shut down
+//! gracefully. Every service is built on [`ServiceRuntime`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use async_nats::Client;
+use async_nats::connection::State;
+use async_nats::jetstream;
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::messages::{BuildInfo, Status, StatusRequest};
+use toronto_protocol::{ErrorBody, Message, ServiceKind, Subjects};
+
+use crate::config::{Config, ConfigError};
+use crate::connect::{ConnectError, connect};
+use crate::http::{self, Readiness};
+use crate::jetstream::{DeadLetters, Events, JetStreamError, ensure_kv, ensure_streams};
+use crate::metrics::Metrics;
+use crate::service::{Request, ServiceError, ServiceHost, ServiceSpec};
+
+/// Why a service could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// No NATS connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// Streams or buckets could not be set up.
+    #[error(transparent)]
+    JetStream(#[from] JetStreamError),
+    /// The service API could not be registered.
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    /// The HTTP server could not bind.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A started service: its connection, JetStream context, service host and HTTP
+/// server. Add endpoints with [`ServiceRuntime::endpoint`], then
+/// [`ServiceRuntime::run_until_shutdown`].
+#[derive(Debug)]
+pub struct ServiceRuntime {
+    /// Which service this is.
+    pub kind: ServiceKind,
+    /// The configuration it was started with.
+    pub config: Config,
+    /// The NATS connection.
+    pub client: Client,
+    /// JetStream over that connection.
+    pub js: jetstream::Context,
+    /// The subject catalogue.
+    pub subjects: Subjects,
+    /// The service's metrics.
+    pub metrics: Metrics,
+    /// Event publisher.
+    pub events: Events,
+    /// Dead-letter sink of this service.
+    pub dead_letters: DeadLetters,
+    /// The ADR-32 host.
+    pub host: ServiceHost,
+    /// Where HTTP is served, if enabled.
+    pub http_addr: Option<SocketAddr>,
+    shutdown: CancellationToken,
+    http_stop: CancellationToken,
+    http_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServiceRuntime {
+    /// Connects to NATS (waiting until it is reachable or `shutdown`), sets up the
+    /// streams, registers the service with its `status` endpoint, and serves HTTP.
+    pub async fn start(
+        kind: ServiceKind,
+        version: &str,
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
+        config.validate()?;
+        let metrics = Metrics::new();
+        let subjects = config.subjects();
+        let client = connect(&config.nats, kind.service_name(), &metrics, &shutdown).await?;
+        let js = jetstream::new(client.clone());
+        ensure_streams(&js, &subjects, &config.jetstream).await?;
+        let events = Events::new(js.clone(), subjects.clone(), metrics.clone());
+        let dead_letters = DeadLetters::new(js.clone(), &subjects, kind.token(), metrics.clone());
+        let build = BuildInfo::current(version);
+        let spec = ServiceSpec {
+            name: kind.service_name().to_owned(),
+            version: version.to_owned(),
+            description: kind.description().to_owned(),
+            metadata: [
+                ("subject_prefix".to_owned(), subjects.prefix().to_owned()),
+                ("token".to_owned(), kind.token().to_owned()),
+                ("git_sha".to_owned(), build.git_sha.clone()),
+            ]
+            .into(),
+            queue_group: kind.service_name().to_owned(),
+            source: subjects.source(kind),
+        };
+        let host = ServiceHost::start(
+            client.clone(),
+            spec,
+            config.endpoints.clone(),
+            metrics.clone(),
+            Some(dead_letters.clone()),
+        )
+        .await?;
+
+        let status_client = client.clone();
+        let instance_id = host.id().to_owned();
+        let started = host.started();
+        let service_name = kind.service_name().to_owned();
+        let version_owned = version.to_owned();
+        host.add_endpoint(
+            "status",
+            subjects.status(kind),
+            move |_req: Request<StatusRequest>| {
+                let status = Status {
+                    service: service_name.clone(),
+                    instance_id: instance_id.clone(),
+                    version: version_owned.clone(),
+                    started_at: started,
+                    uptime_seconds: (chrono::Utc::now() - started).num_milliseconds() as f64
+                        / 1000.0,
+                    nats_connected: status_client.connection_state() == State::Connected,
+                    build: build.clone(),
+                };
+                async move { Ok::<_, ErrorBody>(status) }
+            },
+        )
+        .await?;
+
+        let stopping = Arc::new(AtomicBool::new(false));
+        let http_stop = CancellationToken::new();
+        let (http_addr, http_task) = match config.http.socket_addr()? {
+            Some(addr) => {
+                let ready_client = client.clone();
+                let ready_stopping = stopping.clone();
+                let readiness: Readiness = Arc::new(move || {
+                    if ready_stopping.load(Ordering::Relaxed) {
+                        return Err("shutting down".into());
+                    }
+                    match ready_client.connection_state() {
+                        State::Connected => Ok(()),
+                        other => Err(format!("NATS is {other:?}").to_lowercase()),
+                    }
+                });
+                let (bound, task) =
+                    http::serve(addr, metrics.clone(), readiness, http_stop.clone())
+                        .await
+                        .map_err(|source| RuntimeError::Http {
+                            addr: addr.to_string(),
+                            source,
+                        })?;
+                (Some(bound), Some(task))
+            }
+            None => (None, None),
+        };
+        tracing::info!(
+            service = kind.service_name(),
+            id = host.id(),
+            http = ?http_addr,
+            "service started"
+        );
+        let rt = Self {
+            kind,
+            config,
+            client,
+            js,
+            subjects,
+            metrics,
+            events,
+            dead_letters,
+            host,
+            http_addr,
+            shutdown,
+            http_stop,
+            http_task,
+        };
+        // Readiness turns false as soon as shutdown begins.
+        let token = rt.shutdown.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            stopping.store(true, Ordering::Relaxed);
+        });
+        Ok(rt)
+    }
+
+    /// The `source` attribute of this service's messages.
+    pub fn source(&self) -> String {
+        self.subjects.source(self.kind)
+    }
+
+    /// The shutdown token this service watches.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`, named `verb`.
+    pub async fn endpoint<Req, Resp, H, Fut>(&self, verb: &str, handler: H) -> Result<(), RuntimeError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+    {
+        self.host
+            .add_endpoint(verb, self.subjects.command(self.kind, verb), handler)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates or updates this service's KV bucket `<prefix>_<name>`.
+    pub async fn kv(&self, name: &str, history: i64) -> Result<jetstream::kv::Store, RuntimeError> {
+        Ok(ensure_kv(
+            &self.js,
+            &self.subjects.kv_bucket(name),
+            history,
+            self.config.jetstream.replicas,
+        )
+        .await?)
+    }
+
+    /// Waits for shutdown, then stops taking requests, finishes those in flight
+    /// (within the grace period), drains the connection and stops HTTP.
+    pub async fn run_until_shutdown(mut self) -> Result<(), RuntimeError> {
+        self.shutdown.cancelled().await;
+        tracing::info!(service = self.kind.service_name(), "shutting down");
+        self.host.stop(self.config.shutdown_grace()).await;
+        if let Err(e) = self.client.drain().await {
+            tracing::warn!(error = %e, "cannot drain the NATS connection");
+        }
+        self.http_stop.cancel();
+        if let Some(task) = self.http_task.take() {
+            let _ = task.await;
+        }
+        tracing::info!(service = self.kind.service_name(), "stopped");
+        Ok(())
+    }
+}
+
+/// The body of every service binary: config from the environment, JSON logs,
+/// shutdown on SIGTERM/ctrl-c, exit 0 after a clean shutdown and 1 on error.
+pub async fn service_main<F, Fut>(run: F) -> ExitCode
+where
+    F: FnOnce(Config, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), RuntimeError>>,
+{
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let shutdown = crate::shutdown::on_signal();
+    match run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(RuntimeError::Connect(ConnectError::Cancelled)) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "service failed");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The runtime every Toronto service is built on: configuration, the NATS
+//! connection, the ADR-32 service host with typed endpoints, JetStream streams,
+//! consumers and dead letters, HTTP health and metrics, JSON logs, and graceful
+//! shutdown.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod connect;
+pub mod http;
+pub mod jetstream;
+pub mod metrics;
+pub mod rpc;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use app::{RuntimeError, ServiceRuntime, service_main};
+pub use config::Config;
+pub use metrics::Metrics;
+pub use service::{Request, ServiceHost, ServiceSpec};

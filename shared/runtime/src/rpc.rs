@@ -1,0 +1,115 @@
+//! Typed requests to other services: encode, send with headers, decode the reply or
+//! the error envelope.
+
+use std::time::Duration;
+
+use async_nats::client::{Request as NatsRequest, RequestErrorKind};
+use async_nats::{Client, HeaderMap};
+use bytes::Bytes;
+use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
+use toronto_protocol::trace::TRACEPARENT_HEADER;
+use toronto_protocol::{
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, decode, encode,
+};
+
+/// Why a request got no usable reply.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nobody serves the subject.
+    #[error("no service answers on {0}")]
+    NoResponders(String),
+    /// The service did not answer in time.
+    #[error("{subject} did not answer within {after:?}")]
+    Timeout {
+        /// The subject.
+        subject: String,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The service answered with an error envelope.
+    #[error("{0}")]
+    Remote(ErrorBody),
+    /// The request or the reply does not meet the contract.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The connection failed.
+    #[error("request to {subject} failed: {reason}")]
+    Nats {
+        /// The subject.
+        subject: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl CallError {
+    /// The contract's code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CallError::NoResponders(_) => ErrorCode::Unavailable,
+            CallError::Timeout { .. } => ErrorCode::Timeout,
+            CallError::Remote(body) => body.code,
+            CallError::Protocol(e) => e.code(),
+            CallError::Nats { .. } => ErrorCode::Unavailable,
+        }
+    }
+}
+
+/// Sends `envelope` to `subject` in `encoding` and decodes the reply as `Resp`.
+pub async fn call<Req: Message, Resp: Message>(
+    client: &Client,
+    subject: &str,
+    envelope: &Envelope<Req>,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<Envelope<Resp>, CallError> {
+    let bytes = encode(envelope, encoding)?;
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
+    if let Some(tp) = &envelope.traceparent {
+        headers.insert(TRACEPARENT_HEADER, tp.as_str());
+    }
+    let request = NatsRequest::new()
+        .payload(Bytes::from(bytes))
+        .headers(headers)
+        .timeout(Some(timeout));
+    let reply = client
+        .send_request(subject.to_owned(), request)
+        .await
+        .map_err(|e| match e.kind() {
+            RequestErrorKind::NoResponders => CallError::NoResponders(subject.to_owned()),
+            RequestErrorKind::TimedOut => CallError::Timeout {
+                subject: subject.to_owned(),
+                after: timeout,
+            },
+            _ => CallError::Nats {
+                subject: subject.to_owned(),
+                reason: e.to_string(),
+            },
+        })?;
+    let headers = reply.headers.as_ref();
+    let reply_encoding = Encoding::from_content_type(
+        headers
+            .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+            .map(|v| v.as_str()),
+    )?;
+    let error_code = headers
+        .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
+        .and_then(|v| v.as_str().parse::<u16>().ok());
+    if let Some(status) = error_code {
+        let body = decode::<ErrorBody>(&reply.payload, reply_encoding)
+            .map(|e| e.data)
+            .unwrap_or_else(|_| {
+                ErrorBody::new(
+                    ErrorCode::from_status(status),
+                    headers
+                        .and_then(|h| h.get(SERVICE_ERROR_HEADER))
+                        .map(|v| v.as_str().to_owned())
+                        .unwrap_or_else(|| format!("error {status}")),
+                )
+            });
+        return Err(CallError::Remote(body));
+    }
+    Ok(decode(&reply.payload, reply_encoding)?)
+}

@@ -1,0 +1,572 @@
+//! The NATS service API (ADR-32) and typed request/reply endpoints.
+//!
+//! We host ADR-32 ourselves rather than through `async_nats::service` because that
+//! API sends an empty body with an error and counts errors only on that path; our
+//! contract answers every error with the error envelope *and* the ADR-32 headers,
+//! and `$SRV.STATS` must count those errors. The response shapes are async-nats's own
+//! types, so `nats micro` and async-nats clients read them unchanged.
+//!
+//! An endpoint decodes the request (JSON or MessagePack by `Content-Type`), checks
+//! its size, attributes and `type`, calls the handler, and answers in the request's
+//! encoding. Handler errors and panics become error envelopes; requests run
+//! concurrently up to a bound per endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::service::endpoint;
+use async_nats::service::{Info, PingResponse, Stats};
+use async_nats::{Client, HeaderMap, Subscriber};
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
+use toronto_protocol::trace::TRACEPARENT_HEADER;
+use toronto_protocol::{
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent, decode_raw,
+    encode,
+};
+use tracing::Instrument;
+
+use crate::config::EndpointConfig;
+use crate::jetstream::DeadLetters;
+use crate::metrics::Metrics;
+
+/// Why the service could not be started or an endpoint added.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// Subscribing failed.
+    #[error("cannot subscribe to {subject}: {source}")]
+    Subscribe {
+        /// The subject.
+        subject: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    /// An endpoint name is used twice.
+    #[error("endpoint `{0}` is already registered")]
+    Duplicate(String),
+}
+
+/// Who the service is, as `$SRV.INFO` tells it.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// ADR-32 name, e.g. `toronto-planner`.
+    pub name: String,
+    /// SemVer version.
+    pub version: String,
+    /// One line about it.
+    pub description: String,
+    /// Free-form metadata.
+    pub metadata: HashMap<String, String>,
+    /// Queue group shared by the replicas of this service.
+    pub queue_group: String,
+    /// `source` attribute of the replies it sends.
+    pub source: String,
+}
+
+/// A decoded, validated request handed to a handler.
+#[derive(Debug)]
+pub struct Request<T> {
+    /// The request envelope with its typed payload.
+    pub envelope: Envelope<T>,
+    /// The NATS headers it came with.
+    pub headers: Option<HeaderMap>,
+    /// The subject it was sent to.
+    pub subject: String,
+}
+
+impl<T> Request<T> {
+    /// The payload.
+    pub fn data(&self) -> &T {
+        &self.envelope.data
+    }
+
+    /// The attributes a follow-up message inherits.
+    pub fn flow(&self) -> FlowContext {
+        self.envelope.flow()
+    }
+}
+
+type EndpointStats = endpoint::Stats;
+
+struct Shared {
+    client: Client,
+    spec: ServiceSpec,
+    id: String,
+    started: chrono::DateTime<chrono::Utc>,
+    limits: EndpointConfig,
+    metrics: Metrics,
+    dead_letters: Option<DeadLetters>,
+    stats: Mutex<BTreeMap<String, EndpointStats>>,
+    endpoint_metadata: Mutex<BTreeMap<String, HashMap<String, String>>>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
+}
+
+/// A running ADR-32 service: answers `$SRV.PING|INFO|STATS` and hosts endpoints.
+#[derive(Clone)]
+pub struct ServiceHost {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ServiceHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHost")
+            .field("name", &self.shared.spec.name)
+            .field("id", &self.shared.id)
+            .finish()
+    }
+}
+
+async fn verb_subscriptions(
+    client: &Client,
+    verb: &str,
+    name: &str,
+    id: &str,
+) -> Result<futures::stream::SelectAll<Subscriber>, ServiceError> {
+    let mut subs = Vec::new();
+    for subject in [
+        format!("$SRV.{verb}"),
+        format!("$SRV.{verb}.{name}"),
+        format!("$SRV.{verb}.{name}.{id}"),
+    ] {
+        subs.push(
+            client
+                .subscribe(subject.clone())
+                .await
+                .map_err(|source| ServiceError::Subscribe { subject, source })?,
+        );
+    }
+    Ok(futures::stream::select_all(subs))
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}
+
+impl ServiceHost {
+    /// Registers the service: subscribes to the ADR-32 verbs and answers them until
+    /// [`ServiceHost::stop`].
+    pub async fn start(
+        client: Client,
+        spec: ServiceSpec,
+        limits: EndpointConfig,
+        metrics: Metrics,
+        dead_letters: Option<DeadLetters>,
+    ) -> Result<Self, ServiceError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let shared = Arc::new(Shared {
+            client: client.clone(),
+            spec,
+            id,
+            started: chrono::Utc::now(),
+            limits,
+            metrics,
+            dead_letters,
+            stats: Mutex::new(BTreeMap::new()),
+            endpoint_metadata: Mutex::new(BTreeMap::new()),
+            tracker: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        });
+        let name = shared.spec.name.clone();
+        let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
+        let mut infos = verb_subscriptions(&client, "INFO", &name, &shared.id).await?;
+        let mut stats = verb_subscriptions(&client, "STATS", &name, &shared.id).await?;
+        let verbs = shared.clone();
+        shared.tracker.spawn(async move {
+            loop {
+                let (message, body) = tokio::select! {
+                    _ = verbs.stop.cancelled() => break,
+                    Some(m) = pings.next() => { let b = verbs.ping_json(); (m, b) }
+                    Some(m) = infos.next() => { let b = verbs.info_json(); (m, b) }
+                    Some(m) = stats.next() => { let b = verbs.stats_json(); (m, b) }
+                    else => break,
+                };
+                if let Some(reply) = message.reply {
+                    if let Err(e) = verbs.client.publish(reply, body.into()).await {
+                        tracing::warn!(error = %e, "cannot answer service API request");
+                    }
+                }
+            }
+            for subs in [&mut pings, &mut infos, &mut stats] {
+                for sub in subs.iter_mut() {
+                    let _ = sub.unsubscribe().await;
+                }
+            }
+        });
+        Ok(Self { shared })
+    }
+
+    /// The ADR-32 instance id.
+    pub fn id(&self) -> &str {
+        &self.shared.id
+    }
+
+    /// The ADR-32 service name.
+    pub fn name(&self) -> &str {
+        &self.shared.spec.name
+    }
+
+    /// When the service started.
+    pub fn started(&self) -> chrono::DateTime<chrono::Utc> {
+        self.shared.started
+    }
+
+    /// The client the service talks through.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Adds a typed endpoint named `name` on `subject`. The handler gets the decoded
+    /// request and returns the reply payload or an [`ErrorBody`].
+    pub async fn add_endpoint<Req, Resp, H, Fut>(
+        &self,
+        name: &str,
+        subject: impl Into<String>,
+        handler: H,
+    ) -> Result<(), ServiceError>
+    where
+        Req: Message,
+        Resp: Message,
+        H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+    {
+        let subject = subject.into();
+        {
+            let mut stats = self.shared.stats.lock().expect("stats lock");
+            if stats.contains_key(name) {
+                return Err(ServiceError::Duplicate(name.to_owned()));
+            }
+            stats.insert(
+                name.to_owned(),
+                EndpointStats {
+                    name: name.to_owned(),
+                    subject: subject.clone(),
+                    requests: 0,
+                    errors: 0,
+                    processing_time: Duration::ZERO,
+                    average_processing_time: Duration::ZERO,
+                    last_error: None,
+                    data: None,
+                    queue_group: self.shared.spec.queue_group.clone(),
+                },
+            );
+        }
+        self.shared.endpoint_metadata.lock().expect("meta lock").insert(
+            name.to_owned(),
+            HashMap::from([
+                ("request_type".to_owned(), Req::message_type().to_string()),
+                ("response_type".to_owned(), Resp::message_type().to_string()),
+                (
+                    "request_schema".to_owned(),
+                    format!("schemas/{}", Req::schema_path()),
+                ),
+                (
+                    "response_schema".to_owned(),
+                    format!("schemas/{}", Resp::schema_path()),
+                ),
+            ]),
+        );
+        let mut sub = self
+            .shared
+            .client
+            .queue_subscribe(subject.clone(), self.shared.spec.queue_group.clone())
+            .await
+            .map_err(|source| ServiceError::Subscribe {
+                subject: subject.clone(),
+                source,
+            })?;
+        let shared = self.shared.clone();
+        let handler = Arc::new(handler);
+        let name = name.to_owned();
+        let permits = Arc::new(Semaphore::new(shared.limits.concurrency));
+        self.shared.tracker.spawn(async move {
+            let mut draining = false;
+            loop {
+                let message = if draining {
+                    sub.next().await
+                } else {
+                    tokio::select! {
+                        m = sub.next() => m,
+                        _ = shared.stop.cancelled() => {
+                            // Stop taking work; what the server already sent is still served.
+                            let _ = sub.drain().await;
+                            draining = true;
+                            continue;
+                        }
+                    }
+                };
+                let Some(message) = message else { break };
+                let permit = permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                let shared = shared.clone();
+                let handler = handler.clone();
+                let name = name.clone();
+                shared.tracker.clone().spawn(async move {
+                    let _permit = permit;
+                    shared.serve::<Req, Resp, H, Fut>(&name, message, &*handler).await;
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Stops taking requests, finishes those in flight (up to `grace`), and stops
+    /// answering the service API. Returns whether everything finished in time.
+    pub async fn stop(&self, grace: Duration) -> bool {
+        self.shared.stop.cancel();
+        self.shared.tracker.close();
+        let finished = tokio::time::timeout(grace, self.shared.tracker.wait())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(service = %self.shared.spec.name, "requests still in flight at the end of the grace period");
+        }
+        finished
+    }
+
+    /// The `$SRV.STATS` document of this instance.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.shared.stats_json()).expect("stats are JSON")
+    }
+}
+
+impl Shared {
+    fn ping_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&PingResponse {
+            kind: "io.nats.micro.v1.ping_response".to_owned(),
+            name: self.spec.name.clone(),
+            id: self.id.clone(),
+            version: self.spec.version.clone(),
+            metadata: self.spec.metadata.clone(),
+        })
+        .expect("ping serializes")
+    }
+
+    fn info_json(&self) -> Vec<u8> {
+        let metadata = self.endpoint_metadata.lock().expect("meta lock").clone();
+        let endpoints = self
+            .stats
+            .lock()
+            .expect("stats lock")
+            .values()
+            .map(|s| endpoint::Info {
+                name: s.name.clone(),
+                subject: s.subject.clone(),
+                queue_group: s.queue_group.clone(),
+                metadata: metadata.get(&s.name).cloned().unwrap_or_default(),
+            })
+            .collect();
+        serde_json::to_vec(&Info {
+            kind: "io.nats.micro.v1.info_response".to_owned(),
+            name: self.spec.name.clone(),
+            id: self.id.clone(),
+            description: self.spec.description.clone(),
+            version: self.spec.version.clone(),
+            metadata: self.spec.metadata.clone(),
+            endpoints,
+        })
+        .expect("info serializes")
+    }
+
+    fn stats_json(&self) -> Vec<u8> {
+        let endpoints = self
+            .stats
+            .lock()
+            .expect("stats lock")
+            .values()
+            .cloned()
+            .collect();
+        serde_json::to_vec(&Stats {
+            kind: "io.nats.micro.v1.stats_response".to_owned(),
+            name: self.spec.name.clone(),
+            id: self.id.clone(),
+            version: self.spec.version.clone(),
+            started: self.started,
+            endpoints,
+        })
+        .expect("stats serialize")
+    }
+
+    fn record(&self, name: &str, elapsed: Duration, error: Option<&ErrorBody>) {
+        {
+            let mut stats = self.stats.lock().expect("stats lock");
+            if let Some(s) = stats.get_mut(name) {
+                s.requests += 1;
+                s.processing_time += elapsed;
+                s.average_processing_time = s.processing_time / s.requests.max(1) as u32;
+                if let Some(e) = error {
+                    s.errors += 1;
+                    s.last_error = Some(async_nats::service::error::Error {
+                        status: e.message.clone(),
+                        code: e.code.status() as usize,
+                    });
+                }
+            }
+        }
+        self.metrics
+            .observe_request(name, elapsed, error.map(|e| e.code.as_str()));
+    }
+
+    async fn serve<Req, Resp, H, Fut>(&self, name: &str, message: async_nats::Message, handler: &H)
+    where
+        Req: Message,
+        Resp: Message,
+        H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+    {
+        let started = Instant::now();
+        let content_type = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+            .map(|v| v.as_str().to_owned());
+        let header_trace = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(TRACEPARENT_HEADER))
+            .and_then(|v| TraceParent::parse(v.as_str()));
+        let encoding = Encoding::from_content_type(content_type.as_deref());
+        let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
+        let mut flow: Option<FlowContext> = None;
+
+        let outcome: Result<Envelope<Resp>, ErrorBody> = async {
+            let size = message.payload.len();
+            if size > self.limits.max_payload_bytes {
+                return Err(ProtocolError::TooLarge {
+                    size,
+                    limit: self.limits.max_payload_bytes,
+                }
+                .into());
+            }
+            let raw = decode_raw(&message.payload, encoding?)?;
+            let mut request_flow = raw.flow();
+            if request_flow.traceparent.is_none() {
+                request_flow.traceparent = header_trace.clone();
+            }
+            flow = Some(request_flow.clone());
+            let envelope = raw.into_typed::<Req>()?;
+            let subject_attr = envelope.subject.clone();
+            let request = Request {
+                envelope,
+                headers: message.headers.clone(),
+                subject: message.subject.to_string(),
+            };
+            let trace_id = request_flow
+                .traceparent
+                .as_ref()
+                .map(|t| t.trace_id.clone())
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "request",
+                endpoint = name,
+                id = %request_flow.id,
+                correlationid = %request_flow.correlationid,
+                trace_id = %trace_id,
+            );
+            let result = AssertUnwindSafe(handler(request))
+                .catch_unwind()
+                .instrument(span)
+                .await;
+            let data = match result {
+                Ok(result) => result?,
+                Err(panic) => {
+                    let what = panic_message(&*panic);
+                    tracing::error!(endpoint = name, panic = %what, "handler panicked");
+                    return Err(ErrorBody::new(
+                        ErrorCode::Internal,
+                        format!("the handler of `{name}` failed unexpectedly"),
+                    ));
+                }
+            };
+            let mut builder = Envelope::builder(self.spec.source.clone(), data).caused_by(&request_flow);
+            if let Some(subject) = subject_attr {
+                builder = builder.subject(subject);
+            }
+            Ok(builder.build())
+        }
+        .await;
+
+        let error = outcome.as_ref().err().cloned();
+        let (bytes, traceparent) = match &outcome {
+            Ok(envelope) => (encode(envelope, reply_encoding), envelope.traceparent.clone()),
+            Err(body) => {
+                let builder = Envelope::builder(self.spec.source.clone(), body.clone());
+                let envelope = match &flow {
+                    Some(flow) => builder.caused_by(flow).build(),
+                    None => builder.build(),
+                };
+                (encode(&envelope, reply_encoding), envelope.traceparent.clone())
+            }
+        };
+        let (bytes, error) = match bytes {
+            Ok(bytes) => (bytes, error),
+            Err(e) => {
+                let body = ErrorBody::new(ErrorCode::Internal, e.to_string());
+                let envelope = Envelope::builder(self.spec.source.clone(), body.clone()).build();
+                (
+                    encode(&envelope, Encoding::Json).unwrap_or_default(),
+                    Some(body),
+                )
+            }
+        };
+
+        match message.reply.clone() {
+            Some(reply) => {
+                let mut headers = HeaderMap::new();
+                headers.insert(CONTENT_TYPE_HEADER, reply_encoding.content_type());
+                if let Some(tp) = &traceparent {
+                    headers.insert(TRACEPARENT_HEADER, tp.as_str());
+                }
+                if let Some(e) = &error {
+                    headers.insert(SERVICE_ERROR_HEADER, e.message.as_str());
+                    headers.insert(
+                        SERVICE_ERROR_CODE_HEADER,
+                        e.code.status().to_string().as_str(),
+                    );
+                }
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(reply, headers, Bytes::from(bytes))
+                    .await
+                {
+                    tracing::warn!(endpoint = name, error = %e, "cannot send reply");
+                }
+            }
+            None => {
+                if let Some(e) = &error {
+                    // Nobody to tell: park the message so that it is not lost.
+                    match &self.dead_letters {
+                        Some(dlq) => {
+                            dlq.park_message(name, &message, &e.to_string(), None).await;
+                        }
+                        None => tracing::warn!(
+                            endpoint = name,
+                            error = %e,
+                            "refused a message without reply subject and no dead-letter stream is configured"
+                        ),
+                    }
+                }
+            }
+        }
+        self.record(name, started.elapsed(), error.as_ref());
+    }
+}

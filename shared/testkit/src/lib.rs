@@ -1,0 +1,44 @@
+//! Real `nats-server` processes for tests: a single JetStream node that can be stopped,
+//! started again and restarted on the same port with the same store, and small JetStream
+//! clusters whose nodes can be killed and restarted.
+//!
+//! No mocks: every [`NatsServer`] and [`NatsCluster`] runs the real binary found by
+//! [`nats_server_bin`] (pinned version [`PINNED_NATS_SERVER_VERSION`], installed by
+//! `scripts/install-tools`). Each server gets free ports on `127.0.0.1`, a generated config
+//! file, a JetStream store and a log file in its own temporary directory; everything is
+//! killed and removed when the value is dropped, also when a test panics.
+//!
+//! With the cargo feature `testcontainers` and `TORONTO_TESTKIT_NATS=testcontainers`,
+//! [`NatsServer`] runs in a container instead (needs a Docker engine; no stop/restart).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! let server = toronto_testkit::NatsServer::start().await;
+//! let client = server.client().await;
+//! client.publish("greetings", "hello".into()).await.unwrap();
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod bin;
+mod cluster;
+#[cfg(feature = "testcontainers")]
+mod container;
+mod error;
+mod node;
+mod server;
+
+pub use bin::{
+    BACKEND_ENV, BIN_ENV, INSTALL_HINT, nats_server_bin, parse_nats_server_version,
+    resolve_nats_server_bin,
+};
+pub use cluster::NatsCluster;
+pub use error::TestkitError;
+pub use server::NatsServer;
+
+/// The nats-server version the project pins for tests (installed by `scripts/install-tools`).
+pub const PINNED_NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// The oldest nats-server (major, minor) the testkit accepts; older servers lack JetStream
+/// APIs the agent uses (see the `server_2_10` feature of async-nats).
+pub const MIN_NATS_SERVER_VERSION: (u32, u32) = (2, 10);
