@@ -29,7 +29,7 @@ pub struct NatsServer {
 enum Inner {
     Binary(BinaryServer),
     #[cfg(feature = "testcontainers")]
-    Container(crate::container::ContainerServer),
+    Container(Box<crate::container::ContainerServer>),
 }
 
 #[derive(Debug)]
@@ -90,7 +90,9 @@ impl NatsServer {
             }),
             #[cfg(feature = "testcontainers")]
             Backend::Testcontainers => Ok(NatsServer {
-                inner: Inner::Container(crate::container::ContainerServer::start(extra).await?),
+                inner: Inner::Container(Box::new(
+                    crate::container::ContainerServer::start(extra).await?,
+                )),
             }),
             #[cfg(not(feature = "testcontainers"))]
             Backend::Testcontainers => Err(TestkitError::TestcontainersFeatureMissing),

@@ -132,6 +132,28 @@ async fn stop_refuses_clients_until_start_again() {
 }
 
 #[tokio::test]
+async fn start_again_waits_for_a_busy_port() {
+    let mut server = NatsServer::start().await;
+    let port = server.port();
+    server.stop().await;
+
+    // Someone else holds the port for a moment.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let release = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        drop(squatter);
+    });
+    server.start_again().await;
+    release.await.unwrap();
+    assert_eq!(server.port(), port);
+    let log = std::fs::read_to_string(server.log_path()).unwrap();
+    assert!(log.contains("address already in use"), "{log}");
+    connect_once(&server.url())
+        .await
+        .expect("connect after the port was freed");
+}
+
+#[tokio::test]
 async fn dropping_the_server_kills_it() {
     let server = NatsServer::start().await;
     let url = server.url();
