@@ -217,9 +217,13 @@ impl NatsCluster {
     ///
     /// # Panics
     ///
-    /// When `node` is out of range or JetStream does not answer in time.
+    /// When `node` is out of range or not running, or JetStream does not answer in time.
     pub async fn wait_for_jetstream(&self, node: usize) {
         let n = self.node(node);
+        assert!(
+            n.is_running(),
+            "node n{node} is not running: restart_node({node}) first"
+        );
         let deadline = Instant::now() + CLUSTER_TIMEOUT;
         if let Err(e) = n
             .wait_ready(Readiness::JetStream, deadline, CLUSTER_TIMEOUT)

@@ -64,12 +64,16 @@ pub enum TestkitError {
     },
 
     /// The server process exited while the testkit waited for it to become ready.
-    #[error("nats-server {what} exited during startup ({status}); log tail:\n{log_tail}")]
+    #[error(
+        "nats-server {what} exited during startup ({status}); its config:\n{config}\nlog tail:\n{log_tail}"
+    )]
     Exited {
         /// Which server (e.g. `on 127.0.0.1:4222` or `node n1`).
         what: String,
         /// Its exit status.
         status: String,
+        /// The generated config file it was started with.
+        config: String,
         /// The last lines of its log.
         log_tail: String,
     },

@@ -358,6 +358,8 @@ impl Node {
             TestkitError::Exited {
                 what: self.label.clone(),
                 status,
+                config: std::fs::read_to_string(&self.config_path)
+                    .unwrap_or_else(|e| format!("({}: {e})", self.config_path.display())),
                 log_tail: self.log_tail(),
             }
         })

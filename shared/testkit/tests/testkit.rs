@@ -216,13 +216,17 @@ async fn invalid_config_fails_with_the_server_log() {
         .expect_err("invalid config must fail");
     assert!(matches!(err, TestkitError::Exited { .. }), "{err}");
     let message = err.to_string();
+    eprintln!("{message}");
     assert!(message.contains("log tail"), "{message}");
     assert!(message.contains("nats.conf"), "{message}");
 }
 
 #[tokio::test]
 async fn cluster_survives_losing_a_node() {
+    let t0 = std::time::Instant::now();
+    let phase = |name: &str| eprintln!("[{:>6.2?}] {name}", t0.elapsed());
     let mut cluster = NatsCluster::start(3).await;
+    phase("cluster ready");
     assert_eq!(cluster.len(), 3);
     assert!(!cluster.is_empty());
     let urls = cluster.urls();
@@ -250,18 +254,23 @@ async fn cluster_survives_losing_a_node() {
     let cluster_info = info.cluster.expect("cluster info on an R3 stream");
     assert_eq!(cluster_info.replicas.len(), 2, "{cluster_info:?}");
     publish_acked(&js0, "orders.1", "first", Duration::from_secs(10)).await;
+    phase("R3 stream created, first message acked");
 
     cluster.kill(1).await;
+    phase("node 1 killed");
     assert!(!cluster.is_running(1));
     assert!(connect_once(&cluster.url(1)).await.is_err());
 
     // Quorum is 2 of 3: publishing goes on through the surviving nodes.
     publish_acked(&js0, "orders.2", "second", Duration::from_secs(20)).await;
     publish_acked(&js2, "orders.3", "third", Duration::from_secs(20)).await;
+    phase("published through nodes 0 and 2");
 
     cluster.restart_node(1).await;
     assert!(cluster.is_running(1));
+    phase("node 1 accepts clients again");
     cluster.wait_for_jetstream(1).await;
+    phase("JetStream answers through node 1");
     let js1 = jetstream::new(cluster.client(1).await);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -278,6 +287,7 @@ async fn cluster_survives_losing_a_node() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    phase("node 1 caught up");
 }
 
 #[test]
@@ -329,4 +339,77 @@ fn refuses_servers_older_than_2_10() {
     assert!(message.contains("2.9.10"), "{message}");
     assert!(message.contains("2.10"), "{message}");
     assert!(message.contains("scripts/install-tools"), "{message}");
+}
+
+/// Set (to a scenario name) when this test binary runs itself to test environment variables,
+/// which a test cannot change in its own process (`std::env::set_var` is unsafe).
+const CHILD_ENV: &str = "TORONTO_TESTKIT_TEST_CHILD";
+
+/// In a child process started by [`environment_variables_are_honoured`]: starts a server
+/// under the environment the parent set and prints the error; does nothing otherwise.
+#[tokio::test]
+async fn env_child() {
+    let Ok(scenario) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let err = NatsServer::try_start()
+        .await
+        .expect_err("the environment makes starting fail");
+    println!("CHILD-ERROR[{scenario}]: {err}");
+    match scenario.as_str() {
+        "missing-bin" => assert!(matches!(err, TestkitError::EnvBinMissing { .. })),
+        "unknown-backend" => assert!(matches!(err, TestkitError::UnknownBackend { .. })),
+        "testcontainers" => {
+            #[cfg(not(feature = "testcontainers"))]
+            assert!(matches!(err, TestkitError::TestcontainersFeatureMissing));
+            #[cfg(feature = "testcontainers")]
+            assert!(matches!(err, TestkitError::Container(_)));
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+}
+
+#[test]
+fn environment_variables_are_honoured() {
+    let run = |scenario: &str, envs: &[(&str, &str)]| {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "env_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, scenario)
+            .env_remove("TORONTO_NATS_SERVER_BIN")
+            .env_remove("TORONTO_TESTKIT_NATS")
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success() && stdout.contains(&format!("CHILD-ERROR[{scenario}]")),
+            "child {scenario} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    };
+
+    let out = run(
+        "missing-bin",
+        &[(
+            "TORONTO_NATS_SERVER_BIN",
+            "/nonexistent/toronto/nats-server",
+        )],
+    );
+    assert!(out.contains("scripts/install-tools"), "{out}");
+
+    let out = run("unknown-backend", &[("TORONTO_TESTKIT_NATS", "podman")]);
+    assert!(out.contains("TORONTO_TESTKIT_NATS=podman"), "{out}");
+
+    #[cfg(not(feature = "testcontainers"))]
+    {
+        let out = run(
+            "testcontainers",
+            &[("TORONTO_TESTKIT_NATS", "testcontainers")],
+        );
+        assert!(
+            out.contains("--features toronto-testkit/testcontainers"),
+            "{out}"
+        );
+    }
 }

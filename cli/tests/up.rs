@@ -1,0 +1,126 @@
+//! The `toronto` binary as a user runs it: `toronto up` with its own nats-server or
+//! against TORONTO_NATS_URL, `status`, `ping`, `request`, and SIGTERM.
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use toronto_testkit::{NatsServer, nats_server_bin};
+
+const TORONTO: &str = env!("CARGO_BIN_EXE_toronto");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn toronto(url: &str, args: &[&str]) -> Output {
+    Command::new(TORONTO)
+        .args(args)
+        .env("TORONTO_NATS_URL", url)
+        .output()
+        .await
+        .unwrap()
+}
+
+async fn wait_until_all_answer(url: &str) -> String {
+    for _ in 0..100 {
+        let out = toronto(url, &["status"]).await;
+        if out.status.success() {
+            return String::from_utf8(out.stdout).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the services never all answered status");
+}
+
+async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().unwrap().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("toronto up exits after SIGTERM")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut up = Command::new(TORONTO)
+        .args(["up", "--nats-port", &port.to_string(), "--http-port-base", "0", "--data-dir"])
+        .arg(data.path())
+        .env_remove("TORONTO_NATS_URL")
+        .env("TORONTO_NATS_SERVER_BIN", nats_server_bin().unwrap())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    let status = wait_until_all_answer(&url).await;
+    for name in [
+        "toronto-planner",
+        "toronto-deployer",
+        "toronto-monitor",
+        "toronto-incident-commander",
+        "toronto-chat-bridge",
+    ] {
+        assert!(status.contains(name), "{status}");
+    }
+    let ping = toronto(&url, &["ping"]).await;
+    assert!(ping.status.success());
+    assert_eq!(String::from_utf8(ping.stdout).unwrap().lines().count(), 5);
+    assert!(data.path().join("nats/jetstream").is_dir(), "JetStream data kept under --data-dir");
+
+    let exit = sigterm(&mut up).await;
+    assert_eq!(exit.code(), Some(0));
+    assert!(
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        "the nats-server it started is stopped with it"
+    );
+}
+
+#[tokio::test]
+async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
+    let server = NatsServer::start().await;
+    let mut up = Command::new(TORONTO)
+        .args(["up", "--http-port-base", "0"])
+        .env("TORONTO_NATS_URL", server.url())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until_all_answer(&server.url()).await;
+
+    let ok = toronto(
+        &server.url(),
+        &["request", "toronto.devops.v1.incident.status", "--type", "ai.toronto.devops.status.request.v1", "--msgpack"],
+    )
+    .await;
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let reply: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(reply["data"]["service"], "toronto-incident-commander");
+
+    let refused = toronto(
+        &server.url(),
+        &["request", "toronto.devops.v1.planner.status", "--type", "ai.toronto.devops.status.request.v9"],
+    )
+    .await;
+    assert!(!refused.status.success());
+    let reply: serde_json::Value = serde_json::from_slice(&refused.stdout).unwrap();
+    assert_eq!(reply["data"]["code"], "unsupported_version");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("422"));
+
+    let exit = sigterm(&mut up).await;
+    assert_eq!(exit.code(), Some(0));
+    let mut stderr = String::new();
+    use tokio::io::AsyncReadExt;
+    up.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    assert!(stderr.contains("using NATS at"), "{stderr}");
+    assert!(!stderr.contains("nats-server"), "no server of its own: {stderr}");
+}
