@@ -182,7 +182,15 @@ async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
     for kind in kinds {
         let envelope = Envelope::builder("toronto://cli", StatusRequest::default()).build();
         let subject = config.subjects().status(kind);
-        match call::<_, Status>(&client, &subject, &envelope, Encoding::Json, Duration::from_secs(3)).await {
+        match call::<_, Status>(
+            &client,
+            &subject,
+            &envelope,
+            Encoding::Json,
+            Duration::from_secs(3),
+        )
+        .await
+        {
             Ok(reply) if json => println!("{}", serde_json::to_string(&reply)?),
             Ok(reply) => {
                 let s = reply.data;
@@ -191,7 +199,11 @@ async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
                     s.service,
                     s.uptime_seconds,
                     s.version,
-                    if s.nats_connected { "connected" } else { "disconnected" },
+                    if s.nats_connected {
+                        "connected"
+                    } else {
+                        "disconnected"
+                    },
                     s.instance_id
                 );
             }
@@ -248,7 +260,11 @@ async fn request(subject: String, ty: String, data: String, msgpack: bool) -> an
         "correlationid": id,
         "data": data,
     });
-    let encoding = if msgpack { Encoding::MessagePack } else { Encoding::Json };
+    let encoding = if msgpack {
+        Encoding::MessagePack
+    } else {
+        Encoding::Json
+    };
     let raw: toronto_protocol::RawEnvelope = serde_json::from_value(envelope)?;
     let bytes = toronto_protocol::encode(&raw, encoding)?;
     let mut headers = async_nats::HeaderMap::new();
@@ -260,11 +276,19 @@ async fn request(subject: String, ty: String, data: String, msgpack: bool) -> an
     .await
     .with_context(|| format!("{subject} did not answer"))??;
     let reply_encoding = Encoding::from_content_type(
-        reply.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str()),
+        reply
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str()),
     )?;
     let envelope = toronto_protocol::decode_raw(&reply.payload, reply_encoding)?;
     println!("{}", serde_json::to_string_pretty(&envelope)?);
-    if let Some(code) = reply.headers.as_ref().and_then(|h| h.get("Nats-Service-Error-Code")) {
+    if let Some(code) = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+    {
         bail!("the service answered with error {}", code.as_str());
     }
     Ok(())

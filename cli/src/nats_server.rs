@@ -19,10 +19,7 @@ pub fn find_binary() -> anyhow::Result<PathBuf> {
         if path.is_file() {
             return Ok(path);
         }
-        bail!(
-            "TORONTO_NATS_SERVER_BIN={} does not exist",
-            path.display()
-        );
+        bail!("TORONTO_NATS_SERVER_BIN={} does not exist", path.display());
     }
     let local = Path::new(".tools/bin/nats-server");
     if local.is_file() {
@@ -80,7 +77,10 @@ impl LocalNats {
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
                 );
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 return Ok(server);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

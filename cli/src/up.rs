@@ -93,7 +93,11 @@ impl Stack {
 }
 
 /// Runs `toronto up` until `shutdown`.
-pub async fn run(mut config: Config, options: UpOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    options: UpOptions,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let nats = if options.start_nats {
         let binary = find_binary()?;
         let server = LocalNats::start(&binary, options.nats_port, &options.data_dir.join("nats"))
@@ -119,7 +123,8 @@ pub async fn run(mut config: Config, options: UpOptions, shutdown: CancellationT
                 "  {:<28} status: {:<40} http: {}",
                 kind.service_name(),
                 config.subjects().status(*kind),
-                http.map(|a| format!("http://{a}/readyz")).unwrap_or_else(|| "off".into())
+                http.map(|a| format!("http://{a}/readyz"))
+                    .unwrap_or_else(|| "off".into())
             );
         }
         stack.wait().await

@@ -39,7 +39,14 @@ async fn wait_until_all_answer(url: &str) -> String {
 
 async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     let pid = child.id().unwrap().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().await.unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap()
+            .success()
+    );
     tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await
         .expect("toronto up exits after SIGTERM")
@@ -51,7 +58,14 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
     let mut up = Command::new(TORONTO)
-        .args(["up", "--nats-port", &port.to_string(), "--http-port-base", "0", "--data-dir"])
+        .args([
+            "up",
+            "--nats-port",
+            &port.to_string(),
+            "--http-port-base",
+            "0",
+            "--data-dir",
+        ])
         .arg(data.path())
         .env_remove("TORONTO_NATS_URL")
         .env("TORONTO_NATS_SERVER_BIN", nats_server_bin().unwrap())
@@ -74,12 +88,17 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     let ping = toronto(&url, &["ping"]).await;
     assert!(ping.status.success());
     assert_eq!(String::from_utf8(ping.stdout).unwrap().lines().count(), 5);
-    assert!(data.path().join("nats/jetstream").is_dir(), "JetStream data kept under --data-dir");
+    assert!(
+        data.path().join("nats/jetstream").is_dir(),
+        "JetStream data kept under --data-dir"
+    );
 
     let exit = sigterm(&mut up).await;
     assert_eq!(exit.code(), Some(0));
     assert!(
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err(),
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err(),
         "the nats-server it started is stopped with it"
     );
 }
@@ -99,16 +118,31 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
 
     let ok = toronto(
         &server.url(),
-        &["request", "toronto.devops.v1.incident.status", "--type", "ai.toronto.devops.status.request.v1", "--msgpack"],
+        &[
+            "request",
+            "toronto.devops.v1.incident.status",
+            "--type",
+            "ai.toronto.devops.status.request.v1",
+            "--msgpack",
+        ],
     )
     .await;
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let reply: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert_eq!(reply["data"]["service"], "toronto-incident-commander");
 
     let refused = toronto(
         &server.url(),
-        &["request", "toronto.devops.v1.planner.status", "--type", "ai.toronto.devops.status.request.v9"],
+        &[
+            "request",
+            "toronto.devops.v1.planner.status",
+            "--type",
+            "ai.toronto.devops.status.request.v9",
+        ],
     )
     .await;
     assert!(!refused.status.success());
@@ -120,7 +154,15 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
     assert_eq!(exit.code(), Some(0));
     let mut stderr = String::new();
     use tokio::io::AsyncReadExt;
-    up.stderr.take().unwrap().read_to_string(&mut stderr).await.unwrap();
+    up.stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .await
+        .unwrap();
     assert!(stderr.contains("using NATS at"), "{stderr}");
-    assert!(!stderr.contains("nats-server"), "no server of its own: {stderr}");
+    assert!(
+        !stderr.contains("nats-server"),
+        "no server of its own: {stderr}"
+    );
 }

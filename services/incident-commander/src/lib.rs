@@ -18,7 +18,10 @@ pub const BUCKETS: &[(&str, i64)] = &[("incidents", 16), ("silences", 8), ("sche
 
 /// Starts the service and returns it running; stop it by cancelling `shutdown` and
 /// awaiting [`ServiceRuntime::run_until_shutdown`].
-pub async fn start(config: Config, shutdown: CancellationToken) -> Result<ServiceRuntime, RuntimeError> {
+pub async fn start(
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
     for (bucket, history) in BUCKETS {
         rt.kv(bucket, *history).await?;

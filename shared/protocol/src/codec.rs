@@ -159,17 +159,28 @@ mod tests {
         let parent_tp = TraceParent::parse(parent.traceparent.as_deref().unwrap()).unwrap();
         let child_tp = TraceParent::parse(child.traceparent.as_deref().unwrap()).unwrap();
         assert_eq!(parent_tp.trace_id, child_tp.trace_id);
-        assert_eq!(child.dataschema.as_deref(), Some("schemas/v1/status.request.json"));
+        assert_eq!(
+            child.dataschema.as_deref(),
+            Some("schemas/v1/status.request.json")
+        );
     }
 
     #[test]
     fn validation_names_what_is_wrong() {
         let good = serde_json::to_value(sample()).unwrap();
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
-            ("id", serde_json::Value::Null, "missing required attribute `id`"),
+            (
+                "id",
+                serde_json::Value::Null,
+                "missing required attribute `id`",
+            ),
             ("id", "not-a-uuid".into(), "not a UUID"),
             ("source", "".into(), "missing required attribute `source`"),
-            ("type", serde_json::Value::Null, "missing required attribute `type`"),
+            (
+                "type",
+                serde_json::Value::Null,
+                "missing required attribute `type`",
+            ),
             ("type", "com.acme.thing.v1".into(), "invalid type"),
             ("specversion", "0.3".into(), "`0.3` is not supported"),
             ("time", "yesterday".into(), "RFC 3339"),
@@ -196,16 +207,16 @@ mod tests {
         let env = sample();
         let mut doc = serde_json::to_value(&env).unwrap();
         doc["type"] = "ai.toronto.devops.error.v7".into();
-        let err = decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json)
-            .unwrap_err();
+        let err =
+            decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json).unwrap_err();
         assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
         assert_eq!(
             err.to_body().details.unwrap()["supported"],
             serde_json::json!(["ai.toronto.devops.error.v1"])
         );
         doc["type"] = "ai.toronto.devops.status.request.v1".into();
-        let err = decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json)
-            .unwrap_err();
+        let err =
+            decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json).unwrap_err();
         assert!(matches!(err, ProtocolError::WrongType { .. }));
         assert_eq!(err.code(), ErrorCode::BadRequest);
     }

@@ -132,7 +132,13 @@ impl ErrorBody {
 
 impl fmt::Display for ErrorBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}): {}", self.code, self.code.status(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.code,
+            self.code.status(),
+            self.message
+        )
     }
 }
 
@@ -155,7 +161,9 @@ pub enum ProtocolError {
         reason: String,
     },
     /// The `Content-Type` header names an encoding we do not speak.
-    #[error("unsupported content type `{0}`: use application/cloudevents+json or application/cloudevents+msgpack")]
+    #[error(
+        "unsupported content type `{0}`: use application/cloudevents+json or application/cloudevents+msgpack"
+    )]
     UnsupportedContentType(String),
     /// A required CloudEvents attribute is absent or empty.
     #[error("missing required attribute `{0}`")]
@@ -223,9 +231,9 @@ impl ProtocolError {
     pub fn to_body(&self) -> ErrorBody {
         let body = ErrorBody::new(self.code(), self.to_string());
         match self {
-            ProtocolError::UnsupportedVersion { got, supported } => body.with_details(
-                serde_json::json!({ "received": got, "supported": supported }),
-            ),
+            ProtocolError::UnsupportedVersion { got, supported } => {
+                body.with_details(serde_json::json!({ "received": got, "supported": supported }))
+            }
             ProtocolError::WrongType { got, expected } => {
                 body.with_details(serde_json::json!({ "received": got, "expected": expected }))
             }

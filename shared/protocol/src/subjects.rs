@@ -229,7 +229,10 @@ mod tests {
         );
         assert_eq!(s.dlq("planner"), "toronto.devops.v1.dlq.planner");
         assert_eq!(s.tasks(), "toronto.agents.devops.tasks");
-        assert_eq!(s.peer("security", "scan"), "toronto.agents.security.v1.scan");
+        assert_eq!(
+            s.peer("security", "scan"),
+            "toronto.agents.security.v1.scan"
+        );
         assert_eq!(s.notify("qa"), "toronto.agents.qa.v1.notify");
         assert_eq!(
             s.metrics("shop-api", "production"),
@@ -244,7 +247,10 @@ mod tests {
     #[test]
     fn prefix_is_configurable() {
         let s = Subjects::new("acme.prod");
-        assert_eq!(s.status(ServiceKind::Monitor), "acme.prod.devops.v1.monitor.status");
+        assert_eq!(
+            s.status(ServiceKind::Monitor),
+            "acme.prod.devops.v1.monitor.status"
+        );
         assert_eq!(s.events_stream(), "ACME_PROD_DEVOPS_EVENTS");
         assert_eq!(s.kv_bucket("plans"), "acme_prod_plans");
     }

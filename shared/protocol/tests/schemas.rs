@@ -37,7 +37,12 @@ fn drift_is_detected() {
     std::fs::write(dir.join("v1/status.json"), "{}\n").unwrap();
     std::fs::write(dir.join("v1/old.thing.json"), "{}\n").unwrap();
     let problems = toronto_protocol::catalogue::drift(dir).unwrap();
-    assert!(problems.contains(&"differs: v1/status.json".to_owned()), "{problems:?}");
-    assert!(problems.contains(&"stale file: v1/old.thing.json".to_owned()), "{problems:?}");
+    assert!(
+        problems.contains(&"differs: v1/status.json".to_owned()),
+        "{problems:?}"
+    );
+    assert!(
+        problems.contains(&"stale file: v1/old.thing.json".to_owned()),
+        "{problems:?}"
+    );
 }
-

@@ -1,1 +1,251 @@
-fn main() {}
+//! Request/reply cost of the runtime next to raw async-nats, against one real
+//! nats-server, plus envelope codec throughput. Prints figures; asserts nothing.
+//!
+//! Run: `cargo bench -p toronto-runtime --bench request_reply`
+//! (set `BENCH_SCALE=0.2` for a quicker, noisier run).
+
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use bytes::Bytes;
+use futures::StreamExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, decode, encode};
+use toronto_runtime::Metrics;
+use toronto_runtime::config::EndpointConfig;
+use toronto_runtime::rpc::call;
+use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+use toronto_testkit::NatsServer;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Payload {
+    text: String,
+}
+
+impl Message for Payload {
+    const NAME: &'static str = "bench.payload";
+    const MAJOR: u32 = 1;
+}
+
+const RAW_SUBJECT: &str = "bench.raw";
+const RUNTIME_SUBJECT: &str = "bench.runtime";
+
+fn scale(n: usize) -> usize {
+    let s: f64 = std::env::var("BENCH_SCALE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1.0);
+    ((n as f64 * s) as usize).max(50)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+#[derive(Clone, Copy)]
+enum Path {
+    Raw,
+    Runtime,
+}
+
+async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
+    match path {
+        Path::Raw => {
+            let reply = client.request(RAW_SUBJECT, payload.clone()).await.unwrap();
+            assert_eq!(reply.payload.len(), payload.len());
+        }
+        Path::Runtime => {
+            let reply: Envelope<Payload> = call(
+                client,
+                RUNTIME_SUBJECT,
+                envelope,
+                Encoding::Json,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.data.text.len(), envelope.data.text.len());
+        }
+    }
+}
+
+async fn sequential(
+    client: &Client,
+    path: Path,
+    n: usize,
+    payload: &Bytes,
+    envelope: &Envelope<Payload>,
+) -> (Duration, Duration) {
+    for _ in 0..scale(200) {
+        one_request(client, path, payload, envelope).await;
+    }
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        one_request(client, path, payload, envelope).await;
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+}
+
+async fn concurrent(
+    client: &Client,
+    path: Path,
+    workers: usize,
+    total: usize,
+    payload: &Bytes,
+    envelope: &Envelope<Payload>,
+) -> f64 {
+    let per_worker = total / workers;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let client = client.clone();
+            let payload = payload.clone();
+            let envelope = envelope.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_worker {
+                    one_request(&client, path, &payload, &envelope).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    (per_worker * workers) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn codec_rate(encoding: Encoding, n: usize) -> f64 {
+    let envelope = Envelope::builder(
+        "toronto://bench",
+        Payload {
+            text: "x".repeat(1024),
+        },
+    )
+    .subject("shop-api")
+    .build();
+    let start = Instant::now();
+    for _ in 0..n {
+        let bytes = encode(&envelope, encoding).unwrap();
+        let back: Envelope<Payload> = decode(&bytes, encoding).unwrap();
+        std::hint::black_box(back);
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+#[tokio::main]
+async fn main() {
+    let server = NatsServer::start().await;
+    let responder = server.client().await;
+    let requester = server.client().await;
+
+    // Raw: the plainest async-nats responder.
+    let mut raw_sub = responder.subscribe(RAW_SUBJECT).await.unwrap();
+    let raw_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = raw_sub.next().await {
+            if let Some(reply) = m.reply {
+                raw_client.publish(reply, m.payload).await.unwrap();
+            }
+        }
+    });
+
+    // Runtime: a typed endpoint with envelope decode, validation and encode.
+    let host = ServiceHost::start(
+        responder.clone(),
+        ServiceSpec {
+            name: "toronto-bench".into(),
+            version: "0.0.0".into(),
+            description: "benchmark".into(),
+            metadata: Default::default(),
+            queue_group: "toronto-bench".into(),
+            source: "toronto://bench".into(),
+        },
+        EndpointConfig {
+            max_payload_bytes: 256 * 1024,
+            concurrency: 256,
+        },
+        Metrics::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    host.add_endpoint(
+        "echo",
+        RUNTIME_SUBJECT,
+        |req: Request<Payload>| async move { Ok::<_, ErrorBody>(req.envelope.data) },
+    )
+    .await
+    .unwrap();
+    responder.flush().await.unwrap();
+
+    let payload = Bytes::from(vec![b'x'; 512]);
+    let envelope = Envelope::builder(
+        "toronto://bench",
+        Payload {
+            text: "x".repeat(512),
+        },
+    )
+    .build();
+
+    let n = scale(5000);
+    let total = scale(40_000);
+    println!(
+        "request/reply against nats-server at {} (512-byte payload)",
+        server.url()
+    );
+    println!(
+        "{:<34} {:>14} {:>14} {:>8}",
+        "", "raw async-nats", "runtime", "ratio"
+    );
+    let (raw_p50, raw_p99) = sequential(&requester, Path::Raw, n, &payload, &envelope).await;
+    let (rt_p50, rt_p99) = sequential(&requester, Path::Runtime, n, &payload, &envelope).await;
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{:<34} {:>11.1} us {:>11.1} us {:>7.2}x  (goal <= 1.25x)",
+        format!("sequential p50 ({n} requests)"),
+        us(raw_p50),
+        us(rt_p50),
+        us(rt_p50) / us(raw_p50)
+    );
+    println!(
+        "{:<34} {:>11.1} us {:>11.1} us {:>7.2}x",
+        "sequential p99",
+        us(raw_p99),
+        us(rt_p99),
+        us(rt_p99) / us(raw_p99)
+    );
+    for workers in [16, 64] {
+        let raw = concurrent(&requester, Path::Raw, workers, total, &payload, &envelope).await;
+        let rt = concurrent(
+            &requester,
+            Path::Runtime,
+            workers,
+            total,
+            &payload,
+            &envelope,
+        )
+        .await;
+        println!(
+            "{:<34} {:>10.0}/s {:>10.0}/s {:>7.2}x  (goal >= 0.80x)",
+            format!("{workers}-way concurrent ({total} requests)"),
+            raw,
+            rt,
+            rt / raw
+        );
+    }
+
+    let codec_n = scale(100_000);
+    println!();
+    println!("envelope encode+decode, 1 KiB data ({codec_n} round trips)");
+    println!("  json     {:>10.0}/s", codec_rate(Encoding::Json, codec_n));
+    println!(
+        "  msgpack  {:>10.0}/s",
+        codec_rate(Encoding::MessagePack, codec_n)
+    );
+    host.stop(Duration::from_secs(1)).await;
+}

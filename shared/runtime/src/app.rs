@@ -208,7 +208,11 @@ impl ServiceRuntime {
     }
 
     /// Adds the command `<prefix>.devops.v1.<service>.<verb>`, named `verb`.
-    pub async fn endpoint<Req, Resp, H, Fut>(&self, verb: &str, handler: H) -> Result<(), RuntimeError>
+    pub async fn endpoint<Req, Resp, H, Fut>(
+        &self,
+        verb: &str,
+        handler: H,
+    ) -> Result<(), RuntimeError>
     where
         Req: Message,
         Resp: Message,

@@ -157,10 +157,9 @@ impl HttpConfig {
         if self.addr.is_empty() {
             return Ok(None);
         }
-        self.addr
-            .parse()
-            .map(Some)
-            .map_err(|_| ConfigError::Invalid(format!("http.addr `{}` is not host:port", self.addr)))
+        self.addr.parse().map(Some).map_err(|_| {
+            ConfigError::Invalid(format!("http.addr `{}` is not host:port", self.addr))
+        })
     }
 }
 
@@ -515,13 +514,19 @@ impl Config {
             )));
         }
         if self.endpoints.concurrency == 0 {
-            return Err(ConfigError::Invalid("endpoint concurrency must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "endpoint concurrency must be at least 1".into(),
+            ));
         }
         if self.endpoints.max_payload_bytes == 0 {
-            return Err(ConfigError::Invalid("max payload must be at least 1 byte".into()));
+            return Err(ConfigError::Invalid(
+                "max payload must be at least 1 byte".into(),
+            ));
         }
         if self.jetstream.replicas == 0 || self.jetstream.replicas > 5 {
-            return Err(ConfigError::Invalid("JetStream replicas must be 1 to 5".into()));
+            return Err(ConfigError::Invalid(
+                "JetStream replicas must be 1 to 5".into(),
+            ));
         }
         if self.nats.tls_cert.is_some() != self.nats.tls_key.is_some() {
             return Err(ConfigError::Invalid(
@@ -529,7 +534,9 @@ impl Config {
             ));
         }
         if self.nats.user.is_some() != self.nats.password.is_some() {
-            return Err(ConfigError::Invalid("NATS user and password must be given together".into()));
+            return Err(ConfigError::Invalid(
+                "NATS user and password must be given together".into(),
+            ));
         }
         self.http.socket_addr()?;
         Ok(())
@@ -602,7 +609,10 @@ concurrency = 8
     #[test]
     fn bad_values_name_the_variable_or_key() {
         let err = Config::from_vars(&vars(&[("TORONTO_MAX_PAYLOAD_BYTES", "lots")])).unwrap_err();
-        assert!(err.to_string().contains("TORONTO_MAX_PAYLOAD_BYTES"), "{err}");
+        assert!(
+            err.to_string().contains("TORONTO_MAX_PAYLOAD_BYTES"),
+            "{err}"
+        );
         let err = Config::from_toml("[nats]\nurl = \"x\"\n").unwrap_err();
         assert!(err.contains("unknown field `url`"), "{err}");
         let err = Config::from_vars(&vars(&[("TORONTO_SUBJECT_PREFIX", "a.*")])).unwrap_err();

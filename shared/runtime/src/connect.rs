@@ -39,7 +39,8 @@ pub enum ConnectError {
 /// Delay before reconnect attempt `attempts`: 100 ms doubling, capped at 5 s.
 pub fn backoff(attempts: usize) -> Duration {
     let exp = attempts.min(16) as u32;
-    Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp))).min(Duration::from_secs(5))
+    Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp)))
+        .min(Duration::from_secs(5))
 }
 
 /// Builds the client options from the configuration.
@@ -115,18 +116,20 @@ pub async fn connect(
     let client = opts
         .connect(urls.as_str())
         .await
-        .map_err(|source| ConnectError::Connect { urls: urls.clone(), source })?;
-    let mut waited = Duration::ZERO;
-    let step = Duration::from_millis(20);
+        .map_err(|source| ConnectError::Connect {
+            urls: urls.clone(),
+            source,
+        })?;
+    let mut next_warning = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.connection_state() != State::Connected {
-        if waited.as_secs() > 0 && waited.as_millis() % 5_000 == 0 {
+        if tokio::time::Instant::now() >= next_warning {
             tracing::warn!(urls, "still waiting for NATS");
+            next_warning += Duration::from_secs(5);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(ConnectError::Cancelled),
-            _ = tokio::time::sleep(step) => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
-        waited += step;
     }
     metrics.nats_connected.set(1);
     Ok(client)

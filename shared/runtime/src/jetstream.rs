@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
-use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::message::PublishMessage as Publish;
 use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, Context};
@@ -332,7 +332,12 @@ impl DeadLetters {
                         consumer: origin.to_owned(),
                     })
                     .inc();
-                tracing::warn!(origin, subject, reason, "message parked in the dead-letter stream");
+                tracing::warn!(
+                    origin,
+                    subject,
+                    reason,
+                    "message parked in the dead-letter stream"
+                );
                 true
             }
             Err(e) => {
@@ -595,7 +600,10 @@ async fn settle(
         }
         Outcome::Retry { delay, reason } => {
             if spec.max_deliver > 0 && deliveries >= spec.max_deliver {
-                format!("failed {deliveries} deliveries (max deliver {}): {reason}", spec.max_deliver)
+                format!(
+                    "failed {deliveries} deliveries (max deliver {}): {reason}",
+                    spec.max_deliver
+                )
             } else {
                 tracing::info!(durable = %spec.durable, deliveries, reason, "message will be retried");
                 if let Err(e) = message.ack_with(AckKind::Nak(delay)).await {

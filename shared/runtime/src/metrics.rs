@@ -79,7 +79,11 @@ impl Metrics {
         let redeliveries = Family::<ConsumerLabels, Counter>::default();
         let dead_letters = Family::<ConsumerLabels, Counter>::default();
         let nats_connected = Gauge::default();
-        registry.register("requests", "Requests handled per endpoint", requests.clone());
+        registry.register(
+            "requests",
+            "Requests handled per endpoint",
+            requests.clone(),
+        );
         registry.register(
             "request_errors",
             "Requests answered with an error, per endpoint and code",

@@ -197,10 +197,10 @@ impl ServiceHost {
                     Some(m) = stats.next() => { let b = verbs.stats_json(); (m, b) }
                     else => break,
                 };
-                if let Some(reply) = message.reply {
-                    if let Err(e) = verbs.client.publish(reply, body.into()).await {
-                        tracing::warn!(error = %e, "cannot answer service API request");
-                    }
+                if let Some(reply) = message.reply
+                    && let Err(e) = verbs.client.publish(reply, body.into()).await
+                {
+                    tracing::warn!(error = %e, "cannot answer service API request");
                 }
             }
             for subs in [&mut pings, &mut infos, &mut stats] {
@@ -267,21 +267,25 @@ impl ServiceHost {
                 },
             );
         }
-        self.shared.endpoint_metadata.lock().expect("meta lock").insert(
-            name.to_owned(),
-            HashMap::from([
-                ("request_type".to_owned(), Req::message_type().to_string()),
-                ("response_type".to_owned(), Resp::message_type().to_string()),
-                (
-                    "request_schema".to_owned(),
-                    format!("schemas/{}", Req::schema_path()),
-                ),
-                (
-                    "response_schema".to_owned(),
-                    format!("schemas/{}", Resp::schema_path()),
-                ),
-            ]),
-        );
+        self.shared
+            .endpoint_metadata
+            .lock()
+            .expect("meta lock")
+            .insert(
+                name.to_owned(),
+                HashMap::from([
+                    ("request_type".to_owned(), Req::message_type().to_string()),
+                    ("response_type".to_owned(), Resp::message_type().to_string()),
+                    (
+                        "request_schema".to_owned(),
+                        format!("schemas/{}", Req::schema_path()),
+                    ),
+                    (
+                        "response_schema".to_owned(),
+                        format!("schemas/{}", Resp::schema_path()),
+                    ),
+                ]),
+            );
         let mut sub = self
             .shared
             .client
@@ -322,7 +326,9 @@ impl ServiceHost {
                 let name = name.clone();
                 shared.tracker.clone().spawn(async move {
                     let _permit = permit;
-                    shared.serve::<Req, Resp, H, Fut>(&name, message, &*handler).await;
+                    shared
+                        .serve::<Req, Resp, H, Fut>(&name, message, &*handler)
+                        .await;
                 });
             }
         });
@@ -497,7 +503,8 @@ impl Shared {
                     ));
                 }
             };
-            let mut builder = Envelope::builder(self.spec.source.clone(), data).caused_by(&request_flow);
+            let mut builder =
+                Envelope::builder(self.spec.source.clone(), data).caused_by(&request_flow);
             if let Some(subject) = subject_attr {
                 builder = builder.subject(subject);
             }
@@ -507,14 +514,20 @@ impl Shared {
 
         let error = outcome.as_ref().err().cloned();
         let (bytes, traceparent) = match &outcome {
-            Ok(envelope) => (encode(envelope, reply_encoding), envelope.traceparent.clone()),
+            Ok(envelope) => (
+                encode(envelope, reply_encoding),
+                envelope.traceparent.clone(),
+            ),
             Err(body) => {
                 let builder = Envelope::builder(self.spec.source.clone(), body.clone());
                 let envelope = match &flow {
                     Some(flow) => builder.caused_by(flow).build(),
                     None => builder.build(),
                 };
-                (encode(&envelope, reply_encoding), envelope.traceparent.clone())
+                (
+                    encode(&envelope, reply_encoding),
+                    envelope.traceparent.clone(),
+                )
             }
         };
         let (bytes, error) = match bytes {

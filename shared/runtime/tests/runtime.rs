@@ -14,11 +14,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::messages::{Status, StatusRequest};
-use toronto_protocol::{Encoding, Envelope, ErrorBody, ErrorCode, Message, ServiceKind, decode_raw, encode};
+use toronto_protocol::{
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ServiceKind, decode_raw, encode,
+};
 use toronto_runtime::config::{Config, EndpointConfig};
 use toronto_runtime::jetstream::{
-    ConsumerSpec, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SUBJECT_HEADER, DeadLetters, Outcome,
-    ensure_streams, publish_envelope, run_consumer,
+    ConsumerSpec, DLQ_DELIVERIES_HEADER, DLQ_REASON_HEADER, DLQ_SUBJECT_HEADER, DeadLetters,
+    Outcome, ensure_streams, publish_envelope, run_consumer,
 };
 use toronto_runtime::rpc::{CallError, call};
 use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
@@ -104,7 +106,11 @@ fn json_headers() -> HeaderMap {
 }
 
 /// Sends raw bytes and returns (error code header, decoded reply envelope).
-async fn raw(client: &Client, bytes: Vec<u8>, headers: HeaderMap) -> (Option<u16>, toronto_protocol::RawEnvelope, HeaderMap) {
+async fn raw(
+    client: &Client,
+    bytes: Vec<u8>,
+    headers: HeaderMap,
+) -> (Option<u16>, toronto_protocol::RawEnvelope, HeaderMap) {
     let reply = tokio::time::timeout(
         Duration::from_secs(5),
         client.request_with_headers(SUBJECT, headers, Bytes::from(bytes)),
@@ -116,15 +122,22 @@ async fn raw(client: &Client, bytes: Vec<u8>, headers: HeaderMap) -> (Option<u16
     let code = headers
         .get("Nats-Service-Error-Code")
         .map(|v| v.as_str().parse().unwrap());
-    let encoding = Encoding::from_content_type(headers.get("Content-Type").map(|v| v.as_str())).unwrap();
+    let encoding =
+        Encoding::from_content_type(headers.get("Content-Type").map(|v| v.as_str())).unwrap();
     let env = decode_raw(&reply.payload, encoding).expect("the reply is an envelope");
     (code, env, headers)
 }
 
 async fn assert_still_serving(client: &Client) {
-    let reply: Envelope<Echoed> = call(client, SUBJECT, &envelope("still here"), Encoding::Json, Duration::from_secs(5))
-        .await
-        .expect("the service keeps answering");
+    let reply: Envelope<Echoed> = call(
+        client,
+        SUBJECT,
+        &envelope("still here"),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("the service keeps answering");
     assert_eq!(reply.data.text, "still here");
 }
 
@@ -132,32 +145,87 @@ async fn assert_still_serving(client: &Client) {
 async fn each_bad_input_gets_its_code_and_the_service_keeps_answering() {
     let server = NatsServer::start().await;
     let client = server.client().await;
-    let _host = echo_host(&client, EndpointConfig { max_payload_bytes: 4096, concurrency: 8 }).await;
+    let _host = echo_host(
+        &client,
+        EndpointConfig {
+            max_payload_bytes: 4096,
+            concurrency: 8,
+        },
+    )
+    .await;
     let good = serde_json::to_value(envelope("hi")).unwrap();
 
     let mut cases: Vec<(&str, Vec<u8>, HeaderMap, u16, &str)> = Vec::new();
-    cases.push(("malformed JSON", b"{\"specversion\": ".to_vec(), json_headers(), 400, "malformed json"));
+    cases.push((
+        "malformed JSON",
+        b"{\"specversion\": ".to_vec(),
+        json_headers(),
+        400,
+        "malformed json",
+    ));
     let mut missing = good.clone();
     missing.as_object_mut().unwrap().remove("source");
-    cases.push(("missing attribute", serde_json::to_vec(&missing).unwrap(), json_headers(), 400, "missing required attribute `source`"));
+    cases.push((
+        "missing attribute",
+        serde_json::to_vec(&missing).unwrap(),
+        json_headers(),
+        400,
+        "missing required attribute `source`",
+    ));
     let mut bad_id = good.clone();
     bad_id["id"] = "12345".into();
-    cases.push(("non-UUID id", serde_json::to_vec(&bad_id).unwrap(), json_headers(), 400, "not a UUID"));
+    cases.push((
+        "non-UUID id",
+        serde_json::to_vec(&bad_id).unwrap(),
+        json_headers(),
+        400,
+        "not a UUID",
+    ));
     let mut future = good.clone();
     future["type"] = "ai.toronto.devops.test.echo.v3".into();
-    cases.push(("unsupported major", serde_json::to_vec(&future).unwrap(), json_headers(), 422, "unsupported version"));
+    cases.push((
+        "unsupported major",
+        serde_json::to_vec(&future).unwrap(),
+        json_headers(),
+        422,
+        "unsupported version",
+    ));
     let mut other = good.clone();
     other["type"] = "ai.toronto.devops.task.deploy.v1".into();
-    cases.push(("type not taken here", serde_json::to_vec(&other).unwrap(), json_headers(), 400, "not accepted here"));
+    cases.push((
+        "type not taken here",
+        serde_json::to_vec(&other).unwrap(),
+        json_headers(),
+        400,
+        "not accepted here",
+    ));
     let mut big = good.clone();
     big["data"]["text"] = "x".repeat(5000).into();
-    cases.push(("oversized payload", serde_json::to_vec(&big).unwrap(), json_headers(), 413, "over the limit"));
+    cases.push((
+        "oversized payload",
+        serde_json::to_vec(&big).unwrap(),
+        json_headers(),
+        413,
+        "over the limit",
+    ));
     let mut bad_data = good.clone();
     bad_data["data"] = serde_json::json!({"text": 42});
-    cases.push(("data of the wrong shape", serde_json::to_vec(&bad_data).unwrap(), json_headers(), 400, "invalid data"));
+    cases.push((
+        "data of the wrong shape",
+        serde_json::to_vec(&bad_data).unwrap(),
+        json_headers(),
+        400,
+        "invalid data",
+    ));
     let mut xml = HeaderMap::new();
     xml.insert("Content-Type", "text/xml");
-    cases.push(("unknown content type", serde_json::to_vec(&good).unwrap(), xml, 400, "unsupported content type"));
+    cases.push((
+        "unknown content type",
+        serde_json::to_vec(&good).unwrap(),
+        xml,
+        400,
+        "unsupported content type",
+    ));
 
     for (what, bytes, headers, status, text) in cases {
         let (code, reply, reply_headers) = raw(&client, bytes, headers).await;
@@ -167,14 +235,19 @@ async fn each_bad_input_gets_its_code_and_the_service_keeps_answering() {
         assert_eq!(body.code.status(), status, "{what}");
         assert!(body.message.contains(text), "{what}: {}", body.message);
         assert_eq!(
-            reply_headers.get("Nats-Service-Error").map(|v| v.as_str().to_owned()),
+            reply_headers
+                .get("Nats-Service-Error")
+                .map(|v| v.as_str().to_owned()),
             Some(body.message.clone()),
             "{what}"
         );
         if status == 422 {
             assert_eq!(
                 body.details.unwrap()["supported"],
-                serde_json::json!(["ai.toronto.devops.test.echo.v1", "ai.toronto.devops.test.echo.v2"])
+                serde_json::json!([
+                    "ai.toronto.devops.test.echo.v1",
+                    "ai.toronto.devops.test.echo.v2"
+                ])
             );
         }
         assert_still_serving(&client).await;
@@ -183,7 +256,12 @@ async fn each_bad_input_gets_its_code_and_the_service_keeps_answering() {
     // The previous major is still accepted.
     let mut previous = good.clone();
     previous["type"] = "ai.toronto.devops.test.echo.v1".into();
-    let (code, reply, _) = raw(&client, serde_json::to_vec(&previous).unwrap(), json_headers()).await;
+    let (code, reply, _) = raw(
+        &client,
+        serde_json::to_vec(&previous).unwrap(),
+        json_headers(),
+    )
+    .await;
     assert_eq!(code, None);
     assert_eq!(reply.data["text"], "hi");
 }
@@ -194,9 +272,15 @@ async fn handler_errors_and_panics_become_error_envelopes() {
     let client = server.client().await;
     let _host = echo_host(&client, EndpointConfig::default()).await;
 
-    let err = call::<_, Echoed>(&client, SUBJECT, &envelope(""), Encoding::Json, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = call::<_, Echoed>(
+        &client,
+        SUBJECT,
+        &envelope(""),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     match err {
         CallError::Remote(body) => assert_eq!(body.code, ErrorCode::NotFound),
         other => panic!("expected a remote error, got {other}"),
@@ -204,12 +288,22 @@ async fn handler_errors_and_panics_become_error_envelopes() {
 
     let panicking = Envelope::builder(
         "toronto://test-client",
-        Echo { text: "boom".into(), panic: true, ..Default::default() },
+        Echo {
+            text: "boom".into(),
+            panic: true,
+            ..Default::default()
+        },
     )
     .build();
-    let err = call::<_, Echoed>(&client, SUBJECT, &panicking, Encoding::Json, Duration::from_secs(5))
-        .await
-        .unwrap_err();
+    let err = call::<_, Echoed>(
+        &client,
+        SUBJECT,
+        &panicking,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal);
     assert_still_serving(&client).await;
 }
@@ -222,7 +316,12 @@ async fn replies_use_the_request_encoding_and_continue_the_flow() {
     let request = envelope("packed");
     let mut headers = HeaderMap::new();
     headers.insert("Content-Type", "application/cloudevents+msgpack");
-    let (code, reply, reply_headers) = raw(&client, encode(&request, Encoding::MessagePack).unwrap(), headers).await;
+    let (code, reply, reply_headers) = raw(
+        &client,
+        encode(&request, Encoding::MessagePack).unwrap(),
+        headers,
+    )
+    .await;
     assert_eq!(code, None);
     assert_eq!(
         reply_headers.get("Content-Type").unwrap().as_str(),
@@ -232,20 +331,31 @@ async fn replies_use_the_request_encoding_and_continue_the_flow() {
     assert_eq!(reply.data["text"], "packed");
     assert_eq!(reply.correlationid, request.correlationid);
     assert_eq!(reply.causationid, Some(request.id.to_string()));
-    let req_trace = toronto_protocol::TraceParent::parse(request.traceparent.as_deref().unwrap()).unwrap();
-    let reply_trace = toronto_protocol::TraceParent::parse(reply.traceparent.as_deref().unwrap()).unwrap();
+    let req_trace =
+        toronto_protocol::TraceParent::parse(request.traceparent.as_deref().unwrap()).unwrap();
+    let reply_trace =
+        toronto_protocol::TraceParent::parse(reply.traceparent.as_deref().unwrap()).unwrap();
     assert_eq!(req_trace.trace_id, reply_trace.trace_id);
     let header_trace =
-        toronto_protocol::TraceParent::parse(reply_headers.get("traceparent").unwrap().as_str()).unwrap();
+        toronto_protocol::TraceParent::parse(reply_headers.get("traceparent").unwrap().as_str())
+            .unwrap();
     assert_eq!(header_trace.trace_id, req_trace.trace_id);
 
     // A trace context that arrives only as a header is continued as well.
     let mut bare = serde_json::to_value(envelope("header trace")).unwrap();
     bare.as_object_mut().unwrap().remove("traceparent");
     let mut headers = json_headers();
-    headers.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    headers.insert(
+        "traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    );
     let (_, reply, _) = raw(&client, serde_json::to_vec(&bare).unwrap(), headers).await;
-    assert!(reply.traceparent.unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(
+        reply
+            .traceparent
+            .unwrap()
+            .starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")
+    );
 }
 
 #[tokio::test]
@@ -255,7 +365,10 @@ async fn requests_run_concurrently_up_to_the_bound() {
     let host = ServiceHost::start(
         client.clone(),
         spec(),
-        EndpointConfig { max_payload_bytes: 4096, concurrency: 4 },
+        EndpointConfig {
+            max_payload_bytes: 4096,
+            concurrency: 4,
+        },
         Metrics::new(),
         None,
     )
@@ -271,7 +384,9 @@ async fn requests_run_concurrently_up_to_the_bound() {
             p.fetch_max(now, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(150)).await;
             f.fetch_sub(1, Ordering::SeqCst);
-            Ok::<_, ErrorBody>(Echoed { text: req.data().text.clone() })
+            Ok::<_, ErrorBody>(Echoed {
+                text: req.data().text.clone(),
+            })
         }
     })
     .await
@@ -280,7 +395,14 @@ async fn requests_run_concurrently_up_to_the_bound() {
     let calls = (0..12).map(|i| {
         let client = client.clone();
         async move {
-            call::<_, Echoed>(&client, SUBJECT, &envelope(&format!("n{i}")), Encoding::Json, Duration::from_secs(10)).await
+            call::<_, Echoed>(
+                &client,
+                SUBJECT,
+                &envelope(&format!("n{i}")),
+                Encoding::Json,
+                Duration::from_secs(10),
+            )
+            .await
         }
     });
     let results = futures::future::join_all(calls).await;
@@ -289,7 +411,10 @@ async fn requests_run_concurrently_up_to_the_bound() {
 }
 
 async fn srv(client: &Client, subject: &str) -> serde_json::Value {
-    let reply = client.request(subject.to_owned(), Bytes::new()).await.unwrap();
+    let reply = client
+        .request(subject.to_owned(), Bytes::new())
+        .await
+        .unwrap();
     serde_json::from_slice(&reply.payload).unwrap()
 }
 
@@ -299,9 +424,20 @@ async fn service_api_answers_ping_info_and_stats_per_adr_32() {
     let client = server.client().await;
     let host = echo_host(&client, EndpointConfig::default()).await;
     assert_still_serving(&client).await;
-    let _ = call::<_, Echoed>(&client, SUBJECT, &envelope(""), Encoding::Json, Duration::from_secs(5)).await;
+    let _ = call::<_, Echoed>(
+        &client,
+        SUBJECT,
+        &envelope(""),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await;
 
-    for subject in ["$SRV.PING", "$SRV.PING.toronto-test", &format!("$SRV.PING.toronto-test.{}", host.id())] {
+    for subject in [
+        "$SRV.PING",
+        "$SRV.PING.toronto-test",
+        &format!("$SRV.PING.toronto-test.{}", host.id()),
+    ] {
         let ping = srv(&client, subject).await;
         assert_eq!(ping["type"], "io.nats.micro.v1.ping_response", "{subject}");
         assert_eq!(ping["name"], "toronto-test");
@@ -317,7 +453,10 @@ async fn service_api_answers_ping_info_and_stats_per_adr_32() {
     assert_eq!(endpoint["name"], "echo");
     assert_eq!(endpoint["subject"], SUBJECT);
     assert_eq!(endpoint["queue_group"], "toronto-test");
-    assert_eq!(endpoint["metadata"]["request_type"], "ai.toronto.devops.test.echo.v2");
+    assert_eq!(
+        endpoint["metadata"]["request_type"],
+        "ai.toronto.devops.test.echo.v2"
+    );
 
     let stats = srv(&client, "$SRV.STATS.toronto-test").await;
     assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
@@ -328,18 +467,31 @@ async fn service_api_answers_ping_info_and_stats_per_adr_32() {
     assert_eq!(endpoint["num_errors"], 1);
     assert!(endpoint["processing_time"].as_u64().unwrap() > 0);
     assert!(endpoint["average_processing_time"].as_u64().unwrap() > 0);
-    assert!(endpoint["last_error"].as_str().unwrap().contains("nothing to echo"));
+    assert!(
+        endpoint["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to echo")
+    );
 
     // async-nats's own client types read our answers.
     let typed: async_nats::service::Stats = serde_json::from_value(stats).unwrap();
     assert_eq!(typed.endpoints[0].errors, 1);
 }
 
-async fn js_setup(server: &NatsServer) -> (Client, async_nats::jetstream::Context, toronto_protocol::Subjects) {
+async fn js_setup(
+    server: &NatsServer,
+) -> (
+    Client,
+    async_nats::jetstream::Context,
+    toronto_protocol::Subjects,
+) {
     let client = server.client().await;
     let js = async_nats::jetstream::new(client.clone());
     let subjects = toronto_protocol::Subjects::default();
-    ensure_streams(&js, &subjects, &Default::default()).await.unwrap();
+    ensure_streams(&js, &subjects, &Default::default())
+        .await
+        .unwrap();
     (client, js, subjects)
 }
 
@@ -354,11 +506,27 @@ async fn a_publish_repeated_with_the_same_id_is_stored_once() {
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(first.sequence, second.sequence);
-    let info = js.get_stream(subjects.events_stream()).await.unwrap().info().await.unwrap().clone();
+    let info = js
+        .get_stream(subjects.events_stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert_eq!(info.state.messages, 1);
     // A new envelope with the same content is a new event.
-    publish_envelope(&js, &subject, &envelope("once")).await.unwrap();
-    let info = js.get_stream(subjects.events_stream()).await.unwrap().info().await.unwrap().clone();
+    publish_envelope(&js, &subject, &envelope("once"))
+        .await
+        .unwrap();
+    let info = js
+        .get_stream(subjects.events_stream())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
     assert_eq!(info.state.messages, 2);
 }
 
@@ -392,21 +560,39 @@ async fn a_nakd_message_is_redelivered_and_then_acked() {
                 let n = d.deliveries();
                 tx.send(n).unwrap();
                 if n == 1 {
-                    Outcome::Retry { delay: Some(Duration::from_millis(100)), reason: "not yet".into() }
+                    Outcome::Retry {
+                        delay: Some(Duration::from_millis(100)),
+                        reason: "not yet".into(),
+                    }
                 } else {
                     Outcome::Ack
                 }
             }
         },
     ));
-    publish_envelope(&js, &subjects.tasks(), &envelope("task")).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    publish_envelope(&js, &subjects.tasks(), &envelope("task"))
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((first, second), (1, 2));
     // Acked on a work queue: the stream is empty afterwards.
     let mut empty = false;
     for _ in 0..50 {
-        let info = js.get_stream(subjects.tasks_stream()).await.unwrap().info().await.unwrap().clone();
+        let info = js
+            .get_stream(subjects.tasks_stream())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
         if info.state.messages == 0 {
             empty = true;
             break;
@@ -439,8 +625,15 @@ async fn a_consumer_killed_mid_message_lets_another_take_it() {
             }
         },
     ));
-    publish_envelope(&js, &subjects.tasks(), &envelope("task")).await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap(), Some("a"));
+    publish_envelope(&js, &subjects.tasks(), &envelope("task"))
+        .await
+        .unwrap();
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap(),
+        Some("a")
+    );
     first.abort();
 
     let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
@@ -459,7 +652,10 @@ async fn a_consumer_killed_mid_message_lets_another_take_it() {
             }
         },
     ));
-    let (deliveries, payload) = tokio::time::timeout(Duration::from_secs(10), rx_b.recv()).await.unwrap().unwrap();
+    let (deliveries, payload) = tokio::time::timeout(Duration::from_secs(10), rx_b.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(deliveries, 2, "redelivered after the ack deadline");
     let env: Envelope<Echo> = toronto_protocol::decode(&payload, Encoding::Json).unwrap();
     assert_eq!(env.data.text, "task");
@@ -480,22 +676,42 @@ async fn max_deliver_parks_the_message_in_the_dlq_with_its_reason() {
         DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
         Metrics::new(),
         shutdown.clone(),
-        |_d| async { Outcome::Retry { delay: Some(Duration::from_millis(50)), reason: "the deployer is down".into() } },
+        |_d| async {
+            Outcome::Retry {
+                delay: Some(Duration::from_millis(50)),
+                reason: "the deployer is down".into(),
+            }
+        },
     ));
     let task = envelope("doomed");
     let original = encode(&task, Encoding::Json).unwrap();
-    publish_envelope(&js, &subjects.tasks(), &task).await.unwrap();
-    let parked = tokio::time::timeout(Duration::from_secs(15), dlq_sub.next()).await.unwrap().unwrap();
-    assert_eq!(parked.payload.as_ref(), original.as_slice(), "original bytes kept");
+    publish_envelope(&js, &subjects.tasks(), &task)
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(15), dlq_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        parked.payload.as_ref(),
+        original.as_slice(),
+        "original bytes kept"
+    );
     let headers = parked.headers.unwrap();
     let reason = headers.get(DLQ_REASON_HEADER).unwrap().as_str();
     assert!(reason.contains("the deployer is down"), "{reason}");
     assert!(reason.contains("max deliver 3"), "{reason}");
     assert_eq!(headers.get(DLQ_DELIVERIES_HEADER).unwrap().as_str(), "3");
-    assert_eq!(headers.get(DLQ_SUBJECT_HEADER).unwrap().as_str(), subjects.tasks());
+    assert_eq!(
+        headers.get(DLQ_SUBJECT_HEADER).unwrap().as_str(),
+        subjects.tasks()
+    );
     // It is kept in the DLQ stream for inspection and replay.
     let dlq_stream = js.get_stream(subjects.dlq_stream()).await.unwrap();
-    let stored = dlq_stream.get_last_raw_message_by_subject(&subjects.dlq("test")).await.unwrap();
+    let stored = dlq_stream
+        .get_last_raw_message_by_subject(&subjects.dlq("test"))
+        .await
+        .unwrap();
     assert_eq!(stored.payload.as_ref(), original.as_slice());
     shutdown.cancel();
     worker.await.unwrap().unwrap();
@@ -510,17 +726,34 @@ async fn a_refused_message_without_reply_subject_is_parked_not_dropped() {
         spec(),
         EndpointConfig::default(),
         Metrics::new(),
-        Some(DeadLetters::new(js.clone(), &subjects, "test", Metrics::new())),
+        Some(DeadLetters::new(
+            js.clone(),
+            &subjects,
+            "test",
+            Metrics::new(),
+        )),
     )
     .await
     .unwrap();
     host.add_endpoint("echo", SUBJECT, echo).await.unwrap();
     let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
     client.flush().await.unwrap();
-    client.publish(SUBJECT, Bytes::from_static(b"not an envelope")).await.unwrap();
-    let parked = tokio::time::timeout(Duration::from_secs(10), dlq_sub.next()).await.unwrap().unwrap();
+    client
+        .publish(SUBJECT, Bytes::from_static(b"not an envelope"))
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(10), dlq_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(parked.payload.as_ref(), b"not an envelope");
-    let reason = parked.headers.unwrap().get(DLQ_REASON_HEADER).unwrap().as_str().to_owned();
+    let reason = parked
+        .headers
+        .unwrap()
+        .get(DLQ_REASON_HEADER)
+        .unwrap()
+        .as_str()
+        .to_owned();
     assert!(reason.contains("malformed"), "{reason}");
 }
 
@@ -553,14 +786,21 @@ async fn wait_for_readyz(addr: std::net::SocketAddr, want: u16) {
 async fn a_nats_restart_under_a_running_service_is_survived() {
     let mut server = NatsServer::start().await;
     let shutdown = CancellationToken::new();
-    let rt = ServiceRuntime::start(ServiceKind::Planner, "0.0.1", runtime_config(&server), shutdown.clone())
-        .await
-        .unwrap();
+    let rt = ServiceRuntime::start(
+        ServiceKind::Planner,
+        "0.0.1",
+        runtime_config(&server),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     let addr = rt.http_addr.unwrap();
     let status_subject = rt.subjects.status(ServiceKind::Planner);
     let running = tokio::spawn(rt.run_until_shutdown());
     wait_for_readyz(addr, 200).await;
-    let healthz = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+    let healthz = reqwest::get(format!("http://{addr}/healthz"))
+        .await
+        .unwrap();
     assert_eq!(healthz.status().as_u16(), 200);
 
     server.stop().await;
@@ -572,7 +812,15 @@ async fn a_nats_restart_under_a_running_service_is_survived() {
     let mut answered = None;
     for _ in 0..50 {
         let request = Envelope::builder("toronto://test", StatusRequest::default()).build();
-        if let Ok(reply) = call::<_, Status>(&client, &status_subject, &request, Encoding::Json, Duration::from_secs(1)).await {
+        if let Ok(reply) = call::<_, Status>(
+            &client,
+            &status_subject,
+            &request,
+            Encoding::Json,
+            Duration::from_secs(1),
+        )
+        .await
+        {
             answered = Some(reply.data);
             break;
         }
@@ -582,8 +830,16 @@ async fn a_nats_restart_under_a_running_service_is_survived() {
     assert!(status.nats_connected);
     assert_eq!(status.service, "toronto-planner");
 
-    let metrics = reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("toronto_requests_total{endpoint=\"status\"}"), "{metrics}");
+    let metrics = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("toronto_requests_total{endpoint=\"status\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("toronto_nats_connected 1"), "{metrics}");
     shutdown.cancel();
     running.await.unwrap().unwrap();
@@ -593,9 +849,14 @@ async fn a_nats_restart_under_a_running_service_is_survived() {
 async fn shutdown_finishes_requests_in_flight_and_then_stops_taking_work() {
     let server = NatsServer::start().await;
     let shutdown = CancellationToken::new();
-    let rt = ServiceRuntime::start(ServiceKind::Monitor, "0.0.1", runtime_config(&server), shutdown.clone())
-        .await
-        .unwrap();
+    let rt = ServiceRuntime::start(
+        ServiceKind::Monitor,
+        "0.0.1",
+        runtime_config(&server),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     rt.endpoint("echo", echo).await.unwrap();
     let subject = rt.subjects.command(ServiceKind::Monitor, "echo");
     let addr = rt.http_addr.unwrap();
@@ -603,24 +864,44 @@ async fn shutdown_finishes_requests_in_flight_and_then_stops_taking_work() {
     let client = server.client().await;
     let slow = Envelope::builder(
         "toronto://test",
-        Echo { text: "slow".into(), sleep_ms: 1500, ..Default::default() },
+        Echo {
+            text: "slow".into(),
+            sleep_ms: 1500,
+            ..Default::default()
+        },
     )
     .build();
     let in_flight = {
         let client = client.clone();
         let subject = subject.clone();
         tokio::spawn(async move {
-            call::<_, Echoed>(&client, &subject, &slow, Encoding::Json, Duration::from_secs(10)).await
+            call::<_, Echoed>(
+                &client,
+                &subject,
+                &slow,
+                Encoding::Json,
+                Duration::from_secs(10),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     shutdown.cancel();
     wait_for_readyz(addr, 0).await; // HTTP goes away once the service is down
-    let reply = in_flight.await.unwrap().expect("the in-flight request completes");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completes");
     assert_eq!(reply.data.text, "slow");
     running.await.unwrap().unwrap();
-    let err = call::<_, Echoed>(&client, &subject, &envelope("late"), Encoding::Json, Duration::from_secs(2))
-        .await
-        .unwrap_err();
+    let err = call::<_, Echoed>(
+        &client,
+        &subject,
+        &envelope("late"),
+        Encoding::Json,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, CallError::NoResponders(_)), "{err}");
 }

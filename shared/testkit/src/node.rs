@@ -176,6 +176,8 @@ impl Node {
 
     /// Spawns the process (any previous one must be gone); output goes to the log file.
     pub(crate) fn spawn(&mut self) -> Result<(), TestkitError> {
+        // Never leak a previous process (a dropped std Child keeps running).
+        self.kill_blocking();
         let io_err =
             |what: &str, e| TestkitError::io(format!("{what} {}", self.log_path.display()), e);
         let mut log = OpenOptions::new()

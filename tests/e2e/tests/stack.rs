@@ -73,9 +73,15 @@ async fn the_stack_registers_five_services_that_answer_status() {
     for kind in ServiceKind::ALL {
         let request = Envelope::builder("toronto://e2e", StatusRequest::default()).build();
         let subject = format!("toronto.devops.v1.{}.status", kind.token());
-        let reply = call::<_, Status>(&client, &subject, &request, Encoding::MessagePack, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("{subject}: {e}"));
+        let reply = call::<_, Status>(
+            &client,
+            &subject,
+            &request,
+            Encoding::MessagePack,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
         assert_eq!(reply.data.service, kind.service_name());
         assert!(reply.data.nats_connected);
         assert_eq!(reply.correlationid, request.correlationid);
@@ -83,19 +89,33 @@ async fn the_stack_registers_five_services_that_answer_status() {
 
     // Every service is ready over HTTP.
     for (kind, http) in &stack.services {
-        let resp = reqwest::get(format!("http://{}/readyz", http.unwrap())).await.unwrap();
+        let resp = reqwest::get(format!("http://{}/readyz", http.unwrap()))
+            .await
+            .unwrap();
         assert_eq!(resp.status().as_u16(), 200, "{kind}");
     }
 
     // The buckets the services own exist.
     let js = async_nats::jetstream::new(client.clone());
-    for bucket in ["toronto_plans", "toronto_rollouts", "toronto_slo_status", "toronto_incidents", "toronto_silences", "toronto_schedules"] {
-        js.get_key_value(bucket).await.unwrap_or_else(|e| panic!("{bucket}: {e}"));
+    for bucket in [
+        "toronto_plans",
+        "toronto_rollouts",
+        "toronto_slo_status",
+        "toronto_incidents",
+        "toronto_silences",
+        "toronto_schedules",
+    ] {
+        js.get_key_value(bucket)
+            .await
+            .unwrap_or_else(|e| panic!("{bucket}: {e}"));
     }
 
     shutdown.cancel();
     stack.wait().await.unwrap();
-    assert!(collect(&client, "PING").await.is_empty(), "all services deregistered");
+    assert!(
+        collect(&client, "PING").await.is_empty(),
+        "all services deregistered"
+    );
 }
 
 fn schemas_dir() -> PathBuf {
@@ -106,10 +126,10 @@ fn refs(value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
     match value {
         serde_yaml_ng::Value::Mapping(map) => {
             for (k, v) in map {
-                if k.as_str() == Some("$ref") {
-                    if let Some(s) = v.as_str() {
-                        out.push(s.to_owned());
-                    }
+                if k.as_str() == Some("$ref")
+                    && let Some(s) = v.as_str()
+                {
+                    out.push(s.to_owned());
                 }
                 refs(v, out);
             }
@@ -119,7 +139,10 @@ fn refs(value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
     }
 }
 
-fn resolve_pointer<'a>(doc: &'a serde_yaml_ng::Value, pointer: &str) -> Option<&'a serde_yaml_ng::Value> {
+fn resolve_pointer<'a>(
+    doc: &'a serde_yaml_ng::Value,
+    pointer: &str,
+) -> Option<&'a serde_yaml_ng::Value> {
     pointer
         .trim_start_matches("#/")
         .split('/')
@@ -144,7 +167,10 @@ async fn asyncapi_lists_every_served_endpoint_and_only_existing_schemas() {
             assert!(resolve_pointer(&doc, r).is_some(), "dangling reference {r}");
         } else {
             let path = schemas_dir().join(r.trim_start_matches("./"));
-            assert!(path.is_file(), "asyncapi.yaml references {r}, which does not exist");
+            assert!(
+                path.is_file(),
+                "asyncapi.yaml references {r}, which does not exist"
+            );
         }
     }
 
@@ -156,8 +182,15 @@ async fn asyncapi_lists_every_served_endpoint_and_only_existing_schemas() {
     for message in doc["components"]["messages"].as_mapping().unwrap().values() {
         let name = message["name"].as_str().unwrap();
         if name.starts_with("ai.toronto.devops.") {
-            let path = catalogue.get(name).unwrap_or_else(|| panic!("{name} is not a contract type"));
-            assert!(serde_yaml_ng::to_string(message).unwrap().contains(path.as_str()), "{name} should reference {path}");
+            let path = catalogue
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} is not a contract type"));
+            assert!(
+                serde_yaml_ng::to_string(message)
+                    .unwrap()
+                    .contains(path.as_str()),
+                "{name} should reference {path}"
+            );
         }
     }
 
@@ -181,9 +214,9 @@ async fn asyncapi_lists_every_served_endpoint_and_only_existing_schemas() {
     for info in infos {
         for endpoint in info["endpoints"].as_array().unwrap() {
             let subject = endpoint["subject"].as_str().unwrap();
-            let channel = addresses
-                .get(subject)
-                .unwrap_or_else(|| panic!("{subject} is served but missing from schemas/asyncapi.yaml"));
+            let channel = addresses.get(subject).unwrap_or_else(|| {
+                panic!("{subject} is served but missing from schemas/asyncapi.yaml")
+            });
             let operation = doc["operations"]
                 .as_mapping()
                 .unwrap()
@@ -191,7 +224,10 @@ async fn asyncapi_lists_every_served_endpoint_and_only_existing_schemas() {
                 .find(|op| op["channel"]["$ref"].as_str() == Some(&format!("#/channels/{channel}")))
                 .unwrap_or_else(|| panic!("no operation for channel {channel}"));
             assert_eq!(operation["action"].as_str(), Some("receive"));
-            assert!(operation.get("reply").is_some(), "{subject} is request/reply");
+            assert!(
+                operation.get("reply").is_some(),
+                "{subject} is request/reply"
+            );
             served += 1;
         }
     }
@@ -212,7 +248,11 @@ async fn wait_for_service(client: &Client, name: &str) {
 
 async fn collect_quick(client: &Client, name: &str) -> bool {
     matches!(
-        tokio::time::timeout(Duration::from_millis(200), client.request(format!("$SRV.PING.{name}"), Bytes::new())).await,
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request(format!("$SRV.PING.{name}"), Bytes::new())
+        )
+        .await,
         Ok(Ok(_))
     )
 }
@@ -238,17 +278,37 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         let subject = subject.clone();
         tokio::spawn(async move {
             let request = Envelope::builder("toronto://e2e", Sleep { ms: 1500 }).build();
-            call::<_, Slept>(&client, &subject, &request, Encoding::Json, Duration::from_secs(10)).await
+            call::<_, Slept>(
+                &client,
+                &subject,
+                &request,
+                Encoding::Json,
+                Duration::from_secs(10),
+            )
+            .await
         })
     };
     tokio::time::sleep(Duration::from_millis(400)).await;
     let pid = child.id().unwrap().to_string();
-    let killed = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
 
-    let reply = in_flight.await.unwrap().expect("the request in flight at SIGTERM is answered");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the request in flight at SIGTERM is answered");
     assert_eq!(reply.data.ms, 1500);
-    let status = tokio::time::timeout(Duration::from_secs(15), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0), "clean exit after SIGTERM");
-    assert!(!collect_quick(&client, "toronto-planner").await, "deregistered after exit");
+    assert!(
+        !collect_quick(&client, "toronto-planner").await,
+        "deregistered after exit"
+    );
 }
