@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::envelope::{Envelope, RawEnvelope, UncheckedEnvelope};
+use crate::envelope::{Envelope, FlowContext, RawEnvelope, UncheckedEnvelope};
 use crate::error::ProtocolError;
 use crate::message::Message;
 
@@ -15,6 +15,8 @@ pub const CONTENT_TYPE_HEADER: &str = "Content-Type";
 pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Structured-mode CloudEvents in MessagePack.
 pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
+
+const INITIAL_CAPACITY: usize = 1024;
 
 /// An encoding of the envelope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -71,10 +73,14 @@ pub fn encode<T: Serialize>(
 ) -> Result<Vec<u8>, ProtocolError> {
     match encoding {
         Encoding::Json => {
-            serde_json::to_vec(envelope).map_err(|e| ProtocolError::Encode(e.to_string()))
+            // The attributes alone take ~400 bytes: start big enough to grow rarely.
+            let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
+            serde_json::to_writer(&mut buf, envelope)
+                .map_err(|e| ProtocolError::Encode(e.to_string()))?;
+            Ok(buf)
         }
         Encoding::MessagePack => {
-            let mut buf = Vec::with_capacity(256);
+            let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
             let mut serializer = rmp_serde::Serializer::new(&mut buf)
                 .with_struct_map()
                 .with_human_readable();
@@ -88,23 +94,81 @@ pub fn encode<T: Serialize>(
 
 /// Decodes and validates an envelope, leaving `data` untyped.
 pub fn decode_raw(bytes: &[u8], encoding: Encoding) -> Result<RawEnvelope, ProtocolError> {
+    let unchecked: UncheckedEnvelope<serde_json::Value> = parse(bytes, encoding)?;
+    Ok(unchecked
+        .validate()?
+        .map_data(|d| d.unwrap_or(serde_json::Value::Null)))
+}
+
+fn parse<'de, D: serde::Deserialize<'de>>(
+    bytes: &'de [u8],
+    encoding: Encoding,
+) -> Result<UncheckedEnvelope<D>, ProtocolError> {
     let malformed = |reason: String| ProtocolError::Malformed {
         encoding: encoding.name(),
         reason,
     };
-    let unchecked: UncheckedEnvelope = match encoding {
-        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string()))?,
+    match encoding {
+        Encoding::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
         Encoding::MessagePack => {
-            let mut de = rmp_serde::Deserializer::new(bytes).with_human_readable();
-            serde::Deserialize::deserialize(&mut de).map_err(|e| malformed(e.to_string()))?
+            let mut de = rmp_serde::Deserializer::from_read_ref(bytes).with_human_readable();
+            serde::Deserialize::deserialize(&mut de).map_err(|e| malformed(e.to_string()))
         }
-    };
-    unchecked.validate()
+    }
 }
 
 /// Decodes and validates an envelope whose payload is `T`.
 pub fn decode<T: Message>(bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, ProtocolError> {
-    decode_raw(bytes, encoding)?.into_typed()
+    decode_with_flow(bytes, encoding).map_err(|(e, _)| e)
+}
+
+/// Like [`decode`], but a failure after the attributes were read still returns the
+/// request's flow, so that an error reply can continue its correlation and trace.
+pub fn decode_with_flow<T: Message>(
+    bytes: &[u8],
+    encoding: Encoding,
+) -> Result<Envelope<T>, (ProtocolError, Option<Box<FlowContext>>)> {
+    if encoding == Encoding::MessagePack {
+        let raw = decode_raw(bytes, encoding).map_err(|e| (e, None))?;
+        let flow = Box::new(raw.flow());
+        return raw.into_typed().map_err(|e| (e, Some(flow)));
+    }
+    // JSON: hold `data` as raw text and parse it once, straight into `T`.
+    let unchecked: UncheckedEnvelope<&serde_json::value::RawValue> =
+        parse(bytes, encoding).map_err(|e| (e, None))?;
+    let envelope = unchecked.validate().map_err(|e| (e, None))?;
+    let flow = Box::new(envelope.flow());
+    let typed = (|| {
+        let ty = envelope.message_type()?;
+        T::check_type(&ty)?;
+        let text = envelope.data.map(|raw| raw.get()).unwrap_or("null");
+        let data = if ty.major == T::MAJOR {
+            serde_json::from_str(text).map_err(|e| ProtocolError::InvalidData(e.to_string()))?
+        } else {
+            let value = serde_json::from_str(text)
+                .map_err(|e| ProtocolError::InvalidData(e.to_string()))?;
+            T::upgrade(ty.major, value)?
+        };
+        Ok(data)
+    })();
+    match typed {
+        Ok(data) => Ok(Envelope {
+            specversion: envelope.specversion,
+            id: envelope.id,
+            source: envelope.source,
+            ty: envelope.ty,
+            time: envelope.time,
+            datacontenttype: envelope.datacontenttype,
+            dataschema: envelope.dataschema,
+            subject: envelope.subject,
+            correlationid: envelope.correlationid,
+            causationid: envelope.causationid,
+            priority: envelope.priority,
+            traceparent: envelope.traceparent,
+            data,
+        }),
+        Err(e) => Err((e, Some(flow))),
+    }
 }
 
 #[cfg(test)]

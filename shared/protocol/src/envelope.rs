@@ -186,9 +186,10 @@ impl RawEnvelope {
 }
 
 /// The wire form before validation: every attribute optional, so that a missing one
-/// is reported by name rather than as a parse error.
+/// is reported by name rather than as a parse error. `D` is how `data` is held until
+/// its type is known: a JSON value, or the raw JSON text (no intermediate tree).
 #[derive(Debug, Deserialize)]
-pub(crate) struct UncheckedEnvelope {
+pub(crate) struct UncheckedEnvelope<D> {
     specversion: Option<String>,
     id: Option<String>,
     source: Option<String>,
@@ -202,8 +203,8 @@ pub(crate) struct UncheckedEnvelope {
     causationid: Option<String>,
     priority: Option<String>,
     traceparent: Option<String>,
-    #[serde(default)]
-    data: Option<serde_json::Value>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
 }
 
 fn required(value: Option<String>, name: &'static str) -> Result<String, ProtocolError> {
@@ -213,11 +214,11 @@ fn required(value: Option<String>, name: &'static str) -> Result<String, Protoco
     }
 }
 
-impl UncheckedEnvelope {
+impl<D> UncheckedEnvelope<D> {
     /// Validates the attributes: required ones present, `specversion` 1.0, `id` a UUID,
     /// `type` well formed, `time` RFC 3339, `priority` known. An invalid `traceparent`
     /// is dropped, as W3C trace context asks.
-    pub(crate) fn validate(self) -> Result<RawEnvelope, ProtocolError> {
+    pub(crate) fn validate(self) -> Result<Envelope<Option<D>>, ProtocolError> {
         let specversion = required(self.specversion, "specversion")?;
         if specversion != SPEC_VERSION {
             return Err(ProtocolError::InvalidAttribute {
@@ -269,7 +270,7 @@ impl UncheckedEnvelope {
             causationid: self.causationid,
             priority,
             traceparent,
-            data: self.data.unwrap_or(serde_json::Value::Null),
+            data: self.data,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! nats-server, plus envelope codec throughput. Prints figures; asserts nothing.
 //!
 //! Run: `cargo bench -p toronto-runtime --bench request_reply`
-//! (set `BENCH_SCALE=0.2` for a quicker, noisier run).
+//! (set `BENCH_SCALE=0.2` for a quicker, noisier run; `BENCH_SPLIT=1` breaks the
+//! runtime's cost down into headers, service side and client side).
 
 use std::time::{Duration, Instant};
 
@@ -48,12 +49,32 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 enum Path {
     Raw,
     Runtime,
+    RuntimeRawClient,
+    RawHeaders,
 }
 
 async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
     match path {
         Path::Raw => {
             let reply = client.request(RAW_SUBJECT, payload.clone()).await.unwrap();
+            assert_eq!(reply.payload.len(), payload.len());
+        }
+        Path::RuntimeRawClient => {
+            let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
+            let reply = client.request(RUNTIME_SUBJECT, bytes).await.unwrap();
+            assert!(reply.payload.len() > 512);
+        }
+        Path::RawHeaders => {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Content-Type", "application/cloudevents+json");
+            h.insert(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            );
+            let reply = client
+                .request_with_headers(RAW_SUBJECT, h, payload.clone())
+                .await
+                .unwrap();
             assert_eq!(reply.payload.len(), payload.len());
         }
         Path::Runtime => {
@@ -192,6 +213,24 @@ async fn main() {
     )
     .build();
 
+    if std::env::var("BENCH_SPLIT").is_ok() {
+        // Where the runtime's cost goes: headers alone, then the service side alone
+        // (pre-encoded request, no client-side codec), then the whole path.
+        for (name, path) in [
+            ("raw", Path::Raw),
+            ("raw+headers", Path::RawHeaders),
+            ("runtime, raw client", Path::RuntimeRawClient),
+            ("runtime", Path::Runtime),
+        ] {
+            let (p50, _) = sequential(&requester, path, scale(3000), &payload, &envelope).await;
+            let rate = concurrent(&requester, path, 64, scale(20_000), &payload, &envelope).await;
+            println!(
+                "{name:<22} p50 {:>7.1} us  64-way {rate:>8.0}/s",
+                p50.as_secs_f64() * 1e6
+            );
+        }
+        return;
+    }
     let n = scale(5000);
     let total = scale(40_000);
     println!(
@@ -238,6 +277,16 @@ async fn main() {
             rt / raw
         );
     }
+
+    let stats = host.stats();
+    let avg_ns = stats["endpoints"][0]["average_processing_time"]
+        .as_u64()
+        .unwrap_or(0);
+    println!(
+        "{:<34} {:>28.1} us",
+        "time inside the endpoint (average)",
+        avg_ns as f64 / 1000.0
+    );
 
     let codec_n = scale(100_000);
     println!();

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use async_nats::Client;
 use async_nats::connection::State;
@@ -242,6 +243,15 @@ impl ServiceRuntime {
         self.shutdown.cancelled().await;
         tracing::info!(service = self.kind.service_name(), "shutting down");
         self.host.stop(self.config.shutdown_grace()).await;
+        // `drain` only queues the request and returns: flush first so that the last
+        // replies have reached the server before the process may exit.
+        let bound = Duration::from_secs(5);
+        if tokio::time::timeout(bound, self.client.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("NATS flush did not complete; replies may be lost");
+        }
         if let Err(e) = self.client.drain().await {
             tracing::warn!(error = %e, "cannot drain the NATS connection");
         }

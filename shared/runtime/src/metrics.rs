@@ -126,22 +126,17 @@ impl Metrics {
         }
     }
 
-    /// Records one handled request.
-    pub fn observe_request(&self, endpoint: &str, elapsed: Duration, error: Option<&str>) {
+    /// Handles to one endpoint's series, resolved once so that recording a request
+    /// takes no lookup and no allocation.
+    pub fn endpoint(&self, endpoint: &str) -> EndpointMetrics {
         let labels = EndpointLabels {
             endpoint: endpoint.to_owned(),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(elapsed.as_secs_f64());
-        if let Some(code) = error {
-            self.errors
-                .get_or_create(&ErrorLabels {
-                    endpoint: endpoint.to_owned(),
-                    code: code.to_owned(),
-                })
-                .inc();
+        EndpointMetrics {
+            name: endpoint.to_owned(),
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            errors: self.errors.clone(),
         }
     }
 
@@ -157,5 +152,30 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One endpoint's request metrics.
+#[derive(Clone, Debug)]
+pub struct EndpointMetrics {
+    name: String,
+    requests: Counter,
+    latency: Histogram,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl EndpointMetrics {
+    /// Records one handled request and, if it failed, its error code.
+    pub fn observe(&self, elapsed: Duration, error: Option<&str>) {
+        self.requests.inc();
+        self.latency.observe(elapsed.as_secs_f64());
+        if let Some(code) = error {
+            self.errors
+                .get_or_create(&ErrorLabels {
+                    endpoint: self.name.clone(),
+                    code: code.to_owned(),
+                })
+                .inc();
+        }
     }
 }

@@ -30,8 +30,8 @@ use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{
-    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent, decode_raw,
-    encode,
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent,
+    codec::decode_with_flow, encode,
 };
 use tracing::Instrument;
 
@@ -299,6 +299,7 @@ impl ServiceHost {
         let handler = Arc::new(handler);
         let name = name.to_owned();
         let permits = Arc::new(Semaphore::new(shared.limits.concurrency));
+        let endpoint_metrics = Arc::new(shared.metrics.endpoint(&name));
         self.shared.tracker.spawn(async move {
             let mut draining = false;
             loop {
@@ -324,11 +325,13 @@ impl ServiceHost {
                 let shared = shared.clone();
                 let handler = handler.clone();
                 let name = name.clone();
+                let endpoint_metrics = endpoint_metrics.clone();
                 shared.tracker.clone().spawn(async move {
                     let _permit = permit;
-                    shared
+                    let (elapsed, error) = shared
                         .serve::<Req, Resp, H, Fut>(&name, message, &*handler)
                         .await;
+                    endpoint_metrics.observe(elapsed, error.as_ref().map(|e| e.code.as_str()));
                 });
             }
         });
@@ -413,26 +416,28 @@ impl Shared {
     }
 
     fn record(&self, name: &str, elapsed: Duration, error: Option<&ErrorBody>) {
-        {
-            let mut stats = self.stats.lock().expect("stats lock");
-            if let Some(s) = stats.get_mut(name) {
-                s.requests += 1;
-                s.processing_time += elapsed;
-                s.average_processing_time = s.processing_time / s.requests.max(1) as u32;
-                if let Some(e) = error {
-                    s.errors += 1;
-                    s.last_error = Some(async_nats::service::error::Error {
-                        status: e.message.clone(),
-                        code: e.code.status() as usize,
-                    });
-                }
+        let mut stats = self.stats.lock().expect("stats lock");
+        if let Some(s) = stats.get_mut(name) {
+            s.requests += 1;
+            s.processing_time += elapsed;
+            s.average_processing_time = s.processing_time / s.requests.max(1) as u32;
+            if let Some(e) = error {
+                s.errors += 1;
+                s.last_error = Some(async_nats::service::error::Error {
+                    status: e.message.clone(),
+                    code: e.code.status() as usize,
+                });
             }
         }
-        self.metrics
-            .observe_request(name, elapsed, error.map(|e| e.code.as_str()));
     }
 
-    async fn serve<Req, Resp, H, Fut>(&self, name: &str, message: async_nats::Message, handler: &H)
+    /// Serves one request; returns how long it took and the error it answered with.
+    async fn serve<Req, Resp, H, Fut>(
+        &self,
+        name: &str,
+        message: async_nats::Message,
+        handler: &H,
+    ) -> (Duration, Option<ErrorBody>)
     where
         Req: Message,
         Resp: Message,
@@ -463,13 +468,18 @@ impl Shared {
                 }
                 .into());
             }
-            let raw = decode_raw(&message.payload, encoding?)?;
-            let mut request_flow = raw.flow();
+            let envelope = match decode_with_flow::<Req>(&message.payload, encoding?) {
+                Ok(envelope) => envelope,
+                Err((e, request_flow)) => {
+                    flow = request_flow.map(|f| *f);
+                    return Err(e.into());
+                }
+            };
+            let mut request_flow = envelope.flow();
             if request_flow.traceparent.is_none() {
                 request_flow.traceparent = header_trace.clone();
             }
             flow = Some(request_flow.clone());
-            let envelope = raw.into_typed::<Req>()?;
             let subject_attr = envelope.subject.clone();
             let request = Request {
                 envelope,
@@ -556,12 +566,13 @@ impl Shared {
                         e.code.status().to_string().as_str(),
                     );
                 }
-                if let Err(e) = self
+                match self
                     .client
-                    .publish_with_headers(reply, headers, Bytes::from(bytes))
+                    .publish_with_headers(reply.clone(), headers, Bytes::from(bytes))
                     .await
                 {
-                    tracing::warn!(endpoint = name, error = %e, "cannot send reply");
+                    Ok(()) => tracing::debug!(endpoint = name, %reply, "reply sent"),
+                    Err(e) => tracing::warn!(endpoint = name, error = %e, "cannot send reply"),
                 }
             }
             None => {
@@ -580,6 +591,8 @@ impl Shared {
                 }
             }
         }
-        self.record(name, started.elapsed(), error.as_ref());
+        let elapsed = started.elapsed();
+        self.record(name, elapsed, error.as_ref());
+        (elapsed, error)
     }
 }

@@ -236,14 +236,25 @@ async fn asyncapi_lists_every_served_endpoint_and_only_existing_schemas() {
     stack.wait().await.unwrap();
 }
 
-async fn wait_for_service(client: &Client, name: &str) {
+/// Waits until `name` lists the endpoint `endpoint` in `$SRV.INFO` (PING answers as
+/// soon as the service registers, before its endpoints are added).
+async fn wait_for_endpoint(client: &Client, name: &str, endpoint: &str) {
     for _ in 0..200 {
-        if collect_quick(client, name).await {
+        if let Ok(Ok(reply)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            client.request(format!("$SRV.INFO.{name}"), Bytes::new()),
+        )
+        .await
+            && let Ok(info) = serde_json::from_slice::<serde_json::Value>(&reply.payload)
+            && info["endpoints"]
+                .as_array()
+                .is_some_and(|eps| eps.iter().any(|e| e["name"] == endpoint))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{name} never registered");
+    panic!("{name} never served {endpoint}");
 }
 
 async fn collect_quick(client: &Client, name: &str) -> bool {
@@ -270,7 +281,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         .spawn()
         .unwrap();
     let client = server.client().await;
-    wait_for_service(&client, "toronto-planner").await;
+    wait_for_endpoint(&client, "toronto-planner", SLEEP_VERB).await;
 
     let subject = format!("toronto.devops.v1.planner.{SLEEP_VERB}");
     let in_flight = {
