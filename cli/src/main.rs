@@ -161,7 +161,9 @@ async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     let opts = toronto_runtime::connect::options(&config.nats, "toronto-cli").await?;
     let urls = config.nats.urls.join(",");
     tokio::time::timeout(Duration::from_secs(5), async {
-        let client = opts.connect(urls.as_str()).await?;
+        let client = opts
+            .connect(toronto_runtime::connect::server_addrs(&config.nats)?)
+            .await?;
         while client.connection_state() != async_nats::connection::State::Connected {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -502,6 +502,11 @@ impl Config {
         if self.nats.urls.is_empty() {
             return Err(ConfigError::Invalid("no NATS server URL given".into()));
         }
+        for url in &self.nats.urls {
+            url.parse::<async_nats::ServerAddr>().map_err(|e| {
+                ConfigError::Invalid(format!("NATS server URL `{url}` is invalid: {e}"))
+            })?;
+        }
         if self.subject_prefix.is_empty()
             || self
                 .subject_prefix
@@ -619,6 +624,12 @@ concurrency = 8
         assert!(err.to_string().contains("wildcards"), "{err}");
         let err = Config::from_vars(&vars(&[("TORONTO_NATS_TLS_CERT", "/c.pem")])).unwrap_err();
         assert!(err.to_string().contains("together"), "{err}");
+        let err = Config::from_vars(&vars(&[(
+            "TORONTO_NATS_URL",
+            "nats://a:4222,nats://b:port",
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().contains("nats://b:port"), "{err}");
         let err = Config::from_vars(&vars(&[("TORONTO_CONFIG", "/nonexistent.toml")])).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
     }

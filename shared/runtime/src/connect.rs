@@ -31,6 +31,14 @@ pub enum ConnectError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A server URL does not parse.
+    #[error("invalid NATS server URL `{url}`: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Shutdown was requested before the first connection.
     #[error("shut down before NATS became reachable")]
     Cancelled,
@@ -41,6 +49,20 @@ pub fn backoff(attempts: usize) -> Duration {
     let exp = attempts.min(16) as u32;
     Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp)))
         .min(Duration::from_secs(5))
+}
+
+/// The configured server URLs, parsed (the client fails over between them).
+pub fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>, ConnectError> {
+    config
+        .urls
+        .iter()
+        .map(|url| {
+            url.parse().map_err(|e: std::io::Error| ConnectError::Url {
+                url: url.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Builds the client options from the configuration.
@@ -114,7 +136,7 @@ pub async fn connect(
     });
     let urls = config.urls.join(",");
     let client = opts
-        .connect(urls.as_str())
+        .connect(server_addrs(config)?)
         .await
         .map_err(|source| ConnectError::Connect {
             urls: urls.clone(),

@@ -453,8 +453,15 @@ async fn probe(url: &str, http_port: Option<u16>, readiness: Readiness) -> Resul
         .await;
     let client = match connected {
         Ok(client) => client,
-        // It answered: it accepts clients, this one just has no credentials.
-        Err(e) if e.kind() == async_nats::ConnectErrorKind::AuthorizationViolation => {
+        // It answered: it accepts clients, this one just has no credentials (or no
+        // certificate the test's TLS configuration would trust).
+        Err(e)
+            if matches!(
+                e.kind(),
+                async_nats::ConnectErrorKind::AuthorizationViolation
+                    | async_nats::ConnectErrorKind::Tls
+            ) || e.to_string().contains("certificate") =>
+        {
             return match readiness {
                 Readiness::Clients => Ok(()),
                 Readiness::JetStream => healthz(http_port).await,
