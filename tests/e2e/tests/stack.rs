@@ -323,3 +323,21 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         "deregistered after exit"
     );
 }
+
+#[test]
+fn the_readme_documents_every_configuration_variable() {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
+    let mut names: Vec<&str> = toronto_runtime::config::ENV_VARS
+        .iter()
+        .map(|v| v.name)
+        .collect();
+    names.push(toronto_runtime::config::CONFIG_FILE_VAR);
+    for name in names {
+        assert!(
+            readme.contains(&format!("| `{name}` |")),
+            "README.md's configuration table lacks {name}"
+        );
+    }
+}
