@@ -1128,3 +1128,121 @@ async fn on_a_three_node_cluster_a_service_survives_losing_its_node() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn progress_acks_keep_long_work_from_being_redelivered() {
+    let server = NatsServer::start().await;
+    let (_client, js, subjects) = js_setup(&server).await;
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let seen = deliveries.clone();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    // ack_wait is 1 s; the work takes 2.5 s and reports progress every 400 ms.
+    let worker = tokio::spawn(run_consumer(
+        js.clone(),
+        consumer_spec(&subjects, 5),
+        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
+        Metrics::new(),
+        shutdown.clone(),
+        move |d| {
+            let seen = seen.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                for _ in 0..6 {
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    d.progress().await;
+                }
+                done_tx.send(d.deliveries()).unwrap();
+                Outcome::Ack
+            }
+        },
+    ));
+    publish_envelope(&js, &subjects.tasks(), &envelope("long"))
+        .await
+        .unwrap();
+    let delivered_as = tokio::time::timeout(Duration::from_secs(10), done_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(delivered_as, 1);
+    // Past another ack deadline, still nobody got it a second time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        deliveries.load(Ordering::SeqCst),
+        1,
+        "no redelivery while progress was reported"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_rejected_message_goes_to_the_dlq_at_once() {
+    let server = NatsServer::start().await;
+    let (client, js, subjects) = js_setup(&server).await;
+    let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
+    client.flush().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_consumer(
+        js.clone(),
+        consumer_spec(&subjects, 5),
+        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
+        Metrics::new(),
+        shutdown.clone(),
+        |_d| async {
+            Outcome::Reject {
+                reason: "schema version 9 is not supported".into(),
+            }
+        },
+    ));
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "peer-msg-1");
+    js.publish_with_headers(
+        subjects.tasks(),
+        headers,
+        Bytes::from_static(b"{\"not\":\"an envelope\"}"),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(10), dlq_sub.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parked.payload.as_ref(), b"{\"not\":\"an envelope\"}");
+    let headers = parked.headers.unwrap();
+    assert_eq!(
+        headers.get(DLQ_REASON_HEADER).unwrap().as_str(),
+        "schema version 9 is not supported"
+    );
+    assert_eq!(headers.get(DLQ_DELIVERIES_HEADER).unwrap().as_str(), "1");
+    assert_eq!(
+        headers
+            .get(toronto_runtime::jetstream::DLQ_ORIGINAL_MSG_ID_HEADER)
+            .unwrap()
+            .as_str(),
+        "peer-msg-1"
+    );
+    // Terminated, so it left the work queue.
+    let mut gone = false;
+    for _ in 0..50 {
+        let info = js
+            .get_stream(subjects.tasks_stream())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        if info.state.messages == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the rejected task left the work queue");
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
