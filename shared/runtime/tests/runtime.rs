@@ -541,6 +541,55 @@ fn consumer_spec(subjects: &toronto_protocol::Subjects, max_deliver: i64) -> Con
     }
 }
 
+/// Runs a durable consumer of the tasks stream (max deliver `max_deliver`) in the
+/// background; cancel the token to stop it.
+fn spawn_consumer<H, Fut>(
+    js: &async_nats::jetstream::Context,
+    subjects: &toronto_protocol::Subjects,
+    max_deliver: i64,
+    handler: H,
+) -> (
+    tokio::task::JoinHandle<Result<(), toronto_runtime::jetstream::JetStreamError>>,
+    CancellationToken,
+)
+where
+    H: Fn(toronto_runtime::jetstream::Delivery) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run_consumer(
+        js.clone(),
+        consumer_spec(subjects, max_deliver),
+        DeadLetters::new(js.clone(), subjects, "test", Metrics::new()),
+        Metrics::new(),
+        shutdown.clone(),
+        handler,
+    ));
+    (task, shutdown)
+}
+
+/// Waits (bounded) until the tasks work queue holds no message.
+async fn tasks_queue_drains(
+    js: &async_nats::jetstream::Context,
+    subjects: &toronto_protocol::Subjects,
+) -> bool {
+    for _ in 0..50 {
+        let info = js
+            .get_stream(subjects.tasks_stream())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .clone();
+        if info.state.messages == 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn a_nakd_message_is_redelivered_and_then_acked() {
     let server = NatsServer::start().await;
@@ -583,23 +632,10 @@ async fn a_nakd_message_is_redelivered_and_then_acked() {
         .unwrap();
     assert_eq!((first, second), (1, 2));
     // Acked on a work queue: the stream is empty afterwards.
-    let mut empty = false;
-    for _ in 0..50 {
-        let info = js
-            .get_stream(subjects.tasks_stream())
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        if info.state.messages == 0 {
-            empty = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(empty, "the acked task left the work queue");
+    assert!(
+        tasks_queue_drains(&js, &subjects).await,
+        "the acked task left the work queue"
+    );
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
@@ -610,21 +646,14 @@ async fn a_consumer_killed_mid_message_lets_another_take_it() {
     let (_client, js, subjects) = js_setup(&server).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<&'static str>();
     let tx_a = tx.clone();
-    let first = tokio::spawn(run_consumer(
-        js.clone(),
-        consumer_spec(&subjects, 5),
-        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
-        Metrics::new(),
-        CancellationToken::new(),
-        move |_d| {
-            let tx = tx_a.clone();
-            async move {
-                tx.send("a").unwrap();
-                // Dies mid-message: never returns a verdict.
-                std::future::pending::<Outcome>().await
-            }
-        },
-    ));
+    let (first, _never_cancelled) = spawn_consumer(&js, &subjects, 5, move |_d| {
+        let tx = tx_a.clone();
+        async move {
+            tx.send("a").unwrap();
+            // Dies mid-message: never returns a verdict.
+            std::future::pending::<Outcome>().await
+        }
+    });
     publish_envelope(&js, &subjects.tasks(), &envelope("task"))
         .await
         .unwrap();
@@ -637,21 +666,13 @@ async fn a_consumer_killed_mid_message_lets_another_take_it() {
     first.abort();
 
     let (tx_b, mut rx_b) = tokio::sync::mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let second = tokio::spawn(run_consumer(
-        js.clone(),
-        consumer_spec(&subjects, 5),
-        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
-        Metrics::new(),
-        shutdown.clone(),
-        move |d| {
-            let tx = tx_b.clone();
-            async move {
-                tx.send((d.deliveries(), d.payload().clone())).unwrap();
-                Outcome::Ack
-            }
-        },
-    ));
+    let (second, shutdown) = spawn_consumer(&js, &subjects, 5, move |d| {
+        let tx = tx_b.clone();
+        async move {
+            tx.send((d.deliveries(), d.payload().clone())).unwrap();
+            Outcome::Ack
+        }
+    });
     let (deliveries, payload) = tokio::time::timeout(Duration::from_secs(10), rx_b.recv())
         .await
         .unwrap()
@@ -669,20 +690,12 @@ async fn max_deliver_parks_the_message_in_the_dlq_with_its_reason() {
     let (client, js, subjects) = js_setup(&server).await;
     let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
     client.flush().await.unwrap();
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run_consumer(
-        js.clone(),
-        consumer_spec(&subjects, 3),
-        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
-        Metrics::new(),
-        shutdown.clone(),
-        |_d| async {
-            Outcome::Retry {
-                delay: Some(Duration::from_millis(50)),
-                reason: "the deployer is down".into(),
-            }
-        },
-    ));
+    let (worker, shutdown) = spawn_consumer(&js, &subjects, 3, |_d| async {
+        Outcome::Retry {
+            delay: Some(Duration::from_millis(50)),
+            reason: "the deployer is down".into(),
+        }
+    });
     let task = envelope("doomed");
     let original = encode(&task, Encoding::Json).unwrap();
     publish_envelope(&js, &subjects.tasks(), &task)
@@ -1136,28 +1149,20 @@ async fn progress_acks_keep_long_work_from_being_redelivered() {
     let deliveries = Arc::new(AtomicUsize::new(0));
     let seen = deliveries.clone();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
     // ack_wait is 1 s; the work takes 2.5 s and reports progress every 400 ms.
-    let worker = tokio::spawn(run_consumer(
-        js.clone(),
-        consumer_spec(&subjects, 5),
-        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
-        Metrics::new(),
-        shutdown.clone(),
-        move |d| {
-            let seen = seen.clone();
-            let done_tx = done_tx.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                for _ in 0..6 {
-                    tokio::time::sleep(Duration::from_millis(400)).await;
-                    d.progress().await;
-                }
-                done_tx.send(d.deliveries()).unwrap();
-                Outcome::Ack
+    let (worker, shutdown) = spawn_consumer(&js, &subjects, 5, move |d| {
+        let seen = seen.clone();
+        let done_tx = done_tx.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            for _ in 0..6 {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                d.progress().await;
             }
-        },
-    ));
+            done_tx.send(d.deliveries()).unwrap();
+            Outcome::Ack
+        }
+    });
     publish_envelope(&js, &subjects.tasks(), &envelope("long"))
         .await
         .unwrap();
@@ -1183,19 +1188,11 @@ async fn a_rejected_message_goes_to_the_dlq_at_once() {
     let (client, js, subjects) = js_setup(&server).await;
     let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
     client.flush().await.unwrap();
-    let shutdown = CancellationToken::new();
-    let worker = tokio::spawn(run_consumer(
-        js.clone(),
-        consumer_spec(&subjects, 5),
-        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
-        Metrics::new(),
-        shutdown.clone(),
-        |_d| async {
-            Outcome::Reject {
-                reason: "schema version 9 is not supported".into(),
-            }
-        },
-    ));
+    let (worker, shutdown) = spawn_consumer(&js, &subjects, 5, |_d| async {
+        Outcome::Reject {
+            reason: "schema version 9 is not supported".into(),
+        }
+    });
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "peer-msg-1");
     js.publish_with_headers(
@@ -1226,23 +1223,10 @@ async fn a_rejected_message_goes_to_the_dlq_at_once() {
         "peer-msg-1"
     );
     // Terminated, so it left the work queue.
-    let mut gone = false;
-    for _ in 0..50 {
-        let info = js
-            .get_stream(subjects.tasks_stream())
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .clone();
-        if info.state.messages == 0 {
-            gone = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gone, "the rejected task left the work queue");
+    assert!(
+        tasks_queue_drains(&js, &subjects).await,
+        "the rejected task left the work queue"
+    );
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
