@@ -21,7 +21,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
-    cargo build --release --locked --workspace --bins; \
+    cargo build --release --locked -p toronto-cli -p toronto-planner -p toronto-deployer \
+        -p toronto-monitor -p toronto-incident-commander -p toronto-chat-bridge; \
     mkdir -p /out; \
     cp target/release/toronto \
        target/release/toronto-planner \
