@@ -29,6 +29,10 @@ impl Message for Payload {
     const MAJOR: u32 = 1;
 }
 
+// The same allocator as the service binaries.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const RAW_SUBJECT: &str = "bench.raw";
 const RUNTIME_SUBJECT: &str = "bench.runtime";
 
@@ -51,6 +55,7 @@ enum Path {
     Runtime,
     RuntimeRawClient,
     RawHeaders,
+    RawSpawn,
 }
 
 async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
@@ -63,6 +68,15 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
             let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
             let reply = client.request(RUNTIME_SUBJECT, bytes).await.unwrap();
             assert!(reply.payload.len() > 512);
+        }
+        Path::RawSpawn => {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Content-Type", "application/cloudevents+json");
+            let reply = client
+                .request_with_headers("bench.rawspawn", h, payload.clone())
+                .await
+                .unwrap();
+            assert_eq!(reply.payload.len(), payload.len());
         }
         Path::RawHeaders => {
             let mut h = async_nats::HeaderMap::new();
@@ -175,6 +189,22 @@ async fn main() {
         }
     });
 
+    // Raw, but shaped like a service: a task per request and a header on the reply.
+    let mut spawn_sub = responder.subscribe("bench.rawspawn").await.unwrap();
+    let spawn_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = spawn_sub.next().await {
+            let c = spawn_client.clone();
+            tokio::spawn(async move {
+                if let Some(reply) = m.reply {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Content-Type", "application/cloudevents+json");
+                    c.publish_with_headers(reply, h, m.payload).await.unwrap();
+                }
+            });
+        }
+    });
+
     // Runtime: a typed endpoint with envelope decode, validation and encode.
     let host = ServiceHost::start(
         responder.clone(),
@@ -214,11 +244,13 @@ async fn main() {
     .build();
 
     if std::env::var("BENCH_SPLIT").is_ok() {
-        // Where the runtime's cost goes: headers alone, then the service side alone
-        // (pre-encoded request, no client-side codec), then the whole path.
+        // Where the runtime's cost goes: headers alone, then a task per request, then
+        // the service side alone (pre-encoded request, no client-side codec), then the
+        // whole path with the typed client.
         for (name, path) in [
             ("raw", Path::Raw),
             ("raw+headers", Path::RawHeaders),
+            ("raw+headers+spawn", Path::RawSpawn),
             ("runtime, raw client", Path::RuntimeRawClient),
             ("runtime", Path::Runtime),
         ] {
