@@ -56,6 +56,7 @@ enum Path {
     RuntimeRawClient,
     RawHeaders,
     RawSpawn,
+    Canned,
 }
 
 async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
@@ -68,6 +69,18 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
             let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
             let reply = client.request(RUNTIME_SUBJECT, bytes).await.unwrap();
             assert!(reply.payload.len() > 512);
+        }
+        Path::Canned => {
+            let reply: Envelope<Payload> = call(
+                client,
+                "bench.canned",
+                envelope,
+                Encoding::Json,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+            assert_eq!(reply.data.text.len(), 512);
         }
         Path::RawSpawn => {
             let mut h = async_nats::HeaderMap::new();
@@ -205,6 +218,30 @@ async fn main() {
         }
     });
 
+    // Raw, answering a fixed reply envelope: isolates the typed client's cost.
+    let canned = Bytes::from(
+        encode(
+            &Envelope::builder(
+                "toronto://bench",
+                Payload {
+                    text: "x".repeat(512),
+                },
+            )
+            .build(),
+            Encoding::Json,
+        )
+        .unwrap(),
+    );
+    let mut canned_sub = responder.subscribe("bench.canned").await.unwrap();
+    let canned_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = canned_sub.next().await {
+            if let Some(reply) = m.reply {
+                canned_client.publish(reply, canned.clone()).await.unwrap();
+            }
+        }
+    });
+
     // Runtime: a typed endpoint with envelope decode, validation and encode.
     let host = ServiceHost::start(
         responder.clone(),
@@ -245,14 +282,15 @@ async fn main() {
 
     if std::env::var("BENCH_SPLIT").is_ok() {
         // Where the runtime's cost goes: headers alone, then a task per request, then
-        // the service side alone (pre-encoded request, no client-side codec), then the
-        // whole path with the typed client.
+        // the service side alone (pre-encoded request, no client-side codec), the whole
+        // path, and the typed client alone (against a raw responder with a fixed reply).
         for (name, path) in [
             ("raw", Path::Raw),
             ("raw+headers", Path::RawHeaders),
             ("raw+headers+spawn", Path::RawSpawn),
             ("runtime, raw client", Path::RuntimeRawClient),
             ("runtime", Path::Runtime),
+            ("typed client only", Path::Canned),
         ] {
             let (p50, _) = sequential(&requester, path, scale(3000), &payload, &envelope).await;
             let rate = concurrent(&requester, path, 64, scale(20_000), &payload, &envelope).await;
