@@ -68,6 +68,11 @@ enum Command {
         #[arg(long)]
         msgpack: bool,
     },
+    /// Dead letters: messages the services refused, with the reason.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// JSON Schemas of the contract.
     Schemas {
         #[command(subcommand)]
@@ -75,6 +80,27 @@ enum Command {
     },
     /// Print every TORONTO_* variable and what it does.
     Config,
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// List dead letters, oldest first.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print each letter's payload too.
+        #[arg(long)]
+        payload: bool,
+    },
+    /// Send a dead letter back where it was first sent, then remove it from the DLQ.
+    Replay {
+        /// Its sequence, as `toronto dlq list` shows it.
+        sequence: u64,
+        /// Keep it in the DLQ after replaying.
+        #[arg(long)]
+        keep: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             msgpack,
         } => request(subject, ty, data, msgpack).await,
+        Command::Dlq { action } => dlq(action).await,
         Command::Schemas { action } => match action {
             SchemasAction::Write { dir } => {
                 for path in toronto_protocol::catalogue::write_all(&dir)? {
@@ -224,6 +251,48 @@ async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
         bail!("{failed} service(s) did not answer");
     }
     Ok(())
+}
+
+async fn dlq(action: DlqAction) -> anyhow::Result<()> {
+    use toronto_runtime::jetstream::{list_dead_letters, replay_dead_letter};
+    let config = Config::from_env()?;
+    let client = connect(&config).await?;
+    let js = async_nats::jetstream::new(client);
+    let subjects = config.subjects();
+    match action {
+        DlqAction::List { limit, payload } => {
+            let letters = list_dead_letters(&js, &subjects, limit).await?;
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in letters {
+                println!(
+                    "{:>6}  {}  {}  from {} (sent to {}{}): {}",
+                    l.sequence,
+                    l.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    l.subject,
+                    l.origin,
+                    l.original_subject,
+                    l.deliveries
+                        .map(|d| format!(", {d} deliveries"))
+                        .unwrap_or_default(),
+                    l.reason
+                );
+                if payload {
+                    println!("        {}", String::from_utf8_lossy(&l.payload));
+                }
+            }
+            Ok(())
+        }
+        DlqAction::Replay { sequence, keep } => {
+            let target = replay_dead_letter(&js, &subjects, sequence, keep).await?;
+            println!(
+                "replayed dead letter {sequence} to {target}{}",
+                if keep { " (kept in the DLQ)" } else { "" }
+            );
+            Ok(())
+        }
+    }
 }
 
 async fn ping(wait_ms: u64) -> anyhow::Result<()> {

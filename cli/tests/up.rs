@@ -150,6 +150,42 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
     assert_eq!(reply["data"]["code"], "unsupported_version");
     assert!(String::from_utf8_lossy(&refused.stderr).contains("422"));
 
+    // A message nobody can answer is parked, listed and replayed from the CLI.
+    let client = server.client().await;
+    client
+        .publish(
+            "toronto.devops.v1.deployer.status",
+            "not an envelope".into(),
+        )
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut listed = String::new();
+    for _ in 0..50 {
+        let out = toronto(&server.url(), &["dlq", "list", "--payload"]).await;
+        assert!(out.status.success());
+        listed = String::from_utf8(out.stdout).unwrap();
+        if listed.contains("malformed") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        listed.contains("toronto.devops.v1.dlq.deployer"),
+        "{listed}"
+    );
+    assert!(listed.contains("not an envelope"), "{listed}");
+    let sequence = listed.split_whitespace().next().unwrap().to_owned();
+    let replayed = toronto(&server.url(), &["dlq", "replay", &sequence]).await;
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&replayed.stdout).contains("toronto.devops.v1.deployer.status")
+    );
+
     let exit = sigterm(&mut up).await;
     assert_eq!(exit.code(), Some(0));
     let mut stderr = String::new();

@@ -1230,3 +1230,124 @@ async fn a_rejected_message_goes_to_the_dlq_at_once() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn dead_letters_can_be_listed_and_replayed_once_fixed() {
+    use toronto_runtime::jetstream::{list_dead_letters, replay_dead_letter};
+    let server = NatsServer::start().await;
+    let (client, js, subjects) = js_setup(&server).await;
+    // A consumer that cannot handle the task yet.
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    let flag = broken.clone();
+    let (worker, shutdown) = spawn_consumer(&js, &subjects, 5, move |d| {
+        let flag = flag.clone();
+        let tx = tx.clone();
+        async move {
+            if flag.load(Ordering::SeqCst) {
+                Outcome::Reject {
+                    reason: "no plan for task type `chaos`".into(),
+                }
+            } else {
+                tx.send(d.payload().clone()).unwrap();
+                Outcome::Ack
+            }
+        }
+    });
+    let task = encode(&envelope("chaos please"), Encoding::Json).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("Content-Type", "application/cloudevents+json");
+    js.publish_with_headers(subjects.tasks(), headers, Bytes::from(task.clone()))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = list_dead_letters(&js, &subjects, 10).await.unwrap();
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0];
+    assert_eq!(letter.reason, "no plan for task type `chaos`");
+    assert_eq!(letter.origin, "test-worker");
+    assert_eq!(letter.original_subject, subjects.tasks());
+    assert_eq!(letter.payload.as_ref(), task.as_slice());
+
+    // Fixed: the replayed task is handled, with its original bytes and headers.
+    broken.store(false, Ordering::SeqCst);
+    let target = replay_dead_letter(&js, &subjects, letter.sequence, false)
+        .await
+        .unwrap();
+    assert_eq!(target, subjects.tasks());
+    let payload = tokio::time::timeout(Duration::from_secs(10), handled.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(payload.as_ref(), task.as_slice());
+    assert!(
+        list_dead_letters(&js, &subjects, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "replayed letters leave the DLQ"
+    );
+    assert!(
+        replay_dead_letter(&js, &subjects, letter.sequence, false)
+            .await
+            .is_err(),
+        "nothing to replay twice"
+    );
+
+    // A letter refused by a request endpoint is replayed as a plain message.
+    let host = ServiceHost::start(
+        client.clone(),
+        spec(),
+        EndpointConfig::default(),
+        Metrics::new(),
+        Some(DeadLetters::new(
+            js.clone(),
+            &subjects,
+            "test",
+            Metrics::new(),
+        )),
+    )
+    .await
+    .unwrap();
+    host.add_endpoint("echo", SUBJECT, echo).await.unwrap();
+    client.flush().await.unwrap();
+    client
+        .publish(SUBJECT, Bytes::from_static(b"garbage"))
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    for _ in 0..100 {
+        letters = list_dead_letters(&js, &subjects, 10).await.unwrap();
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(letters[0].original_subject, SUBJECT);
+    let mut watch = client.subscribe(SUBJECT).await.unwrap();
+    client.flush().await.unwrap();
+    replay_dead_letter(&js, &subjects, letters[0].sequence, true)
+        .await
+        .unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(5), watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.payload.as_ref(), b"garbage");
+    assert_eq!(
+        list_dead_letters(&js, &subjects, 10).await.unwrap().len(),
+        2,
+        "kept, and parked again"
+    );
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
