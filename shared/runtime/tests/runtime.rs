@@ -506,6 +506,22 @@ async fn a_publish_repeated_with_the_same_id_is_stored_once() {
     assert!(!first.duplicate);
     assert!(second.duplicate);
     assert_eq!(first.sequence, second.sequence);
+    // Stored with its id as Nats-Msg-Id and its trace context as a header.
+    let stored = js
+        .get_stream(subjects.events_stream())
+        .await
+        .unwrap()
+        .get_raw_message(first.sequence)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.headers.get("Nats-Msg-Id").unwrap().as_str(),
+        event.id.to_string()
+    );
+    assert_eq!(
+        stored.headers.get("traceparent").map(|v| v.as_str()),
+        event.traceparent.as_deref()
+    );
     let info = js
         .get_stream(subjects.events_stream())
         .await
