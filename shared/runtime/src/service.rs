@@ -560,19 +560,20 @@ impl Shared {
                     headers.insert(TRACEPARENT_HEADER, tp.as_str());
                 }
                 if let Some(e) = &error {
-                    headers.insert(SERVICE_ERROR_HEADER, e.message.as_str());
+                    // A header value cannot hold a line break; the body keeps the original.
+                    let description = e.message.replace(['\r', '\n'], " ");
+                    headers.insert(SERVICE_ERROR_HEADER, description.as_str());
                     headers.insert(
                         SERVICE_ERROR_CODE_HEADER,
                         e.code.status().to_string().as_str(),
                     );
                 }
-                match self
+                if let Err(e) = self
                     .client
-                    .publish_with_headers(reply.clone(), headers, Bytes::from(bytes))
+                    .publish_with_headers(reply, headers, Bytes::from(bytes))
                     .await
                 {
-                    Ok(()) => tracing::debug!(endpoint = name, %reply, "reply sent"),
-                    Err(e) => tracing::warn!(endpoint = name, error = %e, "cannot send reply"),
+                    tracing::warn!(endpoint = name, error = %e, "cannot send reply");
                 }
             }
             None => {

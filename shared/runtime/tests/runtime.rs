@@ -76,6 +76,9 @@ async fn echo(req: Request<Echo>) -> Result<Echoed, ErrorBody> {
     if data.text.is_empty() {
         return Err(ErrorBody::new(ErrorCode::NotFound, "nothing to echo"));
     }
+    if let Some(reason) = data.text.strip_prefix("fail:") {
+        return Err(ErrorBody::new(ErrorCode::Conflict, reason));
+    }
     Ok(Echoed { text: data.text })
 }
 
@@ -305,6 +308,22 @@ async fn handler_errors_and_panics_become_error_envelopes() {
     .await
     .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal);
+    assert_still_serving(&client).await;
+
+    // A message with line breaks still makes a valid header; the body keeps it whole.
+    let request = envelope("fail:first line\nsecond line");
+    let (code, reply, headers) = raw(
+        &client,
+        encode(&request, Encoding::Json).unwrap(),
+        json_headers(),
+    )
+    .await;
+    assert_eq!(code, Some(409));
+    assert_eq!(
+        headers.get("Nats-Service-Error").unwrap().as_str(),
+        "first line second line"
+    );
+    assert_eq!(reply.data["message"], "first line\nsecond line");
     assert_still_serving(&client).await;
 }
 
