@@ -538,6 +538,18 @@ impl Config {
                 "TLS client certificate and key must be given together".into(),
             ));
         }
+        let methods = [
+            self.nats.user.is_some(),
+            self.nats.token.is_some(),
+            self.nats.nkey_seed.is_some(),
+            self.nats.creds_file.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(ConfigError::Invalid(
+                "give one NATS authentication method: user/password, token, NKey seed or creds file"
+                    .into(),
+            ));
+        }
         if self.nats.user.is_some() != self.nats.password.is_some() {
             return Err(ConfigError::Invalid(
                 "NATS user and password must be given together".into(),
@@ -622,6 +634,15 @@ concurrency = 8
         assert!(err.contains("unknown field `url`"), "{err}");
         let err = Config::from_vars(&vars(&[("TORONTO_SUBJECT_PREFIX", "a.*")])).unwrap_err();
         assert!(err.to_string().contains("wildcards"), "{err}");
+        let err = Config::from_vars(&vars(&[
+            ("TORONTO_NATS_TOKEN", "t"),
+            ("TORONTO_NATS_NKEY_SEED", "SU..."),
+        ]))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("one NATS authentication method"),
+            "{err}"
+        );
         let err = Config::from_vars(&vars(&[("TORONTO_NATS_TLS_CERT", "/c.pem")])).unwrap_err();
         assert!(err.to_string().contains("together"), "{err}");
         let err = Config::from_vars(&vars(&[(
