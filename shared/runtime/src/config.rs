@@ -608,16 +608,15 @@ concurrency = 8
         let c = Config::from_vars(&vars(&[
             ("TORONTO_CONFIG", file.to_str().unwrap()),
             ("TORONTO_NATS_URL", "nats://a:4222, nats://b:4222"),
-            ("TORONTO_NATS_PASSWORD", "1234"),
-            ("TORONTO_NATS_USER", "ops"),
+            ("TORONTO_NATS_TOKEN", "1234"),
             ("TORONTO_MAX_PAYLOAD_BYTES", "1024"),
             ("TORONTO_LOG_FORMAT", "text"),
         ]))
         .unwrap();
         assert_eq!(c.subject_prefix, "acme");
         assert_eq!(c.nats.urls, vec!["nats://a:4222", "nats://b:4222"]);
-        assert_eq!(c.nats.token.as_deref(), Some("from-file"));
-        assert_eq!(c.nats.password.as_deref(), Some("1234"));
+        // The variable wins over the file, and a numeric-looking secret stays a string.
+        assert_eq!(c.nats.token.as_deref(), Some("1234"));
         assert_eq!(c.endpoints.concurrency, 8);
         assert_eq!(c.endpoints.max_payload_bytes, 1024);
         assert_eq!(c.log.format, LogFormat::Text);
