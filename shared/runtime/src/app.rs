@@ -92,7 +92,19 @@ impl ServiceRuntime {
         let subjects = config.subjects();
         let client = connect(&config.nats, kind.service_name(), &metrics, &shutdown).await?;
         let js = jetstream::new(client.clone());
-        ensure_streams(&js, &subjects, &config.jetstream).await?;
+        // JetStream may still be electing a leader (a cluster starting up): retry with
+        // backoff rather than exit, as the connection itself does.
+        let mut attempt = 0;
+        while let Err(e) = ensure_streams(&js, &subjects, &config.jetstream).await {
+            attempt += 1;
+            if attempt >= 5 {
+                tracing::warn!(error = %e, attempt, "JetStream streams not ready; retrying");
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(ConnectError::Cancelled.into()),
+                _ = tokio::time::sleep(crate::connect::backoff(attempt)) => {}
+            }
+        }
         let events = Events::new(js.clone(), subjects.clone(), metrics.clone());
         let dead_letters = DeadLetters::new(js.clone(), &subjects, kind.token(), metrics.clone());
         let build = BuildInfo::current(version);
