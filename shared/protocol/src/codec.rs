@@ -122,12 +122,16 @@ pub fn decode<T: Message>(bytes: &[u8], encoding: Encoding) -> Result<Envelope<T
     decode_with_flow(bytes, encoding).map_err(|(e, _)| e)
 }
 
+/// Why a request could not be decoded, with the request's flow when its attributes
+/// were read (so that the error reply can continue its correlation and trace).
+pub type DecodeFailure = (ProtocolError, Option<Box<FlowContext>>);
+
 /// Like [`decode`], but a failure after the attributes were read still returns the
 /// request's flow, so that an error reply can continue its correlation and trace.
 pub fn decode_with_flow<T: Message>(
     bytes: &[u8],
     encoding: Encoding,
-) -> Result<Envelope<T>, (ProtocolError, Option<Box<FlowContext>>)> {
+) -> Result<Envelope<T>, DecodeFailure> {
     if encoding == Encoding::MessagePack {
         let raw = decode_raw(bytes, encoding).map_err(|e| (e, None))?;
         let flow = Box::new(raw.flow());

@@ -18,4 +18,4 @@ pub mod telemetry;
 pub use app::{RuntimeError, ServiceRuntime, service_main};
 pub use config::Config;
 pub use metrics::Metrics;
-pub use service::{Request, ServiceHost, ServiceSpec};
+pub use service::{Accepts, Request, ServiceHost, ServiceSpec};

@@ -31,7 +31,8 @@ use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{
     Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent,
-    codec::decode_with_flow, encode,
+    codec::{DecodeFailure, decode_with_flow},
+    encode,
 };
 use tracing::Instrument;
 
@@ -93,6 +94,120 @@ impl<T> Request<T> {
     /// The attributes a follow-up message inherits.
     pub fn flow(&self) -> FlowContext {
         self.envelope.flow()
+    }
+}
+
+/// How an endpoint turns request bytes into a typed envelope.
+trait RequestDecoder: Send + Sync + 'static {
+    /// The payload handed to the handler.
+    type Data: Send + 'static;
+    /// Decodes and checks the request; on failure, the request's flow if it was read.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<Envelope<Self::Data>, DecodeFailure>;
+    /// The request types, for `$SRV.INFO`.
+    fn request_types(&self) -> Vec<(String, String)>;
+}
+
+/// One payload type: decoded straight into `T`.
+struct Typed<T>(std::marker::PhantomData<fn() -> T>);
+
+impl<T: Message> RequestDecoder for Typed<T> {
+    type Data = T;
+    fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
+        decode_with_flow::<T>(bytes, encoding)
+    }
+    fn request_types(&self) -> Vec<(String, String)> {
+        vec![(
+            T::message_type().to_string(),
+            format!("schemas/{}", T::schema_path()),
+        )]
+    }
+}
+
+/// The request types an endpoint built with [`ServiceHost::add_endpoint_any`] takes,
+/// each at its current major and the one before.
+#[derive(Debug, Clone, Default)]
+pub struct Accepts {
+    types: Vec<AcceptedType>,
+}
+
+#[derive(Debug, Clone)]
+struct AcceptedType {
+    name: &'static str,
+    supported: Vec<String>,
+    majors: Vec<u32>,
+    current: String,
+    schema: String,
+}
+
+impl Accepts {
+    /// Takes nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also takes `T`.
+    pub fn with<T: Message>(mut self) -> Self {
+        self.types.push(AcceptedType {
+            name: T::NAME,
+            supported: T::supported_types(),
+            majors: T::supported_majors(),
+            current: T::message_type().to_string(),
+            schema: format!("schemas/{}", T::schema_path()),
+        });
+        self
+    }
+
+    fn check(&self, ty: &toronto_protocol::MessageType) -> Result<(), ProtocolError> {
+        match self.types.iter().find(|t| t.name == ty.name) {
+            None => Err(ProtocolError::WrongType {
+                got: ty.to_string(),
+                expected: self.types.iter().map(|t| t.current.clone()).collect(),
+            }),
+            Some(t) if !t.majors.contains(&ty.major) => Err(ProtocolError::UnsupportedVersion {
+                got: ty.to_string(),
+                supported: t.supported.clone(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl RequestDecoder for Accepts {
+    type Data = serde_json::Value;
+    fn decode(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
+        let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
+        let flow = Box::new(raw.flow());
+        let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
+        self.check(&ty).map_err(|e| (e, Some(flow)))?;
+        Ok(raw)
+    }
+    fn request_types(&self) -> Vec<(String, String)> {
+        self.types
+            .iter()
+            .map(|t| (t.current.clone(), t.schema.clone()))
+            .collect()
+    }
+}
+
+impl Request<serde_json::Value> {
+    /// The payload as `T`, when the request's `type` names `T` (older majors go
+    /// through [`Message::upgrade`]); `None` for another type, an error for bad data.
+    pub fn typed<T: Message>(&self) -> Option<Result<Envelope<T>, ErrorBody>> {
+        let ty = self.envelope.message_type().ok()?;
+        (ty.name == T::NAME).then(|| {
+            self.envelope
+                .clone()
+                .into_typed::<T>()
+                .map_err(ErrorBody::from)
+        })
     }
 }
 
@@ -246,7 +361,47 @@ impl ServiceHost {
         H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
-        let subject = subject.into();
+        self.add(
+            name,
+            subject.into(),
+            Typed::<Req>(std::marker::PhantomData),
+            handler,
+        )
+        .await
+    }
+
+    /// Adds an endpoint that takes several request types (e.g. one per task kind).
+    /// The handler gets the validated envelope with untyped `data` and picks the type
+    /// with [`Request::typed`]; a type outside `accepts` is refused with 400, a major
+    /// it does not support with 422, before the handler runs.
+    pub async fn add_endpoint_any<Resp, H, Fut>(
+        &self,
+        name: &str,
+        subject: impl Into<String>,
+        accepts: Accepts,
+        handler: H,
+    ) -> Result<(), ServiceError>
+    where
+        Resp: Message,
+        H: Fn(Request<serde_json::Value>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+    {
+        self.add(name, subject.into(), accepts, handler).await
+    }
+
+    async fn add<D, Resp, H, Fut>(
+        &self,
+        name: &str,
+        subject: String,
+        decoder: D,
+        handler: H,
+    ) -> Result<(), ServiceError>
+    where
+        D: RequestDecoder,
+        Resp: Message,
+        H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+    {
         {
             let mut stats = self.shared.stats.lock().expect("stats lock");
             if stats.contains_key(name) {
@@ -271,21 +426,26 @@ impl ServiceHost {
             .endpoint_metadata
             .lock()
             .expect("meta lock")
-            .insert(
-                name.to_owned(),
+            .insert(name.to_owned(), {
+                let types = decoder.request_types();
+                let join = |pick: fn(&(String, String)) -> &String| {
+                    types
+                        .iter()
+                        .map(pick)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
                 HashMap::from([
-                    ("request_type".to_owned(), Req::message_type().to_string()),
+                    ("request_type".to_owned(), join(|t| &t.0)),
                     ("response_type".to_owned(), Resp::message_type().to_string()),
-                    (
-                        "request_schema".to_owned(),
-                        format!("schemas/{}", Req::schema_path()),
-                    ),
+                    ("request_schema".to_owned(), join(|t| &t.1)),
                     (
                         "response_schema".to_owned(),
                         format!("schemas/{}", Resp::schema_path()),
                     ),
-                ]),
-            );
+                ])
+            });
         let mut sub = self
             .shared
             .client
@@ -297,6 +457,7 @@ impl ServiceHost {
             })?;
         let shared = self.shared.clone();
         let handler = Arc::new(handler);
+        let decoder = Arc::new(decoder);
         let name = name.to_owned();
         let permits = Arc::new(Semaphore::new(shared.limits.concurrency));
         let endpoint_metrics = Arc::new(shared.metrics.endpoint(&name));
@@ -326,11 +487,10 @@ impl ServiceHost {
                 let handler = handler.clone();
                 let name = name.clone();
                 let endpoint_metrics = endpoint_metrics.clone();
+                let decoder = decoder.clone();
                 shared.tracker.clone().spawn(async move {
                     let _permit = permit;
-                    let (elapsed, error) = shared
-                        .serve::<Req, Resp, H, Fut>(&name, message, &*handler)
-                        .await;
+                    let (elapsed, error) = shared.serve(&name, message, &*decoder, &*handler).await;
                     endpoint_metrics.observe(elapsed, error.as_ref().map(|e| e.code.as_str()));
                 });
             }
@@ -432,16 +592,17 @@ impl Shared {
     }
 
     /// Serves one request; returns how long it took and the error it answered with.
-    async fn serve<Req, Resp, H, Fut>(
+    async fn serve<D, Resp, H, Fut>(
         &self,
         name: &str,
         message: async_nats::Message,
+        decoder: &D,
         handler: &H,
     ) -> (Duration, Option<ErrorBody>)
     where
-        Req: Message,
+        D: RequestDecoder,
         Resp: Message,
-        H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
+        H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
         let started = Instant::now();
@@ -468,7 +629,7 @@ impl Shared {
                 }
                 .into());
             }
-            let envelope = match decode_with_flow::<Req>(&message.payload, encoding?) {
+            let envelope = match decoder.decode(&message.payload, encoding?) {
                 Ok(envelope) => envelope,
                 Err((e, request_flow)) => {
                     flow = request_flow.map(|f| *f);

@@ -1386,3 +1386,119 @@ async fn dead_letters_can_be_listed_and_replayed_once_fixed() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A second request type, for the multi-type endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+struct Shout {
+    text: String,
+}
+
+impl Message for Shout {
+    const NAME: &'static str = "test.shout";
+    const MAJOR: u32 = 1;
+}
+
+#[tokio::test]
+async fn an_endpoint_can_take_several_request_types() {
+    use toronto_runtime::Accepts;
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let host = ServiceHost::start(
+        client.clone(),
+        spec(),
+        EndpointConfig::default(),
+        Metrics::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    host.add_endpoint_any(
+        "speak",
+        SUBJECT,
+        Accepts::new().with::<Echo>().with::<Shout>(),
+        |req: Request<serde_json::Value>| async move {
+            if let Some(echo) = req.typed::<Echo>() {
+                return Ok(Echoed {
+                    text: echo?.data.text,
+                });
+            }
+            if let Some(shout) = req.typed::<Shout>() {
+                return Ok(Echoed {
+                    text: shout?.data.text.to_uppercase(),
+                });
+            }
+            unreachable!("the runtime refuses other types before the handler runs")
+        },
+    )
+    .await
+    .unwrap();
+    client.flush().await.unwrap();
+
+    let reply: Envelope<Echoed> = call(
+        &client,
+        SUBJECT,
+        &envelope("hi"),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.data.text, "hi");
+    let shout = Envelope::builder("toronto://test", Shout { text: "hi".into() }).build();
+    let reply: Envelope<Echoed> = call(
+        &client,
+        SUBJECT,
+        &shout,
+        Encoding::MessagePack,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.data.text, "HI");
+
+    let other = Envelope::builder("toronto://test", StatusRequest::default()).build();
+    match call::<_, Echoed>(
+        &client,
+        SUBJECT,
+        &other,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    {
+        Err(CallError::Remote(body)) => {
+            assert_eq!(body.code, ErrorCode::BadRequest);
+            assert_eq!(
+                body.details.unwrap()["expected"],
+                serde_json::json!([
+                    "ai.toronto.devops.test.echo.v2",
+                    "ai.toronto.devops.test.shout.v1"
+                ])
+            );
+        }
+        other => panic!("expected 400, got {other:?}"),
+    }
+    let mut future = serde_json::to_value(&shout).unwrap();
+    future["type"] = "ai.toronto.devops.test.shout.v2".into();
+    let (code, reply, _) = raw(
+        &client,
+        serde_json::to_vec(&future).unwrap(),
+        json_headers(),
+    )
+    .await;
+    assert_eq!(code, Some(422));
+    assert_eq!(
+        reply.data["details"]["supported"],
+        serde_json::json!(["ai.toronto.devops.test.shout.v1"])
+    );
+    let mut bad = serde_json::to_value(&shout).unwrap();
+    bad["data"] = serde_json::json!({"text": 7});
+    let (code, _, _) = raw(&client, serde_json::to_vec(&bad).unwrap(), json_headers()).await;
+    assert_eq!(code, Some(400), "bad data of an accepted type");
+
+    let info = srv(&client, "$SRV.INFO.toronto-test").await;
+    assert_eq!(
+        info["endpoints"][0]["metadata"]["request_type"],
+        "ai.toronto.devops.test.echo.v2,ai.toronto.devops.test.shout.v1"
+    );
+}
