@@ -1,20 +1,36 @@
 //! The planner: task intake from peers and chat, plans with gates and policies.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. So far it
-//! registers its NATS service, sets up its state buckets and answers `status`; its
-//! domain commands arrive with the issues that build on the foundation.
+//! thin `main`, and `toronto up` starts the same function in-process. Built so far:
+//! task intake through both doors — `toronto.devops.v1.planner.submit` (an immediate
+//! accept with the plan id, or every reason for a rejection) and the work queue
+//! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
+//! dead-letter stream with their reasons) — one plan per task, plans in KV, the
+//! `plan.accepted` event, and `plan.get` / `plan.list`. Gates, execution and DORA
+//! metrics are still to come.
 #![forbid(unsafe_code)]
 
+pub mod intake;
+
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::ServiceKind;
-pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
+use toronto_protocol::tasks::{PlanGet, PlanList, Plans};
+use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
+use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
+use toronto_runtime::{Request, ServiceRuntime};
+
+pub use intake::{Intake, IntakeError};
+pub use toronto_runtime::{Config, RuntimeError};
 
 /// Which service this is.
 pub const KIND: ServiceKind = ServiceKind::Planner;
 
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
 pub const BUCKETS: &[(&str, i64)] = &[("plans", 16)];
+
+/// The durable consumer of the task work queue, shared by every planner replica.
+pub const INTAKE_CONSUMER: &str = "toronto-planner-intake";
 
 /// Starts the service and returns it running; stop it by cancelling `shutdown` and
 /// awaiting [`ServiceRuntime::run_until_shutdown`].
@@ -23,10 +39,125 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
-    for (bucket, history) in BUCKETS {
-        rt.kv(bucket, *history).await?;
-    }
+    let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
+    let intake = Intake::new(plans, rt.events.clone(), rt.source());
+
+    let submit = intake.clone();
+    rt.host
+        .add_endpoint_any(
+            "submit",
+            rt.subjects.command(KIND, "submit"),
+            intake::accepts(),
+            move |req: Request<serde_json::Value>| {
+                let intake = submit.clone();
+                async move {
+                    intake
+                        .take(&req.envelope, "submit")
+                        .await
+                        .map_err(ErrorBody::from)
+                }
+            },
+        )
+        .await?;
+
+    let getter = intake.clone();
+    rt.endpoint("plan.get", move |req: Request<PlanGet>| {
+        let intake = getter.clone();
+        async move {
+            let id = req.data().plan_id;
+            intake
+                .get(id)
+                .await
+                .map_err(ErrorBody::from)?
+                .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no plan {id}")))
+        }
+    })
+    .await?;
+
+    let lister = intake.clone();
+    rt.endpoint("plan.list", move |req: Request<PlanList>| {
+        let intake = lister.clone();
+        async move {
+            let q = req.data();
+            let plans = intake
+                .list(
+                    q.service.as_deref(),
+                    q.environment.as_deref(),
+                    q.limit.unwrap_or(100),
+                )
+                .await
+                .map_err(ErrorBody::from)?;
+            Ok::<_, ErrorBody>(Plans { plans })
+        }
+    })
+    .await?;
+
+    let accepts = intake::accepts();
+    let queue = intake.clone();
+    rt.spawn_background(
+        "task intake",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.tasks_stream(),
+                durable: INTAKE_CONSUMER.into(),
+                filter_subject: Some(rt.subjects.tasks()),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 5,
+                concurrency: 16,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let intake = queue.clone();
+                let accepts = accepts.clone();
+                async move { take_queued(&intake, &accepts, &delivery).await }
+            },
+        ),
+    );
     Ok(rt)
+}
+
+/// A task from the work queue: a plan, a rejection for the dead-letter stream, or a
+/// retry when state is unavailable.
+async fn take_queued(
+    intake: &Intake,
+    accepts: &toronto_runtime::Accepts,
+    delivery: &Delivery,
+) -> Outcome {
+    let content_type = delivery
+        .headers()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str().to_owned());
+    let envelope = match Encoding::from_content_type(content_type.as_deref())
+        .and_then(|encoding| decode_raw(delivery.payload(), encoding))
+    {
+        Ok(envelope) => envelope,
+        Err(e) => {
+            return Outcome::Reject {
+                reason: e.to_string(),
+            };
+        }
+    };
+    if let Err(e) = envelope.message_type().and_then(|ty| accepts.check(&ty)) {
+        return Outcome::Reject {
+            reason: e.to_string(),
+        };
+    }
+    match intake.take(&envelope, "queue").await {
+        Ok(accepted) => {
+            tracing::info!(plan = %accepted.plan_id, duplicate = accepted.duplicate, "task from the queue planned");
+            Outcome::Ack
+        }
+        Err(e @ IntakeError::Rejected(_)) => Outcome::Reject {
+            reason: e.to_string(),
+        },
+        Err(e @ IntakeError::Unavailable(_)) => Outcome::Retry {
+            delay: Some(Duration::from_secs(1)),
+            reason: e.to_string(),
+        },
+    }
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

@@ -11,6 +11,9 @@ use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
+use crate::tasks::{
+    DeployTask, Plan, PlanGet, PlanList, Plans, RollbackTask, ScaleTask, SubmitAccepted,
+};
 
 /// One schema file: its path under `schemas/` and its content.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +59,14 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<ErrorBody>(),
         payload::<StatusRequest>(),
         payload::<Status>(),
+        payload::<DeployTask>(),
+        payload::<RollbackTask>(),
+        payload::<ScaleTask>(),
+        payload::<SubmitAccepted>(),
+        payload::<PlanGet>(),
+        payload::<PlanList>(),
+        payload::<Plan>(),
+        payload::<Plans>(),
     ]
 }
 

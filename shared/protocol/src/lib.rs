@@ -15,6 +15,7 @@ pub mod error;
 pub mod message;
 pub mod messages;
 pub mod subjects;
+pub mod tasks;
 pub mod trace;
 
 pub use codec::{Encoding, decode, decode_raw, encode};

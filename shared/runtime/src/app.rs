@@ -76,6 +76,7 @@ pub struct ServiceRuntime {
     shutdown: CancellationToken,
     http_stop: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
+    background: tokio_util::task::TaskTracker,
 }
 
 impl ServiceRuntime {
@@ -200,6 +201,7 @@ impl ServiceRuntime {
             shutdown,
             http_stop,
             http_task,
+            background: tokio_util::task::TaskTracker::new(),
         };
         // Readiness turns false as soon as shutdown begins.
         let token = rt.shutdown.clone();
@@ -238,6 +240,22 @@ impl ServiceRuntime {
         Ok(())
     }
 
+    /// Runs `work` (a consumer loop, a watcher) beside the endpoints. It must end once
+    /// the shutdown token is cancelled; shutdown waits for it (within the grace period)
+    /// before the connection is drained. An error it returns is logged.
+    pub fn spawn_background<F, E>(&self, what: &'static str, work: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let service = self.kind.service_name();
+        self.background.spawn(async move {
+            if let Err(e) = work.await {
+                tracing::error!(service, task = what, error = %e, "background task failed");
+            }
+        });
+    }
+
     /// Creates or updates this service's KV bucket `<prefix>_<name>`.
     pub async fn kv(&self, name: &str, history: i64) -> Result<jetstream::kv::Store, RuntimeError> {
         Ok(ensure_kv(
@@ -254,7 +272,14 @@ impl ServiceRuntime {
     pub async fn run_until_shutdown(mut self) -> Result<(), RuntimeError> {
         self.shutdown.cancelled().await;
         tracing::info!(service = self.kind.service_name(), "shutting down");
-        self.host.stop(self.config.shutdown_grace()).await;
+        self.background.close();
+        let (_, background_done) = tokio::join!(
+            self.host.stop(self.config.shutdown_grace()),
+            tokio::time::timeout(self.config.shutdown_grace(), self.background.wait()),
+        );
+        if background_done.is_err() {
+            tracing::warn!("background work still running at the end of the grace period");
+        }
         // `drain` only queues the request and returns: flush first so that the last
         // replies have reached the server before the process may exit.
         let bound = Duration::from_secs(5);

@@ -161,7 +161,8 @@ impl Accepts {
         self
     }
 
-    fn check(&self, ty: &toronto_protocol::MessageType) -> Result<(), ProtocolError> {
+    /// Whether `ty` is one of the accepted types at a supported major.
+    pub fn check(&self, ty: &toronto_protocol::MessageType) -> Result<(), ProtocolError> {
         match self.types.iter().find(|t| t.name == ty.name) {
             None => Err(ProtocolError::WrongType {
                 got: ty.to_string(),

@@ -1,0 +1,291 @@
+//! Task intake, the same behaviour through both doors (`planner.submit` and the
+//! `TORONTO_DEVOPS_TASKS` work queue): decode, validate with every reason, make one
+//! plan per task (deduplicated by the task's envelope id), record it, announce it.
+
+use async_nats::jetstream::kv::{self, CreateErrorKind};
+use bytes::Bytes;
+use chrono::Utc;
+use serde_json::json;
+use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::tasks::{
+    DeployTask, Plan, PlanState, PlanTask, RollbackTask, ScaleTask, Strategy, SubmitAccepted,
+};
+use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
+use toronto_runtime::Accepts;
+use toronto_runtime::jetstream::Events;
+use uuid::Uuid;
+
+/// The task types the planner takes.
+pub fn accepts() -> Accepts {
+    Accepts::new()
+        .with::<DeployTask>()
+        .with::<RollbackTask>()
+        .with::<ScaleTask>()
+}
+
+/// Why a task was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    /// The task is wrong; every reason is listed. Sending it again will not help.
+    #[error("task rejected: {}", .0.join("; "))]
+    Rejected(Vec<String>),
+    /// State could not be read or written; trying again may succeed.
+    #[error("planner state unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<IntakeError> for ErrorBody {
+    fn from(e: IntakeError) -> Self {
+        match &e {
+            IntakeError::Rejected(reasons) => ErrorBody::new(ErrorCode::BadRequest, e.to_string())
+                .with_details(json!({ "reasons": reasons })),
+            IntakeError::Unavailable(_) => ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+        }
+    }
+}
+
+/// The intake's state: the plans bucket and the event publisher.
+#[derive(Clone, Debug)]
+pub struct Intake {
+    plans: kv::Store,
+    events: Events,
+    source: String,
+}
+
+fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && !value.ends_with('-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        reasons.push(format!(
+            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
+        ));
+    }
+}
+
+fn token(what: &str, value: &str, reasons: &mut Vec<String>) {
+    if value.is_empty() || value.len() > 255 || value.chars().any(char::is_whitespace) {
+        reasons.push(format!(
+            "{what} `{value}` must be 1-255 characters without spaces"
+        ));
+    }
+}
+
+/// Every reason the task cannot be planned; empty when it can.
+pub fn validate(task: &PlanTask) -> Vec<String> {
+    let mut reasons = Vec::new();
+    dns_label("service", task.service(), &mut reasons);
+    dns_label("environment", task.environment(), &mut reasons);
+    match task {
+        PlanTask::Deploy(t) => {
+            token("version", &t.version, &mut reasons);
+            if let Some(image) = &t.image {
+                token("image", image, &mut reasons);
+            }
+            if let Strategy::Canary { steps } = &t.strategy
+                && !steps.is_empty()
+            {
+                let mut previous = 0u8;
+                for step in steps {
+                    if step.weight == 0 || step.weight > 100 {
+                        reasons.push(format!(
+                            "canary step weight {} must be 1 to 100",
+                            step.weight
+                        ));
+                    } else if step.weight <= previous {
+                        reasons.push(format!(
+                            "canary step weights must increase: {} follows {previous}",
+                            step.weight
+                        ));
+                    }
+                    previous = previous.max(step.weight);
+                }
+                if steps.last().map(|s| s.weight) != Some(100) {
+                    reasons.push("the last canary step must be 100 (full promotion)".into());
+                }
+            }
+        }
+        PlanTask::Rollback(t) => {
+            if let Some(v) = &t.target_version {
+                token("target_version", v, &mut reasons);
+            }
+        }
+        PlanTask::Scale(t) => {
+            if t.replicas > 1000 {
+                reasons.push(format!("replicas {} is over the limit of 1000", t.replicas));
+            }
+        }
+    }
+    reasons
+}
+
+/// The task in a validated envelope whose type is one of [`accepts`].
+pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
+    let ty = envelope
+        .message_type()
+        .map_err(|e| IntakeError::Rejected(vec![e.to_string()]))?;
+    let data = envelope.data.clone();
+    let bad = |e: serde_json::Error| IntakeError::Rejected(vec![format!("invalid {}: {e}", ty)]);
+    match ty.name.as_str() {
+        "task.deploy" => serde_json::from_value(data)
+            .map(PlanTask::Deploy)
+            .map_err(bad),
+        "task.rollback" => serde_json::from_value(data)
+            .map(PlanTask::Rollback)
+            .map_err(bad),
+        "task.scale" => serde_json::from_value(data)
+            .map(PlanTask::Scale)
+            .map_err(bad),
+        other => Err(IntakeError::Rejected(vec![format!(
+            "task type `{other}` is not one the planner takes"
+        )])),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> IntakeError {
+    IntakeError::Unavailable(e.to_string())
+}
+
+impl Intake {
+    /// Intake over the plans bucket.
+    pub fn new(plans: kv::Store, events: Events, source: String) -> Self {
+        Self {
+            plans,
+            events,
+            source,
+        }
+    }
+
+    /// Takes a task: one plan per task envelope id, however often it arrives.
+    pub async fn take(
+        &self,
+        envelope: &RawEnvelope,
+        intake: &str,
+    ) -> Result<SubmitAccepted, IntakeError> {
+        let task = task_of(envelope)?;
+        let reasons = validate(&task);
+        if !reasons.is_empty() {
+            return Err(IntakeError::Rejected(reasons));
+        }
+        // Claim the task id first: whoever claims it makes the plan.
+        let task_key = format!("task.{}", envelope.id);
+        let fresh_id = Uuid::now_v7();
+        let (plan_id, duplicate) = match self
+            .plans
+            .create(&task_key, Bytes::from(fresh_id.to_string()))
+            .await
+        {
+            Ok(_) => (fresh_id, false),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                let existing = self
+                    .plans
+                    .get(&task_key)
+                    .await
+                    .map_err(unavailable)?
+                    .ok_or_else(|| unavailable("task claim vanished"))?;
+                let id = std::str::from_utf8(&existing)
+                    .ok()
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .ok_or_else(|| unavailable("task claim is not a plan id"))?;
+                (id, true)
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let plan_key = format!("plan.{plan_id}");
+        if duplicate
+            && self
+                .plans
+                .get(&plan_key)
+                .await
+                .map_err(unavailable)?
+                .is_some()
+        {
+            return Ok(SubmitAccepted {
+                plan_id,
+                duplicate: true,
+            });
+        }
+        // A claim without its plan (the claimer died in between) is completed here.
+        let plan = Plan {
+            id: plan_id,
+            task_id: envelope.id,
+            task,
+            state: PlanState::Accepted,
+            requested_by: envelope.source.clone(),
+            correlationid: envelope.flow().correlationid,
+            intake: intake.to_owned(),
+            created_at: Utc::now(),
+        };
+        let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
+        match self.plans.create(&plan_key, Bytes::from(bytes)).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                return Ok(SubmitAccepted {
+                    plan_id,
+                    duplicate: true,
+                });
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+        self.announce(&plan, &envelope.flow()).await?;
+        Ok(SubmitAccepted { plan_id, duplicate })
+    }
+
+    async fn announce(&self, plan: &Plan, flow: &FlowContext) -> Result<(), IntakeError> {
+        let event = Envelope::builder(self.source.clone(), plan.clone())
+            .subject(plan.task.service())
+            .caused_by(flow)
+            .build();
+        self.events
+            .publish("plan", "accepted", &event)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// One plan by id.
+    pub async fn get(&self, plan_id: Uuid) -> Result<Option<Plan>, IntakeError> {
+        match self
+            .plans
+            .get(format!("plan.{plan_id}"))
+            .await
+            .map_err(unavailable)?
+        {
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(unavailable),
+            None => Ok(None),
+        }
+    }
+
+    /// Plans, newest first, optionally of one service and environment.
+    pub async fn list(
+        &self,
+        service: Option<&str>,
+        environment: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Plan>, IntakeError> {
+        use futures::TryStreamExt;
+        let keys: Vec<String> = match self.plans.keys().await {
+            Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
+            Err(e) => return Err(unavailable(e)),
+        };
+        let mut plans = Vec::new();
+        for key in keys.iter().filter(|k| k.starts_with("plan.")) {
+            if let Some(bytes) = self.plans.get(key).await.map_err(unavailable)?
+                && let Ok(plan) = serde_json::from_slice::<Plan>(&bytes)
+                && service.is_none_or(|s| plan.task.service() == s)
+                && environment.is_none_or(|e| plan.task.environment() == e)
+            {
+                plans.push(plan);
+            }
+        }
+        plans.sort_by_key(|p| std::cmp::Reverse(p.created_at));
+        plans.truncate(limit);
+        Ok(plans)
+    }
+}

@@ -1,0 +1,321 @@
+//! Task intake through both doors, against a real nats-server.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::tasks::{
+    CanaryStep, DeployTask, Plan, PlanGet, PlanList, PlanTask, Plans, ScaleTask, Strategy,
+    SubmitAccepted,
+};
+use toronto_protocol::{Encoding, Envelope, ErrorCode, Message, encode};
+use toronto_runtime::Config;
+use toronto_runtime::rpc::{CallError, call};
+use toronto_testkit::NatsServer;
+
+const SUBMIT: &str = "toronto.devops.v1.planner.submit";
+
+fn deploy(service: &str, environment: &str) -> DeployTask {
+    DeployTask {
+        service: service.into(),
+        version: "2.4.1".into(),
+        image: None,
+        environment: environment.into(),
+        strategy: Strategy::Canary { steps: vec![] },
+        change: None,
+        fix: false,
+    }
+}
+
+struct Planner {
+    server: NatsServer,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+}
+
+async fn planner() -> Planner {
+    let server = NatsServer::start().await;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = CancellationToken::new();
+    let rt = toronto_planner::start(config, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    }
+}
+
+impl Planner {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.unwrap().unwrap();
+        drop(self.server);
+    }
+
+    async fn submit<T: Message>(&self, task: &Envelope<T>) -> Result<SubmitAccepted, CallError> {
+        call(
+            &self.client,
+            SUBMIT,
+            task,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<SubmitAccepted>| r.data)
+    }
+
+    async fn plan(&self, plan_id: uuid::Uuid) -> Result<Plan, CallError> {
+        let req = Envelope::builder("toronto://test", PlanGet { plan_id }).build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.get",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plan>| r.data)
+    }
+
+    async fn plans(&self, service: &str) -> Vec<Plan> {
+        let req = Envelope::builder(
+            "toronto://test",
+            PlanList {
+                service: Some(service.into()),
+                ..Default::default()
+            },
+        )
+        .build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.list",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plans>| r.data.plans)
+        .unwrap()
+    }
+
+    async fn wait_for_plans(&self, service: &str, n: usize) -> Vec<Plan> {
+        for _ in 0..100 {
+            let plans = self.plans(service).await;
+            if plans.len() >= n {
+                return plans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{service} never had {n} plans");
+    }
+}
+
+#[tokio::test]
+async fn submit_accepts_a_task_once_and_announces_the_plan() {
+    let p = planner().await;
+    let mut events = p
+        .client
+        .subscribe("toronto.devops.v1.events.plan.accepted")
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    let task = Envelope::builder(
+        "toronto://agents/developer/alice",
+        deploy("shop-api", "production"),
+    )
+    .build();
+    let accepted = p.submit(&task).await.unwrap();
+    assert!(!accepted.duplicate);
+
+    let plan = p.plan(accepted.plan_id).await.unwrap();
+    assert_eq!(plan.task_id, task.id);
+    assert_eq!(plan.requested_by, "toronto://agents/developer/alice");
+    assert_eq!(plan.intake, "submit");
+    assert!(matches!(&plan.task, PlanTask::Deploy(d) if d.version == "2.4.1"));
+
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: Envelope<Plan> = toronto_protocol::decode(&event.payload, Encoding::Json).unwrap();
+    assert_eq!(event.data.id, accepted.plan_id);
+    assert_eq!(
+        event.correlationid, task.correlationid,
+        "the event continues the task's flow"
+    );
+    assert_eq!(event.subject.as_deref(), Some("shop-api"));
+
+    // The same task again: the same plan, no second one.
+    let again = p.submit(&task).await.unwrap();
+    assert_eq!(again.plan_id, accepted.plan_id);
+    assert!(again.duplicate);
+    assert_eq!(p.plans("shop-api").await.len(), 1);
+    // A new task for the same change is a new plan.
+    let other = Envelope::builder(
+        "toronto://agents/developer/alice",
+        deploy("shop-api", "staging"),
+    )
+    .build();
+    assert_ne!(p.submit(&other).await.unwrap().plan_id, accepted.plan_id);
+    assert!(matches!(
+        p.plan(uuid::Uuid::now_v7()).await,
+        Err(CallError::Remote(e)) if e.code == ErrorCode::NotFound
+    ));
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_task_is_rejected_with_every_reason() {
+    let p = planner().await;
+    let mut task = deploy("Shop_API", "prod uction");
+    task.version = "".into();
+    task.strategy = Strategy::Canary {
+        steps: vec![
+            CanaryStep {
+                weight: 50,
+                pause_seconds: None,
+            },
+            CanaryStep {
+                weight: 25,
+                pause_seconds: None,
+            },
+        ],
+    };
+    let err = p
+        .submit(&Envelope::builder("toronto://test", task).build())
+        .await
+        .unwrap_err();
+    let CallError::Remote(body) = err else {
+        panic!("expected a rejection, got {err}")
+    };
+    assert_eq!(body.code, ErrorCode::BadRequest);
+    let reasons: Vec<String> =
+        serde_json::from_value(body.details.unwrap()["reasons"].clone()).unwrap();
+    assert_eq!(reasons.len(), 5, "{reasons:#?}");
+    for expected in [
+        "service `Shop_API`",
+        "environment `prod uction`",
+        "version ``",
+        "must increase",
+        "last canary step must be 100",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "no reason about {expected}: {reasons:#?}"
+        );
+    }
+    let scale = Envelope::builder(
+        "toronto://test",
+        ScaleTask {
+            service: "shop-api".into(),
+            environment: "production".into(),
+            replicas: 5000,
+        },
+    )
+    .build();
+    let err = p.submit(&scale).await.unwrap_err();
+    assert!(err.to_string().contains("replicas 5000"), "{err}");
+    assert!(p.plans("shop-api").await.is_empty(), "nothing was planned");
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_work_queue_is_the_same_door() {
+    let p = planner().await;
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut dlq = p
+        .client
+        .subscribe("toronto.devops.v1.dlq.planner")
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    let publish = |bytes: Vec<u8>, msg_id: &str, content_type: &str| {
+        let js = js.clone();
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        headers.insert("Content-Type", content_type);
+        async move {
+            js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+        }
+    };
+
+    // A task published twice with the same Nats-Msg-Id makes one plan, in MessagePack too.
+    let task = Envelope::builder("toronto://agents/qa/bob", deploy("cart", "staging")).build();
+    let bytes = encode(&task, Encoding::MessagePack).unwrap();
+    let first = publish(bytes.clone(), "task-1", "application/cloudevents+msgpack").await;
+    let second = publish(bytes, "task-1", "application/cloudevents+msgpack").await;
+    assert!(second.duplicate && first.sequence == second.sequence);
+    let plans = p.wait_for_plans("cart", 1).await;
+    assert_eq!(plans[0].intake, "queue");
+    assert_eq!(plans[0].requested_by, "toronto://agents/qa/bob");
+
+    // The same task through the other door is recognised as the same task.
+    let again = p.submit(&task).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.plan_id, plans[0].id);
+
+    // Malformed, unknown and invalid tasks are parked with their reasons, never dropped.
+    publish(
+        b"{not json".to_vec(),
+        "bad-1",
+        "application/cloudevents+json",
+    )
+    .await;
+    let reason = |m: async_nats::Message| {
+        m.headers
+            .unwrap()
+            .get("Toronto-Dlq-Reason")
+            .unwrap()
+            .as_str()
+            .to_owned()
+    };
+    let parked = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(parked.payload.as_ref(), b"{not json");
+    assert!(reason(parked).contains("malformed"));
+
+    let mut unknown = serde_json::to_value(&task).unwrap();
+    unknown["type"] = "ai.toronto.devops.task.teleport.v1".into();
+    publish(
+        serde_json::to_vec(&unknown).unwrap(),
+        "bad-2",
+        "application/cloudevents+json",
+    )
+    .await;
+    let parked = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reason(parked).contains("task.teleport"));
+
+    let invalid = Envelope::builder("toronto://test", deploy("cart", "")).build();
+    publish(
+        encode(&invalid, Encoding::Json).unwrap(),
+        "bad-3",
+        "application/cloudevents+json",
+    )
+    .await;
+    let parked = tokio::time::timeout(Duration::from_secs(10), dlq.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reason(parked).contains("environment ``"));
+
+    assert_eq!(p.plans("cart").await.len(), 1, "refused tasks made no plan");
+    p.stop().await;
+}
