@@ -8,7 +8,8 @@ use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
-    DeployTask, Plan, PlanState, PlanTask, RollbackTask, ScaleTask, Strategy, SubmitAccepted,
+    DeployTask, Plan, PlanList, PlanState, PlanTask, RollbackTask, ScaleTask, Strategy,
+    SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -241,7 +242,7 @@ impl Intake {
             .caused_by(flow)
             .build();
         self.events
-            .publish("plan", "accepted", &event)
+            .publish("plan", "created", &event)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -262,13 +263,8 @@ impl Intake {
         }
     }
 
-    /// Plans, newest first, optionally of one service and environment.
-    pub async fn list(
-        &self,
-        service: Option<&str>,
-        environment: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<Plan>, IntakeError> {
+    /// Plans matching the query, newest first.
+    pub async fn list(&self, query: &PlanList) -> Result<Vec<Plan>, IntakeError> {
         use futures::TryStreamExt;
         let keys: Vec<String> = match self.plans.keys().await {
             Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
@@ -278,14 +274,25 @@ impl Intake {
         for key in keys.iter().filter(|k| k.starts_with("plan.")) {
             if let Some(bytes) = self.plans.get(key).await.map_err(unavailable)?
                 && let Ok(plan) = serde_json::from_slice::<Plan>(&bytes)
-                && service.is_none_or(|s| plan.task.service() == s)
-                && environment.is_none_or(|e| plan.task.environment() == e)
+                && query
+                    .service
+                    .as_deref()
+                    .is_none_or(|s| plan.task.service() == s)
+                && query
+                    .environment
+                    .as_deref()
+                    .is_none_or(|e| plan.task.environment() == e)
+                && query.state.is_none_or(|s| plan.state == s)
+                && query
+                    .requested_by
+                    .as_deref()
+                    .is_none_or(|r| plan.requested_by == r)
             {
                 plans.push(plan);
             }
         }
         plans.sort_by_key(|p| std::cmp::Reverse(p.created_at));
-        plans.truncate(limit);
+        plans.truncate(query.limit.unwrap_or(100));
         Ok(plans)
     }
 }

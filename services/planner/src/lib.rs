@@ -6,7 +6,7 @@
 //! accept with the plan id, or every reason for a rejection) and the work queue
 //! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
 //! dead-letter stream with their reasons) — one plan per task, plans in KV, the
-//! `plan.accepted` event, and `plan.get` / `plan.list`. Gates, execution and DORA
+//! `plan.created` event, and `plan.get` / `plan.list`. Gates, execution and DORA
 //! metrics are still to come.
 #![forbid(unsafe_code)]
 
@@ -78,15 +78,7 @@ pub async fn start(
     rt.endpoint("plan.list", move |req: Request<PlanList>| {
         let intake = lister.clone();
         async move {
-            let q = req.data();
-            let plans = intake
-                .list(
-                    q.service.as_deref(),
-                    q.environment.as_deref(),
-                    q.limit.unwrap_or(100),
-                )
-                .await
-                .map_err(ErrorBody::from)?;
+            let plans = intake.list(req.data()).await.map_err(ErrorBody::from)?;
             Ok::<_, ErrorBody>(Plans { plans })
         }
     })

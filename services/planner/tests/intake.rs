@@ -87,14 +87,15 @@ impl Planner {
     }
 
     async fn plans(&self, service: &str) -> Vec<Plan> {
-        let req = Envelope::builder(
-            "toronto://test",
-            PlanList {
-                service: Some(service.into()),
-                ..Default::default()
-            },
-        )
-        .build();
+        self.list(PlanList {
+            service: Some(service.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn list(&self, query: PlanList) -> Vec<Plan> {
+        let req = Envelope::builder("toronto://test", query).build();
         call(
             &self.client,
             "toronto.devops.v1.planner.plan.list",
@@ -124,7 +125,7 @@ async fn submit_accepts_a_task_once_and_announces_the_plan() {
     let p = planner().await;
     let mut events = p
         .client
-        .subscribe("toronto.devops.v1.events.plan.accepted")
+        .subscribe("toronto.devops.v1.events.plan.created")
         .await
         .unwrap();
     p.client.flush().await.unwrap();
@@ -159,6 +160,21 @@ async fn submit_accepts_a_task_once_and_announces_the_plan() {
     assert_eq!(again.plan_id, accepted.plan_id);
     assert!(again.duplicate);
     assert_eq!(p.plans("shop-api").await.len(), 1);
+    let by_bob = p
+        .list(PlanList {
+            requested_by: Some("toronto://agents/qa/bob".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(by_bob.is_empty(), "filtered by requester");
+    let accepted_plans = p
+        .list(PlanList {
+            state: Some(toronto_protocol::tasks::PlanState::Accepted),
+            requested_by: Some("toronto://agents/developer/alice".into()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(accepted_plans.len(), 1);
     // A new task for the same change is a new plan.
     let other = Envelope::builder(
         "toronto://agents/developer/alice",

@@ -222,6 +222,12 @@ pub struct PlanList {
     /// Only plans for this environment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub environment: Option<String>,
+    /// Only plans in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PlanState>,
+    /// Only plans asked for by this requester (the task's `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     /// At most this many (default 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
