@@ -8,8 +8,8 @@ use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
-    DeployTask, Plan, PlanList, PlanState, PlanTask, RollbackTask, ScaleTask, Strategy,
-    SubmitAccepted,
+    Cancellation, DeployTask, Plan, PlanCancel, PlanList, PlanState, PlanTask, RollbackTask,
+    ScaleTask, Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -220,6 +220,7 @@ impl Intake {
             correlationid: envelope.flow().correlationid,
             intake: intake.to_owned(),
             created_at: Utc::now(),
+            cancellation: None,
         };
         let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
         match self.plans.create(&plan_key, Bytes::from(bytes)).await {
@@ -246,6 +247,75 @@ impl Intake {
             .await
             .map_err(unavailable)?;
         Ok(())
+    }
+
+    /// Cancels a plan (compare-and-set on its revision); the cancelled plan, or
+    /// `not_found`, or `conflict` when it already ended.
+    pub async fn cancel(
+        &self,
+        request: &PlanCancel,
+        flow: &FlowContext,
+    ) -> Result<Plan, ErrorBody> {
+        let key = format!("plan.{}", request.plan_id);
+        let mut reasons = Vec::new();
+        if request.by.trim().is_empty() {
+            reasons.push("`by` must name who cancels the plan".to_owned());
+        }
+        if request.reason.trim().is_empty() {
+            reasons.push("`reason` must say why".to_owned());
+        }
+        if !reasons.is_empty() {
+            return Err(IntakeError::Rejected(reasons).into());
+        }
+        for _ in 0..5 {
+            let entry = self
+                .plans
+                .entry(key.clone())
+                .await
+                .map_err(unavailable)?
+                .filter(|e| e.operation == kv::Operation::Put)
+                .ok_or_else(|| {
+                    ErrorBody::new(ErrorCode::NotFound, format!("no plan {}", request.plan_id))
+                })?;
+            let mut plan: Plan = serde_json::from_slice(&entry.value).map_err(unavailable)?;
+            if plan.state == PlanState::Cancelled {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("plan {} is already cancelled", plan.id),
+                ));
+            }
+            plan.state = PlanState::Cancelled;
+            plan.cancellation = Some(Cancellation {
+                by: request.by.clone(),
+                reason: request.reason.clone(),
+                at: Utc::now(),
+            });
+            let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
+            match self
+                .plans
+                .update(&key, Bytes::from(bytes), entry.revision)
+                .await
+            {
+                Ok(_) => {
+                    let event = Envelope::builder(self.source.clone(), plan.clone())
+                        .subject(plan.task.service())
+                        .caused_by(flow)
+                        .build();
+                    self.events
+                        .publish("plan", "cancelled", &event)
+                        .await
+                        .map_err(unavailable)?;
+                    return Ok(plan);
+                }
+                // Someone else changed the plan in between: read it again.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unavailable(e).into()),
+            }
+        }
+        Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("plan {} kept changing; try again", request.plan_id),
+        ))
     }
 
     /// One plan by id.

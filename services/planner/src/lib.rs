@@ -6,7 +6,7 @@
 //! accept with the plan id, or every reason for a rejection) and the work queue
 //! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
 //! dead-letter stream with their reasons) — one plan per task, plans in KV, the
-//! `plan.created` event, and `plan.get` / `plan.list`. Gates, execution and DORA
+//! `plan.created` event, and `plan.get` / `plan.list` / `plan.cancel`. Gates, execution and DORA
 //! metrics are still to come.
 #![forbid(unsafe_code)]
 
@@ -15,7 +15,7 @@ pub mod intake;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::tasks::{PlanGet, PlanList, Plans};
+use toronto_protocol::tasks::{PlanCancel, PlanGet, PlanList, Plans};
 use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
 use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
 use toronto_runtime::{Request, ServiceRuntime};
@@ -81,6 +81,13 @@ pub async fn start(
             let plans = intake.list(req.data()).await.map_err(ErrorBody::from)?;
             Ok::<_, ErrorBody>(Plans { plans })
         }
+    })
+    .await?;
+
+    let canceller = intake.clone();
+    rt.endpoint("plan.cancel", move |req: Request<PlanCancel>| {
+        let intake = canceller.clone();
+        async move { intake.cancel(req.data(), &req.flow()).await }
     })
     .await?;
 

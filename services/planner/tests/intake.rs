@@ -335,3 +335,74 @@ async fn the_work_queue_is_the_same_door() {
     assert_eq!(p.plans("cart").await.len(), 1, "refused tasks made no plan");
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_plan_can_be_cancelled_once() {
+    use toronto_protocol::tasks::{PlanCancel, PlanState};
+    let p = planner().await;
+    let mut events = p
+        .client
+        .subscribe("toronto.devops.v1.events.plan.cancelled")
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    let task = Envelope::builder("toronto://test", deploy("search", "staging")).build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let cancel = |by: &str, reason: &str, plan_id| {
+        let req = Envelope::builder(
+            "toronto://humans/carol",
+            PlanCancel {
+                plan_id,
+                by: by.into(),
+                reason: reason.into(),
+            },
+        )
+        .build();
+        let client = p.client.clone();
+        async move {
+            call::<_, Plan>(
+                &client,
+                "toronto.devops.v1.planner.plan.cancel",
+                &req,
+                Encoding::Json,
+                Duration::from_secs(5),
+            )
+            .await
+            .map(|r| r.data)
+        }
+    };
+
+    let err = cancel("", "", plan_id).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::Remote(e) if e.code == ErrorCode::BadRequest),
+        "{err}"
+    );
+    let cancelled = cancel("carol", "wrong version", plan_id).await.unwrap();
+    assert_eq!(cancelled.state, PlanState::Cancelled);
+    assert_eq!(cancelled.cancellation.as_ref().unwrap().by, "carol");
+    assert_eq!(
+        p.plan(plan_id).await.unwrap().state,
+        PlanState::Cancelled,
+        "stored"
+    );
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let event: Envelope<Plan> = toronto_protocol::decode(&event.payload, Encoding::Json).unwrap();
+    assert_eq!(event.data.id, plan_id);
+
+    let again = cancel("carol", "twice", plan_id).await.unwrap_err();
+    assert!(
+        matches!(&again, CallError::Remote(e) if e.code == ErrorCode::Conflict),
+        "{again}"
+    );
+    let missing = cancel("carol", "no such plan", uuid::Uuid::now_v7())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&missing, CallError::Remote(e) if e.code == ErrorCode::NotFound),
+        "{missing}"
+    );
+    p.stop().await;
+}

@@ -12,7 +12,7 @@ use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
-    DeployTask, Plan, PlanGet, PlanList, Plans, RollbackTask, ScaleTask, SubmitAccepted,
+    DeployTask, Plan, PlanCancel, PlanGet, PlanList, Plans, RollbackTask, ScaleTask, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -65,6 +65,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),
+        payload::<PlanCancel>(),
         payload::<Plan>(),
         payload::<Plans>(),
     ]

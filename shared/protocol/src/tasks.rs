@@ -156,6 +156,19 @@ impl PlanTask {
 pub enum PlanState {
     /// Taken in; not started.
     Accepted,
+    /// Stopped on request before it finished.
+    Cancelled,
+}
+
+/// Who stopped a plan, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Cancellation {
+    /// Who cancelled it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// A plan: what the planner made of a task.
@@ -177,6 +190,9 @@ pub struct Plan {
     pub intake: String,
     /// When the plan was made.
     pub created_at: DateTime<Utc>,
+    /// Set when the plan was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<Cancellation>,
 }
 
 impl Message for Plan {
@@ -247,5 +263,22 @@ pub struct Plans {
 
 impl Message for Plans {
     const NAME: &'static str = "plans";
+    const MAJOR: u32 = 1;
+}
+
+/// Stops a plan (`toronto.devops.v1.planner.plan.cancel`); the reply is the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCancel {
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// Who cancels it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Message for PlanCancel {
+    const NAME: &'static str = "planner.plan.cancel";
     const MAJOR: u32 = 1;
 }
