@@ -45,12 +45,19 @@ impl From<IntakeError> for ErrorBody {
     }
 }
 
-/// The intake's state: the plans bucket and the event publisher.
+/// The planner's state and connections, shared by the endpoints, the intake and the
+/// runner.
 #[derive(Clone, Debug)]
-pub struct Intake {
-    plans: kv::Store,
-    events: Events,
-    source: String,
+pub struct Planner {
+    pub(crate) plans: kv::Store,
+    pub(crate) events: Events,
+    pub(crate) source: String,
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: async_nats::jetstream::Context,
+    pub(crate) subjects: toronto_protocol::Subjects,
+    pub(crate) settings: crate::settings::Settings,
+    /// This instance, as the owner of the plans it works on.
+    pub(crate) instance: String,
 }
 
 fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
@@ -147,17 +154,26 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> IntakeError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> IntakeError {
     IntakeError::Unavailable(e.to_string())
 }
 
-impl Intake {
-    /// Intake over the plans bucket.
-    pub fn new(plans: kv::Store, events: Events, source: String) -> Self {
+impl Planner {
+    /// The planner of a started service runtime.
+    pub fn new(
+        rt: &toronto_runtime::ServiceRuntime,
+        plans: kv::Store,
+        settings: crate::settings::Settings,
+    ) -> Self {
         Self {
             plans,
-            events,
-            source,
+            events: rt.events.clone(),
+            source: rt.source(),
+            client: rt.client.clone(),
+            js: rt.js.clone(),
+            subjects: rt.subjects.clone(),
+            settings,
+            instance: rt.host.id().to_owned(),
         }
     }
 
@@ -215,13 +231,20 @@ impl Intake {
             id: plan_id,
             task_id: envelope.id,
             task,
-            state: PlanState::Accepted,
+            state: PlanState::Queued,
             requested_by: envelope.source.clone(),
             correlationid: envelope.flow().correlationid,
             intake: intake.to_owned(),
             created_at: Utc::now(),
             cancellation: None,
+            steps: Vec::new(),
+            reason: None,
+            decisions: Vec::new(),
+            updated_at: None,
+            lease: None,
         };
+        let mut plan = plan;
+        plan.steps = crate::runner::steps_for(&plan.task, &self.settings);
         let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
         match self.plans.create(&plan_key, Bytes::from(bytes)).await {
             Ok(_) => {}
@@ -233,17 +256,26 @@ impl Intake {
             }
             Err(e) => return Err(unavailable(e)),
         }
-        self.announce(&plan, &envelope.flow()).await?;
+        self.announce("plan", "created", &plan, &envelope.flow())
+            .await?;
+        self.enqueue(plan.id).await?;
         Ok(SubmitAccepted { plan_id, duplicate })
     }
 
-    async fn announce(&self, plan: &Plan, flow: &FlowContext) -> Result<(), IntakeError> {
+    /// Publishes `<entity>.<what>` with the plan as its data.
+    pub(crate) async fn announce(
+        &self,
+        entity: &str,
+        what: &str,
+        plan: &Plan,
+        flow: &FlowContext,
+    ) -> Result<(), IntakeError> {
         let event = Envelope::builder(self.source.clone(), plan.clone())
             .subject(plan.task.service())
             .caused_by(flow)
             .build();
         self.events
-            .publish("plan", "created", &event)
+            .publish(entity, what, &event)
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -278,13 +310,15 @@ impl Intake {
                     ErrorBody::new(ErrorCode::NotFound, format!("no plan {}", request.plan_id))
                 })?;
             let mut plan: Plan = serde_json::from_slice(&entry.value).map_err(unavailable)?;
-            if plan.state == PlanState::Cancelled {
+            if plan.state.is_final() {
                 return Err(ErrorBody::new(
                     ErrorCode::Conflict,
-                    format!("plan {} is already cancelled", plan.id),
+                    format!("plan {} has already ended: {:?}", plan.id, plan.state).to_lowercase(),
                 ));
             }
             plan.state = PlanState::Cancelled;
+            plan.lease = None;
+            plan.updated_at = Some(Utc::now());
             plan.cancellation = Some(Cancellation {
                 by: request.by.clone(),
                 reason: request.reason.clone(),
@@ -297,14 +331,8 @@ impl Intake {
                 .await
             {
                 Ok(_) => {
-                    let event = Envelope::builder(self.source.clone(), plan.clone())
-                        .subject(plan.task.service())
-                        .caused_by(flow)
-                        .build();
-                    self.events
-                        .publish("plan", "cancelled", &event)
-                        .await
-                        .map_err(unavailable)?;
+                    self.announce("plan", "cancelled", &plan, flow).await?;
+                    self.release_turn(&plan).await?;
                     return Ok(plan);
                 }
                 // Someone else changed the plan in between: read it again.

@@ -5,22 +5,28 @@
 //! task intake through both doors — `toronto.devops.v1.planner.submit` (an immediate
 //! accept with the plan id, or every reason for a rejection) and the work queue
 //! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
-//! dead-letter stream with their reasons) — one plan per task, plans in KV, the
-//! `plan.created` event, and `plan.get` / `plan.list` / `plan.cancel`. Gates, execution and DORA
-//! metrics are still to come.
+//! dead-letter stream with their reasons) — one plan per task, plans in KV; plans run
+//! their steps (security and QA gates asked of peer agents, human approval, hand-over
+//! to the deployer) durably, one active plan per service and environment; `plan.get`,
+//! `plan.list`, `plan.cancel`, `plan.approve`, `plan.reject`. Policies (promotion
+//! order, freeze windows, error budget), the delegation adapter, the remaining task
+//! types and DORA metrics are still to come.
 #![forbid(unsafe_code)]
 
 pub mod intake;
+pub mod runner;
+pub mod settings;
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::tasks::{PlanCancel, PlanGet, PlanList, Plans};
+use toronto_protocol::tasks::{AdvancePlan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans};
 use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
 use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
 use toronto_runtime::{Request, ServiceRuntime};
 
-pub use intake::{Intake, IntakeError};
+pub use intake::{IntakeError, Planner};
+pub use settings::Settings;
 pub use toronto_runtime::{Config, RuntimeError};
 
 /// Which service this is.
@@ -32,15 +38,35 @@ pub const BUCKETS: &[(&str, i64)] = &[("plans", 16)];
 /// The durable consumer of the task work queue, shared by every planner replica.
 pub const INTAKE_CONSUMER: &str = "toronto-planner-intake";
 
-/// Starts the service and returns it running; stop it by cancelling `shutdown` and
-/// awaiting [`ServiceRuntime::run_until_shutdown`].
+/// The durable consumer of the runner's work queue, shared by every planner replica.
+pub const RUNNER_CONSUMER: &str = "toronto-planner-runner";
+
+/// Starts the service with settings from the `TORONTO_PLANNER_*` variables.
 pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
+    let settings = Settings::from_env()
+        .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e)))?;
+    start_with(config, settings, shutdown).await
+}
+
+/// Starts the service and returns it running; stop it by cancelling `shutdown` and
+/// awaiting [`ServiceRuntime::run_until_shutdown`].
+pub async fn start_with(
+    config: Config,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
-    let intake = Intake::new(plans, rt.events.clone(), rt.source());
+    let lease = settings.lease;
+    let intake = Planner::new(&rt, plans, settings);
+    runner::ensure_runs_stream(&intake, rt.config.jetstream.replicas)
+        .await
+        .map_err(|e| {
+            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e.to_string()))
+        })?;
 
     let submit = intake.clone();
     rt.host
@@ -91,6 +117,48 @@ pub async fn start(
     })
     .await?;
 
+    for (verb, approve) in [("plan.approve", true), ("plan.reject", false)] {
+        let decider = intake.clone();
+        rt.endpoint(verb, move |req: Request<PlanDecision>| {
+            let intake = decider.clone();
+            async move { intake.decide(req.data(), approve, &req.flow()).await }
+        })
+        .await?;
+    }
+
+    let advancer = intake.clone();
+    rt.spawn_background(
+        "plan runner",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: runner::runs_stream(&intake),
+                durable: RUNNER_CONSUMER.into(),
+                filter_subject: None,
+                ack_wait: lease,
+                max_deliver: 20,
+                concurrency: 32,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let planner = advancer.clone();
+                async move {
+                    match toronto_protocol::decode::<AdvancePlan>(
+                        delivery.payload(),
+                        Encoding::Json,
+                    ) {
+                        Ok(work) => planner.advance(work.data.plan_id, &delivery).await,
+                        Err(e) => Outcome::Reject {
+                            reason: e.to_string(),
+                        },
+                    }
+                }
+            },
+        ),
+    );
+
     let accepts = intake::accepts();
     let queue = intake.clone();
     rt.spawn_background(
@@ -121,7 +189,7 @@ pub async fn start(
 /// A task from the work queue: a plan, a rejection for the dead-letter stream, or a
 /// retry when state is unavailable.
 async fn take_queued(
-    intake: &Intake,
+    intake: &Planner,
     accepts: &toronto_runtime::Accepts,
     delivery: &Delivery,
 ) -> Outcome {

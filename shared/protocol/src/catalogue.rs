@@ -12,7 +12,9 @@ use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
-    DeployTask, Plan, PlanCancel, PlanGet, PlanList, Plans, RollbackTask, ScaleTask, SubmitAccepted,
+    AdvancePlan, DeployTask, ExecuteAccepted, ExecuteRequest, GateVerdict, Plan, PlanCancel,
+    PlanDecision, PlanGet, PlanList, Plans, QaTestRequest, RollbackTask, ScaleTask,
+    SecurityScanRequest, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -66,6 +68,13 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<PlanGet>(),
         payload::<PlanList>(),
         payload::<PlanCancel>(),
+        payload::<PlanDecision>(),
+        payload::<SecurityScanRequest>(),
+        payload::<QaTestRequest>(),
+        payload::<GateVerdict>(),
+        payload::<ExecuteRequest>(),
+        payload::<ExecuteAccepted>(),
+        payload::<AdvancePlan>(),
         payload::<Plan>(),
         payload::<Plans>(),
     ]

@@ -154,10 +154,115 @@ impl PlanTask {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PlanState {
-    /// Taken in; not started.
-    Accepted,
+    /// Taken in; waiting for its turn (one active plan per service and environment).
+    Queued,
+    /// Its steps are running.
+    Running,
+    /// Waiting for a human decision.
+    Waiting,
+    /// Every step succeeded.
+    Completed,
+    /// A step failed; `reason` says why.
+    Failed,
     /// Stopped on request before it finished.
     Cancelled,
+}
+
+impl PlanState {
+    /// Whether the plan has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            PlanState::Completed | PlanState::Failed | PlanState::Cancelled
+        )
+    }
+}
+
+/// What a step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// Gate: the security agent scans the image.
+    SecurityScan,
+    /// Gate: the QA agent tests the version.
+    QaTest,
+    /// Gate: a human with the right role approves.
+    Approval,
+    /// The deployer carries the task out.
+    Execute,
+}
+
+/// Where a step stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    /// Not started.
+    Pending,
+    /// Started (its attempt count says how often).
+    Running,
+    /// Waiting for a human decision.
+    Waiting,
+    /// Done.
+    Succeeded,
+    /// Failed; the plan fails with its reason.
+    Failed,
+}
+
+/// One step of a plan. Steps run in order; each is idempotent by `plan id:step id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Step {
+    /// Unique within the plan, e.g. `security-scan`.
+    pub id: String,
+    /// What it does.
+    pub kind: StepKind,
+    /// Where it stands.
+    pub state: StepState,
+    /// How often it was started.
+    pub attempts: u32,
+    /// When it last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed, or what decided it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What a gate found (e.g. the security agent's findings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<serde_json::Value>,
+}
+
+impl Step {
+    /// A step not yet started.
+    pub fn new(id: &str, kind: StepKind) -> Self {
+        Self {
+            id: id.to_owned(),
+            kind,
+            state: StepState::Pending,
+            attempts: 0,
+            started_at: None,
+            finished_at: None,
+            reason: None,
+            findings: None,
+        }
+    }
+}
+
+/// A human decision on a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Decision {
+    /// Who decided.
+    pub by: String,
+    /// In which role.
+    pub role: String,
+    /// Approved (true) or rejected.
+    pub approved: bool,
+    /// What they said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// When.
+    pub at: DateTime<Utc>,
 }
 
 /// Who stopped a plan, and why.
@@ -193,6 +298,31 @@ pub struct Plan {
     /// Set when the plan was cancelled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cancellation: Option<Cancellation>,
+    /// The steps, in order.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Why the plan failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human decisions taken on it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
+    /// When it last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<DateTime<Utc>>,
+    /// The planner instance working on it, and until when (a dead owner's lease runs
+    /// out and another instance carries on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease>,
+}
+
+/// Ownership of a plan's execution for a while.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Lease {
+    /// The planner instance.
+    pub owner: String,
+    /// Until when.
+    pub until: DateTime<Utc>,
 }
 
 impl Message for Plan {
@@ -280,5 +410,128 @@ pub struct PlanCancel {
 
 impl Message for PlanCancel {
     const NAME: &'static str = "planner.plan.cancel";
+    const MAJOR: u32 = 1;
+}
+
+/// A human decision on a plan waiting for approval
+/// (`toronto.devops.v1.planner.plan.approve` or `.reject`); the reply is the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDecision {
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// Who decides (compared with the plan's requester: nobody approves their own change).
+    pub by: String,
+    /// Their role; only the configured approver roles may decide.
+    pub role: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl Message for PlanDecision {
+    const NAME: &'static str = "planner.plan.decision";
+    const MAJOR: u32 = 1;
+}
+
+/// The security gate's question to the security agent (`toronto.agents.security.v1.scan`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecurityScanRequest {
+    /// The plan asking.
+    pub plan_id: Uuid,
+    /// Same key, same question: answer it once.
+    pub idempotency_key: String,
+    /// The service.
+    pub service: String,
+    /// The version.
+    pub version: String,
+    /// The image to scan.
+    pub image: String,
+}
+
+impl Message for SecurityScanRequest {
+    const NAME: &'static str = "gate.security.scan";
+    const MAJOR: u32 = 1;
+}
+
+/// The QA gate's question to the QA agent (`toronto.agents.qa.v1.test`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QaTestRequest {
+    /// The plan asking.
+    pub plan_id: Uuid,
+    /// Same key, same question: answer it once.
+    pub idempotency_key: String,
+    /// The environment the version goes to.
+    pub environment: String,
+    /// The service.
+    pub service: String,
+    /// The version.
+    pub version: String,
+    /// The suite to run.
+    pub suite: String,
+}
+
+impl Message for QaTestRequest {
+    const NAME: &'static str = "gate.qa.test";
+    const MAJOR: u32 = 1;
+}
+
+/// A peer's verdict on a gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct GateVerdict {
+    /// Whether the gate passes.
+    pub passed: bool,
+    /// Why, in a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What was found (vulnerabilities, failed tests...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<serde_json::Value>,
+}
+
+impl Message for GateVerdict {
+    const NAME: &'static str = "gate.verdict";
+    const MAJOR: u32 = 1;
+}
+
+/// The planner asks the deployer to carry a task out
+/// (`toronto.devops.v1.deployer.rollout.start`, `.rollback` or `.scale`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecuteRequest {
+    /// The plan asking.
+    pub plan_id: Uuid,
+    /// Same key, same work: carry it out once.
+    pub idempotency_key: String,
+    /// What to do.
+    pub task: PlanTask,
+}
+
+impl Message for ExecuteRequest {
+    const NAME: &'static str = "deployer.execute";
+    const MAJOR: u32 = 1;
+}
+
+/// The deployer took the work on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ExecuteAccepted {
+    /// The deployer's reference for it (e.g. the rollout id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+impl Message for ExecuteAccepted {
+    const NAME: &'static str = "deployer.execute.accepted";
+    const MAJOR: u32 = 1;
+}
+
+/// What the planner's runner is asked to do: advance a plan (internal work queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AdvancePlan {
+    /// The plan.
+    pub plan_id: Uuid,
+}
+
+impl Message for AdvancePlan {
+    const NAME: &'static str = "planner.advance";
     const MAJOR: u32 = 1;
 }

@@ -6,8 +6,8 @@ use async_nats::HeaderMap;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, Plan, PlanGet, PlanList, PlanTask, Plans, ScaleTask, Strategy,
-    SubmitAccepted,
+    CanaryStep, DeployTask, Plan, PlanGet, PlanList, PlanState, PlanTask, Plans, ScaleTask,
+    Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Encoding, Envelope, ErrorCode, Message, encode};
 use toronto_runtime::Config;
@@ -35,16 +35,34 @@ struct Planner {
     running: tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
 }
 
-async fn planner() -> Planner {
-    let server = NatsServer::start().await;
+/// Short deadlines so that silent peers fail gates quickly in tests.
+fn settings() -> toronto_planner::Settings {
+    toronto_planner::Settings {
+        gate_timeout: Duration::from_millis(800),
+        lease: Duration::from_secs(3),
+        ..Default::default()
+    }
+}
+
+async fn start_planner(
+    url: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+) {
     let mut config = Config::default();
-    config.nats.urls = vec![server.url()];
+    config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();
-    let rt = toronto_planner::start(config, shutdown.clone())
+    let rt = toronto_planner::start_with(config, settings(), shutdown.clone())
         .await
         .unwrap();
-    let running = tokio::spawn(rt.run_until_shutdown());
+    (shutdown, tokio::spawn(rt.run_until_shutdown()))
+}
+
+async fn planner() -> Planner {
+    let server = NatsServer::start().await;
+    let (shutdown, running) = start_planner(&server.url()).await;
     let client = server.client().await;
     Planner {
         server,
@@ -108,6 +126,19 @@ impl Planner {
         .unwrap()
     }
 
+    async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
+        let mut last = None;
+        for _ in 0..150 {
+            let plan = self.plan(plan_id).await.unwrap();
+            if plan.state == state {
+                return plan;
+            }
+            last = Some(plan);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("plan {plan_id} never reached {state:?}: {last:#?}");
+    }
+
     async fn wait_for_plans(&self, service: &str, n: usize) -> Vec<Plan> {
         for _ in 0..100 {
             let plans = self.plans(service).await;
@@ -167,14 +198,25 @@ async fn submit_accepts_a_task_once_and_announces_the_plan() {
         })
         .await;
     assert!(by_bob.is_empty(), "filtered by requester");
-    let accepted_plans = p
+    // No security agent answers here: the plan fails closed at its first gate.
+    let failed = p.wait_for_state(accepted.plan_id, PlanState::Failed).await;
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no security agent answers"),
+        "{:?}",
+        failed.reason
+    );
+    let failed_plans = p
         .list(PlanList {
-            state: Some(toronto_protocol::tasks::PlanState::Accepted),
+            state: Some(PlanState::Failed),
             requested_by: Some("toronto://agents/developer/alice".into()),
             ..Default::default()
         })
         .await;
-    assert_eq!(accepted_plans.len(), 1);
+    assert_eq!(failed_plans.len(), 1);
     // A new task for the same change is a new plan.
     let other = Envelope::builder(
         "toronto://agents/developer/alice",
@@ -338,7 +380,7 @@ async fn the_work_queue_is_the_same_door() {
 
 #[tokio::test]
 async fn a_plan_can_be_cancelled_once() {
-    use toronto_protocol::tasks::{PlanCancel, PlanState};
+    use toronto_protocol::tasks::PlanCancel;
     let p = planner().await;
     let mut events = p
         .client
@@ -346,8 +388,18 @@ async fn a_plan_can_be_cancelled_once() {
         .await
         .unwrap();
     p.client.flush().await.unwrap();
-    let task = Envelope::builder("toronto://test", deploy("search", "staging")).build();
+    // A production scale change waits for approval: a plan that is still open.
+    let task = Envelope::builder(
+        "toronto://test",
+        ScaleTask {
+            service: "search".into(),
+            environment: "production".into(),
+            replicas: 4,
+        },
+    )
+    .build();
     let plan_id = p.submit(&task).await.unwrap().plan_id;
+    p.wait_for_state(plan_id, PlanState::Waiting).await;
     let cancel = |by: &str, reason: &str, plan_id| {
         let req = Envelope::builder(
             "toronto://humans/carol",

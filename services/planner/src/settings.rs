@@ -1,0 +1,164 @@
+//! The planner's own settings, from `TORONTO_PLANNER_*` variables.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How plans are built and run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// How long a peer (security, QA) or the deployer may take to answer a step.
+    pub gate_timeout: Duration,
+    /// Roles whose members may approve or reject a plan.
+    pub approver_roles: Vec<String>,
+    /// Environments whose plans need a human approval.
+    pub approval_environments: Vec<String>,
+    /// Environments whose deploys need the QA gate.
+    pub qa_environments: Vec<String>,
+    /// The QA suite asked for.
+    pub qa_suite: String,
+    /// Attempts at handing a task to the deployer before the plan fails.
+    pub execute_attempts: u32,
+    /// How long one planner instance owns a plan's execution before another may take
+    /// it over (also the runner's ack deadline).
+    pub lease: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            gate_timeout: Duration::from_secs(30),
+            approver_roles: vec!["approver".into(), "admin".into()],
+            approval_environments: vec!["production".into()],
+            qa_environments: vec!["staging".into(), "production".into()],
+            qa_suite: "regression".into(),
+            execute_attempts: 3,
+            lease: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Every `TORONTO_PLANNER_*` variable with what it sets.
+pub const PLANNER_VARS: &[(&str, &str)] = &[
+    (
+        "TORONTO_PLANNER_GATE_TIMEOUT_MS",
+        "Milliseconds a peer (security, QA) or the deployer may take to answer a step; no answer fails it (default 30000).",
+    ),
+    (
+        "TORONTO_PLANNER_APPROVER_ROLES",
+        "Roles that may approve or reject plans, comma-separated (default `approver,admin`).",
+    ),
+    (
+        "TORONTO_PLANNER_APPROVAL_ENVIRONMENTS",
+        "Environments whose plans need a human approval, comma-separated (default `production`).",
+    ),
+    (
+        "TORONTO_PLANNER_QA_ENVIRONMENTS",
+        "Environments whose deploys pass the QA gate, comma-separated (default `staging,production`).",
+    ),
+    (
+        "TORONTO_PLANNER_QA_SUITE",
+        "The QA suite the QA gate asks for (default `regression`).",
+    ),
+    (
+        "TORONTO_PLANNER_EXECUTE_ATTEMPTS",
+        "Attempts at handing a task to the deployer before the plan fails (default 3).",
+    ),
+    (
+        "TORONTO_PLANNER_LEASE_MS",
+        "Milliseconds a planner instance owns a plan before another may take it over (default 60000; more than the gate timeout).",
+    ),
+];
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn millis(var: &str, v: &str) -> Result<Duration, String> {
+    v.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
+}
+
+impl Settings {
+    /// From the process environment.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// From a set of variables; the ones not given keep their defaults.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+        let mut s = Self::default();
+        for (name, _) in PLANNER_VARS {
+            let Some(v) = vars.get(*name) else { continue };
+            match *name {
+                "TORONTO_PLANNER_GATE_TIMEOUT_MS" => s.gate_timeout = millis(name, v)?,
+                "TORONTO_PLANNER_APPROVER_ROLES" => s.approver_roles = list(v),
+                "TORONTO_PLANNER_APPROVAL_ENVIRONMENTS" => s.approval_environments = list(v),
+                "TORONTO_PLANNER_QA_ENVIRONMENTS" => s.qa_environments = list(v),
+                "TORONTO_PLANNER_QA_SUITE" => s.qa_suite = v.trim().to_owned(),
+                "TORONTO_PLANNER_EXECUTE_ATTEMPTS" => {
+                    s.execute_attempts = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("{name}: `{v}` is not a whole number of attempts"))?
+                }
+                "TORONTO_PLANNER_LEASE_MS" => s.lease = millis(name, v)?,
+                _ => {}
+            }
+        }
+        if s.lease <= s.gate_timeout {
+            return Err(format!(
+                "TORONTO_PLANNER_LEASE_MS ({} ms) must be longer than the gate timeout ({} ms)",
+                s.lease.as_millis(),
+                s.gate_timeout.as_millis()
+            ));
+        }
+        if s.execute_attempts == 0 {
+            return Err("TORONTO_PLANNER_EXECUTE_ATTEMPTS must be at least 1".into());
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_override_defaults_and_bad_values_are_named() {
+        let vars: HashMap<String, String> = [
+            ("TORONTO_PLANNER_GATE_TIMEOUT_MS", "500"),
+            ("TORONTO_PLANNER_APPROVER_ROLES", "sre, release-manager"),
+            ("TORONTO_PLANNER_LEASE_MS", "2000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = Settings::from_vars(&vars).unwrap();
+        assert_eq!(s.gate_timeout, Duration::from_millis(500));
+        assert_eq!(s.approver_roles, vec!["sre", "release-manager"]);
+        assert_eq!(s.approval_environments, vec!["production"]);
+        let bad: HashMap<String, String> = [(
+            "TORONTO_PLANNER_GATE_TIMEOUT_MS".to_owned(),
+            "soon".to_owned(),
+        )]
+        .into();
+        assert!(
+            Settings::from_vars(&bad)
+                .unwrap_err()
+                .contains("TORONTO_PLANNER_GATE_TIMEOUT_MS")
+        );
+        let short: HashMap<String, String> =
+            [("TORONTO_PLANNER_LEASE_MS".to_owned(), "10".to_owned())].into();
+        assert!(
+            Settings::from_vars(&short)
+                .unwrap_err()
+                .contains("longer than the gate timeout")
+        );
+    }
+}
