@@ -364,7 +364,8 @@ impl Planner {
     /// Plans matching the query, newest first.
     pub async fn list(&self, query: &PlanList) -> Result<Vec<Plan>, IntakeError> {
         use futures::TryStreamExt;
-        let keys: Vec<String> = match self.plans.keys().await {
+        // A key updated while the listing runs can come twice: collect into a set.
+        let keys: std::collections::BTreeSet<String> = match self.plans.keys().await {
             Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
             Err(e) => return Err(unavailable(e)),
         };

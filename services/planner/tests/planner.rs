@@ -127,16 +127,18 @@ impl Planner {
     }
 
     async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
-        let mut last = None;
+        let mut last = String::new();
         for _ in 0..150 {
-            let plan = self.plan(plan_id).await.unwrap();
-            if plan.state == state {
-                return plan;
+            // Right after a planner was killed, the server can answer "no responders"
+            // once while it drops the dead member of the queue group: ask again.
+            match self.plan(plan_id).await {
+                Ok(plan) if plan.state == state => return plan,
+                Ok(plan) => last = format!("{plan:#?}"),
+                Err(e) => last = e.to_string(),
             }
-            last = Some(plan);
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("plan {plan_id} never reached {state:?}: {last:#?}");
+        panic!("plan {plan_id} never reached {state:?}; last seen: {last}");
     }
 
     async fn wait_for_plans(&self, service: &str, n: usize) -> Vec<Plan> {
@@ -455,6 +457,482 @@ async fn a_plan_can_be_cancelled_once() {
     assert!(
         matches!(&missing, CallError::Remote(e) if e.code == ErrorCode::NotFound),
         "{missing}"
+    );
+    p.stop().await;
+}
+
+// ---- plans running their steps, with peers that pass, fail or never answer ----
+
+use std::sync::{Arc, Mutex};
+
+use toronto_protocol::ErrorBody;
+use toronto_protocol::tasks::{
+    ExecuteAccepted, ExecuteRequest, GateVerdict, PlanDecision, QaTestRequest, SecurityScanRequest,
+    StepState,
+};
+use toronto_runtime::Metrics;
+use toronto_runtime::config::EndpointConfig;
+use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+
+/// How a fake peer answers.
+#[derive(Clone, Copy)]
+enum Peer {
+    Pass,
+    Fail,
+    Silent,
+}
+
+fn verdict(peer: Peer) -> Option<GateVerdict> {
+    match peer {
+        Peer::Pass => Some(GateVerdict {
+            passed: true,
+            reason: Some("clean".into()),
+            findings: None,
+        }),
+        Peer::Fail => Some(GateVerdict {
+            passed: false,
+            reason: Some("CVE-2026-1234 in libfoo".into()),
+            findings: Some(serde_json::json!([{"id": "CVE-2026-1234", "severity": "critical"}])),
+        }),
+        Peer::Silent => None,
+    }
+}
+
+/// Testkit peers standing in for the security and QA agents and the deployer (a peer
+/// service of ours not built yet). The deployer records each idempotency key it sees.
+struct Peers {
+    hosts: Vec<ServiceHost>,
+    executed: Arc<Mutex<Vec<String>>>,
+    scans: Arc<Mutex<u32>>,
+}
+
+impl Peers {
+    async fn stop(self) {
+        for host in self.hosts {
+            host.stop(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn peers(client: &async_nats::Client, security: Peer, qa: Peer) -> Peers {
+    peers_with(client, move |_| security, qa).await
+}
+
+async fn peers_with(
+    client: &async_nats::Client,
+    security: impl Fn(u32) -> Peer + Send + Sync + 'static,
+    qa: Peer,
+) -> Peers {
+    let spec = |name: &str| ServiceSpec {
+        name: name.into(),
+        version: "0.0.1".into(),
+        description: "test peer".into(),
+        metadata: Default::default(),
+        queue_group: name.into(),
+        source: format!("toronto://agents/{name}"),
+    };
+    let host = |name: &str| {
+        ServiceHost::start(
+            client.clone(),
+            spec(name),
+            EndpointConfig::default(),
+            Metrics::new(),
+            None,
+        )
+    };
+    let scans = Arc::new(Mutex::new(0u32));
+    let security_host = host("fake-security").await.unwrap();
+    let counter = scans.clone();
+    let security = Arc::new(security);
+    security_host
+        .add_endpoint(
+            "scan",
+            "toronto.agents.security.v1.scan",
+            move |_req: Request<SecurityScanRequest>| {
+                let n = {
+                    let mut c = counter.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                let answer = verdict(security(n));
+                async move {
+                    match answer {
+                        Some(v) => Ok::<_, ErrorBody>(v),
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let qa_host = host("fake-qa").await.unwrap();
+    qa_host
+        .add_endpoint(
+            "test",
+            "toronto.agents.qa.v1.test",
+            move |_req: Request<QaTestRequest>| async move {
+                match verdict(qa) {
+                    Some(v) => Ok::<_, ErrorBody>(v),
+                    None => std::future::pending().await,
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let executed = Arc::new(Mutex::new(Vec::new()));
+    let deployer = host("fake-deployer").await.unwrap();
+    for verb in ["rollout.start", "rollback", "scale"] {
+        let seen = executed.clone();
+        deployer
+            .add_endpoint(
+                verb,
+                format!("toronto.devops.v1.deployer.{verb}"),
+                move |req: Request<ExecuteRequest>| {
+                    let seen = seen.clone();
+                    async move {
+                        let key = req.data().idempotency_key.clone();
+                        let mut seen = seen.lock().unwrap();
+                        if !seen.contains(&key) {
+                            seen.push(key.clone());
+                        }
+                        Ok::<_, ErrorBody>(ExecuteAccepted {
+                            reference: Some(format!("rollout-{key}")),
+                        })
+                    }
+                },
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    Peers {
+        hosts: vec![security_host, qa_host, deployer],
+        executed,
+        scans,
+    }
+}
+
+async fn decide(
+    p: &Planner,
+    verb: &str,
+    plan_id: uuid::Uuid,
+    by: &str,
+    role: &str,
+) -> Result<Plan, CallError> {
+    let req = Envelope::builder(
+        "toronto://humans/chat",
+        PlanDecision {
+            plan_id,
+            by: by.into(),
+            role: role.into(),
+            comment: Some("looks fine".into()),
+        },
+    )
+    .build();
+    call(
+        &p.client,
+        &format!("toronto.devops.v1.planner.plan.{verb}"),
+        &req,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .map(|r: Envelope<Plan>| r.data)
+}
+
+#[tokio::test]
+async fn a_staging_deploy_passes_its_gates_and_reaches_the_deployer_once() {
+    let p = planner().await;
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let mut events = p
+        .client
+        .subscribe("toronto.devops.v1.events.>")
+        .await
+        .unwrap();
+    p.client.flush().await.unwrap();
+    let task = Envelope::builder(
+        "toronto://agents/developer/alice",
+        deploy("cart", "staging"),
+    )
+    .build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let plan = p.wait_for_state(plan_id, PlanState::Completed).await;
+    let steps: Vec<(&str, StepState)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.state))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("security-scan", StepState::Succeeded),
+            ("qa-test", StepState::Succeeded),
+            ("execute", StepState::Succeeded)
+        ],
+        "no approval outside production"
+    );
+    assert_eq!(
+        *peers.executed.lock().unwrap(),
+        vec![format!("{plan_id}:execute")]
+    );
+    let mut seen = Vec::new();
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), events.next()).await {
+        seen.push(
+            m.subject
+                .to_string()
+                .trim_start_matches("toronto.devops.v1.events.")
+                .to_owned(),
+        );
+    }
+    for expected in [
+        "plan.created",
+        "step.started",
+        "gate.passed",
+        "step.finished",
+        "plan.completed",
+    ] {
+        assert!(
+            seen.iter().any(|s| s == expected),
+            "no {expected} event in {seen:?}"
+        );
+    }
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_or_silent_gate_fails_the_plan_with_the_reason() {
+    let p = planner().await;
+    let failing = peers(&p.client, Peer::Fail, Peer::Silent).await;
+    let task = Envelope::builder("toronto://test", deploy("cart", "staging")).build();
+    let plan = p
+        .wait_for_state(p.submit(&task).await.unwrap().plan_id, PlanState::Failed)
+        .await;
+    let reason = plan.reason.unwrap();
+    assert!(
+        reason.contains("security-scan") && reason.contains("CVE-2026-1234"),
+        "{reason}"
+    );
+    assert_eq!(
+        plan.steps[0].findings.as_ref().unwrap()[0]["severity"],
+        "critical",
+        "findings kept"
+    );
+    assert!(
+        failing.executed.lock().unwrap().is_empty(),
+        "nothing reached the deployer"
+    );
+    failing.stop().await;
+
+    let _passing_security = peers(&p.client, Peer::Pass, Peer::Silent).await;
+    let task = Envelope::builder("toronto://test", deploy("shop", "staging")).build();
+    let plan = p
+        .wait_for_state(p.submit(&task).await.unwrap().plan_id, PlanState::Failed)
+        .await;
+    let reason = plan.reason.unwrap();
+    assert!(
+        reason.contains("qa-test") && reason.contains("did not answer within 0.8 s"),
+        "{reason}"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn production_needs_an_approver_who_is_not_the_requester() {
+    let p = planner().await;
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let task = Envelope::builder(
+        "toronto://agents/developer/alice",
+        deploy("cart", "production"),
+    )
+    .build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let waiting = p.wait_for_state(plan_id, PlanState::Waiting).await;
+    assert_eq!(waiting.steps[2].id, "approval");
+    assert!(peers.executed.lock().unwrap().is_empty());
+
+    let own = decide(&p, "approve", plan_id, "alice", "approver")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&own, CallError::Remote(e) if e.code == ErrorCode::Forbidden),
+        "{own}"
+    );
+    let viewer = decide(&p, "approve", plan_id, "dave", "viewer")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&viewer, CallError::Remote(e) if e.code == ErrorCode::Forbidden),
+        "{viewer}"
+    );
+    let approved = decide(&p, "approve", plan_id, "carol", "approver")
+        .await
+        .unwrap();
+    assert_eq!(approved.decisions[0].by, "carol");
+    let done = p.wait_for_state(plan_id, PlanState::Completed).await;
+    assert!(
+        done.steps[2]
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("approved by carol")
+    );
+    assert_eq!(peers.executed.lock().unwrap().len(), 1);
+    let late = decide(&p, "approve", plan_id, "carol", "approver")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&late, CallError::Remote(e) if e.code == ErrorCode::Conflict),
+        "{late}"
+    );
+
+    // A rejection fails the plan.
+    let task = Envelope::builder(
+        "toronto://agents/developer/alice",
+        deploy("cart", "production"),
+    )
+    .build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    p.wait_for_state(plan_id, PlanState::Waiting).await;
+    decide(&p, "reject", plan_id, "carol", "admin")
+        .await
+        .unwrap();
+    let failed = p.wait_for_state(plan_id, PlanState::Failed).await;
+    assert!(failed.reason.unwrap().contains("rejected by carol"));
+    assert_eq!(
+        peers.executed.lock().unwrap().len(),
+        1,
+        "the rejected plan never reached the deployer"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn one_active_plan_per_service_and_environment_the_rest_queue() {
+    let p = planner().await;
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let first = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(first, PlanState::Waiting).await;
+    let second = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/bob",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    // Another service, or another environment, is not held up.
+    let elsewhere = p
+        .submit(&Envelope::builder("toronto://test", deploy("cart", "staging")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(elsewhere, PlanState::Completed).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let queue = p
+        .list(PlanList {
+            service: Some("cart".into()),
+            environment: Some("production".into()),
+            state: Some(PlanState::Queued),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        queue.iter().map(|p| p.id).collect::<Vec<_>>(),
+        vec![second],
+        "the queue is visible"
+    );
+
+    decide(&p, "approve", first, "carol", "approver")
+        .await
+        .unwrap();
+    p.wait_for_state(first, PlanState::Completed).await;
+    // The turn passes to the queued plan, which runs up to its own approval.
+    p.wait_for_state(second, PlanState::Waiting).await;
+    assert_eq!(peers.executed.lock().unwrap().len(), 2);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_second_planner_resumes_a_plan_after_the_first_is_killed() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    // The first scan hangs (the planner doing it will be killed); later scans pass.
+    let peers = peers_with(
+        &client,
+        |n| if n == 1 { Peer::Silent } else { Peer::Pass },
+        Peer::Pass,
+    )
+    .await;
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_toronto-planner"))
+        .env("TORONTO_NATS_URL", server.url())
+        .env("TORONTO_HTTP_ADDR", "")
+        .env("TORONTO_PLANNER_GATE_TIMEOUT_MS", "2500")
+        .env("TORONTO_PLANNER_LEASE_MS", "3000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let task = Envelope::builder("toronto://test", deploy("cart", "staging")).build();
+    let mut accepted = None;
+    for _ in 0..100 {
+        if let Ok(r) = call::<_, SubmitAccepted>(
+            &client,
+            SUBMIT,
+            &task,
+            Encoding::Json,
+            Duration::from_secs(1),
+        )
+        .await
+        {
+            accepted = Some(r.data);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let plan_id = accepted.expect("the first planner took the task").plan_id;
+    for _ in 0..100 {
+        if *peers.scans.lock().unwrap() >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        *peers.scans.lock().unwrap(),
+        1,
+        "the first planner is mid-gate"
+    );
+    first.kill().await.unwrap();
+    first.wait().await.unwrap();
+
+    // A second planner (with the lease length of the first) carries on from the stored state.
+    let (shutdown, running) = start_planner(&server.url()).await;
+    let p = Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    };
+    let plan = p.wait_for_state(plan_id, PlanState::Completed).await;
+    assert_eq!(plan.steps[0].attempts, 2, "the interrupted gate ran again");
+    assert_eq!(plan.steps[2].attempts, 1);
+    assert_eq!(
+        *peers.executed.lock().unwrap(),
+        vec![format!("{plan_id}:execute")],
+        "the deployer saw the step once"
     );
     p.stop().await;
 }

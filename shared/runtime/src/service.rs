@@ -303,6 +303,9 @@ impl ServiceHost {
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
         let mut infos = verb_subscriptions(&client, "INFO", &name, &shared.id).await?;
         let mut stats = verb_subscriptions(&client, "STATS", &name, &shared.id).await?;
+        if let Err(e) = client.flush().await {
+            tracing::warn!(error = %e, "cannot confirm the service API subscriptions with the server");
+        }
         let verbs = shared.clone();
         shared.tracker.spawn(async move {
             loop {
@@ -456,6 +459,10 @@ impl ServiceHost {
                 subject: subject.clone(),
                 source,
             })?;
+        // Once this returns, the server routes requests to the endpoint.
+        if let Err(e) = self.shared.client.flush().await {
+            tracing::warn!(endpoint = name, error = %e, "cannot confirm the subscription with the server");
+        }
         let shared = self.shared.clone();
         let handler = Arc::new(handler);
         let decoder = Arc::new(decoder);
