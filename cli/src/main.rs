@@ -184,6 +184,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for var in toronto_runtime::config::ENV_VARS {
                 println!("{:<34} {}", var.name, var.description);
             }
+            for (name, description) in toronto_planner::settings::PLANNER_VARS {
+                println!("{name:<34} {description}");
+            }
             Ok(())
         }
     }

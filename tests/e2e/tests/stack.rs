@@ -334,6 +334,11 @@ fn the_readme_documents_every_configuration_variable() {
         .map(|v| v.name)
         .collect();
     names.push(toronto_runtime::config::CONFIG_FILE_VAR);
+    names.extend(
+        toronto_planner::settings::PLANNER_VARS
+            .iter()
+            .map(|(name, _)| *name),
+    );
     for name in names {
         assert!(
             readme.contains(&format!("| `{name}` |")),
