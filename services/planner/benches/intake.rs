@@ -54,6 +54,7 @@ fn task(i: usize) -> Envelope<DeployTask> {
             strategy: Strategy::Rolling,
             change: None,
             fix: false,
+            policy_override: None,
         },
     )
     .build()

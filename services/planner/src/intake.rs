@@ -140,7 +140,7 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
     let bad = |e: serde_json::Error| IntakeError::Rejected(vec![format!("invalid {}: {e}", ty)]);
     match ty.name.as_str() {
         "task.deploy" => serde_json::from_value(data)
-            .map(PlanTask::Deploy)
+            .map(|d| PlanTask::Deploy(Box::new(d)))
             .map_err(bad),
         "task.rollback" => serde_json::from_value(data)
             .map(PlanTask::Rollback)

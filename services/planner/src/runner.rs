@@ -32,6 +32,7 @@ use crate::settings::Settings;
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
     let mut steps = Vec::new();
     if let PlanTask::Deploy(deploy) = task {
+        steps.push(Step::new("policy", StepKind::Policy));
         steps.push(Step::new("security-scan", StepKind::SecurityScan));
         if settings.qa_environments.contains(&deploy.environment) {
             steps.push(Step::new("qa-test", StepKind::QaTest));
@@ -350,7 +351,10 @@ impl Planner {
                 return Ok(Some(Outcome::Ack));
             }
             let kind = plan.steps[index].kind;
-            let gate = matches!(kind, StepKind::SecurityScan | StepKind::QaTest);
+            let gate = matches!(
+                kind,
+                StepKind::Policy | StepKind::SecurityScan | StepKind::QaTest
+            );
             let mut retry = None;
             {
                 let s = &mut plan.steps[index];
@@ -408,6 +412,7 @@ impl Planner {
         let key = format!("{}:{}", plan.id, step.id);
         let timeout = self.settings.gate_timeout;
         match (step.kind, &plan.task) {
+            (StepKind::Policy, PlanTask::Deploy(d)) => self.check_policy(d).await,
             (StepKind::SecurityScan, PlanTask::Deploy(d)) => {
                 let request = SecurityScanRequest {
                     plan_id: plan.id,
@@ -479,6 +484,76 @@ impl Planner {
             (kind, _) => StepResult::Failed {
                 reason: format!("step {kind:?} does not apply to this task"),
                 findings: None,
+            },
+        }
+    }
+
+    /// The policy gate of a deploy: freeze windows and promotion order, unless an
+    /// admin overrides them with a recorded reason.
+    async fn check_policy(&self, deploy: &toronto_protocol::tasks::DeployTask) -> StepResult {
+        let now = Utc::now();
+        let mut violations = Vec::new();
+        for window in &self.settings.freeze_windows {
+            if window.environment == deploy.environment && window.start <= now && now < window.end {
+                violations.push(format!(
+                    "{} is frozen until {}",
+                    deploy.environment,
+                    window.end.to_rfc3339()
+                ));
+            }
+        }
+        for (target, source) in &self.settings.promotion {
+            if target != &deploy.environment {
+                continue;
+            }
+            let query = toronto_protocol::tasks::PlanList {
+                service: Some(deploy.service.clone()),
+                environment: Some(source.clone()),
+                state: Some(PlanState::Completed),
+                ..Default::default()
+            };
+            let promoted = match self.list(&query).await {
+                Ok(plans) => plans
+                    .iter()
+                    .any(|p| matches!(&p.task, PlanTask::Deploy(d) if d.version == deploy.version)),
+                Err(e) => {
+                    return StepResult::Retry {
+                        reason: format!("cannot read earlier plans: {e}"),
+                    };
+                }
+            };
+            if !promoted {
+                violations.push(format!(
+                    "{} {} has not succeeded in {source} before {target}",
+                    deploy.service, deploy.version
+                ));
+            }
+        }
+        if violations.is_empty() {
+            return StepResult::Passed {
+                reason: Some("promotion order and freeze windows allow it".into()),
+                findings: None,
+            };
+        }
+        match &deploy.policy_override {
+            Some(o) if self.settings.admin_roles.iter().any(|r| r == &o.role) => {
+                StepResult::Passed {
+                    reason: Some(format!("overridden by {} ({}): {}", o.by, o.role, o.reason)),
+                    findings: Some(serde_json::json!({ "overridden": violations })),
+                }
+            }
+            Some(o) => StepResult::Failed {
+                reason: format!(
+                    "{}; the override by {} is refused: role `{}` is not an admin role",
+                    violations.join("; "),
+                    o.by,
+                    o.role
+                ),
+                findings: Some(serde_json::json!({ "violations": violations })),
+            },
+            None => StepResult::Failed {
+                reason: violations.join("; "),
+                findings: Some(serde_json::json!({ "violations": violations })),
             },
         }
     }

@@ -21,6 +21,24 @@ pub struct Settings {
     /// How long one planner instance owns a plan's execution before another may take
     /// it over (also the runner's ack deadline).
     pub lease: Duration,
+    /// Promotion order: a deploy to the first environment needs the same version to
+    /// have succeeded in the second.
+    pub promotion: Vec<(String, String)>,
+    /// Windows in which deploys to an environment are refused.
+    pub freeze_windows: Vec<FreezeWindow>,
+    /// Roles that may override the policy gate.
+    pub admin_roles: Vec<String>,
+}
+
+/// A period in which deploys to an environment are refused (rollbacks still pass).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FreezeWindow {
+    /// The environment.
+    pub environment: String,
+    /// From (inclusive).
+    pub start: chrono::DateTime<chrono::Utc>,
+    /// Until (exclusive).
+    pub end: chrono::DateTime<chrono::Utc>,
 }
 
 impl Default for Settings {
@@ -33,6 +51,9 @@ impl Default for Settings {
             qa_suite: "regression".into(),
             execute_attempts: 3,
             lease: Duration::from_secs(60),
+            promotion: vec![("production".into(), "staging".into())],
+            freeze_windows: Vec::new(),
+            admin_roles: vec!["admin".into()],
         }
     }
 }
@@ -64,6 +85,18 @@ pub const PLANNER_VARS: &[(&str, &str)] = &[
         "Attempts at handing a task to the deployer before the plan fails (default 3).",
     ),
     (
+        "TORONTO_PLANNER_PROMOTION",
+        "Promotion order as `target=source` pairs, comma-separated: a version reaches the target only after it succeeded in the source (default `production=staging`; empty disables).",
+    ),
+    (
+        "TORONTO_PLANNER_FREEZE_WINDOWS",
+        "Deploy freezes as `environment=start/end` (RFC 3339), comma-separated, e.g. `production=2026-12-20T00:00:00Z/2027-01-04T00:00:00Z` (default none).",
+    ),
+    (
+        "TORONTO_PLANNER_ADMIN_ROLES",
+        "Roles that may override the policy gate with a recorded reason, comma-separated (default `admin`).",
+    ),
+    (
         "TORONTO_PLANNER_LEASE_MS",
         "Milliseconds a planner instance owns a plan before another may take it over (default 60000; more than the gate timeout).",
     ),
@@ -75,6 +108,26 @@ fn list(v: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+fn freeze_window(var: &str, w: &str) -> Result<FreezeWindow, String> {
+    let bad = || format!("{var}: `{w}` is not environment=start/end with RFC 3339 times");
+    let (environment, period) = w.split_once('=').ok_or_else(bad)?;
+    let (start, end) = period.split_once('/').ok_or_else(bad)?;
+    let parse = |t: &str| {
+        chrono::DateTime::parse_from_rfc3339(t.trim())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|_| bad())
+    };
+    let (start, end) = (parse(start)?, parse(end)?);
+    if end <= start {
+        return Err(format!("{var}: `{w}` ends before it starts"));
+    }
+    Ok(FreezeWindow {
+        environment: environment.trim().to_owned(),
+        start,
+        end,
+    })
 }
 
 fn millis(var: &str, v: &str) -> Result<Duration, String> {
@@ -108,6 +161,23 @@ impl Settings {
                         .map_err(|_| format!("{name}: `{v}` is not a whole number of attempts"))?
                 }
                 "TORONTO_PLANNER_LEASE_MS" => s.lease = millis(name, v)?,
+                "TORONTO_PLANNER_PROMOTION" => {
+                    s.promotion = list(v)
+                        .into_iter()
+                        .map(|pair| {
+                            pair.split_once('=')
+                                .map(|(t, f)| (t.trim().to_owned(), f.trim().to_owned()))
+                                .ok_or_else(|| format!("{name}: `{pair}` is not target=source"))
+                        })
+                        .collect::<Result<_, _>>()?
+                }
+                "TORONTO_PLANNER_FREEZE_WINDOWS" => {
+                    s.freeze_windows = list(v)
+                        .into_iter()
+                        .map(|w| freeze_window(name, &w))
+                        .collect::<Result<_, _>>()?
+                }
+                "TORONTO_PLANNER_ADMIN_ROLES" => s.admin_roles = list(v),
                 _ => {}
             }
         }
@@ -143,6 +213,23 @@ mod tests {
         assert_eq!(s.gate_timeout, Duration::from_millis(500));
         assert_eq!(s.approver_roles, vec!["sre", "release-manager"]);
         assert_eq!(s.approval_environments, vec!["production"]);
+        let frozen: HashMap<String, String> = [(
+            "TORONTO_PLANNER_FREEZE_WINDOWS".to_owned(),
+            "production=2026-12-20T00:00:00Z/2027-01-04T00:00:00Z".to_owned(),
+        )]
+        .into();
+        let s = Settings::from_vars(&frozen).unwrap();
+        assert_eq!(s.freeze_windows[0].environment, "production");
+        let inverted: HashMap<String, String> = [(
+            "TORONTO_PLANNER_FREEZE_WINDOWS".to_owned(),
+            "production=2027-01-04T00:00:00Z/2026-12-20T00:00:00Z".to_owned(),
+        )]
+        .into();
+        assert!(
+            Settings::from_vars(&inverted)
+                .unwrap_err()
+                .contains("ends before it starts")
+        );
         let bad: HashMap<String, String> = [(
             "TORONTO_PLANNER_GATE_TIMEOUT_MS".to_owned(),
             "soon".to_owned(),

@@ -25,6 +25,7 @@ fn deploy(service: &str, environment: &str) -> DeployTask {
         strategy: Strategy::Canary { steps: vec![] },
         change: None,
         fix: false,
+        policy_override: None,
     }
 }
 
@@ -40,6 +41,8 @@ fn settings() -> toronto_planner::Settings {
     toronto_planner::Settings {
         gate_timeout: Duration::from_millis(800),
         lease: Duration::from_secs(3),
+        // Promotion order has its own test; the others go straight to production.
+        promotion: Vec::new(),
         ..Default::default()
     }
 }
@@ -612,6 +615,13 @@ async fn peers_with(
     }
 }
 
+fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {
+    plan.steps
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("plan has no step {id}: {:?}", plan.steps))
+}
+
 async fn decide(
     p: &Planner,
     verb: &str,
@@ -665,6 +675,7 @@ async fn a_staging_deploy_passes_its_gates_and_reaches_the_deployer_once() {
     assert_eq!(
         steps,
         vec![
+            ("policy", StepState::Succeeded),
             ("security-scan", StepState::Succeeded),
             ("qa-test", StepState::Succeeded),
             ("execute", StepState::Succeeded)
@@ -707,13 +718,13 @@ async fn a_failing_or_silent_gate_fails_the_plan_with_the_reason() {
     let plan = p
         .wait_for_state(p.submit(&task).await.unwrap().plan_id, PlanState::Failed)
         .await;
-    let reason = plan.reason.unwrap();
+    let reason = plan.reason.clone().unwrap();
     assert!(
         reason.contains("security-scan") && reason.contains("CVE-2026-1234"),
         "{reason}"
     );
     assert_eq!(
-        plan.steps[0].findings.as_ref().unwrap()[0]["severity"],
+        step(&plan, "security-scan").findings.as_ref().unwrap()[0]["severity"],
         "critical",
         "findings kept"
     );
@@ -747,7 +758,7 @@ async fn production_needs_an_approver_who_is_not_the_requester() {
     .build();
     let plan_id = p.submit(&task).await.unwrap().plan_id;
     let waiting = p.wait_for_state(plan_id, PlanState::Waiting).await;
-    assert_eq!(waiting.steps[2].id, "approval");
+    assert_eq!(step(&waiting, "approval").state, StepState::Waiting);
     assert!(peers.executed.lock().unwrap().is_empty());
 
     let own = decide(&p, "approve", plan_id, "alice", "approver")
@@ -770,7 +781,7 @@ async fn production_needs_an_approver_who_is_not_the_requester() {
     assert_eq!(approved.decisions[0].by, "carol");
     let done = p.wait_for_state(plan_id, PlanState::Completed).await;
     assert!(
-        done.steps[2]
+        step(&done, "approval")
             .reason
             .as_deref()
             .unwrap()
@@ -927,12 +938,177 @@ async fn a_second_planner_resumes_a_plan_after_the_first_is_killed() {
         running,
     };
     let plan = p.wait_for_state(plan_id, PlanState::Completed).await;
-    assert_eq!(plan.steps[0].attempts, 2, "the interrupted gate ran again");
-    assert_eq!(plan.steps[2].attempts, 1);
+    assert_eq!(
+        step(&plan, "security-scan").attempts,
+        2,
+        "the interrupted gate ran again"
+    );
+    assert_eq!(step(&plan, "execute").attempts, 1);
     assert_eq!(
         *peers.executed.lock().unwrap(),
         vec![format!("{plan_id}:execute")],
         "the deployer saw the step once"
+    );
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
+    use toronto_protocol::tasks::{PolicyOverride, RollbackTask};
+    let server = NatsServer::start().await;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let now = chrono::Utc::now();
+    let policy = toronto_planner::Settings {
+        promotion: vec![("production".into(), "staging".into())],
+        freeze_windows: vec![toronto_planner::settings::FreezeWindow {
+            environment: "qa".into(),
+            start: now - chrono::Duration::hours(1),
+            end: now + chrono::Duration::hours(1),
+        }],
+        ..settings()
+    };
+    let shutdown = CancellationToken::new();
+    let rt = toronto_planner::start_with(config, policy, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let p = Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    };
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+
+    // Production before staging: refused with the reason.
+    let early = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    let failed = p.wait_for_state(early, PlanState::Failed).await;
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("cart 2.4.1 has not succeeded in staging before production"),
+        "{:?}",
+        failed.reason
+    );
+
+    // A non-admin override is refused; an admin's passes and is recorded.
+    let mut task = deploy("cart", "production");
+    task.policy_override = Some(PolicyOverride {
+        by: "dave".into(),
+        role: "developer".into(),
+        reason: "hotfix".into(),
+    });
+    let refused = p
+        .submit(&Envelope::builder("toronto://test", task.clone()).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let refused = p.wait_for_state(refused, PlanState::Failed).await;
+    assert!(refused.reason.unwrap().contains("not an admin role"));
+    task.policy_override = Some(PolicyOverride {
+        by: "erin".into(),
+        role: "admin".into(),
+        reason: "hotfix for INC-42".into(),
+    });
+    let overridden = p
+        .submit(&Envelope::builder("toronto://test", task).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(overridden, PlanState::Waiting).await;
+    assert!(
+        step(&waiting, "policy")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("overridden by erin (admin): hotfix for INC-42")
+    );
+    p.client.flush().await.unwrap();
+    let cancel = Envelope::builder(
+        "toronto://test",
+        toronto_protocol::tasks::PlanCancel {
+            plan_id: overridden,
+            by: "erin".into(),
+            reason: "done testing".into(),
+        },
+    )
+    .build();
+    call::<_, Plan>(
+        &p.client,
+        "toronto.devops.v1.planner.plan.cancel",
+        &cancel,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    // After the same version succeeded in staging, production passes the policy gate.
+    let staging = p
+        .submit(&Envelope::builder("toronto://test", deploy("cart", "staging")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(staging, PlanState::Completed).await;
+    let promoted = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(promoted, PlanState::Waiting).await;
+    assert_eq!(step(&waiting, "policy").state, StepState::Succeeded);
+
+    // A frozen environment refuses deploys but lets a rollback through.
+    let frozen = p
+        .submit(&Envelope::builder("toronto://test", deploy("search", "qa")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let frozen = p.wait_for_state(frozen, PlanState::Failed).await;
+    assert!(frozen.reason.unwrap().contains("qa is frozen until"));
+    let rollback = p
+        .submit(
+            &Envelope::builder(
+                "toronto://test",
+                RollbackTask {
+                    service: "search".into(),
+                    environment: "qa".into(),
+                    target_version: None,
+                },
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(rollback, PlanState::Completed).await;
+    assert!(
+        peers
+            .executed
+            .lock()
+            .unwrap()
+            .contains(&format!("{rollback}:execute"))
     );
     p.stop().await;
 }

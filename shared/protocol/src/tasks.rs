@@ -30,6 +30,22 @@ pub struct DeployTask {
     /// The change is the fix for an incident (the error-budget gate lets it through).
     #[serde(default)]
     pub fix: bool,
+    /// An admin's override of the policy gate (promotion order, freeze window), with
+    /// the reason recorded in the plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_override: Option<PolicyOverride>,
+}
+
+/// An override of the policy gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyOverride {
+    /// Who overrides.
+    pub by: String,
+    /// Their role; only the configured admin roles may override.
+    pub role: String,
+    /// Why (recorded in the plan).
+    pub reason: String,
 }
 
 impl Message for DeployTask {
@@ -123,7 +139,7 @@ impl Message for ScaleTask {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum PlanTask {
     /// A deploy.
-    Deploy(DeployTask),
+    Deploy(Box<DeployTask>),
     /// A rollback.
     Rollback(RollbackTask),
     /// A scale change.
@@ -182,6 +198,8 @@ impl PlanState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
+    /// Gate: the environment's policies (promotion order, freeze windows).
+    Policy,
     /// Gate: the security agent scans the image.
     SecurityScan,
     /// Gate: the QA agent tests the version.
