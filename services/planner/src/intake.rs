@@ -154,6 +154,20 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
     }
 }
 
+/// The peer role in a requester's source, e.g. `developer` in
+/// `toronto://agents/developer/alice`.
+pub fn requester_role(source: &str) -> Option<&str> {
+    let role = source
+        .strip_prefix("toronto://agents/")?
+        .split('/')
+        .next()?;
+    (!role.is_empty()
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
+    .then_some(role)
+}
+
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> IntakeError {
     IntakeError::Unavailable(e.to_string())
 }
@@ -278,6 +292,24 @@ impl Planner {
             .publish(entity, what, &event)
             .await
             .map_err(unavailable)?;
+        // The requesting peer hears of its plan on its own notify subject.
+        if let Some(role) = requester_role(&plan.requested_by) {
+            let subject = self.subjects.notify(role);
+            if let Ok(bytes) = toronto_protocol::encode(&event, toronto_protocol::Encoding::Json) {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(
+                    "Content-Type",
+                    toronto_protocol::Encoding::Json.content_type(),
+                );
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(subject, headers, Bytes::from(bytes))
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot notify the requesting peer");
+                }
+            }
+        }
         Ok(())
     }
 

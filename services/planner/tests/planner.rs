@@ -659,6 +659,11 @@ async fn a_staging_deploy_passes_its_gates_and_reaches_the_deployer_once() {
         .subscribe("toronto.devops.v1.events.>")
         .await
         .unwrap();
+    let mut notified = p
+        .client
+        .subscribe("toronto.agents.developer.v1.notify")
+        .await
+        .unwrap();
     p.client.flush().await.unwrap();
     let task = Envelope::builder(
         "toronto://agents/developer/alice",
@@ -707,6 +712,19 @@ async fn a_staging_deploy_passes_its_gates_and_reaches_the_deployer_once() {
             "no {expected} event in {seen:?}"
         );
     }
+    // The requesting peer heard of its plan on its own notify subject.
+    let mut told = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), notified.next()).await
+    {
+        let e: Envelope<Plan> = toronto_protocol::decode(&m.payload, Encoding::Json).unwrap();
+        assert_eq!(e.data.id, plan_id);
+        told += 1;
+    }
+    assert_eq!(
+        told,
+        seen.len(),
+        "every event of the plan reached the requester"
+    );
     p.stop().await;
 }
 
