@@ -13,6 +13,7 @@
 //! types and DORA metrics are still to come.
 #![forbid(unsafe_code)]
 
+pub mod dora;
 pub mod intake;
 pub mod runner;
 pub mod settings;
@@ -20,7 +21,9 @@ pub mod settings;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::tasks::{AdvancePlan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans};
+use toronto_protocol::tasks::{
+    AdvancePlan, DoraQuery, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
+};
 use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
 use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
 use toronto_runtime::{Request, ServiceRuntime};
@@ -114,6 +117,20 @@ pub async fn start_with(
     rt.endpoint("plan.cancel", move |req: Request<PlanCancel>| {
         let intake = canceller.clone();
         async move { intake.cancel(req.data(), &req.flow()).await }
+    })
+    .await?;
+
+    let gauges = dora::DoraGauges::register(&rt.metrics);
+    let reporter = intake.clone();
+    rt.endpoint("dora.get", move |req: Request<DoraQuery>| {
+        let planner = reporter.clone();
+        let gauges = gauges.clone();
+        async move {
+            planner
+                .dora(req.data(), &gauges)
+                .await
+                .map_err(ErrorBody::from)
+        }
     })
     .await?;
 

@@ -12,9 +12,9 @@ use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
-    AdvancePlan, DeployTask, ExecuteAccepted, ExecuteRequest, GateVerdict, Plan, PlanCancel,
-    PlanDecision, PlanGet, PlanList, Plans, QaTestRequest, RollbackTask, ScaleTask,
-    SecurityScanRequest, SubmitAccepted,
+    AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
+    Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans, QaTestRequest, RollbackTask,
+    ScaleTask, SecurityScanRequest, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -75,6 +75,8 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<ExecuteRequest>(),
         payload::<ExecuteAccepted>(),
         payload::<AdvancePlan>(),
+        payload::<DoraQuery>(),
+        payload::<DoraReport>(),
         payload::<Plan>(),
         payload::<Plans>(),
     ]

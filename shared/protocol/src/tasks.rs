@@ -553,3 +553,65 @@ impl Message for AdvancePlan {
     const NAME: &'static str = "planner.advance";
     const MAJOR: u32 = 1;
 }
+
+/// Asks for the DORA figures of a service or of everything
+/// (`toronto.devops.v1.planner.dora.get`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DoraQuery {
+    /// Only this service (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The environment (default `production`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The window, in days back from now (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_days: Option<u32>,
+    /// A deploy followed by a rollback within this many hours counts as a failed
+    /// change (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window_hours: Option<u32>,
+}
+
+impl Message for DoraQuery {
+    const NAME: &'static str = "planner.dora.get";
+    const MAJOR: u32 = 1;
+}
+
+/// DORA figures computed from the event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DoraReport {
+    /// The service, or absent for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The environment.
+    pub environment: String,
+    /// Start of the window.
+    pub window_start: DateTime<Utc>,
+    /// End of the window (now).
+    pub window_end: DateTime<Utc>,
+    /// Deploys that completed in the window.
+    pub deployments: u64,
+    /// Deploys per day over the window.
+    pub deployment_frequency_per_day: f64,
+    /// Median seconds from commit to completed deploy (deploys with a commit time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_median_seconds: Option<f64>,
+    /// Mean of the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_mean_seconds: Option<f64>,
+    /// Deploys followed by a rollback within the failure window.
+    pub failed_changes: u64,
+    /// `failed_changes / deployments`; absent without deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_failure_rate: Option<f64>,
+    /// Median seconds from a failed deploy to the completed rollback that restored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_restore_median_seconds: Option<f64>,
+}
+
+impl Message for DoraReport {
+    const NAME: &'static str = "planner.dora.report";
+    const MAJOR: u32 = 1;
+}

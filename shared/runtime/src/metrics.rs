@@ -1,6 +1,6 @@
 //! Prometheus metrics of one service, served on `/metrics` in exposition format.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -43,7 +43,7 @@ pub struct ConsumerLabels {
 /// Every metric a service exports. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    registry: Arc<Mutex<Registry>>,
     /// Requests handled, per endpoint.
     pub requests: Family<EndpointLabels, Counter>,
     /// Requests answered with an error, per endpoint and code.
@@ -115,7 +115,7 @@ impl Metrics {
             nats_connected.clone(),
         );
         Self {
-            registry: Arc::new(registry),
+            registry: Arc::new(Mutex::new(registry)),
             requests,
             errors,
             latency,
@@ -140,10 +140,24 @@ impl Metrics {
         }
     }
 
+    /// Adds a service's own metric (under the `toronto_` prefix).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry
+            .lock()
+            .expect("metrics registry lock")
+            .register(name, help, metric);
+    }
+
     /// The registry in Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        let registry = self.registry.lock().expect("metrics registry lock");
+        prometheus_client::encoding::text::encode(&mut out, &registry)
             .expect("writing to a String cannot fail");
         out
     }
