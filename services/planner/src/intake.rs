@@ -8,8 +8,8 @@ use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
-    Cancellation, DeployTask, Plan, PlanCancel, PlanList, PlanState, PlanTask, RollbackTask,
-    ScaleTask, Strategy, SubmitAccepted,
+    Cancellation, DeployTask, PipelineTask, Plan, PlanCancel, PlanList, PlanState, PlanTask,
+    RollbackTask, ScaleTask, Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -22,6 +22,7 @@ pub fn accepts() -> Accepts {
         .with::<DeployTask>()
         .with::<RollbackTask>()
         .with::<ScaleTask>()
+        .with::<PipelineTask>()
 }
 
 /// Why a task was not taken.
@@ -127,6 +128,15 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
                 reasons.push(format!("replicas {} is over the limit of 1000", t.replicas));
             }
         }
+        PlanTask::Pipeline(t) => {
+            token("repository", &t.repository, &mut reasons);
+            for env in &t.environments {
+                dns_label("pipeline environment", env, &mut reasons);
+            }
+            if let Some(image) = &t.image {
+                token("image", image, &mut reasons);
+            }
+        }
     }
     reasons
 }
@@ -147,6 +157,9 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
             .map_err(bad),
         "task.scale" => serde_json::from_value(data)
             .map(PlanTask::Scale)
+            .map_err(bad),
+        "task.pipeline" => serde_json::from_value(data)
+            .map(PlanTask::Pipeline)
             .map_err(bad),
         other => Err(IntakeError::Rejected(vec![format!(
             "task type `{other}` is not one the planner takes"
@@ -255,6 +268,7 @@ impl Planner {
             reason: None,
             decisions: Vec::new(),
             updated_at: None,
+            artifacts: Vec::new(),
             lease: None,
         };
         let mut plan = plan;

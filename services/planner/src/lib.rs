@@ -15,6 +15,7 @@
 
 pub mod dora;
 pub mod intake;
+pub mod pipeline;
 pub mod runner;
 pub mod settings;
 

@@ -30,6 +30,9 @@ use crate::settings::Settings;
 
 /// The steps of a plan for `task`.
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
+    if let PlanTask::Pipeline(_) = task {
+        return vec![Step::new("generate", StepKind::Generate)];
+    }
     let mut steps = Vec::new();
     if let PlanTask::Deploy(deploy) = task {
         steps.push(Step::new("policy", StepKind::Policy));
@@ -86,6 +89,7 @@ enum StepResult {
     Passed {
         reason: Option<String>,
         findings: Option<serde_json::Value>,
+        artifacts: Vec<toronto_protocol::tasks::Artifact>,
     },
     Failed {
         reason: String,
@@ -359,7 +363,9 @@ impl Planner {
             {
                 let s = &mut plan.steps[index];
                 match &result {
-                    StepResult::Passed { reason, findings } => {
+                    StepResult::Passed {
+                        reason, findings, ..
+                    } => {
                         s.state = StepState::Succeeded;
                         s.reason = reason.clone();
                         s.findings = findings.clone();
@@ -380,6 +386,12 @@ impl Planner {
             }
             if retry.is_some() {
                 plan.lease = None;
+            }
+            if let StepResult::Passed { artifacts, .. } = &result {
+                for artifact in artifacts {
+                    plan.artifacts.retain(|a| a.path != artifact.path);
+                    plan.artifacts.push(artifact.clone());
+                }
             }
             if self.save(&mut plan, revision).await?.is_none() {
                 continue;
@@ -413,6 +425,17 @@ impl Planner {
         let timeout = self.settings.gate_timeout;
         match (step.kind, &plan.task) {
             (StepKind::Policy, PlanTask::Deploy(d)) => self.check_policy(d).await,
+            (StepKind::Generate, PlanTask::Pipeline(p)) => match crate::pipeline::generate(p) {
+                Ok(artifact) => StepResult::Passed {
+                    reason: Some(format!("wrote {}", artifact.path)),
+                    findings: None,
+                    artifacts: vec![artifact],
+                },
+                Err(e) => StepResult::Failed {
+                    reason: format!("cannot write the pipeline: {e}"),
+                    findings: None,
+                },
+            },
             (StepKind::SecurityScan, PlanTask::Deploy(d)) => {
                 let request = SecurityScanRequest {
                     plan_id: plan.id,
@@ -442,6 +465,12 @@ impl Planner {
                     PlanTask::Deploy(_) => "rollout.start",
                     PlanTask::Rollback(_) => "rollback",
                     PlanTask::Scale(_) => "scale",
+                    PlanTask::Pipeline(_) => {
+                        return StepResult::Failed {
+                            reason: "a pipeline is generated, not executed".into(),
+                            findings: None,
+                        };
+                    }
                 };
                 let subject = self.subjects.command(ServiceKind::Deployer, verb);
                 let request = Envelope::builder(
@@ -466,6 +495,7 @@ impl Planner {
                     Ok(reply) => StepResult::Passed {
                         reason: reply.data.reference.map(|r| format!("deployer: {r}")),
                         findings: None,
+                        artifacts: Vec::new(),
                     },
                     Err(e) => {
                         let reason = format!("the deployer did not take the task: {e}");
@@ -533,6 +563,7 @@ impl Planner {
             return StepResult::Passed {
                 reason: Some("promotion order and freeze windows allow it".into()),
                 findings: None,
+                artifacts: Vec::new(),
             };
         }
         match &deploy.policy_override {
@@ -540,6 +571,7 @@ impl Planner {
                 StepResult::Passed {
                     reason: Some(format!("overridden by {} ({}): {}", o.by, o.role, o.reason)),
                     findings: Some(serde_json::json!({ "overridden": violations })),
+                    artifacts: Vec::new(),
                 }
             }
             Some(o) => StepResult::Failed {
@@ -575,6 +607,7 @@ impl Planner {
             Ok(reply) if reply.data.passed => StepResult::Passed {
                 reason: reply.data.reason,
                 findings: reply.data.findings,
+                artifacts: Vec::new(),
             },
             Ok(reply) => StepResult::Failed {
                 reason: format!(

@@ -13,8 +13,8 @@ use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
     AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
-    Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans, QaTestRequest, RollbackTask,
-    ScaleTask, SecurityScanRequest, SubmitAccepted,
+    PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans, QaTestRequest,
+    RollbackTask, ScaleTask, SecurityScanRequest, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -64,6 +64,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<DeployTask>(),
         payload::<RollbackTask>(),
         payload::<ScaleTask>(),
+        payload::<PipelineTask>(),
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),

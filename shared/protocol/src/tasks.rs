@@ -134,6 +134,96 @@ impl Message for ScaleTask {
     const MAJOR: u32 = 1;
 }
 
+/// Produce a CI pipeline for a repository, as an artifact of the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineTask {
+    /// The service the repository builds (a DNS label).
+    pub service: String,
+    /// The repository, e.g. `github.com/acme/shop-api`.
+    pub repository: String,
+    /// Its language.
+    pub language: Language,
+    /// The CI system to write the pipeline for.
+    pub ci: CiSystem,
+    /// Which stages to include (all by default).
+    #[serde(default)]
+    pub stages: Stages,
+    /// Environments the deploy stage goes through, in order (default staging, production).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environments: Vec<String>,
+    /// The image the build pushes, e.g. `ghcr.io/acme/shop-api` (default: the service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+impl Message for PipelineTask {
+    const NAME: &'static str = "task.pipeline";
+    const MAJOR: u32 = 1;
+}
+
+/// A repository's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Language {
+    /// Cargo.
+    Rust,
+    /// Go modules.
+    Go,
+    /// npm.
+    Node,
+    /// pip and pytest.
+    Python,
+    /// Maven.
+    Java,
+}
+
+/// A CI system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CiSystem {
+    /// `.github/workflows/*.yml`.
+    GithubActions,
+    /// `.gitlab-ci.yml`.
+    GitlabCi,
+}
+
+/// Stages of a generated pipeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stages {
+    /// Compile.
+    pub build: bool,
+    /// Run the tests.
+    pub test: bool,
+    /// Scan for vulnerabilities.
+    pub scan: bool,
+    /// Hand deploys to the DevOps agent, environment by environment.
+    pub deploy: bool,
+}
+
+impl Default for Stages {
+    fn default() -> Self {
+        Self {
+            build: true,
+            test: true,
+            scan: true,
+            deploy: true,
+        }
+    }
+}
+
+/// A file a plan produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Artifact {
+    /// Where it goes in the repository, e.g. `.github/workflows/ci.yml`.
+    pub path: String,
+    /// Its media type, e.g. `application/yaml`.
+    pub media_type: String,
+    /// Its content.
+    pub content: String,
+}
+
 /// The task a plan was made from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -144,6 +234,8 @@ pub enum PlanTask {
     Rollback(RollbackTask),
     /// A scale change.
     Scale(ScaleTask),
+    /// A CI pipeline to generate.
+    Pipeline(PipelineTask),
 }
 
 impl PlanTask {
@@ -153,6 +245,7 @@ impl PlanTask {
             PlanTask::Deploy(t) => &t.service,
             PlanTask::Rollback(t) => &t.service,
             PlanTask::Scale(t) => &t.service,
+            PlanTask::Pipeline(t) => &t.service,
         }
     }
 
@@ -162,6 +255,7 @@ impl PlanTask {
             PlanTask::Deploy(t) => &t.environment,
             PlanTask::Rollback(t) => &t.environment,
             PlanTask::Scale(t) => &t.environment,
+            PlanTask::Pipeline(_) => "ci",
         }
     }
 }
@@ -208,6 +302,8 @@ pub enum StepKind {
     Approval,
     /// The deployer carries the task out.
     Execute,
+    /// The planner produces artifacts itself (e.g. a CI pipeline).
+    Generate,
 }
 
 /// Where a step stands.
@@ -328,6 +424,9 @@ pub struct Plan {
     /// When it last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<DateTime<Utc>>,
+    /// Files the plan produced (e.g. a generated CI pipeline).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<Artifact>,
     /// The planner instance working on it, and until when (a dead owner's lease runs
     /// out and another instance carries on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
