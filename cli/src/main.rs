@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Service level objectives.
+    Slo {
+        #[command(subcommand)]
+        action: SloAction,
+    },
     /// JSON Schemas of the contract.
     Schemas {
         #[command(subcommand)]
@@ -100,6 +105,20 @@ enum DlqAction {
         /// Keep it in the DLQ after replaying.
         #[arg(long)]
         keep: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum SloAction {
+    /// Print the Prometheus recording and alerting rules of an OpenSLO file.
+    Rules {
+        /// The SLO file (OpenSLO v1 YAML).
+        file: PathBuf,
+    },
+    /// Check an OpenSLO file; prints the field and the reason when it is malformed.
+    Check {
+        /// The SLO file.
+        file: PathBuf,
     },
 }
 
@@ -156,6 +175,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             msgpack,
         } => request(subject, ty, data, msgpack).await,
         Command::Dlq { action } => dlq(action).await,
+        Command::Slo { action } => {
+            let (file, rules) = match &action {
+                SloAction::Rules { file } => (file, true),
+                SloAction::Check { file } => (file, false),
+            };
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let slo = toronto_monitor::slo::parse(&text)
+                .with_context(|| format!("{} is not a valid SLO", file.display()))?;
+            if rules {
+                print!("{}", toronto_monitor::slo::prometheus_rules(&slo));
+            } else {
+                println!(
+                    "{}: SLO {} of {}, objective {} over {} days",
+                    file.display(),
+                    slo.name,
+                    slo.service,
+                    slo.objective,
+                    slo.window_days
+                );
+            }
+            Ok(())
+        }
         Command::Schemas { action } => match action {
             SchemasAction::Write { dir } => {
                 for path in toronto_protocol::catalogue::write_all(&dir)? {
