@@ -2,14 +2,17 @@
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
 //! thin `main`, and `toronto up` starts the same function in-process. So far it
-//! registers its NATS service, sets up its state buckets and answers `status`; its
-//! domain commands arrive with the issues that build on the foundation.
+//! registers its NATS service, sets up its state buckets, answers `status` and
+//! `slo.get` (the SLO statuses kept in `toronto_slo_status`), and turns OpenSLO files into
+//! Prometheus rules ([`slo`]); metric sources and live evaluation come with its issue.
 #![forbid(unsafe_code)]
 
 pub mod slo;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::ServiceKind;
+use toronto_protocol::tasks::{SloGet, SloStatus, SloStatuses};
+use toronto_protocol::{ErrorBody, ErrorCode, ServiceKind};
+use toronto_runtime::Request;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
 /// Which service this is.
@@ -25,10 +28,44 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
-    for (bucket, history) in BUCKETS {
-        rt.kv(bucket, *history).await?;
-    }
+    let status = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
+    rt.endpoint("slo.get", move |req: Request<SloGet>| {
+        let status = status.clone();
+        async move { slo_statuses(&status, &req.data().service).await }
+    })
+    .await?;
     Ok(rt)
+}
+
+/// Every SLO status of `service` in the status bucket (keys `<service>.<slo>`).
+async fn slo_statuses(
+    status: &async_nats::jetstream::kv::Store,
+    service: &str,
+) -> Result<SloStatuses, ErrorBody> {
+    use futures::TryStreamExt;
+    let unavailable = |e: String| ErrorBody::new(ErrorCode::Unavailable, e);
+    let prefix = format!("{service}.");
+    let keys: std::collections::BTreeSet<String> = status
+        .keys()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?
+        .try_collect()
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+    let mut statuses = Vec::new();
+    for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
+        if let Some(bytes) = status
+            .get(key)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?
+        {
+            match serde_json::from_slice::<SloStatus>(&bytes) {
+                Ok(s) => statuses.push(s),
+                Err(e) => tracing::warn!(key, error = %e, "unreadable SLO status"),
+            }
+        }
+    }
+    Ok(SloStatuses { statuses })
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

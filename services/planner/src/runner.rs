@@ -36,6 +36,9 @@ pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
     let mut steps = Vec::new();
     if let PlanTask::Deploy(deploy) = task {
         steps.push(Step::new("policy", StepKind::Policy));
+        if settings.budget_environments.contains(&deploy.environment) {
+            steps.push(Step::new("error-budget", StepKind::ErrorBudget));
+        }
         steps.push(Step::new("security-scan", StepKind::SecurityScan));
         if settings.qa_environments.contains(&deploy.environment) {
             steps.push(Step::new("qa-test", StepKind::QaTest));
@@ -357,7 +360,10 @@ impl Planner {
             let kind = plan.steps[index].kind;
             let gate = matches!(
                 kind,
-                StepKind::Policy | StepKind::SecurityScan | StepKind::QaTest
+                StepKind::Policy
+                    | StepKind::ErrorBudget
+                    | StepKind::SecurityScan
+                    | StepKind::QaTest
             );
             let mut retry = None;
             {
@@ -425,6 +431,7 @@ impl Planner {
         let timeout = self.settings.gate_timeout;
         match (step.kind, &plan.task) {
             (StepKind::Policy, PlanTask::Deploy(d)) => self.check_policy(d).await,
+            (StepKind::ErrorBudget, PlanTask::Deploy(d)) => self.check_budget(d).await,
             (StepKind::Generate, PlanTask::Pipeline(p)) => match crate::pipeline::generate(p) {
                 Ok(artifact) => StepResult::Passed {
                     reason: Some(format!("wrote {}", artifact.path)),
@@ -587,6 +594,74 @@ impl Planner {
                 reason: violations.join("; "),
                 findings: Some(serde_json::json!({ "violations": violations })),
             },
+        }
+    }
+
+    /// The error-budget gate: the monitor's SLO statuses of the service; an exhausted
+    /// budget refuses the deploy unless it is the fix. No answer fails it (fail closed).
+    async fn check_budget(&self, deploy: &toronto_protocol::tasks::DeployTask) -> StepResult {
+        let request = Envelope::builder(
+            self.source.clone(),
+            toronto_protocol::tasks::SloGet {
+                service: deploy.service.clone(),
+            },
+        )
+        .build();
+        let subject = self.subjects.command(ServiceKind::Monitor, "slo.get");
+        let reply = call::<_, toronto_protocol::tasks::SloStatuses>(
+            &self.client,
+            &subject,
+            &request,
+            Encoding::Json,
+            self.settings.gate_timeout,
+        )
+        .await;
+        let statuses = match reply {
+            Ok(r) => r.data.statuses,
+            Err(e) => {
+                return StepResult::Failed {
+                    reason: format!("the monitor could not tell the error budget: {e}"),
+                    findings: None,
+                };
+            }
+        };
+        let findings = serde_json::to_value(&statuses).ok();
+        let exhausted: Vec<String> = statuses
+            .iter()
+            .filter(|s| s.exhausted)
+            .map(|s| {
+                format!(
+                    "{} ({:.1}% of the budget left)",
+                    s.slo,
+                    s.budget_remaining * 100.0
+                )
+            })
+            .collect();
+        if exhausted.is_empty() {
+            let reason = if statuses.is_empty() {
+                format!("{} has no SLO", deploy.service)
+            } else {
+                "error budget left".to_owned()
+            };
+            return StepResult::Passed {
+                reason: Some(reason),
+                findings,
+                artifacts: Vec::new(),
+            };
+        }
+        if deploy.fix {
+            return StepResult::Passed {
+                reason: Some(format!(
+                    "the change is the fix: it passes although the budget is exhausted for {}",
+                    exhausted.join(", ")
+                )),
+                findings,
+                artifacts: Vec::new(),
+            };
+        }
+        StepResult::Failed {
+            reason: format!("the error budget is exhausted for {}", exhausted.join(", ")),
+            findings,
         }
     }
 

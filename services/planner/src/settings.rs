@@ -28,6 +28,8 @@ pub struct Settings {
     pub freeze_windows: Vec<FreezeWindow>,
     /// Roles that may override the policy gate.
     pub admin_roles: Vec<String>,
+    /// Environments whose deploys pass the error-budget gate (asked of the monitor).
+    pub budget_environments: Vec<String>,
 }
 
 /// A period in which deploys to an environment are refused (rollbacks still pass).
@@ -54,6 +56,7 @@ impl Default for Settings {
             promotion: vec![("production".into(), "staging".into())],
             freeze_windows: Vec::new(),
             admin_roles: vec!["admin".into()],
+            budget_environments: vec!["production".into()],
         }
     }
 }
@@ -95,6 +98,10 @@ pub const PLANNER_VARS: &[(&str, &str)] = &[
     (
         "TORONTO_PLANNER_ADMIN_ROLES",
         "Roles that may override the policy gate with a recorded reason, comma-separated (default `admin`).",
+    ),
+    (
+        "TORONTO_PLANNER_BUDGET_ENVIRONMENTS",
+        "Environments whose deploys need error budget left (asked of the monitor; fixes pass), comma-separated (default `production`).",
     ),
     (
         "TORONTO_PLANNER_LEASE_MS",
@@ -178,6 +185,7 @@ impl Settings {
                         .collect::<Result<_, _>>()?
                 }
                 "TORONTO_PLANNER_ADMIN_ROLES" => s.admin_roles = list(v),
+                "TORONTO_PLANNER_BUDGET_ENVIRONMENTS" => s.budget_environments = list(v),
                 _ => {}
             }
         }

@@ -41,8 +41,10 @@ fn settings() -> toronto_planner::Settings {
     toronto_planner::Settings {
         gate_timeout: Duration::from_millis(800),
         lease: Duration::from_secs(3),
-        // Promotion order has its own test; the others go straight to production.
+        // Promotion order and the error budget have their own tests; the others go
+        // straight to production with no monitor running.
         promotion: Vec::new(),
+        budget_environments: Vec::new(),
         ..Default::default()
     }
 }
@@ -1419,4 +1421,142 @@ async fn pipelines_are_generated_and_follow_each_tools_schema() {
         );
     }
     p.stop().await;
+}
+
+#[tokio::test]
+async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
+    use toronto_protocol::tasks::{RollbackTask, SloStatus};
+    let server = NatsServer::start().await;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = CancellationToken::new();
+    let monitor = toronto_monitor::start(config.clone(), shutdown.clone())
+        .await
+        .unwrap();
+    let monitor = tokio::spawn(monitor.run_until_shutdown());
+    let budgeted = toronto_planner::Settings {
+        budget_environments: vec!["production".into()],
+        ..settings()
+    };
+    let rt = toronto_planner::start_with(config, budgeted, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let p = Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    };
+    let _peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+
+    // The monitor's status bucket says cart has spent its budget.
+    let js = async_nats::jetstream::new(p.client.clone());
+    let status = js.get_key_value("toronto_slo_status").await.unwrap();
+    let spent = SloStatus {
+        service: "cart".into(),
+        slo: "availability".into(),
+        objective: 0.999,
+        budget_remaining: -0.25,
+        exhausted: true,
+        burn_rates: Default::default(),
+        evaluated_at: chrono::Utc::now(),
+    };
+    status
+        .put(
+            "cart.availability",
+            serde_json::to_vec(&spent).unwrap().into(),
+        )
+        .await
+        .unwrap();
+
+    let refused = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    let refused = p.wait_for_state(refused, PlanState::Failed).await;
+    assert!(
+        refused
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("error budget is exhausted for availability (-25.0% of the budget left)"),
+        "{:?}",
+        refused.reason
+    );
+
+    let mut fix = deploy("cart", "production");
+    fix.fix = true;
+    let fix = p
+        .submit(&Envelope::builder("toronto://agents/developer/alice", fix).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(fix, PlanState::Waiting).await;
+    assert!(
+        step(&waiting, "error-budget")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("the change is the fix")
+    );
+
+    let other = p
+        .submit(&Envelope::builder("toronto://test", deploy("shop", "production")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(other, PlanState::Waiting).await;
+    assert_eq!(
+        step(&waiting, "error-budget").reason.as_deref(),
+        Some("shop has no SLO")
+    );
+
+    // The fix holds cart's production turn while it waits for approval; a rollback
+    // needs no budget but queues behind it, so end the fix first.
+    let cancel = Envelope::builder(
+        "toronto://test",
+        toronto_protocol::tasks::PlanCancel {
+            plan_id: fix,
+            by: "erin".into(),
+            reason: "rolling back instead".into(),
+        },
+    )
+    .build();
+    call::<_, Plan>(
+        &p.client,
+        "toronto.devops.v1.planner.plan.cancel",
+        &cancel,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let rollback = p
+        .submit(
+            &Envelope::builder(
+                "toronto://test",
+                RollbackTask {
+                    service: "cart".into(),
+                    environment: "production".into(),
+                    target_version: None,
+                },
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(rollback, PlanState::Completed).await;
+    p.stop().await;
+    monitor.await.unwrap().unwrap();
 }

@@ -14,7 +14,7 @@ use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
     AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
     PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans, QaTestRequest,
-    RollbackTask, ScaleTask, SecurityScanRequest, SubmitAccepted,
+    RollbackTask, ScaleTask, SecurityScanRequest, SloGet, SloStatus, SloStatuses, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -78,6 +78,9 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<AdvancePlan>(),
         payload::<DoraQuery>(),
         payload::<DoraReport>(),
+        payload::<SloGet>(),
+        payload::<SloStatus>(),
+        payload::<SloStatuses>(),
         payload::<Plan>(),
         payload::<Plans>(),
     ]
