@@ -9,7 +9,7 @@ use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
     Cancellation, DeployTask, PipelineTask, Plan, PlanCancel, PlanList, PlanState, PlanTask,
-    RollbackTask, ScaleTask, Strategy, SubmitAccepted,
+    ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -23,6 +23,7 @@ pub fn accepts() -> Accepts {
         .with::<RollbackTask>()
         .with::<ScaleTask>()
         .with::<PipelineTask>()
+        .with::<ProvisionEnvironmentTask>()
 }
 
 /// Why a task was not taken.
@@ -128,6 +129,22 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
                 reasons.push(format!("replicas {} is over the limit of 1000", t.replicas));
             }
         }
+        PlanTask::ProvisionEnvironment(t) => {
+            if t.services.is_empty() {
+                reasons.push("an environment needs at least one service".into());
+            }
+            for s in &t.services {
+                dns_label("service", &s.service, &mut reasons);
+                token("version", &s.version, &mut reasons);
+            }
+            if t.ttl_seconds == 0 || t.ttl_seconds > 30 * 86_400 {
+                reasons.push(format!(
+                    "ttl_seconds {} must be 1 to {} (30 days)",
+                    t.ttl_seconds,
+                    30 * 86_400
+                ));
+            }
+        }
         PlanTask::Pipeline(t) => {
             token("repository", &t.repository, &mut reasons);
             for env in &t.environments {
@@ -157,6 +174,9 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
             .map_err(bad),
         "task.scale" => serde_json::from_value(data)
             .map(PlanTask::Scale)
+            .map_err(bad),
+        "task.provision_environment" => serde_json::from_value(data)
+            .map(PlanTask::ProvisionEnvironment)
             .map_err(bad),
         "task.pipeline" => serde_json::from_value(data)
             .map(PlanTask::Pipeline)

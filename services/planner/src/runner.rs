@@ -30,8 +30,15 @@ use crate::settings::Settings;
 
 /// The steps of a plan for `task`.
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
-    if let PlanTask::Pipeline(_) = task {
-        return vec![Step::new("generate", StepKind::Generate)];
+    match task {
+        PlanTask::Pipeline(_) => return vec![Step::new("generate", StepKind::Generate)],
+        PlanTask::ProvisionEnvironment(_) => {
+            return vec![
+                Step::new("execute", StepKind::Execute),
+                Step::new("teardown", StepKind::Teardown),
+            ];
+        }
+        _ => {}
     }
     let mut steps = Vec::new();
     if let PlanTask::Deploy(deploy) = task {
@@ -307,6 +314,20 @@ impl Planner {
                 StepState::Succeeded => unreachable!("skipped above"),
                 StepState::Pending | StepState::Running => {}
             }
+            if let Some(not_before) = step.not_before
+                && not_before > now
+            {
+                // Not yet (e.g. a teardown at the end of a TTL): come back then.
+                plan.lease = None;
+                if self.save(&mut plan, revision).await?.is_none() {
+                    continue;
+                }
+                let wait = (not_before - now).to_std().unwrap_or_default();
+                return Ok(Outcome::Retry {
+                    delay: Some(wait + Duration::from_millis(50)),
+                    reason: format!("step {} waits until {}", step.id, not_before.to_rfc3339()),
+                });
+            }
             if step.kind == StepKind::Approval {
                 let s = &mut plan.steps[index];
                 s.state = StepState::Waiting;
@@ -393,6 +414,17 @@ impl Planner {
             if retry.is_some() {
                 plan.lease = None;
             }
+            // An environment's teardown is due a TTL after it was provisioned.
+            if let (
+                PlanTask::ProvisionEnvironment(env),
+                StepKind::Execute,
+                StepResult::Passed { .. },
+            ) = (&plan.task, kind, &result)
+                && let Some(teardown) = plan.steps.iter_mut().find(|s| s.kind == StepKind::Teardown)
+            {
+                teardown.not_before =
+                    Some(Utc::now() + chrono::Duration::seconds(env.ttl_seconds as i64));
+            }
             if let StepResult::Passed { artifacts, .. } = &result {
                 for artifact in artifacts {
                     plan.artifacts.retain(|a| a.path != artifact.path);
@@ -467,8 +499,12 @@ impl Planner {
                 };
                 self.ask_peer("qa", "test", request).await
             }
-            (StepKind::Execute, task) => {
+            (StepKind::Execute | StepKind::Teardown, task) => {
                 let verb = match task {
+                    PlanTask::ProvisionEnvironment(_) if step.kind == StepKind::Teardown => {
+                        "environment.teardown"
+                    }
+                    PlanTask::ProvisionEnvironment(_) => "environment.provision",
                     PlanTask::Deploy(_) => "rollout.start",
                     PlanTask::Rollback(_) => "rollback",
                     PlanTask::Scale(_) => "scale",

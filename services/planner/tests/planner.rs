@@ -586,7 +586,13 @@ async fn peers_with(
         .unwrap();
     let executed = Arc::new(Mutex::new(Vec::new()));
     let deployer = host("fake-deployer").await.unwrap();
-    for verb in ["rollout.start", "rollback", "scale"] {
+    for verb in [
+        "rollout.start",
+        "rollback",
+        "scale",
+        "environment.provision",
+        "environment.teardown",
+    ] {
         let seen = executed.clone();
         deployer
             .add_endpoint(
@@ -1559,4 +1565,59 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
     p.wait_for_state(rollback, PlanState::Completed).await;
     p.stop().await;
     monitor.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_ephemeral_environment_is_torn_down_after_its_ttl() {
+    use toronto_protocol::tasks::{ProvisionEnvironmentTask, ServiceVersion};
+    let p = planner().await;
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let env = |ttl_seconds| ProvisionEnvironmentTask {
+        name: "qa-pr-1234".into(),
+        services: vec![ServiceVersion {
+            service: "cart".into(),
+            version: "2.4.1".into(),
+        }],
+        ttl_seconds,
+    };
+    let err = p
+        .submit(&Envelope::builder("toronto://agents/qa/bob", env(0)).build())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ttl_seconds 0"), "{err}");
+
+    let plan_id = p
+        .submit(&Envelope::builder("toronto://agents/qa/bob", env(2)).build())
+        .await
+        .unwrap()
+        .plan_id;
+    // Provisioned at once; the teardown waits for the TTL.
+    let mut provisioned = None;
+    for _ in 0..50 {
+        let plan = p.plan(plan_id).await.unwrap();
+        if step(&plan, "execute").state == StepState::Succeeded {
+            provisioned = Some(plan);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let provisioned = provisioned.expect("the environment was provisioned");
+    let due = step(&provisioned, "teardown")
+        .not_before
+        .expect("a teardown time");
+    assert!(due > chrono::Utc::now(), "the teardown is still ahead");
+    assert_eq!(step(&provisioned, "teardown").state, StepState::Pending);
+    assert_eq!(
+        *peers.executed.lock().unwrap(),
+        vec![format!("{plan_id}:execute")]
+    );
+
+    let done = p.wait_for_state(plan_id, PlanState::Completed).await;
+    let torn_down = step(&done, "teardown").finished_at.unwrap();
+    assert!(torn_down >= due, "not torn down before its time");
+    assert_eq!(
+        *peers.executed.lock().unwrap(),
+        vec![format!("{plan_id}:execute"), format!("{plan_id}:teardown")]
+    );
+    p.stop().await;
 }

@@ -13,8 +13,9 @@ use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::tasks::{
     AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
-    PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans, QaTestRequest,
-    RollbackTask, ScaleTask, SecurityScanRequest, SloGet, SloStatus, SloStatuses, SubmitAccepted,
+    PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
+    ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest, SloGet,
+    SloStatus, SloStatuses, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -65,6 +66,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<RollbackTask>(),
         payload::<ScaleTask>(),
         payload::<PipelineTask>(),
+        payload::<ProvisionEnvironmentTask>(),
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),

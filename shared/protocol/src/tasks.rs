@@ -213,6 +213,33 @@ impl Default for Stages {
     }
 }
 
+/// An ephemeral environment (for the QA agent), torn down after its time to live.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionEnvironmentTask {
+    /// The environment's name (a DNS label), e.g. `qa-pr-1234`.
+    pub name: String,
+    /// What runs in it.
+    pub services: Vec<ServiceVersion>,
+    /// Seconds it lives before it is torn down (1 s to 30 days).
+    pub ttl_seconds: u64,
+}
+
+impl Message for ProvisionEnvironmentTask {
+    const NAME: &'static str = "task.provision_environment";
+    const MAJOR: u32 = 1;
+}
+
+/// A service at a version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceVersion {
+    /// The service.
+    pub service: String,
+    /// Its version.
+    pub version: String,
+}
+
 /// A file a plan produced.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Artifact {
@@ -236,6 +263,8 @@ pub enum PlanTask {
     Scale(ScaleTask),
     /// A CI pipeline to generate.
     Pipeline(PipelineTask),
+    /// An ephemeral environment to provision and later tear down.
+    ProvisionEnvironment(ProvisionEnvironmentTask),
 }
 
 impl PlanTask {
@@ -246,6 +275,7 @@ impl PlanTask {
             PlanTask::Rollback(t) => &t.service,
             PlanTask::Scale(t) => &t.service,
             PlanTask::Pipeline(t) => &t.service,
+            PlanTask::ProvisionEnvironment(t) => &t.name,
         }
     }
 
@@ -256,6 +286,7 @@ impl PlanTask {
             PlanTask::Rollback(t) => &t.environment,
             PlanTask::Scale(t) => &t.environment,
             PlanTask::Pipeline(_) => "ci",
+            PlanTask::ProvisionEnvironment(t) => &t.name,
         }
     }
 }
@@ -306,6 +337,8 @@ pub enum StepKind {
     Execute,
     /// The planner produces artifacts itself (e.g. a CI pipeline).
     Generate,
+    /// The deployer tears an ephemeral environment down (not before `not_before`).
+    Teardown,
 }
 
 /// Where a step stands.
@@ -347,6 +380,9 @@ pub struct Step {
     /// What a gate found (e.g. the security agent's findings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub findings: Option<serde_json::Value>,
+    /// The step does not start before this time (e.g. a teardown at the end of a TTL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<DateTime<Utc>>,
 }
 
 impl Step {
@@ -361,6 +397,7 @@ impl Step {
             finished_at: None,
             reason: None,
             findings: None,
+            not_before: None,
         }
     }
 }
