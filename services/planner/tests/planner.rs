@@ -131,6 +131,27 @@ impl Planner {
         .unwrap()
     }
 
+    async fn cancel(&self, plan_id: uuid::Uuid, by: &str, reason: &str) -> Result<Plan, CallError> {
+        let req = Envelope::builder(
+            "toronto://test",
+            toronto_protocol::tasks::PlanCancel {
+                plan_id,
+                by: by.into(),
+                reason: reason.into(),
+            },
+        )
+        .build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.cancel",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plan>| r.data)
+    }
+
     async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
         let mut last = String::new();
         for _ in 0..150 {
@@ -1065,24 +1086,7 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
             .contains("overridden by erin (admin): hotfix for INC-42")
     );
     p.client.flush().await.unwrap();
-    let cancel = Envelope::builder(
-        "toronto://test",
-        toronto_protocol::tasks::PlanCancel {
-            plan_id: overridden,
-            by: "erin".into(),
-            reason: "done testing".into(),
-        },
-    )
-    .build();
-    call::<_, Plan>(
-        &p.client,
-        "toronto.devops.v1.planner.plan.cancel",
-        &cancel,
-        Encoding::Json,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    p.cancel(overridden, "erin", "done testing").await.unwrap();
 
     // After the same version succeeded in staging, production passes the policy gate.
     let staging = p
@@ -1529,24 +1533,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
 
     // The fix holds cart's production turn while it waits for approval; a rollback
     // needs no budget but queues behind it, so end the fix first.
-    let cancel = Envelope::builder(
-        "toronto://test",
-        toronto_protocol::tasks::PlanCancel {
-            plan_id: fix,
-            by: "erin".into(),
-            reason: "rolling back instead".into(),
-        },
-    )
-    .build();
-    call::<_, Plan>(
-        &p.client,
-        "toronto.devops.v1.planner.plan.cancel",
-        &cancel,
-        Encoding::Json,
-        Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
+    p.cancel(fix, "erin", "rolling back instead").await.unwrap();
     let rollback = p
         .submit(
             &Envelope::builder(
