@@ -6,6 +6,8 @@
 //! domain commands arrive with the issues that build on the foundation.
 #![forbid(unsafe_code)]
 
+pub mod target;
+
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};

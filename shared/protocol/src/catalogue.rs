@@ -7,10 +7,15 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 
+use crate::analysis::{CanaryAnalyze, CanaryVerdict, MetricBatch};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
+use crate::rollout::{
+    Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList, RolloutRef, Rollouts,
+    SimFault, SimService, SimTamper,
+};
 use crate::tasks::{
     AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
     PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
@@ -85,6 +90,20 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SloStatuses>(),
         payload::<Plan>(),
         payload::<Plans>(),
+        payload::<MetricBatch>(),
+        payload::<CanaryAnalyze>(),
+        payload::<CanaryVerdict>(),
+        payload::<Rollout>(),
+        payload::<RolloutRef>(),
+        payload::<RolloutCommand>(),
+        payload::<RolloutList>(),
+        payload::<Rollouts>(),
+        payload::<DriftCheck>(),
+        payload::<Drift>(),
+        payload::<DriftReport>(),
+        payload::<SimFault>(),
+        payload::<SimTamper>(),
+        payload::<SimService>(),
     ]
 }
 

@@ -8,12 +8,14 @@
 //! and failures travel as the error envelope of [`error`].
 #![forbid(unsafe_code)]
 
+pub mod analysis;
 pub mod catalogue;
 pub mod codec;
 pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod messages;
+pub mod rollout;
 pub mod subjects;
 pub mod tasks;
 pub mod trace;

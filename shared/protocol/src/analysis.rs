@@ -1,0 +1,193 @@
+//! Metrics on the bus and canary analysis: what the simulated cluster (or an agent
+//! without a Prometheus) pushes on `toronto.metrics.<service>.<environment>`, and what
+//! the deployer asks of `toronto.devops.v1.monitor.canary.analyze`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::message::Message;
+
+/// Samples pushed over the bus (`toronto.metrics.<service>.<environment>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricBatch {
+    /// The service the samples are about.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// Who measured them, e.g. `simulated-cluster`.
+    pub source: String,
+    /// The samples.
+    pub samples: Vec<MetricSample>,
+}
+
+impl Message for MetricBatch {
+    const NAME: &'static str = "metrics.batch";
+    const MAJOR: u32 = 1;
+}
+
+/// One sample of one series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MetricSample {
+    /// The metric's name, e.g. `http_error_ratio`.
+    pub name: String,
+    /// Its labels, e.g. `version`, `track` (`stable` or `canary`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// The value.
+    pub value: f64,
+    /// When it was measured.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Which deviation of the canary from the baseline counts as a failure (as in Kayenta).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// Higher is worse (errors, latency).
+    #[default]
+    Increase,
+    /// Lower is worse (throughput, success ratio).
+    Decrease,
+    /// Any significant change is a failure.
+    Either,
+}
+
+/// One metric to compare in a canary analysis.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisMetric {
+    /// The metric's name: a series name on the bus or in a scraped endpoint.
+    pub name: String,
+    /// A PromQL expression to read it from Prometheus instead; `{{selector}}` is
+    /// replaced by the canary or baseline label matchers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Which deviation fails.
+    #[serde(default)]
+    pub direction: Direction,
+    /// Largest relative effect allowed (canary median / baseline median - 1), e.g. 0.1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_relative_effect: Option<f64>,
+    /// Largest absolute difference of the medians allowed, e.g. 0.02 for an error ratio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_absolute_effect: Option<f64>,
+    /// A failing critical metric fails the whole analysis.
+    #[serde(default)]
+    pub critical: bool,
+    /// Without data this metric fails instead of being inconclusive.
+    #[serde(default)]
+    pub must_have_data: bool,
+}
+
+/// Asks whether a canary is healthy compared with its baseline
+/// (`toronto.devops.v1.monitor.canary.analyze`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryAnalyze {
+    /// The service.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// Labels that select the canary's series, e.g. `{"track": "canary"}`.
+    pub canary: BTreeMap<String, String>,
+    /// Labels that select the baseline's series, e.g. `{"track": "stable"}`.
+    pub baseline: BTreeMap<String, String>,
+    /// The metrics to compare (at least one).
+    pub metrics: Vec<AnalysisMetric>,
+    /// How far back to look, in seconds.
+    pub window_seconds: f64,
+    /// Confidence of the Mann-Whitney U test, e.g. 0.95 (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// The rollout this analysis is for, if any (carried into the verdict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<Uuid>,
+}
+
+impl Message for CanaryAnalyze {
+    const NAME: &'static str = "canary.analyze";
+    const MAJOR: u32 = 1;
+}
+
+/// The outcome of an analysis or of one metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisOutcome {
+    /// The canary is no worse than the baseline.
+    Pass,
+    /// The canary is worse.
+    Fail,
+    /// Not enough data to tell.
+    Inconclusive,
+}
+
+/// Summary of one side's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SampleSummary {
+    /// How many samples.
+    pub count: usize,
+    /// Their median (absent without samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub median: Option<f64>,
+    /// Their mean (absent without samples).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+}
+
+/// The evidence for one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct MetricEvidence {
+    /// The metric.
+    pub name: String,
+    /// Its outcome.
+    pub outcome: AnalysisOutcome,
+    /// Whether it was critical.
+    pub critical: bool,
+    /// The canary's samples.
+    pub canary: SampleSummary,
+    /// The baseline's samples.
+    pub baseline: SampleSummary,
+    /// The Mann-Whitney U statistic, when computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<f64>,
+    /// Its p-value, when computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p_value: Option<f64>,
+    /// The effect size measured (relative, or absolute when the baseline median is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effect: Option<f64>,
+    /// Why, in a sentence (e.g. the threshold that was crossed).
+    pub reason: String,
+}
+
+/// The verdict of a canary analysis (the answer of `canary.analyze`, and the data of
+/// `analysis.result` events in continuous mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CanaryVerdict {
+    /// The service.
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// The rollout it is for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_id: Option<Uuid>,
+    /// The overall outcome.
+    pub outcome: AnalysisOutcome,
+    /// Why, in a sentence.
+    pub reason: String,
+    /// Every metric's evidence.
+    pub metrics: Vec<MetricEvidence>,
+    /// When it was computed.
+    pub analyzed_at: DateTime<Utc>,
+}
+
+impl Message for CanaryVerdict {
+    const NAME: &'static str = "canary.verdict";
+    const MAJOR: u32 = 1;
+}
