@@ -1,16 +1,40 @@
-//! The deployer: rolling, blue-green and canary rollouts on Kubernetes and a simulated cluster.
+//! The deployer: rolling, blue-green and canary rollouts on Kubernetes and on a
+//! simulated cluster, with analysis, abort, rollback and drift detection.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. So far it
-//! registers its NATS service, sets up its state buckets and answers `status`; its
-//! domain commands arrive with the issues that build on the foundation.
+//! thin `main`, and `toronto up` starts the same function in-process.
+//!
+//! - [`target`]: the [`target::Target`] trait rollouts land on; [`sim`] is the
+//!   simulated cluster (a simulation, labelled so everywhere).
+//! - [`engine`]: the rollout state machine, durable in KV, advanced through a work
+//!   queue so that a rollout survives the loss of the deployer running it.
+//! - [`commands`]: the `toronto.devops.v1.deployer.*` commands.
 #![forbid(unsafe_code)]
 
+pub mod commands;
+pub mod engine;
+pub mod settings;
+pub mod sim;
 pub mod target;
 
+use std::sync::Arc;
+
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::ServiceKind;
-pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
+use toronto_protocol::rollout::{
+    AdvanceRollout, DriftCheck, RolloutCommand, RolloutList, RolloutRef, SimFault, SimTamper,
+};
+use toronto_protocol::tasks::ExecuteRequest;
+use toronto_protocol::{Encoding, ServiceKind};
+use toronto_runtime::config::ConfigError;
+use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
+use toronto_runtime::{Request, ServiceRuntime};
+
+pub use commands::Verb;
+pub use engine::{Deployer, Release};
+pub use settings::{Settings, TargetKind};
+pub use sim::{SimCluster, SimSettings};
+pub use target::Target;
+pub use toronto_runtime::{Config, RuntimeError};
 
 /// Which service this is.
 pub const KIND: ServiceKind = ServiceKind::Deployer;
@@ -18,17 +42,257 @@ pub const KIND: ServiceKind = ServiceKind::Deployer;
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
 pub const BUCKETS: &[(&str, i64)] = &[("rollouts", 16)];
 
-/// Starts the service and returns it running; stop it by cancelling `shutdown` and
-/// awaiting [`ServiceRuntime::run_until_shutdown`].
+/// Durable name of the runner's consumer, shared by every deployer replica.
+pub const RUNNER_CONSUMER: &str = "toronto-deployer-runner";
+
+/// Variables of the Kubernetes target (listed with the deployer's own).
+pub fn kube_vars() -> &'static [(&'static str, &'static str)] {
+    &[]
+}
+
+/// A running deployer: its runtime and its engine (for tests and the all-in-one
+/// runner, which may share one simulated cluster between deployers).
+#[derive(Debug)]
+pub struct Started {
+    /// The service runtime; await [`ServiceRuntime::run_until_shutdown`].
+    pub runtime: ServiceRuntime,
+    /// The engine.
+    pub deployer: Deployer,
+}
+
+impl Started {
+    /// Stops this deployer as a crash would: its rollouts are left where they are,
+    /// unacknowledged, for another deployer to take over once their lease runs out.
+    /// Then the service shuts down (the endpoints stop answering).
+    pub fn crash(&self) {
+        self.deployer.crash.cancel();
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> RuntimeError {
+    RuntimeError::Config(ConfigError::Invalid(e.to_string()))
+}
+
+/// Starts the service with settings from `TORONTO_DEPLOYER_*` variables.
 pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
+    let settings = Settings::from_env().map_err(invalid)?;
+    Ok(start_with(config, settings, None, shutdown).await?.runtime)
+}
+
+/// Starts the service with these settings. With `sim`, rollouts land on that
+/// simulated cluster (shared with whoever else holds it); without, the settings'
+/// target is created.
+pub async fn start_with(
+    config: Config,
+    settings: Settings,
+    sim: Option<SimCluster>,
+    shutdown: CancellationToken,
+) -> Result<Started, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
-    for (bucket, history) in BUCKETS {
-        rt.kv(bucket, *history).await?;
+    let rollouts = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
+    let (target, sim): (Arc<dyn Target>, Option<SimCluster>) = match (sim, settings.target) {
+        (Some(sim), _) => (Arc::new(sim.clone()), Some(sim)),
+        (None, TargetKind::Simulated) => {
+            let sim = SimCluster::new(settings.sim.clone());
+            (Arc::new(sim.clone()), Some(sim))
+        }
+        (None, TargetKind::Kubernetes) => {
+            return Err(invalid(
+                "TORONTO_DEPLOYER_TARGET=kubernetes: this build has no Kubernetes target yet",
+            ));
+        }
+    };
+    let deployer = Deployer {
+        client: rt.client.clone(),
+        js: rt.js.clone(),
+        subjects: rt.subjects.clone(),
+        source: rt.source(),
+        events: rt.events.clone(),
+        rollouts,
+        target,
+        sim: sim.clone(),
+        settings: settings.clone(),
+        instance: rt.host.id().to_owned(),
+        crash: CancellationToken::new(),
+        shutdown: rt.shutdown_token(),
+        heard: Arc::default(),
+        applied_here: Arc::default(),
+        last_analysis: Arc::default(),
+    };
+    deployer
+        .ensure_runs_stream(rt.config.jetstream.replicas)
+        .await
+        .map_err(invalid)?;
+    if let Some(sim) = &sim {
+        sim.register_metrics(&rt.metrics);
+        rt.spawn_background(
+            "simulated cluster traffic",
+            sim.clone().run_traffic(
+                rt.client.clone(),
+                rt.subjects.clone(),
+                rt.source(),
+                rt.shutdown_token(),
+            ),
+        );
     }
-    Ok(rt)
+
+    register(&rt, &deployer).await?;
+
+    rt.spawn_background(
+        "alert and analysis listener",
+        deployer.clone().listen(rt.shutdown_token()),
+    );
+    if !settings.drift_interval.is_zero() {
+        let checker = deployer.clone();
+        let token = rt.shutdown_token();
+        let every = settings.drift_interval;
+        rt.spawn_background("drift checker", async move {
+            let mut interval = tokio::time::interval(every);
+            interval.tick().await;
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = interval.tick() => {}
+                }
+                if let Err(e) = checker.drift_check(&DriftCheck::default()).await {
+                    tracing::warn!(error = %e.message, "drift check failed");
+                }
+            }
+        });
+    }
+    let advancer = deployer.clone();
+    rt.spawn_background(
+        "rollout runner",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: deployer.runs_stream(),
+                durable: RUNNER_CONSUMER.into(),
+                filter_subject: None,
+                ack_wait: settings.lease,
+                max_deliver: 50,
+                concurrency: 32,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            {
+                // A crash stops the consumer too.
+                let token = CancellationToken::new();
+                let (a, b, t) = (rt.shutdown_token(), deployer.crash.clone(), token.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = a.cancelled() => {}
+                        _ = b.cancelled() => {}
+                    }
+                    t.cancel();
+                });
+                token
+            },
+            move |delivery: Delivery| {
+                let deployer = advancer.clone();
+                async move {
+                    match toronto_protocol::decode::<AdvanceRollout>(
+                        delivery.payload(),
+                        Encoding::Json,
+                    ) {
+                        Ok(work) => deployer.advance(work.data.rollout_id, &delivery).await,
+                        Err(e) => Outcome::Reject {
+                            reason: format!("not an advance-rollout message: {e}"),
+                        },
+                    }
+                }
+            },
+        ),
+    );
+    Ok(Started {
+        runtime: rt,
+        deployer,
+    })
+}
+
+async fn register(rt: &ServiceRuntime, deployer: &Deployer) -> Result<(), RuntimeError> {
+    let d = deployer.clone();
+    rt.endpoint("rollout.start", move |req: Request<ExecuteRequest>| {
+        let d = d.clone();
+        async move { d.start_rollout(req).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("rollback", move |req: Request<ExecuteRequest>| {
+        let d = d.clone();
+        async move { d.rollback(req).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("scale", move |req: Request<ExecuteRequest>| {
+        let d = d.clone();
+        async move { d.scale(req).await }
+    })
+    .await?;
+    for (verb, teardown) in [
+        ("environment.provision", false),
+        ("environment.teardown", true),
+    ] {
+        let d = deployer.clone();
+        rt.endpoint(verb, move |req: Request<ExecuteRequest>| {
+            let d = d.clone();
+            async move { d.environment(req, teardown).await }
+        })
+        .await?;
+    }
+    let d = deployer.clone();
+    rt.endpoint("rollout.get", move |req: Request<RolloutRef>| {
+        let d = d.clone();
+        async move { d.get(req.data()).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("rollout.list", move |req: Request<RolloutList>| {
+        let d = d.clone();
+        async move { d.list(req.data()).await }
+    })
+    .await?;
+    for (name, verb) in [
+        ("rollout.promote", Verb::Promote),
+        ("rollout.abort", Verb::Abort),
+        ("rollout.pause", Verb::Pause),
+        ("rollout.resume", Verb::Resume),
+    ] {
+        let d = deployer.clone();
+        rt.endpoint(name, move |req: Request<RolloutCommand>| {
+            let d = d.clone();
+            async move { d.command(req.data(), verb).await }
+        })
+        .await?;
+    }
+    let d = deployer.clone();
+    rt.endpoint("drift.check", move |req: Request<DriftCheck>| {
+        let d = d.clone();
+        async move { d.drift_check(req.data()).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("sim.fault", move |req: Request<SimFault>| {
+        let d = d.clone();
+        async move { d.sim_fault(req.envelope.data) }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("sim.tamper", move |req: Request<SimTamper>| {
+        let d = d.clone();
+        async move { d.sim_tamper(req.envelope.data) }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("sim.get", move |req: Request<RolloutRef>| {
+        let d = d.clone();
+        async move { d.sim_get(req.data()) }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

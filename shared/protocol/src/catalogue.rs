@@ -13,8 +13,8 @@ use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::rollout::{
-    Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList, RolloutRef, Rollouts,
-    SimFault, SimService, SimTamper,
+    AdvanceRollout, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
+    RolloutRef, Rollouts, SimFault, SimService, SimTamper,
 };
 use crate::tasks::{
     AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
@@ -94,6 +94,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<CanaryAnalyze>(),
         payload::<CanaryVerdict>(),
         payload::<Rollout>(),
+        payload::<AdvanceRollout>(),
         payload::<RolloutRef>(),
         payload::<RolloutCommand>(),
         payload::<RolloutList>(),

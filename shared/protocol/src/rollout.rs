@@ -52,6 +52,9 @@ pub enum RolloutStepKind {
     Weight,
     /// Canary: the new version becomes stable; the canary goes away.
     Promote,
+    /// Put a version in place at once, in the service's current shape (a first
+    /// deploy, a change of strategy family, or a rollback to an earlier version).
+    Replace,
 }
 
 /// The state of one step.
@@ -151,6 +154,12 @@ pub struct Rollout {
     /// Whether traffic was sent back to the previous version.
     #[serde(default)]
     pub rolled_back: bool,
+    /// This rollout is a rollback (`rollback` command or task) to `version`.
+    #[serde(default)]
+    pub is_rollback: bool,
+    /// A command waiting for the instance running the rollout to carry it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<PendingCommand>,
     /// The analyses that decided something, newest last (at most 20 kept).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analyses: Vec<AnalysisRecord>,
@@ -179,6 +188,43 @@ pub struct Rollout {
 
 impl Message for Rollout {
     const NAME: &'static str = "rollout";
+    const MAJOR: u32 = 1;
+}
+
+/// A command on a running rollout, recorded in it until the runner carries it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum PendingCommand {
+    /// Stop and send traffic back to the previous version.
+    Abort {
+        /// Who asked.
+        by: String,
+        /// Why.
+        reason: String,
+    },
+    /// Hold after the current step.
+    Pause {
+        /// Who asked.
+        by: String,
+    },
+    /// End the current pause now (`full`: skip the remaining steps).
+    Promote {
+        /// Who asked.
+        by: String,
+        /// Go to 100 percent now.
+        full: bool,
+    },
+}
+
+/// What the deployer's runner is asked to do: advance a rollout (internal work queue).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct AdvanceRollout {
+    /// The rollout.
+    pub rollout_id: Uuid,
+}
+
+impl Message for AdvanceRollout {
+    const NAME: &'static str = "deployer.advance";
     const MAJOR: u32 = 1;
 }
 

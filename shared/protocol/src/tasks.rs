@@ -268,6 +268,17 @@ pub enum PlanTask {
 }
 
 impl PlanTask {
+    /// Its kind as on the wire, e.g. `deploy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PlanTask::Deploy(_) => "deploy",
+            PlanTask::Rollback(_) => "rollback",
+            PlanTask::Scale(_) => "scale",
+            PlanTask::Pipeline(_) => "pipeline",
+            PlanTask::ProvisionEnvironment(_) => "provision_environment",
+        }
+    }
+
     /// The service it concerns.
     pub fn service(&self) -> &str {
         match self {

@@ -366,6 +366,9 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// Leave it unacknowledged, as a process that died would: the server redelivers it
+    /// (to this or another replica) once its ack deadline has passed.
+    Abandon,
 }
 
 /// A message delivered to a consumer handler.
@@ -613,6 +616,10 @@ async fn settle(
             }
         }
         Outcome::Reject { reason } => reason,
+        Outcome::Abandon => {
+            tracing::warn!(durable = %spec.durable, "message abandoned; it is redelivered after its ack deadline");
+            return;
+        }
     };
     let info = message.info().ok();
     let parked = dead_letters

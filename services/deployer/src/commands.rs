@@ -1,0 +1,716 @@
+//! The deployer's commands: starting rollouts (from the planner), acting on them,
+//! rollback, scale, environments, drift, and the simulated cluster's faults.
+
+use chrono::Utc;
+use toronto_protocol::rollout::{
+    Drift, DriftCheck, DriftReport, PendingCommand, Revision, Rollout, RolloutCommand, RolloutList,
+    RolloutPhase, RolloutRef, Rollouts, SimFault, SimService, SimTamper,
+};
+use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
+use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
+use toronto_runtime::Request;
+use uuid::Uuid;
+
+use crate::engine::{
+    DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, idempotency_key, plan_steps,
+    steady_layout, store,
+};
+
+fn bad(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorCode::BadRequest, message)
+}
+
+fn not_found(message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, message)
+}
+
+fn dns_label(what: &str, value: &str) -> Result<(), ErrorBody> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.starts_with(|c: char| c.is_ascii_lowercase())
+        && !value.ends_with('-')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(format!(
+            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
+        )))
+    }
+}
+
+fn version_token(value: &str) -> Result<(), ErrorBody> {
+    if value.is_empty() || value.len() > 128 || value.chars().any(char::is_whitespace) {
+        return Err(bad(format!(
+            "version `{value}` must be 1-128 characters without spaces"
+        )));
+    }
+    Ok(())
+}
+
+impl Deployer {
+    /// `rollout.start`: a deploy task from a plan becomes a rollout (once per
+    /// idempotency key; 409 while another rollout of the service and environment runs).
+    pub async fn start_rollout(
+        &self,
+        req: Request<ExecuteRequest>,
+    ) -> Result<ExecuteAccepted, ErrorBody> {
+        let flow = req.flow();
+        let source = req.envelope.source.clone();
+        let request = req.envelope.data;
+        let PlanTask::Deploy(task) = &request.task else {
+            return Err(bad(format!(
+                "rollout.start takes a deploy task, not {}",
+                request.task.kind()
+            )));
+        };
+        dns_label("service", &task.service)?;
+        dns_label("environment", &task.environment)?;
+        version_token(&task.version)?;
+        if request.idempotency_key.is_empty() {
+            return Err(bad("idempotency_key must not be empty"));
+        }
+        if let Some(id) = self.by_key(&request.idempotency_key).await? {
+            return Ok(ExecuteAccepted {
+                reference: Some(format!("rollout {id}")),
+            });
+        }
+        let before = self
+            .release(&task.service, &task.environment)
+            .await?
+            .map(|(r, _)| r);
+        let steps =
+            plan_steps(&task.strategy, before.as_ref(), &self.settings, false).map_err(bad)?;
+        let now = Utc::now();
+        let replicas = before
+            .as_ref()
+            .map_or(DEFAULT_REPLICAS, |b| b.current.replicas.max(1));
+        let rollout = Rollout {
+            id: Uuid::now_v7(),
+            service: task.service.clone(),
+            environment: task.environment.clone(),
+            version: task.version.clone(),
+            image: task
+                .image
+                .clone()
+                .unwrap_or_else(|| format!("{}:{}", task.service, task.version)),
+            strategy: task.strategy.clone(),
+            replicas,
+            previous: before.as_ref().map(|b| b.current.clone()),
+            phase: RolloutPhase::Progressing,
+            steps,
+            step_index: 0,
+            weight: 0,
+            manual_promotion: self.settings.manual_promotion.contains(&task.environment),
+            reason: None,
+            rolled_back: false,
+            is_rollback: false,
+            pending: None,
+            analyses: Vec::new(),
+            plan_id: Some(request.plan_id),
+            idempotency_key: request.idempotency_key.clone(),
+            correlationid: Some(flow.correlationid.clone()),
+            requested_by: Some(source),
+            lease: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        self.begin(rollout).await
+    }
+
+    /// Stores a new rollout under its idempotency key and the active lock, and hands
+    /// it to the runner.
+    async fn begin(&self, rollout: Rollout) -> Result<ExecuteAccepted, ErrorBody> {
+        match self
+            .take_active(&rollout.service, &rollout.environment, rollout.id)
+            .await?
+        {
+            Ok(()) => {}
+            Err(holder) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "rollout {holder} of {} in {} is still running; abort it or wait for it to end",
+                        rollout.service, rollout.environment
+                    ),
+                )
+                .with_details(serde_json::json!({ "rollout_id": holder })));
+            }
+        }
+        let key = idempotency_key(&rollout.idempotency_key);
+        match self
+            .rollouts
+            .create(&key, rollout.id.to_string().into())
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+                // A twin request won the race: answer with its rollout.
+                let _ = self
+                    .rollouts
+                    .delete(crate::engine::active_key(
+                        &rollout.service,
+                        &rollout.environment,
+                    ))
+                    .await;
+                let id = self.by_key(&rollout.idempotency_key).await?;
+                return Ok(ExecuteAccepted {
+                    reference: id.map(|id| format!("rollout {id}")),
+                });
+            }
+            Err(e) => return Err(store(e).into()),
+        }
+        self.create(&rollout).await?;
+        self.announce("started", &rollout).await;
+        self.enqueue(rollout.id).await?;
+        Ok(ExecuteAccepted {
+            reference: Some(format!("rollout {}", rollout.id)),
+        })
+    }
+
+    async fn by_key(&self, key: &str) -> Result<Option<Uuid>, EngineError> {
+        Ok(self
+            .rollouts
+            .get(idempotency_key(key))
+            .await
+            .map_err(store)?
+            .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
+    }
+
+    /// `rollback`: aborts the running rollout of the service, or puts an earlier
+    /// version back at once (the one before the current, or `target_version`).
+    pub async fn rollback(
+        &self,
+        req: Request<ExecuteRequest>,
+    ) -> Result<ExecuteAccepted, ErrorBody> {
+        let flow = req.flow();
+        let source = req.envelope.source.clone();
+        let request = req.envelope.data;
+        let PlanTask::Rollback(task) = &request.task else {
+            return Err(bad(format!(
+                "rollback takes a rollback task, not {}",
+                request.task.kind()
+            )));
+        };
+        dns_label("service", &task.service)?;
+        dns_label("environment", &task.environment)?;
+        if let Some(id) = self.by_key(&request.idempotency_key).await? {
+            return Ok(ExecuteAccepted {
+                reference: Some(format!("rollout {id}")),
+            });
+        }
+        if let Some(active) = self.active(&task.service, &task.environment).await? {
+            let r = self
+                .command(
+                    &RolloutCommand {
+                        id: Some(active.id),
+                        by: Some(source),
+                        reason: Some("rollback requested".into()),
+                        ..Default::default()
+                    },
+                    Verb::Abort,
+                )
+                .await?;
+            return Ok(ExecuteAccepted {
+                reference: Some(format!("rollout {} (aborted)", r.id)),
+            });
+        }
+        let Some((release, _)) = self.release(&task.service, &task.environment).await? else {
+            return Err(not_found(format!(
+                "{} has never been deployed to {}",
+                task.service, task.environment
+            )));
+        };
+        let target = match &task.target_version {
+            Some(v) => release
+                .history
+                .iter()
+                .rev()
+                .find(|r| &r.version == v)
+                .cloned()
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "{} never ran version {v} in {} (known: {})",
+                        task.service,
+                        task.environment,
+                        release
+                            .history
+                            .iter()
+                            .map(|r| r.version.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ))
+                })?,
+            None => release
+                .history
+                .iter()
+                .rev()
+                .find(|r| r.version != release.current.version)
+                .cloned()
+                .ok_or_else(|| {
+                    not_found(format!(
+                        "{} has no earlier version in {} to go back to",
+                        task.service, task.environment
+                    ))
+                })?,
+        };
+        let strategy = match Family::of_layout(&release.layout) {
+            Family::Rolling => Strategy::Rolling,
+            Family::BlueGreen => Strategy::BlueGreen,
+            Family::Canary => Strategy::Canary { steps: Vec::new() },
+        };
+        let steps = plan_steps(&strategy, Some(&release), &self.settings, true).map_err(bad)?;
+        let now = Utc::now();
+        let rollout = Rollout {
+            id: Uuid::now_v7(),
+            service: task.service.clone(),
+            environment: task.environment.clone(),
+            version: target.version.clone(),
+            image: target.image.clone(),
+            strategy,
+            replicas: release.current.replicas,
+            previous: Some(release.current.clone()),
+            phase: RolloutPhase::Progressing,
+            steps,
+            step_index: 0,
+            weight: 0,
+            manual_promotion: false,
+            reason: Some(format!("rollback from {}", release.current.version)),
+            rolled_back: false,
+            is_rollback: true,
+            pending: None,
+            analyses: Vec::new(),
+            plan_id: Some(request.plan_id),
+            idempotency_key: request.idempotency_key.clone(),
+            correlationid: Some(flow.correlationid.clone()),
+            requested_by: Some(source),
+            lease: None,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+        };
+        self.begin(rollout).await
+    }
+
+    /// `scale`: changes the replicas of the serving version at once (409 while a
+    /// rollout of the service runs).
+    pub async fn scale(&self, req: Request<ExecuteRequest>) -> Result<ExecuteAccepted, ErrorBody> {
+        let request = req.envelope.data;
+        let PlanTask::Scale(task) = &request.task else {
+            return Err(bad(format!(
+                "scale takes a scale task, not {}",
+                request.task.kind()
+            )));
+        };
+        dns_label("service", &task.service)?;
+        dns_label("environment", &task.environment)?;
+        if task.replicas > 1000 {
+            return Err(bad("replicas must be 1000 or fewer"));
+        }
+        if let Some(active) = self.active(&task.service, &task.environment).await? {
+            return Err(ErrorBody::new(
+                ErrorCode::Conflict,
+                format!(
+                    "rollout {} of {} in {} is running; scale after it ends",
+                    active.id, task.service, task.environment
+                ),
+            ));
+        }
+        let Some((mut release, _)) = self.release(&task.service, &task.environment).await? else {
+            return Err(not_found(format!(
+                "{} has never been deployed to {}",
+                task.service, task.environment
+            )));
+        };
+        release.current.replicas = task.replicas;
+        let mut layout = steady_layout(
+            Family::of_layout(&release.layout),
+            &task.service,
+            &task.environment,
+            &release.current,
+            None,
+        );
+        // Keep the colour that serves (blue-green) and the objects at rest.
+        if let Some(active) = release
+            .layout
+            .workloads
+            .iter()
+            .find(|w| w.replicas > 0 && w.version == release.current.version)
+        {
+            for w in &mut layout.workloads {
+                if w.track == crate::target::Track::Blue || w.track == crate::target::Track::Green {
+                    w.name = active.name.clone();
+                    w.track = active.track;
+                }
+            }
+            if let crate::target::Routing::BlueGreen { .. } = layout.routing {
+                layout.routing = crate::target::Routing::BlueGreen {
+                    active: active.track,
+                    preview: None,
+                };
+            }
+        }
+        let mut layout = zero_missing(layout, &release.layout);
+        layout.step_key = format!("scale:{}", request.idempotency_key);
+        layout.progress_deadline_seconds = release.layout.progress_deadline_seconds.max(1);
+        self.target
+            .apply(&layout)
+            .await
+            .map_err(EngineError::from)?;
+        release.layout = layout;
+        release.at = Utc::now();
+        self.put_release(&release).await?;
+        Ok(ExecuteAccepted {
+            reference: Some(format!(
+                "{} in {} scaled to {}",
+                task.service, task.environment, task.replicas
+            )),
+        })
+    }
+
+    /// `environment.provision` / `environment.teardown`.
+    pub async fn environment(
+        &self,
+        req: Request<ExecuteRequest>,
+        teardown: bool,
+    ) -> Result<ExecuteAccepted, ErrorBody> {
+        let PlanTask::ProvisionEnvironment(task) = &req.envelope.data.task else {
+            return Err(bad(
+                "environment commands take a provision_environment task",
+            ));
+        };
+        dns_label("environment", &task.name)?;
+        if teardown {
+            self.target
+                .teardown_environment(&task.name)
+                .await
+                .map_err(EngineError::from)?;
+        } else {
+            self.target
+                .provision_environment(&task.name)
+                .await
+                .map_err(EngineError::from)?;
+            for s in &task.services {
+                let rev = Revision {
+                    version: s.version.clone(),
+                    image: format!("{}:{}", s.service, s.version),
+                    replicas: 1,
+                };
+                let mut layout = steady_layout(Family::Rolling, &s.service, &task.name, &rev, None);
+                layout.step_key = format!("provision:{}", req.envelope.data.idempotency_key);
+                layout.progress_deadline_seconds =
+                    self.settings.progress_deadline.as_secs().clamp(1, 86_400) as u32;
+                self.target
+                    .apply(&layout)
+                    .await
+                    .map_err(EngineError::from)?;
+                self.put_release(&Release {
+                    layout,
+                    current: rev,
+                    history: Vec::new(),
+                    rollout_id: None,
+                    at: Utc::now(),
+                })
+                .await?;
+            }
+        }
+        Ok(ExecuteAccepted {
+            reference: Some(format!(
+                "environment {} {}",
+                task.name,
+                if teardown { "torn down" } else { "provisioned" }
+            )),
+        })
+    }
+
+    /// Finds a rollout by id, or the newest of a service in an environment.
+    pub async fn find(
+        &self,
+        id: Option<Uuid>,
+        service: Option<&str>,
+        environment: Option<&str>,
+    ) -> Result<Rollout, ErrorBody> {
+        if let Some(id) = id {
+            return self
+                .load(id)
+                .await?
+                .map(|(r, _)| r)
+                .ok_or_else(|| not_found(format!("no rollout {id}")));
+        }
+        let (Some(service), Some(environment)) = (service, environment) else {
+            return Err(bad(
+                "name the rollout by `id`, or by `service` and `environment`",
+            ));
+        };
+        if let Some(r) = self.active(service, environment).await? {
+            return Ok(r);
+        }
+        let list = self
+            .list(&RolloutList {
+                service: Some(service.into()),
+                environment: Some(environment.into()),
+                active: false,
+                limit: Some(1),
+            })
+            .await?;
+        list.rollouts
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_found(format!("no rollout of {service} in {environment}")))
+    }
+
+    /// `rollout.get`.
+    pub async fn get(&self, q: &RolloutRef) -> Result<Rollout, ErrorBody> {
+        self.find(q.id, q.service.as_deref(), q.environment.as_deref())
+            .await
+    }
+
+    /// `rollout.list`: newest first.
+    pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
+        use futures::TryStreamExt;
+        let keys: std::collections::BTreeSet<String> = self
+            .rollouts
+            .keys()
+            .await
+            .map_err(store)?
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(store)?
+            .into_iter()
+            .filter(|k| k.starts_with("rollout."))
+            .collect();
+        let mut out = Vec::new();
+        // Rollout ids are UUID v7: newest last in key order.
+        for key in keys.iter().rev() {
+            let Some(id) = key.strip_prefix("rollout.").and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Some((r, _)) = self.load(id).await? else {
+                continue;
+            };
+            if q.service.as_ref().is_some_and(|s| s != &r.service)
+                || q.environment.as_ref().is_some_and(|e| e != &r.environment)
+                || (q.active && r.phase.is_final())
+            {
+                continue;
+            }
+            out.push(r);
+            if out.len() >= q.limit.unwrap_or(50) {
+                break;
+            }
+        }
+        Ok(Rollouts { rollouts: out })
+    }
+
+    /// `rollout.promote`, `.abort`, `.pause`, `.resume`: recorded on the rollout for
+    /// the instance running it (or carried out here when nobody runs it).
+    pub async fn command(&self, c: &RolloutCommand, verb: Verb) -> Result<Rollout, ErrorBody> {
+        let found = self
+            .find(c.id, c.service.as_deref(), c.environment.as_deref())
+            .await?;
+        let by = c.by.clone().unwrap_or_else(|| "someone".into());
+        for _ in 0..20 {
+            let Some((mut r, revision)) = self.load(found.id).await? else {
+                return Err(not_found(format!("no rollout {}", found.id)));
+            };
+            if r.phase.is_final() {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("rollout {} has already ended ({:?})", r.id, r.phase).to_lowercase(),
+                ));
+            }
+            let mut wake = false;
+            let mut event = None;
+            match verb {
+                Verb::Abort => {
+                    r.pending = Some(PendingCommand::Abort {
+                        by: by.clone(),
+                        reason: c.reason.clone().unwrap_or_else(|| "no reason given".into()),
+                    });
+                    wake = r.phase == RolloutPhase::Paused;
+                    if wake {
+                        r.phase = RolloutPhase::Progressing;
+                    }
+                }
+                Verb::Pause => {
+                    if r.phase == RolloutPhase::Paused {
+                        return Ok(r);
+                    }
+                    r.pending = Some(PendingCommand::Pause { by: by.clone() });
+                }
+                Verb::Resume => {
+                    if r.phase != RolloutPhase::Paused {
+                        return Err(ErrorBody::new(
+                            ErrorCode::Conflict,
+                            format!("rollout {} is not paused", r.id),
+                        ));
+                    }
+                    r.phase = RolloutPhase::Progressing;
+                    r.reason = None;
+                    wake = true;
+                    event = Some("resumed");
+                }
+                Verb::Promote if r.phase == RolloutPhase::Paused => {
+                    // Held between steps: go on to the next (or, `full`, the last).
+                    r.phase = RolloutPhase::Progressing;
+                    r.reason = None;
+                    if c.full && r.step_index < r.steps.len() {
+                        let last = r.steps.len() - 1;
+                        let now = Utc::now();
+                        for s in &mut r.steps[r.step_index..last] {
+                            s.state = toronto_protocol::rollout::RolloutStepState::Done;
+                            s.done_at = Some(now);
+                        }
+                        r.step_index = last;
+                    }
+                    wake = true;
+                    event = Some("promoted");
+                }
+                Verb::Promote => {
+                    // Running: the runner ends the current pause (or skips to the end).
+                    r.pending = Some(PendingCommand::Promote {
+                        by: by.clone(),
+                        full: c.full,
+                    });
+                }
+            }
+            if self.save(&mut r, revision).await?.is_none() {
+                continue;
+            }
+            if let Some(what) = event {
+                self.announce(what, &r).await;
+            }
+            if wake {
+                self.enqueue(r.id).await?;
+            }
+            return Ok(r);
+        }
+        Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            "the rollout kept changing; try again",
+        ))
+    }
+
+    /// `drift.check`: compares every release (or the one asked for) with the target;
+    /// publishes `drift.detected` for each difference and remediates when asked.
+    pub async fn drift_check(&self, q: &DriftCheck) -> Result<DriftReport, ErrorBody> {
+        let remediate = q.remediate.unwrap_or(self.settings.drift_remediate);
+        let releases = self.releases().await?;
+        let mut checked = 0;
+        let mut drifts: Vec<Drift> = Vec::new();
+        for release in releases {
+            let layout = &release.layout;
+            if q.service.as_ref().is_some_and(|s| s != &layout.service)
+                || q.environment
+                    .as_ref()
+                    .is_some_and(|e| e != &layout.environment)
+            {
+                continue;
+            }
+            if self
+                .active(&layout.service, &layout.environment)
+                .await?
+                .is_some()
+            {
+                continue; // a rollout is changing it on purpose
+            }
+            checked += 1;
+            let mut found = self.target.drift(layout).await.map_err(EngineError::from)?;
+            if found.is_empty() {
+                continue;
+            }
+            if remediate {
+                self.target.apply(layout).await.map_err(EngineError::from)?;
+                for d in &mut found {
+                    d.remediated = true;
+                }
+            }
+            for d in &found {
+                let event = Envelope::builder(self.source.clone(), d.clone())
+                    .subject(d.service.clone())
+                    .build();
+                if let Err(e) = self.events.publish("drift", "detected", &event).await {
+                    tracing::error!(error = %e, "cannot publish drift event");
+                }
+            }
+            drifts.extend(found);
+        }
+        if q.service.is_some() && q.environment.is_some() && checked == 0 && drifts.is_empty() {
+            let (s, e) = (q.service.as_deref(), q.environment.as_deref());
+            if self
+                .release(s.unwrap_or_default(), e.unwrap_or_default())
+                .await?
+                .is_none()
+            {
+                return Err(not_found(format!(
+                    "{} has never been deployed to {}",
+                    s.unwrap_or_default(),
+                    e.unwrap_or_default()
+                )));
+            }
+        }
+        Ok(DriftReport { checked, drifts })
+    }
+
+    fn sim(&self) -> Result<&crate::sim::SimCluster, ErrorBody> {
+        self.sim.as_ref().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::NotFound,
+                "the deployer runs against Kubernetes: there is no simulated cluster",
+            )
+        })
+    }
+
+    /// `sim.fault`: injects faults into a version on the simulated cluster.
+    pub fn sim_fault(&self, f: SimFault) -> Result<SimService, ErrorBody> {
+        self.sim()?.set_fault(f).map_err(|e| bad(e.to_string()))
+    }
+
+    /// `sim.tamper`: an out-of-band change on the simulated cluster.
+    pub fn sim_tamper(&self, t: SimTamper) -> Result<SimService, ErrorBody> {
+        self.sim()?.tamper(t).map_err(|e| bad(e.to_string()))
+    }
+
+    /// `sim.get`: the simulated cluster's view of a service.
+    pub fn sim_get(&self, q: &RolloutRef) -> Result<SimService, ErrorBody> {
+        let (Some(s), Some(e)) = (q.service.as_deref(), q.environment.as_deref()) else {
+            return Err(bad("sim.get needs `service` and `environment`"));
+        };
+        self.sim()?.get(s, e).ok_or_else(|| {
+            not_found(format!(
+                "{s} is not deployed in {e} on the simulated cluster"
+            ))
+        })
+    }
+}
+
+/// Adds, at 0 replicas, every workload of `before` that `layout` does not name.
+fn zero_missing(
+    mut layout: crate::target::Layout,
+    before: &crate::target::Layout,
+) -> crate::target::Layout {
+    for w in &before.workloads {
+        if !layout.workloads.iter().any(|x| x.name == w.name) {
+            let mut w = w.clone();
+            w.replicas = 0;
+            layout.workloads.push(w);
+        }
+    }
+    layout
+}
+
+/// A command on a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verb {
+    /// `rollout.promote`.
+    Promote,
+    /// `rollout.abort`.
+    Abort,
+    /// `rollout.pause`.
+    Pause,
+    /// `rollout.resume`.
+    Resume,
+}
