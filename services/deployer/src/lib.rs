@@ -6,6 +6,7 @@
 //! domain commands arrive with the issues that build on the foundation.
 #![forbid(unsafe_code)]
 
+pub mod kube;
 pub mod target;
 
 use tokio_util::sync::CancellationToken;
