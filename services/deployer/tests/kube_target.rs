@@ -15,7 +15,9 @@ use std::time::Duration;
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::{Value, json};
-use toronto_deployer::kube::{KubeSettings, KubeTarget, Manifest, manifests, namespace_manifest};
+use toronto_deployer::kube::{
+    KubeSettings, KubeTarget, Manifest, manifest_list, manifests, namespace_manifest,
+};
 use toronto_deployer::target::{Layout, Routing, Target, TargetError, Track, Workload};
 
 // ---------------------------------------------------------------------------------
@@ -1083,7 +1085,7 @@ async fn an_unreachable_or_silent_api_server_is_unavailable() {
         .await
         .expect_err("silent");
     assert!(
-        matches!(&err, TargetError::Unavailable { message, .. } if message.contains("no answer")),
+        matches!(&err, TargetError::Unavailable { message, .. } if message.starts_with("apply Namespace/prod: no answer")),
         "{err:?}"
     );
     assert_eq!(requests(&log).len(), 1);
@@ -1225,8 +1227,7 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
                 namespace_manifest(&layout.environment, &settings).expect("namespace"),
             )),
         );
-        let list = json!({"apiVersion": "v1", "kind": "List",
-                          "items": items.iter().map(Manifest::to_json).collect::<Vec<_>>()});
+        let list = manifest_list(&items);
         let mut child = tokio::process::Command::new(&kubectl)
             .args([
                 "apply",

@@ -183,6 +183,16 @@ pub fn manifests(layout: &Layout, settings: &KubeSettings) -> Result<Vec<Manifes
     Ok(out)
 }
 
+/// The manifests as one `v1` `List`, the form `kubectl apply -f -` takes (JSON is
+/// YAML, so this prints as a manifest file).
+pub fn manifest_list(items: &[Manifest]) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": items.iter().map(Manifest::to_json).collect::<Vec<_>>(),
+    })
+}
+
 /// The namespace of an environment.
 pub fn namespace_manifest(environment: &str, settings: &KubeSettings) -> Result<Namespace, String> {
     let ns = settings.namespace_for(environment)?;

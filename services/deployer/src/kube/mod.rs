@@ -30,7 +30,7 @@ use toronto_protocol::rollout::Drift;
 pub use manifests::{
     ANNOTATION_ENVIRONMENT, ANNOTATION_STEP, FIELD_MANAGER, InvalidLayout, LABEL_COLOUR,
     LABEL_MANAGED_BY, LABEL_NAME, LABEL_TRACK, LABEL_VERSION, Manifest, http_route_resource,
-    int_or_percent, manifests, namespace_manifest, track_label,
+    int_or_percent, manifest_list, manifests, namespace_manifest, track_label,
 };
 pub use settings::{GatewayRef, KUBE_VARS, KubeSettings};
 
@@ -105,7 +105,11 @@ impl KubeTarget {
     async fn apply_one(&self, ns: &str, manifest: &Manifest) -> Result<(), TargetError> {
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let name = manifest.name();
-        let what = format!("apply {} in {ns}", manifest.object_ref());
+        let what = if ns.is_empty() {
+            format!("apply {}", manifest.object_ref())
+        } else {
+            format!("apply {} in {ns}", manifest.object_ref())
+        };
         match manifest {
             Manifest::Deployment(o) => {
                 let api: Api<Deployment> = Api::namespaced(self.client.clone(), ns);
