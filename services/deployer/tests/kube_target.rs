@@ -1065,6 +1065,47 @@ async fn api_errors_map_to_refused_or_unavailable() {
 }
 
 #[tokio::test]
+async fn a_cluster_without_the_gateway_api_is_told_so() {
+    // The API server answers an unknown resource path with a plain-text 404.
+    let (target, log) = mock_target(gateway_settings(), |req| {
+        if req.path.starts_with("/apis/gateway.networking.k8s.io/") {
+            Reply::Text(404, "404 page not found")
+        } else {
+            Reply::Json(200, req.body.clone())
+        }
+    });
+    let err = target
+        .apply(&canary(10, 3, 1, "g:1"))
+        .await
+        .expect_err("no HTTPRoute");
+    assert!(
+        matches!(&err, TargetError::Refused { message, .. }
+            if message.contains("HTTPRoute/shop-api") && message.contains("Gateway API installed")),
+        "{err}"
+    );
+    assert_eq!(requests(&log).len(), 6);
+}
+
+#[tokio::test]
+async fn health_check_reads_the_server_version() {
+    let (target, log) = mock_target(settings(), |_| {
+        Reply::Json(
+            200,
+            json!({"major": "1", "minor": "35", "gitVersion": "v1.35.2", "gitCommit": "abc",
+                   "gitTreeState": "clean", "buildDate": "2026-10-01T00:00:00Z", "goVersion": "go1.25.1",
+                   "compiler": "gc", "platform": "linux/amd64"}),
+        )
+    });
+    assert_eq!(target.check().await.expect("healthy"), "v1.35.2");
+    assert_eq!(requests(&log)[0].line(), "GET /version");
+    let (target, _log) = mock_target(settings(), |_| Reply::Text(503, "unavailable"));
+    assert!(matches!(
+        target.check().await,
+        Err(TargetError::Unavailable { .. })
+    ));
+}
+
+#[tokio::test]
 async fn an_unreachable_or_silent_api_server_is_unavailable() {
     // Connection refused: the mock service fails every call.
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();

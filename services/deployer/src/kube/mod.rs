@@ -71,6 +71,14 @@ impl KubeTarget {
         Ok(Self::new(client, settings))
     }
 
+    /// Health check: asks the API server for its version (`GET /version`) and
+    /// returns it, e.g. `v1.35.0`.
+    pub async fn check(&self) -> Result<String, TargetError> {
+        self.call("get /version", self.client.apiserver_version())
+            .await
+            .map(|info| info.git_version)
+    }
+
     /// Its settings.
     pub fn settings(&self) -> &KubeSettings {
         &self.settings
@@ -91,14 +99,18 @@ impl KubeTarget {
         fut: impl Future<Output = Result<T, kube::Error>>,
     ) -> Result<T, TargetError> {
         match tokio::time::timeout(self.settings.timeout, fut).await {
-            Err(_) => Err(TargetError::Unavailable {
-                target: TARGET,
-                message: format!(
-                    "{what}: no answer within {} s",
-                    self.settings.timeout.as_secs()
-                ),
-            }),
+            Err(_) => Err(self.timed_out(what)),
             Ok(result) => result.map_err(|e| map_error(what, e)),
+        }
+    }
+
+    fn timed_out(&self, what: &str) -> TargetError {
+        TargetError::Unavailable {
+            target: TARGET,
+            message: format!(
+                "{what}: no answer within {} s",
+                self.settings.timeout.as_secs_f64()
+            ),
         }
     }
 
@@ -126,9 +138,23 @@ impl KubeTarget {
             Manifest::HttpRoute(o) => {
                 let api: Api<DynamicObject> =
                     Api::namespaced_with(self.client.clone(), ns, &http_route_resource());
-                self.call(&what, api.patch(name, &params, &Patch::Apply(o)))
-                    .await
-                    .map(drop)
+                let applied = tokio::time::timeout(
+                    self.settings.timeout,
+                    api.patch(name, &params, &Patch::Apply(o)),
+                )
+                .await;
+                match applied {
+                    Err(_) => Err(self.timed_out(&what)),
+                    // The namespace exists (the Services were just applied), so a 404
+                    // here means the cluster does not serve HTTPRoute v1.
+                    Ok(Err(kube::Error::Api(status))) if status.code == 404 => {
+                        Err(refused(format!(
+                            "{what}: 404 {}: is the Gateway API installed? TORONTO_DEPLOYER_GATEWAY needs HTTPRoute gateway.networking.k8s.io/v1",
+                            status.message
+                        )))
+                    }
+                    Ok(result) => result.map(drop).map_err(|e| map_error(&what, e)),
+                }
             }
             Manifest::Namespace(o) => {
                 let api: Api<Namespace> = Api::all(self.client.clone());
@@ -254,13 +280,7 @@ impl Target for KubeTarget {
         };
         let what = format!("delete Namespace/{ns}");
         match tokio::time::timeout(self.settings.timeout, api.delete(&ns, &params)).await {
-            Err(_) => Err(TargetError::Unavailable {
-                target: TARGET,
-                message: format!(
-                    "{what}: no answer within {} s",
-                    self.settings.timeout.as_secs()
-                ),
-            }),
+            Err(_) => Err(self.timed_out(&what)),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(kube::Error::Api(status))) if status.is_not_found() => Ok(()),
             Ok(Err(e)) => Err(map_error(&what, e)),
