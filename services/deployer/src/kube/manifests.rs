@@ -452,3 +452,119 @@ impl Builder<'_> {
         obj
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(routing: Routing, workloads: Vec<(&str, Track, u32)>) -> Layout {
+        Layout {
+            service: "shop-api".into(),
+            environment: "staging".into(),
+            workloads: workloads
+                .into_iter()
+                .map(|(name, track, replicas)| Workload {
+                    name: name.into(),
+                    track,
+                    version: "1.0.0".into(),
+                    image: "shop-api:1.0.0".into(),
+                    replicas,
+                })
+                .collect(),
+            routing,
+            step_key: "r:s".into(),
+            progress_deadline_seconds: 600,
+        }
+    }
+
+    fn rolling(surge: &str, unavailable: &str) -> Routing {
+        Routing::Rolling {
+            max_surge: surge.into(),
+            max_unavailable: unavailable.into(),
+        }
+    }
+
+    #[test]
+    fn surge_and_unavailable_are_counts_or_percentages() {
+        assert_eq!(int_or_percent("25%"), Ok(IntOrString::String("25%".into())));
+        assert_eq!(int_or_percent("1"), Ok(IntOrString::Int(1)));
+        assert!(int_or_percent("150%").is_err());
+        assert!(int_or_percent("-1").is_err());
+        assert!(int_or_percent("one").is_err());
+    }
+
+    #[test]
+    fn inconsistent_layouts_are_invalid() {
+        let s = KubeSettings::default();
+        let cases = [
+            (
+                layout(rolling("x", "0"), vec![("shop-api", Track::Stable, 3)]),
+                "max_surge",
+            ),
+            (
+                layout(
+                    rolling("1", "0"),
+                    vec![("shop-api", Track::Stable, 3), ("c", Track::Canary, 1)],
+                ),
+                "track canary in a rolling layout",
+            ),
+            (
+                layout(
+                    Routing::BlueGreen {
+                        active: Track::Green,
+                        preview: None,
+                    },
+                    vec![("shop-api-blue", Track::Blue, 3)],
+                ),
+                "active colour green",
+            ),
+            (
+                layout(
+                    Routing::Canary { canary_weight: 10 },
+                    vec![("shop-api", Track::Stable, 3)],
+                ),
+                "canary that has no workload",
+            ),
+            (
+                layout(
+                    Routing::Canary { canary_weight: 101 },
+                    vec![
+                        ("shop-api", Track::Stable, 3),
+                        ("shop-api-canary", Track::Canary, 1),
+                    ],
+                ),
+                "above 100",
+            ),
+            (
+                layout(
+                    Routing::Canary { canary_weight: 0 },
+                    vec![
+                        ("shop-api", Track::Stable, 3),
+                        ("shop-api-2", Track::Stable, 1),
+                    ],
+                ),
+                "two workloads on track stable",
+            ),
+        ];
+        for (l, needle) in cases {
+            let err = manifests(&l, &s).expect_err(needle);
+            assert!(err.message.contains(needle), "{needle}: {err}");
+        }
+        let mut long = layout(rolling("1", "0"), vec![("shop-api", Track::Stable, 3)]);
+        long.service = "a".repeat(56);
+        assert!(manifests(&long, &s).is_err());
+    }
+
+    #[test]
+    fn the_step_annotation_stays_out_of_pod_templates() {
+        let l = layout(rolling("1", "0"), vec![("shop-api", Track::Stable, 3)]);
+        let objects = manifests(&l, &KubeSettings::default()).expect("valid");
+        let deployment = objects[0].to_json();
+        assert_eq!(
+            deployment["metadata"]["annotations"][ANNOTATION_STEP],
+            "r:s"
+        );
+        assert_eq!(deployment["metadata"]["namespace"], "staging");
+        assert!(deployment["spec"]["template"]["metadata"]["annotations"].is_null());
+    }
+}
