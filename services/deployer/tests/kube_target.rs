@@ -1334,7 +1334,8 @@ async fn real_cluster_round_trip_when_kubeconfig_is_set() {
         return;
     }
     let environment = format!("toronto-it-{}", std::process::id());
-    let target = KubeTarget::infer(KubeSettings::default())
+    let settings = KubeSettings::from_env().expect("TORONTO_DEPLOYER_* settings");
+    let target = KubeTarget::infer(settings)
         .await
         .expect("client from KUBECONFIG");
     target
