@@ -1364,6 +1364,7 @@ impl Deployer {
             .subscribe(format!("{root}.analysis.result"))
             .await
             .map_err(store)?;
+        toronto_runtime::service::confirm_subscriptions(&self.client).await;
         loop {
             let (message, is_alert) = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),

@@ -13,6 +13,7 @@
 
 pub mod commands;
 pub mod engine;
+pub mod kube;
 pub mod settings;
 pub mod sim;
 pub mod target;
@@ -47,7 +48,7 @@ pub const RUNNER_CONSUMER: &str = "toronto-deployer-runner";
 
 /// Variables of the Kubernetes target (listed with the deployer's own).
 pub fn kube_vars() -> &'static [(&'static str, &'static str)] {
-    &[]
+    kube::KUBE_VARS
 }
 
 /// A running deployer: its runtime and its engine (for tests and the all-in-one
@@ -100,9 +101,11 @@ pub async fn start_with(
             (Arc::new(sim.clone()), Some(sim))
         }
         (None, TargetKind::Kubernetes) => {
-            return Err(invalid(
-                "TORONTO_DEPLOYER_TARGET=kubernetes: this build has no Kubernetes target yet",
-            ));
+            let kube_settings = kube::KubeSettings::from_env().map_err(invalid)?;
+            let target = kube::KubeTarget::infer(kube_settings)
+                .await
+                .map_err(invalid)?;
+            (Arc::new(target), None)
         }
     };
     let deployer = Deployer {

@@ -84,7 +84,7 @@ async fn stack_with(settings: Settings, deployers: usize) -> Stack {
         .subscribe("toronto.devops.v1.events.rollout.>")
         .await
         .unwrap();
-    client.flush().await.unwrap();
+    toronto_runtime::service::confirm_subscriptions(&client).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(m) = sub.next().await {
@@ -427,7 +427,7 @@ async fn out_of_band_change_is_reported_as_drift_and_remediated_on_request() {
         .subscribe("toronto.devops.v1.events.drift.detected")
         .await
         .unwrap();
-    s.client.flush().await.unwrap();
+    toronto_runtime::service::confirm_subscriptions(&s.client).await;
     let _: SimService = s
         .request(
             "sim.tamper",

@@ -303,9 +303,7 @@ impl ServiceHost {
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
         let mut infos = verb_subscriptions(&client, "INFO", &name, &shared.id).await?;
         let mut stats = verb_subscriptions(&client, "STATS", &name, &shared.id).await?;
-        if let Err(e) = client.flush().await {
-            tracing::warn!(error = %e, "cannot confirm the service API subscriptions with the server");
-        }
+        confirm_subscriptions(&client).await;
         let verbs = shared.clone();
         shared.tracker.spawn(async move {
             loop {
@@ -460,9 +458,7 @@ impl ServiceHost {
                 source,
             })?;
         // Once this returns, the server routes requests to the endpoint.
-        if let Err(e) = self.shared.client.flush().await {
-            tracing::warn!(endpoint = name, error = %e, "cannot confirm the subscription with the server");
-        }
+        confirm_subscriptions(&self.shared.client).await;
         let shared = self.shared.clone();
         let handler = Arc::new(handler);
         let decoder = Arc::new(decoder);
@@ -764,5 +760,20 @@ impl Shared {
         let elapsed = started.elapsed();
         self.record(name, elapsed, error.as_ref());
         (elapsed, error)
+    }
+}
+
+/// Waits until the server has processed everything this connection sent before,
+/// subscriptions included, so that requests from other connections reach them.
+///
+/// async-nats' `flush` only writes the buffer to the socket; the server may still
+/// be reading it. A request to a subject nobody serves makes the server answer "no
+/// responders" on this same connection, in order, after the earlier subscriptions.
+pub async fn confirm_subscriptions(client: &Client) {
+    let subject = format!("_TORONTO.sync.{}", uuid::Uuid::new_v4().simple());
+    let round_trip = client.request(subject, Bytes::new());
+    match tokio::time::timeout(Duration::from_secs(5), round_trip).await {
+        Ok(_) => {}
+        Err(_) => tracing::warn!("the server did not confirm the subscriptions within 5 s"),
     }
 }

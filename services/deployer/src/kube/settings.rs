@@ -1,0 +1,297 @@
+//! The Kubernetes target's settings, parsed once from `TORONTO_DEPLOYER_*` variables.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+/// Every variable the Kubernetes target reads: its name and a one-line description.
+///
+/// The kube client itself also reads `KUBECONFIG` (or the in-cluster service account)
+/// when the target infers its client from the environment.
+pub const KUBE_VARS: &[(&str, &str)] = &[
+    (
+        "TORONTO_DEPLOYER_NAMESPACES",
+        "Namespace per environment, `env=namespace` pairs separated by commas (e.g. `production=prod,staging=stg`); an environment not listed uses a namespace of its own name.",
+    ),
+    (
+        "TORONTO_DEPLOYER_GATEWAY",
+        "Parent Gateway as `namespace/name`; when set, canary traffic is split by Gateway API HTTPRoute weights over Services `<svc>-stable` and `<svc>-canary` instead of by replica ratio.",
+    ),
+    (
+        "TORONTO_DEPLOYER_SERVICE_PORT",
+        "Port of the Services the target creates (default 80).",
+    ),
+    (
+        "TORONTO_DEPLOYER_CONTAINER_PORT",
+        "Container port named `http` that the Services send traffic to (default 8080).",
+    ),
+    (
+        "TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT",
+        "`revisionHistoryLimit` of every Deployment: old ReplicaSets kept for rollback (default 10).",
+    ),
+    (
+        "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS",
+        "Seconds one Kubernetes API call may take before the target reports itself unavailable (default 30).",
+    ),
+];
+
+/// The parent Gateway of the HTTPRoutes (Gateway API).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayRef {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+/// How the Kubernetes target maps layouts to objects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeSettings {
+    /// Namespace per environment; an environment not listed uses its own name.
+    pub namespaces: BTreeMap<String, String>,
+    /// The parent Gateway for canary HTTPRoutes; `None` splits canary traffic by
+    /// replica ratio behind one Service.
+    pub gateway: Option<GatewayRef>,
+    /// Port of the Services.
+    pub service_port: i32,
+    /// Container port (named `http`) the Services target.
+    pub container_port: i32,
+    /// `revisionHistoryLimit` of every Deployment.
+    pub revision_history_limit: i32,
+    /// How long one API call may take.
+    pub timeout: Duration,
+}
+
+impl Default for KubeSettings {
+    fn default() -> Self {
+        Self {
+            namespaces: BTreeMap::new(),
+            gateway: None,
+            service_port: 80,
+            container_port: 8080,
+            revision_history_limit: 10,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl KubeSettings {
+    /// Parses the settings from variables (usually the process environment); a
+    /// malformed value is an error naming the variable and what is wrong with it.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<KubeSettings, String> {
+        let mut settings = KubeSettings::default();
+        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        if let Some(raw) = get("TORONTO_DEPLOYER_NAMESPACES") {
+            settings.namespaces = parse_namespaces(raw)
+                .map_err(|e| format!("TORONTO_DEPLOYER_NAMESPACES={raw:?}: {e}"))?;
+        }
+        if let Some(raw) = get("TORONTO_DEPLOYER_GATEWAY") {
+            settings.gateway = Some(
+                parse_gateway(raw).map_err(|e| format!("TORONTO_DEPLOYER_GATEWAY={raw:?}: {e}"))?,
+            );
+        }
+        if let Some(raw) = get("TORONTO_DEPLOYER_SERVICE_PORT") {
+            settings.service_port = parse_port(raw)
+                .map_err(|e| format!("TORONTO_DEPLOYER_SERVICE_PORT={raw:?}: {e}"))?;
+        }
+        if let Some(raw) = get("TORONTO_DEPLOYER_CONTAINER_PORT") {
+            settings.container_port = parse_port(raw)
+                .map_err(|e| format!("TORONTO_DEPLOYER_CONTAINER_PORT={raw:?}: {e}"))?;
+        }
+        if let Some(raw) = get("TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT") {
+            settings.revision_history_limit = raw
+                .parse::<u16>()
+                .map(i32::from)
+                .map_err(|_| {
+                    format!(
+                        "TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT={raw:?}: expected a whole number from 0 to 65535"
+                    )
+                })?;
+        }
+        if let Some(raw) = get("TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS") {
+            let secs = raw.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
+                format!(
+                    "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS={raw:?}: expected a whole number of seconds above 0"
+                )
+            })?;
+            settings.timeout = Duration::from_secs(secs);
+        }
+        Ok(settings)
+    }
+
+    /// Parses the settings from the process environment.
+    pub fn from_env() -> Result<KubeSettings, String> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// The namespace of an environment: the mapped one, or the environment's own
+    /// name; an error when that is not a valid namespace name.
+    pub fn namespace_for(&self, environment: &str) -> Result<String, String> {
+        let ns = self
+            .namespaces
+            .get(environment)
+            .cloned()
+            .unwrap_or_else(|| environment.to_string());
+        check_dns_label(&ns).map_err(|e| {
+            format!(
+                "environment {environment:?} maps to namespace {ns:?}, which is not a valid namespace name ({e}); map it with TORONTO_DEPLOYER_NAMESPACES"
+            )
+        })?;
+        Ok(ns)
+    }
+}
+
+fn parse_namespaces(raw: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (env, ns) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not of the form environment=namespace"))?;
+        let (env, ns) = (env.trim(), ns.trim());
+        if env.is_empty() {
+            return Err(format!("{pair:?} names no environment"));
+        }
+        check_dns_label(ns).map_err(|e| format!("namespace {ns:?}: {e}"))?;
+        if out.insert(env.to_string(), ns.to_string()).is_some() {
+            return Err(format!("environment {env:?} is mapped twice"));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_gateway(raw: &str) -> Result<GatewayRef, String> {
+    let (namespace, name) = raw
+        .split_once('/')
+        .ok_or("expected namespace/name of the parent Gateway")?;
+    let (namespace, name) = (namespace.trim(), name.trim());
+    check_dns_label(namespace).map_err(|e| format!("namespace {namespace:?}: {e}"))?;
+    check_dns_subdomain(name).map_err(|e| format!("name {name:?}: {e}"))?;
+    Ok(GatewayRef {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
+fn parse_port(raw: &str) -> Result<i32, String> {
+    raw.parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .map(i32::from)
+        .ok_or_else(|| "expected a port from 1 to 65535".to_string())
+}
+
+/// Checks an RFC 1123 label (namespace and object names): lowercase letters,
+/// digits and `-`, starting and ending alphanumeric, at most 63 characters.
+pub(crate) fn check_dns_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("empty".into());
+    }
+    if s.len() > 63 {
+        return Err("longer than 63 characters".into());
+    }
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-';
+    if !s.chars().all(ok_char) {
+        return Err("only lowercase letters, digits and '-' are allowed".into());
+    }
+    if s.starts_with('-') || s.ends_with('-') {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+/// Checks an RFC 1123 subdomain (dot-separated labels, at most 253 characters).
+pub(crate) fn check_dns_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    s.split('.').try_for_each(check_dns_label)
+}
+
+/// Checks a label value: at most 63 characters, alphanumerics, `-`, `_` and `.`,
+/// starting and ending alphanumeric.
+pub(crate) fn check_label_value(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err("longer than 63 characters".into());
+    }
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if !s.chars().all(ok_char) {
+        return Err("only letters, digits, '-', '_' and '.' are allowed".into());
+    }
+    let edge = |c: Option<char>| c.is_none_or(|c| c.is_ascii_alphanumeric());
+    if !edge(s.chars().next()) || !edge(s.chars().last()) {
+        return Err("must start and end with a letter or digit".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn parses_namespaces_and_gateway() {
+        let s = KubeSettings::from_vars(&vars(&[
+            (
+                "TORONTO_DEPLOYER_NAMESPACES",
+                "production=prod, staging=stg",
+            ),
+            ("TORONTO_DEPLOYER_GATEWAY", "infra/public"),
+        ]))
+        .expect("valid");
+        assert_eq!(s.namespace_for("production").as_deref(), Ok("prod"));
+        assert_eq!(s.namespace_for("staging").as_deref(), Ok("stg"));
+        assert_eq!(s.namespace_for("dev").as_deref(), Ok("dev"));
+        assert_eq!(
+            s.gateway,
+            Some(GatewayRef {
+                namespace: "infra".into(),
+                name: "public".into()
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_values_name_the_variable() {
+        for (var, value, needle) in [
+            (
+                "TORONTO_DEPLOYER_NAMESPACES",
+                "production",
+                "environment=namespace",
+            ),
+            (
+                "TORONTO_DEPLOYER_NAMESPACES",
+                "production=Prod",
+                "lowercase",
+            ),
+            ("TORONTO_DEPLOYER_NAMESPACES", "a=x,a=y", "mapped twice"),
+            ("TORONTO_DEPLOYER_GATEWAY", "public", "namespace/name"),
+            ("TORONTO_DEPLOYER_GATEWAY", "/public", "empty"),
+            ("TORONTO_DEPLOYER_SERVICE_PORT", "70000", "port"),
+            ("TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS", "0", "seconds"),
+        ] {
+            let err = KubeSettings::from_vars(&vars(&[(var, value)])).expect_err(value);
+            assert!(err.starts_with(var), "{err}");
+            assert!(err.contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn an_environment_that_is_no_namespace_name_is_an_error() {
+        let s = KubeSettings::default();
+        let err = s.namespace_for("Production").expect_err("uppercase");
+        assert!(err.contains("TORONTO_DEPLOYER_NAMESPACES"), "{err}");
+    }
+
+    #[test]
+    fn label_values() {
+        assert!(check_label_value("2.4.1").is_ok());
+        assert!(check_label_value("2.4.1+build.7").is_err());
+        assert!(check_label_value("-x").is_err());
+    }
+}
