@@ -7,7 +7,9 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 
-use crate::analysis::{CanaryAnalyze, CanaryVerdict, MetricBatch};
+use crate::analysis::{
+    CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
+};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::message::Message;
@@ -93,6 +95,9 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<MetricBatch>(),
         payload::<CanaryAnalyze>(),
         payload::<CanaryVerdict>(),
+        payload::<CanaryWatch>(),
+        payload::<CanaryUnwatch>(),
+        payload::<CanaryWatchStatus>(),
         payload::<Rollout>(),
         payload::<RolloutRef>(),
         payload::<RolloutCommand>(),

@@ -1,0 +1,486 @@
+//! The monitor against a real nats-server (and, where said, a real Prometheus): metrics
+//! on the bus, canary analysis once and continuous, metric sources, SLOs and alerts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use toronto_monitor::Settings;
+use toronto_protocol::analysis::{
+    AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch,
+    CanaryWatchStatus, Direction, MetricBatch, MetricSample,
+};
+use toronto_protocol::{Encoding, Envelope, ErrorCode, Message, encode};
+use toronto_runtime::Config;
+use toronto_runtime::rpc::{CallError, call};
+use toronto_testkit::NatsServer;
+use uuid::Uuid;
+
+struct Monitor {
+    server: NatsServer,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+    http: Option<std::net::SocketAddr>,
+}
+
+async fn monitor_with(settings: Settings) -> Monitor {
+    let server = NatsServer::start().await;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.http.addr = "127.0.0.1:0".into();
+    let shutdown = CancellationToken::new();
+    let rt = toronto_monitor::start_with(config, settings, shutdown.clone())
+        .await
+        .unwrap();
+    let http = rt.http_addr;
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    Monitor {
+        server,
+        client,
+        shutdown,
+        running,
+        http,
+    }
+}
+
+async fn monitor() -> Monitor {
+    monitor_with(Settings::default()).await
+}
+
+impl Monitor {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.unwrap().unwrap();
+        drop(self.server);
+    }
+
+    async fn request<Req: Message, Resp: Message>(
+        &self,
+        verb: &str,
+        data: Req,
+    ) -> Result<Resp, CallError> {
+        let req = Envelope::builder("toronto://test", data).build();
+        call(
+            &self.client,
+            &format!("toronto.devops.v1.monitor.{verb}"),
+            &req,
+            Encoding::Json,
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|r: Envelope<Resp>| r.data)
+    }
+
+    async fn analyze(&self, req: CanaryAnalyze) -> Result<CanaryVerdict, CallError> {
+        self.request("canary.analyze", req).await
+    }
+
+    /// Asks until every metric has at least `n` samples on both sides (the bus is
+    /// asynchronous), then returns that verdict.
+    async fn analyze_when_ingested(&self, req: CanaryAnalyze, n: usize) -> CanaryVerdict {
+        let mut last = None;
+        for _ in 0..100 {
+            let v = self.analyze(req.clone()).await.unwrap();
+            if v.metrics
+                .iter()
+                .all(|m| m.canary.count >= n && m.baseline.count >= n)
+            {
+                return v;
+            }
+            last = Some(v);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the samples never arrived: {last:#?}");
+    }
+
+    async fn metrics_text(&self) -> String {
+        let addr = self.http.expect("HTTP enabled");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// What the simulated cluster publishes: `ticks` ticks of 100 ms ending now, for both
+/// tracks, with the canary's error ratio and latency given.
+fn cluster_batches(
+    service: &str,
+    environment: &str,
+    ticks: usize,
+    canary_errors: f64,
+    canary_latency: f64,
+) -> Vec<MetricBatch> {
+    let now = chrono::Utc::now();
+    let mut batches = Vec::new();
+    for i in 0..ticks {
+        let at = now - chrono::Duration::milliseconds(((ticks - i) * 100) as i64);
+        let noise = ((i * 37) % 11) as f64 / 1000.0;
+        let mut samples = Vec::new();
+        for (track, version, errors, latency) in [
+            ("stable", "2.4.0", 0.01, 0.100),
+            ("canary", "2.4.1", canary_errors, canary_latency),
+        ] {
+            let l = labels(&[("version", version), ("track", track)]);
+            let requests = 100.0;
+            let ratio = errors + noise;
+            for (name, value) in [
+                ("http_requests", requests),
+                ("http_errors", (requests * ratio).round()),
+                ("http_error_ratio", ratio),
+                ("http_latency_seconds", latency + noise),
+            ] {
+                samples.push(MetricSample {
+                    name: name.into(),
+                    labels: l.clone(),
+                    value,
+                    timestamp: at,
+                });
+            }
+        }
+        batches.push(MetricBatch {
+            service: service.into(),
+            environment: environment.into(),
+            source: "simulated-cluster".into(),
+            samples,
+        });
+    }
+    batches
+}
+
+async fn publish_batches(client: &async_nats::Client, batches: Vec<MetricBatch>) {
+    for batch in batches {
+        let subject = format!("toronto.metrics.{}.{}", batch.service, batch.environment);
+        let env = Envelope::builder("toronto://devops/deployer/simulated-cluster", batch).build();
+        client
+            .publish(subject, encode(&env, Encoding::Json).unwrap().into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+}
+
+fn metric(name: &str) -> AnalysisMetric {
+    AnalysisMetric {
+        name: name.into(),
+        query: None,
+        direction: Direction::Increase,
+        max_relative_effect: None,
+        max_absolute_effect: None,
+        critical: false,
+        must_have_data: false,
+    }
+}
+
+fn analysis(service: &str, metrics: Vec<AnalysisMetric>) -> CanaryAnalyze {
+    CanaryAnalyze {
+        service: service.into(),
+        environment: "production".into(),
+        canary: labels(&[("track", "canary")]),
+        baseline: labels(&[("track", "stable")]),
+        metrics,
+        window_seconds: 60.0,
+        confidence: None,
+        rollout_id: None,
+    }
+}
+
+fn standard_metrics() -> Vec<AnalysisMetric> {
+    let mut errors = metric("http_error_ratio");
+    errors.critical = true;
+    errors.max_absolute_effect = Some(0.02);
+    let mut latency = metric("http_latency_seconds");
+    latency.max_relative_effect = Some(0.2);
+    vec![errors, latency]
+}
+
+#[tokio::test]
+async fn a_bad_canary_fails_with_its_evidence_and_a_good_one_passes() {
+    let m = monitor().await;
+    publish_batches(
+        &m.client,
+        cluster_batches("cart", "production", 100, 0.25, 0.1),
+    )
+    .await;
+    publish_batches(
+        &m.client,
+        cluster_batches("shop-api", "production", 100, 0.01, 0.1),
+    )
+    .await;
+
+    let bad = m
+        .analyze_when_ingested(analysis("cart", standard_metrics()), 100)
+        .await;
+    assert_eq!(bad.outcome, AnalysisOutcome::Fail, "{bad:#?}");
+    assert!(
+        bad.reason.contains("critical metric http_error_ratio"),
+        "{}",
+        bad.reason
+    );
+    let errors = &bad.metrics[0];
+    assert_eq!(errors.name, "http_error_ratio");
+    assert_eq!(errors.outcome, AnalysisOutcome::Fail);
+    assert_eq!((errors.canary.count, errors.baseline.count), (100, 100));
+    assert!(errors.canary.median.unwrap() > 0.25 && errors.baseline.median.unwrap() < 0.03);
+    assert!(errors.p_value.unwrap() < 1e-6, "{errors:?}");
+    assert!(
+        errors.u.unwrap() > 9000.0,
+        "U near n1*n2 = 10000: {errors:?}"
+    );
+    assert!(errors.effect.unwrap() > 10.0, "relative effect: {errors:?}");
+    // Same latency on both tracks: that metric passes.
+    assert_eq!(bad.metrics[1].outcome, AnalysisOutcome::Pass, "{bad:#?}");
+
+    let good = m
+        .analyze_when_ingested(analysis("shop-api", standard_metrics()), 100)
+        .await;
+    assert_eq!(good.outcome, AnalysisOutcome::Pass, "{good:#?}");
+    assert!(
+        good.metrics
+            .iter()
+            .all(|e| e.outcome == AnalysisOutcome::Pass)
+    );
+
+    // A slower canary within the allowed effect passes; beyond it fails.
+    publish_batches(
+        &m.client,
+        cluster_batches("search", "production", 80, 0.01, 0.11),
+    )
+    .await;
+    publish_batches(
+        &m.client,
+        cluster_batches("orders", "production", 80, 0.01, 0.2),
+    )
+    .await;
+    let mut latency = metric("http_latency_seconds");
+    latency.max_relative_effect = Some(0.2);
+    let slightly = m
+        .analyze_when_ingested(analysis("search", vec![latency.clone()]), 80)
+        .await;
+    assert_eq!(slightly.outcome, AnalysisOutcome::Pass, "{slightly:#?}");
+    assert!(
+        slightly.metrics[0].p_value.unwrap() < 0.05,
+        "significant but small"
+    );
+    let slow = m
+        .analyze_when_ingested(analysis("orders", vec![latency]), 80)
+        .await;
+    assert_eq!(slow.outcome, AnalysisOutcome::Fail, "{slow:#?}");
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn missing_data_is_inconclusive_unless_required_and_bad_requests_name_the_field() {
+    let m = monitor().await;
+    let verdict = m
+        .analyze(analysis("nobody", vec![metric("http_error_ratio")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict.outcome,
+        AnalysisOutcome::Inconclusive,
+        "{verdict:#?}"
+    );
+    assert!(verdict.metrics[0].reason.contains("no data"));
+    let mut required = metric("http_error_ratio");
+    required.must_have_data = true;
+    let verdict = m.analyze(analysis("nobody", vec![required])).await.unwrap();
+    assert_eq!(verdict.outcome, AnalysisOutcome::Fail, "{verdict:#?}");
+
+    for (req, field) in [
+        (analysis("cart", vec![]), "metrics"),
+        (
+            CanaryAnalyze {
+                window_seconds: 0.0,
+                ..analysis("cart", vec![metric("m")])
+            },
+            "window_seconds",
+        ),
+        (
+            CanaryAnalyze {
+                confidence: Some(1.0),
+                ..analysis("cart", vec![metric("m")])
+            },
+            "confidence",
+        ),
+    ] {
+        let err = m.analyze(req).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
+        let CallError::Remote(body) = err else {
+            panic!("not an error envelope")
+        };
+        assert_eq!(
+            body.details.unwrap()["errors"][0]["field"].as_str(),
+            Some(field),
+            "{}",
+            body.message
+        );
+    }
+    m.stop().await;
+}
+
+#[tokio::test]
+async fn unreadable_metric_messages_are_counted_and_the_monitor_keeps_going() {
+    let m = monitor().await;
+    for junk in [
+        &b"not json"[..],
+        br#"{"specversion":"1.0","id":"x","source":"s","type":"ai.toronto.devops.status.v1","data":{}}"#,
+        br#"{"specversion":"1.0","id":"0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a1","source":"s","type":"ai.toronto.devops.metrics.batch.v1","data":{"service":"a"}}"#,
+    ] {
+        m.client
+            .publish("toronto.metrics.cart.production", junk.to_vec().into())
+            .await
+            .unwrap();
+    }
+    publish_batches(
+        &m.client,
+        cluster_batches("cart", "production", 20, 0.01, 0.1),
+    )
+    .await;
+    let verdict = m
+        .analyze_when_ingested(analysis("cart", standard_metrics()), 20)
+        .await;
+    assert_eq!(verdict.outcome, AnalysisOutcome::Pass, "{verdict:#?}");
+    let text = m.metrics_text().await;
+    assert!(
+        text.contains("toronto_monitor_bad_metric_batches_total 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("toronto_monitor_metric_batches_total 20"),
+        "{text}"
+    );
+    m.stop().await;
+}
+
+async fn watch(m: &Monitor, rollout_id: Uuid, service: &str) -> CanaryWatchStatus {
+    let mut analyze = analysis(service, standard_metrics());
+    analyze.rollout_id = Some(rollout_id);
+    m.request(
+        "canary.watch",
+        CanaryWatch {
+            analyze,
+            interval_ms: 200,
+            duration_seconds: 60,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+async fn next_verdict(sub: &mut async_nats::Subscriber) -> Envelope<CanaryVerdict> {
+    let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("a verdict within 10 s")
+        .unwrap();
+    toronto_protocol::decode(&msg.payload, Encoding::Json).unwrap()
+}
+
+/// Waits until no verdict of `rollout_id` has arrived for a second; fails when they
+/// keep coming (a few may be in flight when the watch stops).
+async fn quiet(sub: &mut async_nats::Subscriber, rollout_id: Uuid) {
+    for _ in 0..10 {
+        match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+            Err(_) | Ok(None) => return,
+            Ok(Some(msg)) => {
+                let v: Envelope<CanaryVerdict> =
+                    toronto_protocol::decode(&msg.payload, Encoding::Json).unwrap();
+                assert_eq!(v.data.rollout_id, Some(rollout_id), "an unexpected verdict");
+            }
+        }
+    }
+    panic!("verdicts of {rollout_id} kept coming after the watch should have stopped");
+}
+
+#[tokio::test]
+async fn a_watch_publishes_verdicts_until_unwatched_or_the_rollout_ends() {
+    let m = monitor().await;
+    publish_batches(
+        &m.client,
+        cluster_batches("cart", "production", 60, 0.3, 0.1),
+    )
+    .await;
+    let mut results = m
+        .client
+        .subscribe("toronto.devops.v1.events.analysis.result")
+        .await
+        .unwrap();
+    m.client.flush().await.unwrap();
+
+    // Without a rollout id: refused, naming the field.
+    let err = m
+        .request::<_, CanaryWatchStatus>(
+            "canary.watch",
+            CanaryWatch {
+                analyze: analysis("cart", standard_metrics()),
+                interval_ms: 200,
+                duration_seconds: 60,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadRequest);
+    assert!(err.to_string().contains("analyze.rollout_id"), "{err}");
+
+    let first = Uuid::new_v4();
+    let status = watch(&m, first, "cart").await;
+    assert!(status.watching);
+    let mut fails = 0;
+    while fails < 2 {
+        let v = next_verdict(&mut results).await;
+        assert_eq!(v.data.rollout_id, Some(first));
+        assert_eq!(v.subject.as_deref(), Some("cart"));
+        assert_eq!(v.ty, "ai.toronto.devops.canary.verdict.v1");
+        if v.data.outcome == AnalysisOutcome::Fail {
+            fails += 1;
+        }
+    }
+    let stopped: CanaryWatchStatus = m
+        .request("canary.unwatch", CanaryUnwatch { rollout_id: first })
+        .await
+        .unwrap();
+    assert!(!stopped.watching);
+    assert!(stopped.verdicts >= 2, "{stopped:?}");
+    quiet(&mut results, first).await;
+
+    // A rollout.aborted event for the rollout ends its watch.
+    let second = Uuid::new_v4();
+    watch(&m, second, "cart").await;
+    assert_eq!(
+        next_verdict(&mut results).await.data.rollout_id,
+        Some(second)
+    );
+    let aborted = serde_json::json!({
+        "specversion": "1.0",
+        "id": Uuid::now_v7().to_string(),
+        "source": "toronto://devops/deployer",
+        "type": "ai.toronto.devops.rollout.v1",
+        "data": {"id": second.to_string(), "service": "cart", "phase": "aborted"}
+    });
+    m.client
+        .publish(
+            "toronto.devops.v1.events.rollout.aborted",
+            serde_json::to_vec(&aborted).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    quiet(&mut results, second).await;
+    let after: CanaryWatchStatus = m
+        .request("canary.unwatch", CanaryUnwatch { rollout_id: second })
+        .await
+        .unwrap();
+    assert_eq!(after.verdicts, 0, "the watch had already ended: {after:?}");
+    m.stop().await;
+}
