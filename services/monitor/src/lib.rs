@@ -4,7 +4,8 @@
 //! thin `main`, and `toronto up` starts the same function in-process.
 //!
 //! - [`bus`]: `MetricBatch` envelopes on `toronto.metrics.>` into the in-memory
-//!   time-series [`store`];
+//!   time-series [`store`]; [`scrape`]: Prometheus exposition endpoints into the same
+//!   store; [`prometheus`]: a client of the Prometheus HTTP API;
 //! - [`canary`]: `canary.analyze` (Mann-Whitney U, [`stats`]) from the store or from
 //!   [`prometheus`] for metrics with a query; [`watch`]: `canary.watch` / `canary.unwatch`,
 //!   verdicts as `analysis.result` events;
@@ -15,6 +16,7 @@
 pub mod bus;
 pub mod canary;
 pub mod prometheus;
+pub mod scrape;
 pub mod settings;
 pub mod slo;
 pub mod stats;
@@ -110,6 +112,20 @@ pub async fn start_with(
             }
         }
     });
+
+    // Exposition endpoints to scrape.
+    if !settings.scrape_targets.is_empty() {
+        rt.spawn_background(
+            "scraping",
+            scrape::run(
+                settings.scrape_targets.clone(),
+                settings.scrape_interval,
+                settings.http_timeout,
+                store.clone(),
+                rt.shutdown_token(),
+            ),
+        );
+    }
 
     // Canary analysis, once and continuous.
     let analyzer = canary::Analyzer::new(store.clone(), prometheus.clone(), settings.min_samples);
