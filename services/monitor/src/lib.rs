@@ -15,6 +15,7 @@
 
 pub mod bus;
 pub mod canary;
+pub mod evaluate;
 pub mod prometheus;
 pub mod scrape;
 pub mod settings;
@@ -27,9 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use toronto_protocol::alerts::{AlertStatus, SloDefinition, SloEntries, SloList, SloPut};
 use toronto_protocol::analysis::{CanaryAnalyze, CanaryUnwatch, CanaryWatch, CanaryWatchStatus};
 use toronto_protocol::tasks::{SloGet, SloStatus, SloStatuses};
-use toronto_protocol::{ErrorBody, ErrorCode, ServiceKind};
+use toronto_protocol::{Envelope, ErrorBody, ErrorCode, Priority, ServiceKind};
 use toronto_runtime::Request;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
@@ -40,7 +42,7 @@ use store::{Store, StoreLimits};
 pub const KIND: ServiceKind = ServiceKind::Monitor;
 
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
-pub const BUCKETS: &[(&str, i64)] = &[("slo_status", 8)];
+pub const BUCKETS: &[(&str, i64)] = &[("slo_status", 8), ("slo_definitions", 4)];
 
 fn config_error(e: String) -> RuntimeError {
     RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e))
@@ -64,6 +66,7 @@ pub async fn start_with(
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
     let status = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
+    let definitions = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     let store = Arc::new(Store::new(StoreLimits {
         retention_ms: settings.retention.as_millis() as i64,
         max_samples_per_series: settings.max_samples_per_series,
@@ -162,12 +165,175 @@ pub async fn start_with(
     })
     .await?;
 
+    // SLOs: from the directory, then those put earlier (kept in KV).
+    let engine = evaluate::SloEngine::new(
+        store.clone(),
+        prometheus.clone(),
+        evaluate::EvalSettings {
+            time_scale: settings.time_scale,
+            interval: settings.slo_interval,
+            resolve_evaluations: settings.resolve_evaluations,
+            default_environment: settings.default_environment.clone(),
+            retention: settings.retention,
+        },
+        rt.source(),
+    );
+    if let Some(dir) = &settings.slo_dir {
+        for slo in load_slo_dir(dir).map_err(config_error)? {
+            engine.put(slo);
+        }
+    }
+    load_put_slos(&definitions, &engine).await;
+    tracing::info!(slos = engine.len(), "SLOs loaded");
+    let put_engine = engine.clone();
+    rt.endpoint("slo.put", move |req: Request<SloPut>| {
+        let (engine, definitions) = (put_engine.clone(), definitions.clone());
+        async move { put_slo(&engine, &definitions, &req.data().document).await }
+    })
+    .await?;
+    let list_engine = engine.clone();
+    rt.endpoint("slo.list", move |req: Request<SloList>| {
+        let slos = list_engine.list(req.data().service.as_deref());
+        async move { Ok::<_, ErrorBody>(SloEntries { slos }) }
+    })
+    .await?;
+    rt.spawn_background(
+        "SLO evaluation",
+        evaluation_loop(
+            engine,
+            status.clone(),
+            rt.events.clone(),
+            rt.source(),
+            settings.slo_interval,
+            rt.shutdown_token(),
+        ),
+    );
+
     rt.endpoint("slo.get", move |req: Request<SloGet>| {
         let status = status.clone();
         async move { slo_statuses(&status, &req.data().service).await }
     })
     .await?;
     Ok(rt)
+}
+
+/// Parses every `*.yaml` / `*.yml` file of `dir`; the first malformed one is refused
+/// with its path, field and reason.
+pub fn load_slo_dir(dir: &std::path::Path) -> Result<Vec<slo::Slo>, String> {
+    let read = |e: std::io::Error| format!("TORONTO_MONITOR_SLO_DIR: {}: {e}", dir.display());
+    let mut paths: Vec<std::path::PathBuf> = std::fs::read_dir(dir)
+        .map_err(read)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
+            slo::parse(&text).map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
+async fn load_put_slos(
+    definitions: &async_nats::jetstream::kv::Store,
+    engine: &evaluate::SloEngine,
+) {
+    use futures::TryStreamExt;
+    let keys: Vec<String> = match definitions.keys().await {
+        Ok(keys) => keys.try_collect().await.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the SLOs put earlier");
+            return;
+        }
+    };
+    for key in keys {
+        if let Ok(Some(bytes)) = definitions.get(&key).await {
+            match slo::parse(&String::from_utf8_lossy(&bytes)) {
+                Ok(slo) => {
+                    engine.put(slo);
+                }
+                Err(e) => tracing::warn!(key, error = %e, "a stored SLO no longer parses"),
+            }
+        }
+    }
+}
+
+async fn put_slo(
+    engine: &evaluate::SloEngine,
+    definitions: &async_nats::jetstream::kv::Store,
+    document: &str,
+) -> Result<SloDefinition, ErrorBody> {
+    let slo = slo::parse(document).map_err(|e| {
+        ErrorBody::new(ErrorCode::BadRequest, e.to_string()).with_details(serde_json::json!({
+            "errors": [{"field": e.field, "reason": e.reason}]
+        }))
+    })?;
+    definitions
+        .put(evaluate::key(&slo), document.to_owned().into_bytes().into())
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Unavailable, format!("cannot keep the SLO: {e}")))?;
+    Ok(engine.put(slo))
+}
+
+/// Evaluates every SLO every `interval`: writes each status to the status bucket,
+/// publishes `alert.firing` / `alert.resolved` and `slo.budget.exhausted` events.
+async fn evaluation_loop(
+    engine: evaluate::SloEngine,
+    status: async_nats::jetstream::kv::Store,
+    events: toronto_runtime::jetstream::Events,
+    source: String,
+    interval: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        for evaluation in engine.evaluate_all().await {
+            let s = &evaluation.status;
+            let key = format!("{}.{}", s.service, s.slo);
+            match serde_json::to_vec(s) {
+                Ok(bytes) => {
+                    if let Err(e) = status.put(&key, bytes.into()).await {
+                        tracing::warn!(key, error = %e, "cannot write an SLO status");
+                    }
+                }
+                Err(e) => tracing::warn!(key, error = %e, "cannot encode an SLO status"),
+            }
+            for alert in evaluation.transitions {
+                let (what, priority) = match (
+                    alert.status,
+                    alert.labels.get("severity").map(String::as_str),
+                ) {
+                    (AlertStatus::Firing, Some("page")) => ("firing", Priority::High),
+                    (AlertStatus::Firing, _) => ("firing", Priority::Normal),
+                    (AlertStatus::Resolved, _) => ("resolved", Priority::Normal),
+                };
+                tracing::info!(key, what, severity = ?alert.labels.get("severity"), "burn-rate alert");
+                let envelope = Envelope::builder(source.clone(), alert)
+                    .subject(s.service.clone())
+                    .priority(priority)
+                    .build();
+                if let Err(e) = events.publish("alert", what, &envelope).await {
+                    tracing::warn!(key, error = %e, "cannot publish an alert");
+                }
+            }
+            if evaluation.newly_exhausted {
+                let envelope = Envelope::builder(source.clone(), s.clone())
+                    .subject(s.service.clone())
+                    .priority(Priority::High)
+                    .build();
+                if let Err(e) = events.publish("slo", "budget.exhausted", &envelope).await {
+                    tracing::warn!(key, error = %e, "cannot publish budget exhaustion");
+                }
+            }
+        }
+    }
 }
 
 /// Every SLO status of `service` in the status bucket (keys `<service>.<slo>`).

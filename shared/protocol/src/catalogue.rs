@@ -7,6 +7,7 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 
+use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
@@ -98,6 +99,11 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<CanaryWatch>(),
         payload::<CanaryUnwatch>(),
         payload::<CanaryWatchStatus>(),
+        payload::<Alert>(),
+        payload::<SloPut>(),
+        payload::<SloDefinition>(),
+        payload::<SloList>(),
+        payload::<SloEntries>(),
         payload::<Rollout>(),
         payload::<RolloutRef>(),
         payload::<RolloutCommand>(),
