@@ -9,13 +9,18 @@
 //! - [`canary`]: `canary.analyze` (Mann-Whitney U, [`stats`]) from the store or from
 //!   [`prometheus`] for metrics with a query; [`watch`]: `canary.watch` / `canary.unwatch`,
 //!   verdicts as `analysis.result` events;
-//! - [`slo`]: OpenSLO files and their Prometheus rules; `slo.get` answers from the
-//!   `toronto_slo_status` bucket.
+//! - [`slo`]: OpenSLO files and their Prometheus rules; [`evaluate`]: SLO evaluation,
+//!   error budgets and multi-window multi-burn-rate alerts, statuses in the
+//!   `toronto_slo_status` bucket (`slo.get`), `slo.put`, `slo.list`;
+//! - [`probes`]: synthetic HTTP probes; [`anomaly`]: median/MAD anomaly detection; both
+//!   raise `warning` alerts.
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
 pub mod bus;
 pub mod canary;
 pub mod evaluate;
+pub mod probes;
 pub mod prometheus;
 pub mod scrape;
 pub mod settings;
@@ -125,6 +130,41 @@ pub async fn start_with(
                 settings.scrape_interval,
                 settings.http_timeout,
                 store.clone(),
+                rt.shutdown_token(),
+            ),
+        );
+    }
+
+    // Synthetic probes and anomaly detection.
+    if !settings.probes.is_empty() {
+        rt.spawn_background(
+            "probes",
+            probe_loop(
+                settings.clone(),
+                store.clone(),
+                rt.events.clone(),
+                rt.source(),
+                rt.shutdown_token(),
+            ),
+        );
+    }
+    if !settings.anomaly_metrics.is_empty() {
+        let detector = anomaly::AnomalyDetector::new(
+            settings.anomaly_metrics.clone(),
+            settings.anomaly_threshold,
+            settings.anomaly_interval.as_millis() as i64,
+            settings.resolve_evaluations,
+            settings.default_environment.clone(),
+            rt.source(),
+        );
+        rt.spawn_background(
+            "anomaly detection",
+            anomaly_loop(
+                detector,
+                settings.anomaly_interval,
+                store.clone(),
+                rt.events.clone(),
+                rt.source(),
                 rt.shutdown_token(),
             ),
         );
@@ -306,22 +346,7 @@ async fn evaluation_loop(
                 Err(e) => tracing::warn!(key, error = %e, "cannot encode an SLO status"),
             }
             for alert in evaluation.transitions {
-                let (what, priority) = match (
-                    alert.status,
-                    alert.labels.get("severity").map(String::as_str),
-                ) {
-                    (AlertStatus::Firing, Some("page")) => ("firing", Priority::High),
-                    (AlertStatus::Firing, _) => ("firing", Priority::Normal),
-                    (AlertStatus::Resolved, _) => ("resolved", Priority::Normal),
-                };
-                tracing::info!(key, what, severity = ?alert.labels.get("severity"), "burn-rate alert");
-                let envelope = Envelope::builder(source.clone(), alert)
-                    .subject(s.service.clone())
-                    .priority(priority)
-                    .build();
-                if let Err(e) = events.publish("alert", what, &envelope).await {
-                    tracing::warn!(key, error = %e, "cannot publish an alert");
-                }
+                publish_alert(&events, &source, alert).await;
             }
             if evaluation.newly_exhausted {
                 let envelope = Envelope::builder(source.clone(), s.clone())
@@ -332,6 +357,89 @@ async fn evaluation_loop(
                     tracing::warn!(key, error = %e, "cannot publish budget exhaustion");
                 }
             }
+        }
+    }
+}
+
+/// Publishes an alert as `alert.firing` or `alert.resolved` (priority high for a firing
+/// page), subject its `service` label.
+async fn publish_alert(
+    events: &toronto_runtime::jetstream::Events,
+    source: &str,
+    alert: toronto_protocol::alerts::Alert,
+) {
+    let severity = alert.labels.get("severity").cloned().unwrap_or_default();
+    let (what, priority) = match (alert.status, severity.as_str()) {
+        (AlertStatus::Firing, "page") => ("firing", Priority::High),
+        (AlertStatus::Firing, _) => ("firing", Priority::Normal),
+        (AlertStatus::Resolved, _) => ("resolved", Priority::Normal),
+    };
+    let name = alert.labels.get("alertname").cloned().unwrap_or_default();
+    tracing::info!(alert = name, severity, what, fingerprint = %alert.fingerprint, "alert");
+    let mut envelope = Envelope::builder(source.to_owned(), alert.clone()).priority(priority);
+    if let Some(service) = alert.labels.get("service") {
+        envelope = envelope.subject(service.clone());
+    }
+    if let Err(e) = events.publish("alert", what, &envelope.build()).await {
+        tracing::warn!(alert = name, error = %e, "cannot publish an alert");
+    }
+}
+
+/// Probes every target every `interval`; alerts on repeated failures.
+async fn probe_loop(
+    settings: Settings,
+    store: Arc<Store>,
+    events: toronto_runtime::jetstream::Events,
+    source: String,
+    shutdown: CancellationToken,
+) -> Result<(), reqwest::Error> {
+    let http = reqwest::Client::builder()
+        .timeout(settings.http_timeout)
+        .build()?;
+    let mut tracks: Vec<probes::ProbeTrack> =
+        settings.probes.iter().map(|_| Default::default()).collect();
+    let mut ticks = tokio::time::interval(settings.probe_interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        let results = futures::future::join_all(
+            settings
+                .probes
+                .iter()
+                .map(|t| probes::probe_once(&http, t, &store)),
+        )
+        .await;
+        for ((target, track), result) in settings.probes.iter().zip(&mut tracks).zip(results) {
+            if let Some(alert) =
+                track.observe(target, &result, &settings.default_environment, &source)
+            {
+                publish_alert(&events, &source, alert).await;
+            }
+        }
+    }
+}
+
+/// Checks the watched metrics for anomalies every `interval`.
+async fn anomaly_loop(
+    mut detector: anomaly::AnomalyDetector,
+    interval: Duration,
+    store: Arc<Store>,
+    events: toronto_runtime::jetstream::Events,
+    source: String,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = ticks.tick() => {}
+        }
+        for alert in detector.check(&store) {
+            publish_alert(&events, &source, alert).await;
         }
     }
 }
