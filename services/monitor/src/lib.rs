@@ -192,6 +192,14 @@ pub async fn start_with(
             rt.shutdown_token(),
         ),
     );
+    rt.spawn_background(
+        "canary unwatch",
+        watches.clone().follow_unwatch(
+            rt.client.clone(),
+            rt.subjects.command(KIND, "canary.unwatch"),
+            rt.shutdown_token(),
+        ),
+    );
     let start_watch = watches.clone();
     rt.endpoint("canary.watch", move |req: Request<CanaryWatch>| {
         let result = start_watch.start(req.data().clone(), req.flow());

@@ -31,10 +31,20 @@ struct Running {
     verdicts: Arc<AtomicU64>,
 }
 
+/// How long a stopped watch's final figures are kept for a late `canary.unwatch`.
+const STOPPED_KEPT: Duration = Duration::from_secs(300);
+
 /// The running watches, by rollout id.
+///
+/// With several monitor replicas a watch runs on the replica that took `canary.watch`,
+/// while `canary.unwatch` reaches any one of them (queue group): every replica also
+/// listens to the unwatch subject without a queue group ([`Watches::follow_unwatch`]),
+/// so the replica running the watch stops it, and a replica answers with the figures
+/// of a watch stopped moments ago when it has them.
 #[derive(Clone)]
 pub struct Watches {
     running: Arc<Mutex<HashMap<Uuid, Running>>>,
+    stopped: Arc<Mutex<HashMap<Uuid, (tokio::time::Instant, CanaryWatchStatus)>>>,
     generation: Arc<AtomicU64>,
     analyzer: Analyzer,
     events: Events,
@@ -71,6 +81,7 @@ impl Watches {
     ) -> Self {
         Self {
             running: Arc::new(Mutex::new(HashMap::new())),
+            stopped: Arc::new(Mutex::new(HashMap::new())),
             generation: Arc::new(AtomicU64::new(0)),
             analyzer,
             events,
@@ -182,34 +193,92 @@ impl Watches {
             }
         }
         let mut running = self.lock();
-        if running.get(&rollout_id).map(|r| r.generation) == Some(generation) {
-            running.remove(&rollout_id);
+        if running.get(&rollout_id).map(|r| r.generation) == Some(generation)
+            && let Some(r) = running.remove(&rollout_id)
+        {
+            let status = CanaryWatchStatus {
+                rollout_id,
+                watching: false,
+                interval_ms: r.interval_ms,
+                until: None,
+                verdicts: r.verdicts.load(Ordering::Relaxed),
+            };
+            self.stopped
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(rollout_id, (tokio::time::Instant::now(), status));
         }
         tracing::info!(%rollout_id, verdicts = verdicts.load(Ordering::Relaxed), "canary watch ended");
     }
 
     /// Stops the watch of a rollout; `watching` is false in the answer either way, and
-    /// `verdicts` is 0 when none was running.
+    /// `verdicts` is 0 when none was running (nor stopped moments ago) here.
     pub fn stop(&self, rollout_id: Uuid) -> CanaryWatchStatus {
-        match self.lock().remove(&rollout_id) {
+        let running = self.lock().remove(&rollout_id);
+        let mut stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
+        stopped.retain(|_, (at, _)| at.elapsed() < STOPPED_KEPT);
+        match running {
             Some(r) => {
                 r.token.cancel();
-                CanaryWatchStatus {
+                let status = CanaryWatchStatus {
                     rollout_id,
                     watching: false,
                     interval_ms: r.interval_ms,
                     until: None,
                     verdicts: r.verdicts.load(Ordering::Relaxed),
-                }
+                };
+                stopped.insert(rollout_id, (tokio::time::Instant::now(), status.clone()));
+                status
             }
-            None => CanaryWatchStatus {
-                rollout_id,
-                watching: false,
-                interval_ms: 0,
-                until: None,
-                verdicts: 0,
-            },
+            None => stopped
+                .get(&rollout_id)
+                .map(|(_, s)| s.clone())
+                .unwrap_or(CanaryWatchStatus {
+                    rollout_id,
+                    watching: false,
+                    interval_ms: 0,
+                    until: None,
+                    verdicts: 0,
+                }),
         }
+    }
+
+    /// Stops local watches named by `canary.unwatch` requests, whichever replica
+    /// answers them: a plain subscription to the endpoint's subject until `shutdown`.
+    pub async fn follow_unwatch(
+        self,
+        client: async_nats::Client,
+        subject: String,
+        shutdown: CancellationToken,
+    ) -> Result<(), async_nats::SubscribeError> {
+        let mut sub = client.subscribe(subject).await?;
+        loop {
+            let msg = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                msg = sub.next() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let content_type = msg
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Content-Type"))
+                .map(|v| v.as_str().to_owned());
+            let Ok(encoding) =
+                toronto_protocol::Encoding::from_content_type(content_type.as_deref())
+            else {
+                continue;
+            };
+            if let Ok(req) = toronto_protocol::decode::<toronto_protocol::analysis::CanaryUnwatch>(
+                &msg.payload,
+                encoding,
+            ) && self.is_watching(req.data.rollout_id)
+            {
+                self.stop(req.data.rollout_id);
+            }
+        }
+        Ok(())
     }
 
     /// Whether a rollout is being watched.
