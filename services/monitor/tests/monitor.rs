@@ -1158,3 +1158,111 @@ async fn failing_probes_and_anomalous_series_raise_warnings_that_resolve() {
     stop_web.cancel();
     m.stop().await;
 }
+
+/// An exporter of request counters: 100 requests per scrape, half of them failing while
+/// `failing`.
+async fn counters(
+    failing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (std::net::SocketAddr, CancellationToken) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let ok = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let bad = if failing.load(Ordering::Relaxed) {
+                50
+            } else {
+                0
+            };
+            let ok = ok.fetch_add(100 - bad, Ordering::Relaxed) + 100 - bad;
+            let errors = errors.fetch_add(bad, Ordering::Relaxed) + bad;
+            async move {
+                format!(
+                    "# TYPE http_requests_total counter\n\
+                     http_requests_total{{code=\"200\"}} {ok}\n\
+                     http_requests_total{{code=\"500\"}} {errors}\n"
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn an_slo_read_from_a_real_prometheus_pages_and_resolves() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use toronto_protocol::alerts::{AlertStatus, SloEntries, SloList};
+    let failing = Arc::new(AtomicBool::new(true));
+    let (addr, stop_exporter) = counters(failing.clone()).await;
+    let mut prometheus = Prometheus::start(addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("shop.yaml"),
+        r#"apiVersion: openslo/v1
+kind: SLO
+metadata:
+  name: availability
+spec:
+  service: shop-api
+  budgetingMethod: Occurrences
+  timeWindow:
+    - duration: 30d
+      isRolling: true
+  objectives:
+    - target: 0.99
+  indicator:
+    spec:
+      ratioMetric:
+        bad:
+          metricSource: { type: Prometheus, spec: { query: 'sum(rate(http_requests_total{code="500"}[{{.window}}]))' } }
+        total:
+          metricSource: { type: Prometheus, spec: { query: 'sum(rate(http_requests_total[{{.window}}]))' } }
+"#,
+    )
+    .unwrap();
+    let m = monitor_with(Settings {
+        prometheus_url: Some(prometheus.url.clone()),
+        // 5m lasts one second (five scrapes), 1h twelve seconds.
+        time_scale: 300.0,
+        slo_interval: Duration::from_millis(300),
+        ..compressed(dir.path())
+    })
+    .await;
+    let mut alerts = m
+        .client
+        .subscribe("toronto.devops.v1.events.alert.>")
+        .await
+        .unwrap();
+    m.client.flush().await.unwrap();
+
+    let (subject, fired) = next_alert(&mut alerts, "page").await;
+    assert_eq!(subject, "toronto.devops.v1.events.alert.firing");
+    assert_eq!(fired.data.labels["service"], "shop-api");
+    assert!(fired.data.burn_rates["5m"] > 6.0, "{:?}", fired.data);
+    let listed: SloEntries = m.request("slo.list", SloList::default()).await.unwrap();
+    assert_eq!(listed.slos[0].definition.source, "prometheus");
+    let status = listed.slos[0].status.as_ref().expect("evaluated");
+    assert!(status.burn_rates["1h"] > 1.0, "{status:?}");
+
+    failing.store(false, Ordering::Relaxed);
+    let (subject, resolved) = next_alert(&mut alerts, "page").await;
+    assert_eq!(subject, "toronto.devops.v1.events.alert.resolved");
+    assert_eq!(resolved.data.status, AlertStatus::Resolved);
+    assert_eq!(resolved.data.fingerprint, fired.data.fingerprint);
+    m.stop().await;
+    stop_exporter.cancel();
+    prometheus.child.kill().await.unwrap();
+}
