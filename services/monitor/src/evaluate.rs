@@ -389,8 +389,8 @@ impl SloEngine {
         (ratios, slo_window)
     }
 
-    /// Evaluates every SLO once at `now_ms` (bus SLOs from the store, the others from
-    /// Prometheus when one is configured).
+    /// Evaluates every SLO once, now (bus SLOs from the store, the others from
+    /// Prometheus when one is configured; without one they are skipped).
     pub async fn evaluate_all(&self) -> Vec<Evaluation> {
         let keys: Vec<(String, Slo)> = self
             .lock()

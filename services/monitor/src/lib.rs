@@ -109,6 +109,18 @@ pub async fn start_with(
             rt.shutdown_token(),
         ),
     );
+    let series_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    let samples_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    rt.metrics.register(
+        "monitor_store_series",
+        "Series in the in-memory store",
+        series_gauge.clone(),
+    );
+    rt.metrics.register(
+        "monitor_store_samples",
+        "Samples in the in-memory store",
+        samples_gauge.clone(),
+    );
     let pruned = store.clone();
     let token = rt.shutdown_token();
     rt.spawn_background("store pruning", async move {
@@ -116,7 +128,12 @@ pub async fn start_with(
         loop {
             tokio::select! {
                 _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => pruned.prune(),
+                _ = every.tick() => {
+                    pruned.prune();
+                    let (series, samples) = pruned.size();
+                    series_gauge.set(series as i64);
+                    samples_gauge.set(samples as i64);
+                }
             }
         }
     });
