@@ -286,6 +286,13 @@ impl SloEngine {
     /// alerts are kept when the definition is unchanged).
     pub fn put(&self, slo: Slo) -> SloDefinition {
         let definition = self.definition(&slo);
+        if slo.bus.is_none() && self.prometheus.is_none() {
+            tracing::warn!(
+                slo = %slo.name,
+                service = %slo.service,
+                "this SLO reads Prometheus but TORONTO_MONITOR_PROMETHEUS_URL is not set: it is not evaluated"
+            );
+        }
         let mut slos = self.lock();
         let k = key(&slo);
         if slos.get(&k).is_some_and(|s| s.slo == slo) {
