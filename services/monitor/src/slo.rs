@@ -25,6 +25,13 @@
 //! A ratio SLI gives `good` or `bad` over `total`; a latency SLI (our extension,
 //! `latencyMetric`) counts requests slower than a threshold from a histogram. Queries
 //! use `{{.window}}` where the rate window goes.
+//!
+//! A ratio SLI may also read the metrics pushed over the bus (our extension,
+//! `metricSource.type: Bus`): each `query` is then a series selector,
+//! `http_errors{service="shop-api",environment="production"}` (a name and exact label
+//! matchers), whose per-tick values are summed over each window; the Prometheus rules of
+//! such an SLO use `sum_over_time` of the same series. `metadata.labels.environment`
+//! names the SLO's environment (the monitor's default otherwise).
 
 use serde::{Deserialize, Serialize};
 
@@ -79,6 +86,9 @@ pub struct Metadata {
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
+    /// Labels; `environment` names the SLO's environment.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The objective.
@@ -183,11 +193,11 @@ pub struct MetricSource {
     pub metric_source: Source,
 }
 
-/// A Prometheus query.
+/// A Prometheus query, or a series selector of bus metrics (`type: Bus`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Source {
-    /// `Prometheus`.
+    /// `Prometheus` or `Bus`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The query.
@@ -209,12 +219,117 @@ pub struct Slo {
     pub name: String,
     /// The service.
     pub service: String,
+    /// Its environment, when the file names one (`metadata.labels.environment`).
+    pub environment: Option<String>,
     /// Target fraction of good events.
     pub objective: f64,
     /// Window in days.
     pub window_days: u32,
     /// PromQL of the error ratio, with `{{.window}}` for the rate window.
     pub error_ratio_query: String,
+    /// The SLI from bus metrics, when its sources are of type `Bus`.
+    pub bus: Option<BusSli>,
+}
+
+/// A series selector over the store: a name and exact label matchers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selector {
+    /// The series name.
+    pub name: String,
+    /// Labels the series must have.
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+/// A ratio SLI over bus metrics: per-tick counts summed over each window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusSli {
+    /// Bad events (`true`) or good events (`false`) in `events`.
+    pub counts_bad: bool,
+    /// Good or bad events.
+    pub events: Selector,
+    /// All events.
+    pub total: Selector,
+}
+
+/// Parses `name{a="x",b="y"}` (or a bare name).
+pub fn parse_selector(text: &str) -> Result<Selector, String> {
+    let text = text.trim();
+    let (name, rest) = match text.find('{') {
+        Some(i) => (&text[..i], Some(&text[i..])),
+        None => (text, None),
+    };
+    let metric_name = |n: &str| {
+        !n.is_empty()
+            && !n.starts_with(|c: char| c.is_ascii_digit())
+            && n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    if !metric_name(name) {
+        return Err(format!("`{name}` is not a metric name"));
+    }
+    let mut labels = std::collections::BTreeMap::new();
+    if let Some(rest) = rest {
+        let inner = rest
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .ok_or_else(|| format!("`{text}`: unbalanced braces"))?;
+        let mut chars = inner.chars().peekable();
+        loop {
+            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+                chars.next();
+            }
+            if chars.peek().is_none() {
+                break;
+            }
+            let key: String = chars
+                .by_ref()
+                .take_while(|c| *c != '=')
+                .collect::<String>()
+                .trim()
+                .to_owned();
+            if !metric_name(&key) || key.contains(':') {
+                return Err(format!("`{text}`: `{key}` is not a label name"));
+            }
+            if chars.next() != Some('"') {
+                return Err(format!(
+                    "`{text}`: only exact matchers (label=\"value\") are supported"
+                ));
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next() {
+                    Some('\\') => match chars.next() {
+                        Some('n') => value.push('\n'),
+                        Some(c) => value.push(c),
+                        None => return Err(format!("`{text}`: unterminated value")),
+                    },
+                    Some('"') => break,
+                    Some(c) => value.push(c),
+                    None => return Err(format!("`{text}`: unterminated value")),
+                }
+            }
+            labels.insert(key, value);
+        }
+    }
+    Ok(Selector {
+        name: name.to_owned(),
+        labels,
+    })
+}
+
+fn bus_selector(field: &str, source: &MetricSource) -> Result<Selector, SloError> {
+    parse_selector(&source.metric_source.spec.query)
+        .map_err(|reason| invalid(&format!("{field}.metricSource.spec.query"), reason))
+}
+
+fn promql(sel: &Selector) -> String {
+    let m = sel
+        .labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!("sum(sum_over_time({}{{{m}}}[{{{{.window}}}}]))", sel.name)
 }
 
 impl Slo {
@@ -243,7 +358,7 @@ fn query(field: &str, source: &MetricSource) -> Result<String, SloError> {
         return Err(invalid(
             &format!("{field}.metricSource.type"),
             format!(
-                "`{}` is not supported; use Prometheus",
+                "`{}` is not supported; use Prometheus (or Bus for both sources of a ratio)",
                 source.metric_source.kind
             ),
         ));
@@ -325,7 +440,35 @@ pub fn parse(yaml: &str) -> Result<Slo, SloError> {
         ));
     }
     let indicator = &spec.indicator.spec;
+    let mut bus = None;
     let error_ratio_query = match (&indicator.ratio_metric, &indicator.latency_metric) {
+        (Some(ratio), None) if ratio.total.metric_source.kind == "Bus" => {
+            let field = "spec.indicator.spec.ratioMetric";
+            let total = bus_selector(&format!("{field}.total"), &ratio.total)?;
+            let (counts_bad, events) = match (&ratio.good, &ratio.bad) {
+                (Some(good), None) => (false, ("good", good)),
+                (None, Some(bad)) => (true, ("bad", bad)),
+                _ => return Err(invalid(field, "give exactly one of good and bad")),
+            };
+            if events.1.metric_source.kind != "Bus" {
+                return Err(invalid(
+                    &format!("{field}.{}.metricSource.type", events.0),
+                    "must be Bus like total",
+                ));
+            }
+            let events_sel = bus_selector(&format!("{field}.{}", events.0), events.1)?;
+            let query = if counts_bad {
+                format!("({}) / ({})", promql(&events_sel), promql(&total))
+            } else {
+                format!("1 - (({}) / ({}))", promql(&events_sel), promql(&total))
+            };
+            bus = Some(BusSli {
+                counts_bad,
+                events: events_sel,
+                total,
+            });
+            query
+        }
         (Some(ratio), None) => {
             if !ratio.counter {
                 return Err(invalid(
@@ -396,12 +539,18 @@ pub fn parse(yaml: &str) -> Result<Slo, SloError> {
             ));
         }
     };
+    let environment = doc.metadata.labels.get("environment").cloned();
+    if let Some(env) = &environment {
+        dns_label("metadata.labels.environment", env)?;
+    }
     Ok(Slo {
         name: doc.metadata.name.clone(),
         service: spec.service.clone(),
+        environment,
         objective: objective.target,
         window_days,
         error_ratio_query,
+        bus,
     })
 }
 
@@ -548,6 +697,60 @@ spec:
             let err = parse(&doc).unwrap_err();
             assert_eq!(err.field, field, "{err}");
         }
+    }
+
+    #[test]
+    fn parses_a_bus_slo_and_its_selectors() {
+        let doc = r#"
+apiVersion: openslo/v1
+kind: SLO
+metadata:
+  name: cart-availability
+  labels:
+    environment: staging
+spec:
+  service: cart
+  budgetingMethod: Occurrences
+  timeWindow:
+    - duration: 28d
+      isRolling: true
+  objectives:
+    - target: 0.99
+  indicator:
+    spec:
+      ratioMetric:
+        bad:
+          metricSource: { type: Bus, spec: { query: 'http_errors{service="cart", environment="staging"}' } }
+        total:
+          metricSource: { type: Bus, spec: { query: 'http_requests{service="cart",environment="staging"}' } }
+"#;
+        let slo = parse(doc).unwrap();
+        assert_eq!(slo.environment.as_deref(), Some("staging"));
+        let bus = slo.bus.as_ref().unwrap();
+        assert!(bus.counts_bad);
+        assert_eq!(bus.events.name, "http_errors");
+        assert_eq!(bus.total.labels["environment"], "staging");
+        assert!(slo.error_ratio_query.starts_with(
+            "(sum(sum_over_time(http_errors{environment=\"staging\",service=\"cart\"}[{{.window}}])))"
+        ), "{}", slo.error_ratio_query);
+        let mixed = doc.replacen("type: Bus", "type: Prometheus", 1);
+        assert_eq!(
+            parse(&mixed).unwrap_err().field,
+            "spec.indicator.spec.ratioMetric.bad.metricSource.type"
+        );
+        let bad = doc.replace(
+            r#"http_errors{service="cart", environment="staging"}"#,
+            r#"http_errors{service=~"c.*"}"#,
+        );
+        assert_eq!(
+            parse(&bad).unwrap_err().field,
+            "spec.indicator.spec.ratioMetric.bad.metricSource.spec.query"
+        );
+        assert_eq!(parse_selector("up").unwrap().labels.len(), 0);
+        assert_eq!(
+            parse_selector(r#"m{a="x\"y,z"}"#).unwrap().labels["a"],
+            "x\"y,z"
+        );
     }
 
     #[test]

@@ -191,3 +191,60 @@ impl Message for CanaryVerdict {
     const NAME: &'static str = "canary.verdict";
     const MAJOR: u32 = 1;
 }
+
+/// Asks the monitor to analyse a canary continuously
+/// (`toronto.devops.v1.monitor.canary.watch`): every `interval_ms` it publishes the
+/// verdict as a `canary.verdict` event on `toronto.devops.v1.events.analysis.result`,
+/// until `duration_seconds` have passed, `canary.unwatch` is asked, or a
+/// `rollout.succeeded`, `rollout.aborted` or `rollout.failed` event names the rollout.
+/// `analyze.rollout_id` is required; watching the same rollout again replaces the watch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryWatch {
+    /// The analysis to repeat (with its `rollout_id`).
+    pub analyze: CanaryAnalyze,
+    /// Milliseconds between two verdicts (at least 100).
+    pub interval_ms: u64,
+    /// How long to watch at most, in seconds (at least 1).
+    pub duration_seconds: u64,
+}
+
+impl Message for CanaryWatch {
+    const NAME: &'static str = "canary.watch";
+    const MAJOR: u32 = 1;
+}
+
+/// Stops a continuous analysis (`toronto.devops.v1.monitor.canary.unwatch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryUnwatch {
+    /// The rollout whose watch stops.
+    pub rollout_id: Uuid,
+}
+
+impl Message for CanaryUnwatch {
+    const NAME: &'static str = "canary.unwatch";
+    const MAJOR: u32 = 1;
+}
+
+/// Where a continuous analysis stands (the answer of `canary.watch` and
+/// `canary.unwatch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct CanaryWatchStatus {
+    /// The rollout watched.
+    pub rollout_id: Uuid,
+    /// Whether it is being watched now (false after `canary.unwatch`).
+    pub watching: bool,
+    /// Milliseconds between two verdicts.
+    pub interval_ms: u64,
+    /// When the watch ends at the latest (absent when it is not watching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    /// Verdicts published so far by this watch.
+    pub verdicts: u64,
+}
+
+impl Message for CanaryWatchStatus {
+    const NAME: &'static str = "canary.watch.status";
+    const MAJOR: u32 = 1;
+}

@@ -7,7 +7,10 @@ use std::path::Path;
 
 use schemars::JsonSchema;
 
-use crate::analysis::{CanaryAnalyze, CanaryVerdict, MetricBatch};
+use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
+use crate::analysis::{
+    CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
+};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::message::Message;
@@ -93,6 +96,14 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<MetricBatch>(),
         payload::<CanaryAnalyze>(),
         payload::<CanaryVerdict>(),
+        payload::<CanaryWatch>(),
+        payload::<CanaryUnwatch>(),
+        payload::<CanaryWatchStatus>(),
+        payload::<Alert>(),
+        payload::<SloPut>(),
+        payload::<SloDefinition>(),
+        payload::<SloList>(),
+        payload::<SloEntries>(),
         payload::<Rollout>(),
         payload::<AdvanceRollout>(),
         payload::<RolloutRef>(),

@@ -8,6 +8,7 @@
 //! and failures travel as the error envelope of [`error`].
 #![forbid(unsafe_code)]
 
+pub mod alerts;
 pub mod analysis;
 pub mod catalogue;
 pub mod codec;

@@ -1,0 +1,609 @@
+//! Canary analysis: canary against baseline, metric by metric, with a Mann-Whitney U
+//! test and effect-size thresholds, scored into one verdict with its evidence.
+//!
+//! **Per metric.** The canary's and the baseline's samples within the window are
+//! compared with a Mann-Whitney U test ([`crate::stats`]): one-sided toward the failing
+//! direction (`increase`: is the canary larger? `decrease`: is it smaller?) or
+//! two-sided (`either`), at the request's confidence (default 0.95, so p < 0.05 is
+//! significant). The effect is measured on the medians: relative
+//! (`canary / baseline - 1`) when the baseline median is not 0, else absolute. A metric
+//! **fails** only when the difference is significant in the failing direction **and**
+//! its effect exceeds every allowance given (`max_relative_effect`,
+//! `max_absolute_effect`; with none, a significant difference is enough). A side with
+//! fewer than `min_samples` samples (default 3) makes the metric **inconclusive**, or
+//! failing when it `must_have_data`.
+//!
+//! **Scoring (Kayenta-like).** A failing critical metric fails the analysis. Otherwise
+//! the score is the share of passing metrics among the conclusive ones; the analysis
+//! fails when more than half of the conclusive metrics fail (score below 50%), is
+//! inconclusive when no metric is conclusive or when inconclusive metrics are the
+//! majority, and passes otherwise. The verdict's reason gives the score and names the
+//! failing metrics.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use toronto_protocol::analysis::{
+    AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, MetricEvidence,
+    SampleSummary,
+};
+use toronto_protocol::{ErrorBody, ErrorCode};
+
+use crate::prometheus::{Prometheus, with_selector};
+use crate::stats::{Alternative, mann_whitney_u, mean, median};
+use crate::store::{Labels, Store, now_ms};
+
+/// The default confidence of the test.
+pub const DEFAULT_CONFIDENCE: f64 = 0.95;
+
+/// Answers canary analyses from the store, or from Prometheus for metrics with a query.
+#[derive(Debug, Clone)]
+pub struct Analyzer {
+    store: Arc<Store>,
+    prometheus: Option<Prometheus>,
+    min_samples: usize,
+}
+
+/// One problem of a request: the field and why.
+fn problem(field: &str, reason: &str) -> serde_json::Value {
+    json!({"field": field, "reason": reason})
+}
+
+/// Checks a request; a bad one is answered `400 bad_request` naming every bad field.
+pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
+    let mut errors = Vec::new();
+    if req.service.trim().is_empty() {
+        errors.push(problem("service", "must not be empty"));
+    }
+    if req.environment.trim().is_empty() {
+        errors.push(problem("environment", "must not be empty"));
+    }
+    if req.metrics.is_empty() {
+        errors.push(problem("metrics", "give at least one metric"));
+    }
+    if !(req.window_seconds.is_finite() && req.window_seconds > 0.0) {
+        errors.push(problem(
+            "window_seconds",
+            &format!(
+                "{} must be a positive number of seconds",
+                req.window_seconds
+            ),
+        ));
+    }
+    if let Some(c) = req.confidence
+        && !(c > 0.0 && c < 1.0)
+    {
+        errors.push(problem(
+            "confidence",
+            &format!("{c} must be between 0 and 1 (exclusive)"),
+        ));
+    }
+    if req.canary.is_empty() {
+        errors.push(problem(
+            "canary",
+            "give the labels that select the canary, e.g. {\"track\": \"canary\"}",
+        ));
+    }
+    if req.baseline.is_empty() {
+        errors.push(problem(
+            "baseline",
+            "give the labels that select the baseline, e.g. {\"track\": \"stable\"}",
+        ));
+    }
+    if !req.canary.is_empty() && req.canary == req.baseline {
+        errors.push(problem("baseline", "selects the same series as the canary"));
+    }
+    for (i, m) in req.metrics.iter().enumerate() {
+        if m.name.trim().is_empty() {
+            errors.push(problem(&format!("metrics[{i}].name"), "must not be empty"));
+        }
+        for (field, value) in [
+            ("max_relative_effect", m.max_relative_effect),
+            ("max_absolute_effect", m.max_absolute_effect),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v >= 0.0)
+            {
+                errors.push(problem(
+                    &format!("metrics[{i}].{field}"),
+                    &format!("{v} must be a non-negative number"),
+                ));
+            }
+        }
+        if m.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            errors.push(problem(&format!("metrics[{i}].query"), "must not be empty"));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let message = errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["field"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ErrorBody::new(
+        ErrorCode::BadRequest,
+        format!("invalid canary analysis: {message}"),
+    )
+    .with_details(json!({ "errors": errors })))
+}
+
+fn summary(values: &[f64]) -> SampleSummary {
+    SampleSummary {
+        count: values.len(),
+        median: median(values),
+        mean: mean(values),
+    }
+}
+
+fn directional(direction: Direction, x: f64) -> f64 {
+    match direction {
+        Direction::Increase => x,
+        Direction::Decrease => -x,
+        Direction::Either => x.abs(),
+    }
+}
+
+fn fmt(x: f64) -> String {
+    if x == 0.0 || (x.abs() >= 1e-3 && x.abs() < 1e6) {
+        format!("{:.4}", x)
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+/// The evidence and outcome of one metric from its canary and baseline samples.
+pub fn evaluate_metric(
+    metric: &AnalysisMetric,
+    canary: &[f64],
+    baseline: &[f64],
+    confidence: f64,
+    min_samples: usize,
+) -> MetricEvidence {
+    let mut evidence = MetricEvidence {
+        name: metric.name.clone(),
+        outcome: AnalysisOutcome::Inconclusive,
+        critical: metric.critical,
+        canary: summary(canary),
+        baseline: summary(baseline),
+        u: None,
+        p_value: None,
+        effect: None,
+        reason: String::new(),
+    };
+    let min = min_samples.max(1);
+    if canary.len() < min || baseline.len() < min {
+        let what = if canary.is_empty() || baseline.is_empty() {
+            "no data"
+        } else {
+            "too few samples"
+        };
+        evidence.reason = format!(
+            "{what}: {} canary and {} baseline samples in the window (need {min} each)",
+            canary.len(),
+            baseline.len()
+        );
+        if metric.must_have_data {
+            evidence.outcome = AnalysisOutcome::Fail;
+            evidence.reason.push_str("; the metric must have data");
+        }
+        return evidence;
+    }
+    let alternative = match metric.direction {
+        Direction::Increase => Alternative::Greater,
+        Direction::Decrease => Alternative::Less,
+        Direction::Either => Alternative::TwoSided,
+    };
+    let test = mann_whitney_u(canary, baseline, alternative).expect("both sides have samples");
+    evidence.u = Some(test.u);
+    evidence.p_value = Some(test.p_value);
+    let (cm, bm) = (
+        evidence.canary.median.unwrap_or(0.0),
+        evidence.baseline.median.unwrap_or(0.0),
+    );
+    let absolute = cm - bm;
+    let relative = (bm != 0.0).then(|| cm / bm - 1.0);
+    evidence.effect = Some(relative.unwrap_or(absolute));
+    let alpha = 1.0 - confidence;
+    let significant = test.p_value < alpha;
+    let effect_text = match relative {
+        Some(r) => format!("median {} vs {} ({:+.1}%)", fmt(cm), fmt(bm), r * 100.0),
+        None => format!("median {} vs {} ({:+})", fmt(cm), fmt(bm), fmt(absolute)),
+    };
+    let side = match metric.direction {
+        Direction::Increase => "higher",
+        Direction::Decrease => "lower",
+        Direction::Either => "different",
+    };
+    if !significant {
+        evidence.outcome = AnalysisOutcome::Pass;
+        evidence.reason = format!(
+            "canary not significantly {side} than baseline (p={} >= {}); {effect_text}",
+            fmt(test.p_value),
+            fmt(alpha)
+        );
+        return evidence;
+    }
+    // Significant: does the effect exceed every allowance given?
+    let mut within = Vec::new();
+    let mut beyond = Vec::new();
+    if let Some(max) = metric.max_relative_effect {
+        let exceeded = match relative {
+            Some(r) => directional(metric.direction, r) > max,
+            // From a zero baseline any change in the failing direction is infinite.
+            None => directional(metric.direction, absolute) > 0.0,
+        };
+        let text = format!("relative effect allowed {:+.1}%", max * 100.0);
+        if exceeded {
+            beyond.push(text)
+        } else {
+            within.push(text)
+        }
+    }
+    if let Some(max) = metric.max_absolute_effect {
+        let exceeded = directional(metric.direction, absolute) > max;
+        let text = format!("absolute effect allowed {}", fmt(max));
+        if exceeded {
+            beyond.push(text)
+        } else {
+            within.push(text)
+        }
+    }
+    if within.is_empty() {
+        evidence.outcome = AnalysisOutcome::Fail;
+        evidence.reason = format!(
+            "canary significantly {side} than baseline (p={} < {}); {effect_text}{}",
+            fmt(test.p_value),
+            fmt(alpha),
+            if beyond.is_empty() {
+                String::new()
+            } else {
+                format!(", beyond the {}", beyond.join(" and the "))
+            }
+        );
+    } else {
+        evidence.outcome = AnalysisOutcome::Pass;
+        evidence.reason = format!(
+            "canary significantly {side} (p={}) but within the {}; {effect_text}",
+            fmt(test.p_value),
+            within.join(" and the ")
+        );
+    }
+    evidence
+}
+
+/// The overall outcome and its reason from every metric's evidence (the scoring rule
+/// of the module documentation).
+pub fn score(evidence: &[MetricEvidence]) -> (AnalysisOutcome, String) {
+    let failed: Vec<&MetricEvidence> = evidence
+        .iter()
+        .filter(|e| e.outcome == AnalysisOutcome::Fail)
+        .collect();
+    let passed = evidence
+        .iter()
+        .filter(|e| e.outcome == AnalysisOutcome::Pass)
+        .count();
+    let inconclusive = evidence.len() - passed - failed.len();
+    let conclusive = passed + failed.len();
+    let names = |v: &[&MetricEvidence]| {
+        v.iter()
+            .map(|e| format!("{} ({})", e.name, e.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    if let Some(critical) = failed.iter().find(|e| e.critical) {
+        return (
+            AnalysisOutcome::Fail,
+            format!(
+                "critical metric {} failed: {}",
+                critical.name, critical.reason
+            ),
+        );
+    }
+    if conclusive == 0 {
+        return (
+            AnalysisOutcome::Inconclusive,
+            format!(
+                "no metric had enough data: {}",
+                names(&evidence.iter().collect::<Vec<_>>())
+            ),
+        );
+    }
+    let score = 100.0 * passed as f64 / conclusive as f64;
+    let tally = format!(
+        "score {score:.0}% ({passed} of {conclusive} conclusive metrics pass, {inconclusive} inconclusive)"
+    );
+    if failed.len() * 2 > conclusive {
+        return (
+            AnalysisOutcome::Fail,
+            format!("{tally}; failed: {}", names(&failed)),
+        );
+    }
+    if inconclusive * 2 > evidence.len() {
+        return (
+            AnalysisOutcome::Inconclusive,
+            format!("{tally}; most metrics had too little data"),
+        );
+    }
+    if failed.is_empty() {
+        (AnalysisOutcome::Pass, tally)
+    } else {
+        (
+            AnalysisOutcome::Pass,
+            format!("{tally}; non-critical failures: {}", names(&failed)),
+        )
+    }
+}
+
+impl Analyzer {
+    /// An analyzer over `store`, and over Prometheus for metrics with a query.
+    pub fn new(store: Arc<Store>, prometheus: Option<Prometheus>, min_samples: usize) -> Self {
+        Self {
+            store,
+            prometheus,
+            min_samples,
+        }
+    }
+
+    fn selector(req: &CanaryAnalyze, side: &BTreeMap<String, String>) -> Labels {
+        let mut labels = side.clone();
+        labels
+            .entry("service".into())
+            .or_insert_with(|| req.service.clone());
+        labels
+            .entry("environment".into())
+            .or_insert_with(|| req.environment.clone());
+        labels
+    }
+
+    async fn prometheus_values(
+        prometheus: &Prometheus,
+        query: &str,
+        labels: &Labels,
+        window_seconds: f64,
+    ) -> Result<Vec<f64>, String> {
+        let end = now_ms() as f64 / 1000.0;
+        let start = end - window_seconds;
+        // About 100 points per side, one per second at most.
+        let step = Duration::from_secs_f64((window_seconds / 100.0).max(1.0));
+        let series = prometheus
+            .query_range(&with_selector(query, labels), start, end, step)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(series
+            .into_iter()
+            .flat_map(|s| s.points.into_iter().map(|(_, v)| v))
+            .filter(|v| v.is_finite())
+            .collect())
+    }
+
+    /// Analyses a (validated) request.
+    pub async fn analyze(&self, req: &CanaryAnalyze) -> Result<CanaryVerdict, ErrorBody> {
+        validate(req)?;
+        let confidence = req.confidence.unwrap_or(DEFAULT_CONFIDENCE);
+        let canary = Self::selector(req, &req.canary);
+        let baseline = Self::selector(req, &req.baseline);
+        let to = now_ms();
+        let from = to - (req.window_seconds * 1000.0).round() as i64;
+        let mut evidence = Vec::with_capacity(req.metrics.len());
+        for metric in &req.metrics {
+            let e = match (&metric.query, &self.prometheus) {
+                (Some(query), Some(prometheus)) => {
+                    let (c, b) = tokio::join!(
+                        Self::prometheus_values(prometheus, query, &canary, req.window_seconds),
+                        Self::prometheus_values(prometheus, query, &baseline, req.window_seconds),
+                    );
+                    match (c, b) {
+                        (Ok(c), Ok(b)) => {
+                            evaluate_metric(metric, &c, &b, confidence, self.min_samples)
+                        }
+                        (Err(e), _) | (_, Err(e)) => {
+                            let mut ev = evaluate_metric(metric, &[], &[], confidence, 1);
+                            ev.reason = format!("Prometheus query failed: {e}");
+                            if metric.must_have_data {
+                                ev.reason.push_str("; the metric must have data");
+                            }
+                            ev
+                        }
+                    }
+                }
+                _ => {
+                    let c = self.store.values(&metric.name, &canary, from, to);
+                    let b = self.store.values(&metric.name, &baseline, from, to);
+                    evaluate_metric(metric, &c, &b, confidence, self.min_samples)
+                }
+            };
+            evidence.push(e);
+        }
+        let (outcome, reason) = score(&evidence);
+        Ok(CanaryVerdict {
+            service: req.service.clone(),
+            environment: req.environment.clone(),
+            rollout_id: req.rollout_id,
+            outcome,
+            reason,
+            metrics: evidence,
+            analyzed_at: chrono::Utc::now(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metric(name: &str) -> AnalysisMetric {
+        AnalysisMetric {
+            name: name.into(),
+            query: None,
+            direction: Direction::Increase,
+            max_relative_effect: None,
+            max_absolute_effect: None,
+            critical: false,
+            must_have_data: false,
+        }
+    }
+
+    fn request() -> CanaryAnalyze {
+        CanaryAnalyze {
+            service: "shop-api".into(),
+            environment: "production".into(),
+            canary: [("track".to_owned(), "canary".to_owned())].into(),
+            baseline: [("track".to_owned(), "stable".to_owned())].into(),
+            metrics: vec![metric("http_error_ratio")],
+            window_seconds: 60.0,
+            confidence: None,
+            rollout_id: None,
+        }
+    }
+
+    fn ramp(base: f64, n: usize) -> Vec<f64> {
+        (0..n).map(|i| base + (i % 7) as f64 * 0.001).collect()
+    }
+
+    #[test]
+    fn a_clear_increase_fails_and_an_equal_canary_passes() {
+        let m = metric("http_error_ratio");
+        let bad = evaluate_metric(&m, &ramp(0.30, 50), &ramp(0.01, 50), 0.95, 3);
+        assert_eq!(bad.outcome, AnalysisOutcome::Fail, "{bad:?}");
+        assert!(bad.p_value.unwrap() < 1e-6);
+        assert!(bad.effect.unwrap() > 10.0);
+        let same = evaluate_metric(&m, &ramp(0.01, 50), &ramp(0.01, 50), 0.95, 3);
+        assert_eq!(same.outcome, AnalysisOutcome::Pass, "{same:?}");
+        // A decrease of an "increase is bad" metric passes.
+        let better = evaluate_metric(&m, &ramp(0.0, 50), &ramp(0.2, 50), 0.95, 3);
+        assert_eq!(better.outcome, AnalysisOutcome::Pass, "{better:?}");
+        // ... but fails when lower is worse.
+        let mut throughput = metric("throughput");
+        throughput.direction = Direction::Decrease;
+        let lower = evaluate_metric(&throughput, &ramp(0.0, 50), &ramp(0.2, 50), 0.95, 3);
+        assert_eq!(lower.outcome, AnalysisOutcome::Fail, "{lower:?}");
+    }
+
+    #[test]
+    fn a_significant_difference_within_the_allowed_effect_passes() {
+        let mut m = metric("http_latency_seconds");
+        m.max_relative_effect = Some(0.10);
+        // +5% latency, clearly significant but within 10%.
+        let small = evaluate_metric(&m, &ramp(0.105, 100), &ramp(0.100, 100), 0.95, 3);
+        assert!(small.p_value.unwrap() < 0.05);
+        assert_eq!(small.outcome, AnalysisOutcome::Pass, "{small:?}");
+        // +50%: beyond.
+        let big = evaluate_metric(&m, &ramp(0.150, 100), &ramp(0.100, 100), 0.95, 3);
+        assert_eq!(big.outcome, AnalysisOutcome::Fail, "{big:?}");
+        assert!(big.reason.contains("beyond"), "{}", big.reason);
+        // Absolute allowance on a zero baseline.
+        let mut errors = metric("http_error_ratio");
+        errors.max_absolute_effect = Some(0.02);
+        let tiny = evaluate_metric(&errors, &[0.01; 20], &[0.0; 20], 0.95, 3);
+        assert_eq!(tiny.outcome, AnalysisOutcome::Pass, "{tiny:?}");
+        assert_eq!(tiny.effect, Some(0.01));
+        let large = evaluate_metric(&errors, &[0.05; 20], &[0.0; 20], 0.95, 3);
+        assert_eq!(large.outcome, AnalysisOutcome::Fail, "{large:?}");
+    }
+
+    #[test]
+    fn missing_data_is_inconclusive_unless_it_must_be_there() {
+        let m = metric("m");
+        let none = evaluate_metric(&m, &[], &[1.0, 2.0, 3.0], 0.95, 3);
+        assert_eq!(none.outcome, AnalysisOutcome::Inconclusive);
+        assert!(none.reason.contains("no data"));
+        let few = evaluate_metric(&m, &[1.0, 2.0], &[1.0, 2.0, 3.0], 0.95, 3);
+        assert_eq!(few.outcome, AnalysisOutcome::Inconclusive);
+        let mut must = metric("m");
+        must.must_have_data = true;
+        let missing = evaluate_metric(&must, &[], &[1.0, 2.0, 3.0], 0.95, 3);
+        assert_eq!(missing.outcome, AnalysisOutcome::Fail);
+    }
+
+    fn ev(name: &str, outcome: AnalysisOutcome, critical: bool) -> MetricEvidence {
+        MetricEvidence {
+            name: name.into(),
+            outcome,
+            critical,
+            canary: summary(&[]),
+            baseline: summary(&[]),
+            u: None,
+            p_value: None,
+            effect: None,
+            reason: "r".into(),
+        }
+    }
+
+    #[test]
+    fn scoring() {
+        use AnalysisOutcome::*;
+        let s = |v: Vec<MetricEvidence>| score(&v).0;
+        assert_eq!(s(vec![ev("a", Pass, false), ev("b", Pass, false)]), Pass);
+        assert_eq!(
+            s(vec![
+                ev("a", Fail, true),
+                ev("b", Pass, false),
+                ev("c", Pass, false)
+            ]),
+            Fail
+        );
+        // One non-critical failure of three: the majority passes.
+        assert_eq!(
+            s(vec![
+                ev("a", Fail, false),
+                ev("b", Pass, false),
+                ev("c", Pass, false)
+            ]),
+            Pass
+        );
+        assert_eq!(
+            s(vec![
+                ev("a", Fail, false),
+                ev("b", Fail, false),
+                ev("c", Pass, false)
+            ]),
+            Fail
+        );
+        assert_eq!(s(vec![ev("a", Inconclusive, false)]), Inconclusive);
+        assert_eq!(
+            s(vec![
+                ev("a", Inconclusive, false),
+                ev("b", Inconclusive, false),
+                ev("c", Pass, false)
+            ]),
+            Inconclusive
+        );
+        let (_, reason) = score(&[
+            ev("a", Fail, false),
+            ev("b", Pass, false),
+            ev("c", Pass, false),
+        ]);
+        assert!(reason.contains("score 67%"), "{reason}");
+    }
+
+    #[test]
+    fn bad_requests_name_every_field() {
+        let mut req = request();
+        req.metrics.clear();
+        req.window_seconds = 0.0;
+        req.confidence = Some(1.5);
+        let err = validate(&req).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let fields: Vec<&str> = err.details.as_ref().unwrap()["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, vec!["metrics", "window_seconds", "confidence"]);
+        assert!(validate(&request()).is_ok());
+    }
+}

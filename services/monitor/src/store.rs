@@ -1,0 +1,313 @@
+//! The in-memory time-series store: every sample the monitor receives (bus pushes,
+//! scrapes, probes), per series (name + labels), for a bounded time and a bounded
+//! number of samples per series and of series.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Labels of a series, sorted by name.
+pub type Labels = BTreeMap<String, String>;
+
+/// One series' samples, oldest first: (milliseconds since the epoch, value).
+pub type Samples = VecDeque<(i64, f64)>;
+
+/// Limits of the store.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StoreLimits {
+    /// Samples older than this (relative to the newest sample of the store's clock)
+    /// are dropped, in milliseconds.
+    pub retention_ms: i64,
+    /// Samples kept per series; the oldest go first.
+    pub max_samples_per_series: usize,
+    /// Series kept; samples of new series beyond it are refused (and counted).
+    pub max_series: usize,
+}
+
+impl Default for StoreLimits {
+    fn default() -> Self {
+        Self {
+            retention_ms: 15 * 60 * 1000,
+            max_samples_per_series: 10_000,
+            max_series: 100_000,
+        }
+    }
+}
+
+/// Counters of what the store took and refused.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// Samples stored.
+    pub accepted: AtomicU64,
+    /// Samples refused: not finite, or of a new series beyond the series limit.
+    pub refused: AtomicU64,
+}
+
+/// The store. Cheap to share behind an `Arc`; every method takes `&self`.
+#[derive(Debug)]
+pub struct Store {
+    limits: StoreLimits,
+    // name -> labels -> samples
+    series: RwLock<HashMap<String, HashMap<Labels, Samples>>>,
+    count: AtomicU64,
+    /// What was taken and refused.
+    pub counters: StoreCounters,
+}
+
+/// The current time in milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Store {
+    /// An empty store with `limits`.
+    pub fn new(limits: StoreLimits) -> Self {
+        Self {
+            limits,
+            series: RwLock::new(HashMap::new()),
+            count: AtomicU64::new(0),
+            counters: StoreCounters::default(),
+        }
+    }
+
+    /// Its limits.
+    pub fn limits(&self) -> StoreLimits {
+        self.limits
+    }
+
+    /// Adds one sample; returns whether it was kept.
+    pub fn insert(&self, name: &str, labels: &Labels, timestamp_ms: i64, value: f64) -> bool {
+        self.insert_many(name, labels, std::iter::once((timestamp_ms, value))) == 1
+    }
+
+    /// Adds samples of one series; returns how many were kept.
+    pub fn insert_many(
+        &self,
+        name: &str,
+        labels: &Labels,
+        samples: impl IntoIterator<Item = (i64, f64)>,
+    ) -> usize {
+        let oldest = now_ms() - self.limits.retention_ms;
+        let mut kept = 0;
+        let mut refused = 0;
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let by_labels = map.entry(name.to_owned()).or_default();
+        let series = match by_labels.get_mut(labels) {
+            Some(s) => s,
+            None => {
+                if self.count.load(Ordering::Relaxed) as usize >= self.limits.max_series {
+                    let n = samples.into_iter().count() as u64;
+                    self.counters.refused.fetch_add(n, Ordering::Relaxed);
+                    if by_labels.is_empty() {
+                        map.remove(name);
+                    }
+                    return 0;
+                }
+                self.count.fetch_add(1, Ordering::Relaxed);
+                by_labels.entry(labels.clone()).or_default()
+            }
+        };
+        for (ts, value) in samples {
+            if !value.is_finite() || ts < oldest {
+                refused += 1;
+                continue;
+            }
+            match series.back() {
+                Some(&(last, _)) if ts < last => {
+                    // Out of order: keep the series sorted.
+                    let at = series.partition_point(|&(t, _)| t <= ts);
+                    series.insert(at, (ts, value));
+                }
+                _ => series.push_back((ts, value)),
+            }
+            kept += 1;
+        }
+        while series.len() > self.limits.max_samples_per_series {
+            series.pop_front();
+        }
+        while series.front().is_some_and(|&(t, _)| t < oldest) {
+            series.pop_front();
+        }
+        self.counters
+            .accepted
+            .fetch_add(kept as u64, Ordering::Relaxed);
+        self.counters
+            .refused
+            .fetch_add(refused as u64, Ordering::Relaxed);
+        kept
+    }
+
+    /// Every series named `name` whose labels include all of `matchers`, with its
+    /// samples in `[from_ms, to_ms]`.
+    pub fn select(
+        &self,
+        name: &str,
+        matchers: &Labels,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Vec<(Labels, Vec<(i64, f64)>)> {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let Some(by_labels) = map.get(name) else {
+            return Vec::new();
+        };
+        by_labels
+            .iter()
+            .filter(|(labels, _)| matches(labels, matchers))
+            .map(|(labels, samples)| {
+                let start = samples.partition_point(|&(t, _)| t < from_ms);
+                let picked: Vec<(i64, f64)> = samples
+                    .range(start..)
+                    .take_while(|&&(t, _)| t <= to_ms)
+                    .copied()
+                    .collect();
+                (labels.clone(), picked)
+            })
+            .filter(|(_, s)| !s.is_empty())
+            .collect()
+    }
+
+    /// The values of every matching series in `[from_ms, to_ms]`, pooled.
+    pub fn values(&self, name: &str, matchers: &Labels, from_ms: i64, to_ms: i64) -> Vec<f64> {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let Some(by_labels) = map.get(name) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (labels, samples) in by_labels {
+            if !matches(labels, matchers) {
+                continue;
+            }
+            let start = samples.partition_point(|&(t, _)| t < from_ms);
+            out.extend(
+                samples
+                    .range(start..)
+                    .take_while(|&&(t, _)| t <= to_ms)
+                    .map(|&(_, v)| v),
+            );
+        }
+        out
+    }
+
+    /// The sum of the values of every matching series in `(from_ms, to_ms]`.
+    pub fn sum(&self, name: &str, matchers: &Labels, from_ms: i64, to_ms: i64) -> (f64, usize) {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let Some(by_labels) = map.get(name) else {
+            return (0.0, 0);
+        };
+        let (mut sum, mut n) = (0.0, 0);
+        for (labels, samples) in by_labels {
+            if !matches(labels, matchers) {
+                continue;
+            }
+            let start = samples.partition_point(|&(t, _)| t <= from_ms);
+            for &(_, v) in samples.range(start..).take_while(|&&(t, _)| t <= to_ms) {
+                sum += v;
+                n += 1;
+            }
+        }
+        (sum, n)
+    }
+
+    /// Drops samples older than the retention and series left empty.
+    pub fn prune(&self) {
+        let oldest = now_ms() - self.limits.retention_ms;
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        let mut removed = 0u64;
+        map.retain(|_, by_labels| {
+            by_labels.retain(|_, samples| {
+                while samples.front().is_some_and(|&(t, _)| t < oldest) {
+                    samples.pop_front();
+                }
+                let keep = !samples.is_empty();
+                if !keep {
+                    removed += 1;
+                }
+                keep
+            });
+            !by_labels.is_empty()
+        });
+        self.count.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// How many series and samples it holds.
+    pub fn size(&self) -> (usize, usize) {
+        let map = self.series.read().unwrap_or_else(|e| e.into_inner());
+        let series = map.values().map(HashMap::len).sum();
+        let samples = map
+            .values()
+            .flat_map(|m| m.values())
+            .map(VecDeque::len)
+            .sum();
+        (series, samples)
+    }
+}
+
+/// Whether `labels` hold every (name, value) of `matchers`.
+pub fn matches(labels: &Labels, matchers: &Labels) -> bool {
+    matchers.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn selects_by_label_subset_and_time() {
+        let store = Store::new(StoreLimits::default());
+        let now = now_ms();
+        let canary = labels(&[("service", "a"), ("track", "canary")]);
+        let stable = labels(&[("service", "a"), ("track", "stable")]);
+        for i in 0..10 {
+            store.insert("m", &canary, now - 1000 + i * 100, i as f64);
+            store.insert("m", &stable, now - 1000 + i * 100, 100.0);
+        }
+        let got = store.values("m", &labels(&[("track", "canary")]), now - 450, now);
+        assert_eq!(got, vec![6.0, 7.0, 8.0, 9.0]);
+        assert_eq!(
+            store
+                .values("m", &labels(&[("service", "a")]), 0, now)
+                .len(),
+            20
+        );
+        assert!(store.values("other", &Labels::new(), 0, now).is_empty());
+        let (sum, n) = store.sum("m", &labels(&[("track", "canary")]), now - 500, now);
+        assert_eq!((sum, n), (6.0 + 7.0 + 8.0 + 9.0, 4));
+    }
+
+    #[test]
+    fn bounds_samples_series_and_age() {
+        let store = Store::new(StoreLimits {
+            retention_ms: 60_000,
+            max_samples_per_series: 5,
+            max_series: 2,
+        });
+        let now = now_ms();
+        let l = labels(&[("a", "1")]);
+        for i in 0..10 {
+            store.insert("m", &l, now - 10 + i, i as f64);
+        }
+        assert_eq!(
+            store.values("m", &l, 0, now + 10),
+            vec![5.0, 6.0, 7.0, 8.0, 9.0]
+        );
+        // Too old, not finite: refused.
+        assert!(!store.insert("m", &l, now - 120_000, 1.0));
+        assert!(!store.insert("m", &l, now, f64::NAN));
+        // A third series is refused.
+        assert!(store.insert("m", &labels(&[("a", "2")]), now, 1.0));
+        assert!(!store.insert("m", &labels(&[("a", "3")]), now, 1.0));
+        assert_eq!(store.size().0, 2);
+        // Out-of-order samples stay sorted.
+        let store = Store::new(StoreLimits::default());
+        store.insert("n", &l, now, 2.0);
+        store.insert("n", &l, now - 5, 1.0);
+        assert_eq!(store.values("n", &l, 0, now), vec![1.0, 2.0]);
+    }
+}
