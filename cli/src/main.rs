@@ -232,6 +232,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (name, description) in toronto_monitor::settings::MONITOR_VARS {
                 println!("{name:<34} {description}");
             }
+            for (name, description) in toronto_incident_commander::settings::INCIDENT_VARS {
+                println!("{name:<34} {description}");
+            }
             Ok(())
         }
     }

@@ -1,14 +1,45 @@
 //! The incident commander: alerts to incidents, escalation, playbooks, timelines, postmortems.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. So far it
-//! registers its NATS service, sets up its state buckets and answers `status`; its
-//! domain commands arrive with the issues that build on the foundation.
+//! thin `main`, and `toronto up` starts the same function in-process.
+//!
+//! - [`intake`]: alerts from the bus, the Alertmanager webhook, an Alertmanager-style
+//!   `POST /api/v2/alerts` and a PagerDuty Events v2 style `POST /v2/enqueue`;
+//! - [`engine`]: dedup, silences, inhibition, grouping, severities, change-aware
+//!   triage, states, roles, escalation; [`publisher`]: its events and KV records;
+//! - [`playbook`]: playbooks (deployer rollback and scale, pages, probes) and recovery
+//!   confirmed by the monitor; [`postmortem`]: the Markdown write-up.
 #![forbid(unsafe_code)]
 
+pub mod engine;
+pub mod intake;
+pub mod playbook;
+pub mod postmortem;
+pub mod publisher;
+pub mod settings;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::ServiceKind;
+use toronto_protocol::incidents::{
+    Incident, IncidentAction, IncidentAssign, IncidentGet, IncidentList, IncidentMetrics,
+    IncidentMetricsQuery, IncidentNote, IncidentOpen, IncidentSeveritySet, Incidents,
+    InhibitionCreate, InhibitionDelete, InhibitionList, InhibitionRule, InhibitionRules,
+    PlaybookRunRequest, Postmortem, PostmortemRequest, Silence, SilenceCreate, SilenceExpire,
+    SilenceList, Silences,
+};
+use toronto_protocol::{ErrorBody, ServiceKind};
+use toronto_runtime::Request;
+use toronto_runtime::jetstream::{ConsumerSpec, run_consumer};
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
+
+use engine::Engine;
+pub use settings::Settings;
 
 /// Which service this is.
 pub const KIND: ServiceKind = ServiceKind::IncidentCommander;
@@ -16,20 +47,354 @@ pub const KIND: ServiceKind = ServiceKind::IncidentCommander;
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
 pub const BUCKETS: &[(&str, i64)] = &[("incidents", 16), ("silences", 8), ("schedules", 8)];
 
-/// Starts the service and returns it running; stop it by cancelling `shutdown` and
-/// awaiting [`ServiceRuntime::run_until_shutdown`].
+/// Every command, `toronto.devops.v1.incident.<verb>`.
+pub const VERBS: &[&str] = &[
+    "open",
+    "get",
+    "list",
+    "ack",
+    "escalate",
+    "mitigate",
+    "resolve",
+    "assign",
+    "severity",
+    "note",
+    "playbook.run",
+    "postmortem",
+    "metrics",
+    "silence.create",
+    "silence.list",
+    "silence.expire",
+    "inhibition.create",
+    "inhibition.list",
+    "inhibition.delete",
+];
+
+fn config_error(e: String) -> RuntimeError {
+    RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e))
+}
+
+/// Starts the service with settings from the `TORONTO_INCIDENT_*` variables.
 pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
-    for (bucket, history) in BUCKETS {
-        rt.kv(bucket, *history).await?;
-    }
-    Ok(rt)
+    let settings = Settings::from_env().map_err(config_error)?;
+    start_with(config, settings, shutdown).await
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RuntimeError> {
     start(config, shutdown).await?.run_until_shutdown().await
+}
+
+async fn read_bucket<T: serde::de::DeserializeOwned>(
+    store: &async_nats::jetstream::kv::Store,
+    prefix: &str,
+) -> Result<Vec<T>, RuntimeError> {
+    let failed = |e: String| config_error(format!("cannot read KV bucket {}: {e}", store.name));
+    let keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .filter_map(|k| async move { k.ok() })
+        .filter(|k| std::future::ready(k.starts_with(prefix)))
+        .collect()
+        .await;
+    let values: Vec<Option<bytes::Bytes>> = futures::stream::iter(keys)
+        .map(|k| async move { store.get(k).await })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    Ok(values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .collect())
+}
+
+/// Starts the service with these settings and returns it running; stop it by
+/// cancelling `shutdown` and awaiting [`ServiceRuntime::run_until_shutdown`].
+pub async fn start_with(
+    config: Config,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
+    settings.policy.check().map_err(config_error)?;
+    let slot: intake::Slot = Arc::new(OnceLock::new());
+    let rt = ServiceRuntime::start_with_routes(
+        KIND,
+        env!("CARGO_PKG_VERSION"),
+        config,
+        Some(intake::routes(slot.clone())),
+        shutdown,
+    )
+    .await?;
+    let incidents = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
+    let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
+    rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;
+
+    let (effects, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let (playbooks, playbooks_rx) = tokio::sync::mpsc::unbounded_channel();
+    let tick = settings.tick;
+    let engine = Arc::new(Engine::new(
+        settings,
+        rt.source(),
+        rt.subjects.prefix().to_owned(),
+        effects,
+        playbooks.clone(),
+    ));
+    engine.restore(
+        read_bucket(&incidents, "incident.").await?,
+        read_bucket(&incidents, "alert.").await?,
+        read_bucket(&silences, "silence.").await?,
+        read_bucket(&silences, "inhibition.").await?,
+    );
+    rt.spawn_background(
+        "publisher",
+        publisher::run(
+            engine.clone(),
+            publisher::Sink {
+                js: rt.js.clone(),
+                client: rt.client.clone(),
+                incidents,
+                silences,
+            },
+            effects_rx,
+            rt.shutdown_token(),
+        ),
+    );
+    register_metrics(&rt, &engine);
+
+    let remote = playbook::Remote {
+        client: rt.client.clone(),
+        subjects: rt.subjects.clone(),
+        source: rt.source(),
+        timeout: rt.config.nats.request_timeout(),
+    };
+    rt.spawn_background(
+        "playbooks",
+        playbook::runner(
+            engine.clone(),
+            remote.clone(),
+            playbooks_rx,
+            rt.shutdown_token(),
+        ),
+    );
+    for id in engine.running_playbooks() {
+        let _ = playbooks.send(id);
+    }
+    rt.spawn_background(
+        "rollout events",
+        playbook::follow_rollouts(
+            engine.clone(),
+            rt.js.clone(),
+            rt.subjects.clone(),
+            rt.shutdown_token(),
+        ),
+    );
+    let (ticker, token, tick_remote) = (engine.clone(), rt.shutdown_token(), remote.clone());
+    rt.spawn_background("deadlines", async move {
+        let mut every = tokio::time::interval(tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                _ = every.tick() => {
+                    let quiet = ticker.tick();
+                    playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
+                }
+            }
+        }
+    });
+
+    add_endpoints(&rt, &engine).await?;
+
+    // Alerts from the bus: a durable consumer, so none is lost while the service is down.
+    let bus = engine.clone();
+    rt.spawn_background(
+        "alerts from the bus",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.events_stream(),
+                durable: format!("{}-alerts", KIND.service_name()),
+                filter_subject: Some(rt.subjects.event("alert", ">")),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 5,
+                concurrency: 16,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
+        ),
+    );
+    let _ = slot.set(engine);
+    Ok(rt)
+}
+
+async fn add_endpoints(rt: &ServiceRuntime, engine: &Arc<Engine>) -> Result<(), RuntimeError> {
+    macro_rules! endpoint {
+        ($verb:expr, $req:ty, |$e:ident, $d:ident| $body:expr) => {{
+            let engine = engine.clone();
+            rt.endpoint($verb, move |req: Request<$req>| {
+                let $e = engine.clone();
+                async move {
+                    let $d = req.data();
+                    let out = $body;
+                    $e.flush().await;
+                    out
+                }
+            })
+            .await?;
+        }};
+    }
+    endpoint!("open", IncidentOpen, |e, d| e.open_manual(d));
+    endpoint!("get", IncidentGet, |e, d| e.get(d.id));
+    endpoint!("list", IncidentList, |e, d| Ok::<_, ErrorBody>(Incidents {
+        incidents: e.list(d)
+    }));
+    endpoint!("ack", IncidentAction, |e, d| e.ack(
+        d.id,
+        &d.by,
+        d.reason.as_deref()
+    ));
+    endpoint!("escalate", IncidentAction, |e, d| e.escalate(
+        d.id,
+        Some(&d.by),
+        &format!("by {}{}", d.by, reason(d))
+    ));
+    endpoint!("mitigate", IncidentAction, |e, d| e.mitigate(
+        d.id,
+        &d.by,
+        &format!("by {}{}", d.by, reason(d))
+    ));
+    endpoint!("resolve", IncidentAction, |e, d| e.resolve(
+        d.id,
+        &d.by,
+        &format!("by {}{}", d.by, reason(d))
+    ));
+    endpoint!("assign", IncidentAssign, |e, d| e.assign(d));
+    endpoint!("severity", IncidentSeveritySet, |e, d| e.set_severity(d));
+    endpoint!("note", IncidentNote, |e, d| e.note(d));
+    endpoint!("playbook.run", PlaybookRunRequest, |e, d| e.run_playbook(
+        d.id,
+        d.playbook.as_deref(),
+        &d.by
+    ));
+    endpoint!("postmortem", PostmortemRequest, |e, d| e
+        .close(d.id, &d.by, &d.action_items)
+        .map(|inc: Incident| postmortem::write(&inc)));
+    endpoint!("metrics", IncidentMetricsQuery, |e, d| Ok::<
+        IncidentMetrics,
+        ErrorBody,
+    >(
+        e.metrics(d.service.as_deref())
+    ));
+    endpoint!("silence.create", SilenceCreate, |e, d| e.create_silence(d));
+    endpoint!("silence.list", SilenceList, |e, d| Ok::<_, ErrorBody>(
+        Silences {
+            silences: e.list_silences(d.active)
+        }
+    ));
+    endpoint!("silence.expire", SilenceExpire, |e, d| e
+        .expire_silence(d.id, &d.by)
+        .map(|s: Silence| s));
+    endpoint!("inhibition.create", InhibitionCreate, |e, d| e
+        .create_inhibition(d)
+        .map(|r: InhibitionRule| r));
+    endpoint!(
+        "inhibition.list",
+        InhibitionList,
+        |e, _d| Ok::<_, ErrorBody>(InhibitionRules {
+            rules: e.list_inhibitions()
+        })
+    );
+    endpoint!("inhibition.delete", InhibitionDelete, |e, d| e
+        .delete_inhibition(d.id));
+    let _: Option<Postmortem> = None;
+    Ok(())
+}
+
+fn reason(d: &IncidentAction) -> String {
+    d.reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default()
+}
+
+fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
+    let c = &engine.counters;
+    rt.metrics.register(
+        "incident_alerts_received",
+        "Alert notifications received",
+        c.received.clone(),
+    );
+    rt.metrics.register(
+        "incident_alerts_duplicate",
+        "Alert notifications folded into a known alert",
+        c.duplicates.clone(),
+    );
+    rt.metrics.register(
+        "incident_alerts_silenced",
+        "Alerts held back by a silence",
+        c.silenced.clone(),
+    );
+    rt.metrics.register(
+        "incident_alerts_inhibited",
+        "Alerts held back by an inhibition rule",
+        c.inhibited.clone(),
+    );
+    rt.metrics
+        .register("incident_pages", "Pages sent", c.pages.clone());
+    let open = Gauge::<i64>::default();
+    let by_severity = Family::<Vec<(String, String)>, Gauge<i64>>::default();
+    let mtta = Gauge::<f64, AtomicU64>::default();
+    let mttr = Gauge::<f64, AtomicU64>::default();
+    let mtbf = Gauge::<f64, AtomicU64>::default();
+    rt.metrics
+        .register("incident_open", "Incidents open now", open.clone());
+    rt.metrics.register(
+        "incident_incidents",
+        "Incidents by severity",
+        by_severity.clone(),
+    );
+    rt.metrics.register(
+        "incident_mtta_seconds",
+        "Mean time to acknowledge",
+        mtta.clone(),
+    );
+    rt.metrics.register(
+        "incident_mttr_seconds",
+        "Mean time to resolve",
+        mttr.clone(),
+    );
+    rt.metrics.register(
+        "incident_mtbf_seconds",
+        "Mean time between incidents of a service",
+        mtbf.clone(),
+    );
+    let (engine, token) = (engine.clone(), rt.shutdown_token());
+    rt.spawn_background("incident metrics", async move {
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                _ = every.tick() => {
+                    let m = engine.metrics(None);
+                    open.set(m.open as i64);
+                    for (sev, n) in &m.by_severity {
+                        by_severity.get_or_create(&vec![("severity".to_owned(), sev.clone())]).set(*n as i64);
+                    }
+                    mtta.set(m.mtta_seconds.unwrap_or(0.0));
+                    mttr.set(m.mttr_seconds.unwrap_or(0.0));
+                    mtbf.set(m.mtbf_seconds.unwrap_or(0.0));
+                }
+            }
+        }
+    });
 }

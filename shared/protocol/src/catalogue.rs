@@ -13,6 +13,13 @@ use crate::analysis::{
 };
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
+use crate::incidents::{
+    Incident, IncidentAction, IncidentAssign, IncidentEvent, IncidentGet, IncidentList,
+    IncidentMetrics, IncidentMetricsQuery, IncidentNote, IncidentOpen, IncidentSeveritySet,
+    Incidents, InhibitionCreate, InhibitionDelete, InhibitionList, InhibitionRule, InhibitionRules,
+    Page, PlaybookRunRequest, Postmortem, PostmortemRequest, Silence, SilenceCreate, SilenceExpire,
+    SilenceList, Silences,
+};
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::rollout::{
@@ -116,6 +123,32 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SimFault>(),
         payload::<SimTamper>(),
         payload::<SimService>(),
+        payload::<Incident>(),
+        payload::<IncidentEvent>(),
+        payload::<Page>(),
+        payload::<IncidentOpen>(),
+        payload::<IncidentGet>(),
+        payload::<IncidentList>(),
+        payload::<Incidents>(),
+        payload::<IncidentAction>(),
+        payload::<IncidentAssign>(),
+        payload::<IncidentSeveritySet>(),
+        payload::<IncidentNote>(),
+        payload::<PlaybookRunRequest>(),
+        payload::<PostmortemRequest>(),
+        payload::<Postmortem>(),
+        payload::<IncidentMetricsQuery>(),
+        payload::<IncidentMetrics>(),
+        payload::<SilenceCreate>(),
+        payload::<Silence>(),
+        payload::<SilenceList>(),
+        payload::<Silences>(),
+        payload::<SilenceExpire>(),
+        payload::<InhibitionCreate>(),
+        payload::<InhibitionRule>(),
+        payload::<InhibitionList>(),
+        payload::<InhibitionRules>(),
+        payload::<InhibitionDelete>(),
     ]
 }
 

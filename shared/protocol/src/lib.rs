@@ -14,6 +14,7 @@ pub mod catalogue;
 pub mod codec;
 pub mod envelope;
 pub mod error;
+pub mod incidents;
 pub mod message;
 pub mod messages;
 pub mod rollout;

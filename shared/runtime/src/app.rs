@@ -88,6 +88,18 @@ impl ServiceRuntime {
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
+        Self::start_with_routes(kind, version, config, None, shutdown).await
+    }
+
+    /// Like [`ServiceRuntime::start`], with the service's own HTTP routes served on
+    /// the same address as `/healthz`, `/readyz` and `/metrics` (when HTTP is enabled).
+    pub async fn start_with_routes(
+        kind: ServiceKind,
+        version: &str,
+        config: Config,
+        routes: Option<axum::Router>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
         config.validate()?;
         let metrics = Metrics::new();
         let subjects = config.subjects();
@@ -171,7 +183,7 @@ impl ServiceRuntime {
                     }
                 });
                 let (bound, task) =
-                    http::serve(addr, metrics.clone(), readiness, http_stop.clone())
+                    http::serve_with(addr, metrics.clone(), readiness, routes, http_stop.clone())
                         .await
                         .map_err(|source| RuntimeError::Http {
                             addr: addr.to_string(),

@@ -1,0 +1,2 @@
+//! Intake benchmark (written below).
+fn main() {}

@@ -1,0 +1,148 @@
+//! Writes the engine's effects to JetStream, in order and pipelined: events are
+//! published as they come, records changed in a batch are written once with their
+//! latest state, and the acks of a whole batch are awaited together. A barrier is
+//! answered once everything before it is acknowledged.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use futures::future::join_all;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::Encoding;
+use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+
+use crate::engine::{Effect, Engine, Record};
+
+/// Largest batch taken from the queue at once.
+const BATCH: usize = 4096;
+
+/// Where the effects go.
+#[derive(Debug, Clone)]
+pub struct Sink {
+    /// JetStream.
+    pub js: async_nats::jetstream::Context,
+    /// Core NATS (agent notifications).
+    pub client: async_nats::Client,
+    /// The incidents bucket.
+    pub incidents: kv::Store,
+    /// The silences bucket.
+    pub silences: kv::Store,
+}
+
+/// Runs until `shutdown`, then writes what is still queued and returns.
+pub async fn run(
+    engine: Arc<Engine>,
+    sink: Sink,
+    mut rx: mpsc::UnboundedReceiver<Effect>,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        let first = tokio::select! {
+            e = rx.recv() => e,
+            _ = shutdown.cancelled() => None,
+        };
+        let mut batch = Vec::new();
+        match first {
+            Some(e) => batch.push(e),
+            None => {
+                // Shutting down: write what is queued, then stop.
+                while let Ok(e) = rx.try_recv() {
+                    batch.push(e);
+                }
+                if !batch.is_empty() {
+                    write(&engine, &sink, batch).await;
+                }
+                return Ok(());
+            }
+        }
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        write(&engine, &sink, batch).await;
+    }
+}
+
+async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
+    let mut acks = Vec::new();
+    let mut barriers = Vec::new();
+    let mut dirty: Vec<Record> = Vec::new();
+    let mut seen: HashSet<Record> = HashSet::new();
+    for effect in batch {
+        match effect {
+            Effect::Event {
+                subject,
+                payload,
+                msg_id,
+            } => {
+                let publish = Publish::build()
+                    .payload(payload)
+                    .message_id(msg_id)
+                    .header(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
+                match sink.js.send_publish(subject.clone(), publish).await {
+                    Ok(ack) => acks.push(ack),
+                    Err(e) => tracing::error!(subject, error = %e, "cannot publish an event"),
+                }
+            }
+            Effect::Notify { subject, payload } => {
+                if let Err(e) = sink.client.publish(subject.clone(), payload).await {
+                    tracing::error!(subject, error = %e, "cannot notify an agent");
+                }
+            }
+            Effect::Persist(record) => {
+                if seen.insert(record.clone()) {
+                    dirty.push(record);
+                }
+            }
+            Effect::Barrier(tx) => barriers.push(tx),
+        }
+    }
+    // Records, with their state as of now (once per record per batch).
+    let mut writes = Vec::new();
+    let mut deletes = Vec::new();
+    {
+        let st = engine.lock();
+        for record in &dirty {
+            match engine.snapshot(&st, record) {
+                Some((in_incidents, key, value)) => writes.push((in_incidents, key, value)),
+                None => deletes.push(record.clone()),
+            }
+        }
+    }
+    for (in_incidents, key, value) in writes {
+        let bucket = if in_incidents {
+            &sink.incidents.name
+        } else {
+            &sink.silences.name
+        };
+        let subject = format!("$KV.{bucket}.{key}");
+        match sink.js.publish(subject.clone(), value.into()).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => tracing::error!(subject, error = %e, "cannot write a record"),
+        }
+    }
+    for ack in join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+        if let Err(e) = ack {
+            tracing::error!(error = %e, "a write was not acknowledged");
+        }
+    }
+    for record in deletes {
+        let result = match &record {
+            Record::Inhibition(id) => sink.silences.delete(format!("inhibition.{id}")).await,
+            Record::Silence(id) => sink.silences.delete(format!("silence.{id}")).await,
+            Record::Incident(id) => sink.incidents.delete(format!("incident.{id}")).await,
+            Record::Alert(fp) => sink.incidents.delete(crate::engine::alert_key(fp)).await,
+        };
+        if let Err(e) = result {
+            tracing::error!(?record, error = %e, "cannot delete a record");
+        }
+    }
+    for tx in barriers {
+        let _ = tx.send(());
+    }
+}

@@ -1,0 +1,542 @@
+//! The incident commander's own settings, from `TORONTO_INCIDENT_*` variables, parsed
+//! once at start; the policy (severity rules, schedules, escalation policies,
+//! playbooks, autonomy) comes from the YAML file named by
+//! `TORONTO_INCIDENT_POLICY_FILE`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use toronto_protocol::incidents::Severity;
+
+/// How alerts become incidents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Labels whose values group alerts into one incident.
+    pub group_by: Vec<String>,
+    /// How long every alert of an incident must stay resolved before it resolves
+    /// (hysteresis against flapping).
+    pub resolve_hold: Duration,
+    /// An alert of the same group firing again within this time after its incident
+    /// resolved reopens that incident instead of opening a new one.
+    pub reopen_window: Duration,
+    /// Rollouts of the affected service that finished this long before the first
+    /// alert are linked to the incident.
+    pub change_window: Duration,
+    /// How often deadlines (escalations, holds, silences) are checked.
+    pub tick: Duration,
+    /// How often the monitor is asked whether the service recovered.
+    pub recovery_poll: Duration,
+    /// How long recovery may take to be confirmed before the incident escalates again.
+    pub recovery_timeout: Duration,
+    /// Largest short-window burn rate that counts as recovered.
+    pub recovery_max_burn_rate: f64,
+    /// The short window the monitor is asked about (a key of `burn_rates`).
+    pub recovery_window: String,
+    /// PagerDuty routing keys accepted on `/v2/enqueue` (empty: any non-empty key).
+    pub pagerduty_routing_keys: Vec<String>,
+    /// Environment of alerts that do not name one.
+    pub default_environment: String,
+    /// Severity rules, schedules, escalation policies, playbooks, autonomy.
+    pub policy: Policy,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            group_by: vec!["service".into(), "environment".into()],
+            resolve_hold: Duration::from_secs(30),
+            reopen_window: Duration::from_secs(300),
+            change_window: Duration::from_secs(3600),
+            tick: Duration::from_secs(1),
+            recovery_poll: Duration::from_secs(5),
+            recovery_timeout: Duration::from_secs(600),
+            recovery_max_burn_rate: 1.0,
+            recovery_window: "5m".into(),
+            pagerduty_routing_keys: Vec::new(),
+            default_environment: "production".into(),
+            policy: Policy::default(),
+        }
+    }
+}
+
+/// The incident policy (YAML).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Policy {
+    /// Severity when no rule matches.
+    pub default_severity: Severity,
+    /// Rules over labels, environment, SLO tier and services affected; the first
+    /// that matches gives the severity. A linked change raises it one step.
+    pub severity_rules: Vec<SeverityRule>,
+    /// On-call schedules.
+    pub schedules: Vec<Schedule>,
+    /// Escalation policies.
+    pub escalation_policies: Vec<EscalationPolicy>,
+    /// The escalation policy of incidents whose service has none of its own.
+    pub default_escalation: Option<String>,
+    /// Escalation policy per service.
+    pub service_escalation: BTreeMap<String, String>,
+    /// Playbooks; the first whose conditions hold runs.
+    pub playbooks: Vec<Playbook>,
+    /// Which incidents playbooks may act on without a human.
+    pub autonomy: Autonomy,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            default_severity: Severity::Sev3,
+            severity_rules: Vec::new(),
+            schedules: Vec::new(),
+            escalation_policies: Vec::new(),
+            default_escalation: None,
+            service_escalation: BTreeMap::new(),
+            playbooks: Vec::new(),
+            autonomy: Autonomy::default(),
+        }
+    }
+}
+
+/// A severity rule: every condition given must hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeverityRule {
+    /// The severity it gives.
+    pub severity: Severity,
+    /// Labels that must have these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// One of these environments.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// One of these SLO tiers (label `slo_tier`).
+    #[serde(default)]
+    pub slo_tiers: Vec<String>,
+    /// At least this many services affected.
+    #[serde(default)]
+    pub min_services: Option<usize>,
+}
+
+/// An on-call rotation with handoffs and overrides.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Schedule {
+    /// Its name (`schedule:<name>` in escalation targets).
+    pub name: String,
+    /// Who takes turns, in order.
+    pub participants: Vec<String>,
+    /// When the first participant's turn began.
+    pub start: DateTime<Utc>,
+    /// Length of a turn in seconds (handoff every this many seconds).
+    pub handoff_seconds: u64,
+    /// Who stands in for whom, when.
+    #[serde(default)]
+    pub overrides: Vec<Override>,
+}
+
+/// Someone on call instead of the rotation, for a while.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// Who.
+    pub who: String,
+    /// From.
+    pub start: DateTime<Utc>,
+    /// Until.
+    pub end: DateTime<Utc>,
+}
+
+impl Schedule {
+    /// Who is on call at `at`.
+    pub fn on_call(&self, at: DateTime<Utc>) -> Option<String> {
+        if let Some(o) = self.overrides.iter().find(|o| o.start <= at && at < o.end) {
+            return Some(o.who.clone());
+        }
+        if self.participants.is_empty() || self.handoff_seconds == 0 {
+            return None;
+        }
+        let elapsed = (at - self.start).num_seconds().max(0) as u64;
+        let turn = (elapsed / self.handoff_seconds) as usize % self.participants.len();
+        Some(self.participants[turn].clone())
+    }
+}
+
+/// An escalation policy: notify a level, wait for an acknowledgement, go to the next;
+/// go round `repeat` more times.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationPolicy {
+    /// Its name.
+    pub name: String,
+    /// The levels, first first.
+    pub levels: Vec<EscalationLevel>,
+    /// Extra rounds after the first.
+    #[serde(default)]
+    pub repeat: u32,
+}
+
+/// One level of an escalation policy.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationLevel {
+    /// Targets: `user:<name>`, `agent:<role>` or `schedule:<name>`.
+    pub notify: Vec<String>,
+    /// Seconds to wait for an acknowledgement before the next level (fractions allowed).
+    pub ack_timeout_seconds: f64,
+}
+
+/// A playbook: conditions over the incident and actions.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Playbook {
+    /// Its name.
+    pub name: String,
+    /// When it applies.
+    #[serde(default)]
+    pub when: PlaybookWhen,
+    /// What it does, in order.
+    pub actions: Vec<Action>,
+}
+
+/// Conditions of a playbook; every one given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookWhen {
+    /// One of these services.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// One of these environments.
+    #[serde(default)]
+    pub environments: Vec<String>,
+    /// Labels of the incident with these values.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// At least this severe.
+    #[serde(default)]
+    pub min_severity: Option<Severity>,
+    /// A recent change is (true) or is not (false) linked.
+    #[serde(default)]
+    pub change_linked: Option<bool>,
+}
+
+/// One action of a playbook: `action:` names it, e.g. `{ action: deployer.scale, replicas: 5 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "action", deny_unknown_fields)]
+pub enum Action {
+    /// Ask the deployer to roll the service back (`deployer.rollback`).
+    #[serde(rename = "deployer.rollback")]
+    Rollback {
+        /// The version to return to (default: the previous one).
+        #[serde(default)]
+        target_version: Option<String>,
+    },
+    /// Ask the deployer to scale the service (`deployer.scale`).
+    #[serde(rename = "deployer.scale")]
+    Scale {
+        /// Replicas wanted.
+        replicas: u32,
+    },
+    /// Page someone.
+    #[serde(rename = "page")]
+    Page {
+        /// `user:<name>`, `agent:<role>` or `schedule:<name>`.
+        target: String,
+    },
+    /// Run an HTTP probe (GET); the playbook fails when it does not answer `expect_status`.
+    #[serde(rename = "probe")]
+    Probe {
+        /// The URL.
+        url: String,
+        /// The status expected (default 200).
+        #[serde(default = "ok_status")]
+        expect_status: u16,
+    },
+    /// Wait for the monitor to confirm that the short-window SLI recovered; if it does
+    /// not within the timeout, the incident escalates again.
+    #[serde(rename = "wait_recovery")]
+    WaitRecovery {
+        /// Seconds to wait (default: `TORONTO_INCIDENT_RECOVERY_TIMEOUT_MS`).
+        #[serde(default)]
+        timeout_seconds: Option<f64>,
+    },
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+impl Action {
+    /// Whether it changes the target (and so falls under the autonomy policy).
+    pub fn changes_target(&self) -> bool {
+        matches!(self, Action::Rollback { .. } | Action::Scale { .. })
+    }
+}
+
+/// Which incidents playbooks may change things for without a human.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Autonomy {
+    /// Severities that may act alone.
+    pub severities: Vec<Severity>,
+    /// Environments that may act alone.
+    pub environments: Vec<String>,
+}
+
+impl Default for Autonomy {
+    fn default() -> Self {
+        Self {
+            severities: vec![Severity::Sev3, Severity::Sev4],
+            environments: vec!["staging".into(), "development".into()],
+        }
+    }
+}
+
+impl Policy {
+    /// Parses a YAML policy; the error names the field.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        let de = serde_yaml_ng::Deserializer::from_str(text);
+        let policy: Policy = serde_path_to_error::deserialize(de).map_err(|e| {
+            let (path, inner) = (e.path().to_string(), e.inner().to_string());
+            if inner.starts_with(&path) {
+                inner
+            } else {
+                format!("{path}: {inner}")
+            }
+        })?;
+        policy.check()?;
+        Ok(policy)
+    }
+
+    /// Checks references between its parts.
+    pub fn check(&self) -> Result<(), String> {
+        let known = |name: &str| self.escalation_policies.iter().any(|p| p.name == name);
+        for name in self
+            .default_escalation
+            .iter()
+            .chain(self.service_escalation.values())
+        {
+            if !known(name) {
+                return Err(format!("escalation policy `{name}` is not defined"));
+            }
+        }
+        for p in &self.escalation_policies {
+            if p.levels.is_empty() {
+                return Err(format!("escalation policy `{}` has no level", p.name));
+            }
+            for level in &p.levels {
+                if level.ack_timeout_seconds <= 0.0 {
+                    return Err(format!(
+                        "escalation policy `{}`: ack_timeout_seconds must be positive",
+                        p.name
+                    ));
+                }
+                for t in &level.notify {
+                    self.check_target(t)?;
+                }
+            }
+        }
+        for pb in &self.playbooks {
+            for a in &pb.actions {
+                if let Action::Page { target } = a {
+                    self.check_target(target)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_target(&self, target: &str) -> Result<(), String> {
+        match target.split_once(':') {
+            Some(("user" | "agent", who)) if !who.is_empty() => Ok(()),
+            Some(("schedule", name)) if self.schedules.iter().any(|s| s.name == name) => Ok(()),
+            Some(("schedule", name)) => Err(format!("schedule `{name}` is not defined")),
+            _ => Err(format!(
+                "target `{target}` is not user:<name>, agent:<role> or schedule:<name>"
+            )),
+        }
+    }
+}
+
+/// Every `TORONTO_INCIDENT_*` variable with what it sets.
+pub const INCIDENT_VARS: &[(&str, &str)] = &[
+    (
+        "TORONTO_INCIDENT_GROUP_BY",
+        "Labels whose values group alerts into one incident, comma-separated (default `service,environment`).",
+    ),
+    (
+        "TORONTO_INCIDENT_RESOLVE_HOLD_MS",
+        "Milliseconds every alert of an incident must stay resolved before the incident resolves: hysteresis against flapping (default 30000).",
+    ),
+    (
+        "TORONTO_INCIDENT_REOPEN_WINDOW_MS",
+        "Milliseconds after its resolution during which an alert of the same group reopens the incident instead of opening a new one (default 300000).",
+    ),
+    (
+        "TORONTO_INCIDENT_CHANGE_WINDOW_MS",
+        "Milliseconds before the first alert in which a finished rollout of the service is linked to the incident and raises its severity (default 3600000).",
+    ),
+    (
+        "TORONTO_INCIDENT_TICK_MS",
+        "Milliseconds between two checks of deadlines: escalations, resolve holds, silence expiries (default 1000).",
+    ),
+    (
+        "TORONTO_INCIDENT_RECOVERY_POLL_MS",
+        "Milliseconds between two questions to the monitor while recovery is being confirmed (default 5000).",
+    ),
+    (
+        "TORONTO_INCIDENT_RECOVERY_TIMEOUT_MS",
+        "Milliseconds recovery may take to be confirmed by the monitor before the incident escalates again (default 600000).",
+    ),
+    (
+        "TORONTO_INCIDENT_RECOVERY_MAX_BURN_RATE",
+        "Largest short-window burn rate the monitor may report for the service to count as recovered (default 1.0).",
+    ),
+    (
+        "TORONTO_INCIDENT_RECOVERY_WINDOW",
+        "The short burn-rate window asked of the monitor's SLO status (default `5m`).",
+    ),
+    (
+        "TORONTO_INCIDENT_PAGERDUTY_ROUTING_KEYS",
+        "Routing keys accepted on POST /v2/enqueue, comma-separated (default: any non-empty key).",
+    ),
+    (
+        "TORONTO_INCIDENT_DEFAULT_ENVIRONMENT",
+        "Environment of alerts without an `environment` label (default `production`).",
+    ),
+    (
+        "TORONTO_INCIDENT_POLICY_FILE",
+        "YAML file with severity rules, on-call schedules, escalation policies, playbooks and the autonomy policy (default: none, SEV3 for everything, no paging).",
+    ),
+];
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn millis(var: &str, v: &str) -> Result<Duration, String> {
+    v.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
+}
+
+impl Settings {
+    /// From the process environment.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// From a set of variables; the ones not given keep their defaults.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+        let mut s = Self::default();
+        for (name, _) in INCIDENT_VARS {
+            let Some(v) = vars.get(*name) else { continue };
+            match *name {
+                "TORONTO_INCIDENT_GROUP_BY" => s.group_by = list(v),
+                "TORONTO_INCIDENT_RESOLVE_HOLD_MS" => s.resolve_hold = millis(name, v)?,
+                "TORONTO_INCIDENT_REOPEN_WINDOW_MS" => s.reopen_window = millis(name, v)?,
+                "TORONTO_INCIDENT_CHANGE_WINDOW_MS" => s.change_window = millis(name, v)?,
+                "TORONTO_INCIDENT_TICK_MS" => s.tick = millis(name, v)?,
+                "TORONTO_INCIDENT_RECOVERY_POLL_MS" => s.recovery_poll = millis(name, v)?,
+                "TORONTO_INCIDENT_RECOVERY_TIMEOUT_MS" => s.recovery_timeout = millis(name, v)?,
+                "TORONTO_INCIDENT_RECOVERY_MAX_BURN_RATE" => {
+                    s.recovery_max_burn_rate = v
+                        .trim()
+                        .parse()
+                        .ok()
+                        .filter(|x: &f64| x.is_finite() && *x >= 0.0)
+                        .ok_or_else(|| format!("{name}: `{v}` is not a non-negative number"))?
+                }
+                "TORONTO_INCIDENT_RECOVERY_WINDOW" => s.recovery_window = v.trim().to_owned(),
+                "TORONTO_INCIDENT_PAGERDUTY_ROUTING_KEYS" => s.pagerduty_routing_keys = list(v),
+                "TORONTO_INCIDENT_DEFAULT_ENVIRONMENT" => {
+                    s.default_environment = v.trim().to_owned()
+                }
+                "TORONTO_INCIDENT_POLICY_FILE" if !v.trim().is_empty() => {
+                    let text = std::fs::read_to_string(v.trim())
+                        .map_err(|e| format!("{name}: {v}: {e}"))?;
+                    s.policy = Policy::from_yaml(&text).map_err(|e| format!("{name}: {v}: {e}"))?;
+                }
+                _ => {}
+            }
+        }
+        if s.group_by.is_empty() {
+            return Err("TORONTO_INCIDENT_GROUP_BY must name at least one label".into());
+        }
+        if s.tick.is_zero() || s.recovery_poll.is_zero() {
+            return Err(
+                "TORONTO_INCIDENT_TICK_MS and TORONTO_INCIDENT_RECOVERY_POLL_MS must be positive"
+                    .into(),
+            );
+        }
+        Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_and_policy_parse_and_bad_values_are_named() {
+        let vars: HashMap<String, String> = [
+            ("TORONTO_INCIDENT_GROUP_BY", "alertname, service"),
+            ("TORONTO_INCIDENT_RESOLVE_HOLD_MS", "250"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let s = Settings::from_vars(&vars).unwrap();
+        assert_eq!(s.group_by, vec!["alertname", "service"]);
+        assert_eq!(s.resolve_hold, Duration::from_millis(250));
+        let bad: HashMap<String, String> =
+            [("TORONTO_INCIDENT_TICK_MS".to_owned(), "soon".to_owned())].into();
+        assert!(
+            Settings::from_vars(&bad)
+                .unwrap_err()
+                .contains("TORONTO_INCIDENT_TICK_MS")
+        );
+        let policy = Policy::from_yaml(
+            r#"
+severity_rules:
+  - severity: sev1
+    environments: [production]
+    slo_tiers: [critical]
+schedules:
+  - name: primary
+    participants: [alice, bob]
+    start: 2026-01-01T00:00:00Z
+    handoff_seconds: 86400
+escalation_policies:
+  - name: default
+    levels:
+      - notify: [schedule:primary]
+        ack_timeout_seconds: 300
+default_escalation: default
+playbooks:
+  - name: rollback
+    when: { change_linked: true }
+    actions:
+      - action: deployer.rollback
+      - { action: wait_recovery, timeout_seconds: 60 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(policy.playbooks[0].actions.len(), 2);
+        let on_call = policy.schedules[0].on_call("2026-01-02T12:00:00Z".parse().unwrap());
+        assert_eq!(on_call.as_deref(), Some("bob"));
+        let err = Policy::from_yaml("default_escalation: nope\n").unwrap_err();
+        assert!(err.contains("`nope` is not defined"), "{err}");
+        let err = Policy::from_yaml(
+            "playbooks:\n  - name: x\n    actions:\n      - action: deployer.reboot\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("playbooks"), "{err}");
+    }
+}
