@@ -817,14 +817,23 @@ impl Engine {
     fn link_changes(&self, inc: &mut Incident, changes: &[RecentChange]) {
         let window = chrono::Duration::from_std(self.settings.change_window).unwrap_or_default();
         let mut added = Vec::new();
+        // The change in effect: per service, the last rollout that finished before the
+        // first alert (an earlier one it replaced is not running any more).
+        let mut latest: BTreeMap<&str, &RecentChange> = BTreeMap::new();
         for c in changes {
-            let before = inc.detected_at - c.finished_at;
             if inc.services.contains(&c.service)
                 && c.environment == inc.environment
-                && before >= chrono::Duration::zero()
-                && before <= window
-                && !inc.changes.iter().any(|l| l.rollout_id == c.rollout_id)
+                && c.finished_at <= inc.detected_at
+                && latest
+                    .get(c.service.as_str())
+                    .is_none_or(|l| l.finished_at < c.finished_at)
             {
+                latest.insert(&c.service, c);
+            }
+        }
+        for c in latest.into_values() {
+            let before = inc.detected_at - c.finished_at;
+            if before <= window && !inc.changes.iter().any(|l| l.rollout_id == c.rollout_id) {
                 let link = LinkedChange {
                     rollout_id: c.rollout_id,
                     service: c.service.clone(),
