@@ -173,6 +173,8 @@ pub struct State {
     pub inhibitions: HashMap<Uuid, InhibitionRule>,
     /// Finished rollouts, newest last.
     pub changes: Vec<RecentChange>,
+    /// Alert notes not yet announced: one `updated` event per incident per intake.
+    pending: Vec<(Uuid, String)>,
 }
 
 /// The engine.
@@ -374,8 +376,21 @@ impl Engine {
 
     /// Records a change of an incident: timeline entry, event, persistence.
     fn emit(&self, inc: &mut Incident, what: &str, kind: &str, text: String, by: Option<&str>) {
+        self.emit_with(inc, what, kind, text.clone(), text, by);
+    }
+
+    /// Like `emit`, with the event's text apart from the timeline's.
+    fn emit_with(
+        &self,
+        inc: &mut Incident,
+        what: &str,
+        kind: &str,
+        entry: String,
+        text: String,
+        by: Option<&str>,
+    ) {
         let now = Utc::now();
-        push_timeline(inc, now, kind, by, text.clone());
+        push_timeline(inc, now, kind, by, entry);
         inc.version += 1;
         let event = IncidentEvent {
             id: inc.id,
@@ -561,7 +576,7 @@ impl Engine {
                             inc.quiet_since = Some(now);
                         }
                         let text = format!("alert {name} ({}) resolved", a.fingerprint);
-                        self.emit(inc, "updated", "alert", text, None);
+                        st.pending.push((id, text));
                     }
                 }
             }
@@ -569,7 +584,36 @@ impl Engine {
         if released && !st.suppressed.is_empty() && !st.inhibitions.is_empty() {
             self.reevaluate(&mut st, now);
         }
+        self.announce(&mut st);
         (fresh, dups, held)
+    }
+
+    /// Announces the pending alert notes: one `updated` event per incident, each note
+    /// on its timeline.
+    fn announce(&self, st: &mut State) {
+        if st.pending.is_empty() {
+            return;
+        }
+        let mut by_incident: Vec<(Uuid, Vec<String>)> = Vec::new();
+        for (id, text) in std::mem::take(&mut st.pending) {
+            match by_incident.iter_mut().find(|(i, _)| *i == id) {
+                Some((_, texts)) => texts.push(text),
+                None => by_incident.push((id, vec![text])),
+            }
+        }
+        let now = Utc::now();
+        for (id, texts) in by_incident {
+            let Some(inc) = st.incidents.get_mut(&id) else {
+                continue;
+            };
+            for text in &texts[..texts.len() - 1] {
+                push_timeline(inc, now, "alert", None, text.clone());
+            }
+            let text = texts.join("; ");
+            let last = texts.last().cloned().unwrap_or_default();
+            // The last note goes to the timeline through emit; the event lists all.
+            self.emit_with(inc, "updated", "alert", last, text, None);
+        }
     }
 
     /// Puts a firing alert where it belongs: held back, or into an incident.
@@ -621,7 +665,7 @@ impl Engine {
             } else {
                 format!("alert {name} ({fp}) joined")
             };
-            self.emit(inc, "updated", "alert", text, None);
+            st.pending.push((id, text));
             if let Some(r) = st.alerts.get_mut(fp) {
                 r.incident = Some(id);
             }
@@ -780,6 +824,7 @@ impl Engine {
                 self.send(Effect::Persist(Record::Alert(fp)));
             }
         }
+        self.announce(st);
     }
 
     // ---------------------------------------------------------------- triage

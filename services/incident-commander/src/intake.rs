@@ -261,8 +261,10 @@ async fn post_alerts(State(slot): State<Slot>, body: Bytes) -> Response {
     };
     match postable_alerts(&body, Utc::now()) {
         Ok(alerts) => {
+            // Answered once applied in memory, as Alertmanager does: the write to KV
+            // follows in order, and Prometheus sends firing alerts again every
+            // resend delay anyway.
             engine.ingest(alerts);
-            engine.flush().await;
             StatusCode::OK.into_response()
         }
         Err(reason) => refuse(reason),

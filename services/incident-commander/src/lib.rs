@@ -116,6 +116,74 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
         .collect())
 }
 
+/// Reads the alert log: its keys (oldest first) and the alerts, each as last written.
+async fn read_alert_log(
+    store: &async_nats::jetstream::kv::Store,
+) -> Result<(Vec<String>, Vec<engine::AlertRecord>), RuntimeError> {
+    let failed = |e: String| config_error(format!("cannot read KV bucket {}: {e}", store.name));
+    let mut keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .filter_map(|k| async move { k.ok() })
+        .filter(|k| std::future::ready(k.starts_with(publisher::ALERT_LOG_PREFIX)))
+        .collect()
+        .await;
+    keys.sort();
+    let values: Vec<Option<bytes::Bytes>> = futures::stream::iter(keys.clone())
+        .map(|k| async move { store.get(k).await })
+        .buffered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| failed(e.to_string()))?;
+    let mut alerts: std::collections::HashMap<String, engine::AlertRecord> = Default::default();
+    for v in values.into_iter().flatten() {
+        let Ok(records) = serde_json::from_slice::<Vec<engine::AlertRecord>>(&v) else {
+            continue;
+        };
+        for r in records {
+            alerts.insert(r.fingerprint.clone(), r);
+        }
+    }
+    Ok((keys, alerts.into_values().collect()))
+}
+
+/// Rewrites a long alert log as one snapshot (the alerts as they are now) and deletes
+/// the entries it replaces.
+async fn compact_alert_log(
+    engine: &Engine,
+    store: &async_nats::jetstream::kv::Store,
+    old: Vec<String>,
+) {
+    if old.len() < 256 {
+        return;
+    }
+    let chunks: Vec<Vec<u8>> = {
+        let st = engine.lock();
+        let records: Vec<&engine::AlertRecord> = st.alerts.values().collect();
+        records
+            .chunks(publisher::ALERT_LOG_CHUNK)
+            .map(|c| serde_json::to_vec(c).unwrap_or_default())
+            .collect()
+    };
+    for chunk in chunks {
+        let key = format!(
+            "{}{}",
+            publisher::ALERT_LOG_PREFIX,
+            uuid::Uuid::now_v7().simple()
+        );
+        if let Err(e) = store.put(key, chunk.into()).await {
+            tracing::warn!(error = %e, "cannot compact the alert log; keeping it");
+            return;
+        }
+    }
+    for key in old {
+        let _ = store.purge(key).await;
+    }
+}
+
 /// Starts the service with these settings and returns it running; stop it by
 /// cancelling `shutdown` and awaiting [`ServiceRuntime::run_until_shutdown`].
 pub async fn start_with(
@@ -147,12 +215,14 @@ pub async fn start_with(
         effects,
         playbooks.clone(),
     ));
+    let alert_log = read_alert_log(&incidents).await?;
     engine.restore(
         read_bucket(&incidents, "incident.").await?,
-        read_bucket(&incidents, "alert.").await?,
+        alert_log.1,
         read_bucket(&silences, "silence.").await?,
         read_bucket(&silences, "inhibition.").await?,
     );
+    compact_alert_log(&engine, &incidents, alert_log.0).await;
     rt.spawn_background(
         "publisher",
         publisher::run(
@@ -225,7 +295,8 @@ pub async fn start_with(
                 filter_subject: Some(rt.subjects.event("alert", ">")),
                 ack_wait: Duration::from_secs(30),
                 max_deliver: 5,
-                concurrency: 16,
+                // One at a time: a firing and its resolution must not swap places.
+                concurrency: 1,
             },
             rt.dead_letters.clone(),
             rt.metrics.clone(),

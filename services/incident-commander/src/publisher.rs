@@ -18,6 +18,11 @@ use crate::engine::{Effect, Engine, Record};
 
 /// Largest batch taken from the queue at once.
 const BATCH: usize = 4096;
+/// Alert records per entry of the alert log (well under the 1 MiB payload limit).
+pub const ALERT_LOG_CHUNK: usize = 1000;
+/// Key prefix of the alert log in the incidents bucket: `alertlog.<uuid v7>`, each
+/// entry the alerts that changed in one write, replayed in key (time) order at start.
+pub const ALERT_LOG_PREFIX: &str = "alertlog.";
 
 /// Where the effects go.
 #[derive(Debug, Clone)]
@@ -73,6 +78,8 @@ async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
     let mut barriers = Vec::new();
     let mut dirty: Vec<Record> = Vec::new();
     let mut seen: HashSet<Record> = HashSet::new();
+    let mut alerts: Vec<String> = Vec::new();
+    let mut seen_alerts: HashSet<String> = HashSet::new();
     for effect in batch {
         match effect {
             Effect::Event {
@@ -94,6 +101,11 @@ async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
                     tracing::error!(subject, error = %e, "cannot notify an agent");
                 }
             }
+            Effect::Persist(Record::Alert(fp)) => {
+                if seen_alerts.insert(fp.clone()) {
+                    alerts.push(fp);
+                }
+            }
             Effect::Persist(record) => {
                 if seen.insert(record.clone()) {
                     dirty.push(record);
@@ -107,6 +119,13 @@ async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
     let mut deletes = Vec::new();
     {
         let st = engine.lock();
+        // Alerts: their changes in this batch as one entry of the alert log.
+        let records: Vec<&crate::engine::AlertRecord> =
+            alerts.iter().filter_map(|fp| st.alerts.get(fp)).collect();
+        for chunk in records.chunks(ALERT_LOG_CHUNK) {
+            let key = format!("{ALERT_LOG_PREFIX}{}", uuid::Uuid::now_v7().simple());
+            writes.push((true, key, serde_json::to_vec(chunk).unwrap_or_default()));
+        }
         for record in &dirty {
             match engine.snapshot(&st, record) {
                 Some((in_incidents, key, value)) => writes.push((in_incidents, key, value)),
