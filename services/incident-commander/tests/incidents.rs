@@ -1252,3 +1252,49 @@ autonomy:
     let _ = deployer_running.await;
     let _ = monitor_running.await;
 }
+
+#[tokio::test]
+async fn a_flapping_alert_keeps_one_incident_and_a_quick_return_reopens_it() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let mut bus = bus(&client, &["toronto.devops.v1.events.>"]).await;
+    let ic = start_commander(
+        &server.url(),
+        Settings {
+            resolve_hold: Duration::from_secs(1),
+            ..quick()
+        },
+    )
+    .await;
+    let alerts = ic.url("/api/v2/alerts");
+    let flappy = [
+        ("alertname", "QueueDepth"),
+        ("service", "orders"),
+        ("environment", "production"),
+    ];
+    // Fires, clears and fires again within the hold: one incident, never resolved.
+    for resolved in [false, true, false] {
+        let r = post(&alerts, &serde_json::json!([postable(&flappy, resolved)])).await;
+        assert_eq!(r.status(), 200);
+    }
+    let incidents = bus.incidents().await;
+    assert_eq!(incidents.len(), 1);
+    let id = incidents[0].id;
+    assert!(incidents[0].state.is_open());
+    assert_eq!(incidents[0].alerts_firing, 1);
+    assert_eq!(incidents[0].alerts_total, 1);
+    // Clears for good: resolved after the hold.
+    post(&alerts, &serde_json::json!([postable(&flappy, true)])).await;
+    bus.wait(RESOLVED, |e: &IncidentEvent| e.id == id).await;
+    assert!(
+        bus.all::<IncidentEvent>(RESOLVED).len() == 1,
+        "resolved once, after the flapping"
+    );
+    // Back within the reopen window: the same incident reopens.
+    post(&alerts, &serde_json::json!([postable(&flappy, false)])).await;
+    let incidents = bus.incidents().await;
+    assert_eq!(incidents.len(), 1, "no second incident");
+    assert_eq!(incidents[0].state, IncidentState::Triggered);
+    assert!(incidents[0].timeline.iter().any(|t| t.kind == "reopened"));
+    ic.stop().await;
+}
