@@ -44,6 +44,10 @@ pub fn routes(slot: Slot) -> Router {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    // The fast path; on failure, parse again to name the field.
+    if let Ok(v) = serde_json::from_slice(body) {
+        return Ok(v);
+    }
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -69,6 +73,39 @@ fn unavailable() -> Response {
         axum::Json(json!({ "status": "error", "error": "starting up" })),
     )
         .into_response()
+}
+
+/// Why a payload was refused (nothing of it was applied).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum IntakeError {
+    /// Not the expected JSON shape; names the field.
+    #[error("{0}")]
+    Malformed(String),
+}
+
+/// Checks an Alertmanager webhook payload (version 4) and turns it into alerts.
+pub fn webhook_alerts(body: &[u8]) -> Result<Vec<AlertIn>, IntakeError> {
+    webhook_alerts_checked(body).map_err(IntakeError::Malformed)
+}
+
+/// Checks a list of Alertmanager `postableAlert`s and turns them into alerts.
+pub fn postable_alerts(body: &[u8], now: DateTime<Utc>) -> Result<Vec<AlertIn>, IntakeError> {
+    postable_alerts_checked(body, now).map_err(IntakeError::Malformed)
+}
+
+/// Checks a PagerDuty Events API v2 event: its dedup key and what it asks.
+pub fn pagerduty_event(
+    body: &[u8],
+    keys: &[String],
+    default_environment: &str,
+    now: DateTime<Utc>,
+) -> Result<(String, PagerDutyAction), IntakeError> {
+    pagerduty_event_checked(body, keys, default_environment, now).map_err(IntakeError::Malformed)
+}
+
+/// Checks an `alert.firing` / `alert.resolved` event from the bus.
+pub fn bus_alert(subject: &str, payload: &[u8]) -> Result<AlertIn, IntakeError> {
+    bus_alert_checked(subject, payload).map_err(IntakeError::Malformed)
 }
 
 // ------------------------------------------------------------------ Alertmanager webhook
@@ -126,7 +163,7 @@ pub struct WebhookAlert {
 }
 
 /// Checks a webhook payload and turns it into alerts.
-pub fn webhook_alerts(body: &[u8]) -> Result<Vec<AlertIn>, String> {
+fn webhook_alerts_checked(body: &[u8]) -> Result<Vec<AlertIn>, String> {
     let p: WebhookPayload = parse(body)?;
     if p.version != "4" {
         return Err(format!(
@@ -186,7 +223,7 @@ async fn alertmanager_webhook(State(slot): State<Slot>, body: Bytes) -> Response
             )
                 .into_response()
         }
-        Err(reason) => refuse(reason),
+        Err(reason) => refuse(reason.to_string()),
     }
 }
 
@@ -213,7 +250,7 @@ pub struct PostableAlert {
 }
 
 /// Checks a list of postable alerts and turns them into alerts.
-pub fn postable_alerts(body: &[u8], now: DateTime<Utc>) -> Result<Vec<AlertIn>, String> {
+fn postable_alerts_checked(body: &[u8], now: DateTime<Utc>) -> Result<Vec<AlertIn>, String> {
     let list: Vec<PostableAlert> = parse(body)?;
     let mut out = Vec::with_capacity(list.len());
     for (i, a) in list.into_iter().enumerate() {
@@ -267,7 +304,7 @@ async fn post_alerts(State(slot): State<Slot>, body: Bytes) -> Response {
             engine.ingest(alerts);
             StatusCode::OK.into_response()
         }
-        Err(reason) => refuse(reason),
+        Err(reason) => refuse(reason.to_string()),
     }
 }
 
@@ -324,7 +361,7 @@ pub enum PagerDutyAction {
 }
 
 /// Checks a PagerDuty event.
-pub fn pagerduty_event(
+fn pagerduty_event_checked(
     body: &[u8],
     keys: &[String],
     default_environment: &str,
@@ -466,7 +503,7 @@ async fn pagerduty_enqueue(State(slot): State<Slot>, body: Bytes) -> Response {
             axum::Json(json!({
                 "status": "invalid event",
                 "message": "Event object is invalid",
-                "errors": [reason],
+                "errors": [reason.to_string()],
             })),
         )
             .into_response(),
@@ -476,7 +513,7 @@ async fn pagerduty_enqueue(State(slot): State<Slot>, body: Bytes) -> Response {
 // ------------------------------------------------------------------ the bus
 
 /// Checks an `alert.firing` / `alert.resolved` event.
-pub fn bus_alert(subject: &str, payload: &[u8]) -> Result<AlertIn, String> {
+fn bus_alert_checked(subject: &str, payload: &[u8]) -> Result<AlertIn, String> {
     let env = decode::<Alert>(payload, Encoding::Json).map_err(|e| e.to_string())?;
     let a = env.data;
     let expected = if subject.ends_with(".firing") {
@@ -519,7 +556,9 @@ pub async fn handle_bus_alert(engine: Arc<Engine>, delivery: Delivery) -> Outcom
             engine.flush().await;
             Outcome::Ack
         }
-        Err(reason) => Outcome::Reject { reason },
+        Err(reason) => Outcome::Reject {
+            reason: reason.to_string(),
+        },
     }
 }
 
@@ -529,18 +568,21 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused_with_the_field() {
-        let err = webhook_alerts(br#"{"version":"4","groupKey":"g","status":"firing","alerts":[{"status":"firing","labels":{"a":"b"},"startsAt":"2026-01-01T00:00:00Z"}]}"#).unwrap_err();
+        let err = webhook_alerts(br#"{"version":"4","groupKey":"g","status":"firing","alerts":[{"status":"firing","labels":{"a":"b"},"startsAt":"2026-01-01T00:00:00Z"}]}"#).unwrap_err().to_string();
         assert!(err.contains("fingerprint"), "{err}");
         let err =
             webhook_alerts(br#"{"version":"3","groupKey":"g","status":"firing","alerts":[]}"#)
-                .unwrap_err();
+                .unwrap_err()
+                .to_string();
         assert!(err.contains("version"), "{err}");
         let ok = webhook_alerts(br#"{"version":"4","groupKey":"g","status":"firing","truncatedAlerts":0,"alerts":[{"status":"firing","labels":{"a":"b"},"startsAt":"2026-01-01T00:00:00Z","endsAt":"0001-01-01T00:00:00Z","fingerprint":"f1"}]}"#).unwrap();
         assert_eq!(ok[0].ends_at, None);
         let now = Utc::now();
-        let err = postable_alerts(br#"[{"labels":{"a":"b"}},{"labels":{}}]"#, now).unwrap_err();
+        let err = postable_alerts(br#"[{"labels":{"a":"b"}},{"labels":{}}]"#, now)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("[1].labels"), "{err}");
-        let err = pagerduty_event(br#"{"routing_key":"k","event_action":"trigger","payload":{"summary":"s","source":"h","severity":"bad"}}"#, &[], "production", now).unwrap_err();
+        let err = pagerduty_event(br#"{"routing_key":"k","event_action":"trigger","payload":{"summary":"s","source":"h","severity":"bad"}}"#, &[], "production", now).unwrap_err().to_string();
         assert!(err.contains("payload.severity"), "{err}");
         let err = pagerduty_event(
             br#"{"routing_key":"k","event_action":"resolve"}"#,
@@ -548,7 +590,8 @@ mod tests {
             "production",
             now,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("dedup_key"), "{err}");
     }
 }
