@@ -1638,6 +1638,15 @@ impl Engine {
         if !st.suppressed.is_empty() {
             self.reevaluate(&mut st, now);
         }
+        // Forget alerts resolved long ago (past the reopen window and an hour); the
+        // alert log drops them at its next compaction.
+        let keep = chrono::Duration::from_std(self.settings.reopen_window).unwrap_or_default()
+            + chrono::Duration::hours(1);
+        if now.timestamp() % 60 == 0 {
+            st.alerts.retain(|_, a| {
+                a.state == AlertState::Firing || a.ends_at.is_none_or(|t| now - t < keep)
+            });
+        }
         st.incidents
             .values()
             .filter(|i| {
