@@ -1298,3 +1298,126 @@ async fn a_flapping_alert_keeps_one_incident_and_a_quick_return_reopens_it() {
     assert!(incidents[0].timeline.iter().any(|t| t.kind == "reopened"));
     ic.stop().await;
 }
+
+#[tokio::test]
+async fn severity_follows_the_rules_and_the_autonomy_policy_holds_a_sev1_playbook_for_a_human() {
+    use toronto_protocol::incidents::PlaybookRunRequest;
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let mut bus = bus(&client, &["toronto.devops.v1.events.>"]).await;
+    let policy = Policy::from_yaml(
+        r#"
+default_severity: sev4
+severity_rules:
+  - severity: sev1
+    environments: [production]
+    slo_tiers: [critical]
+  - severity: sev2
+    min_services: 2
+playbooks:
+  - name: scale-out
+    when: { min_severity: sev2 }
+    actions:
+      - { action: deployer.scale, replicas: 10 }
+autonomy:
+  severities: [sev3, sev4]
+  environments: [production]
+"#,
+    )
+    .unwrap();
+    let ic = start_commander(
+        &server.url(),
+        Settings {
+            group_by: vec!["environment".into(), "alertname".into()],
+            policy,
+            ..quick()
+        },
+    )
+    .await;
+    let alerts = ic.url("/api/v2/alerts");
+    let send = |pairs: &'static [(&'static str, &'static str)]| {
+        let alerts = alerts.clone();
+        async move {
+            let r = post(&alerts, &serde_json::json!([postable(pairs, false)])).await;
+            assert_eq!(r.status(), 200);
+        }
+    };
+    // SLO tier critical in production: SEV1, and its playbook waits for a human.
+    send(&[
+        ("alertname", "CheckoutSLO"),
+        ("service", "checkout"),
+        ("environment", "production"),
+        ("slo_tier", "critical"),
+    ])
+    .await;
+    // Two services in one group: SEV2 once the second joins.
+    send(&[
+        ("alertname", "Latency"),
+        ("service", "search"),
+        ("environment", "staging"),
+    ])
+    .await;
+    let staging = bus
+        .incidents()
+        .await
+        .into_iter()
+        .find(|i| i.environment == "staging")
+        .unwrap();
+    assert_eq!(staging.severity, Severity::Sev4);
+    send(&[
+        ("alertname", "Latency"),
+        ("service", "ads"),
+        ("environment", "staging"),
+    ])
+    .await;
+    let staging = bus.incident(staging.id).await;
+    assert_eq!(staging.services, vec!["search", "ads"]);
+    assert_eq!(
+        staging.severity,
+        Severity::Sev2,
+        "{}",
+        staging.severity_reason
+    );
+
+    let sev1 = bus
+        .incidents()
+        .await
+        .into_iter()
+        .find(|i| i.service == "checkout")
+        .unwrap();
+    assert_eq!(sev1.severity, Severity::Sev1);
+    let run = sev1.playbook.clone().unwrap();
+    assert_eq!(run.state, "waiting_approval");
+    assert!(
+        sev1.timeline
+            .iter()
+            .any(|t| t.text.contains("needs a human"))
+    );
+    // A human runs it: it acts (no deployer answers here, so the action fails and
+    // the incident escalates, with the reason on the timeline).
+    let started: Incident = bus
+        .request(
+            "playbook.run",
+            PlaybookRunRequest {
+                id: sev1.id,
+                playbook: None,
+                by: "bob".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(started.playbook.unwrap().state, "running");
+    let escalated: IncidentEvent = bus
+        .wait(ESCALATED, |e: &IncidentEvent| e.id == sev1.id)
+        .await;
+    assert!(
+        escalated.change.contains("deployer.scale failed"),
+        "{}",
+        escalated.change
+    );
+    assert_eq!(
+        bus.incident(sev1.id).await.playbook.unwrap().state,
+        "failed"
+    );
+    ic.stop().await;
+}
