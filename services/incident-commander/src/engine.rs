@@ -859,6 +859,38 @@ impl Engine {
         }
     }
 
+    /// Puts a rollout event of an affected service on the timeline of its open
+    /// incidents (the rollback a playbook asked for, a fix rolled out by hand).
+    pub fn note_rollout(
+        &self,
+        what: &str,
+        r: &toronto_protocol::rollout::Rollout,
+        at: DateTime<Utc>,
+    ) {
+        let mut st = self.lock();
+        let text = format!(
+            "rollout {} {what}: {} {} in {}{}",
+            r.id,
+            r.service,
+            r.version,
+            r.environment,
+            if r.is_rollback { " (rollback)" } else { "" }
+        );
+        for inc in st.incidents.values_mut() {
+            if inc.state.is_open()
+                && inc.services.contains(&r.service)
+                && inc.environment == r.environment
+                && at >= inc.opened_at
+                && !inc
+                    .timeline
+                    .iter()
+                    .any(|t| t.kind == "rollout" && t.text == text)
+            {
+                self.emit(inc, "updated", "rollout", text.clone(), Some("deployer"));
+            }
+        }
+    }
+
     fn link_changes(&self, inc: &mut Incident, changes: &[RecentChange]) {
         let window = chrono::Duration::from_std(self.settings.change_window).unwrap_or_default();
         let mut added = Vec::new();

@@ -332,7 +332,8 @@ async fn probe(url: &str) -> Result<u16, String> {
 }
 
 /// Follows rollout events from the events stream (from its start, so a restart
-/// still knows recent changes) and records the ones that finished.
+/// still knows recent changes): records the ones that finished, and puts those of
+/// affected services on their open incidents' timelines.
 pub async fn follow_rollouts(
     engine: Arc<Engine>,
     js: async_nats::jetstream::Context,
@@ -362,12 +363,25 @@ pub async fn follow_rollouts(
         let Some(Ok(msg)) = next else {
             return Err("the rollout events consumer ended".into());
         };
-        if !msg.subject.ends_with(".succeeded") {
+        let what = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        if !matches!(
+            what.as_str(),
+            "started" | "succeeded" | "aborted" | "failed" | "rolled_back"
+        ) {
             continue;
         }
         let Ok(env) = toronto_protocol::decode::<Rollout>(&msg.payload, Encoding::Json) else {
             continue;
         };
+        engine.note_rollout(&what, &env.data, env.time.unwrap_or(env.data.updated_at));
+        if what != "succeeded" {
+            continue;
+        }
         let r = env.data;
         if r.is_rollback {
             continue;

@@ -1194,6 +1194,8 @@ autonomy:
             .unwrap_or_else(|| panic!("no `{needle}` in {:#?}", incident.timeline))
     };
     assert!(position("deployer.rollback") < position("confirmed recovery"));
+    // The rollback's own rollout events, from the stream, are on the timeline too.
+    assert!(position("(rollback)") < position("confirmed recovery"));
     assert!(incident.mitigated_at.unwrap() <= incident.resolved_at.unwrap());
     // The simulated cluster serves 1.0.0 again.
     let view: SimService = call::<_, SimService>(
