@@ -124,6 +124,8 @@ pub enum Effect {
     Persist(Record),
     /// Answer once everything before has been written.
     Barrier(oneshot::Sender<()>),
+    /// Alert notes wait to be announced ([`Engine::announce_pending`]).
+    Announce,
 }
 
 /// A record kept in KV.
@@ -584,8 +586,18 @@ impl Engine {
         if released && !st.suppressed.is_empty() && !st.inhibitions.is_empty() {
             self.reevaluate(&mut st, now);
         }
-        self.announce(&mut st);
+        if !st.pending.is_empty() {
+            // Announced by the publisher when it takes its next batch: under load,
+            // one `updated` event per incident for many requests.
+            self.send(Effect::Announce);
+        }
         (fresh, dups, held)
+    }
+
+    /// Announces the alert notes gathered since the last call (the publisher calls it).
+    pub fn announce_pending(&self) {
+        let mut st = self.lock();
+        self.announce(&mut st);
     }
 
     /// Announces the pending alert notes: one `updated` event per incident, each note
@@ -1233,6 +1245,7 @@ impl Engine {
     /// `incident.resolve` (and confirmed recovery).
     pub fn resolve(&self, id: Uuid, by: &str, reason: &str) -> Result<Incident, ErrorBody> {
         let mut st = self.lock();
+        self.announce(&mut st);
         let inc = st.incidents.get_mut(&id).ok_or_else(|| not_found(id))?;
         if !inc.state.is_open() {
             return Err(ErrorBody::new(
@@ -1652,6 +1665,7 @@ impl Engine {
         let now = Utc::now();
         let hold = chrono::Duration::from_std(self.settings.resolve_hold).unwrap_or_default();
         let mut st = self.lock();
+        self.announce(&mut st);
         let due: Vec<Uuid> = st
             .incidents
             .values()

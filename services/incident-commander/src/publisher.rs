@@ -54,6 +54,7 @@ pub async fn run(
             Some(e) => batch.push(e),
             None => {
                 // Shutting down: write what is queued, then stop.
+                engine.announce_pending();
                 while let Ok(e) = rx.try_recv() {
                     batch.push(e);
                 }
@@ -67,6 +68,13 @@ pub async fn run(
             match rx.try_recv() {
                 Ok(e) => batch.push(e),
                 Err(_) => break,
+            }
+        }
+        if batch.iter().any(|e| matches!(e, Effect::Announce)) {
+            // The events of the alerts in this batch, one per incident, go in it too.
+            engine.announce_pending();
+            while let Ok(e) = rx.try_recv() {
+                batch.push(e);
             }
         }
         write(&engine, &sink, batch).await;
@@ -112,6 +120,7 @@ async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
                 }
             }
             Effect::Barrier(tx) => barriers.push(tx),
+            Effect::Announce => {}
         }
     }
     // Records, with their state as of now (once per record per batch).
