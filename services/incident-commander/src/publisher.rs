@@ -3,8 +3,9 @@
 //! latest state, and the acks of a whole batch are awaited together. A barrier is
 //! answered once everything before it is acknowledged.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::PublishMessage as Publish;
@@ -37,6 +38,19 @@ pub struct Sink {
     pub silences: kv::Store,
 }
 
+/// An incident changed again within this time of its last write waits (its latest
+/// state is written then): under a storm of alerts an incident is written about ten
+/// times a second, not once per change. A barrier (every command) and shutdown write
+/// everything at once.
+const INCIDENT_GAP: Duration = Duration::from_millis(100);
+
+/// Incident writes held back by [`INCIDENT_GAP`].
+#[derive(Default)]
+struct Deferred {
+    waiting: HashSet<Record>,
+    last: HashMap<Record, Instant>,
+}
+
 /// Runs until `shutdown`, then writes what is still queued and returns.
 pub async fn run(
     engine: Arc<Engine>,
@@ -44,23 +58,33 @@ pub async fn run(
     mut rx: mpsc::UnboundedReceiver<Effect>,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
+    let mut deferred = Deferred::default();
     loop {
+        let wait = if deferred.waiting.is_empty() {
+            Duration::from_secs(3600)
+        } else {
+            INCIDENT_GAP
+        };
         let first = tokio::select! {
-            e = rx.recv() => e,
+            e = rx.recv() => Some(e),
             _ = shutdown.cancelled() => None,
+            _ = tokio::time::sleep(wait) => Some(None),
         };
         let mut batch = Vec::new();
         match first {
-            Some(e) => batch.push(e),
+            Some(Some(e)) => batch.push(e),
+            Some(None) => {
+                // Time to write what was held back.
+                write(&engine, &sink, batch, &mut deferred, false).await;
+                continue;
+            }
             None => {
                 // Shutting down: write what is queued, then stop.
                 engine.announce_pending();
                 while let Ok(e) = rx.try_recv() {
                     batch.push(e);
                 }
-                if !batch.is_empty() {
-                    write(&engine, &sink, batch).await;
-                }
+                write(&engine, &sink, batch, &mut deferred, true).await;
                 return Ok(());
             }
         }
@@ -77,11 +101,18 @@ pub async fn run(
                 batch.push(e);
             }
         }
-        write(&engine, &sink, batch).await;
+        let everything = batch.iter().any(|e| matches!(e, Effect::Barrier(_)));
+        write(&engine, &sink, batch, &mut deferred, everything).await;
     }
 }
 
-async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
+async fn write(
+    engine: &Engine,
+    sink: &Sink,
+    batch: Vec<Effect>,
+    deferred: &mut Deferred,
+    everything: bool,
+) {
     let mut acks = Vec::new();
     let mut barriers = Vec::new();
     let mut dirty: Vec<Record> = Vec::new();
@@ -122,6 +153,33 @@ async fn write(engine: &Engine, sink: &Sink, batch: Vec<Effect>) {
             Effect::Barrier(tx) => barriers.push(tx),
             Effect::Announce => {}
         }
+    }
+    // Incidents written a moment ago wait; those that waited long enough go now.
+    let now = Instant::now();
+    for record in std::mem::take(&mut deferred.waiting) {
+        if seen.insert(record.clone()) {
+            dirty.push(record);
+        }
+    }
+    dirty.retain(|record| {
+        let recent = matches!(record, Record::Incident(_))
+            && deferred
+                .last
+                .get(record)
+                .is_some_and(|t| now.duration_since(*t) < INCIDENT_GAP);
+        if recent && !everything {
+            deferred.waiting.insert(record.clone());
+            return false;
+        }
+        if matches!(record, Record::Incident(_)) {
+            deferred.last.insert(record.clone(), now);
+        }
+        true
+    });
+    if deferred.last.len() > 10_000 {
+        deferred
+            .last
+            .retain(|_, t| now.duration_since(*t) < INCIDENT_GAP);
     }
     // Records, with their state as of now (once per record per batch).
     let mut writes = Vec::new();
