@@ -268,7 +268,7 @@ async fn main() {
         ("batches of 100 (alerts/s)", 100),
         ("single alerts (alerts/s)", 1),
     ] {
-        let n = if per_request == 1 { total / 5 } else { total };
+        let n = if per_request == 1 { total / 2 } else { total };
         // Warm up both, then the measured runs (fresh alerts for each).
         throughput(&ours, bodies("warm-ic", 2_000, 100), 100).await;
         throughput(&theirs, bodies("warm-am", 2_000, 100), 100).await;

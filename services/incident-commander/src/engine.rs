@@ -631,8 +631,10 @@ impl Engine {
     /// Puts a firing alert where it belongs: held back, or into an incident.
     /// Returns false when it is held back.
     fn route(&self, st: &mut State, fp: &str, now: DateTime<Utc>) -> bool {
-        let rec = st.alerts.get(fp).expect("alert exists").clone();
-        if let Some(why) = self.suppression(st, &rec, now) {
+        let Some(rec) = st.alerts.get(fp) else {
+            return false;
+        };
+        if let Some(why) = self.suppression(st, rec, now) {
             if why.starts_with("silenced") {
                 self.counters.silenced.inc();
             } else {
@@ -644,7 +646,6 @@ impl Engine {
             st.suppressed.insert(fp.to_owned());
             return false;
         }
-        st.suppressed.remove(fp);
         let (key, _) = self.group_key(&rec.labels);
         let name = alert_name(&rec.labels);
         let service = rec
@@ -653,10 +654,17 @@ impl Engine {
             .or_else(|| rec.labels.get("job"))
             .cloned()
             .unwrap_or_else(|| "unknown".into());
+        if !st.suppressed.is_empty() {
+            st.suppressed.remove(fp);
+        }
         if let Some(id) = st.open_by_key.get(&key).copied() {
             let State {
-                incidents, changes, ..
+                incidents,
+                changes,
+                alerts,
+                ..
             } = &mut *st;
+            let rec = &alerts[fp];
             let inc = incidents.get_mut(&id).expect("open incident exists");
             let known = rec.incident == Some(id);
             inc.alerts_firing += 1;
@@ -683,6 +691,7 @@ impl Engine {
             }
             return true;
         }
+        let rec = st.alerts[fp].clone();
         // Reopen the group's last incident if it resolved a moment ago.
         if let Some(id) = st.resolved_by_key.get(&key).copied()
             && let Some(inc) = st.incidents.get_mut(&id)
