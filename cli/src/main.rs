@@ -229,6 +229,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (name, description) in toronto_planner::settings::PLANNER_VARS {
                 println!("{name:<34} {description}");
             }
+            for (name, description) in toronto_deployer::settings::DEPLOYER_VARS
+                .iter()
+                .chain(toronto_deployer::kube_vars())
+            {
+                println!("{name:<34} {description}");
+            }
             for (name, description) in toronto_monitor::settings::MONITOR_VARS {
                 println!("{name:<34} {description}");
             }
