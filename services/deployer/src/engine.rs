@@ -1286,8 +1286,21 @@ impl Deployer {
         let request = CanaryAnalyze {
             service: r.service.clone(),
             environment: r.environment.clone(),
-            canary: [("track".to_owned(), canary.as_str().to_owned())].into(),
-            baseline: [("track".to_owned(), baseline.as_str().to_owned())].into(),
+            // The version too: an earlier canary's samples on the same track must not
+            // count against this one.
+            canary: [
+                ("track".to_owned(), canary.as_str().to_owned()),
+                ("version".to_owned(), r.version.clone()),
+            ]
+            .into(),
+            baseline: [("track".to_owned(), baseline.as_str().to_owned())]
+                .into_iter()
+                .chain(
+                    r.previous
+                        .as_ref()
+                        .map(|p| ("version".to_owned(), p.version.clone())),
+                )
+                .collect(),
             metrics: vec![
                 AnalysisMetric {
                     name: "http_error_ratio".into(),

@@ -350,7 +350,10 @@ async fn canary_with_errors_is_aborted_and_rolled_back_with_the_monitors_evidenc
         .find(|m| m.name == "http_error_ratio")
         .expect("error-ratio evidence");
     assert!(errors.p_value.is_some_and(|p| p < 0.05), "{errors:?}");
-    assert!(errors.canary.count > 0 && errors.baseline.count > 0, "{errors:?}");
+    assert!(
+        errors.canary.count > 0 && errors.baseline.count > 0,
+        "{errors:?}"
+    );
     assert!(
         aborted
             .reason
@@ -810,11 +813,16 @@ async fn without_a_monitor_the_simulated_clusters_own_counts_decide() {
         )
         .await
         .unwrap();
-    let id = s.start(deploy("wish", "2.0.0", canary(&[50, 100], 60))).await;
+    let id = s
+        .start(deploy("wish", "2.0.0", canary(&[50, 100], 60)))
+        .await;
     let aborted = s.event(id, "aborted", Duration::from_secs(15)).await;
     let evidence = aborted.analyses.last().expect("the verdict is recorded");
     assert_eq!(evidence.source, "threshold");
-    assert!(evidence.verdict.reason.contains("exceeds the baseline"), "{evidence:?}");
+    assert!(
+        evidence.verdict.reason.contains("exceeds the baseline"),
+        "{evidence:?}"
+    );
     s.stop().await;
 }
 
@@ -822,7 +830,9 @@ async fn without_a_monitor_the_simulated_clusters_own_counts_decide() {
 async fn an_alert_on_the_service_aborts_its_canary_between_steps() {
     let mut s = stack_with(settings(), 1).await;
     s.deployed("news", "1.0.0", canary(&[100], 0)).await;
-    let id = s.start(deploy("news", "1.1.0", canary(&[20, 100], 60))).await;
+    let id = s
+        .start(deploy("news", "1.1.0", canary(&[20, 100], 60)))
+        .await;
     s.event(id, "progressed", Duration::from_secs(10)).await;
     let alert = toronto_protocol::alerts::Alert {
         fingerprint: "f1".into(),
@@ -844,14 +854,19 @@ async fn an_alert_on_the_service_aborts_its_canary_between_steps() {
     s.client
         .publish(
             "toronto.devops.v1.events.alert.firing",
-            toronto_protocol::encode(&event, Encoding::Json).unwrap().into(),
+            toronto_protocol::encode(&event, Encoding::Json)
+                .unwrap()
+                .into(),
         )
         .await
         .unwrap();
     let aborted = s.event(id, "aborted", Duration::from_secs(10)).await;
     let evidence = aborted.analyses.last().expect("the alert is recorded");
     assert_eq!(evidence.source, "alert");
-    assert!(evidence.verdict.reason.contains("ErrorBudgetBurn"), "{evidence:?}");
+    assert!(
+        evidence.verdict.reason.contains("ErrorBudgetBurn"),
+        "{evidence:?}"
+    );
     assert_eq!(s.sim_view("news").await.traffic.get("1.0.0"), Some(&100));
     s.stop().await;
 }
