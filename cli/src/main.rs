@@ -39,6 +39,10 @@ enum Command {
         /// HTTP ports of the services are BASE+1 (planner) .. BASE+5 (chat bridge); 0 picks free ports.
         #[arg(long, env = "TORONTO_UP_HTTP_PORT_BASE", default_value_t = 9100)]
         http_port_base: u16,
+        /// Add the demo: demo security and QA agents that pass every gate, and the service
+        /// `shop` 1.0.0 in staging and production on the simulated cluster, with SLOs.
+        #[arg(long)]
+        demo: bool,
     },
     /// Ask every service (or one) for its status.
     Status {
@@ -154,6 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nats_port,
             data_dir,
             http_port_base,
+            demo,
         } => {
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
@@ -162,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 http_port_base,
                 start_nats: std::env::var_os("TORONTO_NATS_URL").is_none(),
+                demo,
             };
             let shutdown = toronto_runtime::shutdown::on_signal();
             toronto_cli::up::run(config, options, shutdown).await
