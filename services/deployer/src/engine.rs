@@ -1239,6 +1239,9 @@ impl Deployer {
         step: &RolloutStep,
         before: Option<&Release>,
     ) -> Option<AnalysisRecord> {
+        // Only steps that send traffic to the new version are judged (not a rollback,
+        // which the alert that asked for it must not abort).
+        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         if let Some(h) = self.take_heard(r) {
             return Some(AnalysisRecord {
                 step: step.id.clone(),
@@ -1246,7 +1249,6 @@ impl Deployer {
                 verdict: h.verdict,
             });
         }
-        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         {
             let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
             if last

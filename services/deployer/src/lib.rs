@@ -62,9 +62,10 @@ pub struct Started {
 }
 
 impl Started {
-    /// Stops this deployer as a crash would: its rollouts are left where they are,
-    /// unacknowledged, for another deployer to take over once their lease runs out.
-    /// Then the service shuts down (the endpoints stop answering).
+    /// Stops this deployer's engine as a crash would: its rollouts are left where they
+    /// are, unacknowledged and unsaved, for another deployer to take over once their
+    /// lease runs out (its endpoints keep answering until shutdown). For tests and
+    /// chaos drills.
     pub fn crash(&self) {
         self.deployer.crash.cancel();
     }
