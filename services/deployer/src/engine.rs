@@ -1267,13 +1267,32 @@ impl Deployer {
         })
     }
 
+    /// A firing alert heard on the service since `since`, described.
+    pub(crate) fn heard_alert(
+        &self,
+        service: &str,
+        environment: &str,
+        since: DateTime<Utc>,
+    ) -> Option<String> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&(service.to_owned(), environment.to_owned()))?
+            .iter()
+            .find(|h| h.at >= since && h.source == "alert")
+            .map(|h| h.verdict.reason.clone())
+    }
+
     /// Evidence heard on the bus since the rollout began.
     fn take_heard(&self, r: &Rollout) -> Option<Heard> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
         heard
             .get(&(r.service.clone(), r.environment.clone()))?
             .iter()
-            .find(|h| h.at >= r.created_at && h.rollout_id.is_none_or(|id| id == r.id))
+            .find(|h| {
+                h.at >= r.created_at
+                    && h.rollout_id.is_none_or(|id| id == r.id)
+                    && (h.source != "alert" || self.settings.abort_on_alert)
+            })
             .cloned()
     }
 
@@ -1396,9 +1415,6 @@ impl Deployer {
             };
             let data = raw.get("data").cloned().unwrap_or_default();
             if is_alert {
-                if !self.settings.abort_on_alert {
-                    continue;
-                }
                 let label = |name: &str| {
                     data.get(name)
                         .or_else(|| data.get("labels").and_then(|l| l.get(name)))
