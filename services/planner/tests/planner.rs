@@ -1180,6 +1180,7 @@ async fn dora_figures_match_a_hand_computed_event_history() {
             updated_at: Some(at),
             artifacts: vec![],
             lease: None,
+            delegation: None,
         };
         let mut event = Envelope::builder("toronto://devops/planner", plan).build();
         event.time = Some(at);
@@ -1742,5 +1743,116 @@ async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
     deployer_stop.cancel();
     deployer.runtime.run_until_shutdown().await.unwrap();
     peers.stop().await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_delegated_task_is_answered_in_the_agents_vocabulary() {
+    use toronto_protocol::delegation::{
+        AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted,
+    };
+    use toronto_protocol::tasks::{CiSystem, Language, PipelineTask, Stages};
+    let p = planner().await;
+    let mut notify = p
+        .client
+        .subscribe("toronto.agents.developer.v1.notify")
+        .await
+        .unwrap();
+    toronto_runtime::service::confirm_subscriptions(&p.client).await;
+    let assign = |task_id: &str, service: &str| AssignTask {
+        task_id: task_id.into(),
+        from_role: "developer".into(),
+        from_agent: Some("dev-7".into()),
+        title: Some("CI for the shop".into()),
+        task: PlanTask::Pipeline(PipelineTask {
+            service: service.into(),
+            repository: "github.com/acme/shop-api".into(),
+            language: Language::Rust,
+            ci: CiSystem::GithubActions,
+            stages: Stages::default(),
+            environments: vec!["staging".into()],
+            image: None,
+        }),
+    };
+    // Through the work queue, as peers hand tasks over.
+    let envelope = Envelope::builder(
+        "toronto://agents/developer/dev-7",
+        assign("T-42", "shop-api"),
+    )
+    .build();
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    headers.insert("Content-Type", "application/json");
+    js.publish_with_headers(
+        "toronto.agents.devops.tasks",
+        headers,
+        encode(&envelope, Encoding::Json).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let completed = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), notify.next())
+            .await
+            .expect("the developer hears back")
+            .unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let ty = raw["type"].as_str().unwrap().to_owned();
+        seen.push(ty.clone());
+        if ty == TaskCompleted::message_type().to_string() {
+            break serde_json::from_value::<TaskCompleted>(raw["data"].clone()).unwrap();
+        }
+        if ty == AcceptTask::message_type().to_string() {
+            let accept: AcceptTask = serde_json::from_value(raw["data"].clone()).unwrap();
+            assert_eq!(accept.task_id, "T-42");
+        }
+        if ty == ProgressUpdate::message_type().to_string() {
+            let update: ProgressUpdate = serde_json::from_value(raw["data"].clone()).unwrap();
+            assert_eq!(update.task_id, "T-42");
+            assert!((0.0..=1.0).contains(&update.progress));
+        }
+    };
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("ai.toronto.devops.agent.accept_task.v1")
+    );
+    assert!(
+        seen.iter()
+            .any(|t| t == "ai.toronto.devops.agent.progress_update.v1"),
+        "{seen:?}"
+    );
+    assert_eq!(completed.task_id, "T-42");
+    assert!(completed.success, "{completed:?}");
+    assert_eq!(completed.artifacts[0].path, ".github/workflows/ci.yml");
+
+    // A task the planner cannot take is refused with every reason, to the assigner.
+    let bad = Envelope::builder(
+        "toronto://agents/developer/dev-7",
+        assign("T-43", "Shop API"),
+    )
+    .build();
+    let err = p.submit(&bad).await.unwrap_err();
+    assert!(matches!(err, CallError::Remote(ref b) if b.code == ErrorCode::BadRequest));
+    let reject = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), notify.next())
+            .await
+            .expect("the developer hears the refusal")
+            .unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if raw["type"] == RejectTask::message_type().to_string() {
+            break serde_json::from_value::<RejectTask>(raw["data"].clone()).unwrap();
+        }
+    };
+    assert_eq!(reject.task_id, "T-43");
+    assert!(
+        reject
+            .reasons
+            .iter()
+            .any(|r| r.contains("must be a DNS label")),
+        "{reject:?}"
+    );
     p.stop().await;
 }

@@ -11,6 +11,7 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::message::Message;
@@ -76,6 +77,11 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<PipelineTask>(),
         payload::<ProvisionEnvironmentTask>(),
         payload::<ChaosExperimentTask>(),
+        payload::<AssignTask>(),
+        payload::<AcceptTask>(),
+        payload::<RejectTask>(),
+        payload::<ProgressUpdate>(),
+        payload::<TaskCompleted>(),
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),

@@ -12,6 +12,7 @@ pub mod alerts;
 pub mod analysis;
 pub mod catalogue;
 pub mod codec;
+pub mod delegation;
 pub mod envelope;
 pub mod error;
 pub mod message;

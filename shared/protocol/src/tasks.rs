@@ -546,6 +546,10 @@ pub struct Plan {
     /// out and another instance carries on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// The agent that delegated the task (`agent.assign_task`), answered in the
+    /// delegation vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<crate::delegation::Delegation>,
 }
 
 /// Ownership of a plan's execution for a while.
