@@ -1137,116 +1137,12 @@ async fn an_unreachable_or_silent_api_server_is_unavailable() {
 // kubectl
 // ---------------------------------------------------------------------------------
 
-/// A loopback stub that answers kubectl's API discovery (the real group versions
-/// and resources of what we generate) and 404 for every object, which is all
-/// `kubectl apply --dry-run=client` asks of a server.
-async fn discovery_stub() -> std::io::Result<(u16, tokio::task::JoinHandle<()>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let resource = |name: &str, kind: &str, namespaced: bool| {
-        json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind,
-               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
-    };
-    let group = |name: &str| {
-        json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
-               "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
-    };
-    let docs: HashMap<&str, Value> = HashMap::from([
-        (
-            "/version",
-            json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0"}),
-        ),
-        (
-            "/api",
-            json!({"kind": "APIVersions", "versions": ["v1"],
-                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
-        ),
-        (
-            "/apis",
-            json!({"kind": "APIGroupList", "apiVersion": "v1",
-                         "groups": [group("apps"), group("gateway.networking.k8s.io")]}),
-        ),
-        (
-            "/api/v1",
-            json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            resource("namespaces", "Namespace", false), resource("services", "Service", true)]}),
-        ),
-        (
-            "/apis/apps/v1",
-            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
-            "resources": [resource("deployments", "Deployment", true)]}),
-        ),
-        (
-            "/apis/gateway.networking.k8s.io/v1",
-            json!({"kind": "APIResourceList", "apiVersion": "v1",
-            "groupVersion": "gateway.networking.k8s.io/v1",
-            "resources": [resource("httproutes", "HTTPRoute", true)]}),
-        ),
-    ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let task = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&buf);
-            let path = head
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .split('?')
-                .next()
-                .unwrap_or("/")
-                .to_string();
-            let (code, body) = match docs.get(path.as_str()) {
-                Some(doc) => ("200 OK", doc.to_string()),
-                None => (
-                    "404 Not Found",
-                    status_body(404, "NotFound", "not found").to_string(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        }
-    });
-    Ok((port, task))
-}
-
 #[tokio::test]
 async fn kubectl_accepts_the_manifests_of_every_strategy() {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    if std::process::Command::new(&kubectl)
-        .args(["version", "--client"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        println!(
-            "SKIPPED: kubectl ({kubectl}) is not installed; manifests not validated by kubectl"
-        );
+    let Some(kubectl) = toronto_testkit::kubectl::KubectlDryRun::start().await else {
+        println!("SKIPPED: kubectl is not installed; manifests not validated by kubectl");
         return;
-    }
-    let (port, stub) = discovery_stub().await.expect("stub");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-             contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\nusers: [{{name: stub, user: {{}}}}]\ncurrent-context: stub\n"
-        ),
-    )
-    .expect("kubeconfig");
-
+    };
     let cases: Vec<(&str, Layout, KubeSettings)> = vec![
         ("rolling", rolling("2.4.1", "k:1"), settings()),
         (
@@ -1270,39 +1166,10 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
             )),
         );
         let list = manifest_list(&items);
-        let mut child = tokio::process::Command::new(&kubectl)
-            .args([
-                "apply",
-                "--dry-run=client",
-                "--validate=false",
-                "--cache-dir",
-            ])
-            .arg(dir.path().join("cache"))
-            .args(["-f", "-"])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin
-                .write_all(list.to_string().as_bytes())
-                .await
-                .expect("write");
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        let stdout = kubectl
+            .apply(&list.to_string())
             .await
-            .expect("kubectl finished")
-            .expect("kubectl ran");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{what}: kubectl refused the manifests:\n{stderr}\n{stdout}"
-        );
+            .unwrap_or_else(|e| panic!("{what}: kubectl refused the manifests:\n{e}"));
         let expected: Vec<String> = items
             .iter()
             .map(|m| {
@@ -1316,10 +1183,9 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
             })
             .collect();
         let got: Vec<&str> = stdout.lines().collect();
-        assert_eq!(got, expected, "{what}: {stderr}");
+        assert_eq!(got, expected, "{what}");
         println!("{what}: kubectl accepted {} objects", expected.len());
     }
-    stub.abort();
 }
 
 // ---------------------------------------------------------------------------------
