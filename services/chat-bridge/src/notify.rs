@@ -1,0 +1,644 @@
+//! Notifications: events from the bus become short messages, routed to Slack or
+//! Mattermost incoming webhooks by service, environment and severity. Each webhook has
+//! one sender that gathers what arrives within the group window into one message
+//! (keeping only the latest progress of a rollout), honours 429 with its `Retry-After`,
+//! and backs off on server errors, so a busy stream never floods a channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use toronto_commands::render::describe_task;
+use toronto_protocol::alerts::{Alert, AlertStatus};
+use toronto_protocol::rollout::{Rollout, RolloutPhase};
+use toronto_protocol::tasks::{Plan, StepKind, StepState};
+use toronto_protocol::{Encoding, RawEnvelope};
+
+use crate::markup::{Part, render};
+use crate::settings::{ChatKind, Settings, Severity, Webhook};
+
+/// Most lines in one grouped message; the rest are counted.
+pub const MAX_LINES: usize = 15;
+/// Most notifications waiting per webhook; more are dropped (and counted).
+pub const QUEUE: usize = 1000;
+/// Attempts at posting one message.
+pub const ATTEMPTS: u32 = 6;
+
+/// What an event says, before it is rendered for a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// How much it matters.
+    pub severity: Severity,
+    /// The service it is about.
+    pub service: Option<String>,
+    /// The environment it is about.
+    pub environment: Option<String>,
+    /// Notes with the same key replace each other within a group (rollout progress).
+    pub group_key: Option<String>,
+    /// A plan waiting for approval: Slack gets Approve and Reject buttons.
+    pub approval: Option<uuid::Uuid>,
+    /// The message.
+    pub parts: Vec<Part>,
+}
+
+fn ours(s: impl Into<String>) -> Part {
+    Part::Ours(s.into())
+}
+fn theirs(s: impl Into<String>) -> Part {
+    Part::Theirs(s.into())
+}
+fn strong(s: impl Into<String>) -> Part {
+    Part::Strong(s.into())
+}
+
+fn typed<T: serde::de::DeserializeOwned>(data: &Value) -> Option<T> {
+    serde_json::from_value(data.clone()).ok()
+}
+
+fn str_of<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+}
+
+fn plan_note(what: &str, plan: &Plan) -> Option<Note> {
+    let task = describe_task(&plan.task);
+    let mut note = Note {
+        severity: Severity::Info,
+        service: Some(plan.task.service().to_owned()),
+        environment: Some(plan.task.environment().to_owned()),
+        group_key: None,
+        approval: None,
+        parts: Vec::new(),
+    };
+    let id = plan.id.to_string();
+    let (severity, parts) = match what {
+        "plan.created" => (
+            Severity::Info,
+            vec![
+                ours("📝 plan for "),
+                strong(task),
+                ours(" requested by "),
+                theirs(plan.requested_by.clone()),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.completed" => (
+            Severity::Info,
+            vec![
+                ours("✅ done: "),
+                strong(task),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.failed" => (
+            Severity::Error,
+            vec![
+                ours("❌ failed: "),
+                strong(task),
+                ours(": "),
+                theirs(plan.reason.clone().unwrap_or_default()),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.cancelled" => (
+            Severity::Warning,
+            vec![
+                ours("🚫 cancelled: "),
+                strong(task),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "gate.waiting" => {
+            let approval = plan
+                .steps
+                .iter()
+                .any(|s| s.kind == StepKind::Approval && s.state == StepState::Waiting);
+            if !approval {
+                return None;
+            }
+            note.approval = Some(plan.id);
+            (
+                Severity::Warning,
+                vec![
+                    ours("✋ approval needed: "),
+                    strong(task),
+                    ours(" requested by "),
+                    theirs(plan.requested_by.clone()),
+                    ours(". Another operator: "),
+                    Part::Code(format!("approve {id}")),
+                    ours(" or "),
+                    Part::Code(format!("reject {id} REASON")),
+                ],
+            )
+        }
+        "gate.failed" => {
+            let step = plan
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.state == StepState::Failed);
+            (
+                Severity::Error,
+                vec![
+                    ours("⛔ gate "),
+                    theirs(step.map(|s| s.id.clone()).unwrap_or_default()),
+                    ours(" failed for "),
+                    strong(task),
+                    ours(": "),
+                    theirs(step.and_then(|s| s.reason.clone()).unwrap_or_default()),
+                ],
+            )
+        }
+        "gate.passed" => (
+            Severity::Debug,
+            vec![ours("gate passed for "), strong(task)],
+        ),
+        _ => (
+            Severity::Debug,
+            vec![theirs(what), ours(": "), strong(task)],
+        ),
+    };
+    note.severity = severity;
+    note.parts = parts;
+    Some(note)
+}
+
+fn rollout_note(what: &str, r: &Rollout) -> Note {
+    let head = |emoji: &str| {
+        vec![
+            ours(format!("{emoji} ")),
+            strong(format!("{} {}", r.service, r.version)),
+            ours(" in "),
+            theirs(r.environment.clone()),
+        ]
+    };
+    let reason = || {
+        r.reason
+            .as_ref()
+            .map(|why| vec![ours(": "), theirs(why.clone())])
+            .unwrap_or_default()
+    };
+    let (severity, mut parts, group) = match what {
+        "started" => (Severity::Info, head("🚀"), false),
+        "progressed" => (Severity::Info, head("⏩"), true),
+        "paused" => (Severity::Warning, head("⏸"), false),
+        "promoted" => (Severity::Info, head("⏫"), false),
+        "succeeded" => (Severity::Info, head("✅"), false),
+        "aborted" | "rolled_back" => (Severity::Critical, head("🛑"), false),
+        "failed" => (Severity::Error, head("❌"), false),
+        _ => (Severity::Debug, head("•"), false),
+    };
+    let phase = serde_json::to_value(r.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let label = match what {
+        "rolled_back" => "rolled back".to_owned(),
+        "progressed" | "started" | "promoted" => what.to_owned(),
+        _ => phase,
+    };
+    parts.push(ours(format!(": {label} at {}%", r.weight)));
+    if matches!(
+        r.phase,
+        RolloutPhase::Paused | RolloutPhase::Aborted | RolloutPhase::Failed
+    ) || what == "rolled_back"
+    {
+        parts.extend(reason());
+    }
+    Note {
+        severity,
+        service: Some(r.service.clone()),
+        environment: Some(r.environment.clone()),
+        group_key: group.then(|| format!("rollout:{}", r.id)),
+        approval: None,
+        parts,
+    }
+}
+
+fn alert_note(a: &Alert) -> Note {
+    let label = |k: &str| a.labels.get(k).cloned();
+    let name = label("alertname").unwrap_or_else(|| a.fingerprint.clone());
+    let severity = match (a.status, label("severity").as_deref()) {
+        (AlertStatus::Resolved, _) => Severity::Info,
+        (_, Some("page" | "critical")) => Severity::Critical,
+        (_, Some("ticket" | "warning")) => Severity::Warning,
+        _ => Severity::Warning,
+    };
+    let summary = a
+        .annotations
+        .get("summary")
+        .or_else(|| a.annotations.get("description"))
+        .cloned()
+        .unwrap_or_default();
+    let service = label("service");
+    let environment = label("environment").or_else(|| label("env"));
+    let mut parts = vec![
+        ours(if a.status == AlertStatus::Resolved {
+            "✅ resolved: "
+        } else {
+            "🔥 firing: "
+        }),
+        strong(name),
+    ];
+    if let Some(s) = &service {
+        parts.push(ours(" on "));
+        parts.push(theirs(s.clone()));
+    }
+    if let Some(e) = &environment {
+        parts.push(ours(" in "));
+        parts.push(theirs(e.clone()));
+    }
+    if !summary.is_empty() {
+        parts.push(ours(": "));
+        parts.push(theirs(summary));
+    }
+    Note {
+        severity,
+        service,
+        environment,
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// The incident commander's events, read loosely (its types are not in the contract
+/// yet): `id`, `title`, `severity`, `service`, `environment`, `state` at the top of
+/// `data` or under `data.incident`.
+fn incident_note(what: &str, data: &Value) -> Note {
+    let i = data.get("incident").unwrap_or(data);
+    let severity = match str_of(i, &["severity"]) {
+        Some("critical" | "sev1" | "page" | "high") => Severity::Critical,
+        Some("error" | "sev2") => Severity::Error,
+        _ if what == "opened" || what == "escalated" => Severity::Error,
+        _ => Severity::Info,
+    };
+    let mut parts = vec![
+        ours("🚨 incident "),
+        strong(str_of(i, &["id", "incident_id"]).unwrap_or("?")),
+        ours(" "),
+        theirs(what.replace('_', " ")),
+    ];
+    if let Some(t) = str_of(i, &["title", "summary"]) {
+        parts.push(ours(": "));
+        parts.push(theirs(t));
+    }
+    if let Some(by) = str_of(i, &["by", "acknowledged_by", "resolved_by"]) {
+        parts.push(ours(" by "));
+        parts.push(theirs(by));
+    }
+    Note {
+        severity,
+        service: str_of(i, &["service"]).map(str::to_owned),
+        environment: str_of(i, &["environment"]).map(str::to_owned),
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// What an event (`entity.what` after `events.`) says; `None` for events not worth a
+/// message at all.
+pub fn describe(event: &str, envelope: &RawEnvelope) -> Option<Note> {
+    let data = &envelope.data;
+    let (entity, what) = event.split_once('.').unwrap_or((event, ""));
+    match entity {
+        "plan" | "gate" | "step" => plan_note(event, &typed::<Plan>(data)?),
+        "rollout" => Some(rollout_note(what, &typed::<Rollout>(data)?)),
+        "alert" => Some(alert_note(&typed::<Alert>(data)?)),
+        "incident" => Some(incident_note(what, data)),
+        "slo" if what == "budget.exhausted" => {
+            let service = str_of(data, &["service"]).map(str::to_owned);
+            Some(Note {
+                severity: Severity::Critical,
+                environment: None,
+                group_key: None,
+                approval: None,
+                parts: vec![
+                    ours("💸 error budget spent: SLO "),
+                    strong(str_of(data, &["slo"]).unwrap_or("?")),
+                    ours(" of "),
+                    theirs(service.clone().unwrap_or_default()),
+                    ours("; production deploys wait until it recovers"),
+                ],
+                service,
+            })
+        }
+        "drift" => Some(Note {
+            severity: Severity::Warning,
+            service: str_of(data, &["service"]).map(str::to_owned),
+            environment: str_of(data, &["environment"]).map(str::to_owned),
+            group_key: None,
+            approval: None,
+            parts: vec![
+                ours("🧭 drift: "),
+                theirs(str_of(data, &["object"]).unwrap_or("?")),
+                ours(" "),
+                theirs(str_of(data, &["field"]).unwrap_or("")),
+            ],
+        }),
+        // Our own records, analysis verdicts and anything unknown: not posted by
+        // default (a route with severity>=debug gets them).
+        _ => Some(Note {
+            severity: Severity::Debug,
+            service: envelope.subject.clone(),
+            environment: None,
+            group_key: None,
+            approval: None,
+            parts: vec![ours("event "), theirs(event)],
+        }),
+    }
+}
+
+/// A message ready to post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The JSON body.
+    pub body: Value,
+}
+
+fn approval_blocks(text: &str, plan: uuid::Uuid) -> Value {
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "elements": [
+                {"type": "button", "action_id": "approve_plan", "style": "primary",
+                 "text": {"type": "plain_text", "text": "Approve"}, "value": plan.to_string()},
+                {"type": "button", "action_id": "reject_plan", "style": "danger",
+                 "text": {"type": "plain_text", "text": "Reject"}, "value": plan.to_string()}
+            ]}
+        ]
+    })
+}
+
+/// Turns the notes gathered in one window into messages: approvals alone (they carry
+/// buttons), the rest in one message, the latest note of each group key only, at most
+/// [`MAX_LINES`] lines plus a count of the others.
+pub fn batch(kind: ChatKind, notes: Vec<Note>) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for (i, n) in notes.iter().enumerate() {
+        if let Some(k) = &n.group_key {
+            latest.insert(k.clone(), i);
+        }
+    }
+    let mut lines = Vec::new();
+    for (i, n) in notes.iter().enumerate() {
+        if n.group_key.as_ref().is_some_and(|k| latest[k] != i) {
+            continue;
+        }
+        let text = render(kind, &n.parts);
+        match (kind, n.approval) {
+            (ChatKind::Slack, Some(plan)) => out.push(Outgoing {
+                body: approval_blocks(&text, plan),
+            }),
+            _ => lines.push(text),
+        }
+    }
+    if !lines.is_empty() {
+        let more = lines.len().saturating_sub(MAX_LINES);
+        lines.truncate(MAX_LINES);
+        if more > 0 {
+            lines.push(format!("… and {more} more"));
+        }
+        out.push(Outgoing {
+            body: json!({ "text": lines.join("\n") }),
+        });
+    }
+    out
+}
+
+/// The delay a 429 answer asks for: its `Retry-After` seconds (at most a minute), else
+/// `fallback`.
+fn retry_after(response: &reqwest::Response, fallback: Duration) -> Duration {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| Duration::from_secs(s.min(60)))
+        .unwrap_or(fallback)
+}
+
+/// Posts one message, retrying on 429 (after `Retry-After`) and on server or network
+/// errors (with doubling backoff), up to [`ATTEMPTS`]. Returns whether it was delivered.
+pub async fn post(
+    http: &reqwest::Client,
+    hook: &Webhook,
+    message: &Outgoing,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        let result = http
+            .post(hook.url.expose())
+            .json(&message.body)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        let wait = match result {
+            Ok(r) if r.status().is_success() => return true,
+            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                let wait = retry_after(&r, backoff);
+                tracing::warn!(webhook = %hook.name, attempt, wait_ms = wait.as_millis() as u64, "webhook rate-limited (429); backing off");
+                wait
+            }
+            Ok(r) if r.status().is_server_error() => {
+                tracing::warn!(webhook = %hook.name, attempt, status = r.status().as_u16(), "webhook failed; retrying");
+                backoff
+            }
+            Ok(r) => {
+                tracing::error!(webhook = %hook.name, status = r.status().as_u16(), "webhook refused the message; dropped");
+                return false;
+            }
+            Err(e) => {
+                // reqwest errors may carry the URL, which is a secret: log the kind only.
+                tracing::warn!(webhook = %hook.name, attempt, timeout = e.is_timeout(), connect = e.is_connect(), "cannot reach the webhook; retrying");
+                backoff
+            }
+        };
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::error!(webhook = %hook.name, "webhook did not take the message; dropped");
+    false
+}
+
+/// One webhook's sender: gathers notes for the group window, then posts them.
+pub async fn sender(
+    http: reqwest::Client,
+    hook: Webhook,
+    mut rx: mpsc::Receiver<Note>,
+    window: Duration,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            n = rx.recv() => match n { Some(n) => n, None => return Ok(()) },
+        };
+        let mut notes = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => break,
+                n = rx.recv() => match n {
+                    Some(n) => notes.push(n),
+                    None => break,
+                },
+            }
+        }
+        for message in batch(hook.kind, notes) {
+            post(&http, &hook, &message, &shutdown).await;
+        }
+    }
+}
+
+/// Routes notes to the webhook senders.
+#[derive(Debug, Clone)]
+pub struct Router {
+    senders: HashMap<String, mpsc::Sender<Note>>,
+}
+
+impl Router {
+    /// Starts one sender per webhook beside the service, ending at its shutdown.
+    pub fn start(settings: &Settings, rt: &toronto_runtime::ServiceRuntime) -> Self {
+        let http = http_client();
+        let mut senders = HashMap::new();
+        for hook in &settings.webhooks {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            rt.spawn_background(
+                "webhook sender",
+                sender(
+                    http.clone(),
+                    hook.clone(),
+                    rx,
+                    settings.group_window,
+                    rt.shutdown_token(),
+                ),
+            );
+            senders.insert(hook.name.clone(), tx);
+        }
+        Self { senders }
+    }
+
+    /// Hands `note` to every channel whose route matches.
+    pub fn route(&self, settings: &Settings, note: &Note) {
+        for hook in settings.channels_for(
+            note.service.as_deref(),
+            note.environment.as_deref(),
+            note.severity,
+        ) {
+            if let Some(tx) = self.senders.get(&hook.name)
+                && tx.try_send(note.clone()).is_err()
+            {
+                tracing::warn!(webhook = %hook.name, "notification queue full; dropped one");
+            }
+        }
+    }
+}
+
+/// The HTTP client for webhooks and response URLs.
+pub(crate) fn http_client() -> reqwest::Client {
+    // reqwest is built without a bundled crypto provider: use ring, which the
+    // workspace already links for NATS TLS. Installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .user_agent(concat!("toronto-chat-bridge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .expect("an HTTP client with default settings builds")
+}
+
+/// Follows the event stream through `events` (a queue-group subscription, so one
+/// replica posts each event) until `shutdown`, handing each event's note to the router.
+pub async fn follow_events(
+    mut events: async_nats::Subscriber,
+    settings: std::sync::Arc<Settings>,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = events.next() => match m { Some(m) => m, None => break },
+        };
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(toronto_protocol::codec::CONTENT_TYPE_HEADER))
+                .map(|v| v.as_str()),
+        )
+        .unwrap_or(Encoding::Json);
+        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, encoding) else {
+            tracing::debug!(subject = %message.subject, "not an envelope; no notification");
+            continue;
+        };
+        let event = message
+            .subject
+            .as_str()
+            .split_once(".events.")
+            .map(|(_, e)| e.to_owned())
+            .unwrap_or_default();
+        if let Some(note) = describe(&event, &envelope) {
+            router.route(&settings, &note);
+        }
+    }
+    let _ = events.unsubscribe().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(text: &str, key: Option<&str>) -> Note {
+        Note {
+            severity: Severity::Info,
+            service: None,
+            environment: None,
+            group_key: key.map(str::to_owned),
+            approval: None,
+            parts: vec![theirs(text)],
+        }
+    }
+
+    #[test]
+    fn a_window_becomes_one_message_with_the_latest_progress() {
+        let notes = vec![
+            note("start", None),
+            note("10%", Some("r1")),
+            note("25%", Some("r1")),
+            note("other 10%", Some("r2")),
+            note("50%", Some("r1")),
+        ];
+        let out = batch(ChatKind::Slack, notes);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body["text"], "start\nother 10%\n50%");
+        let many: Vec<Note> = (0..40).map(|i| note(&i.to_string(), None)).collect();
+        let out = batch(ChatKind::Mattermost, many);
+        assert!(
+            out[0].body["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("… and 25 more")
+        );
+    }
+}
