@@ -196,6 +196,10 @@ async fn slack_commands(State(st): State<HttpState>, headers: HeaderMap, body: B
         Ok(f) => f,
         Err(r) => return r.into_response(),
     };
+    // Slack checks the certificate of a slash command URL with `ssl_check=1`.
+    if form.get("ssl_check").is_some_and(|v| v == "1") {
+        return StatusCode::OK.into_response();
+    }
     let Some(user_id) = field(&form, "user_id") else {
         return refuse(StatusCode::BAD_REQUEST, "user_id is missing").into_response();
     };

@@ -83,6 +83,16 @@ pub fn render(kind: ChatKind, parts: &[Part]) -> String {
     out
 }
 
+/// Parts as plain text for a terminal: no markup, nothing escaped.
+pub fn plain(parts: &[Part]) -> String {
+    parts
+        .iter()
+        .map(|p| match p {
+            Part::Ours(s) | Part::Theirs(s) | Part::Strong(s) | Part::Code(s) => s.as_str(),
+        })
+        .collect()
+}
+
 /// A reply to a command (plain text from [`toronto_commands::render`]) as chat text: a
 /// code block when it has several lines (tables), escaped either way.
 pub fn reply_block(kind: ChatKind, text: &str) -> String {
