@@ -3,5 +3,6 @@
 #![forbid(unsafe_code)]
 
 pub mod commands;
+pub mod demo;
 pub mod nats_server;
 pub mod up;

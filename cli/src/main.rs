@@ -39,6 +39,10 @@ enum Command {
         /// HTTP ports of the services are BASE+1 (planner) .. BASE+5 (chat bridge); 0 picks free ports.
         #[arg(long, env = "TORONTO_UP_HTTP_PORT_BASE", default_value_t = 9100)]
         http_port_base: u16,
+        /// Add the demo: demo security and QA agents that pass every gate, and the service
+        /// `shop` 1.0.0 in staging and production on the simulated cluster, with SLOs.
+        #[arg(long)]
+        demo: bool,
     },
     /// Ask every service (or one) for its status.
     Status {
@@ -187,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nats_port,
             data_dir,
             http_port_base,
+            demo,
         } => {
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
@@ -195,6 +200,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 http_port_base,
                 start_nats: std::env::var_os("TORONTO_NATS_URL").is_none(),
+                demo,
             };
             let shutdown = toronto_runtime::shutdown::on_signal();
             toronto_cli::up::run(config, options, shutdown).await
@@ -303,6 +309,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{:<34} {}", var.name, var.description);
             }
             for (name, description) in toronto_planner::settings::PLANNER_VARS {
+                println!("{name:<34} {description}");
+            }
+            for (name, description) in toronto_deployer::settings::DEPLOYER_VARS
+                .iter()
+                .chain(toronto_deployer::kube_vars())
+            {
                 println!("{name:<34} {description}");
             }
             for (name, description) in toronto_monitor::settings::MONITOR_VARS {

@@ -23,6 +23,9 @@ pub struct UpOptions {
     pub http_port_base: u16,
     /// Start a local nats-server; false when `TORONTO_NATS_URL` is set.
     pub start_nats: bool,
+    /// Add the demo: demo security and QA peers, and the service `shop` with its SLOs
+    /// on the simulated cluster (all labelled as demo).
+    pub demo: bool,
 }
 
 /// Starts one service by kind.
@@ -117,6 +120,21 @@ pub async fn run(
     };
     let result = async {
         let stack = Stack::start(&config, options.http_port_base, shutdown.clone()).await?;
+        let demo = if options.demo {
+            let demo = crate::demo::Demo::start(&config)
+                .await
+                .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!("{e:#}"))))?;
+            eprintln!(
+                "toronto up: DEMO on: demo security and QA agents answer every gate (they check nothing); \
+                 `{}` {} runs in {} on the simulated cluster (a simulation) with an availability SLO",
+                crate::demo::SERVICE,
+                crate::demo::FIRST_VERSION,
+                crate::demo::ENVIRONMENTS.join(" and ")
+            );
+            Some(demo)
+        } else {
+            None
+        };
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
         for (kind, http) in &stack.services {
             eprintln!(
@@ -127,7 +145,11 @@ pub async fn run(
                     .unwrap_or_else(|| "off".into())
             );
         }
-        stack.wait().await
+        let result = stack.wait().await;
+        if let Some(demo) = demo {
+            demo.stop().await;
+        }
+        result
     }
     .await;
     if let Some(server) = nats {

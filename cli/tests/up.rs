@@ -202,3 +202,95 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
         "no server of its own: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
+    let server = NatsServer::start().await;
+    let mut up = Command::new(TORONTO)
+        .args(["up", "--demo", "--http-port-base", "0"])
+        .env("TORONTO_NATS_URL", server.url())
+        .env("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "0")
+        .env("TORONTO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = wait_until_all_answer(&server.url()).await;
+    assert!(status.contains("toronto-deployer"), "{status}");
+    let request = |subject: &'static str, ty: &'static str, data: String| {
+        let url = server.url();
+        async move {
+            let out = toronto(
+                &url,
+                &["request", subject, "--type", ty, "--data", data.as_str()],
+            )
+            .await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone()
+        }
+    };
+    // The demo service runs, labelled a simulation.
+    let mut sim = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = toronto(
+            &server.url(),
+            &[
+                "request",
+                "toronto.devops.v1.deployer.sim.get",
+                "--type",
+                "ai.toronto.devops.rollout.ref.v1",
+                "--data",
+                r#"{"service":"shop","environment":"staging"}"#,
+            ],
+        )
+        .await;
+        if out.status.success() {
+            sim = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone();
+            if sim["traffic"]["1.0.0"] == 100 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sim["simulated"], true, "{sim}");
+    assert_eq!(sim["traffic"]["1.0.0"], 100, "{sim}");
+    // A deploy passes the demo security and QA agents and its canary ships.
+    let accepted = request(
+        "toronto.devops.v1.planner.submit",
+        "ai.toronto.devops.task.deploy.v1",
+        r#"{"service":"shop","version":"1.1.0","environment":"staging","strategy":{"kind":"canary","steps":[{"weight":50},{"weight":100}]}}"#.into(),
+    )
+    .await;
+    let plan_id = accepted["plan_id"].as_str().unwrap().to_owned();
+    let mut plan = serde_json::Value::Null;
+    for _ in 0..100 {
+        plan = request(
+            "toronto.devops.v1.planner.plan.get",
+            "ai.toronto.devops.planner.plan.get.v1",
+            format!(r#"{{"plan_id":"{plan_id}"}}"#),
+        )
+        .await;
+        if plan["state"] == "completed" || plan["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(plan["state"], "completed", "{plan:#}");
+    let security = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "security-scan")
+        .unwrap();
+    assert!(
+        security["reason"].as_str().unwrap().contains("DEMO"),
+        "{security}"
+    );
+    let exit = sigterm(&mut up).await;
+    assert!(exit.success());
+}

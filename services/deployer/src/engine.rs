@@ -74,6 +74,9 @@ pub(crate) struct Heard {
     verdict: CanaryVerdict,
 }
 
+/// Evidence heard per service and environment.
+pub(crate) type HeardBook = HashMap<(String, String), Vec<Heard>>;
+
 /// The deployer's state and connections, shared by its endpoints and its runner.
 #[derive(Clone)]
 pub struct Deployer {
@@ -91,7 +94,7 @@ pub struct Deployer {
     pub(crate) crash: CancellationToken,
     /// Cancelled at a graceful shutdown: rollouts are handed over to other replicas.
     pub(crate) shutdown: CancellationToken,
-    pub(crate) heard: Arc<Mutex<HashMap<(String, String), Vec<Heard>>>>,
+    pub(crate) heard: Arc<Mutex<HeardBook>>,
     /// Steps this instance has applied in this process (a successor re-applies the
     /// step in flight once, to be sure it reached the target).
     pub(crate) applied_here: Arc<Mutex<HashSet<String>>>,
@@ -1283,8 +1286,21 @@ impl Deployer {
         let request = CanaryAnalyze {
             service: r.service.clone(),
             environment: r.environment.clone(),
-            canary: [("track".to_owned(), canary.as_str().to_owned())].into(),
-            baseline: [("track".to_owned(), baseline.as_str().to_owned())].into(),
+            // The version too: an earlier canary's samples on the same track must not
+            // count against this one.
+            canary: [
+                ("track".to_owned(), canary.as_str().to_owned()),
+                ("version".to_owned(), r.version.clone()),
+            ]
+            .into(),
+            baseline: [("track".to_owned(), baseline.as_str().to_owned())]
+                .into_iter()
+                .chain(
+                    r.previous
+                        .as_ref()
+                        .map(|p| ("version".to_owned(), p.version.clone())),
+                )
+                .collect(),
             metrics: vec![
                 AnalysisMetric {
                     name: "http_error_ratio".into(),

@@ -143,9 +143,7 @@ impl Default for SimMetrics {
             requests: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
-                )
+                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             }),
         }
     }

@@ -1608,3 +1608,114 @@ async fn an_ephemeral_environment_is_torn_down_after_its_ttl() {
     );
     p.stop().await;
 }
+
+/// The real deployer on its simulated cluster (a simulation), quick enough for a test.
+async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Started) {
+    let mut config = Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.http.addr = String::new();
+    let settings = toronto_deployer::Settings {
+        lease: Duration::from_secs(2),
+        analysis_interval: Duration::from_millis(200),
+        analysis_window: Duration::from_secs(2),
+        analysis_timeout: Duration::from_millis(300),
+        step_pause: Duration::from_secs(1),
+        drift_interval: Duration::ZERO,
+        sim: toronto_deployer::SimSettings {
+            tick: Duration::from_millis(50),
+            pod_start: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let started = toronto_deployer::start_with(config, settings, None, shutdown.clone())
+        .await
+        .unwrap();
+    (shutdown, started)
+}
+
+#[tokio::test]
+async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
+    let p = planner().await;
+    let mut peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    // The fake deployer steps aside for the real one.
+    peers
+        .hosts
+        .pop()
+        .unwrap()
+        .stop(Duration::from_millis(100))
+        .await;
+    let (deployer_stop, deployer) = real_deployer(&p.server.url()).await;
+
+    let mut first = deploy("basket", "staging");
+    first.version = "1.0.0".into();
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/developer", first).build())
+        .await
+        .unwrap();
+    let plan = p
+        .wait_for_state(accepted.plan_id, PlanState::Completed)
+        .await;
+    let execute = step(&plan, "execute");
+    assert!(
+        execute
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("shipped 1.0.0 in staging"),
+        "{execute:?}"
+    );
+
+    // A version that fails: the plan waits for its rollout, then fails with the reason.
+    let fault = Envelope::builder(
+        "toronto://test",
+        toronto_protocol::rollout::SimFault {
+            service: "basket".into(),
+            environment: "staging".into(),
+            version: "2.0.0".into(),
+            error_rate: 0.5,
+            ..Default::default()
+        },
+    )
+    .build();
+    call::<_, toronto_protocol::rollout::SimService>(
+        &p.client,
+        "toronto.devops.v1.deployer.sim.fault",
+        &fault,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut second = deploy("basket", "staging");
+    second.version = "2.0.0".into();
+    second.strategy = Strategy::Canary {
+        steps: vec![
+            CanaryStep {
+                weight: 50,
+                pause_seconds: Some(30),
+            },
+            CanaryStep {
+                weight: 100,
+                pause_seconds: None,
+            },
+        ],
+    };
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/developer", second).build())
+        .await
+        .unwrap();
+    let plan = p.wait_for_state(accepted.plan_id, PlanState::Failed).await;
+    let reason = plan.reason.clone().unwrap_or_default();
+    assert!(reason.contains("aborted and rolled back"), "{reason}");
+    assert!(
+        step(&plan, "execute").findings.is_some(),
+        "the analysis is attached"
+    );
+
+    deployer_stop.cancel();
+    deployer.runtime.run_until_shutdown().await.unwrap();
+    peers.stop().await;
+    p.stop().await;
+}

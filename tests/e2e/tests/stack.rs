@@ -334,11 +334,14 @@ fn the_readme_documents_every_configuration_variable() {
         .map(|v| v.name)
         .collect();
     names.push(toronto_runtime::config::CONFIG_FILE_VAR);
-    names.extend(
-        toronto_planner::settings::PLANNER_VARS
-            .iter()
-            .map(|(name, _)| *name),
-    );
+    for table in [
+        toronto_planner::settings::PLANNER_VARS,
+        toronto_deployer::settings::DEPLOYER_VARS,
+        toronto_deployer::kube_vars(),
+        toronto_monitor::settings::MONITOR_VARS,
+    ] {
+        names.extend(table.iter().map(|(name, _)| *name));
+    }
     for name in names {
         assert!(
             readme.contains(&format!("| `{name}` |")),
