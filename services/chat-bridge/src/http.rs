@@ -23,6 +23,10 @@ use crate::exec::{Bridge, Invocation, Reply};
 use crate::markup::{self, Part};
 use crate::settings::{ChatKind, Settings};
 use crate::verify::{ReplayGuard, token_matches, verify_slack};
+use crate::webclient::WebClient;
+
+/// How long a post to a response URL may take.
+const RESPONSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What the routes share. The bridge is set once the service is connected; until then
 /// the routes answer 503.
@@ -31,7 +35,7 @@ pub struct HttpState {
     settings: Arc<Settings>,
     replay: Arc<ReplayGuard>,
     bridge: Arc<OnceLock<Bridge>>,
-    http: reqwest::Client,
+    http: WebClient,
 }
 
 impl HttpState {
@@ -41,7 +45,7 @@ impl HttpState {
             settings,
             replay: Arc::new(ReplayGuard::default()),
             bridge,
-            http: crate::notify::http_client(),
+            http: WebClient::new(),
         }
     }
 }
@@ -134,11 +138,8 @@ impl HttpState {
                     tokio::spawn(async move {
                         if let Ok(reply) = task.await {
                             let body = chat_reply(kind, &inv, &reply, false);
-                            if let Err(e) = http.post(url).json(&body).send().await {
-                                tracing::warn!(
-                                    connect = e.is_connect(),
-                                    "cannot post a late reply to the response URL"
-                                );
+                            if let Err(e) = http.post_json(&url, &body, RESPONSE_TIMEOUT).await {
+                                tracing::warn!(error = %e, "cannot post a late reply to the response URL");
                             }
                         }
                     });
@@ -297,8 +298,8 @@ async fn slack_interactions(
     if let Some(url) = response_url {
         let (http, body) = (st.http.clone(), body.clone());
         tokio::spawn(async move {
-            if let Err(e) = http.post(url).json(&body).send().await {
-                tracing::warn!(connect = e.is_connect(), "cannot post to the response URL");
+            if let Err(e) = http.post_json(&url, &body, RESPONSE_TIMEOUT).await {
+                tracing::warn!(error = %e, "cannot post to the response URL");
             }
         });
     }

@@ -24,6 +24,7 @@ pub mod markup;
 pub mod notify;
 pub mod settings;
 pub mod verify;
+pub mod webclient;
 
 use std::sync::{Arc, OnceLock};
 

@@ -19,6 +19,7 @@ use toronto_protocol::{Encoding, RawEnvelope};
 
 use crate::markup::{Part, render};
 use crate::settings::{ChatKind, Settings, Severity, Webhook};
+use crate::webclient::{PostError, WebClient};
 
 /// Most lines in one grouped message; the rest are counted.
 pub const MAX_LINES: usize = 15;
@@ -421,22 +422,11 @@ pub fn batch(kind: ChatKind, notes: Vec<Note>) -> Vec<Outgoing> {
     out
 }
 
-/// The delay a 429 answer asks for: its `Retry-After` seconds (at most a minute), else
-/// `fallback`.
-fn retry_after(response: &reqwest::Response, fallback: Duration) -> Duration {
-    response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| Duration::from_secs(s.min(60)))
-        .unwrap_or(fallback)
-}
-
-/// Posts one message, retrying on 429 (after `Retry-After`) and on server or network
-/// errors (with doubling backoff), up to [`ATTEMPTS`]. Returns whether it was delivered.
+/// Posts one message, retrying on 429 (after its `Retry-After`, at most a minute) and on
+/// server or network errors (with doubling backoff), up to [`ATTEMPTS`]. Returns
+/// whether it was delivered.
 pub async fn post(
-    http: &reqwest::Client,
+    http: &WebClient,
     hook: &Webhook,
     message: &Outgoing,
     shutdown: &CancellationToken,
@@ -444,29 +434,32 @@ pub async fn post(
     let mut backoff = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
         let result = http
-            .post(hook.url.expose())
-            .json(&message.body)
-            .timeout(Duration::from_secs(10))
-            .send()
+            .post_json(hook.url.expose(), &message.body, Duration::from_secs(10))
             .await;
         let wait = match result {
-            Ok(r) if r.status().is_success() => return true,
-            Ok(r) if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                let wait = retry_after(&r, backoff);
+            Ok(a) if (200..300).contains(&a.status) => return true,
+            Ok(a) if a.status == 429 => {
+                let wait = a
+                    .retry_after
+                    .map(|s| Duration::from_secs(s.min(60)))
+                    .unwrap_or(backoff);
                 tracing::warn!(webhook = %hook.name, attempt, wait_ms = wait.as_millis() as u64, "webhook rate-limited (429); backing off");
                 wait
             }
-            Ok(r) if r.status().is_server_error() => {
-                tracing::warn!(webhook = %hook.name, attempt, status = r.status().as_u16(), "webhook failed; retrying");
+            Ok(a) if a.status >= 500 => {
+                tracing::warn!(webhook = %hook.name, attempt, status = a.status, "webhook failed; retrying");
                 backoff
             }
-            Ok(r) => {
-                tracing::error!(webhook = %hook.name, status = r.status().as_u16(), "webhook refused the message; dropped");
+            Ok(a) => {
+                tracing::error!(webhook = %hook.name, status = a.status, "webhook refused the message; dropped");
+                return false;
+            }
+            Err(PostError::InvalidUrl) => {
+                tracing::error!(webhook = %hook.name, "webhook URL is invalid; dropped");
                 return false;
             }
             Err(e) => {
-                // reqwest errors may carry the URL, which is a secret: log the kind only.
-                tracing::warn!(webhook = %hook.name, attempt, timeout = e.is_timeout(), connect = e.is_connect(), "cannot reach the webhook; retrying");
+                tracing::warn!(webhook = %hook.name, attempt, error = %e, "cannot reach the webhook; retrying");
                 backoff
             }
         };
@@ -482,7 +475,7 @@ pub async fn post(
 
 /// One webhook's sender: gathers notes for the group window, then posts them.
 pub async fn sender(
-    http: reqwest::Client,
+    http: WebClient,
     hook: Webhook,
     mut rx: mpsc::Receiver<Note>,
     window: Duration,
@@ -520,7 +513,7 @@ pub struct Router {
 impl Router {
     /// Starts one sender per webhook beside the service, ending at its shutdown.
     pub fn start(settings: &Settings, rt: &toronto_runtime::ServiceRuntime) -> Self {
-        let http = http_client();
+        let http = WebClient::new();
         let mut senders = HashMap::new();
         for hook in &settings.webhooks {
             let (tx, rx) = mpsc::channel(QUEUE);
@@ -553,17 +546,6 @@ impl Router {
             }
         }
     }
-}
-
-/// The HTTP client for webhooks and response URLs.
-pub(crate) fn http_client() -> reqwest::Client {
-    // reqwest is built without a bundled crypto provider: use ring, which the
-    // workspace already links for NATS TLS. Installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .user_agent(concat!("toronto-chat-bridge/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("an HTTP client with default settings builds")
 }
 
 /// Follows the event stream through `events` (a queue-group subscription, so one

@@ -668,3 +668,55 @@ fn rollout(id: uuid::Uuid, weight: u8) -> Rollout {
         finished_at: None,
     }
 }
+
+#[tokio::test]
+async fn on_their_own_listener_slow_answers_follow_on_the_response_url() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (response_url, mut responses) = webhook_server(0).await;
+    let mut s = settings();
+    s.listen_addr = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    // Every command takes "too long": the user is told, and the answer follows.
+    s.reply_wait = Duration::ZERO;
+    let b = bridge_with(s).await;
+    let plan = production_plan("toronto://chat/slack/U_OP1");
+    let seen = b.fake_planner(plan.clone()).await;
+
+    // The chat routes are not on the health listener any more.
+    let body = serde_urlencoded::to_string([
+        ("text", "deploy shop 1.2.0 to staging"),
+        ("user_id", "U_OP2"),
+        ("response_url", response_url.as_str()),
+    ])
+    .unwrap();
+    let ts = now().to_string();
+    let signature = slack_signature(SECRET.as_bytes(), &ts, body.as_bytes());
+    let post = |addr: String| {
+        reqwest::Client::new()
+            .post(format!("http://{addr}/slack/commands"))
+            .header("x-slack-request-timestamp", ts.clone())
+            .header("x-slack-signature", signature.clone())
+            .body(body.clone())
+            .send()
+    };
+    let r = post(b.http.to_string()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = post(format!("127.0.0.1:{port}")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        text(&answer).starts_with("working on `deploy shop 1.2.0 to staging`"),
+        "{answer}"
+    );
+    let (_, late) = next_post(&mut responses).await;
+    assert!(
+        text(&late).contains(&format!("plan {} accepted", plan.id)),
+        "{late}"
+    );
+    assert_eq!(late["response_type"], "in_channel");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    b.stop().await;
+}
