@@ -48,33 +48,42 @@ pub fn take_output(words: &mut Vec<String>) -> anyhow::Result<Option<Output>> {
     }))
 }
 
-/// Parses `words` with the chat grammar, sends the request as `actor`, and returns what
-/// to print. A malformed command, or an error reply, is an error carrying the usage or
-/// the service's reasons.
+/// Parses `words` with the chat grammar; a malformed command is an error carrying the
+/// usage of the command meant (or the list of commands).
+pub fn parse(words: &[String]) -> anyhow::Result<Command> {
+    Ok(parse_words(words)?)
+}
+
+/// The text of `help` (answered here, without NATS), or `None` for other commands.
+pub fn local_answer(command: &Command) -> Option<String> {
+    match command {
+        Command::Help { command } => Some(Command::help_text(command.as_deref())),
+        _ => None,
+    }
+}
+
+/// Sends `command` as `actor` and returns what to print; an error reply is an error
+/// carrying the service's message and reasons.
 pub async fn run(
     client: &async_nats::Client,
     subjects: &Subjects,
-    words: &[String],
+    command: &Command,
     actor: &Actor,
     output: Output,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    let command = parse_words(words)?;
     let Some(request) = command.request(actor) else {
-        return Ok(Command::help_text(match &command {
-            Command::Help { command } => command.as_deref(),
-            _ => None,
-        }));
+        return Ok(local_answer(command).unwrap_or_default());
     };
     let subject = request.subject(subjects);
     let envelope = request.envelope(&actor.source);
     match call_raw(client, &subject, &envelope, Encoding::Json, timeout).await {
         Ok(reply) => Ok(match output {
-            Output::Table => render(&command, &reply.data),
+            Output::Table => render(command, &reply.data),
             Output::Json => serde_json::to_string_pretty(&reply)?,
         }),
         Err(CallError::Remote(body)) => match output {
-            Output::Table => bail!("{}", render_error(&command, &body)),
+            Output::Table => bail!("{}", render_error(command, &body)),
             Output::Json => bail!("{}", serde_json::to_string_pretty(&body)?),
         },
         Err(e) => bail!("{} failed: {e}", command.name()),

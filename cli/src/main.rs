@@ -221,6 +221,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let output = toronto_cli::commands::take_output(&mut words)?.unwrap_or(output);
             let role: toronto_commands::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let command = toronto_cli::commands::parse(&words)?;
+            if let Some(text) = toronto_cli::commands::local_answer(&command) {
+                println!("{text}");
+                return Ok(());
+            }
             let config = Config::from_env()?;
             let client = connect(&config).await?;
             let actor = toronto_commands::Actor {
@@ -231,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = toronto_cli::commands::run(
                 &client,
                 &config.subjects(),
-                &words,
+                &command,
                 &actor,
                 output,
                 config.nats.request_timeout(),

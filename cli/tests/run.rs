@@ -133,6 +133,15 @@ async fn run_sends_the_chat_grammar_and_prints_the_reply() {
         "{stderr}"
     );
     assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // help needs no NATS at all.
+    let out = toronto("nats://127.0.0.1:1", &["run", "help", "silence"]).await;
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("usage: silence MATCHERS for DURATION [COMMENT]"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]

@@ -720,3 +720,175 @@ async fn on_their_own_listener_slow_answers_follow_on_the_response_url() {
     assert_eq!(seen.lock().unwrap().len(), 1);
     b.stop().await;
 }
+
+/// Security and QA agents that pass every gate.
+async fn passing_peers(client: &async_nats::Client) -> Vec<ServiceHost> {
+    use toronto_protocol::tasks::{GateVerdict, QaTestRequest, SecurityScanRequest};
+    let mut hosts = Vec::new();
+    for (name, subject) in [
+        ("fake-security", "toronto.agents.security.v1.scan"),
+        ("fake-qa", "toronto.agents.qa.v1.test"),
+    ] {
+        let host = ServiceHost::start(
+            client.clone(),
+            ServiceSpec {
+                name: name.into(),
+                version: "0.0.1".into(),
+                description: "test peer".into(),
+                metadata: HashMap::new(),
+                queue_group: name.into(),
+                source: format!("toronto://agents/{name}"),
+            },
+            EndpointConfig::default(),
+            Metrics::new(),
+            None,
+        )
+        .await
+        .unwrap();
+        let pass = || GateVerdict {
+            passed: true,
+            reason: Some("clean".into()),
+            findings: None,
+        };
+        if name == "fake-security" {
+            host.add_endpoint(
+                "scan",
+                subject,
+                move |_r: Request<SecurityScanRequest>| async move { Ok::<_, ErrorBody>(pass()) },
+            )
+            .await
+            .unwrap();
+        } else {
+            host.add_endpoint(
+                "test",
+                subject,
+                move |_r: Request<QaTestRequest>| async move { Ok::<_, ErrorBody>(pass()) },
+            )
+            .await
+            .unwrap();
+        }
+        hosts.push(host);
+    }
+    hosts
+}
+
+fn button(user: &str, action: &str, plan_id: &str) -> String {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "user": {"id": user, "username": user.to_lowercase()},
+        "channel": {"id": "C1"},
+        "actions": [{"action_id": action, "value": plan_id}],
+    });
+    serde_urlencoded::to_string([("payload", payload.to_string())]).unwrap()
+}
+
+#[tokio::test]
+async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real_planner() {
+    let (hook, mut posts) = webhook_server(0).await;
+    let mut s = settings();
+    s.group_window = Duration::from_millis(200);
+    s.webhooks = vec![Webhook {
+        name: "ops".into(),
+        kind: ChatKind::Slack,
+        url: Secret::new(hook),
+    }];
+    let b = bridge_with(s).await;
+    let _peers = passing_peers(&b.client).await;
+    let mut config = Config::default();
+    config.nats.urls = vec![b.server.url()];
+    config.http.addr = String::new();
+    let planner_stop = CancellationToken::new();
+    let planner = toronto_planner::start_with(
+        config,
+        toronto_planner::Settings {
+            // The chat roles decide: operators approve.
+            approver_roles: vec!["operator".into(), "admin".into()],
+            promotion: Vec::new(),
+            budget_environments: Vec::new(),
+            gate_timeout: Duration::from_secs(5),
+            lease: Duration::from_secs(10),
+            ..Default::default()
+        },
+        planner_stop.clone(),
+    )
+    .await
+    .unwrap();
+    let planner = tokio::spawn(planner.run_until_shutdown());
+
+    let answer = b.slack("U_OP1", "deploy shop 1.2.0 to production").await;
+    assert!(
+        text(&answer).contains("production needs an approval by another operator"),
+        "{answer}"
+    );
+
+    // The approval request reaches the channel with its buttons.
+    let plan_id = loop {
+        let (_, post) = next_post(&mut posts).await;
+        if let Some(value) = post["blocks"][1]["elements"][0]["value"].as_str() {
+            assert!(
+                text(&post)
+                    .contains("approval needed: *deploy shop 1.2.0 to production (rolling)*"),
+                "{post}"
+            );
+            break value.to_owned();
+        }
+    };
+    assert!(text(&answer).contains(&plan_id), "{answer}");
+
+    // The requester's own click is refused; another operator's goes through.
+    let r = b
+        .slack_raw(
+            "/slack/interactions",
+            &button("U_OP1", "approve_plan", &plan_id),
+            SECRET,
+            now(),
+        )
+        .await;
+    let refused: Value = r.json().await.unwrap();
+    assert!(
+        text(&refused).contains("you asked for this deploy"),
+        "{refused}"
+    );
+    let r = b
+        .slack_raw(
+            "/slack/interactions",
+            &button("U_OP2", "approve_plan", &plan_id),
+            SECRET,
+            now(),
+        )
+        .await;
+    let approved: Value = r.json().await.unwrap();
+    assert!(
+        text(&approved).contains("approved; now running"),
+        "{approved}"
+    );
+
+    // The plan records who approved, in which role.
+    let plans = b.slack("U_VIEW", "plans shop").await;
+    assert!(text(&plans).contains(&plan_id), "{plans}");
+    let req = Envelope::builder(
+        "toronto://test",
+        PlanGet {
+            plan_id: plan_id.parse().unwrap(),
+        },
+    )
+    .build();
+    let plan: Envelope<Plan> = toronto_runtime::rpc::call(
+        &b.client,
+        "toronto.devops.v1.planner.plan.get",
+        &req,
+        toronto_protocol::Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert_eq!(plan.data.requested_by, "toronto://chat/slack/U_OP1");
+    assert_eq!(plan.data.decisions.len(), 1);
+    assert_eq!(plan.data.decisions[0].by, "U_OP2");
+    assert_eq!(plan.data.decisions[0].role, "operator");
+    assert!(plan.data.decisions[0].approved);
+
+    planner_stop.cancel();
+    planner.await.unwrap().unwrap();
+    b.stop().await;
+}
