@@ -276,34 +276,73 @@ fn alert_note(a: &Alert) -> Note {
 }
 
 /// The incident commander's events, read loosely (its types are not in the contract
-/// yet): `id`, `title`, `severity`, `service`, `environment`, `state` at the top of
-/// `data` or under `data.incident`.
+/// on main yet; the fields are those of its branch's `IncidentEvent`): `id`, `title`,
+/// `severity` (`sev1`..`sev4`), `service`, `environment`, `state`, `change`, `by`, at
+/// the top of `data` or under `data.incident`.
 fn incident_note(what: &str, data: &Value) -> Note {
     let i = data.get("incident").unwrap_or(data);
-    let severity = match str_of(i, &["severity"]) {
-        Some("critical" | "sev1" | "page" | "high") => Severity::Critical,
-        Some("error" | "sev2") => Severity::Error,
-        _ if what == "opened" || what == "escalated" => Severity::Error,
+    let level = str_of(i, &["severity"])
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let severity = match (what, level.as_str()) {
+        ("resolved" | "closed" | "mitigated", _) => Severity::Info,
+        (_, "sev1" | "critical") => Severity::Critical,
+        (_, "sev2" | "error") => Severity::Error,
+        (_, "sev3" | "warning") => Severity::Warning,
+        ("opened" | "escalated", _) => Severity::Error,
         _ => Severity::Info,
     };
+    let id = str_of(i, &["id", "incident_id"]).unwrap_or("?").to_owned();
     let mut parts = vec![
         ours("🚨 incident "),
-        strong(str_of(i, &["id", "incident_id"]).unwrap_or("?")),
+        strong(str_of(i, &["title", "summary"]).unwrap_or("?")),
         ours(" "),
         theirs(what.replace('_', " ")),
     ];
-    if let Some(t) = str_of(i, &["title", "summary"]) {
-        parts.push(ours(": "));
-        parts.push(theirs(t));
+    if !level.is_empty() {
+        parts.push(ours(" ("));
+        parts.push(theirs(level.to_uppercase()));
+        parts.push(ours(")"));
     }
-    if let Some(by) = str_of(i, &["by", "acknowledged_by", "resolved_by"]) {
+    if let Some(change) = str_of(i, &["change"]) {
+        parts.push(ours(": "));
+        parts.push(theirs(change));
+    }
+    if let Some(by) = str_of(i, &["by"]) {
         parts.push(ours(" by "));
         parts.push(theirs(by));
+    }
+    if matches!(what, "opened" | "escalated" | "reopened") {
+        parts.push(ours(" — "));
+        parts.push(Part::Code(format!("ack {id}")));
     }
     Note {
         severity,
         service: str_of(i, &["service"]).map(str::to_owned),
         environment: str_of(i, &["environment"]).map(str::to_owned),
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// A page the incident commander sent (`page.sent`), read loosely: `target`, `title`,
+/// `severity`, `reason`.
+fn page_note(data: &Value) -> Note {
+    let mut parts = vec![
+        ours("📟 paged "),
+        theirs(str_of(data, &["target"]).unwrap_or("?")),
+        ours(" for "),
+        strong(str_of(data, &["title"]).unwrap_or("?")),
+    ];
+    if let Some(reason) = str_of(data, &["reason"]) {
+        parts.push(ours(": "));
+        parts.push(theirs(reason));
+    }
+    Note {
+        severity: Severity::Warning,
+        service: str_of(data, &["service"]).map(str::to_owned),
+        environment: str_of(data, &["environment"]).map(str::to_owned),
         group_key: None,
         approval: None,
         parts,
@@ -320,6 +359,7 @@ pub fn describe(event: &str, envelope: &RawEnvelope) -> Option<Note> {
         "rollout" => Some(rollout_note(what, &typed::<Rollout>(data)?)),
         "alert" => Some(alert_note(&typed::<Alert>(data)?)),
         "incident" => Some(incident_note(what, data)),
+        "page" if what == "sent" => Some(page_note(data)),
         "slo" if what == "budget.exhausted" => {
             let service = str_of(data, &["service"]).map(str::to_owned);
             Some(Note {
@@ -600,6 +640,25 @@ mod tests {
             approval: None,
             parts: vec![theirs(text)],
         }
+    }
+
+    #[test]
+    fn incident_events_read_loosely() {
+        let envelope: RawEnvelope = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a1",
+            "source": "toronto://devops/incident", "type": "ai.toronto.devops.incident.event.v1",
+            "data": {"id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2", "title": "shop <errors>",
+                     "service": "shop", "environment": "production", "state": "triggered",
+                     "severity": "sev1", "change": "opened from 2 alerts"}
+        }))
+        .unwrap();
+        let note = describe("incident.opened", &envelope).unwrap();
+        assert_eq!(note.severity, Severity::Critical);
+        assert_eq!(note.environment.as_deref(), Some("production"));
+        assert_eq!(
+            render(ChatKind::Slack, &note.parts),
+            "🚨 incident *shop &lt;errors&gt;* opened (SEV1): opened from 2 alerts — `ack 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2`"
+        );
     }
 
     #[test]

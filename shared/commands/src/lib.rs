@@ -155,21 +155,21 @@ pub const SPECS: &[Spec] = &[
         name: "ack",
         usage: "ack INCIDENT_ID",
         summary: "Acknowledge an incident (stops its escalation).",
-        example: "ack INC-42",
+        example: "ack 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2",
         role: Role::Operator,
     },
     Spec {
         name: "resolve",
         usage: "resolve INCIDENT_ID",
         summary: "Resolve an incident.",
-        example: "resolve INC-42",
+        example: "resolve 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2",
         role: Role::Operator,
     },
     Spec {
         name: "note",
         usage: "note INCIDENT_ID TEXT",
         summary: "Add a note to an incident's timeline.",
-        example: "note INC-42 rolled back the canary, errors falling",
+        example: "note 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2 rolled back the canary, errors falling",
         role: Role::Operator,
     },
     Spec {
@@ -318,17 +318,17 @@ pub enum Command {
     /// `ack INCIDENT_ID`.
     Ack {
         /// The incident.
-        incident_id: String,
+        incident_id: Uuid,
     },
     /// `resolve INCIDENT_ID`.
     Resolve {
         /// The incident.
-        incident_id: String,
+        incident_id: Uuid,
     },
     /// `note INCIDENT_ID TEXT`.
     Note {
         /// The incident.
-        incident_id: String,
+        incident_id: Uuid,
         /// The note.
         text: String,
     },
@@ -653,17 +653,8 @@ fn version(word: &str) -> Result<String, String> {
     }
 }
 
-fn incident_id(word: &str) -> Result<String, String> {
-    let ok = !word.is_empty()
-        && word.len() <= 128
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
-    if ok {
-        Ok(word.to_owned())
-    } else {
-        Err(format!("`{word}` is not a valid incident id"))
-    }
+fn incident_id(word: &str) -> Result<Uuid, String> {
+    Uuid::parse_str(word).map_err(|_| format!("`{word}` is not an incident id (a UUID)"))
 }
 
 fn plan_id(word: &str) -> Result<Uuid, String> {

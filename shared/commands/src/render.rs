@@ -140,7 +140,7 @@ fn incident_reply(cmd: &Command, data: &Value) -> String {
             .map(|i| {
                 vec![
                     str_field(i, &["id", "incident_id"]).to_owned(),
-                    str_field(i, &["severity"]).to_owned(),
+                    str_field(i, &["severity"]).to_uppercase(),
                     str_field(i, &["state", "status"]).to_owned(),
                     str_field(i, &["service"]).to_owned(),
                     str_field(i, &["title", "summary"]).to_owned(),
@@ -158,7 +158,11 @@ fn incident_reply(cmd: &Command, data: &Value) -> String {
     match cmd {
         Command::Ack { incident_id } | Command::Resolve { incident_id } => format!(
             "incident {} is {}",
-            if id.is_empty() { incident_id } else { id },
+            if id.is_empty() {
+                incident_id.to_string()
+            } else {
+                id.to_owned()
+            },
             if state.is_empty() {
                 if matches!(cmd, Command::Ack { .. }) {
                     "acknowledged"

@@ -25,11 +25,15 @@ pub struct Actor {
 }
 
 /// The incident commander's request types as this crate assumes them (its types are not
-/// in the contract yet): `(verb, type name)`; the payloads are in [`Command::request`].
+/// in the contract on main yet): `(verb, type name)`. The payloads, built in
+/// [`Command::request`], follow the incident commander's branch: `incident.list`
+/// `{open, limit}`, `incident.action` `{id, by, reason}` for `ack` and `resolve`,
+/// `incident.note` `{id, by, text}`, `incident.silence.create` `{matchers: [{name,
+/// value, isRegex, isEqual}], ends_at, created_by, comment}`.
 pub const INCIDENT_TYPES: &[(&str, &str)] = &[
-    ("incident.list", "incident.list"),
-    ("ack", "incident.ack"),
-    ("resolve", "incident.resolve"),
+    ("list", "incident.list"),
+    ("ack", "incident.action"),
+    ("resolve", "incident.action"),
     ("note", "incident.note"),
     ("silence.create", "incident.silence.create"),
 ];
@@ -246,41 +250,49 @@ impl Command {
                     comment: reason.clone(),
                 },
             ),
-            Command::Incidents => Request::loose(IncidentCommander, "incident.list", json!({})),
+            Command::Incidents => Request::loose(
+                IncidentCommander,
+                "list",
+                json!({ "open": true, "limit": 20 }),
+            ),
             Command::Ack { incident_id } => Request::loose(
                 IncidentCommander,
                 "ack",
-                json!({ "incident_id": incident_id, "by": actor.id }),
+                json!({ "id": incident_id, "by": actor.id }),
             ),
             Command::Resolve { incident_id } => Request::loose(
                 IncidentCommander,
                 "resolve",
-                json!({ "incident_id": incident_id, "by": actor.id }),
+                json!({ "id": incident_id, "by": actor.id }),
             ),
             Command::Note { incident_id, text } => Request::loose(
                 IncidentCommander,
                 "note",
-                json!({ "incident_id": incident_id, "by": actor.id, "text": text }),
+                json!({ "id": incident_id, "by": actor.id, "text": text }),
             ),
             Command::Silence {
                 matchers,
                 duration_seconds,
                 comment,
-            } => Request::loose(
-                IncidentCommander,
-                "silence.create",
-                json!({
-                    "matchers": matchers.iter().map(|m| json!({
-                        "name": m.name,
-                        "value": m.value,
-                        "is_regex": m.is_regex,
-                        "is_equal": m.is_equal,
-                    })).collect::<Vec<_>>(),
-                    "duration_seconds": duration_seconds,
-                    "created_by": actor.id,
-                    "comment": comment.clone().unwrap_or_else(|| format!("silenced by {}", actor.id)),
-                }),
-            ),
+            } => {
+                let ends_at = chrono::Utc::now()
+                    + chrono::Duration::seconds(i64::try_from(*duration_seconds).unwrap_or(0));
+                Request::loose(
+                    IncidentCommander,
+                    "silence.create",
+                    json!({
+                        "matchers": matchers.iter().map(|m| json!({
+                            "name": m.name,
+                            "value": m.value,
+                            "isRegex": m.is_regex,
+                            "isEqual": m.is_equal,
+                        })).collect::<Vec<_>>(),
+                        "ends_at": ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        "created_by": actor.id,
+                        "comment": comment.clone().unwrap_or_else(|| format!("silenced by {}", actor.id)),
+                    }),
+                )
+            }
             Command::Slo { service } => Request::typed(
                 Monitor,
                 "slo.list",

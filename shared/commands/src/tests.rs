@@ -15,6 +15,7 @@ fn actor(role: Role) -> Actor {
 }
 
 const PLAN: &str = "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a1";
+const INC: &str = "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2";
 
 #[test]
 fn every_command_parses() {
@@ -131,21 +132,21 @@ fn every_command_parses() {
     );
     assert_eq!(ok("incidents"), Command::Incidents);
     assert_eq!(
-        ok("ack INC-42"),
+        ok(&format!("ack {INC}")),
         Command::Ack {
-            incident_id: "INC-42".into()
+            incident_id: INC.parse().unwrap()
         }
     );
     assert_eq!(
-        ok("resolve INC-42"),
+        ok(&format!("resolve {INC}")),
         Command::Resolve {
-            incident_id: "INC-42".into()
+            incident_id: INC.parse().unwrap()
         }
     );
     assert_eq!(
-        ok("note INC-42 rolled back, errors “falling now”"),
+        ok(&format!("note {INC} rolled back, errors “falling now”")),
         Command::Note {
-            incident_id: "INC-42".into(),
+            incident_id: INC.parse().unwrap(),
             text: "rolled back, errors falling now".into(),
         }
     );
@@ -272,8 +273,17 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     ("reject nope", "reject", "not a plan id"),
     ("incidents all", "incidents", "unexpected `all`"),
     ("ack", "ack", "INCIDENT_ID is missing"),
-    ("resolve a b", "resolve", "unexpected `b`"),
-    ("note INC-1", "note", "TEXT is missing"),
+    ("ack INC-42", "ack", "not an incident id"),
+    (
+        "resolve 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2 b",
+        "resolve",
+        "unexpected `b`",
+    ),
+    (
+        "note 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2",
+        "note",
+        "TEXT is missing",
+    ),
     (
         "silence service=shop",
         "silence",
@@ -393,10 +403,22 @@ fn every_command_but_help_becomes_a_request_with_a_valid_type() {
             "planner.plan.reject",
             "planner.plan.decision",
         ),
-        ("incidents", "incident.incident.list", "incident.list"),
-        ("ack I1", "incident.ack", "incident.ack"),
-        ("resolve I1", "incident.resolve", "incident.resolve"),
-        ("note I1 hi", "incident.note", "incident.note"),
+        ("incidents", "incident.list", "incident.list"),
+        (
+            "ack 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2",
+            "incident.ack",
+            "incident.action",
+        ),
+        (
+            "resolve 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2",
+            "incident.resolve",
+            "incident.action",
+        ),
+        (
+            "note 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2 hi",
+            "incident.note",
+            "incident.note",
+        ),
         (
             "silence a=b for 1h",
             "incident.silence.create",
@@ -448,13 +470,24 @@ fn replies_render_as_text() {
     )));
     assert!(text.contains("approval by another operator"));
     let incidents = serde_json::json!({"incidents": [
-        {"id": "INC-1", "severity": "critical", "state": "open", "service": "shop", "title": "errors"}
+        {"id": INC, "severity": "sev1", "state": "triggered", "service": "shop", "title": "errors"}
     ]});
     let text = render(&ok("incidents"), &incidents);
     assert!(
-        text.contains("INC-1") && text.contains("critical"),
+        text.contains(INC) && text.contains("SEV1") && text.contains("triggered"),
         "{text}"
     );
+    let silence = ok("silence service=shop,env!~prod.* for 2h deploy test")
+        .request(&actor(Role::Operator))
+        .unwrap();
+    assert_eq!(silence.data["matchers"][1]["name"], "env");
+    assert_eq!(silence.data["matchers"][1]["isRegex"], true);
+    assert_eq!(silence.data["matchers"][1]["isEqual"], false);
+    assert_eq!(silence.data["comment"], "deploy test");
+    assert_eq!(silence.data["created_by"], "U1");
+    let ends: chrono::DateTime<chrono::Utc> =
+        silence.data["ends_at"].as_str().unwrap().parse().unwrap();
+    assert!(ends > chrono::Utc::now() + chrono::Duration::minutes(119));
     let err = toronto_protocol::ErrorBody::new(toronto_protocol::ErrorCode::BadRequest, "no")
         .with_details(serde_json::json!({"reasons": ["version is missing"]}));
     assert_eq!(
