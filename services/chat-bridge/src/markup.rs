@@ -48,6 +48,16 @@ pub enum Part {
     Strong(String),
     /// Their text, as inline code.
     Code(String),
+    /// Who asked for something: a requester's `source` (`toronto://chat/slack/U024BE7LH`
+    /// becomes a Slack mention, other sources are shown without `toronto://`).
+    Requester(String),
+}
+
+/// The Slack user id in a chat source, when it is safe to mention.
+fn slack_user(source: &str) -> Option<&str> {
+    source
+        .strip_prefix("toronto://chat/slack/")
+        .filter(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 /// Renders parts for `kind`.
@@ -78,6 +88,13 @@ pub fn render(kind: ChatKind, parts: &[Part]) -> String {
                 });
                 out.push('`');
             }
+            Part::Requester(source) => match (kind, slack_user(source)) {
+                (ChatKind::Slack, Some(id)) => out.push_str(&format!("<@{id}>")),
+                _ => out.push_str(&escape(
+                    kind,
+                    source.strip_prefix("toronto://").unwrap_or(source),
+                )),
+            },
         }
     }
     out
@@ -89,6 +106,7 @@ pub fn plain(parts: &[Part]) -> String {
         .iter()
         .map(|p| match p {
             Part::Ours(s) | Part::Theirs(s) | Part::Strong(s) | Part::Code(s) => s.as_str(),
+            Part::Requester(s) => s.strip_prefix("toronto://").unwrap_or(s),
         })
         .collect()
 }
@@ -131,6 +149,15 @@ mod tests {
             render(ChatKind::Slack, &parts),
             "*deploy* *&lt;@U1&gt;*`a'b&lt;c&gt;`"
         );
+        let asked = [
+            Part::Requester("toronto://chat/slack/U1".into()),
+            Part::Requester("toronto://agents/qa/<bob>".into()),
+        ];
+        assert_eq!(
+            render(ChatKind::Slack, &asked),
+            "<@U1>agents/qa/&lt;bob&gt;"
+        );
+        assert_eq!(render(ChatKind::Mattermost, &asked[..1]), "chat/slack/U1");
         assert_eq!(
             reply_block(ChatKind::Slack, "A  B\n<x>  ```"),
             "```\nA  B\n&lt;x&gt;  '''\n```"
