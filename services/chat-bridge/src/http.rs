@@ -285,7 +285,12 @@ async fn slack_interactions(
     };
     let response_url = payload["response_url"].as_str().map(str::to_owned);
     let reply = match st
-        .run(inv.clone(), Some(command), ChatKind::Slack, None)
+        .run(
+            inv.clone(),
+            Some(command),
+            ChatKind::Slack,
+            response_url.clone(),
+        )
         .await
     {
         Ok(Some(reply)) => reply,
