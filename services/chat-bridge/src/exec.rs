@@ -73,6 +73,7 @@ pub struct Bridge {
     events: Events,
     settings: Arc<Settings>,
     timeout: Duration,
+    metrics: crate::metrics::ChatMetrics,
 }
 
 impl Bridge {
@@ -90,7 +91,14 @@ impl Bridge {
             events,
             settings,
             timeout,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts commands in `metrics` (registered with the service's `/metrics`).
+    pub fn with_metrics(mut self, metrics: crate::metrics::ChatMetrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// The settings.
@@ -281,6 +289,14 @@ impl Bridge {
         request_subject: Option<String>,
         correlation: Option<&str>,
     ) {
+        self.metrics
+            .commands
+            .get_or_create(&crate::metrics::CommandLabels {
+                platform: inv.platform.to_owned(),
+                command: command.map(|c| c.name()).unwrap_or("unparsed").to_owned(),
+                outcome: reply.outcome.as_str().to_owned(),
+            })
+            .inc();
         let record = ChatCommandRecord {
             platform: inv.platform.to_owned(),
             user_id: inv.user_id.clone(),

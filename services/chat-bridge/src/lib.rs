@@ -21,6 +21,7 @@
 pub mod exec;
 pub mod http;
 pub mod markup;
+pub mod metrics;
 pub mod notify;
 pub mod settings;
 pub mod verify;
@@ -87,16 +88,18 @@ pub async fn start_with(
     for (bucket, history) in BUCKETS {
         rt.kv(bucket, *history).await?;
     }
+    let metrics = metrics::ChatMetrics::register(&rt.metrics);
     let bridge = Bridge::new(
         rt.client.clone(),
         rt.subjects.clone(),
         rt.events.clone(),
         settings.clone(),
         rt.config.nats.request_timeout(),
-    );
+    )
+    .with_metrics(metrics.clone());
     let _ = cell.set(bridge);
     if !settings.webhooks.is_empty() {
-        let router = notify::Router::start(&settings, &rt);
+        let router = notify::Router::start(&settings, &rt, metrics);
         let events = rt
             .client
             .queue_subscribe(rt.subjects.events_all(), KIND.service_name().to_owned())

@@ -18,6 +18,7 @@ use toronto_protocol::tasks::{Plan, StepKind, StepState};
 use toronto_protocol::{Encoding, RawEnvelope};
 
 use crate::markup::{Part, render};
+use crate::metrics::ChatMetrics;
 use crate::settings::{ChatKind, Settings, Severity, Webhook};
 use crate::webclient::{PostError, WebClient};
 
@@ -469,6 +470,7 @@ pub async fn post(
     http: &WebClient,
     hook: &Webhook,
     message: &Outgoing,
+    metrics: &ChatMetrics,
     shutdown: &CancellationToken,
 ) -> bool {
     let mut backoff = Duration::from_millis(500);
@@ -477,7 +479,10 @@ pub async fn post(
             .post_json(hook.url.expose(), &message.body, Duration::from_secs(10))
             .await;
         let wait = match result {
-            Ok(a) if (200..300).contains(&a.status) => return true,
+            Ok(a) if (200..300).contains(&a.status) => {
+                metrics.post(&hook.name, "posted");
+                return true;
+            }
             Ok(a) if a.status == 429 => {
                 let wait = a
                     .retry_after
@@ -492,10 +497,12 @@ pub async fn post(
             }
             Ok(a) => {
                 tracing::error!(webhook = %hook.name, status = a.status, "webhook refused the message; dropped");
+                metrics.post(&hook.name, "dropped");
                 return false;
             }
             Err(PostError::InvalidUrl) => {
                 tracing::error!(webhook = %hook.name, "webhook URL is invalid; dropped");
+                metrics.post(&hook.name, "dropped");
                 return false;
             }
             Err(e) => {
@@ -503,6 +510,7 @@ pub async fn post(
                 backoff
             }
         };
+        metrics.post(&hook.name, "retried");
         backoff = (backoff * 2).min(Duration::from_secs(30));
         tokio::select! {
             _ = shutdown.cancelled() => return false,
@@ -510,6 +518,7 @@ pub async fn post(
         }
     }
     tracing::error!(webhook = %hook.name, "webhook did not take the message; dropped");
+    metrics.post(&hook.name, "dropped");
     false
 }
 
@@ -519,6 +528,7 @@ pub async fn sender(
     hook: Webhook,
     mut rx: mpsc::Receiver<Note>,
     window: Duration,
+    metrics: ChatMetrics,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     loop {
@@ -539,7 +549,7 @@ pub async fn sender(
             }
         }
         for message in batch(hook.kind, notes) {
-            post(&http, &hook, &message, &shutdown).await;
+            post(&http, &hook, &message, &metrics, &shutdown).await;
         }
     }
 }
@@ -548,11 +558,16 @@ pub async fn sender(
 #[derive(Debug, Clone)]
 pub struct Router {
     senders: HashMap<String, mpsc::Sender<Note>>,
+    metrics: ChatMetrics,
 }
 
 impl Router {
     /// Starts one sender per webhook beside the service, ending at its shutdown.
-    pub fn start(settings: &Settings, rt: &toronto_runtime::ServiceRuntime) -> Self {
+    pub fn start(
+        settings: &Settings,
+        rt: &toronto_runtime::ServiceRuntime,
+        metrics: ChatMetrics,
+    ) -> Self {
         let http = WebClient::new();
         let mut senders = HashMap::new();
         for hook in &settings.webhooks {
@@ -564,12 +579,13 @@ impl Router {
                     hook.clone(),
                     rx,
                     settings.group_window,
+                    metrics.clone(),
                     rt.shutdown_token(),
                 ),
             );
             senders.insert(hook.name.clone(), tx);
         }
-        Self { senders }
+        Self { senders, metrics }
     }
 
     /// Hands `note` to every channel whose route matches.
@@ -583,6 +599,7 @@ impl Router {
                 && tx.try_send(note.clone()).is_err()
             {
                 tracing::warn!(webhook = %hook.name, "notification queue full; dropped one");
+                self.metrics.post(&hook.name, "queue_full");
             }
         }
     }

@@ -459,6 +459,19 @@ async fn roles_are_enforced_and_nobody_approves_their_own_production_deploy() {
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].0, "approve");
+    // Refusals are counted on /metrics.
+    let metrics = reqwest::get(format!("http://{}/metrics", b.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"toronto_chat_commands_total{platform="slack",command="deploy",outcome="forbidden"} 1"#
+        ),
+        "{metrics}"
+    );
     assert_eq!(seen[0].1["by"], "U_OP2");
     assert_eq!(seen[0].1["role"], "operator");
     b.stop().await;
