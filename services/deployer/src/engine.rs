@@ -1239,6 +1239,9 @@ impl Deployer {
         step: &RolloutStep,
         before: Option<&Release>,
     ) -> Option<AnalysisRecord> {
+        // Only steps that send traffic to the new version are judged (not a rollback,
+        // which the alert that asked for it must not abort).
+        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         if let Some(h) = self.take_heard(r) {
             return Some(AnalysisRecord {
                 step: step.id.clone(),
@@ -1246,7 +1249,6 @@ impl Deployer {
                 verdict: h.verdict,
             });
         }
-        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         {
             let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
             if last
@@ -1265,13 +1267,32 @@ impl Deployer {
         })
     }
 
+    /// A firing alert heard on the service since `since`, described.
+    pub(crate) fn heard_alert(
+        &self,
+        service: &str,
+        environment: &str,
+        since: DateTime<Utc>,
+    ) -> Option<String> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&(service.to_owned(), environment.to_owned()))?
+            .iter()
+            .find(|h| h.at >= since && h.source == "alert")
+            .map(|h| h.verdict.reason.clone())
+    }
+
     /// Evidence heard on the bus since the rollout began.
     fn take_heard(&self, r: &Rollout) -> Option<Heard> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
         heard
             .get(&(r.service.clone(), r.environment.clone()))?
             .iter()
-            .find(|h| h.at >= r.created_at && h.rollout_id.is_none_or(|id| id == r.id))
+            .find(|h| {
+                h.at >= r.created_at
+                    && h.rollout_id.is_none_or(|id| id == r.id)
+                    && (h.source != "alert" || self.settings.abort_on_alert)
+            })
             .cloned()
     }
 
@@ -1394,9 +1415,6 @@ impl Deployer {
             };
             let data = raw.get("data").cloned().unwrap_or_default();
             if is_alert {
-                if !self.settings.abort_on_alert {
-                    continue;
-                }
                 let label = |name: &str| {
                     data.get(name)
                         .or_else(|| data.get("labels").and_then(|l| l.get(name)))

@@ -870,3 +870,99 @@ async fn an_alert_on_the_service_aborts_its_canary_between_steps() {
     assert_eq!(s.sim_view("news").await.traffic.get("1.0.0"), Some(&100));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn chaos_experiments_stop_when_an_abort_condition_holds_and_clean_up() {
+    let mut s = stack_with(settings(), 1).await;
+    s.deployed("quiz", "1.0.0", Strategy::Rolling).await;
+    let experiment = |fault: toronto_protocol::tasks::ChaosFault, seconds, conditions| {
+        PlanTask::ChaosExperiment(toronto_protocol::tasks::ChaosExperimentTask {
+            service: "quiz".into(),
+            environment: ENV.into(),
+            fault,
+            duration_seconds: seconds,
+            abort_conditions: conditions,
+        })
+    };
+    // Half the requests fail; the experiment stops at 20 percent.
+    let accepted = s
+        .execute(
+            "chaos.run",
+            experiment(
+                toronto_protocol::tasks::ChaosFault::ErrorRate { rate: 0.5 },
+                60,
+                vec![toronto_protocol::tasks::AbortCondition::ErrorRatioAbove { threshold: 0.2 }],
+            ),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = accepted
+        .reference
+        .unwrap()
+        .strip_prefix("chaos ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let run = s.chaos_until_done(id).await;
+    assert_eq!(run.state, toronto_protocol::rollout::ChaosState::Aborted);
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("error_ratio_above 0.2 held"),
+        "{run:?}"
+    );
+    assert!(
+        s.sim_view("quiz").await.faults.is_empty(),
+        "the fault is removed"
+    );
+    // Added latency with no condition holding: it runs its course.
+    let accepted = s
+        .execute(
+            "chaos.run",
+            experiment(
+                toronto_protocol::tasks::ChaosFault::Latency { ms: 30 },
+                1,
+                vec![toronto_protocol::tasks::AbortCondition::AlertFiring],
+            ),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = accepted
+        .reference
+        .unwrap()
+        .strip_prefix("chaos ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let run = s.chaos_until_done(id).await;
+    assert_eq!(
+        run.state,
+        toronto_protocol::rollout::ChaosState::Completed,
+        "{run:?}"
+    );
+    assert!(s.sim_view("quiz").await.faults.is_empty());
+    s.stop().await;
+}
+
+impl Stack {
+    async fn chaos_until_done(&self, id: Uuid) -> toronto_protocol::rollout::ChaosRun {
+        for _ in 0..200 {
+            let run: toronto_protocol::rollout::ChaosRun = self
+                .request(
+                    "chaos.get",
+                    RolloutRef {
+                        id: Some(id),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            if run.state != toronto_protocol::rollout::ChaosState::Running {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("experiment {id} never ended");
+    }
+}

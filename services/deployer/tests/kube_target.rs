@@ -19,6 +19,7 @@ use toronto_deployer::kube::{
     KubeSettings, KubeTarget, Manifest, manifest_list, manifests, namespace_manifest,
 };
 use toronto_deployer::target::{Layout, Routing, Target, TargetError, Track, Workload};
+use toronto_protocol::tasks::ChaosFault;
 
 // ---------------------------------------------------------------------------------
 // The mock API server
@@ -1376,4 +1377,45 @@ async fn real_cluster_round_trip_when_kubeconfig_is_set() {
         .await
         .expect("teardown");
     result.expect("round trip");
+}
+
+#[tokio::test]
+async fn a_chaos_pod_kill_lists_the_services_pods_and_deletes_that_many() {
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "prod",
+                            "labels": {"app.kubernetes.io/name": "shop"}}})
+    };
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
+                      "items": [pod("shop-a"), pod("shop-b"), pod("shop-c")]});
+    let (target, log) = mock_target(settings(), move |req: &Seen| match req.method.as_str() {
+        "GET" if req.path == "/api/v1/namespaces/prod/pods" => Reply::Json(200, list.clone()),
+        "DELETE" => Reply::Json(200, pod(req.path.rsplit('/').next().unwrap_or_default())),
+        _ => not_found(&req.path),
+    });
+    target
+        .inject("shop", "production", &ChaosFault::PodKill { count: 2 })
+        .await
+        .expect("pods killed");
+    let reqs = requests(&log);
+    let lines: Vec<String> = reqs.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "GET /api/v1/namespaces/prod/pods",
+            "DELETE /api/v1/namespaces/prod/pods/shop-a",
+            "DELETE /api/v1/namespaces/prod/pods/shop-b",
+        ]
+    );
+    assert_eq!(
+        reqs[0].query.get("labelSelector").map(String::as_str),
+        Some("app.kubernetes.io%2Fname%3Dshop")
+    );
+    // Faults that need a mesh are refused, with no request sent.
+    let err = target
+        .inject("shop", "production", &ChaosFault::ErrorRate { rate: 0.5 })
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, TargetError::Refused { .. }), "{err}");
+    assert_eq!(requests(&log).len(), 3);
 }

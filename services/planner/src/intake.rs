@@ -8,8 +8,9 @@ use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
-    Cancellation, DeployTask, PipelineTask, Plan, PlanCancel, PlanList, PlanState, PlanTask,
-    ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy, SubmitAccepted,
+    Cancellation, ChaosExperimentTask, ChaosFault, DeployTask, PipelineTask, Plan, PlanCancel,
+    PlanList, PlanState, PlanTask, ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy,
+    SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -24,6 +25,7 @@ pub fn accepts() -> Accepts {
         .with::<ScaleTask>()
         .with::<PipelineTask>()
         .with::<ProvisionEnvironmentTask>()
+        .with::<ChaosExperimentTask>()
 }
 
 /// Why a task was not taken.
@@ -145,6 +147,30 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
                 ));
             }
         }
+        PlanTask::ChaosExperiment(t) => {
+            if t.duration_seconds == 0 || t.duration_seconds > 3600 {
+                reasons.push(format!(
+                    "duration_seconds {} must be 1 to 3600",
+                    t.duration_seconds
+                ));
+            }
+            match &t.fault {
+                ChaosFault::ErrorRate { rate } if !(0.0..=1.0).contains(rate) => {
+                    reasons.push(format!("error rate {rate} must be 0 to 1"));
+                }
+                ChaosFault::PodKill { count: 0 } => {
+                    reasons.push("pod_kill needs a count of at least 1".into());
+                }
+                _ => {}
+            }
+            for c in &t.abort_conditions {
+                if let toronto_protocol::tasks::AbortCondition::ErrorRatioAbove { threshold } = c
+                    && !(0.0..=1.0).contains(threshold)
+                {
+                    reasons.push(format!("abort threshold {threshold} must be 0 to 1"));
+                }
+            }
+        }
         PlanTask::Pipeline(t) => {
             token("repository", &t.repository, &mut reasons);
             for env in &t.environments {
@@ -180,6 +206,9 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
             .map_err(bad),
         "task.pipeline" => serde_json::from_value(data)
             .map(PlanTask::Pipeline)
+            .map_err(bad),
+        "task.chaos_experiment" => serde_json::from_value(data)
+            .map(PlanTask::ChaosExperiment)
             .map_err(bad),
         other => Err(IntakeError::Rejected(vec![format!(
             "task type `{other}` is not one the planner takes"

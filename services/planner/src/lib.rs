@@ -49,6 +49,10 @@ pub const RUNNER_CONSUMER: &str = "toronto-planner-runner";
 /// rollout to end), shared by every planner replica.
 pub const ROLLOUTS_CONSUMER: &str = "toronto-planner-rollouts";
 
+/// The durable consumer of chaos events (a plan's execute step waits for its
+/// experiment to end), shared by every planner replica.
+pub const CHAOS_CONSUMER: &str = "toronto-planner-chaos";
+
 /// Starts the service with settings from the `TORONTO_PLANNER_*` variables.
 pub async fn start(
     config: Config,
@@ -172,9 +176,45 @@ pub async fn start_with(
                         Encoding::Json,
                     ) {
                         Ok(event) if event.data.phase.is_final() => {
-                            planner.rollout_ended(&event.data).await
+                            planner.work_ended(event.data.plan_id).await
                         }
                         // Progress, or a rollout event of another version: not ours to act on.
+                        _ => Outcome::Ack,
+                    }
+                }
+            },
+        ),
+    );
+
+    let waker = intake.clone();
+    rt.spawn_background(
+        "chaos watcher",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.events_stream(),
+                durable: CHAOS_CONSUMER.into(),
+                filter_subject: Some(rt.subjects.event("chaos", ">")),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 20,
+                concurrency: 8,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let planner = waker.clone();
+                async move {
+                    match toronto_protocol::decode::<toronto_protocol::rollout::ChaosRun>(
+                        delivery.payload(),
+                        Encoding::Json,
+                    ) {
+                        Ok(event)
+                            if event.data.state
+                                != toronto_protocol::rollout::ChaosState::Running =>
+                        {
+                            planner.work_ended(event.data.plan_id).await
+                        }
                         _ => Outcome::Ack,
                     }
                 }

@@ -16,7 +16,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use chrono::Utc;
 use toronto_protocol::envelope::FlowContext;
-use toronto_protocol::rollout::{Rollout, RolloutPhase, RolloutRef};
+use toronto_protocol::rollout::{ChaosRun, ChaosState, Rollout, RolloutPhase, RolloutRef};
 use toronto_protocol::tasks::{
     AdvancePlan, Decision, ExecuteAccepted, ExecuteRequest, GateVerdict, Lease, Plan, PlanDecision,
     PlanState, PlanTask, QaTestRequest, SecurityScanRequest, Step, StepKind, StepState,
@@ -527,6 +527,7 @@ impl Planner {
                     PlanTask::Deploy(_) => "rollout.start",
                     PlanTask::Rollback(_) => "rollback",
                     PlanTask::Scale(_) => "scale",
+                    PlanTask::ChaosExperiment(_) => "chaos.run",
                     PlanTask::Pipeline(_) => {
                         return StepResult::Failed {
                             reason: "a pipeline is generated, not executed".into(),
@@ -562,9 +563,13 @@ impl Planner {
                             .strip_prefix("rollout ")
                             .filter(|rest| !rest.contains(' '))
                             .and_then(|id| id.parse::<Uuid>().ok());
-                        match rollout {
-                            Some(id) => self.rollout_result(id).await,
-                            None => StepResult::Passed {
+                        let chaos = reference
+                            .strip_prefix("chaos ")
+                            .and_then(|id| id.parse::<Uuid>().ok());
+                        match (rollout, chaos) {
+                            (Some(id), _) => self.rollout_result(id).await,
+                            (None, Some(id)) => self.chaos_result(id).await,
+                            (None, None) => StepResult::Passed {
                                 reason: Some(format!("deployer: {reference}")),
                                 findings: None,
                                 artifacts: Vec::new(),
@@ -657,10 +662,64 @@ impl Planner {
         }
     }
 
-    /// A rollout ended: wakes the plan whose execute step waits for it. `Retry` while
-    /// the plan has not yet recorded that it waits.
-    pub(crate) async fn rollout_ended(&self, rollout: &Rollout) -> Outcome {
-        let Some(plan_id) = rollout.plan_id else {
+    /// Where a chaos experiment the deployer runs stands, as a step result: it passes
+    /// when the experiment ran its course and fails when an abort condition held.
+    async fn chaos_result(&self, id: Uuid) -> StepResult {
+        let request = Envelope::builder(
+            self.source.clone(),
+            RolloutRef {
+                id: Some(id),
+                ..Default::default()
+            },
+        )
+        .build();
+        let subject = self.subjects.command(ServiceKind::Deployer, "chaos.get");
+        match call::<_, ChaosRun>(
+            &self.client,
+            &subject,
+            &request,
+            Encoding::Json,
+            self.settings.gate_timeout,
+        )
+        .await
+        {
+            Ok(reply) => {
+                let run = reply.data;
+                let reason = run.reason.clone().unwrap_or_default();
+                match run.state {
+                    ChaosState::Running => StepResult::Wait {
+                        reason: format!("waiting: chaos experiment {id} is running"),
+                    },
+                    ChaosState::Completed => StepResult::Passed {
+                        reason: Some(format!("chaos experiment {id} completed: {reason}")),
+                        findings: None,
+                        artifacts: Vec::new(),
+                    },
+                    ChaosState::Aborted | ChaosState::Failed => StepResult::Failed {
+                        reason: format!(
+                            "chaos experiment {id} {}: {reason}",
+                            if run.state == ChaosState::Aborted {
+                                "was aborted"
+                            } else {
+                                "failed"
+                            }
+                        ),
+                        findings: serde_json::to_value(&run).ok(),
+                    },
+                }
+            }
+            Err(e) => StepResult::Wait {
+                reason: format!(
+                    "waiting: chaos experiment {id}, whose state cannot be read now: {e}"
+                ),
+            },
+        }
+    }
+
+    /// A rollout or experiment of `plan_id` ended: wakes the plan whose execute step
+    /// waits for it. `Retry` while the plan has not yet recorded that it waits.
+    pub(crate) async fn work_ended(&self, plan_id: Option<Uuid>) -> Outcome {
+        let Some(plan_id) = plan_id else {
             return Outcome::Ack;
         };
         for _ in 0..20 {

@@ -1714,6 +1714,31 @@ async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
         "the analysis is attached"
     );
 
+    // A chaos experiment: the plan waits for it and completes when it ran its course.
+    let chaos = toronto_protocol::tasks::ChaosExperimentTask {
+        service: "basket".into(),
+        environment: "staging".into(),
+        fault: toronto_protocol::tasks::ChaosFault::PodKill { count: 1 },
+        duration_seconds: 1,
+        abort_conditions: vec![toronto_protocol::tasks::AbortCondition::AlertFiring],
+    };
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/qa", chaos).build())
+        .await
+        .unwrap();
+    let plan = p
+        .wait_for_state(accepted.plan_id, PlanState::Completed)
+        .await;
+    let execute = step(&plan, "execute");
+    assert!(
+        execute
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("completed: ran 1 s; no abort condition held"),
+        "{execute:?}"
+    );
+
     deployer_stop.cancel();
     deployer.runtime.run_until_shutdown().await.unwrap();
     peers.stop().await;

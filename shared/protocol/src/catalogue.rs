@@ -17,14 +17,14 @@ use crate::error::ErrorBody;
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::rollout::{
-    AdvanceRollout, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
+    AdvanceRollout, ChaosRun, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
     RolloutRef, Rollouts, SimFault, SimService, SimTamper,
 };
 use crate::tasks::{
-    AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
-    PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
-    ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest, SloGet,
-    SloStatus, SloStatuses, SubmitAccepted,
+    AdvancePlan, ChaosExperimentTask, DeployTask, DoraQuery, DoraReport, ExecuteAccepted,
+    ExecuteRequest, GateVerdict, PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList,
+    Plans, ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest,
+    SloGet, SloStatus, SloStatuses, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -76,6 +76,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<ScaleTask>(),
         payload::<PipelineTask>(),
         payload::<ProvisionEnvironmentTask>(),
+        payload::<ChaosExperimentTask>(),
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),
@@ -106,6 +107,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SloList>(),
         payload::<SloEntries>(),
         payload::<Rollout>(),
+        payload::<ChaosRun>(),
         payload::<AdvanceRollout>(),
         payload::<RolloutRef>(),
         payload::<RolloutCommand>(),
