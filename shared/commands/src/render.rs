@@ -80,6 +80,12 @@ pub fn describe_task(task: &PlanTask) -> String {
         PlanTask::Scale(t) => format!("scale {} in {} to {}", t.service, t.environment, t.replicas),
         PlanTask::Pipeline(t) => format!("pipeline for {}", t.service),
         PlanTask::ProvisionEnvironment(t) => format!("environment {}", t.name),
+        PlanTask::ChaosExperiment(t) => format!(
+            "chaos experiment on {} in {} for {}",
+            t.service,
+            t.environment,
+            human_duration(t.duration_seconds)
+        ),
     }
 }
 
@@ -198,8 +204,11 @@ fn incident_reply(cmd: &Command, data: &Value) -> String {
     }
 }
 
-/// `2h`, `1d6h`, `45m`.
+/// `2h`, `1d6h`, `45m`, `30s`.
 pub fn human_duration(seconds: u64) -> String {
+    if seconds < 60 {
+        return format!("{seconds}s");
+    }
     let (d, h, m) = (
         seconds / 86_400,
         seconds % 86_400 / 3600,
