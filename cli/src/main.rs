@@ -72,6 +72,39 @@ enum Command {
         #[arg(long)]
         msgpack: bool,
     },
+    /// Run a chat command from the terminal, with the same grammar as `/devops` in chat
+    /// (`toronto run help` lists them), e.g. `toronto run deploy shop 1.2.0 to staging
+    /// --strategy canary`. The reply is printed as text (`--output table`, default) or as
+    /// the reply envelope (`--output json`); an error or a malformed command exits 1.
+    Run {
+        /// Print the reply as text and tables, or as JSON (may also follow the command).
+        #[arg(long, value_enum, default_value = "table")]
+        output: toronto_cli::commands::Output,
+        /// Who you are on decisions and incident work (default: $USER).
+        #[arg(long = "as", env = "USER", default_value = "cli")]
+        user: String,
+        /// The role sent with approvals and rejections (the planner checks it).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        words: Vec<String>,
+    },
+    /// Print events as they happen (`<prefix>.devops.v1.events.>`) until ctrl-c.
+    Watch {
+        /// Only events about this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events about this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Only events of this flow (correlation id).
+        #[arg(long)]
+        correlation: Option<String>,
+        /// One line of text per event, or the envelope as JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        output: toronto_cli::commands::Output,
+    },
     /// Dead letters: messages the services refused, with the reason.
     Dlq {
         #[command(subcommand)]
@@ -180,6 +213,54 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             msgpack,
         } => request(subject, ty, data, msgpack).await,
+        Command::Run {
+            output,
+            user,
+            role,
+            mut words,
+        } => {
+            let output = toronto_cli::commands::take_output(&mut words)?.unwrap_or(output);
+            let role: toronto_commands::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let command = toronto_cli::commands::parse(&words)?;
+            if let Some(text) = toronto_cli::commands::local_answer(&command) {
+                println!("{text}");
+                return Ok(());
+            }
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let actor = toronto_commands::Actor {
+                source: format!("toronto://cli/{user}"),
+                id: user,
+                role,
+            };
+            let text = toronto_cli::commands::run(
+                &client,
+                &config.subjects(),
+                &command,
+                &actor,
+                output,
+                config.nats.request_timeout(),
+            )
+            .await?;
+            println!("{text}");
+            Ok(())
+        }
+        Command::Watch {
+            service,
+            environment,
+            correlation,
+            output,
+        } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let filter = toronto_cli::commands::WatchFilter {
+                service,
+                environment,
+                correlation,
+            };
+            let stop = toronto_runtime::shutdown::on_signal();
+            toronto_cli::commands::watch(&client, &config.subjects(), &filter, output, stop).await
+        }
         Command::Dlq { action } => dlq(action).await,
         Command::Slo { action } => {
             let (file, rules) = match &action {
@@ -242,6 +323,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{name:<34} {description}");
             }
             for (name, description) in toronto_monitor::settings::MONITOR_VARS {
+                println!("{name:<34} {description}");
+            }
+            for (name, description) in toronto_chat_bridge::settings::CHAT_VARS {
                 println!("{name:<34} {description}");
             }
             Ok(())

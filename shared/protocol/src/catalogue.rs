@@ -11,6 +11,7 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::chat::ChatCommandRecord;
 use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
@@ -124,6 +125,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SimFault>(),
         payload::<SimTamper>(),
         payload::<SimService>(),
+        payload::<ChatCommandRecord>(),
     ]
 }
 

@@ -11,6 +11,7 @@
 pub mod alerts;
 pub mod analysis;
 pub mod catalogue;
+pub mod chat;
 pub mod codec;
 pub mod delegation;
 pub mod envelope;

@@ -88,6 +88,20 @@ impl ServiceRuntime {
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
+        Self::start_with_routes(kind, version, config, axum::Router::new(), shutdown).await
+    }
+
+    /// Like [`ServiceRuntime::start`], and the service's own HTTP `routes` are served
+    /// beside `/healthz`, `/readyz` and `/metrics` on the same listener (when HTTP is
+    /// enabled). The routes exist before the service is connected: a handler that needs
+    /// the service answers 503 until it is ready.
+    pub async fn start_with_routes(
+        kind: ServiceKind,
+        version: &str,
+        config: Config,
+        routes: axum::Router,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
         config.validate()?;
         let metrics = Metrics::new();
         let subjects = config.subjects();
@@ -171,7 +185,7 @@ impl ServiceRuntime {
                     }
                 });
                 let (bound, task) =
-                    http::serve(addr, metrics.clone(), readiness, http_stop.clone())
+                    http::serve_with(addr, metrics.clone(), readiness, routes, http_stop.clone())
                         .await
                         .map_err(|source| RuntimeError::Http {
                             addr: addr.to_string(),
