@@ -43,6 +43,11 @@ enum Command {
         /// `shop` 1.0.0 in staging and production on the simulated cluster, with SLOs.
         #[arg(long)]
         demo: bool,
+        /// Run the local nats-server with one least-privilege user per service
+        /// (deploy/nats/permissions.conf, passwords generated for this run; the admin's
+        /// are written to DATA_DIR/admin.env for the CLI).
+        #[arg(long)]
+        secure: bool,
     },
     /// Ask every service (or one) for its status.
     Status {
@@ -192,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             http_port_base,
             demo,
+            secure,
         } => {
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
@@ -201,6 +207,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 http_port_base,
                 start_nats: std::env::var_os("TORONTO_NATS_URL").is_none(),
                 demo,
+                secure,
             };
             let shutdown = toronto_runtime::shutdown::on_signal();
             toronto_cli::up::run(config, options, shutdown).await

@@ -294,3 +294,80 @@ async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
     let exit = sigterm(&mut up).await;
     assert!(exit.success());
 }
+
+#[tokio::test]
+async fn up_secure_runs_every_service_as_its_own_nats_user() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut up = Command::new(TORONTO)
+        .args([
+            "up",
+            "--secure",
+            "--nats-port",
+            &port.to_string(),
+            "--http-port-base",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env_remove("TORONTO_NATS_URL")
+        .env("TORONTO_NATS_SERVER_BIN", nats_server_bin().unwrap())
+        .env("TORONTO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    // Without credentials the server refuses the CLI.
+    let env_file = data.path().join("admin.env");
+    for _ in 0..100 {
+        if env_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = std::fs::read_to_string(&env_file).expect("admin.env written");
+    let password = admin
+        .lines()
+        .find_map(|l| l.strip_prefix("TORONTO_NATS_PASSWORD="))
+        .unwrap()
+        .to_owned();
+    let as_admin = |args: &'static [&'static str]| {
+        let url = url.clone();
+        let password = password.clone();
+        async move {
+            Command::new(TORONTO)
+                .args(args)
+                .env("TORONTO_NATS_URL", url)
+                .env("TORONTO_NATS_USER", "admin")
+                .env("TORONTO_NATS_PASSWORD", password)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let mut status = None;
+    for _ in 0..100 {
+        let out = as_admin(&["status"]).await;
+        if out.status.success() {
+            status = Some(String::from_utf8(out.stdout).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = status.expect("every service answers status under its own user");
+    assert!(status.contains("toronto-chat-bridge"), "{status}");
+    let anonymous = toronto(&url, &["status"]).await;
+    assert!(
+        !anonymous.status.success(),
+        "the server refuses a client without credentials"
+    );
+    let conf = std::fs::read_to_string(data.path().join("nats-users.conf")).unwrap();
+    assert!(
+        !conf.contains("$TORONTO_NATS_"),
+        "every password was filled in"
+    );
+    let exit = sigterm(&mut up).await;
+    assert_eq!(exit.code(), Some(0));
+}
