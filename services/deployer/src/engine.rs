@@ -744,7 +744,8 @@ impl Deployer {
             .filter(|r| !r.phase.is_final()))
     }
 
-    async fn release_active(&self, r: &Rollout) -> Result<(), EngineError> {
+    /// Lets go of the active-rollout lock if `r` holds it.
+    pub(crate) async fn release_active(&self, r: &Rollout) -> Result<(), EngineError> {
         let key = active_key(&r.service, &r.environment);
         if let Some(entry) = self.rollouts.entry(&key).await.map_err(store)?
             && entry.operation == kv::Operation::Put
