@@ -72,22 +72,93 @@ pub async fn run(
     output: Output,
     timeout: Duration,
 ) -> anyhow::Result<String> {
+    run_following(client, subjects, command, actor, output, timeout, false).await
+}
+
+/// [`run`]; with `follow`, a command that starts a plan (deploy, rollback) prints its
+/// reply at once, then every event of its flow (gates, rollout weight and step) until
+/// the plan ends, and fails when the plan does.
+pub async fn run_following(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    command: &Command,
+    actor: &Actor,
+    output: Output,
+    timeout: Duration,
+    follow: bool,
+) -> anyhow::Result<String> {
     let Some(request) = command.request(actor) else {
         return Ok(local_answer(command).unwrap_or_default());
     };
     let subject = request.subject(subjects);
     let envelope = request.envelope(&actor.source);
+    let flow = envelope.correlationid.clone().unwrap_or_default();
+    // Subscribe before asking, so that no event of the flow is missed.
+    let events = if follow && subject.ends_with(".planner.submit") {
+        let sub = client.subscribe(subjects.events_all()).await?;
+        toronto_runtime::service::confirm_subscriptions(client).await;
+        Some(sub)
+    } else {
+        None
+    };
     match call_raw(client, &subject, &envelope, Encoding::Json, timeout).await {
-        Ok(reply) => Ok(match output {
-            Output::Table => render(command, &reply.data),
-            Output::Json => serde_json::to_string_pretty(&reply)?,
-        }),
+        Ok(reply) => {
+            let text = match output {
+                Output::Table => render(command, &reply.data),
+                Output::Json => serde_json::to_string_pretty(&reply)?,
+            };
+            let Some(events) = events else {
+                return Ok(text);
+            };
+            println!("{text}");
+            follow_flow(events, &flow, output).await?;
+            Ok(String::new())
+        }
         Err(CallError::Remote(body)) => match output {
             Output::Table => bail!("{}", render_error(command, &body)),
             Output::Json => bail!("{}", serde_json::to_string_pretty(&body)?),
         },
         Err(e) => bail!("{} failed: {e}", command.name()),
     }
+}
+
+/// Prints the events of one flow until its plan ends; an error when it failed.
+async fn follow_flow(
+    mut events: async_nats::Subscriber,
+    correlation: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let filter = WatchFilter {
+        correlation: Some(correlation.to_owned()),
+        ..Default::default()
+    };
+    while let Some(message) = events.next().await {
+        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, Encoding::Json) else {
+            continue;
+        };
+        if !filter.matches(&envelope) {
+            continue;
+        }
+        let event = message
+            .subject
+            .as_str()
+            .split_once(".events.")
+            .map(|(_, e)| e)
+            .unwrap_or_default();
+        println!("{}", watch_line(event, &envelope, output));
+        match event {
+            "plan.completed" => return Ok(()),
+            "plan.failed" | "plan.cancelled" => {
+                let reason = envelope.data["reason"]
+                    .as_str()
+                    .unwrap_or("no reason given");
+                bail!("the plan {}: {reason}", event.trim_start_matches("plan."));
+            }
+            _ => {}
+        }
+    }
+    bail!("the event stream ended before the plan did")
 }
 
 /// Which events `toronto watch` shows.

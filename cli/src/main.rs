@@ -91,6 +91,10 @@ enum Command {
         /// The role sent with approvals and rejections (the planner checks it).
         #[arg(long, default_value = "operator")]
         role: String,
+        /// For deploy and rollback: follow the plan (gates, rollout weight and step)
+        /// until it ends; exit 1 when it fails.
+        #[arg(long)]
+        follow: bool,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         words: Vec<String>,
@@ -224,6 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             user,
             role,
+            follow,
             mut words,
         } => {
             let output = toronto_cli::commands::take_output(&mut words)?.unwrap_or(output);
@@ -240,16 +245,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 id: user,
                 role,
             };
-            let text = toronto_cli::commands::run(
+            let text = toronto_cli::commands::run_following(
                 &client,
                 &config.subjects(),
                 &command,
                 &actor,
                 output,
                 config.nats.request_timeout(),
+                follow,
             )
             .await?;
-            println!("{text}");
+            if !text.is_empty() {
+                println!("{text}");
+            }
             Ok(())
         }
         Command::Watch {

@@ -209,7 +209,7 @@ async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
     let mut up = Command::new(TORONTO)
         .args(["up", "--demo", "--http-port-base", "0"])
         .env("TORONTO_NATS_URL", server.url())
-        .env("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "0")
+        .env("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "2")
         .env("TORONTO_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -291,6 +291,34 @@ async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
         security["reason"].as_str().unwrap().contains("DEMO"),
         "{security}"
     );
+    // A faulty version, followed from the terminal: progress, then the rollback, exit 1.
+    request(
+        "toronto.devops.v1.deployer.sim.fault",
+        "ai.toronto.devops.sim.fault.v1",
+        r#"{"service":"shop","environment":"staging","version":"1.2.0","error_rate":0.5}"#.into(),
+    )
+    .await;
+    let followed = toronto(
+        &server.url(),
+        &[
+            "run",
+            "--follow",
+            "deploy",
+            "shop",
+            "1.2.0",
+            "to",
+            "staging",
+            "--strategy",
+            "canary",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&followed.stdout);
+    let stderr = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{stdout}");
+    assert!(stdout.contains("rollout.progressed"), "{stdout}");
+    assert!(stdout.contains("rollout.rolled_back"), "{stdout}");
+    assert!(stderr.contains("aborted and rolled back"), "{stderr}");
     let exit = sigterm(&mut up).await;
     assert!(exit.success());
 }

@@ -545,6 +545,13 @@ impl Planner {
                     },
                 )
                 .subject(task.service())
+                // The rollout continues the plan's flow: one correlation id from the
+                // task to the last rollout event.
+                .caused_by(&FlowContext {
+                    id: plan.task_id,
+                    correlationid: plan.correlationid.clone(),
+                    traceparent: None,
+                })
                 .build();
                 match call::<_, ExecuteAccepted>(
                     &self.client,
