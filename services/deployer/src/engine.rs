@@ -1194,7 +1194,13 @@ impl Deployer {
             .as_ref()
             .map(|b| b.history.clone())
             .unwrap_or_default();
-        if let Some(b) = &before {
+        if r.is_rollback {
+            // Going back to an earlier version forgets what came after it, so that the
+            // next plain rollback goes further back rather than forward again.
+            if let Some(pos) = history.iter().rposition(|h| h.version == r.version) {
+                history.truncate(pos);
+            }
+        } else if let Some(b) = &before {
             history.push(b.current.clone());
         }
         let excess = history.len().saturating_sub(10);

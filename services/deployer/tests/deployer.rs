@@ -410,6 +410,19 @@ async fn blue_green_switches_then_rolls_back_to_the_old_colour() {
     let view = s.sim_view("pay").await;
     assert_eq!(view.traffic.get("1.0.0"), Some(&100), "{view:?}");
     assert_eq!(view.workloads["pay-blue"].version, "1.0.0");
+    // Nothing older than 1.0.0 ran: a second rollback has nowhere to go (not forward).
+    let err = s
+        .execute(
+            "rollback",
+            PlanTask::Rollback(RollbackTask {
+                service: "pay".into(),
+                environment: ENV.into(),
+                target_version: None,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(remote_code(&err), ErrorCode::NotFound, "{err}");
     s.stop().await;
 }
 
