@@ -2,5 +2,7 @@
 //! process) and the client commands, so tests drive exactly what users run.
 #![forbid(unsafe_code)]
 
+pub mod commands;
+pub mod demo;
 pub mod nats_server;
 pub mod up;

@@ -39,6 +39,15 @@ enum Command {
         /// HTTP ports of the services are BASE+1 (planner) .. BASE+5 (chat bridge); 0 picks free ports.
         #[arg(long, env = "TORONTO_UP_HTTP_PORT_BASE", default_value_t = 9100)]
         http_port_base: u16,
+        /// Add the demo: demo security and QA agents that pass every gate, and the service
+        /// `shop` 1.0.0 in staging and production on the simulated cluster, with SLOs.
+        #[arg(long)]
+        demo: bool,
+        /// Run the local nats-server with one least-privilege user per service
+        /// (deploy/nats/permissions.conf, passwords generated for this run; the admin's
+        /// are written to DATA_DIR/admin.env for the CLI).
+        #[arg(long)]
+        secure: bool,
     },
     /// Ask every service (or one) for its status.
     Status {
@@ -67,6 +76,43 @@ enum Command {
         /// Send MessagePack instead of JSON.
         #[arg(long)]
         msgpack: bool,
+    },
+    /// Run a chat command from the terminal, with the same grammar as `/devops` in chat
+    /// (`toronto run help` lists them), e.g. `toronto run deploy shop 1.2.0 to staging
+    /// --strategy canary`. The reply is printed as text (`--output table`, default) or as
+    /// the reply envelope (`--output json`); an error or a malformed command exits 1.
+    Run {
+        /// Print the reply as text and tables, or as JSON (may also follow the command).
+        #[arg(long, value_enum, default_value = "table")]
+        output: toronto_cli::commands::Output,
+        /// Who you are on decisions and incident work (default: $USER).
+        #[arg(long = "as", env = "USER", default_value = "cli")]
+        user: String,
+        /// The role sent with approvals and rejections (the planner checks it).
+        #[arg(long, default_value = "operator")]
+        role: String,
+        /// For deploy and rollback: follow the plan (gates, rollout weight and step)
+        /// until it ends; exit 1 when it fails.
+        #[arg(long)]
+        follow: bool,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        words: Vec<String>,
+    },
+    /// Print events as they happen (`<prefix>.devops.v1.events.>`) until ctrl-c.
+    Watch {
+        /// Only events about this service.
+        #[arg(long)]
+        service: Option<String>,
+        /// Only events about this environment.
+        #[arg(long)]
+        environment: Option<String>,
+        /// Only events of this flow (correlation id).
+        #[arg(long)]
+        correlation: Option<String>,
+        /// One line of text per event, or the envelope as JSON.
+        #[arg(long, value_enum, default_value = "table")]
+        output: toronto_cli::commands::Output,
     },
     /// Dead letters: messages the services refused, with the reason.
     Dlq {
@@ -154,6 +200,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             nats_port,
             data_dir,
             http_port_base,
+            demo,
+            secure,
         } => {
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
@@ -162,6 +210,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_dir,
                 http_port_base,
                 start_nats: std::env::var_os("TORONTO_NATS_URL").is_none(),
+                demo,
+                secure,
             };
             let shutdown = toronto_runtime::shutdown::on_signal();
             toronto_cli::up::run(config, options, shutdown).await
@@ -174,6 +224,58 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             data,
             msgpack,
         } => request(subject, ty, data, msgpack).await,
+        Command::Run {
+            output,
+            user,
+            role,
+            follow,
+            mut words,
+        } => {
+            let output = toronto_cli::commands::take_output(&mut words)?.unwrap_or(output);
+            let role: toronto_commands::Role = role.parse().map_err(anyhow::Error::msg)?;
+            let command = toronto_cli::commands::parse(&words)?;
+            if let Some(text) = toronto_cli::commands::local_answer(&command) {
+                println!("{text}");
+                return Ok(());
+            }
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let actor = toronto_commands::Actor {
+                source: format!("toronto://cli/{user}"),
+                id: user,
+                role,
+            };
+            let text = toronto_cli::commands::run_following(
+                &client,
+                &config.subjects(),
+                &command,
+                &actor,
+                output,
+                config.nats.request_timeout(),
+                follow,
+            )
+            .await?;
+            if !text.is_empty() {
+                println!("{text}");
+            }
+            Ok(())
+        }
+        Command::Watch {
+            service,
+            environment,
+            correlation,
+            output,
+        } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let filter = toronto_cli::commands::WatchFilter {
+                service,
+                environment,
+                correlation,
+            };
+            let stop = toronto_runtime::shutdown::on_signal();
+            toronto_cli::commands::watch(&client, &config.subjects(), &filter, output, stop).await
+        }
         Command::Dlq { action } => dlq(action).await,
         Command::Slo { action } => {
             let (file, rules) = match &action {
@@ -229,10 +331,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for (name, description) in toronto_planner::settings::PLANNER_VARS {
                 println!("{name:<34} {description}");
             }
+            for (name, description) in toronto_deployer::settings::DEPLOYER_VARS
+                .iter()
+                .chain(toronto_deployer::kube_vars())
+            {
+                println!("{name:<34} {description}");
+            }
             for (name, description) in toronto_monitor::settings::MONITOR_VARS {
                 println!("{name:<34} {description}");
             }
             for (name, description) in toronto_incident_commander::settings::INCIDENT_VARS {
+                println!("{name:<34} {description}");
+            }
+            for (name, description) in toronto_chat_bridge::settings::CHAT_VARS {
                 println!("{name:<34} {description}");
             }
             Ok(())

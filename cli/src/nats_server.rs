@@ -52,10 +52,25 @@ impl LocalNats {
     /// Starts nats-server with JetStream on `127.0.0.1:port`, storing under `store`,
     /// and waits until it accepts connections.
     pub async fn start(binary: &Path, port: u16, store: &Path) -> anyhow::Result<Self> {
+        Self::start_with_config(binary, port, store, None).await
+    }
+
+    /// [`LocalNats::start`] with a configuration file (e.g. users and permissions);
+    /// the command-line address, port and store still apply.
+    pub async fn start_with_config(
+        binary: &Path,
+        port: u16,
+        store: &Path,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(store)
             .with_context(|| format!("cannot create {}", store.display()))?;
         let log = store.join("nats-server.log");
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        if let Some(config) = config {
+            command.arg("-c").arg(config);
+        }
+        let child = command
             .args(["--jetstream", "--addr", "127.0.0.1", "--port"])
             .arg(port.to_string())
             .arg("--store_dir")

@@ -23,6 +23,57 @@ pub struct UpOptions {
     pub http_port_base: u16,
     /// Start a local nats-server; false when `TORONTO_NATS_URL` is set.
     pub start_nats: bool,
+    /// Add the demo: demo security and QA peers, and the service `shop` with its SLOs
+    /// on the simulated cluster (all labelled as demo).
+    pub demo: bool,
+    /// Run the local nats-server with `deploy/nats/permissions.conf`: one
+    /// least-privilege user per service, with passwords generated for this run.
+    pub secure: bool,
+}
+
+/// The NATS users of `deploy/nats/permissions.conf`, by service.
+pub const SERVICE_USERS: [(ServiceKind, &str); 5] = [
+    (ServiceKind::Planner, "planner"),
+    (ServiceKind::Deployer, "deployer"),
+    (ServiceKind::Monitor, "monitor"),
+    (ServiceKind::IncidentCommander, "incident"),
+    (ServiceKind::ChatBridge, "chat"),
+];
+
+/// The permissions file, built into the binary.
+pub const PERMISSIONS_CONF: &str = include_str!("../../deploy/nats/permissions.conf");
+
+/// Writes `dir/nats-users.conf` (the permissions with fresh passwords) and
+/// `dir/admin.env` (the admin's credentials for the CLI); returns the file and the
+/// password of each user.
+pub fn write_secure_config(
+    dir: &std::path::Path,
+) -> anyhow::Result<(PathBuf, std::collections::HashMap<String, String>)> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut text = PERMISSIONS_CONF.to_owned();
+    let mut passwords = std::collections::HashMap::new();
+    for user in SERVICE_USERS
+        .iter()
+        .map(|(_, u)| *u)
+        .chain(std::iter::once("admin"))
+    {
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        text = text.replace(
+            &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),
+            &format!("\"{password}\""),
+        );
+        passwords.insert(user.to_owned(), password);
+    }
+    let file = dir.join("nats-users.conf");
+    std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+    std::fs::write(
+        dir.join("admin.env"),
+        format!(
+            "TORONTO_NATS_USER=admin\nTORONTO_NATS_PASSWORD={}\n",
+            passwords["admin"]
+        ),
+    )?;
+    Ok((file, passwords))
 }
 
 /// Starts one service by kind.
@@ -56,6 +107,17 @@ impl Stack {
         http_port_base: u16,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
+        Self::start_as(config, http_port_base, &Default::default(), shutdown).await
+    }
+
+    /// [`Stack::start`] with each service connecting as its own NATS user, where
+    /// `passwords` has one (keyed by the user names of [`SERVICE_USERS`]).
+    pub async fn start_as(
+        config: &Config,
+        http_port_base: u16,
+        passwords: &std::collections::HashMap<String, String>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, RuntimeError> {
         let host = config
             .http
             .socket_addr()?
@@ -71,6 +133,13 @@ impl Stack {
                 http_port_base + 1 + i as u16
             };
             config.http.addr = format!("{host}:{port}");
+            if let Some((_, user)) = SERVICE_USERS.iter().find(|(k, _)| *k == kind)
+                && let Some(password) = passwords.get(*user)
+            {
+                config.nats.user = Some((*user).to_owned());
+                config.nats.password = Some(password.clone());
+                config.nats.token = None;
+            }
             let rt = start_service(kind, config, shutdown.clone()).await?;
             services.push((kind, rt.http_addr));
             tasks.spawn(rt.run_until_shutdown());
@@ -98,11 +167,33 @@ pub async fn run(
     options: UpOptions,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut passwords = std::collections::HashMap::new();
     let nats = if options.start_nats {
         let binary = find_binary()?;
-        let server = LocalNats::start(&binary, options.nats_port, &options.data_dir.join("nats"))
-            .await
-            .context("starting the local nats-server")?;
+        let secure_config = if options.secure {
+            let (file, generated) = write_secure_config(&options.data_dir)?;
+            passwords = generated;
+            config.nats.user = Some("admin".into());
+            config.nats.password = passwords.get("admin").cloned();
+            Some(file)
+        } else {
+            None
+        };
+        let server = LocalNats::start_with_config(
+            &binary,
+            options.nats_port,
+            &options.data_dir.join("nats"),
+            secure_config.as_deref(),
+        )
+        .await
+        .context("starting the local nats-server")?;
+        if secure_config.is_some() {
+            eprintln!(
+                "toronto up: NATS with one least-privilege user per service (deploy/nats/permissions.conf); \
+                 for the CLI: `set -a; . {}; set +a`",
+                options.data_dir.join("admin.env").display()
+            );
+        }
         eprintln!(
             "toronto up: nats-server {} with JetStream at {} (data in {})",
             binary.display(),
@@ -116,7 +207,26 @@ pub async fn run(
         None
     };
     let result = async {
-        let stack = Stack::start(&config, options.http_port_base, shutdown.clone()).await?;
+        if options.secure && !options.start_nats {
+            eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
+        }
+        let stack =
+            Stack::start_as(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
+        let demo = if options.demo {
+            let demo = crate::demo::Demo::start(&config)
+                .await
+                .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!("{e:#}"))))?;
+            eprintln!(
+                "toronto up: DEMO on: demo security and QA agents answer every gate (they check nothing); \
+                 `{}` {} runs in {} on the simulated cluster (a simulation) with an availability SLO",
+                crate::demo::SERVICE,
+                crate::demo::FIRST_VERSION,
+                crate::demo::ENVIRONMENTS.join(" and ")
+            );
+            Some(demo)
+        } else {
+            None
+        };
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
         for (kind, http) in &stack.services {
             eprintln!(
@@ -127,7 +237,11 @@ pub async fn run(
                     .unwrap_or_else(|| "off".into())
             );
         }
-        stack.wait().await
+        let result = stack.wait().await;
+        if let Some(demo) = demo {
+            demo.stop().await;
+        }
+        result
     }
     .await;
     if let Some(server) = nats {

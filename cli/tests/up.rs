@@ -202,3 +202,200 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
         "no server of its own: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
+    let server = NatsServer::start().await;
+    let mut up = Command::new(TORONTO)
+        .args(["up", "--demo", "--http-port-base", "0"])
+        .env("TORONTO_NATS_URL", server.url())
+        .env("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "2")
+        .env("TORONTO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let status = wait_until_all_answer(&server.url()).await;
+    assert!(status.contains("toronto-deployer"), "{status}");
+    let request = |subject: &'static str, ty: &'static str, data: String| {
+        let url = server.url();
+        async move {
+            let out = toronto(
+                &url,
+                &["request", subject, "--type", ty, "--data", data.as_str()],
+            )
+            .await;
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone()
+        }
+    };
+    // The demo service runs, labelled a simulation.
+    let mut sim = serde_json::Value::Null;
+    for _ in 0..50 {
+        let out = toronto(
+            &server.url(),
+            &[
+                "request",
+                "toronto.devops.v1.deployer.sim.get",
+                "--type",
+                "ai.toronto.devops.rollout.ref.v1",
+                "--data",
+                r#"{"service":"shop","environment":"staging"}"#,
+            ],
+        )
+        .await;
+        if out.status.success() {
+            sim = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["data"].clone();
+            if sim["traffic"]["1.0.0"] == 100 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(sim["simulated"], true, "{sim}");
+    assert_eq!(sim["traffic"]["1.0.0"], 100, "{sim}");
+    // A deploy passes the demo security and QA agents and its canary ships.
+    let accepted = request(
+        "toronto.devops.v1.planner.submit",
+        "ai.toronto.devops.task.deploy.v1",
+        r#"{"service":"shop","version":"1.1.0","environment":"staging","strategy":{"kind":"canary","steps":[{"weight":50},{"weight":100}]}}"#.into(),
+    )
+    .await;
+    let plan_id = accepted["plan_id"].as_str().unwrap().to_owned();
+    let mut plan = serde_json::Value::Null;
+    for _ in 0..100 {
+        plan = request(
+            "toronto.devops.v1.planner.plan.get",
+            "ai.toronto.devops.planner.plan.get.v1",
+            format!(r#"{{"plan_id":"{plan_id}"}}"#),
+        )
+        .await;
+        if plan["state"] == "completed" || plan["state"] == "failed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(plan["state"], "completed", "{plan:#}");
+    let security = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "security-scan")
+        .unwrap();
+    assert!(
+        security["reason"].as_str().unwrap().contains("DEMO"),
+        "{security}"
+    );
+    // A faulty version, followed from the terminal: progress, then the rollback, exit 1.
+    request(
+        "toronto.devops.v1.deployer.sim.fault",
+        "ai.toronto.devops.sim.fault.v1",
+        r#"{"service":"shop","environment":"staging","version":"1.2.0","error_rate":0.5}"#.into(),
+    )
+    .await;
+    let followed = toronto(
+        &server.url(),
+        &[
+            "run",
+            "--follow",
+            "deploy",
+            "shop",
+            "1.2.0",
+            "to",
+            "staging",
+            "--strategy",
+            "canary",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&followed.stdout);
+    let stderr = String::from_utf8_lossy(&followed.stderr);
+    assert!(!followed.status.success(), "{stdout}");
+    assert!(stdout.contains("rollout.progressed"), "{stdout}");
+    assert!(stdout.contains("rollout.rolled_back"), "{stdout}");
+    assert!(stderr.contains("aborted and rolled back"), "{stderr}");
+    let exit = sigterm(&mut up).await;
+    assert!(exit.success());
+}
+
+#[tokio::test]
+async fn up_secure_runs_every_service_as_its_own_nats_user() {
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let mut up = Command::new(TORONTO)
+        .args([
+            "up",
+            "--secure",
+            "--nats-port",
+            &port.to_string(),
+            "--http-port-base",
+            "0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .env_remove("TORONTO_NATS_URL")
+        .env("TORONTO_NATS_SERVER_BIN", nats_server_bin().unwrap())
+        .env("TORONTO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let url = format!("nats://127.0.0.1:{port}");
+    // Without credentials the server refuses the CLI.
+    let env_file = data.path().join("admin.env");
+    for _ in 0..100 {
+        if env_file.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let admin = std::fs::read_to_string(&env_file).expect("admin.env written");
+    let password = admin
+        .lines()
+        .find_map(|l| l.strip_prefix("TORONTO_NATS_PASSWORD="))
+        .unwrap()
+        .to_owned();
+    let as_admin = |args: &'static [&'static str]| {
+        let url = url.clone();
+        let password = password.clone();
+        async move {
+            Command::new(TORONTO)
+                .args(args)
+                .env("TORONTO_NATS_URL", url)
+                .env("TORONTO_NATS_USER", "admin")
+                .env("TORONTO_NATS_PASSWORD", password)
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let mut status = None;
+    for _ in 0..100 {
+        let out = as_admin(&["status"]).await;
+        if out.status.success() {
+            status = Some(String::from_utf8(out.stdout).unwrap());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = status.expect("every service answers status under its own user");
+    assert!(status.contains("toronto-chat-bridge"), "{status}");
+    let anonymous = toronto(&url, &["status"]).await;
+    assert!(
+        !anonymous.status.success(),
+        "the server refuses a client without credentials"
+    );
+    let conf = std::fs::read_to_string(data.path().join("nats-users.conf")).unwrap();
+    assert!(
+        !conf.contains("$TORONTO_NATS_"),
+        "every password was filled in"
+    );
+    let exit = sigterm(&mut up).await;
+    assert_eq!(exit.code(), Some(0));
+}

@@ -1,14 +1,40 @@
 //! The chat bridge: slash commands, approvals in chat, notifications.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. So far it
-//! registers its NATS service, sets up its state buckets and answers `status`; its
-//! domain commands arrive with the issues that build on the foundation.
+//! thin `main`, and `toronto up` starts the same function in-process.
+//!
+//! - **Commands**: Slack and Mattermost slash commands ([`http`]) are authenticated
+//!   ([`verify`]: Slack's v0 signature over the raw body, a 5-minute window and no
+//!   replays; Mattermost's token), parsed with the one grammar of `toronto-commands`,
+//!   checked against the user's role ([`settings::Settings::roles`]), sent as typed
+//!   NATS requests, and answered with text ([`exec`]). Nobody approves their own plan.
+//!   Slack's Approve / Reject buttons decide on plans waiting for approval. Every
+//!   command, refused ones too, is recorded as the event `chat.command`.
+//! - **Notifications** ([`notify`]): events from `<prefix>.devops.v1.events.>` become
+//!   short messages posted to incoming webhooks, routed by service, environment and
+//!   severity, gathered per window (rollout progress keeps its latest), with 429 and
+//!   `Retry-After` honoured.
+//!
+//! User and label text is escaped for the chat it goes to ([`markup`]).
 #![forbid(unsafe_code)]
+
+pub mod exec;
+pub mod http;
+pub mod markup;
+pub mod metrics;
+pub mod notify;
+pub mod settings;
+pub mod verify;
+pub mod webclient;
+
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
+
+pub use exec::{Bridge, Invocation, Outcome, Reply};
+pub use settings::{CHAT_VARS, Settings};
 
 /// Which service this is.
 pub const KIND: ServiceKind = ServiceKind::ChatBridge;
@@ -16,15 +42,79 @@ pub const KIND: ServiceKind = ServiceKind::ChatBridge;
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
 pub const BUCKETS: &[(&str, i64)] = &[];
 
-/// Starts the service and returns it running; stop it by cancelling `shutdown` and
-/// awaiting [`ServiceRuntime::run_until_shutdown`].
+/// Starts the service with settings from the `TORONTO_CHAT_*` variables.
 pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
+    let settings = Settings::from_env()
+        .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e)))?;
+    start_with(config, settings, shutdown).await
+}
+
+/// Starts the service and returns it running; stop it by cancelling `shutdown` and
+/// awaiting [`ServiceRuntime::run_until_shutdown`]. The chat routes are served on the
+/// service's HTTP server ([`ServiceRuntime::http_addr`]) unless
+/// [`Settings::listen_addr`] names their own.
+pub async fn start_with(
+    config: Config,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
+    let settings = Arc::new(settings);
+    let cell = Arc::new(OnceLock::new());
+    let routes = http::routes(http::HttpState::new(settings.clone(), cell.clone()));
+    let version = env!("CARGO_PKG_VERSION");
+    let rt = match settings.listen_addr {
+        None => ServiceRuntime::start_with_routes(KIND, version, config, routes, shutdown).await?,
+        Some(addr) => {
+            let rt = ServiceRuntime::start(KIND, version, config, shutdown).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| RuntimeError::Http {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            tracing::info!(addr = ?listener.local_addr().ok(), "chat routes listening");
+            let stop = rt.shutdown_token();
+            rt.spawn_background("chat HTTP", async move {
+                axum::serve(listener, routes)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            });
+            rt
+        }
+    };
     for (bucket, history) in BUCKETS {
         rt.kv(bucket, *history).await?;
+    }
+    let metrics = metrics::ChatMetrics::register(&rt.metrics);
+    let bridge = Bridge::new(
+        rt.client.clone(),
+        rt.subjects.clone(),
+        rt.events.clone(),
+        settings.clone(),
+        rt.config.nats.request_timeout(),
+    )
+    .with_metrics(metrics.clone());
+    let _ = cell.set(bridge);
+    if !settings.webhooks.is_empty() {
+        let router = notify::Router::start(&settings, &rt, metrics);
+        let events = rt
+            .client
+            .queue_subscribe(rt.subjects.events_all(), KIND.service_name().to_owned())
+            .await
+            .map_err(|source| {
+                RuntimeError::Service(toronto_runtime::service::ServiceError::Subscribe {
+                    subject: rt.subjects.events_all(),
+                    source,
+                })
+            })?;
+        toronto_runtime::service::confirm_subscriptions(&rt.client).await;
+        rt.spawn_background(
+            "notifications",
+            notify::follow_events(events, settings.clone(), router, rt.shutdown_token()),
+        );
     }
     Ok(rt)
 }

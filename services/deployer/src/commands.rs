@@ -148,14 +148,9 @@ impl Deployer {
         {
             Ok(_) => {}
             Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
-                // A twin request won the race: answer with its rollout.
-                let _ = self
-                    .rollouts
-                    .delete(crate::engine::active_key(
-                        &rollout.service,
-                        &rollout.environment,
-                    ))
-                    .await;
+                // A twin request won the race: let go of the lock taken for this
+                // (never stored) rollout and answer with the twin's.
+                self.release_active(&rollout).await?;
                 let id = self.by_key(&rollout.idempotency_key).await?;
                 return Ok(ExecuteAccepted {
                     reference: id.map(|id| format!("rollout {id}")),

@@ -74,6 +74,9 @@ pub(crate) struct Heard {
     verdict: CanaryVerdict,
 }
 
+/// Evidence heard per service and environment.
+pub(crate) type HeardBook = HashMap<(String, String), Vec<Heard>>;
+
 /// The deployer's state and connections, shared by its endpoints and its runner.
 #[derive(Clone)]
 pub struct Deployer {
@@ -91,7 +94,7 @@ pub struct Deployer {
     pub(crate) crash: CancellationToken,
     /// Cancelled at a graceful shutdown: rollouts are handed over to other replicas.
     pub(crate) shutdown: CancellationToken,
-    pub(crate) heard: Arc<Mutex<HashMap<(String, String), Vec<Heard>>>>,
+    pub(crate) heard: Arc<Mutex<HeardBook>>,
     /// Steps this instance has applied in this process (a successor re-applies the
     /// step in flight once, to be sure it reached the target).
     pub(crate) applied_here: Arc<Mutex<HashSet<String>>>,
@@ -741,7 +744,8 @@ impl Deployer {
             .filter(|r| !r.phase.is_final()))
     }
 
-    async fn release_active(&self, r: &Rollout) -> Result<(), EngineError> {
+    /// Lets go of the active-rollout lock if `r` holds it.
+    pub(crate) async fn release_active(&self, r: &Rollout) -> Result<(), EngineError> {
         let key = active_key(&r.service, &r.environment);
         if let Some(entry) = self.rollouts.entry(&key).await.map_err(store)?
             && entry.operation == kv::Operation::Put
@@ -1190,7 +1194,13 @@ impl Deployer {
             .as_ref()
             .map(|b| b.history.clone())
             .unwrap_or_default();
-        if let Some(b) = &before {
+        if r.is_rollback {
+            // Going back to an earlier version forgets what came after it, so that the
+            // next plain rollback goes further back rather than forward again.
+            if let Some(pos) = history.iter().rposition(|h| h.version == r.version) {
+                history.truncate(pos);
+            }
+        } else if let Some(b) = &before {
             history.push(b.current.clone());
         }
         let excess = history.len().saturating_sub(10);
@@ -1236,6 +1246,9 @@ impl Deployer {
         step: &RolloutStep,
         before: Option<&Release>,
     ) -> Option<AnalysisRecord> {
+        // Only steps that send traffic to the new version are judged (not a rollback,
+        // which the alert that asked for it must not abort).
+        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         if let Some(h) = self.take_heard(r) {
             return Some(AnalysisRecord {
                 step: step.id.clone(),
@@ -1243,7 +1256,6 @@ impl Deployer {
                 verdict: h.verdict,
             });
         }
-        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
         {
             let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
             if last
@@ -1262,13 +1274,32 @@ impl Deployer {
         })
     }
 
+    /// A firing alert heard on the service since `since`, described.
+    pub(crate) fn heard_alert(
+        &self,
+        service: &str,
+        environment: &str,
+        since: DateTime<Utc>,
+    ) -> Option<String> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&(service.to_owned(), environment.to_owned()))?
+            .iter()
+            .find(|h| h.at >= since && h.source == "alert")
+            .map(|h| h.verdict.reason.clone())
+    }
+
     /// Evidence heard on the bus since the rollout began.
     fn take_heard(&self, r: &Rollout) -> Option<Heard> {
         let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
         heard
             .get(&(r.service.clone(), r.environment.clone()))?
             .iter()
-            .find(|h| h.at >= r.created_at && h.rollout_id.is_none_or(|id| id == r.id))
+            .find(|h| {
+                h.at >= r.created_at
+                    && h.rollout_id.is_none_or(|id| id == r.id)
+                    && (h.source != "alert" || self.settings.abort_on_alert)
+            })
             .cloned()
     }
 
@@ -1283,8 +1314,21 @@ impl Deployer {
         let request = CanaryAnalyze {
             service: r.service.clone(),
             environment: r.environment.clone(),
-            canary: [("track".to_owned(), canary.as_str().to_owned())].into(),
-            baseline: [("track".to_owned(), baseline.as_str().to_owned())].into(),
+            // The version too: an earlier canary's samples on the same track must not
+            // count against this one.
+            canary: [
+                ("track".to_owned(), canary.as_str().to_owned()),
+                ("version".to_owned(), r.version.clone()),
+            ]
+            .into(),
+            baseline: [("track".to_owned(), baseline.as_str().to_owned())]
+                .into_iter()
+                .chain(
+                    r.previous
+                        .as_ref()
+                        .map(|p| ("version".to_owned(), p.version.clone())),
+                )
+                .collect(),
             metrics: vec![
                 AnalysisMetric {
                     name: "http_error_ratio".into(),
@@ -1378,9 +1422,6 @@ impl Deployer {
             };
             let data = raw.get("data").cloned().unwrap_or_default();
             if is_alert {
-                if !self.settings.abort_on_alert {
-                    continue;
-                }
                 let label = |name: &str| {
                     data.get(name)
                         .or_else(|| data.get("labels").and_then(|l| l.get(name)))

@@ -11,6 +11,7 @@
 //! - [`commands`]: the `toronto.devops.v1.deployer.*` commands.
 #![forbid(unsafe_code)]
 
+pub mod chaos;
 pub mod commands;
 pub mod engine;
 pub mod kube;
@@ -62,9 +63,10 @@ pub struct Started {
 }
 
 impl Started {
-    /// Stops this deployer as a crash would: its rollouts are left where they are,
-    /// unacknowledged, for another deployer to take over once their lease runs out.
-    /// Then the service shuts down (the endpoints stop answering).
+    /// Stops this deployer's engine as a crash would: its rollouts are left where they
+    /// are, unacknowledged and unsaved, for another deployer to take over once their
+    /// lease runs out (its endpoints keep answering until shutdown). For tests and
+    /// chaos drills.
     pub fn crash(&self) {
         self.deployer.crash.cancel();
     }
@@ -271,6 +273,18 @@ async fn register(rt: &ServiceRuntime, deployer: &Deployer) -> Result<(), Runtim
         })
         .await?;
     }
+    let d = deployer.clone();
+    rt.endpoint("chaos.run", move |req: Request<ExecuteRequest>| {
+        let d = d.clone();
+        async move { d.chaos_run(req).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("chaos.get", move |req: Request<RolloutRef>| {
+        let d = d.clone();
+        async move { d.chaos_get(req.data()).await }
+    })
+    .await?;
     let d = deployer.clone();
     rt.endpoint("drift.check", move |req: Request<DriftCheck>| {
         let d = d.clone();

@@ -58,7 +58,7 @@ impl Default for Settings {
             target: TargetKind::Simulated,
             lease: Duration::from_secs(30),
             analysis_interval: Duration::from_secs(1),
-            analysis_window: Duration::from_secs(5),
+            analysis_window: Duration::from_secs(2),
             max_error_ratio_increase: 0.02,
             max_latency_increase: 0.25,
             analysis_timeout: Duration::from_secs(2),
@@ -91,7 +91,7 @@ pub const DEPLOYER_VARS: &[(&str, &str)] = &[
     ),
     (
         "TORONTO_DEPLOYER_ANALYSIS_WINDOW_SECONDS",
-        "how far back each analysis looks (default 5)",
+        "how far back each analysis looks (default 2)",
     ),
     (
         "TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE",

@@ -22,6 +22,7 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::analysis::{MetricBatch, MetricSample};
 use toronto_protocol::rollout::{Drift, SimFault, SimService, SimTamper, SimWorkload};
+use toronto_protocol::tasks::ChaosFault;
 use toronto_protocol::{Envelope, Subjects};
 
 use crate::target::{Layout, Routing, ServiceStatus, Target, TargetError, Track, WorkloadStatus};
@@ -143,9 +144,7 @@ impl Default for SimMetrics {
             requests: Family::default(),
             errors: Family::default(),
             latency: Family::new_with_constructor(|| {
-                Histogram::new(
-                    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0].into_iter(),
-                )
+                Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             }),
         }
     }
@@ -743,6 +742,85 @@ impl Target for SimCluster {
         let mut state = self.lock();
         state.environments.remove(environment);
         state.services.retain(|(_, env), _| env != environment);
+        Ok(())
+    }
+
+    async fn inject(
+        &self,
+        service: &str,
+        environment: &str,
+        fault: &ChaosFault,
+    ) -> Result<(), TargetError> {
+        let mut state = self.lock();
+        let svc = state
+            .services
+            .get_mut(&(service.to_owned(), environment.to_owned()))
+            .ok_or_else(|| {
+                refused(format!(
+                    "{service} is not deployed in {environment} on the simulated cluster"
+                ))
+            })?;
+        let serving: Vec<String> = svc
+            .workloads
+            .values()
+            .filter(|w| w.replicas > 0)
+            .map(|w| w.version.clone())
+            .collect();
+        match fault {
+            ChaosFault::PodKill { count } => {
+                // Killed pods come back (their controller replaces them) and take a pod
+                // start to be ready again.
+                let now = Instant::now();
+                let mut left = *count;
+                for wl in svc.workloads.values_mut().filter(|w| w.replicas > 0) {
+                    for pod in wl.pods.iter_mut() {
+                        if left == 0 {
+                            break;
+                        }
+                        pod.started = now;
+                        left -= 1;
+                    }
+                }
+            }
+            other => {
+                for version in serving {
+                    let f = svc
+                        .faults
+                        .entry(version.clone())
+                        .or_insert_with(|| SimFault {
+                            service: service.to_owned(),
+                            environment: environment.to_owned(),
+                            version: version.clone(),
+                            ..Default::default()
+                        });
+                    match other {
+                        ChaosFault::ErrorRate { rate } => f.error_rate = rate.clamp(0.0, 1.0),
+                        ChaosFault::Latency { ms } => f.latency_ms = *ms,
+                        ChaosFault::CrashLoop => f.crash_loop = true,
+                        ChaosFault::PodKill { .. } => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear(
+        &self,
+        service: &str,
+        environment: &str,
+        fault: &ChaosFault,
+    ) -> Result<(), TargetError> {
+        if matches!(fault, ChaosFault::PodKill { .. }) {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        if let Some(svc) = state
+            .services
+            .get_mut(&(service.to_owned(), environment.to_owned()))
+        {
+            svc.faults.clear();
+        }
         Ok(())
     }
 }

@@ -12,6 +12,7 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use toronto_protocol::rollout::Drift;
+use toronto_protocol::tasks::ChaosFault;
 
 /// The role of a workload in a layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -230,4 +231,31 @@ pub trait Target: Send + Sync + 'static {
 
     /// Removes an environment and everything in it.
     async fn teardown_environment(&self, environment: &str) -> Result<(), TargetError>;
+
+    /// Injects a chaos experiment's fault into the service's serving workloads.
+    /// Targets refuse the faults they cannot produce.
+    async fn inject(
+        &self,
+        service: &str,
+        environment: &str,
+        fault: &ChaosFault,
+    ) -> Result<(), TargetError> {
+        let _ = (service, environment);
+        Err(TargetError::Refused {
+            target: self.kind(),
+            message: format!("cannot inject {fault:?}"),
+        })
+    }
+
+    /// Removes what [`Target::inject`] put in (killed pods are not brought back: their
+    /// controller replaces them).
+    async fn clear(
+        &self,
+        service: &str,
+        environment: &str,
+        fault: &ChaosFault,
+    ) -> Result<(), TargetError> {
+        let _ = (service, environment, fault);
+        Ok(())
+    }
 }

@@ -50,6 +50,7 @@ struct Stack {
     _server: NatsServer,
     client: async_nats::Client,
     sim: SimCluster,
+    monitors: Vec<(CancellationToken, toronto_runtime::ServiceRuntime)>,
     deployers: Vec<(CancellationToken, Started)>,
     events: tokio::sync::mpsc::UnboundedReceiver<(String, Rollout)>,
     seen: Vec<(String, Rollout)>,
@@ -73,10 +74,32 @@ async fn start_deployer(
 }
 
 async fn stack_with(settings: Settings, deployers: usize) -> Stack {
+    stack_full(settings, deployers, false).await
+}
+
+/// With `monitor`, a real monitor analyses the canaries (otherwise the deployer falls
+/// back to a threshold on the simulated cluster's own counts).
+async fn stack_full(settings: Settings, deployers: usize, monitor: bool) -> Stack {
     let server = NatsServer::start().await;
     let client = server.client().await;
     let sim = SimCluster::new(settings.sim.clone());
     let mut list = Vec::new();
+    let mut monitors = Vec::new();
+    if monitor {
+        let mut config = Config::default();
+        config.nats.urls = vec![server.url()];
+        config.http.addr = String::new();
+        config.shutdown_grace_secs = 2;
+        let shutdown = CancellationToken::new();
+        let rt = toronto_monitor::start_with(
+            config,
+            toronto_monitor::settings::Settings::default(),
+            shutdown.clone(),
+        )
+        .await
+        .expect("monitor starts");
+        monitors.push((shutdown, rt));
+    }
     for _ in 0..deployers {
         list.push(start_deployer(&server.url(), settings.clone(), &sim).await);
     }
@@ -98,6 +121,7 @@ async fn stack_with(settings: Settings, deployers: usize) -> Stack {
         _server: server,
         client,
         sim,
+        monitors,
         deployers: list,
         events: rx,
         seen: Vec::new(),
@@ -234,6 +258,10 @@ impl Stack {
             token.cancel();
             started.runtime.run_until_shutdown().await.unwrap();
         }
+        for (token, rt) in self.monitors {
+            token.cancel();
+            rt.run_until_shutdown().await.unwrap();
+        }
     }
 }
 
@@ -255,7 +283,7 @@ fn remote_code(e: &CallError) -> ErrorCode {
 
 #[tokio::test]
 async fn healthy_canary_is_promoted_step_by_step_to_all_traffic() {
-    let mut s = stack_with(settings(), 1).await;
+    let mut s = stack_full(settings(), 1, true).await;
     let first = s.deployed("shop", "1.0.0", canary(&[50], 1)).await;
     assert_eq!(first.steps.len(), 1, "a first deploy replaces at once");
     assert_eq!(s.sim_view("shop").await.traffic.get("1.0.0"), Some(&100));
@@ -289,8 +317,8 @@ async fn healthy_canary_is_promoted_step_by_step_to_all_traffic() {
 }
 
 #[tokio::test]
-async fn canary_with_errors_is_aborted_and_rolled_back_with_evidence() {
-    let mut s = stack_with(settings(), 1).await;
+async fn canary_with_errors_is_aborted_and_rolled_back_with_the_monitors_evidence() {
+    let mut s = stack_full(settings(), 1, true).await;
     s.deployed("cart", "1.0.0", Strategy::Rolling).await;
     s.deployed("cart", "1.0.1", canary(&[100], 1)).await; // now in canary shape
     let _: SimService = s
@@ -314,6 +342,18 @@ async fn canary_with_errors_is_aborted_and_rolled_back_with_evidence() {
     assert!(aborted.rolled_back);
     let evidence = aborted.analyses.last().expect("the verdict is recorded");
     assert_eq!(evidence.step, "weight-25");
+    assert_eq!(evidence.source, "monitor");
+    let errors = evidence
+        .verdict
+        .metrics
+        .iter()
+        .find(|m| m.name == "http_error_ratio")
+        .expect("error-ratio evidence");
+    assert!(errors.p_value.is_some_and(|p| p < 0.05), "{errors:?}");
+    assert!(
+        errors.canary.count > 0 && errors.baseline.count > 0,
+        "{errors:?}"
+    );
     assert!(
         aborted
             .reason
@@ -370,6 +410,19 @@ async fn blue_green_switches_then_rolls_back_to_the_old_colour() {
     let view = s.sim_view("pay").await;
     assert_eq!(view.traffic.get("1.0.0"), Some(&100), "{view:?}");
     assert_eq!(view.workloads["pay-blue"].version, "1.0.0");
+    // Nothing older than 1.0.0 ran: a second rollback has nowhere to go (not forward).
+    let err = s
+        .execute(
+            "rollback",
+            PlanTask::Rollback(RollbackTask {
+                service: "pay".into(),
+                environment: ENV.into(),
+                target_version: None,
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(remote_code(&err), ErrorCode::NotFound, "{err}");
     s.stop().await;
 }
 
@@ -754,4 +807,175 @@ async fn scale_changes_the_serving_version_at_once() {
     let r = s.deployed("img", "1.1.0", Strategy::Rolling).await;
     assert_eq!(r.replicas, 6);
     s.stop().await;
+}
+
+#[tokio::test]
+async fn without_a_monitor_the_simulated_clusters_own_counts_decide() {
+    let mut s = stack_with(settings(), 1).await;
+    s.deployed("wish", "1.0.0", canary(&[100], 0)).await;
+    let _: SimService = s
+        .request(
+            "sim.fault",
+            SimFault {
+                service: "wish".into(),
+                environment: ENV.into(),
+                version: "2.0.0".into(),
+                error_rate: 0.5,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let id = s
+        .start(deploy("wish", "2.0.0", canary(&[50, 100], 60)))
+        .await;
+    let aborted = s.event(id, "aborted", Duration::from_secs(15)).await;
+    let evidence = aborted.analyses.last().expect("the verdict is recorded");
+    assert_eq!(evidence.source, "threshold");
+    assert!(
+        evidence.verdict.reason.contains("exceeds the baseline"),
+        "{evidence:?}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_alert_on_the_service_aborts_its_canary_between_steps() {
+    let mut s = stack_with(settings(), 1).await;
+    s.deployed("news", "1.0.0", canary(&[100], 0)).await;
+    let id = s
+        .start(deploy("news", "1.1.0", canary(&[20, 100], 60)))
+        .await;
+    s.event(id, "progressed", Duration::from_secs(10)).await;
+    let alert = toronto_protocol::alerts::Alert {
+        fingerprint: "f1".into(),
+        status: toronto_protocol::alerts::AlertStatus::Firing,
+        labels: [
+            ("alertname".to_owned(), "ErrorBudgetBurn".to_owned()),
+            ("service".to_owned(), "news".to_owned()),
+            ("environment".to_owned(), ENV.to_owned()),
+        ]
+        .into(),
+        annotations: Default::default(),
+        burn_rates: Default::default(),
+        budget_remaining: None,
+        starts_at: chrono::Utc::now(),
+        ends_at: None,
+        generator: "test".into(),
+    };
+    let event = Envelope::builder("toronto://test", alert).build();
+    s.client
+        .publish(
+            "toronto.devops.v1.events.alert.firing",
+            toronto_protocol::encode(&event, Encoding::Json)
+                .unwrap()
+                .into(),
+        )
+        .await
+        .unwrap();
+    let aborted = s.event(id, "aborted", Duration::from_secs(10)).await;
+    let evidence = aborted.analyses.last().expect("the alert is recorded");
+    assert_eq!(evidence.source, "alert");
+    assert!(
+        evidence.verdict.reason.contains("ErrorBudgetBurn"),
+        "{evidence:?}"
+    );
+    assert_eq!(s.sim_view("news").await.traffic.get("1.0.0"), Some(&100));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn chaos_experiments_stop_when_an_abort_condition_holds_and_clean_up() {
+    let mut s = stack_with(settings(), 1).await;
+    s.deployed("quiz", "1.0.0", Strategy::Rolling).await;
+    let experiment = |fault: toronto_protocol::tasks::ChaosFault, seconds, conditions| {
+        PlanTask::ChaosExperiment(toronto_protocol::tasks::ChaosExperimentTask {
+            service: "quiz".into(),
+            environment: ENV.into(),
+            fault,
+            duration_seconds: seconds,
+            abort_conditions: conditions,
+        })
+    };
+    // Half the requests fail; the experiment stops at 20 percent.
+    let accepted = s
+        .execute(
+            "chaos.run",
+            experiment(
+                toronto_protocol::tasks::ChaosFault::ErrorRate { rate: 0.5 },
+                60,
+                vec![toronto_protocol::tasks::AbortCondition::ErrorRatioAbove { threshold: 0.2 }],
+            ),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = accepted
+        .reference
+        .unwrap()
+        .strip_prefix("chaos ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let run = s.chaos_until_done(id).await;
+    assert_eq!(run.state, toronto_protocol::rollout::ChaosState::Aborted);
+    assert!(
+        run.reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("error_ratio_above 0.2 held"),
+        "{run:?}"
+    );
+    assert!(
+        s.sim_view("quiz").await.faults.is_empty(),
+        "the fault is removed"
+    );
+    // Added latency with no condition holding: it runs its course.
+    let accepted = s
+        .execute(
+            "chaos.run",
+            experiment(
+                toronto_protocol::tasks::ChaosFault::Latency { ms: 30 },
+                1,
+                vec![toronto_protocol::tasks::AbortCondition::AlertFiring],
+            ),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = accepted
+        .reference
+        .unwrap()
+        .strip_prefix("chaos ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let run = s.chaos_until_done(id).await;
+    assert_eq!(
+        run.state,
+        toronto_protocol::rollout::ChaosState::Completed,
+        "{run:?}"
+    );
+    assert!(s.sim_view("quiz").await.faults.is_empty());
+    s.stop().await;
+}
+
+impl Stack {
+    async fn chaos_until_done(&self, id: Uuid) -> toronto_protocol::rollout::ChaosRun {
+        for _ in 0..200 {
+            let run: toronto_protocol::rollout::ChaosRun = self
+                .request(
+                    "chaos.get",
+                    RolloutRef {
+                        id: Some(id),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+            if run.state != toronto_protocol::rollout::ChaosState::Running {
+                return run;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("experiment {id} never ended");
+    }
 }

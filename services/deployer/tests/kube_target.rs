@@ -19,6 +19,7 @@ use toronto_deployer::kube::{
     KubeSettings, KubeTarget, Manifest, manifest_list, manifests, namespace_manifest,
 };
 use toronto_deployer::target::{Layout, Routing, Target, TargetError, Track, Workload};
+use toronto_protocol::tasks::ChaosFault;
 
 // ---------------------------------------------------------------------------------
 // The mock API server
@@ -1136,116 +1137,12 @@ async fn an_unreachable_or_silent_api_server_is_unavailable() {
 // kubectl
 // ---------------------------------------------------------------------------------
 
-/// A loopback stub that answers kubectl's API discovery (the real group versions
-/// and resources of what we generate) and 404 for every object, which is all
-/// `kubectl apply --dry-run=client` asks of a server.
-async fn discovery_stub() -> std::io::Result<(u16, tokio::task::JoinHandle<()>)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let resource = |name: &str, kind: &str, namespaced: bool| {
-        json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": namespaced, "kind": kind,
-               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
-    };
-    let group = |name: &str| {
-        json!({"name": name, "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
-               "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"}})
-    };
-    let docs: HashMap<&str, Value> = HashMap::from([
-        (
-            "/version",
-            json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0"}),
-        ),
-        (
-            "/api",
-            json!({"kind": "APIVersions", "versions": ["v1"],
-                        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]}),
-        ),
-        (
-            "/apis",
-            json!({"kind": "APIGroupList", "apiVersion": "v1",
-                         "groups": [group("apps"), group("gateway.networking.k8s.io")]}),
-        ),
-        (
-            "/api/v1",
-            json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": [
-            resource("namespaces", "Namespace", false), resource("services", "Service", true)]}),
-        ),
-        (
-            "/apis/apps/v1",
-            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
-            "resources": [resource("deployments", "Deployment", true)]}),
-        ),
-        (
-            "/apis/gateway.networking.k8s.io/v1",
-            json!({"kind": "APIResourceList", "apiVersion": "v1",
-            "groupVersion": "gateway.networking.k8s.io/v1",
-            "resources": [resource("httproutes", "HTTPRoute", true)]}),
-        ),
-    ]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let task = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&buf);
-            let path = head
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .split('?')
-                .next()
-                .unwrap_or("/")
-                .to_string();
-            let (code, body) = match docs.get(path.as_str()) {
-                Some(doc) => ("200 OK", doc.to_string()),
-                None => (
-                    "404 Not Found",
-                    status_body(404, "NotFound", "not found").to_string(),
-                ),
-            };
-            let resp = format!(
-                "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = conn.write_all(resp.as_bytes()).await;
-            let _ = conn.shutdown().await;
-        }
-    });
-    Ok((port, task))
-}
-
 #[tokio::test]
 async fn kubectl_accepts_the_manifests_of_every_strategy() {
-    let kubectl = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    if std::process::Command::new(&kubectl)
-        .args(["version", "--client"])
-        .output()
-        .map(|o| !o.status.success())
-        .unwrap_or(true)
-    {
-        println!(
-            "SKIPPED: kubectl ({kubectl}) is not installed; manifests not validated by kubectl"
-        );
+    let Some(kubectl) = toronto_testkit::kubectl::KubectlDryRun::start().await else {
+        println!("SKIPPED: kubectl is not installed; manifests not validated by kubectl");
         return;
-    }
-    let (port, stub) = discovery_stub().await.expect("stub");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-             contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\nusers: [{{name: stub, user: {{}}}}]\ncurrent-context: stub\n"
-        ),
-    )
-    .expect("kubeconfig");
-
+    };
     let cases: Vec<(&str, Layout, KubeSettings)> = vec![
         ("rolling", rolling("2.4.1", "k:1"), settings()),
         (
@@ -1269,39 +1166,10 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
             )),
         );
         let list = manifest_list(&items);
-        let mut child = tokio::process::Command::new(&kubectl)
-            .args([
-                "apply",
-                "--dry-run=client",
-                "--validate=false",
-                "--cache-dir",
-            ])
-            .arg(dir.path().join("cache"))
-            .args(["-f", "-"])
-            .env("KUBECONFIG", &kubeconfig)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        {
-            use tokio::io::AsyncWriteExt;
-            let mut stdin = child.stdin.take().expect("stdin");
-            stdin
-                .write_all(list.to_string().as_bytes())
-                .await
-                .expect("write");
-        }
-        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        let stdout = kubectl
+            .apply(&list.to_string())
             .await
-            .expect("kubectl finished")
-            .expect("kubectl ran");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{what}: kubectl refused the manifests:\n{stderr}\n{stdout}"
-        );
+            .unwrap_or_else(|e| panic!("{what}: kubectl refused the manifests:\n{e}"));
         let expected: Vec<String> = items
             .iter()
             .map(|m| {
@@ -1315,10 +1183,9 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
             })
             .collect();
         let got: Vec<&str> = stdout.lines().collect();
-        assert_eq!(got, expected, "{what}: {stderr}");
+        assert_eq!(got, expected, "{what}");
         println!("{what}: kubectl accepted {} objects", expected.len());
     }
-    stub.abort();
 }
 
 // ---------------------------------------------------------------------------------
@@ -1376,4 +1243,45 @@ async fn real_cluster_round_trip_when_kubeconfig_is_set() {
         .await
         .expect("teardown");
     result.expect("round trip");
+}
+
+#[tokio::test]
+async fn a_chaos_pod_kill_lists_the_services_pods_and_deletes_that_many() {
+    let pod = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "prod",
+                            "labels": {"app.kubernetes.io/name": "shop"}}})
+    };
+    let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "5"},
+                      "items": [pod("shop-a"), pod("shop-b"), pod("shop-c")]});
+    let (target, log) = mock_target(settings(), move |req: &Seen| match req.method.as_str() {
+        "GET" if req.path == "/api/v1/namespaces/prod/pods" => Reply::Json(200, list.clone()),
+        "DELETE" => Reply::Json(200, pod(req.path.rsplit('/').next().unwrap_or_default())),
+        _ => not_found(&req.path),
+    });
+    target
+        .inject("shop", "production", &ChaosFault::PodKill { count: 2 })
+        .await
+        .expect("pods killed");
+    let reqs = requests(&log);
+    let lines: Vec<String> = reqs.iter().map(Seen::line).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "GET /api/v1/namespaces/prod/pods",
+            "DELETE /api/v1/namespaces/prod/pods/shop-a",
+            "DELETE /api/v1/namespaces/prod/pods/shop-b",
+        ]
+    );
+    assert_eq!(
+        reqs[0].query.get("labelSelector").map(String::as_str),
+        Some("app.kubernetes.io%2Fname%3Dshop")
+    );
+    // Faults that need a mesh are refused, with no request sent.
+    let err = target
+        .inject("shop", "production", &ChaosFault::ErrorRate { rate: 0.5 })
+        .await
+        .expect_err("refused");
+    assert!(matches!(err, TargetError::Refused { .. }), "{err}");
+    assert_eq!(requests(&log).len(), 3);
 }

@@ -197,7 +197,7 @@ pub async fn start_with(
         KIND,
         env!("CARGO_PKG_VERSION"),
         config,
-        Some(intake::routes(slot.clone())),
+        intake::routes(slot.clone()),
         shutdown,
     )
     .await?;

@@ -8,8 +8,9 @@ use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::{
-    Cancellation, DeployTask, PipelineTask, Plan, PlanCancel, PlanList, PlanState, PlanTask,
-    ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy, SubmitAccepted,
+    Cancellation, ChaosExperimentTask, ChaosFault, DeployTask, PipelineTask, Plan, PlanCancel,
+    PlanList, PlanState, PlanTask, ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy,
+    SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
@@ -24,6 +25,8 @@ pub fn accepts() -> Accepts {
         .with::<ScaleTask>()
         .with::<PipelineTask>()
         .with::<ProvisionEnvironmentTask>()
+        .with::<ChaosExperimentTask>()
+        .with::<toronto_protocol::delegation::AssignTask>()
 }
 
 /// Why a task was not taken.
@@ -145,6 +148,30 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
                 ));
             }
         }
+        PlanTask::ChaosExperiment(t) => {
+            if t.duration_seconds == 0 || t.duration_seconds > 3600 {
+                reasons.push(format!(
+                    "duration_seconds {} must be 1 to 3600",
+                    t.duration_seconds
+                ));
+            }
+            match &t.fault {
+                ChaosFault::ErrorRate { rate } if !(0.0..=1.0).contains(rate) => {
+                    reasons.push(format!("error rate {rate} must be 0 to 1"));
+                }
+                ChaosFault::PodKill { count: 0 } => {
+                    reasons.push("pod_kill needs a count of at least 1".into());
+                }
+                _ => {}
+            }
+            for c in &t.abort_conditions {
+                if let toronto_protocol::tasks::AbortCondition::ErrorRatioAbove { threshold } = c
+                    && !(0.0..=1.0).contains(threshold)
+                {
+                    reasons.push(format!("abort threshold {threshold} must be 0 to 1"));
+                }
+            }
+        }
         PlanTask::Pipeline(t) => {
             token("repository", &t.repository, &mut reasons);
             for env in &t.environments {
@@ -181,6 +208,14 @@ pub fn task_of(envelope: &RawEnvelope) -> Result<PlanTask, IntakeError> {
         "task.pipeline" => serde_json::from_value(data)
             .map(PlanTask::Pipeline)
             .map_err(bad),
+        "task.chaos_experiment" => serde_json::from_value(data)
+            .map(PlanTask::ChaosExperiment)
+            .map_err(bad),
+        "agent.assign_task" => {
+            serde_json::from_value::<toronto_protocol::delegation::AssignTask>(data)
+                .map(|a| a.task)
+                .map_err(bad)
+        }
         other => Err(IntakeError::Rejected(vec![format!(
             "task type `{other}` is not one the planner takes"
         )])),
@@ -199,6 +234,32 @@ pub fn requester_role(source: &str) -> Option<&str> {
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_'))
     .then_some(role)
+}
+
+/// The delegation of an `agent.assign_task` envelope (as far as it can be read, so
+/// that even a malformed task can be refused to its sender).
+fn delegation_of(envelope: &RawEnvelope) -> Option<toronto_protocol::delegation::Delegation> {
+    let ty = envelope.message_type().ok()?;
+    if ty.name != "agent.assign_task" {
+        return None;
+    }
+    let data = &envelope.data;
+    Some(toronto_protocol::delegation::Delegation {
+        task_id: data.get("task_id")?.as_str()?.to_owned(),
+        role: data.get("from_role")?.as_str()?.to_owned(),
+        agent: data
+            .get("from_agent")
+            .and_then(|a| a.as_str())
+            .map(str::to_owned),
+    })
+}
+
+fn valid_role(role: &str) -> bool {
+    !role.is_empty()
+        && role.len() <= 64
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> IntakeError {
@@ -230,11 +291,41 @@ impl Planner {
         envelope: &RawEnvelope,
         intake: &str,
     ) -> Result<SubmitAccepted, IntakeError> {
-        let task = task_of(envelope)?;
-        let reasons = validate(&task);
-        if !reasons.is_empty() {
-            return Err(IntakeError::Rejected(reasons));
-        }
+        let delegation = delegation_of(envelope);
+        let taken = task_of(envelope).and_then(|task| {
+            let mut reasons = validate(&task);
+            if let Some(d) = &delegation
+                && !valid_role(&d.role)
+            {
+                reasons.push(format!(
+                    "from_role `{}` must be a role name (lowercase letters, digits, `-`, `_`)",
+                    d.role
+                ));
+            }
+            if reasons.is_empty() {
+                Ok(task)
+            } else {
+                Err(IntakeError::Rejected(reasons))
+            }
+        });
+        let task = match taken {
+            Ok(task) => task,
+            Err(IntakeError::Rejected(reasons)) => {
+                // A delegating agent hears `reject_task` with every reason.
+                if let Some(d) = &delegation
+                    && valid_role(&d.role)
+                {
+                    let reject = toronto_protocol::delegation::RejectTask {
+                        task_id: d.task_id.clone(),
+                        agent: "devops".into(),
+                        reasons: reasons.clone(),
+                    };
+                    self.notify_role(&d.role, reject, &envelope.flow()).await;
+                }
+                return Err(IntakeError::Rejected(reasons));
+            }
+            Err(e) => return Err(e),
+        };
         // Claim the task id first: whoever claims it makes the plan.
         let task_key = format!("task.{}", envelope.id);
         let fresh_id = Uuid::now_v7();
@@ -290,6 +381,7 @@ impl Planner {
             updated_at: None,
             artifacts: Vec::new(),
             lease: None,
+            delegation,
         };
         let mut plan = plan;
         plan.steps = crate::runner::steps_for(&plan.task, &self.settings);
@@ -326,6 +418,11 @@ impl Planner {
             .publish(entity, what, &event)
             .await
             .map_err(unavailable)?;
+        // A delegating agent hears of its task in the delegation vocabulary.
+        if let Some(d) = &plan.delegation {
+            self.answer_delegation(d, entity, what, plan, flow).await;
+            return Ok(());
+        }
         // The requesting peer hears of its plan on its own notify subject.
         if let Some(role) = requester_role(&plan.requested_by) {
             let subject = self.subjects.notify(role);
@@ -345,6 +442,120 @@ impl Planner {
             }
         }
         Ok(())
+    }
+
+    /// Publishes `message` to `toronto.agents.<role>.v1.notify` (best effort: the
+    /// plan goes on whether the peer listens or not).
+    async fn notify_role<T: toronto_protocol::Message>(
+        &self,
+        role: &str,
+        message: T,
+        flow: &FlowContext,
+    ) {
+        let envelope = Envelope::builder(self.source.clone(), message)
+            .caused_by(flow)
+            .build();
+        let Ok(bytes) = toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json)
+        else {
+            return;
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "Content-Type",
+            toronto_protocol::Encoding::Json.content_type(),
+        );
+        if let Err(e) = self
+            .client
+            .publish_with_headers(self.subjects.notify(role), headers, Bytes::from(bytes))
+            .await
+        {
+            tracing::warn!(error = %e, role, "cannot notify the delegating agent");
+        }
+    }
+
+    /// Translates a plan event into the delegation vocabulary: `accept_task` when the
+    /// plan is made, `progress_update` as steps go, `task_completed` at the end.
+    async fn answer_delegation(
+        &self,
+        d: &toronto_protocol::delegation::Delegation,
+        entity: &str,
+        what: &str,
+        plan: &Plan,
+        flow: &FlowContext,
+    ) {
+        use toronto_protocol::delegation::{AcceptTask, ProgressUpdate, TaskCompleted};
+        match (entity, what) {
+            ("plan", "created") => {
+                let accept = AcceptTask {
+                    task_id: d.task_id.clone(),
+                    plan_id: plan.id,
+                    agent: "devops".into(),
+                };
+                self.notify_role(&d.role, accept, flow).await;
+            }
+            ("plan", "completed" | "failed" | "cancelled") => {
+                let success = what == "completed";
+                let summary = if success {
+                    let last = plan.steps.last().and_then(|s| s.reason.clone());
+                    format!(
+                        "done: {} {} in {}{}",
+                        plan.task.kind(),
+                        plan.task.service(),
+                        plan.task.environment(),
+                        last.map(|r| format!(" ({r})")).unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "{what}: {}",
+                        plan.reason
+                            .clone()
+                            .or_else(|| plan.cancellation.as_ref().map(|c| c.reason.clone()))
+                            .unwrap_or_default()
+                    )
+                };
+                let done = TaskCompleted {
+                    task_id: d.task_id.clone(),
+                    plan_id: plan.id,
+                    success,
+                    summary,
+                    artifacts: plan.artifacts.clone(),
+                };
+                self.notify_role(&d.role, done, flow).await;
+            }
+            (entity, what) => {
+                let current = plan
+                    .steps
+                    .iter()
+                    .rev()
+                    .find(|s| s.state != toronto_protocol::tasks::StepState::Pending);
+                let done = plan
+                    .steps
+                    .iter()
+                    .filter(|s| s.state == toronto_protocol::tasks::StepState::Succeeded)
+                    .count();
+                let update = ProgressUpdate {
+                    task_id: d.task_id.clone(),
+                    plan_id: plan.id,
+                    state: plan.state,
+                    step: current.map(|s| s.id.clone()),
+                    message: format!(
+                        "{entity} {what}{}",
+                        current
+                            .map(|s| format!(
+                                ": {}{}",
+                                s.id,
+                                s.reason
+                                    .as_ref()
+                                    .map(|r| format!(" ({r})"))
+                                    .unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
+                    ),
+                    progress: done as f64 / plan.steps.len().max(1) as f64,
+                };
+                self.notify_role(&d.role, update, flow).await;
+            }
+        }
     }
 
     /// Cancels a plan (compare-and-set on its revision); the cancelled plan, or

@@ -45,6 +45,14 @@ pub const INTAKE_CONSUMER: &str = "toronto-planner-intake";
 /// The durable consumer of the runner's work queue, shared by every planner replica.
 pub const RUNNER_CONSUMER: &str = "toronto-planner-runner";
 
+/// The durable consumer of rollout events (a plan's execute step waits for its
+/// rollout to end), shared by every planner replica.
+pub const ROLLOUTS_CONSUMER: &str = "toronto-planner-rollouts";
+
+/// The durable consumer of chaos events (a plan's execute step waits for its
+/// experiment to end), shared by every planner replica.
+pub const CHAOS_CONSUMER: &str = "toronto-planner-chaos";
+
 /// Starts the service with settings from the `TORONTO_PLANNER_*` variables.
 pub async fn start(
     config: Config,
@@ -143,6 +151,76 @@ pub async fn start_with(
         })
         .await?;
     }
+
+    let waker = intake.clone();
+    rt.spawn_background(
+        "rollout watcher",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.events_stream(),
+                durable: ROLLOUTS_CONSUMER.into(),
+                filter_subject: Some(rt.subjects.event("rollout", ">")),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 20,
+                concurrency: 8,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let planner = waker.clone();
+                async move {
+                    match toronto_protocol::decode::<toronto_protocol::rollout::Rollout>(
+                        delivery.payload(),
+                        Encoding::Json,
+                    ) {
+                        Ok(event) if event.data.phase.is_final() => {
+                            planner.work_ended(event.data.plan_id).await
+                        }
+                        // Progress, or a rollout event of another version: not ours to act on.
+                        _ => Outcome::Ack,
+                    }
+                }
+            },
+        ),
+    );
+
+    let waker = intake.clone();
+    rt.spawn_background(
+        "chaos watcher",
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.events_stream(),
+                durable: CHAOS_CONSUMER.into(),
+                filter_subject: Some(rt.subjects.event("chaos", ">")),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 20,
+                concurrency: 8,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let planner = waker.clone();
+                async move {
+                    match toronto_protocol::decode::<toronto_protocol::rollout::ChaosRun>(
+                        delivery.payload(),
+                        Encoding::Json,
+                    ) {
+                        Ok(event)
+                            if event.data.state
+                                != toronto_protocol::rollout::ChaosState::Running =>
+                        {
+                            planner.work_ended(event.data.plan_id).await
+                        }
+                        _ => Outcome::Ack,
+                    }
+                }
+            },
+        ),
+    );
 
     let advancer = intake.clone();
     rt.spawn_background(

@@ -16,6 +16,7 @@ use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use chrono::Utc;
 use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::rollout::{ChaosRun, ChaosState, Rollout, RolloutPhase, RolloutRef};
 use toronto_protocol::tasks::{
     AdvancePlan, Decision, ExecuteAccepted, ExecuteRequest, GateVerdict, Lease, Plan, PlanDecision,
     PlanState, PlanTask, QaTestRequest, SecurityScanRequest, Step, StepKind, StepState,
@@ -107,6 +108,9 @@ enum StepResult {
     },
     /// Try again later (the step goes back to pending).
     Retry { reason: String },
+    /// The executor took the work on and is carrying it out (a rollout): the step
+    /// waits, and the rollout's end wakes the plan.
+    Wait { reason: String },
 }
 
 fn turn_key(plan: &Plan) -> String {
@@ -387,6 +391,7 @@ impl Planner {
                     | StepKind::QaTest
             );
             let mut retry = None;
+            let mut wait = false;
             {
                 let s = &mut plan.steps[index];
                 match &result {
@@ -409,10 +414,20 @@ impl Planner {
                         s.reason = Some(reason.clone());
                         retry = Some(reason.clone());
                     }
+                    StepResult::Wait { reason } => {
+                        // Asking again is not another attempt.
+                        s.state = StepState::Waiting;
+                        s.attempts = s.attempts.saturating_sub(1);
+                        s.reason = Some(reason.clone());
+                        wait = true;
+                    }
                 }
             }
-            if retry.is_some() {
+            if retry.is_some() || wait {
                 plan.lease = None;
+            }
+            if wait {
+                plan.state = PlanState::Waiting;
             }
             // An environment's teardown is due a TTL after it was provisioned.
             if let (
@@ -438,11 +453,15 @@ impl Planner {
                 let what = match result {
                     StepResult::Passed { .. } => Some("passed"),
                     StepResult::Failed { .. } => Some("failed"),
-                    StepResult::Retry { .. } => None,
+                    StepResult::Retry { .. } | StepResult::Wait { .. } => None,
                 };
                 if let Some(what) = what {
                     self.announce("gate", what, &plan, flow).await?;
                 }
+            }
+            if wait {
+                self.announce("step", "waiting", &plan, flow).await?;
+                return Ok(Some(Outcome::Ack));
             }
             if retry.is_none() {
                 self.announce("step", "finished", &plan, flow).await?;
@@ -508,6 +527,7 @@ impl Planner {
                     PlanTask::Deploy(_) => "rollout.start",
                     PlanTask::Rollback(_) => "rollback",
                     PlanTask::Scale(_) => "scale",
+                    PlanTask::ChaosExperiment(_) => "chaos.run",
                     PlanTask::Pipeline(_) => {
                         return StepResult::Failed {
                             reason: "a pipeline is generated, not executed".into(),
@@ -525,6 +545,13 @@ impl Planner {
                     },
                 )
                 .subject(task.service())
+                // The rollout continues the plan's flow: one correlation id from the
+                // task to the last rollout event.
+                .caused_by(&FlowContext {
+                    id: plan.task_id,
+                    correlationid: plan.correlationid.clone(),
+                    traceparent: None,
+                })
                 .build();
                 match call::<_, ExecuteAccepted>(
                     &self.client,
@@ -535,11 +562,27 @@ impl Planner {
                 )
                 .await
                 {
-                    Ok(reply) => StepResult::Passed {
-                        reason: reply.data.reference.map(|r| format!("deployer: {r}")),
-                        findings: None,
-                        artifacts: Vec::new(),
-                    },
+                    Ok(reply) => {
+                        let reference = reply.data.reference.unwrap_or_default();
+                        // A rollout (a deploy, or a rollback to an earlier version) ends
+                        // later: the step passes when it succeeds.
+                        let rollout = reference
+                            .strip_prefix("rollout ")
+                            .filter(|rest| !rest.contains(' '))
+                            .and_then(|id| id.parse::<Uuid>().ok());
+                        let chaos = reference
+                            .strip_prefix("chaos ")
+                            .and_then(|id| id.parse::<Uuid>().ok());
+                        match (rollout, chaos) {
+                            (Some(id), _) => self.rollout_result(id).await,
+                            (None, Some(id)) => self.chaos_result(id).await,
+                            (None, None) => StepResult::Passed {
+                                reason: Some(format!("deployer: {reference}")),
+                                findings: None,
+                                artifacts: Vec::new(),
+                            },
+                        }
+                    }
                     Err(e) => {
                         let reason = format!("the deployer did not take the task: {e}");
                         let retryable = !matches!(&e, CallError::Remote(b) if b.code == ErrorCode::BadRequest || b.code == ErrorCode::Forbidden);
@@ -558,6 +601,187 @@ impl Planner {
                 reason: format!("step {kind:?} does not apply to this task"),
                 findings: None,
             },
+        }
+    }
+
+    /// Where a rollout the deployer took on stands, as a step result.
+    async fn rollout_result(&self, id: Uuid) -> StepResult {
+        let request = Envelope::builder(
+            self.source.clone(),
+            RolloutRef {
+                id: Some(id),
+                ..Default::default()
+            },
+        )
+        .build();
+        let subject = self.subjects.command(ServiceKind::Deployer, "rollout.get");
+        match call::<_, Rollout>(
+            &self.client,
+            &subject,
+            &request,
+            Encoding::Json,
+            self.settings.gate_timeout,
+        )
+        .await
+        {
+            Ok(reply) => {
+                let r = reply.data;
+                match r.phase {
+                    RolloutPhase::Succeeded => StepResult::Passed {
+                        reason: Some(format!(
+                            "rollout {id} {} {} in {}",
+                            if r.is_rollback { "put back" } else { "shipped" },
+                            r.version,
+                            r.environment
+                        )),
+                        findings: None,
+                        artifacts: Vec::new(),
+                    },
+                    RolloutPhase::Aborted | RolloutPhase::Failed => StepResult::Failed {
+                        reason: format!(
+                            "rollout {id} {}: {}",
+                            if r.phase == RolloutPhase::Aborted {
+                                "was aborted and rolled back"
+                            } else {
+                                "failed and was rolled back"
+                            },
+                            r.reason.unwrap_or_default()
+                        ),
+                        findings: serde_json::to_value(&r.analyses).ok(),
+                    },
+                    RolloutPhase::Progressing | RolloutPhase::Paused => StepResult::Wait {
+                        reason: format!(
+                            "waiting: rollout {id} is {} at {} percent",
+                            if r.phase == RolloutPhase::Paused {
+                                "paused"
+                            } else {
+                                "progressing"
+                            },
+                            r.weight
+                        ),
+                    },
+                }
+            }
+            // The plan is woken when the rollout ends; meanwhile say what is unknown.
+            Err(e) => StepResult::Wait {
+                reason: format!("waiting: rollout {id}, whose state cannot be read now: {e}"),
+            },
+        }
+    }
+
+    /// Where a chaos experiment the deployer runs stands, as a step result: it passes
+    /// when the experiment ran its course and fails when an abort condition held.
+    async fn chaos_result(&self, id: Uuid) -> StepResult {
+        let request = Envelope::builder(
+            self.source.clone(),
+            RolloutRef {
+                id: Some(id),
+                ..Default::default()
+            },
+        )
+        .build();
+        let subject = self.subjects.command(ServiceKind::Deployer, "chaos.get");
+        match call::<_, ChaosRun>(
+            &self.client,
+            &subject,
+            &request,
+            Encoding::Json,
+            self.settings.gate_timeout,
+        )
+        .await
+        {
+            Ok(reply) => {
+                let run = reply.data;
+                let reason = run.reason.clone().unwrap_or_default();
+                match run.state {
+                    ChaosState::Running => StepResult::Wait {
+                        reason: format!("waiting: chaos experiment {id} is running"),
+                    },
+                    ChaosState::Completed => StepResult::Passed {
+                        reason: Some(format!("chaos experiment {id} completed: {reason}")),
+                        findings: None,
+                        artifacts: Vec::new(),
+                    },
+                    ChaosState::Aborted | ChaosState::Failed => StepResult::Failed {
+                        reason: format!(
+                            "chaos experiment {id} {}: {reason}",
+                            if run.state == ChaosState::Aborted {
+                                "was aborted"
+                            } else {
+                                "failed"
+                            }
+                        ),
+                        findings: serde_json::to_value(&run).ok(),
+                    },
+                }
+            }
+            Err(e) => StepResult::Wait {
+                reason: format!(
+                    "waiting: chaos experiment {id}, whose state cannot be read now: {e}"
+                ),
+            },
+        }
+    }
+
+    /// A rollout or experiment of `plan_id` ended: wakes the plan whose execute step
+    /// waits for it. `Retry` while the plan has not yet recorded that it waits.
+    pub(crate) async fn work_ended(&self, plan_id: Option<Uuid>) -> Outcome {
+        let Some(plan_id) = plan_id else {
+            return Outcome::Ack;
+        };
+        for _ in 0..20 {
+            let Ok(loaded) = self.load(plan_id).await else {
+                return Outcome::Retry {
+                    delay: Some(Duration::from_secs(1)),
+                    reason: "plans unavailable".into(),
+                };
+            };
+            let Some((mut plan, revision)) = loaded else {
+                return Outcome::Ack;
+            };
+            if plan.state.is_final() {
+                return Outcome::Ack;
+            }
+            let Some(index) = plan
+                .steps
+                .iter()
+                .position(|s| matches!(s.kind, StepKind::Execute))
+            else {
+                return Outcome::Ack;
+            };
+            match plan.steps[index].state {
+                StepState::Waiting => {}
+                StepState::Running => {
+                    return Outcome::Retry {
+                        delay: Some(Duration::from_millis(300)),
+                        reason: format!("plan {plan_id} is still recording its step"),
+                    };
+                }
+                _ => return Outcome::Ack,
+            }
+            plan.steps[index].state = StepState::Pending;
+            plan.state = PlanState::Running;
+            match self.save(&mut plan, revision).await {
+                Ok(Some(_)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    return Outcome::Retry {
+                        delay: Some(Duration::from_secs(1)),
+                        reason: e.to_string(),
+                    };
+                }
+            }
+            return match self.enqueue(plan_id).await {
+                Ok(()) => Outcome::Ack,
+                Err(e) => Outcome::Retry {
+                    delay: Some(Duration::from_secs(1)),
+                    reason: e.to_string(),
+                },
+            };
+        }
+        Outcome::Retry {
+            delay: Some(Duration::from_secs(1)),
+            reason: "the plan kept changing".into(),
         }
     }
 

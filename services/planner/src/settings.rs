@@ -47,7 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             gate_timeout: Duration::from_secs(30),
-            approver_roles: vec!["approver".into(), "admin".into()],
+            approver_roles: vec!["approver".into(), "operator".into(), "admin".into()],
             approval_environments: vec!["production".into()],
             qa_environments: vec!["staging".into(), "production".into()],
             qa_suite: "regression".into(),
@@ -69,7 +69,7 @@ pub const PLANNER_VARS: &[(&str, &str)] = &[
     ),
     (
         "TORONTO_PLANNER_APPROVER_ROLES",
-        "Roles that may approve or reject plans, comma-separated (default `approver,admin`).",
+        "Roles that may approve or reject plans, comma-separated (default `approver,operator,admin`: the chat roles operator and admin approve).",
     ),
     (
         "TORONTO_PLANNER_APPROVAL_ENVIRONMENTS",

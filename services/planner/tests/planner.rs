@@ -1180,6 +1180,7 @@ async fn dora_figures_match_a_hand_computed_event_history() {
             updated_at: Some(at),
             artifacts: vec![],
             lease: None,
+            delegation: None,
         };
         let mut event = Envelope::builder("toronto://devops/planner", plan).build();
         event.time = Some(at);
@@ -1605,6 +1606,253 @@ async fn an_ephemeral_environment_is_torn_down_after_its_ttl() {
     assert_eq!(
         *peers.executed.lock().unwrap(),
         vec![format!("{plan_id}:execute"), format!("{plan_id}:teardown")]
+    );
+    p.stop().await;
+}
+
+/// The real deployer on its simulated cluster (a simulation), quick enough for a test.
+async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Started) {
+    let mut config = Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.http.addr = String::new();
+    let settings = toronto_deployer::Settings {
+        lease: Duration::from_secs(2),
+        analysis_interval: Duration::from_millis(200),
+        analysis_window: Duration::from_secs(2),
+        analysis_timeout: Duration::from_millis(300),
+        step_pause: Duration::from_secs(1),
+        drift_interval: Duration::ZERO,
+        sim: toronto_deployer::SimSettings {
+            tick: Duration::from_millis(50),
+            pod_start: Duration::from_millis(100),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let shutdown = CancellationToken::new();
+    let started = toronto_deployer::start_with(config, settings, None, shutdown.clone())
+        .await
+        .unwrap();
+    (shutdown, started)
+}
+
+#[tokio::test]
+async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
+    let p = planner().await;
+    let mut peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    // The fake deployer steps aside for the real one.
+    peers
+        .hosts
+        .pop()
+        .unwrap()
+        .stop(Duration::from_millis(100))
+        .await;
+    let (deployer_stop, deployer) = real_deployer(&p.server.url()).await;
+
+    let mut first = deploy("basket", "staging");
+    first.version = "1.0.0".into();
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/developer", first).build())
+        .await
+        .unwrap();
+    let plan = p
+        .wait_for_state(accepted.plan_id, PlanState::Completed)
+        .await;
+    let execute = step(&plan, "execute");
+    assert!(
+        execute
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("shipped 1.0.0 in staging"),
+        "{execute:?}"
+    );
+
+    // A version that fails: the plan waits for its rollout, then fails with the reason.
+    let fault = Envelope::builder(
+        "toronto://test",
+        toronto_protocol::rollout::SimFault {
+            service: "basket".into(),
+            environment: "staging".into(),
+            version: "2.0.0".into(),
+            error_rate: 0.5,
+            ..Default::default()
+        },
+    )
+    .build();
+    call::<_, toronto_protocol::rollout::SimService>(
+        &p.client,
+        "toronto.devops.v1.deployer.sim.fault",
+        &fault,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let mut second = deploy("basket", "staging");
+    second.version = "2.0.0".into();
+    second.strategy = Strategy::Canary {
+        steps: vec![
+            CanaryStep {
+                weight: 50,
+                pause_seconds: Some(30),
+            },
+            CanaryStep {
+                weight: 100,
+                pause_seconds: None,
+            },
+        ],
+    };
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/developer", second).build())
+        .await
+        .unwrap();
+    let plan = p.wait_for_state(accepted.plan_id, PlanState::Failed).await;
+    let reason = plan.reason.clone().unwrap_or_default();
+    assert!(reason.contains("aborted and rolled back"), "{reason}");
+    assert!(
+        step(&plan, "execute").findings.is_some(),
+        "the analysis is attached"
+    );
+
+    // A chaos experiment: the plan waits for it and completes when it ran its course.
+    let chaos = toronto_protocol::tasks::ChaosExperimentTask {
+        service: "basket".into(),
+        environment: "staging".into(),
+        fault: toronto_protocol::tasks::ChaosFault::PodKill { count: 1 },
+        duration_seconds: 1,
+        abort_conditions: vec![toronto_protocol::tasks::AbortCondition::AlertFiring],
+    };
+    let accepted = p
+        .submit(&Envelope::builder("toronto://agents/qa", chaos).build())
+        .await
+        .unwrap();
+    let plan = p
+        .wait_for_state(accepted.plan_id, PlanState::Completed)
+        .await;
+    let execute = step(&plan, "execute");
+    assert!(
+        execute
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("completed: ran 1 s; no abort condition held"),
+        "{execute:?}"
+    );
+
+    deployer_stop.cancel();
+    deployer.runtime.run_until_shutdown().await.unwrap();
+    peers.stop().await;
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn a_delegated_task_is_answered_in_the_agents_vocabulary() {
+    use toronto_protocol::delegation::{
+        AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted,
+    };
+    use toronto_protocol::tasks::{CiSystem, Language, PipelineTask, Stages};
+    let p = planner().await;
+    let mut notify = p
+        .client
+        .subscribe("toronto.agents.developer.v1.notify")
+        .await
+        .unwrap();
+    toronto_runtime::service::confirm_subscriptions(&p.client).await;
+    let assign = |task_id: &str, service: &str| AssignTask {
+        task_id: task_id.into(),
+        from_role: "developer".into(),
+        from_agent: Some("dev-7".into()),
+        title: Some("CI for the shop".into()),
+        task: PlanTask::Pipeline(PipelineTask {
+            service: service.into(),
+            repository: "github.com/acme/shop-api".into(),
+            language: Language::Rust,
+            ci: CiSystem::GithubActions,
+            stages: Stages::default(),
+            environments: vec!["staging".into()],
+            image: None,
+        }),
+    };
+    // Through the work queue, as peers hand tasks over.
+    let envelope = Envelope::builder(
+        "toronto://agents/developer/dev-7",
+        assign("T-42", "shop-api"),
+    )
+    .build();
+    let js = async_nats::jetstream::new(p.client.clone());
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    headers.insert("Content-Type", "application/json");
+    js.publish_with_headers(
+        "toronto.agents.devops.tasks",
+        headers,
+        encode(&envelope, Encoding::Json).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let mut seen = Vec::new();
+    let completed = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), notify.next())
+            .await
+            .expect("the developer hears back")
+            .unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        let ty = raw["type"].as_str().unwrap().to_owned();
+        seen.push(ty.clone());
+        if ty == TaskCompleted::message_type().to_string() {
+            break serde_json::from_value::<TaskCompleted>(raw["data"].clone()).unwrap();
+        }
+        if ty == AcceptTask::message_type().to_string() {
+            let accept: AcceptTask = serde_json::from_value(raw["data"].clone()).unwrap();
+            assert_eq!(accept.task_id, "T-42");
+        }
+        if ty == ProgressUpdate::message_type().to_string() {
+            let update: ProgressUpdate = serde_json::from_value(raw["data"].clone()).unwrap();
+            assert_eq!(update.task_id, "T-42");
+            assert!((0.0..=1.0).contains(&update.progress));
+        }
+    };
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("ai.toronto.devops.agent.accept_task.v1")
+    );
+    assert!(
+        seen.iter()
+            .any(|t| t == "ai.toronto.devops.agent.progress_update.v1"),
+        "{seen:?}"
+    );
+    assert_eq!(completed.task_id, "T-42");
+    assert!(completed.success, "{completed:?}");
+    assert_eq!(completed.artifacts[0].path, ".github/workflows/ci.yml");
+
+    // A task the planner cannot take is refused with every reason, to the assigner.
+    let bad = Envelope::builder(
+        "toronto://agents/developer/dev-7",
+        assign("T-43", "Shop API"),
+    )
+    .build();
+    let err = p.submit(&bad).await.unwrap_err();
+    assert!(matches!(err, CallError::Remote(ref b) if b.code == ErrorCode::BadRequest));
+    let reject = loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), notify.next())
+            .await
+            .expect("the developer hears the refusal")
+            .unwrap();
+        let raw: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        if raw["type"] == RejectTask::message_type().to_string() {
+            break serde_json::from_value::<RejectTask>(raw["data"].clone()).unwrap();
+        }
+    };
+    assert_eq!(reject.task_id, "T-43");
+    assert!(
+        reject
+            .reasons
+            .iter()
+            .any(|r| r.contains("must be a DNS label")),
+        "{reject:?}"
     );
     p.stop().await;
 }

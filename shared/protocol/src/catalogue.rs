@@ -11,6 +11,8 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::chat::ChatCommandRecord;
+use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::incidents::{
@@ -23,14 +25,14 @@ use crate::incidents::{
 use crate::message::Message;
 use crate::messages::{Status, StatusRequest};
 use crate::rollout::{
-    AdvanceRollout, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
+    AdvanceRollout, ChaosRun, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
     RolloutRef, Rollouts, SimFault, SimService, SimTamper,
 };
 use crate::tasks::{
-    AdvancePlan, DeployTask, DoraQuery, DoraReport, ExecuteAccepted, ExecuteRequest, GateVerdict,
-    PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
-    ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest, SloGet,
-    SloStatus, SloStatuses, SubmitAccepted,
+    AdvancePlan, ChaosExperimentTask, DeployTask, DoraQuery, DoraReport, ExecuteAccepted,
+    ExecuteRequest, GateVerdict, PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList,
+    Plans, ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest,
+    SloGet, SloStatus, SloStatuses, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -82,6 +84,12 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<ScaleTask>(),
         payload::<PipelineTask>(),
         payload::<ProvisionEnvironmentTask>(),
+        payload::<ChaosExperimentTask>(),
+        payload::<AssignTask>(),
+        payload::<AcceptTask>(),
+        payload::<RejectTask>(),
+        payload::<ProgressUpdate>(),
+        payload::<TaskCompleted>(),
         payload::<SubmitAccepted>(),
         payload::<PlanGet>(),
         payload::<PlanList>(),
@@ -112,6 +120,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<SloList>(),
         payload::<SloEntries>(),
         payload::<Rollout>(),
+        payload::<ChaosRun>(),
         payload::<AdvanceRollout>(),
         payload::<RolloutRef>(),
         payload::<RolloutCommand>(),
@@ -149,6 +158,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<InhibitionList>(),
         payload::<InhibitionRules>(),
         payload::<InhibitionDelete>(),
+        payload::<ChatCommandRecord>(),
     ]
 }
 

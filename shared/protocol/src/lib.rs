@@ -11,7 +11,9 @@
 pub mod alerts;
 pub mod analysis;
 pub mod catalogue;
+pub mod chat;
 pub mod codec;
+pub mod delegation;
 pub mod envelope;
 pub mod error;
 pub mod incidents;

@@ -460,3 +460,45 @@ pub struct SimWorkload {
     /// Pods restarting (crash loop).
     pub crashing: u32,
 }
+
+/// Where a chaos experiment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ChaosState {
+    /// The fault is in place.
+    Running,
+    /// An abort condition held: the fault was removed early.
+    Aborted,
+    /// It ran its full duration; the fault was removed.
+    Completed,
+    /// The fault could not be injected.
+    Failed,
+}
+
+/// A chaos experiment run by the deployer (KV `chaos.<id>`; the data of `chaos.started`,
+/// `chaos.aborted`, `chaos.completed` and `chaos.failed` events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ChaosRun {
+    /// Its id.
+    pub id: Uuid,
+    /// What was asked.
+    pub experiment: crate::tasks::ChaosExperimentTask,
+    /// Where it stands.
+    pub state: ChaosState,
+    /// Why it ended as it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The plan that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan_id: Option<Uuid>,
+    /// When the fault went in.
+    pub started_at: DateTime<Utc>,
+    /// When it was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl Message for ChaosRun {
+    const NAME: &'static str = "chaos.run";
+    const MAJOR: u32 = 1;
+}

@@ -134,6 +134,66 @@ impl Message for ScaleTask {
     const MAJOR: u32 = 1;
 }
 
+/// A chaos experiment: inject a fault into a service for a while, and stop early when
+/// an abort condition holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosExperimentTask {
+    /// The service (the target of the experiment).
+    pub service: String,
+    /// Its environment.
+    pub environment: String,
+    /// What to break.
+    pub fault: ChaosFault,
+    /// How long, in seconds (1 to 3600).
+    pub duration_seconds: u64,
+    /// When any holds, the fault is removed at once and the experiment ends aborted.
+    #[serde(default)]
+    pub abort_conditions: Vec<AbortCondition>,
+}
+
+impl Message for ChaosExperimentTask {
+    const NAME: &'static str = "task.chaos_experiment";
+    const MAJOR: u32 = 1;
+}
+
+/// A fault a chaos experiment injects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChaosFault {
+    /// This fraction of requests fails (simulated target).
+    ErrorRate {
+        /// 0 to 1.
+        rate: f64,
+    },
+    /// Every request takes this much longer (simulated target).
+    Latency {
+        /// Milliseconds added.
+        ms: u64,
+    },
+    /// The serving pods crash and restart (simulated target).
+    CrashLoop,
+    /// Delete this many of the service's pods (simulated target and Kubernetes).
+    PodKill {
+        /// Pods to delete.
+        count: u32,
+    },
+}
+
+/// When a chaos experiment stops early.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AbortCondition {
+    /// An alert fires on the service (heard on the bus).
+    AlertFiring,
+    /// The service's error ratio over the last 2 seconds exceeds `threshold`
+    /// (measured by the simulated target).
+    ErrorRatioAbove {
+        /// 0 to 1.
+        threshold: f64,
+    },
+}
+
 /// Produce a CI pipeline for a repository, as an artifact of the plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -265,6 +325,8 @@ pub enum PlanTask {
     Pipeline(PipelineTask),
     /// An ephemeral environment to provision and later tear down.
     ProvisionEnvironment(ProvisionEnvironmentTask),
+    /// A chaos experiment.
+    ChaosExperiment(ChaosExperimentTask),
 }
 
 impl PlanTask {
@@ -276,6 +338,7 @@ impl PlanTask {
             PlanTask::Scale(_) => "scale",
             PlanTask::Pipeline(_) => "pipeline",
             PlanTask::ProvisionEnvironment(_) => "provision_environment",
+            PlanTask::ChaosExperiment(_) => "chaos_experiment",
         }
     }
 
@@ -287,6 +350,7 @@ impl PlanTask {
             PlanTask::Scale(t) => &t.service,
             PlanTask::Pipeline(t) => &t.service,
             PlanTask::ProvisionEnvironment(t) => &t.name,
+            PlanTask::ChaosExperiment(t) => &t.service,
         }
     }
 
@@ -298,6 +362,7 @@ impl PlanTask {
             PlanTask::Scale(t) => &t.environment,
             PlanTask::Pipeline(_) => "ci",
             PlanTask::ProvisionEnvironment(t) => &t.name,
+            PlanTask::ChaosExperiment(t) => &t.environment,
         }
     }
 }
@@ -481,6 +546,10 @@ pub struct Plan {
     /// out and another instance carries on).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease: Option<Lease>,
+    /// The agent that delegated the task (`agent.assign_task`), answered in the
+    /// delegation vocabulary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegation: Option<crate::delegation::Delegation>,
 }
 
 /// Ownership of a plan's execution for a while.

@@ -88,16 +88,18 @@ impl ServiceRuntime {
         config: Config,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
-        Self::start_with_routes(kind, version, config, None, shutdown).await
+        Self::start_with_routes(kind, version, config, axum::Router::new(), shutdown).await
     }
 
-    /// Like [`ServiceRuntime::start`], with the service's own HTTP routes served on
-    /// the same address as `/healthz`, `/readyz` and `/metrics` (when HTTP is enabled).
+    /// Like [`ServiceRuntime::start`], and the service's own HTTP `routes` are served
+    /// beside `/healthz`, `/readyz` and `/metrics` on the same listener (when HTTP is
+    /// enabled). The routes exist before the service is connected: a handler that needs
+    /// the service answers 503 until it is ready.
     pub async fn start_with_routes(
         kind: ServiceKind,
         version: &str,
         config: Config,
-        routes: Option<axum::Router>,
+        routes: axum::Router,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         config.validate()?;

@@ -63,24 +63,21 @@ pub async fn serve(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    serve_with(addr, metrics, readiness, None, shutdown).await
+    serve_with(addr, metrics, readiness, Router::new(), shutdown).await
 }
 
-/// Like [`serve`], with a service's own routes merged beside `/healthz`, `/readyz`
-/// and `/metrics` (they must not reuse those paths).
+/// Like [`serve`], with a service's own routes (`extra`) merged beside `/healthz`,
+/// `/readyz` and `/metrics` (a route of the same path as those panics at start).
 pub async fn serve_with(
     addr: SocketAddr,
     metrics: Metrics,
     readiness: Readiness,
-    extra: Option<Router>,
+    extra: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    let mut app = router(metrics, readiness);
-    if let Some(extra) = extra {
-        app = app.merge(extra);
-    }
+    let app = router(metrics, readiness).merge(extra);
     let task = tokio::spawn(async move {
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -10,7 +10,8 @@ use toronto_protocol::codec::CONTENT_TYPE_HEADER;
 use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{
-    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, decode, encode,
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, RawEnvelope, decode,
+    decode_raw, encode,
 };
 
 /// Why a request got no usable reply.
@@ -64,6 +65,32 @@ pub async fn call<Req: Message, Resp: Message>(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<Envelope<Resp>, CallError> {
+    let (payload, reply_encoding) = send(client, subject, envelope, encoding, timeout).await?;
+    Ok(decode(&payload, reply_encoding)?)
+}
+
+/// Like [`call`] for an envelope whose `type` and `data` are not a Rust type of the
+/// contract (a command built from text, a type another service owns): the reply's
+/// attributes are validated and its `data` is left untyped.
+pub async fn call_raw(
+    client: &Client,
+    subject: &str,
+    envelope: &RawEnvelope,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<RawEnvelope, CallError> {
+    let (payload, reply_encoding) = send(client, subject, envelope, encoding, timeout).await?;
+    Ok(decode_raw(&payload, reply_encoding)?)
+}
+
+/// Sends the request and returns the reply's bytes and encoding, or the error it carried.
+async fn send<T: serde::Serialize>(
+    client: &Client,
+    subject: &str,
+    envelope: &Envelope<T>,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<(Bytes, Encoding), CallError> {
     let bytes = encode(envelope, encoding)?;
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
@@ -111,5 +138,5 @@ pub async fn call<Req: Message, Resp: Message>(
             });
         return Err(CallError::Remote(body));
     }
-    Ok(decode(&reply.payload, reply_encoding)?)
+    Ok((reply.payload, reply_encoding))
 }

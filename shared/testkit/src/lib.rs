@@ -25,6 +25,7 @@ mod cluster;
 #[cfg(feature = "testcontainers")]
 mod container;
 mod error;
+pub mod kubectl;
 mod node;
 mod server;
 

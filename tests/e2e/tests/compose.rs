@@ -462,6 +462,12 @@ fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mu
     }
 }
 
+/// Whether a service runs Prometheus or Alertmanager (checked on their own).
+fn is_monitoring(service: &Value) -> bool {
+    scalar(&service["image"])
+        .is_some_and(|i| i.starts_with("prom/prometheus:") || i.starts_with("prom/alertmanager:"))
+}
+
 /// Whether a service runs the official NATS image.
 fn is_nats(service: &Value) -> bool {
     scalar(&service["image"]).is_some_and(|i| i.starts_with("nats:") || i.contains("/nats:"))
@@ -535,7 +541,7 @@ fn compose_runs_the_stack_as_the_code_expects() {
     let mut host_ports: BTreeMap<u16, String> = BTreeMap::new();
     for (name, service) in services {
         let name = scalar(name).unwrap_or_default();
-        if is_nats(service) {
+        if is_nats(service) || is_monitoring(service) {
             continue;
         }
         let command = words(&service["command"]);
@@ -753,4 +759,285 @@ fn compose_helpers_parse_what_compose_accepts() {
         words(&serde_yaml_ng::from_str("[CMD, curl, -f, 'http://127.0.0.1:8080/readyz']").unwrap());
     assert_eq!(probe_port(&test, "/readyz"), Some(8080));
     assert_eq!(probe_port(&test, "/healthz"), None);
+}
+
+// ---------------------------------------------------------------------------------
+// deploy/kubernetes: the agent itself on Kubernetes
+// ---------------------------------------------------------------------------------
+
+fn kubernetes_docs() -> Vec<Value> {
+    let text = read("deploy/kubernetes/toronto.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
+    let docs = kubernetes_docs();
+    let mut problems = Vec::new();
+    let deployments = of_kind(&docs, "Deployment");
+    for kind in ServiceKind::ALL {
+        let name = kind.service_name();
+        let Some(d) = deployments
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(name))
+        else {
+            problems.push(format!("no Deployment {name}"));
+            continue;
+        };
+        let spec = &d["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        if c["command"][0].as_str() != Some(name) {
+            problems.push(format!("{name}: runs {:?}, not its binary", c["command"]));
+        }
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            if c[probe]["httpGet"]["path"].as_str() != Some(path) {
+                problems.push(format!("{name}: {probe} must GET {path}"));
+            }
+        }
+        if c["resources"]["requests"]["cpu"].is_null()
+            || c["resources"]["requests"]["memory"].is_null()
+        {
+            problems.push(format!("{name}: no resource requests"));
+        }
+        let sa = spec["serviceAccountName"].as_str().unwrap_or_default();
+        let api_access = spec["automountServiceAccountToken"].as_bool() != Some(false);
+        match (kind, api_access) {
+            (ServiceKind::Deployer, true) if sa == "toronto-deployer" => {}
+            (ServiceKind::Deployer, _) => {
+                problems.push("the deployer must run as toronto-deployer with its token".into())
+            }
+            (_, true) => problems.push(format!("{name} must not get Kubernetes API access")),
+            _ => {}
+        }
+    }
+    // Only the deployer's account is bound, and only to what its target does.
+    let bindings = of_kind(&docs, "ClusterRoleBinding");
+    for b in &bindings {
+        for s in b["subjects"].as_sequence().into_iter().flatten() {
+            if s["name"].as_str() != Some("toronto-deployer") {
+                problems.push(format!("{:?} is bound to a cluster role", s["name"]));
+            }
+        }
+    }
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::from([
+        (
+            "deployments",
+            BTreeSet::from(["get", "list", "watch", "create", "patch"]),
+        ),
+        (
+            "services",
+            BTreeSet::from(["get", "list", "create", "patch"]),
+        ),
+        (
+            "namespaces",
+            BTreeSet::from(["get", "create", "patch", "delete"]),
+        ),
+        ("pods", BTreeSet::from(["list", "delete"])),
+        ("httproutes", BTreeSet::from(["get", "create", "patch"])),
+    ]);
+    for role in of_kind(&docs, "ClusterRole") {
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            for resource in rule["resources"].as_sequence().into_iter().flatten() {
+                let r = resource.as_str().unwrap_or("*");
+                let Some(ok) = allowed.get(r) else {
+                    problems.push(format!("the deployer may touch {r}, which it never needs"));
+                    continue;
+                };
+                for verb in rule["verbs"].as_sequence().into_iter().flatten() {
+                    let v = verb.as_str().unwrap_or("*");
+                    if !ok.contains(v) {
+                        problems.push(format!("the deployer may {v} {r}, which it never does"));
+                    }
+                }
+            }
+        }
+    }
+    // The config names only variables the services read.
+    let known: BTreeSet<String> = ENV_VARS
+        .iter()
+        .map(|v| v.name.to_owned())
+        .chain(
+            toronto_deployer::settings::DEPLOYER_VARS
+                .iter()
+                .chain(toronto_deployer::kube_vars())
+                .chain(toronto_monitor::settings::MONITOR_VARS)
+                .chain(toronto_planner::settings::PLANNER_VARS)
+                .map(|(n, _)| (*n).to_owned()),
+        )
+        .collect();
+    for cm in of_kind(&docs, "ConfigMap") {
+        for (k, _) in cm["data"].as_mapping().into_iter().flatten() {
+            let k = k.as_str().unwrap_or_default();
+            if !known.contains(k) {
+                problems.push(format!("the ConfigMap sets {k}, which nothing reads"));
+            }
+        }
+    }
+    fail_if_any("deploy/kubernetes/toronto.yaml", problems);
+}
+
+#[tokio::test]
+async fn kubectl_accepts_the_kubernetes_manifests() {
+    let Some(kubectl) = toronto_testkit::kubectl::KubectlDryRun::start().await else {
+        println!("SKIPPED: kubectl is not installed; deploy/kubernetes not validated by kubectl");
+        return;
+    };
+    let docs = kubernetes_docs();
+    let out = kubectl
+        .apply(&read("deploy/kubernetes/toronto.yaml"))
+        .await
+        .unwrap_or_else(|e| panic!("kubectl refused deploy/kubernetes/toronto.yaml:\n{e}"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), docs.len(), "{out}");
+    assert!(
+        lines.iter().all(|l| l.ends_with("created (dry run)")),
+        "{out}"
+    );
+    println!("kubectl accepted {} objects", lines.len());
+}
+
+// ---------------------------------------------------------------------------------
+// Prometheus and Alertmanager in docker-compose
+// ---------------------------------------------------------------------------------
+
+/// The compose service whose command runs `binary`, and the port its HTTP listens on.
+fn service_running(services: &serde_yaml_ng::Mapping, binary: &str) -> Option<String> {
+    services.iter().find_map(|(name, s)| {
+        (words(&s["command"]).first().map(String::as_str) == Some(binary))
+            .then(|| scalar(name).unwrap_or_default())
+    })
+}
+
+#[test]
+fn prometheus_scrapes_every_service_and_alertmanager_posts_to_the_incident_commander() {
+    let compose = compose();
+    let services = compose["services"].as_mapping().expect("services");
+    let mut problems = Vec::new();
+    let by_image = |prefix: &str| {
+        services
+            .iter()
+            .find(|(_, s)| scalar(&s["image"]).is_some_and(|i| i.starts_with(prefix)))
+            .map(|(n, s)| (scalar(n).unwrap_or_default(), s.clone()))
+    };
+    let Some((_, prometheus)) = by_image("prom/prometheus:") else {
+        panic!("docker-compose.yml runs no Prometheus");
+    };
+    let Some((alertmanager_name, alertmanager)) = by_image("prom/alertmanager:") else {
+        panic!("docker-compose.yml runs no Alertmanager");
+    };
+    for (what, service, file, target) in [
+        (
+            "prometheus",
+            &prometheus,
+            "deploy/prometheus/prometheus.yml",
+            "/etc/prometheus/prometheus.yml",
+        ),
+        (
+            "alertmanager",
+            &alertmanager,
+            "deploy/alertmanager/alertmanager.yml",
+            "/etc/alertmanager/alertmanager.yml",
+        ),
+    ] {
+        let mounts = words(&service["volumes"]);
+        if !mounts.iter().any(|m| m == &format!("./{file}:{target}:ro")) {
+            problems.push(format!("{what} must mount ./{file} at {target}"));
+        }
+    }
+    let prom: Value = serde_yaml_ng::from_str(&read("deploy/prometheus/prometheus.yml")).unwrap();
+    let targets: BTreeSet<String> = prom["scrape_configs"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|job| {
+            job["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|sc| words(&sc["targets"]))
+        .collect();
+    for kind in ServiceKind::ALL {
+        match service_running(services, kind.service_name()) {
+            Some(name) => {
+                if !targets.contains(&format!("{name}:8080")) {
+                    problems.push(format!("Prometheus does not scrape {name}:8080"));
+                }
+            }
+            None => problems.push(format!("no compose service runs {}", kind.service_name())),
+        }
+    }
+    let am_targets: Vec<String> = prom["alerting"]["alertmanagers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| {
+            a["static_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .flat_map(|sc| words(&sc["targets"]))
+        .collect();
+    if am_targets != [format!("{alertmanager_name}:9093")] {
+        problems.push(format!(
+            "Prometheus sends alerts to {am_targets:?}, not {alertmanager_name}:9093"
+        ));
+    }
+    let am: Value = serde_yaml_ng::from_str(&read("deploy/alertmanager/alertmanager.yml")).unwrap();
+    let incident = service_running(services, "toronto-incident-commander").unwrap_or_default();
+    let urls: Vec<String> = am["receivers"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| {
+            r["webhook_configs"]
+                .as_sequence()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .filter_map(|w| scalar(&w["url"]))
+        .collect();
+    let expected = format!("http://{incident}:8080/api/v1/alertmanager/webhook");
+    if urls != [expected.clone()] {
+        problems.push(format!("Alertmanager posts to {urls:?}, not {expected}"));
+    }
+    fail_if_any("docker-compose.yml's Prometheus and Alertmanager", problems);
+
+    // The real tools agree, where they are installed (scripts/test installs them).
+    for (tool, args, file) in [
+        (
+            "promtool",
+            vec!["check", "config", "--syntax-only"],
+            "deploy/prometheus/prometheus.yml",
+        ),
+        (
+            "amtool",
+            vec!["check-config"],
+            "deploy/alertmanager/alertmanager.yml",
+        ),
+    ] {
+        match std::process::Command::new(tool)
+            .args(&args)
+            .arg(root().join(file))
+            .output()
+        {
+            Ok(out) => assert!(
+                out.status.success(),
+                "{tool} refuses {file}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => println!("SKIPPED: {tool} not runnable ({e}); {file} not checked by it"),
+        }
+    }
 }

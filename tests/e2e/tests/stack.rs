@@ -334,15 +334,252 @@ fn the_readme_documents_every_configuration_variable() {
         .map(|v| v.name)
         .collect();
     names.push(toronto_runtime::config::CONFIG_FILE_VAR);
-    names.extend(
-        toronto_planner::settings::PLANNER_VARS
-            .iter()
-            .map(|(name, _)| *name),
-    );
+    for table in [
+        toronto_planner::settings::PLANNER_VARS,
+        toronto_deployer::settings::DEPLOYER_VARS,
+        toronto_deployer::kube_vars(),
+        toronto_monitor::settings::MONITOR_VARS,
+        toronto_chat_bridge::settings::CHAT_VARS,
+    ] {
+        names.extend(table.iter().map(|(name, _)| *name));
+    }
     for name in names {
         assert!(
             readme.contains(&format!("| `{name}` |")),
             "README.md's configuration table lacks {name}"
         );
+    }
+}
+
+async fn wait_for(rollouts: &mut async_nats::Subscriber, what: &str) -> serde_json::Value {
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(20), rollouts.next())
+            .await
+            .unwrap_or_else(|_| panic!("no rollout.{what}"))
+            .unwrap();
+        if m.subject.ends_with(what) {
+            return serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap();
+        }
+    }
+}
+
+/// deploy/nats/permissions.conf with a known password per user.
+fn permissions_conf() -> String {
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/permissions.conf"),
+    )
+    .unwrap();
+    let mut text = text;
+    for user in [
+        "planner", "deployer", "monitor", "incident", "chat", "admin",
+    ] {
+        text = text.replace(
+            &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),
+            &format!("\"pw-{user}\""),
+        );
+    }
+    text
+}
+
+fn as_user(server: &NatsServer, user: &str) -> Config {
+    let mut config = config(server);
+    config.nats.user = Some(user.into());
+    config.nats.password = Some(format!("pw-{user}"));
+    config.shutdown_grace_secs = 2;
+    config
+}
+
+async fn connect_as(
+    server: &NatsServer,
+    user: &str,
+    errors: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+) -> Client {
+    let mut options =
+        async_nats::ConnectOptions::with_user_and_password(user.into(), format!("pw-{user}"));
+    if let Some(tx) = errors {
+        options = options.event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(e) = event {
+                    let _ = tx.send(e.to_string());
+                }
+            }
+        });
+    }
+    options.connect(server.url()).await.unwrap()
+}
+
+#[tokio::test]
+async fn every_service_works_under_its_least_privilege_nats_user_and_no_further() {
+    let server = NatsServer::start_with_config(&permissions_conf()).await;
+    let shutdown = CancellationToken::new();
+    let users = [
+        (ServiceKind::Planner, "planner"),
+        (ServiceKind::Deployer, "deployer"),
+        (ServiceKind::Monitor, "monitor"),
+        (ServiceKind::IncidentCommander, "incident"),
+        (ServiceKind::ChatBridge, "chat"),
+    ];
+    let mut running = Vec::new();
+    for (kind, user) in users {
+        let mut config = as_user(&server, user);
+        config.http.addr = String::new();
+        let rt = match kind {
+            ServiceKind::Deployer => {
+                let settings = toronto_deployer::Settings {
+                    analysis_interval: Duration::from_millis(200),
+                    step_pause: Duration::from_secs(30),
+                    drift_interval: Duration::ZERO,
+                    ..Default::default()
+                };
+                toronto_deployer::start_with(config, settings, None, shutdown.clone())
+                    .await
+                    .map(|s| s.runtime)
+            }
+            kind => toronto_cli::up::start_service(kind, config, shutdown.clone()).await,
+        }
+        .unwrap_or_else(|e| panic!("{user} cannot start under its permissions: {e}"));
+        running.push(tokio::spawn(rt.run_until_shutdown()));
+    }
+    let admin = connect_as(&server, "admin", None).await;
+    // Each answers status.
+    for (kind, user) in users {
+        let req = Envelope::builder("toronto://test", StatusRequest::default()).build();
+        let reply: Envelope<Status> = call(
+            &admin,
+            &format!("toronto.devops.v1.{}.status", kind.token()),
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert_eq!(reply.data.service, kind.service_name());
+    }
+    // A flow across them: the deployer ships 1.0.0, then its canary of a faulty 2.0.0
+    // is judged by the monitor (metrics on the bus, a request to the monitor) and
+    // rolled back; the planner plans a pipeline (queue, KV, events).
+    let mut rollouts = admin
+        .subscribe("toronto.devops.v1.events.rollout.>")
+        .await
+        .unwrap();
+    toronto_runtime::service::confirm_subscriptions(&admin).await;
+    let execute = |version: &str, steps: Vec<toronto_protocol::tasks::CanaryStep>| {
+        Envelope::builder(
+            "toronto://test",
+            toronto_protocol::tasks::ExecuteRequest {
+                plan_id: uuid::Uuid::now_v7(),
+                idempotency_key: format!("perm-{version}"),
+                task: toronto_protocol::tasks::PlanTask::Deploy(Box::new(
+                    toronto_protocol::tasks::DeployTask {
+                        service: "shop".into(),
+                        version: version.into(),
+                        image: None,
+                        environment: "production".into(),
+                        strategy: toronto_protocol::tasks::Strategy::Canary { steps },
+                        change: None,
+                        fix: false,
+                        policy_override: None,
+                    },
+                )),
+            },
+        )
+        .build()
+    };
+    let _: Envelope<toronto_protocol::tasks::ExecuteAccepted> = call(
+        &admin,
+        "toronto.devops.v1.deployer.rollout.start",
+        &execute("1.0.0", vec![]),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    wait_for(&mut rollouts, "succeeded").await;
+    let fault = Envelope::builder(
+        "toronto://test",
+        toronto_protocol::rollout::SimFault {
+            service: "shop".into(),
+            environment: "production".into(),
+            version: "2.0.0".into(),
+            error_rate: 0.5,
+            ..Default::default()
+        },
+    )
+    .build();
+    let _: Envelope<toronto_protocol::rollout::SimService> = call(
+        &admin,
+        "toronto.devops.v1.deployer.sim.fault",
+        &fault,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let canary = vec![
+        toronto_protocol::tasks::CanaryStep {
+            weight: 50,
+            pause_seconds: None,
+        },
+        toronto_protocol::tasks::CanaryStep {
+            weight: 100,
+            pause_seconds: None,
+        },
+    ];
+    let _: Envelope<toronto_protocol::tasks::ExecuteAccepted> = call(
+        &admin,
+        "toronto.devops.v1.deployer.rollout.start",
+        &execute("2.0.0", canary),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let aborted = wait_for(&mut rollouts, "aborted").await;
+    assert_eq!(
+        aborted["data"]["analyses"][0]["source"], "monitor",
+        "the deployer asked the monitor: {aborted}"
+    );
+
+    // Outside its permissions, a service's user is refused by the server and nothing
+    // is delivered.
+    let (tx, mut violations) = tokio::sync::mpsc::unbounded_channel();
+    let planner = connect_as(&server, "planner", Some(tx)).await;
+    planner
+        .publish(
+            "toronto.devops.v1.events.rollout.succeeded",
+            Bytes::from_static(b"{}"),
+        )
+        .await
+        .unwrap();
+    planner
+        .publish("toronto.metrics.shop.production", Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    planner.flush().await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let v = tokio::time::timeout(Duration::from_secs(5), violations.recv())
+            .await
+            .expect("the server reports the violation")
+            .unwrap();
+        seen.push(v);
+    }
+    assert!(
+        seen.iter()
+            .all(|v| v.to_lowercase().contains("permissions violation")),
+        "{seen:?}"
+    );
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(300), rollouts.next()).await
+    {
+        assert_ne!(
+            m.payload.as_ref(),
+            b"{}",
+            "a forged rollout event got through"
+        );
+    }
+    shutdown.cancel();
+    for r in running {
+        r.await.unwrap().unwrap();
     }
 }

@@ -22,10 +22,11 @@ mod settings;
 
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use serde_json::{Value, json};
 use toronto_protocol::rollout::Drift;
+use toronto_protocol::tasks::ChaosFault;
 
 pub use manifests::{
     ANNOTATION_ENVIRONMENT, ANNOTATION_STEP, FIELD_MANAGER, InvalidLayout, LABEL_COLOUR,
@@ -248,6 +249,48 @@ impl Target for KubeTarget {
         let ns = namespace_manifest(environment, &self.settings).map_err(refused)?;
         let ns = Manifest::Namespace(Box::new(ns));
         self.apply_one("", &ns).await
+    }
+
+    /// Only `pod_kill` on Kubernetes: it deletes that many of the service's pods (their
+    /// ReplicaSets replace them). Error rates, latency and crash loops need a fault
+    /// injection layer (a mesh) that this target does not drive.
+    async fn inject(
+        &self,
+        service: &str,
+        environment: &str,
+        fault: &ChaosFault,
+    ) -> Result<(), TargetError> {
+        let ChaosFault::PodKill { count } = fault else {
+            return Err(refused(format!(
+                "{fault:?} needs a fault-injection layer; on Kubernetes only pod_kill is supported"
+            )));
+        };
+        let ns = self.namespace(environment)?;
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let selector = format!("{LABEL_NAME}={service}");
+        let pods = self
+            .call(
+                &format!("list Pods {selector} in {ns}"),
+                api.list(&ListParams::default().labels(&selector)),
+            )
+            .await?;
+        let victims: Vec<String> = pods
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .take(*count as usize)
+            .collect();
+        if victims.is_empty() {
+            return Err(refused(format!("no pods of {service} in {ns} to kill")));
+        }
+        for name in victims {
+            self.call(
+                &format!("delete Pod/{name}"),
+                api.delete(&name, &DeleteParams::default()),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn teardown_environment(&self, environment: &str) -> Result<(), TargetError> {

@@ -1,0 +1,258 @@
+//! `toronto run` and `toronto watch`: the chat commands from a terminal, and the event
+//! stream live.
+
+use std::time::Duration;
+
+use anyhow::bail;
+use toronto_commands::{Actor, Command, parse_words, render, render_error};
+use toronto_protocol::{Encoding, RawEnvelope, Subjects};
+use toronto_runtime::rpc::{CallError, call_raw};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Text and tables, as chat shows them.
+    Table,
+    /// The reply envelope (or the event envelope), as JSON.
+    Json,
+}
+
+/// Takes `--output VALUE` / `--output=VALUE` out of the command's words (so it may
+/// come after the command, as in `toronto run plans --output json`).
+pub fn take_output(words: &mut Vec<String>) -> anyhow::Result<Option<Output>> {
+    let Some(i) = words
+        .iter()
+        .position(|w| w == "--output" || w.starts_with("--output="))
+    else {
+        return Ok(None);
+    };
+    let value = match words[i].strip_prefix("--output=") {
+        Some(v) => {
+            let v = v.to_owned();
+            words.remove(i);
+            v
+        }
+        None => {
+            if i + 1 >= words.len() {
+                bail!("--output needs table or json");
+            }
+            let v = words.remove(i + 1);
+            words.remove(i);
+            v
+        }
+    };
+    Ok(Some(match value.as_str() {
+        "table" => Output::Table,
+        "json" => Output::Json,
+        other => bail!("--output `{other}`: use table or json"),
+    }))
+}
+
+/// Parses `words` with the chat grammar; a malformed command is an error carrying the
+/// usage of the command meant (or the list of commands).
+pub fn parse(words: &[String]) -> anyhow::Result<Command> {
+    Ok(parse_words(words)?)
+}
+
+/// The text of `help` (answered here, without NATS), or `None` for other commands.
+pub fn local_answer(command: &Command) -> Option<String> {
+    match command {
+        Command::Help { command } => Some(Command::help_text(command.as_deref())),
+        _ => None,
+    }
+}
+
+/// Sends `command` as `actor` and returns what to print; an error reply is an error
+/// carrying the service's message and reasons.
+pub async fn run(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    command: &Command,
+    actor: &Actor,
+    output: Output,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    run_following(client, subjects, command, actor, output, timeout, false).await
+}
+
+/// [`run`]; with `follow`, a command that starts a plan (deploy, rollback) prints its
+/// reply at once, then every event of its flow (gates, rollout weight and step) until
+/// the plan ends, and fails when the plan does.
+pub async fn run_following(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    command: &Command,
+    actor: &Actor,
+    output: Output,
+    timeout: Duration,
+    follow: bool,
+) -> anyhow::Result<String> {
+    let Some(request) = command.request(actor) else {
+        return Ok(local_answer(command).unwrap_or_default());
+    };
+    let subject = request.subject(subjects);
+    let envelope = request.envelope(&actor.source);
+    let flow = envelope.correlationid.clone().unwrap_or_default();
+    // Subscribe before asking, so that no event of the flow is missed.
+    let events = if follow && subject.ends_with(".planner.submit") {
+        let sub = client.subscribe(subjects.events_all()).await?;
+        toronto_runtime::service::confirm_subscriptions(client).await;
+        Some(sub)
+    } else {
+        None
+    };
+    match call_raw(client, &subject, &envelope, Encoding::Json, timeout).await {
+        Ok(reply) => {
+            let text = match output {
+                Output::Table => render(command, &reply.data),
+                Output::Json => serde_json::to_string_pretty(&reply)?,
+            };
+            let Some(events) = events else {
+                return Ok(text);
+            };
+            println!("{text}");
+            follow_flow(events, &flow, output).await?;
+            Ok(String::new())
+        }
+        Err(CallError::Remote(body)) => match output {
+            Output::Table => bail!("{}", render_error(command, &body)),
+            Output::Json => bail!("{}", serde_json::to_string_pretty(&body)?),
+        },
+        Err(e) => bail!("{} failed: {e}", command.name()),
+    }
+}
+
+/// Prints the events of one flow until its plan ends; an error when it failed.
+async fn follow_flow(
+    mut events: async_nats::Subscriber,
+    correlation: &str,
+    output: Output,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let filter = WatchFilter {
+        correlation: Some(correlation.to_owned()),
+        ..Default::default()
+    };
+    while let Some(message) = events.next().await {
+        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, Encoding::Json) else {
+            continue;
+        };
+        if !filter.matches(&envelope) {
+            continue;
+        }
+        let event = message
+            .subject
+            .as_str()
+            .split_once(".events.")
+            .map(|(_, e)| e)
+            .unwrap_or_default();
+        println!("{}", watch_line(event, &envelope, output));
+        match event {
+            "plan.completed" => return Ok(()),
+            "plan.failed" | "plan.cancelled" => {
+                let reason = envelope.data["reason"]
+                    .as_str()
+                    .unwrap_or("no reason given");
+                bail!("the plan {}: {reason}", event.trim_start_matches("plan."));
+            }
+            _ => {}
+        }
+    }
+    bail!("the event stream ended before the plan did")
+}
+
+/// Which events `toronto watch` shows.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchFilter {
+    /// Only events about this service.
+    pub service: Option<String>,
+    /// Only events about this environment.
+    pub environment: Option<String>,
+    /// Only events of this flow.
+    pub correlation: Option<String>,
+}
+
+fn field<'a>(data: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    data.get(name)
+        .or_else(|| data.get("task").and_then(|t| t.get(name)))
+        .or_else(|| data.get("labels").and_then(|t| t.get(name)))
+        .or_else(|| data.get("incident").and_then(|t| t.get(name)))
+        .and_then(|v| v.as_str())
+}
+
+impl WatchFilter {
+    /// Whether `event` passes: its service (envelope subject or `data.service`,
+    /// `data.task.service`, `data.labels.service`), environment and correlation id.
+    pub fn matches(&self, event: &RawEnvelope) -> bool {
+        let service_ok = self.service.as_deref().is_none_or(|s| {
+            event.subject.as_deref() == Some(s) || field(&event.data, "service") == Some(s)
+        });
+        let environment_ok = self
+            .environment
+            .as_deref()
+            .is_none_or(|e| field(&event.data, "environment") == Some(e));
+        let correlation_ok = self
+            .correlation
+            .as_deref()
+            .is_none_or(|c| event.correlationid.as_deref() == Some(c));
+        service_ok && environment_ok && correlation_ok
+    }
+}
+
+/// One event as `toronto watch` prints it: time, event name and what it says (as the
+/// chat bridge would post it), or the envelope as one line of JSON.
+pub fn watch_line(event: &str, envelope: &RawEnvelope, output: Output) -> String {
+    match output {
+        Output::Json => serde_json::to_string(envelope).unwrap_or_default(),
+        Output::Table => {
+            let time = envelope
+                .time
+                .map(|t| t.format("%H:%M:%S%.3f").to_string())
+                .unwrap_or_default();
+            let what = toronto_chat_bridge::notify::describe(event, envelope)
+                .map(|n| toronto_chat_bridge::markup::plain(&n.parts))
+                .unwrap_or_default();
+            format!("{time}  {event:<24} {what}")
+        }
+    }
+}
+
+/// Prints matching events from `<prefix>.devops.v1.events.>` until `stop`.
+pub async fn watch(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    filter: &WatchFilter,
+    output: Output,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut events = client.subscribe(subjects.events_all()).await?;
+    toronto_runtime::service::confirm_subscriptions(client).await;
+    loop {
+        let message = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            m = events.next() => match m { Some(m) => m, None => return Ok(()) },
+        };
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Content-Type"))
+                .map(|v| v.as_str()),
+        )
+        .unwrap_or(Encoding::Json);
+        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, encoding) else {
+            continue;
+        };
+        if !filter.matches(&envelope) {
+            continue;
+        }
+        let event = message
+            .subject
+            .as_str()
+            .split_once(".events.")
+            .map(|(_, e)| e)
+            .unwrap_or_default();
+        println!("{}", watch_line(event, &envelope, output));
+    }
+}

@@ -1,0 +1,208 @@
+//! `toronto run` (the chat grammar from a terminal) and `toronto watch` (events live),
+//! as a user runs them, against a real nats-server and a fake planner.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use toronto_protocol::tasks::{DeployTask, SubmitAccepted};
+use toronto_protocol::{Envelope, ErrorBody};
+use toronto_runtime::config::EndpointConfig;
+use toronto_runtime::metrics::Metrics;
+use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+use toronto_testkit::NatsServer;
+
+const TORONTO: &str = env!("CARGO_BIN_EXE_toronto");
+
+async fn fake_planner(
+    client: &async_nats::Client,
+) -> (ServiceHost, Arc<Mutex<Vec<(String, DeployTask)>>>, String) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let host = ServiceHost::start(
+        client.clone(),
+        ServiceSpec {
+            name: "fake-planner".into(),
+            version: "0.0.1".into(),
+            description: "test".into(),
+            metadata: HashMap::new(),
+            queue_group: "fake-planner".into(),
+            source: "toronto://devops/planner".into(),
+        },
+        EndpointConfig::default(),
+        Metrics::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    let plan_id = toronto_protocol::envelope::new_id();
+    let s = seen.clone();
+    host.add_endpoint(
+        "submit",
+        "toronto.devops.v1.planner.submit",
+        move |req: Request<DeployTask>| {
+            s.lock()
+                .unwrap()
+                .push((req.envelope.source.clone(), req.data().clone()));
+            async move {
+                Ok::<_, ErrorBody>(SubmitAccepted {
+                    plan_id,
+                    duplicate: false,
+                })
+            }
+        },
+    )
+    .await
+    .unwrap();
+    (host, seen, plan_id.to_string())
+}
+
+async fn toronto(url: &str, args: &[&str]) -> std::process::Output {
+    Command::new(TORONTO)
+        .args(args)
+        .env("TORONTO_NATS_URL", url)
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn run_sends_the_chat_grammar_and_prints_the_reply() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let (_host, seen, plan_id) = fake_planner(&client).await;
+
+    let out = toronto(
+        &server.url(),
+        &[
+            "run",
+            "--as",
+            "tester",
+            "deploy",
+            "shop",
+            "1.2.0",
+            "to",
+            "staging",
+            "--strategy",
+            "canary",
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.trim(),
+        format!("plan {plan_id} accepted for deploy shop 1.2.0 to staging (canary)")
+    );
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "toronto://cli/tester");
+        assert_eq!(seen[0].1.environment, "staging");
+    }
+
+    // JSON: the reply envelope, with --output after the command.
+    let out = toronto(
+        &server.url(),
+        &[
+            "run", "deploy", "shop", "1.2.0", "to", "qa", "--output", "json",
+        ],
+    )
+    .await;
+    assert!(out.status.success());
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reply["type"],
+        "ai.toronto.devops.planner.submit.accepted.v1"
+    );
+    assert_eq!(reply["data"]["plan_id"], plan_id);
+
+    // Malformed: the usage of the command meant, and a failure exit.
+    let out = toronto(&server.url(), &["run", "deploy", "shop"]).await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("VERSION is missing"), "{stderr}");
+    assert!(
+        stderr.contains("usage: deploy SERVICE VERSION to ENV"),
+        "{stderr}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // help needs no NATS at all.
+    let out = toronto("nats://127.0.0.1:1", &["run", "help", "silence"]).await;
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("usage: silence MATCHERS for DURATION [COMMENT]"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn watch_streams_the_events_of_one_service() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let mut watch = Command::new(TORONTO)
+        .args(["watch", "--service", "shop"])
+        .env("TORONTO_NATS_URL", server.url())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let event = |service: &str| {
+        let alert = toronto_protocol::alerts::Alert {
+            fingerprint: format!("{service}-1"),
+            status: toronto_protocol::alerts::AlertStatus::Firing,
+            labels: [("alertname", "HighErrorRate"), ("service", service)]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            annotations: Default::default(),
+            burn_rates: Default::default(),
+            budget_remaining: None,
+            starts_at: chrono_now(),
+            ends_at: None,
+            generator: "test".into(),
+        };
+        let envelope = Envelope::builder("toronto://test", alert)
+            .subject(service)
+            .build();
+        toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json).unwrap()
+    };
+    // `watch` subscribes after it starts: publish until a line arrives.
+    let mut line = None;
+    for _ in 0..100 {
+        for service in ["other", "shop"] {
+            client
+                .publish(
+                    "toronto.devops.v1.events.alert.firing",
+                    event(service).into(),
+                )
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        if let Ok(Some(l)) = tokio::time::timeout(Duration::from_millis(200), lines.next_line())
+            .await
+            .map(Result::unwrap)
+        {
+            line = Some(l);
+            break;
+        }
+    }
+    let line = line.expect("watch prints the event");
+    assert!(line.contains("alert.firing"), "{line}");
+    assert!(line.contains("firing: HighErrorRate on shop"), "{line}");
+    watch.kill().await.unwrap();
+}
+
+fn chrono_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::Utc::now()
+}

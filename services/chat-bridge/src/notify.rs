@@ -1,0 +1,702 @@
+//! Notifications: events from the bus become short messages, routed to Slack or
+//! Mattermost incoming webhooks by service, environment and severity. Each webhook has
+//! one sender that gathers what arrives within the group window into one message
+//! (keeping only the latest progress of a rollout), honours 429 with its `Retry-After`,
+//! and backs off on server errors, so a busy stream never floods a channel.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use toronto_commands::render::describe_task;
+use toronto_protocol::alerts::{Alert, AlertStatus};
+use toronto_protocol::rollout::{Rollout, RolloutPhase};
+use toronto_protocol::tasks::{Plan, StepKind, StepState};
+use toronto_protocol::{Encoding, RawEnvelope};
+
+use crate::markup::{Part, render};
+use crate::metrics::ChatMetrics;
+use crate::settings::{ChatKind, Settings, Severity, Webhook};
+use crate::webclient::{PostError, WebClient};
+
+/// Most lines in one grouped message; the rest are counted.
+pub const MAX_LINES: usize = 15;
+/// Most notifications waiting per webhook; more are dropped (and counted).
+pub const QUEUE: usize = 1000;
+/// Attempts at posting one message.
+pub const ATTEMPTS: u32 = 6;
+
+/// What an event says, before it is rendered for a chat.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// How much it matters.
+    pub severity: Severity,
+    /// The service it is about.
+    pub service: Option<String>,
+    /// The environment it is about.
+    pub environment: Option<String>,
+    /// Notes with the same key replace each other within a group (rollout progress).
+    pub group_key: Option<String>,
+    /// A plan waiting for approval: Slack gets Approve and Reject buttons.
+    pub approval: Option<uuid::Uuid>,
+    /// The message.
+    pub parts: Vec<Part>,
+}
+
+fn ours(s: impl Into<String>) -> Part {
+    Part::Ours(s.into())
+}
+fn theirs(s: impl Into<String>) -> Part {
+    Part::Theirs(s.into())
+}
+fn strong(s: impl Into<String>) -> Part {
+    Part::Strong(s.into())
+}
+
+fn typed<T: serde::de::DeserializeOwned>(data: &Value) -> Option<T> {
+    serde_json::from_value(data.clone()).ok()
+}
+
+fn str_of<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
+    keys.iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_str))
+        .filter(|s| !s.is_empty())
+}
+
+fn plan_note(what: &str, plan: &Plan) -> Option<Note> {
+    let task = describe_task(&plan.task);
+    let mut note = Note {
+        severity: Severity::Info,
+        service: Some(plan.task.service().to_owned()),
+        environment: Some(plan.task.environment().to_owned()),
+        group_key: None,
+        approval: None,
+        parts: Vec::new(),
+    };
+    let id = plan.id.to_string();
+    let (severity, parts) = match what {
+        "plan.created" => (
+            Severity::Info,
+            vec![
+                ours("📝 plan for "),
+                strong(task),
+                ours(" requested by "),
+                Part::Requester(plan.requested_by.clone()),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.completed" => (
+            Severity::Info,
+            vec![
+                ours("✅ done: "),
+                strong(task),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.failed" => (
+            Severity::Error,
+            vec![
+                ours("❌ failed: "),
+                strong(task),
+                ours(": "),
+                theirs(plan.reason.clone().unwrap_or_default()),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "plan.cancelled" => (
+            Severity::Warning,
+            vec![
+                ours("🚫 cancelled: "),
+                strong(task),
+                ours(" (plan "),
+                Part::Code(id),
+                ours(")"),
+            ],
+        ),
+        "gate.waiting" => {
+            let approval = plan
+                .steps
+                .iter()
+                .any(|s| s.kind == StepKind::Approval && s.state == StepState::Waiting);
+            if !approval {
+                return None;
+            }
+            note.approval = Some(plan.id);
+            (
+                Severity::Warning,
+                vec![
+                    ours("✋ approval needed: "),
+                    strong(task),
+                    ours(" requested by "),
+                    Part::Requester(plan.requested_by.clone()),
+                    ours(". Another operator: "),
+                    Part::Code(format!("approve {id}")),
+                    ours(" or "),
+                    Part::Code(format!("reject {id} REASON")),
+                ],
+            )
+        }
+        "gate.failed" => {
+            let step = plan
+                .steps
+                .iter()
+                .rev()
+                .find(|s| s.state == StepState::Failed);
+            (
+                Severity::Error,
+                vec![
+                    ours("⛔ gate "),
+                    theirs(step.map(|s| s.id.clone()).unwrap_or_default()),
+                    ours(" failed for "),
+                    strong(task),
+                    ours(": "),
+                    theirs(step.and_then(|s| s.reason.clone()).unwrap_or_default()),
+                ],
+            )
+        }
+        "gate.passed" => (
+            Severity::Debug,
+            vec![ours("gate passed for "), strong(task)],
+        ),
+        _ => (
+            Severity::Debug,
+            vec![theirs(what), ours(": "), strong(task)],
+        ),
+    };
+    note.severity = severity;
+    note.parts = parts;
+    Some(note)
+}
+
+fn rollout_note(what: &str, r: &Rollout) -> Note {
+    let head = |emoji: &str| {
+        vec![
+            ours(format!("{emoji} ")),
+            strong(format!("{} {}", r.service, r.version)),
+            ours(" in "),
+            theirs(r.environment.clone()),
+        ]
+    };
+    let reason = || {
+        r.reason
+            .as_ref()
+            .map(|why| vec![ours(": "), theirs(why.clone())])
+            .unwrap_or_default()
+    };
+    let (severity, mut parts, group) = match what {
+        "started" => (Severity::Info, head("🚀"), false),
+        "progressed" => (Severity::Info, head("⏩"), true),
+        "paused" => (Severity::Warning, head("⏸"), false),
+        "promoted" => (Severity::Info, head("⏫"), false),
+        "succeeded" => (Severity::Info, head("✅"), false),
+        "aborted" | "rolled_back" => (Severity::Critical, head("🛑"), false),
+        "failed" => (Severity::Error, head("❌"), false),
+        _ => (Severity::Debug, head("•"), false),
+    };
+    let phase = serde_json::to_value(r.phase)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let label = match what {
+        "rolled_back" => "rolled back".to_owned(),
+        "progressed" | "started" | "promoted" => what.to_owned(),
+        _ => phase,
+    };
+    parts.push(ours(format!(": {label} at {}%", r.weight)));
+    if matches!(
+        r.phase,
+        RolloutPhase::Paused | RolloutPhase::Aborted | RolloutPhase::Failed
+    ) || what == "rolled_back"
+    {
+        parts.extend(reason());
+    }
+    Note {
+        severity,
+        service: Some(r.service.clone()),
+        environment: Some(r.environment.clone()),
+        group_key: group.then(|| format!("rollout:{}", r.id)),
+        approval: None,
+        parts,
+    }
+}
+
+fn alert_note(a: &Alert) -> Note {
+    let label = |k: &str| a.labels.get(k).cloned();
+    let name = label("alertname").unwrap_or_else(|| a.fingerprint.clone());
+    let severity = match (a.status, label("severity").as_deref()) {
+        (AlertStatus::Resolved, _) => Severity::Info,
+        (_, Some("page" | "critical")) => Severity::Critical,
+        (_, Some("ticket" | "warning")) => Severity::Warning,
+        _ => Severity::Warning,
+    };
+    let summary = a
+        .annotations
+        .get("summary")
+        .or_else(|| a.annotations.get("description"))
+        .cloned()
+        .unwrap_or_default();
+    let service = label("service");
+    let environment = label("environment").or_else(|| label("env"));
+    let mut parts = vec![
+        ours(if a.status == AlertStatus::Resolved {
+            "✅ resolved: "
+        } else {
+            "🔥 firing: "
+        }),
+        strong(name),
+    ];
+    if let Some(s) = &service {
+        parts.push(ours(" on "));
+        parts.push(theirs(s.clone()));
+    }
+    if let Some(e) = &environment {
+        parts.push(ours(" in "));
+        parts.push(theirs(e.clone()));
+    }
+    if !summary.is_empty() {
+        parts.push(ours(": "));
+        parts.push(theirs(summary));
+    }
+    Note {
+        severity,
+        service,
+        environment,
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// The incident commander's events, read loosely (its types are not in the contract
+/// on main yet; the fields are those of its branch's `IncidentEvent`): `id`, `title`,
+/// `severity` (`sev1`..`sev4`), `service`, `environment`, `state`, `change`, `by`, at
+/// the top of `data` or under `data.incident`.
+fn incident_note(what: &str, data: &Value) -> Note {
+    let i = data.get("incident").unwrap_or(data);
+    let level = str_of(i, &["severity"])
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let severity = match (what, level.as_str()) {
+        ("resolved" | "closed" | "mitigated", _) => Severity::Info,
+        (_, "sev1" | "critical") => Severity::Critical,
+        (_, "sev2" | "error") => Severity::Error,
+        (_, "sev3" | "warning") => Severity::Warning,
+        ("opened" | "escalated", _) => Severity::Error,
+        _ => Severity::Info,
+    };
+    let id = str_of(i, &["id", "incident_id"]).unwrap_or("?").to_owned();
+    let mut parts = vec![
+        ours("🚨 incident "),
+        strong(str_of(i, &["title", "summary"]).unwrap_or("?")),
+        ours(" "),
+        theirs(what.replace('_', " ")),
+    ];
+    if !level.is_empty() {
+        parts.push(ours(" ("));
+        parts.push(theirs(level.to_uppercase()));
+        parts.push(ours(")"));
+    }
+    if let Some(change) = str_of(i, &["change"]) {
+        parts.push(ours(": "));
+        parts.push(theirs(change));
+    }
+    if let Some(by) = str_of(i, &["by"]) {
+        parts.push(ours(" by "));
+        parts.push(theirs(by));
+    }
+    if matches!(what, "opened" | "escalated" | "reopened") {
+        parts.push(ours(" — "));
+        parts.push(Part::Code(format!("ack {id}")));
+    }
+    Note {
+        severity,
+        service: str_of(i, &["service"]).map(str::to_owned),
+        environment: str_of(i, &["environment"]).map(str::to_owned),
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// A page the incident commander sent (`page.sent`), read loosely: `target`, `title`,
+/// `severity`, `reason`.
+fn page_note(data: &Value) -> Note {
+    let mut parts = vec![
+        ours("📟 paged "),
+        theirs(str_of(data, &["target"]).unwrap_or("?")),
+        ours(" for "),
+        strong(str_of(data, &["title"]).unwrap_or("?")),
+    ];
+    if let Some(reason) = str_of(data, &["reason"]) {
+        parts.push(ours(": "));
+        parts.push(theirs(reason));
+    }
+    Note {
+        severity: Severity::Warning,
+        service: str_of(data, &["service"]).map(str::to_owned),
+        environment: str_of(data, &["environment"]).map(str::to_owned),
+        group_key: None,
+        approval: None,
+        parts,
+    }
+}
+
+/// What an event (`entity.what` after `events.`) says; `None` for events not worth a
+/// message at all.
+pub fn describe(event: &str, envelope: &RawEnvelope) -> Option<Note> {
+    let data = &envelope.data;
+    let (entity, what) = event.split_once('.').unwrap_or((event, ""));
+    match entity {
+        "plan" | "gate" | "step" => plan_note(event, &typed::<Plan>(data)?),
+        "rollout" => Some(rollout_note(what, &typed::<Rollout>(data)?)),
+        "alert" => Some(alert_note(&typed::<Alert>(data)?)),
+        "incident" => Some(incident_note(what, data)),
+        "page" if what == "sent" => Some(page_note(data)),
+        "slo" if what == "budget.exhausted" => {
+            let service = str_of(data, &["service"]).map(str::to_owned);
+            Some(Note {
+                severity: Severity::Critical,
+                environment: None,
+                group_key: None,
+                approval: None,
+                parts: vec![
+                    ours("💸 error budget spent: SLO "),
+                    strong(str_of(data, &["slo"]).unwrap_or("?")),
+                    ours(" of "),
+                    theirs(service.clone().unwrap_or_default()),
+                    ours("; production deploys wait until it recovers"),
+                ],
+                service,
+            })
+        }
+        "drift" => Some(Note {
+            severity: Severity::Warning,
+            service: str_of(data, &["service"]).map(str::to_owned),
+            environment: str_of(data, &["environment"]).map(str::to_owned),
+            group_key: None,
+            approval: None,
+            parts: vec![
+                ours("🧭 drift: "),
+                theirs(str_of(data, &["object"]).unwrap_or("?")),
+                ours(" "),
+                theirs(str_of(data, &["field"]).unwrap_or("")),
+            ],
+        }),
+        // Our own records, analysis verdicts and anything unknown: not posted by
+        // default (a route with severity>=debug gets them).
+        _ => Some(Note {
+            severity: Severity::Debug,
+            service: envelope.subject.clone(),
+            environment: None,
+            group_key: None,
+            approval: None,
+            parts: vec![ours("event "), theirs(event)],
+        }),
+    }
+}
+
+/// A message ready to post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The JSON body.
+    pub body: Value,
+}
+
+fn approval_blocks(text: &str, plan: uuid::Uuid) -> Value {
+    json!({
+        "text": text,
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            {"type": "actions", "elements": [
+                {"type": "button", "action_id": "approve_plan", "style": "primary",
+                 "text": {"type": "plain_text", "text": "Approve"}, "value": plan.to_string()},
+                {"type": "button", "action_id": "reject_plan", "style": "danger",
+                 "text": {"type": "plain_text", "text": "Reject"}, "value": plan.to_string()}
+            ]}
+        ]
+    })
+}
+
+/// Turns the notes gathered in one window into messages: approvals alone (they carry
+/// buttons), the rest in one message, the latest note of each group key only, at most
+/// [`MAX_LINES`] lines plus a count of the others.
+pub fn batch(kind: ChatKind, notes: Vec<Note>) -> Vec<Outgoing> {
+    let mut out = Vec::new();
+    let mut latest: HashMap<String, usize> = HashMap::new();
+    for (i, n) in notes.iter().enumerate() {
+        if let Some(k) = &n.group_key {
+            latest.insert(k.clone(), i);
+        }
+    }
+    let mut lines = Vec::new();
+    for (i, n) in notes.iter().enumerate() {
+        if n.group_key.as_ref().is_some_and(|k| latest[k] != i) {
+            continue;
+        }
+        let text = render(kind, &n.parts);
+        match (kind, n.approval) {
+            (ChatKind::Slack, Some(plan)) => out.push(Outgoing {
+                body: approval_blocks(&text, plan),
+            }),
+            _ => lines.push(text),
+        }
+    }
+    if !lines.is_empty() {
+        let more = lines.len().saturating_sub(MAX_LINES);
+        lines.truncate(MAX_LINES);
+        if more > 0 {
+            lines.push(format!("… and {more} more"));
+        }
+        out.push(Outgoing {
+            body: json!({ "text": lines.join("\n") }),
+        });
+    }
+    out
+}
+
+/// Posts one message, retrying on 429 (after its `Retry-After`, at most a minute) and on
+/// server or network errors (with doubling backoff), up to [`ATTEMPTS`]. Returns
+/// whether it was delivered.
+pub async fn post(
+    http: &WebClient,
+    hook: &Webhook,
+    message: &Outgoing,
+    metrics: &ChatMetrics,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut backoff = Duration::from_millis(500);
+    for attempt in 1..=ATTEMPTS {
+        let result = http
+            .post_json(hook.url.expose(), &message.body, Duration::from_secs(10))
+            .await;
+        let wait = match result {
+            Ok(a) if (200..300).contains(&a.status) => {
+                metrics.post(&hook.name, "posted");
+                return true;
+            }
+            Ok(a) if a.status == 429 => {
+                let wait = a
+                    .retry_after
+                    .map(|s| Duration::from_secs(s.min(60)))
+                    .unwrap_or(backoff);
+                tracing::warn!(webhook = %hook.name, attempt, wait_ms = wait.as_millis() as u64, "webhook rate-limited (429); backing off");
+                wait
+            }
+            Ok(a) if a.status >= 500 => {
+                tracing::warn!(webhook = %hook.name, attempt, status = a.status, "webhook failed; retrying");
+                backoff
+            }
+            Ok(a) => {
+                tracing::error!(webhook = %hook.name, status = a.status, "webhook refused the message; dropped");
+                metrics.post(&hook.name, "dropped");
+                return false;
+            }
+            Err(PostError::InvalidUrl) => {
+                tracing::error!(webhook = %hook.name, "webhook URL is invalid; dropped");
+                metrics.post(&hook.name, "dropped");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(webhook = %hook.name, attempt, error = %e, "cannot reach the webhook; retrying");
+                backoff
+            }
+        };
+        metrics.post(&hook.name, "retried");
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    tracing::error!(webhook = %hook.name, "webhook did not take the message; dropped");
+    metrics.post(&hook.name, "dropped");
+    false
+}
+
+/// One webhook's sender: gathers notes for the group window, then posts them.
+pub async fn sender(
+    http: WebClient,
+    hook: Webhook,
+    mut rx: mpsc::Receiver<Note>,
+    window: Duration,
+    metrics: ChatMetrics,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            n = rx.recv() => match n { Some(n) => n, None => return Ok(()) },
+        };
+        let mut notes = vec![first];
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline) => break,
+                n = rx.recv() => match n {
+                    Some(n) => notes.push(n),
+                    None => break,
+                },
+            }
+        }
+        for message in batch(hook.kind, notes) {
+            post(&http, &hook, &message, &metrics, &shutdown).await;
+        }
+    }
+}
+
+/// Routes notes to the webhook senders.
+#[derive(Debug, Clone)]
+pub struct Router {
+    senders: HashMap<String, mpsc::Sender<Note>>,
+    metrics: ChatMetrics,
+}
+
+impl Router {
+    /// Starts one sender per webhook beside the service, ending at its shutdown.
+    pub fn start(
+        settings: &Settings,
+        rt: &toronto_runtime::ServiceRuntime,
+        metrics: ChatMetrics,
+    ) -> Self {
+        let http = WebClient::new();
+        let mut senders = HashMap::new();
+        for hook in &settings.webhooks {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            rt.spawn_background(
+                "webhook sender",
+                sender(
+                    http.clone(),
+                    hook.clone(),
+                    rx,
+                    settings.group_window,
+                    metrics.clone(),
+                    rt.shutdown_token(),
+                ),
+            );
+            senders.insert(hook.name.clone(), tx);
+        }
+        Self { senders, metrics }
+    }
+
+    /// Hands `note` to every channel whose route matches.
+    pub fn route(&self, settings: &Settings, note: &Note) {
+        for hook in settings.channels_for(
+            note.service.as_deref(),
+            note.environment.as_deref(),
+            note.severity,
+        ) {
+            if let Some(tx) = self.senders.get(&hook.name)
+                && tx.try_send(note.clone()).is_err()
+            {
+                tracing::warn!(webhook = %hook.name, "notification queue full; dropped one");
+                self.metrics.post(&hook.name, "queue_full");
+            }
+        }
+    }
+}
+
+/// Follows the event stream through `events` (a queue-group subscription, so one
+/// replica posts each event) until `shutdown`, handing each event's note to the router.
+pub async fn follow_events(
+    mut events: async_nats::Subscriber,
+    settings: std::sync::Arc<Settings>,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    loop {
+        let message = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            m = events.next() => match m { Some(m) => m, None => break },
+        };
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(toronto_protocol::codec::CONTENT_TYPE_HEADER))
+                .map(|v| v.as_str()),
+        )
+        .unwrap_or(Encoding::Json);
+        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, encoding) else {
+            tracing::debug!(subject = %message.subject, "not an envelope; no notification");
+            continue;
+        };
+        let event = message
+            .subject
+            .as_str()
+            .split_once(".events.")
+            .map(|(_, e)| e.to_owned())
+            .unwrap_or_default();
+        if let Some(note) = describe(&event, &envelope) {
+            router.route(&settings, &note);
+        }
+    }
+    let _ = events.unsubscribe().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(text: &str, key: Option<&str>) -> Note {
+        Note {
+            severity: Severity::Info,
+            service: None,
+            environment: None,
+            group_key: key.map(str::to_owned),
+            approval: None,
+            parts: vec![theirs(text)],
+        }
+    }
+
+    #[test]
+    fn incident_events_read_loosely() {
+        let envelope: RawEnvelope = serde_json::from_value(json!({
+            "specversion": "1.0", "id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a1",
+            "source": "toronto://devops/incident", "type": "ai.toronto.devops.incident.event.v1",
+            "data": {"id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2", "title": "shop <errors>",
+                     "service": "shop", "environment": "production", "state": "triggered",
+                     "severity": "sev1", "change": "opened from 2 alerts"}
+        }))
+        .unwrap();
+        let note = describe("incident.opened", &envelope).unwrap();
+        assert_eq!(note.severity, Severity::Critical);
+        assert_eq!(note.environment.as_deref(), Some("production"));
+        assert_eq!(
+            render(ChatKind::Slack, &note.parts),
+            "🚨 incident *shop &lt;errors&gt;* opened (SEV1): opened from 2 alerts — `ack 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2`"
+        );
+    }
+
+    #[test]
+    fn a_window_becomes_one_message_with_the_latest_progress() {
+        let notes = vec![
+            note("start", None),
+            note("10%", Some("r1")),
+            note("25%", Some("r1")),
+            note("other 10%", Some("r2")),
+            note("50%", Some("r1")),
+        ];
+        let out = batch(ChatKind::Slack, notes);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].body["text"], "start\nother 10%\n50%");
+        let many: Vec<Note> = (0..40).map(|i| note(&i.to_string(), None)).collect();
+        let out = batch(ChatKind::Mattermost, many);
+        assert!(
+            out[0].body["text"]
+                .as_str()
+                .unwrap()
+                .ends_with("… and 25 more")
+        );
+    }
+}

@@ -1,0 +1,482 @@
+//! The chat bridge's own settings, from `TORONTO_CHAT_*` variables, parsed once at start.
+//! Secrets (the Slack signing secret, Mattermost tokens, webhook URLs) never appear in
+//! `Debug` output or logs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use toronto_commands::Role;
+
+/// A secret value: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for use (never for logs).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which chat a webhook posts to (the markup differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ChatKind {
+    /// Slack incoming webhook (mrkdwn, Block Kit buttons).
+    Slack,
+    /// Mattermost incoming webhook (Markdown).
+    Mattermost,
+}
+
+impl ChatKind {
+    /// `slack` or `mattermost`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatKind::Slack => "slack",
+            ChatKind::Mattermost => "mattermost",
+        }
+    }
+}
+
+/// How much a notification matters, in increasing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Step-by-step detail (not posted unless a route asks for it).
+    Debug,
+    /// Progress and outcomes.
+    Info,
+    /// Needs attention (an approval waits, a rollout paused).
+    Warning,
+    /// Something failed.
+    Error,
+    /// Users are hurt (an abort, a page, an exhausted budget).
+    Critical,
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "debug" => Ok(Severity::Debug),
+            "info" => Ok(Severity::Info),
+            "warning" | "warn" => Ok(Severity::Warning),
+            "error" => Ok(Severity::Error),
+            "critical" => Ok(Severity::Critical),
+            other => Err(format!(
+                "`{other}` is not a severity (debug, info, warning, error, critical)"
+            )),
+        }
+    }
+}
+
+/// A named incoming webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// The channel name that routes refer to.
+    pub name: String,
+    /// Slack or Mattermost.
+    pub kind: ChatKind,
+    /// The webhook URL (a secret: it is the credential).
+    pub url: Secret,
+}
+
+/// A routing rule: events matching it go to the webhook `channel`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The webhook's name.
+    pub channel: String,
+    /// Only these services (any when empty).
+    pub services: Vec<String>,
+    /// Only these environments (any when empty).
+    pub environments: Vec<String>,
+    /// Only this severity and above.
+    pub min_severity: Severity,
+}
+
+impl Route {
+    /// Whether an event of `service`, `environment` and `severity` goes this way. An
+    /// event without a service (or environment) passes a filter on it only when the
+    /// filter is empty.
+    pub fn matches(
+        &self,
+        service: Option<&str>,
+        environment: Option<&str>,
+        severity: Severity,
+    ) -> bool {
+        let fits = |allowed: &[String], value: Option<&str>| {
+            allowed.is_empty() || value.is_some_and(|v| allowed.iter().any(|a| a == v))
+        };
+        severity >= self.min_severity
+            && fits(&self.services, service)
+            && fits(&self.environments, environment)
+    }
+}
+
+/// How the chat bridge runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where the chat routes are served; `None` serves them on the service's HTTP server
+    /// (`TORONTO_HTTP_ADDR`), beside `/healthz`.
+    pub listen_addr: Option<SocketAddr>,
+    /// Slack's signing secret; Slack routes answer 503 without it.
+    pub slack_signing_secret: Option<Secret>,
+    /// Mattermost slash command tokens; the Mattermost route answers 503 without one.
+    pub mattermost_tokens: Vec<Secret>,
+    /// Roles by user: keys are `platform:user_id`, `user_id` or `user_name`.
+    pub roles: HashMap<String, Role>,
+    /// The role of a user not in `roles` (`None`: no role, only `help`).
+    pub default_role: Option<Role>,
+    /// Incoming webhooks by name.
+    pub webhooks: Vec<Webhook>,
+    /// Routing rules; empty sends every event of severity info and above to every webhook.
+    pub routes: Vec<Route>,
+    /// Notifications arriving within this window are posted as one message per channel
+    /// (rollout progress of one rollout keeps only its latest).
+    pub group_window: Duration,
+    /// How long a slash command waits for its answer before replying "working on it"
+    /// and sending the answer to the response URL (Slack allows 3 s).
+    pub reply_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen_addr: None,
+            slack_signing_secret: None,
+            mattermost_tokens: Vec::new(),
+            roles: HashMap::new(),
+            default_role: Some(Role::Viewer),
+            webhooks: Vec::new(),
+            routes: Vec::new(),
+            group_window: Duration::from_millis(3000),
+            reply_wait: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// Every `TORONTO_CHAT_*` variable with what it sets.
+pub const CHAT_VARS: &[(&str, &str)] = &[
+    (
+        "TORONTO_CHAT_LISTEN_ADDR",
+        "Listen address of the chat routes (/slack/commands, /slack/interactions, /mattermost/commands); empty (default) serves them on TORONTO_HTTP_ADDR beside /healthz.",
+    ),
+    (
+        "TORONTO_CHAT_SLACK_SIGNING_SECRET",
+        "Slack app signing secret; Slack requests are verified with it (v0 HMAC-SHA256, 5-minute window, no replays). Unset: Slack routes answer 503.",
+    ),
+    (
+        "TORONTO_CHAT_MATTERMOST_TOKEN",
+        "Mattermost slash command token(s), comma-separated. Unset: the Mattermost route answers 503.",
+    ),
+    (
+        "TORONTO_CHAT_ROLES",
+        "Users' roles as `user=role`, comma-separated; user is `platform:user_id`, a user id or a user name; role is viewer, operator or admin (e.g. `slack:U024BE7LH=admin,alice=operator`).",
+    ),
+    (
+        "TORONTO_CHAT_DEFAULT_ROLE",
+        "Role of users not in TORONTO_CHAT_ROLES: viewer (default), operator, admin, or none (only `help`).",
+    ),
+    (
+        "TORONTO_CHAT_WEBHOOKS",
+        "Incoming webhooks as `name=slack:URL` or `name=mattermost:URL`, comma-separated. Unset: no notifications.",
+    ),
+    (
+        "TORONTO_CHAT_ROUTES",
+        "Notification routes as `channel[:filter,...]`, `;`-separated; filters `service=a|b`, `environment=a|b`, `severity>=warning` (e.g. `ops:environment=production,severity>=warning;shop:service=shop-api`). Default: every event of severity info and above to every webhook.",
+    ),
+    (
+        "TORONTO_CHAT_GROUP_MS",
+        "Milliseconds notifications are gathered into one message per channel (rollout progress keeps only its latest; default 3000).",
+    ),
+    (
+        "TORONTO_CHAT_REPLY_WAIT_MS",
+        "Milliseconds a slash command waits for its answer before replying \"working on it\" and posting the answer to the response URL (default 2500; Slack allows 3000).",
+    ),
+];
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn millis(var: &str, v: &str) -> Result<Duration, String> {
+    v.trim()
+        .parse()
+        .map(Duration::from_millis)
+        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
+}
+
+fn webhook(var: &str, item: &str) -> Result<Webhook, String> {
+    // Never echo the URL: it is the credential.
+    let (name, rest) = item
+        .split_once('=')
+        .ok_or_else(|| format!("{var}: an entry is not name=slack:URL or name=mattermost:URL"))?;
+    let name = name.trim();
+    let (kind, url) = rest
+        .split_once(':')
+        .ok_or_else(|| format!("{var}: webhook `{name}` is not name=slack:URL"))?;
+    let kind = match kind.trim() {
+        "slack" => ChatKind::Slack,
+        "mattermost" => ChatKind::Mattermost,
+        other => {
+            return Err(format!(
+                "{var}: webhook `{name}` has kind `{other}`; use slack or mattermost"
+            ));
+        }
+    };
+    let url = url.trim();
+    if name.is_empty() || !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!(
+            "{var}: webhook `{name}` needs a name and an http(s) URL"
+        ));
+    }
+    Ok(Webhook {
+        name: name.to_owned(),
+        kind,
+        url: Secret::new(url),
+    })
+}
+
+fn route(var: &str, rule: &str) -> Result<Route, String> {
+    let (channel, filters) = rule.split_once(':').unwrap_or((rule, ""));
+    let mut route = Route {
+        channel: channel.trim().to_owned(),
+        services: Vec::new(),
+        environments: Vec::new(),
+        min_severity: Severity::Info,
+    };
+    for filter in list(filters) {
+        if let Some(level) = filter
+            .strip_prefix("severity>=")
+            .or_else(|| filter.strip_prefix("severity="))
+        {
+            route.min_severity = level.parse().map_err(|e| format!("{var}: {e}"))?;
+            continue;
+        }
+        let (key, values) = filter
+            .split_once('=')
+            .ok_or_else(|| format!("{var}: `{filter}` is not key=value"))?;
+        let values: Vec<String> = values
+            .split('|')
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+            .collect();
+        match key.trim() {
+            "service" => route.services = values,
+            "environment" | "env" => route.environments = values,
+            other => {
+                return Err(format!(
+                    "{var}: `{other}` is not a filter (service, environment, severity)"
+                ));
+            }
+        }
+    }
+    Ok(route)
+}
+
+impl Settings {
+    /// From the process environment.
+    pub fn from_env() -> Result<Self, String> {
+        Self::from_vars(&std::env::vars().collect())
+    }
+
+    /// From a set of variables; the ones not given keep their defaults. Errors name
+    /// the variable and never contain a secret.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+        let mut s = Self::default();
+        for (name, _) in CHAT_VARS {
+            let Some(v) = vars.get(*name) else { continue };
+            match *name {
+                "TORONTO_CHAT_LISTEN_ADDR" => {
+                    s.listen_addr = match v.trim() {
+                        "" => None,
+                        a => Some(a.parse().map_err(|_| {
+                            format!("{name}: `{a}` is not host:port (e.g. 0.0.0.0:8090)")
+                        })?),
+                    }
+                }
+                "TORONTO_CHAT_SLACK_SIGNING_SECRET" => {
+                    s.slack_signing_secret =
+                        Some(v.trim()).filter(|v| !v.is_empty()).map(Secret::new)
+                }
+                "TORONTO_CHAT_MATTERMOST_TOKEN" => {
+                    s.mattermost_tokens = list(v).into_iter().map(Secret::new).collect()
+                }
+                "TORONTO_CHAT_ROLES" => {
+                    for pair in list(v) {
+                        let (user, role) = pair
+                            .rsplit_once('=')
+                            .ok_or_else(|| format!("{name}: `{pair}` is not user=role"))?;
+                        let role = role.parse().map_err(|e| format!("{name}: {e}"))?;
+                        s.roles.insert(user.trim().to_owned(), role);
+                    }
+                }
+                "TORONTO_CHAT_DEFAULT_ROLE" => {
+                    s.default_role = match v.trim() {
+                        "none" | "" => None,
+                        r => Some(r.parse().map_err(|e| format!("{name}: {e} (or none)"))?),
+                    }
+                }
+                "TORONTO_CHAT_WEBHOOKS" => {
+                    s.webhooks = list(v)
+                        .iter()
+                        .map(|w| webhook(name, w))
+                        .collect::<Result<_, _>>()?
+                }
+                "TORONTO_CHAT_ROUTES" => {
+                    s.routes = v
+                        .split(';')
+                        .map(str::trim)
+                        .filter(|r| !r.is_empty())
+                        .map(|r| route(name, r))
+                        .collect::<Result<_, _>>()?
+                }
+                "TORONTO_CHAT_GROUP_MS" => s.group_window = millis(name, v)?,
+                "TORONTO_CHAT_REPLY_WAIT_MS" => s.reply_wait = millis(name, v)?,
+                _ => {}
+            }
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Cross-checks: every route names a webhook, webhook names are unique.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, w) in self.webhooks.iter().enumerate() {
+            if self.webhooks[..i].iter().any(|o| o.name == w.name) {
+                return Err(format!(
+                    "TORONTO_CHAT_WEBHOOKS: `{}` is named twice",
+                    w.name
+                ));
+            }
+        }
+        for r in &self.routes {
+            if !self.webhooks.iter().any(|w| w.name == r.channel) {
+                return Err(format!(
+                    "TORONTO_CHAT_ROUTES: channel `{}` is not in TORONTO_CHAT_WEBHOOKS",
+                    r.channel
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The role of a user on a platform: by `platform:user_id`, then user id, then
+    /// user name, else the default role.
+    pub fn role_of(&self, platform: &str, user_id: &str, user_name: Option<&str>) -> Option<Role> {
+        self.roles
+            .get(&format!("{platform}:{user_id}"))
+            .or_else(|| self.roles.get(user_id))
+            .or_else(|| user_name.and_then(|n| self.roles.get(n)))
+            .copied()
+            .or(self.default_role)
+    }
+
+    /// The webhooks an event goes to.
+    pub fn channels_for(
+        &self,
+        service: Option<&str>,
+        environment: Option<&str>,
+        severity: Severity,
+    ) -> Vec<&Webhook> {
+        if self.routes.is_empty() {
+            return if severity >= Severity::Info {
+                self.webhooks.iter().collect()
+            } else {
+                Vec::new()
+            };
+        }
+        self.webhooks
+            .iter()
+            .filter(|w| {
+                self.routes
+                    .iter()
+                    .any(|r| r.channel == w.name && r.matches(service, environment, severity))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn variables_parse_and_bad_values_are_named_without_secrets() {
+        let s = Settings::from_vars(&vars(&[
+            ("TORONTO_CHAT_SLACK_SIGNING_SECRET", "s3cr3t"),
+            ("TORONTO_CHAT_ROLES", "slack:U1=admin, alice=operator"),
+            ("TORONTO_CHAT_DEFAULT_ROLE", "none"),
+            (
+                "TORONTO_CHAT_WEBHOOKS",
+                "ops=slack:https://hooks.example/T/B/X,team=mattermost:http://mm/hooks/1",
+            ),
+            (
+                "TORONTO_CHAT_ROUTES",
+                "ops:environment=production,severity>=warning; team:service=shop|web",
+            ),
+            ("TORONTO_CHAT_GROUP_MS", "100"),
+        ]))
+        .unwrap();
+        assert_eq!(s.role_of("slack", "U1", None), Some(Role::Admin));
+        assert_eq!(
+            s.role_of("mattermost", "x", Some("alice")),
+            Some(Role::Operator)
+        );
+        assert_eq!(s.role_of("slack", "U9", Some("bob")), None);
+        assert!(!format!("{s:?}").contains("s3cr3t"));
+        assert!(!format!("{s:?}").contains("hooks.example"));
+        let prod_warning = s.channels_for(Some("shop"), Some("production"), Severity::Warning);
+        assert_eq!(
+            prod_warning
+                .iter()
+                .map(|w| w.name.as_str())
+                .collect::<Vec<_>>(),
+            vec!["ops", "team"]
+        );
+        assert!(
+            s.channels_for(Some("api"), Some("production"), Severity::Info)
+                .is_empty()
+        );
+
+        let bad = Settings::from_vars(&vars(&[(
+            "TORONTO_CHAT_WEBHOOKS",
+            "ops=teams:https://secret-hook",
+        )]))
+        .unwrap_err();
+        assert!(
+            bad.contains("TORONTO_CHAT_WEBHOOKS") && !bad.contains("secret-hook"),
+            "{bad}"
+        );
+        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROUTES", "nowhere")])).unwrap_err();
+        assert!(bad.contains("not in TORONTO_CHAT_WEBHOOKS"), "{bad}");
+        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROLES", "bob=root")])).unwrap_err();
+        assert!(bad.contains("TORONTO_CHAT_ROLES"), "{bad}");
+        let bad =
+            Settings::from_vars(&vars(&[("TORONTO_CHAT_LISTEN_ADDR", "anywhere")])).unwrap_err();
+        assert!(bad.contains("TORONTO_CHAT_LISTEN_ADDR"), "{bad}");
+    }
+}

@@ -1,0 +1,316 @@
+//! How a command becomes a NATS request: the service and verb of the subject, and the
+//! envelope's `type` and `data`.
+
+use serde_json::json;
+use toronto_protocol::envelope::{SPEC_VERSION, new_id};
+use toronto_protocol::rollout::{RolloutCommand, RolloutList};
+use toronto_protocol::tasks::{
+    CanaryStep, DeployTask, DoraQuery, PlanDecision, PlanList, RollbackTask, Strategy,
+};
+use toronto_protocol::{Message, MessageType, RawEnvelope, ServiceKind, Subjects, TraceParent};
+
+use crate::{Command, Role, StrategyArg};
+
+/// Who sends a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// A stable id: the chat platform's user id, or the CLI user. Recorded as `by` on
+    /// decisions and incident work, and compared with a plan's requester.
+    pub id: String,
+    /// The role they act in.
+    pub role: Role,
+    /// The `source` of the envelopes they send, e.g. `toronto://chat/slack/U024BE7LH`
+    /// (the planner records it as the plan's requester; its last segment is `id`).
+    pub source: String,
+}
+
+/// The incident commander's request types as this crate assumes them (its types are not
+/// in the contract on main yet): `(verb, type name)`. The payloads, built in
+/// [`Command::request`], follow the incident commander's branch: `incident.list`
+/// `{open, limit}`, `incident.action` `{id, by, reason}` for `ack` and `resolve`,
+/// `incident.note` `{id, by, text}`, `incident.silence.create` `{matchers: [{name,
+/// value, isRegex, isEqual}], ends_at, created_by, comment}`.
+pub const INCIDENT_TYPES: &[(&str, &str)] = &[
+    ("list", "incident.list"),
+    ("ack", "incident.action"),
+    ("resolve", "incident.action"),
+    ("note", "incident.note"),
+    ("silence.create", "incident.silence.create"),
+];
+
+fn incident_type(verb: &str) -> MessageType {
+    let name = INCIDENT_TYPES
+        .iter()
+        .find(|(v, _)| *v == verb)
+        .map(|(_, n)| *n)
+        .unwrap_or(verb);
+    MessageType::new(name, 1)
+}
+
+/// A request a command becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    /// The service that serves it.
+    pub service: ServiceKind,
+    /// The verb: the subject is `<prefix>.devops.v1.<service>.<verb>`.
+    pub verb: &'static str,
+    /// The envelope's `type`.
+    pub message_type: MessageType,
+    /// The schema of `data` (`v1/task.deploy.json`), for contract types.
+    pub schema: Option<String>,
+    /// The envelope's `subject` attribute (what it is about), when there is one.
+    pub about: Option<String>,
+    /// The payload.
+    pub data: serde_json::Value,
+}
+
+impl Request {
+    fn typed<T: Message>(service: ServiceKind, verb: &'static str, data: T) -> Self {
+        Self {
+            service,
+            verb,
+            message_type: T::message_type(),
+            schema: Some(T::schema_path()),
+            about: None,
+            data: serde_json::to_value(data).expect("contract types serialize"),
+        }
+    }
+
+    fn loose(service: ServiceKind, verb: &'static str, data: serde_json::Value) -> Self {
+        Self {
+            service,
+            verb,
+            message_type: incident_type(verb),
+            schema: None,
+            about: None,
+            data,
+        }
+    }
+
+    fn about(mut self, about: Option<&str>) -> Self {
+        self.about = about.map(str::to_owned);
+        self
+    }
+
+    /// The subject to send it to.
+    pub fn subject(&self, subjects: &Subjects) -> String {
+        subjects.command(self.service, self.verb)
+    }
+
+    /// A fresh envelope around it, sent by `source`, starting a new flow (its
+    /// correlation id is its own id).
+    pub fn envelope(&self, source: &str) -> RawEnvelope {
+        let id = new_id();
+        RawEnvelope {
+            specversion: SPEC_VERSION.to_owned(),
+            id,
+            source: source.to_owned(),
+            ty: self.message_type.to_string(),
+            time: Some(chrono::Utc::now()),
+            datacontenttype: Some("application/json".to_owned()),
+            dataschema: self.schema.as_ref().map(|s| format!("schemas/{s}")),
+            subject: self.about.clone(),
+            correlationid: Some(id.to_string()),
+            causationid: None,
+            priority: None,
+            traceparent: Some(TraceParent::new_root().to_string()),
+            data: self.data.clone(),
+        }
+    }
+}
+
+impl Command {
+    /// The request this command becomes when `actor` sends it; `None` for `help`, which
+    /// is answered without asking anyone.
+    pub fn request(&self, actor: &Actor) -> Option<Request> {
+        use ServiceKind::{Deployer, IncidentCommander, Monitor, Planner};
+        Some(match self {
+            Command::Deploy {
+                service,
+                version,
+                environment,
+                strategy,
+                steps,
+            } => {
+                let strategy = match strategy {
+                    None | Some(StrategyArg::Rolling) => Strategy::Rolling,
+                    Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
+                    Some(StrategyArg::Canary) => Strategy::Canary {
+                        steps: steps
+                            .iter()
+                            .map(|w| CanaryStep {
+                                weight: *w,
+                                pause_seconds: None,
+                            })
+                            .collect(),
+                    },
+                };
+                Request::typed(
+                    Planner,
+                    "submit",
+                    DeployTask {
+                        service: service.clone(),
+                        version: version.clone(),
+                        image: None,
+                        environment: environment.clone(),
+                        strategy,
+                        change: None,
+                        fix: false,
+                        policy_override: None,
+                    },
+                )
+                .about(Some(service))
+            }
+            Command::Rollback {
+                service,
+                environment,
+                to,
+            } => Request::typed(
+                Planner,
+                "submit",
+                RollbackTask {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    target_version: to.clone(),
+                },
+            )
+            .about(Some(service)),
+            Command::Promote {
+                service,
+                environment,
+                full,
+            } => Request::typed(
+                Deployer,
+                "rollout.promote",
+                RolloutCommand {
+                    service: Some(service.clone()),
+                    environment: Some(environment.clone()),
+                    by: Some(actor.id.clone()),
+                    full: *full,
+                    ..Default::default()
+                },
+            )
+            .about(Some(service)),
+            Command::Abort {
+                service,
+                environment,
+            } => Request::typed(
+                Deployer,
+                "rollout.abort",
+                RolloutCommand {
+                    service: Some(service.clone()),
+                    environment: Some(environment.clone()),
+                    by: Some(actor.id.clone()),
+                    reason: Some(format!("aborted by {}", actor.id)),
+                    ..Default::default()
+                },
+            )
+            .about(Some(service)),
+            Command::Status {
+                service,
+                environment,
+            } => Request::typed(
+                Deployer,
+                "rollout.list",
+                RolloutList {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    active: false,
+                    limit: Some(10),
+                },
+            )
+            .about(service.as_deref()),
+            Command::Plans { service } => Request::typed(
+                Planner,
+                "plan.list",
+                PlanList {
+                    service: service.clone(),
+                    limit: Some(10),
+                    ..Default::default()
+                },
+            )
+            .about(service.as_deref()),
+            Command::Approve { plan_id } => Request::typed(
+                Planner,
+                "plan.approve",
+                PlanDecision {
+                    plan_id: *plan_id,
+                    by: actor.id.clone(),
+                    role: actor.role.to_string(),
+                    comment: None,
+                },
+            ),
+            Command::Reject { plan_id, reason } => Request::typed(
+                Planner,
+                "plan.reject",
+                PlanDecision {
+                    plan_id: *plan_id,
+                    by: actor.id.clone(),
+                    role: actor.role.to_string(),
+                    comment: reason.clone(),
+                },
+            ),
+            Command::Incidents => Request::loose(
+                IncidentCommander,
+                "list",
+                json!({ "open": true, "limit": 20 }),
+            ),
+            Command::Ack { incident_id } => Request::loose(
+                IncidentCommander,
+                "ack",
+                json!({ "id": incident_id, "by": actor.id }),
+            ),
+            Command::Resolve { incident_id } => Request::loose(
+                IncidentCommander,
+                "resolve",
+                json!({ "id": incident_id, "by": actor.id }),
+            ),
+            Command::Note { incident_id, text } => Request::loose(
+                IncidentCommander,
+                "note",
+                json!({ "id": incident_id, "by": actor.id, "text": text }),
+            ),
+            Command::Silence {
+                matchers,
+                duration_seconds,
+                comment,
+            } => {
+                let ends_at = chrono::Utc::now()
+                    + chrono::Duration::seconds(i64::try_from(*duration_seconds).unwrap_or(0));
+                Request::loose(
+                    IncidentCommander,
+                    "silence.create",
+                    json!({
+                        "matchers": matchers.iter().map(|m| json!({
+                            "name": m.name,
+                            "value": m.value,
+                            "isRegex": m.is_regex,
+                            "isEqual": m.is_equal,
+                        })).collect::<Vec<_>>(),
+                        "ends_at": ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        "created_by": actor.id,
+                        "comment": comment.clone().unwrap_or_else(|| format!("silenced by {}", actor.id)),
+                    }),
+                )
+            }
+            Command::Slo { service } => Request::typed(
+                Monitor,
+                "slo.list",
+                toronto_protocol::alerts::SloList {
+                    service: Some(service.clone()),
+                },
+            )
+            .about(Some(service)),
+            Command::Dora { service } => Request::typed(
+                Planner,
+                "dora.get",
+                DoraQuery {
+                    service: service.clone(),
+                    ..Default::default()
+                },
+            )
+            .about(service.as_deref()),
+            Command::Help { .. } => return None,
+        })
+    }
+}
