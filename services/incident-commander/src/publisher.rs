@@ -44,6 +44,9 @@ pub struct Sink {
 /// everything at once.
 const INCIDENT_GAP: Duration = Duration::from_millis(100);
 
+/// How long a batch may gather before it is written.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// Incident writes held back by [`INCIDENT_GAP`].
 #[derive(Default)]
 struct Deferred {
@@ -72,7 +75,14 @@ pub async fn run(
         };
         let mut batch = Vec::new();
         match first {
-            Some(Some(e)) => batch.push(e),
+            Some(Some(e)) => {
+                // Let a burst gather for a millisecond: one alert-log entry and one
+                // event per incident for all of it, instead of one write per request.
+                if !matches!(e, Effect::Barrier(_)) {
+                    tokio::time::sleep(GATHER).await;
+                }
+                batch.push(e);
+            }
             Some(None) => {
                 // Time to write what was held back.
                 write(&engine, &sink, batch, &mut deferred, false).await;
