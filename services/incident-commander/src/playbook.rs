@@ -371,28 +371,36 @@ pub async fn follow_rollouts(
             .to_owned();
         if !matches!(
             what.as_str(),
-            "started" | "succeeded" | "aborted" | "failed" | "rolled_back"
+            "started" | "progressed" | "succeeded" | "aborted" | "failed" | "rolled_back"
         ) {
             continue;
         }
         let Ok(env) = toronto_protocol::decode::<Rollout>(&msg.payload, Encoding::Json) else {
             continue;
         };
-        engine.note_rollout(&what, &env.data, env.time.unwrap_or(env.data.updated_at));
-        if what != "succeeded" {
-            continue;
+        if what != "progressed" {
+            engine.note_rollout(&what, &env.data, env.time.unwrap_or(env.data.updated_at));
         }
+        // A change is in effect once it takes traffic: a canary step with weight (even
+        // one later aborted) or a rollout that succeeded; the first such event counts.
         let r = env.data;
-        if r.is_rollback {
+        let succeeded = what == "succeeded";
+        let took_traffic = what == "progressed" && r.weight > 0;
+        if r.is_rollback || !(succeeded || took_traffic) {
             continue;
         }
+        let finished_at = if succeeded {
+            r.finished_at.unwrap_or(r.updated_at)
+        } else {
+            r.updated_at
+        };
         engine.record_change(RecentChange {
             rollout_id: r.id,
             service: r.service,
             environment: r.environment,
             version: r.version,
             previous_version: r.previous.map(|p| p.version),
-            finished_at: r.finished_at.unwrap_or(r.updated_at),
+            finished_at,
         });
     }
 }

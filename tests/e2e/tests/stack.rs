@@ -340,6 +340,7 @@ fn the_readme_documents_every_configuration_variable() {
         toronto_deployer::kube_vars(),
         toronto_monitor::settings::MONITOR_VARS,
         toronto_chat_bridge::settings::CHAT_VARS,
+        toronto_incident_commander::settings::INCIDENT_VARS,
     ] {
         names.extend(table.iter().map(|(name, _)| *name));
     }
