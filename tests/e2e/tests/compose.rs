@@ -808,6 +808,11 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         {
             problems.push(format!("{name}: no resource requests"));
         }
+        // Services that keep state in one process must not run twice.
+        let single = matches!(kind, ServiceKind::IncidentCommander | ServiceKind::Monitor);
+        if single && d["spec"]["replicas"].as_u64() != Some(1) {
+            problems.push(format!("{name} must run one replica"));
+        }
         let sa = spec["serviceAccountName"].as_str().unwrap_or_default();
         let api_access = spec["automountServiceAccountToken"].as_bool() != Some(false);
         match (kind, api_access) {
