@@ -134,18 +134,9 @@ async fn follow_flow(
         ..Default::default()
     };
     while let Some(message) = events.next().await {
-        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, Encoding::Json) else {
+        let Some((event, envelope)) = matching_event(&message, &filter) else {
             continue;
         };
-        if !filter.matches(&envelope) {
-            continue;
-        }
-        let event = message
-            .subject
-            .as_str()
-            .split_once(".events.")
-            .map(|(_, e)| e)
-            .unwrap_or_default();
         println!("{}", watch_line(event, &envelope, output));
         match event {
             "plan.completed" => return Ok(()),
@@ -159,6 +150,33 @@ async fn follow_flow(
         }
     }
     bail!("the event stream ended before the plan did")
+}
+
+/// An event message as its name (`rollout.progressed`) and envelope, decoded in the
+/// encoding its `Content-Type` names, if it passes `filter`.
+fn matching_event<'m>(
+    message: &'m async_nats::Message,
+    filter: &WatchFilter,
+) -> Option<(&'m str, RawEnvelope)> {
+    let encoding = Encoding::from_content_type(
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Content-Type"))
+            .map(|v| v.as_str()),
+    )
+    .unwrap_or(Encoding::Json);
+    let envelope = toronto_protocol::decode_raw(&message.payload, encoding).ok()?;
+    if !filter.matches(&envelope) {
+        return None;
+    }
+    let event = message
+        .subject
+        .as_str()
+        .split_once(".events.")
+        .map(|(_, e)| e)
+        .unwrap_or_default();
+    Some((event, envelope))
 }
 
 /// Which events `toronto watch` shows.
@@ -233,26 +251,9 @@ pub async fn watch(
             _ = stop.cancelled() => return Ok(()),
             m = events.next() => match m { Some(m) => m, None => return Ok(()) },
         };
-        let encoding = Encoding::from_content_type(
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Content-Type"))
-                .map(|v| v.as_str()),
-        )
-        .unwrap_or(Encoding::Json);
-        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, encoding) else {
+        let Some((event, envelope)) = matching_event(&message, filter) else {
             continue;
         };
-        if !filter.matches(&envelope) {
-            continue;
-        }
-        let event = message
-            .subject
-            .as_str()
-            .split_once(".events.")
-            .map(|(_, e)| e)
-            .unwrap_or_default();
         println!("{}", watch_line(event, &envelope, output));
     }
 }

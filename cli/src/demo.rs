@@ -170,29 +170,5 @@ async fn seed(client: &async_nats::Client, subjects: &Subjects, env: &str) -> an
 /// The demo SLO: 99% of `shop`'s requests in `env` succeed, over 30 days, from the
 /// simulated cluster's metrics on the bus.
 pub fn slo(env: &str) -> String {
-    format!(
-        r#"apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: availability-{env}
-  labels:
-    environment: {env}
-spec:
-  service: {SERVICE}
-  description: DEMO - share of shop's requests that succeed (simulated traffic)
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.99
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_errors{{service="{SERVICE}",environment="{env}"}}' }} }}
-        total:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_requests{{service="{SERVICE}",environment="{env}"}}' }} }}
-"#
-    )
+    toronto_monitor::slo::bus_availability(&format!("demo-availability-{env}"), SERVICE, env, 0.99)
 }

@@ -465,18 +465,7 @@ impl Deployer {
 
     /// `rollout.list`: newest first.
     pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
-        use futures::TryStreamExt;
-        let keys: std::collections::BTreeSet<String> = self
-            .rollouts
-            .keys()
-            .await
-            .map_err(store)?
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(store)?
-            .into_iter()
-            .filter(|k| k.starts_with("rollout."))
-            .collect();
+        let keys = self.keys_with_prefix("rollout.").await?;
         let mut out = Vec::new();
         // Rollout ids are UUID v7: newest last in key order.
         for key in keys.iter().rev() {

@@ -626,10 +626,14 @@ impl Deployer {
         }
     }
 
-    /// Every release (for drift checks).
-    pub async fn releases(&self) -> Result<Vec<Release>, EngineError> {
+    /// The bucket's keys that start with `prefix`, sorted, each once (a KV key listing
+    /// may repeat a key).
+    pub(crate) async fn keys_with_prefix(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeSet<String>, EngineError> {
         use futures::TryStreamExt;
-        let keys: std::collections::BTreeSet<String> = self
+        Ok(self
             .rollouts
             .keys()
             .await
@@ -638,8 +642,13 @@ impl Deployer {
             .await
             .map_err(store)?
             .into_iter()
-            .filter(|k| k.starts_with("release."))
-            .collect();
+            .filter(|k| k.starts_with(prefix))
+            .collect())
+    }
+
+    /// Every release (for drift checks).
+    pub async fn releases(&self) -> Result<Vec<Release>, EngineError> {
+        let keys = self.keys_with_prefix("release.").await?;
         let mut out = Vec::new();
         for key in keys {
             if let Some(entry) = self.rollouts.entry(&key).await.map_err(store)?

@@ -620,6 +620,36 @@ pub fn burn_rate(error_ratio: f64, objective: f64) -> f64 {
     error_ratio / budget
 }
 
+/// An availability SLO over the simulated cluster's bus metrics (`http_errors` over
+/// `http_requests` of one service in one environment), as an OpenSLO document: what
+/// `toronto up --demo` loads, and what tests use.
+pub fn bus_availability(name: &str, service: &str, environment: &str, objective: f64) -> String {
+    format!(
+        r#"apiVersion: openslo/v1
+kind: SLO
+metadata:
+  name: {name}
+  labels:
+    environment: {environment}
+spec:
+  service: {service}
+  budgetingMethod: Occurrences
+  timeWindow:
+    - duration: 30d
+      isRolling: true
+  objectives:
+    - target: {objective}
+  indicator:
+    spec:
+      ratioMetric:
+        bad:
+          metricSource: {{ type: Bus, spec: {{ query: 'http_errors{{service="{service}",environment="{environment}"}}' }} }}
+        total:
+          metricSource: {{ type: Bus, spec: {{ query: 'http_requests{{service="{service}",environment="{environment}"}}' }} }}
+"#
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

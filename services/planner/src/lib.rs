@@ -152,74 +152,33 @@ pub async fn start_with(
         .await?;
     }
 
-    let waker = intake.clone();
-    rt.spawn_background(
+    // A plan's execute step waits for the work it handed over; the end of that work,
+    // announced on the event stream, wakes the plan.
+    wake_on_end(
+        &rt,
+        &intake,
         "rollout watcher",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.events_stream(),
-                durable: ROLLOUTS_CONSUMER.into(),
-                filter_subject: Some(rt.subjects.event("rollout", ">")),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 20,
-                concurrency: 8,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
-            move |delivery: Delivery| {
-                let planner = waker.clone();
-                async move {
-                    match toronto_protocol::decode::<toronto_protocol::rollout::Rollout>(
-                        delivery.payload(),
-                        Encoding::Json,
-                    ) {
-                        Ok(event) if event.data.phase.is_final() => {
-                            planner.work_ended(event.data.plan_id).await
-                        }
-                        // Progress, or a rollout event of another version: not ours to act on.
-                        _ => Outcome::Ack,
-                    }
-                }
-            },
-        ),
+        ROLLOUTS_CONSUMER,
+        "rollout",
+        |payload| {
+            toronto_protocol::decode::<toronto_protocol::rollout::Rollout>(payload, Encoding::Json)
+                .ok()
+                .filter(|e| e.data.phase.is_final())
+                .map(|e| e.data.plan_id)
+        },
     );
-
-    let waker = intake.clone();
-    rt.spawn_background(
+    wake_on_end(
+        &rt,
+        &intake,
         "chaos watcher",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.events_stream(),
-                durable: CHAOS_CONSUMER.into(),
-                filter_subject: Some(rt.subjects.event("chaos", ">")),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 20,
-                concurrency: 8,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
-            move |delivery: Delivery| {
-                let planner = waker.clone();
-                async move {
-                    match toronto_protocol::decode::<toronto_protocol::rollout::ChaosRun>(
-                        delivery.payload(),
-                        Encoding::Json,
-                    ) {
-                        Ok(event)
-                            if event.data.state
-                                != toronto_protocol::rollout::ChaosState::Running =>
-                        {
-                            planner.work_ended(event.data.plan_id).await
-                        }
-                        _ => Outcome::Ack,
-                    }
-                }
-            },
-        ),
+        CHAOS_CONSUMER,
+        "chaos",
+        |payload| {
+            toronto_protocol::decode::<toronto_protocol::rollout::ChaosRun>(payload, Encoding::Json)
+                .ok()
+                .filter(|e| e.data.state != toronto_protocol::rollout::ChaosState::Running)
+                .map(|e| e.data.plan_id)
+        },
     );
 
     let advancer = intake.clone();
@@ -321,6 +280,45 @@ async fn take_queued(
             reason: e.to_string(),
         },
     }
+}
+
+/// Consumes `<entity>.*` events durably; when `ended` says an event ends some work (the
+/// plan it belongs to, if any), wakes that plan. Progress events are acknowledged.
+fn wake_on_end(
+    rt: &ServiceRuntime,
+    intake: &Planner,
+    what: &'static str,
+    durable: &str,
+    entity: &str,
+    ended: fn(&bytes::Bytes) -> Option<Option<uuid::Uuid>>,
+) {
+    let waker = intake.clone();
+    rt.spawn_background(
+        what,
+        run_consumer(
+            rt.js.clone(),
+            ConsumerSpec {
+                stream: rt.subjects.events_stream(),
+                durable: durable.into(),
+                filter_subject: Some(rt.subjects.event(entity, ">")),
+                ack_wait: Duration::from_secs(30),
+                max_deliver: 20,
+                concurrency: 8,
+            },
+            rt.dead_letters.clone(),
+            rt.metrics.clone(),
+            rt.shutdown_token(),
+            move |delivery: Delivery| {
+                let planner = waker.clone();
+                async move {
+                    match ended(delivery.payload()) {
+                        Some(plan_id) => planner.work_ended(plan_id).await,
+                        None => Outcome::Ack,
+                    }
+                }
+            },
+        ),
+    );
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

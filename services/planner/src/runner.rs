@@ -604,8 +604,12 @@ impl Planner {
         }
     }
 
-    /// Where a rollout the deployer took on stands, as a step result.
-    async fn rollout_result(&self, id: Uuid) -> StepResult {
+    /// Asks the deployer for the work it took on (`rollout.get`, `chaos.get`) by id.
+    async fn deployer_get<T: toronto_protocol::Message>(
+        &self,
+        verb: &str,
+        id: Uuid,
+    ) -> Result<T, CallError> {
         let request = Envelope::builder(
             self.source.clone(),
             RolloutRef {
@@ -614,8 +618,8 @@ impl Planner {
             },
         )
         .build();
-        let subject = self.subjects.command(ServiceKind::Deployer, "rollout.get");
-        match call::<_, Rollout>(
+        let subject = self.subjects.command(ServiceKind::Deployer, verb);
+        call::<_, T>(
             &self.client,
             &subject,
             &request,
@@ -623,45 +627,47 @@ impl Planner {
             self.settings.gate_timeout,
         )
         .await
-        {
-            Ok(reply) => {
-                let r = reply.data;
-                match r.phase {
-                    RolloutPhase::Succeeded => StepResult::Passed {
-                        reason: Some(format!(
-                            "rollout {id} {} {} in {}",
-                            if r.is_rollback { "put back" } else { "shipped" },
-                            r.version,
-                            r.environment
-                        )),
-                        findings: None,
-                        artifacts: Vec::new(),
-                    },
-                    RolloutPhase::Aborted | RolloutPhase::Failed => StepResult::Failed {
-                        reason: format!(
-                            "rollout {id} {}: {}",
-                            if r.phase == RolloutPhase::Aborted {
-                                "was aborted and rolled back"
-                            } else {
-                                "failed and was rolled back"
-                            },
-                            r.reason.unwrap_or_default()
-                        ),
-                        findings: serde_json::to_value(&r.analyses).ok(),
-                    },
-                    RolloutPhase::Progressing | RolloutPhase::Paused => StepResult::Wait {
-                        reason: format!(
-                            "waiting: rollout {id} is {} at {} percent",
-                            if r.phase == RolloutPhase::Paused {
-                                "paused"
-                            } else {
-                                "progressing"
-                            },
-                            r.weight
-                        ),
-                    },
-                }
-            }
+        .map(|reply| reply.data)
+    }
+
+    /// Where a rollout the deployer took on stands, as a step result.
+    async fn rollout_result(&self, id: Uuid) -> StepResult {
+        match self.deployer_get::<Rollout>("rollout.get", id).await {
+            Ok(r) => match r.phase {
+                RolloutPhase::Succeeded => StepResult::Passed {
+                    reason: Some(format!(
+                        "rollout {id} {} {} in {}",
+                        if r.is_rollback { "put back" } else { "shipped" },
+                        r.version,
+                        r.environment
+                    )),
+                    findings: None,
+                    artifacts: Vec::new(),
+                },
+                RolloutPhase::Aborted | RolloutPhase::Failed => StepResult::Failed {
+                    reason: format!(
+                        "rollout {id} {}: {}",
+                        if r.phase == RolloutPhase::Aborted {
+                            "was aborted and rolled back"
+                        } else {
+                            "failed and was rolled back"
+                        },
+                        r.reason.unwrap_or_default()
+                    ),
+                    findings: serde_json::to_value(&r.analyses).ok(),
+                },
+                RolloutPhase::Progressing | RolloutPhase::Paused => StepResult::Wait {
+                    reason: format!(
+                        "waiting: rollout {id} is {} at {} percent",
+                        if r.phase == RolloutPhase::Paused {
+                            "paused"
+                        } else {
+                            "progressing"
+                        },
+                        r.weight
+                    ),
+                },
+            },
             // The plan is woken when the rollout ends; meanwhile say what is unknown.
             Err(e) => StepResult::Wait {
                 reason: format!("waiting: rollout {id}, whose state cannot be read now: {e}"),
@@ -672,26 +678,8 @@ impl Planner {
     /// Where a chaos experiment the deployer runs stands, as a step result: it passes
     /// when the experiment ran its course and fails when an abort condition held.
     async fn chaos_result(&self, id: Uuid) -> StepResult {
-        let request = Envelope::builder(
-            self.source.clone(),
-            RolloutRef {
-                id: Some(id),
-                ..Default::default()
-            },
-        )
-        .build();
-        let subject = self.subjects.command(ServiceKind::Deployer, "chaos.get");
-        match call::<_, ChaosRun>(
-            &self.client,
-            &subject,
-            &request,
-            Encoding::Json,
-            self.settings.gate_timeout,
-        )
-        .await
-        {
-            Ok(reply) => {
-                let run = reply.data;
+        match self.deployer_get::<ChaosRun>("chaos.get", id).await {
+            Ok(run) => {
                 let reason = run.reason.clone().unwrap_or_default();
                 match run.state {
                     ChaosState::Running => StepResult::Wait {

@@ -133,28 +133,7 @@ async fn peers(client: &async_nats::Client) -> ServiceHost {
 }
 
 fn slo() -> String {
-    format!(
-        r#"apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: availability
-spec:
-  service: {SERVICE}
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.99
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_errors{{service="{SERVICE}",environment="{ENV}"}}' }} }}
-        total:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_requests{{service="{SERVICE}",environment="{ENV}"}}' }} }}
-"#
-    )
+    toronto_monitor::slo::bus_availability("availability", SERVICE, ENV, 0.99)
 }
 
 #[tokio::test]
