@@ -325,9 +325,9 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
 }
 
 #[test]
-fn the_readme_documents_every_configuration_variable() {
+fn the_configuration_page_documents_every_variable() {
     let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"))
             .unwrap();
     let mut names: Vec<&str> = toronto_runtime::config::ENV_VARS
         .iter()
@@ -347,7 +347,7 @@ fn the_readme_documents_every_configuration_variable() {
     for name in names {
         assert!(
             readme.contains(&format!("| `{name}` |")),
-            "README.md's configuration table lacks {name}"
+            "docs/configuration.md's table lacks {name}"
         );
     }
 }
