@@ -326,9 +326,10 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
 
 #[test]
 fn the_configuration_page_documents_every_variable() {
-    let readme =
-        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"))
-            .unwrap();
+    let readme = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
     let mut names: Vec<&str> = toronto_runtime::config::ENV_VARS
         .iter()
         .map(|v| v.name)
