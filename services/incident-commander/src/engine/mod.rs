@@ -405,3 +405,56 @@ fn snapshot(st: &State, record: &Record) -> Result<Option<Snapshot>, EngineError
             .map_or(Ok(None), |r| encode(false, format!("inhibition.{id}"), r)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::fire;
+
+    #[tokio::test]
+    async fn the_engine_hands_effects_on_in_order_and_snapshots_what_it_keeps() {
+        let (out, mut effects) = mpsc::unbounded_channel();
+        let (playbooks, _started) = mpsc::unbounded_channel();
+        let engine = Engine::new(
+            Settings::default(),
+            "toronto://test".into(),
+            "toronto".into(),
+            out,
+            playbooks,
+        );
+        let intake = engine.ingest(vec![fire("fp1", &[("service", "api")], Utc::now())]);
+        assert_eq!(intake.fresh, 1);
+        let mut seen = Vec::new();
+        while let Ok(e) = effects.try_recv() {
+            seen.push(e);
+        }
+        let opened = seen.iter().position(|e| {
+            matches!(e, Effect::Event { subject, .. } if subject == "toronto.devops.v1.events.incident.opened")
+        });
+        let alert = seen
+            .iter()
+            .position(|e| matches!(e, Effect::Persist(Record::Alert(fp)) if fp == "fp1"));
+        assert!(
+            opened.unwrap() < alert.unwrap(),
+            "the incident first, then its alert"
+        );
+        let id = engine.list(&IncidentList::default())[0].id;
+        let snaps = engine.snapshot(&[Record::Incident(id), Record::Silence(Uuid::nil())]);
+        let first = snaps[0].1.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!(
+            (first.in_incidents, first.key.clone()),
+            (true, format!("incident.{id}"))
+        );
+        let back: Incident = serde_json::from_slice(&first.value).unwrap();
+        assert_eq!(back.id, id);
+        assert!(
+            matches!(snaps[1].1, Ok(None)),
+            "a record that is gone is deleted"
+        );
+        let log = engine.alert_log(None, 1000).unwrap();
+        let records: Vec<AlertRecord> = serde_json::from_slice(&log[0]).unwrap();
+        assert_eq!(records[0].incident, Some(id));
+        // A fresh alert is not forgotten by housekeeping.
+        assert_eq!(engine.housekeeping(), 0);
+    }
+}

@@ -167,6 +167,7 @@ pub struct IncidentNote {
     pub text: String,
     /// Also an action item.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schemars(extend("default" = false))]
     pub action_item: bool,
 }
 
