@@ -45,7 +45,7 @@ fn matchers_equal_regex_and_negated() {
         is_regex: true,
         ..eq("service", "shop-.*")
     };
-    assert!(matches(&st, &[re.clone()], &l));
+    assert!(matches(&st, std::slice::from_ref(&re), &l));
     let partial = Matcher {
         is_regex: true,
         ..eq("service", "shop")
