@@ -436,13 +436,37 @@ mod tests {
     #[test]
     fn timeline_kinds_and_playbook_states_keep_their_wire_names() {
         for kind in [
-            TimelineKind::ActionItem,
-            TimelineKind::Reopened,
+            TimelineKind::Alert,
+            TimelineKind::Opened,
+            TimelineKind::Acknowledged,
+            TimelineKind::Escalated,
             TimelineKind::Page,
+            TimelineKind::Assigned,
+            TimelineKind::Severity,
+            TimelineKind::Note,
+            TimelineKind::ActionItem,
+            TimelineKind::Change,
+            TimelineKind::Playbook,
+            TimelineKind::Rollout,
+            TimelineKind::Mitigated,
+            TimelineKind::Resolved,
+            TimelineKind::Reopened,
+            TimelineKind::Closed,
         ] {
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),
                 serde_json::json!(kind.as_str())
+            );
+        }
+        for state in [
+            PlaybookState::Running,
+            PlaybookState::WaitingApproval,
+            PlaybookState::Succeeded,
+            PlaybookState::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(state.as_str())
             );
         }
         assert_eq!(TimelineKind::ActionItem.to_string(), "action_item");
