@@ -27,7 +27,7 @@ use std::str::FromStr;
 use uuid::Uuid;
 
 pub use render::{render, render_error};
-pub use request::{Actor, INCIDENT_TYPES, Request};
+pub use request::{Actor, Request};
 
 /// What a user may do, in increasing order: each role may do what the ones below it may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
