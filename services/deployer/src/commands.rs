@@ -11,9 +11,11 @@ use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
 use toronto_runtime::Request;
 use uuid::Uuid;
 
+use toronto_runtime::work::{Created, Edit, Taken};
+
 use crate::engine::{
     DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, idempotency_key, plan_steps,
-    steady_layout, store,
+    steady_layout,
 };
 
 fn bad(message: impl Into<String>) -> ErrorBody {
@@ -128,8 +130,8 @@ impl Deployer {
             .take_active(&rollout.service, &rollout.environment, rollout.id)
             .await?
         {
-            Ok(()) => {}
-            Err(holder) => {
+            Taken::Mine => {}
+            Taken::HeldBy(holder) => {
                 return Err(ErrorBody::new(
                     ErrorCode::Conflict,
                     format!(
@@ -141,13 +143,9 @@ impl Deployer {
             }
         }
         let key = idempotency_key(&rollout.idempotency_key);
-        match self
-            .rollouts
-            .create(&key, rollout.id.to_string().into())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+        match self.create_raw(&key, rollout.id.to_string().into()).await? {
+            Created::Stored(_) => {}
+            Created::Exists => {
                 // A twin request won the race: let go of the lock taken for this
                 // (never stored) rollout and answer with the twin's.
                 self.release_active(&rollout).await?;
@@ -156,7 +154,6 @@ impl Deployer {
                     reference: id.map(|id| format!("rollout {id}")),
                 });
             }
-            Err(e) => return Err(store(e).into()),
         }
         self.create(&rollout).await?;
         self.announce("started", &rollout).await;
@@ -168,10 +165,8 @@ impl Deployer {
 
     async fn by_key(&self, key: &str) -> Result<Option<Uuid>, EngineError> {
         Ok(self
-            .rollouts
-            .get(idempotency_key(key))
-            .await
-            .map_err(store)?
+            .get_raw(&idempotency_key(key))
+            .await?
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
     }
 
@@ -465,11 +460,11 @@ impl Deployer {
 
     /// `rollout.list`: newest first.
     pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
-        let keys = self.keys_with_prefix("rollout.").await?;
+        let ids = self.rollout_ids().await?;
         let mut out = Vec::new();
         // Rollout ids are UUID v7: newest last in key order.
-        for key in keys.iter().rev() {
-            let Some(id) = key.strip_prefix("rollout.").and_then(|s| s.parse().ok()) else {
+        for id in ids.iter().rev() {
+            let Ok(id) = id.parse::<Uuid>() else {
                 continue;
             };
             let Some((r, _)) = self.load(id).await? else {
@@ -496,86 +491,30 @@ impl Deployer {
             .find(c.id, c.service.as_deref(), c.environment.as_deref())
             .await?;
         let by = c.by.clone().unwrap_or_else(|| "someone".into());
-        for _ in 0..20 {
-            let Some((mut r, revision)) = self.load(found.id).await? else {
-                return Err(not_found(format!("no rollout {}", found.id)));
-            };
-            if r.phase.is_final() {
-                return Err(ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("rollout {} has already ended ({:?})", r.id, r.phase).to_lowercase(),
-                ));
-            }
-            let mut wake = false;
-            let mut event = None;
-            match verb {
-                Verb::Abort => {
-                    r.pending = Some(PendingCommand::Abort {
-                        by: by.clone(),
-                        reason: c.reason.clone().unwrap_or_else(|| "no reason given".into()),
-                    });
-                    wake = r.phase == RolloutPhase::Paused;
-                    if wake {
-                        r.phase = RolloutPhase::Progressing;
-                    }
+        let updated = self
+            .records
+            .update(found.id, |r| match apply_command(r, c, verb, &by) {
+                Ok(Some(change)) => {
+                    r.updated_at = Utc::now();
+                    Edit::Save(Ok(Some(change)))
                 }
-                Verb::Pause => {
-                    if r.phase == RolloutPhase::Paused {
-                        return Ok(r);
-                    }
-                    r.pending = Some(PendingCommand::Pause { by: by.clone() });
-                }
-                Verb::Resume => {
-                    if r.phase != RolloutPhase::Paused {
-                        return Err(ErrorBody::new(
-                            ErrorCode::Conflict,
-                            format!("rollout {} is not paused", r.id),
-                        ));
-                    }
-                    r.phase = RolloutPhase::Progressing;
-                    r.reason = None;
-                    wake = true;
-                    event = Some("resumed");
-                }
-                Verb::Promote if r.phase == RolloutPhase::Paused => {
-                    // Held between steps: go on to the next (or, `full`, the last).
-                    r.phase = RolloutPhase::Progressing;
-                    r.reason = None;
-                    if c.full && r.step_index < r.steps.len() {
-                        let last = r.steps.len() - 1;
-                        let now = Utc::now();
-                        for s in &mut r.steps[r.step_index..last] {
-                            s.state = toronto_protocol::rollout::RolloutStepState::Done;
-                            s.done_at = Some(now);
-                        }
-                        r.step_index = last;
-                    }
-                    wake = true;
-                    event = Some("promoted");
-                }
-                Verb::Promote => {
-                    // Running: the runner ends the current pause (or skips to the end).
-                    r.pending = Some(PendingCommand::Promote {
-                        by: by.clone(),
-                        full: c.full,
-                    });
-                }
-            }
-            if self.save(&mut r, revision).await?.is_none() {
-                continue;
-            }
-            if let Some(what) = event {
-                self.announce(what, &r).await;
-            }
-            if wake {
-                self.enqueue(r.id).await?;
-            }
+                other => Edit::Keep(other),
+            })
+            .await
+            .map_err(EngineError::from)?;
+        let Some((r, answer)) = updated else {
+            return Err(not_found(format!("no rollout {}", found.id)));
+        };
+        let Some(change) = answer? else {
             return Ok(r);
+        };
+        if let Some(what) = change.event {
+            self.announce(what, &r).await;
         }
-        Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "the rollout kept changing; try again",
-        ))
+        if change.wake {
+            self.enqueue(r.id).await?;
+        }
+        Ok(r)
     }
 
     /// `drift.check`: compares every release (or the one asked for) with the target;
@@ -697,4 +636,82 @@ pub enum Verb {
     Pause,
     /// `rollout.resume`.
     Resume,
+}
+
+/// What a command changed on a rollout: whether the runner must be woken, and the
+/// event to announce.
+struct Change {
+    wake: bool,
+    event: Option<&'static str>,
+}
+
+/// Records a command on a rollout; `None` when there is nothing to change.
+fn apply_command(
+    r: &mut Rollout,
+    c: &RolloutCommand,
+    verb: Verb,
+    by: &str,
+) -> Result<Option<Change>, ErrorBody> {
+    if r.phase.is_final() {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("rollout {} has already ended ({:?})", r.id, r.phase).to_lowercase(),
+        ));
+    }
+    let mut wake = false;
+    let mut event = None;
+    match verb {
+        Verb::Abort => {
+            r.pending = Some(PendingCommand::Abort {
+                by: by.to_owned(),
+                reason: c.reason.clone().unwrap_or_else(|| "no reason given".into()),
+            });
+            wake = r.phase == RolloutPhase::Paused;
+            if wake {
+                r.phase = RolloutPhase::Progressing;
+            }
+        }
+        Verb::Pause => {
+            if r.phase == RolloutPhase::Paused {
+                return Ok(None);
+            }
+            r.pending = Some(PendingCommand::Pause { by: by.to_owned() });
+        }
+        Verb::Resume => {
+            if r.phase != RolloutPhase::Paused {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("rollout {} is not paused", r.id),
+                ));
+            }
+            r.phase = RolloutPhase::Progressing;
+            r.reason = None;
+            wake = true;
+            event = Some("resumed");
+        }
+        Verb::Promote if r.phase == RolloutPhase::Paused => {
+            // Held between steps: go on to the next (or, `full`, the last).
+            r.phase = RolloutPhase::Progressing;
+            r.reason = None;
+            if c.full && r.step_index < r.steps.len() {
+                let last = r.steps.len() - 1;
+                let now = Utc::now();
+                for s in &mut r.steps[r.step_index..last] {
+                    s.state = toronto_protocol::rollout::RolloutStepState::Done;
+                    s.done_at = Some(now);
+                }
+                r.step_index = last;
+            }
+            wake = true;
+            event = Some("promoted");
+        }
+        Verb::Promote => {
+            // Running: the runner ends the current pause (or skips to the end).
+            r.pending = Some(PendingCommand::Promote {
+                by: by.to_owned(),
+                full: c.full,
+            });
+        }
+    }
+    Ok(Some(Change { wake, event }))
 }

@@ -15,6 +15,7 @@
 
 pub mod dora;
 pub mod intake;
+mod notify;
 pub mod pipeline;
 pub mod runner;
 pub mod settings;
@@ -74,11 +75,7 @@ pub async fn start_with(
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let lease = settings.lease;
     let intake = Planner::new(&rt, plans, settings);
-    runner::ensure_runs_stream(&intake, rt.config.jetstream.replicas)
-        .await
-        .map_err(|e| {
-            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e.to_string()))
-        })?;
+    intake.runs.ensure(rt.config.jetstream.replicas).await?;
 
     let submit = intake.clone();
     rt.host
@@ -184,32 +181,14 @@ pub async fn start_with(
     let advancer = intake.clone();
     rt.spawn_background(
         "plan runner",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: runner::runs_stream(&intake),
-                durable: RUNNER_CONSUMER.into(),
-                filter_subject: None,
-                ack_wait: lease,
-                max_deliver: 20,
-                concurrency: 32,
-            },
+        intake.runs.clone().run(
+            intake.runs.consumer(lease, 20, 32),
             rt.dead_letters.clone(),
             rt.metrics.clone(),
             rt.shutdown_token(),
-            move |delivery: Delivery| {
+            move |work: AdvancePlan, delivery: Delivery| {
                 let planner = advancer.clone();
-                async move {
-                    match toronto_protocol::decode::<AdvancePlan>(
-                        delivery.payload(),
-                        Encoding::Json,
-                    ) {
-                        Ok(work) => planner.advance(work.data.plan_id, &delivery).await,
-                        Err(e) => Outcome::Reject {
-                            reason: e.to_string(),
-                        },
-                    }
-                }
+                async move { planner.advance(work.plan_id, &delivery).await }
             },
         ),
     );
@@ -272,10 +251,10 @@ async fn take_queued(
             tracing::info!(plan = %accepted.plan_id, duplicate = accepted.duplicate, "task from the queue planned");
             Outcome::Ack
         }
-        Err(e @ IntakeError::Rejected(_)) => Outcome::Reject {
+        Err(e) if !e.is_transient() => Outcome::Reject {
             reason: e.to_string(),
         },
-        Err(e @ IntakeError::Unavailable(_)) => Outcome::Retry {
+        Err(e) => Outcome::Retry {
             delay: Some(Duration::from_secs(1)),
             reason: e.to_string(),
         },

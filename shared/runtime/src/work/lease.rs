@@ -90,7 +90,13 @@ mod tests {
         let now = Utc::now();
         let held = lease("b", now + chrono::Duration::seconds(5));
         assert_eq!(
-            claim(Some(&held), "a", now, Duration::from_secs(30), Duration::ZERO),
+            claim(
+                Some(&held),
+                "a",
+                now,
+                Duration::from_secs(30),
+                Duration::ZERO
+            ),
             Claim::Held {
                 owner: "b".into(),
                 until: held.until
@@ -105,7 +111,10 @@ mod tests {
         let now = Utc::now();
         let length = Duration::from_secs(30);
         let fresh = lease("a", now + chrono::Duration::seconds(25));
-        assert_eq!(claim(Some(&fresh), "a", now, length, length / 2), Claim::Keep);
+        assert_eq!(
+            claim(Some(&fresh), "a", now, length, length / 2),
+            Claim::Keep
+        );
         let old = lease("a", now + chrono::Duration::seconds(5));
         assert!(matches!(
             claim(Some(&old), "a", now, length, length / 2),

@@ -87,7 +87,12 @@ impl WorkQueue {
 
     /// The consumer of the queue: a delivery is redelivered after `ack_wait` without
     /// an ack or progress, and dead-lettered after `max_deliver` deliveries.
-    pub fn consumer(&self, ack_wait: Duration, max_deliver: i64, concurrency: usize) -> ConsumerSpec {
+    pub fn consumer(
+        &self,
+        ack_wait: Duration,
+        max_deliver: i64,
+        concurrency: usize,
+    ) -> ConsumerSpec {
         ConsumerSpec {
             stream: self.stream.clone(),
             durable: self.durable.clone(),
