@@ -158,36 +158,10 @@ impl Planner {
     }
 }
 
-/// How a fake peer answers.
-#[derive(Clone, Copy)]
-enum Peer {
-    Pass,
-    Fail,
-    Silent,
-}
-
-fn verdict(peer: Peer) -> Option<GateVerdict> {
-    match peer {
-        Peer::Pass => Some(GateVerdict {
-            passed: true,
-            reason: Some("clean".into()),
-            findings: None,
-        }),
-        Peer::Fail => Some(GateVerdict {
-            passed: false,
-            reason: Some("CVE-2026-1234 in libfoo".into()),
-            findings: Some(serde_json::json!([{"id": "CVE-2026-1234", "severity": "critical"}])),
-        }),
-        Peer::Silent => None,
-    }
-}
-
-/// Testkit peers standing in for the security and QA agents and the deployer (a peer
-/// service of ours not built yet). The deployer records each idempotency key it sees.
+/// Fake security and QA agents that pass every gate, and a fake deployer that
+/// accepts every execute request (a test stops it when the real one takes over).
 struct Peers {
     hosts: Vec<ServiceHost>,
-    executed: Arc<Mutex<Vec<String>>>,
-    scans: Arc<Mutex<u32>>,
 }
 
 impl Peers {
@@ -198,15 +172,15 @@ impl Peers {
     }
 }
 
-async fn peers(client: &async_nats::Client, security: Peer, qa: Peer) -> Peers {
-    peers_with(client, move |_| security, qa).await
+fn pass() -> GateVerdict {
+    GateVerdict {
+        passed: true,
+        reason: Some("clean".into()),
+        findings: None,
+    }
 }
 
-async fn peers_with(
-    client: &async_nats::Client,
-    security: impl Fn(u32) -> Peer + Send + Sync + 'static,
-    qa: Peer,
-) -> Peers {
+async fn passing_peers(client: &async_nats::Client) -> Peers {
     let spec = |name: &str| ServiceSpec {
         name: name.into(),
         version: "0.0.1".into(),
@@ -224,71 +198,34 @@ async fn peers_with(
             None,
         )
     };
-    let scans = Arc::new(Mutex::new(0u32));
-    let security_host = host("fake-security").await.unwrap();
-    let counter = scans.clone();
-    let security = Arc::new(security);
-    security_host
+    let security = host("fake-security").await.unwrap();
+    security
         .add_endpoint(
             "scan",
             "toronto.agents.security.v1.scan",
-            move |_req: Request<SecurityScanRequest>| {
-                let n = {
-                    let mut c = counter.lock().unwrap();
-                    *c += 1;
-                    *c
-                };
-                let answer = verdict(security(n));
-                async move {
-                    match answer {
-                        Some(v) => Ok::<_, ErrorBody>(v),
-                        None => std::future::pending().await,
-                    }
-                }
-            },
+            |_req: Request<SecurityScanRequest>| async { Ok::<_, ErrorBody>(pass()) },
         )
         .await
         .unwrap();
-    let qa_host = host("fake-qa").await.unwrap();
-    qa_host
-        .add_endpoint(
-            "test",
-            "toronto.agents.qa.v1.test",
-            move |_req: Request<QaTestRequest>| async move {
-                match verdict(qa) {
-                    Some(v) => Ok::<_, ErrorBody>(v),
-                    None => std::future::pending().await,
-                }
-            },
-        )
-        .await
-        .unwrap();
-    let executed = Arc::new(Mutex::new(Vec::new()));
+    let qa = host("fake-qa").await.unwrap();
+    qa.add_endpoint(
+        "test",
+        "toronto.agents.qa.v1.test",
+        |_req: Request<QaTestRequest>| async { Ok::<_, ErrorBody>(pass()) },
+    )
+    .await
+    .unwrap();
     let deployer = host("fake-deployer").await.unwrap();
-    for verb in [
-        "rollout.start",
-        "rollback",
-        "scale",
-        "environment.provision",
-        "environment.teardown",
-    ] {
-        let seen = executed.clone();
+    for verb in ["rollout.start", "rollback", "scale"] {
         deployer
             .add_endpoint(
                 verb,
                 format!("toronto.devops.v1.deployer.{verb}"),
-                move |req: Request<ExecuteRequest>| {
-                    let seen = seen.clone();
-                    async move {
-                        let key = req.data().idempotency_key.clone();
-                        let mut seen = seen.lock().unwrap();
-                        if !seen.contains(&key) {
-                            seen.push(key.clone());
-                        }
-                        Ok::<_, ErrorBody>(ExecuteAccepted {
-                            reference: Some(format!("rollout-{key}")),
-                        })
-                    }
+                |req: Request<ExecuteRequest>| async move {
+                    let key = req.data().idempotency_key.clone();
+                    Ok::<_, ErrorBody>(ExecuteAccepted {
+                        reference: Some(format!("rollout-{key}")),
+                    })
                 },
             )
             .await
@@ -296,9 +233,7 @@ async fn peers_with(
     }
     client.flush().await.unwrap();
     Peers {
-        hosts: vec![security_host, qa_host, deployer],
-        executed,
-        scans,
+        hosts: vec![security, qa, deployer],
     }
 }
 
@@ -336,7 +271,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
         shutdown,
         running,
     };
-    let _peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let _peers = passing_peers(&p.client).await;
 
     // The monitor's status bucket says cart has spent its budget.
     let js = async_nats::jetstream::new(p.client.clone());
@@ -459,7 +394,7 @@ async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Start
 #[tokio::test]
 async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
     let p = planner().await;
-    let mut peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let mut peers = passing_peers(&p.client).await;
     // The fake deployer steps aside for the real one.
     peers
         .hosts
