@@ -2,21 +2,16 @@
 //! cluster (a simulation: no Kubernetes API server runs here), over a real
 //! nats-server.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_deployer::{Settings, SimCluster, SimSettings, Started};
-use toronto_protocol::rollout::{
-    DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutPhase, RolloutRef, SimFault,
-    SimService, SimTamper,
-};
+use toronto_protocol::rollout::{Rollout, RolloutPhase, RolloutRef, SimFault, SimService};
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, RollbackTask, ScaleTask,
-    Strategy,
+    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
 };
-use toronto_protocol::{Encoding, Envelope, ErrorCode, Message};
+use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
@@ -48,7 +43,6 @@ fn settings() -> Settings {
 struct Stack {
     _server: NatsServer,
     client: async_nats::Client,
-    sim: SimCluster,
     monitors: Vec<(CancellationToken, toronto_runtime::ServiceRuntime)>,
     deployers: Vec<(CancellationToken, Started)>,
     events: tokio::sync::mpsc::UnboundedReceiver<(String, Rollout)>,
@@ -115,7 +109,6 @@ async fn stack_full(settings: Settings, deployers: usize, monitor: bool) -> Stac
     Stack {
         _server: server,
         client,
-        sim,
         monitors,
         deployers: list,
         events: rx,

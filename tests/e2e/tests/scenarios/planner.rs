@@ -4,23 +4,18 @@
 
 use std::time::Duration;
 
-use async_nats::HeaderMap;
-use futures::StreamExt;
-use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, Plan, PlanGet, PlanList, PlanState, PlanTask, Plans, ScaleTask,
-    Strategy, SubmitAccepted,
+    CanaryStep, DeployTask, Plan, PlanGet, PlanState, Strategy, SubmitAccepted,
 };
-use toronto_protocol::{Encoding, Envelope, ErrorCode, Message, encode};
+use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
 
 use toronto_protocol::ErrorBody;
 use toronto_protocol::tasks::{
-    ExecuteAccepted, ExecuteRequest, GateVerdict, PlanDecision, QaTestRequest, SecurityScanRequest,
-    StepState,
+    ExecuteAccepted, ExecuteRequest, GateVerdict, QaTestRequest, SecurityScanRequest,
 };
 use toronto_runtime::Metrics;
 use toronto_runtime::config::EndpointConfig;
