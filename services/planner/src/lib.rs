@@ -1,16 +1,18 @@
 //! The planner: task intake from peers and chat, plans with gates and policies.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. Built so far:
-//! task intake through both doors — `toronto.devops.v1.planner.submit` (an immediate
-//! accept with the plan id, or every reason for a rejection) and the work queue
-//! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
-//! dead-letter stream with their reasons) — one plan per task, plans in KV; plans run
-//! their steps (security and QA gates asked of peer agents, human approval, hand-over
-//! to the deployer) durably, one active plan per service and environment; `plan.get`,
-//! `plan.list`, `plan.cancel`, `plan.approve`, `plan.reject`. Policies (promotion
-//! order, freeze windows, error budget), the delegation adapter, the remaining task
-//! types and DORA metrics are still to come.
+//! thin `main`, and `toronto up` starts the same function in-process.
+//!
+//! - [`intake`]: task intake through both doors — `toronto.devops.v1.planner.submit`
+//!   (an immediate accept with the plan id, or every reason for a rejection) and the
+//!   work queue `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks
+//!   go to the dead-letter stream with their reasons) — one plan per task, plans in
+//!   KV, and the delegation adapter; `plan.get`, `plan.list`, `plan.cancel`.
+//! - [`runner`]: plans run their steps (policy and error-budget gates, security and QA
+//!   gates asked of peer agents, human approval with `plan.approve` and
+//!   `plan.reject`, hand-over to the deployer) durably, one active plan per service
+//!   and environment, on [`toronto_runtime::work`].
+//! - [`pipeline`]: generated CI pipelines; [`dora`]: DORA metrics from the events.
 #![forbid(unsafe_code)]
 
 pub mod dora;

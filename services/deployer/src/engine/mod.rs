@@ -12,8 +12,11 @@
 //! re-applies at most the step that was in flight, with the same layout (a no-op
 //! for the target), and never an earlier one.
 //!
-//! Each pass of [`Deployer::reconcile`] reads the rollout, does one bounded thing and
-//! says when to come back, in the manner of a kube-rs reconciler.
+//! Each pass of the reconciler (`reconcile`) reads the rollout, does one bounded
+//! thing and says when to come back ([`toronto_runtime::work::Next`]), in the manner
+//! of a kube-rs reconciler; `layout` says what each step puts on the target, and
+//! `analysis` gathers the evidence against a canary. The record store, the lease,
+//! the one-active-rollout lock and the work queue are [`toronto_runtime::work`]'s.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};

@@ -7,7 +7,9 @@
 //! two replicas never run the same plan at once, and a replica that dies mid-step
 //! loses its lease when the message's ack deadline (the same length) runs out, after
 //! which another replica picks the message up and carries on from the stored state.
-//! Steps are idempotent by `plan id:step id`, the key every executor receives.
+//! Steps are idempotent by `plan id:step id`, the key every executor receives. The
+//! store, the lease, the per-scope turn and the queue are [`toronto_runtime::work`]'s;
+//! this module describes the steps.
 
 use std::time::Duration;
 
