@@ -1,4 +1,7 @@
 //! Scenarios that need several services at once, each started in-process against a
 //! real nats-server (test kit).
 
+mod bridge;
+mod deployer;
 mod incidents;
+mod planner;
