@@ -19,6 +19,26 @@ async fn js_setup(
     (client, js, subjects)
 }
 
+/// The echo endpoint on a host that parks what it refuses in the `test` dead letters.
+async fn echo_host_with_dead_letters(
+    client: &Client,
+    js: &async_nats::jetstream::Context,
+    subjects: &toronto_protocol::Subjects,
+) -> ServiceHost {
+    let dead_letters = DeadLetters::new(js.clone(), subjects, "test", Metrics::new());
+    let host = ServiceHost::start(
+        client.clone(),
+        spec(),
+        EndpointConfig::default(),
+        Metrics::new(),
+        Some(dead_letters),
+    )
+    .await
+    .unwrap();
+    host.add_endpoint("echo", SUBJECT, echo).await.unwrap();
+    host
+}
+
 #[tokio::test]
 async fn a_publish_repeated_with_the_same_id_is_stored_once() {
     let server = NatsServer::start().await;
@@ -274,21 +294,7 @@ async fn max_deliver_parks_the_message_in_the_dlq_with_its_reason() {
 async fn a_refused_message_without_reply_subject_is_parked_not_dropped() {
     let server = NatsServer::start().await;
     let (client, js, subjects) = js_setup(&server).await;
-    let host = ServiceHost::start(
-        client.clone(),
-        spec(),
-        EndpointConfig::default(),
-        Metrics::new(),
-        Some(DeadLetters::new(
-            js.clone(),
-            &subjects,
-            "test",
-            Metrics::new(),
-        )),
-    )
-    .await
-    .unwrap();
-    host.add_endpoint("echo", SUBJECT, echo).await.unwrap();
+    let _host = echo_host_with_dead_letters(&client, &js, &subjects).await;
     let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
     client.flush().await.unwrap();
     client
@@ -472,21 +478,7 @@ async fn dead_letters_can_be_listed_and_replayed_once_fixed() {
     );
 
     // A letter refused by a request endpoint is replayed as a plain message.
-    let host = ServiceHost::start(
-        client.clone(),
-        spec(),
-        EndpointConfig::default(),
-        Metrics::new(),
-        Some(DeadLetters::new(
-            js.clone(),
-            &subjects,
-            "test",
-            Metrics::new(),
-        )),
-    )
-    .await
-    .unwrap();
-    host.add_endpoint("echo", SUBJECT, echo).await.unwrap();
+    let _host = echo_host_with_dead_letters(&client, &js, &subjects).await;
     client.flush().await.unwrap();
     client
         .publish(SUBJECT, Bytes::from_static(b"garbage"))
