@@ -131,19 +131,7 @@ async fn a_slash_command_reaches_the_planner_and_its_reply_reaches_the_user() {
     assert!(text(&answer).contains("slo SERVICE"), "{answer}");
 
     // Mattermost, with its token; a wrong token is refused.
-    let form = serde_urlencoded::to_string([
-        ("token", MM_TOKEN),
-        ("text", "deploy shop 1.2.0 to qa"),
-        ("user_id", "mm42"),
-        ("user_name", "carol"),
-    ])
-    .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/mattermost/commands", b.http))
-        .body(form)
-        .send()
-        .await
-        .unwrap();
+    let r = b.mattermost(MM_TOKEN, "deploy shop 1.2.0 to qa").await;
     assert_eq!(r.status(), StatusCode::OK);
     let answer: Value = r.json().await.unwrap();
     assert!(
@@ -151,19 +139,7 @@ async fn a_slash_command_reaches_the_planner_and_its_reply_reaches_the_user() {
         "{answer}"
     );
     assert_eq!(seen.lock().unwrap().len(), 2);
-    let wrong = serde_urlencoded::to_string([
-        ("token", "guess"),
-        ("text", "deploy shop 1.2.0 to qa"),
-        ("user_id", "mm42"),
-        ("user_name", "carol"),
-    ])
-    .unwrap();
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/mattermost/commands", b.http))
-        .body(wrong)
-        .send()
-        .await
-        .unwrap();
+    let r = b.mattermost("guess", "deploy shop 1.2.0 to qa").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(seen.lock().unwrap().len(), 2);
     b.stop().await;

@@ -118,6 +118,23 @@ impl Bridge {
         r.json().await.unwrap()
     }
 
+    /// A Mattermost slash command from `carol` (user `mm42`) with `token`.
+    async fn mattermost(&self, token: &str, text: &str) -> reqwest::Response {
+        let form = serde_urlencoded::to_string([
+            ("token", token),
+            ("text", text),
+            ("user_id", "mm42"),
+            ("user_name", "carol"),
+        ])
+        .unwrap();
+        reqwest::Client::new()
+            .post(format!("http://{}/mattermost/commands", self.http))
+            .body(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A fake planner: `submit`, `plan.get` and `plan.approve` record what reaches them.
     async fn fake_planner(&self, plan: Plan) -> Arc<Mutex<Vec<(String, Value)>>> {
         let seen = Arc::new(Mutex::new(Vec::new()));

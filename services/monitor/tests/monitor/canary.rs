@@ -178,6 +178,17 @@ async fn watch(m: &Monitor, rollout_id: Uuid, service: &str) -> CanaryWatchStatu
         .unwrap()
 }
 
+/// A subscription to the verdicts the monitor publishes.
+async fn verdicts(m: &Monitor) -> async_nats::Subscriber {
+    let results = m
+        .client
+        .subscribe("toronto.devops.v1.events.analysis.result")
+        .await
+        .unwrap();
+    m.client.flush().await.unwrap();
+    results
+}
+
 async fn next_verdict(sub: &mut async_nats::Subscriber) -> Envelope<CanaryVerdict> {
     let msg = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await
@@ -210,12 +221,7 @@ async fn a_watch_publishes_verdicts_until_unwatched_or_the_rollout_ends() {
         cluster_batches("cart", "production", 60, 0.3, 0.1),
     )
     .await;
-    let mut results = m
-        .client
-        .subscribe("toronto.devops.v1.events.analysis.result")
-        .await
-        .unwrap();
-    m.client.flush().await.unwrap();
+    let mut results = verdicts(&m).await;
 
     // Without a rollout id: refused, naming the field.
     let err = m
@@ -306,12 +312,7 @@ async fn unwatch_stops_a_watch_whichever_replica_runs_it() {
         cluster_batches("cart", "production", 30, 0.01, 0.1),
     )
     .await;
-    let mut results = m
-        .client
-        .subscribe("toronto.devops.v1.events.analysis.result")
-        .await
-        .unwrap();
-    m.client.flush().await.unwrap();
+    let mut results = verdicts(&m).await;
     // Four watches: the queue group spreads them (and the unwatches) over both replicas.
     let rollouts: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
     for id in &rollouts {
