@@ -28,6 +28,7 @@ mod cluster;
 #[cfg(feature = "testcontainers")]
 mod container;
 mod error;
+mod fake;
 pub mod kubectl;
 mod node;
 pub mod request;
@@ -39,6 +40,7 @@ pub use bin::{
 };
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
+pub use fake::fake_service;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
 pub use server::NatsServer;
 

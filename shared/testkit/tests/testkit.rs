@@ -418,24 +418,9 @@ fn environment_variables_are_honoured() {
 async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHost {
     use toronto_protocol::messages::{BuildInfo, Status, StatusRequest};
     use toronto_protocol::{ErrorBody, ErrorCode};
-    use toronto_runtime::{Metrics, Request, ServiceHost, ServiceSpec};
-    let spec = ServiceSpec {
-        name: "toronto-kit".into(),
-        version: "1.0.0".into(),
-        description: "testkit requests".into(),
-        metadata: Default::default(),
-        queue_group: "toronto-kit".into(),
-        source: "toronto://kit".into(),
-    };
-    let host = ServiceHost::start(
-        client.clone(),
-        spec,
-        Default::default(),
-        Metrics::new(),
-        None,
-    )
-    .await
-    .unwrap();
+    use toronto_runtime::{Request, ServiceHost};
+    let host: ServiceHost =
+        toronto_testkit::fake_service(client, "toronto-kit", "toronto://kit").await;
     host.add_endpoint(
         "status",
         "toronto.devops.v1.kit.status",

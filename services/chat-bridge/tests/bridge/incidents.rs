@@ -55,22 +55,12 @@ impl toronto_protocol::Message for Loose {
 #[tokio::test]
 async fn incident_work_from_chat_reaches_the_incident_commander() {
     let b = bridge_with(settings()).await;
-    let host = ServiceHost::start(
-        b.client.clone(),
-        ServiceSpec {
-            name: "fake-incident-commander".into(),
-            version: "0.0.1".into(),
-            description: "test".into(),
-            metadata: HashMap::new(),
-            queue_group: "fake-incident-commander".into(),
-            source: "toronto://devops/incident".into(),
-        },
-        EndpointConfig::default(),
-        Metrics::new(),
-        None,
+    let host = fake_service(
+        &b.client,
+        "fake-incident-commander",
+        "toronto://devops/incident",
     )
-    .await
-    .unwrap();
+    .await;
     let acks = Arc::new(Mutex::new(Vec::new()));
     let seen = acks.clone();
     host.add_endpoint(

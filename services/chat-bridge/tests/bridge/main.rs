@@ -28,10 +28,8 @@ use toronto_protocol::tasks::{
     Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
-use toronto_runtime::config::EndpointConfig;
-use toronto_runtime::metrics::Metrics;
-use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
-use toronto_testkit::NatsServer;
+use toronto_runtime::service::Request;
+use toronto_testkit::{NatsServer, fake_service};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 const MM_TOKEN: &str = "mm-token-1";
@@ -138,22 +136,7 @@ impl Bridge {
     /// A fake planner: `submit`, `plan.get` and `plan.approve` record what reaches them.
     async fn fake_planner(&self, plan: Plan) -> Arc<Mutex<Vec<(String, Value)>>> {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let host = ServiceHost::start(
-            self.client.clone(),
-            ServiceSpec {
-                name: "fake-planner".into(),
-                version: "0.0.1".into(),
-                description: "test".into(),
-                metadata: HashMap::new(),
-                queue_group: "fake-planner".into(),
-                source: "toronto://devops/planner".into(),
-            },
-            EndpointConfig::default(),
-            Metrics::new(),
-            None,
-        )
-        .await
-        .unwrap();
+        let host = fake_service(&self.client, "fake-planner", "toronto://devops/planner").await;
         let (s, id) = (seen.clone(), plan.id);
         host.add_endpoint(
             "submit",

@@ -14,10 +14,8 @@ use toronto_chat_bridge::{Config, Settings};
 use toronto_commands::Role;
 use toronto_protocol::ErrorBody;
 use toronto_protocol::tasks::{GateVerdict, Plan, PlanGet, QaTestRequest, SecurityScanRequest};
-use toronto_runtime::config::EndpointConfig;
-use toronto_runtime::metrics::Metrics;
-use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
-use toronto_testkit::{NatsServer, Requester};
+use toronto_runtime::service::{Request, ServiceHost};
+use toronto_testkit::{NatsServer, Requester, fake_service};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -97,22 +95,7 @@ async fn passing_peers(client: &async_nats::Client) -> Vec<ServiceHost> {
         ("fake-security", "toronto.agents.security.v1.scan"),
         ("fake-qa", "toronto.agents.qa.v1.test"),
     ] {
-        let host = ServiceHost::start(
-            client.clone(),
-            ServiceSpec {
-                name: name.into(),
-                version: "0.0.1".into(),
-                description: "test peer".into(),
-                metadata: HashMap::new(),
-                queue_group: name.into(),
-                source: format!("toronto://agents/{name}"),
-            },
-            EndpointConfig::default(),
-            Metrics::new(),
-            None,
-        )
-        .await
-        .unwrap();
+        let host = fake_service(client, name, &format!("toronto://agents/{name}")).await;
         let pass = || GateVerdict {
             passed: true,
             reason: Some("clean".into()),
