@@ -8,7 +8,7 @@
 //! file, a JetStream store and a log file in its own temporary directory; everything is
 //! killed and removed when the value is dropped, also when a test panics.
 //!
-//! [`request`] and [`Requester`] send typed request envelopes to a service and decode its
+//! [`request()`] and [`Requester`] send typed request envelopes to a service and decode its
 //! typed reply or its error envelope, the one helper every test that talks to a service uses.
 //!
 //! With the cargo feature `testcontainers` and `TORONTO_TESTKIT_NATS=testcontainers`,
