@@ -1,5 +1,5 @@
 //! Scenarios that need several services at once, each started in-process against a
-//! real nats-server (test kit).
+//! real nats-server (test kit), one module per scenario family.
 
 mod bridge;
 mod deployer;
