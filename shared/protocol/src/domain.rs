@@ -455,4 +455,20 @@ mod tests {
         assert_eq!(schema["maxLength"], 128);
         assert_eq!(schema["pattern"], VERSION_PATTERN);
     }
+
+    #[test]
+    fn plan_tasks_have_typed_accessors() {
+        use crate::tasks::{DeployTask, PlanTask};
+        let task: DeployTask = serde_json::from_value(serde_json::json!({
+            "service": "shop-api", "version": "2.4.1", "environment": "1prod",
+        }))
+        .unwrap();
+        assert_eq!(task.checked_version().unwrap(), "2.4.1");
+        let task = PlanTask::Deploy(Box::new(task));
+        assert_eq!(task.service_name().unwrap(), "shop-api");
+        assert_eq!(
+            task.environment_name().unwrap_err().problem,
+            LabelError::Start('1')
+        );
+    }
 }

@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::{Environment, InvalidVersion, NameError, ServiceName, Version};
 use crate::message::Message;
 
 /// Ship a version of a service to an environment.
@@ -363,5 +364,22 @@ impl PlanTask {
             PlanTask::ProvisionEnvironment(t) => &t.name,
             PlanTask::ChaosExperiment(t) => &t.environment,
         }
+    }
+
+    /// [`service`](Self::service) as a checked [`ServiceName`].
+    pub fn service_name(&self) -> Result<ServiceName, NameError> {
+        self.service().parse()
+    }
+
+    /// [`environment`](Self::environment) as a checked [`Environment`].
+    pub fn environment_name(&self) -> Result<Environment, NameError> {
+        self.environment().parse()
+    }
+}
+
+impl DeployTask {
+    /// [`version`](Self::version) as a checked [`Version`].
+    pub fn checked_version(&self) -> Result<Version, InvalidVersion> {
+        self.version.parse()
     }
 }
