@@ -5,7 +5,7 @@
 //! typed [`Command`]. Each command knows its usage line and summary ([`Spec`]), the
 //! [`Role`] it needs, and how it becomes a NATS request ([`Command::request`]): the
 //! service and verb of the subject and the envelope's `type` and `data`. Replies are
-//! turned back into text by [`render`]. Every parse error carries the usage of the
+//! turned back into text by [`render`](mod@render). Every parse error carries the usage of the
 //! command that was meant; an unknown command lists them all.
 //!
 //! ```
