@@ -8,7 +8,7 @@ use serde_json::Value;
 use toronto_commands::render::describe_task;
 use toronto_protocol::RawEnvelope;
 use toronto_protocol::alerts::{Alert, AlertStatus};
-use toronto_protocol::rollout::{Rollout, RolloutPhase};
+use toronto_protocol::rollout::{Rollout, RolloutEvent, RolloutPhase};
 use toronto_protocol::tasks::{Plan, StepKind, StepState};
 
 use crate::markup::Part;
@@ -183,30 +183,35 @@ fn rollout_note(what: &str, r: &Rollout) -> Note {
             .map(|why| vec![ours(": "), theirs(why.clone())])
             .unwrap_or_default()
     };
-    let (severity, mut parts, group) = match what {
-        "started" => (Severity::Info, head("🚀"), false),
-        "progressed" => (Severity::Info, head("⏩"), true),
-        "paused" => (Severity::Warning, head("⏸"), false),
-        "promoted" => (Severity::Info, head("⏫"), false),
-        "succeeded" => (Severity::Info, head("✅"), false),
-        "aborted" | "rolled_back" => (Severity::Critical, head("🛑"), false),
-        "failed" => (Severity::Error, head("❌"), false),
-        _ => (Severity::Debug, head("•"), false),
+    let kind = what.parse::<RolloutEvent>().ok();
+    let (severity, mut parts, group) = match kind {
+        Some(RolloutEvent::Started) => (Severity::Info, head("🚀"), false),
+        Some(RolloutEvent::Progressed) => (Severity::Info, head("⏩"), true),
+        Some(RolloutEvent::Paused) => (Severity::Warning, head("⏸"), false),
+        Some(RolloutEvent::Promoted) => (Severity::Info, head("⏫"), false),
+        Some(RolloutEvent::Succeeded) => (Severity::Info, head("✅"), false),
+        Some(RolloutEvent::Aborted | RolloutEvent::RolledBack) => {
+            (Severity::Critical, head("🛑"), false)
+        }
+        Some(RolloutEvent::Failed) => (Severity::Error, head("❌"), false),
+        Some(RolloutEvent::Resumed) | None => (Severity::Debug, head("•"), false),
     };
     let phase = serde_json::to_value(r.phase)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
         .unwrap_or_default();
-    let label = match what {
-        "rolled_back" => "rolled back".to_owned(),
-        "progressed" | "started" | "promoted" => what.to_owned(),
+    let label = match kind {
+        Some(RolloutEvent::RolledBack) => "rolled back".to_owned(),
+        Some(k @ (RolloutEvent::Progressed | RolloutEvent::Started | RolloutEvent::Promoted)) => {
+            k.as_str().to_owned()
+        }
         _ => phase,
     };
     parts.push(ours(format!(": {label} at {}%", r.weight)));
     if matches!(
         r.phase,
         RolloutPhase::Paused | RolloutPhase::Aborted | RolloutPhase::Failed
-    ) || what == "rolled_back"
+    ) || kind == Some(RolloutEvent::RolledBack)
     {
         parts.extend(reason());
     }

@@ -28,29 +28,15 @@ fn not_found(message: impl Into<String>) -> ErrorBody {
 }
 
 fn dns_label(what: &str, value: &str) -> Result<(), ErrorBody> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-')
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
-        )))
-    }
+    toronto_protocol::domain::check_dns_label(value)
+        .map_err(|problem| bad(format!("{what} `{value}` {problem}")))
 }
 
 fn version_token(value: &str) -> Result<(), ErrorBody> {
-    if value.is_empty() || value.len() > 128 || value.chars().any(char::is_whitespace) {
-        return Err(bad(format!(
-            "version `{value}` must be 1-128 characters without spaces"
-        )));
-    }
-    Ok(())
+    value
+        .parse::<toronto_protocol::Version>()
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
 }
 
 impl Deployer {

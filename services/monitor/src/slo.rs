@@ -105,17 +105,8 @@ impl Slo {
 }
 
 fn dns_label(field: &str, value: &str) -> Result<(), SloError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(field, format!("`{value}` must be a DNS label")))
-    }
+    toronto_protocol::domain::check_dns_label(value)
+        .map_err(|problem| invalid(field, format!("`{value}` {problem}")))
 }
 
 fn query(field: &str, source: &MetricSource) -> Result<String, SloError> {

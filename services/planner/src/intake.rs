@@ -96,17 +96,14 @@ pub struct Planner {
 }
 
 fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-')
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !ok {
-        reasons.push(format!(
-            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
-        ));
+    if let Err(problem) = toronto_protocol::domain::check_dns_label(value) {
+        reasons.push(format!("{what} `{value}` {problem}"));
+    }
+}
+
+fn version(what: &str, value: &str, reasons: &mut Vec<String>) {
+    if let Err(problem) = toronto_protocol::domain::check_version(value) {
+        reasons.push(format!("{what} `{value}` {problem}"));
     }
 }
 
@@ -125,7 +122,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
     dns_label("environment", task.environment(), &mut reasons);
     match task {
         PlanTask::Deploy(t) => {
-            token("version", &t.version, &mut reasons);
+            version("version", &t.version, &mut reasons);
             if let Some(image) = &t.image {
                 token("image", image, &mut reasons);
             }
@@ -154,7 +151,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
         }
         PlanTask::Rollback(t) => {
             if let Some(v) = &t.target_version {
-                token("target_version", v, &mut reasons);
+                version("target_version", v, &mut reasons);
             }
         }
         PlanTask::Scale(t) => {
@@ -168,7 +165,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
             }
             for s in &t.services {
                 dns_label("service", &s.service, &mut reasons);
-                token("version", &s.version, &mut reasons);
+                version("version", &s.version, &mut reasons);
             }
             if t.ttl_seconds == 0 || t.ttl_seconds > 30 * 86_400 {
                 reasons.push(format!(
