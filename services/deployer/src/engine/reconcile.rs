@@ -19,12 +19,15 @@ use crate::target::{Layout, TargetError};
 impl Deployer {
     /// Advances a rollout for as long as this delivery lasts.
     pub(crate) async fn advance(&self, rollout_id: Uuid, delivery: &Delivery) -> Outcome {
+        // A redelivered message is one whose holder did not keep it: that holder may
+        // have died with its lease still running, so the message waits the lease out.
+        let redelivered = delivery.deliveries() > 1;
         let driven = drive(
             delivery,
             self.settings.lease / 4,
             &self.crash,
             &self.shutdown,
-            || self.reconcile(rollout_id),
+            || self.reconcile(rollout_id, redelivered),
         )
         .await;
         match driven {
@@ -67,7 +70,8 @@ impl Deployer {
     }
 
     /// One pass over a rollout: reads it, does one bounded thing, saves it.
-    async fn reconcile(&self, id: Uuid) -> Result<Next, EngineError> {
+    /// `redelivered`: the message was given up by an earlier holder (see [`Self::advance`]).
+    async fn reconcile(&self, id: Uuid, redelivered: bool) -> Result<Next, EngineError> {
         let Some((mut r, revision)) = self.load(id).await? else {
             return Ok(Next::Done);
         };
@@ -78,7 +82,15 @@ impl Deployer {
         let now = Utc::now();
         let length = self.settings.lease;
         match lease::claim(r.lease.as_ref(), &self.instance, now, length, length / 2) {
-            // Another deployer holds it (its own message keeps it going).
+            // Another deployer holds it. A first delivery is a wake-up while the holder
+            // works (its own message keeps it going); a redelivery may be the dead
+            // holder's own message, so it is kept until the lease runs out and taken then
+            // (acknowledging it would leave the rollout with nobody to advance it).
+            Claim::Held { until, .. } if redelivered => {
+                let left = (until - now).to_std().unwrap_or_default();
+                // Checked at least every quarter lease, so the message's progress acks go on.
+                return Ok(Next::After((left + Duration::from_millis(50)).min(length / 4)));
+            }
             Claim::Held { .. } => return Ok(Next::Done),
             Claim::Take(lease) => {
                 r.lease = Some(lease);
