@@ -272,7 +272,7 @@ fn roles(v: &str) -> Result<HashMap<String, Role>, ValueError> {
         let (user, role) = pair
             .rsplit_once('=')
             .ok_or_else(|| ValueError::Invalid(format!("`{pair}` is not user=role")))?;
-        let role = role.parse().map_err(|e| invalid(format!("{e}")))?;
+        let role = role.parse::<Role>().map_err(|e| invalid(e.to_string()))?;
         roles.insert(user.trim().to_owned(), role);
     }
     Ok(roles)
@@ -326,7 +326,9 @@ fn route(rule: &str) -> Result<Route, ValueError> {
             .strip_prefix("severity>=")
             .or_else(|| filter.strip_prefix("severity="))
         {
-            route.min_severity = level.parse().map_err(|e| invalid(format!("{e}")))?;
+            route.min_severity = level
+                .parse::<Severity>()
+                .map_err(|e| invalid(e.to_string()))?;
             continue;
         }
         let (key, values) = filter

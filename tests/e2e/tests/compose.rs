@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 use toronto_protocol::ServiceKind;
 use toronto_runtime::Config;
-use toronto_runtime::config::{CONFIG_FILE_VAR, ENV_VARS};
+use toronto_runtime::config::CONFIG_FILE_VAR;
 
 /// The image every service container runs.
 const IMAGE: &str = "toronto-devops:latest";
@@ -437,16 +437,12 @@ fn probe_port(test: &[String], path: &str) -> Option<u16> {
 }
 
 fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mut Vec<String>) {
-    let known: BTreeSet<&str> = ENV_VARS
-        .iter()
-        .map(|v| v.name)
-        .chain([CONFIG_FILE_VAR])
-        .collect();
+    let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
     for name in vars.keys().filter(|k| k.starts_with("TORONTO_")) {
         if !known.contains(name.as_str()) {
             problems.push(format!(
-                "{what} sets `{name}`, which the runtime does not read: not in `ENV_VARS` \
-                 of shared/runtime/src/config.rs (misspelt, or add it there)"
+                "{what} sets `{name}`, which nothing reads: not in any settings table \
+                 (`toronto config` lists them; misspelt, or add it to a table)"
             ));
         }
     }
@@ -867,18 +863,7 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         }
     }
     // The config names only variables the services read.
-    let known: BTreeSet<String> = ENV_VARS
-        .iter()
-        .map(|v| v.name.to_owned())
-        .chain(
-            toronto_deployer::settings::DEPLOYER_VARS
-                .iter()
-                .chain(toronto_deployer::kube_vars())
-                .chain(toronto_monitor::settings::MONITOR_VARS)
-                .chain(toronto_planner::settings::PLANNER_VARS)
-                .map(|(n, _)| (*n).to_owned()),
-        )
-        .collect();
+    let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
     for cm in of_kind(&docs, "ConfigMap") {
         for (k, _) in cm["data"].as_mapping().into_iter().flatten() {
             let k = k.as_str().unwrap_or_default();

@@ -101,7 +101,7 @@ fn nonzero(d: Duration) -> Result<Duration, ValueError> {
 pub fn positive_f64(v: &str) -> Result<f64, ValueError> {
     match v.trim().parse::<f64>() {
         Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        Ok(x) if x == 0.0 => Err(ValueError::Zero),
+        Ok(0.0) => Err(ValueError::Zero),
         _ => Err(malformed(v, "a positive number")),
     }
 }
