@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub use toronto_runtime::config::SettingsError;
 use toronto_runtime::config::{ValueError, Var, VarDoc, parse, vars};
 
 use crate::sim::SimSettings;
@@ -268,10 +269,6 @@ fn canary_steps(v: &str) -> Result<Vec<u8>, ValueError> {
     crate::engine::check_weights(&steps).map_err(ValueError::Invalid)?;
     Ok(steps)
 }
-
-/// Why the deployer's settings could not be read (the runtime's error for every
-/// service).
-pub use toronto_runtime::config::SettingsError;
 
 impl Settings {
     /// Reads the settings from the process environment.

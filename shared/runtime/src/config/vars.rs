@@ -179,12 +179,7 @@ pub fn read<S>(
             continue;
         };
         if let Some(replacement) = var.replaced_by {
-            tracing::warn!(
-                variable = var.name,
-                replacement,
-                "{} is deprecated: use {replacement}",
-                var.name
-            );
+            warn_deprecated(var.name, replacement);
         }
         (var.apply)(settings, value).map_err(|source| SettingsError::Value {
             var: var.name,
@@ -192,6 +187,20 @@ pub fn read<S>(
         })?;
     }
     Ok(())
+}
+
+/// Logs that `name` is deprecated; before logging is set up (the runtime's own
+/// variables are read to configure it), the warning goes to standard error.
+fn warn_deprecated(name: &str, replacement: &str) {
+    if tracing::dispatcher::has_been_set() {
+        tracing::warn!(
+            variable = name,
+            replacement,
+            "{name} is deprecated: use {replacement}"
+        );
+    } else {
+        eprintln!("warning: {name} is deprecated: use {replacement}");
+    }
 }
 
 /// The environment as a map (what every `from_env` reads).
