@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use toronto_commands::{Actor, Command, parse_words, render, render_error};
-use toronto_protocol::{Encoding, RawEnvelope, Subjects};
+use toronto_protocol::tasks::PlanEvent;
+use toronto_protocol::{Encoding, EventKind, RawEnvelope, Subjects};
 use toronto_runtime::rpc::{CallError, call_raw};
 
 /// How results are printed.
@@ -138,15 +139,15 @@ async fn follow_flow(
             continue;
         };
         println!("{}", watch_line(event, &envelope, output));
-        match event {
-            "plan.completed" => return Ok(()),
-            "plan.failed" | "plan.cancelled" => {
+        match PlanEvent::from_event_name(event) {
+            Some(PlanEvent::Completed) => return Ok(()),
+            Some(end @ (PlanEvent::Failed | PlanEvent::Cancelled)) => {
                 let reason = envelope.data["reason"]
                     .as_str()
                     .unwrap_or("no reason given");
-                bail!("the plan {}: {reason}", event.trim_start_matches("plan."));
+                bail!("the plan {end}: {reason}");
             }
-            _ => {}
+            Some(PlanEvent::Created) | None => {}
         }
     }
     bail!("the event stream ended before the plan did")
@@ -255,5 +256,79 @@ pub async fn watch(
             continue;
         };
         println!("{}", watch_line(event, &envelope, output));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use toronto_protocol::tasks::{DeployTask, PlanTask};
+
+    /// What `toronto run deploy SERVICE VERSION to ENV` says: `Ok` or the grammar's reason.
+    fn grammar(service: &str, version: &str, env: &str) -> Result<(), String> {
+        let words = ["deploy", service, version, "to", env];
+        match toronto_commands::parse_words(&words) {
+            Ok(_) => Ok(()),
+            Err(toronto_commands::ParseError::Usage { reason, .. }) => Err(reason),
+            Err(e) => panic!("{words:?} is not even a deploy: {e}"),
+        }
+    }
+
+    /// What the planner says of the same task: every reason it refuses it for.
+    fn planner(service: &str, version: &str, env: &str) -> Vec<String> {
+        let task: DeployTask = serde_json::from_value(serde_json::json!({
+            "service": service,
+            "version": version,
+            "environment": env,
+        }))
+        .unwrap();
+        toronto_planner::intake::validate(&PlanTask::Deploy(Box::new(task)))
+    }
+
+    /// The chat/CLI grammar refuses exactly the names and versions the planner refuses,
+    /// with the planner's reason.
+    #[test]
+    fn the_grammar_and_the_planner_agree() {
+        let long_name = "a".repeat(64);
+        let longest_name = "a".repeat(63);
+        let v129 = "1".repeat(129);
+        let v256 = "1".repeat(256);
+        let v128 = "1".repeat(128);
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("shop-api", "2.4.1", "production", true),
+            ("1shop", "2.4.1", "production", false),
+            ("Shop", "2.4.1", "production", false),
+            ("shop-", "2.4.1", "production", false),
+            ("-shop", "2.4.1", "production", false),
+            ("shop_api", "2.4.1", "production", false),
+            (&long_name, "2.4.1", "production", false),
+            (&longest_name, "2.4.1", "production", true),
+            ("shop", "2.4.1", "1prod", false),
+            ("shop", "2.4.1", "Prod", false),
+            ("shop", &v128, "prod", true),
+            ("shop", &v129, "prod", false),
+            ("shop", &v256, "prod", false),
+            ("shop", "v1.2.3-rc.1+build.5", "prod", true),
+            ("shop", "sha-1/2", "prod", true),
+        ];
+        for &(service, version, env, ok) in cases {
+            let said = grammar(service, version, env);
+            let reasons = planner(service, version, env);
+            assert_eq!(
+                said.is_ok(),
+                ok,
+                "grammar on {service} {version} {env}: {said:?}"
+            );
+            assert_eq!(
+                reasons.is_empty(),
+                ok,
+                "planner on {service} {version} {env}: {reasons:?}"
+            );
+            if let Err(reason) = said {
+                assert!(
+                    reasons.contains(&reason),
+                    "the grammar says {reason:?}, the planner {reasons:?}"
+                );
+            }
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! `toronto run` (the chat grammar from a terminal) and `toronto watch` (events live),
 //! as a user runs them, against a real nats-server and a fake planner.
 
-use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,10 +9,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use toronto_protocol::tasks::{DeployTask, SubmitAccepted};
 use toronto_protocol::{Envelope, ErrorBody};
-use toronto_runtime::config::EndpointConfig;
-use toronto_runtime::metrics::Metrics;
-use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
-use toronto_testkit::NatsServer;
+use toronto_runtime::service::{Request, ServiceHost};
+use toronto_testkit::{NatsServer, fake_service};
 
 const TORONTO: &str = env!("CARGO_BIN_EXE_toronto");
 
@@ -21,22 +18,7 @@ async fn fake_planner(
     client: &async_nats::Client,
 ) -> (ServiceHost, Arc<Mutex<Vec<(String, DeployTask)>>>, String) {
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let host = ServiceHost::start(
-        client.clone(),
-        ServiceSpec {
-            name: "fake-planner".into(),
-            version: "0.0.1".into(),
-            description: "test".into(),
-            metadata: HashMap::new(),
-            queue_group: "fake-planner".into(),
-            source: "toronto://devops/planner".into(),
-        },
-        EndpointConfig::default(),
-        Metrics::new(),
-        None,
-    )
-    .await
-    .unwrap();
+    let host = fake_service(client, "fake-planner", "toronto://devops/planner").await;
     let plan_id = toronto_protocol::envelope::new_id();
     let s = seen.clone();
     host.add_endpoint(

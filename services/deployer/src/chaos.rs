@@ -18,15 +18,13 @@ use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
 use toronto_runtime::Request;
 use uuid::Uuid;
 
-use crate::engine::{Deployer, EngineError, idempotency_key, store};
+use toronto_runtime::work::{Created, Records};
+
+use crate::engine::{Deployer, EngineError, idempotency_key};
 use crate::target::Track;
 
 /// How often abort conditions are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
-
-fn chaos_key(id: Uuid) -> String {
-    format!("chaos.{id}")
-}
 
 impl Deployer {
     /// `chaos.run`: starts an experiment (once per idempotency key; 409 while a rollout
@@ -62,7 +60,7 @@ impl Deployer {
             ));
         }
         let key = idempotency_key(&request.idempotency_key);
-        if let Some(existing) = self.rollouts.get(&key).await.map_err(store)? {
+        if let Some(existing) = self.get_raw(&key).await? {
             let id = String::from_utf8_lossy(&existing).into_owned();
             return Ok(ExecuteAccepted {
                 reference: Some(format!("chaos {id}")),
@@ -86,12 +84,10 @@ impl Deployer {
             started_at: Utc::now(),
             ended_at: None,
         };
-        if self
-            .rollouts
-            .create(&key, Bytes::from(run.id.to_string()))
-            .await
-            .is_err()
-        {
+        if !matches!(
+            self.create_raw(&key, Bytes::from(run.id.to_string())).await,
+            Ok(Created::Stored(_))
+        ) {
             return Err(ErrorBody::new(
                 ErrorCode::Conflict,
                 "the same experiment was just started; ask again for its reference",
@@ -129,19 +125,24 @@ impl Deployer {
                 "chaos.get needs `id`",
             ));
         };
-        let entry = self.rollouts.get(chaos_key(id)).await.map_err(store)?;
-        let bytes = entry
-            .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no experiment {id}")))?;
-        serde_json::from_slice(&bytes).map_err(|e| store(e).into())
+        self.chaos_runs()
+            .load(id)
+            .await
+            .map_err(EngineError::from)?
+            .map(|v| v.value)
+            .ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, format!("no experiment {id}")))
+    }
+
+    /// Chaos experiments, under `chaos.<id>` in the rollouts bucket.
+    fn chaos_runs(&self) -> Records<ChaosRun> {
+        Records::new(self.rollouts.clone(), "chaos", |r: &ChaosRun| {
+            r.state != ChaosState::Running
+        })
     }
 
     async fn save_chaos(&self, run: &ChaosRun) -> Result<(), EngineError> {
-        let bytes = serde_json::to_vec(run).map_err(store)?;
-        self.rollouts
-            .put(chaos_key(run.id), Bytes::from(bytes))
-            .await
-            .map(|_| ())
-            .map_err(store)
+        self.chaos_runs().put(run.id, run).await?;
+        Ok(())
     }
 
     async fn announce_chaos(&self, what: &str, run: &ChaosRun) {

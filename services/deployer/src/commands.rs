@@ -2,19 +2,22 @@
 //! rollback, scale, environments, drift, and the simulated cluster's faults.
 
 use chrono::Utc;
-use toronto_protocol::rollout::{
-    Drift, DriftCheck, DriftReport, PendingCommand, Revision, Rollout, RolloutCommand, RolloutList,
-    RolloutPhase, RolloutRef, Rollouts, SimFault, SimService, SimTamper,
-};
+use toronto_protocol::rollout::{Revision, Rollout, RolloutCommand, RolloutPhase};
 use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
-use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
+use toronto_protocol::{ErrorBody, ErrorCode};
 use toronto_runtime::Request;
+use toronto_runtime::work::{Created, Taken};
 use uuid::Uuid;
 
 use crate::engine::{
     DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, idempotency_key, plan_steps,
-    steady_layout, store,
+    steady_layout,
 };
+
+mod drift;
+mod rollouts;
+
+use drift::zero_missing;
 
 fn bad(message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(ErrorCode::BadRequest, message)
@@ -25,29 +28,15 @@ fn not_found(message: impl Into<String>) -> ErrorBody {
 }
 
 fn dns_label(what: &str, value: &str) -> Result<(), ErrorBody> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-')
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(bad(format!(
-            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
-        )))
-    }
+    toronto_protocol::domain::check_dns_label(value)
+        .map_err(|problem| bad(format!("{what} `{value}` {problem}")))
 }
 
 fn version_token(value: &str) -> Result<(), ErrorBody> {
-    if value.is_empty() || value.len() > 128 || value.chars().any(char::is_whitespace) {
-        return Err(bad(format!(
-            "version `{value}` must be 1-128 characters without spaces"
-        )));
-    }
-    Ok(())
+    value
+        .parse::<toronto_protocol::Version>()
+        .map(drop)
+        .map_err(|e| bad(e.to_string()))
 }
 
 impl Deployer {
@@ -128,8 +117,8 @@ impl Deployer {
             .take_active(&rollout.service, &rollout.environment, rollout.id)
             .await?
         {
-            Ok(()) => {}
-            Err(holder) => {
+            Taken::Mine => {}
+            Taken::HeldBy(holder) => {
                 return Err(ErrorBody::new(
                     ErrorCode::Conflict,
                     format!(
@@ -141,13 +130,9 @@ impl Deployer {
             }
         }
         let key = idempotency_key(&rollout.idempotency_key);
-        match self
-            .rollouts
-            .create(&key, rollout.id.to_string().into())
-            .await
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == async_nats::jetstream::kv::CreateErrorKind::AlreadyExists => {
+        match self.create_raw(&key, rollout.id.to_string().into()).await? {
+            Created::Stored(_) => {}
+            Created::Exists => {
                 // A twin request won the race: let go of the lock taken for this
                 // (never stored) rollout and answer with the twin's.
                 self.release_active(&rollout).await?;
@@ -156,7 +141,6 @@ impl Deployer {
                     reference: id.map(|id| format!("rollout {id}")),
                 });
             }
-            Err(e) => return Err(store(e).into()),
         }
         self.create(&rollout).await?;
         self.announce("started", &rollout).await;
@@ -168,10 +152,8 @@ impl Deployer {
 
     async fn by_key(&self, key: &str) -> Result<Option<Uuid>, EngineError> {
         Ok(self
-            .rollouts
-            .get(idempotency_key(key))
-            .await
-            .map_err(store)?
+            .get_raw(&idempotency_key(key))
+            .await?
             .and_then(|v| std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())))
     }
 
@@ -420,270 +402,6 @@ impl Deployer {
             )),
         })
     }
-
-    /// Finds a rollout by id, or the newest of a service in an environment.
-    pub async fn find(
-        &self,
-        id: Option<Uuid>,
-        service: Option<&str>,
-        environment: Option<&str>,
-    ) -> Result<Rollout, ErrorBody> {
-        if let Some(id) = id {
-            return self
-                .load(id)
-                .await?
-                .map(|(r, _)| r)
-                .ok_or_else(|| not_found(format!("no rollout {id}")));
-        }
-        let (Some(service), Some(environment)) = (service, environment) else {
-            return Err(bad(
-                "name the rollout by `id`, or by `service` and `environment`",
-            ));
-        };
-        if let Some(r) = self.active(service, environment).await? {
-            return Ok(r);
-        }
-        let list = self
-            .list(&RolloutList {
-                service: Some(service.into()),
-                environment: Some(environment.into()),
-                active: false,
-                limit: Some(1),
-            })
-            .await?;
-        list.rollouts
-            .into_iter()
-            .next()
-            .ok_or_else(|| not_found(format!("no rollout of {service} in {environment}")))
-    }
-
-    /// `rollout.get`.
-    pub async fn get(&self, q: &RolloutRef) -> Result<Rollout, ErrorBody> {
-        self.find(q.id, q.service.as_deref(), q.environment.as_deref())
-            .await
-    }
-
-    /// `rollout.list`: newest first.
-    pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
-        let keys = self.keys_with_prefix("rollout.").await?;
-        let mut out = Vec::new();
-        // Rollout ids are UUID v7: newest last in key order.
-        for key in keys.iter().rev() {
-            let Some(id) = key.strip_prefix("rollout.").and_then(|s| s.parse().ok()) else {
-                continue;
-            };
-            let Some((r, _)) = self.load(id).await? else {
-                continue;
-            };
-            if q.service.as_ref().is_some_and(|s| s != &r.service)
-                || q.environment.as_ref().is_some_and(|e| e != &r.environment)
-                || (q.active && r.phase.is_final())
-            {
-                continue;
-            }
-            out.push(r);
-            if out.len() >= q.limit.unwrap_or(50) {
-                break;
-            }
-        }
-        Ok(Rollouts { rollouts: out })
-    }
-
-    /// `rollout.promote`, `.abort`, `.pause`, `.resume`: recorded on the rollout for
-    /// the instance running it (or carried out here when nobody runs it).
-    pub async fn command(&self, c: &RolloutCommand, verb: Verb) -> Result<Rollout, ErrorBody> {
-        let found = self
-            .find(c.id, c.service.as_deref(), c.environment.as_deref())
-            .await?;
-        let by = c.by.clone().unwrap_or_else(|| "someone".into());
-        for _ in 0..20 {
-            let Some((mut r, revision)) = self.load(found.id).await? else {
-                return Err(not_found(format!("no rollout {}", found.id)));
-            };
-            if r.phase.is_final() {
-                return Err(ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("rollout {} has already ended ({:?})", r.id, r.phase).to_lowercase(),
-                ));
-            }
-            let mut wake = false;
-            let mut event = None;
-            match verb {
-                Verb::Abort => {
-                    r.pending = Some(PendingCommand::Abort {
-                        by: by.clone(),
-                        reason: c.reason.clone().unwrap_or_else(|| "no reason given".into()),
-                    });
-                    wake = r.phase == RolloutPhase::Paused;
-                    if wake {
-                        r.phase = RolloutPhase::Progressing;
-                    }
-                }
-                Verb::Pause => {
-                    if r.phase == RolloutPhase::Paused {
-                        return Ok(r);
-                    }
-                    r.pending = Some(PendingCommand::Pause { by: by.clone() });
-                }
-                Verb::Resume => {
-                    if r.phase != RolloutPhase::Paused {
-                        return Err(ErrorBody::new(
-                            ErrorCode::Conflict,
-                            format!("rollout {} is not paused", r.id),
-                        ));
-                    }
-                    r.phase = RolloutPhase::Progressing;
-                    r.reason = None;
-                    wake = true;
-                    event = Some("resumed");
-                }
-                Verb::Promote if r.phase == RolloutPhase::Paused => {
-                    // Held between steps: go on to the next (or, `full`, the last).
-                    r.phase = RolloutPhase::Progressing;
-                    r.reason = None;
-                    if c.full && r.step_index < r.steps.len() {
-                        let last = r.steps.len() - 1;
-                        let now = Utc::now();
-                        for s in &mut r.steps[r.step_index..last] {
-                            s.state = toronto_protocol::rollout::RolloutStepState::Done;
-                            s.done_at = Some(now);
-                        }
-                        r.step_index = last;
-                    }
-                    wake = true;
-                    event = Some("promoted");
-                }
-                Verb::Promote => {
-                    // Running: the runner ends the current pause (or skips to the end).
-                    r.pending = Some(PendingCommand::Promote {
-                        by: by.clone(),
-                        full: c.full,
-                    });
-                }
-            }
-            if self.save(&mut r, revision).await?.is_none() {
-                continue;
-            }
-            if let Some(what) = event {
-                self.announce(what, &r).await;
-            }
-            if wake {
-                self.enqueue(r.id).await?;
-            }
-            return Ok(r);
-        }
-        Err(ErrorBody::new(
-            ErrorCode::Unavailable,
-            "the rollout kept changing; try again",
-        ))
-    }
-
-    /// `drift.check`: compares every release (or the one asked for) with the target;
-    /// publishes `drift.detected` for each difference and remediates when asked.
-    pub async fn drift_check(&self, q: &DriftCheck) -> Result<DriftReport, ErrorBody> {
-        let remediate = q.remediate.unwrap_or(self.settings.drift_remediate);
-        let releases = self.releases().await?;
-        let mut checked = 0;
-        let mut drifts: Vec<Drift> = Vec::new();
-        for release in releases {
-            let layout = &release.layout;
-            if q.service.as_ref().is_some_and(|s| s != &layout.service)
-                || q.environment
-                    .as_ref()
-                    .is_some_and(|e| e != &layout.environment)
-            {
-                continue;
-            }
-            if self
-                .active(&layout.service, &layout.environment)
-                .await?
-                .is_some()
-            {
-                continue; // a rollout is changing it on purpose
-            }
-            checked += 1;
-            let mut found = self.target.drift(layout).await.map_err(EngineError::from)?;
-            if found.is_empty() {
-                continue;
-            }
-            if remediate {
-                self.target.apply(layout).await.map_err(EngineError::from)?;
-                for d in &mut found {
-                    d.remediated = true;
-                }
-            }
-            for d in &found {
-                let event = Envelope::builder(self.source.clone(), d.clone())
-                    .subject(d.service.clone())
-                    .build();
-                if let Err(e) = self.events.publish("drift", "detected", &event).await {
-                    tracing::error!(error = %e, "cannot publish drift event");
-                }
-            }
-            drifts.extend(found);
-        }
-        if q.service.is_some() && q.environment.is_some() && checked == 0 && drifts.is_empty() {
-            let (s, e) = (q.service.as_deref(), q.environment.as_deref());
-            if self
-                .release(s.unwrap_or_default(), e.unwrap_or_default())
-                .await?
-                .is_none()
-            {
-                return Err(not_found(format!(
-                    "{} has never been deployed to {}",
-                    s.unwrap_or_default(),
-                    e.unwrap_or_default()
-                )));
-            }
-        }
-        Ok(DriftReport { checked, drifts })
-    }
-
-    fn sim(&self) -> Result<&crate::sim::SimCluster, ErrorBody> {
-        self.sim.as_ref().ok_or_else(|| {
-            ErrorBody::new(
-                ErrorCode::NotFound,
-                "the deployer runs against Kubernetes: there is no simulated cluster",
-            )
-        })
-    }
-
-    /// `sim.fault`: injects faults into a version on the simulated cluster.
-    pub fn sim_fault(&self, f: SimFault) -> Result<SimService, ErrorBody> {
-        self.sim()?.set_fault(f).map_err(|e| bad(e.to_string()))
-    }
-
-    /// `sim.tamper`: an out-of-band change on the simulated cluster.
-    pub fn sim_tamper(&self, t: SimTamper) -> Result<SimService, ErrorBody> {
-        self.sim()?.tamper(t).map_err(|e| bad(e.to_string()))
-    }
-
-    /// `sim.get`: the simulated cluster's view of a service.
-    pub fn sim_get(&self, q: &RolloutRef) -> Result<SimService, ErrorBody> {
-        let (Some(s), Some(e)) = (q.service.as_deref(), q.environment.as_deref()) else {
-            return Err(bad("sim.get needs `service` and `environment`"));
-        };
-        self.sim()?.get(s, e).ok_or_else(|| {
-            not_found(format!(
-                "{s} is not deployed in {e} on the simulated cluster"
-            ))
-        })
-    }
-}
-
-/// Adds, at 0 replicas, every workload of `before` that `layout` does not name.
-fn zero_missing(
-    mut layout: crate::target::Layout,
-    before: &crate::target::Layout,
-) -> crate::target::Layout {
-    for w in &before.workloads {
-        if !layout.workloads.iter().any(|x| x.name == w.name) {
-            let mut w = w.clone();
-            w.replicas = 0;
-            layout.workloads.push(w);
-        }
-    }
-    layout
 }
 
 /// A command on a rollout.

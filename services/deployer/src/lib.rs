@@ -22,13 +22,14 @@ pub mod target;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
+use toronto_protocol::ServiceKind;
 use toronto_protocol::rollout::{
     AdvanceRollout, DriftCheck, RolloutCommand, RolloutList, RolloutRef, SimFault, SimTamper,
 };
 use toronto_protocol::tasks::ExecuteRequest;
-use toronto_protocol::{Encoding, ServiceKind};
 use toronto_runtime::config::ConfigError;
-use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
+use toronto_runtime::jetstream::Delivery;
+use toronto_runtime::work::WorkQueue;
 use toronto_runtime::{Request, ServiceRuntime};
 
 pub use commands::Verb;
@@ -110,12 +111,23 @@ pub async fn start_with(
             (Arc::new(target), None)
         }
     };
+    let records = engine::rollout_records(rollouts.clone());
+    let runs = WorkQueue::new(
+        rt.js.clone(),
+        rt.subjects.rollout_runs_stream(),
+        rt.subjects.rollout_runs(),
+        RUNNER_CONSUMER,
+        "Deployer work: rollouts to advance (work queue)",
+    );
     let deployer = Deployer {
         client: rt.client.clone(),
-        js: rt.js.clone(),
         subjects: rt.subjects.clone(),
         source: rt.source(),
         events: rt.events.clone(),
+        release_records: engine::release_records(rollouts.clone()),
+        active_lock: engine::active_lock(records.clone()),
+        records,
+        runs: runs.clone(),
         rollouts,
         target,
         sim: sim.clone(),
@@ -127,10 +139,7 @@ pub async fn start_with(
         applied_here: Arc::default(),
         last_analysis: Arc::default(),
     };
-    deployer
-        .ensure_runs_stream(rt.config.jetstream.replicas)
-        .await
-        .map_err(invalid)?;
+    runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {
         sim.register_metrics(&rt.metrics);
         rt.spawn_background(
@@ -171,16 +180,8 @@ pub async fn start_with(
     let advancer = deployer.clone();
     rt.spawn_background(
         "rollout runner",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: deployer.runs_stream(),
-                durable: RUNNER_CONSUMER.into(),
-                filter_subject: None,
-                ack_wait: settings.lease,
-                max_deliver: 50,
-                concurrency: 32,
-            },
+        runs.clone().run(
+            runs.consumer(settings.lease, 50, 32),
             rt.dead_letters.clone(),
             rt.metrics.clone(),
             {
@@ -196,19 +197,9 @@ pub async fn start_with(
                 });
                 token
             },
-            move |delivery: Delivery| {
+            move |work: AdvanceRollout, delivery: Delivery| {
                 let deployer = advancer.clone();
-                async move {
-                    match toronto_protocol::decode::<AdvanceRollout>(
-                        delivery.payload(),
-                        Encoding::Json,
-                    ) {
-                        Ok(work) => deployer.advance(work.data.rollout_id, &delivery).await,
-                        Err(e) => Outcome::Reject {
-                            reason: format!("not an advance-rollout message: {e}"),
-                        },
-                    }
-                }
+                async move { deployer.advance(work.rollout_id, &delivery).await }
             },
         ),
     );

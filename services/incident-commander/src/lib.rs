@@ -6,11 +6,14 @@
 //! - [`intake`]: alerts from the bus, the Alertmanager webhook, an Alertmanager-style
 //!   `POST /api/v2/alerts` and a PagerDuty Events v2 style `POST /v2/enqueue`;
 //! - [`engine`]: dedup, silences, inhibition, grouping, severities, change-aware
-//!   triage, states, roles, escalation; [`publisher`]: its events and KV records;
+//!   triage, states, roles, escalation, as pure functions over its state with a
+//!   housekeeping pass of its own; [`publisher`]: its events and KV records;
+//! - [`endpoints`]: the commands, listed once;
 //! - [`playbook`]: playbooks (deployer rollback and scale, pages, probes) and recovery
 //!   confirmed by the monitor; [`postmortem`]: the Markdown write-up.
 #![forbid(unsafe_code)]
 
+pub mod endpoints;
 pub mod engine;
 pub mod intake;
 pub mod playbook;
@@ -26,15 +29,7 @@ use futures::StreamExt;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::incidents::{
-    Incident, IncidentAction, IncidentAssign, IncidentGet, IncidentList, IncidentMetrics,
-    IncidentMetricsQuery, IncidentNote, IncidentOpen, IncidentSeveritySet, Incidents,
-    InhibitionCreate, InhibitionDelete, InhibitionList, InhibitionRule, InhibitionRules,
-    PlaybookRunRequest, Postmortem, PostmortemRequest, Silence, SilenceCreate, SilenceExpire,
-    SilenceList, Silences,
-};
-use toronto_protocol::{ErrorBody, ServiceKind};
-use toronto_runtime::Request;
+use toronto_protocol::ServiceKind;
 use toronto_runtime::jetstream::{ConsumerSpec, run_consumer};
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
@@ -47,28 +42,7 @@ pub const KIND: ServiceKind = ServiceKind::IncidentCommander;
 /// KV buckets this service owns (`<prefix>_<name>`), with the history each keeps.
 pub const BUCKETS: &[(&str, i64)] = &[("incidents", 16), ("silences", 8), ("schedules", 8)];
 
-/// Every command, `toronto.devops.v1.incident.<verb>`.
-pub const VERBS: &[&str] = &[
-    "open",
-    "get",
-    "list",
-    "ack",
-    "escalate",
-    "mitigate",
-    "resolve",
-    "assign",
-    "severity",
-    "note",
-    "playbook.run",
-    "postmortem",
-    "metrics",
-    "silence.create",
-    "silence.list",
-    "silence.expire",
-    "inhibition.create",
-    "inhibition.list",
-    "inhibition.delete",
-];
+pub use endpoints::VERBS;
 
 fn config_error(e: String) -> RuntimeError {
     RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e))
@@ -160,13 +134,13 @@ async fn compact_alert_log(
     if old.len() < 256 {
         return;
     }
-    let chunks: Vec<Vec<u8>> = {
-        let st = engine.lock();
-        let records: Vec<&engine::AlertRecord> = st.alerts.values().collect();
-        records
-            .chunks(publisher::ALERT_LOG_CHUNK)
-            .map(|c| serde_json::to_vec(c).unwrap_or_default())
-            .collect()
+    let chunks = match engine.alert_log(None, publisher::ALERT_LOG_CHUNK) {
+        Ok(chunks) => chunks,
+        Err(e) => {
+            engine.counters.encode_failures.inc();
+            tracing::error!(error = %e, "cannot encode the alert log; not compacting it");
+            return;
+        }
     };
     for chunk in chunks {
         let key = format!(
@@ -274,14 +248,29 @@ pub async fn start_with(
             tokio::select! {
                 _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
                 _ = every.tick() => {
-                    let quiet = ticker.tick();
+                    let quiet = ticker.deadlines();
                     playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
                 }
             }
         }
     });
 
-    add_endpoints(&rt, &engine).await?;
+    let (keeper, token) = (engine.clone(), rt.shutdown_token());
+    rt.spawn_background("housekeeping", async move {
+        let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                _ = every.tick() => {
+                    let forgotten = keeper.housekeeping();
+                    tracing::debug!(forgotten, "alerts resolved long ago forgotten");
+                }
+            }
+        }
+    });
+
+    endpoints::register(&rt, &engine).await?;
 
     // Alerts from the bus: a durable consumer, so none is lost while the service is down.
     let bus = engine.clone();
@@ -308,96 +297,6 @@ pub async fn start_with(
     Ok(rt)
 }
 
-async fn add_endpoints(rt: &ServiceRuntime, engine: &Arc<Engine>) -> Result<(), RuntimeError> {
-    macro_rules! endpoint {
-        ($verb:expr, $req:ty, |$e:ident, $d:ident| $body:expr) => {{
-            let engine = engine.clone();
-            rt.endpoint($verb, move |req: Request<$req>| {
-                let $e = engine.clone();
-                async move {
-                    let $d = req.data();
-                    let out = $body;
-                    $e.flush().await;
-                    out
-                }
-            })
-            .await?;
-        }};
-    }
-    endpoint!("open", IncidentOpen, |e, d| e.open_manual(d));
-    endpoint!("get", IncidentGet, |e, d| e.get(d.id));
-    endpoint!("list", IncidentList, |e, d| Ok::<_, ErrorBody>(Incidents {
-        incidents: e.list(d)
-    }));
-    endpoint!("ack", IncidentAction, |e, d| e.ack(
-        d.id,
-        &d.by,
-        d.reason.as_deref()
-    ));
-    endpoint!("escalate", IncidentAction, |e, d| e.escalate(
-        d.id,
-        Some(&d.by),
-        &format!("by {}{}", d.by, reason(d))
-    ));
-    endpoint!("mitigate", IncidentAction, |e, d| e.mitigate(
-        d.id,
-        &d.by,
-        &format!("by {}{}", d.by, reason(d))
-    ));
-    endpoint!("resolve", IncidentAction, |e, d| e.resolve(
-        d.id,
-        &d.by,
-        &format!("by {}{}", d.by, reason(d))
-    ));
-    endpoint!("assign", IncidentAssign, |e, d| e.assign(d));
-    endpoint!("severity", IncidentSeveritySet, |e, d| e.set_severity(d));
-    endpoint!("note", IncidentNote, |e, d| e.note(d));
-    endpoint!("playbook.run", PlaybookRunRequest, |e, d| e.run_playbook(
-        d.id,
-        d.playbook.as_deref(),
-        &d.by
-    ));
-    endpoint!("postmortem", PostmortemRequest, |e, d| e
-        .close(d.id, &d.by, &d.action_items)
-        .map(|inc: Incident| postmortem::write(&inc)));
-    endpoint!("metrics", IncidentMetricsQuery, |e, d| Ok::<
-        IncidentMetrics,
-        ErrorBody,
-    >(
-        e.metrics(d.service.as_deref())
-    ));
-    endpoint!("silence.create", SilenceCreate, |e, d| e.create_silence(d));
-    endpoint!("silence.list", SilenceList, |e, d| Ok::<_, ErrorBody>(
-        Silences {
-            silences: e.list_silences(d.active)
-        }
-    ));
-    endpoint!("silence.expire", SilenceExpire, |e, d| e
-        .expire_silence(d.id, &d.by)
-        .map(|s: Silence| s));
-    endpoint!("inhibition.create", InhibitionCreate, |e, d| e
-        .create_inhibition(d)
-        .map(|r: InhibitionRule| r));
-    endpoint!(
-        "inhibition.list",
-        InhibitionList,
-        |e, _d| Ok::<_, ErrorBody>(InhibitionRules {
-            rules: e.list_inhibitions()
-        })
-    );
-    endpoint!("inhibition.delete", InhibitionDelete, |e, d| e
-        .delete_inhibition(d.id));
-    let _: Option<Postmortem> = None;
-    Ok(())
-}
-
-fn reason(d: &IncidentAction) -> String {
-    d.reason
-        .as_deref()
-        .map(|r| format!(": {r}"))
-        .unwrap_or_default()
-}
-
 fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
     let c = &engine.counters;
     rt.metrics.register(
@@ -422,6 +321,11 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
     );
     rt.metrics
         .register("incident_pages", "Pages sent", c.pages.clone());
+    rt.metrics.register(
+        "incident_encode_failures",
+        "Events or records that could not be encoded and were not written",
+        c.encode_failures.clone(),
+    );
     let open = Gauge::<i64>::default();
     let by_severity = Family::<Vec<(String, String)>, Gauge<i64>>::default();
     let mtta = Gauge::<f64, AtomicU64>::default();

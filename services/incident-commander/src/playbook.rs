@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use toronto_protocol::incidents::PlaybookState;
 use toronto_protocol::rollout::Rollout;
 use toronto_protocol::tasks::{
     ExecuteAccepted, ExecuteRequest, PlanTask, RollbackTask, ScaleTask, SloGet, SloStatuses,
@@ -195,7 +196,7 @@ async fn run_one(engine: &Engine, remote: &Remote, id: Uuid) {
                 id,
                 step,
                 format!("playbook {} done", pb.name),
-                Some("succeeded"),
+                Some(PlaybookState::Succeeded),
             );
             engine.flush().await;
             return;
@@ -263,7 +264,12 @@ async fn run_one(engine: &Engine, remote: &Remote, id: Uuid) {
                 loop {
                     match check_recovery(engine, remote, &inc.service, since).await {
                         Recovery::Recovered(why) => {
-                            engine.playbook_progress(id, step, why.clone(), Some("succeeded"));
+                            engine.playbook_progress(
+                                id,
+                                step,
+                                why.clone(),
+                                Some(PlaybookState::Succeeded),
+                            );
                             let _ = engine.resolve(id, "playbook", &why);
                             engine.flush().await;
                             return;
@@ -285,12 +291,12 @@ async fn run_one(engine: &Engine, remote: &Remote, id: Uuid) {
             }
         };
         if failed {
-            engine.playbook_progress(id, step, text.clone(), Some("failed"));
+            engine.playbook_progress(id, step, text.clone(), Some(PlaybookState::Failed));
             let _ = engine.escalate(id, Some("playbook"), &text);
             engine.flush().await;
             return;
         }
-        engine.playbook_progress(id, step, text, last.then_some("succeeded"));
+        engine.playbook_progress(id, step, text, last.then_some(PlaybookState::Succeeded));
         engine.flush().await;
     }
 }

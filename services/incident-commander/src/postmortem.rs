@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use toronto_protocol::incidents::{Incident, Postmortem};
+use toronto_protocol::incidents::{Incident, Postmortem, TimelineKind};
 
 fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
     (to - from).num_milliseconds() as f64 / 1000.0
@@ -158,7 +158,11 @@ pub fn write(inc: &Incident) -> Postmortem {
         let _ = writeln!(md);
     }
     let _ = writeln!(md, "## Notes\n");
-    let notes: Vec<_> = inc.timeline.iter().filter(|e| e.kind == "note").collect();
+    let notes: Vec<_> = inc
+        .timeline
+        .iter()
+        .filter(|e| e.kind == TimelineKind::Note)
+        .collect();
     if notes.is_empty() {
         let _ = writeln!(md, "None.\n");
     }

@@ -116,6 +116,12 @@ pub async fn run(
     }
 }
 
+/// A record that could not be encoded: logged and counted.
+fn failed(engine: &Engine, e: &crate::engine::EngineError) {
+    engine.counters.encode_failures.inc();
+    tracing::error!(error = %e, source = ?std::error::Error::source(e), "a record is not written");
+}
+
 async fn write(
     engine: &Engine,
     sink: &Sink,
@@ -191,23 +197,27 @@ async fn write(
             .last
             .retain(|_, t| now.duration_since(*t) < INCIDENT_GAP);
     }
-    // Records, with their state as of now (once per record per batch).
+    // Records, with their state as of now (once per record per batch). One that
+    // cannot be encoded is not written (logged and counted), never written empty.
     let mut writes = Vec::new();
     let mut deletes = Vec::new();
-    {
-        let st = engine.lock();
+    if !alerts.is_empty() {
         // Alerts: their changes in this batch as one entry of the alert log.
-        let records: Vec<&crate::engine::AlertRecord> =
-            alerts.iter().filter_map(|fp| st.alerts.get(fp)).collect();
-        for chunk in records.chunks(ALERT_LOG_CHUNK) {
-            let key = format!("{ALERT_LOG_PREFIX}{}", uuid::Uuid::now_v7().simple());
-            writes.push((true, key, serde_json::to_vec(chunk).unwrap_or_default()));
-        }
-        for record in &dirty {
-            match engine.snapshot(&st, record) {
-                Some((in_incidents, key, value)) => writes.push((in_incidents, key, value)),
-                None => deletes.push(record.clone()),
+        match engine.alert_log(Some(&alerts), ALERT_LOG_CHUNK) {
+            Ok(chunks) => {
+                for chunk in chunks {
+                    let key = format!("{ALERT_LOG_PREFIX}{}", uuid::Uuid::now_v7().simple());
+                    writes.push((true, key, chunk));
+                }
             }
+            Err(e) => failed(engine, &e),
+        }
+    }
+    for (record, snapshot) in engine.snapshot(&dirty) {
+        match snapshot {
+            Ok(Some(s)) => writes.push((s.in_incidents, s.key, s.value)),
+            Ok(None) => deletes.push(record),
+            Err(e) => failed(engine, &e),
         }
     }
     for (in_incidents, key, value) in writes {

@@ -33,18 +33,17 @@
 //! such an SLO use `sum_over_time` of the same series. `metadata.labels.environment`
 //! names the SLO's environment (the monitor's default otherwise).
 
-use serde::{Deserialize, Serialize};
+mod document;
+mod rules;
+mod selector;
 
-/// The windows the rules record error ratios over.
-pub const WINDOWS: [&str; 7] = ["5m", "30m", "1h", "2h", "6h", "1d", "3d"];
-
-/// Multi-window multi-burn-rate alert tiers: (severity, burn rate, long window, short window).
-pub const TIERS: [(&str, f64, &str, &str); 4] = [
-    ("page", 14.4, "1h", "5m"),
-    ("page", 6.0, "6h", "30m"),
-    ("ticket", 3.0, "1d", "2h"),
-    ("ticket", 1.0, "3d", "6h"),
-];
+pub use document::{
+    Indicator, IndicatorSpec, LatencyMetric, Metadata, MetricSource, Objective, QuerySpec,
+    RatioMetric, SloDocument, SloSpec, Source, TimeWindow,
+};
+pub use rules::{TIERS, WINDOWS, burn_rate, bus_availability, prometheus_rules};
+use selector::promql;
+pub use selector::{Selector, parse_selector};
 
 /// Why an SLO document is refused: the field and the reason.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -61,155 +60,6 @@ fn invalid(field: &str, reason: impl Into<String>) -> SloError {
         field: field.to_owned(),
         reason: reason.into(),
     }
-}
-
-/// An OpenSLO v1 `SLO` document (the subset we take).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SloDocument {
-    /// `openslo/v1`.
-    pub api_version: String,
-    /// `SLO`.
-    pub kind: String,
-    /// Name and labels.
-    pub metadata: Metadata,
-    /// The objective.
-    pub spec: SloSpec,
-}
-
-/// Document metadata.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Metadata {
-    /// The SLO's name (a DNS label).
-    pub name: String,
-    /// Free text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-    /// Labels; `environment` names the SLO's environment.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
-/// The objective.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct SloSpec {
-    /// The service it is about.
-    pub service: String,
-    /// Free text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    /// Only `Occurrences` (ratio of events) is supported.
-    pub budgeting_method: String,
-    /// One rolling window of 28d or 30d.
-    pub time_window: Vec<TimeWindow>,
-    /// One objective.
-    pub objectives: Vec<Objective>,
-    /// What is measured.
-    pub indicator: Indicator,
-}
-
-/// The SLO's window.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct TimeWindow {
-    /// `28d` or `30d`.
-    pub duration: String,
-    /// Must be true.
-    pub is_rolling: bool,
-}
-
-/// The target.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Objective {
-    /// Fraction of good events wanted, e.g. 0.999.
-    pub target: f64,
-    /// Free text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
-}
-
-/// The SLI.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Indicator {
-    /// Its definition.
-    pub spec: IndicatorSpec,
-}
-
-/// A ratio SLI or a latency SLI.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct IndicatorSpec {
-    /// Good or bad events over all events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ratio_metric: Option<RatioMetric>,
-    /// Requests slower than a threshold, from a Prometheus histogram.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub latency_metric: Option<LatencyMetric>,
-}
-
-/// Good (or bad) over total.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RatioMetric {
-    /// Counters (rates are taken over the window); must be true.
-    #[serde(default = "yes")]
-    pub counter: bool,
-    /// Good events (give `good` or `bad`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub good: Option<MetricSource>,
-    /// Bad events (give `good` or `bad`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bad: Option<MetricSource>,
-    /// All events.
-    pub total: MetricSource,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Slow requests over all requests, from a Prometheus histogram.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct LatencyMetric {
-    /// The histogram's name, e.g. `http_request_duration_seconds`.
-    pub histogram: String,
-    /// Label matchers, e.g. `service="shop-api"` (optional).
-    #[serde(default)]
-    pub selector: String,
-    /// The threshold in seconds; it must be one of the histogram's bucket bounds.
-    pub threshold_seconds: f64,
-}
-
-/// Where a metric comes from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct MetricSource {
-    /// The source.
-    pub metric_source: Source,
-}
-
-/// A Prometheus query, or a series selector of bus metrics (`type: Bus`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Source {
-    /// `Prometheus` or `Bus`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The query.
-    pub spec: QuerySpec,
-}
-
-/// The query text.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuerySpec {
-    /// PromQL with `{{.window}}` where the rate window goes.
-    pub query: String,
 }
 
 /// A validated SLO, ready for rules and evaluation.
@@ -231,15 +81,6 @@ pub struct Slo {
     pub bus: Option<BusSli>,
 }
 
-/// A series selector over the store: a name and exact label matchers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Selector {
-    /// The series name.
-    pub name: String,
-    /// Labels the series must have.
-    pub labels: std::collections::BTreeMap<String, String>,
-}
-
 /// A ratio SLI over bus metrics: per-tick counts summed over each window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BusSli {
@@ -251,85 +92,9 @@ pub struct BusSli {
     pub total: Selector,
 }
 
-/// Parses `name{a="x",b="y"}` (or a bare name).
-pub fn parse_selector(text: &str) -> Result<Selector, String> {
-    let text = text.trim();
-    let (name, rest) = match text.find('{') {
-        Some(i) => (&text[..i], Some(&text[i..])),
-        None => (text, None),
-    };
-    let metric_name = |n: &str| {
-        !n.is_empty()
-            && !n.starts_with(|c: char| c.is_ascii_digit())
-            && n.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-    };
-    if !metric_name(name) {
-        return Err(format!("`{name}` is not a metric name"));
-    }
-    let mut labels = std::collections::BTreeMap::new();
-    if let Some(rest) = rest {
-        let inner = rest
-            .strip_prefix('{')
-            .and_then(|r| r.strip_suffix('}'))
-            .ok_or_else(|| format!("`{text}`: unbalanced braces"))?;
-        let mut chars = inner.chars().peekable();
-        loop {
-            while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
-                chars.next();
-            }
-            if chars.peek().is_none() {
-                break;
-            }
-            let key: String = chars
-                .by_ref()
-                .take_while(|c| *c != '=')
-                .collect::<String>()
-                .trim()
-                .to_owned();
-            if !metric_name(&key) || key.contains(':') {
-                return Err(format!("`{text}`: `{key}` is not a label name"));
-            }
-            if chars.next() != Some('"') {
-                return Err(format!(
-                    "`{text}`: only exact matchers (label=\"value\") are supported"
-                ));
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next() {
-                    Some('\\') => match chars.next() {
-                        Some('n') => value.push('\n'),
-                        Some(c) => value.push(c),
-                        None => return Err(format!("`{text}`: unterminated value")),
-                    },
-                    Some('"') => break,
-                    Some(c) => value.push(c),
-                    None => return Err(format!("`{text}`: unterminated value")),
-                }
-            }
-            labels.insert(key, value);
-        }
-    }
-    Ok(Selector {
-        name: name.to_owned(),
-        labels,
-    })
-}
-
 fn bus_selector(field: &str, source: &MetricSource) -> Result<Selector, SloError> {
     parse_selector(&source.metric_source.spec.query)
         .map_err(|reason| invalid(&format!("{field}.metricSource.spec.query"), reason))
-}
-
-fn promql(sel: &Selector) -> String {
-    let m = sel
-        .labels
-        .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-        .collect::<Vec<_>>()
-        .join(",");
-    format!("sum(sum_over_time({}{{{m}}}[{{{{.window}}}}]))", sel.name)
 }
 
 impl Slo {
@@ -340,17 +105,8 @@ impl Slo {
 }
 
 fn dns_label(field: &str, value: &str) -> Result<(), SloError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(invalid(field, format!("`{value}` must be a DNS label")))
-    }
+    toronto_protocol::domain::check_dns_label(value)
+        .map_err(|problem| invalid(field, format!("`{value}` {problem}")))
 }
 
 fn query(field: &str, source: &MetricSource) -> Result<String, SloError> {
@@ -554,102 +310,6 @@ pub fn parse(yaml: &str) -> Result<Slo, SloError> {
     })
 }
 
-/// The Prometheus rules (recording and alerting) of an SLO, as a rules file.
-pub fn prometheus_rules(slo: &Slo) -> String {
-    use serde_json::json;
-    let labels = json!({"slo": slo.name, "service": slo.service});
-    let mut recording = Vec::new();
-    for w in WINDOWS {
-        recording.push(json!({
-            "record": format!("slo:sli_error:ratio_rate{w}"),
-            "expr": slo.error_ratio_query.replace("{{.window}}", w),
-            "labels": labels,
-        }));
-    }
-    recording.push(json!({"record": "slo:objective:ratio", "expr": format!("vector({})", slo.objective), "labels": labels}));
-    recording.push(json!({"record": "slo:error_budget:ratio", "expr": format!("vector(1 - {})", slo.objective), "labels": labels}));
-    let budget = slo.error_budget();
-    let selector = format!("{{slo=\"{}\", service=\"{}\"}}", slo.name, slo.service);
-    let mut alerts = Vec::new();
-    for severity in ["page", "ticket"] {
-        let clauses: Vec<String> = TIERS
-            .iter()
-            .filter(|t| t.0 == severity)
-            .map(|(_, rate, long, short)| {
-                let threshold = rate * budget;
-                format!(
-                    "(slo:sli_error:ratio_rate{long}{selector} > {threshold} and slo:sli_error:ratio_rate{short}{selector} > {threshold})"
-                )
-            })
-            .collect();
-        alerts.push(json!({
-            "alert": format!("SLOErrorBudgetBurn{}", if severity == "page" { "Page" } else { "Ticket" }),
-            "expr": clauses.join("\nor\n"),
-            "labels": {"slo": slo.name, "service": slo.service, "severity": severity, "tier": severity},
-            "annotations": {
-                "summary": format!("{} is burning its error budget ({})", slo.service, slo.name),
-                "description": format!(
-                    "The {} SLO ({}% over {} days) is burning its error budget fast enough to {}.",
-                    slo.name, slo.objective * 100.0, slo.window_days,
-                    if severity == "page" { "page" } else { "open a ticket" }
-                ),
-            },
-        }));
-    }
-    let doc = json!({
-        "groups": [
-            {"name": format!("slo-{}-sli-recordings", slo.name), "rules": recording},
-            {"name": format!("slo-{}-alerts", slo.name), "rules": alerts},
-        ]
-    });
-    format!(
-        "# Generated by `toronto slo rules` for the SLO {} of {}.\n{}",
-        slo.name,
-        slo.service,
-        serde_yaml_ng::to_string(&doc).expect("rules serialize")
-    )
-}
-
-/// The burn rate of an error ratio against an objective: how many times faster than
-/// sustainable the budget is being spent (1.0 spends it exactly over the window).
-pub fn burn_rate(error_ratio: f64, objective: f64) -> f64 {
-    let budget = 1.0 - objective;
-    if budget <= 0.0 {
-        return f64::INFINITY;
-    }
-    error_ratio / budget
-}
-
-/// An availability SLO over the simulated cluster's bus metrics (`http_errors` over
-/// `http_requests` of one service in one environment), as an OpenSLO document: what
-/// `toronto up --demo` loads, and what tests use.
-pub fn bus_availability(name: &str, service: &str, environment: &str, objective: f64) -> String {
-    format!(
-        r#"apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: {name}
-  labels:
-    environment: {environment}
-spec:
-  service: {service}
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: {objective}
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_errors{{service="{service}",environment="{environment}"}}' }} }}
-        total:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_requests{{service="{service}",environment="{environment}"}}' }} }}
-"#
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,12 +441,6 @@ spec:
             parse_selector(r#"m{a="x\"y,z"}"#).unwrap().labels["a"],
             "x\"y,z"
         );
-    }
-
-    #[test]
-    fn burn_rates() {
-        assert!((burn_rate(0.0144, 0.999) - 14.4).abs() < 1e-9);
-        assert!((burn_rate(0.001, 0.999) - 1.0).abs() < 1e-9);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::atomic::AtomicU64;
 use toronto_protocol::tasks::{DoraQuery, DoraReport, Plan, PlanTask};
 use toronto_protocol::{Encoding, Envelope, decode};
 
-use crate::intake::{IntakeError, Planner, unavailable};
+use crate::intake::{IntakeError, Planner};
 
 /// One completed plan, as the event stream recorded it.
 #[derive(Debug, Clone)]
@@ -196,7 +196,7 @@ impl Planner {
             .js
             .get_stream(self.subjects.events_stream())
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| IntakeError::Events(e.into()))?;
         let consumer = stream
             .create_consumer(pull::Config {
                 deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
@@ -206,9 +206,13 @@ impl Planner {
                 ..Default::default()
             })
             .await
-            .map_err(unavailable)?;
+            .map_err(|e| IntakeError::Events(e.into()))?;
         let mut consumer = consumer;
-        let pending = consumer.info().await.map_err(unavailable)?.num_pending as usize;
+        let pending = consumer
+            .info()
+            .await
+            .map_err(|e| IntakeError::Events(e.into()))?
+            .num_pending as usize;
         let mut out = Vec::with_capacity(pending);
         if pending == 0 {
             return Ok(out);
@@ -216,10 +220,10 @@ impl Planner {
         let mut messages = consumer
             .messages()
             .await
-            .map_err(unavailable)?
+            .map_err(|e| IntakeError::Events(e.into()))?
             .take(pending);
         while let Some(message) = messages.next().await {
-            let message = message.map_err(unavailable)?;
+            let message = message.map_err(|e| IntakeError::Events(e.into()))?;
             if let Ok(event) = decode::<Plan>(&message.payload, Encoding::Json) {
                 let Envelope { time, data, .. } = event;
                 out.push(Completed {

@@ -12,9 +12,10 @@ use toronto_protocol::tasks::{
     PlanList, PlanState, PlanTask, ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy,
     SubmitAccepted,
 };
-use toronto_protocol::{Envelope, ErrorBody, ErrorCode, RawEnvelope};
+use toronto_protocol::{ErrorBody, ErrorCode, RawEnvelope};
 use toronto_runtime::Accepts;
-use toronto_runtime::jetstream::Events;
+use toronto_runtime::jetstream::{Events, JetStreamError};
+use toronto_runtime::work::{Created, Edit, KeyLock, Records, WorkError, WorkQueue};
 use uuid::Uuid;
 
 /// The task types the planner takes.
@@ -35,9 +36,28 @@ pub enum IntakeError {
     /// The task is wrong; every reason is listed. Sending it again will not help.
     #[error("task rejected: {}", .0.join("; "))]
     Rejected(Vec<String>),
-    /// State could not be read or written; trying again may succeed.
+    /// Plans could not be read or written, or kept changing; trying again may succeed.
     #[error("planner state unavailable: {0}")]
-    Unavailable(String),
+    Store(#[from] WorkError),
+    /// A stream could not be written or read; trying again may succeed.
+    #[error("planner state unavailable: {0}")]
+    JetStream(#[from] JetStreamError),
+    /// The claim of a task names no plan.
+    #[error("planner state unavailable: the claim {key} does not name a plan")]
+    BadClaim {
+        /// The claim's key.
+        key: String,
+    },
+    /// The events stream could not be read.
+    #[error("planner state unavailable: cannot read the events stream: {0}")]
+    Events(#[source] async_nats::Error),
+}
+
+impl IntakeError {
+    /// Whether sending the task again may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, IntakeError::Rejected(_))
+    }
 }
 
 impl From<IntakeError> for ErrorBody {
@@ -45,7 +65,10 @@ impl From<IntakeError> for ErrorBody {
         match &e {
             IntakeError::Rejected(reasons) => ErrorBody::new(ErrorCode::BadRequest, e.to_string())
                 .with_details(json!({ "reasons": reasons })),
-            IntakeError::Unavailable(_) => ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
+            IntakeError::Store(WorkError::Contended { .. }) => {
+                ErrorBody::new(ErrorCode::Conflict, e.to_string())
+            }
+            _ => ErrorBody::new(ErrorCode::Unavailable, e.to_string()),
         }
     }
 }
@@ -54,7 +77,14 @@ impl From<IntakeError> for ErrorBody {
 /// runner.
 #[derive(Clone, Debug)]
 pub struct Planner {
+    /// The bucket of plans, turns and task claims.
     pub(crate) plans: kv::Store,
+    /// Plans (`plan.<id>`).
+    pub(crate) records: Records<Plan>,
+    /// One running plan per service and environment (`turn.<service>.<environment>`).
+    pub(crate) turns: KeyLock<Plan>,
+    /// The work queue of plans to advance.
+    pub(crate) runs: WorkQueue,
     pub(crate) events: Events,
     pub(crate) source: String,
     pub(crate) client: async_nats::Client,
@@ -66,17 +96,14 @@ pub struct Planner {
 }
 
 fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.starts_with(|c: char| c.is_ascii_lowercase())
-        && !value.ends_with('-')
-        && value
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !ok {
-        reasons.push(format!(
-            "{what} `{value}` must be a DNS label: 1-63 lowercase letters, digits or `-`, starting with a letter"
-        ));
+    if let Err(problem) = toronto_protocol::domain::check_dns_label(value) {
+        reasons.push(format!("{what} `{value}` {problem}"));
+    }
+}
+
+fn version(what: &str, value: &str, reasons: &mut Vec<String>) {
+    if let Err(problem) = toronto_protocol::domain::check_version(value) {
+        reasons.push(format!("{what} `{value}` {problem}"));
     }
 }
 
@@ -95,7 +122,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
     dns_label("environment", task.environment(), &mut reasons);
     match task {
         PlanTask::Deploy(t) => {
-            token("version", &t.version, &mut reasons);
+            version("version", &t.version, &mut reasons);
             if let Some(image) = &t.image {
                 token("image", image, &mut reasons);
             }
@@ -124,7 +151,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
         }
         PlanTask::Rollback(t) => {
             if let Some(v) = &t.target_version {
-                token("target_version", v, &mut reasons);
+                version("target_version", v, &mut reasons);
             }
         }
         PlanTask::Scale(t) => {
@@ -138,7 +165,7 @@ pub fn validate(task: &PlanTask) -> Vec<String> {
             }
             for s in &t.services {
                 dns_label("service", &s.service, &mut reasons);
-                token("version", &s.version, &mut reasons);
+                version("version", &s.version, &mut reasons);
             }
             if t.ttl_seconds == 0 || t.ttl_seconds > 30 * 86_400 {
                 reasons.push(format!(
@@ -262,10 +289,6 @@ fn valid_role(role: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
-pub(crate) fn unavailable(e: impl std::fmt::Display) -> IntakeError {
-    IntakeError::Unavailable(e.to_string())
-}
-
 impl Planner {
     /// The planner of a started service runtime.
     pub fn new(
@@ -273,7 +296,17 @@ impl Planner {
         plans: kv::Store,
         settings: crate::settings::Settings,
     ) -> Self {
+        let records = crate::runner::plan_records(plans.clone());
         Self {
+            turns: crate::runner::turns(records.clone()),
+            records,
+            runs: WorkQueue::new(
+                rt.js.clone(),
+                rt.subjects.plan_runs_stream(),
+                rt.subjects.plan_runs(),
+                crate::RUNNER_CONSUMER,
+                "Planner work: plans to advance (work queue)",
+            ),
             plans,
             events: rt.events.clone(),
             source: rt.source(),
@@ -336,29 +369,32 @@ impl Planner {
         {
             Ok(_) => (fresh_id, false),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                let existing = self
-                    .plans
-                    .get(&task_key)
-                    .await
-                    .map_err(unavailable)?
-                    .ok_or_else(|| unavailable("task claim vanished"))?;
-                let id = std::str::from_utf8(&existing)
-                    .ok()
+                let existing =
+                    self.plans
+                        .get(&task_key)
+                        .await
+                        .map_err(|source| WorkError::Read {
+                            key: task_key.clone(),
+                            source,
+                        })?;
+                let id = existing
+                    .as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok())
                     .and_then(|s| Uuid::parse_str(s).ok())
-                    .ok_or_else(|| unavailable("task claim is not a plan id"))?;
+                    .ok_or_else(|| IntakeError::BadClaim {
+                        key: task_key.clone(),
+                    })?;
                 (id, true)
             }
-            Err(e) => return Err(unavailable(e)),
+            Err(source) => {
+                return Err(WorkError::Create {
+                    key: task_key,
+                    source,
+                }
+                .into());
+            }
         };
-        let plan_key = format!("plan.{plan_id}");
-        if duplicate
-            && self
-                .plans
-                .get(&plan_key)
-                .await
-                .map_err(unavailable)?
-                .is_some()
-        {
+        if duplicate && self.records.load(plan_id).await?.is_some() {
             return Ok(SubmitAccepted {
                 plan_id,
                 duplicate: true,
@@ -385,177 +421,16 @@ impl Planner {
         };
         let mut plan = plan;
         plan.steps = crate::runner::steps_for(&plan.task, &self.settings);
-        let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
-        match self.plans.create(&plan_key, Bytes::from(bytes)).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-                return Ok(SubmitAccepted {
-                    plan_id,
-                    duplicate: true,
-                });
-            }
-            Err(e) => return Err(unavailable(e)),
+        if self.records.create(plan_id, &plan).await? == Created::Exists {
+            return Ok(SubmitAccepted {
+                plan_id,
+                duplicate: true,
+            });
         }
         self.announce("plan", "created", &plan, &envelope.flow())
             .await?;
         self.enqueue(plan.id).await?;
         Ok(SubmitAccepted { plan_id, duplicate })
-    }
-
-    /// Publishes `<entity>.<what>` with the plan as its data.
-    pub(crate) async fn announce(
-        &self,
-        entity: &str,
-        what: &str,
-        plan: &Plan,
-        flow: &FlowContext,
-    ) -> Result<(), IntakeError> {
-        let event = Envelope::builder(self.source.clone(), plan.clone())
-            .subject(plan.task.service())
-            .caused_by(flow)
-            .build();
-        self.events
-            .publish(entity, what, &event)
-            .await
-            .map_err(unavailable)?;
-        // A delegating agent hears of its task in the delegation vocabulary.
-        if let Some(d) = &plan.delegation {
-            self.answer_delegation(d, entity, what, plan, flow).await;
-            return Ok(());
-        }
-        // The requesting peer hears of its plan on its own notify subject.
-        if let Some(role) = requester_role(&plan.requested_by) {
-            let subject = self.subjects.notify(role);
-            if let Ok(bytes) = toronto_protocol::encode(&event, toronto_protocol::Encoding::Json) {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    "Content-Type",
-                    toronto_protocol::Encoding::Json.content_type(),
-                );
-                if let Err(e) = self
-                    .client
-                    .publish_with_headers(subject, headers, Bytes::from(bytes))
-                    .await
-                {
-                    tracing::warn!(error = %e, "cannot notify the requesting peer");
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Publishes `message` to `toronto.agents.<role>.v1.notify` (best effort: the
-    /// plan goes on whether the peer listens or not).
-    async fn notify_role<T: toronto_protocol::Message>(
-        &self,
-        role: &str,
-        message: T,
-        flow: &FlowContext,
-    ) {
-        let envelope = Envelope::builder(self.source.clone(), message)
-            .caused_by(flow)
-            .build();
-        let Ok(bytes) = toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json)
-        else {
-            return;
-        };
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            "Content-Type",
-            toronto_protocol::Encoding::Json.content_type(),
-        );
-        if let Err(e) = self
-            .client
-            .publish_with_headers(self.subjects.notify(role), headers, Bytes::from(bytes))
-            .await
-        {
-            tracing::warn!(error = %e, role, "cannot notify the delegating agent");
-        }
-    }
-
-    /// Translates a plan event into the delegation vocabulary: `accept_task` when the
-    /// plan is made, `progress_update` as steps go, `task_completed` at the end.
-    async fn answer_delegation(
-        &self,
-        d: &toronto_protocol::delegation::Delegation,
-        entity: &str,
-        what: &str,
-        plan: &Plan,
-        flow: &FlowContext,
-    ) {
-        use toronto_protocol::delegation::{AcceptTask, ProgressUpdate, TaskCompleted};
-        match (entity, what) {
-            ("plan", "created") => {
-                let accept = AcceptTask {
-                    task_id: d.task_id.clone(),
-                    plan_id: plan.id,
-                    agent: "devops".into(),
-                };
-                self.notify_role(&d.role, accept, flow).await;
-            }
-            ("plan", "completed" | "failed" | "cancelled") => {
-                let success = what == "completed";
-                let summary = if success {
-                    let last = plan.steps.last().and_then(|s| s.reason.clone());
-                    format!(
-                        "done: {} {} in {}{}",
-                        plan.task.kind(),
-                        plan.task.service(),
-                        plan.task.environment(),
-                        last.map(|r| format!(" ({r})")).unwrap_or_default()
-                    )
-                } else {
-                    format!(
-                        "{what}: {}",
-                        plan.reason
-                            .clone()
-                            .or_else(|| plan.cancellation.as_ref().map(|c| c.reason.clone()))
-                            .unwrap_or_default()
-                    )
-                };
-                let done = TaskCompleted {
-                    task_id: d.task_id.clone(),
-                    plan_id: plan.id,
-                    success,
-                    summary,
-                    artifacts: plan.artifacts.clone(),
-                };
-                self.notify_role(&d.role, done, flow).await;
-            }
-            (entity, what) => {
-                let current = plan
-                    .steps
-                    .iter()
-                    .rev()
-                    .find(|s| s.state != toronto_protocol::tasks::StepState::Pending);
-                let done = plan
-                    .steps
-                    .iter()
-                    .filter(|s| s.state == toronto_protocol::tasks::StepState::Succeeded)
-                    .count();
-                let update = ProgressUpdate {
-                    task_id: d.task_id.clone(),
-                    plan_id: plan.id,
-                    state: plan.state,
-                    step: current.map(|s| s.id.clone()),
-                    message: format!(
-                        "{entity} {what}{}",
-                        current
-                            .map(|s| format!(
-                                ": {}{}",
-                                s.id,
-                                s.reason
-                                    .as_ref()
-                                    .map(|r| format!(" ({r})"))
-                                    .unwrap_or_default()
-                            ))
-                            .unwrap_or_default()
-                    ),
-                    progress: done as f64 / plan.steps.len().max(1) as f64,
-                };
-                self.notify_role(&d.role, update, flow).await;
-            }
-        }
     }
 
     /// Cancels a plan (compare-and-set on its revision); the cancelled plan, or
@@ -565,7 +440,6 @@ impl Planner {
         request: &PlanCancel,
         flow: &FlowContext,
     ) -> Result<Plan, ErrorBody> {
-        let key = format!("plan.{}", request.plan_id);
         let mut reasons = Vec::new();
         if request.by.trim().is_empty() {
             reasons.push("`by` must name who cancels the plan".to_owned());
@@ -576,97 +450,74 @@ impl Planner {
         if !reasons.is_empty() {
             return Err(IntakeError::Rejected(reasons).into());
         }
-        for _ in 0..5 {
-            let entry = self
-                .plans
-                .entry(key.clone())
-                .await
-                .map_err(unavailable)?
-                .filter(|e| e.operation == kv::Operation::Put)
-                .ok_or_else(|| {
-                    ErrorBody::new(ErrorCode::NotFound, format!("no plan {}", request.plan_id))
-                })?;
-            let mut plan: Plan = serde_json::from_slice(&entry.value).map_err(unavailable)?;
-            if plan.state.is_final() {
-                return Err(ErrorBody::new(
-                    ErrorCode::Conflict,
-                    format!("plan {} has already ended: {:?}", plan.id, plan.state).to_lowercase(),
-                ));
-            }
-            plan.state = PlanState::Cancelled;
-            plan.lease = None;
-            plan.updated_at = Some(Utc::now());
-            plan.cancellation = Some(Cancellation {
-                by: request.by.clone(),
-                reason: request.reason.clone(),
-                at: Utc::now(),
-            });
-            let bytes = serde_json::to_vec(&plan).map_err(unavailable)?;
-            match self
-                .plans
-                .update(&key, Bytes::from(bytes), entry.revision)
-                .await
-            {
-                Ok(_) => {
-                    self.announce("plan", "cancelled", &plan, flow).await?;
-                    self.release_turn(&plan).await?;
-                    return Ok(plan);
+        let cancelled = self
+            .records
+            .update(request.plan_id, |plan| {
+                if plan.state.is_final() {
+                    return Edit::Keep(Err(ErrorBody::new(
+                        ErrorCode::Conflict,
+                        format!("plan {} has already ended: {:?}", plan.id, plan.state)
+                            .to_lowercase(),
+                    )));
                 }
-                // Someone else changed the plan in between: read it again.
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => return Err(unavailable(e).into()),
-            }
-        }
-        Err(ErrorBody::new(
-            ErrorCode::Conflict,
-            format!("plan {} kept changing; try again", request.plan_id),
-        ))
+                plan.state = PlanState::Cancelled;
+                plan.lease = None;
+                plan.updated_at = Some(Utc::now());
+                plan.cancellation = Some(Cancellation {
+                    by: request.by.clone(),
+                    reason: request.reason.clone(),
+                    at: Utc::now(),
+                });
+                Edit::Save(Ok(()))
+            })
+            .await
+            .map_err(|e| match e {
+                WorkError::Contended { .. } => ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("plan {} kept changing; try again", request.plan_id),
+                ),
+                e => IntakeError::from(e).into(),
+            })?;
+        let Some((plan, answer)) = cancelled else {
+            return Err(ErrorBody::new(
+                ErrorCode::NotFound,
+                format!("no plan {}", request.plan_id),
+            ));
+        };
+        answer?;
+        self.announce("plan", "cancelled", &plan, flow).await?;
+        self.release_turn(&plan).await?;
+        Ok(plan)
     }
 
     /// One plan by id.
     pub async fn get(&self, plan_id: Uuid) -> Result<Option<Plan>, IntakeError> {
-        match self
-            .plans
-            .get(format!("plan.{plan_id}"))
-            .await
-            .map_err(unavailable)?
-        {
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(unavailable),
-            None => Ok(None),
-        }
+        Ok(self.records.load(plan_id).await?.map(|v| v.value))
     }
 
     /// Plans matching the query, newest first.
     pub async fn list(&self, query: &PlanList) -> Result<Vec<Plan>, IntakeError> {
-        use futures::TryStreamExt;
-        // A key updated while the listing runs can come twice: collect into a set.
-        let keys: std::collections::BTreeSet<String> = match self.plans.keys().await {
-            Ok(keys) => keys.try_collect().await.map_err(unavailable)?,
-            Err(e) => return Err(unavailable(e)),
-        };
-        let mut plans = Vec::new();
-        for key in keys.iter().filter(|k| k.starts_with("plan.")) {
-            if let Some(bytes) = self.plans.get(key).await.map_err(unavailable)?
-                && let Ok(plan) = serde_json::from_slice::<Plan>(&bytes)
-                && query
+        let mut plans: Vec<Plan> = self
+            .records
+            .all()
+            .await?
+            .into_iter()
+            .filter(|plan| {
+                query
                     .service
                     .as_deref()
                     .is_none_or(|s| plan.task.service() == s)
-                && query
-                    .environment
-                    .as_deref()
-                    .is_none_or(|e| plan.task.environment() == e)
-                && query.state.is_none_or(|s| plan.state == s)
-                && query
-                    .requested_by
-                    .as_deref()
-                    .is_none_or(|r| plan.requested_by == r)
-            {
-                plans.push(plan);
-            }
-        }
+                    && query
+                        .environment
+                        .as_deref()
+                        .is_none_or(|e| plan.task.environment() == e)
+                    && query.state.is_none_or(|s| plan.state == s)
+                    && query
+                        .requested_by
+                        .as_deref()
+                        .is_none_or(|r| plan.requested_by == r)
+            })
+            .collect();
         plans.sort_by_key(|p| std::cmp::Reverse(p.created_at));
         plans.truncate(query.limit.unwrap_or(100));
         Ok(plans)

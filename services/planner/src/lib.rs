@@ -1,20 +1,23 @@
 //! The planner: task intake from peers and chat, plans with gates and policies.
 //!
 //! This crate is the service as a library (`run(config, shutdown)`); its binary is a
-//! thin `main`, and `toronto up` starts the same function in-process. Built so far:
-//! task intake through both doors — `toronto.devops.v1.planner.submit` (an immediate
-//! accept with the plan id, or every reason for a rejection) and the work queue
-//! `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks go to the
-//! dead-letter stream with their reasons) — one plan per task, plans in KV; plans run
-//! their steps (security and QA gates asked of peer agents, human approval, hand-over
-//! to the deployer) durably, one active plan per service and environment; `plan.get`,
-//! `plan.list`, `plan.cancel`, `plan.approve`, `plan.reject`. Policies (promotion
-//! order, freeze windows, error budget), the delegation adapter, the remaining task
-//! types and DORA metrics are still to come.
+//! thin `main`, and `toronto up` starts the same function in-process.
+//!
+//! - [`intake`]: task intake through both doors — `toronto.devops.v1.planner.submit`
+//!   (an immediate accept with the plan id, or every reason for a rejection) and the
+//!   work queue `TORONTO_DEVOPS_TASKS` (deduplicated by `Nats-Msg-Id`; refused tasks
+//!   go to the dead-letter stream with their reasons) — one plan per task, plans in
+//!   KV, and the delegation adapter; `plan.get`, `plan.list`, `plan.cancel`.
+//! - [`runner`]: plans run their steps (policy and error-budget gates, security and QA
+//!   gates asked of peer agents, human approval with `plan.approve` and
+//!   `plan.reject`, hand-over to the deployer) durably, one active plan per service
+//!   and environment, on [`toronto_runtime::work`].
+//! - [`pipeline`]: generated CI pipelines; [`dora`]: DORA metrics from the events.
 #![forbid(unsafe_code)]
 
 pub mod dora;
 pub mod intake;
+mod notify;
 pub mod pipeline;
 pub mod runner;
 pub mod settings;
@@ -73,11 +76,7 @@ pub async fn start_with(
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let lease = settings.lease;
     let intake = Planner::new(&rt, plans, settings);
-    runner::ensure_runs_stream(&intake, rt.config.jetstream.replicas)
-        .await
-        .map_err(|e| {
-            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e.to_string()))
-        })?;
+    intake.runs.ensure(rt.config.jetstream.replicas).await?;
 
     let submit = intake.clone();
     rt.host
@@ -183,32 +182,14 @@ pub async fn start_with(
     let advancer = intake.clone();
     rt.spawn_background(
         "plan runner",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: runner::runs_stream(&intake),
-                durable: RUNNER_CONSUMER.into(),
-                filter_subject: None,
-                ack_wait: lease,
-                max_deliver: 20,
-                concurrency: 32,
-            },
+        intake.runs.clone().run(
+            intake.runs.consumer(lease, 20, 32),
             rt.dead_letters.clone(),
             rt.metrics.clone(),
             rt.shutdown_token(),
-            move |delivery: Delivery| {
+            move |work: AdvancePlan, delivery: Delivery| {
                 let planner = advancer.clone();
-                async move {
-                    match toronto_protocol::decode::<AdvancePlan>(
-                        delivery.payload(),
-                        Encoding::Json,
-                    ) {
-                        Ok(work) => planner.advance(work.data.plan_id, &delivery).await,
-                        Err(e) => Outcome::Reject {
-                            reason: e.to_string(),
-                        },
-                    }
-                }
+                async move { planner.advance(work.plan_id, &delivery).await }
             },
         ),
     );
@@ -271,10 +252,10 @@ async fn take_queued(
             tracing::info!(plan = %accepted.plan_id, duplicate = accepted.duplicate, "task from the queue planned");
             Outcome::Ack
         }
-        Err(e @ IntakeError::Rejected(_)) => Outcome::Reject {
+        Err(e) if !e.is_transient() => Outcome::Reject {
             reason: e.to_string(),
         },
-        Err(e @ IntakeError::Unavailable(_)) => Outcome::Retry {
+        Err(e) => Outcome::Retry {
             delay: Some(Duration::from_secs(1)),
             reason: e.to_string(),
         },

@@ -1,8 +1,10 @@
 //! How a command becomes a NATS request: the service and verb of the subject, and the
 //! envelope's `type` and `data`.
 
-use serde_json::json;
 use toronto_protocol::envelope::{SPEC_VERSION, new_id};
+use toronto_protocol::incidents::{
+    IncidentAction, IncidentList, IncidentNote, Matcher, SilenceCreate,
+};
 use toronto_protocol::rollout::{RolloutCommand, RolloutList};
 use toronto_protocol::tasks::{
     CanaryStep, DeployTask, DoraQuery, PlanDecision, PlanList, RollbackTask, Strategy,
@@ -22,29 +24,6 @@ pub struct Actor {
     /// The `source` of the envelopes they send, e.g. `toronto://chat/slack/U024BE7LH`
     /// (the planner records it as the plan's requester; its last segment is `id`).
     pub source: String,
-}
-
-/// The incident commander's request types as this crate assumes them (its types are not
-/// in the contract on main yet): `(verb, type name)`. The payloads, built in
-/// [`Command::request`], follow the incident commander's branch: `incident.list`
-/// `{open, limit}`, `incident.action` `{id, by, reason}` for `ack` and `resolve`,
-/// `incident.note` `{id, by, text}`, `incident.silence.create` `{matchers: [{name,
-/// value, isRegex, isEqual}], ends_at, created_by, comment}`.
-pub const INCIDENT_TYPES: &[(&str, &str)] = &[
-    ("list", "incident.list"),
-    ("ack", "incident.action"),
-    ("resolve", "incident.action"),
-    ("note", "incident.note"),
-    ("silence.create", "incident.silence.create"),
-];
-
-fn incident_type(verb: &str) -> MessageType {
-    let name = INCIDENT_TYPES
-        .iter()
-        .find(|(v, _)| *v == verb)
-        .map(|(_, n)| *n)
-        .unwrap_or(verb);
-    MessageType::new(name, 1)
 }
 
 /// A request a command becomes.
@@ -73,17 +52,6 @@ impl Request {
             schema: Some(T::schema_path()),
             about: None,
             data: serde_json::to_value(data).expect("contract types serialize"),
-        }
-    }
-
-    fn loose(service: ServiceKind, verb: &'static str, data: serde_json::Value) -> Self {
-        Self {
-            service,
-            verb,
-            message_type: incident_type(verb),
-            schema: None,
-            about: None,
-            data,
         }
     }
 
@@ -250,47 +218,73 @@ impl Command {
                     comment: reason.clone(),
                 },
             ),
-            Command::Incidents => Request::loose(
+            Command::Incidents => Request::typed(
                 IncidentCommander,
                 "list",
-                json!({ "open": true, "limit": 20 }),
+                IncidentList {
+                    open: true,
+                    limit: Some(20),
+                    ..Default::default()
+                },
             ),
-            Command::Ack { incident_id } => Request::loose(
+            Command::Ack { incident_id } => Request::typed(
                 IncidentCommander,
                 "ack",
-                json!({ "id": incident_id, "by": actor.id }),
+                IncidentAction {
+                    id: *incident_id,
+                    by: actor.id.clone(),
+                    reason: None,
+                },
             ),
-            Command::Resolve { incident_id } => Request::loose(
+            Command::Resolve { incident_id } => Request::typed(
                 IncidentCommander,
                 "resolve",
-                json!({ "id": incident_id, "by": actor.id }),
+                IncidentAction {
+                    id: *incident_id,
+                    by: actor.id.clone(),
+                    reason: None,
+                },
             ),
-            Command::Note { incident_id, text } => Request::loose(
+            Command::Note { incident_id, text } => Request::typed(
                 IncidentCommander,
                 "note",
-                json!({ "id": incident_id, "by": actor.id, "text": text }),
+                IncidentNote {
+                    id: *incident_id,
+                    by: actor.id.clone(),
+                    text: text.clone(),
+                    action_item: false,
+                },
             ),
             Command::Silence {
                 matchers,
                 duration_seconds,
                 comment,
             } => {
-                let ends_at = chrono::Utc::now()
+                // Whole seconds, as the command line gives them.
+                let now = chrono::Utc::now();
+                let ends_at = now
+                    - chrono::Duration::nanoseconds(i64::from(now.timestamp_subsec_nanos()))
                     + chrono::Duration::seconds(i64::try_from(*duration_seconds).unwrap_or(0));
-                Request::loose(
+                Request::typed(
                     IncidentCommander,
                     "silence.create",
-                    json!({
-                        "matchers": matchers.iter().map(|m| json!({
-                            "name": m.name,
-                            "value": m.value,
-                            "isRegex": m.is_regex,
-                            "isEqual": m.is_equal,
-                        })).collect::<Vec<_>>(),
-                        "ends_at": ends_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                        "created_by": actor.id,
-                        "comment": comment.clone().unwrap_or_else(|| format!("silenced by {}", actor.id)),
-                    }),
+                    SilenceCreate {
+                        matchers: matchers
+                            .iter()
+                            .map(|m| Matcher {
+                                name: m.name.clone(),
+                                value: m.value.clone(),
+                                is_regex: m.is_regex,
+                                is_equal: m.is_equal,
+                            })
+                            .collect(),
+                        starts_at: None,
+                        ends_at,
+                        created_by: actor.id.clone(),
+                        comment: comment
+                            .clone()
+                            .unwrap_or_else(|| format!("silenced by {}", actor.id)),
+                    },
                 )
             }
             Command::Slo { service } => Request::typed(

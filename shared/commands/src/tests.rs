@@ -212,7 +212,7 @@ const MALFORMED: &[(&str, &str, &str)] = &[
     (
         "deploy Shop! 1.2.0 to prod",
         "deploy",
-        "not a valid service",
+        "service `Shop!` must be a DNS label",
     ),
     (
         "deploy shop 1.2.0 to prod extra",

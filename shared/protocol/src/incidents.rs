@@ -11,6 +11,12 @@ use uuid::Uuid;
 
 use crate::message::Message;
 
+mod commands;
+mod silences;
+
+pub use commands::*;
+pub use silences::*;
+
 /// Where an incident stands.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -94,15 +100,81 @@ pub struct LinkedChange {
     pub seconds_before_alert: i64,
 }
 
+/// What a timeline entry records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimelineKind {
+    /// An alert fired, joined, fired again or resolved.
+    Alert,
+    /// The incident was opened.
+    Opened,
+    /// Someone acknowledged it.
+    Acknowledged,
+    /// It escalated (by hand, by timeout or because recovery was not confirmed).
+    Escalated,
+    /// A page was sent.
+    Page,
+    /// A role was assigned.
+    Assigned,
+    /// Its severity changed.
+    Severity,
+    /// A note.
+    Note,
+    /// A note that is also an action item.
+    ActionItem,
+    /// A recent change was linked to it.
+    Change,
+    /// A playbook started, progressed or ended.
+    Playbook,
+    /// A rollout of an affected service moved.
+    Rollout,
+    /// It was mitigated.
+    Mitigated,
+    /// It was resolved.
+    Resolved,
+    /// An alert of its group fired again shortly after it resolved.
+    Reopened,
+    /// Its postmortem was written.
+    Closed,
+}
+
+impl TimelineKind {
+    /// Its name on the wire (`action_item`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alert => "alert",
+            Self::Opened => "opened",
+            Self::Acknowledged => "acknowledged",
+            Self::Escalated => "escalated",
+            Self::Page => "page",
+            Self::Assigned => "assigned",
+            Self::Severity => "severity",
+            Self::Note => "note",
+            Self::ActionItem => "action_item",
+            Self::Change => "change",
+            Self::Playbook => "playbook",
+            Self::Rollout => "rollout",
+            Self::Mitigated => "mitigated",
+            Self::Resolved => "resolved",
+            Self::Reopened => "reopened",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+impl std::fmt::Display for TimelineKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One entry of an incident's timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct TimelineEntry {
     /// When it happened.
     pub at: DateTime<Utc>,
-    /// What kind of entry: `alert`, `opened`, `acknowledged`, `escalated`, `page`,
-    /// `assigned`, `severity`, `note`, `change`, `playbook`, `mitigated`, `resolved`,
-    /// `reopened`, `closed`.
-    pub kind: String,
+    /// What kind of entry.
+    pub kind: TimelineKind,
     /// Who did it (a person, an agent or this service).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
@@ -131,6 +203,38 @@ pub struct EscalationState {
     pub exhausted: bool,
 }
 
+/// Where a playbook run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlaybookState {
+    /// Its actions are running.
+    Running,
+    /// It may change the target only once a human runs it (`incident.playbook.run`).
+    WaitingApproval,
+    /// Every action ran.
+    Succeeded,
+    /// An action failed; the incident escalated.
+    Failed,
+}
+
+impl PlaybookState {
+    /// Its name on the wire (`waiting_approval`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::WaitingApproval => "waiting_approval",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for PlaybookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A playbook running on an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PlaybookRun {
@@ -138,8 +242,8 @@ pub struct PlaybookRun {
     pub name: String,
     /// The next action to run (index).
     pub step: usize,
-    /// `running`, `waiting_approval`, `succeeded`, `failed`.
-    pub state: String,
+    /// Where the run stands.
+    pub state: PlaybookState,
     /// When it started.
     pub started_at: DateTime<Utc>,
     /// What the last action did.
@@ -312,472 +416,6 @@ impl Message for Page {
     const MAJOR: u32 = 1;
 }
 
-/// Opens an incident by hand (`incident.open`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentOpen {
-    /// A one-line title.
-    pub title: String,
-    /// The service.
-    pub service: String,
-    /// The environment.
-    pub environment: String,
-    /// Severity; from the rules when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub severity: Option<Severity>,
-    /// Extra labels (matched by severity rules and playbooks).
-    #[serde(default)]
-    pub labels: BTreeMap<String, String>,
-    /// Who opens it.
-    pub by: String,
-}
-
-impl Message for IncidentOpen {
-    const NAME: &'static str = "incident.open";
-    const MAJOR: u32 = 1;
-}
-
-/// Names an incident (`incident.get`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentGet {
-    /// The incident's id.
-    pub id: Uuid,
-}
-
-impl Message for IncidentGet {
-    const NAME: &'static str = "incident.get";
-    const MAJOR: u32 = 1;
-}
-
-/// Lists incidents (`incident.list`), newest first.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentList {
-    /// Only this state.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<IncidentState>,
-    /// Only this service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-    /// Only open ones (triggered, acknowledged, mitigated).
-    #[serde(default)]
-    pub open: bool,
-    /// At most this many (default 50).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limit: Option<usize>,
-}
-
-impl Message for IncidentList {
-    const NAME: &'static str = "incident.list";
-    const MAJOR: u32 = 1;
-}
-
-/// Incidents.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Incidents {
-    /// Newest first.
-    pub incidents: Vec<Incident>,
-}
-
-impl Message for Incidents {
-    const NAME: &'static str = "incidents";
-    const MAJOR: u32 = 1;
-}
-
-/// An action on an incident by someone (`incident.ack`, `incident.escalate`,
-/// `incident.mitigate`, `incident.resolve`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentAction {
-    /// The incident.
-    pub id: Uuid,
-    /// Who.
-    pub by: String,
-    /// Why (goes to the timeline).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Message for IncidentAction {
-    const NAME: &'static str = "incident.action";
-    const MAJOR: u32 = 1;
-}
-
-/// A role on an incident.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum IncidentRole {
-    /// Runs the response.
-    Commander,
-    /// Keeps the notes.
-    Scribe,
-    /// Works on it (added to the responders).
-    Responder,
-}
-
-/// Gives someone a role (`incident.assign`). `agent:<role>` names an agent, which is
-/// then notified on `toronto.agents.<role>.v1.notify`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentAssign {
-    /// The incident.
-    pub id: Uuid,
-    /// The role.
-    pub role: IncidentRole,
-    /// Who gets it.
-    pub who: String,
-    /// Who assigns it.
-    pub by: String,
-}
-
-impl Message for IncidentAssign {
-    const NAME: &'static str = "incident.assign";
-    const MAJOR: u32 = 1;
-}
-
-/// Sets the severity by hand (`incident.severity`); rules no longer change it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentSeveritySet {
-    /// The incident.
-    pub id: Uuid,
-    /// The severity.
-    pub severity: Severity,
-    /// Who.
-    pub by: String,
-    /// Why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-impl Message for IncidentSeveritySet {
-    const NAME: &'static str = "incident.severity";
-    const MAJOR: u32 = 1;
-}
-
-/// Adds a note to the timeline (`incident.note`), from a human or an agent; with
-/// `action_item`, it is also an action item of the postmortem.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentNote {
-    /// The incident.
-    pub id: Uuid,
-    /// Who writes it.
-    pub by: String,
-    /// The note.
-    pub text: String,
-    /// Also an action item.
-    #[serde(default)]
-    pub action_item: bool,
-}
-
-impl Message for IncidentNote {
-    const NAME: &'static str = "incident.note";
-    const MAJOR: u32 = 1;
-}
-
-/// Runs a playbook on an incident under a human's authority (`incident.playbook.run`),
-/// e.g. one the autonomy policy held for approval.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlaybookRunRequest {
-    /// The incident.
-    pub id: Uuid,
-    /// The playbook (default: the one that matched).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub playbook: Option<String>,
-    /// Who approves it.
-    pub by: String,
-}
-
-impl Message for PlaybookRunRequest {
-    const NAME: &'static str = "incident.playbook.run";
-    const MAJOR: u32 = 1;
-}
-
-/// Writes the postmortem (`incident.postmortem`) of a resolved incident and closes it;
-/// asked again, it answers the same document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PostmortemRequest {
-    /// The incident.
-    pub id: Uuid,
-    /// Who.
-    pub by: String,
-    /// Action items to add.
-    #[serde(default)]
-    pub action_items: Vec<String>,
-}
-
-impl Message for PostmortemRequest {
-    const NAME: &'static str = "incident.postmortem";
-    const MAJOR: u32 = 1;
-}
-
-/// A postmortem: Markdown and the durations it was computed with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Postmortem {
-    /// The incident.
-    pub incident_id: Uuid,
-    /// The document.
-    pub markdown: String,
-    /// Seconds from the first alert's start to the incident's opening.
-    pub time_to_detect_seconds: f64,
-    /// Seconds from opening to the first acknowledgement.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_to_acknowledge_seconds: Option<f64>,
-    /// Seconds from opening to mitigation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_to_mitigate_seconds: Option<f64>,
-    /// Seconds from opening to resolution.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time_to_resolve_seconds: Option<f64>,
-}
-
-impl Message for Postmortem {
-    const NAME: &'static str = "postmortem";
-    const MAJOR: u32 = 1;
-}
-
-/// Asks for incident metrics (`incident.metrics`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentMetricsQuery {
-    /// Only this service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
-}
-
-impl Message for IncidentMetricsQuery {
-    const NAME: &'static str = "incident.metrics.get";
-    const MAJOR: u32 = 1;
-}
-
-/// Incident metrics, computed from the incidents' recorded times.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct IncidentMetrics {
-    /// Incidents counted.
-    pub incidents: u64,
-    /// Of which open.
-    pub open: u64,
-    /// By severity (`sev1` .. `sev4`).
-    pub by_severity: BTreeMap<String, u64>,
-    /// Mean time to acknowledge, seconds (over acknowledged incidents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtta_seconds: Option<f64>,
-    /// Mean time to resolve, seconds (over resolved incidents).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mttr_seconds: Option<f64>,
-    /// Mean time between failures: mean seconds between consecutive incident
-    /// openings of the same service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mtbf_seconds: Option<f64>,
-}
-
-impl Message for IncidentMetrics {
-    const NAME: &'static str = "incident.metrics";
-    const MAJOR: u32 = 1;
-}
-
-/// A label matcher, as in Alertmanager's API: `name` equals (or, with `is_regex`,
-/// fully matches) `value`; `is_equal: false` negates it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Matcher {
-    /// The label.
-    pub name: String,
-    /// The value or regular expression.
-    pub value: String,
-    /// `value` is a regular expression (anchored).
-    #[serde(default)]
-    pub is_regex: bool,
-    /// Match (true, default) or not match.
-    #[serde(default = "yes")]
-    pub is_equal: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-/// Creates a silence (`incident.silence.create`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SilenceCreate {
-    /// Every matcher must match for an alert to be silenced.
-    pub matchers: Vec<Matcher>,
-    /// From (default now).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub starts_at: Option<DateTime<Utc>>,
-    /// Until.
-    pub ends_at: DateTime<Utc>,
-    /// Who.
-    pub created_by: String,
-    /// Why.
-    pub comment: String,
-}
-
-impl Message for SilenceCreate {
-    const NAME: &'static str = "incident.silence.create";
-    const MAJOR: u32 = 1;
-}
-
-/// A silence, kept in the KV bucket `toronto_silences` (`silence.<id>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Silence {
-    /// Its id.
-    pub id: Uuid,
-    /// The matchers.
-    pub matchers: Vec<Matcher>,
-    /// From.
-    pub starts_at: DateTime<Utc>,
-    /// Until (set to the expiry time when expired early).
-    pub ends_at: DateTime<Utc>,
-    /// Who.
-    pub created_by: String,
-    /// Why.
-    pub comment: String,
-    /// Who expired it early, if anyone.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expired_by: Option<String>,
-}
-
-impl Message for Silence {
-    const NAME: &'static str = "silence";
-    const MAJOR: u32 = 1;
-}
-
-/// Lists silences (`incident.silence.list`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SilenceList {
-    /// Only those in force now.
-    #[serde(default)]
-    pub active: bool,
-}
-
-impl Message for SilenceList {
-    const NAME: &'static str = "incident.silence.list";
-    const MAJOR: u32 = 1;
-}
-
-/// Silences.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct Silences {
-    /// Newest first.
-    pub silences: Vec<Silence>,
-}
-
-impl Message for Silences {
-    const NAME: &'static str = "silences";
-    const MAJOR: u32 = 1;
-}
-
-/// Expires a silence now (`incident.silence.expire`); its alerts that still fire are
-/// handled again.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SilenceExpire {
-    /// The silence.
-    pub id: Uuid,
-    /// Who.
-    pub by: String,
-}
-
-impl Message for SilenceExpire {
-    const NAME: &'static str = "incident.silence.expire";
-    const MAJOR: u32 = 1;
-}
-
-/// Creates an inhibition rule (`incident.inhibition.create`): while an alert matching
-/// `source_matchers` fires, alerts matching `target_matchers` with the same values of
-/// the `equal` labels are held back.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InhibitionCreate {
-    /// What the inhibiting alert matches.
-    pub source_matchers: Vec<Matcher>,
-    /// What the inhibited alert matches.
-    pub target_matchers: Vec<Matcher>,
-    /// Labels whose values must be equal in both.
-    #[serde(default)]
-    pub equal: Vec<String>,
-    /// Who.
-    pub created_by: String,
-    /// Why.
-    #[serde(default)]
-    pub comment: String,
-}
-
-impl Message for InhibitionCreate {
-    const NAME: &'static str = "incident.inhibition.create";
-    const MAJOR: u32 = 1;
-}
-
-/// An inhibition rule, kept in the KV bucket `toronto_silences` (`inhibition.<id>`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct InhibitionRule {
-    /// Its id.
-    pub id: Uuid,
-    /// What the inhibiting alert matches.
-    pub source_matchers: Vec<Matcher>,
-    /// What the inhibited alert matches.
-    pub target_matchers: Vec<Matcher>,
-    /// Labels whose values must be equal in both.
-    #[serde(default)]
-    pub equal: Vec<String>,
-    /// Who.
-    pub created_by: String,
-    /// Why.
-    #[serde(default)]
-    pub comment: String,
-    /// When.
-    pub created_at: DateTime<Utc>,
-}
-
-impl Message for InhibitionRule {
-    const NAME: &'static str = "inhibition.rule";
-    const MAJOR: u32 = 1;
-}
-
-/// Lists inhibition rules (`incident.inhibition.list`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InhibitionList {}
-
-impl Message for InhibitionList {
-    const NAME: &'static str = "incident.inhibition.list";
-    const MAJOR: u32 = 1;
-}
-
-/// Inhibition rules.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-pub struct InhibitionRules {
-    /// Oldest first.
-    pub rules: Vec<InhibitionRule>,
-}
-
-impl Message for InhibitionRules {
-    const NAME: &'static str = "inhibition.rules";
-    const MAJOR: u32 = 1;
-}
-
-/// Deletes an inhibition rule (`incident.inhibition.delete`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct InhibitionDelete {
-    /// The rule.
-    pub id: Uuid,
-    /// Who.
-    pub by: String,
-}
-
-impl Message for InhibitionDelete {
-    const NAME: &'static str = "incident.inhibition.delete";
-    const MAJOR: u32 = 1;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,5 +431,47 @@ mod tests {
         );
         let m: Matcher = serde_json::from_str(r#"{"name":"a","value":"b"}"#).unwrap();
         assert!(m.is_equal && !m.is_regex);
+    }
+
+    #[test]
+    fn timeline_kinds_and_playbook_states_keep_their_wire_names() {
+        for kind in [
+            TimelineKind::Alert,
+            TimelineKind::Opened,
+            TimelineKind::Acknowledged,
+            TimelineKind::Escalated,
+            TimelineKind::Page,
+            TimelineKind::Assigned,
+            TimelineKind::Severity,
+            TimelineKind::Note,
+            TimelineKind::ActionItem,
+            TimelineKind::Change,
+            TimelineKind::Playbook,
+            TimelineKind::Rollout,
+            TimelineKind::Mitigated,
+            TimelineKind::Resolved,
+            TimelineKind::Reopened,
+            TimelineKind::Closed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::json!(kind.as_str())
+            );
+        }
+        for state in [
+            PlaybookState::Running,
+            PlaybookState::WaitingApproval,
+            PlaybookState::Succeeded,
+            PlaybookState::Failed,
+        ] {
+            assert_eq!(
+                serde_json::to_value(state).unwrap(),
+                serde_json::json!(state.as_str())
+            );
+        }
+        assert_eq!(TimelineKind::ActionItem.to_string(), "action_item");
+        let s: PlaybookState = serde_json::from_str("\"waiting_approval\"").unwrap();
+        assert_eq!(s, PlaybookState::WaitingApproval);
+        assert_eq!(s.to_string(), "waiting_approval");
     }
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::analysis::CanaryVerdict;
+use crate::event_kind::event_kinds;
 use crate::message::Message;
 use crate::tasks::{Lease, Strategy};
 
@@ -33,6 +34,32 @@ impl RolloutPhase {
     /// Whether the rollout has ended.
     pub fn is_final(self) -> bool {
         matches!(self, Self::Succeeded | Self::Aborted | Self::Failed)
+    }
+}
+
+event_kinds! {
+    /// The rollout events the deployer publishes (`events.rollout.<kind>`; the data is
+    /// the [`Rollout`], the envelope subject its service).
+    pub enum RolloutEvent for "rollout" {
+        /// A rollout was accepted and begins.
+        Started = "started",
+        /// A step was carried out (weight or step changed).
+        Progressed = "progressed",
+        /// The rollout holds at a pause step or by command.
+        Paused = "paused",
+        /// A paused rollout goes on.
+        Resumed = "resumed",
+        /// Promoted by command: it skips to the end.
+        Promoted = "promoted",
+        /// The new version serves all traffic.
+        Succeeded = "succeeded",
+        /// Stopped by analysis, an alert or the abort command.
+        Aborted = "aborted",
+        /// Missed its deadline or could not be applied.
+        Failed = "failed",
+        /// Traffic is back on the previous version (after an abort or a failure), or a
+        /// rollback rollout finished.
+        RolledBack = "rolled_back",
     }
 }
 
@@ -473,6 +500,21 @@ pub enum ChaosState {
     Completed,
     /// The fault could not be injected.
     Failed,
+}
+
+event_kinds! {
+    /// The chaos events the deployer publishes (`events.chaos.<kind>`; the data is the
+    /// [`ChaosRun`]).
+    pub enum ChaosEvent for "chaos" {
+        /// The fault is in place.
+        Started = "started",
+        /// An abort condition held; the fault was removed early.
+        Aborted = "aborted",
+        /// The experiment ran its full duration.
+        Completed = "completed",
+        /// The fault could not be injected.
+        Failed = "failed",
+    }
 }
 
 /// A chaos experiment run by the deployer (KV `chaos.<id>`; the data of `chaos.started`,

@@ -190,6 +190,29 @@ impl Subjects {
         format!("{}_DEVOPS_DLQ", self.stream_prefix())
     }
 
+    /// The planner's work queue of plans to advance: `<prefix>.devops.v1.planner.runs`.
+    pub fn plan_runs(&self) -> String {
+        self.command(ServiceKind::Planner, "runs")
+    }
+
+    /// The stream of [`Subjects::plan_runs`], `TORONTO_DEVOPS_PLAN_RUNS` for the
+    /// default prefix.
+    pub fn plan_runs_stream(&self) -> String {
+        format!("{}_DEVOPS_PLAN_RUNS", self.stream_prefix())
+    }
+
+    /// The deployer's work queue of rollouts to advance:
+    /// `<prefix>.devops.v1.deployer.runs`.
+    pub fn rollout_runs(&self) -> String {
+        self.command(ServiceKind::Deployer, "runs")
+    }
+
+    /// The stream of [`Subjects::rollout_runs`], `TORONTO_DEVOPS_ROLLOUT_RUNS` for the
+    /// default prefix.
+    pub fn rollout_runs_stream(&self) -> String {
+        format!("{}_DEVOPS_ROLLOUT_RUNS", self.stream_prefix())
+    }
+
     /// A KV bucket name, e.g. `kv_bucket("slo_status")` is `toronto_slo_status`.
     pub fn kv_bucket(&self, name: &str) -> String {
         format!(
@@ -241,6 +264,10 @@ mod tests {
         assert_eq!(s.events_stream(), "TORONTO_DEVOPS_EVENTS");
         assert_eq!(s.tasks_stream(), "TORONTO_DEVOPS_TASKS");
         assert_eq!(s.dlq_stream(), "TORONTO_DEVOPS_DLQ");
+        assert_eq!(s.plan_runs(), "toronto.devops.v1.planner.runs");
+        assert_eq!(s.plan_runs_stream(), "TORONTO_DEVOPS_PLAN_RUNS");
+        assert_eq!(s.rollout_runs(), "toronto.devops.v1.deployer.runs");
+        assert_eq!(s.rollout_runs_stream(), "TORONTO_DEVOPS_ROLLOUT_RUNS");
         assert_eq!(s.kv_bucket("slo_status"), "toronto_slo_status");
     }
 
@@ -252,6 +279,8 @@ mod tests {
             "acme.prod.devops.v1.monitor.status"
         );
         assert_eq!(s.events_stream(), "ACME_PROD_DEVOPS_EVENTS");
+        assert_eq!(s.rollout_runs_stream(), "ACME_PROD_DEVOPS_ROLLOUT_RUNS");
+        assert_eq!(s.plan_runs(), "acme.prod.devops.v1.planner.runs");
         assert_eq!(s.kv_bucket("plans"), "acme_prod_plans");
     }
 

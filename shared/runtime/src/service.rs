@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::service::endpoint;
-use async_nats::service::{Info, PingResponse, Stats};
-use async_nats::{Client, HeaderMap, Subscriber};
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
@@ -30,15 +29,20 @@ use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{
-    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent,
-    codec::{DecodeFailure, decode_with_flow},
-    encode,
+    Encoding, Envelope, ErrorBody, ErrorCode, Message, ProtocolError, TraceParent, encode,
 };
 use tracing::Instrument;
 
 use crate::config::EndpointConfig;
 use crate::jetstream::DeadLetters;
 use crate::metrics::Metrics;
+
+mod adr32;
+mod request;
+
+use adr32::verb_subscriptions;
+pub use request::{Accepts, Request};
+use request::{RequestDecoder, Typed};
 
 /// Why the service could not be started or an endpoint added.
 #[derive(Debug, thiserror::Error)]
@@ -74,144 +78,6 @@ pub struct ServiceSpec {
     pub source: String,
 }
 
-/// A decoded, validated request handed to a handler.
-#[derive(Debug)]
-pub struct Request<T> {
-    /// The request envelope with its typed payload.
-    pub envelope: Envelope<T>,
-    /// The NATS headers it came with.
-    pub headers: Option<HeaderMap>,
-    /// The subject it was sent to.
-    pub subject: String,
-}
-
-impl<T> Request<T> {
-    /// The payload.
-    pub fn data(&self) -> &T {
-        &self.envelope.data
-    }
-
-    /// The attributes a follow-up message inherits.
-    pub fn flow(&self) -> FlowContext {
-        self.envelope.flow()
-    }
-}
-
-/// How an endpoint turns request bytes into a typed envelope.
-trait RequestDecoder: Send + Sync + 'static {
-    /// The payload handed to the handler.
-    type Data: Send + 'static;
-    /// Decodes and checks the request; on failure, the request's flow if it was read.
-    fn decode(
-        &self,
-        bytes: &[u8],
-        encoding: Encoding,
-    ) -> Result<Envelope<Self::Data>, DecodeFailure>;
-    /// The request types, for `$SRV.INFO`.
-    fn request_types(&self) -> Vec<(String, String)>;
-}
-
-/// One payload type: decoded straight into `T`.
-struct Typed<T>(std::marker::PhantomData<fn() -> T>);
-
-impl<T: Message> RequestDecoder for Typed<T> {
-    type Data = T;
-    fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
-        decode_with_flow::<T>(bytes, encoding)
-    }
-    fn request_types(&self) -> Vec<(String, String)> {
-        vec![(
-            T::message_type().to_string(),
-            format!("schemas/{}", T::schema_path()),
-        )]
-    }
-}
-
-/// The request types an endpoint built with [`ServiceHost::add_endpoint_any`] takes,
-/// each at its current major and the one before.
-#[derive(Debug, Clone, Default)]
-pub struct Accepts {
-    types: Vec<AcceptedType>,
-}
-
-#[derive(Debug, Clone)]
-struct AcceptedType {
-    name: &'static str,
-    supported: Vec<String>,
-    majors: Vec<u32>,
-    current: String,
-    schema: String,
-}
-
-impl Accepts {
-    /// Takes nothing yet.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Also takes `T`.
-    pub fn with<T: Message>(mut self) -> Self {
-        self.types.push(AcceptedType {
-            name: T::NAME,
-            supported: T::supported_types(),
-            majors: T::supported_majors(),
-            current: T::message_type().to_string(),
-            schema: format!("schemas/{}", T::schema_path()),
-        });
-        self
-    }
-
-    /// Whether `ty` is one of the accepted types at a supported major.
-    pub fn check(&self, ty: &toronto_protocol::MessageType) -> Result<(), ProtocolError> {
-        match self.types.iter().find(|t| t.name == ty.name) {
-            None => Err(ProtocolError::WrongType {
-                got: ty.to_string(),
-                expected: self.types.iter().map(|t| t.current.clone()).collect(),
-            }),
-            Some(t) if !t.majors.contains(&ty.major) => Err(ProtocolError::UnsupportedVersion {
-                got: ty.to_string(),
-                supported: t.supported.clone(),
-            }),
-            Some(_) => Ok(()),
-        }
-    }
-}
-
-impl RequestDecoder for Accepts {
-    type Data = serde_json::Value;
-    fn decode(
-        &self,
-        bytes: &[u8],
-        encoding: Encoding,
-    ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
-        let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
-        let flow = Box::new(raw.flow());
-        let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
-        self.check(&ty).map_err(|e| (e, Some(flow)))?;
-        Ok(raw)
-    }
-    fn request_types(&self) -> Vec<(String, String)> {
-        self.types
-            .iter()
-            .map(|t| (t.current.clone(), t.schema.clone()))
-            .collect()
-    }
-}
-
-impl Request<serde_json::Value> {
-    /// The payload as `T`, when the request's `type` names `T` (older majors go
-    /// through [`Message::upgrade`]); `None` for another type, an error for bad data.
-    pub fn typed<T: Message>(&self) -> Option<Result<Envelope<T>, ErrorBody>> {
-        let ty = self.envelope.message_type().ok()?;
-        (ty.name == T::NAME).then(|| {
-            self.envelope
-                .clone()
-                .into_typed::<T>()
-                .map_err(ErrorBody::from)
-        })
-    }
-}
-
 type EndpointStats = endpoint::Stats;
 
 struct Shared {
@@ -241,28 +107,6 @@ impl std::fmt::Debug for ServiceHost {
             .field("id", &self.shared.id)
             .finish()
     }
-}
-
-async fn verb_subscriptions(
-    client: &Client,
-    verb: &str,
-    name: &str,
-    id: &str,
-) -> Result<futures::stream::SelectAll<Subscriber>, ServiceError> {
-    let mut subs = Vec::new();
-    for subject in [
-        format!("$SRV.{verb}"),
-        format!("$SRV.{verb}.{name}"),
-        format!("$SRV.{verb}.{name}.{id}"),
-    ] {
-        subs.push(
-            client
-                .subscribe(subject.clone())
-                .await
-                .map_err(|source| ServiceError::Subscribe { subject, source })?,
-        );
-    }
-    Ok(futures::stream::select_all(subs))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
@@ -523,78 +367,6 @@ impl ServiceHost {
 }
 
 impl Shared {
-    fn ping_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&PingResponse {
-            kind: "io.nats.micro.v1.ping_response".to_owned(),
-            name: self.spec.name.clone(),
-            id: self.id.clone(),
-            version: self.spec.version.clone(),
-            metadata: self.spec.metadata.clone(),
-        })
-        .expect("ping serializes")
-    }
-
-    fn info_json(&self) -> Vec<u8> {
-        let metadata = self.endpoint_metadata.lock().expect("meta lock").clone();
-        let endpoints = self
-            .stats
-            .lock()
-            .expect("stats lock")
-            .values()
-            .map(|s| endpoint::Info {
-                name: s.name.clone(),
-                subject: s.subject.clone(),
-                queue_group: s.queue_group.clone(),
-                metadata: metadata.get(&s.name).cloned().unwrap_or_default(),
-            })
-            .collect();
-        serde_json::to_vec(&Info {
-            kind: "io.nats.micro.v1.info_response".to_owned(),
-            name: self.spec.name.clone(),
-            id: self.id.clone(),
-            description: self.spec.description.clone(),
-            version: self.spec.version.clone(),
-            metadata: self.spec.metadata.clone(),
-            endpoints,
-        })
-        .expect("info serializes")
-    }
-
-    fn stats_json(&self) -> Vec<u8> {
-        let endpoints = self
-            .stats
-            .lock()
-            .expect("stats lock")
-            .values()
-            .cloned()
-            .collect();
-        serde_json::to_vec(&Stats {
-            kind: "io.nats.micro.v1.stats_response".to_owned(),
-            name: self.spec.name.clone(),
-            id: self.id.clone(),
-            version: self.spec.version.clone(),
-            started: self.started,
-            endpoints,
-        })
-        .expect("stats serialize")
-    }
-
-    fn record(&self, name: &str, elapsed: Duration, error: Option<&ErrorBody>) {
-        let mut stats = self.stats.lock().expect("stats lock");
-        if let Some(s) = stats.get_mut(name) {
-            s.requests += 1;
-            s.processing_time += elapsed;
-            s.average_processing_time = s.processing_time / s.requests.max(1) as u32;
-            if let Some(e) = error {
-                s.errors += 1;
-                s.last_error = Some(async_nats::service::error::Error {
-                    status: e.message.clone(),
-                    code: e.code.status() as usize,
-                });
-            }
-        }
-    }
-
     /// Serves one request; returns how long it took and the error it answered with.
     async fn serve<D, Resp, H, Fut>(
         &self,

@@ -8,6 +8,9 @@
 //! file, a JetStream store and a log file in its own temporary directory; everything is
 //! killed and removed when the value is dropped, also when a test panics.
 //!
+//! [`request()`] and [`Requester`] send typed request envelopes to a service and decode its
+//! typed reply or its error envelope, the one helper every test that talks to a service uses.
+//!
 //! With the cargo feature `testcontainers` and `TORONTO_TESTKIT_NATS=testcontainers`,
 //! [`NatsServer`] runs in a container instead (needs a Docker engine; no stop/restart).
 //!
@@ -25,8 +28,10 @@ mod cluster;
 #[cfg(feature = "testcontainers")]
 mod container;
 mod error;
+mod fake;
 pub mod kubectl;
 mod node;
+pub mod request;
 mod server;
 
 pub use bin::{
@@ -35,6 +40,8 @@ pub use bin::{
 };
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
+pub use fake::fake_service;
+pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
 pub use server::NatsServer;
 
 /// The nats-server version the project pins for tests (installed by `scripts/install-tools`).

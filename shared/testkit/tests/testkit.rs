@@ -413,3 +413,85 @@ fn environment_variables_are_honoured() {
         );
     }
 }
+
+/// A service with two verbs: `status` answers, `missing` refuses with 404.
+async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHost {
+    use toronto_protocol::messages::{BuildInfo, Status, StatusRequest};
+    use toronto_protocol::{ErrorBody, ErrorCode};
+    use toronto_runtime::{Request, ServiceHost};
+    let host: ServiceHost =
+        toronto_testkit::fake_service(client, "toronto-kit", "toronto://kit").await;
+    host.add_endpoint(
+        "status",
+        "toronto.devops.v1.kit.status",
+        |_: Request<StatusRequest>| async {
+            Ok::<_, ErrorBody>(Status {
+                service: "toronto-kit".into(),
+                instance_id: "1".into(),
+                version: "1.0.0".into(),
+                started_at: chrono::Utc::now(),
+                uptime_seconds: 0.0,
+                nats_connected: true,
+                build: BuildInfo::current("1.0.0"),
+            })
+        },
+    )
+    .await
+    .unwrap();
+    host.add_endpoint(
+        "missing",
+        "toronto.devops.v1.kit.missing",
+        |_: Request<StatusRequest>| async {
+            Err::<Status, _>(ErrorBody::new(ErrorCode::NotFound, "nothing here"))
+        },
+    )
+    .await
+    .unwrap();
+    client.flush().await.unwrap();
+    host
+}
+
+#[tokio::test]
+async fn requests_decode_the_typed_reply_or_the_error_envelope() {
+    use toronto_protocol::messages::{Status, StatusRequest};
+    use toronto_protocol::{Encoding, ErrorCode};
+    use toronto_testkit::{Requester, remote_error, request};
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let _host = status_host(&client).await;
+
+    let kit = Requester::service(client.clone(), "kit");
+    assert_eq!(kit.subject("status"), "toronto.devops.v1.kit.status");
+    let status: Status = kit
+        .request("status", StatusRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(status.service, "toronto-kit");
+    let packed = kit.clone().with_encoding(Encoding::MessagePack);
+    let status: Status = packed
+        .request("status", StatusRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(status.version, "1.0.0");
+    let status: Status = request(
+        &client,
+        "toronto.devops.v1.kit.status",
+        StatusRequest::default(),
+    )
+    .await
+    .unwrap();
+    assert!(status.nats_connected);
+
+    let refused = kit
+        .request::<_, Status>("missing", StatusRequest::default())
+        .await;
+    let body = remote_error(refused);
+    assert_eq!(body.code, ErrorCode::NotFound);
+    assert_eq!(body.message, "nothing here");
+    let nobody = kit
+        .with_timeout(Duration::from_secs(1))
+        .request::<_, Status>("absent", StatusRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code(), ErrorCode::Unavailable, "{nobody}");
+}

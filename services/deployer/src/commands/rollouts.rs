@@ -1,0 +1,194 @@
+//! Finding, listing and commanding rollouts (`rollout.get`, `.list`, `.promote`,
+//! `.abort`, `.pause`, `.resume`).
+
+use chrono::Utc;
+use toronto_protocol::rollout::{
+    PendingCommand, Rollout, RolloutCommand, RolloutList, RolloutPhase, RolloutRef, Rollouts,
+};
+use toronto_protocol::{ErrorBody, ErrorCode};
+use toronto_runtime::work::Edit;
+use uuid::Uuid;
+
+use super::{Verb, bad, not_found};
+use crate::engine::{Deployer, EngineError};
+
+impl Deployer {
+    /// Finds a rollout by id, or the newest of a service in an environment.
+    pub async fn find(
+        &self,
+        id: Option<Uuid>,
+        service: Option<&str>,
+        environment: Option<&str>,
+    ) -> Result<Rollout, ErrorBody> {
+        if let Some(id) = id {
+            return self
+                .load(id)
+                .await?
+                .map(|(r, _)| r)
+                .ok_or_else(|| not_found(format!("no rollout {id}")));
+        }
+        let (Some(service), Some(environment)) = (service, environment) else {
+            return Err(bad(
+                "name the rollout by `id`, or by `service` and `environment`",
+            ));
+        };
+        if let Some(r) = self.active(service, environment).await? {
+            return Ok(r);
+        }
+        let list = self
+            .list(&RolloutList {
+                service: Some(service.into()),
+                environment: Some(environment.into()),
+                active: false,
+                limit: Some(1),
+            })
+            .await?;
+        list.rollouts
+            .into_iter()
+            .next()
+            .ok_or_else(|| not_found(format!("no rollout of {service} in {environment}")))
+    }
+
+    /// `rollout.get`.
+    pub async fn get(&self, q: &RolloutRef) -> Result<Rollout, ErrorBody> {
+        self.find(q.id, q.service.as_deref(), q.environment.as_deref())
+            .await
+    }
+
+    /// `rollout.list`: newest first.
+    pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
+        let ids = self.rollout_ids().await?;
+        let mut out = Vec::new();
+        // Rollout ids are UUID v7: newest last in key order.
+        for id in ids.iter().rev() {
+            let Ok(id) = id.parse::<Uuid>() else {
+                continue;
+            };
+            let Some((r, _)) = self.load(id).await? else {
+                continue;
+            };
+            if q.service.as_ref().is_some_and(|s| s != &r.service)
+                || q.environment.as_ref().is_some_and(|e| e != &r.environment)
+                || (q.active && r.phase.is_final())
+            {
+                continue;
+            }
+            out.push(r);
+            if out.len() >= q.limit.unwrap_or(50) {
+                break;
+            }
+        }
+        Ok(Rollouts { rollouts: out })
+    }
+
+    /// `rollout.promote`, `.abort`, `.pause`, `.resume`: recorded on the rollout for
+    /// the instance running it (or carried out here when nobody runs it).
+    pub async fn command(&self, c: &RolloutCommand, verb: Verb) -> Result<Rollout, ErrorBody> {
+        let found = self
+            .find(c.id, c.service.as_deref(), c.environment.as_deref())
+            .await?;
+        let by = c.by.clone().unwrap_or_else(|| "someone".into());
+        let updated = self
+            .records
+            .update(found.id, |r| match apply_command(r, c, verb, &by) {
+                Ok(Some(change)) => {
+                    r.updated_at = Utc::now();
+                    Edit::Save(Ok(Some(change)))
+                }
+                other => Edit::Keep(other),
+            })
+            .await
+            .map_err(EngineError::from)?;
+        let Some((r, answer)) = updated else {
+            return Err(not_found(format!("no rollout {}", found.id)));
+        };
+        let Some(change) = answer? else {
+            return Ok(r);
+        };
+        if let Some(what) = change.event {
+            self.announce(what, &r).await;
+        }
+        if change.wake {
+            self.enqueue(r.id).await?;
+        }
+        Ok(r)
+    }
+}
+
+/// What a command changed on a rollout: whether the runner must be woken, and the
+/// event to announce.
+struct Change {
+    wake: bool,
+    event: Option<&'static str>,
+}
+
+/// Records a command on a rollout; `None` when there is nothing to change.
+fn apply_command(
+    r: &mut Rollout,
+    c: &RolloutCommand,
+    verb: Verb,
+    by: &str,
+) -> Result<Option<Change>, ErrorBody> {
+    if r.phase.is_final() {
+        return Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("rollout {} has already ended ({:?})", r.id, r.phase).to_lowercase(),
+        ));
+    }
+    let mut wake = false;
+    let mut event = None;
+    match verb {
+        Verb::Abort => {
+            r.pending = Some(PendingCommand::Abort {
+                by: by.to_owned(),
+                reason: c.reason.clone().unwrap_or_else(|| "no reason given".into()),
+            });
+            wake = r.phase == RolloutPhase::Paused;
+            if wake {
+                r.phase = RolloutPhase::Progressing;
+            }
+        }
+        Verb::Pause => {
+            if r.phase == RolloutPhase::Paused {
+                return Ok(None);
+            }
+            r.pending = Some(PendingCommand::Pause { by: by.to_owned() });
+        }
+        Verb::Resume => {
+            if r.phase != RolloutPhase::Paused {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("rollout {} is not paused", r.id),
+                ));
+            }
+            r.phase = RolloutPhase::Progressing;
+            r.reason = None;
+            wake = true;
+            event = Some("resumed");
+        }
+        Verb::Promote if r.phase == RolloutPhase::Paused => {
+            // Held between steps: go on to the next (or, `full`, the last).
+            r.phase = RolloutPhase::Progressing;
+            r.reason = None;
+            if c.full && r.step_index < r.steps.len() {
+                let last = r.steps.len() - 1;
+                let now = Utc::now();
+                for s in &mut r.steps[r.step_index..last] {
+                    s.state = toronto_protocol::rollout::RolloutStepState::Done;
+                    s.done_at = Some(now);
+                }
+                r.step_index = last;
+            }
+            wake = true;
+            event = Some("promoted");
+        }
+        Verb::Promote => {
+            // Running: the runner ends the current pause (or skips to the end).
+            r.pending = Some(PendingCommand::Promote {
+                by: by.to_owned(),
+                full: c.full,
+            });
+        }
+    }
+    Ok(Some(Change { wake, event }))
+}

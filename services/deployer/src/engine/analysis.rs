@@ -1,0 +1,345 @@
+//! Evidence against a rollout: alerts and failing analyses heard on the bus, canary
+//! analyses asked of the monitor, and the simulated cluster's own counts when no
+//! monitor answers.
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::analysis::{
+    AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, MetricEvidence,
+    SampleSummary,
+};
+use toronto_protocol::rollout::{AnalysisRecord, Rollout, RolloutStep, RolloutStepKind};
+use toronto_protocol::{Encoding, Envelope, ServiceKind};
+use toronto_runtime::rpc::{CallError, call};
+
+use super::{Deployer, EngineError, Heard, Release, step_layout};
+use crate::settings::Settings;
+use crate::sim::SimCluster;
+use crate::target::Track;
+
+impl Deployer {
+    /// Evidence that the step should be aborted: something heard on the bus, or an
+    /// analysis run now (at most once per analysis interval).
+    pub(super) async fn evidence_against(
+        &self,
+        r: &Rollout,
+        step: &RolloutStep,
+        before: Option<&Release>,
+    ) -> Option<AnalysisRecord> {
+        // Only steps that send traffic to the new version are judged (not a rollback,
+        // which the alert that asked for it must not abort).
+        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
+        if let Some(h) = self.take_heard(r) {
+            return Some(AnalysisRecord {
+                step: step.id.clone(),
+                source: h.source.into(),
+                verdict: h.verdict,
+            });
+        }
+        {
+            let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
+            if last
+                .get(&r.id)
+                .is_some_and(|t| t.elapsed() < self.settings.analysis_interval)
+            {
+                return None;
+            }
+            last.insert(r.id, std::time::Instant::now());
+        }
+        let (source, verdict) = self.analyze(r, canary, baseline).await?;
+        (verdict.outcome == AnalysisOutcome::Fail).then(|| AnalysisRecord {
+            step: step.id.clone(),
+            source: source.into(),
+            verdict,
+        })
+    }
+
+    /// A firing alert heard on the service since `since`, described.
+    pub(crate) fn heard_alert(
+        &self,
+        service: &str,
+        environment: &str,
+        since: DateTime<Utc>,
+    ) -> Option<String> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&(service.to_owned(), environment.to_owned()))?
+            .iter()
+            .find(|h| h.at >= since && h.source == "alert")
+            .map(|h| h.verdict.reason.clone())
+    }
+
+    /// Evidence heard on the bus since the rollout began.
+    fn take_heard(&self, r: &Rollout) -> Option<Heard> {
+        let heard = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        heard
+            .get(&(r.service.clone(), r.environment.clone()))?
+            .iter()
+            .find(|h| {
+                h.at >= r.created_at
+                    && h.rollout_id.is_none_or(|id| id == r.id)
+                    && (h.source != "alert" || self.settings.abort_on_alert)
+            })
+            .cloned()
+    }
+
+    /// Asks the monitor; falls back to the simulated target's own numbers when no
+    /// monitor answers.
+    async fn analyze(
+        &self,
+        r: &Rollout,
+        canary: Track,
+        baseline: Track,
+    ) -> Option<(&'static str, CanaryVerdict)> {
+        let request = CanaryAnalyze {
+            service: r.service.clone(),
+            environment: r.environment.clone(),
+            // The version too: an earlier canary's samples on the same track must not
+            // count against this one.
+            canary: [
+                ("track".to_owned(), canary.as_str().to_owned()),
+                ("version".to_owned(), r.version.clone()),
+            ]
+            .into(),
+            baseline: [("track".to_owned(), baseline.as_str().to_owned())]
+                .into_iter()
+                .chain(
+                    r.previous
+                        .as_ref()
+                        .map(|p| ("version".to_owned(), p.version.clone())),
+                )
+                .collect(),
+            metrics: vec![
+                AnalysisMetric {
+                    name: "http_error_ratio".into(),
+                    query: None,
+                    direction: Direction::Increase,
+                    max_relative_effect: None,
+                    max_absolute_effect: Some(self.settings.max_error_ratio_increase),
+                    critical: true,
+                    must_have_data: false,
+                },
+                AnalysisMetric {
+                    name: "http_latency_seconds".into(),
+                    query: None,
+                    direction: Direction::Increase,
+                    max_relative_effect: Some(self.settings.max_latency_increase),
+                    max_absolute_effect: None,
+                    critical: false,
+                    must_have_data: false,
+                },
+            ],
+            window_seconds: self.settings.analysis_window.as_secs_f64(),
+            confidence: None,
+            rollout_id: Some(r.id),
+        };
+        let envelope = Envelope::builder(self.source.clone(), request)
+            .subject(r.service.clone())
+            .build();
+        let subject = self
+            .subjects
+            .command(ServiceKind::Monitor, "canary.analyze");
+        match call::<_, CanaryVerdict>(
+            &self.client,
+            &subject,
+            &envelope,
+            Encoding::Json,
+            self.settings.analysis_timeout,
+        )
+        .await
+        {
+            Ok(reply) => Some(("monitor", reply.data)),
+            Err(CallError::NoResponders(_) | CallError::Timeout { .. }) => {
+                let sim = self.sim.as_ref()?;
+                Some((
+                    "threshold",
+                    threshold_verdict(sim, r, canary, baseline, &self.settings),
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(rollout = %r.id, error = %e, "canary analysis failed");
+                None
+            }
+        }
+    }
+
+    /// Records a failing verdict or a firing alert heard on the bus.
+    pub(crate) fn hear(&self, service: &str, environment: &str, heard: Heard) {
+        let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+        let list = map
+            .entry((service.to_owned(), environment.to_owned()))
+            .or_default();
+        list.push(heard);
+        let excess = list.len().saturating_sub(50);
+        list.drain(..excess);
+    }
+
+    /// Listens for alerts on services and failing continuous analyses until shutdown.
+    pub(crate) async fn listen(self, shutdown: CancellationToken) -> Result<(), EngineError> {
+        use futures::StreamExt;
+        let root = format!("{}.events", self.subjects.devops_root());
+        let mut alerts = self
+            .client
+            .subscribe(format!("{root}.alert.firing"))
+            .await?;
+        let mut results = self
+            .client
+            .subscribe(format!("{root}.analysis.result"))
+            .await?;
+        toronto_runtime::service::confirm_subscriptions(&self.client).await;
+        loop {
+            let (message, is_alert) = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = self.crash.cancelled() => return Ok(()),
+                Some(m) = alerts.next() => (m, true),
+                Some(m) = results.next() => (m, false),
+                else => return Ok(()),
+            };
+            let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+                continue;
+            };
+            let data = raw.get("data").cloned().unwrap_or_default();
+            if is_alert {
+                let label = |name: &str| {
+                    data.get(name)
+                        .or_else(|| data.get("labels").and_then(|l| l.get(name)))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                };
+                let (Some(service), Some(environment)) = (label("service"), label("environment"))
+                else {
+                    continue;
+                };
+                let summary = label("summary")
+                    .or_else(|| label("alertname"))
+                    .or_else(|| label("slo"))
+                    .unwrap_or_else(|| "alert".into());
+                let verdict = CanaryVerdict {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    rollout_id: None,
+                    outcome: AnalysisOutcome::Fail,
+                    reason: format!("alert firing on {service} in {environment}: {summary}"),
+                    metrics: Vec::new(),
+                    analyzed_at: Utc::now(),
+                };
+                self.hear(
+                    &service,
+                    &environment,
+                    Heard {
+                        at: Utc::now(),
+                        rollout_id: None,
+                        source: "alert",
+                        verdict,
+                    },
+                );
+            } else if let Ok(verdict) = serde_json::from_value::<CanaryVerdict>(data)
+                && verdict.outcome == AnalysisOutcome::Fail
+                && verdict.rollout_id.is_some()
+            {
+                let (service, environment) = (verdict.service.clone(), verdict.environment.clone());
+                self.hear(
+                    &service,
+                    &environment,
+                    Heard {
+                        at: Utc::now(),
+                        rollout_id: verdict.rollout_id,
+                        source: "monitor",
+                        verdict,
+                    },
+                );
+            }
+        }
+    }
+}
+
+pub(super) fn trim(analyses: &mut Vec<AnalysisRecord>) {
+    let excess = analyses.len().saturating_sub(20);
+    analyses.drain(..excess);
+}
+
+/// Which tracks a step compares (new, baseline), when it has something to analyse:
+/// the canary with the stable, or the new colour (behind the preview Service, then
+/// active) with the old one.
+fn analysis_tracks(
+    r: &Rollout,
+    step: &RolloutStep,
+    before: Option<&Release>,
+    settings: &Settings,
+) -> Option<(Track, Track)> {
+    match step.kind {
+        RolloutStepKind::Weight => Some((Track::Canary, Track::Stable)),
+        RolloutStepKind::Preview | RolloutStepKind::Switch => {
+            let layout = step_layout(r, step, before, settings);
+            let new = layout
+                .workloads
+                .iter()
+                .find(|w| w.version == r.version && w.replicas > 0)?
+                .track;
+            Some((new, new.other_colour()))
+        }
+        _ => None,
+    }
+}
+
+/// A threshold check on the simulated cluster's own counts: the canary fails when its
+/// error ratio exceeds the baseline's by more than the allowed increase.
+fn threshold_verdict(
+    sim: &SimCluster,
+    r: &Rollout,
+    canary: Track,
+    baseline: Track,
+    settings: &Settings,
+) -> CanaryVerdict {
+    let window = settings.analysis_window;
+    let c = sim.observed(&r.service, &r.environment, canary, window);
+    let b = sim.observed(&r.service, &r.environment, baseline, window);
+    let summary = |x: Option<(u64, u64, f64)>| SampleSummary {
+        count: x.map_or(0, |v| v.0 as usize),
+        median: None,
+        mean: x.map(|(req, err, _)| err as f64 / req.max(1) as f64),
+    };
+    let (outcome, reason) = match (c, b) {
+        (Some((cr, ce, _)), Some((br, be, _))) => {
+            let cratio = ce as f64 / cr.max(1) as f64;
+            let bratio = be as f64 / br.max(1) as f64;
+            if cratio - bratio > settings.max_error_ratio_increase {
+                (
+                    AnalysisOutcome::Fail,
+                    format!(
+                        "canary error ratio {cratio:.3} exceeds the baseline's {bratio:.3} by more than {}",
+                        settings.max_error_ratio_increase
+                    ),
+                )
+            } else {
+                (
+                    AnalysisOutcome::Pass,
+                    format!("canary error ratio {cratio:.3}, baseline {bratio:.3}"),
+                )
+            }
+        }
+        _ => (
+            AnalysisOutcome::Inconclusive,
+            "no traffic measured yet".to_owned(),
+        ),
+    };
+    CanaryVerdict {
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        rollout_id: Some(r.id),
+        outcome,
+        reason: reason.clone(),
+        metrics: vec![MetricEvidence {
+            name: "http_error_ratio".into(),
+            outcome,
+            critical: true,
+            canary: summary(c),
+            baseline: summary(b),
+            u: None,
+            p_value: None,
+            effect: None,
+            reason,
+        }],
+        analyzed_at: Utc::now(),
+    }
+}

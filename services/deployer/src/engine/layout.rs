@@ -1,0 +1,516 @@
+//! Rollout shapes: the steps of a strategy, and the layout (workloads and routing)
+//! each step, the steady state and a rollback put on the target.
+
+use std::time::Duration;
+
+use toronto_protocol::rollout::{
+    Revision, Rollout, RolloutStep, RolloutStepKind, RolloutStepState,
+};
+use toronto_protocol::tasks::Strategy;
+
+use super::Release;
+use crate::settings::Settings;
+use crate::target::{Layout, Routing, Track, Workload};
+
+/// Checks canary weights: 1 to 100, strictly increasing.
+pub fn check_weights(weights: &[u8]) -> Result<(), String> {
+    if weights.is_empty() {
+        return Err("at least one canary step is needed".into());
+    }
+    for w in weights {
+        if *w == 0 || *w > 100 {
+            return Err(format!("canary weight {w} is not between 1 and 100"));
+        }
+    }
+    for pair in weights.windows(2) {
+        if pair[1] <= pair[0] {
+            return Err(format!(
+                "canary steps must increase: {} comes after {}",
+                pair[1], pair[0]
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The shape a layout routes traffic in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// One workload.
+    Rolling,
+    /// Stable and canary.
+    Canary,
+    /// Blue and green.
+    BlueGreen,
+}
+
+impl Family {
+    /// The family of a strategy.
+    pub fn of_strategy(s: &Strategy) -> Self {
+        match s {
+            Strategy::Rolling => Self::Rolling,
+            Strategy::BlueGreen => Self::BlueGreen,
+            Strategy::Canary { .. } => Self::Canary,
+        }
+    }
+
+    /// The family of a layout.
+    pub fn of_layout(l: &Layout) -> Self {
+        match l.routing {
+            Routing::Rolling { .. } => Self::Rolling,
+            Routing::BlueGreen { .. } => Self::BlueGreen,
+            Routing::Canary { .. } => Self::Canary,
+        }
+    }
+}
+
+fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> RolloutStep {
+    RolloutStep {
+        id,
+        kind,
+        weight,
+        pause_seconds: pause.as_secs(),
+        state: RolloutStepState::Pending,
+        applied_at: None,
+        ready_at: None,
+        done_at: None,
+    }
+}
+
+/// The steps of a rollout of `strategy` over `previous` (what runs now). A first
+/// deploy, a change of strategy family and a rollback put the version in place in one
+/// `replace` step: there is nothing to compare a canary with, or the shape changes.
+pub fn plan_steps(
+    strategy: &Strategy,
+    previous: Option<&Release>,
+    settings: &Settings,
+    is_rollback: bool,
+) -> Result<Vec<RolloutStep>, String> {
+    let pause = settings.step_pause;
+    if let Strategy::Canary { steps } = strategy
+        && !steps.is_empty()
+    {
+        check_weights(&steps.iter().map(|s| s.weight).collect::<Vec<_>>())?;
+    }
+    let family = Family::of_strategy(strategy);
+    let replace = is_rollback || previous.is_none_or(|p| Family::of_layout(&p.layout) != family);
+    if replace {
+        return Ok(vec![step(
+            "replace".into(),
+            RolloutStepKind::Replace,
+            100,
+            Duration::ZERO,
+        )]);
+    }
+    Ok(match strategy {
+        Strategy::Rolling => vec![step(
+            "rolling".into(),
+            RolloutStepKind::Rolling,
+            100,
+            Duration::ZERO,
+        )],
+        Strategy::BlueGreen => vec![
+            step("preview".into(), RolloutStepKind::Preview, 0, pause),
+            step(
+                "switch".into(),
+                RolloutStepKind::Switch,
+                100,
+                settings.scale_down_delay,
+            ),
+            step(
+                "scale-down".into(),
+                RolloutStepKind::ScaleDown,
+                100,
+                Duration::ZERO,
+            ),
+        ],
+        Strategy::Canary { steps } => {
+            let weights: Vec<(u8, Duration)> = if steps.is_empty() {
+                settings.canary_steps.iter().map(|w| (*w, pause)).collect()
+            } else {
+                steps
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.weight,
+                            s.pause_seconds.map(Duration::from_secs).unwrap_or(pause),
+                        )
+                    })
+                    .collect()
+            };
+            let mut out: Vec<RolloutStep> = weights
+                .iter()
+                .filter(|(w, _)| *w < 100)
+                .map(|(w, p)| step(format!("weight-{w}"), RolloutStepKind::Weight, *w, *p))
+                .collect();
+            out.push(step(
+                "promote".into(),
+                RolloutStepKind::Promote,
+                100,
+                Duration::ZERO,
+            ));
+            out
+        }
+    })
+}
+
+fn workload(name: String, track: Track, rev: &Revision, replicas: u32) -> Workload {
+    Workload {
+        name,
+        track,
+        version: rev.version.clone(),
+        image: rev.image.clone(),
+        replicas,
+    }
+}
+
+/// Adds, at 0 replicas, every workload of `before` that `layout` does not name, so
+/// that what a change leaves behind stops running.
+fn zero_others(mut layout: Layout, before: Option<&Layout>) -> Layout {
+    if let Some(before) = before {
+        for w in &before.workloads {
+            if !layout.workloads.iter().any(|x| x.name == w.name) {
+                let mut w = w.clone();
+                w.replicas = 0;
+                layout.workloads.push(w);
+            }
+        }
+    }
+    layout
+}
+
+fn active_colour(layout: &Layout) -> Option<Track> {
+    match layout.routing {
+        Routing::BlueGreen { active, .. } => Some(active),
+        _ => None,
+    }
+}
+
+/// The layout in which `rev` serves everything, in `family`'s shape.
+pub fn steady_layout(
+    family: Family,
+    service: &str,
+    environment: &str,
+    rev: &Revision,
+    before: Option<&Layout>,
+) -> Layout {
+    let (workloads, routing) = match family {
+        Family::Rolling => (
+            vec![workload(service.into(), Track::Stable, rev, rev.replicas)],
+            Routing::Rolling {
+                max_surge: "25%".into(),
+                max_unavailable: "0".into(),
+            },
+        ),
+        Family::Canary => (
+            vec![
+                workload(service.into(), Track::Stable, rev, rev.replicas),
+                workload(format!("{service}-canary"), Track::Canary, rev, 0),
+            ],
+            Routing::Canary { canary_weight: 0 },
+        ),
+        Family::BlueGreen => {
+            let colour = before
+                .and_then(active_colour)
+                .map(Track::other_colour)
+                .unwrap_or(Track::Blue);
+            (
+                vec![workload(
+                    format!("{service}-{}", colour.as_str()),
+                    colour,
+                    rev,
+                    rev.replicas,
+                )],
+                Routing::BlueGreen {
+                    active: colour,
+                    preview: None,
+                },
+            )
+        }
+    };
+    zero_others(
+        Layout {
+            service: service.into(),
+            environment: environment.into(),
+            workloads,
+            routing,
+            step_key: String::new(),
+            progress_deadline_seconds: 0,
+        },
+        before,
+    )
+}
+
+/// The layout a step of `r` applies, given what ran before it.
+pub fn step_layout(
+    r: &Rollout,
+    step: &RolloutStep,
+    before: Option<&Release>,
+    settings: &Settings,
+) -> Layout {
+    let new = Revision {
+        version: r.version.clone(),
+        image: r.image.clone(),
+        replicas: r.replicas,
+    };
+    let before_layout = before.map(|b| &b.layout);
+    let old = r.previous.clone().unwrap_or_else(|| new.clone());
+    let svc = r.service.as_str();
+    let env = r.environment.as_str();
+    let mut layout = match step.kind {
+        RolloutStepKind::Replace => {
+            // A rollback keeps the service's shape; anything else takes the strategy's.
+            let family = if r.is_rollback {
+                before_layout.map_or(Family::Rolling, Family::of_layout)
+            } else {
+                Family::of_strategy(&r.strategy)
+            };
+            steady_layout(family, svc, env, &new, before_layout)
+        }
+        RolloutStepKind::Rolling => steady_layout(Family::Rolling, svc, env, &new, before_layout),
+        RolloutStepKind::Promote => steady_layout(Family::Canary, svc, env, &new, before_layout),
+        RolloutStepKind::Weight => {
+            let total = r.replicas.max(1);
+            let canary = ((total * u32::from(step.weight)).div_ceil(100)).max(1);
+            let stable = total.saturating_sub(canary).max(1);
+            zero_others(
+                Layout {
+                    service: svc.into(),
+                    environment: env.into(),
+                    workloads: vec![
+                        workload(svc.into(), Track::Stable, &old, stable),
+                        workload(format!("{svc}-canary"), Track::Canary, &new, canary),
+                    ],
+                    routing: Routing::Canary {
+                        canary_weight: step.weight,
+                    },
+                    step_key: String::new(),
+                    progress_deadline_seconds: 0,
+                },
+                before_layout,
+            )
+        }
+        RolloutStepKind::Preview | RolloutStepKind::Switch | RolloutStepKind::ScaleDown => {
+            let old_colour = before_layout.and_then(active_colour).unwrap_or(Track::Blue);
+            let new_colour = old_colour.other_colour();
+            let old_replicas = if step.kind == RolloutStepKind::ScaleDown {
+                0
+            } else {
+                old.replicas
+            };
+            let routing = match step.kind {
+                RolloutStepKind::Preview => Routing::BlueGreen {
+                    active: old_colour,
+                    preview: Some(new_colour),
+                },
+                RolloutStepKind::Switch => Routing::BlueGreen {
+                    active: new_colour,
+                    preview: Some(old_colour),
+                },
+                _ => Routing::BlueGreen {
+                    active: new_colour,
+                    preview: None,
+                },
+            };
+            zero_others(
+                Layout {
+                    service: svc.into(),
+                    environment: env.into(),
+                    workloads: vec![
+                        workload(
+                            format!("{svc}-{}", old_colour.as_str()),
+                            old_colour,
+                            &old,
+                            old_replicas,
+                        ),
+                        workload(
+                            format!("{svc}-{}", new_colour.as_str()),
+                            new_colour,
+                            &new,
+                            r.replicas,
+                        ),
+                    ],
+                    routing,
+                    step_key: String::new(),
+                    progress_deadline_seconds: 0,
+                },
+                before_layout,
+            )
+        }
+    };
+    layout.step_key = format!("{}:{}", r.id, step.id);
+    layout.progress_deadline_seconds = settings.progress_deadline.as_secs().clamp(1, 86_400) as u32;
+    layout
+}
+
+/// What to apply to send all traffic back to what ran before `r` (or, for a first
+/// deploy, to stop the new version).
+pub fn rollback_layout(r: &Rollout, before: Option<&Release>, settings: &Settings) -> Layout {
+    let current = r
+        .steps
+        .get(r.step_index.min(r.steps.len().saturating_sub(1)))
+        .map(|s| step_layout(r, s, before, settings));
+    let mut layout = match before {
+        Some(b) => zero_others(b.layout.clone(), current.as_ref()),
+        None => {
+            let mut l = current.unwrap_or_else(|| {
+                steady_layout(
+                    Family::of_strategy(&r.strategy),
+                    &r.service,
+                    &r.environment,
+                    &Revision {
+                        version: r.version.clone(),
+                        image: r.image.clone(),
+                        replicas: 0,
+                    },
+                    None,
+                )
+            });
+            for w in &mut l.workloads {
+                w.replicas = 0;
+            }
+            l
+        }
+    };
+    layout.step_key = format!("{}:rollback", r.id);
+    layout.progress_deadline_seconds = settings.progress_deadline.as_secs().clamp(1, 86_400) as u32;
+    layout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use toronto_protocol::rollout::RolloutPhase;
+    use toronto_protocol::tasks::CanaryStep;
+    use uuid::Uuid;
+
+    fn release(family: Family, version: &str) -> Release {
+        let rev = Revision {
+            version: version.into(),
+            image: format!("shop:{version}"),
+            replicas: 4,
+        };
+        Release {
+            layout: steady_layout(family, "shop", "production", &rev, None),
+            current: rev,
+            history: Vec::new(),
+            rollout_id: None,
+            at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn weights_must_increase_within_range() {
+        assert!(check_weights(&[10, 25, 50, 100]).is_ok());
+        assert!(
+            check_weights(&[25, 10])
+                .unwrap_err()
+                .contains("must increase")
+        );
+        assert!(
+            check_weights(&[0, 10])
+                .unwrap_err()
+                .contains("between 1 and 100")
+        );
+        assert!(check_weights(&[]).is_err());
+    }
+
+    #[test]
+    fn canary_steps_end_with_promote_and_first_deploy_replaces() {
+        let settings = Settings::default();
+        let strategy = Strategy::Canary {
+            steps: vec![
+                CanaryStep {
+                    weight: 20,
+                    pause_seconds: Some(5),
+                },
+                CanaryStep {
+                    weight: 100,
+                    pause_seconds: None,
+                },
+            ],
+        };
+        let before = release(Family::Canary, "1.0.0");
+        let steps = plan_steps(&strategy, Some(&before), &settings, false).unwrap();
+        let ids: Vec<_> = steps.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["weight-20", "promote"]);
+        assert_eq!(steps[0].pause_seconds, 5);
+        let first = plan_steps(&strategy, None, &settings, false).unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].kind, RolloutStepKind::Replace);
+    }
+
+    #[test]
+    fn blue_green_switches_to_the_other_colour() {
+        let settings = Settings::default();
+        let before = release(Family::BlueGreen, "1.0.0");
+        let steps = plan_steps(&Strategy::BlueGreen, Some(&before), &settings, false).unwrap();
+        let r = Rollout {
+            id: Uuid::nil(),
+            service: "shop".into(),
+            environment: "production".into(),
+            version: "2.0.0".into(),
+            image: "shop:2.0.0".into(),
+            strategy: Strategy::BlueGreen,
+            replicas: 4,
+            previous: Some(before.current.clone()),
+            phase: RolloutPhase::Progressing,
+            steps: steps.clone(),
+            step_index: 0,
+            weight: 0,
+            manual_promotion: false,
+            reason: None,
+            rolled_back: false,
+            is_rollback: false,
+            pending: None,
+            analyses: Vec::new(),
+            plan_id: None,
+            idempotency_key: "k".into(),
+            correlationid: None,
+            requested_by: None,
+            lease: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+            finished_at: None,
+        };
+        let preview = step_layout(&r, &steps[0], Some(&before), &settings);
+        assert_eq!(
+            preview.routing,
+            Routing::BlueGreen {
+                active: Track::Blue,
+                preview: Some(Track::Green)
+            }
+        );
+        let switch = step_layout(&r, &steps[1], Some(&before), &settings);
+        assert_eq!(
+            switch.routing,
+            Routing::BlueGreen {
+                active: Track::Green,
+                preview: Some(Track::Blue)
+            }
+        );
+        let green = switch
+            .workloads
+            .iter()
+            .find(|w| w.name == "shop-green")
+            .unwrap();
+        assert_eq!(green.version, "2.0.0");
+        let back = rollback_layout(&r, Some(&before), &settings);
+        assert_eq!(
+            back.routing,
+            Routing::BlueGreen {
+                active: Track::Blue,
+                preview: None
+            }
+        );
+        assert_eq!(
+            back.workloads
+                .iter()
+                .find(|w| w.name == "shop-green")
+                .unwrap()
+                .replicas,
+            0
+        );
+    }
+}

@@ -1,0 +1,257 @@
+//! The incident commander over the wire, against real servers: a real nats-server
+//! (test kit), a real Alertmanager and Prometheus (Debian's binaries). Assertions are
+//! on what a user sees: incidents, their events, pages, HTTP answers, and what
+//! survives a restart. The engine's rules are unit-tested beside it
+//! (`src/engine/*_tests.rs`); scenarios with the deployer and the monitor live in the
+//! end-to-end crate (`tests/e2e/tests/scenarios/incidents.rs`).
+
+mod intake;
+mod lifecycle;
+mod suppress;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use toronto_incident_commander::settings::{Policy, Settings};
+use toronto_protocol::alerts::{Alert, AlertStatus};
+use toronto_protocol::incidents::{
+    Incident, IncidentAction, IncidentEvent, IncidentList, IncidentMetrics, IncidentMetricsQuery,
+    IncidentNote, IncidentState, Incidents, InhibitionCreate, InhibitionList, InhibitionRules,
+    Matcher, Page, Postmortem, PostmortemRequest, Severity, Silence, SilenceCreate, SilenceExpire,
+    SilenceList, Silences,
+};
+use toronto_protocol::{Encoding, Envelope, Message};
+use toronto_runtime::Config;
+use toronto_runtime::rpc::{CallError, call};
+use toronto_testkit::NatsServer;
+
+type Running = tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>;
+
+struct Commander {
+    shutdown: CancellationToken,
+    running: Running,
+    http: SocketAddr,
+}
+
+async fn start_commander(url: &str, settings: Settings) -> Commander {
+    let mut config = Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.http.addr = "127.0.0.1:0".into();
+    config.shutdown_grace_secs = 5;
+    let shutdown = CancellationToken::new();
+    let rt = toronto_incident_commander::start_with(config, settings, shutdown.clone())
+        .await
+        .expect("the incident commander starts");
+    let http = rt.http_addr.expect("HTTP enabled");
+    let running = tokio::spawn(rt.run_until_shutdown());
+    Commander {
+        shutdown,
+        running,
+        http,
+    }
+}
+
+impl Commander {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.unwrap().unwrap();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+}
+
+fn quick() -> Settings {
+    Settings {
+        resolve_hold: Duration::from_millis(200),
+        tick: Duration::from_millis(100),
+        recovery_poll: Duration::from_millis(200),
+        ..Settings::default()
+    }
+}
+
+/// Everything published on the bus that a test watches.
+struct Bus {
+    client: async_nats::Client,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
+    seen: Vec<(String, bytes::Bytes)>,
+}
+
+async fn bus(client: &async_nats::Client, subjects: &[&str]) -> Bus {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for s in subjects {
+        let mut sub = client.subscribe(s.to_string()).await.unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let _ = tx.send((m.subject.to_string(), m.payload));
+            }
+        });
+    }
+    toronto_runtime::service::confirm_subscriptions(client).await;
+    Bus {
+        client: client.clone(),
+        rx,
+        seen: Vec::new(),
+    }
+}
+
+impl Bus {
+    /// Waits for a message on `subject` whose payload decodes as `T` and satisfies `f`.
+    async fn wait<T: Message>(&mut self, subject: &str, f: impl Fn(&T) -> bool) -> T {
+        let decode = |p: &bytes::Bytes| toronto_protocol::decode::<T>(p, Encoding::Json).ok();
+        if let Some(found) = self
+            .seen
+            .iter()
+            .filter(|(s, _)| s == subject)
+            .filter_map(|(_, p)| decode(p))
+            .find(|d| f(&d.data))
+        {
+            return found.data;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, p) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing matching on {subject} within 60 s"))
+                .unwrap();
+            self.seen.push((s.clone(), p.clone()));
+            if s == subject
+                && let Some(d) = decode(&p)
+                && f(&d.data)
+            {
+                return d.data;
+            }
+        }
+    }
+
+    /// Waits for any message on `subject` and returns its bytes.
+    async fn raw(&mut self, subject: &str) -> bytes::Bytes {
+        if let Some((_, p)) = self.seen.iter().find(|(s, _)| s == subject) {
+            return p.clone();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let (s, p) = tokio::time::timeout_at(deadline, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("nothing on {subject} within 60 s"))
+                .unwrap();
+            self.seen.push((s.clone(), p.clone()));
+            if s == subject {
+                return p;
+            }
+        }
+    }
+
+    /// Every message seen so far on `subject` (after draining what arrived).
+    fn all<T: Message>(&mut self, subject: &str) -> Vec<T> {
+        while let Ok(m) = self.rx.try_recv() {
+            self.seen.push(m);
+        }
+        self.seen
+            .iter()
+            .filter(|(s, _)| s == subject)
+            .filter_map(|(_, p)| toronto_protocol::decode::<T>(p, Encoding::Json).ok())
+            .map(|e| e.data)
+            .collect()
+    }
+
+    async fn request<Req: Message, Resp: Message>(
+        &self,
+        verb: &str,
+        data: Req,
+    ) -> Result<Resp, CallError> {
+        let envelope = Envelope::builder("toronto://test", data).build();
+        call(
+            &self.client,
+            &format!("toronto.devops.v1.incident.{verb}"),
+            &envelope,
+            Encoding::Json,
+            Duration::from_secs(10),
+        )
+        .await
+        .map(|r: Envelope<Resp>| r.data)
+    }
+
+    async fn incidents(&self) -> Vec<Incident> {
+        self.request::<_, Incidents>("list", IncidentList::default())
+            .await
+            .unwrap()
+            .incidents
+    }
+
+    async fn incident(&self, id: uuid::Uuid) -> Incident {
+        self.request("get", toronto_protocol::incidents::IncidentGet { id })
+            .await
+            .unwrap()
+    }
+}
+
+const OPENED: &str = "toronto.devops.v1.events.incident.opened";
+const RESOLVED: &str = "toronto.devops.v1.events.incident.resolved";
+const ESCALATED: &str = "toronto.devops.v1.events.incident.escalated";
+const PAGES: &str = "toronto.devops.v1.events.page.sent";
+
+fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn postable(pairs: &[(&str, &str)], resolved: bool) -> serde_json::Value {
+    let now = chrono::Utc::now();
+    let mut v = serde_json::json!({
+        "labels": labels(pairs),
+        "annotations": { "summary": format!("{} is failing", pairs[0].1) },
+        "startsAt": (now - chrono::Duration::seconds(5)).to_rfc3339(),
+    });
+    if resolved {
+        v["endsAt"] = serde_json::json!(now.to_rfc3339());
+    }
+    v
+}
+
+async fn post(url: &str, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Publishes a monitor-style alert on the bus (JetStream, as the monitor does).
+async fn publish_alert(client: &async_nats::Client, pairs: &[(&str, &str)], status: AlertStatus) {
+    let l = labels(pairs);
+    let alert = Alert {
+        fingerprint: toronto_protocol::alerts::fingerprint(&l),
+        status,
+        labels: l,
+        annotations: BTreeMap::new(),
+        burn_rates: BTreeMap::new(),
+        budget_remaining: None,
+        starts_at: chrono::Utc::now(),
+        ends_at: (status == AlertStatus::Resolved).then(chrono::Utc::now),
+        generator: "toronto://test".into(),
+    };
+    let what = match status {
+        AlertStatus::Firing => "firing",
+        AlertStatus::Resolved => "resolved",
+    };
+    let env = Envelope::builder("toronto://test", alert).build();
+    let js = async_nats::jetstream::new(client.clone());
+    toronto_runtime::jetstream::publish_envelope(
+        &js,
+        &format!("toronto.devops.v1.events.alert.{what}"),
+        &env,
+    )
+    .await
+    .unwrap();
+}
+
+// ------------------------------------------------------------------ real Alertmanager

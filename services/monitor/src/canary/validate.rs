@@ -1,0 +1,120 @@
+//! Validation of a canary analysis request: a bad one is refused naming every bad field.
+
+use serde_json::json;
+use toronto_protocol::analysis::CanaryAnalyze;
+use toronto_protocol::{ErrorBody, ErrorCode};
+
+/// One problem of a request: the field and why.
+fn problem(field: &str, reason: &str) -> serde_json::Value {
+    json!({"field": field, "reason": reason})
+}
+
+/// Checks a request; a bad one is answered `400 bad_request` naming every bad field.
+pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
+    let mut errors = Vec::new();
+    if req.service.trim().is_empty() {
+        errors.push(problem("service", "must not be empty"));
+    }
+    if req.environment.trim().is_empty() {
+        errors.push(problem("environment", "must not be empty"));
+    }
+    if req.metrics.is_empty() {
+        errors.push(problem("metrics", "give at least one metric"));
+    }
+    if !(req.window_seconds.is_finite() && req.window_seconds > 0.0) {
+        errors.push(problem(
+            "window_seconds",
+            &format!(
+                "{} must be a positive number of seconds",
+                req.window_seconds
+            ),
+        ));
+    }
+    if let Some(c) = req.confidence
+        && !(c > 0.0 && c < 1.0)
+    {
+        errors.push(problem(
+            "confidence",
+            &format!("{c} must be between 0 and 1 (exclusive)"),
+        ));
+    }
+    if req.canary.is_empty() {
+        errors.push(problem(
+            "canary",
+            "give the labels that select the canary, e.g. {\"track\": \"canary\"}",
+        ));
+    }
+    if req.baseline.is_empty() {
+        errors.push(problem(
+            "baseline",
+            "give the labels that select the baseline, e.g. {\"track\": \"stable\"}",
+        ));
+    }
+    if !req.canary.is_empty() && req.canary == req.baseline {
+        errors.push(problem("baseline", "selects the same series as the canary"));
+    }
+    for (i, m) in req.metrics.iter().enumerate() {
+        if m.name.trim().is_empty() {
+            errors.push(problem(&format!("metrics[{i}].name"), "must not be empty"));
+        }
+        for (field, value) in [
+            ("max_relative_effect", m.max_relative_effect),
+            ("max_absolute_effect", m.max_absolute_effect),
+        ] {
+            if let Some(v) = value
+                && !(v.is_finite() && v >= 0.0)
+            {
+                errors.push(problem(
+                    &format!("metrics[{i}].{field}"),
+                    &format!("{v} must be a non-negative number"),
+                ));
+            }
+        }
+        if m.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
+            errors.push(problem(&format!("metrics[{i}].query"), "must not be empty"));
+        }
+    }
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let message = errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["field"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(ErrorBody::new(
+        ErrorCode::BadRequest,
+        format!("invalid canary analysis: {message}"),
+    )
+    .with_details(json!({ "errors": errors })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canary::tests::request;
+
+    #[test]
+    fn bad_requests_name_every_field() {
+        let mut req = request();
+        req.metrics.clear();
+        req.window_seconds = 0.0;
+        req.confidence = Some(1.5);
+        let err = validate(&req).unwrap_err();
+        assert_eq!(err.code, ErrorCode::BadRequest);
+        let fields: Vec<&str> = err.details.as_ref().unwrap()["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["field"].as_str().unwrap())
+            .collect();
+        assert_eq!(fields, vec!["metrics", "window_seconds", "confidence"]);
+        assert!(validate(&request()).is_ok());
+    }
+}

@@ -1,0 +1,104 @@
+//! Human approval: an approver decides on a plan waiting at its approval gate.
+
+use chrono::Utc;
+use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::tasks::{Decision, Plan, PlanDecision, PlanState, StepKind, StepState};
+use toronto_protocol::{ErrorBody, ErrorCode};
+use toronto_runtime::work::Saved;
+
+use crate::intake::Planner;
+
+impl Planner {
+    /// A human approves or rejects a plan waiting for approval.
+    pub(crate) async fn decide(
+        &self,
+        decision: &PlanDecision,
+        approve: bool,
+        flow: &FlowContext,
+    ) -> Result<Plan, ErrorBody> {
+        if !self
+            .settings
+            .approver_roles
+            .iter()
+            .any(|r| r == &decision.role)
+        {
+            return Err(ErrorBody::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "role `{}` may not decide on plans (approver roles: {})",
+                    decision.role,
+                    self.settings.approver_roles.join(", ")
+                ),
+            ));
+        }
+        for _ in self.records.policy().tries() {
+            let (mut plan, revision) = self.load(decision.plan_id).await?.ok_or_else(|| {
+                ErrorBody::new(ErrorCode::NotFound, format!("no plan {}", decision.plan_id))
+            })?;
+            let requester = plan.requested_by.rsplit('/').next().unwrap_or_default();
+            if decision.by == plan.requested_by || decision.by == requester {
+                return Err(ErrorBody::new(
+                    ErrorCode::Forbidden,
+                    format!(
+                        "{} asked for this change and may not approve it",
+                        decision.by
+                    ),
+                ));
+            }
+            let Some(index) = plan
+                .steps
+                .iter()
+                .position(|s| s.kind == StepKind::Approval && s.state == StepState::Waiting)
+            else {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!("plan {} is not waiting for approval", plan.id),
+                ));
+            };
+            let verdict = if approve { "approved" } else { "rejected" };
+            {
+                let s = &mut plan.steps[index];
+                s.state = if approve {
+                    StepState::Succeeded
+                } else {
+                    StepState::Failed
+                };
+                s.reason = Some(format!(
+                    "{verdict} by {} ({}){}",
+                    decision.by,
+                    decision.role,
+                    decision
+                        .comment
+                        .as_ref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ));
+                s.finished_at = Some(Utc::now());
+            }
+            plan.decisions.push(Decision {
+                by: decision.by.clone(),
+                role: decision.role.clone(),
+                approved: approve,
+                comment: decision.comment.clone(),
+                at: Utc::now(),
+            });
+            plan.state = PlanState::Running;
+            if self.save(&mut plan, revision).await? == Saved::Conflict {
+                continue;
+            }
+            self.announce(
+                "gate",
+                if approve { "passed" } else { "failed" },
+                &plan,
+                flow,
+            )
+            .await?;
+            self.enqueue(plan.id).await?;
+            return Ok(plan);
+        }
+        Err(ErrorBody::new(
+            ErrorCode::Conflict,
+            format!("plan {} kept changing; try again", decision.plan_id),
+        ))
+    }
+}

@@ -1,0 +1,155 @@
+//! The policy gate: promotion order and freeze windows.
+
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::Envelope;
+use toronto_protocol::tasks::PlanState;
+use toronto_runtime::Config;
+use toronto_testkit::NatsServer;
+
+use toronto_protocol::tasks::StepState;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
+    use toronto_protocol::tasks::{PolicyOverride, RollbackTask};
+    let server = NatsServer::start().await;
+    let mut config = Config::default();
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let now = chrono::Utc::now();
+    let policy = toronto_planner::Settings {
+        promotion: vec![("production".into(), "staging".into())],
+        freeze_windows: vec![toronto_planner::settings::FreezeWindow {
+            environment: "qa".into(),
+            start: now - chrono::Duration::hours(1),
+            end: now + chrono::Duration::hours(1),
+        }],
+        ..settings()
+    };
+    let shutdown = CancellationToken::new();
+    let rt = toronto_planner::start_with(config, policy, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let p = Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    };
+    let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+
+    // Production before staging: refused with the reason.
+    let early = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    let failed = p.wait_for_state(early, PlanState::Failed).await;
+    assert!(
+        failed
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("cart 2.4.1 has not succeeded in staging before production"),
+        "{:?}",
+        failed.reason
+    );
+
+    // A non-admin override is refused; an admin's passes and is recorded.
+    let mut task = deploy("cart", "production");
+    task.policy_override = Some(PolicyOverride {
+        by: "dave".into(),
+        role: "developer".into(),
+        reason: "hotfix".into(),
+    });
+    let refused = p
+        .submit(&Envelope::builder("toronto://test", task.clone()).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let refused = p.wait_for_state(refused, PlanState::Failed).await;
+    assert!(refused.reason.unwrap().contains("not an admin role"));
+    task.policy_override = Some(PolicyOverride {
+        by: "erin".into(),
+        role: "admin".into(),
+        reason: "hotfix for INC-42".into(),
+    });
+    let overridden = p
+        .submit(&Envelope::builder("toronto://test", task).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(overridden, PlanState::Waiting).await;
+    assert!(
+        step(&waiting, "policy")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("overridden by erin (admin): hotfix for INC-42")
+    );
+    p.client.flush().await.unwrap();
+    p.cancel(overridden, "erin", "done testing").await.unwrap();
+
+    // After the same version succeeded in staging, production passes the policy gate.
+    let staging = p
+        .submit(&Envelope::builder("toronto://test", deploy("cart", "staging")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(staging, PlanState::Completed).await;
+    let promoted = p
+        .submit(
+            &Envelope::builder(
+                "toronto://agents/developer/alice",
+                deploy("cart", "production"),
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    let waiting = p.wait_for_state(promoted, PlanState::Waiting).await;
+    assert_eq!(step(&waiting, "policy").state, StepState::Succeeded);
+
+    // A frozen environment refuses deploys but lets a rollback through.
+    let frozen = p
+        .submit(&Envelope::builder("toronto://test", deploy("search", "qa")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let frozen = p.wait_for_state(frozen, PlanState::Failed).await;
+    assert!(frozen.reason.unwrap().contains("qa is frozen until"));
+    let rollback = p
+        .submit(
+            &Envelope::builder(
+                "toronto://test",
+                RollbackTask {
+                    service: "search".into(),
+                    environment: "qa".into(),
+                    target_version: None,
+                },
+            )
+            .build(),
+        )
+        .await
+        .unwrap()
+        .plan_id;
+    p.wait_for_state(rollback, PlanState::Completed).await;
+    assert!(
+        peers
+            .executed
+            .lock()
+            .unwrap()
+            .contains(&format!("{rollback}:execute"))
+    );
+    p.stop().await;
+}

@@ -1,0 +1,374 @@
+//! Shared helpers: a planner on a test server, and fake peers (security, QA, the
+//! deployer) that pass, fail or never answer.
+
+use std::time::Duration;
+
+use std::sync::{Arc, Mutex};
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::tasks::{
+    DeployTask, Plan, PlanGet, PlanList, PlanState, Plans, Strategy, SubmitAccepted,
+};
+use toronto_protocol::{Encoding, Envelope, Message};
+use toronto_runtime::Config;
+use toronto_runtime::rpc::{CallError, call};
+use toronto_testkit::NatsServer;
+
+use toronto_protocol::ErrorBody;
+use toronto_protocol::tasks::{
+    ExecuteAccepted, ExecuteRequest, GateVerdict, PlanDecision, QaTestRequest, SecurityScanRequest,
+};
+use toronto_runtime::Metrics;
+use toronto_runtime::config::EndpointConfig;
+use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+
+pub const SUBMIT: &str = "toronto.devops.v1.planner.submit";
+
+pub fn deploy(service: &str, environment: &str) -> DeployTask {
+    DeployTask {
+        service: service.into(),
+        version: "2.4.1".into(),
+        image: None,
+        environment: environment.into(),
+        strategy: Strategy::Canary { steps: vec![] },
+        change: None,
+        fix: false,
+        policy_override: None,
+    }
+}
+
+pub struct Planner {
+    pub server: NatsServer,
+    pub client: async_nats::Client,
+    pub shutdown: CancellationToken,
+    pub running: tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+}
+
+/// Short deadlines so that silent peers fail gates quickly in tests.
+pub fn settings() -> toronto_planner::Settings {
+    toronto_planner::Settings {
+        gate_timeout: Duration::from_millis(800),
+        lease: Duration::from_secs(3),
+        // Promotion order and the error budget have their own tests; the others go
+        // straight to production with no monitor running.
+        promotion: Vec::new(),
+        budget_environments: Vec::new(),
+        ..Default::default()
+    }
+}
+
+pub async fn start_planner(
+    url: &str,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+) {
+    let mut config = Config::default();
+    config.nats.urls = vec![url.to_owned()];
+    config.http.addr = String::new();
+    let shutdown = CancellationToken::new();
+    let rt = toronto_planner::start_with(config, settings(), shutdown.clone())
+        .await
+        .unwrap();
+    (shutdown, tokio::spawn(rt.run_until_shutdown()))
+}
+
+pub async fn planner() -> Planner {
+    let server = NatsServer::start().await;
+    let (shutdown, running) = start_planner(&server.url()).await;
+    let client = server.client().await;
+    Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    }
+}
+
+impl Planner {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.running.await.unwrap().unwrap();
+        drop(self.server);
+    }
+
+    pub async fn submit<T: Message>(
+        &self,
+        task: &Envelope<T>,
+    ) -> Result<SubmitAccepted, CallError> {
+        call(
+            &self.client,
+            SUBMIT,
+            task,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<SubmitAccepted>| r.data)
+    }
+
+    pub async fn plan(&self, plan_id: uuid::Uuid) -> Result<Plan, CallError> {
+        let req = Envelope::builder("toronto://test", PlanGet { plan_id }).build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.get",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plan>| r.data)
+    }
+
+    pub async fn plans(&self, service: &str) -> Vec<Plan> {
+        self.list(PlanList {
+            service: Some(service.into()),
+            ..Default::default()
+        })
+        .await
+    }
+
+    pub async fn list(&self, query: PlanList) -> Vec<Plan> {
+        let req = Envelope::builder("toronto://test", query).build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.list",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plans>| r.data.plans)
+        .unwrap()
+    }
+
+    pub async fn cancel(
+        &self,
+        plan_id: uuid::Uuid,
+        by: &str,
+        reason: &str,
+    ) -> Result<Plan, CallError> {
+        let req = Envelope::builder(
+            "toronto://test",
+            toronto_protocol::tasks::PlanCancel {
+                plan_id,
+                by: by.into(),
+                reason: reason.into(),
+            },
+        )
+        .build();
+        call(
+            &self.client,
+            "toronto.devops.v1.planner.plan.cancel",
+            &req,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Plan>| r.data)
+    }
+
+    pub async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
+        let mut last = String::new();
+        for _ in 0..150 {
+            // Right after a planner was killed, the server can answer "no responders"
+            // once while it drops the dead member of the queue group: ask again.
+            match self.plan(plan_id).await {
+                Ok(plan) if plan.state == state => return plan,
+                Ok(plan) => last = format!("{plan:#?}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("plan {plan_id} never reached {state:?}; last seen: {last}");
+    }
+
+    pub async fn wait_for_plans(&self, service: &str, n: usize) -> Vec<Plan> {
+        for _ in 0..100 {
+            let plans = self.plans(service).await;
+            if plans.len() >= n {
+                return plans;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{service} never had {n} plans");
+    }
+}
+
+/// How a fake peer answers.
+#[derive(Clone, Copy)]
+pub enum Peer {
+    Pass,
+    Fail,
+    Silent,
+}
+
+pub fn verdict(peer: Peer) -> Option<GateVerdict> {
+    match peer {
+        Peer::Pass => Some(GateVerdict {
+            passed: true,
+            reason: Some("clean".into()),
+            findings: None,
+        }),
+        Peer::Fail => Some(GateVerdict {
+            passed: false,
+            reason: Some("CVE-2026-1234 in libfoo".into()),
+            findings: Some(serde_json::json!([{"id": "CVE-2026-1234", "severity": "critical"}])),
+        }),
+        Peer::Silent => None,
+    }
+}
+
+/// Testkit peers standing in for the security and QA agents and the deployer (a peer
+/// service of ours not built yet). The deployer records each idempotency key it sees.
+pub struct Peers {
+    pub hosts: Vec<ServiceHost>,
+    pub executed: Arc<Mutex<Vec<String>>>,
+    pub scans: Arc<Mutex<u32>>,
+}
+
+impl Peers {
+    pub async fn stop(self) {
+        for host in self.hosts {
+            host.stop(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+pub async fn peers(client: &async_nats::Client, security: Peer, qa: Peer) -> Peers {
+    peers_with(client, move |_| security, qa).await
+}
+
+pub async fn peers_with(
+    client: &async_nats::Client,
+    security: impl Fn(u32) -> Peer + Send + Sync + 'static,
+    qa: Peer,
+) -> Peers {
+    let spec = |name: &str| ServiceSpec {
+        name: name.into(),
+        version: "0.0.1".into(),
+        description: "test peer".into(),
+        metadata: Default::default(),
+        queue_group: name.into(),
+        source: format!("toronto://agents/{name}"),
+    };
+    let host = |name: &str| {
+        ServiceHost::start(
+            client.clone(),
+            spec(name),
+            EndpointConfig::default(),
+            Metrics::new(),
+            None,
+        )
+    };
+    let scans = Arc::new(Mutex::new(0u32));
+    let security_host = host("fake-security").await.unwrap();
+    let counter = scans.clone();
+    let security = Arc::new(security);
+    security_host
+        .add_endpoint(
+            "scan",
+            "toronto.agents.security.v1.scan",
+            move |_req: Request<SecurityScanRequest>| {
+                let n = {
+                    let mut c = counter.lock().unwrap();
+                    *c += 1;
+                    *c
+                };
+                let answer = verdict(security(n));
+                async move {
+                    match answer {
+                        Some(v) => Ok::<_, ErrorBody>(v),
+                        None => std::future::pending().await,
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let qa_host = host("fake-qa").await.unwrap();
+    qa_host
+        .add_endpoint(
+            "test",
+            "toronto.agents.qa.v1.test",
+            move |_req: Request<QaTestRequest>| async move {
+                match verdict(qa) {
+                    Some(v) => Ok::<_, ErrorBody>(v),
+                    None => std::future::pending().await,
+                }
+            },
+        )
+        .await
+        .unwrap();
+    let executed = Arc::new(Mutex::new(Vec::new()));
+    let deployer = host("fake-deployer").await.unwrap();
+    for verb in [
+        "rollout.start",
+        "rollback",
+        "scale",
+        "environment.provision",
+        "environment.teardown",
+    ] {
+        let seen = executed.clone();
+        deployer
+            .add_endpoint(
+                verb,
+                format!("toronto.devops.v1.deployer.{verb}"),
+                move |req: Request<ExecuteRequest>| {
+                    let seen = seen.clone();
+                    async move {
+                        let key = req.data().idempotency_key.clone();
+                        let mut seen = seen.lock().unwrap();
+                        if !seen.contains(&key) {
+                            seen.push(key.clone());
+                        }
+                        Ok::<_, ErrorBody>(ExecuteAccepted {
+                            reference: Some(format!("rollout-{key}")),
+                        })
+                    }
+                },
+            )
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    Peers {
+        hosts: vec![security_host, qa_host, deployer],
+        executed,
+        scans,
+    }
+}
+
+pub fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {
+    plan.steps
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("plan has no step {id}: {:?}", plan.steps))
+}
+
+pub async fn decide(
+    p: &Planner,
+    verb: &str,
+    plan_id: uuid::Uuid,
+    by: &str,
+    role: &str,
+) -> Result<Plan, CallError> {
+    let req = Envelope::builder(
+        "toronto://humans/chat",
+        PlanDecision {
+            plan_id,
+            by: by.into(),
+            role: role.into(),
+            comment: Some("looks fine".into()),
+        },
+    )
+    .build();
+    call(
+        &p.client,
+        &format!("toronto.devops.v1.planner.plan.{verb}"),
+        &req,
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .map(|r: Envelope<Plan>| r.data)
+}

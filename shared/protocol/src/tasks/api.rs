@@ -1,0 +1,175 @@
+//! The planner's requests and replies: submit, plan get/list/cancel/decide, DORA.
+
+use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::{Plan, PlanState};
+use crate::message::Message;
+
+/// The answer to a submitted task that was accepted. A rejected task gets the error
+/// envelope (`bad_request`) with every reason in `details.reasons`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SubmitAccepted {
+    /// The plan made of the task.
+    pub plan_id: Uuid,
+    /// True when this task (same envelope id) was submitted before: no new plan.
+    pub duplicate: bool,
+}
+
+impl Message for SubmitAccepted {
+    const NAME: &'static str = "planner.submit.accepted";
+    const MAJOR: u32 = 1;
+}
+
+/// Asks for one plan (`toronto.devops.v1.planner.plan.get`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanGet {
+    /// The plan's id.
+    pub plan_id: Uuid,
+}
+
+impl Message for PlanGet {
+    const NAME: &'static str = "planner.plan.get";
+    const MAJOR: u32 = 1;
+}
+
+/// Asks for plans (`toronto.devops.v1.planner.plan.list`), newest first.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanList {
+    /// Only plans of this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Only plans for this environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// Only plans in this state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<PlanState>,
+    /// Only plans asked for by this requester (the task's `source`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
+    /// At most this many (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl Message for PlanList {
+    const NAME: &'static str = "planner.plan.list";
+    const MAJOR: u32 = 1;
+}
+
+/// Plans, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Plans {
+    /// The plans.
+    pub plans: Vec<Plan>,
+}
+
+impl Message for Plans {
+    const NAME: &'static str = "plans";
+    const MAJOR: u32 = 1;
+}
+
+/// Stops a plan (`toronto.devops.v1.planner.plan.cancel`); the reply is the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanCancel {
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// Who cancels it.
+    pub by: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Message for PlanCancel {
+    const NAME: &'static str = "planner.plan.cancel";
+    const MAJOR: u32 = 1;
+}
+
+/// A human decision on a plan waiting for approval
+/// (`toronto.devops.v1.planner.plan.approve` or `.reject`); the reply is the plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanDecision {
+    /// The plan's id.
+    pub plan_id: Uuid,
+    /// Who decides (compared with the plan's requester: nobody approves their own change).
+    pub by: String,
+    /// Their role; only the configured approver roles may decide.
+    pub role: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+impl Message for PlanDecision {
+    const NAME: &'static str = "planner.plan.decision";
+    const MAJOR: u32 = 1;
+}
+
+/// Asks for the DORA figures of a service or of everything
+/// (`toronto.devops.v1.planner.dora.get`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DoraQuery {
+    /// Only this service (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The environment (default `production`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environment: Option<String>,
+    /// The window, in days back from now (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_days: Option<u32>,
+    /// A deploy followed by a rollback within this many hours counts as a failed
+    /// change (default 24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_window_hours: Option<u32>,
+}
+
+impl Message for DoraQuery {
+    const NAME: &'static str = "planner.dora.get";
+    const MAJOR: u32 = 1;
+}
+
+/// DORA figures computed from the event stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DoraReport {
+    /// The service, or absent for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// The environment.
+    pub environment: String,
+    /// Start of the window.
+    pub window_start: DateTime<Utc>,
+    /// End of the window (now).
+    pub window_end: DateTime<Utc>,
+    /// Deploys that completed in the window.
+    pub deployments: u64,
+    /// Deploys per day over the window.
+    pub deployment_frequency_per_day: f64,
+    /// Median seconds from commit to completed deploy (deploys with a commit time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_median_seconds: Option<f64>,
+    /// Mean of the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_mean_seconds: Option<f64>,
+    /// Deploys followed by a rollback within the failure window.
+    pub failed_changes: u64,
+    /// `failed_changes / deployments`; absent without deployments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change_failure_rate: Option<f64>,
+    /// Median seconds from a failed deploy to the completed rollback that restored it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_restore_median_seconds: Option<f64>,
+}
+
+impl Message for DoraReport {
+    const NAME: &'static str = "planner.dora.report";
+    const MAJOR: u32 = 1;
+}

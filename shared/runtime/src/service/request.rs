@@ -1,0 +1,146 @@
+//! What a handler receives, and how an endpoint decodes it: one typed payload, or any
+//! of several accepted types at their supported majors.
+
+use async_nats::HeaderMap;
+use toronto_protocol::codec::{DecodeFailure, decode_with_flow};
+use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, ProtocolError};
+
+/// A decoded, validated request handed to a handler.
+#[derive(Debug)]
+pub struct Request<T> {
+    /// The request envelope with its typed payload.
+    pub envelope: Envelope<T>,
+    /// The NATS headers it came with.
+    pub headers: Option<HeaderMap>,
+    /// The subject it was sent to.
+    pub subject: String,
+}
+
+impl<T> Request<T> {
+    /// The payload.
+    pub fn data(&self) -> &T {
+        &self.envelope.data
+    }
+
+    /// The attributes a follow-up message inherits.
+    pub fn flow(&self) -> FlowContext {
+        self.envelope.flow()
+    }
+}
+
+/// How an endpoint turns request bytes into a typed envelope.
+pub(super) trait RequestDecoder: Send + Sync + 'static {
+    /// The payload handed to the handler.
+    type Data: Send + 'static;
+    /// Decodes and checks the request; on failure, the request's flow if it was read.
+    fn decode(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<Envelope<Self::Data>, DecodeFailure>;
+    /// The request types, for `$SRV.INFO`.
+    fn request_types(&self) -> Vec<(String, String)>;
+}
+
+/// One payload type: decoded straight into `T`.
+pub(super) struct Typed<T>(pub(super) std::marker::PhantomData<fn() -> T>);
+
+impl<T: Message> RequestDecoder for Typed<T> {
+    type Data = T;
+    fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
+        decode_with_flow::<T>(bytes, encoding)
+    }
+    fn request_types(&self) -> Vec<(String, String)> {
+        vec![(
+            T::message_type().to_string(),
+            format!("schemas/{}", T::schema_path()),
+        )]
+    }
+}
+
+/// The request types an endpoint built with
+/// [`ServiceHost::add_endpoint_any`](crate::service::ServiceHost::add_endpoint_any) takes,
+/// each at its current major and the one before.
+#[derive(Debug, Clone, Default)]
+pub struct Accepts {
+    types: Vec<AcceptedType>,
+}
+
+#[derive(Debug, Clone)]
+struct AcceptedType {
+    name: &'static str,
+    supported: Vec<String>,
+    majors: Vec<u32>,
+    current: String,
+    schema: String,
+}
+
+impl Accepts {
+    /// Takes nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also takes `T`.
+    pub fn with<T: Message>(mut self) -> Self {
+        self.types.push(AcceptedType {
+            name: T::NAME,
+            supported: T::supported_types(),
+            majors: T::supported_majors(),
+            current: T::message_type().to_string(),
+            schema: format!("schemas/{}", T::schema_path()),
+        });
+        self
+    }
+
+    /// Whether `ty` is one of the accepted types at a supported major.
+    pub fn check(&self, ty: &toronto_protocol::MessageType) -> Result<(), ProtocolError> {
+        match self.types.iter().find(|t| t.name == ty.name) {
+            None => Err(ProtocolError::WrongType {
+                got: ty.to_string(),
+                expected: self.types.iter().map(|t| t.current.clone()).collect(),
+            }),
+            Some(t) if !t.majors.contains(&ty.major) => Err(ProtocolError::UnsupportedVersion {
+                got: ty.to_string(),
+                supported: t.supported.clone(),
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl RequestDecoder for Accepts {
+    type Data = serde_json::Value;
+    fn decode(
+        &self,
+        bytes: &[u8],
+        encoding: Encoding,
+    ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
+        let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
+        let flow = Box::new(raw.flow());
+        let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
+        self.check(&ty).map_err(|e| (e, Some(flow)))?;
+        Ok(raw)
+    }
+    fn request_types(&self) -> Vec<(String, String)> {
+        self.types
+            .iter()
+            .map(|t| (t.current.clone(), t.schema.clone()))
+            .collect()
+    }
+}
+
+impl Request<serde_json::Value> {
+    /// The payload as `T`, when the request's `type` names `T` (older majors go
+    /// through [`Message::upgrade`]); `None` for another type, an error for bad data.
+    pub fn typed<T: Message>(&self) -> Option<Result<Envelope<T>, ErrorBody>> {
+        let ty = self.envelope.message_type().ok()?;
+        (ty.name == T::NAME).then(|| {
+            self.envelope
+                .clone()
+                .into_typed::<T>()
+                .map_err(ErrorBody::from)
+        })
+    }
+}

@@ -1,0 +1,137 @@
+//! deploy/kubernetes: the agent itself on Kubernetes, with probes and least RBAC.
+
+use super::*;
+
+fn kubernetes_docs() -> Vec<Value> {
+    let text = read("deploy/kubernetes/toronto.yaml");
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter()
+        .filter(|d| d["kind"].as_str() == Some(kind))
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
+    let docs = kubernetes_docs();
+    let mut problems = Vec::new();
+    let deployments = of_kind(&docs, "Deployment");
+    for kind in ServiceKind::ALL {
+        let name = kind.service_name();
+        let Some(d) = deployments
+            .iter()
+            .find(|d| d["metadata"]["name"].as_str() == Some(name))
+        else {
+            problems.push(format!("no Deployment {name}"));
+            continue;
+        };
+        let spec = &d["spec"]["template"]["spec"];
+        let c = &spec["containers"][0];
+        if c["command"][0].as_str() != Some(name) {
+            problems.push(format!("{name}: runs {:?}, not its binary", c["command"]));
+        }
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            if c[probe]["httpGet"]["path"].as_str() != Some(path) {
+                problems.push(format!("{name}: {probe} must GET {path}"));
+            }
+        }
+        if c["resources"]["requests"]["cpu"].is_null()
+            || c["resources"]["requests"]["memory"].is_null()
+        {
+            problems.push(format!("{name}: no resource requests"));
+        }
+        // Services that keep state in one process must not run twice.
+        let single = matches!(kind, ServiceKind::IncidentCommander | ServiceKind::Monitor);
+        if single && d["spec"]["replicas"].as_u64() != Some(1) {
+            problems.push(format!("{name} must run one replica"));
+        }
+        let sa = spec["serviceAccountName"].as_str().unwrap_or_default();
+        let api_access = spec["automountServiceAccountToken"].as_bool() != Some(false);
+        match (kind, api_access) {
+            (ServiceKind::Deployer, true) if sa == "toronto-deployer" => {}
+            (ServiceKind::Deployer, _) => {
+                problems.push("the deployer must run as toronto-deployer with its token".into())
+            }
+            (_, true) => problems.push(format!("{name} must not get Kubernetes API access")),
+            _ => {}
+        }
+    }
+    // Only the deployer's account is bound, and only to what its target does.
+    let bindings = of_kind(&docs, "ClusterRoleBinding");
+    for b in &bindings {
+        for s in b["subjects"].as_sequence().into_iter().flatten() {
+            if s["name"].as_str() != Some("toronto-deployer") {
+                problems.push(format!("{:?} is bound to a cluster role", s["name"]));
+            }
+        }
+    }
+    let allowed: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::from([
+        (
+            "deployments",
+            BTreeSet::from(["get", "list", "watch", "create", "patch"]),
+        ),
+        (
+            "services",
+            BTreeSet::from(["get", "list", "create", "patch"]),
+        ),
+        (
+            "namespaces",
+            BTreeSet::from(["get", "create", "patch", "delete"]),
+        ),
+        ("pods", BTreeSet::from(["list", "delete"])),
+        ("httproutes", BTreeSet::from(["get", "create", "patch"])),
+    ]);
+    for role in of_kind(&docs, "ClusterRole") {
+        for rule in role["rules"].as_sequence().into_iter().flatten() {
+            for resource in rule["resources"].as_sequence().into_iter().flatten() {
+                let r = resource.as_str().unwrap_or("*");
+                let Some(ok) = allowed.get(r) else {
+                    problems.push(format!("the deployer may touch {r}, which it never needs"));
+                    continue;
+                };
+                for verb in rule["verbs"].as_sequence().into_iter().flatten() {
+                    let v = verb.as_str().unwrap_or("*");
+                    if !ok.contains(v) {
+                        problems.push(format!("the deployer may {v} {r}, which it never does"));
+                    }
+                }
+            }
+        }
+    }
+    // The config names only variables the services read.
+    let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
+    for cm in of_kind(&docs, "ConfigMap") {
+        for (k, _) in cm["data"].as_mapping().into_iter().flatten() {
+            let k = k.as_str().unwrap_or_default();
+            if !known.contains(k) {
+                problems.push(format!("the ConfigMap sets {k}, which nothing reads"));
+            }
+        }
+    }
+    fail_if_any("deploy/kubernetes/toronto.yaml", problems);
+}
+
+#[tokio::test]
+async fn kubectl_accepts_the_kubernetes_manifests() {
+    let Some(kubectl) = toronto_testkit::kubectl::KubectlDryRun::start().await else {
+        println!("SKIPPED: kubectl is not installed; deploy/kubernetes not validated by kubectl");
+        return;
+    };
+    let docs = kubernetes_docs();
+    let out = kubectl
+        .apply(&read("deploy/kubernetes/toronto.yaml"))
+        .await
+        .unwrap_or_else(|e| panic!("kubectl refused deploy/kubernetes/toronto.yaml:\n{e}"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), docs.len(), "{out}");
+    assert!(
+        lines.iter().all(|l| l.ends_with("created (dry run)")),
+        "{out}"
+    );
+    println!("kubectl accepted {} objects", lines.len());
+}

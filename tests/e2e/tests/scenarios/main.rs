@@ -1,0 +1,7 @@
+//! Scenarios that need several services at once, each started in-process against a
+//! real nats-server (test kit), one module per scenario family.
+
+mod bridge;
+mod deployer;
+mod incidents;
+mod planner;
