@@ -5,4 +5,5 @@
 pub mod commands;
 pub mod demo;
 pub mod nats_server;
+pub mod settings_docs;
 pub mod up;

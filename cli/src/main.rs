@@ -130,7 +130,11 @@ enum Command {
         action: SchemasAction,
     },
     /// Print every TORONTO_* variable and what it does.
-    Config,
+    Config {
+        /// Print the Markdown reference (docs/configuration.md) instead.
+        #[arg(long)]
+        markdown: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -320,31 +324,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
-        Command::Config => {
-            println!(
-                "{:<34} Path of an optional TOML file; variables override it.",
-                toronto_runtime::config::CONFIG_FILE_VAR
-            );
-            for var in toronto_runtime::config::ENV_VARS {
-                println!("{:<34} {}", var.name, var.description);
-            }
-            for (name, description) in toronto_planner::settings::PLANNER_VARS {
-                println!("{name:<34} {description}");
-            }
-            for (name, description) in toronto_deployer::settings::DEPLOYER_VARS
-                .iter()
-                .chain(toronto_deployer::kube_vars())
-            {
-                println!("{name:<34} {description}");
-            }
-            for (name, description) in toronto_monitor::settings::MONITOR_VARS {
-                println!("{name:<34} {description}");
-            }
-            for (name, description) in toronto_incident_commander::settings::INCIDENT_VARS {
-                println!("{name:<34} {description}");
-            }
-            for (name, description) in toronto_chat_bridge::settings::CHAT_VARS {
-                println!("{name:<34} {description}");
+        Command::Config { markdown } => {
+            if markdown {
+                print!("{}", toronto_cli::settings_docs::markdown());
+            } else {
+                print!("{}", toronto_cli::settings_docs::text());
             }
             Ok(())
         }

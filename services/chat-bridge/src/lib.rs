@@ -47,8 +47,7 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    let settings = Settings::from_env()
-        .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e)))?;
+    let settings = Settings::from_env().map_err(|e| RuntimeError::Config(e.into()))?;
     start_with(config, settings, shutdown).await
 }
 

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use toronto_commands::Role;
+use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
 
 /// A secret value: compared and used, never printed.
 #[derive(Clone, PartialEq, Eq)]
@@ -166,84 +167,144 @@ impl Default for Settings {
     }
 }
 
-/// Every `TORONTO_CHAT_*` variable with what it sets.
-pub const CHAT_VARS: &[(&str, &str)] = &[
-    (
+/// The prefix of the chat bridge's variables.
+pub const PREFIX: &str = "TORONTO_CHAT_";
+
+/// Every `TORONTO_CHAT_*` variable: its doc, default and setter.
+pub const CHAT_VARS: &[Var<Settings>] = &[
+    Var::new(
         "TORONTO_CHAT_LISTEN_ADDR",
-        "Listen address of the chat routes (/slack/commands, /slack/interactions, /mattermost/commands); empty (default) serves them on TORONTO_HTTP_ADDR beside /healthz.",
+        "Listen address of the chat routes (/slack/commands, /slack/interactions, /mattermost/commands); unset serves them on TORONTO_HTTP_ADDR beside /healthz.",
+        "",
+        |s, v| {
+            s.listen_addr = parse::optional_socket_addr(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_SLACK_SIGNING_SECRET",
         "Slack app signing secret; Slack requests are verified with it (v0 HMAC-SHA256, 5-minute window, no replays). Unset: Slack routes answer 503.",
+        "",
+        |s, v| {
+            s.slack_signing_secret = parse::optional(v).map(Secret::new);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_MATTERMOST_TOKEN",
         "Mattermost slash command token(s), comma-separated. Unset: the Mattermost route answers 503.",
+        "",
+        |s, v| {
+            s.mattermost_tokens = parse::list(v).into_iter().map(Secret::new).collect();
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_ROLES",
         "Users' roles as `user=role`, comma-separated; user is `platform:user_id`, a user id or a user name; role is viewer, operator or admin (e.g. `slack:U024BE7LH=admin,alice=operator`).",
+        "",
+        |s, v| {
+            s.roles = roles(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_DEFAULT_ROLE",
-        "Role of users not in TORONTO_CHAT_ROLES: viewer (default), operator, admin, or none (only `help`).",
+        "Role of users not in TORONTO_CHAT_ROLES: viewer, operator, admin, or none (only `help`).",
+        "viewer",
+        |s, v| {
+            s.default_role = match v.trim() {
+                "none" | "" => None,
+                r => Some(r.parse().map_err(|e| invalid(format!("{e} (or none)")))?),
+            };
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_WEBHOOKS",
         "Incoming webhooks as `name=slack:URL` or `name=mattermost:URL`, comma-separated. Unset: no notifications.",
+        "",
+        |s, v| {
+            s.webhooks = parse::list(v)
+                .iter()
+                .map(|w| webhook(w))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_ROUTES",
-        "Notification routes as `channel[:filter,...]`, `;`-separated; filters `service=a|b`, `environment=a|b`, `severity>=warning` (e.g. `ops:environment=production,severity>=warning;shop:service=shop-api`). Default: every event of severity info and above to every webhook.",
+        "Notification routes as `channel[:filter,...]`, `;`-separated; filters `service=a|b`, `environment=a|b`, `severity>=warning` (e.g. `ops:environment=production,severity>=warning;shop:service=shop-api`). Unset: every event of severity info and above to every webhook.",
+        "",
+        |s, v| {
+            s.routes = v
+                .split(';')
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(route)
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_GROUP_MS",
-        "Milliseconds notifications are gathered into one message per channel (rollout progress keeps only its latest; default 3000).",
+        "Milliseconds notifications are gathered into one message per channel (rollout progress keeps only its latest); 0 sends each at once.",
+        "3000",
+        |s, v| {
+            s.group_window = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_CHAT_REPLY_WAIT_MS",
-        "Milliseconds a slash command waits for its answer before replying \"working on it\" and posting the answer to the response URL (default 2500; Slack allows 3000).",
+        "Milliseconds a slash command waits for its answer before replying \"working on it\" and posting the answer to the response URL (Slack allows 3000); 0 always answers through the response URL.",
+        "2500",
+        |s, v| {
+            s.reply_wait = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
 ];
 
-fn list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+fn roles(v: &str) -> Result<HashMap<String, Role>, ValueError> {
+    let mut roles = HashMap::new();
+    for pair in parse::list(v) {
+        let (user, role) = pair
+            .rsplit_once('=')
+            .ok_or_else(|| ValueError::Invalid(format!("`{pair}` is not user=role")))?;
+        let role = role.parse::<Role>().map_err(|e| invalid(e.to_string()))?;
+        roles.insert(user.trim().to_owned(), role);
+    }
+    Ok(roles)
 }
 
-fn millis(var: &str, v: &str) -> Result<Duration, String> {
-    v.trim()
-        .parse()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
+fn invalid(message: String) -> ValueError {
+    ValueError::Invalid(message)
 }
 
-fn webhook(var: &str, item: &str) -> Result<Webhook, String> {
+fn webhook(item: &str) -> Result<Webhook, ValueError> {
     // Never echo the URL: it is the credential.
     let (name, rest) = item
         .split_once('=')
-        .ok_or_else(|| format!("{var}: an entry is not name=slack:URL or name=mattermost:URL"))?;
+        .ok_or_else(|| invalid("an entry is not name=slack:URL or name=mattermost:URL".into()))?;
     let name = name.trim();
     let (kind, url) = rest
         .split_once(':')
-        .ok_or_else(|| format!("{var}: webhook `{name}` is not name=slack:URL"))?;
+        .ok_or_else(|| invalid(format!("webhook `{name}` is not name=slack:URL")))?;
     let kind = match kind.trim() {
         "slack" => ChatKind::Slack,
         "mattermost" => ChatKind::Mattermost,
         other => {
-            return Err(format!(
-                "{var}: webhook `{name}` has kind `{other}`; use slack or mattermost"
-            ));
+            return Err(invalid(format!(
+                "webhook `{name}` has kind `{other}`; use slack or mattermost"
+            )));
         }
     };
     let url = url.trim();
     if name.is_empty() || !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(format!(
-            "{var}: webhook `{name}` needs a name and an http(s) URL"
-        ));
+        return Err(invalid(format!(
+            "webhook `{name}` needs a name and an http(s) URL"
+        )));
     }
     Ok(Webhook {
         name: name.to_owned(),
@@ -252,7 +313,7 @@ fn webhook(var: &str, item: &str) -> Result<Webhook, String> {
     })
 }
 
-fn route(var: &str, rule: &str) -> Result<Route, String> {
+fn route(rule: &str) -> Result<Route, ValueError> {
     let (channel, filters) = rule.split_once(':').unwrap_or((rule, ""));
     let mut route = Route {
         channel: channel.trim().to_owned(),
@@ -260,17 +321,19 @@ fn route(var: &str, rule: &str) -> Result<Route, String> {
         environments: Vec::new(),
         min_severity: Severity::Info,
     };
-    for filter in list(filters) {
+    for filter in parse::list(filters) {
         if let Some(level) = filter
             .strip_prefix("severity>=")
             .or_else(|| filter.strip_prefix("severity="))
         {
-            route.min_severity = level.parse().map_err(|e| format!("{var}: {e}"))?;
+            route.min_severity = level
+                .parse::<Severity>()
+                .map_err(|e| invalid(e.to_string()))?;
             continue;
         }
         let (key, values) = filter
             .split_once('=')
-            .ok_or_else(|| format!("{var}: `{filter}` is not key=value"))?;
+            .ok_or_else(|| invalid(format!("`{filter}` is not key=value")))?;
         let values: Vec<String> = values
             .split('|')
             .map(str::trim)
@@ -281,9 +344,9 @@ fn route(var: &str, rule: &str) -> Result<Route, String> {
             "service" => route.services = values,
             "environment" | "env" => route.environments = values,
             other => {
-                return Err(format!(
-                    "{var}: `{other}` is not a filter (service, environment, severity)"
-                ));
+                return Err(invalid(format!(
+                    "`{other}` is not a filter (service, environment, severity)"
+                )));
             }
         }
     }
@@ -292,67 +355,18 @@ fn route(var: &str, rule: &str) -> Result<Route, String> {
 
 impl Settings {
     /// From the process environment.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(&std::env::vars().collect())
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&vars::env_vars())
     }
 
     /// From a set of variables; the ones not given keep their defaults. Errors name
-    /// the variable and never contain a secret.
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+    /// the variable and never contain a secret; an unknown `TORONTO_CHAT_*` variable
+    /// is refused.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        vars::refuse_unknown(PREFIX, &vars::docs(CHAT_VARS), vars)?;
         let mut s = Self::default();
-        for (name, _) in CHAT_VARS {
-            let Some(v) = vars.get(*name) else { continue };
-            match *name {
-                "TORONTO_CHAT_LISTEN_ADDR" => {
-                    s.listen_addr = match v.trim() {
-                        "" => None,
-                        a => Some(a.parse().map_err(|_| {
-                            format!("{name}: `{a}` is not host:port (e.g. 0.0.0.0:8090)")
-                        })?),
-                    }
-                }
-                "TORONTO_CHAT_SLACK_SIGNING_SECRET" => {
-                    s.slack_signing_secret =
-                        Some(v.trim()).filter(|v| !v.is_empty()).map(Secret::new)
-                }
-                "TORONTO_CHAT_MATTERMOST_TOKEN" => {
-                    s.mattermost_tokens = list(v).into_iter().map(Secret::new).collect()
-                }
-                "TORONTO_CHAT_ROLES" => {
-                    for pair in list(v) {
-                        let (user, role) = pair
-                            .rsplit_once('=')
-                            .ok_or_else(|| format!("{name}: `{pair}` is not user=role"))?;
-                        let role = role.parse().map_err(|e| format!("{name}: {e}"))?;
-                        s.roles.insert(user.trim().to_owned(), role);
-                    }
-                }
-                "TORONTO_CHAT_DEFAULT_ROLE" => {
-                    s.default_role = match v.trim() {
-                        "none" | "" => None,
-                        r => Some(r.parse().map_err(|e| format!("{name}: {e} (or none)"))?),
-                    }
-                }
-                "TORONTO_CHAT_WEBHOOKS" => {
-                    s.webhooks = list(v)
-                        .iter()
-                        .map(|w| webhook(name, w))
-                        .collect::<Result<_, _>>()?
-                }
-                "TORONTO_CHAT_ROUTES" => {
-                    s.routes = v
-                        .split(';')
-                        .map(str::trim)
-                        .filter(|r| !r.is_empty())
-                        .map(|r| route(name, r))
-                        .collect::<Result<_, _>>()?
-                }
-                "TORONTO_CHAT_GROUP_MS" => s.group_window = millis(name, v)?,
-                "TORONTO_CHAT_REPLY_WAIT_MS" => s.reply_wait = millis(name, v)?,
-                _ => {}
-            }
-        }
-        s.check()?;
+        vars::read(&mut s, CHAT_VARS, vars)?;
+        s.check().map_err(SettingsError::Inconsistent)?;
         Ok(s)
     }
 
@@ -466,17 +480,41 @@ mod tests {
             "TORONTO_CHAT_WEBHOOKS",
             "ops=teams:https://secret-hook",
         )]))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             bad.contains("TORONTO_CHAT_WEBHOOKS") && !bad.contains("secret-hook"),
             "{bad}"
         );
-        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROUTES", "nowhere")])).unwrap_err();
+        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROUTES", "nowhere")]))
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("not in TORONTO_CHAT_WEBHOOKS"), "{bad}");
-        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROLES", "bob=root")])).unwrap_err();
+        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_ROLES", "bob=root")]))
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("TORONTO_CHAT_ROLES"), "{bad}");
-        let bad =
-            Settings::from_vars(&vars(&[("TORONTO_CHAT_LISTEN_ADDR", "anywhere")])).unwrap_err();
+        let bad = Settings::from_vars(&vars(&[("TORONTO_CHAT_LISTEN_ADDR", "anywhere")]))
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("TORONTO_CHAT_LISTEN_ADDR"), "{bad}");
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults_and_refuses_typos() {
+        let defaults: HashMap<String, String> = CHAT_VARS
+            .iter()
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Settings::from_vars(&defaults).unwrap(), Settings::default());
+        let mut names: Vec<&str> = CHAT_VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CHAT_VARS.len());
+        let err = Settings::from_vars(&vars(&[("TORONTO_CHAT_WEBHOOK", "x")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown variable TORONTO_CHAT_WEBHOOK (did you mean TORONTO_CHAT_WEBHOOKS?)"
+        );
     }
 }

@@ -49,7 +49,7 @@ pub const BUCKETS: &[(&str, i64)] = &[("rollouts", 16)];
 pub const RUNNER_CONSUMER: &str = "toronto-deployer-runner";
 
 /// Variables of the Kubernetes target (listed with the deployer's own).
-pub fn kube_vars() -> &'static [(&'static str, &'static str)] {
+pub fn kube_vars() -> &'static [toronto_runtime::config::Var<kube::KubeSettings>] {
     kube::KUBE_VARS
 }
 

@@ -3,6 +3,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub use toronto_runtime::config::SettingsError;
+use toronto_runtime::config::{ValueError, Var, VarDoc, parse, vars};
+
 use crate::sim::SimSettings;
 
 /// Which target rollouts land on.
@@ -75,217 +78,271 @@ impl Default for Settings {
     }
 }
 
-/// Every variable the deployer reads, with what it means (the README lists them).
-pub const DEPLOYER_VARS: &[(&str, &str)] = &[
-    (
+/// The prefix of the deployer's variables (its own and the Kubernetes target's).
+pub const PREFIX: &str = "TORONTO_DEPLOYER_";
+
+/// Every variable of the deployer's own settings: its doc, default and setter (the
+/// Kubernetes target's are in [`crate::kube::KUBE_VARS`]).
+pub const DEPLOYER_VARS: &[Var<Settings>] = &[
+    Var::new(
         "TORONTO_DEPLOYER_TARGET",
-        "`simulated` (default; the in-process simulated cluster) or `kubernetes` (kubeconfig or in-cluster)",
+        "`simulated` (the in-process simulated cluster) or `kubernetes` (kubeconfig or in-cluster).",
+        "simulated",
+        |s, v| {
+            s.target = parse::one_of(
+                v,
+                &[
+                    ("simulated", TargetKind::Simulated),
+                    ("kubernetes", TargetKind::Kubernetes),
+                ],
+            )?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_LEASE_SECONDS",
-        "how long a deployer owns a rollout before another replica may take it over (default 30)",
+        "Seconds a deployer owns a rollout before another replica may take it over (at least 1; fractions allowed).",
+        "30",
+        |s, v| {
+            s.lease = lease(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
-        "time between canary analyses while a step pauses (default 1000)",
+        "Milliseconds between canary analyses while a step pauses.",
+        "1000",
+        |s, v| {
+            s.analysis_interval = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_ANALYSIS_WINDOW_SECONDS",
-        "how far back each analysis looks (default 2)",
+        "Seconds each analysis looks back.",
+        "2",
+        |s, v| {
+            s.analysis_window = parse::seconds(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE",
-        "largest error-ratio increase of canary over baseline that passes (default 0.02)",
+        "Largest error-ratio increase of canary over baseline that passes (0 or more).",
+        "0.02",
+        |s, v| {
+            s.max_error_ratio_increase = parse::non_negative_f64(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_MAX_LATENCY_INCREASE",
-        "largest relative latency increase of the canary that passes (default 0.25)",
+        "Largest relative latency increase of the canary that passes (0 or more).",
+        "0.25",
+        |s, v| {
+            s.max_latency_increase = parse::non_negative_f64(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_PROGRESS_DEADLINE_SECONDS",
-        "time a workload may take to become ready before the rollout fails (default 600)",
+        "Seconds a workload may take to become ready before the rollout fails.",
+        "600",
+        |s, v| {
+            s.progress_deadline = parse::seconds(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_CANARY_STEPS",
-        "canary weights when a deploy names none (default `10,25,50,100`)",
+        "Canary weights in percent, comma-separated, when a deploy names none.",
+        "10,25,50,100",
+        |s, v| {
+            s.canary_steps = canary_steps(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_STEP_PAUSE_SECONDS",
-        "pause with analysis after each canary step and blue-green phase (default 30)",
+        "Seconds of pause with analysis after each canary step and blue-green phase; 0 does not pause.",
+        "30",
+        |s, v| {
+            s.step_pause = parse::seconds_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_MANUAL_PROMOTION",
-        "environments whose rollouts wait for `rollout.promote` between steps (default none)",
+        "Environments whose rollouts wait for `rollout.promote` between steps, comma-separated.",
+        "",
+        |s, v| {
+            s.manual_promotion = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_SCALE_DOWN_DELAY_SECONDS",
-        "blue-green: how long the old colour stays up after the switch (default 30)",
+        "Blue-green: seconds the old colour stays up after the switch; 0 scales it down at once.",
+        "30",
+        |s, v| {
+            s.scale_down_delay = parse::seconds_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_ABORT_ON_ALERT",
-        "abort a rollout when an alert fires on its service (default true)",
+        "Abort a rollout when an alert fires on its service.",
+        "true",
+        |s, v| {
+            s.abort_on_alert = parse::boolean(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_DRIFT_INTERVAL_SECONDS",
-        "time between drift checks of every service; 0 checks only on request (default 60)",
+        "Seconds between drift checks of every service; 0 checks only on request.",
+        "60",
+        |s, v| {
+            s.drift_interval = parse::seconds_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_DRIFT_REMEDIATE",
-        "put the desired spec back when drift is found (default false)",
+        "Put the desired spec back when drift is found.",
+        "false",
+        |s, v| {
+            s.drift_remediate = parse::boolean(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_SIM_TICK_MS",
-        "simulated cluster: time between traffic ticks (default 100)",
+        "Simulated cluster: milliseconds between traffic ticks.",
+        "100",
+        |s, v| {
+            s.sim.tick = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_SIM_REQUESTS_PER_TICK",
-        "simulated cluster: synthetic requests per tick and service (default 200)",
+        "Simulated cluster: synthetic requests per tick and service; 0 sends none.",
+        "200",
+        |s, v| {
+            s.sim.requests_per_tick = parse::whole_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_DEPLOYER_SIM_POD_START_MS",
-        "simulated cluster: time a new pod takes to become ready (default 300)",
+        "Simulated cluster: milliseconds a new pod takes to become ready; 0 is at once.",
+        "300",
+        |s, v| {
+            s.sim.pod_start = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
 ];
 
-/// A setting could not be read.
-#[derive(Debug, thiserror::Error)]
-#[error("{name}: {reason}")]
-pub struct SettingsError {
-    /// The variable.
-    pub name: String,
-    /// What is wrong with it.
-    pub reason: String,
+/// The documentation of every `TORONTO_DEPLOYER_*` variable: the deployer's own, then
+/// the Kubernetes target's.
+pub fn docs() -> Vec<VarDoc> {
+    let mut docs = vars::docs(DEPLOYER_VARS);
+    docs.extend(vars::docs(crate::kube::KUBE_VARS));
+    docs
+}
+
+fn lease(v: &str) -> Result<Duration, ValueError> {
+    let lease = parse::seconds(v)?;
+    if lease < Duration::from_secs(1) {
+        return Err(ValueError::Invalid("must be at least 1 second".into()));
+    }
+    Ok(lease)
+}
+
+fn canary_steps(v: &str) -> Result<Vec<u8>, ValueError> {
+    let steps = v
+        .split(',')
+        .map(parse::whole_or_zero::<u8>)
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::engine::check_weights(&steps).map_err(ValueError::Invalid)?;
+    Ok(steps)
 }
 
 impl Settings {
     /// Reads the settings from the process environment.
     pub fn from_env() -> Result<Self, SettingsError> {
-        Self::from_vars(&std::env::vars().collect())
+        Self::from_vars(&vars::env_vars())
     }
 
     /// Reads the settings from `vars` (unknown `TORONTO_DEPLOYER_*` names are refused).
     pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        vars::refuse_unknown(PREFIX, &docs(), vars)?;
         let mut s = Self::default();
-        for name in vars.keys().filter(|k| k.starts_with("TORONTO_DEPLOYER_")) {
-            let known = DEPLOYER_VARS.iter().any(|(n, _)| n == name)
-                || crate::kube_vars().iter().any(|(n, _)| n == name);
-            if !known {
-                return Err(err(name, "unknown variable"));
-            }
-        }
-        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        if let Some(v) = get("TORONTO_DEPLOYER_TARGET") {
-            s.target = match v {
-                "simulated" => TargetKind::Simulated,
-                "kubernetes" => TargetKind::Kubernetes,
-                _ => {
-                    return Err(err(
-                        "TORONTO_DEPLOYER_TARGET",
-                        "must be `simulated` or `kubernetes`",
-                    ));
-                }
-            };
-        }
-        let secs = |name: &str, into: &mut Duration| -> Result<(), SettingsError> {
-            if let Some(v) = get(name) {
-                *into = Duration::from_secs_f64(parse::<f64>(name, v).and_then(|x| {
-                    if x >= 0.0 && x.is_finite() {
-                        Ok(x)
-                    } else {
-                        Err(err(name, "must be a number of seconds, 0 or more"))
-                    }
-                })?);
-            }
-            Ok(())
-        };
-        let millis = |name: &str, into: &mut Duration| -> Result<(), SettingsError> {
-            if let Some(v) = get(name) {
-                *into = Duration::from_millis(parse::<u64>(name, v)?);
-            }
-            Ok(())
-        };
-        secs("TORONTO_DEPLOYER_LEASE_SECONDS", &mut s.lease)?;
-        millis(
-            "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
-            &mut s.analysis_interval,
-        )?;
-        secs(
-            "TORONTO_DEPLOYER_ANALYSIS_WINDOW_SECONDS",
-            &mut s.analysis_window,
-        )?;
-        secs(
-            "TORONTO_DEPLOYER_PROGRESS_DEADLINE_SECONDS",
-            &mut s.progress_deadline,
-        )?;
-        secs("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", &mut s.step_pause)?;
-        secs(
-            "TORONTO_DEPLOYER_SCALE_DOWN_DELAY_SECONDS",
-            &mut s.scale_down_delay,
-        )?;
-        secs(
-            "TORONTO_DEPLOYER_DRIFT_INTERVAL_SECONDS",
-            &mut s.drift_interval,
-        )?;
-        millis("TORONTO_DEPLOYER_SIM_TICK_MS", &mut s.sim.tick)?;
-        millis("TORONTO_DEPLOYER_SIM_POD_START_MS", &mut s.sim.pod_start)?;
-        if let Some(v) = get("TORONTO_DEPLOYER_SIM_REQUESTS_PER_TICK") {
-            s.sim.requests_per_tick = parse("TORONTO_DEPLOYER_SIM_REQUESTS_PER_TICK", v)?;
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE") {
-            s.max_error_ratio_increase = parse("TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE", v)?;
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_MAX_LATENCY_INCREASE") {
-            s.max_latency_increase = parse("TORONTO_DEPLOYER_MAX_LATENCY_INCREASE", v)?;
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_CANARY_STEPS") {
-            let steps = v
-                .split(',')
-                .map(|w| parse::<u8>("TORONTO_DEPLOYER_CANARY_STEPS", w.trim()))
-                .collect::<Result<Vec<_>, _>>()?;
-            crate::engine::check_weights(&steps)
-                .map_err(|reason| err("TORONTO_DEPLOYER_CANARY_STEPS", &reason))?;
-            s.canary_steps = steps;
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_MANUAL_PROMOTION") {
-            s.manual_promotion = v.split(',').map(|e| e.trim().to_owned()).collect();
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_ABORT_ON_ALERT") {
-            s.abort_on_alert = parse("TORONTO_DEPLOYER_ABORT_ON_ALERT", v)?;
-        }
-        if let Some(v) = get("TORONTO_DEPLOYER_DRIFT_REMEDIATE") {
-            s.drift_remediate = parse("TORONTO_DEPLOYER_DRIFT_REMEDIATE", v)?;
-        }
-        if s.sim.tick.is_zero() {
-            return Err(err("TORONTO_DEPLOYER_SIM_TICK_MS", "must be more than 0"));
-        }
-        if s.analysis_interval.is_zero() {
-            return Err(err(
-                "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
-                "must be more than 0",
-            ));
-        }
-        if s.lease < Duration::from_secs(1) {
-            return Err(err(
-                "TORONTO_DEPLOYER_LEASE_SECONDS",
-                "must be at least 1 second",
-            ));
-        }
+        vars::read(&mut s, DEPLOYER_VARS, vars)?;
         Ok(s)
     }
 }
 
-fn err(name: &str, reason: &str) -> SettingsError {
-    SettingsError {
-        name: name.to_owned(),
-        reason: reason.to_owned(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn parse<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, SettingsError>
-where
-    T::Err: std::fmt::Display,
-{
-    value
-        .parse()
-        .map_err(|e| err(name, &format!("cannot read {value:?}: {e}")))
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults_and_names_each_variable_once() {
+        let defaults: HashMap<String, String> = docs()
+            .iter()
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Settings::from_vars(&defaults).unwrap(), Settings::default());
+        let mut names: Vec<&str> = docs().iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), docs().len());
+        assert!(names.iter().all(|n| n.starts_with(PREFIX)));
+    }
+
+    #[test]
+    fn typos_zero_and_bad_values_name_the_variable() {
+        let err = Settings::from_vars(&vars(&[("TORONTO_DEPLOYER_LEASE_SECS", "5")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown variable TORONTO_DEPLOYER_LEASE_SECS (did you mean TORONTO_DEPLOYER_LEASE_SECONDS?)"
+        );
+        // The Kubernetes target's variables are known too.
+        assert!(Settings::from_vars(&vars(&[("TORONTO_DEPLOYER_GATEWAY", "infra/gw")])).is_ok());
+        for (var, value, needle) in [
+            ("TORONTO_DEPLOYER_SIM_TICK_MS", "0", "must be more than 0"),
+            (
+                "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
+                "0",
+                "must be more than 0",
+            ),
+            ("TORONTO_DEPLOYER_LEASE_SECONDS", "0.5", "at least 1 second"),
+            ("TORONTO_DEPLOYER_TARGET", "mars", "simulated, kubernetes"),
+            ("TORONTO_DEPLOYER_CANARY_STEPS", "10,x", "`x`"),
+        ] {
+            let err = Settings::from_vars(&vars(&[(var, value)]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(var) && err.contains(needle), "{err}");
+        }
+        let s = Settings::from_vars(&vars(&[
+            ("TORONTO_DEPLOYER_DRIFT_INTERVAL_SECONDS", "0"),
+            ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "0.25"),
+            ("TORONTO_DEPLOYER_TARGET", "kubernetes"),
+        ]))
+        .unwrap();
+        assert!(s.drift_interval.is_zero());
+        assert_eq!(s.step_pause, Duration::from_millis(250));
+        assert_eq!(s.target, TargetKind::Kubernetes);
+    }
 }

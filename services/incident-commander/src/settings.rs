@@ -9,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use toronto_protocol::incidents::Severity;
+use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
 
 /// How alerts become incidents.
 #[derive(Debug, Clone, PartialEq)]
@@ -359,121 +360,145 @@ impl Policy {
     }
 }
 
-/// Every `TORONTO_INCIDENT_*` variable with what it sets.
-pub const INCIDENT_VARS: &[(&str, &str)] = &[
-    (
+/// The prefix of the incident commander's variables.
+pub const PREFIX: &str = "TORONTO_INCIDENT_";
+
+/// Every `TORONTO_INCIDENT_*` variable: its doc, default and setter.
+pub const INCIDENT_VARS: &[Var<Settings>] = &[
+    Var::new(
         "TORONTO_INCIDENT_GROUP_BY",
-        "Labels whose values group alerts into one incident, comma-separated (default `service,environment`).",
+        "Labels whose values group alerts into one incident, comma-separated (at least one).",
+        "service,environment",
+        |s, v| {
+            s.group_by = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_RESOLVE_HOLD_MS",
-        "Milliseconds every alert of an incident must stay resolved before the incident resolves: hysteresis against flapping (default 30000).",
+        "Milliseconds every alert of an incident must stay resolved before the incident resolves: hysteresis against flapping; 0 resolves at once.",
+        "30000",
+        |s, v| {
+            s.resolve_hold = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_REOPEN_WINDOW_MS",
-        "Milliseconds after its resolution during which an alert of the same group reopens the incident instead of opening a new one (default 300000).",
+        "Milliseconds after its resolution during which an alert of the same group reopens the incident instead of opening a new one; 0 never reopens.",
+        "300000",
+        |s, v| {
+            s.reopen_window = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_CHANGE_WINDOW_MS",
-        "Milliseconds before the first alert in which a finished rollout of the service is linked to the incident and raises its severity (default 3600000).",
+        "Milliseconds before the first alert in which a finished rollout of the service is linked to the incident and raises its severity; 0 links no change.",
+        "3600000",
+        |s, v| {
+            s.change_window = parse::millis_or_zero(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_TICK_MS",
-        "Milliseconds between two checks of deadlines: escalations, resolve holds, silence expiries (default 1000).",
+        "Milliseconds between two checks of deadlines: escalations, resolve holds, silence expiries.",
+        "1000",
+        |s, v| {
+            s.tick = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_RECOVERY_POLL_MS",
-        "Milliseconds between two questions to the monitor while recovery is being confirmed (default 5000).",
+        "Milliseconds between two questions to the monitor while recovery is being confirmed.",
+        "5000",
+        |s, v| {
+            s.recovery_poll = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_RECOVERY_TIMEOUT_MS",
-        "Milliseconds recovery may take to be confirmed by the monitor before the incident escalates again (default 600000).",
+        "Milliseconds recovery may take to be confirmed by the monitor before the incident escalates again.",
+        "600000",
+        |s, v| {
+            s.recovery_timeout = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_RECOVERY_MAX_BURN_RATE",
-        "Largest short-window burn rate the monitor may report for the service to count as recovered (default 1.0).",
+        "Largest short-window burn rate the monitor may report for the service to count as recovered (0 or more).",
+        "1.0",
+        |s, v| {
+            s.recovery_max_burn_rate = parse::non_negative_f64(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_RECOVERY_WINDOW",
-        "The short burn-rate window asked of the monitor's SLO status (default `5m`).",
+        "The short burn-rate window asked of the monitor's SLO status.",
+        "5m",
+        |s, v| {
+            s.recovery_window = v.trim().to_owned();
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_PAGERDUTY_ROUTING_KEYS",
-        "Routing keys accepted on POST /v2/enqueue, comma-separated (default: any non-empty key).",
+        "Routing keys accepted on POST /v2/enqueue, comma-separated; unset: any non-empty key.",
+        "",
+        |s, v| {
+            s.pagerduty_routing_keys = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_DEFAULT_ENVIRONMENT",
-        "Environment of alerts without an `environment` label (default `production`).",
+        "Environment of alerts without an `environment` label.",
+        "production",
+        |s, v| {
+            s.default_environment = v.trim().to_owned();
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_INCIDENT_POLICY_FILE",
-        "YAML file with severity rules, on-call schedules, escalation policies, playbooks and the autonomy policy (default: none, SEV3 for everything, no paging).",
+        "YAML file with severity rules, on-call schedules, escalation policies, playbooks and the autonomy policy; unset: SEV3 for everything, no paging.",
+        "",
+        |s, v| {
+            if let Some(path) = parse::optional(v) {
+                s.policy = policy_file(&path)?;
+            };
+            Ok(())
+        },
     ),
 ];
 
-fn list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn millis(var: &str, v: &str) -> Result<Duration, String> {
-    v.trim()
-        .parse()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
+fn policy_file(path: &str) -> Result<Policy, ValueError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ValueError::Invalid(format!("{path}: {e}")))?;
+    Policy::from_yaml(&text).map_err(|e| ValueError::Invalid(format!("{path}: {e}")))
 }
 
 impl Settings {
     /// From the process environment.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(&std::env::vars().collect())
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&vars::env_vars())
     }
 
-    /// From a set of variables; the ones not given keep their defaults.
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+    /// From a set of variables; the ones not given keep their defaults. An unknown
+    /// `TORONTO_INCIDENT_*` variable is refused.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        vars::refuse_unknown(PREFIX, &vars::docs(INCIDENT_VARS), vars)?;
         let mut s = Self::default();
-        for (name, _) in INCIDENT_VARS {
-            let Some(v) = vars.get(*name) else { continue };
-            match *name {
-                "TORONTO_INCIDENT_GROUP_BY" => s.group_by = list(v),
-                "TORONTO_INCIDENT_RESOLVE_HOLD_MS" => s.resolve_hold = millis(name, v)?,
-                "TORONTO_INCIDENT_REOPEN_WINDOW_MS" => s.reopen_window = millis(name, v)?,
-                "TORONTO_INCIDENT_CHANGE_WINDOW_MS" => s.change_window = millis(name, v)?,
-                "TORONTO_INCIDENT_TICK_MS" => s.tick = millis(name, v)?,
-                "TORONTO_INCIDENT_RECOVERY_POLL_MS" => s.recovery_poll = millis(name, v)?,
-                "TORONTO_INCIDENT_RECOVERY_TIMEOUT_MS" => s.recovery_timeout = millis(name, v)?,
-                "TORONTO_INCIDENT_RECOVERY_MAX_BURN_RATE" => {
-                    s.recovery_max_burn_rate = v
-                        .trim()
-                        .parse()
-                        .ok()
-                        .filter(|x: &f64| x.is_finite() && *x >= 0.0)
-                        .ok_or_else(|| format!("{name}: `{v}` is not a non-negative number"))?
-                }
-                "TORONTO_INCIDENT_RECOVERY_WINDOW" => s.recovery_window = v.trim().to_owned(),
-                "TORONTO_INCIDENT_PAGERDUTY_ROUTING_KEYS" => s.pagerduty_routing_keys = list(v),
-                "TORONTO_INCIDENT_DEFAULT_ENVIRONMENT" => {
-                    s.default_environment = v.trim().to_owned()
-                }
-                "TORONTO_INCIDENT_POLICY_FILE" if !v.trim().is_empty() => {
-                    let text = std::fs::read_to_string(v.trim())
-                        .map_err(|e| format!("{name}: {v}: {e}"))?;
-                    s.policy = Policy::from_yaml(&text).map_err(|e| format!("{name}: {v}: {e}"))?;
-                }
-                _ => {}
-            }
-        }
+        vars::read(&mut s, INCIDENT_VARS, vars)?;
         if s.group_by.is_empty() {
-            return Err("TORONTO_INCIDENT_GROUP_BY must name at least one label".into());
-        }
-        if s.tick.is_zero() || s.recovery_poll.is_zero() {
-            return Err(
-                "TORONTO_INCIDENT_TICK_MS and TORONTO_INCIDENT_RECOVERY_POLL_MS must be positive"
-                    .into(),
-            );
+            return Err(SettingsError::Inconsistent(
+                "TORONTO_INCIDENT_GROUP_BY must name at least one label".into(),
+            ));
         }
         Ok(s)
     }
@@ -500,6 +525,7 @@ mod tests {
         assert!(
             Settings::from_vars(&bad)
                 .unwrap_err()
+                .to_string()
                 .contains("TORONTO_INCIDENT_TICK_MS")
         );
         let policy = Policy::from_yaml(
@@ -538,5 +564,33 @@ playbooks:
         )
         .unwrap_err();
         assert!(err.contains("playbooks"), "{err}");
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults_and_refuses_typos_and_zero() {
+        let defaults: HashMap<String, String> = INCIDENT_VARS
+            .iter()
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Settings::from_vars(&defaults).unwrap(), Settings::default());
+        let mut names: Vec<&str> = INCIDENT_VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), INCIDENT_VARS.len());
+        let one =
+            |k: &str, v: &str| -> HashMap<String, String> { [(k.to_owned(), v.to_owned())].into() };
+        let err = Settings::from_vars(&one("TORONTO_INCIDENT_TICK", "5")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean TORONTO_INCIDENT_TICK_MS?"),
+            "{err}"
+        );
+        let err = Settings::from_vars(&one("TORONTO_INCIDENT_RECOVERY_POLL_MS", "0")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TORONTO_INCIDENT_RECOVERY_POLL_MS: must be more than 0"
+        );
+        let s = Settings::from_vars(&one("TORONTO_INCIDENT_REOPEN_WINDOW_MS", "0")).unwrap();
+        assert!(s.reopen_window.is_zero());
     }
 }

@@ -58,7 +58,7 @@ pub async fn start(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    let settings = Settings::from_env().map_err(config_error)?;
+    let settings = Settings::from_env().map_err(|e| RuntimeError::Config(e.into()))?;
     start_with(config, settings, shutdown).await
 }
 

@@ -4,6 +4,8 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
+
 /// A configured target: a name and a URL.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Target {
@@ -81,124 +83,189 @@ impl Default for Settings {
     }
 }
 
-/// Every `TORONTO_MONITOR_*` variable with what it sets.
-pub const MONITOR_VARS: &[(&str, &str)] = &[
-    (
-        "TORONTO_MONITOR_RETENTION_SECS",
-        "Seconds samples stay in the in-memory store (default 900).",
+/// The prefix of the monitor's variables.
+pub const PREFIX: &str = "TORONTO_MONITOR_";
+
+/// Every `TORONTO_MONITOR_*` variable: its doc, default and setter.
+pub const MONITOR_VARS: &[Var<Settings>] = &[
+    Var::new(
+        "TORONTO_MONITOR_RETENTION_SECONDS",
+        "Seconds samples stay in the in-memory store.",
+        "900",
+        |s, v| {
+            s.retention = parse::seconds(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_MAX_SAMPLES_PER_SERIES",
-        "Samples kept per series; the oldest go first (default 10000).",
+        "Samples kept per series; the oldest go first.",
+        "10000",
+        |s, v| {
+            s.max_samples_per_series = parse::positive(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_MAX_SERIES",
-        "Series kept in the store; samples of further series are refused and counted (default 100000).",
+        "Series kept in the store; samples of further series are refused and counted.",
+        "100000",
+        |s, v| {
+            s.max_series = parse::positive(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_MIN_SAMPLES",
-        "Fewer samples than this on either side makes a canary metric inconclusive (default 3).",
+        "Fewer samples than this on either side makes a canary metric inconclusive.",
+        "3",
+        |s, v| {
+            s.min_samples = parse::positive(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_PROMETHEUS_URL",
-        "Base URL of a Prometheus HTTP API, e.g. `http://prometheus:9090`, for canary metrics with a `query` and SLOs of type Prometheus (default none).",
+        "Base URL of a Prometheus HTTP API, e.g. `http://prometheus:9090`, for canary metrics with a `query` and SLOs of type Prometheus.",
+        "",
+        |s, v| {
+            s.prometheus_url = match v.trim() {
+                "" => None,
+                u => Some(parse::http_url(u)?),
+            };
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_HTTP_TIMEOUT_MS",
-        "Milliseconds a Prometheus query, a scrape or a probe may take (default 5000).",
+        "Milliseconds a Prometheus query, a scrape or a probe may take.",
+        "5000",
+        |s, v| {
+            s.http_timeout = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_SCRAPE_TARGETS",
-        "Prometheus exposition endpoints to scrape into the store, comma-separated `job=url` (or a bare URL, job `scrape`) (default none).",
+        "Prometheus exposition endpoints to scrape into the store, comma-separated `job=url` (or a bare URL, job `scrape`).",
+        "",
+        |s, v| {
+            s.scrape_targets = targets(v, "scrape")?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_SCRAPE_INTERVAL_MS",
-        "Milliseconds between two scrapes of a target (default 15000).",
+        "Milliseconds between two scrapes of a target.",
+        "15000",
+        |s, v| {
+            s.scrape_interval = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_SLO_DIR",
-        "Directory of OpenSLO files (`*.yaml`, `*.yml`) loaded at start (default none).",
+        "Directory of OpenSLO files (`*.yaml`, `*.yml`) loaded at start.",
+        "",
+        |s, v| {
+            s.slo_dir = parse::optional_path(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_SLO_INTERVAL_MS",
-        "Milliseconds between two SLO evaluations, real time (default 30000).",
+        "Milliseconds between two SLO evaluations, real time.",
+        "30000",
+        |s, v| {
+            s.slo_interval = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_TIME_SCALE",
-        "Time compression of SLO windows: every SLO duration is divided by it, e.g. 60 makes 1h last a minute (default 1; for tests and demos).",
+        "Time compression of SLO windows: every SLO duration is divided by it, e.g. 60 makes 1h last a minute (for tests and demos).",
+        "1",
+        |s, v| {
+            s.time_scale = parse::positive_f64(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_RESOLVE_EVALUATIONS",
-        "Consecutive evaluations a burn-rate alert's condition must be clear before it resolves (default 3).",
+        "Consecutive evaluations a burn-rate alert's condition must be clear before it resolves.",
+        "3",
+        |s, v| {
+            s.resolve_evaluations = parse::positive(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_DEFAULT_ENVIRONMENT",
-        "The environment of SLOs whose file names none in `metadata.labels.environment` (default `production`).",
+        "The environment of SLOs whose file names none in `metadata.labels.environment`.",
+        "production",
+        |s, v| {
+            s.default_environment = parse::non_empty(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_PROBES",
-        "Synthetic HTTP probes, comma-separated `name=url` (default none).",
+        "Synthetic HTTP probes, comma-separated `name=url`.",
+        "",
+        |s, v| {
+            s.probes = targets(v, "probe")?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_PROBE_INTERVAL_MS",
-        "Milliseconds between two probes of a target (default 10000).",
+        "Milliseconds between two probes of a target.",
+        "10000",
+        |s, v| {
+            s.probe_interval = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_ANOMALY_METRICS",
-        "Series names watched for anomalies (median/MAD), comma-separated (default none).",
+        "Series names watched for anomalies (median/MAD), comma-separated.",
+        "",
+        |s, v| {
+            s.anomaly_metrics = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_ANOMALY_THRESHOLD",
-        "Robust z-score (distance from the median in scaled MADs) that raises a warning alert (default 5).",
+        "Robust z-score (distance from the median in scaled MADs) that raises a warning alert.",
+        "5",
+        |s, v| {
+            s.anomaly_threshold = parse::positive_f64(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_MONITOR_ANOMALY_INTERVAL_MS",
-        "Milliseconds between two anomaly checks (default 10000).",
+        "Milliseconds between two anomaly checks.",
+        "10000",
+        |s, v| {
+            s.anomaly_interval = parse::millis(v)?;
+            Ok(())
+        },
+    ),
+    Var::deprecated(
+        "TORONTO_MONITOR_RETENTION_SECS",
+        "Seconds samples stay in the in-memory store.",
+        "TORONTO_MONITOR_RETENTION_SECONDS",
+        |s, v| {
+            s.retention = parse::seconds(v)?;
+            Ok(())
+        },
     ),
 ];
 
-fn list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
-}
-
-fn millis(var: &str, v: &str) -> Result<Duration, String> {
-    match v.trim().parse::<u64>() {
-        Ok(0) | Err(_) => Err(format!(
-            "{var}: `{v}` is not a positive whole number of milliseconds"
-        )),
-        Ok(n) => Ok(Duration::from_millis(n)),
-    }
-}
-
-fn count(var: &str, v: &str) -> Result<usize, String> {
-    match v.trim().parse::<usize>() {
-        Ok(0) | Err(_) => Err(format!("{var}: `{v}` is not a positive whole number")),
-        Ok(n) => Ok(n),
-    }
-}
-
-fn positive(var: &str, v: &str) -> Result<f64, String> {
-    match v.trim().parse::<f64>() {
-        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
-        _ => Err(format!("{var}: `{v}` is not a positive number")),
-    }
-}
-
-fn url(var: &str, v: &str) -> Result<String, String> {
-    let v = v.trim();
-    if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
-        Ok(v.trim_end_matches('/').to_owned())
-    } else {
-        Err(format!("{var}: `{v}` is not an http:// or https:// URL"))
-    }
-}
-
-fn targets(var: &str, v: &str, default_name: &str) -> Result<Vec<Target>, String> {
-    list(v)
+fn targets(v: &str, default_name: &str) -> Result<Vec<Target>, ValueError> {
+    parse::list(v)
         .into_iter()
         .map(|t| {
             let (name, u) = match t.split_once('=') {
@@ -206,11 +273,11 @@ fn targets(var: &str, v: &str, default_name: &str) -> Result<Vec<Target>, String
                 _ => (default_name.to_owned(), t.as_str()),
             };
             if name.is_empty() {
-                return Err(format!("{var}: `{t}` has an empty name"));
+                return Err(ValueError::Invalid(format!("`{t}` has an empty name")));
             }
             Ok(Target {
                 name,
-                url: url(var, u)?,
+                url: parse::http_url(u)?,
             })
         })
         .collect()
@@ -218,64 +285,23 @@ fn targets(var: &str, v: &str, default_name: &str) -> Result<Vec<Target>, String
 
 impl Settings {
     /// From the process environment.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(&std::env::vars().collect())
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&vars::env_vars())
     }
 
     /// From a set of variables; the ones not given keep their defaults. A malformed
-    /// value is refused with the variable named.
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+    /// value or an unknown `TORONTO_MONITOR_*` variable is refused with its name.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        vars::refuse_unknown(PREFIX, &vars::docs(MONITOR_VARS), vars)?;
         let mut s = Self::default();
-        for (name, _) in MONITOR_VARS {
-            let Some(v) = vars.get(*name) else { continue };
-            match *name {
-                "TORONTO_MONITOR_RETENTION_SECS" => {
-                    s.retention = Duration::from_secs(count(name, v)? as u64)
-                }
-                "TORONTO_MONITOR_MAX_SAMPLES_PER_SERIES" => {
-                    s.max_samples_per_series = count(name, v)?
-                }
-                "TORONTO_MONITOR_MAX_SERIES" => s.max_series = count(name, v)?,
-                "TORONTO_MONITOR_MIN_SAMPLES" => s.min_samples = count(name, v)?,
-                "TORONTO_MONITOR_PROMETHEUS_URL" => {
-                    s.prometheus_url = if v.trim().is_empty() {
-                        None
-                    } else {
-                        Some(url(name, v)?)
-                    }
-                }
-                "TORONTO_MONITOR_HTTP_TIMEOUT_MS" => s.http_timeout = millis(name, v)?,
-                "TORONTO_MONITOR_SCRAPE_TARGETS" => s.scrape_targets = targets(name, v, "scrape")?,
-                "TORONTO_MONITOR_SCRAPE_INTERVAL_MS" => s.scrape_interval = millis(name, v)?,
-                "TORONTO_MONITOR_SLO_DIR" => {
-                    s.slo_dir = (!v.trim().is_empty()).then(|| PathBuf::from(v.trim()))
-                }
-                "TORONTO_MONITOR_SLO_INTERVAL_MS" => s.slo_interval = millis(name, v)?,
-                "TORONTO_MONITOR_TIME_SCALE" => s.time_scale = positive(name, v)?,
-                "TORONTO_MONITOR_RESOLVE_EVALUATIONS" => {
-                    s.resolve_evaluations = count(name, v)? as u32
-                }
-                "TORONTO_MONITOR_DEFAULT_ENVIRONMENT" => {
-                    if v.trim().is_empty() {
-                        return Err(format!("{name}: must not be empty"));
-                    }
-                    s.default_environment = v.trim().to_owned()
-                }
-                "TORONTO_MONITOR_PROBES" => s.probes = targets(name, v, "probe")?,
-                "TORONTO_MONITOR_PROBE_INTERVAL_MS" => s.probe_interval = millis(name, v)?,
-                "TORONTO_MONITOR_ANOMALY_METRICS" => s.anomaly_metrics = list(v),
-                "TORONTO_MONITOR_ANOMALY_THRESHOLD" => s.anomaly_threshold = positive(name, v)?,
-                "TORONTO_MONITOR_ANOMALY_INTERVAL_MS" => s.anomaly_interval = millis(name, v)?,
-                _ => {}
-            }
-        }
+        vars::read(&mut s, MONITOR_VARS, vars)?;
         if let Some(dir) = &s.slo_dir
             && !dir.is_dir()
         {
-            return Err(format!(
+            return Err(SettingsError::Inconsistent(format!(
                 "TORONTO_MONITOR_SLO_DIR: `{}` is not a directory",
                 dir.display()
-            ));
+            )));
         }
         Ok(s)
     }
@@ -295,7 +321,7 @@ mod tests {
     #[test]
     fn variables_override_defaults_and_bad_values_are_named() {
         let s = Settings::from_vars(&vars(&[
-            ("TORONTO_MONITOR_RETENTION_SECS", "60"),
+            ("TORONTO_MONITOR_RETENTION_SECONDS", "60"),
             ("TORONTO_MONITOR_PROMETHEUS_URL", "http://127.0.0.1:9090/"),
             (
                 "TORONTO_MONITOR_SCRAPE_TARGETS",
@@ -312,6 +338,7 @@ mod tests {
         assert_eq!(s.time_scale, 60.0);
         assert_eq!(s.min_samples, 3);
         for (var, value) in [
+            ("TORONTO_MONITOR_RETENTION_SECONDS", "soon"),
             ("TORONTO_MONITOR_RETENTION_SECS", "soon"),
             ("TORONTO_MONITOR_PROMETHEUS_URL", "prometheus:9090"),
             ("TORONTO_MONITOR_TIME_SCALE", "-1"),
@@ -320,15 +347,47 @@ mod tests {
             ("TORONTO_MONITOR_PROBES", "=http://x"),
         ] {
             let err = Settings::from_vars(&vars(&[(var, value)])).unwrap_err();
-            assert!(err.contains(var), "{err}");
+            assert!(err.to_string().contains(var), "{err}");
         }
     }
 
     #[test]
-    fn every_variable_is_monitor_prefixed() {
-        for (name, description) in MONITOR_VARS {
-            assert!(name.starts_with("TORONTO_MONITOR_"));
-            assert!(!description.is_empty());
+    fn every_variable_is_monitor_prefixed_documented_and_listed_once() {
+        for var in MONITOR_VARS {
+            assert!(var.name.starts_with(PREFIX));
+            assert!(!var.description.is_empty());
         }
+        let mut names: Vec<&str> = MONITOR_VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MONITOR_VARS.len());
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults() {
+        let defaults: HashMap<String, String> = MONITOR_VARS
+            .iter()
+            .filter(|v| v.replaced_by.is_none())
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Settings::from_vars(&defaults).unwrap(), Settings::default());
+    }
+
+    #[test]
+    fn typos_zero_and_the_old_retention_name() {
+        let err =
+            Settings::from_vars(&vars(&[("TORONTO_MONITOR_PROBE", "x=http://a")])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("did you mean TORONTO_MONITOR_PROBES?"),
+            "{err}"
+        );
+        let err = Settings::from_vars(&vars(&[("TORONTO_MONITOR_MAX_SERIES", "0")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TORONTO_MONITOR_MAX_SERIES: must be more than 0"
+        );
+        let s = Settings::from_vars(&vars(&[("TORONTO_MONITOR_RETENTION_SECS", "60")])).unwrap();
+        assert_eq!(s.retention, Duration::from_secs(60));
     }
 }

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
+
 /// How plans are built and run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -61,64 +63,139 @@ impl Default for Settings {
     }
 }
 
-/// Every `TORONTO_PLANNER_*` variable with what it sets.
-pub const PLANNER_VARS: &[(&str, &str)] = &[
-    (
+/// The prefix of the planner's variables.
+pub const PREFIX: &str = "TORONTO_PLANNER_";
+
+/// Every `TORONTO_PLANNER_*` variable: its doc, default and setter.
+pub const PLANNER_VARS: &[Var<Settings>] = &[
+    Var::new(
         "TORONTO_PLANNER_GATE_TIMEOUT_MS",
-        "Milliseconds a peer (security, QA) or the deployer may take to answer a step; no answer fails it (default 30000).",
+        "Milliseconds a peer (security, QA) or the deployer may take to answer a step; no answer fails it.",
+        "30000",
+        |s, v| {
+            s.gate_timeout = parse::millis(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_APPROVER_ROLES",
-        "Roles that may approve or reject plans, comma-separated (default `approver,operator,admin`: the chat roles operator and admin approve).",
+        "Roles that may approve or reject plans, comma-separated (by default the chat roles operator and admin approve).",
+        "approver,operator,admin",
+        |s, v| {
+            s.approver_roles = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_APPROVAL_ENVIRONMENTS",
-        "Environments whose plans need a human approval, comma-separated (default `production`).",
+        "Environments whose plans need a human approval, comma-separated; empty: none does.",
+        "production",
+        |s, v| {
+            s.approval_environments = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_QA_ENVIRONMENTS",
-        "Environments whose deploys pass the QA gate, comma-separated (default `staging,production`).",
+        "Environments whose deploys pass the QA gate, comma-separated; empty: none does.",
+        "staging,production",
+        |s, v| {
+            s.qa_environments = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_QA_SUITE",
-        "The QA suite the QA gate asks for (default `regression`).",
+        "The QA suite the QA gate asks for.",
+        "regression",
+        |s, v| {
+            s.qa_suite = v.trim().to_owned();
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_EXECUTE_ATTEMPTS",
-        "Attempts at handing a task to the deployer before the plan fails (default 3).",
+        "Attempts at handing a task to the deployer before the plan fails.",
+        "3",
+        |s, v| {
+            s.execute_attempts = parse::positive(v)?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_PROMOTION",
-        "Promotion order as `target=source` pairs, comma-separated: a version reaches the target only after it succeeded in the source (default `production=staging`; empty disables).",
+        "Promotion order as `target=source` pairs, comma-separated: a version reaches the target only after it succeeded in the source; empty disables.",
+        "production=staging",
+        |s, v| {
+            s.promotion = parse::list(v)
+                .iter()
+                .map(|pair| promotion(pair))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_FREEZE_WINDOWS",
-        "Deploy freezes as `environment=start/end` (RFC 3339), comma-separated, e.g. `production=2026-12-20T00:00:00Z/2027-01-04T00:00:00Z` (default none).",
+        "Deploy freezes as `environment=start/end` (RFC 3339), comma-separated, e.g. `production=2026-12-20T00:00:00Z/2027-01-04T00:00:00Z`.",
+        "",
+        |s, v| {
+            s.freeze_windows = parse::list(v)
+                .iter()
+                .map(|w| freeze_window(w))
+                .collect::<Result<_, _>>()?;
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_ADMIN_ROLES",
-        "Roles that may override the policy gate with a recorded reason, comma-separated (default `admin`).",
+        "Roles that may override the policy gate with a recorded reason, comma-separated.",
+        "admin",
+        |s, v| {
+            s.admin_roles = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
         "TORONTO_PLANNER_BUDGET_ENVIRONMENTS",
-        "Environments whose deploys need error budget left (asked of the monitor; fixes pass), comma-separated (default `production`).",
+        "Environments whose deploys need error budget left (asked of the monitor; fixes pass), comma-separated; empty: none.",
+        "production",
+        |s, v| {
+            s.budget_environments = parse::list(v);
+            Ok(())
+        },
     ),
-    (
+    Var::new(
+        "TORONTO_PLANNER_LEASE_SECONDS",
+        "Seconds a planner instance owns a plan before another may take it over (fractions allowed; longer than the gate timeout).",
+        "60",
+        |s, v| {
+            s.lease = parse::seconds(v)?;
+            Ok(())
+        },
+    ),
+    Var::deprecated(
         "TORONTO_PLANNER_LEASE_MS",
-        "Milliseconds a planner instance owns a plan before another may take it over (default 60000; more than the gate timeout).",
+        "Milliseconds a planner instance owns a plan.",
+        "TORONTO_PLANNER_LEASE_SECONDS",
+        |s, v| {
+            s.lease = parse::millis(v)?;
+            Ok(())
+        },
     ),
 ];
 
-fn list(v: &str) -> Vec<String> {
-    v.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect()
+fn promotion(pair: &str) -> Result<(String, String), ValueError> {
+    pair.split_once('=')
+        .map(|(t, f)| (t.trim().to_owned(), f.trim().to_owned()))
+        .ok_or_else(|| ValueError::Invalid(format!("`{pair}` is not target=source")))
 }
 
-fn freeze_window(var: &str, w: &str) -> Result<FreezeWindow, String> {
-    let bad = || format!("{var}: `{w}` is not environment=start/end with RFC 3339 times");
+fn freeze_window(w: &str) -> Result<FreezeWindow, ValueError> {
+    let bad = || {
+        ValueError::Invalid(format!(
+            "`{w}` is not environment=start/end with RFC 3339 times"
+        ))
+    };
     let (environment, period) = w.split_once('=').ok_or_else(bad)?;
     let (start, end) = period.split_once('/').ok_or_else(bad)?;
     let parse = |t: &str| {
@@ -128,7 +205,7 @@ fn freeze_window(var: &str, w: &str) -> Result<FreezeWindow, String> {
     };
     let (start, end) = (parse(start)?, parse(end)?);
     if end <= start {
-        return Err(format!("{var}: `{w}` ends before it starts"));
+        return Err(ValueError::Invalid(format!("`{w}` ends before it starts")));
     }
     Ok(FreezeWindow {
         environment: environment.trim().to_owned(),
@@ -137,67 +214,24 @@ fn freeze_window(var: &str, w: &str) -> Result<FreezeWindow, String> {
     })
 }
 
-fn millis(var: &str, v: &str) -> Result<Duration, String> {
-    v.trim()
-        .parse()
-        .map(Duration::from_millis)
-        .map_err(|_| format!("{var}: `{v}` is not a whole number of milliseconds"))
-}
-
 impl Settings {
     /// From the process environment.
-    pub fn from_env() -> Result<Self, String> {
-        Self::from_vars(&std::env::vars().collect())
+    pub fn from_env() -> Result<Self, SettingsError> {
+        Self::from_vars(&vars::env_vars())
     }
 
-    /// From a set of variables; the ones not given keep their defaults.
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, String> {
+    /// From a set of variables; the ones not given keep their defaults. An unknown
+    /// `TORONTO_PLANNER_*` variable is refused.
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        vars::refuse_unknown(PREFIX, &vars::docs(PLANNER_VARS), vars)?;
         let mut s = Self::default();
-        for (name, _) in PLANNER_VARS {
-            let Some(v) = vars.get(*name) else { continue };
-            match *name {
-                "TORONTO_PLANNER_GATE_TIMEOUT_MS" => s.gate_timeout = millis(name, v)?,
-                "TORONTO_PLANNER_APPROVER_ROLES" => s.approver_roles = list(v),
-                "TORONTO_PLANNER_APPROVAL_ENVIRONMENTS" => s.approval_environments = list(v),
-                "TORONTO_PLANNER_QA_ENVIRONMENTS" => s.qa_environments = list(v),
-                "TORONTO_PLANNER_QA_SUITE" => s.qa_suite = v.trim().to_owned(),
-                "TORONTO_PLANNER_EXECUTE_ATTEMPTS" => {
-                    s.execute_attempts = v
-                        .trim()
-                        .parse()
-                        .map_err(|_| format!("{name}: `{v}` is not a whole number of attempts"))?
-                }
-                "TORONTO_PLANNER_LEASE_MS" => s.lease = millis(name, v)?,
-                "TORONTO_PLANNER_PROMOTION" => {
-                    s.promotion = list(v)
-                        .into_iter()
-                        .map(|pair| {
-                            pair.split_once('=')
-                                .map(|(t, f)| (t.trim().to_owned(), f.trim().to_owned()))
-                                .ok_or_else(|| format!("{name}: `{pair}` is not target=source"))
-                        })
-                        .collect::<Result<_, _>>()?
-                }
-                "TORONTO_PLANNER_FREEZE_WINDOWS" => {
-                    s.freeze_windows = list(v)
-                        .into_iter()
-                        .map(|w| freeze_window(name, &w))
-                        .collect::<Result<_, _>>()?
-                }
-                "TORONTO_PLANNER_ADMIN_ROLES" => s.admin_roles = list(v),
-                "TORONTO_PLANNER_BUDGET_ENVIRONMENTS" => s.budget_environments = list(v),
-                _ => {}
-            }
-        }
+        vars::read(&mut s, PLANNER_VARS, vars)?;
         if s.lease <= s.gate_timeout {
-            return Err(format!(
-                "TORONTO_PLANNER_LEASE_MS ({} ms) must be longer than the gate timeout ({} ms)",
+            return Err(SettingsError::Inconsistent(format!(
+                "TORONTO_PLANNER_LEASE_SECONDS ({} ms) must be longer than the gate timeout ({} ms)",
                 s.lease.as_millis(),
                 s.gate_timeout.as_millis()
-            ));
-        }
-        if s.execute_attempts == 0 {
-            return Err("TORONTO_PLANNER_EXECUTE_ATTEMPTS must be at least 1".into());
+            )));
         }
         Ok(s)
     }
@@ -212,7 +246,7 @@ mod tests {
         let vars: HashMap<String, String> = [
             ("TORONTO_PLANNER_GATE_TIMEOUT_MS", "500"),
             ("TORONTO_PLANNER_APPROVER_ROLES", "sre, release-manager"),
-            ("TORONTO_PLANNER_LEASE_MS", "2000"),
+            ("TORONTO_PLANNER_LEASE_SECONDS", "2"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -236,6 +270,7 @@ mod tests {
         assert!(
             Settings::from_vars(&inverted)
                 .unwrap_err()
+                .to_string()
                 .contains("ends before it starts")
         );
         let bad: HashMap<String, String> = [(
@@ -246,14 +281,58 @@ mod tests {
         assert!(
             Settings::from_vars(&bad)
                 .unwrap_err()
+                .to_string()
                 .contains("TORONTO_PLANNER_GATE_TIMEOUT_MS")
         );
-        let short: HashMap<String, String> =
-            [("TORONTO_PLANNER_LEASE_MS".to_owned(), "10".to_owned())].into();
+        let short: HashMap<String, String> = [(
+            "TORONTO_PLANNER_LEASE_SECONDS".to_owned(),
+            "0.01".to_owned(),
+        )]
+        .into();
         assert!(
             Settings::from_vars(&short)
                 .unwrap_err()
+                .to_string()
                 .contains("longer than the gate timeout")
         );
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults_and_names_each_variable_once() {
+        let defaults: HashMap<String, String> = PLANNER_VARS
+            .iter()
+            .filter(|v| v.replaced_by.is_none())
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Settings::from_vars(&defaults).unwrap(), Settings::default());
+        let mut names: Vec<&str> = PLANNER_VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), PLANNER_VARS.len());
+        assert!(names.iter().all(|n| n.starts_with(PREFIX)));
+    }
+
+    #[test]
+    fn typos_zero_and_the_old_lease_name() {
+        let err = Settings::from_vars(&vars(&[("TORONTO_PLANNER_GATE_TIMEOUT", "5")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown variable TORONTO_PLANNER_GATE_TIMEOUT (did you mean TORONTO_PLANNER_GATE_TIMEOUT_MS?)"
+        );
+        let err =
+            Settings::from_vars(&vars(&[("TORONTO_PLANNER_EXECUTE_ATTEMPTS", "0")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TORONTO_PLANNER_EXECUTE_ATTEMPTS: must be more than 0"
+        );
+        let s = Settings::from_vars(&vars(&[("TORONTO_PLANNER_LEASE_MS", "90000")])).unwrap();
+        assert_eq!(s.lease, Duration::from_secs(90));
     }
 }

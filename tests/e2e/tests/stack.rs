@@ -330,22 +330,7 @@ fn the_configuration_page_documents_every_variable() {
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
     )
     .unwrap();
-    let mut names: Vec<&str> = toronto_runtime::config::ENV_VARS
-        .iter()
-        .map(|v| v.name)
-        .collect();
-    names.push(toronto_runtime::config::CONFIG_FILE_VAR);
-    for table in [
-        toronto_planner::settings::PLANNER_VARS,
-        toronto_deployer::settings::DEPLOYER_VARS,
-        toronto_deployer::kube_vars(),
-        toronto_monitor::settings::MONITOR_VARS,
-        toronto_chat_bridge::settings::CHAT_VARS,
-        toronto_incident_commander::settings::INCIDENT_VARS,
-    ] {
-        names.extend(table.iter().map(|(name, _)| *name));
-    }
-    for name in names {
+    for name in toronto_cli::settings_docs::names() {
         assert!(
             readme.contains(&format!("| `{name}` |")),
             "docs/configuration.md's table lacks {name}"

@@ -3,36 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-/// Every variable the Kubernetes target reads: its name and a one-line description.
-///
-/// The kube client itself also reads `KUBECONFIG` (or the in-cluster service account)
-/// when the target infers its client from the environment.
-pub const KUBE_VARS: &[(&str, &str)] = &[
-    (
-        "TORONTO_DEPLOYER_NAMESPACES",
-        "Namespace per environment, `env=namespace` pairs separated by commas (e.g. `production=prod,staging=stg`); an environment not listed uses a namespace of its own name.",
-    ),
-    (
-        "TORONTO_DEPLOYER_GATEWAY",
-        "Parent Gateway as `namespace/name`; when set, canary traffic is split by Gateway API HTTPRoute weights over Services `<svc>-stable` and `<svc>-canary` instead of by replica ratio.",
-    ),
-    (
-        "TORONTO_DEPLOYER_SERVICE_PORT",
-        "Port of the Services the target creates (default 80).",
-    ),
-    (
-        "TORONTO_DEPLOYER_CONTAINER_PORT",
-        "Container port named `http` that the Services send traffic to (default 8080).",
-    ),
-    (
-        "TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT",
-        "`revisionHistoryLimit` of every Deployment: old ReplicaSets kept for rollback (default 10).",
-    ),
-    (
-        "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS",
-        "Seconds one Kubernetes API call may take before the target reports itself unavailable (default 30).",
-    ),
-];
+use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
 
 /// The parent Gateway of the HTTPRoutes (Gateway API).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,53 +45,86 @@ impl Default for KubeSettings {
     }
 }
 
+/// Every variable the Kubernetes target reads: its doc, default and setter.
+///
+/// The kube client itself also reads `KUBECONFIG` (or the in-cluster service account)
+/// when the target infers its client from the environment.
+pub const KUBE_VARS: &[Var<KubeSettings>] = &[
+    Var::new(
+        "TORONTO_DEPLOYER_NAMESPACES",
+        "Namespace per environment, `env=namespace` pairs separated by commas (e.g. `production=prod,staging=stg`); an environment not listed uses a namespace of its own name.",
+        "",
+        |s, v| {
+            s.namespaces = parse_namespaces(v.trim()).map_err(ValueError::Invalid)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_GATEWAY",
+        "Parent Gateway as `namespace/name`; when set, canary traffic is split by Gateway API HTTPRoute weights over Services `<svc>-stable` and `<svc>-canary` instead of by replica ratio.",
+        "",
+        |s, v| {
+            s.gateway = match v.trim() {
+                "" => None,
+                raw => Some(parse_gateway(raw).map_err(ValueError::Invalid)?),
+            };
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_SERVICE_PORT",
+        "Port of the Services the target creates (1 to 65535).",
+        "80",
+        |s, v| {
+            s.service_port = port(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_CONTAINER_PORT",
+        "Container port named `http` that the Services send traffic to (1 to 65535).",
+        "8080",
+        |s, v| {
+            s.container_port = port(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT",
+        "`revisionHistoryLimit` of every Deployment: old ReplicaSets kept for rollback (0 to 65535).",
+        "10",
+        |s, v| {
+            s.revision_history_limit = i32::from(parse::whole_or_zero::<u16>(v)?);
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS",
+        "Seconds one Kubernetes API call may take before the target reports itself unavailable.",
+        "30",
+        |s, v| {
+            s.timeout = parse::seconds(v)?;
+            Ok(())
+        },
+    ),
+];
+
+fn port(v: &str) -> Result<i32, ValueError> {
+    parse::positive::<u16>(v).map(i32::from)
+}
+
 impl KubeSettings {
     /// Parses the settings from variables (usually the process environment); a
     /// malformed value is an error naming the variable and what is wrong with it.
-    pub fn from_vars(vars: &HashMap<String, String>) -> Result<KubeSettings, String> {
+    pub fn from_vars(vars: &HashMap<String, String>) -> Result<KubeSettings, SettingsError> {
         let mut settings = KubeSettings::default();
-        let get = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
-        if let Some(raw) = get("TORONTO_DEPLOYER_NAMESPACES") {
-            settings.namespaces = parse_namespaces(raw)
-                .map_err(|e| format!("TORONTO_DEPLOYER_NAMESPACES={raw:?}: {e}"))?;
-        }
-        if let Some(raw) = get("TORONTO_DEPLOYER_GATEWAY") {
-            settings.gateway = Some(
-                parse_gateway(raw).map_err(|e| format!("TORONTO_DEPLOYER_GATEWAY={raw:?}: {e}"))?,
-            );
-        }
-        if let Some(raw) = get("TORONTO_DEPLOYER_SERVICE_PORT") {
-            settings.service_port = parse_port(raw)
-                .map_err(|e| format!("TORONTO_DEPLOYER_SERVICE_PORT={raw:?}: {e}"))?;
-        }
-        if let Some(raw) = get("TORONTO_DEPLOYER_CONTAINER_PORT") {
-            settings.container_port = parse_port(raw)
-                .map_err(|e| format!("TORONTO_DEPLOYER_CONTAINER_PORT={raw:?}: {e}"))?;
-        }
-        if let Some(raw) = get("TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT") {
-            settings.revision_history_limit = raw
-                .parse::<u16>()
-                .map(i32::from)
-                .map_err(|_| {
-                    format!(
-                        "TORONTO_DEPLOYER_REVISION_HISTORY_LIMIT={raw:?}: expected a whole number from 0 to 65535"
-                    )
-                })?;
-        }
-        if let Some(raw) = get("TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS") {
-            let secs = raw.parse::<u64>().ok().filter(|s| *s > 0).ok_or_else(|| {
-                format!(
-                    "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS={raw:?}: expected a whole number of seconds above 0"
-                )
-            })?;
-            settings.timeout = Duration::from_secs(secs);
-        }
+        vars::read(&mut settings, KUBE_VARS, vars)?;
         Ok(settings)
     }
 
     /// Parses the settings from the process environment.
-    pub fn from_env() -> Result<KubeSettings, String> {
-        Self::from_vars(&std::env::vars().collect())
+    pub fn from_env() -> Result<KubeSettings, SettingsError> {
+        Self::from_vars(&vars::env_vars())
     }
 
     /// The namespace of an environment: the mapped one, or the environment's own
@@ -169,14 +173,6 @@ fn parse_gateway(raw: &str) -> Result<GatewayRef, String> {
         namespace: namespace.to_string(),
         name: name.to_string(),
     })
-}
-
-fn parse_port(raw: &str) -> Result<i32, String> {
-    raw.parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .map(i32::from)
-        .ok_or_else(|| "expected a port from 1 to 65535".to_string())
 }
 
 /// Checks an RFC 1123 label (namespace and object names): lowercase letters,
@@ -272,13 +268,32 @@ mod tests {
             ("TORONTO_DEPLOYER_NAMESPACES", "a=x,a=y", "mapped twice"),
             ("TORONTO_DEPLOYER_GATEWAY", "public", "namespace/name"),
             ("TORONTO_DEPLOYER_GATEWAY", "/public", "empty"),
-            ("TORONTO_DEPLOYER_SERVICE_PORT", "70000", "port"),
-            ("TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS", "0", "seconds"),
+            ("TORONTO_DEPLOYER_SERVICE_PORT", "70000", "`70000`"),
+            ("TORONTO_DEPLOYER_SERVICE_PORT", "0", "must be more than 0"),
+            (
+                "TORONTO_DEPLOYER_KUBE_TIMEOUT_SECONDS",
+                "0",
+                "must be more than 0",
+            ),
         ] {
-            let err = KubeSettings::from_vars(&vars(&[(var, value)])).expect_err(value);
+            let err = KubeSettings::from_vars(&vars(&[(var, value)]))
+                .expect_err(value)
+                .to_string();
             assert!(err.starts_with(var), "{err}");
             assert!(err.contains(needle), "{err}");
         }
+    }
+
+    #[test]
+    fn the_table_parses_its_defaults() {
+        let defaults: HashMap<String, String> = KUBE_VARS
+            .iter()
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(
+            KubeSettings::from_vars(&defaults).unwrap(),
+            KubeSettings::default()
+        );
     }
 
     #[test]

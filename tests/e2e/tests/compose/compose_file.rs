@@ -192,7 +192,7 @@ fn compose_runs_the_stack_as_the_code_expects() {
         match scalar(&service["stop_grace_period"]).and_then(|d| duration(&d)) {
             Some(d) if d >= needed => {}
             other => problems.push(format!(
-                "{what}: stop_grace_period must be at least {}s (TORONTO_SHUTDOWN_GRACE_SECS \
+                "{what}: stop_grace_period must be at least {}s (TORONTO_SHUTDOWN_GRACE_SECONDS \
                  {}s plus {}s to flush and drain), got {other:?}; Docker's default 10s kills \
                  requests in flight",
                 needed.as_secs(),

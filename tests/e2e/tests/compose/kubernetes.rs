@@ -104,18 +104,7 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         }
     }
     // The config names only variables the services read.
-    let known: BTreeSet<String> = ENV_VARS
-        .iter()
-        .map(|v| v.name.to_owned())
-        .chain(
-            toronto_deployer::settings::DEPLOYER_VARS
-                .iter()
-                .chain(toronto_deployer::kube_vars())
-                .chain(toronto_monitor::settings::MONITOR_VARS)
-                .chain(toronto_planner::settings::PLANNER_VARS)
-                .map(|(n, _)| (*n).to_owned()),
-        )
-        .collect();
+    let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
     for cm in of_kind(&docs, "ConfigMap") {
         for (k, _) in cm["data"].as_mapping().into_iter().flatten() {
             let k = k.as_str().unwrap_or_default();

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_yaml_ng::Value;
 use toronto_protocol::ServiceKind;
 use toronto_runtime::Config;
-use toronto_runtime::config::{CONFIG_FILE_VAR, ENV_VARS};
+use toronto_runtime::config::CONFIG_FILE_VAR;
 
 /// The image every service container runs.
 const IMAGE: &str = "toronto-devops:latest";
@@ -216,16 +216,12 @@ fn probe_port(test: &[String], path: &str) -> Option<u16> {
 }
 
 fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mut Vec<String>) {
-    let known: BTreeSet<&str> = ENV_VARS
-        .iter()
-        .map(|v| v.name)
-        .chain([CONFIG_FILE_VAR])
-        .collect();
+    let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
     for name in vars.keys().filter(|k| k.starts_with("TORONTO_")) {
         if !known.contains(name.as_str()) {
             problems.push(format!(
-                "{what} sets `{name}`, which the runtime does not read: not in `ENV_VARS` \
-                 of shared/runtime/src/config.rs (misspelt, or add it there)"
+                "{what} sets `{name}`, which nothing reads: not in any settings table \
+                 (`toronto config` lists them; misspelt, or add it to a table)"
             ));
         }
     }

@@ -1,8 +1,17 @@
 //! Configuration: an optional TOML file (`TORONTO_CONFIG`), then `TORONTO_*`
 //! environment variables over it, parsed once at start into typed structs.
 //!
-//! Every variable is listed in [`ENV_VARS`], which is also the documentation the
-//! README and `toronto config` print.
+//! Every variable is an entry of a settings table ([`vars::Var`]): the runtime's own
+//! in [`ENV_VARS`], each service's in its `settings` module. The tables are the
+//! documentation `toronto config` prints; [`parse`] holds the value parsers they share.
+
+mod env;
+pub mod parse;
+pub mod vars;
+
+pub use env::{CONFIG_FILE_VAR, ENV_VARS};
+pub use parse::ValueError;
+pub use vars::{Section, SettingsError, Var, VarDoc};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,14 +41,9 @@ pub enum ConfigError {
         /// What the parser said, with the key.
         message: String,
     },
-    /// An environment variable has a value of the wrong form.
-    #[error("invalid value for {var}: {reason}")]
-    Env {
-        /// The variable's name.
-        var: &'static str,
-        /// Why it is refused.
-        reason: String,
-    },
+    /// A variable is unknown or has a value of the wrong form.
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     /// The combination is not usable.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -61,7 +65,8 @@ pub struct Config {
     pub jetstream: JetStreamConfig,
     /// Logging.
     pub log: LogConfig,
-    /// Seconds to finish in-flight work after SIGTERM before giving up.
+    /// Seconds to finish in-flight work after SIGTERM before giving up
+    /// (`TORONTO_SHUTDOWN_GRACE_SECONDS`).
     pub shutdown_grace_secs: u64,
 }
 
@@ -230,221 +235,6 @@ pub enum LogFormat {
     Text,
 }
 
-/// One `TORONTO_*` variable: its name, what it sets, and how.
-pub struct EnvVar {
-    /// The variable.
-    pub name: &'static str,
-    /// What it does, for the README and `toronto config`.
-    pub description: &'static str,
-    apply: fn(&mut Config, &str) -> Result<(), String>,
-}
-
-fn some_string(v: &str) -> Option<String> {
-    Some(v.to_owned()).filter(|s| !s.is_empty())
-}
-
-fn some_path(v: &str) -> Option<PathBuf> {
-    some_string(v).map(PathBuf::from)
-}
-
-fn number<T: std::str::FromStr>(v: &str) -> Result<T, String> {
-    v.trim()
-        .parse()
-        .map_err(|_| format!("`{v}` is not a non-negative whole number"))
-}
-
-fn boolean(v: &str) -> Result<bool, String> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(format!("`{v}` is not a boolean (true/false)")),
-    }
-}
-
-/// The variable naming the TOML file.
-pub const CONFIG_FILE_VAR: &str = "TORONTO_CONFIG";
-
-/// Every `TORONTO_*` variable the runtime reads (besides [`CONFIG_FILE_VAR`]).
-pub const ENV_VARS: &[EnvVar] = &[
-    EnvVar {
-        name: "TORONTO_SUBJECT_PREFIX",
-        description: "Prefix of every subject, stream and bucket (default `toronto`).",
-        apply: |c, v| {
-            c.subject_prefix = v.to_owned();
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_URL",
-        description: "NATS server URLs, comma-separated (default `nats://127.0.0.1:4222`).",
-        apply: |c, v| {
-            c.nats.urls = v
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect();
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_USER",
-        description: "NATS user name (with TORONTO_NATS_PASSWORD).",
-        apply: |c, v| {
-            c.nats.user = some_string(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_PASSWORD",
-        description: "NATS password (with TORONTO_NATS_USER).",
-        apply: |c, v| {
-            c.nats.password = some_string(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_TOKEN",
-        description: "NATS token authentication.",
-        apply: |c, v| {
-            c.nats.token = some_string(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_NKEY_SEED",
-        description: "NKey seed (`SU...`) for NKey authentication.",
-        apply: |c, v| {
-            c.nats.nkey_seed = some_string(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_CREDS_FILE",
-        description: "Path of a NATS `.creds` file (JWT and seed).",
-        apply: |c, v| {
-            c.nats.creds_file = some_path(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_TLS_CA",
-        description: "CA certificate (PEM) that signed the NATS server's certificate.",
-        apply: |c, v| {
-            c.nats.tls_ca = some_path(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_TLS_CERT",
-        description: "Client certificate (PEM) for mutual TLS, with TORONTO_NATS_TLS_KEY.",
-        apply: |c, v| {
-            c.nats.tls_cert = some_path(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_TLS_KEY",
-        description: "Client key (PEM) for mutual TLS, with TORONTO_NATS_TLS_CERT.",
-        apply: |c, v| {
-            c.nats.tls_key = some_path(v);
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_TLS_REQUIRED",
-        description: "Require TLS to NATS even without certificates (default false).",
-        apply: |c, v| {
-            c.nats.tls_required = boolean(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_CONNECT_TIMEOUT_MS",
-        description: "Milliseconds per NATS connection attempt (default 5000).",
-        apply: |c, v| {
-            c.nats.connect_timeout_ms = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_NATS_REQUEST_TIMEOUT_MS",
-        description: "Milliseconds a request to another service may take (default 10000).",
-        apply: |c, v| {
-            c.nats.request_timeout_ms = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_HTTP_ADDR",
-        description: "Listen address of /healthz, /readyz, /metrics (default `127.0.0.1:8080`; empty disables).",
-        apply: |c, v| {
-            c.http.addr = v.trim().to_owned();
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_MAX_PAYLOAD_BYTES",
-        description: "Largest request accepted, in bytes; larger gets 413 (default 262144).",
-        apply: |c, v| {
-            c.endpoints.max_payload_bytes = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_ENDPOINT_CONCURRENCY",
-        description: "Requests handled at once per endpoint (default 64).",
-        apply: |c, v| {
-            c.endpoints.concurrency = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_JETSTREAM_REPLICAS",
-        description: "Replicas of every stream and KV bucket (default 1; 3 on a cluster).",
-        apply: |c, v| {
-            c.jetstream.replicas = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_EVENTS_MAX_AGE_DAYS",
-        description: "Days the events stream keeps events (default 30).",
-        apply: |c, v| {
-            c.jetstream.events_max_age_days = number(v)?;
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_LOG",
-        description: "Log filter in tracing's syntax (default `info`).",
-        apply: |c, v| {
-            c.log.filter = v.to_owned();
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_LOG_FORMAT",
-        description: "`json` (default) or `text`.",
-        apply: |c, v| {
-            c.log.format = match v.trim().to_ascii_lowercase().as_str() {
-                "json" => LogFormat::Json,
-                "text" => LogFormat::Text,
-                _ => return Err(format!("`{v}` is neither `json` nor `text`")),
-            };
-            Ok(())
-        },
-    },
-    EnvVar {
-        name: "TORONTO_SHUTDOWN_GRACE_SECS",
-        description: "Seconds to finish in-flight work after SIGTERM (default 20).",
-        apply: |c, v| {
-            c.shutdown_grace_secs = number(v)?;
-            Ok(())
-        },
-    },
-];
-
 impl Config {
     /// Loads from the process environment: the TOML file named by `TORONTO_CONFIG`
     /// (if any), then the `TORONTO_*` variables over it.
@@ -486,15 +276,7 @@ impl Config {
 
     /// Applies the known `TORONTO_*` variables found in `vars`.
     pub fn apply_vars(&mut self, vars: &HashMap<String, String>) -> Result<(), ConfigError> {
-        for var in ENV_VARS {
-            if let Some(value) = vars.get(var.name) {
-                (var.apply)(self, value).map_err(|reason| ConfigError::Env {
-                    var: var.name,
-                    reason,
-                })?;
-            }
-        }
-        Ok(())
+        Ok(vars::read(self, ENV_VARS, vars)?)
     }
 
     /// Checks what the types cannot.
@@ -652,5 +434,37 @@ concurrency = 8
         assert!(err.to_string().contains("nats://b:port"), "{err}");
         let err = Config::from_vars(&vars(&[("TORONTO_CONFIG", "/nonexistent.toml")])).unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }));
+        let err =
+            Config::from_vars(&vars(&[("TORONTO_NATS_REQUEST_TIMEOUT_MS", "0")])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "TORONTO_NATS_REQUEST_TIMEOUT_MS: must be more than 0"
+        );
+    }
+
+    #[test]
+    fn the_defaults_of_the_table_are_the_defaults_of_the_code() {
+        let defaults: HashMap<String, String> = ENV_VARS
+            .iter()
+            .filter(|v| v.replaced_by.is_none())
+            .map(|v| (v.name.to_owned(), v.default.to_owned()))
+            .collect();
+        assert_eq!(Config::from_vars(&defaults).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn the_deprecated_grace_variable_still_works() {
+        let c = Config::from_vars(&vars(&[("TORONTO_SHUTDOWN_GRACE_SECS", "5")])).unwrap();
+        assert_eq!(c.shutdown_grace(), Duration::from_secs(5));
+        let c = Config::from_vars(&vars(&[
+            ("TORONTO_SHUTDOWN_GRACE_SECS", "5"),
+            ("TORONTO_SHUTDOWN_GRACE_SECONDS", "7"),
+        ]))
+        .unwrap();
+        assert_eq!(c.shutdown_grace_secs, 7);
+        let mut names: Vec<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ENV_VARS.len(), "a variable is listed twice");
     }
 }
