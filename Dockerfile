@@ -57,7 +57,7 @@ WORKDIR /var/lib/toronto
 ENV TORONTO_HTTP_ADDR=0.0.0.0:8080 \
     TORONTO_LOG_FORMAT=json
 EXPOSE 8080
-# The services finish in-flight requests on SIGTERM (TORONTO_SHUTDOWN_GRACE_SECS, 20 s by
+# The services finish in-flight requests on SIGTERM (TORONTO_SHUTDOWN_GRACE_SECONDS, 20 s by
 # default) and exit 0: give them more than that (`docker stop -t 30`, compose's
 # stop_grace_period: 30s).
 STOPSIGNAL SIGTERM

@@ -272,7 +272,7 @@ async fn a_second_planner_resumes_a_plan_after_the_first_is_killed() {
         .env("TORONTO_NATS_URL", server.url())
         .env("TORONTO_HTTP_ADDR", "")
         .env("TORONTO_PLANNER_GATE_TIMEOUT_MS", "2500")
-        .env("TORONTO_PLANNER_LEASE_MS", "3000")
+        .env("TORONTO_PLANNER_LEASE_SECONDS", "3")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
