@@ -89,7 +89,9 @@ impl Deployer {
             Claim::Held { until, .. } if redelivered => {
                 let left = (until - now).to_std().unwrap_or_default();
                 // Checked at least every quarter lease, so the message's progress acks go on.
-                return Ok(Next::After((left + Duration::from_millis(50)).min(length / 4)));
+                return Ok(Next::After(
+                    (left + Duration::from_millis(50)).min(length / 4),
+                ));
             }
             Claim::Held { .. } => return Ok(Next::Done),
             Claim::Take(lease) => {
