@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
-use toronto_protocol::messages::{Status, StatusRequest};
+use toronto_protocol::status::{Status, StatusRequest};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::call;

@@ -9,6 +9,8 @@
 //! is over once the pods are deleted.
 
 use std::time::Duration;
+use toronto_protocol::EventKind;
+use toronto_protocol::rollout::ChaosEvent;
 
 use bytes::Bytes;
 use chrono::Utc;
@@ -104,11 +106,11 @@ impl Deployer {
             failed.reason = Some(e.to_string());
             failed.ended_at = Some(Utc::now());
             self.save_chaos(&failed).await?;
-            self.announce_chaos("failed", &failed).await;
+            self.announce_chaos(ChaosEvent::Failed, &failed).await;
             return Err(EngineError::from(e).into());
         }
         self.save_chaos(&run).await?;
-        self.announce_chaos("started", &run).await;
+        self.announce_chaos(ChaosEvent::Started, &run).await;
         let id = run.id;
         let deployer = self.clone();
         tokio::spawn(async move { deployer.watch_experiment(run).await });
@@ -145,12 +147,16 @@ impl Deployer {
         Ok(())
     }
 
-    async fn announce_chaos(&self, what: &str, run: &ChaosRun) {
+    async fn announce_chaos(&self, what: ChaosEvent, run: &ChaosRun) {
         let event = Envelope::builder(self.source.clone(), run.clone())
             .subject(run.experiment.service.clone())
             .build();
-        if let Err(e) = self.events.publish("chaos", what, &event).await {
-            tracing::error!(experiment = %run.id, what, error = %e, "cannot publish chaos event");
+        if let Err(e) = self
+            .events
+            .publish(ChaosEvent::ENTITY, what.as_str(), &event)
+            .await
+        {
+            tracing::error!(experiment = %run.id, what = what.as_str(), error = %e, "cannot publish chaos event");
         }
     }
 
@@ -220,7 +226,7 @@ impl Deployer {
             Some(reason) => {
                 run.state = ChaosState::Aborted;
                 run.reason = Some(reason);
-                "aborted"
+                ChaosEvent::Aborted
             }
             None => {
                 run.state = ChaosState::Completed;
@@ -228,7 +234,7 @@ impl Deployer {
                     "ran {} s; no abort condition held",
                     exp.duration_seconds
                 ));
-                "completed"
+                ChaosEvent::Completed
             }
         };
         if let Err(e) = self.save_chaos(&run).await {

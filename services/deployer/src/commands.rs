@@ -2,6 +2,7 @@
 //! rollback, scale, environments, drift, and the simulated cluster's faults.
 
 use chrono::Utc;
+use toronto_protocol::rollout::RolloutEvent;
 use toronto_protocol::rollout::{Revision, Rollout, RolloutCommand, RolloutPhase};
 use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
 use toronto_protocol::{ErrorBody, ErrorCode};
@@ -143,7 +144,7 @@ impl Deployer {
             }
         }
         self.create(&rollout).await?;
-        self.announce("started", &rollout).await;
+        self.announce(RolloutEvent::Started, &rollout).await;
         self.enqueue(rollout.id).await?;
         Ok(ExecuteAccepted {
             reference: Some(format!("rollout {}", rollout.id)),

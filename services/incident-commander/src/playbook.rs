@@ -11,6 +11,8 @@
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use toronto_protocol::EventKind;
+use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -354,7 +356,7 @@ pub async fn follow_rollouts(
         .map_err(|e| e.to_string())?;
     let consumer = stream
         .create_consumer(pull::OrderedConfig {
-            filter_subject: subjects.event("rollout", ">"),
+            filter_subject: subjects.event(RolloutEvent::ENTITY, ">"),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
@@ -369,29 +371,26 @@ pub async fn follow_rollouts(
         let Some(Ok(msg)) = next else {
             return Err("the rollout events consumer ended".into());
         };
-        let what = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
-        if !matches!(
-            what.as_str(),
-            "started" | "progressed" | "succeeded" | "aborted" | "failed" | "rolled_back"
+        let Some(what) = RolloutEvent::from_subject(&msg.subject) else {
+            continue;
+        };
+        if matches!(
+            what,
+            RolloutEvent::Paused | RolloutEvent::Resumed | RolloutEvent::Promoted
         ) {
             continue;
         }
         let Ok(env) = toronto_protocol::decode::<Rollout>(&msg.payload, Encoding::Json) else {
             continue;
         };
-        if what != "progressed" {
-            engine.note_rollout(&what, &env.data, env.time.unwrap_or(env.data.updated_at));
+        if what != RolloutEvent::Progressed {
+            engine.note_rollout(what, &env.data, env.time.unwrap_or(env.data.updated_at));
         }
         // A change is in effect once it takes traffic: a canary step with weight (even
         // one later aborted) or a rollout that succeeded; the first such event counts.
         let r = env.data;
-        let succeeded = what == "succeeded";
-        let took_traffic = what == "progressed" && r.weight > 0;
+        let succeeded = what == RolloutEvent::Succeeded;
+        let took_traffic = what == RolloutEvent::Progressed && r.weight > 0;
         if r.is_rollback || !(succeeded || took_traffic) {
             continue;
         }

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use serde_json::json;
 use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::tasks::PlanEvent;
 use toronto_protocol::tasks::{
     Cancellation, ChaosExperimentTask, ChaosFault, DeployTask, PipelineTask, Plan, PlanCancel,
     PlanList, PlanState, PlanTask, ProvisionEnvironmentTask, RollbackTask, ScaleTask, Strategy,
@@ -427,7 +428,7 @@ impl Planner {
                 duplicate: true,
             });
         }
-        self.announce("plan", "created", &plan, &envelope.flow())
+        self.announce(PlanEvent::Created, &plan, &envelope.flow())
             .await?;
         self.enqueue(plan.id).await?;
         Ok(SubmitAccepted { plan_id, duplicate })
@@ -485,7 +486,7 @@ impl Planner {
             ));
         };
         answer?;
-        self.announce("plan", "cancelled", &plan, flow).await?;
+        self.announce(PlanEvent::Cancelled, &plan, flow).await?;
         self.release_turn(&plan).await?;
         Ok(plan)
     }

@@ -7,14 +7,16 @@ use toronto_protocol::Envelope;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::Plan;
 
+use toronto_protocol::EventKind;
+use toronto_protocol::tasks::PlanEvent;
+
 use crate::intake::{IntakeError, Planner, requester_role};
 
 impl Planner {
-    /// Publishes `<entity>.<what>` with the plan as its data.
-    pub(crate) async fn announce(
+    /// Publishes the event `what` (a plan, step or gate event) with the plan as its data.
+    pub(crate) async fn announce<K: EventKind>(
         &self,
-        entity: &str,
-        what: &str,
+        what: K,
         plan: &Plan,
         flow: &FlowContext,
     ) -> Result<(), IntakeError> {
@@ -22,10 +24,13 @@ impl Planner {
             .subject(plan.task.service())
             .caused_by(flow)
             .build();
-        self.events.publish(entity, what, &event).await?;
+        self.events
+            .publish(K::ENTITY, what.as_str(), &event)
+            .await?;
         // A delegating agent hears of its task in the delegation vocabulary.
         if let Some(d) = &plan.delegation {
-            self.answer_delegation(d, entity, what, plan, flow).await;
+            self.answer_delegation(d, K::ENTITY, what.as_str(), plan, flow)
+                .await;
             return Ok(());
         }
         // The requesting peer hears of its plan on its own notify subject.
@@ -89,8 +94,11 @@ impl Planner {
         flow: &FlowContext,
     ) {
         use toronto_protocol::delegation::{AcceptTask, ProgressUpdate, TaskCompleted};
-        match (entity, what) {
-            ("plan", "created") => {
+        let event = (entity == PlanEvent::ENTITY)
+            .then(|| PlanEvent::from_token(what).ok())
+            .flatten();
+        match event {
+            Some(PlanEvent::Created) => {
                 let accept = AcceptTask {
                     task_id: d.task_id.clone(),
                     plan_id: plan.id,
@@ -98,8 +106,8 @@ impl Planner {
                 };
                 self.notify_role(&d.role, accept, flow).await;
             }
-            ("plan", "completed" | "failed" | "cancelled") => {
-                let success = what == "completed";
+            Some(end @ (PlanEvent::Completed | PlanEvent::Failed | PlanEvent::Cancelled)) => {
+                let success = end == PlanEvent::Completed;
                 let summary = if success {
                     let last = plan.steps.last().and_then(|s| s.reason.clone());
                     format!(
@@ -127,7 +135,7 @@ impl Planner {
                 };
                 self.notify_role(&d.role, done, flow).await;
             }
-            (entity, what) => {
+            None => {
                 let current = plan
                     .steps
                     .iter()

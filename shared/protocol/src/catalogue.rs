@@ -23,11 +23,11 @@ use crate::incidents::{
     SilenceList, Silences,
 };
 use crate::message::Message;
-use crate::messages::{Status, StatusRequest};
 use crate::rollout::{
     AdvanceRollout, ChaosRun, Drift, DriftCheck, DriftReport, Rollout, RolloutCommand, RolloutList,
     RolloutRef, Rollouts, SimFault, SimService, SimTamper,
 };
+use crate::status::{Status, StatusRequest};
 use crate::tasks::{
     AdvancePlan, ChaosExperimentTask, DeployTask, DoraQuery, DoraReport, ExecuteAccepted,
     ExecuteRequest, GateVerdict, PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList,

@@ -179,7 +179,7 @@ pub fn decode_with_flow<T: Message>(
 mod tests {
     use super::*;
     use crate::envelope::Priority;
-    use crate::messages::StatusRequest;
+    use crate::status::StatusRequest;
     use crate::trace::TraceParent;
     use crate::{ErrorBody, ErrorCode};
 

@@ -116,7 +116,7 @@ pub(crate) use event_kinds;
 mod tests {
     use super::*;
     use crate::rollout::{ChaosEvent, RolloutEvent};
-    use crate::tasks::PlanEvent;
+    use crate::tasks::{GateEvent, PlanEvent, StepEvent};
 
     fn round_trips<K: EventKind + std::fmt::Debug>(subjects: &Subjects) {
         for k in K::ALL {
@@ -136,6 +136,8 @@ mod tests {
         round_trips::<RolloutEvent>(&subjects);
         round_trips::<ChaosEvent>(&subjects);
         round_trips::<PlanEvent>(&subjects);
+        round_trips::<StepEvent>(&subjects);
+        round_trips::<GateEvent>(&subjects);
         assert_eq!(
             RolloutEvent::RolledBack.subject(&subjects),
             "acme.devops.v1.events.rollout.rolled_back"
@@ -157,6 +159,8 @@ mod tests {
         all.extend(RolloutEvent::ALL.iter().map(|k| k.subject(&subjects)));
         all.extend(ChaosEvent::ALL.iter().map(|k| k.subject(&subjects)));
         all.extend(PlanEvent::ALL.iter().map(|k| k.subject(&subjects)));
+        all.extend(StepEvent::ALL.iter().map(|k| k.subject(&subjects)));
+        all.extend(GateEvent::ALL.iter().map(|k| k.subject(&subjects)));
         for subject in all {
             assert!(
                 text.contains(&format!("address: {subject}\n")),

@@ -12,7 +12,7 @@ use async_nats::Client;
 use async_nats::connection::State;
 use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::messages::{BuildInfo, Status, StatusRequest};
+use toronto_protocol::status::{BuildInfo, Status, StatusRequest};
 use toronto_protocol::{ErrorBody, Message, ServiceKind, Subjects};
 
 use crate::config::{Config, ConfigError};

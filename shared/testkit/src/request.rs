@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn demo(client: async_nats::Client) {
-//! use toronto_protocol::messages::{Status, StatusRequest};
+//! use toronto_protocol::status::{Status, StatusRequest};
 //! let monitor = toronto_testkit::Requester::service(client, "monitor");
 //! let status: Status = monitor.request("status", StatusRequest::default()).await.unwrap();
 //! # }

@@ -416,7 +416,7 @@ fn environment_variables_are_honoured() {
 
 /// A service with two verbs: `status` answers, `missing` refuses with 404.
 async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHost {
-    use toronto_protocol::messages::{BuildInfo, Status, StatusRequest};
+    use toronto_protocol::status::{BuildInfo, Status, StatusRequest};
     use toronto_protocol::{ErrorBody, ErrorCode};
     use toronto_runtime::{Request, ServiceHost};
     let host: ServiceHost =
@@ -453,7 +453,7 @@ async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHos
 
 #[tokio::test]
 async fn requests_decode_the_typed_reply_or_the_error_envelope() {
-    use toronto_protocol::messages::{Status, StatusRequest};
+    use toronto_protocol::status::{Status, StatusRequest};
     use toronto_protocol::{Encoding, ErrorCode};
     use toronto_testkit::{Requester, remote_error, request};
     let server = NatsServer::start().await;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_e2e::{SLEEP_VERB, Sleep, Slept};
-use toronto_protocol::messages::{Status, StatusRequest};
+use toronto_protocol::status::{Status, StatusRequest};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::call;

@@ -2,6 +2,7 @@
 //! `.abort`, `.pause`, `.resume`).
 
 use chrono::Utc;
+use toronto_protocol::rollout::RolloutEvent;
 use toronto_protocol::rollout::{
     PendingCommand, Rollout, RolloutCommand, RolloutList, RolloutPhase, RolloutRef, Rollouts,
 };
@@ -119,7 +120,7 @@ impl Deployer {
 /// event to announce.
 struct Change {
     wake: bool,
-    event: Option<&'static str>,
+    event: Option<RolloutEvent>,
 }
 
 /// Records a command on a rollout; `None` when there is nothing to change.
@@ -164,7 +165,7 @@ fn apply_command(
             r.phase = RolloutPhase::Progressing;
             r.reason = None;
             wake = true;
-            event = Some("resumed");
+            event = Some(RolloutEvent::Resumed);
         }
         Verb::Promote if r.phase == RolloutPhase::Paused => {
             // Held between steps: go on to the next (or, `full`, the last).
@@ -180,7 +181,7 @@ fn apply_command(
                 r.step_index = last;
             }
             wake = true;
-            event = Some("promoted");
+            event = Some(RolloutEvent::Promoted);
         }
         Verb::Promote => {
             // Running: the runner ends the current pause (or skips to the end).

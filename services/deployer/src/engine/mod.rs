@@ -20,6 +20,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use toronto_protocol::EventKind;
+use toronto_protocol::rollout::RolloutEvent;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -287,7 +289,7 @@ impl Deployer {
     }
 
     /// Publishes `rollout.<what>` with the rollout as data.
-    pub(crate) async fn announce(&self, what: &str, r: &Rollout) {
+    pub(crate) async fn announce(&self, what: RolloutEvent, r: &Rollout) {
         let flow = FlowContext {
             id: r.id,
             correlationid: r.correlationid.clone().unwrap_or_else(|| r.id.to_string()),
@@ -297,8 +299,12 @@ impl Deployer {
             .subject(r.service.clone())
             .caused_by(&flow)
             .build();
-        if let Err(e) = self.events.publish("rollout", what, &event).await {
-            tracing::error!(rollout = %r.id, what, error = %e, "cannot publish rollout event");
+        if let Err(e) = self
+            .events
+            .publish(RolloutEvent::ENTITY, what.as_str(), &event)
+            .await
+        {
+            tracing::error!(rollout = %r.id, what = what.as_str(), error = %e, "cannot publish rollout event");
         }
     }
 }

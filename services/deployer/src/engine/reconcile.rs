@@ -3,6 +3,7 @@
 //! says when to come back, in the manner of a kube-rs reconciler.
 
 use std::time::Duration;
+use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::Utc;
 use toronto_protocol::rollout::{
@@ -121,7 +122,7 @@ impl Deployer {
                 r.reason = Some(format!("paused by {by}"));
                 r.lease = None;
                 if self.save(&mut r, revision).await?.is_stored() {
-                    self.announce("paused", &r).await;
+                    self.announce(RolloutEvent::Paused, &r).await;
                     return Ok(Next::Done);
                 }
                 return Ok(Next::After(Duration::ZERO));
@@ -221,7 +222,7 @@ impl Deployer {
                 if waiting.is_empty() {
                     r.steps[r.step_index].ready_at = Some(now);
                     if self.save(&mut r, revision).await?.is_stored() {
-                        self.announce("progressed", &r).await;
+                        self.announce(RolloutEvent::Progressed, &r).await;
                     }
                     return Ok(Next::After(Duration::ZERO));
                 }
@@ -299,10 +300,10 @@ impl Deployer {
                     return Ok(Next::After(Duration::ZERO));
                 }
                 if promoted {
-                    self.announce("promoted", &r).await;
+                    self.announce(RolloutEvent::Promoted, &r).await;
                 }
                 if hold {
-                    self.announce("paused", &r).await;
+                    self.announce(RolloutEvent::Paused, &r).await;
                     return Ok(Next::Done);
                 }
                 Ok(Next::After(Duration::ZERO))
@@ -386,14 +387,14 @@ impl Deployer {
         tracing::warn!(rollout = %r.id, reason = r.reason.as_deref().unwrap_or(""), "rollout rolled back");
         self.announce(
             if phase == RolloutPhase::Aborted {
-                "aborted"
+                RolloutEvent::Aborted
             } else {
-                "failed"
+                RolloutEvent::Failed
             },
             &r,
         )
         .await;
-        self.announce("rolled_back", &r).await;
+        self.announce(RolloutEvent::RolledBack, &r).await;
         self.release_active(&r).await?;
         self.last_analysis
             .lock()
@@ -463,9 +464,9 @@ impl Deployer {
         }
         self.announce(
             if r.is_rollback {
-                "rolled_back"
+                RolloutEvent::RolledBack
             } else {
-                "succeeded"
+                RolloutEvent::Succeeded
             },
             &r,
         )

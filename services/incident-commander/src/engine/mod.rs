@@ -32,6 +32,7 @@ mod turn;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
+use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
@@ -202,7 +203,7 @@ impl Engine {
     }
 
     /// Puts a rollout event on the timeline of the open incidents it touches.
-    pub fn note_rollout(&self, what: &str, r: &Rollout, at: DateTime<Utc>) {
+    pub fn note_rollout(&self, what: RolloutEvent, r: &Rollout, at: DateTime<Utc>) {
         self.turn(|st, t| triage::note_rollout(st, t, what, r, at));
     }
 

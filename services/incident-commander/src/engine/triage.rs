@@ -3,6 +3,7 @@
 //! the policy's rules (raised one step by a linked change).
 
 use std::collections::BTreeMap;
+use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
 use toronto_protocol::incidents::{Incident, LinkedChange, TimelineKind};
@@ -45,7 +46,13 @@ pub fn record_change(st: &mut State, t: &mut Turn<'_>, change: RecentChange) {
 
 /// Puts a rollout event of an affected service on the timeline of its open incidents
 /// (the rollback a playbook asked for, a fix rolled out by hand), once.
-pub fn note_rollout(st: &mut State, t: &mut Turn<'_>, what: &str, r: &Rollout, at: DateTime<Utc>) {
+pub fn note_rollout(
+    st: &mut State,
+    t: &mut Turn<'_>,
+    what: RolloutEvent,
+    r: &Rollout,
+    at: DateTime<Utc>,
+) {
     let text = format!(
         "rollout {} {what}: {} {} in {}{}",
         r.id,

@@ -2,6 +2,7 @@ use super::*;
 use crate::engine::testing::{World, fire};
 use chrono::Duration;
 use toronto_protocol::incidents::Severity;
+use toronto_protocol::rollout::RolloutEvent;
 use uuid::Uuid;
 
 const API: &[(&str, &str)] = &[
@@ -211,12 +212,12 @@ fn rollout_events_go_once_on_the_timeline_of_affected_open_incidents() {
     other.environment = "staging".into();
     w.advance(10);
     let at = w.now;
-    w.run(|st, t| note_rollout(st, t, "succeeded", &r, at));
-    w.run(|st, t| note_rollout(st, t, "succeeded", &r, at));
-    w.run(|st, t| note_rollout(st, t, "started", &other, at));
+    w.run(|st, t| note_rollout(st, t, RolloutEvent::Succeeded, &r, at));
+    w.run(|st, t| note_rollout(st, t, RolloutEvent::Succeeded, &r, at));
+    w.run(|st, t| note_rollout(st, t, RolloutEvent::Started, &other, at));
     // Before the incident opened: not its business.
     let before = now - Duration::seconds(1);
-    w.run(|st, t| note_rollout(st, t, "started", &r, before));
+    w.run(|st, t| note_rollout(st, t, RolloutEvent::Started, &r, before));
     let n = w
         .open_incident()
         .timeline

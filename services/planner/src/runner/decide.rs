@@ -2,6 +2,7 @@
 
 use chrono::Utc;
 use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::tasks::GateEvent;
 use toronto_protocol::tasks::{Decision, Plan, PlanDecision, PlanState, StepKind, StepState};
 use toronto_protocol::{ErrorBody, ErrorCode};
 use toronto_runtime::work::Saved;
@@ -87,8 +88,11 @@ impl Planner {
                 continue;
             }
             self.announce(
-                "gate",
-                if approve { "passed" } else { "failed" },
+                if approve {
+                    GateEvent::Passed
+                } else {
+                    GateEvent::Failed
+                },
                 &plan,
                 flow,
             )

@@ -12,6 +12,7 @@
 //! this module describes the steps.
 
 use std::time::Duration;
+use toronto_protocol::tasks::{GateEvent, PlanEvent, StepEvent};
 
 use async_nats::jetstream::kv;
 use chrono::Utc;
@@ -197,7 +198,7 @@ impl Planner {
                 if self.save(&mut plan, revision).await? == Saved::Conflict {
                     continue;
                 }
-                self.announce("plan", "completed", &plan, &flow).await?;
+                self.announce(PlanEvent::Completed, &plan, &flow).await?;
                 self.release_turn(&plan).await?;
                 return Ok(Outcome::Ack);
             };
@@ -214,7 +215,7 @@ impl Planner {
                     if self.save(&mut plan, revision).await? == Saved::Conflict {
                         continue;
                     }
-                    self.announce("plan", "failed", &plan, &flow).await?;
+                    self.announce(PlanEvent::Failed, &plan, &flow).await?;
                     self.release_turn(&plan).await?;
                     return Ok(Outcome::Ack);
                 }
@@ -252,7 +253,7 @@ impl Planner {
                 if self.save(&mut plan, revision).await? == Saved::Conflict {
                     continue;
                 }
-                self.announce("gate", "waiting", &plan, &flow).await?;
+                self.announce(GateEvent::Waiting, &plan, &flow).await?;
                 return Ok(Outcome::Ack);
             }
             {
@@ -265,7 +266,7 @@ impl Planner {
             if self.save(&mut plan, revision).await? == Saved::Conflict {
                 continue;
             }
-            self.announce("step", "started", &plan, &flow).await?;
+            self.announce(StepEvent::Started, &plan, &flow).await?;
             delivery.progress().await;
             let result = self.run_step(&plan, &plan.steps[index]).await;
             match self.finish_step(plan_id, index, result, &flow).await? {
@@ -366,20 +367,20 @@ impl Planner {
             }
             if gate {
                 let what = match result {
-                    StepResult::Passed { .. } => Some("passed"),
-                    StepResult::Failed { .. } => Some("failed"),
+                    StepResult::Passed { .. } => Some(GateEvent::Passed),
+                    StepResult::Failed { .. } => Some(GateEvent::Failed),
                     StepResult::Retry { .. } | StepResult::Wait { .. } => None,
                 };
                 if let Some(what) = what {
-                    self.announce("gate", what, &plan, flow).await?;
+                    self.announce(what, &plan, flow).await?;
                 }
             }
             if wait {
-                self.announce("step", "waiting", &plan, flow).await?;
+                self.announce(StepEvent::Waiting, &plan, flow).await?;
                 return Ok(Some(Outcome::Ack));
             }
             if retry.is_none() {
-                self.announce("step", "finished", &plan, flow).await?;
+                self.announce(StepEvent::Finished, &plan, flow).await?;
             }
             return Ok(retry.map(|reason| {
                 let attempts = plan.steps[index].attempts;

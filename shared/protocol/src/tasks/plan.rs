@@ -236,6 +236,32 @@ event_kinds! {
     }
 }
 
+event_kinds! {
+    /// The step events the planner publishes (`events.step.<kind>`; the data is the
+    /// [`Plan`]).
+    pub enum StepEvent for "step" {
+        /// A step began.
+        Started = "started",
+        /// A step waits for something outside the planner (a rollout, a due time).
+        Waiting = "waiting",
+        /// A step ended (passed or failed).
+        Finished = "finished",
+    }
+}
+
+event_kinds! {
+    /// The gate events the planner publishes (`events.gate.<kind>`; the data is the
+    /// [`Plan`]).
+    pub enum GateEvent for "gate" {
+        /// A gate waits for a human decision.
+        Waiting = "waiting",
+        /// A gate passed.
+        Passed = "passed",
+        /// A gate failed.
+        Failed = "failed",
+    }
+}
+
 impl PlanEvent {
     /// Whether the plan has ended with this event.
     pub fn is_final(self) -> bool {

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::messages::{Status, StatusRequest};
+use toronto_protocol::status::{Status, StatusRequest};
 use toronto_protocol::{
     Encoding, Envelope, ErrorBody, ErrorCode, Message, ServiceKind, decode_raw, encode,
 };

@@ -1,5 +1,5 @@
-//! Payload types shared by every service. Service-specific payloads live beside
-//! them as the services grow; each one is listed in [`crate::catalogue`].
+//! The status every service answers (`<prefix>.devops.v1.<service>.status`): the request,
+//! the reply and the build it reports. Each service's own payloads live in their own modules.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

@@ -1,0 +1,218 @@
+//! JetStream: the streams and buckets every service relies on, event publishing
+//! with server-side deduplication, durable pull consumers, and dead letters.
+
+use std::time::Duration;
+
+use async_nats::jetstream::Context;
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::PublishMessage as Publish;
+use async_nats::jetstream::publish::PublishAck;
+use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
+use bytes::Bytes;
+use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+use toronto_protocol::trace::TRACEPARENT_HEADER;
+use toronto_protocol::{Encoding, Envelope, Message, Subjects, encode};
+
+use crate::config::JetStreamConfig;
+use crate::metrics::{EventLabels, Metrics};
+
+/// Header with the reason a message was dead-lettered.
+pub const DLQ_REASON_HEADER: &str = "Toronto-Dlq-Reason";
+/// Header naming the service part (endpoint or consumer) that refused it.
+pub const DLQ_ORIGIN_HEADER: &str = "Toronto-Dlq-Origin";
+/// Header with the subject the message was first sent to.
+pub const DLQ_SUBJECT_HEADER: &str = "Toronto-Dlq-Subject";
+/// Header with the stream it came from, if any.
+pub const DLQ_STREAM_HEADER: &str = "Toronto-Dlq-Stream";
+/// Header with its sequence in that stream.
+pub const DLQ_STREAM_SEQ_HEADER: &str = "Toronto-Dlq-Stream-Seq";
+/// Header with how many times it was delivered.
+pub const DLQ_DELIVERIES_HEADER: &str = "Toronto-Dlq-Deliveries";
+/// Header with the original `Nats-Msg-Id`.
+pub const DLQ_ORIGINAL_MSG_ID_HEADER: &str = "Toronto-Dlq-Original-Msg-Id";
+
+/// A JetStream operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JetStreamError {
+    /// A stream could not be created or updated.
+    #[error("cannot create or update stream {name}: {source}")]
+    Stream {
+        /// The stream.
+        name: String,
+        /// The server's answer.
+        #[source]
+        source: async_nats::jetstream::context::CreateStreamError,
+    },
+    /// A KV bucket could not be created or updated.
+    #[error("cannot create or update KV bucket {name}: {source}")]
+    Bucket {
+        /// The bucket.
+        name: String,
+        /// The server's answer.
+        #[source]
+        source: async_nats::jetstream::context::CreateKeyValueError,
+    },
+    /// A publish was not acknowledged.
+    #[error("publish to {subject} failed: {reason}")]
+    Publish {
+        /// The subject.
+        subject: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A consumer could not be created or read.
+    #[error("consumer {durable} on {stream}: {reason}")]
+    Consumer {
+        /// The stream.
+        stream: String,
+        /// The durable name.
+        durable: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Creates or updates the events, tasks and dead-letter streams.
+pub async fn ensure_streams(
+    js: &Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+) -> Result<(), JetStreamError> {
+    let dedup = Duration::from_secs(120);
+    let streams = [
+        stream::Config {
+            name: subjects.events_stream(),
+            description: Some("Toronto DevOps events: the audit log and incident timeline".into()),
+            subjects: vec![subjects.events_all()],
+            retention: RetentionPolicy::Limits,
+            max_age: Duration::from_secs(config.events_max_age_days * 86_400),
+            storage: StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: dedup,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.tasks_stream(),
+            description: Some("Tasks handed to the DevOps agent by peers (work queue)".into()),
+            subjects: vec![subjects.tasks()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: dedup,
+            ..Default::default()
+        },
+        stream::Config {
+            name: subjects.dlq_stream(),
+            description: Some("Messages the DevOps agent refused, with the reason".into()),
+            subjects: vec![subjects.dlq_all()],
+            retention: RetentionPolicy::Limits,
+            discard: DiscardPolicy::Old,
+            storage: StorageType::File,
+            num_replicas: config.replicas,
+            duplicate_window: dedup,
+            allow_direct: true,
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| JetStreamError::Stream { name, source })?;
+    }
+    Ok(())
+}
+
+/// Creates or updates a KV bucket (name from [`Subjects::kv_bucket`]).
+pub async fn ensure_kv(
+    js: &Context,
+    bucket: &str,
+    history: i64,
+    replicas: usize,
+) -> Result<kv::Store, JetStreamError> {
+    js.create_or_update_key_value(kv::Config {
+        bucket: bucket.to_owned(),
+        history,
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|source| JetStreamError::Bucket {
+        name: bucket.to_owned(),
+        source,
+    })
+}
+
+/// Publishes events to the events stream and waits for the server's ack.
+#[derive(Clone, Debug)]
+pub struct Events {
+    js: Context,
+    subjects: Subjects,
+    metrics: Metrics,
+}
+
+impl Events {
+    /// A publisher over `js`.
+    pub fn new(js: Context, subjects: Subjects, metrics: Metrics) -> Self {
+        Self {
+            js,
+            subjects,
+            metrics,
+        }
+    }
+
+    /// Publishes `envelope` as `<prefix>.devops.v1.events.<entity>.<what>` with
+    /// `Nats-Msg-Id` set to the envelope id, so a retried publish is stored once.
+    pub async fn publish<T: Message>(
+        &self,
+        entity: &str,
+        what: &str,
+        envelope: &Envelope<T>,
+    ) -> Result<PublishAck, JetStreamError> {
+        let subject = self.subjects.event(entity, what);
+        let ack = publish_envelope(&self.js, &subject, envelope).await?;
+        self.metrics
+            .events_published
+            .get_or_create(&EventLabels {
+                r#type: envelope.ty.clone(),
+            })
+            .inc();
+        Ok(ack)
+    }
+}
+
+/// Publishes an envelope (JSON) to a stream subject with `Nats-Msg-Id` = its id and
+/// waits for the ack.
+pub async fn publish_envelope<T: Message>(
+    js: &Context,
+    subject: &str,
+    envelope: &Envelope<T>,
+) -> Result<PublishAck, JetStreamError> {
+    let failed = |reason: String| JetStreamError::Publish {
+        subject: subject.to_owned(),
+        reason,
+    };
+    let bytes = encode(envelope, Encoding::Json).map_err(|e| failed(e.to_string()))?;
+    let mut publish = Publish::build()
+        .payload(Bytes::from(bytes))
+        .message_id(envelope.id.to_string())
+        .header(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
+    if let Some(tp) = &envelope.traceparent {
+        publish = publish.header(TRACEPARENT_HEADER, tp.as_str());
+    }
+    js.send_publish(subject.to_owned(), publish)
+        .await
+        .map_err(|e| failed(e.to_string()))?
+        .await
+        .map_err(|e| failed(e.to_string()))
+}
+
+mod consumer;
+mod dlq;
+
+pub use consumer::{ConsumerSpec, Delivery, Outcome, run_consumer};
+pub use dlq::{
+    DeadLetter, DeadLetterSource, DeadLetters, dead_letter, list_dead_letters, replay_dead_letter,
+};
