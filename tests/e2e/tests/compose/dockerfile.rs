@@ -132,7 +132,7 @@ pub(super) fn check_dockerfile(problems: &mut Vec<String>) -> Image {
 
     // The git sha the protocol crate stamps at compile time is a build argument.
     let stamp = "TORONTO_BUILD_GIT_SHA";
-    if !read("shared/protocol/src/messages.rs").contains(&format!("option_env!(\"{stamp}\")")) {
+    if !read("shared/protocol/src/status.rs").contains(&format!("option_env!(\"{stamp}\")")) {
         problems.push(format!(
             "shared/protocol no longer reads `{stamp}` at compile time: update the Dockerfile's \
              ARG and this test"
