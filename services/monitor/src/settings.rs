@@ -311,12 +311,7 @@ impl Settings {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use toronto_runtime::config::var_map as vars;
 
     #[test]
     fn variables_override_defaults_and_bad_values_are_named() {

@@ -297,12 +297,7 @@ mod tests {
         );
     }
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use toronto_runtime::config::var_map as vars;
 
     #[test]
     fn the_table_parses_its_defaults_and_names_each_variable_once() {

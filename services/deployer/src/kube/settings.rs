@@ -223,12 +223,7 @@ pub(crate) fn check_label_value(s: &str) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use toronto_runtime::config::var_map as vars;
 
     #[test]
     fn parses_namespaces_and_gateway() {

@@ -11,7 +11,7 @@ pub mod vars;
 
 pub use env::{CONFIG_FILE_VAR, ENV_VARS};
 pub use parse::ValueError;
-pub use vars::{Section, SettingsError, Var, VarDoc};
+pub use vars::{Section, SettingsError, Var, VarDoc, var_map};
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -356,12 +356,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use crate::config::var_map as vars;
 
     #[test]
     fn defaults_are_usable() {

@@ -254,6 +254,15 @@ pub fn markdown(sections: &[Section]) -> String {
     out
 }
 
+/// Variables as `from_vars` takes them, from name/value pairs: how tests and programs
+/// that embed a service pass settings without touching the process environment.
+pub fn var_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,12 +294,7 @@ mod tests {
         }),
     ];
 
-    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
-    }
+    use super::var_map as vars;
 
     fn load(pairs: &[(&str, &str)]) -> Result<Demo, SettingsError> {
         let vars = vars(pairs);
