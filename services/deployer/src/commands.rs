@@ -71,8 +71,8 @@ impl Deployer {
             .release(&task.service, &task.environment)
             .await?
             .map(|(r, _)| r);
-        let steps =
-            plan_steps(&task.strategy, before.as_ref(), &self.settings, false).map_err(bad)?;
+        let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
+            .map_err(|e| bad(e.to_string()))?;
         let now = Utc::now();
         let replicas = before
             .as_ref()
@@ -240,7 +240,8 @@ impl Deployer {
             Family::BlueGreen => Strategy::BlueGreen,
             Family::Canary => Strategy::Canary { steps: Vec::new() },
         };
-        let steps = plan_steps(&strategy, Some(&release), &self.settings, true).map_err(bad)?;
+        let steps = plan_steps(&strategy, Some(&release), &self.settings, true)
+            .map_err(|e| bad(e.to_string()))?;
         let now = Utc::now();
         let rollout = Rollout {
             id: Uuid::now_v7(),

@@ -266,7 +266,7 @@ fn canary_steps(v: &str) -> Result<Vec<u8>, ValueError> {
         .split(',')
         .map(parse::whole_or_zero::<u8>)
         .collect::<Result<Vec<_>, _>>()?;
-    crate::engine::check_weights(&steps).map_err(ValueError::Invalid)?;
+    crate::engine::check_weights(&steps).map_err(|e| ValueError::Invalid(e.to_string()))?;
     Ok(steps)
 }
 

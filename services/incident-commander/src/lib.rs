@@ -44,6 +44,16 @@ pub const BUCKETS: &[(&str, i64)] = &[("incidents", 16), ("silences", 8), ("sche
 
 pub use endpoints::VERBS;
 
+fn restore(
+    store: &async_nats::jetstream::kv::Store,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> RuntimeError {
+    RuntimeError::Restore {
+        from: format!("KV bucket {}", store.name),
+        source: Box::new(e),
+    }
+}
+
 fn config_error(e: String) -> RuntimeError {
     RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(e))
 }
@@ -66,11 +76,10 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
     store: &async_nats::jetstream::kv::Store,
     prefix: &str,
 ) -> Result<Vec<T>, RuntimeError> {
-    let failed = |e: String| config_error(format!("cannot read KV bucket {}: {e}", store.name));
     let keys: Vec<String> = store
         .keys()
         .await
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| restore(store, e))?
         .filter_map(|k| async move { k.ok() })
         .filter(|k| std::future::ready(k.starts_with(prefix)))
         .collect()
@@ -82,7 +91,7 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| restore(store, e))?;
     Ok(values
         .into_iter()
         .flatten()
@@ -94,11 +103,10 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
 async fn read_alert_log(
     store: &async_nats::jetstream::kv::Store,
 ) -> Result<(Vec<String>, Vec<engine::AlertRecord>), RuntimeError> {
-    let failed = |e: String| config_error(format!("cannot read KV bucket {}: {e}", store.name));
     let mut keys: Vec<String> = store
         .keys()
         .await
-        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| restore(store, e))?
         .filter_map(|k| async move { k.ok() })
         .filter(|k| std::future::ready(k.starts_with(publisher::ALERT_LOG_PREFIX)))
         .collect()
@@ -111,7 +119,7 @@ async fn read_alert_log(
         .await
         .into_iter()
         .collect::<Result<_, _>>()
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| restore(store, e))?;
     let mut alerts: std::collections::HashMap<String, engine::AlertRecord> = Default::default();
     for v in values.into_iter().flatten() {
         let Ok(records) = serde_json::from_slice::<Vec<engine::AlertRecord>>(&v) else {

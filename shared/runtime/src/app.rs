@@ -37,6 +37,15 @@ pub enum RuntimeError {
     /// The service API could not be registered.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The service could not read back the state it keeps (a KV bucket, a directory).
+    #[error("cannot restore state from {from}: {source}")]
+    Restore {
+        /// Where the state is kept.
+        from: String,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The HTTP server could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {

@@ -13,24 +13,39 @@ use crate::settings::Settings;
 use crate::target::{Layout, Routing, Track, Workload};
 
 /// Checks canary weights: 1 to 100, strictly increasing.
-pub fn check_weights(weights: &[u8]) -> Result<(), String> {
+pub fn check_weights(weights: &[u8]) -> Result<(), StepsError> {
     if weights.is_empty() {
-        return Err("at least one canary step is needed".into());
+        return Err(StepsError::NoSteps);
     }
-    for w in weights {
-        if *w == 0 || *w > 100 {
-            return Err(format!("canary weight {w} is not between 1 and 100"));
-        }
+    if let Some(&w) = weights.iter().find(|w| **w == 0 || **w > 100) {
+        return Err(StepsError::OutOfRange(w));
     }
-    for pair in weights.windows(2) {
-        if pair[1] <= pair[0] {
-            return Err(format!(
-                "canary steps must increase: {} comes after {}",
-                pair[1], pair[0]
-            ));
-        }
+    if let Some(pair) = weights.windows(2).find(|p| p[1] <= p[0]) {
+        return Err(StepsError::NotIncreasing {
+            before: pair[0],
+            after: pair[1],
+        });
     }
     Ok(())
+}
+
+/// Why canary steps are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StepsError {
+    /// A canary needs at least one step.
+    #[error("at least one canary step is needed")]
+    NoSteps,
+    /// A weight outside 1..=100.
+    #[error("canary weight {0} is not between 1 and 100")]
+    OutOfRange(u8),
+    /// A weight not above the one before it.
+    #[error("canary steps must increase: {after} comes after {before}")]
+    NotIncreasing {
+        /// The earlier weight.
+        before: u8,
+        /// The weight that does not exceed it.
+        after: u8,
+    },
 }
 
 /// The shape a layout routes traffic in.
@@ -85,7 +100,7 @@ pub fn plan_steps(
     previous: Option<&Release>,
     settings: &Settings,
     is_rollback: bool,
-) -> Result<Vec<RolloutStep>, String> {
+) -> Result<Vec<RolloutStep>, StepsError> {
     let pause = settings.step_pause;
     if let Strategy::Canary { steps } = strategy
         && !steps.is_empty()
@@ -403,17 +418,12 @@ mod tests {
     #[test]
     fn weights_must_increase_within_range() {
         assert!(check_weights(&[10, 25, 50, 100]).is_ok());
-        assert!(
-            check_weights(&[25, 10])
-                .unwrap_err()
-                .contains("must increase")
+        assert_eq!(
+            check_weights(&[25, 10]).unwrap_err().to_string(),
+            "canary steps must increase: 10 comes after 25"
         );
-        assert!(
-            check_weights(&[0, 10])
-                .unwrap_err()
-                .contains("between 1 and 100")
-        );
-        assert!(check_weights(&[]).is_err());
+        assert_eq!(check_weights(&[0, 10]), Err(StepsError::OutOfRange(0)));
+        assert_eq!(check_weights(&[]), Err(StepsError::NoSteps));
     }
 
     #[test]

@@ -44,7 +44,9 @@ mod analysis;
 mod layout;
 mod reconcile;
 
-pub use layout::{Family, check_weights, plan_steps, rollback_layout, steady_layout, step_layout};
+pub use layout::{
+    Family, StepsError, check_weights, plan_steps, rollback_layout, steady_layout, step_layout,
+};
 
 /// Replicas of a service deployed for the first time.
 pub const DEFAULT_REPLICAS: u32 = 3;
