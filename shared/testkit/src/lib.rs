@@ -31,6 +31,7 @@ mod error;
 mod fake;
 pub mod kubectl;
 mod node;
+pub mod recorder;
 pub mod request;
 mod server;
 
@@ -41,6 +42,7 @@ pub use bin::{
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use fake::fake_service;
+pub use recorder::Recorder;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
 pub use server::NatsServer;
 

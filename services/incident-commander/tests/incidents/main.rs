@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_incident_commander::settings::{Policy, Settings};
 use toronto_protocol::alerts::{Alert, AlertStatus};
@@ -26,7 +25,7 @@ use toronto_protocol::incidents::{
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
-use toronto_testkit::NatsServer;
+use toronto_testkit::{NatsServer, Recorder};
 
 type Running = tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>;
 
@@ -77,87 +76,30 @@ fn quick() -> Settings {
 /// Everything published on the bus that a test watches.
 struct Bus {
     client: async_nats::Client,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
-    seen: Vec<(String, bytes::Bytes)>,
+    events: Recorder,
 }
 
 async fn bus(client: &async_nats::Client, subjects: &[&str]) -> Bus {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    for s in subjects {
-        let mut sub = client.subscribe(s.to_string()).await.unwrap();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(m) = sub.next().await {
-                let _ = tx.send((m.subject.to_string(), m.payload));
-            }
-        });
-    }
-    toronto_runtime::service::confirm_subscriptions(client).await;
     Bus {
         client: client.clone(),
-        rx,
-        seen: Vec::new(),
+        events: Recorder::start(client, subjects).await,
     }
 }
 
 impl Bus {
     /// Waits for a message on `subject` whose payload decodes as `T` and satisfies `f`.
     async fn wait<T: Message>(&mut self, subject: &str, f: impl Fn(&T) -> bool) -> T {
-        let decode = |p: &bytes::Bytes| toronto_protocol::decode::<T>(p, Encoding::Json).ok();
-        if let Some(found) = self
-            .seen
-            .iter()
-            .filter(|(s, _)| s == subject)
-            .filter_map(|(_, p)| decode(p))
-            .find(|d| f(&d.data))
-        {
-            return found.data;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let (s, p) = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("nothing matching on {subject} within 60 s"))
-                .unwrap();
-            self.seen.push((s.clone(), p.clone()));
-            if s == subject
-                && let Some(d) = decode(&p)
-                && f(&d.data)
-            {
-                return d.data;
-            }
-        }
+        self.events.wait(subject, f).await
     }
 
     /// Waits for any message on `subject` and returns its bytes.
     async fn raw(&mut self, subject: &str) -> bytes::Bytes {
-        if let Some((_, p)) = self.seen.iter().find(|(s, _)| s == subject) {
-            return p.clone();
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let (s, p) = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("nothing on {subject} within 60 s"))
-                .unwrap();
-            self.seen.push((s.clone(), p.clone()));
-            if s == subject {
-                return p;
-            }
-        }
+        self.events.raw(subject).await
     }
 
     /// Every message seen so far on `subject` (after draining what arrived).
     fn all<T: Message>(&mut self, subject: &str) -> Vec<T> {
-        while let Ok(m) = self.rx.try_recv() {
-            self.seen.push(m);
-        }
-        self.seen
-            .iter()
-            .filter(|(s, _)| s == subject)
-            .filter_map(|(_, p)| toronto_protocol::decode::<T>(p, Encoding::Json).ok())
-            .map(|e| e.data)
-            .collect()
+        self.events.all(subject)
     }
 
     async fn request<Req: Message, Resp: Message>(

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_incident_commander::settings::{Policy, Settings};
 use toronto_protocol::alerts::{Alert, AlertStatus};
@@ -13,7 +12,7 @@ use toronto_protocol::incidents::{Incident, IncidentEvent, PlaybookState, Severi
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::call;
-use toronto_testkit::NatsServer;
+use toronto_testkit::{NatsServer, Recorder};
 
 type Running = tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>;
 
@@ -58,53 +57,20 @@ fn quick() -> Settings {
 /// Events on the bus that the test watches.
 struct Bus {
     client: async_nats::Client,
-    rx: tokio::sync::mpsc::UnboundedReceiver<(String, bytes::Bytes)>,
-    seen: Vec<(String, bytes::Bytes)>,
+    events: Recorder,
 }
 
 async fn bus(client: &async_nats::Client, subject: &str) -> Bus {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut sub = client.subscribe(subject.to_owned()).await.unwrap();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let _ = tx.send((m.subject.to_string(), m.payload));
-        }
-    });
-    toronto_runtime::service::confirm_subscriptions(client).await;
     Bus {
         client: client.clone(),
-        rx,
-        seen: Vec::new(),
+        events: Recorder::start(client, &[subject]).await,
     }
 }
 
 impl Bus {
     /// Waits for a message on `subject` whose payload decodes as `T` and satisfies `f`.
     async fn wait<T: Message>(&mut self, subject: &str, f: impl Fn(&T) -> bool) -> T {
-        let decode = |p: &bytes::Bytes| toronto_protocol::decode::<T>(p, Encoding::Json).ok();
-        if let Some(found) = self
-            .seen
-            .iter()
-            .filter(|(s, _)| s == subject)
-            .filter_map(|(_, p)| decode(p))
-            .find(|d| f(&d.data))
-        {
-            return found.data;
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let (s, p) = tokio::time::timeout_at(deadline, self.rx.recv())
-                .await
-                .unwrap_or_else(|_| panic!("nothing matching on {subject} within 60 s"))
-                .unwrap();
-            self.seen.push((s.clone(), p.clone()));
-            if s == subject
-                && let Some(d) = decode(&p)
-                && f(&d.data)
-            {
-                return d.data;
-            }
-        }
+        self.events.wait(subject, f).await
     }
 
     async fn incident(&self, id: uuid::Uuid) -> Incident {
