@@ -71,6 +71,9 @@ pub struct Policy {
     /// Rules over labels, environment, SLO tier and services affected; the first
     /// that matches gives the severity. A linked change raises it one step.
     pub severity_rules: Vec<SeverityRule>,
+    /// When no rule matches: the alert's `severity` label (Prometheus, Alertmanager,
+    /// PagerDuty) gives the severity, adjusted by environment and SLO tier.
+    pub severity_labels: SeverityLabels,
     /// On-call schedules.
     pub schedules: Vec<Schedule>,
     /// Escalation policies.
@@ -90,6 +93,7 @@ impl Default for Policy {
         Self {
             default_severity: Severity::Sev3,
             severity_rules: Vec::new(),
+            severity_labels: SeverityLabels::default(),
             schedules: Vec::new(),
             escalation_policies: Vec::new(),
             default_escalation: None,
@@ -97,6 +101,48 @@ impl Default for Policy {
             playbooks: Vec::new(),
             autonomy: Autonomy::default(),
         }
+    }
+}
+
+/// How an alert's `severity` label maps to a severity when no rule matches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeverityLabels {
+    /// Label value (lower-cased) to severity. Entries given in the policy replace or add
+    /// to the defaults: `critical` SEV1; `error`, `high` and `page` (the monitor's fast
+    /// burn) SEV2; `warning` and `ticket` (slow burn) SEV3; `info` and `low` SEV4.
+    pub map: BTreeMap<String, Severity>,
+    /// Environments where the mapping applies as is; anywhere else it is one step
+    /// milder.
+    pub production_environments: Vec<String>,
+    /// SLO tiers (label `slo_tier`) whose incidents are one step worse.
+    pub critical_slo_tiers: Vec<String>,
+}
+
+impl Default for SeverityLabels {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            production_environments: vec!["production".into(), "prod".into()],
+            critical_slo_tiers: vec!["critical".into()],
+        }
+    }
+}
+
+impl SeverityLabels {
+    /// The severity a label value maps to: the policy's entry, else the default.
+    pub fn severity_of(&self, value: &str) -> Option<Severity> {
+        let value = value.trim().to_ascii_lowercase();
+        if let Some(sev) = self.map.get(&value) {
+            return Some(*sev);
+        }
+        Some(match value.as_str() {
+            "critical" => Severity::Sev1,
+            "error" | "high" | "page" => Severity::Sev2,
+            "warning" | "ticket" => Severity::Sev3,
+            "info" | "low" => Severity::Sev4,
+            _ => return None,
+        })
     }
 }
 

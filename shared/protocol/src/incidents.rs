@@ -69,6 +69,15 @@ impl Severity {
         }
     }
 
+    /// One step milder (SEV4 stays SEV4).
+    pub fn lowered(self) -> Self {
+        match self {
+            Self::Sev1 => Self::Sev2,
+            Self::Sev2 => Self::Sev3,
+            Self::Sev3 | Self::Sev4 => Self::Sev4,
+        }
+    }
+
     /// `SEV1` .. `SEV4`.
     pub fn label(self) -> &'static str {
         match self {
