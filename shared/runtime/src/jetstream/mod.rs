@@ -72,6 +72,11 @@ pub enum JetStreamError {
     },
 }
 
+/// The largest task the work-queue stream accepts: the same limit as a `submit`
+/// request (the default `TORONTO_MAX_PAYLOAD_BYTES`), so that the queue
+/// refuses what the endpoint would.
+pub const TASK_MAX_BYTES: i32 = 256 * 1024;
+
 /// Creates or updates the events, tasks and dead-letter streams.
 pub async fn ensure_streams(
     js: &Context,
@@ -97,6 +102,7 @@ pub async fn ensure_streams(
             description: Some("Tasks handed to the DevOps agent by peers (work queue)".into()),
             subjects: vec![subjects.tasks()],
             retention: RetentionPolicy::WorkQueue,
+            max_message_size: TASK_MAX_BYTES,
             storage: StorageType::File,
             num_replicas: config.replicas,
             duplicate_window: dedup,
