@@ -187,6 +187,25 @@ impl Stack {
     }
 }
 
+/// `toronto bootstrap` with `config`'s NATS user (the admin under `--secure`), before
+/// the services start under their own users.
+async fn bootstrap_as_admin(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), RuntimeError> {
+    let metrics = toronto_runtime::Metrics::new();
+    let client =
+        toronto_runtime::connect::connect(&config.nats, "toronto-bootstrap", &metrics, shutdown)
+            .await?;
+    let done = crate::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream).await?;
+    eprintln!(
+        "toronto up: bootstrapped {} streams and {} KV buckets",
+        done.streams.len(),
+        done.buckets.len()
+    );
+    Ok(())
+}
+
 /// Runs `toronto up` until `shutdown`.
 pub async fn run(
     mut config: Config,
@@ -236,6 +255,7 @@ pub async fn run(
         if options.secure && !options.start_nats {
             eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
         }
+        bootstrap_as_admin(&config, &shutdown).await?;
         let stack =
             Stack::start_as(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
         let demo = if options.demo {

@@ -120,10 +120,16 @@ impl ServiceRuntime {
         // JetStream may still be electing a leader (a cluster starting up): retry with
         // backoff rather than exit, as the connection itself does.
         let mut attempt = 0;
+        // Streams are the admin's (`toronto bootstrap`): a least-privilege user only
+        // checks that they exist, and waits until they do.
         while let Err(e) = ensure_streams(&js, &subjects, &config.jetstream).await {
             attempt += 1;
             if attempt >= 5 {
-                tracing::warn!(error = %e, attempt, "JetStream streams not ready; retrying");
+                tracing::warn!(
+                    error = %e,
+                    attempt,
+                    "JetStream streams missing or not ready; waiting (has `toronto bootstrap` run?)"
+                );
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(ConnectError::Cancelled.into()),
@@ -305,7 +311,8 @@ impl ServiceRuntime {
         &self.loops
     }
 
-    /// Creates or updates this service's KV bucket `<prefix>_<name>`.
+    /// Opens this service's KV bucket `<prefix>_<name>`, creating it when it does not
+    /// exist and this NATS user may (the admin's `toronto bootstrap` creates it).
     pub async fn kv(&self, name: &str, history: i64) -> Result<jetstream::kv::Store, RuntimeError> {
         Ok(ensure_kv(
             &self.js,

@@ -178,3 +178,139 @@ async fn slow_and_idle_http_clients_are_cut_off() {
     assert_eq!(answer.text().await.unwrap(), "hello");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_task_queue_refuses_what_submit_would() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = toronto_protocol::Subjects::default();
+    ensure_streams(&js, &subjects, &Default::default())
+        .await
+        .unwrap();
+    let big = Bytes::from(vec![b'x'; 400 * 1024]);
+    let refused = match js.publish(subjects.tasks(), big).await {
+        Ok(ack) => ack.await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "a 400 KiB task was stored in the work queue");
+    let fits = Bytes::from(vec![b'x'; 200 * 1024]);
+    js.publish(subjects.tasks(), fits)
+        .await
+        .unwrap()
+        .await
+        .expect("a task under the limit is stored");
+}
+
+#[tokio::test]
+async fn a_task_parked_after_max_deliveries_leaves_the_work_queue() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = toronto_protocol::Subjects::default();
+    ensure_streams(&js, &subjects, &Default::default())
+        .await
+        .unwrap();
+    let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
+    client.flush().await.unwrap();
+    // A handler that never gives a verdict (as if its process hung).
+    let worker = tokio::spawn(run_consumer(
+        js.clone(),
+        ConsumerSpec {
+            stream: subjects.tasks_stream(),
+            durable: "test-hung".into(),
+            filter_subject: None,
+            ack_wait: Duration::from_secs(1),
+            max_deliver: 2,
+            concurrency: 4,
+        },
+        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
+        Metrics::new(),
+        CancellationToken::new(),
+        |_d| async {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            Outcome::Ack
+        },
+    ));
+    publish_envelope(&js, &subjects.tasks(), &envelope("hung"))
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(15), dlq_sub.next())
+        .await
+        .expect("parked in time")
+        .unwrap();
+    let reason = parked.headers.unwrap();
+    let reason = reason.get(DLQ_REASON_HEADER).unwrap().as_str();
+    assert!(reason.contains("max deliver"), "{reason}");
+    let mut left = u64::MAX;
+    for _ in 0..50 {
+        left = js
+            .get_stream(subjects.tasks_stream())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, 0, "the parked task is still in the work queue");
+    worker.abort();
+}
+
+#[tokio::test]
+async fn a_task_refused_for_a_64_kib_field_is_parked_with_its_reason() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let subjects = toronto_protocol::Subjects::default();
+    ensure_streams(&js, &subjects, &Default::default())
+        .await
+        .unwrap();
+    let mut dlq_sub = client.subscribe(subjects.dlq("test")).await.unwrap();
+    client.flush().await.unwrap();
+    let shutdown = CancellationToken::new();
+    let worker = tokio::spawn(run_consumer(
+        js.clone(),
+        ConsumerSpec {
+            stream: subjects.tasks_stream(),
+            durable: "test-refuser".into(),
+            filter_subject: None,
+            ack_wait: Duration::from_secs(5),
+            max_deliver: 3,
+            concurrency: 1,
+        },
+        DeadLetters::new(js.clone(), &subjects, "test", Metrics::new()),
+        Metrics::new(),
+        shutdown.clone(),
+        |d: toronto_runtime::jetstream::Delivery| async move {
+            // The handler echoes the invalid field, as a validation error does.
+            let text = String::from_utf8_lossy(d.payload()).into_owned();
+            Outcome::Reject {
+                reason: format!("service: invalid value {text}"),
+            }
+        },
+    ));
+    let huge = "v".repeat(64 * 1024);
+    publish_envelope(&js, &subjects.tasks(), &envelope(&huge))
+        .await
+        .unwrap();
+    let parked = tokio::time::timeout(Duration::from_secs(15), dlq_sub.next())
+        .await
+        .expect("parked in time")
+        .unwrap();
+    assert!(
+        parked.payload.len() > 64 * 1024,
+        "the original is kept whole"
+    );
+    let headers = parked.headers.unwrap();
+    let reason = headers.get(DLQ_REASON_HEADER).unwrap().as_str();
+    assert!(reason.starts_with("service: invalid value"), "{reason}");
+    assert!(reason.len() <= toronto_runtime::jetstream::MAX_ECHOED_HEADER_BYTES);
+    shutdown.cancel();
+    worker.await.unwrap().unwrap();
+}
