@@ -124,7 +124,37 @@ async fn after_a_nats_restart_every_loop_of_every_service_resumes() {
         }
     }
 
-    // Work after the restart: a bus alert opens an incident (the incident commander's
+    // A consumer deleted under a running service (what an over-privileged user did in
+    // issue 17): its loop ends, is restarted, and makes the consumer again.
+    let js = async_nats::jetstream::new(client.clone());
+    js.delete_consumer_from_stream(
+        "toronto-incident-commander-alerts",
+        "TORONTO_DEVOPS_EVENTS",
+    )
+    .await
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let s = status(&client, ServiceKind::IncidentCommander).await;
+        let alerts = s
+            .as_ref()
+            .and_then(|s| s.loops.iter().find(|l| l.name == "alerts from the bus"))
+            .cloned();
+        if let Some(l) = &alerts
+            && l.restarts >= 1
+            && l.state == LoopState::Running
+        {
+            eprintln!("alerts from the bus restarted: {l:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the alerts consumer loop was not restarted: {alerts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // Work after all that: a bus alert opens an incident (the incident commander's
     // durable alerts consumer runs again).
     let mut opened =
         toronto_testkit::Recorder::start(&client, &["toronto.devops.v1.events.incident.opened"])
@@ -140,7 +170,6 @@ async fn after_a_nats_restart_every_loop_of_every_service_resumes() {
     }))
     .unwrap();
     let envelope = toronto_protocol::Envelope::builder("toronto://test", alert).build();
-    let js = async_nats::jetstream::new(client.clone());
     js.publish(
         "toronto.devops.v1.events.alert.firing",
         toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json)
