@@ -204,10 +204,11 @@ where
                             .await;
                         // A work queue would keep it for ever (no one acks it): once it
                         // is safe in the dead-letter stream, it leaves the queue.
-                        if parked && work_queue {
-                            if let Err(e) = stream.delete_message(advisory.stream_seq).await {
-                                tracing::warn!(seq = advisory.stream_seq, error = %e, "cannot remove a parked message from its work queue");
-                            }
+                        if parked
+                            && work_queue
+                            && let Err(e) = stream.delete_message(advisory.stream_seq).await
+                        {
+                            tracing::warn!(seq = advisory.stream_seq, error = %e, "cannot remove a parked message from its work queue");
                         }
                     }
                     Err(e) => tracing::warn!(seq = advisory.stream_seq, error = %e, "cannot fetch message named by a max-deliveries advisory"),

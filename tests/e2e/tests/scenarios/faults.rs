@@ -127,12 +127,9 @@ async fn after_a_nats_restart_every_loop_of_every_service_resumes() {
     // A consumer deleted under a running service (what an over-privileged user did in
     // issue 17): its loop ends, is restarted, and makes the consumer again.
     let js = async_nats::jetstream::new(client.clone());
-    js.delete_consumer_from_stream(
-        "toronto-incident-commander-alerts",
-        "TORONTO_DEVOPS_EVENTS",
-    )
-    .await
-    .unwrap();
+    js.delete_consumer_from_stream("toronto-incident-commander-alerts", "TORONTO_DEVOPS_EVENTS")
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let s = status(&client, ServiceKind::IncidentCommander).await;
