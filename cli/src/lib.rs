@@ -2,6 +2,7 @@
 //! process) and the client commands, so tests drive exactly what users run.
 #![forbid(unsafe_code)]
 
+pub mod bootstrap;
 pub mod commands;
 pub mod demo;
 pub mod nats_server;

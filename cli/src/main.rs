@@ -49,6 +49,10 @@ enum Command {
         #[arg(long)]
         secure: bool,
     },
+    /// As the NATS admin, create or update every JetStream stream and KV bucket the
+    /// services use (their least-privilege users may only use them). `toronto up`
+    /// runs it first.
+    Bootstrap,
     /// Ask every service (or one) for its status.
     Status {
         /// planner, deployer, monitor, incident or chat; all when omitted.
@@ -302,6 +306,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     slo.window_days
                 );
             }
+            Ok(())
+        }
+        Command::Bootstrap => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let done =
+                toronto_cli::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream)
+                    .await?;
+            println!(
+                "streams: {}\nKV buckets: {}",
+                done.streams.join(", "),
+                done.buckets.join(", ")
+            );
             Ok(())
         }
         Command::Schemas { action } => match action {

@@ -65,15 +65,38 @@ pub fn write_secure_config(
         passwords.insert(user.to_owned(), password);
     }
     let file = dir.join("nats-users.conf");
-    std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
-    std::fs::write(
-        dir.join("admin.env"),
-        format!(
+    write_secret(&file, &text)?;
+    write_secret(
+        &dir.join("admin.env"),
+        &format!(
             "TORONTO_NATS_USER=admin\nTORONTO_NATS_PASSWORD={}\n",
             passwords["admin"]
         ),
     )?;
     Ok((file, passwords))
+}
+
+/// Writes a file holding secrets, readable and writable by its owner only (0600),
+/// also when it existed before with wider permissions.
+pub fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Starts one service by kind. Each service's start is boxed: in a debug build the
@@ -164,6 +187,25 @@ impl Stack {
     }
 }
 
+/// `toronto bootstrap` with `config`'s NATS user (the admin under `--secure`), before
+/// the services start under their own users.
+async fn bootstrap_as_admin(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), RuntimeError> {
+    let metrics = toronto_runtime::Metrics::new();
+    let client =
+        toronto_runtime::connect::connect(&config.nats, "toronto-bootstrap", &metrics, shutdown)
+            .await?;
+    let done = crate::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream).await?;
+    eprintln!(
+        "toronto up: bootstrapped {} streams and {} KV buckets",
+        done.streams.len(),
+        done.buckets.len()
+    );
+    Ok(())
+}
+
 /// Runs `toronto up` until `shutdown`.
 pub async fn run(
     mut config: Config,
@@ -213,6 +255,7 @@ pub async fn run(
         if options.secure && !options.start_nats {
             eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
         }
+        bootstrap_as_admin(&config, &shutdown).await?;
         let stack =
             Stack::start_as(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
         let demo = if options.demo {
@@ -256,5 +299,26 @@ pub async fn run(
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod secure_files {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secure_config_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // A leftover from an older run, world-readable.
+        let admin = dir.path().join("admin.env");
+        std::fs::write(&admin, "old").unwrap();
+        std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (users, passwords) = super::write_secure_config(dir.path()).unwrap();
+        for file in [users, admin] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let env = std::fs::read_to_string(dir.path().join("admin.env")).unwrap();
+        assert!(env.contains(&passwords["admin"]));
     }
 }

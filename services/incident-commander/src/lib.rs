@@ -31,6 +31,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
 use toronto_runtime::jetstream::{ConsumerSpec, run_consumer};
+use toronto_runtime::supervise::LoopSpec;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
 use engine::Engine;
@@ -205,20 +206,29 @@ pub async fn start_with(
         read_bucket(&silences, "inhibition.").await?,
     );
     compact_alert_log(&engine, &incidents, alert_log.0).await;
-    rt.spawn_background(
-        "publisher",
-        publisher::run(
-            engine.clone(),
-            publisher::Sink {
-                js: rt.js.clone(),
-                client: rt.client.clone(),
-                incidents,
-                silences,
-            },
-            effects_rx,
-            rt.shutdown_token(),
-        ),
+    let sink = publisher::Sink {
+        js: rt.js.clone(),
+        client: rt.client.clone(),
+        incidents,
+        silences,
+    };
+    let (publishing, effects_rx, token) = (
+        engine.clone(),
+        Arc::new(tokio::sync::Mutex::new(effects_rx)),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("publisher", move || {
+        let (engine, sink, rx, token) = (
+            publishing.clone(),
+            sink.clone(),
+            effects_rx.clone(),
+            token.clone(),
+        );
+        async move {
+            let mut rx = rx.lock_owned().await;
+            publisher::run(engine, sink, &mut rx, token).await
+        }
+    });
     register_metrics(&rt, &engine);
 
     let remote = playbook::Remote {
@@ -227,52 +237,72 @@ pub async fn start_with(
         source: rt.source(),
         timeout: rt.config.nats.request_timeout(),
     };
-    rt.spawn_background(
-        "playbooks",
-        playbook::runner(
-            engine.clone(),
-            remote.clone(),
-            playbooks_rx,
-            rt.shutdown_token(),
-        ),
+    let (running, runner_remote, playbooks_rx, token) = (
+        engine.clone(),
+        remote.clone(),
+        Arc::new(tokio::sync::Mutex::new(playbooks_rx)),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("playbooks", move || {
+        let (engine, remote, rx, token) = (
+            running.clone(),
+            runner_remote.clone(),
+            playbooks_rx.clone(),
+            token.clone(),
+        );
+        async move {
+            let mut rx = rx.lock_owned().await;
+            playbook::runner(engine, remote, &mut rx, token).await
+        }
+    });
     for id in engine.running_playbooks() {
         let _ = playbooks.send(id);
     }
-    rt.spawn_background(
-        "rollout events",
-        playbook::follow_rollouts(
-            engine.clone(),
-            rt.js.clone(),
-            rt.subjects.clone(),
-            rt.shutdown_token(),
-        ),
+    let (following, js, subjects, token) = (
+        engine.clone(),
+        rt.js.clone(),
+        rt.subjects.clone(),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("rollout events", move || {
+        playbook::follow_rollouts(
+            following.clone(),
+            js.clone(),
+            subjects.clone(),
+            token.clone(),
+        )
+    });
     let (ticker, token, tick_remote) = (engine.clone(), rt.shutdown_token(), remote.clone());
-    rt.spawn_background("deadlines", async move {
-        let mut every = tokio::time::interval(tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => {
-                    let quiet = ticker.deadlines();
-                    playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
+    rt.spawn_background("deadlines", move || {
+        let (ticker, token, tick_remote) = (ticker.clone(), token.clone(), tick_remote.clone());
+        async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = every.tick() => {
+                        let quiet = ticker.deadlines();
+                        playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
+                    }
                 }
             }
         }
     });
 
     let (keeper, token) = (engine.clone(), rt.shutdown_token());
-    rt.spawn_background("housekeeping", async move {
-        let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => {
-                    let forgotten = keeper.housekeeping();
-                    tracing::debug!(forgotten, "alerts resolved long ago forgotten");
+    rt.spawn_background("housekeeping", move || {
+        let (keeper, token) = (keeper.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = every.tick() => {
+                        let forgotten = keeper.housekeeping();
+                        tracing::debug!(forgotten, "alerts resolved long ago forgotten");
+                    }
                 }
             }
         }
@@ -282,25 +312,32 @@ pub async fn start_with(
 
     // Alerts from the bus: a durable consumer, so none is lost while the service is down.
     let bus = engine.clone();
-    rt.spawn_background(
-        "alerts from the bus",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.events_stream(),
-                durable: format!("{}-alerts", KIND.service_name()),
-                filter_subject: Some(rt.subjects.event("alert", ">")),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 5,
-                // One at a time: a firing and its resolution must not swap places.
-                concurrency: 1,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
-            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
-        ),
+    let spec = ConsumerSpec {
+        stream: rt.subjects.events_stream(),
+        durable: format!("{}-alerts", KIND.service_name()),
+        filter_subject: Some(rt.subjects.event("alert", ">")),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 5,
+        // One at a time: a firing and its resolution must not swap places.
+        concurrency: 1,
+    };
+    let (js, dead_letters, metrics, token) = (
+        rt.js.clone(),
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("alerts from the bus", move || {
+        let bus = bus.clone();
+        run_consumer(
+            js.clone(),
+            spec.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            token.clone(),
+            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
+        )
+    });
     let _ = slot.set(engine);
     Ok(rt)
 }
@@ -362,7 +399,11 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
         mtbf.clone(),
     );
     let (engine, token) = (engine.clone(), rt.shutdown_token());
-    rt.spawn_background("incident metrics", async move {
+    let gauges = (open, by_severity, mtta, mttr, mtbf);
+    rt.spawn_loop(LoopSpec::new("incident metrics").optional(), move || {
+        let (engine, token) = (engine.clone(), token.clone());
+        let (open, by_severity, mtta, mttr, mtbf) = gauges.clone();
+        async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -378,6 +419,7 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
                     mtbf.set(m.mtbf_seconds.unwrap_or(0.0));
                 }
             }
+        }
         }
     });
 }

@@ -155,7 +155,7 @@ pub async fn confirm_quiet(engine: &Engine, remote: &Remote, ids: Vec<Uuid>) {
 pub async fn runner(
     engine: Arc<Engine>,
     remote: Remote,
-    mut rx: mpsc::UnboundedReceiver<Uuid>,
+    rx: &mut mpsc::UnboundedReceiver<Uuid>,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     let running: Arc<Mutex<HashSet<Uuid>>> = Arc::default();

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod work;
 

@@ -182,4 +182,5 @@ async fn wait_for_readyz(addr: std::net::SocketAddr, want: u16) {
 
 mod delivery;
 mod endpoints;
+mod faults;
 mod lifecycle;

@@ -3,5 +3,6 @@
 
 mod bridge;
 mod deployer;
+mod faults;
 mod incidents;
 mod planner;
