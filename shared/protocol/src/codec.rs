@@ -3,7 +3,7 @@
 //! MessagePack uses named maps and human-readable forms (ids and times as strings),
 //! so the two encodings carry the same document.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::envelope::{Envelope, FlowContext, RawEnvelope, UncheckedEnvelope};
 use crate::error::ProtocolError;
@@ -17,6 +17,40 @@ pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
 
 const INITIAL_CAPACITY: usize = 1024;
+
+pub mod depth;
+
+pub use depth::{MAX_DEPTH, TooDeep};
+
+/// Checks that a document in `encoding` nests at most [`MAX_DEPTH`] levels, before any
+/// decoder runs: every decoder of this module does it first.
+pub fn check_depth(bytes: &[u8], encoding: Encoding) -> Result<(), ProtocolError> {
+    match encoding {
+        Encoding::Json => depth::json(bytes),
+        Encoding::MessagePack => depth::msgpack(bytes),
+    }
+    .map_err(|e| ProtocolError::Malformed {
+        encoding: encoding.name(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes untrusted JSON that is not an envelope (an HTTP body, a KV value, a bus
+/// message read loosely) like `serde_json::from_slice`, refusing a document nested
+/// deeper than [`MAX_DEPTH`] before parsing it.
+pub fn from_json_bounded<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    depth::json(bytes).map_err(<serde_json::Error as serde::de::Error>::custom)?;
+    serde_json::from_slice(bytes)
+}
+
+/// Decodes untrusted MessagePack like `rmp_serde::from_slice`, refusing a document
+/// nested deeper than [`MAX_DEPTH`] before parsing it.
+pub fn from_msgpack_bounded<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    depth::msgpack(bytes).map_err(<rmp_serde::decode::Error as serde::de::Error>::custom)?;
+    rmp_serde::from_slice(bytes)
+}
 
 /// An encoding of the envelope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -100,7 +134,7 @@ pub fn decode_raw(bytes: &[u8], encoding: Encoding) -> Result<RawEnvelope, Proto
         .map_data(|d| d.unwrap_or(serde_json::Value::Null)))
 }
 
-fn parse<'de, D: serde::Deserialize<'de>>(
+fn parse<'de, D: Deserialize<'de>>(
     bytes: &'de [u8],
     encoding: Encoding,
 ) -> Result<UncheckedEnvelope<D>, ProtocolError> {
@@ -108,6 +142,7 @@ fn parse<'de, D: serde::Deserialize<'de>>(
         encoding: encoding.name(),
         reason,
     };
+    check_depth(bytes, encoding)?;
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
         Encoding::MessagePack => {
@@ -287,6 +322,74 @@ mod tests {
             decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json).unwrap_err();
         assert!(matches!(err, ProtocolError::WrongType { .. }));
         assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    /// An envelope whose `data` is `arrays` nested arrays around `1`, in `encoding`.
+    fn nested_envelope(arrays: usize, encoding: Encoding) -> Vec<u8> {
+        let marker = "@@DATA@@";
+        let env = Envelope::builder("toronto://test", StatusRequest::default()).build();
+        let bytes = encode(&env.map_data(|_| marker), encoding).unwrap();
+        let (needle, nested): (Vec<u8>, Vec<u8>) = match encoding {
+            Encoding::Json => (
+                format!("\"{marker}\"").into_bytes(),
+                format!("{}1{}", "[".repeat(arrays), "]".repeat(arrays)).into_bytes(),
+            ),
+            Encoding::MessagePack => {
+                let mut needle = vec![0xa0 | marker.len() as u8];
+                needle.extend(marker.as_bytes());
+                let mut nested = vec![0x91; arrays];
+                nested.push(0x01);
+                (needle, nested)
+            }
+        };
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .unwrap();
+        [&bytes[..at], &nested, &bytes[at + needle.len()..]].concat()
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_64_levels_before_decoding() {
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            // The envelope's own map is one level: 63 arrays make 64 levels.
+            let ok = decode_raw(&nested_envelope(MAX_DEPTH - 1, encoding), encoding)
+                .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+            let mut value = &ok.data;
+            for _ in 0..MAX_DEPTH - 1 {
+                value = &value[0];
+            }
+            assert_eq!(value, &serde_json::json!(1), "{encoding:?}");
+            for arrays in [MAX_DEPTH, 650, 100_000] {
+                let err = decode_raw(&nested_envelope(arrays, encoding), encoding).unwrap_err();
+                assert!(
+                    err.to_string().contains("limit of 64 levels"),
+                    "{encoding:?} {arrays}: {err}"
+                );
+                assert_eq!(err.code(), ErrorCode::BadRequest);
+                let typed = decode::<StatusRequest>(&nested_envelope(arrays, encoding), encoding);
+                assert!(
+                    typed
+                        .unwrap_err()
+                        .to_string()
+                        .contains("limit of 64 levels")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_helpers_refuse_deep_documents() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let err = from_json_bounded::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("limit of 64 levels"), "{err}");
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(from_json_bounded::<serde_json::Value>(ok.as_bytes()).is_ok());
+        let mut deep = vec![0x91; 65];
+        deep.push(0xc0);
+        let err = from_msgpack_bounded::<serde_json::Value>(&deep).unwrap_err();
+        assert!(err.to_string().contains("limit of 64 levels"), "{err}");
+        assert!(from_msgpack_bounded::<serde_json::Value>(&deep[1..]).is_ok());
     }
 
     #[test]
