@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Envelope, FlowContext, RawEnvelope, UncheckedEnvelope};
+use crate::envelope::{Envelope, EnvelopeRef, FlowContext, RawEnvelope, UncheckedEnvelope};
 use crate::error::ProtocolError;
 use crate::message::Message;
 
@@ -66,8 +66,10 @@ impl Encoding {
     /// The encoding named by a `Content-Type` value; absent means JSON. Parameters such
     /// as `; charset=utf-8` are ignored.
     pub fn from_content_type(value: Option<&str>) -> Result<Self, ProtocolError> {
-        let Some(value) = value else {
-            return Ok(Encoding::Json);
+        let value = match value {
+            None | Some(JSON_CONTENT_TYPE) => return Ok(Encoding::Json),
+            Some(MSGPACK_CONTENT_TYPE) => return Ok(Encoding::MessagePack),
+            Some(value) => value,
         };
         let media = value
             .split(';')
@@ -103,6 +105,22 @@ impl Encoding {
 /// Encodes an envelope.
 pub fn encode<T: Serialize>(
     envelope: &Envelope<T>,
+    encoding: Encoding,
+) -> Result<Vec<u8>, ProtocolError> {
+    encode_document(envelope, encoding)
+}
+
+/// Encodes an envelope whose attributes are borrowed ([`EnvelopeRef`]): the same bytes
+/// as [`encode`] of the owned envelope.
+pub fn encode_ref<T: Serialize>(
+    envelope: &EnvelopeRef<'_, T>,
+    encoding: Encoding,
+) -> Result<Vec<u8>, ProtocolError> {
+    encode_document(envelope, encoding)
+}
+
+fn encode_document<E: Serialize>(
+    envelope: &E,
     encoding: Encoding,
 ) -> Result<Vec<u8>, ProtocolError> {
     match encoding {
@@ -236,6 +254,35 @@ mod tests {
             let bytes = encode(&env, encoding).unwrap();
             let back: Envelope<ErrorBody> = decode(&bytes, encoding).unwrap();
             assert_eq!(back, env, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn a_borrowed_envelope_encodes_to_the_same_bytes() {
+        let mut env = sample();
+        env.causationid = Some(crate::envelope::new_id().to_string());
+        let causation = env.causationid.as_deref().unwrap().parse().unwrap();
+        let borrowed = EnvelopeRef {
+            specversion: &env.specversion,
+            id: env.id,
+            source: &env.source,
+            ty: &env.ty,
+            time: env.time,
+            datacontenttype: env.datacontenttype.as_deref(),
+            dataschema: env.dataschema.as_deref(),
+            subject: env.subject.as_deref(),
+            correlationid: env.correlationid.as_deref(),
+            causationid: Some(causation),
+            priority: env.priority,
+            traceparent: env.traceparent.as_deref(),
+            data: &env.data,
+        };
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            assert_eq!(
+                encode_ref(&borrowed, encoding).unwrap(),
+                encode(&env, encoding).unwrap(),
+                "{encoding:?}"
+            );
         }
     }
 
