@@ -194,7 +194,6 @@ pub fn decode_with_flow<T: Message>(
     let unchecked: UncheckedEnvelope<&serde_json::value::RawValue> =
         parse(bytes, encoding).map_err(|e| (e, None))?;
     let envelope = unchecked.validate().map_err(|e| (e, None))?;
-    let flow = Box::new(envelope.flow());
     let typed = (|| {
         let ty = envelope.message_type()?;
         T::check_type(&ty)?;
@@ -224,7 +223,7 @@ pub fn decode_with_flow<T: Message>(
             traceparent: envelope.traceparent,
             data,
         }),
-        Err(e) => Err((e, Some(flow))),
+        Err(e) => Err((e, Some(Box::new(envelope.flow())))),
     }
 }
 
