@@ -473,7 +473,7 @@ async fn ping(wait_ms: u64) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut deadline => break,
             Some(m) = replies.next() => {
-                let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
+                let v: serde_json::Value = toronto_protocol::codec::from_json_bounded(&m.payload)?;
                 println!("{:<28} {:<10} {}", v["name"].as_str().unwrap_or("?"), v["version"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"));
                 found += 1;
             }

@@ -96,7 +96,7 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
     Ok(values
         .into_iter()
         .flatten()
-        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .filter_map(|v| toronto_protocol::codec::from_json_bounded(&v).ok())
         .collect())
 }
 
@@ -123,7 +123,9 @@ async fn read_alert_log(
         .map_err(|e| restore(store, e))?;
     let mut alerts: std::collections::HashMap<String, engine::AlertRecord> = Default::default();
     for v in values.into_iter().flatten() {
-        let Ok(records) = serde_json::from_slice::<Vec<engine::AlertRecord>>(&v) else {
+        let Ok(records) =
+            toronto_protocol::codec::from_json_bounded::<Vec<engine::AlertRecord>>(&v)
+        else {
             continue;
         };
         for r in records {

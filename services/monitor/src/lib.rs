@@ -531,7 +531,7 @@ async fn slo_statuses(
             .await
             .map_err(|e| unavailable(e.to_string()))?
         {
-            match serde_json::from_slice::<SloStatus>(&bytes) {
+            match toronto_protocol::codec::from_json_bounded::<SloStatus>(&bytes) {
                 Ok(s) => statuses.push(s),
                 Err(e) => tracing::warn!(key, error = %e, "unreadable SLO status"),
             }

@@ -139,10 +139,13 @@ impl Prometheus {
         };
         let response = self.http.get(url).send().await.map_err(http)?;
         let text = response.text().await.map_err(http)?;
-        let answer: Answer = serde_json::from_str(&text).map_err(|e| PrometheusError::Decode {
-            query: query.clone(),
-            reason: format!("{e}: {}", text.chars().take(200).collect::<String>()),
-        })?;
+        let answer: Answer =
+            toronto_protocol::codec::from_json_bounded(text.as_bytes()).map_err(|e| {
+                PrometheusError::Decode {
+                    query: query.clone(),
+                    reason: format!("{e}: {}", text.chars().take(200).collect::<String>()),
+                }
+            })?;
         if answer.status != "success" {
             return Err(PrometheusError::Query {
                 query,

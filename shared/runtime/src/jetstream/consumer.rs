@@ -180,7 +180,7 @@ where
                     _ = shutdown.cancelled() => break,
                     a = advisories.next() => match a { Some(a) => a, None => break },
                 };
-                let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload) else {
+                let Ok(advisory) = toronto_protocol::codec::from_json_bounded::<MaxDeliveriesAdvisory>(&advisory.payload) else {
                     continue;
                 };
                 match stream.get_raw_message(advisory.stream_seq).await {

@@ -181,6 +181,7 @@ async fn wait_for_readyz(addr: std::net::SocketAddr, want: u16) {
 }
 
 mod delivery;
+mod depth;
 mod endpoints;
 mod faults;
 mod lifecycle;
