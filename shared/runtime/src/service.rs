@@ -92,6 +92,7 @@ struct Shared {
     endpoint_metadata: Mutex<BTreeMap<String, HashMap<String, String>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
 }
 
 /// A running ADR-32 service: answers `$SRV.PING|INFO|STATS` and hosts endpoints.
@@ -142,6 +143,7 @@ impl ServiceHost {
             endpoint_metadata: Mutex::new(BTreeMap::new()),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            auth: std::sync::OnceLock::new(),
         });
         let name = shared.spec.name.clone();
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
@@ -186,6 +188,16 @@ impl ServiceHost {
     /// When the service started.
     pub fn started(&self) -> chrono::DateTime<chrono::Utc> {
         self.shared.started
+    }
+
+    /// Verifies change requests with `auth` from now on (once; later calls are ignored).
+    pub fn set_auth(&self, auth: Arc<crate::auth::Authenticator>) {
+        let _ = self.shared.auth.set(auth);
+    }
+
+    /// The authenticator, once set.
+    pub fn auth(&self) -> Option<&Arc<crate::auth::Authenticator>> {
+        self.shared.auth.get()
     }
 
     /// The client the service talks through.
@@ -418,10 +430,25 @@ impl Shared {
             }
             flow = Some(request_flow.clone());
             let subject_attr = envelope.subject.clone();
+            let caller = match self.auth.get() {
+                Some(auth) => {
+                    auth.admit(
+                        name,
+                        crate::auth::presented(
+                            &message,
+                            &envelope.id.to_string(),
+                            &envelope.source,
+                        ),
+                    )
+                    .await?
+                }
+                None => None,
+            };
             let request = Request {
                 envelope,
                 headers: message.headers.clone(),
                 subject: message.subject.to_string(),
+                caller,
             };
             let trace_id = request_flow
                 .traceparent
