@@ -422,3 +422,66 @@ fn a_seed_file_is_written_0600_and_refused_when_others_may_read_it() {
     let error = Signer::from_file(&path).unwrap_err().to_string();
     assert!(error.contains("chmod 600"), "{error}");
 }
+
+/// The tools venv's Python (`TORONTO_PYTHON_BIN`, else `.tools/venv/bin/python` of the
+/// workspace), with the PyPI `nkeys` and `nats-py` packages.
+fn python() -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os("TORONTO_PYTHON_BIN").filter(|v| !v.is_empty()) {
+        return bin.into();
+    }
+    let local =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/python");
+    assert!(
+        local.is_file(),
+        "no Python with nkeys and nats-py: run scripts/install-tools or set TORONTO_PYTHON_BIN"
+    );
+    local
+}
+
+#[tokio::test]
+async fn a_python_peer_signs_with_pypi_nkeys_and_is_accepted_and_a_bad_signature_is_refused() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let auth = authenticator(&client, AuthMode::Required).await;
+    let registry = auth.registry().unwrap().clone();
+    let _host = guarded_host(&client, auth).await;
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("peer.nk");
+    let peer = Signer::generate();
+    peer.write_new(&seed_file).unwrap();
+    let seed = std::fs::read_to_string(&seed_file).unwrap();
+    let mut agent = principal("python-peer", &[Role::Approver], &[&peer]);
+    agent.kind = PrincipalKind::Agent;
+    registry.put(&agent).await.unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/runtime/peer.py");
+    let url = server.url();
+    let run = async |extra: &[&str]| {
+        let output = tokio::process::Command::new(python())
+            .arg(&script)
+            .arg(&url)
+            .arg(AUTH_SUBJECT)
+            .args(extra)
+            .env("PEER_SEED", seed.trim())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let good = run(&[]).await;
+    assert_eq!(good["code"], 0, "{good}");
+    assert_eq!(good["data"]["text"], "python-peer");
+    let bad = run(&["--bad-signature"]).await;
+    assert_eq!(bad["code"], 401, "{bad}");
+    assert!(
+        bad["data"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match"),
+        "{bad}"
+    );
+}
