@@ -24,6 +24,8 @@ use nkeys::KeyPair;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::message::Message;
+
 /// The signer's NKey user public key (`U...`).
 pub const SIGNER_HEADER: &str = "Toronto-Signer";
 /// The ed25519 signature of [`signed_bytes`], base64url without padding.
@@ -264,6 +266,68 @@ impl Principal {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role) || self.roles.contains(&Role::Admin)
     }
+}
+
+/// The largest page of [`IdentityList`].
+pub const MAX_IDENTITY_PAGE: usize = 500;
+
+/// Adds or replaces a principal (`<prefix>.devops.v1.planner.identity.put`; admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityPut {
+    /// The principal as it is to be stored.
+    pub principal: Principal,
+}
+
+impl Message for IdentityPut {
+    const NAME: &'static str = "identity.put";
+    const MAJOR: u32 = 1;
+}
+
+/// Revokes a principal: every key of it is refused from now on
+/// (`<prefix>.devops.v1.planner.identity.revoke`; admin only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityRevoke {
+    /// The principal's id.
+    pub id: String,
+}
+
+impl Message for IdentityRevoke {
+    const NAME: &'static str = "identity.revoke";
+    const MAJOR: u32 = 1;
+}
+
+/// Lists principals by id (`<prefix>.devops.v1.planner.identity.list`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityList {
+    /// Start after this id (the `next` of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    /// At most this many (default 100, at most 500).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl Message for IdentityList {
+    const NAME: &'static str = "identity.list";
+    const MAJOR: u32 = 1;
+}
+
+/// A page of principals, or the one principal a put or revoke left.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Identities {
+    /// The principals, ordered by id.
+    pub items: Vec<Principal>,
+    /// The `after` of the next page, when there may be one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+impl Message for Identities {
+    const NAME: &'static str = "identity.page";
+    const MAJOR: u32 = 1;
 }
 
 #[cfg(test)]
