@@ -72,6 +72,8 @@ pub struct AuthConfig {
     pub admins: Vec<String>,
     /// Seconds a signed-at time may be from now (`TORONTO_AUTH_WINDOW_SECONDS`).
     pub window_secs: u64,
+    /// The seed file clients sign with (`TORONTO_IDENTITY_FILE`).
+    pub identity_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AuthConfig {
@@ -80,6 +82,7 @@ impl Default for AuthConfig {
             mode: AuthMode::Required,
             admins: Vec::new(),
             window_secs: 120,
+            identity_file: None,
         }
     }
 }

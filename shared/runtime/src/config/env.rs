@@ -224,6 +224,15 @@ pub const ENV_VARS: &[Var<Config>] = &[
             Ok(())
         },
     ),
+    Var::new(
+        "TORONTO_IDENTITY_FILE",
+        "The NKey user seed file the CLI signs change requests with (mode 0600; `toronto identity init` writes it). Default: ~/.config/toronto/identity.nk.",
+        "",
+        |c, v| {
+            c.auth.identity_file = parse::optional_path(v);
+            Ok(())
+        },
+    ),
     Var::deprecated(
         "TORONTO_SHUTDOWN_GRACE_SECS",
         "Seconds to finish in-flight work after SIGTERM.",
