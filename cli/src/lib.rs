@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod commands;
 pub mod demo;
+pub mod identity;
 pub mod nats_server;
 pub mod settings_docs;
 pub mod up;

@@ -133,6 +133,11 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+    /// Your signing key and the identity registry (docs/trust-model.md).
+    Identity {
+        #[command(subcommand)]
+        action: toronto_cli::identity::IdentityAction,
+    },
     /// Print every TORONTO_* variable and what it does.
     Config {
         /// Print the Markdown reference (docs/configuration.md) instead.
@@ -341,6 +346,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Identity { action } => {
+            toronto_cli::identity::run(action, &Config::from_env()?).await
+        }
         Command::Config { markdown } => {
             if markdown {
                 print!("{}", toronto_cli::settings_docs::markdown());

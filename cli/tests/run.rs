@@ -188,3 +188,77 @@ async fn watch_streams_the_events_of_one_service() {
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+/// `toronto identity`: init writes a 0600 seed and prints its key; an admin adds a
+/// principal through the planner; a non-admin is refused with the reason.
+#[tokio::test]
+async fn identity_init_add_list_and_a_refusal() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = NatsServer::start().await;
+    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin.nk");
+    std::fs::write(
+        &admin_file,
+        format!("{}\n", toronto_testkit::TEST_ADMIN_SEED),
+    )
+    .unwrap();
+    std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mine = dir.path().join("me/identity.nk");
+    let with_file = async |file: &std::path::Path, args: &[&str]| {
+        Command::new(TORONTO)
+            .args(args)
+            .env("TORONTO_NATS_URL", server.url())
+            .env("TORONTO_IDENTITY_FILE", file)
+            .output()
+            .await
+            .unwrap()
+    };
+
+    let init = with_file(&mine, &["identity", "init"]).await;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let stdout = String::from_utf8(init.stdout).unwrap();
+    let key = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with('U') && w.len() == 56)
+        .expect("prints the public key")
+        .to_owned();
+    let mode = std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!stdout.contains("SU"), "the seed is never printed");
+
+    let add = [
+        "identity", "add", "alice", "--key", &key, "--role", "approver",
+    ];
+    let added = with_file(&admin_file, &add).await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let list = with_file(&admin_file, &["identity", "list"]).await;
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listed.contains("alice") && listed.contains(&key),
+        "{listed}"
+    );
+
+    let refused = with_file(&mine, &["identity", "revoke", "bootstrap-admin"]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("forbidden"), "{stderr}");
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

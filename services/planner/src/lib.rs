@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dora;
+mod identity;
 pub mod intake;
 mod notify;
 pub mod pipeline;
@@ -73,6 +74,7 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
+    identity::register(&rt).await?;
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let lease = settings.lease;
     let intake = Planner::new(&rt, plans, settings);

@@ -11,6 +11,7 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::auth::{Identities, IdentityList, IdentityPut, IdentityRevoke};
 use crate::chat::ChatCommandRecord;
 use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
 use crate::envelope::Envelope;
@@ -95,6 +96,10 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<PlanList>(),
         payload::<PlanCancel>(),
         payload::<PlanDecision>(),
+        payload::<IdentityPut>(),
+        payload::<IdentityRevoke>(),
+        payload::<IdentityList>(),
+        payload::<Identities>(),
         payload::<SecurityScanRequest>(),
         payload::<QaTestRequest>(),
         payload::<GateVerdict>(),

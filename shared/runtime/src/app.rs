@@ -38,6 +38,9 @@ pub enum RuntimeError {
     /// The service API could not be registered.
     #[error(transparent)]
     Service(#[from] ServiceError),
+    /// The identity registry could not be opened.
+    #[error("identity registry: {0}")]
+    Auth(#[from] crate::auth::AuthError),
     /// The service could not read back the state it keeps (a KV bucket, a directory).
     #[error("cannot restore state from {from}: {source}")]
     Restore {
@@ -162,6 +165,16 @@ impl ServiceRuntime {
         .await?;
 
         let loops = Loops::new(kind.service_name(), &metrics, shutdown.clone());
+        let auth = crate::auth::Authenticator::start(
+            &js,
+            &subjects,
+            &config.auth,
+            config.jetstream.replicas,
+            shutdown.clone(),
+        )
+        .await?;
+        host.set_auth(Arc::new(auth));
+
         let status_client = client.clone();
         let status_loops = loops.clone();
         let instance_id = host.id().to_owned();

@@ -91,6 +91,7 @@ struct Shared {
     endpoint_metadata: Mutex<BTreeMap<String, HashMap<String, String>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
 }
 
 /// A running ADR-32 service: answers `$SRV.PING|INFO|STATS` and hosts endpoints.
@@ -141,6 +142,7 @@ impl ServiceHost {
             endpoint_metadata: Mutex::new(BTreeMap::new()),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            auth: std::sync::OnceLock::new(),
         });
         let name = shared.spec.name.clone();
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
@@ -185,6 +187,16 @@ impl ServiceHost {
     /// When the service started.
     pub fn started(&self) -> chrono::DateTime<chrono::Utc> {
         self.shared.started
+    }
+
+    /// Verifies change requests with `auth` from now on (once; later calls are ignored).
+    pub fn set_auth(&self, auth: Arc<crate::auth::Authenticator>) {
+        let _ = self.shared.auth.set(auth);
+    }
+
+    /// The authenticator, once set.
+    pub fn auth(&self) -> Option<&Arc<crate::auth::Authenticator>> {
+        self.shared.auth.get()
     }
 
     /// The client the service talks through.
@@ -424,6 +436,24 @@ where
                     .and_then(|v| TraceParent::parse(v.as_str()));
             }
             let subject_attr = envelope.subject.clone();
+            let caller = match self.shared.auth.get() {
+                Some(auth) => {
+                    let presented = crate::auth::presented(
+                        &message,
+                        &envelope.id.to_string(),
+                        &envelope.source,
+                    );
+                    match auth.admit(name, presented).await {
+                        Ok(caller) => caller,
+                        Err(e) => {
+                            // The refusal answers in the request's flow.
+                            flow = Some(request_flow);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                None => None,
+            };
             // The headers go to the handler; a copy is kept only when a refused message
             // may have to be parked with them (no reply subject).
             let headers = if message.reply.is_some() {
@@ -435,6 +465,7 @@ where
                 envelope,
                 headers,
                 subject: message.subject.to_string(),
+                caller,
             };
             let span = tracing::info_span!(
                 "request",

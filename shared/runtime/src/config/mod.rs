@@ -68,6 +68,8 @@ pub struct Config {
     /// Seconds to finish in-flight work after SIGTERM before giving up
     /// (`TORONTO_SHUTDOWN_GRACE_SECONDS`).
     pub shutdown_grace_secs: u64,
+    /// Verified identity (`TORONTO_AUTH*`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_secs: 20,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
