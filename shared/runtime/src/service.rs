@@ -438,11 +438,9 @@ where
             let subject_attr = envelope.subject.clone();
             let caller = match self.shared.auth.get() {
                 Some(auth) => {
-                    let presented = crate::auth::presented(
-                        &message,
-                        &envelope.id.to_string(),
-                        &envelope.source,
-                    );
+                    let envelope_id = envelope.id.to_string();
+                    let presented =
+                        crate::auth::presented(&message, &envelope_id, &envelope.source);
                     match auth.admit(name, presented).await {
                         Ok(caller) => caller,
                         Err(e) => {
