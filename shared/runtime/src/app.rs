@@ -245,7 +245,9 @@ impl ServiceRuntime {
         self.shutdown.clone()
     }
 
-    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`, named `verb`.
+    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`. Its micro endpoint name is
+    /// `verb` with every dot turned into a dash (`plan.get` → `plan-get`): micro v1 names
+    /// match `^[a-zA-Z0-9_-]+$`, while the subject keeps its dots.
     pub async fn endpoint<Req, Resp, H, Fut>(
         &self,
         verb: &str,
@@ -258,7 +260,11 @@ impl ServiceRuntime {
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
         self.host
-            .add_endpoint(verb, self.subjects.command(self.kind, verb), handler)
+            .add_endpoint(
+                &verb.replace('.', "-"),
+                self.subjects.command(self.kind, verb),
+                handler,
+            )
             .await?;
         Ok(())
     }

@@ -4,4 +4,5 @@
 mod bridge;
 mod deployer;
 mod incidents;
+mod micro;
 mod planner;
