@@ -188,6 +188,7 @@ enum SchemasAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    toronto_runtime::tls::install_crypto_provider();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

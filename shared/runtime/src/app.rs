@@ -46,6 +46,9 @@ pub enum RuntimeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The private CA for outgoing HTTPS cannot be trusted.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -112,6 +115,12 @@ impl ServiceRuntime {
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
+        // Only a configured CA is set: a service started without one (another one in
+        // the same process, a test) leaves what is trusted as it is.
+        if let Some(ca) = &config.http.tls_ca_file {
+            crate::tls::trust_ca_file(Some(ca))?;
+        }
         let metrics = Metrics::new();
         let subjects = config.subjects();
         let client = connect(&config.nats, kind.service_name(), &metrics, &shutdown).await?;
@@ -337,6 +346,7 @@ where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), RuntimeError>>,
 {
+    crate::tls::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -14,6 +14,7 @@ pub mod rpc;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod work;
 
 pub use app::{RuntimeError, ServiceRuntime, service_main};
