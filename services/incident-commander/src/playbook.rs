@@ -327,7 +327,7 @@ async fn execute(
 }
 
 async fn probe(url: &str) -> Result<u16, String> {
-    let client = reqwest::Client::builder()
+    let client = toronto_runtime::tls::http_client()
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;

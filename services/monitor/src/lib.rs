@@ -458,7 +458,7 @@ async fn probe_loop(
     source: String,
     shutdown: CancellationToken,
 ) -> Result<(), reqwest::Error> {
-    let http = reqwest::Client::builder()
+    let http = toronto_runtime::tls::http_client()
         .timeout(settings.http_timeout)
         .build()?;
     let mut tracks: Vec<probes::ProbeTrack> =

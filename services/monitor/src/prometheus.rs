@@ -103,10 +103,10 @@ impl Prometheus {
     pub fn new(base: &str, timeout: Duration) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
+            http: toronto_runtime::tls::http_client()
                 .timeout(timeout)
                 .build()
-                .expect("an HTTP client without TLS builds"),
+                .expect("an HTTP client with the ring provider builds"),
         }
     }
 

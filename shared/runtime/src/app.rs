@@ -50,6 +50,9 @@ pub enum RuntimeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The private CA for outgoing HTTPS cannot be trusted.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -116,6 +119,12 @@ impl ServiceRuntime {
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
+        // Only a configured CA is set: a service started without one (another one in
+        // the same process, a test) leaves what is trusted as it is.
+        if let Some(ca) = &config.http.tls_ca_file {
+            crate::tls::trust_ca_file(Some(ca))?;
+        }
         let metrics = Metrics::new();
         let subjects = config.subjects();
         let client = connect(&config.nats, kind.service_name(), &metrics, &shutdown).await?;
@@ -275,7 +284,9 @@ impl ServiceRuntime {
         self.shutdown.clone()
     }
 
-    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`, named `verb`.
+    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`. Its micro endpoint name is
+    /// `verb` with every dot turned into a dash (`plan.get` → `plan-get`): micro v1 names
+    /// match `^[a-zA-Z0-9_-]+$`, while the subject keeps its dots.
     pub async fn endpoint<Req, Resp, H, Fut>(
         &self,
         verb: &str,
@@ -288,7 +299,11 @@ impl ServiceRuntime {
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
         self.host
-            .add_endpoint(verb, self.subjects.command(self.kind, verb), handler)
+            .add_endpoint(
+                &verb.replace('.', "-"),
+                self.subjects.command(self.kind, verb),
+                handler,
+            )
             .await?;
         Ok(())
     }
@@ -377,6 +392,7 @@ where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), RuntimeError>>,
 {
+    crate::tls::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

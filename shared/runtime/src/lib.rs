@@ -16,6 +16,7 @@ pub mod service;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod work;
 
 pub use app::{RuntimeError, ServiceRuntime, service_main};

@@ -60,6 +60,17 @@ pub enum ServiceError {
     /// An endpoint name is used twice.
     #[error("endpoint `{0}` is already registered")]
     Duplicate(String),
+    /// An endpoint name the micro v1 schemas refuse (they allow `^[a-zA-Z0-9_-]+$`).
+    #[error("endpoint name `{0}` is not a micro v1 name: use only letters, digits, `-` and `_`")]
+    InvalidName(String),
+}
+
+/// Whether `name` is a micro v1 endpoint or service name (`^[a-zA-Z0-9_-]+$`).
+pub fn is_micro_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Who the service is, as `$SRV.INFO` tells it.
@@ -264,6 +275,9 @@ impl ServiceHost {
             subject.clone(),
             self.shared.spec.queue_group.clone(),
         ));
+        if !is_micro_name(name) {
+            return Err(ServiceError::InvalidName(name.to_owned()));
+        }
         {
             let mut stats = self.shared.stats.lock().expect("stats lock");
             if stats.contains_key(name) {

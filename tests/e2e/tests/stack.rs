@@ -281,7 +281,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         .spawn()
         .unwrap();
     let client = server.client().await;
-    wait_for_endpoint(&client, "toronto-planner", SLEEP_VERB).await;
+    wait_for_endpoint(&client, "toronto-planner", &SLEEP_VERB.replace('.', "-")).await;
 
     let subject = format!("toronto.devops.v1.planner.{SLEEP_VERB}");
     let in_flight = {

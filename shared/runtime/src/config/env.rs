@@ -127,6 +127,16 @@ pub const ENV_VARS: &[Var<Config>] = &[
         },
     ),
     Var::new(
+        "TORONTO_TLS_CA_FILE",
+        "CA certificates (PEM) that outgoing HTTPS (webhooks, probes, Prometheus, scrapes, \
+         playbook checks) trusts beside the system's roots: a private CA.",
+        "",
+        |c, v| {
+            c.http.tls_ca_file = parse::optional_path(v);
+            Ok(())
+        },
+    ),
+    Var::new(
         "TORONTO_HTTP_ADDR",
         "Listen address of /healthz, /readyz, /metrics; empty disables the server.",
         "127.0.0.1:8080",

@@ -149,12 +149,16 @@ impl NatsConfig {
 pub struct HttpConfig {
     /// Address to listen on; port 0 picks a free one. Empty disables the server.
     pub addr: String,
+    /// A PEM file of CA certificates that outgoing HTTPS (webhooks, probes, Prometheus,
+    /// scrapes) trusts beside the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".to_owned(),
+            tls_ca_file: None,
         }
     }
 }

@@ -5,4 +5,5 @@ mod bridge;
 mod deployer;
 mod faults;
 mod incidents;
+mod micro;
 mod planner;
