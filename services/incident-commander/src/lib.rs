@@ -16,6 +16,7 @@
 pub mod endpoints;
 pub mod engine;
 pub mod intake;
+pub mod outbound;
 pub mod playbook;
 pub mod postmortem;
 pub mod publisher;
@@ -187,6 +188,7 @@ pub async fn start_with(
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;
 
+    outbound::start::ensure_stream(&rt).await?;
     let (effects, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let (playbooks, playbooks_rx) = tokio::sync::mpsc::unbounded_channel();
     let tick = settings.tick;
@@ -220,6 +222,7 @@ pub async fn start_with(
         ),
     );
     register_metrics(&rt, &engine);
+    outbound::start::spawn_sender(&rt, engine.clone());
 
     let remote = playbook::Remote {
         client: rt.client.clone(),

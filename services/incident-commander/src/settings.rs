@@ -86,6 +86,9 @@ pub struct Policy {
     pub playbooks: Vec<Playbook>,
     /// Which incidents playbooks may act on without a human.
     pub autonomy: Autonomy,
+    /// Outbound notifications: channels (PagerDuty, Slack, Mattermost, signed
+    /// webhooks), people's chat ids, retries.
+    pub notifications: crate::outbound::Notifications,
 }
 
 impl Default for Policy {
@@ -100,6 +103,7 @@ impl Default for Policy {
             service_escalation: BTreeMap::new(),
             playbooks: Vec::new(),
             autonomy: Autonomy::default(),
+            notifications: crate::outbound::Notifications::default(),
         }
     }
 }
@@ -232,6 +236,10 @@ pub struct EscalationLevel {
     pub notify: Vec<String>,
     /// Seconds to wait for an acknowledgement before the next level (fractions allowed).
     pub ack_timeout_seconds: f64,
+    /// Notification channels this level's pages go out on (names from
+    /// `notifications.channels`); empty: `notifications.default_channels`.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// A playbook: conditions over the incident and actions.
@@ -384,6 +392,12 @@ impl Policy {
                 }
             }
         }
+        self.notifications.check(
+            self.escalation_policies
+                .iter()
+                .flat_map(|p| &p.levels)
+                .flat_map(|l| &l.channels),
+        )?;
         for pb in &self.playbooks {
             for a in &pb.actions {
                 if let Action::Page { target } = a {

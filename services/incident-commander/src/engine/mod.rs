@@ -333,6 +333,12 @@ impl Engine {
         self.turn(|st, t| playbooks::progress(st, t, id, step, text, state));
     }
 
+    /// Writes a notification's delivery status on its incident's timeline and as an
+    /// event.
+    pub fn notified(&self, id: Uuid, ok: bool, text: String) {
+        self.turn(|st, t| lifecycle::notified(st, t, id, ok, text));
+    }
+
     /// Pages a target for a playbook.
     pub fn page_now(&self, id: Uuid, target: &str, reason: &str) {
         self.turn(|st, t| playbooks::page(st, t, id, target, reason));
