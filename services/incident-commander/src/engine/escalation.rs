@@ -59,7 +59,14 @@ fn page_level(t: &mut Turn<'_>, inc: &mut Incident, reason: &str) {
     for target in &level.notify {
         paged.push(page(t, inc, target, Some(inc.escalation.level), reason));
     }
-    crate::outbound::trigger(t, inc, inc.escalation.level, &level.channels, &paged, reason);
+    crate::outbound::trigger(
+        t,
+        inc,
+        inc.escalation.level,
+        &level.channels,
+        &paged,
+        reason,
+    );
     let wait = chrono::Duration::milliseconds((level.ack_timeout_seconds * 1000.0) as i64);
     inc.escalation.next_at = Some(t.now + wait);
     t.persist(Record::Incident(inc.id));

@@ -322,4 +322,3 @@ pub fn notified(st: &mut State, t: &mut Turn<'_>, id: Uuid, ok: bool, text: Stri
 #[cfg(test)]
 #[path = "lifecycle_tests.rs"]
 mod tests;
-

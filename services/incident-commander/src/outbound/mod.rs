@@ -134,7 +134,10 @@ pub fn trigger(
 ) {
     let n = &t.settings.policy.notifications;
     let channels: Vec<String> = channels_of(n, channels).to_vec();
-    let key = format!("{}:{}:{level}", inc.escalation.cycle, inc.escalation.pages_sent);
+    let key = format!(
+        "{}:{}:{level}",
+        inc.escalation.cycle, inc.escalation.pages_sent
+    );
     for name in channels {
         enqueue(
             t,
@@ -211,11 +214,7 @@ fn enqueue(
     };
     for person in people {
         let who = person.as_deref().unwrap_or("-");
-        let msg_key = format!(
-            "outbox:{}:{}:{key}:{name}:{who}",
-            inc.id,
-            action.as_str()
-        );
+        let msg_key = format!("outbox:{}:{}:{key}:{name}:{who}", inc.id, action.as_str());
         let id = derived_id(&msg_key);
         let note = Notification {
             id,

@@ -81,7 +81,9 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         Duration::from_secs(secs)
     } else {
         let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-        (at.with_timezone(&Utc) - Utc::now()).to_std().unwrap_or_default()
+        (at.with_timezone(&Utc) - Utc::now())
+            .to_std()
+            .unwrap_or_default()
     };
     Some(wait.min(MAX_RETRY_AFTER))
 }
@@ -194,7 +196,9 @@ pub async fn handle(engine: Arc<Engine>, http: reqwest::Client, delivery: Delive
             reason: format!("channel `{}` is not configured", n.channel),
         };
     };
-    let attempt = u32::try_from(delivery.deliveries()).unwrap_or(u32::MAX).max(1);
+    let attempt = u32::try_from(delivery.deliveries())
+        .unwrap_or(u32::MAX)
+        .max(1);
     let what = n.describe();
     match send(&http, settings, channel, &n).await {
         Ok(()) => {

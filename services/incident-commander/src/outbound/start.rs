@@ -21,7 +21,9 @@ pub async fn ensure_stream(rt: &ServiceRuntime) -> Result<(), RuntimeError> {
     let name = super::stream_name(prefix);
     let config = stream::Config {
         name: name.clone(),
-        description: Some("Notifications decided and not yet delivered (incident commander)".into()),
+        description: Some(
+            "Notifications decided and not yet delivered (incident commander)".into(),
+        ),
         subjects: vec![super::subject(prefix, ">")],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
