@@ -15,6 +15,7 @@
 
 pub mod endpoints;
 pub mod engine;
+pub mod freeze;
 pub mod intake;
 pub mod outbound;
 pub mod playbook;
@@ -214,7 +215,7 @@ pub async fn start_with(
             publisher::Sink {
                 js: rt.js.clone(),
                 client: rt.client.clone(),
-                incidents,
+                incidents: incidents.clone(),
                 silences,
             },
             effects_rx,
@@ -282,6 +283,8 @@ pub async fn start_with(
     });
 
     endpoints::register(&rt, &engine).await?;
+    let freezer = freeze::Freezer::start(&rt, engine.clone(), incidents).await?;
+    freeze::run(&rt, freezer, tick).await?;
 
     // Alerts from the bus: a durable consumer, so none is lost while the service is down.
     let bus = engine.clone();

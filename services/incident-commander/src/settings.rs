@@ -89,6 +89,9 @@ pub struct Policy {
     /// Outbound notifications: channels (PagerDuty, Slack, Mattermost, signed
     /// webhooks), people's chat ids, retries.
     pub notifications: crate::outbound::Notifications,
+    /// Blast-radius freezes: severities that freeze, the service-dependency map, what
+    /// paused rollouts do when the freeze lifts.
+    pub freeze: crate::freeze::FreezePolicy,
 }
 
 impl Default for Policy {
@@ -104,6 +107,7 @@ impl Default for Policy {
             playbooks: Vec::new(),
             autonomy: Autonomy::default(),
             notifications: crate::outbound::Notifications::default(),
+            freeze: crate::freeze::FreezePolicy::default(),
         }
     }
 }

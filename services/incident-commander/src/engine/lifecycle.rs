@@ -319,6 +319,22 @@ pub fn notified(st: &mut State, t: &mut Turn<'_>, id: Uuid, ok: bool, text: Stri
     t.emit(inc, what, TimelineKind::Page, text, None);
 }
 
+/// A note from outside the engine (a freeze started or lifted): a timeline entry and
+/// the event `incident.<what>`.
+pub fn remark(
+    st: &mut State,
+    t: &mut Turn<'_>,
+    id: Uuid,
+    what: &str,
+    text: String,
+    by: Option<&str>,
+) {
+    let Some(inc) = st.incidents.get_mut(&id) else {
+        return;
+    };
+    t.emit(inc, what, TimelineKind::Note, text, by);
+}
+
 #[cfg(test)]
 #[path = "lifecycle_tests.rs"]
 mod tests;

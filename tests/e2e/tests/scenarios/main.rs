@@ -3,5 +3,6 @@
 
 mod bridge;
 mod deployer;
+mod freeze;
 mod incidents;
 mod planner;
