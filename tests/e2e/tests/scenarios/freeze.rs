@@ -13,8 +13,11 @@ use toronto_protocol::incidents::{
 };
 use toronto_protocol::rollout::{Rollout, RolloutPhase};
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
+    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, Plan, PlanGet, PlanTask, StepState,
+    Strategy, SubmitAccepted,
 };
+
+const SUBMIT: &str = "toronto.devops.v1.planner.submit";
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
@@ -25,7 +28,7 @@ async fn ask<Req: Message, Resp: Message>(
     subject: &str,
     data: Req,
 ) -> Result<Resp, CallError> {
-    let env = Envelope::builder("toronto://test", data).build();
+    let env = Envelope::builder("toronto://agents/developer/alice", data).build();
     call::<_, Resp>(
         client,
         subject,
@@ -35,6 +38,38 @@ async fn ask<Req: Message, Resp: Message>(
     )
     .await
     .map(|r| r.data)
+}
+
+/// The state of a plan's policy step once it is decided.
+async fn policy_step(client: &async_nats::Client, plan_id: uuid::Uuid) -> Plan {
+    for _ in 0..100 {
+        let plan: Plan = ask(
+            client,
+            "toronto.devops.v1.planner.plan.get",
+            PlanGet { plan_id },
+        )
+        .await
+        .unwrap();
+        let policy = plan.steps.iter().find(|s| s.id == "policy").unwrap();
+        if matches!(policy.state, StepState::Succeeded | StepState::Failed) {
+            return plan;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the policy step of {plan_id} was never decided");
+}
+
+fn web_deploy(fix: bool) -> DeployTask {
+    DeployTask {
+        service: "web".into(),
+        version: "3.0.0".into(),
+        image: None,
+        environment: "production".into(),
+        strategy: Strategy::Rolling,
+        change: None,
+        fix,
+        policy_override: None,
+    }
 }
 
 fn slow_canary(service: &str) -> PlanTask {
@@ -202,6 +237,40 @@ freeze:
     .await
     .unwrap();
     assert!(batch.freezes.is_empty());
+
+    // The planner refuses a new deploy of web, but lets the fix through its policy step.
+    let planner_stop = CancellationToken::new();
+    let planner_settings = toronto_planner::Settings {
+        gate_timeout: Duration::from_millis(800),
+        promotion: Vec::new(),
+        budget_environments: Vec::new(),
+        ..Default::default()
+    };
+    let planner =
+        toronto_planner::start_with(config.clone(), planner_settings, planner_stop.clone())
+            .await
+            .unwrap();
+    let planner_running = tokio::spawn(planner.run_until_shutdown());
+    for fix in [false, true] {
+        let accepted: SubmitAccepted = ask(&client, SUBMIT, web_deploy(fix)).await.unwrap();
+        let plan = policy_step(&client, accepted.plan_id).await;
+        let policy = plan.steps.iter().find(|s| s.id == "policy").unwrap();
+        if fix {
+            assert_eq!(policy.state, StepState::Succeeded, "{plan:#?}");
+        } else {
+            assert_eq!(policy.state, StepState::Failed);
+            let reason = policy.reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains(&format!(
+                    "web in production is frozen by incident {}",
+                    incident.id
+                )),
+                "{reason}"
+            );
+        }
+    }
+    planner_stop.cancel();
+    planner_running.await.unwrap().unwrap();
     // Lifting early needs a reason.
     let no_reason = ask::<_, Freeze>(
         &client,
