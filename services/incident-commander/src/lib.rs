@@ -15,7 +15,9 @@
 
 pub mod endpoints;
 pub mod engine;
+pub mod freeze;
 pub mod intake;
+pub mod outbound;
 pub mod playbook;
 pub mod postmortem;
 pub mod publisher;
@@ -190,6 +192,7 @@ pub async fn start_with(
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;
 
+    outbound::start::ensure_stream(&rt).await?;
     let (effects, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let (playbooks, playbooks_rx) = tokio::sync::mpsc::unbounded_channel();
     let tick = settings.tick;
@@ -211,7 +214,7 @@ pub async fn start_with(
     let sink = publisher::Sink {
         js: rt.js.clone(),
         client: rt.client.clone(),
-        incidents,
+        incidents: incidents.clone(),
         silences,
     };
     let (publishing, effects_rx, token) = (
@@ -232,6 +235,7 @@ pub async fn start_with(
         }
     });
     register_metrics(&rt, &engine);
+    outbound::start::spawn_sender(&rt, engine.clone());
 
     let remote = playbook::Remote {
         client: rt.client.clone(),
@@ -311,6 +315,8 @@ pub async fn start_with(
     });
 
     endpoints::register(&rt, &engine).await?;
+    let freezer = freeze::Freezer::start(&rt, engine.clone(), incidents).await?;
+    freeze::run(&rt, freezer, tick).await?;
 
     // Alerts from the bus: a durable consumer, so none is lost while the service is down.
     let bus = engine.clone();

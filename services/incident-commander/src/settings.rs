@@ -86,6 +86,12 @@ pub struct Policy {
     pub playbooks: Vec<Playbook>,
     /// Which incidents playbooks may act on without a human.
     pub autonomy: Autonomy,
+    /// Outbound notifications: channels (PagerDuty, Slack, Mattermost, signed
+    /// webhooks), people's chat ids, retries.
+    pub notifications: crate::outbound::Notifications,
+    /// Blast-radius freezes: severities that freeze, the service-dependency map, what
+    /// paused rollouts do when the freeze lifts.
+    pub freeze: crate::freeze::FreezePolicy,
 }
 
 impl Default for Policy {
@@ -100,6 +106,8 @@ impl Default for Policy {
             service_escalation: BTreeMap::new(),
             playbooks: Vec::new(),
             autonomy: Autonomy::default(),
+            notifications: crate::outbound::Notifications::default(),
+            freeze: crate::freeze::FreezePolicy::default(),
         }
     }
 }
@@ -232,6 +240,10 @@ pub struct EscalationLevel {
     pub notify: Vec<String>,
     /// Seconds to wait for an acknowledgement before the next level (fractions allowed).
     pub ack_timeout_seconds: f64,
+    /// Notification channels this level's pages go out on (names from
+    /// `notifications.channels`); empty: `notifications.default_channels`.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// A playbook: conditions over the incident and actions.
@@ -384,6 +396,12 @@ impl Policy {
                 }
             }
         }
+        self.notifications.check(
+            self.escalation_policies
+                .iter()
+                .flat_map(|p| &p.levels)
+                .flat_map(|l| &l.channels),
+        )?;
         for pb in &self.playbooks {
             for a in &pb.actions {
                 if let Action::Page { target } = a {

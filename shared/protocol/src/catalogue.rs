@@ -17,11 +17,11 @@ use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, Task
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::incidents::{
-    Incident, IncidentAction, IncidentAssign, IncidentEvent, IncidentGet, IncidentList,
-    IncidentMetrics, IncidentMetricsQuery, IncidentNote, IncidentOpen, IncidentSeveritySet,
-    Incidents, InhibitionCreate, InhibitionDelete, InhibitionList, InhibitionRule, InhibitionRules,
-    Page, PlaybookRunRequest, Postmortem, PostmortemRequest, Silence, SilenceCreate, SilenceExpire,
-    SilenceList, Silences,
+    Freeze, FreezeList, Freezes, Incident, IncidentAction, IncidentAssign, IncidentEvent,
+    IncidentGet, IncidentList, IncidentMetrics, IncidentMetricsQuery, IncidentNote, IncidentOpen,
+    IncidentSeveritySet, Incidents, InhibitionCreate, InhibitionDelete, InhibitionList,
+    InhibitionRule, InhibitionRules, Page, PlaybookRunRequest, Postmortem, PostmortemRequest,
+    Silence, SilenceCreate, SilenceExpire, SilenceList, Silences,
 };
 use crate::message::Message;
 use crate::rollout::{
@@ -140,6 +140,9 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<Incident>(),
         payload::<IncidentEvent>(),
         payload::<Page>(),
+        payload::<Freeze>(),
+        payload::<FreezeList>(),
+        payload::<Freezes>(),
         payload::<IncidentOpen>(),
         payload::<IncidentGet>(),
         payload::<IncidentList>(),

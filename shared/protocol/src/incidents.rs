@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::message::Message;
 
 mod commands;
+mod freeze;
 mod silences;
 
 pub use commands::*;
+pub use freeze::*;
 pub use silences::*;
 
 /// Where an incident stands.

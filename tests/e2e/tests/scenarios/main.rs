@@ -4,6 +4,7 @@
 mod bridge;
 mod deployer;
 mod faults;
+mod freeze;
 mod incidents;
 mod micro;
 mod planner;
