@@ -79,6 +79,9 @@ pub async fn serve_with(
     let bound = listener.local_addr()?;
     let app = router(metrics, readiness).merge(extra);
     let task = tokio::spawn(async move {
+        // Peer addresses reach handlers as `ConnectInfo` (the console trusts an
+        // identity header only from configured proxy addresses).
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
