@@ -69,12 +69,16 @@ pub fn routes(state: AppState) -> Router {
         .route("/events", get(events))
         .route("/assets/console.css", get(css))
         .route("/assets/live.js", get(js))
-        .fallback(not_found)
-        .with_state(state);
+        .fallback(not_found);
     if base.is_empty() {
-        inner
+        inner.with_state(state)
     } else {
-        Router::new().nest(&base, inner)
+        // `/ops` and `/ops/` are both the overview.
+        Router::new()
+            .route(&format!("{base}/"), get(overview))
+            .nest(&base, inner)
+            .fallback(not_found)
+            .with_state(state)
     }
 }
 
