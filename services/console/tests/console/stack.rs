@@ -89,7 +89,8 @@ impl Stack {
             Box::pin(toronto_monitor::start_with(
                 config(&server),
                 toronto_monitor::Settings {
-                    time_scale: 3600.0,
+                    // Real time: the canary analysis, not the SLO's burn alert, stops
+                    // the bad canary, so the abort carries per-metric evidence.
                     slo_interval: Duration::from_millis(500),
                     ..Default::default()
                 },
