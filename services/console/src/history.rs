@@ -12,10 +12,13 @@ pub const POINTS_PER_SLO: usize = 720;
 /// SLOs kept.
 pub const MAX_SLOS: usize = 2000;
 
+/// Points of one SLO: when, and the budget left then.
+type Points = VecDeque<(DateTime<Utc>, f64)>;
+
 /// Budget remaining over time, per `service.slo`.
 #[derive(Debug, Clone, Default)]
 pub struct SloHistory {
-    inner: Arc<Mutex<HashMap<String, VecDeque<(DateTime<Utc>, f64)>>>>,
+    inner: Arc<Mutex<HashMap<String, Points>>>,
 }
 
 impl SloHistory {

@@ -321,15 +321,13 @@ async fn events(State(state): State<AppState>) -> Response {
     };
     let rx = live.events.subscribe();
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok(name) => return Some((Ok::<_, Infallible>(Event::default().data(name)), rx)),
-                // A slow reader missed some: one refresh covers them all.
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    return Some((Ok(Event::default().data("lagged")), rx));
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+        match rx.recv().await {
+            Ok(name) => Some((Ok::<_, Infallible>(Event::default().data(name)), rx)),
+            // A slow reader missed some: one refresh covers them all.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                Some((Ok(Event::default().data("lagged")), rx))
             }
+            Err(broadcast::error::RecvError::Closed) => None,
         }
     });
     Sse::new(stream)

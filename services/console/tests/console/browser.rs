@@ -24,7 +24,10 @@ fn python() -> PathBuf {
         return p.into();
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    for venv in [root.join(".tools/venv/bin/python"), "/work/main/.tools/venv/bin/python".into()] {
+    for venv in [
+        root.join(".tools/venv/bin/python"),
+        "/work/main/.tools/venv/bin/python".into(),
+    ] {
         if venv.is_file() {
             return venv;
         }
@@ -64,7 +67,9 @@ async fn a_person_sees_the_canary_move_the_abort_evidence_the_incident_and_appro
     std::fs::create_dir_all(&shots).unwrap();
 
     // A canary that moves slowly enough to be watched: 25, 50, then 100 percent.
-    stack.deploy("1.1.0", "staging", &[(25, 8), (50, 8), (100, 0)]).await;
+    stack
+        .deploy("1.1.0", "staging", &[(25, 8), (50, 8), (100, 0)])
+        .await;
     let canary = stack.rollout_at("1.1.0", "staging", 25).await;
     state["canary"] = canary.id.to_string().into();
     write_state(&state_path, &state);
@@ -82,16 +87,23 @@ async fn a_person_sees_the_canary_move_the_abort_evidence_the_incident_and_appro
         .expect("start the selenium script");
     stack
         .events
-        .wait("toronto.devops.v1.events.rollout.succeeded", |r: &Rollout| r.id == canary.id)
+        .wait(
+            "toronto.devops.v1.events.rollout.succeeded",
+            |r: &Rollout| r.id == canary.id,
+        )
         .await;
 
     // A canary whose new version fails every request: aborted on the evidence.
-    stack.deploy("1.2.0", "staging", &[(25, 60), (100, 0)]).await;
+    stack
+        .deploy("1.2.0", "staging", &[(25, 60), (100, 0)])
+        .await;
     let bad = stack.rollout_at("1.2.0", "staging", 25).await;
     stack.fault("1.2.0", "staging").await;
     stack
         .events
-        .wait("toronto.devops.v1.events.rollout.aborted", |r: &Rollout| r.id == bad.id)
+        .wait("toronto.devops.v1.events.rollout.aborted", |r: &Rollout| {
+            r.id == bad.id
+        })
         .await;
     state["aborted"] = bad.id.to_string().into();
     write_state(&state_path, &state);
@@ -102,7 +114,9 @@ async fn a_person_sees_the_canary_move_the_abort_evidence_the_incident_and_appro
     write_state(&state_path, &state);
 
     // Alice asks for production: the plan waits for an approver.
-    let plan = stack.deploy("1.1.0", "production", &[(50, 60), (100, 0)]).await;
+    let plan = stack
+        .deploy("1.1.0", "production", &[(50, 60), (100, 0)])
+        .await;
     stack.waiting(plan).await;
     state["plan"] = plan.to_string().into();
     write_state(&state_path, &state);
@@ -111,7 +125,10 @@ async fn a_person_sees_the_canary_move_the_abort_evidence_the_incident_and_appro
         .await
         .expect("the browser checks finish within 5 minutes")
         .unwrap();
-    assert!(status.success(), "the browser checks failed (see its output above)");
+    assert!(
+        status.success(),
+        "the browser checks failed (see its output above)"
+    );
     stack.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
