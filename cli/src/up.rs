@@ -114,6 +114,7 @@ pub async fn start_service(
             Box::pin(toronto_incident_commander::start(config, shutdown)).await
         }
         ServiceKind::ChatBridge => Box::pin(toronto_chat_bridge::start(config, shutdown)).await,
+        ServiceKind::Console => Box::pin(toronto_console::start(config, shutdown)).await,
     }
 }
 
@@ -206,6 +207,36 @@ async fn bootstrap_as_admin(
     Ok(())
 }
 
+/// Starts the web console beside the stack: HTTP on `http_port_base + 6` of the
+/// configured host (a free port when the base is 0); returns its task and address.
+pub async fn start_console(
+    config: &Config,
+    http_port_base: u16,
+    shutdown: CancellationToken,
+) -> Result<
+    (
+        tokio::task::JoinHandle<Result<(), RuntimeError>>,
+        Option<SocketAddr>,
+    ),
+    RuntimeError,
+> {
+    let mut config = config.clone();
+    let host = config
+        .http
+        .socket_addr()?
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = if http_port_base == 0 {
+        0
+    } else {
+        http_port_base + 6
+    };
+    config.http.addr = format!("{host}:{port}");
+    let rt = start_service(ServiceKind::Console, config, shutdown).await?;
+    let addr = rt.http_addr;
+    Ok((tokio::spawn(rt.run_until_shutdown()), addr))
+}
+
 /// Runs `toronto up` until `shutdown`.
 pub async fn run(
     mut config: Config,
@@ -273,7 +304,12 @@ pub async fn run(
         } else {
             None
         };
+        let (console, console_addr) =
+            start_console(&config, options.http_port_base, shutdown.clone()).await?;
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
+        if let Some(addr) = console_addr {
+            eprintln!("toronto up: web console at http://{addr}/ (read-only without an auth proxy; docs/console.md)");
+        }
         for (kind, http) in &stack.services {
             eprintln!(
                 "  {:<28} status: {:<40} http: {}",
@@ -284,6 +320,9 @@ pub async fn run(
             );
         }
         let result = stack.wait().await;
+        if let Ok(Err(e)) = console.await {
+            tracing::error!(error = %e, "the console failed");
+        }
         if let Some(demo) = demo {
             demo.stop().await;
         }

@@ -172,10 +172,10 @@ pub async fn serve_listener(
     ));
     let connections = TaskTracker::new();
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: wait rather than spin.
                     tracing::warn!(error = %e, "cannot accept an HTTP connection");
@@ -184,7 +184,12 @@ pub async fn serve_listener(
                 }
             },
         };
-        let service = TowerToHyperService::new(app.clone());
+        // The peer's address reaches handlers as `ConnectInfo` (the console trusts an
+        // identity header only from configured proxy addresses).
+        let service = TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             let mut builder = hyper::server::conn::http1::Builder::new();
