@@ -129,6 +129,11 @@ enum Command {
         #[command(subcommand)]
         action: SchemasAction,
     },
+    /// Stories played against a running `toronto up --demo` (a demo).
+    Demo {
+        #[command(subcommand)]
+        story: toronto_cli::demo::DemoCommand,
+    },
     /// Print every TORONTO_* variable and what it does.
     Config {
         /// Print the Markdown reference (docs/configuration.md) instead.
@@ -324,6 +329,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Demo { story } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            match story {
+                toronto_cli::demo::DemoCommand::Incident(args) => {
+                    let subjects = config.subjects();
+                    let timeout = config.nats.request_timeout();
+                    toronto_cli::demo::incident::play(&client, &subjects, timeout, &args).await?;
+                }
+            }
+            Ok(())
+        }
         Command::Config { markdown } => {
             if markdown {
                 print!("{}", toronto_cli::settings_docs::markdown());
