@@ -582,7 +582,11 @@ pub async fn play(
     let rollback = story
         .wait(
             "the playbook rolls the change back",
-            |event, env| rollout_of(event, env, "succeeded").filter(|r| r.is_rollback),
+            |event, env| {
+                rollout_of(event, env, "rolled_back")
+                    .or_else(|| rollout_of(event, env, "succeeded"))
+                    .filter(|r| r.is_rollback)
+            },
             |event, env| {
                 rollout_of(event, env, "failed")
                     .filter(|r| r.is_rollback)
