@@ -169,6 +169,11 @@ enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Stories played against a running `toronto up --demo` (a demo).
+    Demo {
+        #[command(subcommand)]
+        story: toronto_cli::demo::DemoCommand,
+    },
     /// Print every TORONTO_* variable and what it does.
     Config {
         /// Print the Markdown reference (docs/configuration.md) instead.
@@ -427,6 +432,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = String::from_utf8(text)?;
             let doc = serde_json::json!({ "shell": shell.to_string(), "script": text });
             print!("{}", output.render(&doc, false, || text.clone()));
+            Ok(())
+        }
+        Command::Demo { story } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            match story {
+                toronto_cli::demo::DemoCommand::Incident(args) => {
+                    let subjects = config.subjects();
+                    let timeout = config.nats.request_timeout();
+                    toronto_cli::demo::incident::play(&client, &subjects, timeout, &args).await?;
+                }
+            }
             Ok(())
         }
         Command::Config { markdown } => {

@@ -106,15 +106,56 @@ pub async fn start_service(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    match kind {
-        ServiceKind::Planner => Box::pin(toronto_planner::start(config, shutdown)).await,
-        ServiceKind::Deployer => Box::pin(toronto_deployer::start(config, shutdown)).await,
-        ServiceKind::Monitor => Box::pin(toronto_monitor::start(config, shutdown)).await,
-        ServiceKind::IncidentCommander => {
+    start_service_with(kind, config, &Overrides::default(), shutdown).await
+}
+
+/// Settings given to services instead of the ones their `TORONTO_<SERVICE>_*`
+/// variables make (what `toronto up --demo` changes).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The monitor's settings.
+    pub monitor: Option<toronto_monitor::Settings>,
+    /// The incident commander's settings.
+    pub incident: Option<toronto_incident_commander::Settings>,
+}
+
+/// [`start_service`] with the settings of `overrides` where it has some.
+pub async fn start_service_with(
+    kind: ServiceKind,
+    config: Config,
+    overrides: &Overrides,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
+    match (kind, overrides) {
+        (
+            ServiceKind::Monitor,
+            Overrides {
+                monitor: Some(s), ..
+            },
+        ) => Box::pin(toronto_monitor::start_with(config, s.clone(), shutdown)).await,
+        (
+            ServiceKind::IncidentCommander,
+            Overrides {
+                incident: Some(s), ..
+            },
+        ) => {
+            Box::pin(toronto_incident_commander::start_with(
+                config,
+                s.clone(),
+                shutdown,
+            ))
+            .await
+        }
+        (ServiceKind::Planner, _) => Box::pin(toronto_planner::start(config, shutdown)).await,
+        (ServiceKind::Deployer, _) => Box::pin(toronto_deployer::start(config, shutdown)).await,
+        (ServiceKind::Monitor, _) => Box::pin(toronto_monitor::start(config, shutdown)).await,
+        (ServiceKind::IncidentCommander, _) => {
             Box::pin(toronto_incident_commander::start(config, shutdown)).await
         }
-        ServiceKind::ChatBridge => Box::pin(toronto_chat_bridge::start(config, shutdown)).await,
-        ServiceKind::Console => Box::pin(toronto_console::start(config, shutdown)).await,
+        (ServiceKind::ChatBridge, _) => {
+            Box::pin(toronto_chat_bridge::start(config, shutdown)).await
+        }
+        (ServiceKind::Console, _) => Box::pin(toronto_console::start(config, shutdown)).await,
     }
 }
 
@@ -134,15 +175,24 @@ impl Stack {
         http_port_base: u16,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
-        Self::start_as(config, http_port_base, &Default::default(), shutdown).await
+        Self::start_as(
+            config,
+            http_port_base,
+            &Default::default(),
+            &Overrides::default(),
+            shutdown,
+        )
+        .await
     }
 
     /// [`Stack::start`] with each service connecting as its own NATS user, where
-    /// `passwords` has one (keyed by the user names of [`SERVICE_USERS`]).
+    /// `passwords` has one (keyed by the user names of [`SERVICE_USERS`]), and the
+    /// settings of `overrides` where it has some.
     pub async fn start_as(
         config: &Config,
         http_port_base: u16,
         passwords: &std::collections::HashMap<String, String>,
+        overrides: &Overrides,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         let host = config
@@ -167,7 +217,7 @@ impl Stack {
                 config.nats.password = Some(password.clone());
                 config.nats.token = None;
             }
-            let rt = start_service(kind, config, shutdown.clone()).await?;
+            let rt = start_service_with(kind, config, overrides, shutdown.clone()).await?;
             services.push((kind, rt.http_addr));
             tasks.spawn(rt.run_until_shutdown());
         }
@@ -287,22 +337,39 @@ pub async fn run(
             eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
         }
         bootstrap_as_admin(&config, &shutdown).await?;
-        let stack =
-            Stack::start_as(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
-        let demo = if options.demo {
-            let demo = crate::demo::Demo::start(&config)
-                .await
-                .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!("{e:#}"))))?;
-            eprintln!(
-                "toronto up: DEMO on: demo security and QA agents answer every gate (they check nothing); \
-                 `{}` {} runs in {} on the simulated cluster (a simulation) with an availability SLO",
-                crate::demo::SERVICE,
-                crate::demo::FIRST_VERSION,
-                crate::demo::ENVIRONMENTS.join(" and ")
-            );
-            Some(demo)
+        let invalid = |e: anyhow::Error| {
+            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!(
+                "{e:#}"
+            )))
+        };
+        let demo_settings = if options.demo {
+            Some(crate::demo::DemoSettings::from_env().map_err(invalid)?)
         } else {
             None
+        };
+        let overrides = demo_settings
+            .as_ref()
+            .map(crate::demo::DemoSettings::overrides)
+            .unwrap_or_default();
+        let stack = Stack::start_as(
+            &config,
+            options.http_port_base,
+            &passwords,
+            &overrides,
+            shutdown.clone(),
+        )
+        .await?;
+        let demo = match &demo_settings {
+            Some(settings) => {
+                let demo = crate::demo::Demo::start(&config, settings)
+                    .await
+                    .map_err(invalid)?;
+                for line in settings.describe() {
+                    eprintln!("toronto up: {line}");
+                }
+                Some(demo)
+            }
+            None => None,
         };
         let (console, console_addr) =
             start_console(&config, options.http_port_base, shutdown.clone()).await?;

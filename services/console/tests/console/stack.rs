@@ -109,9 +109,14 @@ impl Stack {
             .unwrap(),
         );
         // The demo: peers that pass every gate, `shop` 1.0.0 in staging and production.
-        let demo = Box::pin(toronto_cli::demo::Demo::start(&config(&server)))
-            .await
-            .unwrap();
+        let demo_settings =
+            toronto_cli::demo::DemoSettings::from_vars(&Default::default()).unwrap();
+        let demo = Box::pin(toronto_cli::demo::Demo::start(
+            &config(&server),
+            &demo_settings,
+        ))
+        .await
+        .unwrap();
         let mut console_config = config(&server);
         console_config.http.addr = "127.0.0.1:0".into();
         let console = Box::pin(toronto_console::start_with(
