@@ -38,9 +38,6 @@ pub enum RuntimeError {
     /// The service API could not be registered.
     #[error(transparent)]
     Service(#[from] ServiceError),
-    /// The identity registry could not be opened.
-    #[error("identity registry: {0}")]
-    Auth(#[from] crate::auth::AuthError),
     /// The service could not read back the state it keeps (a KV bucket, a directory).
     #[error("cannot restore state from {from}: {source}")]
     Restore {
@@ -174,6 +171,8 @@ impl ServiceRuntime {
         .await?;
 
         let loops = Loops::new(kind.service_name(), &metrics, shutdown.clone());
+        // Without its buckets (e.g. NATS permissions that do not grant them) the service
+        // still starts: open endpoints answer, protected ones refuse with 503.
         let auth = crate::auth::Authenticator::start(
             &js,
             &subjects,
@@ -181,7 +180,11 @@ impl ServiceRuntime {
             config.jetstream.replicas,
             shutdown.clone(),
         )
-        .await?;
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "identity registry unavailable: protected endpoints answer 503");
+            crate::auth::Authenticator::unavailable(config.auth.mode)
+        });
         host.set_auth(Arc::new(auth));
 
         let status_client = client.clone();

@@ -207,6 +207,9 @@ pub enum Refusal {
         /// The signer.
         id: String,
     },
+    /// The service could not open the identity buckets at start.
+    #[error("identity check unavailable: the identity registry could not be opened")]
+    NoRegistry,
     /// The registry or replay bucket could not be used.
     #[error("identity check unavailable: {0}")]
     Unavailable(#[source] AuthError),
@@ -219,7 +222,7 @@ impl Refusal {
             Refusal::NotDelegate { .. }
             | Refusal::MissingRole { .. }
             | Refusal::ForgedSource { .. } => ErrorCode::Forbidden,
-            Refusal::Unavailable(_) => ErrorCode::Unavailable,
+            Refusal::Unavailable(_) | Refusal::NoRegistry => ErrorCode::Unavailable,
             _ => ErrorCode::Unauthorized,
         }
     }
@@ -325,6 +328,15 @@ impl Authenticator {
         }
     }
 
+    /// An authenticator whose buckets could not be opened: with mode `required`,
+    /// protected endpoints refuse with 503 (fail closed); open endpoints answer.
+    pub fn unavailable(mode: AuthMode) -> Self {
+        Self {
+            mode,
+            ..Self::off()
+        }
+    }
+
     /// The mode.
     pub fn mode(&self) -> AuthMode {
         self.mode
@@ -386,7 +398,7 @@ impl Authenticator {
         request: Presented<'_>,
     ) -> Result<Caller, Refusal> {
         let (Some(registry), Some(replay)) = (&self.registry, &self.replay) else {
-            return Err(Refusal::Unsigned);
+            return Err(Refusal::NoRegistry);
         };
         let headers = request.headers;
         let signature =
