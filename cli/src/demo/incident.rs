@@ -201,7 +201,7 @@ impl<'a> Story<'a> {
             self.timeout,
         )
         .await
-        .with_context(|| format!("{subject}"))?;
+        .with_context(|| subject.to_string())?;
         Ok(reply.data)
     }
 
