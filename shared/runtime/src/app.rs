@@ -173,18 +173,27 @@ impl ServiceRuntime {
         let loops = Loops::new(kind.service_name(), &metrics, shutdown.clone());
         // Without its buckets (e.g. NATS permissions that do not grant them) the service
         // still starts: open endpoints answer, protected ones refuse with 503.
-        let auth = crate::auth::Authenticator::start(
+        // A NATS user without rights on the buckets gets no answer, hence the bound.
+        let opening = crate::auth::Authenticator::start(
             &js,
             &subjects,
             &config.auth,
             config.jetstream.replicas,
             shutdown.clone(),
-        )
-        .await
-        .unwrap_or_else(|e| {
-            tracing::error!(error = %e, "identity registry unavailable: protected endpoints answer 503");
-            crate::auth::Authenticator::unavailable(config.auth.mode)
-        });
+        );
+        let auth = match tokio::time::timeout(Duration::from_secs(2), opening).await {
+            Ok(Ok(auth)) => auth,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "identity registry unavailable: protected endpoints answer 503");
+                crate::auth::Authenticator::unavailable(config.auth.mode)
+            }
+            Err(_) => {
+                tracing::error!(
+                    "identity registry did not open within 2 s: protected endpoints answer 503"
+                );
+                crate::auth::Authenticator::unavailable(config.auth.mode)
+            }
+        };
         host.set_auth(Arc::new(auth));
 
         let status_client = client.clone();
