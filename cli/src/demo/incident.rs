@@ -100,7 +100,7 @@ fn data<T: Message>(envelope: &RawEnvelope) -> Option<T> {
     serde_json::from_value(envelope.data.clone()).ok()
 }
 
-impl<'a> Story<'a> {
+impl Story<'_> {
     fn say(&self, text: impl std::fmt::Display) {
         println!("[{:>5.1}s] {text}", self.started.elapsed().as_secs_f64());
     }
@@ -201,7 +201,7 @@ impl<'a> Story<'a> {
             self.timeout,
         )
         .await
-        .with_context(|| subject.to_string())?;
+        .with_context(|| subject.clone())?;
         Ok(reply.data)
     }
 
