@@ -468,6 +468,7 @@ impl Planner {
                     by: request.by.clone(),
                     reason: request.reason.clone(),
                     at: Utc::now(),
+                    stopped: Vec::new(),
                 });
                 Edit::Save(Ok(()))
             })
@@ -487,8 +488,9 @@ impl Planner {
         };
         answer?;
         self.announce(PlanEvent::Cancelled, &plan, flow).await?;
+        self.stop_started(&plan, flow).await;
         self.release_turn(&plan).await?;
-        Ok(plan)
+        Ok(self.get(plan.id).await?.unwrap_or(plan))
     }
 
     /// One plan by id.

@@ -18,7 +18,9 @@ use async_nats::jetstream::kv;
 use chrono::Utc;
 use toronto_protocol::Envelope;
 use toronto_protocol::envelope::FlowContext;
-use toronto_protocol::tasks::{AdvancePlan, Plan, PlanState, PlanTask, Step, StepKind, StepState};
+use toronto_protocol::tasks::{
+    AdvancePlan, Plan, PlanState, PlanTask, Step, StepKind, StepState, StepWork,
+};
 use toronto_runtime::jetstream::{Delivery, Outcome};
 use toronto_runtime::work::{Claim, KeyLock, Records, Saved, Taken, WorkError, lease};
 use uuid::Uuid;
@@ -29,6 +31,7 @@ use crate::settings::Settings;
 mod decide;
 mod gates;
 mod steps;
+mod stop;
 
 /// The steps of a plan for `task`.
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
@@ -80,7 +83,11 @@ pub(crate) enum StepResult {
     Retry { reason: String },
     /// The executor took the work on and is carrying it out (a rollout): the step
     /// waits, and the rollout's end wakes the plan.
-    Wait { reason: String },
+    Wait {
+        reason: String,
+        /// The work waited for: what cancelling the plan stops.
+        work: Option<StepWork>,
+    },
 }
 
 /// How many passes one delivery makes over a plan (steps done and conflicts met)
@@ -295,7 +302,29 @@ impl Planner {
                 return Ok(Some(Outcome::Ack));
             };
             if plan.state.is_final() {
-                // Cancelled meanwhile: the result no longer matters.
+                // Cancelled while the step ran: whatever it started is stopped now.
+                let step = plan.steps[index].id.clone();
+                match (&result, plan.steps[index].kind, &plan.task) {
+                    (
+                        StepResult::Wait {
+                            work: Some(work), ..
+                        },
+                        _,
+                        _,
+                    ) => {
+                        self.stop_work(&plan, &step, *work, flow).await;
+                    }
+                    (
+                        StepResult::Passed { .. },
+                        StepKind::Execute,
+                        PlanTask::ProvisionEnvironment(_),
+                    ) => {
+                        let mut provisioned = plan.clone();
+                        provisioned.steps[index].state = StepState::Succeeded;
+                        self.stop_started(&provisioned, flow).await;
+                    }
+                    _ => {}
+                }
                 return Ok(Some(Outcome::Ack));
             }
             let kind = plan.steps[index].kind;
@@ -330,9 +359,10 @@ impl Planner {
                         s.reason = Some(reason.clone());
                         retry = Some(reason.clone());
                     }
-                    StepResult::Wait { reason } => {
+                    StepResult::Wait { reason, work } => {
                         // Asking again is not another attempt.
                         s.state = StepState::Waiting;
+                        s.work = *work;
                         s.attempts = s.attempts.saturating_sub(1);
                         s.reason = Some(reason.clone());
                         wait = true;
