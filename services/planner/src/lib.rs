@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dora;
+mod index;
 pub mod intake;
 mod notify;
 pub mod pipeline;

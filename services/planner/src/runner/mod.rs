@@ -106,8 +106,26 @@ pub(crate) fn turns(records: Records<Plan>) -> KeyLock<Plan> {
 }
 
 /// The scope of a plan's turn: its service and environment.
-fn scope(plan: &Plan) -> String {
+pub(crate) fn scope(plan: &Plan) -> String {
     format!("{}.{}", plan.task.service(), plan.task.environment())
+}
+
+/// Runs `work`, sending a progress ack for `delivery` now and every `every` until it
+/// ends, so that its message is not redelivered while it is being worked on.
+async fn with_progress<F: std::future::Future>(
+    delivery: &Delivery,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => delivery.progress().await,
+        }
+    }
 }
 
 impl Planner {
@@ -129,20 +147,25 @@ impl Planner {
     }
 
     /// Gives up the turn held by `plan` (if it holds it) and wakes the oldest queued
-    /// plan of the same service and environment.
+    /// plan of the same service and environment, found in that scope's queue index
+    /// (plans that left the queue meanwhile are dropped from it on the way).
     pub(crate) async fn release_turn(&self, plan: &Plan) -> Result<(), IntakeError> {
-        self.turns.release(&scope(plan), plan.id).await?;
-        let query = toronto_protocol::tasks::PlanList {
-            service: Some(plan.task.service().to_owned()),
-            environment: Some(plan.task.environment().to_owned()),
-            state: Some(PlanState::Queued),
-            ..Default::default()
-        };
-        let mut queued = self.list(&query).await?;
-        queued.sort_by_key(|p| p.created_at);
-        if let Some(next) = queued.first() {
-            self.enqueue(next.id).await?;
+        let scope = scope(plan);
+        self.turns.release(&scope, plan.id).await?;
+        let mut gone = vec![plan.id];
+        for id in self.queue.queued(&scope).await? {
+            if id == plan.id {
+                continue;
+            }
+            match self.load(id).await? {
+                Some((next, _)) if next.state == PlanState::Queued => {
+                    self.enqueue(next.id).await?;
+                    break;
+                }
+                _ => gone.push(id),
+            }
         }
+        self.queue.remove(&scope, &gone).await?;
         Ok(())
     }
 
@@ -193,6 +216,7 @@ impl Planner {
                 if let Taken::HeldBy(_) = self.turns.take(&scope(&plan), plan.id).await? {
                     return Ok(Outcome::Ack); // woken again when the turn is released
                 }
+                self.queue.remove(&scope(&plan), &[plan.id]).await?;
                 plan.state = PlanState::Running;
             }
             let Some(index) = plan
@@ -274,8 +298,11 @@ impl Planner {
                 continue;
             }
             self.announce(StepEvent::Started, &plan, &flow).await?;
-            delivery.progress().await;
-            let result = self.run_step(&plan, &plan.steps[index]).await;
+            // A long step (a gate asking a slow peer) keeps its message: progress acks
+            // hold off the redelivery for as long as the step runs here.
+            let every = self.settings.lease / 3;
+            let result =
+                with_progress(delivery, every, self.run_step(&plan, &plan.steps[index])).await;
             match self.finish_step(plan_id, index, result, &flow).await? {
                 Some(outcome) => return Ok(outcome),
                 None => continue,
