@@ -142,7 +142,7 @@ async fn follow_flow(
                     .unwrap_or("no reason given");
                 bail!("the plan {end}: {reason}");
             }
-            Some(PlanEvent::Created) | None => {}
+            Some(PlanEvent::Created | PlanEvent::Stopped) | None => {}
         }
     }
     bail!("the event stream ended before the plan did")

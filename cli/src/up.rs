@@ -113,6 +113,8 @@ pub async fn start_service(
 /// variables make (what `toronto up --demo` changes).
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
+    /// The deployer's settings.
+    pub deployer: Option<toronto_deployer::Settings>,
     /// The monitor's settings.
     pub monitor: Option<toronto_monitor::Settings>,
     /// The incident commander's settings.
@@ -145,6 +147,16 @@ pub async fn start_service_with(
                 shutdown,
             ))
             .await
+        }
+        (
+            ServiceKind::Deployer,
+            Overrides {
+                deployer: Some(s), ..
+            },
+        ) => {
+            let started =
+                Box::pin(toronto_deployer::start_with(config, s.clone(), None, shutdown)).await?;
+            Ok(started.runtime)
         }
         (ServiceKind::Planner, _) => Box::pin(toronto_planner::start(config, shutdown)).await,
         (ServiceKind::Deployer, _) => Box::pin(toronto_deployer::start(config, shutdown)).await,

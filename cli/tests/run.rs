@@ -254,7 +254,7 @@ async fn identity_init_add_list_and_a_refusal() {
         "{listed}"
     );
 
-    let refused = with_file(&mine, &["identity", "revoke", "bootstrap-admin"]).await;
+    let refused = with_file(&mine, &["identity", "revoke", "alice"]).await;
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("forbidden"), "{stderr}");

@@ -3,9 +3,10 @@
 //! requests as the demo's operators send them, the simulated cluster's `sim.fault`,
 //! the incident commander's and the monitor's requests, and the event stream).
 //!
-//! A version of `shop` that fails part of its requests in production (a fault of the
-//! simulated cluster) ships to staging, where it looks fine, then to production with a
-//! rolling deploy (no canary) that the second operator approves. Then it follows the
+//! A version of `shop` ships to staging, then to production with a rolling deploy that
+//! the second operator approves; once it runs in production it starts failing part of
+//! its requests there (a fault of the simulated cluster that no rollout analysis saw,
+//! as a latent bug would). Then it follows the
 //! events and prints each as it happens, and each step of the story as it is reached:
 //! the SLO burns, the alert fires, the incident opens with the change linked, the
 //! person on call is paged (and acknowledges), the playbook rolls the change back, the
@@ -367,26 +368,6 @@ pub async fn play(
         compression(scale)
     ));
 
-    // The mistake: a version that fails in production only, shipped without a canary.
-    let _: SimService = story
-        .ask(
-            ServiceKind::Deployer,
-            "sim.fault",
-            first,
-            SimFault {
-                service: SERVICE.into(),
-                environment: PROD.into(),
-                version: version.clone(),
-                error_rate: args.error_rate,
-                ..Default::default()
-            },
-        )
-        .await?;
-    story.say(format!(
-        "▶ {SERVICE} {version} will fail {:.0}% of its requests in {PROD}, and only there \
-         (sim.fault on the simulated cluster)",
-        args.error_rate * 100.0
-    ));
     let plan = story.deploy(first, &version, STAGING).await?;
     story
         .plan_completed(plan, &format!("{SERVICE} {version} ships to {STAGING}"))
@@ -424,9 +405,31 @@ pub async fn play(
         )
         .await?;
     story.reached(format!(
-        "the bad change is in production: rollout {} of {SERVICE} {version} (rolling, no canary), \
-         asked by {first}, approved by {second}",
+        "the change is in production: rollout {} of {SERVICE} {version} (rolling, its batches \
+         healthy), asked by {first}, approved by {second}",
         change.id
+    ));
+
+    // The mistake surfaces: the version starts failing in production once it runs
+    // there (a latent fault its rollout could not see while its batches were analysed).
+    let _: SimService = story
+        .ask(
+            ServiceKind::Deployer,
+            "sim.fault",
+            first,
+            SimFault {
+                service: SERVICE.into(),
+                environment: PROD.into(),
+                version: version.clone(),
+                error_rate: args.error_rate,
+                ..Default::default()
+            },
+        )
+        .await?;
+    story.say(format!(
+        "▶ {SERVICE} {version} now fails {:.0}% of its requests in {PROD}, and only there: a latent \
+         fault that showed after its rollout (sim.fault on the simulated cluster)",
+        args.error_rate * 100.0
     ));
 
     // The SLO burns: the monitor's own status of the production SLO.

@@ -43,7 +43,8 @@ pub const INCIDENT_POLICY_PATH: &str = "deploy/demo/incident-policy.yaml";
 
 /// Variables the demo sets when the environment does not: SLO time compressed, SLOs
 /// evaluated twice a second, recovery asked about twice a second.
-pub const DEMO_VARS: [(&str, &str); 4] = [
+pub const DEMO_VARS: [(&str, &str); 5] = [
+    ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "3"),
     ("TORONTO_MONITOR_TIME_SCALE", "360"),
     ("TORONTO_MONITOR_SLO_INTERVAL_MS", "500"),
     ("TORONTO_INCIDENT_RECOVERY_POLL_MS", "500"),
@@ -55,6 +56,8 @@ pub const DEMO_VARS: [(&str, &str); 4] = [
 /// `TORONTO_INCIDENT_POLICY_FILE` names another.
 #[derive(Debug, Clone)]
 pub struct DemoSettings {
+    /// The deployer's (shorter pauses between steps, so a rollout is quick to watch).
+    pub deployer: toronto_deployer::Settings,
     /// The monitor's.
     pub monitor: toronto_monitor::Settings,
     /// The incident commander's.
@@ -76,6 +79,7 @@ impl DemoSettings {
             vars.entry(name.to_owned())
                 .or_insert_with(|| value.to_owned());
         }
+        let deployer = toronto_deployer::Settings::from_vars(&vars)?;
         let monitor = toronto_monitor::Settings::from_vars(&vars)?;
         let mut incident = toronto_incident_commander::Settings::from_vars(&vars)?;
         let policy_from = match vars.get("TORONTO_INCIDENT_POLICY_FILE") {
@@ -86,6 +90,7 @@ impl DemoSettings {
             }
         };
         Ok(Self {
+            deployer,
             monitor,
             incident,
             policy_from,
@@ -100,6 +105,7 @@ impl DemoSettings {
     /// The settings `toronto up` gives the services.
     pub fn overrides(&self) -> crate::up::Overrides {
         crate::up::Overrides {
+            deployer: Some(self.deployer.clone()),
             monitor: Some(self.monitor.clone()),
             incident: Some(self.incident.clone()),
         }

@@ -86,6 +86,8 @@ pub struct Planner {
     pub(crate) turns: KeyLock<Plan>,
     /// The work queue of plans to advance.
     pub(crate) runs: WorkQueue,
+    /// The queued plans per service and environment (`queue.<service>.<environment>`).
+    pub(crate) queue: crate::index::QueueIndex,
     pub(crate) events: Events,
     pub(crate) source: String,
     pub(crate) client: async_nats::Client,
@@ -300,6 +302,7 @@ impl Planner {
         let records = crate::runner::plan_records(plans.clone());
         Self {
             turns: crate::runner::turns(records.clone()),
+            queue: crate::index::QueueIndex::new(plans.clone(), records.policy()),
             records,
             runs: WorkQueue::new(
                 rt.js.clone(),
@@ -428,6 +431,9 @@ impl Planner {
                 duplicate: true,
             });
         }
+        self.queue
+            .push(&crate::runner::scope(&plan), plan.id)
+            .await?;
         self.announce(PlanEvent::Created, &plan, &envelope.flow())
             .await?;
         self.enqueue(plan.id).await?;
@@ -468,6 +474,7 @@ impl Planner {
                     by: request.by.clone(),
                     reason: request.reason.clone(),
                     at: Utc::now(),
+                    stopped: Vec::new(),
                 });
                 Edit::Save(Ok(()))
             })
@@ -487,8 +494,9 @@ impl Planner {
         };
         answer?;
         self.announce(PlanEvent::Cancelled, &plan, flow).await?;
+        self.stop_started(&plan, flow).await;
         self.release_turn(&plan).await?;
-        Ok(plan)
+        Ok(self.get(plan.id).await?.unwrap_or(plan))
     }
 
     /// One plan by id.

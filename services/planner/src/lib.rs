@@ -17,6 +17,7 @@
 
 pub mod dora;
 mod identity;
+mod index;
 pub mod intake;
 mod notify;
 pub mod pipeline;

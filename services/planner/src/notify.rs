@@ -135,6 +135,8 @@ impl Planner {
                 };
                 self.notify_role(&d.role, done, flow).await;
             }
+            // The task was answered when the plan was cancelled.
+            Some(PlanEvent::Stopped) => {}
             None => {
                 let current = plan
                     .steps

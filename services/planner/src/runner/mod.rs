@@ -18,7 +18,9 @@ use async_nats::jetstream::kv;
 use chrono::Utc;
 use toronto_protocol::Envelope;
 use toronto_protocol::envelope::FlowContext;
-use toronto_protocol::tasks::{AdvancePlan, Plan, PlanState, PlanTask, Step, StepKind, StepState};
+use toronto_protocol::tasks::{
+    AdvancePlan, Plan, PlanState, PlanTask, Step, StepKind, StepState, StepWork,
+};
 use toronto_runtime::jetstream::{Delivery, Outcome};
 use toronto_runtime::work::{Claim, KeyLock, Records, Saved, Taken, WorkError, lease};
 use uuid::Uuid;
@@ -30,6 +32,7 @@ mod decide;
 mod freeze;
 mod gates;
 mod steps;
+mod stop;
 
 /// The steps of a plan for `task`.
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
@@ -81,7 +84,11 @@ pub(crate) enum StepResult {
     Retry { reason: String },
     /// The executor took the work on and is carrying it out (a rollout): the step
     /// waits, and the rollout's end wakes the plan.
-    Wait { reason: String },
+    Wait {
+        reason: String,
+        /// The work waited for: what cancelling the plan stops.
+        work: Option<StepWork>,
+    },
 }
 
 /// How many passes one delivery makes over a plan (steps done and conflicts met)
@@ -100,8 +107,26 @@ pub(crate) fn turns(records: Records<Plan>) -> KeyLock<Plan> {
 }
 
 /// The scope of a plan's turn: its service and environment.
-fn scope(plan: &Plan) -> String {
+pub(crate) fn scope(plan: &Plan) -> String {
     format!("{}.{}", plan.task.service(), plan.task.environment())
+}
+
+/// Runs `work`, sending a progress ack for `delivery` now and every `every` until it
+/// ends, so that its message is not redelivered while it is being worked on.
+async fn with_progress<F: std::future::Future>(
+    delivery: &Delivery,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    tokio::pin!(work);
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = tick.tick() => delivery.progress().await,
+        }
+    }
 }
 
 impl Planner {
@@ -123,20 +148,25 @@ impl Planner {
     }
 
     /// Gives up the turn held by `plan` (if it holds it) and wakes the oldest queued
-    /// plan of the same service and environment.
+    /// plan of the same service and environment, found in that scope's queue index
+    /// (plans that left the queue meanwhile are dropped from it on the way).
     pub(crate) async fn release_turn(&self, plan: &Plan) -> Result<(), IntakeError> {
-        self.turns.release(&scope(plan), plan.id).await?;
-        let query = toronto_protocol::tasks::PlanList {
-            service: Some(plan.task.service().to_owned()),
-            environment: Some(plan.task.environment().to_owned()),
-            state: Some(PlanState::Queued),
-            ..Default::default()
-        };
-        let mut queued = self.list(&query).await?;
-        queued.sort_by_key(|p| p.created_at);
-        if let Some(next) = queued.first() {
-            self.enqueue(next.id).await?;
+        let scope = scope(plan);
+        self.turns.release(&scope, plan.id).await?;
+        let mut gone = vec![plan.id];
+        for id in self.queue.queued(&scope).await? {
+            if id == plan.id {
+                continue;
+            }
+            match self.load(id).await? {
+                Some((next, _)) if next.state == PlanState::Queued => {
+                    self.enqueue(next.id).await?;
+                    break;
+                }
+                _ => gone.push(id),
+            }
         }
+        self.queue.remove(&scope, &gone).await?;
         Ok(())
     }
 
@@ -187,6 +217,7 @@ impl Planner {
                 if let Taken::HeldBy(_) = self.turns.take(&scope(&plan), plan.id).await? {
                     return Ok(Outcome::Ack); // woken again when the turn is released
                 }
+                self.queue.remove(&scope(&plan), &[plan.id]).await?;
                 plan.state = PlanState::Running;
             }
             let Some(index) = plan
@@ -268,8 +299,11 @@ impl Planner {
                 continue;
             }
             self.announce(StepEvent::Started, &plan, &flow).await?;
-            delivery.progress().await;
-            let result = self.run_step(&plan, &plan.steps[index]).await;
+            // A long step (a gate asking a slow peer) keeps its message: progress acks
+            // hold off the redelivery for as long as the step runs here.
+            let every = self.settings.lease / 3;
+            let result =
+                with_progress(delivery, every, self.run_step(&plan, &plan.steps[index])).await;
             match self.finish_step(plan_id, index, result, &flow).await? {
                 Some(outcome) => return Ok(outcome),
                 None => continue,
@@ -296,7 +330,29 @@ impl Planner {
                 return Ok(Some(Outcome::Ack));
             };
             if plan.state.is_final() {
-                // Cancelled meanwhile: the result no longer matters.
+                // Cancelled while the step ran: whatever it started is stopped now.
+                let step = plan.steps[index].id.clone();
+                match (&result, plan.steps[index].kind, &plan.task) {
+                    (
+                        StepResult::Wait {
+                            work: Some(work), ..
+                        },
+                        _,
+                        _,
+                    ) => {
+                        self.stop_work(&plan, &step, *work, flow).await;
+                    }
+                    (
+                        StepResult::Passed { .. },
+                        StepKind::Execute,
+                        PlanTask::ProvisionEnvironment(_),
+                    ) => {
+                        let mut provisioned = plan.clone();
+                        provisioned.steps[index].state = StepState::Succeeded;
+                        self.stop_started(&provisioned, flow).await;
+                    }
+                    _ => {}
+                }
                 return Ok(Some(Outcome::Ack));
             }
             let kind = plan.steps[index].kind;
@@ -331,9 +387,10 @@ impl Planner {
                         s.reason = Some(reason.clone());
                         retry = Some(reason.clone());
                     }
-                    StepResult::Wait { reason } => {
+                    StepResult::Wait { reason, work } => {
                         // Asking again is not another attempt.
                         s.state = StepState::Waiting;
+                        s.work = *work;
                         s.attempts = s.attempts.saturating_sub(1);
                         s.reason = Some(reason.clone());
                         wait = true;

@@ -5,7 +5,7 @@ use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::rollout::{ChaosRun, ChaosState, Rollout, RolloutPhase, RolloutRef};
 use toronto_protocol::tasks::{
     ExecuteAccepted, ExecuteRequest, Plan, PlanTask, QaTestRequest, SecurityScanRequest, Step,
-    StepKind,
+    StepKind, StepWork,
 };
 use toronto_protocol::{Encoding, Envelope, ErrorCode, ServiceKind};
 use toronto_runtime::rpc::{CallError, call};
@@ -199,6 +199,7 @@ impl Planner {
                     findings: serde_json::to_value(&r.analyses).ok(),
                 },
                 RolloutPhase::Progressing | RolloutPhase::Paused => StepResult::Wait {
+                    work: Some(StepWork::Rollout { id }),
                     reason: format!(
                         "waiting: rollout {id} is {} at {} percent",
                         if r.phase == RolloutPhase::Paused {
@@ -212,6 +213,7 @@ impl Planner {
             },
             // The plan is woken when the rollout ends; meanwhile say what is unknown.
             Err(e) => StepResult::Wait {
+                work: Some(StepWork::Rollout { id }),
                 reason: format!("waiting: rollout {id}, whose state cannot be read now: {e}"),
             },
         }
@@ -225,6 +227,7 @@ impl Planner {
                 let reason = run.reason.clone().unwrap_or_default();
                 match run.state {
                     ChaosState::Running => StepResult::Wait {
+                        work: Some(StepWork::Chaos { id }),
                         reason: format!("waiting: chaos experiment {id} is running"),
                     },
                     ChaosState::Completed => StepResult::Passed {
@@ -246,6 +249,7 @@ impl Planner {
                 }
             }
             Err(e) => StepResult::Wait {
+                work: Some(StepWork::Chaos { id }),
                 reason: format!(
                     "waiting: chaos experiment {id}, whose state cannot be read now: {e}"
                 ),

@@ -102,6 +102,35 @@ pub struct Step {
     /// The step does not start before this time (e.g. a teardown at the end of a TTL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_before: Option<DateTime<Utc>>,
+    /// The work the step started at the deployer and waits for (a rollout, a chaos
+    /// experiment): what cancelling the plan stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<StepWork>,
+}
+
+/// Work a step started elsewhere and waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StepWork {
+    /// A rollout (a deploy, or a rollback to an earlier version) at the deployer.
+    Rollout {
+        /// The rollout's id.
+        id: Uuid,
+    },
+    /// A chaos experiment at the deployer.
+    Chaos {
+        /// The experiment's id.
+        id: Uuid,
+    },
+}
+
+impl std::fmt::Display for StepWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepWork::Rollout { id } => write!(f, "rollout {id}"),
+            StepWork::Chaos { id } => write!(f, "chaos experiment {id}"),
+        }
+    }
 }
 
 impl Step {
@@ -117,6 +146,7 @@ impl Step {
             reason: None,
             findings: None,
             not_before: None,
+            work: None,
         }
     }
 }
@@ -144,6 +174,25 @@ pub struct Cancellation {
     pub by: String,
     /// Why.
     pub reason: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// What cancelling stopped: the work the plan had started, and how each ended.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stopped: Vec<Stopped>,
+}
+
+/// Work a cancellation stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Stopped {
+    /// The step whose work it was.
+    pub step: String,
+    /// What was stopped; absent for an environment torn down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub work: Option<StepWork>,
+    /// Whether the deployer took the stop (an abort, a teardown).
+    pub done: bool,
+    /// What the deployer answered.
+    pub detail: String,
     /// When.
     pub at: DateTime<Utc>,
 }
@@ -233,6 +282,9 @@ event_kinds! {
         Failed = "failed",
         /// Stopped by request.
         Cancelled = "cancelled",
+        /// Work a cancelled plan had started was stopped (a rollout aborted and
+        /// rolled back, an environment torn down): `cancellation.stopped` says what.
+        Stopped = "stopped",
     }
 }
 

@@ -2,6 +2,7 @@
 //! real nats-server (test kit), one module per scenario family.
 
 mod bridge;
+mod cancel;
 mod deployer;
 mod faults;
 mod freeze;

@@ -23,7 +23,7 @@ use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
 
 const SUBMIT: &str = "toronto.devops.v1.planner.submit";
 
-fn deploy(service: &str, environment: &str) -> DeployTask {
+pub(crate) fn deploy(service: &str, environment: &str) -> DeployTask {
     DeployTask {
         service: service.into(),
         version: "2.4.1".into(),
@@ -36,9 +36,9 @@ fn deploy(service: &str, environment: &str) -> DeployTask {
     }
 }
 
-struct Planner {
-    server: NatsServer,
-    client: async_nats::Client,
+pub(crate) struct Planner {
+    pub(crate) server: NatsServer,
+    pub(crate) client: async_nats::Client,
     shutdown: CancellationToken,
     running: tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
 }
@@ -72,7 +72,7 @@ async fn start_planner(
     (shutdown, tokio::spawn(rt.run_until_shutdown()))
 }
 
-async fn planner() -> Planner {
+pub(crate) async fn planner() -> Planner {
     let server = NatsServer::start().await;
     let (shutdown, running) = start_planner(&server.url()).await;
     let client = server.client().await;
@@ -85,13 +85,16 @@ async fn planner() -> Planner {
 }
 
 impl Planner {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         self.running.await.unwrap().unwrap();
         drop(self.server);
     }
 
-    async fn submit<T: Message>(&self, task: &Envelope<T>) -> Result<SubmitAccepted, CallError> {
+    pub(crate) async fn submit<T: Message>(
+        &self,
+        task: &Envelope<T>,
+    ) -> Result<SubmitAccepted, CallError> {
         call(
             &self.client,
             SUBMIT,
@@ -103,7 +106,7 @@ impl Planner {
         .map(|r: Envelope<SubmitAccepted>| r.data)
     }
 
-    async fn plan(&self, plan_id: uuid::Uuid) -> Result<Plan, CallError> {
+    pub(crate) async fn plan(&self, plan_id: uuid::Uuid) -> Result<Plan, CallError> {
         let req = Envelope::builder("toronto://test", PlanGet { plan_id }).build();
         call(
             &self.client,
@@ -116,7 +119,12 @@ impl Planner {
         .map(|r: Envelope<Plan>| r.data)
     }
 
-    async fn cancel(&self, plan_id: uuid::Uuid, by: &str, reason: &str) -> Result<Plan, CallError> {
+    pub(crate) async fn cancel(
+        &self,
+        plan_id: uuid::Uuid,
+        by: &str,
+        reason: &str,
+    ) -> Result<Plan, CallError> {
         let req = Envelope::builder(
             "toronto://test",
             toronto_protocol::tasks::PlanCancel {
@@ -137,7 +145,7 @@ impl Planner {
         .map(|r: Envelope<Plan>| r.data)
     }
 
-    async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
+    pub(crate) async fn wait_for_state(&self, plan_id: uuid::Uuid, state: PlanState) -> Plan {
         let mut last = String::new();
         for _ in 0..150 {
             // Right after a planner was killed, the server can answer "no responders"
@@ -155,12 +163,12 @@ impl Planner {
 
 /// Fake security and QA agents that pass every gate, and a fake deployer that
 /// accepts every execute request (a test stops it when the real one takes over).
-struct Peers {
-    hosts: Vec<ServiceHost>,
+pub(crate) struct Peers {
+    pub(crate) hosts: Vec<ServiceHost>,
 }
 
 impl Peers {
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         for host in self.hosts {
             host.stop(Duration::from_millis(100)).await;
         }
@@ -175,7 +183,7 @@ fn pass() -> GateVerdict {
     }
 }
 
-async fn passing_peers(client: &async_nats::Client) -> Peers {
+pub(crate) async fn passing_peers(client: &async_nats::Client) -> Peers {
     let spec = |name: &str| ServiceSpec {
         name: name.into(),
         version: "0.0.1".into(),
@@ -232,7 +240,7 @@ async fn passing_peers(client: &async_nats::Client) -> Peers {
     }
 }
 
-fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {
+pub(crate) fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {
     plan.steps
         .iter()
         .find(|s| s.id == id)
@@ -361,7 +369,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
 }
 
 /// The real deployer on its simulated cluster (a simulation), quick enough for a test.
-async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Started) {
+pub(crate) async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Started) {
     let mut config = Config::default();
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
