@@ -74,6 +74,18 @@ pub async fn bootstrap(
         queue.bootstrap(config.replicas).await?;
         done.streams.push(queue.stream().to_owned());
     }
+    let outbox = toronto_incident_commander::outbound::start::stream_config(
+        subjects.prefix(),
+        config.replicas,
+    );
+    let name = outbox.name.clone();
+    js.create_or_update_stream(outbox)
+        .await
+        .map_err(|source| JetStreamError::Stream {
+            name: name.clone(),
+            source,
+        })?;
+    done.streams.push(name);
     for (name, history) in all_buckets() {
         let bucket = subjects.kv_bucket(name);
         bootstrap_kv(&js, &bucket, history, config.replicas).await?;

@@ -154,8 +154,13 @@ pub async fn start_service_with(
                 deployer: Some(s), ..
             },
         ) => {
-            let started =
-                Box::pin(toronto_deployer::start_with(config, s.clone(), None, shutdown)).await?;
+            let started = Box::pin(toronto_deployer::start_with(
+                config,
+                s.clone(),
+                None,
+                shutdown,
+            ))
+            .await?;
             Ok(started.runtime)
         }
         (ServiceKind::Planner, _) => Box::pin(toronto_planner::start(config, shutdown)).await,

@@ -87,7 +87,13 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     }
     let ping = toronto(&url, &["ping"]).await;
     assert!(ping.status.success());
-    assert_eq!(String::from_utf8(ping.stdout).unwrap().lines().count(), 5);
+    let pings = String::from_utf8(ping.stdout).unwrap();
+    assert_eq!(
+        pings.lines().count(),
+        6,
+        "five services and the console: {pings}"
+    );
+    assert!(pings.contains("toronto-console"), "{pings}");
     assert!(
         data.path().join("nats/jetstream").is_dir(),
         "JetStream data kept under --data-dir"
@@ -439,7 +445,7 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
         started.elapsed().as_secs_f64()
     );
     for step in [
-        "1. the bad change is in production",
+        "1. the change is in production",
         "2. the SLO burns",
         "3. the alert fires",
         "4. incident",

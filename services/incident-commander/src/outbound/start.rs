@@ -14,28 +14,36 @@ pub const DEDUP_WINDOW: Duration = Duration::from_secs(3600);
 /// Notifications sent at once.
 const CONCURRENCY: usize = 32;
 
-/// Creates (or updates) the outbox stream: a work queue on
-/// `<prefix>.devops.v1.outbox.>` whose `Nats-Msg-Id`s deduplicate for an hour.
-pub async fn ensure_stream(rt: &ServiceRuntime) -> Result<(), RuntimeError> {
-    let prefix = rt.subjects.prefix();
-    let name = super::stream_name(prefix);
-    let config = stream::Config {
-        name: name.clone(),
+/// The outbox stream: a work queue on `<prefix>.devops.v1.outbox.>` whose
+/// `Nats-Msg-Id`s deduplicate for an hour (`toronto bootstrap` creates it too).
+pub fn stream_config(prefix: &str, replicas: usize) -> stream::Config {
+    stream::Config {
+        name: super::stream_name(prefix),
         description: Some(
             "Notifications decided and not yet delivered (incident commander)".into(),
         ),
         subjects: vec![super::subject(prefix, ">")],
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
-        num_replicas: rt.config.jetstream.replicas,
+        num_replicas: replicas,
         duplicate_window: DEDUP_WINDOW,
         ..Default::default()
-    };
+    }
+}
+
+/// Makes sure the outbox stream exists: an existing one is used as it is (a service
+/// user may not change streams); a missing one is created when the user may.
+pub async fn ensure_stream(rt: &ServiceRuntime) -> Result<(), RuntimeError> {
+    let config = stream_config(rt.subjects.prefix(), rt.config.jetstream.replicas);
+    let name = config.name.clone();
+    if rt.js.get_stream(&name).await.is_ok() {
+        return Ok(());
+    }
     rt.js
-        .create_or_update_stream(config)
+        .create_stream(config)
         .await
         .map_err(|e| RuntimeError::Restore {
-            from: format!("stream {name}"),
+            from: format!("stream {name} (run `toronto bootstrap` as admin)"),
             source: Box::new(e),
         })?;
     Ok(())
