@@ -349,10 +349,12 @@ impl Authenticator {
 
     /// Sets the rule of endpoint `name` (default [`AccessRule::Open`]).
     pub fn protect(&self, name: &str, rule: AccessRule) {
+        // Endpoints are named by their verb with dashes for dots (micro v1 names), so
+        // `identity.put` and `identity-put` name the same endpoint.
         self.rules
             .write()
             .expect("rules lock")
-            .insert(name.to_owned(), rule);
+            .insert(name.replace('.', "-"), rule);
     }
 
     /// The rule of endpoint `name`.
@@ -360,7 +362,7 @@ impl Authenticator {
         self.rules
             .read()
             .expect("rules lock")
-            .get(name)
+            .get(name.replace('.', "-").as_str())
             .copied()
             .unwrap_or_default()
     }
