@@ -490,7 +490,13 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
         bad < firing && firing < opened && opened < paged && paged < rollback,
         "{bad} {firing} {opened} {paged} {rollback}"
     );
-    assert!(rollback < resolved && resolved < closed);
+    assert!(
+        rollback < resolved && resolved < closed,
+        "{rollback} {resolved} {closed}: {:?}",
+        seen.iter()
+            .map(|(s, v)| format!("{s} {}", v["data"]["environment"]))
+            .collect::<Vec<_>>()
+    );
     let count = |name: &str| seen.iter().filter(|(s, _)| s.ends_with(name)).count();
     assert_eq!(count(".incident.opened"), 1);
     assert_eq!(count(".incident.closed"), 1);

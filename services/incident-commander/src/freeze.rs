@@ -207,7 +207,8 @@ impl Freezer {
         }
     }
 
-    /// Rollouts in flight in `environment` for these services.
+    /// Rollouts in flight in `environment` for these services, except rollbacks: a
+    /// rollback is the remedy (a playbook's or a human's), never paused by a freeze.
     async fn in_flight(&self, environment: &str, services: &BTreeSet<String>) -> Vec<Rollout> {
         let query = RolloutList {
             service: None,
@@ -219,7 +220,7 @@ impl Freezer {
             Ok(r) => r
                 .rollouts
                 .into_iter()
-                .filter(|r| services.contains(&r.service))
+                .filter(|r| services.contains(&r.service) && !r.is_rollback)
                 .collect(),
             Err(CallError::NoResponders(_)) => Vec::new(),
             Err(e) => {
