@@ -5,6 +5,7 @@
 
 mod dora;
 mod intake;
+mod listing;
 mod pipelines;
 mod policy;
 mod runner;
