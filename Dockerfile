@@ -22,7 +22,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eux; \
     cargo build --release --locked -p toronto-cli -p toronto-planner -p toronto-deployer \
-        -p toronto-monitor -p toronto-incident-commander -p toronto-chat-bridge; \
+        -p toronto-monitor -p toronto-incident-commander -p toronto-chat-bridge -p toronto-console; \
     mkdir -p /out; \
     cp target/release/toronto \
        target/release/toronto-planner \
@@ -30,6 +30,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
        target/release/toronto-monitor \
        target/release/toronto-incident-commander \
        target/release/toronto-chat-bridge \
+       target/release/toronto-console \
        /out/
 
 FROM debian:bookworm-slim AS runtime
@@ -50,6 +51,7 @@ COPY --from=builder \
     /out/toronto-monitor \
     /out/toronto-incident-commander \
     /out/toronto-chat-bridge \
+    /out/toronto-console \
     /usr/local/bin/
 USER 10001:10001
 WORKDIR /var/lib/toronto

@@ -9,14 +9,7 @@ use toronto_protocol::tasks::PlanEvent;
 use toronto_protocol::{Encoding, EventKind, RawEnvelope, Subjects};
 use toronto_runtime::rpc::{CallError, call_raw};
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    /// Text and tables, as chat shows them.
-    Table,
-    /// The reply envelope (or the event envelope), as JSON.
-    Json,
-}
+pub use crate::out::Output;
 
 /// Takes `--output VALUE` / `--output=VALUE` out of the command's words (so it may
 /// come after the command, as in `toronto run plans --output json`).
@@ -35,7 +28,7 @@ pub fn take_output(words: &mut Vec<String>) -> anyhow::Result<Option<Output>> {
         }
         None => {
             if i + 1 >= words.len() {
-                bail!("--output needs table or json");
+                bail!("--output needs table, json or yaml");
             }
             let v = words.remove(i + 1);
             words.remove(i);
@@ -45,7 +38,8 @@ pub fn take_output(words: &mut Vec<String>) -> anyhow::Result<Option<Output>> {
     Ok(Some(match value.as_str() {
         "table" => Output::Table,
         "json" => Output::Json,
-        other => bail!("--output `{other}`: use table or json"),
+        "yaml" => Output::Yaml,
+        other => bail!("--output `{other}`: use table, json or yaml"),
     }))
 }
 
@@ -104,10 +98,9 @@ pub async fn run_following(
     };
     match call_raw(client, &subject, &envelope, Encoding::Json, timeout).await {
         Ok(reply) => {
-            let text = match output {
-                Output::Table => render(command, &reply.data),
-                Output::Json => serde_json::to_string_pretty(&reply)?,
-            };
+            let text = output.render(&serde_json::to_value(&reply)?, false, || {
+                render(command, &reply.data)
+            });
             let Some(events) = events else {
                 return Ok(text);
             };
@@ -115,10 +108,12 @@ pub async fn run_following(
             follow_flow(events, &flow, output).await?;
             Ok(String::new())
         }
-        Err(CallError::Remote(body)) => match output {
-            Output::Table => bail!("{}", render_error(command, &body)),
-            Output::Json => bail!("{}", serde_json::to_string_pretty(&body)?),
-        },
+        Err(CallError::Remote(body)) => bail!(
+            "{}",
+            output.render(&serde_json::to_value(&body)?, false, || render_error(
+                command, &body
+            ))
+        ),
         Err(e) => bail!("{} failed: {e}", command.name()),
     }
 }
@@ -219,10 +214,14 @@ impl WatchFilter {
 }
 
 /// One event as `toronto watch` prints it: time, event name and what it says (as the
-/// chat bridge would post it), or the envelope as one line of JSON.
+/// chat bridge would post it), or the envelope as one line of JSON, or one YAML document.
 pub fn watch_line(event: &str, envelope: &RawEnvelope, output: Output) -> String {
     match output {
-        Output::Json => serde_json::to_string(envelope).unwrap_or_default(),
+        Output::Json | Output::Yaml => output.render(
+            &serde_json::to_value(envelope).unwrap_or_default(),
+            true,
+            String::new,
+        ),
         Output::Table => {
             let time = envelope
                 .time

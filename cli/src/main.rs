@@ -6,13 +6,25 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `println!` that exits quietly on a closed pipe instead of panicking.
+macro_rules! println {
+    () => { toronto_cli::out::write(format_args!("\n")) };
+    ($($arg:tt)*) => { toronto_cli::out::write(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+/// `print!` that exits quietly on a closed pipe instead of panicking.
+macro_rules! print {
+    ($($arg:tt)*) => { toronto_cli::out::write(format_args!($($arg)*)) };
+}
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures::StreamExt;
+use toronto_cli::out::Output;
 use toronto_protocol::status::{Status, StatusRequest};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
 use toronto_runtime::Config;
@@ -21,8 +33,26 @@ use toronto_runtime::rpc::call;
 #[derive(Parser)]
 #[command(name = "toronto", version, about = "The Toronto DevOps agent")]
 struct Cli {
+    /// How every command prints its result: text and tables, or the same document as
+    /// JSON or YAML.
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--version`: the crate version, the commit (`TORONTO_BUILD_GIT_SHA`, or the git
+/// HEAD at build time: `build.rs`), the profile and the target.
+fn long_version() -> &'static str {
+    let build = toronto_protocol::status::BuildInfo::current(env!("CARGO_PKG_VERSION"));
+    let commit = option_env!("TORONTO_BUILD_GIT_SHA").unwrap_or("unknown");
+    Box::leak(
+        format!(
+            "{} (commit {commit}, {}, {})",
+            build.version, build.profile, build.target
+        )
+        .into_boxed_str(),
+    )
 }
 
 #[derive(Subcommand)]
@@ -49,12 +79,16 @@ enum Command {
         #[arg(long)]
         secure: bool,
     },
+    /// As the NATS admin, create or update every JetStream stream and KV bucket the
+    /// services use (their least-privilege users may only use them). `toronto up`
+    /// runs it first.
+    Bootstrap,
     /// Ask every service (or one) for its status.
     Status {
         /// planner, deployer, monitor, incident or chat; all when omitted.
         service: Option<String>,
-        /// Print the reply envelopes as JSON.
-        #[arg(long)]
+        /// The same as `--output json`.
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// List running service instances through the NATS service API ($SRV.PING).
@@ -80,11 +114,9 @@ enum Command {
     /// Run a chat command from the terminal, with the same grammar as `/devops` in chat
     /// (`toronto run help` lists them), e.g. `toronto run deploy shop 1.2.0 to staging
     /// --strategy canary`. The reply is printed as text (`--output table`, default) or as
-    /// the reply envelope (`--output json`); an error or a malformed command exits 1.
+    /// the reply envelope (`--output json|yaml`, which may also follow the command); an
+    /// error or a malformed command exits 1.
     Run {
-        /// Print the reply as text and tables, or as JSON (may also follow the command).
-        #[arg(long, value_enum, default_value = "table")]
-        output: toronto_cli::commands::Output,
         /// Who you are on decisions and incident work (default: $USER).
         #[arg(long = "as", env = "USER", default_value = "cli")]
         user: String,
@@ -110,9 +142,6 @@ enum Command {
         /// Only events of this flow (correlation id).
         #[arg(long)]
         correlation: Option<String>,
-        /// One line of text per event, or the envelope as JSON.
-        #[arg(long, value_enum, default_value = "table")]
-        output: toronto_cli::commands::Output,
     },
     /// Dead letters: messages the services refused, with the reason.
     Dlq {
@@ -128,6 +157,22 @@ enum Command {
     Schemas {
         #[command(subcommand)]
         action: SchemasAction,
+    },
+    /// Your signing key and the identity registry (docs/trust-model.md).
+    Identity {
+        #[command(subcommand)]
+        action: toronto_cli::identity::IdentityAction,
+    },
+    /// Print the completion script of SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `toronto completions bash > /etc/bash_completion.d/toronto`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Stories played against a running `toronto up --demo` (a demo).
+    Demo {
+        #[command(subcommand)]
+        story: toronto_cli::demo::DemoCommand,
     },
     /// Print every TORONTO_* variable and what it does.
     Config {
@@ -188,7 +233,9 @@ enum SchemasAction {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    toronto_runtime::tls::install_crypto_provider();
+    let matches = Cli::command().version(long_version()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -199,6 +246,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let output = cli.output;
     match cli.command {
         Command::Up {
             nats_port,
@@ -207,6 +255,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             demo,
             secure,
         } => {
+            if output != Output::Table {
+                bail!("`toronto up` runs the stack and prints logs: --output does not apply");
+            }
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
             let options = toronto_cli::up::UpOptions {
@@ -220,16 +271,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = toronto_runtime::shutdown::on_signal();
             toronto_cli::up::run(config, options, shutdown).await
         }
-        Command::Status { service, json } => status(service, json).await,
-        Command::Ping { wait_ms } => ping(wait_ms).await,
+        Command::Status { service, json } => {
+            status(service, if json { Output::Json } else { output }).await
+        }
+        Command::Ping { wait_ms } => ping(wait_ms, output).await,
         Command::Request {
             subject,
             ty,
             data,
             msgpack,
-        } => request(subject, ty, data, msgpack).await,
+        } => request(subject, ty, data, msgpack, output).await,
         Command::Run {
-            output,
             user,
             role,
             follow,
@@ -239,7 +291,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let role: toronto_commands::Role = role.parse().map_err(anyhow::Error::msg)?;
             let command = toronto_cli::commands::parse(&words)?;
             if let Some(text) = toronto_cli::commands::local_answer(&command) {
-                println!("{text}");
+                println!(
+                    "{}",
+                    output.render(&serde_json::json!({ "help": text }), false, || text.clone())
+                );
                 return Ok(());
             }
             let config = Config::from_env()?;
@@ -268,7 +323,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             service,
             environment,
             correlation,
-            output,
         } => {
             let config = Config::from_env()?;
             let client = connect(&config).await?;
@@ -280,7 +334,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stop = toronto_runtime::shutdown::on_signal();
             toronto_cli::commands::watch(&client, &config.subjects(), &filter, output, stop).await
         }
-        Command::Dlq { action } => dlq(action).await,
+        Command::Dlq { action } => dlq(action, output).await,
         Command::Slo { action } => {
             let (file, rules) = match &action {
                 SloAction::Rules { file } => (file, true),
@@ -291,30 +345,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let slo = toronto_monitor::slo::parse(&text)
                 .with_context(|| format!("{} is not a valid SLO", file.display()))?;
             if rules {
-                print!("{}", toronto_monitor::slo::prometheus_rules(&slo));
-            } else {
+                let text = toronto_monitor::slo::prometheus_rules(&slo);
+                let doc: serde_json::Value = serde_yaml_ng::from_str(&text)?;
                 println!(
-                    "{}: SLO {} of {}, objective {} over {} days",
-                    file.display(),
-                    slo.name,
-                    slo.service,
-                    slo.objective,
-                    slo.window_days
+                    "{}",
+                    output.render(&doc, false, || text.trim_end().to_owned())
+                );
+            } else {
+                let doc = serde_json::json!({
+                    "file": file,
+                    "name": slo.name,
+                    "service": slo.service,
+                    "objective": slo.objective,
+                    "window_days": slo.window_days,
+                });
+                println!(
+                    "{}",
+                    output.render(&doc, false, || format!(
+                        "{}: SLO {} of {}, objective {} over {} days",
+                        file.display(),
+                        slo.name,
+                        slo.service,
+                        slo.objective,
+                        slo.window_days
+                    ))
                 );
             }
             Ok(())
         }
+        Command::Bootstrap => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            let done =
+                toronto_cli::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream)
+                    .await?;
+            println!(
+                "streams: {}\nKV buckets: {}",
+                done.streams.join(", "),
+                done.buckets.join(", ")
+            );
+            Ok(())
+        }
         Command::Schemas { action } => match action {
             SchemasAction::Write { dir } => {
-                for path in toronto_protocol::catalogue::write_all(&dir)? {
-                    println!("wrote {}", dir.join(path).display());
-                }
+                let written: Vec<PathBuf> = toronto_protocol::catalogue::write_all(&dir)?
+                    .into_iter()
+                    .map(|path| dir.join(path))
+                    .collect();
+                let doc = serde_json::json!({ "written": written });
+                println!(
+                    "{}",
+                    output.render(&doc, false, || written
+                        .iter()
+                        .map(|p| format!("wrote {}", p.display()))
+                        .collect::<Vec<_>>()
+                        .join("\n"))
+                );
                 Ok(())
             }
             SchemasAction::Check { dir } => {
                 let problems = toronto_protocol::catalogue::drift(&dir)?;
                 if problems.is_empty() {
-                    println!("schemas in {} match the types", dir.display());
+                    let doc = serde_json::json!({ "dir": dir, "drifted": problems });
+                    println!(
+                        "{}",
+                        output.render(&doc, false, || format!(
+                            "schemas in {} match the types",
+                            dir.display()
+                        ))
+                    );
                     Ok(())
                 } else {
                     bail!(
@@ -324,7 +423,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         },
+        Command::Identity { action } => {
+            toronto_cli::identity::run(action, &Config::from_env()?).await
+        }
+        Command::Completions { shell } => {
+            let mut text = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "toronto", &mut text);
+            let text = String::from_utf8(text)?;
+            let doc = serde_json::json!({ "shell": shell.to_string(), "script": text });
+            print!("{}", output.render(&doc, false, || text.clone()));
+            Ok(())
+        }
+        Command::Demo { story } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            match story {
+                toronto_cli::demo::DemoCommand::Incident(args) => {
+                    let subjects = config.subjects();
+                    let timeout = config.nats.request_timeout();
+                    toronto_cli::demo::incident::play(&client, &subjects, timeout, &args).await?;
+                }
+            }
+            Ok(())
+        }
         Command::Config { markdown } => {
+            if output != Output::Table {
+                let doc: Vec<serde_json::Value> = toronto_cli::settings_docs::all()
+                    .into_iter()
+                    .map(|v| {
+                        serde_json::json!({
+                            "name": v.name,
+                            "description": v.description,
+                            "default": (!v.default.is_empty()).then_some(v.default),
+                            "replaced_by": v.replaced_by,
+                        })
+                    })
+                    .collect();
+                println!("{}", output.render(&doc.into(), false, String::new));
+                return Ok(());
+            }
             if markdown {
                 print!("{}", toronto_cli::settings_docs::markdown());
             } else {
@@ -351,7 +488,7 @@ async fn connect(config: &Config) -> anyhow::Result<async_nats::Client> {
     .with_context(|| format!("cannot reach NATS at {urls} within 5 s"))?
 }
 
-async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
+async fn status(service: Option<String>, output: Output) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let client = connect(&config).await?;
     let kinds: Vec<ServiceKind> = match service {
@@ -371,7 +508,10 @@ async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
         )
         .await
         {
-            Ok(reply) if json => println!("{}", serde_json::to_string(&reply)?),
+            Ok(reply) if output != Output::Table => println!(
+                "{}",
+                output.render(&serde_json::to_value(&reply)?, true, String::new)
+            ),
             Ok(reply) => {
                 let s = reply.data;
                 println!(
@@ -399,7 +539,7 @@ async fn status(service: Option<String>, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dlq(action: DlqAction) -> anyhow::Result<()> {
+async fn dlq(action: DlqAction, output: Output) -> anyhow::Result<()> {
     use toronto_runtime::jetstream::{list_dead_letters, replay_dead_letter};
     let config = Config::from_env()?;
     let client = connect(&config).await?;
@@ -408,6 +548,25 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
     match action {
         DlqAction::List { limit, payload } => {
             let letters = list_dead_letters(&js, &subjects, limit).await?;
+            if output != Output::Table {
+                let doc: Vec<serde_json::Value> = letters
+                    .iter()
+                    .map(|l| {
+                        serde_json::json!({
+                            "sequence": l.sequence,
+                            "time": l.time,
+                            "subject": l.subject,
+                            "origin": l.origin,
+                            "original_subject": l.original_subject,
+                            "deliveries": l.deliveries,
+                            "reason": l.reason,
+                            "payload": payload.then(|| String::from_utf8_lossy(&l.payload)),
+                        })
+                    })
+                    .collect();
+                println!("{}", output.render(&doc.into(), false, String::new));
+                return Ok(());
+            }
             if letters.is_empty() {
                 println!("no dead letters");
             }
@@ -432,16 +591,21 @@ async fn dlq(action: DlqAction) -> anyhow::Result<()> {
         }
         DlqAction::Replay { sequence, keep } => {
             let target = replay_dead_letter(&js, &subjects, sequence, keep).await?;
+            let doc =
+                serde_json::json!({ "replayed": sequence, "to": target.to_string(), "kept": keep });
             println!(
-                "replayed dead letter {sequence} to {target}{}",
-                if keep { " (kept in the DLQ)" } else { "" }
+                "{}",
+                output.render(&doc, false, || format!(
+                    "replayed dead letter {sequence} to {target}{}",
+                    if keep { " (kept in the DLQ)" } else { "" }
+                ))
             );
             Ok(())
         }
     }
 }
 
-async fn ping(wait_ms: u64) -> anyhow::Result<()> {
+async fn ping(wait_ms: u64, output: Output) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let client = connect(&config).await?;
     let inbox = client.new_inbox();
@@ -456,8 +620,8 @@ async fn ping(wait_ms: u64) -> anyhow::Result<()> {
         tokio::select! {
             _ = &mut deadline => break,
             Some(m) = replies.next() => {
-                let v: serde_json::Value = serde_json::from_slice(&m.payload)?;
-                println!("{:<28} {:<10} {}", v["name"].as_str().unwrap_or("?"), v["version"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"));
+                let v: serde_json::Value = toronto_protocol::codec::from_json_bounded(&m.payload)?;
+                println!("{}", output.render(&v, true, || format!("{:<28} {:<10} {}", v["name"].as_str().unwrap_or("?"), v["version"].as_str().unwrap_or("?"), v["id"].as_str().unwrap_or("?"))));
                 found += 1;
             }
         }
@@ -468,7 +632,13 @@ async fn ping(wait_ms: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn request(subject: String, ty: String, data: String, msgpack: bool) -> anyhow::Result<()> {
+async fn request(
+    subject: String,
+    ty: String,
+    data: String,
+    msgpack: bool,
+    output: Output,
+) -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let client = connect(&config).await?;
     let data: serde_json::Value = serde_json::from_str(&data).context("--data is not JSON")?;
@@ -505,7 +675,13 @@ async fn request(subject: String, ty: String, data: String, msgpack: bool) -> an
             .map(|v| v.as_str()),
     )?;
     let envelope = toronto_protocol::decode_raw(&reply.payload, reply_encoding)?;
-    println!("{}", serde_json::to_string_pretty(&envelope)?);
+    // The reply envelope is the document: `table` prints it as pretty JSON too.
+    let doc = serde_json::to_value(&envelope)?;
+    println!(
+        "{}",
+        output.render(&doc, false, || serde_json::to_string_pretty(&doc)
+            .unwrap_or_default())
+    );
     if let Some(code) = reply
         .headers
         .as_ref()

@@ -42,6 +42,10 @@ pub fn sections() -> Vec<Section> {
             title: "Chat bridge (`TORONTO_CHAT_*`)",
             vars: vars::docs(toronto_chat_bridge::settings::CHAT_VARS),
         },
+        Section {
+            title: "Web console (`TORONTO_CONSOLE_*`)",
+            vars: vars::docs(toronto_console::settings::CONSOLE_VARS),
+        },
     ]
 }
 

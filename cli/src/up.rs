@@ -65,15 +65,38 @@ pub fn write_secure_config(
         passwords.insert(user.to_owned(), password);
     }
     let file = dir.join("nats-users.conf");
-    std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
-    std::fs::write(
-        dir.join("admin.env"),
-        format!(
+    write_secret(&file, &text)?;
+    write_secret(
+        &dir.join("admin.env"),
+        &format!(
             "TORONTO_NATS_USER=admin\nTORONTO_NATS_PASSWORD={}\n",
             passwords["admin"]
         ),
     )?;
     Ok((file, passwords))
+}
+
+/// Writes a file holding secrets, readable and writable by its owner only (0600),
+/// also when it existed before with wider permissions.
+pub fn write_secret(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        options.mode(0o600);
+        if path.exists() {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", path.display()))?;
+        }
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Starts one service by kind. Each service's start is boxed: in a debug build the
@@ -83,14 +106,73 @@ pub async fn start_service(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
-    match kind {
-        ServiceKind::Planner => Box::pin(toronto_planner::start(config, shutdown)).await,
-        ServiceKind::Deployer => Box::pin(toronto_deployer::start(config, shutdown)).await,
-        ServiceKind::Monitor => Box::pin(toronto_monitor::start(config, shutdown)).await,
-        ServiceKind::IncidentCommander => {
+    start_service_with(kind, config, &Overrides::default(), shutdown).await
+}
+
+/// Settings given to services instead of the ones their `TORONTO_<SERVICE>_*`
+/// variables make (what `toronto up --demo` changes).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// The deployer's settings.
+    pub deployer: Option<toronto_deployer::Settings>,
+    /// The monitor's settings.
+    pub monitor: Option<toronto_monitor::Settings>,
+    /// The incident commander's settings.
+    pub incident: Option<toronto_incident_commander::Settings>,
+}
+
+/// [`start_service`] with the settings of `overrides` where it has some.
+pub async fn start_service_with(
+    kind: ServiceKind,
+    config: Config,
+    overrides: &Overrides,
+    shutdown: CancellationToken,
+) -> Result<ServiceRuntime, RuntimeError> {
+    match (kind, overrides) {
+        (
+            ServiceKind::Monitor,
+            Overrides {
+                monitor: Some(s), ..
+            },
+        ) => Box::pin(toronto_monitor::start_with(config, s.clone(), shutdown)).await,
+        (
+            ServiceKind::IncidentCommander,
+            Overrides {
+                incident: Some(s), ..
+            },
+        ) => {
+            Box::pin(toronto_incident_commander::start_with(
+                config,
+                s.clone(),
+                shutdown,
+            ))
+            .await
+        }
+        (
+            ServiceKind::Deployer,
+            Overrides {
+                deployer: Some(s), ..
+            },
+        ) => {
+            let started = Box::pin(toronto_deployer::start_with(
+                config,
+                s.clone(),
+                None,
+                shutdown,
+            ))
+            .await?;
+            Ok(started.runtime)
+        }
+        (ServiceKind::Planner, _) => Box::pin(toronto_planner::start(config, shutdown)).await,
+        (ServiceKind::Deployer, _) => Box::pin(toronto_deployer::start(config, shutdown)).await,
+        (ServiceKind::Monitor, _) => Box::pin(toronto_monitor::start(config, shutdown)).await,
+        (ServiceKind::IncidentCommander, _) => {
             Box::pin(toronto_incident_commander::start(config, shutdown)).await
         }
-        ServiceKind::ChatBridge => Box::pin(toronto_chat_bridge::start(config, shutdown)).await,
+        (ServiceKind::ChatBridge, _) => {
+            Box::pin(toronto_chat_bridge::start(config, shutdown)).await
+        }
+        (ServiceKind::Console, _) => Box::pin(toronto_console::start(config, shutdown)).await,
     }
 }
 
@@ -110,15 +192,24 @@ impl Stack {
         http_port_base: u16,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
-        Self::start_as(config, http_port_base, &Default::default(), shutdown).await
+        Self::start_as(
+            config,
+            http_port_base,
+            &Default::default(),
+            &Overrides::default(),
+            shutdown,
+        )
+        .await
     }
 
     /// [`Stack::start`] with each service connecting as its own NATS user, where
-    /// `passwords` has one (keyed by the user names of [`SERVICE_USERS`]).
+    /// `passwords` has one (keyed by the user names of [`SERVICE_USERS`]), and the
+    /// settings of `overrides` where it has some.
     pub async fn start_as(
         config: &Config,
         http_port_base: u16,
         passwords: &std::collections::HashMap<String, String>,
+        overrides: &Overrides,
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         let host = config
@@ -143,7 +234,7 @@ impl Stack {
                 config.nats.password = Some(password.clone());
                 config.nats.token = None;
             }
-            let rt = start_service(kind, config, shutdown.clone()).await?;
+            let rt = start_service_with(kind, config, overrides, shutdown.clone()).await?;
             services.push((kind, rt.http_addr));
             tasks.spawn(rt.run_until_shutdown());
         }
@@ -162,6 +253,55 @@ impl Stack {
         }
         first
     }
+}
+
+/// `toronto bootstrap` with `config`'s NATS user (the admin under `--secure`), before
+/// the services start under their own users.
+async fn bootstrap_as_admin(
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> Result<(), RuntimeError> {
+    let metrics = toronto_runtime::Metrics::new();
+    let client =
+        toronto_runtime::connect::connect(&config.nats, "toronto-bootstrap", &metrics, shutdown)
+            .await?;
+    let done = crate::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream).await?;
+    eprintln!(
+        "toronto up: bootstrapped {} streams and {} KV buckets",
+        done.streams.len(),
+        done.buckets.len()
+    );
+    Ok(())
+}
+
+/// Starts the web console beside the stack: HTTP on `http_port_base + 6` of the
+/// configured host (a free port when the base is 0); returns its task and address.
+pub async fn start_console(
+    config: &Config,
+    http_port_base: u16,
+    shutdown: CancellationToken,
+) -> Result<
+    (
+        tokio::task::JoinHandle<Result<(), RuntimeError>>,
+        Option<SocketAddr>,
+    ),
+    RuntimeError,
+> {
+    let mut config = config.clone();
+    let host = config
+        .http
+        .socket_addr()?
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "127.0.0.1".to_owned());
+    let port = if http_port_base == 0 {
+        0
+    } else {
+        http_port_base + 6
+    };
+    config.http.addr = format!("{host}:{port}");
+    let rt = start_service(ServiceKind::Console, config, shutdown).await?;
+    let addr = rt.http_addr;
+    Ok((tokio::spawn(rt.run_until_shutdown()), addr))
 }
 
 /// Runs `toronto up` until `shutdown`.
@@ -213,24 +353,47 @@ pub async fn run(
         if options.secure && !options.start_nats {
             eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
         }
-        let stack =
-            Stack::start_as(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
-        let demo = if options.demo {
-            let demo = crate::demo::Demo::start(&config)
-                .await
-                .map_err(|e| RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!("{e:#}"))))?;
-            eprintln!(
-                "toronto up: DEMO on: demo security and QA agents answer every gate (they check nothing); \
-                 `{}` {} runs in {} on the simulated cluster (a simulation) with an availability SLO",
-                crate::demo::SERVICE,
-                crate::demo::FIRST_VERSION,
-                crate::demo::ENVIRONMENTS.join(" and ")
-            );
-            Some(demo)
+        bootstrap_as_admin(&config, &shutdown).await?;
+        let invalid = |e: anyhow::Error| {
+            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!(
+                "{e:#}"
+            )))
+        };
+        let demo_settings = if options.demo {
+            Some(crate::demo::DemoSettings::from_env().map_err(invalid)?)
         } else {
             None
         };
+        let overrides = demo_settings
+            .as_ref()
+            .map(crate::demo::DemoSettings::overrides)
+            .unwrap_or_default();
+        let stack = Stack::start_as(
+            &config,
+            options.http_port_base,
+            &passwords,
+            &overrides,
+            shutdown.clone(),
+        )
+        .await?;
+        let demo = match &demo_settings {
+            Some(settings) => {
+                let demo = crate::demo::Demo::start(&config, settings)
+                    .await
+                    .map_err(invalid)?;
+                for line in settings.describe() {
+                    eprintln!("toronto up: {line}");
+                }
+                Some(demo)
+            }
+            None => None,
+        };
+        let (console, console_addr) =
+            start_console(&config, options.http_port_base, shutdown.clone()).await?;
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
+        if let Some(addr) = console_addr {
+            eprintln!("toronto up: web console at http://{addr}/ (read-only without an auth proxy; docs/console.md)");
+        }
         for (kind, http) in &stack.services {
             eprintln!(
                 "  {:<28} status: {:<40} http: {}",
@@ -241,6 +404,9 @@ pub async fn run(
             );
         }
         let result = stack.wait().await;
+        if let Ok(Err(e)) = console.await {
+            tracing::error!(error = %e, "the console failed");
+        }
         if let Some(demo) = demo {
             demo.stop().await;
         }
@@ -256,5 +422,26 @@ pub async fn run(
             Ok(())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod secure_files {
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn secure_config_files_are_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        // A leftover from an older run, world-readable.
+        let admin = dir.path().join("admin.env");
+        std::fs::write(&admin, "old").unwrap();
+        std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (users, passwords) = super::write_secure_config(dir.path()).unwrap();
+        for file in [users, admin] {
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", file.display());
+        }
+        let env = std::fs::read_to_string(dir.path().join("admin.env")).unwrap();
+        assert!(env.contains(&passwords["admin"]));
     }
 }

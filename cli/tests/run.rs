@@ -188,3 +188,163 @@ async fn watch_streams_the_events_of_one_service() {
 fn chrono_now() -> chrono::DateTime<chrono::Utc> {
     chrono::Utc::now()
 }
+
+/// `toronto identity`: init writes a 0600 seed and prints its key; an admin adds a
+/// principal through the planner; a non-admin is refused with the reason.
+#[tokio::test]
+async fn identity_init_add_list_and_a_refusal() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let server = NatsServer::start().await;
+    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let dir = tempfile::tempdir().unwrap();
+    let admin_file = dir.path().join("admin.nk");
+    std::fs::write(
+        &admin_file,
+        format!("{}\n", toronto_testkit::TEST_ADMIN_SEED),
+    )
+    .unwrap();
+    std::fs::set_permissions(&admin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mine = dir.path().join("me/identity.nk");
+    let with_file = async |file: &std::path::Path, args: &[&str]| {
+        Command::new(TORONTO)
+            .args(args)
+            .env("TORONTO_NATS_URL", server.url())
+            .env("TORONTO_IDENTITY_FILE", file)
+            .output()
+            .await
+            .unwrap()
+    };
+
+    let init = with_file(&mine, &["identity", "init"]).await;
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let stdout = String::from_utf8(init.stdout).unwrap();
+    let key = stdout
+        .split_whitespace()
+        .find(|w| w.starts_with('U') && w.len() == 56)
+        .expect("prints the public key")
+        .to_owned();
+    let mode = std::fs::metadata(&mine).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(!stdout.contains("SU"), "the seed is never printed");
+
+    let add = [
+        "identity", "add", "alice", "--key", &key, "--role", "approver",
+    ];
+    let added = with_file(&admin_file, &add).await;
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let list = with_file(&admin_file, &["identity", "list"]).await;
+    let listed = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        listed.contains("alice") && listed.contains(&key),
+        "{listed}"
+    );
+
+    let refused = with_file(&mine, &["identity", "revoke", "alice"]).await;
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("forbidden"), "{stderr}");
+
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// The CLI as a user pipes it: `toronto run help | head -1` (the reader gone before the
+/// CLI writes) ends quietly with status 0, never with a panic.
+#[tokio::test]
+async fn a_closed_pipe_is_not_a_panic() {
+    for args in [
+        &["run", "help"][..],
+        &["config"][..],
+        &["completions", "bash"][..],
+    ] {
+        for _ in 0..3 {
+            let mut child = Command::new(TORONTO)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            // Close the read end at once, as `head` does once it has its line.
+            drop(child.stdout.take());
+            let out = child.wait_with_output().await.unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+            assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        }
+    }
+}
+
+/// `--output table|json|yaml` is one global option: the same document as JSON and YAML.
+#[tokio::test]
+async fn output_is_the_same_document_as_json_or_yaml() {
+    let json = toronto("nats://127.0.0.1:1", &["run", "help", "--output", "json"]).await;
+    assert!(json.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(json["help"].as_str().unwrap().contains("deploy"), "{json}");
+    let yaml = toronto("nats://127.0.0.1:1", &["--output", "yaml", "run", "help"]).await;
+    assert!(yaml.status.success());
+    let yaml: serde_json::Value = serde_yaml_ng::from_slice(&yaml.stdout).unwrap();
+    assert_eq!(yaml, json);
+    let config = toronto("nats://127.0.0.1:1", &["config", "--output", "yaml"]).await;
+    let config: serde_json::Value = serde_yaml_ng::from_slice(&config.stdout).unwrap();
+    assert!(
+        config
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "TORONTO_TLS_CA_FILE"),
+        "{config}"
+    );
+    let wrong = toronto("nats://127.0.0.1:1", &["run", "help", "--output", "xml"]).await;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("table, json or yaml"),
+        "{wrong:?}"
+    );
+}
+
+/// `toronto completions SHELL` prints a script the shell accepts; `--version` names
+/// the commit it was built from.
+#[tokio::test]
+async fn completions_and_version() {
+    let bash = toronto("nats://127.0.0.1:1", &["completions", "bash"]).await;
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    assert!(script.contains("_toronto"), "{script}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("toronto.bash");
+    std::fs::write(&file, &script).unwrap();
+    let syntax = Command::new("bash")
+        .arg("-n")
+        .arg(&file)
+        .output()
+        .await
+        .unwrap();
+    assert!(syntax.status.success(), "{syntax:?}");
+    for shell in ["zsh", "fish"] {
+        let out = toronto("nats://127.0.0.1:1", &["completions", shell]).await;
+        assert!(out.status.success(), "{shell}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("toronto"));
+    }
+    let version = toronto("nats://127.0.0.1:1", &["--version"]).await;
+    let version = String::from_utf8(version.stdout).unwrap();
+    assert!(
+        version.starts_with(&format!("toronto {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{version}"
+    );
+}

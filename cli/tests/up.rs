@@ -87,7 +87,13 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     }
     let ping = toronto(&url, &["ping"]).await;
     assert!(ping.status.success());
-    assert_eq!(String::from_utf8(ping.stdout).unwrap().lines().count(), 5);
+    let pings = String::from_utf8(ping.stdout).unwrap();
+    assert_eq!(
+        pings.lines().count(),
+        6,
+        "five services and the console: {pings}"
+    );
+    assert!(pings.contains("toronto-console"), "{pings}");
     assert!(
         data.path().join("nats/jetstream").is_dir(),
         "JetStream data kept under --data-dir"
@@ -398,4 +404,103 @@ async fn up_secure_runs_every_service_as_its_own_nats_user() {
     );
     let exit = sigterm(&mut up).await;
     assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let mut bus = client
+        .subscribe("toronto.devops.v1.events.>")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut up = Command::new(TORONTO)
+        .args(["up", "--demo", "--http-port-base", "0"])
+        .env("TORONTO_NATS_URL", server.url())
+        .env("TORONTO_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until_all_answer(&server.url()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // healthy traffic for the SLOs
+    let dir = tempfile::tempdir().unwrap();
+    let story = Command::new(TORONTO)
+        .args(["demo", "incident", "--postmortem-dir"])
+        .arg(dir.path())
+        .env("TORONTO_NATS_URL", server.url())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&story.stdout);
+    assert!(
+        story.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&story.stderr)
+    );
+    println!(
+        "demo incident: the whole story (up --demo included) took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    for step in [
+        "1. the change is in production",
+        "2. the SLO burns",
+        "3. the alert fires",
+        "4. incident",
+        "5. user:",
+        "6. the playbook rolled the change back",
+        "7. the monitor confirms recovery",
+        "8. incident",
+        "9. the postmortem is written",
+        "SLO time compressed 360x",
+    ] {
+        assert!(stdout.contains(step), "{step}: {stdout}");
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert_eq!(files.len(), 1, "one postmortem");
+    // The events, in order: exactly one incident, one rollback, one postmortem.
+    let mut seen: Vec<(String, serde_json::Value)> = Vec::new();
+    use futures::StreamExt;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), bus.next()).await {
+        let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        seen.push((m.subject.to_string(), v));
+    }
+    let position = |name: &str, pick: &dyn Fn(&serde_json::Value) -> bool| {
+        seen.iter()
+            .position(|(s, v)| s.ends_with(name) && pick(&v["data"]))
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let prod = |d: &serde_json::Value| {
+        d["environment"] == "production" || d["labels"]["environment"] == "production"
+    };
+    let bad = position(".rollout.succeeded", &|d| {
+        prod(d) && d["version"] == "1.3.0"
+    });
+    let firing = position(".alert.firing", &prod);
+    let opened = position(".incident.opened", &prod);
+    let paged = position(".page.sent", &|_| true);
+    let rollback = position(".rollout.rolled_back", &|d| {
+        prod(d) && d["is_rollback"] == true
+    });
+    let resolved = position(".incident.resolved", &prod);
+    let closed = position(".incident.closed", &prod);
+    assert!(
+        bad < firing && firing < opened && opened < paged && paged < rollback,
+        "{bad} {firing} {opened} {paged} {rollback}"
+    );
+    assert!(rollback < resolved && resolved < closed);
+    let count = |name: &str| seen.iter().filter(|(s, _)| s.ends_with(name)).count();
+    assert_eq!(count(".incident.opened"), 1);
+    assert_eq!(count(".incident.closed"), 1);
+    assert_eq!(
+        seen.iter()
+            .filter(|(s, v)| s.ends_with(".rollout.started") && v["data"]["is_rollback"] == true)
+            .count(),
+        1,
+        "one rollback"
+    );
+    let exit = sigterm(&mut up).await;
+    assert!(exit.success());
 }

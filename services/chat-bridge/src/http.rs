@@ -249,7 +249,7 @@ async fn slack_interactions(
     };
     let Some(payload) = form
         .get("payload")
-        .and_then(|p| serde_json::from_str::<Value>(p).ok())
+        .and_then(|p| toronto_protocol::codec::from_json_bounded::<Value>(p.as_bytes()).ok())
     else {
         return refuse(StatusCode::BAD_REQUEST, "payload is missing or not JSON").into_response();
     };

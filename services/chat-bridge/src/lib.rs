@@ -76,10 +76,19 @@ pub async fn start_with(
                 })?;
             tracing::info!(addr = ?listener.local_addr().ok(), "chat routes listening");
             let stop = rt.shutdown_token();
-            rt.spawn_background("chat HTTP", async move {
-                axum::serve(listener, routes)
-                    .with_graceful_shutdown(stop.cancelled_owned())
-                    .await
+            // Each run serves a clone of the one bound socket, so a restart keeps the port.
+            let socket = listener.into_std().map_err(|source| RuntimeError::Http {
+                addr: addr.to_string(),
+                source,
+            })?;
+            rt.spawn_background("chat HTTP", move || {
+                let (socket, routes, stop) = (socket.try_clone(), routes.clone(), stop.clone());
+                async move {
+                    let listener = tokio::net::TcpListener::from_std(socket?)?;
+                    let timeouts = toronto_runtime::http::HttpTimeouts::default();
+                    toronto_runtime::http::serve_listener(listener, routes, timeouts, stop).await;
+                    Ok::<(), std::io::Error>(())
+                }
             });
             rt
         }
@@ -110,10 +119,32 @@ pub async fn start_with(
                 })
             })?;
         toronto_runtime::service::confirm_subscriptions(&rt.client).await;
-        rt.spawn_background(
-            "notifications",
-            notify::follow_events(events, settings.clone(), router, rt.shutdown_token()),
+        // The first run reads the subscription made above; a restart subscribes again.
+        let first = Arc::new(std::sync::Mutex::new(Some(events)));
+        let (client, subject, settings, token) = (
+            rt.client.clone(),
+            rt.subjects.events_all(),
+            settings.clone(),
+            rt.shutdown_token(),
         );
+        rt.spawn_background("notifications", move || {
+            let first = first.lock().ok().and_then(|mut f| f.take());
+            let (client, subject) = (client.clone(), subject.clone());
+            let (settings, router, token) = (settings.clone(), router.clone(), token.clone());
+            async move {
+                let events = match first {
+                    Some(events) => events,
+                    None => client
+                        .queue_subscribe(subject, KIND.service_name().to_owned())
+                        .await
+                        .map_err(|e| e.to_string())?,
+                };
+                match notify::follow_events(events, settings, router, token).await {
+                    Ok(()) => Ok::<(), String>(()),
+                    Err(never) => match never {},
+                }
+            }
+        });
     }
     Ok(rt)
 }

@@ -257,14 +257,26 @@ pub const CHAT_VARS: &[Var<Settings>] = &[
     ),
     Var::new(
         "TORONTO_CHAT_REPLY_WAIT_MS",
-        "Milliseconds a slash command waits for its answer before replying \"working on it\" and posting the answer to the response URL (Slack allows 3000); 0 always answers through the response URL.",
+        "Milliseconds a slash command waits for its answer before replying \"working on it\" and posting the answer to the response URL; at most 2800, under Slack's 3-second limit (a larger value is refused); 0 always answers through the response URL.",
         "2500",
         |s, v| {
-            s.reply_wait = parse::millis_or_zero(v)?;
+            let wait = parse::millis_or_zero(v)?;
+            if wait > MAX_REPLY_WAIT {
+                return Err(ValueError::Invalid(format!(
+                    "{} ms is over {} ms: Slack drops a slash command not answered within 3 s",
+                    wait.as_millis(),
+                    MAX_REPLY_WAIT.as_millis()
+                )));
+            }
+            s.reply_wait = wait;
             Ok(())
         },
     ),
 ];
+
+/// The longest `TORONTO_CHAT_REPLY_WAIT_MS`: Slack drops a slash command not answered
+/// within 3 s, and the answer still has to travel back.
+pub const MAX_REPLY_WAIT: Duration = Duration::from_millis(2800);
 
 fn roles(v: &str) -> Result<HashMap<String, Role>, ValueError> {
     let mut roles = HashMap::new();
@@ -432,6 +444,17 @@ mod tests {
     use super::*;
 
     use toronto_runtime::config::var_map as vars;
+
+    #[test]
+    fn the_reply_wait_stays_under_slacks_three_seconds() {
+        let ok = Settings::from_vars(&vars(&[("TORONTO_CHAT_REPLY_WAIT_MS", "2800")])).unwrap();
+        assert_eq!(ok.reply_wait, MAX_REPLY_WAIT);
+        let e = Settings::from_vars(&vars(&[("TORONTO_CHAT_REPLY_WAIT_MS", "3000")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("TORONTO_CHAT_REPLY_WAIT_MS"), "{e}");
+        assert!(e.contains("3 s"), "{e}");
+    }
 
     #[test]
     fn variables_parse_and_bad_values_are_named_without_secrets() {

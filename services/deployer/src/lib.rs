@@ -29,6 +29,7 @@ use toronto_protocol::rollout::{
 use toronto_protocol::tasks::ExecuteRequest;
 use toronto_runtime::config::ConfigError;
 use toronto_runtime::jetstream::Delivery;
+use toronto_runtime::supervise::LoopSpec;
 use toronto_runtime::work::WorkQueue;
 use toronto_runtime::{Request, ServiceRuntime};
 
@@ -142,66 +143,83 @@ pub async fn start_with(
     runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {
         sim.register_metrics(&rt.metrics);
-        rt.spawn_background(
-            "simulated cluster traffic",
-            sim.clone().run_traffic(
-                rt.client.clone(),
-                rt.subjects.clone(),
-                rt.source(),
-                rt.shutdown_token(),
-            ),
+        let (sim, client, subjects, source, token) = (
+            sim.clone(),
+            rt.client.clone(),
+            rt.subjects.clone(),
+            rt.source(),
+            rt.shutdown_token(),
         );
+        rt.spawn_background("simulated cluster traffic", move || {
+            sim.clone().run_traffic(
+                client.clone(),
+                subjects.clone(),
+                source.clone(),
+                token.clone(),
+            )
+        });
     }
 
     register(&rt, &deployer).await?;
 
-    rt.spawn_background(
-        "alert and analysis listener",
-        deployer.clone().listen(rt.shutdown_token()),
-    );
+    let (listener, token) = (deployer.clone(), rt.shutdown_token());
+    rt.spawn_background("alert and analysis listener", move || {
+        listener.clone().listen(token.clone())
+    });
     if !settings.drift_interval.is_zero() {
         let checker = deployer.clone();
         let token = rt.shutdown_token();
         let every = settings.drift_interval;
-        rt.spawn_background("drift checker", async move {
-            let mut interval = tokio::time::interval(every);
-            interval.tick().await;
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                    _ = interval.tick() => {}
-                }
-                if let Err(e) = checker.drift_check(&DriftCheck::default()).await {
-                    tracing::warn!(error = %e.message, "drift check failed");
+        rt.spawn_background("drift checker", move || {
+            let (checker, token) = (checker.clone(), token.clone());
+            async move {
+                let mut interval = tokio::time::interval(every);
+                interval.tick().await;
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                        _ = interval.tick() => {}
+                    }
+                    if let Err(e) = checker.drift_check(&DriftCheck::default()).await {
+                        tracing::warn!(error = %e.message, "drift check failed");
+                    }
                 }
             }
         });
     }
     let advancer = deployer.clone();
-    rt.spawn_background(
-        "rollout runner",
-        runs.clone().run(
-            runs.consumer(settings.lease, 50, 32),
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            {
-                // A crash stops the consumer too.
-                let token = CancellationToken::new();
-                let (a, b, t) = (rt.shutdown_token(), deployer.crash.clone(), token.clone());
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = a.cancelled() => {}
-                        _ = b.cancelled() => {}
-                    }
-                    t.cancel();
-                });
-                token
-            },
-            move |work: AdvanceRollout, delivery: Delivery| {
-                let deployer = advancer.clone();
-                async move { deployer.advance(work.rollout_id, &delivery).await }
-            },
-        ),
+    // A crash stops the consumer too, for good.
+    let token = CancellationToken::new();
+    {
+        let (a, b, t) = (rt.shutdown_token(), deployer.crash.clone(), token.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = a.cancelled() => {}
+                _ = b.cancelled() => {}
+            }
+            t.cancel();
+        });
+    }
+    let (spec, dead_letters, metrics) = (
+        runs.consumer(settings.lease, 50, 32),
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+    );
+    rt.spawn_loop(
+        LoopSpec::new("rollout runner").until(deployer.crash.clone()),
+        move || {
+            let advancer = advancer.clone();
+            runs.clone().run(
+                spec.clone(),
+                dead_letters.clone(),
+                metrics.clone(),
+                token.clone(),
+                move |work: AdvanceRollout, delivery: Delivery| {
+                    let deployer = advancer.clone();
+                    async move { deployer.advance(work.rollout_id, &delivery).await }
+                },
+            )
+        },
     );
     Ok(Started {
         runtime: rt,

@@ -39,6 +39,9 @@ pub struct Settings {
     pub progress_deadline: Duration,
     /// Canary steps when a deploy names none (percent).
     pub canary_steps: Vec<u8>,
+    /// Rolling rollouts: the share of replicas (percent) on the new version in each
+    /// analysed batch before it takes everything.
+    pub rolling_batches: Vec<u8>,
     /// Pause after each canary step (and each blue-green phase), with analysis.
     pub step_pause: Duration,
     /// Environments whose rollouts wait for `rollout.promote` between steps.
@@ -67,6 +70,7 @@ impl Default for Settings {
             analysis_timeout: Duration::from_secs(2),
             progress_deadline: Duration::from_secs(600),
             canary_steps: vec![10, 25, 50, 100],
+            rolling_batches: vec![25, 50],
             step_pause: Duration::from_secs(30),
             manual_promotion: Vec::new(),
             scale_down_delay: Duration::from_secs(30),
@@ -159,6 +163,15 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
         "10,25,50,100",
         |s, v| {
             s.canary_steps = canary_steps(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_ROLLING_BATCHES",
+        "Rolling rollouts: percent of the replicas on the new version in each analysed batch before it takes all, comma-separated and increasing.",
+        "25,50",
+        |s, v| {
+            s.rolling_batches = canary_steps(v)?;
             Ok(())
         },
     ),

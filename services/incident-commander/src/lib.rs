@@ -15,7 +15,9 @@
 
 pub mod endpoints;
 pub mod engine;
+pub mod freeze;
 pub mod intake;
+pub mod outbound;
 pub mod playbook;
 pub mod postmortem;
 pub mod publisher;
@@ -31,6 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
 use toronto_runtime::jetstream::{ConsumerSpec, run_consumer};
+use toronto_runtime::supervise::LoopSpec;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
 use engine::Engine;
@@ -95,7 +98,7 @@ async fn read_bucket<T: serde::de::DeserializeOwned>(
     Ok(values
         .into_iter()
         .flatten()
-        .filter_map(|v| serde_json::from_slice(&v).ok())
+        .filter_map(|v| toronto_protocol::codec::from_json_bounded(&v).ok())
         .collect())
 }
 
@@ -122,7 +125,9 @@ async fn read_alert_log(
         .map_err(|e| restore(store, e))?;
     let mut alerts: std::collections::HashMap<String, engine::AlertRecord> = Default::default();
     for v in values.into_iter().flatten() {
-        let Ok(records) = serde_json::from_slice::<Vec<engine::AlertRecord>>(&v) else {
+        let Ok(records) =
+            toronto_protocol::codec::from_json_bounded::<Vec<engine::AlertRecord>>(&v)
+        else {
             continue;
         };
         for r in records {
@@ -187,6 +192,7 @@ pub async fn start_with(
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;
 
+    outbound::start::ensure_stream(&rt).await?;
     let (effects, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let (playbooks, playbooks_rx) = tokio::sync::mpsc::unbounded_channel();
     let tick = settings.tick;
@@ -205,21 +211,31 @@ pub async fn start_with(
         read_bucket(&silences, "inhibition.").await?,
     );
     compact_alert_log(&engine, &incidents, alert_log.0).await;
-    rt.spawn_background(
-        "publisher",
-        publisher::run(
-            engine.clone(),
-            publisher::Sink {
-                js: rt.js.clone(),
-                client: rt.client.clone(),
-                incidents,
-                silences,
-            },
-            effects_rx,
-            rt.shutdown_token(),
-        ),
+    let sink = publisher::Sink {
+        js: rt.js.clone(),
+        client: rt.client.clone(),
+        incidents: incidents.clone(),
+        silences,
+    };
+    let (publishing, effects_rx, token) = (
+        engine.clone(),
+        Arc::new(tokio::sync::Mutex::new(effects_rx)),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("publisher", move || {
+        let (engine, sink, rx, token) = (
+            publishing.clone(),
+            sink.clone(),
+            effects_rx.clone(),
+            token.clone(),
+        );
+        async move {
+            let mut rx = rx.lock_owned().await;
+            publisher::run(engine, sink, &mut rx, token).await
+        }
+    });
     register_metrics(&rt, &engine);
+    outbound::start::spawn_sender(&rt, engine.clone());
 
     let remote = playbook::Remote {
         client: rt.client.clone(),
@@ -227,80 +243,109 @@ pub async fn start_with(
         source: rt.source(),
         timeout: rt.config.nats.request_timeout(),
     };
-    rt.spawn_background(
-        "playbooks",
-        playbook::runner(
-            engine.clone(),
-            remote.clone(),
-            playbooks_rx,
-            rt.shutdown_token(),
-        ),
+    let (running, runner_remote, playbooks_rx, token) = (
+        engine.clone(),
+        remote.clone(),
+        Arc::new(tokio::sync::Mutex::new(playbooks_rx)),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("playbooks", move || {
+        let (engine, remote, rx, token) = (
+            running.clone(),
+            runner_remote.clone(),
+            playbooks_rx.clone(),
+            token.clone(),
+        );
+        async move {
+            let mut rx = rx.lock_owned().await;
+            playbook::runner(engine, remote, &mut rx, token).await
+        }
+    });
     for id in engine.running_playbooks() {
         let _ = playbooks.send(id);
     }
-    rt.spawn_background(
-        "rollout events",
-        playbook::follow_rollouts(
-            engine.clone(),
-            rt.js.clone(),
-            rt.subjects.clone(),
-            rt.shutdown_token(),
-        ),
+    let (following, js, subjects, token) = (
+        engine.clone(),
+        rt.js.clone(),
+        rt.subjects.clone(),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("rollout events", move || {
+        playbook::follow_rollouts(
+            following.clone(),
+            js.clone(),
+            subjects.clone(),
+            token.clone(),
+        )
+    });
     let (ticker, token, tick_remote) = (engine.clone(), rt.shutdown_token(), remote.clone());
-    rt.spawn_background("deadlines", async move {
-        let mut every = tokio::time::interval(tick);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => {
-                    let quiet = ticker.deadlines();
-                    playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
+    rt.spawn_background("deadlines", move || {
+        let (ticker, token, tick_remote) = (ticker.clone(), token.clone(), tick_remote.clone());
+        async move {
+            let mut every = tokio::time::interval(tick);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = every.tick() => {
+                        let quiet = ticker.deadlines();
+                        playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
+                    }
                 }
             }
         }
     });
 
     let (keeper, token) = (engine.clone(), rt.shutdown_token());
-    rt.spawn_background("housekeeping", async move {
-        let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => {
-                    let forgotten = keeper.housekeeping();
-                    tracing::debug!(forgotten, "alerts resolved long ago forgotten");
+    rt.spawn_background("housekeeping", move || {
+        let (keeper, token) = (keeper.clone(), token.clone());
+        async move {
+            let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = every.tick() => {
+                        let forgotten = keeper.housekeeping();
+                        tracing::debug!(forgotten, "alerts resolved long ago forgotten");
+                    }
                 }
             }
         }
     });
 
     endpoints::register(&rt, &engine).await?;
+    let freezer = freeze::Freezer::start(&rt, engine.clone(), incidents).await?;
+    freeze::run(&rt, freezer, tick).await?;
 
     // Alerts from the bus: a durable consumer, so none is lost while the service is down.
     let bus = engine.clone();
-    rt.spawn_background(
-        "alerts from the bus",
-        run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.events_stream(),
-                durable: format!("{}-alerts", KIND.service_name()),
-                filter_subject: Some(rt.subjects.event("alert", ">")),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 5,
-                // One at a time: a firing and its resolution must not swap places.
-                concurrency: 1,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
-            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
-        ),
+    let spec = ConsumerSpec {
+        stream: rt.subjects.events_stream(),
+        durable: format!("{}-alerts", KIND.service_name()),
+        filter_subject: Some(rt.subjects.event("alert", ">")),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 5,
+        // One at a time: a firing and its resolution must not swap places.
+        concurrency: 1,
+    };
+    let (js, dead_letters, metrics, token) = (
+        rt.js.clone(),
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("alerts from the bus", move || {
+        let bus = bus.clone();
+        run_consumer(
+            js.clone(),
+            spec.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            token.clone(),
+            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
+        )
+    });
     let _ = slot.set(engine);
     Ok(rt)
 }
@@ -362,7 +407,11 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
         mtbf.clone(),
     );
     let (engine, token) = (engine.clone(), rt.shutdown_token());
-    rt.spawn_background("incident metrics", async move {
+    let gauges = (open, by_severity, mtta, mttr, mtbf);
+    rt.spawn_loop(LoopSpec::new("incident metrics").optional(), move || {
+        let (engine, token) = (engine.clone(), token.clone());
+        let (open, by_severity, mtta, mttr, mtbf) = gauges.clone();
+        async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
@@ -378,6 +427,7 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
                     mtbf.set(m.mtbf_seconds.unwrap_or(0.0));
                 }
             }
+        }
         }
     });
 }

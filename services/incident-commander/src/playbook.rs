@@ -155,7 +155,7 @@ pub async fn confirm_quiet(engine: &Engine, remote: &Remote, ids: Vec<Uuid>) {
 pub async fn runner(
     engine: Arc<Engine>,
     remote: Remote,
-    mut rx: mpsc::UnboundedReceiver<Uuid>,
+    rx: &mut mpsc::UnboundedReceiver<Uuid>,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     let running: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
@@ -327,7 +327,7 @@ async fn execute(
 }
 
 async fn probe(url: &str) -> Result<u16, String> {
-    let client = reqwest::Client::builder()
+    let client = toronto_runtime::tls::http_client()
         .timeout(Duration::from_secs(5))
         .build()
         .map_err(|e| e.to_string())?;

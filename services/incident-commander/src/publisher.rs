@@ -58,7 +58,7 @@ struct Deferred {
 pub async fn run(
     engine: Arc<Engine>,
     sink: Sink,
-    mut rx: mpsc::UnboundedReceiver<Effect>,
+    rx: &mut mpsc::UnboundedReceiver<Effect>,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     let mut deferred = Deferred::default();

@@ -71,6 +71,9 @@ pub struct Policy {
     /// Rules over labels, environment, SLO tier and services affected; the first
     /// that matches gives the severity. A linked change raises it one step.
     pub severity_rules: Vec<SeverityRule>,
+    /// When no rule matches: the alert's `severity` label (Prometheus, Alertmanager,
+    /// PagerDuty) gives the severity, adjusted by environment and SLO tier.
+    pub severity_labels: SeverityLabels,
     /// On-call schedules.
     pub schedules: Vec<Schedule>,
     /// Escalation policies.
@@ -83,6 +86,12 @@ pub struct Policy {
     pub playbooks: Vec<Playbook>,
     /// Which incidents playbooks may act on without a human.
     pub autonomy: Autonomy,
+    /// Outbound notifications: channels (PagerDuty, Slack, Mattermost, signed
+    /// webhooks), people's chat ids, retries.
+    pub notifications: crate::outbound::Notifications,
+    /// Blast-radius freezes: severities that freeze, the service-dependency map, what
+    /// paused rollouts do when the freeze lifts.
+    pub freeze: crate::freeze::FreezePolicy,
 }
 
 impl Default for Policy {
@@ -90,13 +99,58 @@ impl Default for Policy {
         Self {
             default_severity: Severity::Sev3,
             severity_rules: Vec::new(),
+            severity_labels: SeverityLabels::default(),
             schedules: Vec::new(),
             escalation_policies: Vec::new(),
             default_escalation: None,
             service_escalation: BTreeMap::new(),
             playbooks: Vec::new(),
             autonomy: Autonomy::default(),
+            notifications: crate::outbound::Notifications::default(),
+            freeze: crate::freeze::FreezePolicy::default(),
         }
+    }
+}
+
+/// How an alert's `severity` label maps to a severity when no rule matches.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeverityLabels {
+    /// Label value (lower-cased) to severity. Entries given in the policy replace or add
+    /// to the defaults: `critical` SEV1; `error`, `high` and `page` (the monitor's fast
+    /// burn) SEV2; `warning` and `ticket` (slow burn) SEV3; `info` and `low` SEV4.
+    pub map: BTreeMap<String, Severity>,
+    /// Environments where the mapping applies as is; anywhere else it is one step
+    /// milder.
+    pub production_environments: Vec<String>,
+    /// SLO tiers (label `slo_tier`) whose incidents are one step worse.
+    pub critical_slo_tiers: Vec<String>,
+}
+
+impl Default for SeverityLabels {
+    fn default() -> Self {
+        Self {
+            map: BTreeMap::new(),
+            production_environments: vec!["production".into(), "prod".into()],
+            critical_slo_tiers: vec!["critical".into()],
+        }
+    }
+}
+
+impl SeverityLabels {
+    /// The severity a label value maps to: the policy's entry, else the default.
+    pub fn severity_of(&self, value: &str) -> Option<Severity> {
+        let value = value.trim().to_ascii_lowercase();
+        if let Some(sev) = self.map.get(&value) {
+            return Some(*sev);
+        }
+        Some(match value.as_str() {
+            "critical" => Severity::Sev1,
+            "error" | "high" | "page" => Severity::Sev2,
+            "warning" | "ticket" => Severity::Sev3,
+            "info" | "low" => Severity::Sev4,
+            _ => return None,
+        })
     }
 }
 
@@ -186,6 +240,10 @@ pub struct EscalationLevel {
     pub notify: Vec<String>,
     /// Seconds to wait for an acknowledgement before the next level (fractions allowed).
     pub ack_timeout_seconds: f64,
+    /// Notification channels this level's pages go out on (names from
+    /// `notifications.channels`); empty: `notifications.default_channels`.
+    #[serde(default)]
+    pub channels: Vec<String>,
 }
 
 /// A playbook: conditions over the incident and actions.
@@ -338,6 +396,12 @@ impl Policy {
                 }
             }
         }
+        self.notifications.check(
+            self.escalation_policies
+                .iter()
+                .flat_map(|p| &p.levels)
+                .flat_map(|l| &l.channels),
+        )?;
         for pb in &self.playbooks {
             for a in &pb.actions {
                 if let Action::Page { target } = a {

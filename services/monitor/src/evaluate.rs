@@ -109,6 +109,11 @@ pub fn key(slo: &Slo) -> String {
     format!("{}.{}", slo.service, slo.name)
 }
 
+/// `compressed 360x` when SLO time is compressed (what alerts say), else `None`.
+pub fn compressed(time_scale: f64) -> Option<String> {
+    (time_scale != 1.0).then(|| format!("compressed {time_scale}x"))
+}
+
 const SEVERITIES: [(&str, &str, std::ops::Range<usize>); 2] = [
     ("page", "SLOErrorBudgetBurnPage", 0..2),
     ("ticket", "SLOErrorBudgetBurnTicket", 2..4),
@@ -380,21 +385,28 @@ impl SloEngine {
                             (
                                 "summary".to_owned(),
                                 format!(
-                                    "{} is burning its error budget ({})",
-                                    slo.service, slo.name
+                                    "{} is burning its error budget ({}){}",
+                                    slo.service,
+                                    slo.name,
+                                    compressed(self.settings.time_scale)
+                                        .map(|c| format!(" [{c}]"))
+                                        .unwrap_or_default()
                                 ),
                             ),
                             (
                                 "description".to_owned(),
                                 format!(
-                                    "The {} SLO ({}% over {} days) of {} in {} burns its error budget: {}; {:.1}% of the budget left.",
+                                    "The {} SLO ({}% over {} days) of {} in {} burns its error budget: {}; {:.1}% of the budget left.{}",
                                     slo.name,
                                     slo.objective * 100.0,
                                     slo.window_days,
                                     slo.service,
                                     state.environment,
                                     crossing.join(", "),
-                                    budget_remaining * 100.0
+                                    budget_remaining * 100.0,
+                                    compressed(self.settings.time_scale)
+                                        .map(|c| format!(" SLO time is {c} (TORONTO_MONITOR_TIME_SCALE): {} SLO days last {:.0} s.", slo.window_days, f64::from(slo.window_days) * 86_400.0 / self.settings.time_scale))
+                                        .unwrap_or_default()
                                 ),
                             ),
                             ("windows".to_owned(), crossing.join(", ")),
@@ -509,6 +521,11 @@ spec:
         assert_eq!(fired.labels["slo"], "availability");
         assert_eq!(fired.labels["environment"], "production");
         assert!(fired.burn_rates["5m"] > 14.4, "{fired:?}");
+        assert!(
+            fired.annotations["summary"].ends_with("[compressed 3600x]"),
+            "the alert says SLO time is compressed: {fired:?}"
+        );
+        assert!(fired.annotations["description"].contains("30 SLO days last 720 s"));
         let listed = engine.list(Some("cart"));
         assert!(listed[0].firing.contains(&"page".to_owned()));
         assert!(listed[0].status.as_ref().unwrap().exhausted);

@@ -99,16 +99,21 @@ pub async fn start_with(
         "Samples stored from the bus",
         counters.samples.clone(),
     );
-    rt.spawn_background(
-        "metrics from the bus",
-        bus::run(
-            rt.client.clone(),
-            rt.subjects.metrics_all(),
-            store.clone(),
-            counters,
-            rt.shutdown_token(),
-        ),
+    let (client, subject, bus_store, token) = (
+        rt.client.clone(),
+        rt.subjects.metrics_all(),
+        store.clone(),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("metrics from the bus", move || {
+        bus::run(
+            client.clone(),
+            subject.clone(),
+            bus_store.clone(),
+            counters.clone(),
+            token.clone(),
+        )
+    });
     let series_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     let samples_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     rt.metrics.register(
@@ -123,16 +128,20 @@ pub async fn start_with(
     );
     let pruned = store.clone();
     let token = rt.shutdown_token();
-    rt.spawn_background("store pruning", async move {
-        let mut every = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                _ = every.tick() => {
-                    pruned.prune();
-                    let (series, samples) = pruned.size();
-                    series_gauge.set(series as i64);
-                    samples_gauge.set(samples as i64);
+    rt.spawn_background("store pruning", move || {
+        let (pruned, token) = (pruned.clone(), token.clone());
+        let (series_gauge, samples_gauge) = (series_gauge.clone(), samples_gauge.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                    _ = every.tick() => {
+                        pruned.prune();
+                        let (series, samples) = pruned.size();
+                        series_gauge.set(series as i64);
+                        samples_gauge.set(samples as i64);
+                    }
                 }
             }
         }
@@ -140,51 +149,69 @@ pub async fn start_with(
 
     // Exposition endpoints to scrape.
     if !settings.scrape_targets.is_empty() {
-        rt.spawn_background(
-            "scraping",
-            scrape::run(
-                settings.scrape_targets.clone(),
-                settings.scrape_interval,
-                settings.http_timeout,
-                store.clone(),
-                rt.shutdown_token(),
-            ),
+        let (targets, every, timeout) = (
+            settings.scrape_targets.clone(),
+            settings.scrape_interval,
+            settings.http_timeout,
         );
+        let (scraped, token) = (store.clone(), rt.shutdown_token());
+        rt.spawn_background("scraping", move || {
+            scrape::run(
+                targets.clone(),
+                every,
+                timeout,
+                scraped.clone(),
+                token.clone(),
+            )
+        });
     }
 
     // Synthetic probes and anomaly detection.
     if !settings.probes.is_empty() {
-        rt.spawn_background(
-            "probes",
-            probe_loop(
-                settings.clone(),
-                store.clone(),
-                rt.events.clone(),
-                rt.source(),
-                rt.shutdown_token(),
-            ),
+        let (probing, probed, events, source, token) = (
+            settings.clone(),
+            store.clone(),
+            rt.events.clone(),
+            rt.source(),
+            rt.shutdown_token(),
         );
+        rt.spawn_background("probes", move || {
+            probe_loop(
+                probing.clone(),
+                probed.clone(),
+                events.clone(),
+                source.clone(),
+                token.clone(),
+            )
+        });
     }
     if !settings.anomaly_metrics.is_empty() {
-        let detector = anomaly::AnomalyDetector::new(
-            settings.anomaly_metrics.clone(),
-            settings.anomaly_threshold,
-            settings.anomaly_interval.as_millis() as i64,
-            settings.resolve_evaluations,
-            settings.default_environment.clone(),
+        // A restarted run starts from a fresh detector.
+        let detecting = settings.clone();
+        let (watched, events, source, token) = (
+            store.clone(),
+            rt.events.clone(),
             rt.source(),
+            rt.shutdown_token(),
         );
-        rt.spawn_background(
-            "anomaly detection",
+        rt.spawn_background("anomaly detection", move || {
+            let detector = anomaly::AnomalyDetector::new(
+                detecting.anomaly_metrics.clone(),
+                detecting.anomaly_threshold,
+                detecting.anomaly_interval.as_millis() as i64,
+                detecting.resolve_evaluations,
+                detecting.default_environment.clone(),
+                source.clone(),
+            );
             anomaly_loop(
                 detector,
-                settings.anomaly_interval,
-                store.clone(),
-                rt.events.clone(),
-                rt.source(),
-                rt.shutdown_token(),
-            ),
-        );
+                detecting.anomaly_interval,
+                watched.clone(),
+                events.clone(),
+                source.clone(),
+                token.clone(),
+            )
+        });
     }
 
     // Canary analysis, once and continuous.
@@ -201,22 +228,28 @@ pub async fn start_with(
         rt.source(),
         rt.shutdown_token(),
     );
-    rt.spawn_background(
-        "rollout events",
-        watches.clone().follow_rollouts(
-            rt.client.clone(),
-            rt.subjects.event("rollout", ">"),
-            rt.shutdown_token(),
-        ),
+    let (following, client, subject, token) = (
+        watches.clone(),
+        rt.client.clone(),
+        rt.subjects.event("rollout", ">"),
+        rt.shutdown_token(),
     );
-    rt.spawn_background(
-        "canary unwatch",
-        watches.clone().follow_unwatch(
-            rt.client.clone(),
-            rt.subjects.command(KIND, "canary.unwatch"),
-            rt.shutdown_token(),
-        ),
+    rt.spawn_background("rollout events", move || {
+        following
+            .clone()
+            .follow_rollouts(client.clone(), subject.clone(), token.clone())
+    });
+    let (unwatching, client, subject, token) = (
+        watches.clone(),
+        rt.client.clone(),
+        rt.subjects.command(KIND, "canary.unwatch"),
+        rt.shutdown_token(),
     );
+    rt.spawn_background("canary unwatch", move || {
+        unwatching
+            .clone()
+            .follow_unwatch(client.clone(), subject.clone(), token.clone())
+    });
     let start_watch = watches.clone();
     rt.endpoint("canary.watch", move |req: Request<CanaryWatch>| {
         let result = start_watch.start(req.data().clone(), req.flow());
@@ -262,17 +295,24 @@ pub async fn start_with(
         async move { Ok::<_, ErrorBody>(SloEntries { slos }) }
     })
     .await?;
-    rt.spawn_background(
-        "SLO evaluation",
-        evaluation_loop(
-            engine,
-            status.clone(),
-            rt.events.clone(),
-            rt.source(),
-            settings.slo_interval,
-            rt.shutdown_token(),
-        ),
+    let (evaluated, slo_status, events, source, every, token) = (
+        engine,
+        status.clone(),
+        rt.events.clone(),
+        rt.source(),
+        settings.slo_interval,
+        rt.shutdown_token(),
     );
+    rt.spawn_background("SLO evaluation", move || {
+        evaluation_loop(
+            evaluated.clone(),
+            slo_status.clone(),
+            events.clone(),
+            source.clone(),
+            every,
+            token.clone(),
+        )
+    });
 
     rt.endpoint("slo.get", move |req: Request<SloGet>| {
         let status = status.clone();
@@ -418,7 +458,7 @@ async fn probe_loop(
     source: String,
     shutdown: CancellationToken,
 ) -> Result<(), reqwest::Error> {
-    let http = reqwest::Client::builder()
+    let http = toronto_runtime::tls::http_client()
         .timeout(settings.http_timeout)
         .build()?;
     let mut tracks: Vec<probes::ProbeTrack> =
@@ -491,7 +531,7 @@ async fn slo_statuses(
             .await
             .map_err(|e| unavailable(e.to_string()))?
         {
-            match serde_json::from_slice::<SloStatus>(&bytes) {
+            match toronto_protocol::codec::from_json_bounded::<SloStatus>(&bytes) {
                 Ok(s) => statuses.push(s),
                 Err(e) => tracing::warn!(key, error = %e, "unreadable SLO status"),
             }

@@ -103,10 +103,10 @@ impl Prometheus {
     pub fn new(base: &str, timeout: Duration) -> Self {
         Self {
             base: base.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::builder()
+            http: toronto_runtime::tls::http_client()
                 .timeout(timeout)
                 .build()
-                .expect("an HTTP client without TLS builds"),
+                .expect("an HTTP client with the ring provider builds"),
         }
     }
 
@@ -139,10 +139,13 @@ impl Prometheus {
         };
         let response = self.http.get(url).send().await.map_err(http)?;
         let text = response.text().await.map_err(http)?;
-        let answer: Answer = serde_json::from_str(&text).map_err(|e| PrometheusError::Decode {
-            query: query.clone(),
-            reason: format!("{e}: {}", text.chars().take(200).collect::<String>()),
-        })?;
+        let answer: Answer =
+            toronto_protocol::codec::from_json_bounded(text.as_bytes()).map_err(|e| {
+                PrometheusError::Decode {
+                    query: query.clone(),
+                    reason: format!("{e}: {}", text.chars().take(200).collect::<String>()),
+                }
+            })?;
         if answer.status != "success" {
             return Err(PrometheusError::Query {
                 query,

@@ -263,7 +263,9 @@ pub async fn run(
     store: Arc<Store>,
     shutdown: CancellationToken,
 ) -> Result<(), reqwest::Error> {
-    let http = reqwest::Client::builder().timeout(timeout).build()?;
+    let http = toronto_runtime::tls::http_client()
+        .timeout(timeout)
+        .build()?;
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -323,9 +323,9 @@ impl Watches {
 /// The rollout id of a rollout event: `data.id` (a `Rollout`) or `data.rollout_id`, in
 /// JSON or MessagePack.
 fn rollout_id_of(payload: &[u8]) -> Option<Uuid> {
-    let value: serde_json::Value = serde_json::from_slice(payload)
+    let value: serde_json::Value = toronto_protocol::codec::from_json_bounded(payload)
         .ok()
-        .or_else(|| rmp_serde::from_slice(payload).ok())?;
+        .or_else(|| toronto_protocol::codec::from_msgpack_bounded(payload).ok())?;
     let data = &value["data"];
     [&data["id"], &data["rollout_id"]]
         .into_iter()

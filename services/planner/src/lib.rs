@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dora;
+mod identity;
 mod index;
 pub mod intake;
 mod listing;
@@ -75,6 +76,7 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
+    identity::register(&rt).await?;
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let lease = settings.lease;
     let intake = Planner::new(&rt, plans, settings);
@@ -179,44 +181,57 @@ pub async fn start_with(
     );
 
     let advancer = intake.clone();
-    rt.spawn_background(
-        "plan runner",
-        intake.runs.clone().run(
-            intake.runs.consumer(lease, 20, 32),
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
+    let (runs, spec) = (intake.runs.clone(), intake.runs.consumer(lease, 20, 32));
+    let (dead_letters, metrics, token) = (
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+        rt.shutdown_token(),
+    );
+    rt.spawn_background("plan runner", move || {
+        let advancer = advancer.clone();
+        runs.clone().run(
+            spec.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            token.clone(),
             move |work: AdvancePlan, delivery: Delivery| {
                 let planner = advancer.clone();
                 async move { planner.advance(work.plan_id, &delivery).await }
             },
-        ),
-    );
+        )
+    });
 
     let accepts = intake::accepts();
     let queue = intake.clone();
-    rt.spawn_background(
-        "task intake",
+    let spec = ConsumerSpec {
+        stream: rt.subjects.tasks_stream(),
+        durable: INTAKE_CONSUMER.into(),
+        filter_subject: Some(rt.subjects.tasks()),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 5,
+        concurrency: 16,
+    };
+    let (js, dead_letters, metrics, token) = (
+        rt.js.clone(),
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+        rt.shutdown_token(),
+    );
+    rt.spawn_background("task intake", move || {
+        let (queue, accepts) = (queue.clone(), accepts.clone());
         run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.tasks_stream(),
-                durable: INTAKE_CONSUMER.into(),
-                filter_subject: Some(rt.subjects.tasks()),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 5,
-                concurrency: 16,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
+            js.clone(),
+            spec.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            token.clone(),
             move |delivery: Delivery| {
                 let intake = queue.clone();
                 let accepts = accepts.clone();
                 async move { take_queued(&intake, &accepts, &delivery).await }
             },
-        ),
-    );
+        )
+    });
     Ok(rt)
 }
 
@@ -272,21 +287,28 @@ fn wake_on_end(
     ended: fn(&bytes::Bytes) -> Option<Option<uuid::Uuid>>,
 ) {
     let waker = intake.clone();
-    rt.spawn_background(
-        what,
+    let spec = ConsumerSpec {
+        stream: rt.subjects.events_stream(),
+        durable: durable.into(),
+        filter_subject: Some(rt.subjects.event(entity, ">")),
+        ack_wait: Duration::from_secs(30),
+        max_deliver: 20,
+        concurrency: 8,
+    };
+    let (js, dead_letters, metrics, token) = (
+        rt.js.clone(),
+        rt.dead_letters.clone(),
+        rt.metrics.clone(),
+        rt.shutdown_token(),
+    );
+    rt.spawn_background(what, move || {
+        let waker = waker.clone();
         run_consumer(
-            rt.js.clone(),
-            ConsumerSpec {
-                stream: rt.subjects.events_stream(),
-                durable: durable.into(),
-                filter_subject: Some(rt.subjects.event(entity, ">")),
-                ack_wait: Duration::from_secs(30),
-                max_deliver: 20,
-                concurrency: 8,
-            },
-            rt.dead_letters.clone(),
-            rt.metrics.clone(),
-            rt.shutdown_token(),
+            js.clone(),
+            spec.clone(),
+            dead_letters.clone(),
+            metrics.clone(),
+            token.clone(),
             move |delivery: Delivery| {
                 let planner = waker.clone();
                 async move {
@@ -296,8 +318,8 @@ fn wake_on_end(
                     }
                 }
             },
-        ),
-    );
+        )
+    });
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

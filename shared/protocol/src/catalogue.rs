@@ -11,16 +11,17 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::auth::{Identities, IdentityList, IdentityPut, IdentityRevoke};
 use crate::chat::ChatCommandRecord;
 use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
 use crate::envelope::Envelope;
 use crate::error::ErrorBody;
 use crate::incidents::{
-    Incident, IncidentAction, IncidentAssign, IncidentEvent, IncidentGet, IncidentList,
-    IncidentMetrics, IncidentMetricsQuery, IncidentNote, IncidentOpen, IncidentSeveritySet,
-    Incidents, InhibitionCreate, InhibitionDelete, InhibitionList, InhibitionRule, InhibitionRules,
-    Page, PlaybookRunRequest, Postmortem, PostmortemRequest, Silence, SilenceCreate, SilenceExpire,
-    SilenceList, Silences,
+    Freeze, FreezeList, Freezes, Incident, IncidentAction, IncidentAssign, IncidentEvent,
+    IncidentGet, IncidentList, IncidentMetrics, IncidentMetricsQuery, IncidentNote, IncidentOpen,
+    IncidentSeveritySet, Incidents, InhibitionCreate, InhibitionDelete, InhibitionList,
+    InhibitionRule, InhibitionRules, Page, PlaybookRunRequest, Postmortem, PostmortemRequest,
+    Silence, SilenceCreate, SilenceExpire, SilenceList, Silences,
 };
 use crate::message::Message;
 use crate::rollout::{
@@ -95,6 +96,10 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<PlanList>(),
         payload::<PlanCancel>(),
         payload::<PlanDecision>(),
+        payload::<IdentityPut>(),
+        payload::<IdentityRevoke>(),
+        payload::<IdentityList>(),
+        payload::<Identities>(),
         payload::<SecurityScanRequest>(),
         payload::<QaTestRequest>(),
         payload::<GateVerdict>(),
@@ -135,6 +140,9 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<Incident>(),
         payload::<IncidentEvent>(),
         payload::<Page>(),
+        payload::<Freeze>(),
+        payload::<FreezeList>(),
+        payload::<Freezes>(),
         payload::<IncidentOpen>(),
         payload::<IncidentGet>(),
         payload::<IncidentList>(),

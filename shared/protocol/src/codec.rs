@@ -3,9 +3,9 @@
 //! MessagePack uses named maps and human-readable forms (ids and times as strings),
 //! so the two encodings carry the same document.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::envelope::{Envelope, FlowContext, RawEnvelope, UncheckedEnvelope};
+use crate::envelope::{Envelope, EnvelopeRef, FlowContext, RawEnvelope, UncheckedEnvelope};
 use crate::error::ProtocolError;
 use crate::message::Message;
 
@@ -17,6 +17,40 @@ pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
 pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
 
 const INITIAL_CAPACITY: usize = 1024;
+
+pub mod depth;
+
+pub use depth::{MAX_DEPTH, TooDeep};
+
+/// Checks that a document in `encoding` nests at most [`MAX_DEPTH`] levels, before any
+/// decoder runs: every decoder of this module does it first.
+pub fn check_depth(bytes: &[u8], encoding: Encoding) -> Result<(), ProtocolError> {
+    match encoding {
+        Encoding::Json => depth::json(bytes),
+        Encoding::MessagePack => depth::msgpack(bytes),
+    }
+    .map_err(|e| ProtocolError::Malformed {
+        encoding: encoding.name(),
+        reason: e.to_string(),
+    })
+}
+
+/// Decodes untrusted JSON that is not an envelope (an HTTP body, a KV value, a bus
+/// message read loosely) like `serde_json::from_slice`, refusing a document nested
+/// deeper than [`MAX_DEPTH`] before parsing it.
+pub fn from_json_bounded<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
+    depth::json(bytes).map_err(<serde_json::Error as serde::de::Error>::custom)?;
+    serde_json::from_slice(bytes)
+}
+
+/// Decodes untrusted MessagePack like `rmp_serde::from_slice`, refusing a document
+/// nested deeper than [`MAX_DEPTH`] before parsing it.
+pub fn from_msgpack_bounded<'a, T: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<T, rmp_serde::decode::Error> {
+    depth::msgpack(bytes).map_err(<rmp_serde::decode::Error as serde::de::Error>::custom)?;
+    rmp_serde::from_slice(bytes)
+}
 
 /// An encoding of the envelope.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -32,8 +66,10 @@ impl Encoding {
     /// The encoding named by a `Content-Type` value; absent means JSON. Parameters such
     /// as `; charset=utf-8` are ignored.
     pub fn from_content_type(value: Option<&str>) -> Result<Self, ProtocolError> {
-        let Some(value) = value else {
-            return Ok(Encoding::Json);
+        let value = match value {
+            None | Some(JSON_CONTENT_TYPE) => return Ok(Encoding::Json),
+            Some(MSGPACK_CONTENT_TYPE) => return Ok(Encoding::MessagePack),
+            Some(value) => value,
         };
         let media = value
             .split(';')
@@ -71,6 +107,22 @@ pub fn encode<T: Serialize>(
     envelope: &Envelope<T>,
     encoding: Encoding,
 ) -> Result<Vec<u8>, ProtocolError> {
+    encode_document(envelope, encoding)
+}
+
+/// Encodes an envelope whose attributes are borrowed ([`EnvelopeRef`]): the same bytes
+/// as [`encode`] of the owned envelope.
+pub fn encode_ref<T: Serialize>(
+    envelope: &EnvelopeRef<'_, T>,
+    encoding: Encoding,
+) -> Result<Vec<u8>, ProtocolError> {
+    encode_document(envelope, encoding)
+}
+
+fn encode_document<E: Serialize>(
+    envelope: &E,
+    encoding: Encoding,
+) -> Result<Vec<u8>, ProtocolError> {
     match encoding {
         Encoding::Json => {
             // The attributes alone take ~400 bytes: start big enough to grow rarely.
@@ -100,7 +152,7 @@ pub fn decode_raw(bytes: &[u8], encoding: Encoding) -> Result<RawEnvelope, Proto
         .map_data(|d| d.unwrap_or(serde_json::Value::Null)))
 }
 
-fn parse<'de, D: serde::Deserialize<'de>>(
+fn parse<'de, D: Deserialize<'de>>(
     bytes: &'de [u8],
     encoding: Encoding,
 ) -> Result<UncheckedEnvelope<D>, ProtocolError> {
@@ -108,6 +160,7 @@ fn parse<'de, D: serde::Deserialize<'de>>(
         encoding: encoding.name(),
         reason,
     };
+    check_depth(bytes, encoding)?;
     match encoding {
         Encoding::Json => serde_json::from_slice(bytes).map_err(|e| malformed(e.to_string())),
         Encoding::MessagePack => {
@@ -141,7 +194,6 @@ pub fn decode_with_flow<T: Message>(
     let unchecked: UncheckedEnvelope<&serde_json::value::RawValue> =
         parse(bytes, encoding).map_err(|e| (e, None))?;
     let envelope = unchecked.validate().map_err(|e| (e, None))?;
-    let flow = Box::new(envelope.flow());
     let typed = (|| {
         let ty = envelope.message_type()?;
         T::check_type(&ty)?;
@@ -171,7 +223,7 @@ pub fn decode_with_flow<T: Message>(
             traceparent: envelope.traceparent,
             data,
         }),
-        Err(e) => Err((e, Some(flow))),
+        Err(e) => Err((e, Some(Box::new(envelope.flow())))),
     }
 }
 
@@ -201,6 +253,35 @@ mod tests {
             let bytes = encode(&env, encoding).unwrap();
             let back: Envelope<ErrorBody> = decode(&bytes, encoding).unwrap();
             assert_eq!(back, env, "{encoding:?}");
+        }
+    }
+
+    #[test]
+    fn a_borrowed_envelope_encodes_to_the_same_bytes() {
+        let mut env = sample();
+        env.causationid = Some(crate::envelope::new_id().to_string());
+        let causation = env.causationid.as_deref().unwrap().parse().unwrap();
+        let borrowed = EnvelopeRef {
+            specversion: &env.specversion,
+            id: env.id,
+            source: &env.source,
+            ty: &env.ty,
+            time: env.time,
+            datacontenttype: env.datacontenttype.as_deref(),
+            dataschema: env.dataschema.as_deref(),
+            subject: env.subject.as_deref(),
+            correlationid: env.correlationid.as_deref(),
+            causationid: Some(causation),
+            priority: env.priority,
+            traceparent: env.traceparent.as_deref(),
+            data: &env.data,
+        };
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            assert_eq!(
+                encode_ref(&borrowed, encoding).unwrap(),
+                encode(&env, encoding).unwrap(),
+                "{encoding:?}"
+            );
         }
     }
 
@@ -287,6 +368,74 @@ mod tests {
             decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json).unwrap_err();
         assert!(matches!(err, ProtocolError::WrongType { .. }));
         assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    /// An envelope whose `data` is `arrays` nested arrays around `1`, in `encoding`.
+    fn nested_envelope(arrays: usize, encoding: Encoding) -> Vec<u8> {
+        let marker = "@@DATA@@";
+        let env = Envelope::builder("toronto://test", StatusRequest::default()).build();
+        let bytes = encode(&env.map_data(|_| marker), encoding).unwrap();
+        let (needle, nested): (Vec<u8>, Vec<u8>) = match encoding {
+            Encoding::Json => (
+                format!("\"{marker}\"").into_bytes(),
+                format!("{}1{}", "[".repeat(arrays), "]".repeat(arrays)).into_bytes(),
+            ),
+            Encoding::MessagePack => {
+                let mut needle = vec![0xa0 | marker.len() as u8];
+                needle.extend(marker.as_bytes());
+                let mut nested = vec![0x91; arrays];
+                nested.push(0x01);
+                (needle, nested)
+            }
+        };
+        let at = bytes
+            .windows(needle.len())
+            .position(|w| w == needle.as_slice())
+            .unwrap();
+        [&bytes[..at], &nested, &bytes[at + needle.len()..]].concat()
+    }
+
+    #[test]
+    fn nesting_is_bounded_at_64_levels_before_decoding() {
+        for encoding in [Encoding::Json, Encoding::MessagePack] {
+            // The envelope's own map is one level: 63 arrays make 64 levels.
+            let ok = decode_raw(&nested_envelope(MAX_DEPTH - 1, encoding), encoding)
+                .unwrap_or_else(|e| panic!("{encoding:?}: {e}"));
+            let mut value = &ok.data;
+            for _ in 0..MAX_DEPTH - 1 {
+                value = &value[0];
+            }
+            assert_eq!(value, &serde_json::json!(1), "{encoding:?}");
+            for arrays in [MAX_DEPTH, 650, 100_000] {
+                let err = decode_raw(&nested_envelope(arrays, encoding), encoding).unwrap_err();
+                assert!(
+                    err.to_string().contains("limit of 64 levels"),
+                    "{encoding:?} {arrays}: {err}"
+                );
+                assert_eq!(err.code(), ErrorCode::BadRequest);
+                let typed = decode::<StatusRequest>(&nested_envelope(arrays, encoding), encoding);
+                assert!(
+                    typed
+                        .unwrap_err()
+                        .to_string()
+                        .contains("limit of 64 levels")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bounded_helpers_refuse_deep_documents() {
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        let err = from_json_bounded::<serde_json::Value>(deep.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("limit of 64 levels"), "{err}");
+        let ok = format!("{}{}", "[".repeat(64), "]".repeat(64));
+        assert!(from_json_bounded::<serde_json::Value>(ok.as_bytes()).is_ok());
+        let mut deep = vec![0x91; 65];
+        deep.push(0xc0);
+        let err = from_msgpack_bounded::<serde_json::Value>(&deep).unwrap_err();
+        assert!(err.to_string().contains("limit of 64 levels"), "{err}");
+        assert!(from_msgpack_bounded::<serde_json::Value>(&deep[1..]).is_ok());
     }
 
     #[test]

@@ -82,6 +82,48 @@ pub struct Envelope<T> {
     pub data: T,
 }
 
+/// An outgoing envelope whose attributes and payload are borrowed, so that a reply can
+/// be encoded without copying them. It serializes exactly as [`Envelope`] does (same
+/// attributes, same order, same omissions); [`crate::codec::encode_ref`] encodes it.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EnvelopeRef<'a, T> {
+    /// Always `1.0`.
+    pub specversion: &'a str,
+    /// Unique id of this message.
+    pub id: Uuid,
+    /// Who sent it.
+    pub source: &'a str,
+    /// `ai.toronto.devops.<name>.v<N>`.
+    #[serde(rename = "type")]
+    pub ty: &'a str,
+    /// When it was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time: Option<DateTime<Utc>>,
+    /// Encoding of `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub datacontenttype: Option<&'a str>,
+    /// The schema of `data`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataschema: Option<&'a str>,
+    /// What the message is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<&'a str>,
+    /// Ties every message of one flow together.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub correlationid: Option<&'a str>,
+    /// The id of the message that caused this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub causationid: Option<Uuid>,
+    /// How urgent it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// W3C trace context of the sender.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<&'a str>,
+    /// The payload.
+    pub data: &'a T,
+}
+
 /// The attributes that link a message to its flow, taken from a received or built envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowContext {

@@ -12,9 +12,11 @@ use uuid::Uuid;
 use crate::message::Message;
 
 mod commands;
+mod freeze;
 mod silences;
 
 pub use commands::*;
+pub use freeze::*;
 pub use silences::*;
 
 /// Where an incident stands.
@@ -66,6 +68,15 @@ impl Severity {
             Self::Sev1 | Self::Sev2 => Self::Sev1,
             Self::Sev3 => Self::Sev2,
             Self::Sev4 => Self::Sev3,
+        }
+    }
+
+    /// One step milder (SEV4 stays SEV4).
+    pub fn lowered(self) -> Self {
+        match self {
+            Self::Sev1 => Self::Sev2,
+            Self::Sev2 => Self::Sev3,
+            Self::Sev3 | Self::Sev4 => Self::Sev4,
         }
     }
 

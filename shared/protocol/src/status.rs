@@ -33,6 +33,37 @@ pub struct Status {
     pub nats_connected: bool,
     /// How the binary was built.
     pub build: BuildInfo,
+    /// The instance's supervised background loops (consumers, watchers, timers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loops: Vec<LoopStatus>,
+}
+
+/// One supervised background loop of a service instance, as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct LoopStatus {
+    /// The loop's name, e.g. `plan runner`.
+    pub name: String,
+    /// Whether the instance is not ready while this loop is down.
+    pub required: bool,
+    /// What the loop is doing now.
+    pub state: LoopState,
+    /// How many times it was restarted since the instance started.
+    pub restarts: u64,
+    /// Why it last ended, if it ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// The state of a supervised background loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopState {
+    /// Running.
+    Running,
+    /// Ended unexpectedly; waiting out its backoff before it is started again.
+    Restarting,
+    /// Ended for good because the service (or the loop's own stop signal) asked it to.
+    Stopped,
 }
 
 impl Message for Status {

@@ -20,10 +20,13 @@ pub enum ServiceKind {
     IncidentCommander,
     /// Chat commands and notifications.
     ChatBridge,
+    /// The web console (pages and actions for humans). Not in [`ServiceKind::ALL`]:
+    /// it serves no commands of its own, and `toronto up` starts it beside the five.
+    Console,
 }
 
 impl ServiceKind {
-    /// Every service, in start order.
+    /// Every backend service, in start order (the console is started after them).
     pub const ALL: [ServiceKind; 5] = [
         ServiceKind::Planner,
         ServiceKind::Deployer,
@@ -40,6 +43,7 @@ impl ServiceKind {
             ServiceKind::Monitor => "toronto-monitor",
             ServiceKind::IncidentCommander => "toronto-incident-commander",
             ServiceKind::ChatBridge => "toronto-chat-bridge",
+            ServiceKind::Console => "toronto-console",
         }
     }
 
@@ -51,6 +55,7 @@ impl ServiceKind {
             ServiceKind::Monitor => "monitor",
             ServiceKind::IncidentCommander => "incident",
             ServiceKind::ChatBridge => "chat",
+            ServiceKind::Console => "console",
         }
     }
 
@@ -62,6 +67,7 @@ impl ServiceKind {
             ServiceKind::Monitor => "Watches SLOs and answers canary analyses",
             ServiceKind::IncidentCommander => "Turns alerts into incidents and postmortems",
             ServiceKind::ChatBridge => "Chat commands, approvals and notifications",
+            ServiceKind::Console => "Web console: rollouts, plans, incidents, SLOs and DORA",
         }
     }
 }

@@ -1,6 +1,12 @@
 //! Request/reply cost of the runtime next to raw async-nats, against one real
 //! nats-server, plus envelope codec throughput. Prints figures; asserts nothing.
 //!
+//! Three paths side by side in one run: raw (512 bytes echoed, no headers), the
+//! contract's floor (raw async-nats carrying what the contract makes every request
+//! carry: the request envelope's bytes, `Content-Type` and `traceparent` both ways, a
+//! reply of the runtime's reply size, no codec and no validation), and the runtime (a
+//! typed endpoint called through `rpc::call`).
+//!
 //! Run: `cargo bench -p toronto-runtime --bench request_reply`
 //! (set `BENCH_SCALE=0.2` for a quicker, noisier run; `BENCH_SPLIT=1` breaks the
 //! runtime's cost down into headers, service side and client side).
@@ -57,7 +63,11 @@ enum Path {
     RawHeaders,
     RawSpawn,
     Canned,
+    Floor,
 }
+
+/// The traceparent the floor path sends and answers with, as the contract's headers do.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
     match path {
@@ -82,6 +92,19 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
             .unwrap();
             assert_eq!(reply.data.text.len(), 512);
         }
+        Path::Floor => {
+            // The contract's floor: the request envelope's bytes and headers, answered
+            // with the same headers and a reply of the runtime's reply size, no codec.
+            let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Content-Type", "application/cloudevents+json");
+            h.insert("traceparent", TRACEPARENT);
+            let reply = client
+                .request_with_headers("bench.floor", h, bytes)
+                .await
+                .unwrap();
+            assert!(reply.payload.len() > 512);
+        }
         Path::RawSpawn => {
             let mut h = async_nats::HeaderMap::new();
             h.insert("Content-Type", "application/cloudevents+json");
@@ -94,10 +117,7 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
         Path::RawHeaders => {
             let mut h = async_nats::HeaderMap::new();
             h.insert("Content-Type", "application/cloudevents+json");
-            h.insert(
-                "traceparent",
-                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            );
+            h.insert("traceparent", TRACEPARENT);
             let reply = client
                 .request_with_headers(RAW_SUBJECT, h, payload.clone())
                 .await
@@ -280,6 +300,34 @@ async fn main() {
     )
     .build();
 
+    // The floor: raw, with the contract's headers both ways and the runtime's reply size.
+    let reply_size = requester
+        .request(
+            RUNTIME_SUBJECT,
+            Bytes::from(encode(&envelope, Encoding::Json).unwrap()),
+        )
+        .await
+        .unwrap()
+        .payload
+        .len();
+    let floor_reply = Bytes::from(vec![b'x'; reply_size]);
+    let mut floor_sub = responder.subscribe("bench.floor").await.unwrap();
+    let floor_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = floor_sub.next().await {
+            if let Some(reply) = m.reply {
+                let mut h = async_nats::HeaderMap::new();
+                h.insert("Content-Type", "application/cloudevents+json");
+                h.insert("traceparent", TRACEPARENT);
+                floor_client
+                    .publish_with_headers(reply, h, floor_reply.clone())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    responder.flush().await.unwrap();
+
     if std::env::var("BENCH_SPLIT").is_ok() {
         // Where the runtime's cost goes: headers alone, then a task per request, then
         // the service side alone (pre-encoded request, no client-side codec), the whole
@@ -288,6 +336,7 @@ async fn main() {
             ("raw", Path::Raw),
             ("raw+headers", Path::RawHeaders),
             ("raw+headers+spawn", Path::RawSpawn),
+            ("floor", Path::Floor),
             ("runtime, raw client", Path::RuntimeRawClient),
             ("runtime", Path::Runtime),
             ("typed client only", Path::Canned),
@@ -304,47 +353,52 @@ async fn main() {
     let n = scale(5000);
     let total = scale(40_000);
     println!(
-        "request/reply against nats-server at {} (512-byte payload)",
+        "request/reply against nats-server at {} (512-byte payload; floor: raw with the \
+         contract's headers both ways, the request envelope's bytes and a {reply_size}-byte reply)",
         server.url()
     );
     println!(
-        "{:<34} {:>14} {:>14} {:>8}",
-        "", "raw async-nats", "runtime", "ratio"
+        "{:<34} {:>11} {:>11} {:>11} {:>8} {:>8}",
+        "", "raw", "floor", "runtime", "vs raw", "vs floor"
     );
-    let (raw_p50, raw_p99) = sequential(&requester, Path::Raw, n, &payload, &envelope).await;
-    let (rt_p50, rt_p99) = sequential(&requester, Path::Runtime, n, &payload, &envelope).await;
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>7.2}x  (goal <= 1.25x)",
-        format!("sequential p50 ({n} requests)"),
-        us(raw_p50),
-        us(rt_p50),
-        us(rt_p50) / us(raw_p50)
-    );
-    println!(
-        "{:<34} {:>11.1} us {:>11.1} us {:>7.2}x",
-        "sequential p99",
-        us(raw_p99),
-        us(rt_p99),
-        us(rt_p99) / us(raw_p99)
-    );
-    for workers in [16, 64] {
-        let raw = concurrent(&requester, Path::Raw, workers, total, &payload, &envelope).await;
-        let rt = concurrent(
-            &requester,
-            Path::Runtime,
-            workers,
-            total,
-            &payload,
-            &envelope,
-        )
-        .await;
+    let mut p50s = Vec::new();
+    let mut p99s = Vec::new();
+    for path in [Path::Raw, Path::Floor, Path::Runtime] {
+        let (p50, p99) = sequential(&requester, path, n, &payload, &envelope).await;
+        p50s.push(us(p50));
+        p99s.push(us(p99));
+    }
+    for (label, v, goal) in [
+        (
+            format!("sequential p50 ({n} requests)"),
+            &p50s,
+            "  (goal <= 1.25x raw)",
+        ),
+        ("sequential p99".to_owned(), &p99s, ""),
+    ] {
         println!(
-            "{:<34} {:>10.0}/s {:>10.0}/s {:>7.2}x  (goal >= 0.80x)",
+            "{label:<34} {:>8.1} us {:>8.1} us {:>8.1} us {:>7.2}x {:>7.2}x{goal}",
+            v[0],
+            v[1],
+            v[2],
+            v[2] / v[0],
+            v[2] / v[1]
+        );
+    }
+    for workers in [16, 64] {
+        let mut rates = Vec::new();
+        for path in [Path::Raw, Path::Floor, Path::Runtime] {
+            rates.push(concurrent(&requester, path, workers, total, &payload, &envelope).await);
+        }
+        println!(
+            "{:<34} {:>9.0}/s {:>9.0}/s {:>9.0}/s {:>7.2}x {:>7.2}x  (goal >= 0.80x raw)",
             format!("{workers}-way concurrent ({total} requests)"),
-            raw,
-            rt,
-            rt / raw
+            rates[0],
+            rates[1],
+            rates[2],
+            rates[2] / rates[0],
+            rates[2] / rates[1]
         );
     }
 

@@ -21,6 +21,7 @@ use crate::http::{self, Readiness};
 use crate::jetstream::{DeadLetters, Events, JetStreamError, ensure_kv, ensure_streams};
 use crate::metrics::Metrics;
 use crate::service::{Request, ServiceError, ServiceHost, ServiceSpec};
+use crate::supervise::{LoopSpec, Loops};
 
 /// Why a service could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,9 @@ pub enum RuntimeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The private CA for outgoing HTTPS cannot be trusted.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     /// The HTTP server could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -85,7 +89,7 @@ pub struct ServiceRuntime {
     shutdown: CancellationToken,
     http_stop: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
-    background: tokio_util::task::TaskTracker,
+    loops: Loops,
 }
 
 impl ServiceRuntime {
@@ -112,6 +116,12 @@ impl ServiceRuntime {
         shutdown: CancellationToken,
     ) -> Result<Self, RuntimeError> {
         config.validate()?;
+        crate::tls::install_crypto_provider();
+        // Only a configured CA is set: a service started without one (another one in
+        // the same process, a test) leaves what is trusted as it is.
+        if let Some(ca) = &config.http.tls_ca_file {
+            crate::tls::trust_ca_file(Some(ca))?;
+        }
         let metrics = Metrics::new();
         let subjects = config.subjects();
         let client = connect(&config.nats, kind.service_name(), &metrics, &shutdown).await?;
@@ -119,10 +129,16 @@ impl ServiceRuntime {
         // JetStream may still be electing a leader (a cluster starting up): retry with
         // backoff rather than exit, as the connection itself does.
         let mut attempt = 0;
+        // Streams are the admin's (`toronto bootstrap`): a least-privilege user only
+        // checks that they exist, and waits until they do.
         while let Err(e) = ensure_streams(&js, &subjects, &config.jetstream).await {
             attempt += 1;
             if attempt >= 5 {
-                tracing::warn!(error = %e, attempt, "JetStream streams not ready; retrying");
+                tracing::warn!(
+                    error = %e,
+                    attempt,
+                    "JetStream streams missing or not ready; waiting (has `toronto bootstrap` run?)"
+                );
             }
             tokio::select! {
                 _ = shutdown.cancelled() => return Err(ConnectError::Cancelled.into()),
@@ -154,7 +170,34 @@ impl ServiceRuntime {
         )
         .await?;
 
+        let loops = Loops::new(kind.service_name(), &metrics, shutdown.clone());
+        // Without its buckets (e.g. NATS permissions that do not grant them) the service
+        // still starts: open endpoints answer, protected ones refuse with 503.
+        // A NATS user without rights on the buckets gets no answer, hence the bound.
+        let opening = crate::auth::Authenticator::start(
+            &js,
+            &subjects,
+            &config.auth,
+            config.jetstream.replicas,
+            shutdown.clone(),
+        );
+        let auth = match tokio::time::timeout(Duration::from_secs(2), opening).await {
+            Ok(Ok(auth)) => auth,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "identity registry unavailable: protected endpoints answer 503");
+                crate::auth::Authenticator::unavailable(config.auth.mode)
+            }
+            Err(_) => {
+                tracing::error!(
+                    "identity registry did not open within 2 s: protected endpoints answer 503"
+                );
+                crate::auth::Authenticator::unavailable(config.auth.mode)
+            }
+        };
+        host.set_auth(Arc::new(auth));
+
         let status_client = client.clone();
+        let status_loops = loops.clone();
         let instance_id = host.id().to_owned();
         let started = host.started();
         let service_name = kind.service_name().to_owned();
@@ -172,6 +215,7 @@ impl ServiceRuntime {
                         / 1000.0,
                     nats_connected: status_client.connection_state() == State::Connected,
                     build: build.clone(),
+                    loops: status_loops.status(),
                 };
                 async move { Ok::<_, ErrorBody>(status) }
             },
@@ -184,13 +228,20 @@ impl ServiceRuntime {
             Some(addr) => {
                 let ready_client = client.clone();
                 let ready_stopping = stopping.clone();
+                let ready_loops = loops.clone();
                 let readiness: Readiness = Arc::new(move || {
                     if ready_stopping.load(Ordering::Relaxed) {
                         return Err("shutting down".into());
                     }
                     match ready_client.connection_state() {
-                        State::Connected => Ok(()),
-                        other => Err(format!("NATS is {other:?}").to_lowercase()),
+                        State::Connected => {}
+                        other => return Err(format!("NATS is {other:?}").to_lowercase()),
+                    }
+                    let down = ready_loops.down();
+                    if down.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("background loops down: {}", down.join(", ")))
                     }
                 });
                 let (bound, task) =
@@ -224,7 +275,7 @@ impl ServiceRuntime {
             shutdown,
             http_stop,
             http_task,
-            background: tokio_util::task::TaskTracker::new(),
+            loops,
         };
         // Readiness turns false as soon as shutdown begins.
         let token = rt.shutdown.clone();
@@ -245,7 +296,9 @@ impl ServiceRuntime {
         self.shutdown.clone()
     }
 
-    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`, named `verb`.
+    /// Adds the command `<prefix>.devops.v1.<service>.<verb>`. Its micro endpoint name is
+    /// `verb` with every dot turned into a dash (`plan.get` → `plan-get`): micro v1 names
+    /// match `^[a-zA-Z0-9_-]+$`, while the subject keeps its dots.
     pub async fn endpoint<Req, Resp, H, Fut>(
         &self,
         verb: &str,
@@ -258,28 +311,48 @@ impl ServiceRuntime {
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
         self.host
-            .add_endpoint(verb, self.subjects.command(self.kind, verb), handler)
+            .add_endpoint(
+                &verb.replace('.', "-"),
+                self.subjects.command(self.kind, verb),
+                handler,
+            )
             .await?;
         Ok(())
     }
 
-    /// Runs `work` (a consumer loop, a watcher) beside the endpoints. It must end once
-    /// the shutdown token is cancelled; shutdown waits for it (within the grace period)
-    /// before the connection is drained. An error it returns is logged.
-    pub fn spawn_background<F, E>(&self, what: &'static str, work: F)
+    /// Runs a required background loop (a consumer, a watcher, a timer) named `what`
+    /// beside the endpoints, supervised: `factory()` makes one run, and a run that ends
+    /// before shutdown (an error, a panic, or an end nobody asked for) is logged and
+    /// started again after a backoff. While it is down `/readyz` is 503 naming it;
+    /// `status` lists it. Each run must end once the shutdown token is cancelled;
+    /// shutdown waits for it (within the grace period) before the connection is drained.
+    pub fn spawn_background<F, Fut, E>(&self, what: &'static str, factory: F)
     where
-        F: Future<Output = Result<(), E>> + Send + 'static,
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let service = self.kind.service_name();
-        self.background.spawn(async move {
-            if let Err(e) = work.await {
-                tracing::error!(service, task = what, error = %e, "background task failed");
-            }
-        });
+        self.loops.spawn(LoopSpec::new(what), factory);
     }
 
-    /// Creates or updates this service's KV bucket `<prefix>_<name>`.
+    /// Like [`ServiceRuntime::spawn_background`], supervised as `spec` says (optional
+    /// for readiness, or ended for good by a signal of its own).
+    pub fn spawn_loop<F, Fut, E>(&self, spec: LoopSpec, factory: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.loops.spawn(spec, factory);
+    }
+
+    /// The supervised background loops of this instance.
+    pub fn loops(&self) -> &Loops {
+        &self.loops
+    }
+
+    /// Opens this service's KV bucket `<prefix>_<name>`, creating it when it does not
+    /// exist and this NATS user may (the admin's `toronto bootstrap` creates it).
     pub async fn kv(&self, name: &str, history: i64) -> Result<jetstream::kv::Store, RuntimeError> {
         Ok(ensure_kv(
             &self.js,
@@ -295,10 +368,10 @@ impl ServiceRuntime {
     pub async fn run_until_shutdown(mut self) -> Result<(), RuntimeError> {
         self.shutdown.cancelled().await;
         tracing::info!(service = self.kind.service_name(), "shutting down");
-        self.background.close();
+        self.loops.tracker().close();
         let (_, background_done) = tokio::join!(
             self.host.stop(self.config.shutdown_grace()),
-            tokio::time::timeout(self.config.shutdown_grace(), self.background.wait()),
+            tokio::time::timeout(self.config.shutdown_grace(), self.loops.tracker().wait()),
         );
         if background_done.is_err() {
             tracing::warn!("background work still running at the end of the grace period");
@@ -331,6 +404,7 @@ where
     F: FnOnce(Config, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), RuntimeError>>,
 {
+    crate::tls::install_crypto_provider();
     let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod connect;
 pub mod http;
@@ -13,7 +14,9 @@ pub mod metrics;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
+pub mod tls;
 pub mod work;
 
 pub use app::{RuntimeError, ServiceRuntime, service_main};

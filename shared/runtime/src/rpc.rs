@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::auth::Signer;
 use async_nats::client::{Request as NatsRequest, RequestErrorKind};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
@@ -65,7 +66,20 @@ pub async fn call<Req: Message, Resp: Message>(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<Envelope<Resp>, CallError> {
-    let (payload, reply_encoding) = send(client, subject, envelope, encoding, timeout).await?;
+    call_signed(client, None, subject, envelope, encoding, timeout).await
+}
+
+/// Like [`call`], signed by `signer` (see [`crate::auth`]) when one is given.
+pub async fn call_signed<Req: Message, Resp: Message>(
+    client: &Client,
+    signer: Option<&Signer>,
+    subject: &str,
+    envelope: &Envelope<Req>,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<Envelope<Resp>, CallError> {
+    let (payload, reply_encoding) =
+        send(client, signer, subject, envelope, encoding, timeout).await?;
     Ok(decode(&payload, reply_encoding)?)
 }
 
@@ -79,13 +93,27 @@ pub async fn call_raw(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<RawEnvelope, CallError> {
-    let (payload, reply_encoding) = send(client, subject, envelope, encoding, timeout).await?;
+    call_raw_signed(client, None, subject, envelope, encoding, timeout).await
+}
+
+/// Like [`call_raw`], signed by `signer` when one is given.
+pub async fn call_raw_signed(
+    client: &Client,
+    signer: Option<&Signer>,
+    subject: &str,
+    envelope: &RawEnvelope,
+    encoding: Encoding,
+    timeout: Duration,
+) -> Result<RawEnvelope, CallError> {
+    let (payload, reply_encoding) =
+        send(client, signer, subject, envelope, encoding, timeout).await?;
     Ok(decode_raw(&payload, reply_encoding)?)
 }
 
 /// Sends the request and returns the reply's bytes and encoding, or the error it carried.
 async fn send<T: serde::Serialize>(
     client: &Client,
+    signer: Option<&Signer>,
     subject: &str,
     envelope: &Envelope<T>,
     encoding: Encoding,
@@ -96,6 +124,9 @@ async fn send<T: serde::Serialize>(
     headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
     if let Some(tp) = &envelope.traceparent {
         headers.insert(TRACEPARENT_HEADER, tp.as_str());
+    }
+    if let Some(signer) = signer {
+        signer.apply(&mut headers, subject, &bytes);
     }
     let request = NatsRequest::new()
         .payload(Bytes::from(bytes))

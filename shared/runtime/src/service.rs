@@ -17,15 +17,16 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_nats::service::endpoint;
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
+use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+use toronto_protocol::codec::encode_ref;
 use toronto_protocol::envelope::FlowContext;
+use toronto_protocol::envelope::{EnvelopeRef, SPEC_VERSION};
 use toronto_protocol::error::{SERVICE_ERROR_CODE_HEADER, SERVICE_ERROR_HEADER};
 use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{
@@ -35,12 +36,12 @@ use tracing::Instrument;
 
 use crate::config::EndpointConfig;
 use crate::jetstream::DeadLetters;
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointMetrics, Metrics};
 
 mod adr32;
 mod request;
 
-use adr32::verb_subscriptions;
+use adr32::{EndpointCounters, verb_subscriptions};
 pub use request::{Accepts, Request};
 use request::{RequestDecoder, Typed};
 
@@ -59,6 +60,17 @@ pub enum ServiceError {
     /// An endpoint name is used twice.
     #[error("endpoint `{0}` is already registered")]
     Duplicate(String),
+    /// An endpoint name the micro v1 schemas refuse (they allow `^[a-zA-Z0-9_-]+$`).
+    #[error("endpoint name `{0}` is not a micro v1 name: use only letters, digits, `-` and `_`")]
+    InvalidName(String),
+}
+
+/// Whether `name` is a micro v1 endpoint or service name (`^[a-zA-Z0-9_-]+$`).
+pub fn is_micro_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Who the service is, as `$SRV.INFO` tells it.
@@ -78,8 +90,6 @@ pub struct ServiceSpec {
     pub source: String,
 }
 
-type EndpointStats = endpoint::Stats;
-
 struct Shared {
     client: Client,
     spec: ServiceSpec,
@@ -88,10 +98,11 @@ struct Shared {
     limits: EndpointConfig,
     metrics: Metrics,
     dead_letters: Option<DeadLetters>,
-    stats: Mutex<BTreeMap<String, EndpointStats>>,
+    stats: Mutex<BTreeMap<String, Arc<EndpointCounters>>>,
     endpoint_metadata: Mutex<BTreeMap<String, HashMap<String, String>>>,
     tracker: TaskTracker,
     stop: CancellationToken,
+    auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
 }
 
 /// A running ADR-32 service: answers `$SRV.PING|INFO|STATS` and hosts endpoints.
@@ -142,6 +153,7 @@ impl ServiceHost {
             endpoint_metadata: Mutex::new(BTreeMap::new()),
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
+            auth: std::sync::OnceLock::new(),
         });
         let name = shared.spec.name.clone();
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
@@ -186,6 +198,16 @@ impl ServiceHost {
     /// When the service started.
     pub fn started(&self) -> chrono::DateTime<chrono::Utc> {
         self.shared.started
+    }
+
+    /// Verifies change requests with `auth` from now on (once; later calls are ignored).
+    pub fn set_auth(&self, auth: Arc<crate::auth::Authenticator>) {
+        let _ = self.shared.auth.set(auth);
+    }
+
+    /// The authenticator, once set.
+    pub fn auth(&self) -> Option<&Arc<crate::auth::Authenticator>> {
+        self.shared.auth.get()
     }
 
     /// The client the service talks through.
@@ -248,25 +270,20 @@ impl ServiceHost {
         H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
+        let counters = Arc::new(EndpointCounters::new(
+            name.to_owned(),
+            subject.clone(),
+            self.shared.spec.queue_group.clone(),
+        ));
+        if !is_micro_name(name) {
+            return Err(ServiceError::InvalidName(name.to_owned()));
+        }
         {
             let mut stats = self.shared.stats.lock().expect("stats lock");
             if stats.contains_key(name) {
                 return Err(ServiceError::Duplicate(name.to_owned()));
             }
-            stats.insert(
-                name.to_owned(),
-                EndpointStats {
-                    name: name.to_owned(),
-                    subject: subject.clone(),
-                    requests: 0,
-                    errors: 0,
-                    processing_time: Duration::ZERO,
-                    average_processing_time: Duration::ZERO,
-                    last_error: None,
-                    data: None,
-                    queue_group: self.shared.spec.queue_group.clone(),
-                },
-            );
+            stats.insert(name.to_owned(), counters.clone());
         }
         self.shared
             .endpoint_metadata
@@ -303,44 +320,37 @@ impl ServiceHost {
             })?;
         // Once this returns, the server routes requests to the endpoint.
         confirm_subscriptions(&self.shared.client).await;
-        let shared = self.shared.clone();
-        let handler = Arc::new(handler);
-        let decoder = Arc::new(decoder);
-        let name = name.to_owned();
-        let permits = Arc::new(Semaphore::new(shared.limits.concurrency));
-        let endpoint_metrics = Arc::new(shared.metrics.endpoint(&name));
+        let endpoint = Endpoint {
+            metrics: self.shared.metrics.endpoint(name),
+            shared: self.shared.clone(),
+            name: name.to_owned(),
+            counters,
+            decoder,
+            handler,
+            reply_type: Resp::message_type().to_string(),
+            reply_schema: format!("schemas/{}", Resp::schema_path()),
+        };
+        let concurrency = self.shared.limits.concurrency.max(1);
         self.shared.tracker.spawn(async move {
+            // Requests are served on this task, up to `concurrency` at once: no task per
+            // request. A panic in one request is caught and ends only that request.
+            let mut in_flight = FuturesUnordered::new();
+            let mut open = true;
             let mut draining = false;
-            loop {
-                let message = if draining {
-                    sub.next().await
-                } else {
-                    tokio::select! {
-                        m = sub.next() => m,
-                        _ = shared.stop.cancelled() => {
-                            // Stop taking work; what the server already sent is still served.
-                            let _ = sub.drain().await;
-                            draining = true;
-                            continue;
-                        }
+            while open || !in_flight.is_empty() {
+                tokio::select! {
+                    biased;
+                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                    message = sub.next(), if open && in_flight.len() < concurrency => match message {
+                        Some(message) => in_flight.push(endpoint.serve_caught(message)),
+                        None => open = false,
+                    },
+                    _ = endpoint.shared.stop.cancelled(), if !draining => {
+                        // Stop taking work; what the server already sent is still served.
+                        let _ = sub.drain().await;
+                        draining = true;
                     }
-                };
-                let Some(message) = message else { break };
-                let permit = permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("semaphore is never closed");
-                let shared = shared.clone();
-                let handler = handler.clone();
-                let name = name.clone();
-                let endpoint_metrics = endpoint_metrics.clone();
-                let decoder = decoder.clone();
-                shared.tracker.clone().spawn(async move {
-                    let _permit = permit;
-                    let (elapsed, error) = shared.serve(&name, message, &*decoder, &*handler).await;
-                    endpoint_metrics.observe(elapsed, error.as_ref().map(|e| e.code.as_str()));
-                });
+                }
             }
         });
         Ok(())
@@ -366,46 +376,65 @@ impl ServiceHost {
     }
 }
 
-impl Shared {
-    /// Serves one request; returns how long it took and the error it answered with.
-    async fn serve<D, Resp, H, Fut>(
-        &self,
-        name: &str,
-        message: async_nats::Message,
-        decoder: &D,
-        handler: &H,
-    ) -> (Duration, Option<ErrorBody>)
-    where
-        D: RequestDecoder,
-        Resp: Message,
-        H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
-    {
+/// One endpoint: what serving a request needs, resolved once when it is added.
+struct Endpoint<D, H> {
+    shared: Arc<Shared>,
+    name: String,
+    counters: Arc<EndpointCounters>,
+    metrics: EndpointMetrics,
+    decoder: D,
+    handler: H,
+    /// The reply's `type` and `dataschema`.
+    reply_type: String,
+    reply_schema: String,
+}
+
+impl<D, Resp, H, Fut> Endpoint<D, H>
+where
+    D: RequestDecoder,
+    Resp: Message,
+    H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
+{
+    /// Serves one request and records it; a panic outside the handler (which has its
+    /// own guard) is logged and leaves the request unanswered.
+    async fn serve_caught(&self, message: async_nats::Message) {
         let started = Instant::now();
-        let content_type = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-            .map(|v| v.as_str().to_owned());
-        let header_trace = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(TRACEPARENT_HEADER))
-            .and_then(|v| TraceParent::parse(v.as_str()));
-        let encoding = Encoding::from_content_type(content_type.as_deref());
+        match AssertUnwindSafe(self.serve(message)).catch_unwind().await {
+            Ok(error) => {
+                let elapsed = started.elapsed();
+                self.counters.record(elapsed, error.as_ref());
+                self.metrics
+                    .observe(elapsed, error.as_ref().map(|e| e.code.as_str()));
+            }
+            Err(panic) => tracing::error!(
+                endpoint = %self.name,
+                panic = %panic_message(&*panic),
+                "serving a request failed unexpectedly"
+            ),
+        }
+    }
+
+    /// Serves one request; returns the error it answered with.
+    async fn serve(&self, mut message: async_nats::Message) -> Option<ErrorBody> {
+        let name = self.name.as_str();
+        let encoding = Encoding::from_content_type(
+            message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(CONTENT_TYPE_HEADER))
+                .map(|v| v.as_str()),
+        );
         let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
         let mut flow: Option<FlowContext> = None;
 
-        let outcome: Result<Envelope<Resp>, ErrorBody> = async {
+        let outcome: Result<(Resp, Option<String>), ErrorBody> = async {
             let size = message.payload.len();
-            if size > self.limits.max_payload_bytes {
-                return Err(ProtocolError::TooLarge {
-                    size,
-                    limit: self.limits.max_payload_bytes,
-                }
-                .into());
+            let limit = self.shared.limits.max_payload_bytes;
+            if size > limit {
+                return Err(ProtocolError::TooLarge { size, limit }.into());
             }
-            let envelope = match decoder.decode(&message.payload, encoding?) {
+            let envelope = match self.decoder.decode(&message.payload, encoding?) {
                 Ok(envelope) => envelope,
                 Err((e, request_flow)) => {
                     flow = request_flow.map(|f| *f);
@@ -414,66 +443,110 @@ impl Shared {
             };
             let mut request_flow = envelope.flow();
             if request_flow.traceparent.is_none() {
-                request_flow.traceparent = header_trace.clone();
+                request_flow.traceparent = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(TRACEPARENT_HEADER))
+                    .and_then(|v| TraceParent::parse(v.as_str()));
             }
-            flow = Some(request_flow.clone());
             let subject_attr = envelope.subject.clone();
+            let caller = match self.shared.auth.get() {
+                Some(auth) => {
+                    let envelope_id = envelope.id.to_string();
+                    let presented =
+                        crate::auth::presented(&message, &envelope_id, &envelope.source);
+                    match auth.admit(name, presented).await {
+                        Ok(caller) => caller,
+                        Err(e) => {
+                            // The refusal answers in the request's flow.
+                            flow = Some(request_flow);
+                            return Err(e.into());
+                        }
+                    }
+                }
+                None => None,
+            };
+            // The headers go to the handler; a copy is kept only when a refused message
+            // may have to be parked with them (no reply subject).
+            let headers = if message.reply.is_some() {
+                message.headers.take()
+            } else {
+                message.headers.clone()
+            };
             let request = Request {
                 envelope,
-                headers: message.headers.clone(),
+                headers,
                 subject: message.subject.to_string(),
+                caller,
             };
-            let trace_id = request_flow
-                .traceparent
-                .as_ref()
-                .map(|t| t.trace_id.clone())
-                .unwrap_or_default();
             let span = tracing::info_span!(
                 "request",
                 endpoint = name,
                 id = %request_flow.id,
                 correlationid = %request_flow.correlationid,
-                trace_id = %trace_id,
+                trace_id = tracing::field::Empty,
             );
-            let result = AssertUnwindSafe(handler(request))
+            if !span.is_disabled()
+                && let Some(tp) = &request_flow.traceparent
+            {
+                span.record("trace_id", tp.trace_id.as_str());
+            }
+            flow = Some(request_flow);
+            // The decoded request reaches the handler here.
+            let result = AssertUnwindSafe((self.handler)(request))
                 .catch_unwind()
                 .instrument(span)
                 .await;
-            let data = match result {
-                Ok(result) => result?,
+            match result {
+                Ok(result) => Ok((result?, subject_attr)),
                 Err(panic) => {
                     let what = panic_message(&*panic);
                     tracing::error!(endpoint = name, panic = %what, "handler panicked");
-                    return Err(ErrorBody::new(
+                    Err(ErrorBody::new(
                         ErrorCode::Internal,
                         format!("the handler of `{name}` failed unexpectedly"),
-                    ));
+                    ))
                 }
-            };
-            let mut builder =
-                Envelope::builder(self.spec.source.clone(), data).caused_by(&request_flow);
-            if let Some(subject) = subject_attr {
-                builder = builder.subject(subject);
             }
-            Ok(builder.build())
         }
         .await;
 
-        let error = outcome.as_ref().err().cloned();
-        let (bytes, traceparent) = match &outcome {
-            Ok(envelope) => (
-                encode(envelope, reply_encoding),
-                envelope.traceparent.clone(),
-            ),
+        let (bytes, traceparent, error) = match outcome {
+            Ok((data, subject)) => {
+                let flow = flow.as_ref().expect("a served request has its flow");
+                let traceparent = flow
+                    .traceparent
+                    .as_ref()
+                    .map(TraceParent::child)
+                    .unwrap_or_else(TraceParent::new_root)
+                    .to_string();
+                let reply = EnvelopeRef {
+                    specversion: SPEC_VERSION,
+                    id: uuid::Uuid::now_v7(),
+                    source: &self.shared.spec.source,
+                    ty: &self.reply_type,
+                    time: Some(chrono::Utc::now()),
+                    datacontenttype: Some("application/json"),
+                    dataschema: Some(&self.reply_schema),
+                    subject: subject.as_deref(),
+                    correlationid: Some(&flow.correlationid),
+                    causationid: Some(flow.id),
+                    priority: None,
+                    traceparent: Some(&traceparent),
+                    data: &data,
+                };
+                (encode_ref(&reply, reply_encoding), Some(traceparent), None)
+            }
             Err(body) => {
-                let builder = Envelope::builder(self.spec.source.clone(), body.clone());
+                let builder = Envelope::builder(self.shared.spec.source.clone(), body.clone());
                 let envelope = match &flow {
                     Some(flow) => builder.caused_by(flow).build(),
                     None => builder.build(),
                 };
                 (
                     encode(&envelope, reply_encoding),
-                    envelope.traceparent.clone(),
+                    envelope.traceparent,
+                    Some(body),
                 )
             }
         };
@@ -481,7 +554,8 @@ impl Shared {
             Ok(bytes) => (bytes, error),
             Err(e) => {
                 let body = ErrorBody::new(ErrorCode::Internal, e.to_string());
-                let envelope = Envelope::builder(self.spec.source.clone(), body.clone()).build();
+                let envelope =
+                    Envelope::builder(self.shared.spec.source.clone(), body.clone()).build();
                 (
                     encode(&envelope, Encoding::Json).unwrap_or_default(),
                     Some(body),
@@ -514,6 +588,7 @@ impl Shared {
                     );
                 }
                 if let Err(e) = self
+                    .shared
                     .client
                     .publish_with_headers(reply, headers, Bytes::from(bytes))
                     .await
@@ -524,7 +599,7 @@ impl Shared {
             None => {
                 if let Some(e) = &error {
                     // Nobody to tell: park the message so that it is not lost.
-                    match &self.dead_letters {
+                    match &self.shared.dead_letters {
                         Some(dlq) => {
                             dlq.park_message(name, &message, &e.to_string(), None).await;
                         }
@@ -537,9 +612,7 @@ impl Shared {
                 }
             }
         }
-        let elapsed = started.elapsed();
-        self.record(name, elapsed, error.as_ref());
-        (elapsed, error)
+        error
     }
 }
 

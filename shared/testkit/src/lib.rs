@@ -29,6 +29,7 @@ mod cluster;
 mod container;
 mod error;
 mod fake;
+mod identity;
 pub mod kubectl;
 mod node;
 pub mod recorder;
@@ -42,6 +43,7 @@ pub use bin::{
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use fake::fake_service;
+pub use identity::{TEST_ADMIN_SEED, test_identity, with_test_admin};
 pub use recorder::Recorder;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
 pub use server::NatsServer;

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use async_nats::Client;
 use toronto_protocol::{Encoding, Envelope, ErrorBody, Message};
-use toronto_runtime::rpc::{CallError, call};
+use toronto_runtime::auth::Signer;
+use toronto_runtime::rpc::{CallError, call, call_signed};
 
 /// The `source` of the envelopes tests send.
 pub const TEST_SOURCE: &str = "toronto://test";
@@ -54,6 +55,7 @@ pub struct Requester {
     prefix: String,
     timeout: Duration,
     encoding: Encoding,
+    signer: Option<Signer>,
 }
 
 impl Requester {
@@ -64,6 +66,7 @@ impl Requester {
             prefix: prefix.into(),
             timeout: REQUEST_TIMEOUT,
             encoding: Encoding::Json,
+            signer: None,
         }
     }
 
@@ -82,6 +85,13 @@ impl Requester {
     /// The same requester sending (and expecting replies) in another encoding.
     pub fn with_encoding(mut self, encoding: Encoding) -> Self {
         self.encoding = encoding;
+        self
+    }
+
+    /// The same requester signing every request with `signer` (see
+    /// `docs/trust-model.md`); [`crate::test_identity`] is the stacks' first admin.
+    pub fn signed_by(mut self, signer: Signer) -> Self {
+        self.signer = Some(signer);
         self
     }
 
@@ -118,8 +128,9 @@ impl Requester {
         verb: &str,
         envelope: &Envelope<Req>,
     ) -> Result<Envelope<Resp>, CallError> {
-        call(
+        call_signed(
             &self.client,
+            self.signer.as_ref(),
             &self.subject(verb),
             envelope,
             self.encoding,

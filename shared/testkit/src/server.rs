@@ -84,6 +84,8 @@ impl NatsServer {
     /// As [`NatsServer::try_start`]; also when the config is invalid (the message quotes the
     /// server's log).
     pub async fn try_start_with_config(extra: &str) -> Result<NatsServer, TestkitError> {
+        // A test's own reqwest clients need the process-wide rustls provider too.
+        toronto_runtime::tls::install_crypto_provider();
         match backend()? {
             Backend::Binary => Ok(NatsServer {
                 inner: Inner::Binary(BinaryServer::start(extra).await?),

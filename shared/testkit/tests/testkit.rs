@@ -433,6 +433,7 @@ async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHos
                 uptime_seconds: 0.0,
                 nats_connected: true,
                 build: BuildInfo::current("1.0.0"),
+                loops: Vec::new(),
             })
         },
     )

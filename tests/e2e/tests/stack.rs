@@ -281,7 +281,7 @@ async fn sigterm_lets_requests_in_flight_finish_and_exits_zero() {
         .spawn()
         .unwrap();
     let client = server.client().await;
-    wait_for_endpoint(&client, "toronto-planner", SLEEP_VERB).await;
+    wait_for_endpoint(&client, "toronto-planner", &SLEEP_VERB.replace('.', "-")).await;
 
     let subject = format!("toronto.devops.v1.planner.{SLEEP_VERB}");
     let in_flight = {
@@ -399,6 +399,15 @@ async fn connect_as(
 #[tokio::test]
 async fn every_service_works_under_its_least_privilege_nats_user_and_no_further() {
     let server = NatsServer::start_with_config(&permissions_conf()).await;
+    // Streams and buckets are the admin's; the services only use them.
+    let bootstrap = connect_as(&server, "admin", None).await;
+    toronto_cli::bootstrap::bootstrap(
+        &bootstrap,
+        &toronto_protocol::Subjects::default(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let shutdown = CancellationToken::new();
     let users = [
         (ServiceKind::Planner, "planner"),

@@ -146,7 +146,7 @@ pub async fn post(
 pub async fn sender(
     http: WebClient,
     hook: Webhook,
-    mut rx: mpsc::Receiver<Note>,
+    rx: &mut mpsc::Receiver<Note>,
     window: Duration,
     metrics: ChatMetrics,
     shutdown: CancellationToken,
@@ -192,17 +192,17 @@ impl Router {
         let mut senders = HashMap::new();
         for hook in &settings.webhooks {
             let (tx, rx) = mpsc::channel(QUEUE);
-            rt.spawn_background(
-                "webhook sender",
-                sender(
-                    http.clone(),
-                    hook.clone(),
-                    rx,
-                    settings.group_window,
-                    metrics.clone(),
-                    rt.shutdown_token(),
-                ),
-            );
+            let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+            let (http, webhook, window) = (http.clone(), hook.clone(), settings.group_window);
+            let (metrics, token) = (metrics.clone(), rt.shutdown_token());
+            rt.spawn_background("webhook sender", move || {
+                let (http, hook, rx) = (http.clone(), webhook.clone(), rx.clone());
+                let (metrics, token) = (metrics.clone(), token.clone());
+                async move {
+                    let mut rx = rx.lock_owned().await;
+                    sender(http, hook, &mut rx, window, metrics, token).await
+                }
+            });
             senders.insert(hook.name.clone(), tx);
         }
         Self { senders, metrics }

@@ -81,7 +81,7 @@ async fn incident_work_from_chat_reaches_the_incident_commander() {
     let silences = Arc::new(Mutex::new(Vec::new()));
     let seen = silences.clone();
     host.add_endpoint(
-        "silence.create",
+        "silence-create",
         "toronto.devops.v1.incident.silence.create",
         move |req: Request<SilenceCreate>| {
             seen.lock().unwrap().push(req.data().clone());

@@ -158,7 +158,7 @@ impl Bridge {
         .unwrap();
         let stored = plan.clone();
         host.add_endpoint(
-            "plan.get",
+            "plan-get",
             "toronto.devops.v1.planner.plan.get",
             move |req: Request<PlanGet>| {
                 let plan = stored.clone();
@@ -175,7 +175,7 @@ impl Bridge {
         .unwrap();
         let (s, stored) = (seen.clone(), plan.clone());
         host.add_endpoint(
-            "plan.approve",
+            "plan-approve",
             "toronto.devops.v1.planner.plan.approve",
             move |req: Request<PlanDecision>| {
                 s.lock()

@@ -195,7 +195,9 @@ impl Deployer {
                 Some(m) = results.next() => (m, false),
                 else => return Ok(()),
             };
-            let Ok(raw) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
+            let Ok(raw) =
+                toronto_protocol::codec::from_json_bounded::<serde_json::Value>(&message.payload)
+            else {
                 continue;
             };
             let data = raw.get("data").cloned().unwrap_or_default();

@@ -92,9 +92,16 @@ fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> Rollo
     }
 }
 
-/// The steps of a rollout of `strategy` over `previous` (what runs now). A first
-/// deploy, a change of strategy family and a rollback put the version in place in one
-/// `replace` step: there is nothing to compare a canary with, or the shape changes.
+/// The steps of a rollout of `strategy` over `previous` (what runs now). Every step
+/// that puts the new version beside the old one is analysed before the next:
+/// - rolling: batches (`batch-<w>`, the new version on `w` percent of the replicas
+///   beside the old one, analysed like a canary step), then `rolling` to all;
+/// - canary: its weights, then `promote`;
+/// - blue-green: `preview`, `switch`, `scale-down`.
+///
+/// A change of strategy family takes the new strategy's steps from the old shape, so
+/// it is verified too. Only a first deploy (nothing to compare with) and a rollback to
+/// what ran before put the version in place in one `replace` step.
 pub fn plan_steps(
     strategy: &Strategy,
     previous: Option<&Release>,
@@ -107,9 +114,7 @@ pub fn plan_steps(
     {
         check_weights(&steps.iter().map(|s| s.weight).collect::<Vec<_>>())?;
     }
-    let family = Family::of_strategy(strategy);
-    let replace = is_rollback || previous.is_none_or(|p| Family::of_layout(&p.layout) != family);
-    if replace {
+    if is_rollback || previous.is_none() {
         return Ok(vec![step(
             "replace".into(),
             RolloutStepKind::Replace,
@@ -118,12 +123,21 @@ pub fn plan_steps(
         )]);
     }
     Ok(match strategy {
-        Strategy::Rolling => vec![step(
-            "rolling".into(),
-            RolloutStepKind::Rolling,
-            100,
-            Duration::ZERO,
-        )],
+        Strategy::Rolling => {
+            let mut out: Vec<RolloutStep> = settings
+                .rolling_batches
+                .iter()
+                .filter(|w| **w < 100)
+                .map(|w| step(format!("batch-{w}"), RolloutStepKind::Weight, *w, pause))
+                .collect();
+            out.push(step(
+                "rolling".into(),
+                RolloutStepKind::Rolling,
+                100,
+                Duration::ZERO,
+            ));
+            out
+        }
         Strategy::BlueGreen => vec![
             step("preview".into(), RolloutStepKind::Preview, 0, pause),
             step(
@@ -449,6 +463,42 @@ mod tests {
         let first = plan_steps(&strategy, None, &settings, false).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].kind, RolloutStepKind::Replace);
+    }
+
+    #[test]
+    fn rolling_goes_in_analysed_batches_and_a_family_change_is_verified() {
+        let settings = Settings::default();
+        let ids = |steps: Vec<RolloutStep>| -> Vec<(String, RolloutStepKind)> {
+            steps.into_iter().map(|s| (s.id, s.kind)).collect()
+        };
+        let from_rolling = release(Family::Rolling, "1.0.0");
+        let steps = plan_steps(&Strategy::Rolling, Some(&from_rolling), &settings, false).unwrap();
+        assert_eq!(
+            ids(steps),
+            [
+                ("batch-25".to_owned(), RolloutStepKind::Weight),
+                ("batch-50".to_owned(), RolloutStepKind::Weight),
+                ("rolling".to_owned(), RolloutStepKind::Rolling),
+            ]
+        );
+        // From blue-green to rolling: batches, not one unverified replace.
+        let from_bg = release(Family::BlueGreen, "1.0.0");
+        let steps = plan_steps(&Strategy::Rolling, Some(&from_bg), &settings, false).unwrap();
+        assert_eq!(steps[0].id, "batch-25");
+        // From rolling to blue-green: the new colour is previewed with analysis first.
+        let steps =
+            plan_steps(&Strategy::BlueGreen, Some(&from_rolling), &settings, false).unwrap();
+        assert_eq!(steps[0].kind, RolloutStepKind::Preview);
+        // From rolling to canary: the canary weights.
+        let canary = Strategy::Canary { steps: Vec::new() };
+        let steps = plan_steps(&canary, Some(&from_rolling), &settings, false).unwrap();
+        assert_eq!(steps[0].id, "weight-10");
+        // A rollback to what ran before is one step.
+        let back = plan_steps(&Strategy::Rolling, Some(&from_bg), &settings, true).unwrap();
+        assert_eq!(
+            ids(back),
+            [("replace".to_owned(), RolloutStepKind::Replace)]
+        );
     }
 
     #[test]

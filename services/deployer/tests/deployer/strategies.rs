@@ -224,3 +224,56 @@ async fn a_deployer_killed_mid_rollout_is_resumed_by_another_without_repeating_a
     );
     s.stop().await;
 }
+
+/// The issue this guards against: after a blue-green deploy, a rolling deploy of a
+/// version failing 40% of its requests went to 100% in one unverified step, and so did
+/// the next faulty rolling deploy.
+#[tokio::test]
+async fn a_faulty_rolling_deploy_is_caught_in_its_first_batch_even_after_a_change_of_strategy() {
+    let mut s = stack_with(settings(), 1).await;
+    s.deployed("shop", "1.2.0", Strategy::BlueGreen).await;
+    for version in ["1.3.0", "1.4.0"] {
+        let _: SimService = s
+            .request(
+                "sim.fault",
+                SimFault {
+                    service: "shop".into(),
+                    environment: ENV.into(),
+                    version: version.into(),
+                    error_rate: 0.4,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        let id = s.start(deploy("shop", version, Strategy::Rolling)).await;
+        let aborted = s.event(id, "aborted", Duration::from_secs(20)).await;
+        assert_eq!(aborted.phase, RolloutPhase::Aborted);
+        assert!(aborted.rolled_back, "{aborted:?}");
+        assert_eq!(aborted.steps[0].id, "batch-25", "{:?}", aborted.steps);
+        assert!(
+            aborted.weight < 100,
+            "never took all traffic: {}",
+            aborted.weight
+        );
+        let evidence = aborted.analyses.last().expect("the verdict is recorded");
+        assert!(
+            evidence.verdict.reason.contains("exceeds the baseline"),
+            "{evidence:?}"
+        );
+        let view = s.sim_view("shop").await;
+        assert!(
+            view.workloads
+                .values()
+                .filter(|w| w.replicas > 0)
+                .all(|w| w.version == "1.2.0"),
+            "1.2.0 serves everything again: {view:?}"
+        );
+    }
+    // A healthy rolling deploy goes through its batches to all replicas.
+    let id = s.start(deploy("shop", "1.5.0", Strategy::Rolling)).await;
+    let done = s.event(id, "succeeded", Duration::from_secs(30)).await;
+    let ids: Vec<&str> = done.steps.iter().map(|st| st.id.as_str()).collect();
+    assert_eq!(ids, ["batch-25", "batch-50", "rolling"]);
+    s.stop().await;
+}

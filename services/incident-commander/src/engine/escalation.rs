@@ -10,7 +10,7 @@ use super::turn::{Effect, Record, Turn, derived_id, push_timeline};
 use crate::settings::EscalationPolicy;
 
 /// The escalation policy of an incident, if it has one.
-fn policy_of<'s>(t: &Turn<'s>, inc: &Incident) -> Option<&'s EscalationPolicy> {
+pub fn policy_of<'s>(t: &Turn<'s>, inc: &Incident) -> Option<&'s EscalationPolicy> {
     let name = inc.escalation.policy.as_ref()?;
     t.settings
         .policy
@@ -55,24 +55,26 @@ fn page_level(t: &mut Turn<'_>, inc: &mut Incident, reason: &str) {
     ) else {
         return;
     };
+    let mut paged = Vec::with_capacity(level.notify.len());
     for target in &level.notify {
-        page(t, inc, target, Some(inc.escalation.level), reason);
+        paged.push(page(t, inc, target, Some(inc.escalation.level), reason));
     }
+    crate::outbound::trigger(
+        t,
+        inc,
+        inc.escalation.level,
+        &level.channels,
+        &paged,
+        reason,
+    );
     let wait = chrono::Duration::milliseconds((level.ack_timeout_seconds * 1000.0) as i64);
     inc.escalation.next_at = Some(t.now + wait);
     t.persist(Record::Incident(inc.id));
 }
 
-/// Pages one target (a schedule resolves to the person on call); an agent is also
-/// notified on its notify subject. `level` is None for a page outside escalation.
-pub fn page(
-    t: &mut Turn<'_>,
-    inc: &mut Incident,
-    target: &str,
-    level: Option<usize>,
-    reason: &str,
-) {
-    let resolved = match target.split_once(':') {
+/// A target as paged now: a schedule resolves to `user:<on call>`.
+pub fn resolve_target(t: &Turn<'_>, target: &str) -> String {
+    match target.split_once(':') {
         Some(("schedule", name)) => t
             .settings
             .policy
@@ -83,7 +85,20 @@ pub fn page(
             .map(|who| format!("user:{who}"))
             .unwrap_or_else(|| target.to_owned()),
         _ => target.to_owned(),
-    };
+    }
+}
+
+/// Pages one target (a schedule resolves to the person on call); an agent is also
+/// notified on its notify subject. `level` is None for a page outside escalation.
+/// Returns the target as resolved.
+pub fn page(
+    t: &mut Turn<'_>,
+    inc: &mut Incident,
+    target: &str,
+    level: Option<usize>,
+    reason: &str,
+) -> String {
+    let resolved = resolve_target(t, target);
     let key = match level {
         Some(l) => format!("{}:{}:{l}:{resolved}", inc.id, inc.escalation.cycle),
         None => format!("{}:playbook:{}:{resolved}", inc.id, inc.version),
@@ -123,6 +138,7 @@ pub fn page(
         None,
         format!("paged {resolved}{lvl}: {reason}"),
     );
+    resolved
 }
 
 /// Moves to the next level (or the next round, or marks the policy exhausted) and

@@ -196,7 +196,13 @@ fn open(
     }
     triage::link_changes(t, &mut inc, &st.changes);
     triage::compute_severity(t, &mut inc, labels);
-    let text = format!("opened {} {}: {}", inc.severity.label(), inc.id, inc.title);
+    let text = format!(
+        "opened {} {}: {} (severity: {})",
+        inc.severity.label(),
+        inc.id,
+        inc.title,
+        inc.severity_reason
+    );
     t.emit(&mut inc, "opened", TimelineKind::Opened, text, by);
     escalation::start(t, &mut inc);
     playbooks::match_playbook(t, &mut inc);

@@ -12,6 +12,7 @@ use super::error::EngineError;
 use super::state::State;
 use super::turn::{Record, Turn};
 use super::{alerts, escalation};
+use crate::outbound::{self, NotifyAction};
 
 fn suffix(reason: Option<&str>) -> String {
     reason.map(|r| format!(": {r}")).unwrap_or_default()
@@ -86,6 +87,9 @@ pub fn ack(
         text,
         Some(by),
     );
+    let policy = escalation::policy_of(t, inc);
+    let why = reason.unwrap_or("acknowledged");
+    outbound::follow_up(t, inc, policy, NotifyAction::Acknowledge, Some(by), why);
     Ok(inc.clone())
 }
 
@@ -151,6 +155,8 @@ pub fn resolve(
     inc.quiet_since = None;
     let text = format!("resolved: {reason}");
     t.emit(inc, "resolved", TimelineKind::Resolved, text, Some(by));
+    let policy = escalation::policy_of(t, inc);
+    outbound::follow_up(t, inc, policy, NotifyAction::Resolve, Some(by), reason);
     let out = inc.clone();
     if st.open_by_key.get(&out.key) == Some(&id) {
         st.open_by_key.remove(&out.key);
@@ -303,6 +309,32 @@ pub fn recovery_pending(st: &mut State, t: &mut Turn<'_>, id: Uuid, why: &str) {
         let reason = format!("recovery not confirmed by the monitor: {why}");
         let _ = escalate(st, t, id, None, &reason);
     }
+}
+
+/// A notification's delivery status: on the timeline (a `page` entry) and as the event
+/// `incident.notified` (delivered) or `incident.notify_failed` (an attempt failed).
+pub fn notified(st: &mut State, t: &mut Turn<'_>, id: Uuid, ok: bool, text: String) {
+    let Some(inc) = st.incidents.get_mut(&id) else {
+        return;
+    };
+    let what = if ok { "notified" } else { "notify_failed" };
+    t.emit(inc, what, TimelineKind::Page, text, None);
+}
+
+/// A note from outside the engine (a freeze started or lifted): a timeline entry and
+/// the event `incident.<what>`.
+pub fn remark(
+    st: &mut State,
+    t: &mut Turn<'_>,
+    id: Uuid,
+    what: &str,
+    text: String,
+    by: Option<&str>,
+) {
+    let Some(inc) = st.incidents.get_mut(&id) else {
+        return;
+    };
+    t.emit(inc, what, TimelineKind::Note, text, by);
 }
 
 #[cfg(test)]

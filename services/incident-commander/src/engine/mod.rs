@@ -351,6 +351,43 @@ impl Engine {
         self.turn(|st, t| playbooks::progress(st, t, id, step, text, state));
     }
 
+    /// Writes a notification's delivery status on its incident's timeline and as an
+    /// event.
+    pub fn notified(&self, id: Uuid, ok: bool, text: String) {
+        self.turn(|st, t| lifecycle::notified(st, t, id, ok, text));
+    }
+
+    /// An entry on an incident's timeline from outside the engine (a freeze), also
+    /// published as the event `incident.<what>`.
+    pub fn remark(&self, id: Uuid, what: &str, text: String, by: Option<&str>) {
+        self.turn(|st, t| lifecycle::remark(st, t, id, what, text, by));
+    }
+
+    /// Open incidents of these severities.
+    pub fn severe_open(
+        &self,
+        severities: &[toronto_protocol::incidents::Severity],
+    ) -> Vec<Incident> {
+        self.read(|st| {
+            st.incidents
+                .values()
+                .filter(|i| i.state.is_open() && severities.contains(&i.severity))
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// The ids of the open incidents.
+    pub fn open_ids(&self) -> std::collections::BTreeSet<Uuid> {
+        self.read(|st| {
+            st.incidents
+                .values()
+                .filter(|i| i.state.is_open())
+                .map(|i| i.id)
+                .collect()
+        })
+    }
+
     /// Pages a target for a playbook.
     pub fn page_now(&self, id: Uuid, target: &str, reason: &str) {
         self.turn(|st, t| playbooks::page(st, t, id, target, reason));

@@ -166,7 +166,7 @@ pub fn page(st: &mut State, t: &mut Turn<'_>, id: Uuid, target: &str, reason: &s
     let Some(inc) = st.incidents.get_mut(&id) else {
         return;
     };
-    escalation::page(t, inc, target, None, reason);
+    let _ = escalation::page(t, inc, target, None, reason);
     t.persist(Record::Incident(id));
 }
 

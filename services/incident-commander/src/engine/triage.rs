@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
-use toronto_protocol::incidents::{Incident, LinkedChange, TimelineKind};
+use toronto_protocol::incidents::{Incident, LinkedChange, Severity, TimelineKind};
 use toronto_protocol::rollout::Rollout;
 
 use super::state::{RecentChange, State};
 use super::turn::{Turn, push_timeline};
+use crate::settings::SeverityLabels;
 
 /// Recent changes kept.
 const CHANGES_MAX: usize = 1000;
@@ -147,7 +148,8 @@ pub fn compute_severity(t: &Turn<'_>, inc: &mut Incident, labels: &BTreeMap<Stri
     });
     let (mut sev, mut reason) = match rule {
         Some((i, r)) => (r.severity, format!("severity rule {}", i + 1)),
-        None => (policy.default_severity, "default severity".to_owned()),
+        None => from_label(&policy.severity_labels, &all, &inc.environment, &tier)
+            .unwrap_or_else(|| (policy.default_severity, "default severity".to_owned())),
     };
     if !inc.changes.is_empty() {
         sev = sev.raised();
@@ -165,6 +167,32 @@ pub fn compute_severity(t: &Turn<'_>, inc: &mut Incident, labels: &BTreeMap<Stri
         inc.severity = sev;
         inc.severity_reason = reason;
     }
+}
+
+/// The severity the alert's `severity` label gives, milder outside production and
+/// worse for a critical SLO tier, with the reason; `None` without a known label.
+fn from_label(
+    labels: &SeverityLabels,
+    all: &BTreeMap<String, String>,
+    environment: &str,
+    tier: &str,
+) -> Option<(Severity, String)> {
+    let value = all.get("severity")?;
+    let mut sev = labels.severity_of(value)?;
+    let mut reason = format!("label severity={value}");
+    if !labels
+        .production_environments
+        .iter()
+        .any(|e| e == environment)
+    {
+        sev = sev.lowered();
+        reason.push_str(&format!(", one step milder in {environment}"));
+    }
+    if !tier.is_empty() && labels.critical_slo_tiers.iter().any(|t| t == tier) {
+        sev = sev.raised();
+        reason.push_str(&format!(", one step worse for SLO tier {tier}"));
+    }
+    Some((sev, reason))
 }
 
 #[cfg(test)]

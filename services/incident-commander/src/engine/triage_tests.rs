@@ -229,3 +229,96 @@ fn rollout_events_go_once_on_the_timeline_of_affected_open_incidents() {
     assert_eq!(entry.by.as_deref(), Some("deployer"));
     assert!(entry.text.ends_with("(rollback)"), "{}", entry.text);
 }
+
+#[test]
+fn the_severity_label_gives_the_severity_when_no_rule_matches() {
+    let mut w = World::with_policy(
+        r#"
+default_severity: sev4
+severity_rules:
+  - severity: sev3
+    labels: { team: "storage" }
+severity_labels:
+  map: { warning: sev2 }
+"#,
+    );
+    let now = w.now;
+    let alert = |fp: &'static str, labels: &[(&'static str, &'static str)]| {
+        let mut all = vec![("alertname", fp), ("service", fp)];
+        all.extend_from_slice(labels);
+        fire(fp, &all, now)
+    };
+    w.ingest(vec![
+        alert(
+            "crit",
+            &[("severity", "critical"), ("environment", "production")],
+        ),
+        alert(
+            "crit-stg",
+            &[("severity", "CRITICAL"), ("environment", "staging")],
+        ),
+        alert(
+            "high-tier",
+            &[
+                ("severity", "high"),
+                ("environment", "production"),
+                ("slo_tier", "critical"),
+            ],
+        ),
+        alert(
+            "warn",
+            &[("severity", "warning"), ("environment", "production")],
+        ),
+        alert(
+            "info",
+            &[("severity", "info"), ("environment", "production")],
+        ),
+        alert(
+            "odd",
+            &[("severity", "apocalyptic"), ("environment", "production")],
+        ),
+        alert(
+            "ruled",
+            &[
+                ("severity", "critical"),
+                ("environment", "production"),
+                ("team", "storage"),
+            ],
+        ),
+    ]);
+    let sev = |fp: &str| {
+        let id = w.st.alert(fp).unwrap().incident.unwrap();
+        let inc = w.st.incident(id).unwrap();
+        (inc.severity, inc.severity_reason.clone())
+    };
+    assert_eq!(
+        sev("crit"),
+        (Severity::Sev1, "label severity=critical".into())
+    );
+    assert_eq!(
+        sev("crit-stg"),
+        (
+            Severity::Sev2,
+            "label severity=CRITICAL, one step milder in staging".into()
+        )
+    );
+    assert_eq!(
+        sev("high-tier"),
+        (
+            Severity::Sev1,
+            "label severity=high, one step worse for SLO tier critical".into()
+        )
+    );
+    assert_eq!(sev("warn").0, Severity::Sev2, "the policy's map wins");
+    assert_eq!(sev("info").0, Severity::Sev4);
+    assert_eq!(
+        sev("odd"),
+        (Severity::Sev4, "default severity".into()),
+        "an unknown value falls back to the default"
+    );
+    assert_eq!(
+        sev("ruled"),
+        (Severity::Sev3, "severity rule 1".into()),
+        "rules come first"
+    );
+}

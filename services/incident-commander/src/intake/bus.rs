@@ -9,9 +9,16 @@ use toronto_runtime::jetstream::{Delivery, Outcome};
 use super::IntakeError;
 use crate::engine::{AlertIn, AlertState, Engine};
 
-/// Checks an `alert.firing` / `alert.resolved` event from the bus.
-pub fn bus_alert(subject: &str, payload: &[u8]) -> Result<AlertIn, IntakeError> {
-    let env = decode::<Alert>(payload, Encoding::Json).map_err(IntakeError::Decode)?;
+/// Checks an `alert.firing` / `alert.resolved` event from the bus, decoded with the
+/// codec its `Content-Type` names (JSON when there is none, MessagePack when it says
+/// so, refused when it names anything else).
+pub fn bus_alert(
+    subject: &str,
+    content_type: Option<&str>,
+    payload: &[u8],
+) -> Result<AlertIn, IntakeError> {
+    let encoding = Encoding::from_content_type(content_type).map_err(IntakeError::Decode)?;
+    let env = decode::<Alert>(payload, encoding).map_err(IntakeError::Decode)?;
     let a = env.data;
     let expected = if subject.ends_with(".firing") {
         AlertStatus::Firing
@@ -47,7 +54,15 @@ pub fn bus_alert(subject: &str, payload: &[u8]) -> Result<AlertIn, IntakeError> 
 
 /// Handles one delivery of the alerts consumer.
 pub async fn handle_bus_alert(engine: Arc<Engine>, delivery: Delivery) -> Outcome {
-    match bus_alert(delivery.subject(), delivery.payload()) {
+    let content_type = delivery
+        .headers()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str().to_owned());
+    match bus_alert(
+        delivery.subject(),
+        content_type.as_deref(),
+        delivery.payload(),
+    ) {
         Ok(alert) => {
             engine.ingest(vec![alert]);
             engine.flush().await;
@@ -56,5 +71,38 @@ pub async fn handle_bus_alert(engine: Arc<Engine>, delivery: Delivery) -> Outcom
         Err(reason) => Outcome::Reject {
             reason: reason.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use toronto_protocol::alerts::Alert;
+    use toronto_protocol::{Encoding, Envelope, encode};
+
+    use super::*;
+
+    fn alert() -> Envelope<Alert> {
+        let alert: Alert = serde_json::from_value(serde_json::json!({
+            "fingerprint": "f1",
+            "status": "firing",
+            "labels": {"alertname": "HighErrorRate", "service": "shop-api"},
+            "annotations": {},
+            "starts_at": "2026-11-26T10:00:00Z",
+            "generator": "toronto://test"
+        }))
+        .expect("a valid alert");
+        Envelope::builder("toronto://test", alert).build()
+    }
+
+    #[test]
+    fn a_messagepack_alert_is_read_with_the_codec_its_content_type_names() {
+        let subject = "toronto.devops.v1.events.alert.firing";
+        let packed = encode(&alert(), Encoding::MessagePack).unwrap();
+        let read = bus_alert(subject, Some("application/cloudevents+msgpack"), &packed).unwrap();
+        assert_eq!(read.fingerprint, "f1");
+        let json = encode(&alert(), Encoding::Json).unwrap();
+        assert_eq!(bus_alert(subject, None, &json).unwrap().fingerprint, "f1");
+        assert!(bus_alert(subject, Some("text/plain"), &json).is_err());
+        assert!(bus_alert(subject, Some("application/cloudevents+json"), &packed).is_err());
     }
 }

@@ -47,9 +47,15 @@ pub fn routes(slot: Slot) -> Router {
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, IntakeError> {
     // The fast path; on failure, parse again to name the field.
-    if let Ok(v) = serde_json::from_slice(body) {
+    if let Ok(v) = toronto_protocol::codec::from_json_bounded(body) {
         return Ok(v);
     }
+    toronto_protocol::codec::from_json_bounded::<serde::de::IgnoredAny>(body).map_err(
+        |source| IntakeError::Json {
+            path: String::new(),
+            source,
+        },
+    )?;
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

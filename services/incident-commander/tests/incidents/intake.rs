@@ -1,6 +1,7 @@
 //! Alerts in: Alertmanager, Prometheus, PagerDuty Events and malformed payloads.
 
 use super::*;
+use toronto_protocol::incidents::Severity;
 
 struct Child {
     _child: tokio::process::Child,
@@ -85,6 +86,7 @@ async fn a_burst_of_duplicates_from_alertmanager_opens_one_incident_that_its_res
             ("alertname", "CartErrors"),
             ("service", "cart"),
             ("environment", "production"),
+            ("severity", "critical"),
         ],
         false,
     );
@@ -105,6 +107,11 @@ async fn a_burst_of_duplicates_from_alertmanager_opens_one_incident_that_its_res
     assert_eq!(r.status(), 200);
     let incident = bus.incident(opened.id).await;
     assert_eq!(incident.origin, "alertmanager");
+    assert_eq!(
+        (incident.severity, incident.severity_reason.as_str()),
+        (Severity::Sev1, "label severity=critical"),
+        "Alertmanager's severity label sets the severity"
+    );
     assert_eq!(incident.alerts_total, 1);
     assert!(incident.duplicates >= 100, "{}", incident.duplicates);
 
@@ -114,6 +121,7 @@ async fn a_burst_of_duplicates_from_alertmanager_opens_one_incident_that_its_res
             ("alertname", "CartErrors"),
             ("service", "cart"),
             ("environment", "production"),
+            ("severity", "critical"),
         ],
         true,
     );
@@ -200,6 +208,13 @@ async fn prometheus_fires_a_rule_straight_at_the_alerts_api() {
     let incident = bus.incident(opened.id).await;
     assert_eq!(incident.origin, "prometheus");
     assert_eq!(incident.labels["alertname"], "ShopDown");
+    assert_eq!(
+        (incident.severity, incident.severity_reason.as_str()),
+        (
+            Severity::Sev3,
+            "label severity=page, one step milder in staging"
+        )
+    );
     ic.stop().await;
 }
 
@@ -283,6 +298,11 @@ async fn pagerduty_events_and_malformed_payloads_are_answered_and_never_half_app
     let incident = bus.incidents().await.pop().expect("an incident");
     assert_eq!(incident.service, "orders-db");
     assert_eq!(incident.origin, "pagerduty");
+    assert_eq!(
+        incident.severity,
+        Severity::Sev1,
+        "PagerDuty `critical` is SEV1"
+    );
     let r = post(&ic.url("/v2/enqueue"), &pd("acknowledge", "critical")).await;
     assert_eq!(r.status(), 202);
     let acked = bus.incident(incident.id).await;

@@ -7,6 +7,7 @@
 
 mod intake;
 mod lifecycle;
+mod outbound;
 mod suppress;
 
 use std::collections::BTreeMap;

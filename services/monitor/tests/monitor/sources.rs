@@ -118,3 +118,98 @@ async fn canary_metrics_with_a_query_are_read_from_a_real_prometheus() {
     stop.cancel();
     prometheus.child.kill().await.unwrap();
 }
+
+/// An HTTPS receiver whose certificate is signed by a CA made here (rcgen); it answers
+/// every request `200 ok`. The TLS handshake is real rustls; the HTTP answer is written by
+/// hand (one fixed response is all a probe needs). Returns its port and the CA's PEM.
+async fn https_receiver() -> (u16, String) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::rustls;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, ca.pem())
+}
+
+#[tokio::test]
+async fn the_monitors_http_client_reaches_https_with_a_private_ca() {
+    use toronto_monitor::probes::probe_once;
+    use toronto_monitor::settings::Target;
+    use toronto_monitor::store::{Store, StoreLimits};
+    let (port, ca_pem) = https_receiver().await;
+    let target = Target {
+        name: "private-web".into(),
+        url: format!("https://localhost:{port}/"),
+    };
+    let store = Store::new(StoreLimits::default());
+
+    // The system's roots do not know the private CA: the probe fails.
+    let untrusted = toronto_runtime::tls::http_client()
+        .tls_certs_only(Vec::new())
+        .build()
+        .unwrap();
+    let refused = probe_once(&untrusted, &target, &store).await;
+    assert!(!refused.success, "{refused:?}");
+    assert_eq!(refused.status, None, "{refused:?}");
+
+    // With TORONTO_TLS_CA_FILE naming the CA (as the monitor's start reads it), the same
+    // client the monitor builds gets through.
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let config = Config::from_vars(&toronto_runtime::config::var_map(&[(
+        "TORONTO_TLS_CA_FILE",
+        ca_file.to_str().unwrap(),
+    )]))
+    .unwrap();
+    assert_eq!(config.http.tls_ca_file.as_deref(), Some(ca_file.as_path()));
+    toronto_runtime::tls::trust_ca_file(config.http.tls_ca_file.as_deref()).unwrap();
+    let trusted = toronto_runtime::tls::http_client().build().unwrap();
+    let reached = probe_once(&trusted, &target, &store).await;
+    assert!(reached.success, "{reached:?}");
+    assert_eq!(reached.status, Some(200));
+}

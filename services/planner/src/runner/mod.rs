@@ -29,6 +29,7 @@ use crate::intake::{IntakeError, Planner};
 use crate::settings::Settings;
 
 mod decide;
+mod freeze;
 mod gates;
 mod steps;
 mod stop;

@@ -20,7 +20,10 @@ impl Planner {
         let key = format!("{}:{}", plan.id, step.id);
         let timeout = self.settings.gate_timeout;
         match (step.kind, &plan.task) {
-            (StepKind::Policy, PlanTask::Deploy(d)) => self.check_policy(d).await,
+            (StepKind::Policy, PlanTask::Deploy(d)) => match self.check_freeze(d).await {
+                Some(refused) => refused,
+                None => self.check_policy(d).await,
+            },
             (StepKind::ErrorBudget, PlanTask::Deploy(d)) => self.check_budget(d).await,
             (StepKind::Generate, PlanTask::Pipeline(p)) => match crate::pipeline::generate(p) {
                 Ok(artifact) => StepResult::Passed {

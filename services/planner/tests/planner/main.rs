@@ -4,6 +4,7 @@
 //! `tests/e2e/tests/scenarios/planner.rs`.)
 
 mod dora;
+mod identity;
 mod intake;
 mod listing;
 mod pipelines;

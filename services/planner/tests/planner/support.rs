@@ -311,7 +311,7 @@ pub async fn peers_with(
         let seen = executed.clone();
         deployer
             .add_endpoint(
-                verb,
+                &verb.replace('.', "-"),
                 format!("toronto.devops.v1.deployer.{verb}"),
                 move |req: Request<ExecuteRequest>| {
                     let seen = seen.clone();

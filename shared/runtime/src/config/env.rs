@@ -127,6 +127,16 @@ pub const ENV_VARS: &[Var<Config>] = &[
         },
     ),
     Var::new(
+        "TORONTO_TLS_CA_FILE",
+        "CA certificates (PEM) that outgoing HTTPS (webhooks, probes, Prometheus, scrapes, \
+         playbook checks) trusts beside the system's roots: a private CA.",
+        "",
+        |c, v| {
+            c.http.tls_ca_file = parse::optional_path(v);
+            Ok(())
+        },
+    ),
+    Var::new(
         "TORONTO_HTTP_ADDR",
         "Listen address of /healthz, /readyz, /metrics; empty disables the server.",
         "127.0.0.1:8080",
@@ -190,6 +200,46 @@ pub const ENV_VARS: &[Var<Config>] = &[
         "20",
         |c, v| {
             c.shutdown_grace_secs = parse::whole_or_zero(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_AUTH",
+        "Verified identity: `required` (change requests must be signed by a known principal holding the role), `permissive` (checked and logged, not refused) or `off` (nothing checked; warned at start). See docs/trust-model.md.",
+        "required",
+        |c, v| {
+            c.auth.mode =
+                crate::auth::AuthMode::parse(v).ok_or_else(|| parse::ValueError::NotOneOf {
+                    value: v.to_owned(),
+                    allowed: vec!["required", "permissive", "off"],
+                })?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_AUTH_ADMINS",
+        "NKey user public keys (`U...`) of the first admin, comma-separated: they hold the admin role whatever the registry says.",
+        "",
+        |c, v| {
+            c.auth.admins = parse::list(v);
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_AUTH_WINDOW_SECONDS",
+        "How far a request's signed-at time may be from now, either way, before it is refused as a replay.",
+        "120",
+        |c, v| {
+            c.auth.window_secs = parse::positive(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_IDENTITY_FILE",
+        "The NKey user seed file the CLI signs change requests with (mode 0600; `toronto identity init` writes it). Default: ~/.config/toronto/identity.nk.",
+        "",
+        |c, v| {
+            c.auth.identity_file = parse::optional_path(v);
             Ok(())
         },
     ),

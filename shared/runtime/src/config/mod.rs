@@ -68,6 +68,8 @@ pub struct Config {
     /// Seconds to finish in-flight work after SIGTERM before giving up
     /// (`TORONTO_SHUTDOWN_GRACE_SECONDS`).
     pub shutdown_grace_secs: u64,
+    /// Verified identity (`TORONTO_AUTH*`).
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for Config {
@@ -80,6 +82,7 @@ impl Default for Config {
             jetstream: JetStreamConfig::default(),
             log: LogConfig::default(),
             shutdown_grace_secs: 20,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }
@@ -146,12 +149,16 @@ impl NatsConfig {
 pub struct HttpConfig {
     /// Address to listen on; port 0 picks a free one. Empty disables the server.
     pub addr: String,
+    /// A PEM file of CA certificates that outgoing HTTPS (webhooks, probes, Prometheus,
+    /// scrapes) trusts beside the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             addr: "127.0.0.1:8080".to_owned(),
+            tls_ca_file: None,
         }
     }
 }

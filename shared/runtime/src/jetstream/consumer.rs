@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::RetentionPolicy;
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -101,6 +102,9 @@ pub struct ConsumerSpec {
     pub concurrency: usize,
 }
 
+/// Consumer errors in a row (each 200 ms apart) after which a run gives up.
+pub const MAX_ERRORS_IN_A_ROW: u32 = 25;
+
 #[derive(Deserialize)]
 struct MaxDeliveriesAdvisory {
     stream_seq: u64,
@@ -112,7 +116,9 @@ struct MaxDeliveriesAdvisory {
 /// the dead-letter stream with its reason. A panicking handler counts as a retry.
 /// Messages that reach max-deliver without a verdict (their handler died) are parked
 /// through the server's max-deliveries advisory. In-flight messages finish before
-/// this returns.
+/// this returns. It ends with an error when the consumer's message stream ends or
+/// fails [`MAX_ERRORS_IN_A_ROW`] times in a row before shutdown (for its supervisor
+/// to start it again).
 pub async fn run_consumer<H, Fut>(
     js: Context,
     spec: ConsumerSpec,
@@ -160,10 +166,12 @@ where
         .subscribe(advisory_subject)
         .await
         .map_err(|e| consumer_err(e.to_string()))?;
+    let work_queue = stream.cached_info().config.retention == RetentionPolicy::WorkQueue;
+    let advisories_stop = shutdown.child_token();
     {
         let stream = stream.clone();
         let dead_letters = dead_letters.clone();
-        let shutdown = shutdown.clone();
+        let shutdown = advisories_stop.clone();
         let origin = spec.durable.clone();
         let stream_name = spec.stream.clone();
         tracker.spawn(async move {
@@ -172,12 +180,12 @@ where
                     _ = shutdown.cancelled() => break,
                     a = advisories.next() => match a { Some(a) => a, None => break },
                 };
-                let Ok(advisory) = serde_json::from_slice::<MaxDeliveriesAdvisory>(&advisory.payload) else {
+                let Ok(advisory) = toronto_protocol::codec::from_json_bounded::<MaxDeliveriesAdvisory>(&advisory.payload) else {
                     continue;
                 };
                 match stream.get_raw_message(advisory.stream_seq).await {
                     Ok(original) => {
-                        dead_letters
+                        let parked = dead_letters
                             .park(
                                 &origin,
                                 original.subject.as_str(),
@@ -194,6 +202,14 @@ where
                                 },
                             )
                             .await;
+                        // A work queue would keep it for ever (no one acks it): once it
+                        // is safe in the dead-letter stream, it leaves the queue.
+                        if parked
+                            && work_queue
+                            && let Err(e) = stream.delete_message(advisory.stream_seq).await
+                        {
+                            tracing::warn!(seq = advisory.stream_seq, error = %e, "cannot remove a parked message from its work queue");
+                        }
                     }
                     Err(e) => tracing::warn!(seq = advisory.stream_seq, error = %e, "cannot fetch message named by a max-deliveries advisory"),
                 }
@@ -208,6 +224,8 @@ where
         .messages()
         .await
         .map_err(|e| consumer_err(e.to_string()))?;
+    let mut errors_in_a_row = 0;
+    let mut ended = Ok(());
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -218,13 +236,30 @@ where
             n = messages.next() => n,
         };
         let message = match next {
-            Some(Ok(m)) => m,
+            Some(Ok(m)) => {
+                errors_in_a_row = 0;
+                m
+            }
             Some(Err(e)) => {
+                errors_in_a_row += 1;
+                if errors_in_a_row >= MAX_ERRORS_IN_A_ROW {
+                    // The consumer is gone or unusable: end the run, so that its
+                    // supervisor reports the loop down and starts it again.
+                    ended = Err(consumer_err(format!(
+                        "{errors_in_a_row} consumer errors in a row, the last: {e}"
+                    )));
+                    break;
+                }
                 tracing::warn!(durable = %spec.durable, error = %e, "consumer error; continuing");
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
-            None => break,
+            None => {
+                if !shutdown.is_cancelled() {
+                    ended = Err(consumer_err("the message stream ended".into()));
+                }
+                break;
+            }
         };
         let delivery = Delivery { message };
         let deliveries = delivery.deliveries();
@@ -255,9 +290,10 @@ where
         });
     }
     drop(messages);
+    advisories_stop.cancel();
     tracker.close();
     tracker.wait().await;
-    Ok(())
+    ended
 }
 
 async fn settle(

@@ -86,20 +86,18 @@ impl DeadLetters {
                 let name = name.to_string();
                 if name.eq_ignore_ascii_case("Nats-Msg-Id") {
                     for v in values {
-                        out.append(DLQ_ORIGINAL_MSG_ID_HEADER, v.as_str());
+                        out.append(DLQ_ORIGINAL_MSG_ID_HEADER, header_value(v.as_str()));
                     }
                 } else if !name.starts_with("Nats-") {
                     for v in values {
-                        out.append(name.as_str(), v.as_str());
+                        out.append(name.as_str(), header_value(v.as_str()));
                     }
                 }
             }
         }
-        // Header values cannot hold line breaks.
-        let reason_line = reason.replace(['\r', '\n'], " ");
-        out.insert(DLQ_REASON_HEADER, reason_line.as_str());
-        out.insert(DLQ_ORIGIN_HEADER, origin);
-        out.insert(DLQ_SUBJECT_HEADER, subject);
+        out.insert(DLQ_REASON_HEADER, header_value(reason));
+        out.insert(DLQ_ORIGIN_HEADER, header_value(origin));
+        out.insert(DLQ_SUBJECT_HEADER, header_value(subject));
         let msg_id = match (&source.stream, source.stream_sequence) {
             (Some(stream), Some(seq)) => {
                 out.insert(DLQ_STREAM_HEADER, stream.as_str());
@@ -141,6 +139,25 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// The longest header value a dead letter echoes (a reason, an original header);
+/// longer ones are cut, so that an oversized field never stops a message from being
+/// parked with its reason (the full original is the payload).
+pub const MAX_ECHOED_HEADER_BYTES: usize = 1024;
+
+/// `value` made fit for a header: line breaks become spaces and it is cut to
+/// [`MAX_ECHOED_HEADER_BYTES`] on a character boundary, marked with `…`.
+pub fn header_value(value: &str) -> String {
+    let line = value.replace(['\r', '\n'], " ");
+    if line.len() <= MAX_ECHOED_HEADER_BYTES {
+        return line;
+    }
+    let mut end = MAX_ECHOED_HEADER_BYTES - '…'.len_utf8();
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &line[..end])
 }
 
 /// A message held in the dead-letter stream.
@@ -297,4 +314,19 @@ pub async fn replay_dead_letter(
             .map_err(|e| dlq_error(subjects, e))?;
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn echoed_values_fit_a_header() {
+        assert_eq!(header_value("a\r\nb"), "a  b");
+        let long = format!("field: {}", "é".repeat(40_000));
+        let cut = header_value(&long);
+        assert!(cut.len() <= MAX_ECHOED_HEADER_BYTES);
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("field: é"));
+    }
 }

@@ -34,8 +34,11 @@ pub const DLQ_ORIGINAL_MSG_ID_HEADER: &str = "Toronto-Dlq-Original-Msg-Id";
 /// A JetStream operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum JetStreamError {
-    /// A stream could not be created or updated.
-    #[error("cannot create or update stream {name}: {source}")]
+    /// A stream could not be created or updated (a missing stream that this NATS user
+    /// may not create: run `toronto bootstrap` as the admin).
+    #[error(
+        "cannot create or update stream {name} (run `toronto bootstrap` as the NATS admin if this user may not): {source}"
+    )]
     Stream {
         /// The stream.
         name: String,
@@ -43,8 +46,11 @@ pub enum JetStreamError {
         #[source]
         source: async_nats::jetstream::context::CreateStreamError,
     },
-    /// A KV bucket could not be created or updated.
-    #[error("cannot create or update KV bucket {name}: {source}")]
+    /// A KV bucket could not be created or updated (a missing bucket that this NATS
+    /// user may not create: run `toronto bootstrap` as the admin).
+    #[error(
+        "cannot create or update KV bucket {name} (run `toronto bootstrap` as the NATS admin if this user may not): {source}"
+    )]
     Bucket {
         /// The bucket.
         name: String,
@@ -72,14 +78,15 @@ pub enum JetStreamError {
     },
 }
 
-/// Creates or updates the events, tasks and dead-letter streams.
-pub async fn ensure_streams(
-    js: &Context,
-    subjects: &Subjects,
-    config: &JetStreamConfig,
-) -> Result<(), JetStreamError> {
+/// The largest task the work-queue stream accepts: the same limit as a `submit`
+/// request (the default `TORONTO_MAX_PAYLOAD_BYTES`), so that the queue
+/// refuses what the endpoint would.
+pub const TASK_MAX_BYTES: i32 = 256 * 1024;
+
+/// The events, tasks and dead-letter streams as the bootstrap creates them.
+pub fn stream_configs(subjects: &Subjects, config: &JetStreamConfig) -> Vec<stream::Config> {
     let dedup = Duration::from_secs(120);
-    let streams = [
+    vec![
         stream::Config {
             name: subjects.events_stream(),
             description: Some("Toronto DevOps events: the audit log and incident timeline".into()),
@@ -97,6 +104,7 @@ pub async fn ensure_streams(
             description: Some("Tasks handed to the DevOps agent by peers (work queue)".into()),
             subjects: vec![subjects.tasks()],
             retention: RetentionPolicy::WorkQueue,
+            max_message_size: TASK_MAX_BYTES,
             storage: StorageType::File,
             num_replicas: config.replicas,
             duplicate_window: dedup,
@@ -114,8 +122,44 @@ pub async fn ensure_streams(
             allow_direct: true,
             ..Default::default()
         },
-    ];
-    for config in streams {
+    ]
+}
+
+/// What a service does at start: checks that the events, tasks and dead-letter
+/// streams exist and creates those that do not (which a least-privilege user may not
+/// do: then the error says to run `toronto bootstrap`). It never updates a stream.
+pub async fn ensure_streams(
+    js: &Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+) -> Result<(), JetStreamError> {
+    for config in stream_configs(subjects, config) {
+        ensure_stream(js, config).await?;
+    }
+    Ok(())
+}
+
+/// Checks that a stream exists, and creates it (as `config` says) when it does not;
+/// an existing stream is left as it is.
+pub async fn ensure_stream(js: &Context, config: stream::Config) -> Result<(), JetStreamError> {
+    if js.get_stream(&config.name).await.is_ok() {
+        return Ok(());
+    }
+    let name = config.name.clone();
+    js.create_stream(config)
+        .await
+        .map(|_| ())
+        .map_err(|source| JetStreamError::Stream { name, source })
+}
+
+/// The admin's bootstrap: creates or updates the events, tasks and dead-letter
+/// streams to their configuration.
+pub async fn bootstrap_streams(
+    js: &Context,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+) -> Result<(), JetStreamError> {
+    for config in stream_configs(subjects, config) {
         let name = config.name.clone();
         js.create_or_update_stream(config)
             .await
@@ -124,25 +168,49 @@ pub async fn ensure_streams(
     Ok(())
 }
 
-/// Creates or updates a KV bucket (name from [`Subjects::kv_bucket`]).
+fn kv_config(bucket: &str, history: i64, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: bucket.to_owned(),
+        history,
+        num_replicas: replicas,
+        storage: StorageType::File,
+        ..Default::default()
+    }
+}
+
+/// What a service does at start: opens the KV bucket (name from
+/// [`Subjects::kv_bucket`]), creating it when it does not exist; an existing bucket
+/// is never updated.
 pub async fn ensure_kv(
     js: &Context,
     bucket: &str,
     history: i64,
     replicas: usize,
 ) -> Result<kv::Store, JetStreamError> {
-    js.create_or_update_key_value(kv::Config {
-        bucket: bucket.to_owned(),
-        history,
-        num_replicas: replicas,
-        storage: StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(|source| JetStreamError::Bucket {
-        name: bucket.to_owned(),
-        source,
-    })
+    if let Ok(store) = js.get_key_value(bucket).await {
+        return Ok(store);
+    }
+    js.create_key_value(kv_config(bucket, history, replicas))
+        .await
+        .map_err(|source| JetStreamError::Bucket {
+            name: bucket.to_owned(),
+            source,
+        })
+}
+
+/// The admin's bootstrap: creates or updates a KV bucket.
+pub async fn bootstrap_kv(
+    js: &Context,
+    bucket: &str,
+    history: i64,
+    replicas: usize,
+) -> Result<kv::Store, JetStreamError> {
+    js.create_or_update_key_value(kv_config(bucket, history, replicas))
+        .await
+        .map_err(|source| JetStreamError::Bucket {
+            name: bucket.to_owned(),
+            source,
+        })
 }
 
 /// Publishes events to the events stream and waits for the server's ack.
@@ -212,7 +280,8 @@ pub async fn publish_envelope<T: Message>(
 mod consumer;
 mod dlq;
 
-pub use consumer::{ConsumerSpec, Delivery, Outcome, run_consumer};
+pub use consumer::{ConsumerSpec, Delivery, MAX_ERRORS_IN_A_ROW, Outcome, run_consumer};
 pub use dlq::{
-    DeadLetter, DeadLetterSource, DeadLetters, dead_letter, list_dead_letters, replay_dead_letter,
+    DeadLetter, DeadLetterSource, DeadLetters, MAX_ECHOED_HEADER_BYTES, dead_letter, header_value,
+    list_dead_letters, replay_dead_letter,
 };

@@ -15,12 +15,20 @@ pub struct Request<T> {
     pub headers: Option<HeaderMap>,
     /// The subject it was sent to.
     pub subject: String,
+    /// The verified sender, when the endpoint's access rule asked for one.
+    pub caller: Option<std::sync::Arc<crate::auth::Caller>>,
 }
 
 impl<T> Request<T> {
     /// The payload.
     pub fn data(&self) -> &T {
         &self.envelope.data
+    }
+
+    /// The verified principal (the human a delegate acts for, or the signer), when the
+    /// endpoint's access rule asked for one and the mode is not `off`.
+    pub fn principal(&self) -> Option<&toronto_protocol::auth::Principal> {
+        self.caller.as_deref().map(crate::auth::Caller::principal)
     }
 
     /// The attributes a follow-up message inherits.

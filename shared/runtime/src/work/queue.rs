@@ -58,24 +58,33 @@ impl WorkQueue {
         &self.durable
     }
 
-    /// Creates or updates the stream.
+    /// Checks that the stream exists and creates it when it does not (never updates it).
     pub async fn ensure(&self, replicas: usize) -> Result<(), JetStreamError> {
+        crate::jetstream::ensure_stream(&self.js, self.config(replicas)).await
+    }
+
+    /// The admin's bootstrap: creates or updates the stream.
+    pub async fn bootstrap(&self, replicas: usize) -> Result<(), JetStreamError> {
         self.js
-            .create_or_update_stream(stream::Config {
-                name: self.stream.clone(),
-                description: Some(self.description.to_owned()),
-                subjects: vec![self.subject.clone()],
-                retention: RetentionPolicy::WorkQueue,
-                storage: StorageType::File,
-                num_replicas: replicas,
-                ..Default::default()
-            })
+            .create_or_update_stream(self.config(replicas))
             .await
             .map(|_| ())
             .map_err(|source| JetStreamError::Stream {
                 name: self.stream.clone(),
                 source,
             })
+    }
+
+    fn config(&self, replicas: usize) -> stream::Config {
+        stream::Config {
+            name: self.stream.clone(),
+            description: Some(self.description.to_owned()),
+            subjects: vec![self.subject.clone()],
+            retention: RetentionPolicy::WorkQueue,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        }
     }
 
     /// Puts a piece of work on the queue (deduplicated by the envelope id).

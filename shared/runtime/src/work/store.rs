@@ -167,7 +167,7 @@ impl<T: Serialize + DeserializeOwned> Records<T> {
             })?;
         match entry {
             Some(entry) if entry.operation == kv::Operation::Put => {
-                let value = serde_json::from_slice(&entry.value)
+                let value = toronto_protocol::codec::from_json_bounded(&entry.value)
                     .map_err(|source| WorkError::Decode { key, source })?;
                 Ok(Some(Versioned {
                     value,

@@ -180,6 +180,9 @@ async fn wait_for_readyz(addr: std::net::SocketAddr, want: u16) {
     panic!("/readyz never answered {want}");
 }
 
+mod auth;
 mod delivery;
+mod depth;
 mod endpoints;
+mod faults;
 mod lifecycle;

@@ -59,10 +59,16 @@ async fn start_deployer(
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;
     let shutdown = CancellationToken::new();
-    let started =
-        toronto_deployer::start_with(config, settings, Some(sim.clone()), shutdown.clone())
-            .await
-            .expect("deployer starts");
+    // Boxed: a service's start is a large future, and the test's own future lives on
+    // the test thread's stack in a debug build.
+    let started = Box::pin(toronto_deployer::start_with(
+        config,
+        settings,
+        Some(sim.clone()),
+        shutdown.clone(),
+    ))
+    .await
+    .expect("deployer starts");
     (shutdown, started)
 }
 
@@ -80,11 +86,11 @@ async fn stack_full(settings: Settings, deployers: usize, monitor: bool) -> Stac
         config.http.addr = String::new();
         config.shutdown_grace_secs = 2;
         let shutdown = CancellationToken::new();
-        let rt = toronto_monitor::start_with(
+        let rt = Box::pin(toronto_monitor::start_with(
             config,
             toronto_monitor::settings::Settings::default(),
             shutdown.clone(),
-        )
+        ))
         .await
         .expect("monitor starts");
         monitors.push((shutdown, rt));

@@ -4,5 +4,8 @@
 mod bridge;
 mod cancel;
 mod deployer;
+mod faults;
+mod freeze;
 mod incidents;
+mod micro;
 mod planner;

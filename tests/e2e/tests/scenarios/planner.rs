@@ -222,7 +222,7 @@ pub(crate) async fn passing_peers(client: &async_nats::Client) -> Peers {
     for verb in ["rollout.start", "rollback", "scale"] {
         deployer
             .add_endpoint(
-                verb,
+                &verb.replace('.', "-"),
                 format!("toronto.devops.v1.deployer.{verb}"),
                 |req: Request<ExecuteRequest>| async move {
                     let key = req.data().idempotency_key.clone();

@@ -1,0 +1,95 @@
+//! `toronto bootstrap`: the admin creates (or brings up to date) every JetStream
+//! stream and KV bucket the services use. Services running as their least-privilege
+//! NATS users (deploy/nats/permissions.conf) may not create, update, purge or delete
+//! streams, nor delete consumers: they check that what they use exists and wait,
+//! with a log line naming this command, until it does. `toronto up` runs it first.
+
+use async_nats::jetstream::{self, Context};
+use toronto_protocol::Subjects;
+use toronto_runtime::config::JetStreamConfig;
+use toronto_runtime::jetstream::{JetStreamError, bootstrap_kv, bootstrap_streams};
+use toronto_runtime::work::WorkQueue;
+
+/// What the bootstrap set up, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// Streams created or updated.
+    pub streams: Vec<String>,
+    /// KV buckets created or updated.
+    pub buckets: Vec<String>,
+}
+
+/// Every KV bucket of every service: (bucket name without prefix, history).
+pub fn all_buckets() -> Vec<(&'static str, i64)> {
+    [
+        toronto_planner::BUCKETS,
+        toronto_deployer::BUCKETS,
+        toronto_monitor::BUCKETS,
+        toronto_incident_commander::BUCKETS,
+        toronto_chat_bridge::BUCKETS,
+    ]
+    .into_iter()
+    .flatten()
+    .copied()
+    .collect()
+}
+
+/// The work queues of the planner and the deployer (their descriptions as the
+/// services give them).
+fn work_queues(js: &Context, subjects: &Subjects) -> [WorkQueue; 2] {
+    [
+        WorkQueue::new(
+            js.clone(),
+            subjects.plan_runs_stream(),
+            subjects.plan_runs(),
+            toronto_planner::RUNNER_CONSUMER,
+            "Planner work: plans to advance (work queue)",
+        ),
+        WorkQueue::new(
+            js.clone(),
+            subjects.rollout_runs_stream(),
+            subjects.rollout_runs(),
+            toronto_deployer::RUNNER_CONSUMER,
+            "Deployer work: rollouts to advance (work queue)",
+        ),
+    ]
+}
+
+/// Creates or updates every stream and KV bucket over `client` (which must be allowed
+/// to: the NATS admin, or a server without authorization).
+pub async fn bootstrap(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+) -> Result<Bootstrapped, JetStreamError> {
+    let js = jetstream::new(client.clone());
+    let mut done = Bootstrapped::default();
+    bootstrap_streams(&js, subjects, config).await?;
+    done.streams.extend(
+        toronto_runtime::jetstream::stream_configs(subjects, config)
+            .into_iter()
+            .map(|c| c.name),
+    );
+    for queue in work_queues(&js, subjects) {
+        queue.bootstrap(config.replicas).await?;
+        done.streams.push(queue.stream().to_owned());
+    }
+    let outbox = toronto_incident_commander::outbound::start::stream_config(
+        subjects.prefix(),
+        config.replicas,
+    );
+    let name = outbox.name.clone();
+    js.create_or_update_stream(outbox)
+        .await
+        .map_err(|source| JetStreamError::Stream {
+            name: name.clone(),
+            source,
+        })?;
+    done.streams.push(name);
+    for (name, history) in all_buckets() {
+        let bucket = subjects.kv_bucket(name);
+        bootstrap_kv(&js, &bucket, history, config.replicas).await?;
+        done.buckets.push(bucket);
+    }
+    Ok(done)
+}

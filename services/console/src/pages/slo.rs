@@ -1,0 +1,217 @@
+//! The SLO page (budget burn-down, burn rates per window pair, firing alerts) and the
+//! DORA page (the four figures per service and environment, last 7 against last 30
+//! days).
+
+use std::fmt::Write as _;
+
+use toronto_protocol::alerts::SloEntry;
+use toronto_protocol::tasks::DoraReport;
+
+use super::View;
+use crate::history::SloHistory;
+use crate::html::{Ctx, E, badge, time};
+use crate::svg::{self, trim_num};
+
+/// The multi-window pairs of the burn-rate alerts: (long, short, threshold, severity).
+pub const WINDOW_PAIRS: [(&str, &str, f64, &str); 4] = [
+    ("1h", "5m", 14.4, "page"),
+    ("6h", "30m", 6.0, "page"),
+    ("1d", "2h", 3.0, "ticket"),
+    ("3d", "6h", 1.0, "ticket"),
+];
+
+/// The compact SLO table of the overview.
+pub fn slo_table(slos: &[SloEntry]) -> String {
+    if slos.is_empty() {
+        return "<p class=\"muted\">No SLOs.</p>".into();
+    }
+    let mut out = String::from(
+        "<table id=\"slos\"><tr><th>service</th><th>SLO</th><th>objective</th><th>budget left</th><th>firing</th></tr>",
+    );
+    for e in slos {
+        let d = &e.definition;
+        let left = e.status.as_ref().map(|s| s.budget_remaining);
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}%</td><td>{} {}</td><td>{}</td></tr>",
+            E(&d.service),
+            E(&d.slo),
+            trim_num(d.objective * 100.0),
+            left.map(|l| format!("{}%", trim_num(l * 100.0)))
+                .unwrap_or_else(|| "not evaluated yet".into()),
+            left.map(|l| svg::bar(l, "budget left")).unwrap_or_default(),
+            firing(e)
+        );
+    }
+    out.push_str("</table>");
+    out
+}
+
+fn firing(e: &SloEntry) -> String {
+    if e.firing.is_empty() {
+        "–".into()
+    } else {
+        e.firing
+            .iter()
+            .map(|f| badge("fail", f))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The SLO page.
+pub fn page(_ctx: &Ctx, slos: &[SloEntry], history: &SloHistory) -> View {
+    let mut out = String::with_capacity(4096 + slos.len() * 4096);
+    if slos.is_empty() {
+        out.push_str("<p class=\"muted\">The monitor has no SLOs.</p>");
+    }
+    for (n, e) in slos.iter().enumerate() {
+        let d = &e.definition;
+        let _ = write!(
+            out,
+            "<section class=\"slo\" id=\"slo-{n}\"><h2>{} · {} <span class=\"muted\">({}, objective {}% over {} days, from {})</span></h2><p>firing: {}</p>",
+            E(&d.service),
+            E(&d.slo),
+            E(&d.environment),
+            trim_num(d.objective * 100.0),
+            d.window_days,
+            E(&d.source),
+            firing(e)
+        );
+        let Some(s) = &e.status else {
+            out.push_str("<p class=\"muted\">Not evaluated yet.</p></section>");
+            continue;
+        };
+        let _ = write!(
+            out,
+            "<p>budget left <b>{}%</b> {}{} <span class=\"muted\">at {}</span></p>",
+            trim_num(s.budget_remaining * 100.0),
+            svg::bar(s.budget_remaining, "budget left"),
+            if s.exhausted {
+                " · <b>exhausted</b>"
+            } else {
+                ""
+            },
+            time(&s.evaluated_at)
+        );
+        let points: Vec<_> = history
+            .points(&d.service, &d.slo)
+            .into_iter()
+            .map(|(t, v)| (t, v * 100.0))
+            .collect();
+        let low = points.iter().map(|p| p.1).fold(0.0_f64, f64::min);
+        out.push_str(&svg::over_time(
+            &format!("burndown-{n}"),
+            "error budget left over time",
+            &points,
+            low.floor(),
+            100.0,
+            "%",
+            false,
+        ));
+        out.push_str("<table class=\"burn\"><tr><th>window pair</th><th>long</th><th>short</th><th>threshold</th><th>alert</th><th>state</th></tr>");
+        for (long, short, threshold, severity) in WINDOW_PAIRS {
+            let rate = |w: &str| s.burn_rates.get(w).copied();
+            let (l, sh) = (rate(long), rate(short));
+            let hot = matches!((l, sh), (Some(a), Some(b)) if a > threshold && b > threshold);
+            let show = |v: Option<f64>| v.map(trim_num).unwrap_or_else(|| "–".into());
+            let _ = write!(
+                out,
+                "<tr><td>{long} / {short}</td><td>{}</td><td>{}</td><td>{}×</td><td>{severity}</td><td>{}</td></tr>",
+                show(l),
+                show(sh),
+                trim_num(threshold),
+                if hot {
+                    badge("fail", "burning")
+                } else {
+                    badge("pass", "ok")
+                }
+            );
+        }
+        out.push_str("</table></section>");
+    }
+    View {
+        title: "SLOs".into(),
+        live: out,
+        after: String::new(),
+    }
+}
+
+/// One row of the DORA page: a service in an environment, last 7 and last 30 days.
+#[derive(Debug, Clone)]
+pub struct DoraRow {
+    /// The service.
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+    /// The last 7 days, or why not.
+    pub week: Result<DoraReport, String>,
+    /// The last 30 days, or why not.
+    pub month: Result<DoraReport, String>,
+}
+
+fn figures(r: &Result<DoraReport, String>) -> [String; 4] {
+    match r {
+        Ok(r) => [
+            format!(
+                "{}/day ({})",
+                trim_num(r.deployment_frequency_per_day),
+                r.deployments
+            ),
+            r.lead_time_median_seconds
+                .map(duration)
+                .unwrap_or_else(|| "–".into()),
+            r.change_failure_rate
+                .map(|c| format!("{}% ({})", trim_num(c * 100.0), r.failed_changes))
+                .unwrap_or_else(|| "–".into()),
+            r.time_to_restore_median_seconds
+                .map(duration)
+                .unwrap_or_else(|| "–".into()),
+        ],
+        Err(e) => {
+            let e = format!("<span class=\"error\">{}</span>", E(e));
+            [e.clone(), e.clone(), e.clone(), e]
+        }
+    }
+}
+
+fn duration(seconds: f64) -> String {
+    if seconds < 120.0 {
+        format!("{}s", trim_num(seconds))
+    } else if seconds < 7200.0 {
+        format!("{}m", trim_num(seconds / 60.0))
+    } else {
+        format!("{}h", trim_num(seconds / 3600.0))
+    }
+}
+
+/// The DORA page.
+pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
+    let mut out = String::from(
+        "<p class=\"muted\">Computed by the planner from the event stream; each cell shows the last 7 days → the last 30 days.</p>",
+    );
+    if rows.is_empty() {
+        out.push_str("<p class=\"muted\">No deploys yet.</p>");
+    } else {
+        out.push_str("<table id=\"dora\"><tr><th>service</th><th>environment</th><th>deployment frequency</th><th>lead time (median)</th><th>change failure rate</th><th>time to restore (median)</th></tr>");
+        for r in rows {
+            let (w, m) = (figures(&r.week), figures(&r.month));
+            let _ = write!(
+                out,
+                "<tr><td>{}</td><td>{}</td>",
+                E(&r.service),
+                E(&r.environment)
+            );
+            for k in 0..4 {
+                let _ = write!(out, "<td>{} → {}</td>", w[k], m[k]);
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</table>");
+    }
+    View {
+        title: "DORA".into(),
+        live: out,
+        after: String::new(),
+    }
+}

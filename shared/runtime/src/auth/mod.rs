@@ -1,0 +1,469 @@
+//! Verified identity: who sent a request, checked before the handler runs.
+//!
+//! A service's [`Authenticator`] holds the mode ([`AuthMode`]), the [`Registry`] of
+//! principals and the [`ReplayGuard`]. Each endpoint has an [`AccessRule`]
+//! (read-only endpoints are [`AccessRule::Open`]); for any other rule the service host
+//! calls [`Authenticator::admit`] with the request's headers and bytes before the
+//! handler, and the handler reads the verified [`Caller`] with
+//! [`Request::principal`](crate::Request::principal). The signed bytes and headers are
+//! defined in [`toronto_protocol::auth`]; `docs/trust-model.md` is the reviewer's page.
+
+mod registry;
+mod replay;
+mod signer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use toronto_protocol::auth::{Principal, Role, Signature, SignatureError};
+use toronto_protocol::{ErrorBody, ErrorCode, Subjects};
+
+pub use registry::{BOOTSTRAP_ADMIN, Registry};
+pub use replay::ReplayGuard;
+pub use signer::{SeedError, Signer};
+
+/// Whether signatures are checked and enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Change requests must be signed by a known principal with the role.
+    #[default]
+    Required,
+    /// Signatures are checked and refusals logged, but the request goes on.
+    Permissive,
+    /// Nothing is checked (a warning is logged at start).
+    Off,
+}
+
+impl AuthMode {
+    /// The mode's name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Required => "required",
+            AuthMode::Permissive => "permissive",
+            AuthMode::Off => "off",
+        }
+    }
+
+    /// Parses `required`, `permissive` or `off`.
+    pub fn parse(value: &str) -> Option<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "required" => Some(AuthMode::Required),
+            "permissive" => Some(AuthMode::Permissive),
+            "off" => Some(AuthMode::Off),
+            _ => None,
+        }
+    }
+}
+
+/// The identity settings every service reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// `required`, `permissive` or `off` (`TORONTO_AUTH`).
+    pub mode: AuthMode,
+    /// Public keys of the first admin (`TORONTO_AUTH_ADMINS`).
+    pub admins: Vec<String>,
+    /// Seconds a signed-at time may be from now (`TORONTO_AUTH_WINDOW_SECONDS`).
+    pub window_secs: u64,
+    /// The seed file clients sign with (`TORONTO_IDENTITY_FILE`).
+    pub identity_file: Option<std::path::PathBuf>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Required,
+            admins: Vec::new(),
+            window_secs: 120,
+            identity_file: None,
+        }
+    }
+}
+
+/// Who may call an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccessRule {
+    /// Anyone (read-only endpoints).
+    #[default]
+    Open,
+    /// Any verified, unrevoked principal.
+    Signed,
+    /// A verified principal holding the role.
+    Role(Role),
+}
+
+/// The verified sender of a request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caller {
+    /// The principal whose key signed it.
+    pub signer: Arc<Principal>,
+    /// The key it signed with.
+    pub key: String,
+    /// The principal it acts for, when the signer is a delegate.
+    pub on_behalf_of: Option<Arc<Principal>>,
+    /// When it was signed.
+    pub signed_at: DateTime<Utc>,
+}
+
+impl Caller {
+    /// The principal authorization is checked against: the human a delegate acts for,
+    /// or else the signer.
+    pub fn principal(&self) -> &Principal {
+        self.on_behalf_of.as_deref().unwrap_or(&self.signer)
+    }
+}
+
+/// Why the identity machinery failed (not a refusal of the caller).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A KV bucket could not be made, read or written.
+    #[error("identity bucket: {0}")]
+    Bucket(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A principal record is over the size limit.
+    #[error("principal record of {size} bytes, over the {limit}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A principal record is not readable.
+    #[error("unreadable principal record: {0}")]
+    Record(#[source] serde_json::Error),
+    /// A principal to store is not valid.
+    #[error("invalid principal: {0}")]
+    BadPrincipal(String),
+}
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    /// No signature at all.
+    #[error("unauthorized: the request is not signed")]
+    Unsigned,
+    /// The signature is malformed or does not match.
+    #[error("unauthorized: {0}")]
+    Signature(#[source] SignatureError),
+    /// Signed too long ago (or in the future).
+    #[error("unauthorized: signed at {signed_at}, outside the {window_secs} s window")]
+    Stale {
+        /// The signed-at time.
+        signed_at: DateTime<Utc>,
+        /// The window.
+        window_secs: u64,
+    },
+    /// The envelope id was already taken.
+    #[error("unauthorized: message {id} was already received (replay)")]
+    Replayed {
+        /// The envelope id.
+        id: String,
+    },
+    /// No principal holds the key.
+    #[error("unauthorized: unknown key {key}")]
+    UnknownKey {
+        /// The signer's public key.
+        key: String,
+    },
+    /// The principal (signer or the one acted for) is revoked.
+    #[error("unauthorized: principal `{id}` is revoked")]
+    Revoked {
+        /// Its id.
+        id: String,
+    },
+    /// The principal acted for does not exist.
+    #[error("unauthorized: unknown principal `{id}` in on-behalf-of")]
+    UnknownOnBehalfOf {
+        /// The id given.
+        id: String,
+    },
+    /// The signer acts for someone without the `delegate` role.
+    #[error("forbidden: `{id}` may not act on behalf of others (no delegate role)")]
+    NotDelegate {
+        /// The signer's id.
+        id: String,
+    },
+    /// The principal lacks the role.
+    #[error("forbidden: `{id}` does not hold the {role:?} role")]
+    MissingRole {
+        /// The principal's id.
+        id: String,
+        /// The role needed.
+        role: Role,
+    },
+    /// The envelope claims a source that belongs to another principal.
+    #[error("forbidden: source `{source_attr}` belongs to `{owner}`, not to `{id}`")]
+    ForgedSource {
+        /// The claimed source.
+        source_attr: String,
+        /// Its owner.
+        owner: String,
+        /// The signer.
+        id: String,
+    },
+    /// The service could not open the identity buckets at start.
+    #[error("identity check unavailable: the identity registry could not be opened")]
+    NoRegistry,
+    /// The registry or replay bucket could not be used.
+    #[error("identity check unavailable: {0}")]
+    Unavailable(#[source] AuthError),
+}
+
+impl Refusal {
+    /// The wire code: 401, 403, or 503 when the check itself failed.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::NotDelegate { .. }
+            | Refusal::MissingRole { .. }
+            | Refusal::ForgedSource { .. } => ErrorCode::Forbidden,
+            Refusal::Unavailable(_) | Refusal::NoRegistry => ErrorCode::Unavailable,
+            _ => ErrorCode::Unauthorized,
+        }
+    }
+}
+
+impl From<Refusal> for ErrorBody {
+    fn from(r: Refusal) -> Self {
+        ErrorBody::new(r.code(), r.to_string())
+    }
+}
+
+/// What the service host knows of one request, for [`Authenticator::admit`].
+#[derive(Debug, Clone, Copy)]
+pub struct Presented<'a> {
+    /// The subject it was sent to.
+    pub subject: &'a str,
+    /// Its headers.
+    pub headers: Option<&'a HeaderMap>,
+    /// Its bytes as received.
+    pub payload: &'a [u8],
+    /// The envelope id.
+    pub id: &'a str,
+    /// The envelope's `source`.
+    pub source: &'a str,
+}
+
+/// What [`Authenticator::admit`] needs of a NATS message.
+pub fn presented<'a>(
+    message: &'a async_nats::Message,
+    id: &'a str,
+    source: &'a str,
+) -> Presented<'a> {
+    Presented {
+        subject: message.subject.as_str(),
+        headers: message.headers.as_ref(),
+        payload: &message.payload,
+        id,
+        source,
+    }
+}
+
+/// Verifies requests for one service.
+#[derive(Debug)]
+pub struct Authenticator {
+    mode: AuthMode,
+    registry: Option<Registry>,
+    replay: Option<ReplayGuard>,
+    rules: RwLock<HashMap<String, AccessRule>>,
+}
+
+impl Authenticator {
+    /// Opens the registry and replay buckets (`<prefix>_identities`,
+    /// `<prefix>_replay`) and follows the registry until `stop`. With mode `off`,
+    /// nothing is opened and a warning is logged.
+    pub async fn start(
+        js: &jetstream::Context,
+        subjects: &Subjects,
+        config: &AuthConfig,
+        replicas: usize,
+        stop: CancellationToken,
+    ) -> Result<Self, AuthError> {
+        if config.mode == AuthMode::Off {
+            tracing::warn!(
+                "TORONTO_AUTH=off: requests are not verified; anyone on the bus can ask for changes"
+            );
+            return Ok(Self::off());
+        }
+        let identities =
+            crate::jetstream::ensure_kv(js, &subjects.kv_bucket("identities"), 5, replicas)
+                .await
+                .map_err(|e| AuthError::Bucket(Box::new(e)))?;
+        let window = Duration::from_secs(config.window_secs.max(1));
+        let replay = js
+            .create_or_update_key_value(kv::Config {
+                bucket: subjects.kv_bucket("replay"),
+                history: 1,
+                max_age: window * 2 + Duration::from_secs(5),
+                num_replicas: replicas,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| AuthError::Bucket(Box::new(e)))?;
+        let registry = Registry::start(identities, &config.admins, stop).await?;
+        if config.mode == AuthMode::Permissive {
+            tracing::warn!("TORONTO_AUTH=permissive: refusals are logged, not enforced");
+        }
+        Ok(Self {
+            mode: config.mode,
+            registry: Some(registry),
+            replay: Some(ReplayGuard::new(replay, window)),
+            rules: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// An authenticator that checks nothing.
+    pub fn off() -> Self {
+        Self {
+            mode: AuthMode::Off,
+            registry: None,
+            replay: None,
+            rules: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// An authenticator whose buckets could not be opened: with mode `required`,
+    /// protected endpoints refuse with 503 (fail closed); open endpoints answer.
+    pub fn unavailable(mode: AuthMode) -> Self {
+        Self {
+            mode,
+            ..Self::off()
+        }
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// The registry (none when off).
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_ref()
+    }
+
+    /// Sets the rule of endpoint `name` (default [`AccessRule::Open`]).
+    pub fn protect(&self, name: &str, rule: AccessRule) {
+        // Endpoints are named by their verb with dashes for dots (micro v1 names), so
+        // `identity.put` and `identity-put` name the same endpoint.
+        self.rules
+            .write()
+            .expect("rules lock")
+            .insert(name.replace('.', "-"), rule);
+    }
+
+    /// The rule of endpoint `name`.
+    pub fn rule(&self, name: &str) -> AccessRule {
+        self.rules
+            .read()
+            .expect("rules lock")
+            .get(name.replace('.', "-").as_str())
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Checks a request to endpoint `name` against its rule. `Ok(None)` when the rule
+    /// is open or the mode is off; in permissive mode a refusal is logged and the
+    /// request goes on unverified.
+    pub async fn admit(
+        &self,
+        name: &str,
+        request: Presented<'_>,
+    ) -> Result<Option<Arc<Caller>>, Refusal> {
+        let rule = self.rule(name);
+        if rule == AccessRule::Open || self.mode == AuthMode::Off {
+            return Ok(None);
+        }
+        match self.verify(rule, request).await {
+            Ok(caller) => Ok(Some(Arc::new(caller))),
+            Err(refusal) if self.mode == AuthMode::Permissive => {
+                tracing::warn!(endpoint = name, reason = %refusal, "would refuse (permissive mode)");
+                Ok(None)
+            }
+            Err(refusal) => {
+                tracing::info!(endpoint = name, reason = %refusal, "request refused");
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Verifies a request against `rule` whatever the mode (for the JetStream intake
+    /// and tests).
+    pub async fn verify(
+        &self,
+        rule: AccessRule,
+        request: Presented<'_>,
+    ) -> Result<Caller, Refusal> {
+        let (Some(registry), Some(replay)) = (&self.registry, &self.replay) else {
+            return Err(Refusal::NoRegistry);
+        };
+        let headers = request.headers;
+        let signature =
+            Signature::from_headers(|name| headers.and_then(|h| h.get(name)).map(|v| v.as_str()))
+                .map_err(|e| match e {
+                SignatureError::Unsigned => Refusal::Unsigned,
+                e => Refusal::Signature(e),
+            })?;
+        let signed_at = signature
+            .verify(request.subject, request.payload)
+            .map_err(Refusal::Signature)?;
+        replay.check_time(signed_at, Utc::now())?;
+        let signer = registry
+            .by_key(&signature.signer)
+            .ok_or_else(|| Refusal::UnknownKey {
+                key: signature.signer.clone(),
+            })?;
+        if signer.revoked {
+            return Err(Refusal::Revoked {
+                id: signer.id.clone(),
+            });
+        }
+        let on_behalf_of = match &signature.on_behalf_of {
+            None => None,
+            Some(id) => {
+                if !signer.has_role(Role::Delegate) {
+                    return Err(Refusal::NotDelegate {
+                        id: signer.id.clone(),
+                    });
+                }
+                let human = registry
+                    .by_id(id)
+                    .ok_or_else(|| Refusal::UnknownOnBehalfOf { id: id.clone() })?;
+                if human.revoked {
+                    return Err(Refusal::Revoked { id: id.clone() });
+                }
+                Some(human)
+            }
+        };
+        if let Some(owner) = registry.owner_of_source(request.source)
+            && owner != signer.id
+        {
+            return Err(Refusal::ForgedSource {
+                source_attr: request.source.to_owned(),
+                owner,
+                id: signer.id.clone(),
+            });
+        }
+        let caller = Caller {
+            signer,
+            key: signature.signer,
+            on_behalf_of,
+            signed_at,
+        };
+        if let AccessRule::Role(role) = rule
+            && !caller.principal().has_role(role)
+        {
+            return Err(Refusal::MissingRole {
+                id: caller.principal().id.clone(),
+                role,
+            });
+        }
+        replay.check_new(request.id).await?;
+        Ok(caller)
+    }
+}
