@@ -28,21 +28,19 @@ impl Planner {
         };
         let ids = self.records.ids().await?;
         let mut plans = Vec::new();
-        let mut scanned = 0;
         let mut last = None;
         let newest_first = ids
             .iter()
             .rev()
             .filter_map(|id| id.parse::<Uuid>().ok())
             .filter(|id| before.is_none_or(|b| *id < b));
-        for id in newest_first {
+        for (scanned, id) in newest_first.enumerate() {
             if plans.len() == limit || scanned == limit * SCAN_PAGES {
                 return Ok(Plans {
                     plans,
                     next_cursor: last.map(|id: Uuid| id.to_string()),
                 });
             }
-            scanned += 1;
             last = Some(id);
             let Some((plan, _)) = self.load(id).await? else {
                 continue;

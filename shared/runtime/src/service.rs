@@ -563,9 +563,9 @@ where
             }
         };
         let (bytes, error) = oversized(
-            &self.client,
+            &self.shared.client,
             name,
-            &self.spec.source,
+            &self.shared.spec.source,
             reply_encoding,
             bytes,
             error,

@@ -73,21 +73,19 @@ impl Deployer {
         };
         let ids = self.rollout_ids().await?;
         let mut out = Vec::new();
-        let mut scanned = 0;
         let mut last: Option<Uuid> = None;
         let newest_first = ids
             .iter()
             .rev()
             .filter_map(|id| id.parse::<Uuid>().ok())
             .filter(|id| before.is_none_or(|b| *id < b));
-        for id in newest_first {
+        for (scanned, id) in newest_first.enumerate() {
             if out.len() == limit || scanned == limit * 10 {
                 return Ok(Rollouts {
                     rollouts: out,
                     next_cursor: last.map(|id| id.to_string()),
                 });
             }
-            scanned += 1;
             last = Some(id);
             let Some((r, _)) = self.load(id).await? else {
                 continue;
