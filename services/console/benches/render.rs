@@ -177,7 +177,10 @@ async fn main() {
                         .take(q.limit.unwrap_or(50))
                         .cloned()
                         .collect();
-                    Ok::<_, ErrorBody>(Rollouts { rollouts: rows })
+                    Ok::<_, ErrorBody>(Rollouts {
+                        rollouts: rows,
+                        next_cursor: None,
+                    })
                 }
             },
         )
@@ -220,7 +223,10 @@ async fn main() {
                         .take(q.limit.unwrap_or(50))
                         .cloned()
                         .collect();
-                    Ok::<_, ErrorBody>(Incidents { incidents: rows })
+                    Ok::<_, ErrorBody>(Incidents {
+                        incidents: rows,
+                        next_cursor: None,
+                    })
                 }
             },
         )
@@ -248,6 +254,7 @@ async fn main() {
                 let (p, q) = (p.clone(), req.data().clone());
                 async move {
                     Ok::<_, ErrorBody>(Plans {
+                        next_cursor: None,
                         plans: p.iter().take(q.limit.unwrap_or(100)).cloned().collect(),
                     })
                 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use toronto_protocol::ErrorBody;
 use toronto_protocol::incidents::{
     IncidentAction, IncidentAssign, IncidentGet, IncidentList, IncidentMetricsQuery, IncidentNote,
-    IncidentOpen, IncidentSeveritySet, Incidents, InhibitionCreate, InhibitionDelete,
-    InhibitionList, InhibitionRules, PlaybookRunRequest, PostmortemRequest, SilenceCreate,
-    SilenceExpire, SilenceList, Silences,
+    IncidentOpen, IncidentSeveritySet, InhibitionCreate, InhibitionDelete, InhibitionList,
+    InhibitionRules, PlaybookRunRequest, PostmortemRequest, SilenceCreate, SilenceExpire,
+    SilenceList, Silences,
 };
 use toronto_runtime::{Request, RuntimeError, ServiceRuntime};
 
@@ -55,7 +55,7 @@ macro_rules! endpoints {
 endpoints! {
     "open" => IncidentOpen, |e, d| e.open_manual(d);
     "get" => IncidentGet, |e, d| e.get(d.id);
-    "list" => IncidentList, |e, d| Ok(Incidents { incidents: e.list(d) });
+    "list" => IncidentList, |e, d| e.list(d);
     "ack" => IncidentAction, |e, d| e.ack(d.id, &d.by, d.reason.as_deref());
     "escalate" => IncidentAction, |e, d| e.escalate(d.id, Some(&d.by), &by_reason(d));
     "mitigate" => IncidentAction, |e, d| e.mitigate(d.id, &d.by, &by_reason(d));

@@ -215,6 +215,7 @@ impl Freezer {
             environment: Some(environment.to_owned()),
             active: true,
             limit: Some(500),
+            cursor: None,
         };
         match self.ask::<_, Rollouts>("rollout.list", query).await {
             Ok(r) => r

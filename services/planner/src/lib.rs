@@ -19,6 +19,7 @@ pub mod dora;
 mod identity;
 mod index;
 pub mod intake;
+mod listing;
 mod notify;
 pub mod pipeline;
 pub mod runner;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::tasks::{
-    AdvancePlan, DoraQuery, PlanCancel, PlanDecision, PlanGet, PlanList, Plans,
+    AdvancePlan, DoraQuery, PlanCancel, PlanDecision, PlanGet, PlanList,
 };
 use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
 use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
@@ -116,10 +117,7 @@ pub async fn start_with(
     let lister = intake.clone();
     rt.endpoint("plan.list", move |req: Request<PlanList>| {
         let intake = lister.clone();
-        async move {
-            let plans = intake.list(req.data()).await.map_err(ErrorBody::from)?;
-            Ok::<_, ErrorBody>(Plans { plans })
-        }
+        async move { intake.page(req.data()).await.map_err(ErrorBody::from) }
     })
     .await?;
 

@@ -185,6 +185,7 @@ impl Command {
                     environment: environment.clone(),
                     active: false,
                     limit: Some(10),
+                    cursor: None,
                 },
             )
             .about(service.as_deref()),

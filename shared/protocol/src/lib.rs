@@ -21,6 +21,7 @@ pub mod error;
 pub mod event_kind;
 pub mod incidents;
 pub mod message;
+pub mod page;
 pub mod rollout;
 pub mod status;
 pub mod subjects;

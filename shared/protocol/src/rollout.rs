@@ -317,9 +317,12 @@ pub struct RolloutList {
     /// Only rollouts that have not ended.
     #[serde(default)]
     pub active: bool,
-    /// At most this many (default 50).
+    /// At most this many (default 50, at most 500: see [`crate::page`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Where to go on: the `next_cursor` of the page before (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 impl Message for RolloutList {
@@ -332,6 +335,9 @@ impl Message for RolloutList {
 pub struct Rollouts {
     /// Newest first.
     pub rollouts: Vec<Rollout>,
+    /// Present when there may be more: ask again with it as `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl Message for Rollouts {

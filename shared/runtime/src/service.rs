@@ -562,6 +562,14 @@ where
                 )
             }
         };
+        let (bytes, error) = oversized(
+            &self.shared.client,
+            name,
+            &self.shared.spec.source,
+            reply_encoding,
+            bytes,
+            error,
+        );
 
         match message.reply.clone() {
             Some(reply) => {
@@ -606,6 +614,35 @@ where
         }
         error
     }
+}
+
+/// Room left in a reply for its headers under the server's `max_payload`.
+const REPLY_HEADER_ROOM: usize = 4096;
+
+/// A reply the server would refuse (over its `max_payload`) never reaches the caller,
+/// who would only time out: it becomes a `413 too_large` error envelope telling the
+/// caller to ask for less and follow the pages.
+fn oversized(
+    client: &async_nats::Client,
+    name: &str,
+    source: &str,
+    encoding: Encoding,
+    bytes: Vec<u8>,
+    error: Option<ErrorBody>,
+) -> (Vec<u8>, Option<ErrorBody>) {
+    let limit = client.server_info().max_payload;
+    if limit == 0 || bytes.len() + REPLY_HEADER_ROOM <= limit {
+        return (bytes, error);
+    }
+    let body = ErrorBody::new(
+        ErrorCode::TooLarge,
+        format!(
+            "the reply of `{name}` would be {} bytes, over the server's max_payload of {limit}: ask for fewer (`limit`) and follow `next_cursor` page by page",
+            bytes.len()
+        ),
+    );
+    let envelope = Envelope::builder(source.to_owned(), body.clone()).build();
+    (encode(&envelope, encoding).unwrap_or_default(), Some(body))
 }
 
 /// Waits until the server has processed everything this connection sent before,

@@ -42,6 +42,7 @@ impl Deployer {
                 environment: Some(environment.into()),
                 active: false,
                 limit: Some(1),
+                cursor: None,
             })
             .await?;
         list.rollouts
@@ -56,15 +57,36 @@ impl Deployer {
             .await
     }
 
-    /// `rollout.list`: newest first.
+    /// `rollout.list`: newest first (rollout ids are UUID v7: key order is creation
+    /// order), one page of at most the capped `limit`, going on after `cursor` (the
+    /// last id of the page before). Only the rollouts a page shows, and at most ten
+    /// pages' worth that filters drop, are read and decoded.
     pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
+        let limit = toronto_protocol::page::limit(q.limit);
+        let before = match &q.cursor {
+            None => None,
+            Some(c) => Some(c.parse::<Uuid>().map_err(|_| {
+                bad(format!(
+                    "`cursor` `{c}` is not one this service gave: pass the `next_cursor` of the page before"
+                ))
+            })?),
+        };
         let ids = self.rollout_ids().await?;
         let mut out = Vec::new();
-        // Rollout ids are UUID v7: newest last in key order.
-        for id in ids.iter().rev() {
-            let Ok(id) = id.parse::<Uuid>() else {
-                continue;
-            };
+        let mut last: Option<Uuid> = None;
+        let newest_first = ids
+            .iter()
+            .rev()
+            .filter_map(|id| id.parse::<Uuid>().ok())
+            .filter(|id| before.is_none_or(|b| *id < b));
+        for (scanned, id) in newest_first.enumerate() {
+            if out.len() == limit || scanned == limit * 10 {
+                return Ok(Rollouts {
+                    rollouts: out,
+                    next_cursor: last.map(|id| id.to_string()),
+                });
+            }
+            last = Some(id);
             let Some((r, _)) = self.load(id).await? else {
                 continue;
             };
@@ -75,11 +97,11 @@ impl Deployer {
                 continue;
             }
             out.push(r);
-            if out.len() >= q.limit.unwrap_or(50) {
-                break;
-            }
         }
-        Ok(Rollouts { rollouts: out })
+        Ok(Rollouts {
+            rollouts: out,
+            next_cursor: None,
+        })
     }
 
     /// `rollout.promote`, `.abort`, `.pause`, `.resume`: recorded on the rollout for

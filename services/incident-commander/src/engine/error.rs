@@ -57,6 +57,11 @@ pub enum EngineError {
     /// No such playbook in the policy.
     #[error("no playbook {0}")]
     NoPlaybook(String),
+    /// A list `cursor` this service did not give.
+    #[error(
+        "`cursor` `{0}` is not one this service gave: pass the `next_cursor` of the page before"
+    )]
+    BadCursor(String),
     /// The incident is resolved or closed (acknowledging it).
     #[error("incident {id} is {}", state_word(*state))]
     Finished {
@@ -101,6 +106,7 @@ impl EngineError {
             | Self::UnnamedMatcher { .. }
             | Self::BadRegex { .. }
             | Self::SilenceEndsBeforeStart
+            | Self::BadCursor(_)
             | Self::NoPlaybookNamed => ErrorCode::BadRequest,
             Self::NoIncident(_)
             | Self::NoSilence(_)

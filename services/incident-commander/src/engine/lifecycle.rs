@@ -39,17 +39,19 @@ pub fn get(st: &State, id: Uuid) -> Result<Incident, EngineError> {
 }
 
 /// `incident.list`: newest first, filtered.
-pub fn list(st: &State, q: &IncidentList) -> Vec<Incident> {
+pub fn list(st: &State, q: &IncidentList, before: Option<Uuid>) -> Vec<Incident> {
+    // Ids are UUID v7: id order is opening order, and the cursor is the last id shown.
     let mut out: Vec<&Incident> = st
         .incidents
         .values()
+        .filter(|i| before.is_none_or(|b| i.id < b))
         .filter(|i| q.state.is_none_or(|s| i.state == s))
         .filter(|i| q.service.as_ref().is_none_or(|s| &i.service == s))
         .filter(|i| !q.open || i.state.is_open())
         .collect();
-    out.sort_by_key(|i| std::cmp::Reverse(i.opened_at));
+    out.sort_by_key(|i| std::cmp::Reverse(i.id));
     out.into_iter()
-        .take(q.limit.unwrap_or(50))
+        .take(toronto_protocol::page::limit(q.limit))
         .cloned()
         .collect()
 }

@@ -244,7 +244,7 @@ fn lists_filter_and_put_the_newest_first() {
     let now = w.now;
     w.ingest(vec![fire("d1", &[("service", "db")], now)]);
     w.run(|st, t| resolve(st, t, first, "ann", "x")).unwrap();
-    let all = list(&w.st, &IncidentList::default());
+    let all = list(&w.st, &IncidentList::default(), None);
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].id, first, "newest first");
     let open_only = list(
@@ -253,6 +253,7 @@ fn lists_filter_and_put_the_newest_first() {
             open: true,
             ..Default::default()
         },
+        None,
     );
     assert_eq!(open_only.len(), 1);
     assert_eq!(open_only[0].service, "db");
@@ -262,6 +263,7 @@ fn lists_filter_and_put_the_newest_first() {
             service: Some("api".into()),
             ..Default::default()
         },
+        None,
     );
     assert_eq!(api[0].id, first);
     let resolved = list(
@@ -271,6 +273,7 @@ fn lists_filter_and_put_the_newest_first() {
             limit: Some(5),
             ..Default::default()
         },
+        None,
     );
     assert_eq!(resolved.len(), 1);
     assert_eq!(
@@ -279,7 +282,8 @@ fn lists_filter_and_put_the_newest_first() {
             &IncidentList {
                 limit: Some(1),
                 ..Default::default()
-            }
+            },
+            None
         )
         .len(),
         1

@@ -213,8 +213,26 @@ impl Engine {
     }
 
     /// `incident.list`.
-    pub fn list(&self, q: &IncidentList) -> Vec<Incident> {
-        self.read(|st| lifecycle::list(st, q))
+    pub fn list(
+        &self,
+        q: &IncidentList,
+    ) -> Result<toronto_protocol::incidents::Incidents, EngineError> {
+        let before = match &q.cursor {
+            None => None,
+            Some(c) => Some(
+                c.parse::<Uuid>()
+                    .map_err(|_| EngineError::BadCursor(c.clone()))?,
+            ),
+        };
+        let incidents = self.read(|st| lifecycle::list(st, q, before));
+        // A full page says where to go on (the page after may be empty).
+        let next_cursor = (incidents.len() == toronto_protocol::page::limit(q.limit))
+            .then(|| incidents.last().map(|i| i.id.to_string()))
+            .flatten();
+        Ok(toronto_protocol::incidents::Incidents {
+            incidents,
+            next_cursor,
+        })
     }
 
     /// `incident.ack`.
@@ -476,7 +494,7 @@ mod tests {
             opened.unwrap() < alert.unwrap(),
             "the incident first, then its alert"
         );
-        let id = engine.list(&IncidentList::default())[0].id;
+        let id = engine.list(&IncidentList::default()).unwrap().incidents[0].id;
         let snaps = engine.snapshot(&[Record::Incident(id), Record::Silence(Uuid::nil())]);
         let first = snaps[0].1.as_ref().unwrap().as_ref().unwrap();
         assert_eq!(

@@ -6,6 +6,7 @@
 mod dora;
 mod identity;
 mod intake;
+mod listing;
 mod pipelines;
 mod policy;
 mod runner;

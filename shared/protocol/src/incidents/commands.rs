@@ -61,9 +61,12 @@ pub struct IncidentList {
     /// Only open ones (triggered, acknowledged, mitigated).
     #[serde(default)]
     pub open: bool,
-    /// At most this many (default 50).
+    /// At most this many (default 50, at most 500: see [`crate::page`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Where to go on: the `next_cursor` of the page before (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 impl Message for IncidentList {
@@ -76,6 +79,9 @@ impl Message for IncidentList {
 pub struct Incidents {
     /// Newest first.
     pub incidents: Vec<Incident>,
+    /// Present when there may be more: ask again with it as `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl Message for Incidents {

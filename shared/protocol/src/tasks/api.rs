@@ -52,9 +52,12 @@ pub struct PlanList {
     /// Only plans asked for by this requester (the task's `source`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_by: Option<String>,
-    /// At most this many (default 100).
+    /// At most this many (default 50, at most 500: see [`crate::page`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Where to go on: the `next_cursor` of the page before (opaque).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
 }
 
 impl Message for PlanList {
@@ -67,6 +70,9 @@ impl Message for PlanList {
 pub struct Plans {
     /// The plans.
     pub plans: Vec<Plan>,
+    /// Present when there may be more: ask again with it as `cursor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl Message for Plans {
