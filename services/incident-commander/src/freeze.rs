@@ -48,7 +48,8 @@ pub struct FreezePolicy {
 impl Default for FreezePolicy {
     fn default() -> Self {
         Self {
-            severities: vec![Severity::Sev1, Severity::Sev2],
+            // Opt-in: a policy names the severities that freeze (e.g. sev1 and sev2).
+            severities: Vec::new(),
             dependencies: BTreeMap::new(),
             on_lift: OnLift::Resume,
         }
@@ -454,9 +455,9 @@ mod tests {
             "not admin (two steps), not batch"
         );
         assert_eq!(policy.on_lift, OnLift::Abort);
-        assert_eq!(
-            FreezePolicy::default().severities,
-            [Severity::Sev1, Severity::Sev2]
+        assert!(
+            FreezePolicy::default().severities.is_empty(),
+            "freezes are opt-in"
         );
     }
 }
