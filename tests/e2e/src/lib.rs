@@ -33,3 +33,29 @@ impl Message for Slept {
 
 /// The verb of the sleep endpoint.
 pub const SLEEP_VERB: &str = "test.sleep";
+
+/// Every answer to `$SRV.<verb>` (`PING`, `INFO`, `STATS`) that arrives within 700 ms.
+pub async fn srv_replies(client: &async_nats::Client, verb: &str) -> Vec<serde_json::Value> {
+    use futures::StreamExt as _;
+    let inbox = client.new_inbox();
+    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
+    client
+        .publish_with_reply(format!("$SRV.{verb}"), inbox, bytes::Bytes::new())
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::sleep(std::time::Duration::from_millis(700));
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            Some(m) = replies.next() => {
+                // A "no responders" status arrives with an empty payload.
+                if let Ok(v) = serde_json::from_slice(&m.payload) {
+                    out.push(v);
+                }
+            }
+        }
+    }
+    out
+}

@@ -24,29 +24,8 @@ fn config(server: &NatsServer) -> Config {
     config
 }
 
-/// Collects `$SRV.<verb>` answers for a moment.
 async fn collect(client: &Client, verb: &str) -> Vec<serde_json::Value> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    client
-        .publish_with_reply(format!("$SRV.{verb}"), inbox, Bytes::new())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::sleep(Duration::from_millis(700));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            Some(m) = replies.next() => {
-                // A "no responders" status arrives with an empty payload.
-                if let Ok(v) = serde_json::from_slice(&m.payload) {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out
+    toronto_e2e::srv_replies(client, verb).await
 }
 
 #[tokio::test]

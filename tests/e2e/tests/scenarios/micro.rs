@@ -3,11 +3,9 @@
 //! `tests/fixtures/micro-v1/` (the published `io.nats.micro.v1.*_response` schemas).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
 use toronto_runtime::Config;
@@ -28,28 +26,8 @@ fn check_jsonschema() -> PathBuf {
     path
 }
 
-/// Every answer to `$SRV.<verb>` within a moment.
 async fn collect(client: &Client, verb: &str) -> Vec<serde_json::Value> {
-    let inbox = client.new_inbox();
-    let mut replies = client.subscribe(inbox.clone()).await.unwrap();
-    client
-        .publish_with_reply(format!("$SRV.{verb}"), inbox, Bytes::new())
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::sleep(Duration::from_millis(700));
-    tokio::pin!(deadline);
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            Some(m) = replies.next() => {
-                if let Ok(v) = serde_json::from_slice(&m.payload) {
-                    out.push(v);
-                }
-            }
-        }
-    }
-    out
+    toronto_e2e::srv_replies(client, verb).await
 }
 
 /// Validates each of `replies` against `schema` with check-jsonschema, which checks
