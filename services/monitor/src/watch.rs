@@ -185,11 +185,12 @@ impl Watches {
             if token.is_cancelled() {
                 break;
             }
-            match self.events.publish("analysis", "result", &envelope).await {
-                Ok(_) => {
-                    verdicts.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!(%rollout_id, error = %e, "cannot publish a verdict"),
+            // Counted before the publish: subscribers may see the verdict before the
+            // stream's acknowledgement returns (or before an unwatch ends this loop).
+            verdicts.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = self.events.publish("analysis", "result", &envelope).await {
+                verdicts.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!(%rollout_id, error = %e, "cannot publish a verdict");
             }
         }
         let mut running = self.lock();
