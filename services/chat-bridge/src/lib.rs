@@ -104,7 +104,8 @@ pub async fn start_with(
         settings.clone(),
         rt.config.nats.request_timeout(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_registry(rt.host.auth().and_then(|a| a.registry().cloned()));
     let _ = cell.set(bridge);
     if !settings.webhooks.is_empty() {
         let router = notify::Router::start(&settings, &rt, metrics);
