@@ -76,7 +76,10 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
         reason: "hotfix".into(),
     });
     let refused = p
-        .submit_as(&Envelope::builder("toronto://test", task.clone()).build(), &dave)
+        .submit_as(
+            &Envelope::builder("toronto://test", task.clone()).build(),
+            &dave,
+        )
         .await
         .unwrap_err();
     assert!(
