@@ -257,6 +257,17 @@ autonomy:
     .unwrap();
     let chat_http = chat.http_addr.expect("the bridge serves HTTP");
     running.push(chat);
+    // Everyone who acts is a principal of the registry (TORONTO_AUTH=required, the
+    // default): the two humans, known to the chat bridge by their Slack user ids, and
+    // the developer agent, whose key signs its task and who alone may claim its source.
+    use toronto_protocol::auth::{PrincipalKind, Role};
+    for (who, chat_id) in [("alice", "slack:U_ALICE"), ("bob", "slack:U_BOB")] {
+        toronto_testkit::person(&client, who, &[Role::Operator, Role::Approver], &[chat_id]).await;
+    }
+    let (developer, mut record) = toronto_testkit::principal("developer-agent", &[Role::Operator]);
+    record.kind = PrincipalKind::Agent;
+    record.sources = vec!["toronto://agents/developer/dev-1".into()];
+    toronto_testkit::put_principal(&client, &record).await;
     let peers = peers(&client).await;
 
     // shop 1.0.0 runs in production.
@@ -318,17 +329,13 @@ autonomy:
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", task.id.to_string().as_str());
     headers.insert("Content-Type", "application/json");
-    js.publish_with_headers(
-        "toronto.agents.devops.tasks",
-        headers,
-        toronto_protocol::encode(&task, Encoding::Json)
-            .unwrap()
-            .into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let bytes = toronto_protocol::encode(&task, Encoding::Json).unwrap();
+    developer.apply(&mut headers, "toronto.agents.devops.tasks", &bytes);
+    js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // 2. Security and QA pass; the plan waits for a human.
     let waiting: Plan = stream
