@@ -290,6 +290,7 @@ pub async fn start_with(
     })
     .await?;
     let list_engine = engine.clone();
+    let list_engine_for_get = engine.clone();
     rt.endpoint("slo.list", move |req: Request<SloList>| {
         let slos = list_engine.list(req.data().service.as_deref());
         async move { Ok::<_, ErrorBody>(SloEntries { slos }) }
@@ -314,9 +315,24 @@ pub async fn start_with(
         )
     });
 
+    let defined = list_engine_for_get;
     rt.endpoint("slo.get", move |req: Request<SloGet>| {
         let status = status.clone();
-        async move { slo_statuses(&status, &req.data().service).await }
+        let service = req.data().service.clone();
+        // The SLOs defined for the service, to tell "not evaluated yet" from "none".
+        let names: Vec<String> = defined
+            .list(Some(&service))
+            .into_iter()
+            .map(|e| e.definition.slo)
+            .collect();
+        async move {
+            let mut statuses = slo_statuses(&status, &service).await?;
+            statuses.pending = names
+                .into_iter()
+                .filter(|n| !statuses.statuses.iter().any(|s| &s.slo == n))
+                .collect();
+            Ok::<_, ErrorBody>(statuses)
+        }
     })
     .await?;
     Ok(rt)
@@ -537,7 +553,10 @@ async fn slo_statuses(
             }
         }
     }
-    Ok(SloStatuses { statuses })
+    Ok(SloStatuses {
+        statuses,
+        pending: Vec::new(),
+    })
 }
 
 /// Runs the service until `shutdown` is cancelled, then shuts down gracefully.

@@ -10,6 +10,10 @@ use toronto_runtime::rpc::{CallError, call, call_for_signed_reply};
 use super::StepResult;
 use crate::intake::Planner;
 
+/// Tries of the error-budget gate waiting for an SLO's first evaluation (with the
+/// runner's backoff, about 30 s) before it fails closed.
+const FIRST_EVALUATION_ATTEMPTS: u32 = 8;
+
 impl Planner {
     /// The policy gate of a deploy: freeze windows and promotion order, unless an
     /// admin overrides them with a recorded reason.
@@ -91,6 +95,7 @@ impl Planner {
     pub(super) async fn check_budget(
         &self,
         deploy: &toronto_protocol::tasks::DeployTask,
+        attempts: u32,
     ) -> StepResult {
         let request = Envelope::builder(
             self.source.clone(),
@@ -108,8 +113,8 @@ impl Planner {
             self.settings.gate_timeout,
         )
         .await;
-        let statuses = match reply {
-            Ok(r) => r.data.statuses,
+        let (statuses, pending) = match reply {
+            Ok(r) => (r.data.statuses, r.data.pending),
             Err(e) => {
                 return StepResult::Failed {
                     reason: format!("the monitor could not tell the error budget: {e}"),
@@ -117,6 +122,24 @@ impl Planner {
                 };
             }
         };
+        // An SLO defined but not evaluated yet has an unknown budget, not none: wait
+        // for its first evaluation (a few tries with backoff, about 30 s), then fail
+        // closed.
+        if !pending.is_empty() {
+            let names = pending.join(", ");
+            if attempts < FIRST_EVALUATION_ATTEMPTS {
+                return StepResult::Retry {
+                    reason: format!("waiting for the first evaluation of SLO {names}"),
+                };
+            }
+            return StepResult::Failed {
+                reason: format!(
+                    "SLO {names} of {} has not been evaluated yet, so its error budget is unknown",
+                    deploy.service
+                ),
+                findings: None,
+            };
+        }
         let findings = serde_json::to_value(&statuses).ok();
         let exhausted: Vec<String> = statuses
             .iter()

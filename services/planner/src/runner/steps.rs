@@ -24,7 +24,9 @@ impl Planner {
                 Some(refused) => refused,
                 None => self.check_policy(d).await,
             },
-            (StepKind::ErrorBudget, PlanTask::Deploy(d)) => self.check_budget(d).await,
+            (StepKind::ErrorBudget, PlanTask::Deploy(d)) => {
+                self.check_budget(d, step.attempts).await
+            }
             (StepKind::Generate, PlanTask::Pipeline(p)) => match crate::pipeline::generate(p) {
                 Ok(artifact) => StepResult::Passed {
                     reason: Some(format!("wrote {}", artifact.path)),

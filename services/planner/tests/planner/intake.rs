@@ -8,7 +8,7 @@ use toronto_protocol::tasks::{
     CanaryStep, Plan, PlanList, PlanState, PlanTask, ScaleTask, Strategy,
 };
 use toronto_protocol::{Encoding, Envelope, ErrorCode, Message, encode};
-use toronto_runtime::rpc::{CallError, call};
+use toronto_runtime::rpc::CallError;
 
 use crate::support::*;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use toronto_protocol::tasks::{Plan, PlanList, PlanState, SubmitAccepted};
 use toronto_protocol::{Encoding, Envelope, ErrorCode};
-use toronto_runtime::rpc::{CallError, call};
+use toronto_runtime::rpc::CallError;
 use toronto_testkit::NatsServer;
 
 use toronto_protocol::tasks::StepState;

@@ -50,6 +50,10 @@ impl Message for SloStatus {
 pub struct SloStatuses {
     /// The statuses.
     pub statuses: Vec<SloStatus>,
+    /// SLOs of the service that are defined but not evaluated yet: their budget is
+    /// unknown, which is not the same as having no SLO.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending: Vec<String>,
 }
 
 impl Message for SloStatuses {

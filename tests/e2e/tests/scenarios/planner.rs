@@ -576,3 +576,88 @@ async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
     peers.stop().await;
     p.stop().await;
 }
+
+/// An SLO that exists but has not been evaluated yet is not "no SLO": the error-budget
+/// gate waits for its first evaluation instead of passing the deploy.
+#[tokio::test]
+async fn an_slo_not_yet_evaluated_holds_the_error_budget_gate() {
+    let server = NatsServer::start().await;
+    let mut config = toronto_testkit::with_test_admin(Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = CancellationToken::new();
+    // The monitor evaluates once at start, then only every hour.
+    let monitor = toronto_monitor::start_with(
+        config.clone(),
+        toronto_monitor::Settings {
+            slo_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let monitor = tokio::spawn(monitor.run_until_shutdown());
+    let budgeted = toronto_planner::Settings {
+        budget_environments: vec!["production".into()],
+        ..settings()
+    };
+    let rt = toronto_planner::start_with(config, budgeted, shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let p = Planner {
+        server,
+        client,
+        shutdown,
+        running,
+    };
+    let _peers = passing_peers(&p.client).await;
+    // basket gets an SLO now, after the monitor's first evaluation.
+    let document =
+        toronto_monitor::slo::bus_availability("availability", "basket", "production", 0.99);
+    let _: Envelope<toronto_protocol::alerts::SloDefinition> = call(
+        &p.client,
+        "toronto.devops.v1.monitor.slo.put",
+        &Envelope::builder(
+            "toronto://test",
+            toronto_protocol::alerts::SloPut { document },
+        )
+        .build(),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+
+    let plan_id = p
+        .submit(&Envelope::builder("toronto://test", deploy("basket", "production")).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let mut held = None;
+    for _ in 0..100 {
+        let plan = p.plan(plan_id).await.unwrap();
+        let budget = step(&plan, "error-budget");
+        if budget
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("waiting for the first evaluation of SLO availability"))
+        {
+            held = Some(plan);
+            break;
+        }
+        assert_ne!(
+            budget.state,
+            toronto_protocol::tasks::StepState::Succeeded,
+            "{budget:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = held.expect("the gate waited for the SLO's first evaluation");
+    assert_ne!(held.state, PlanState::Waiting, "not past the gate");
+    p.cancel(plan_id, "erin", "done").await.unwrap();
+    p.stop().await;
+    monitor.await.unwrap().unwrap();
+}
