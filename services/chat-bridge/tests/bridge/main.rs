@@ -299,3 +299,4 @@ async fn next_post(rx: &mut mpsc::UnboundedReceiver<(u16, Value)>) -> (u16, Valu
 mod commands;
 mod incidents;
 mod notifications;
+mod replay;
