@@ -7,7 +7,7 @@ use anyhow::bail;
 use toronto_commands::{Actor, Command, parse_words, render, render_error};
 use toronto_protocol::tasks::PlanEvent;
 use toronto_protocol::{Encoding, EventKind, RawEnvelope, Subjects};
-use toronto_runtime::rpc::{CallError, call_raw};
+use toronto_runtime::rpc::{CallError, call_raw_signed};
 
 pub use crate::out::Output;
 
@@ -67,10 +67,21 @@ pub async fn run(
     output: Output,
     timeout: Duration,
 ) -> anyhow::Result<String> {
-    run_following(client, subjects, command, actor, output, timeout, false).await
+    let signer = toronto_runtime::auth::process_signer();
+    run_following(
+        client,
+        subjects,
+        command,
+        actor,
+        output,
+        timeout,
+        false,
+        signer.as_ref(),
+    )
+    .await
 }
 
-/// [`run`]; with `follow`, a command that starts a plan (deploy, rollback) prints its
+/// [`run`], signed by `signer`; with `follow`, a command that starts a plan (deploy, rollback) prints its
 /// reply at once, then every event of its flow (gates, rollout weight and step) until
 /// the plan ends, and fails when the plan does.
 pub async fn run_following(
@@ -81,6 +92,7 @@ pub async fn run_following(
     output: Output,
     timeout: Duration,
     follow: bool,
+    signer: Option<&toronto_runtime::auth::Signer>,
 ) -> anyhow::Result<String> {
     let Some(request) = command.request(actor) else {
         return Ok(local_answer(command).unwrap_or_default());
@@ -96,7 +108,7 @@ pub async fn run_following(
     } else {
         None
     };
-    match call_raw(client, &subject, &envelope, Encoding::Json, timeout).await {
+    match call_raw_signed(client, signer, &subject, &envelope, Encoding::Json, timeout).await {
         Ok(reply) => {
             let text = output.render(&serde_json::to_value(&reply)?, false, || {
                 render(command, &reply.data)

@@ -53,6 +53,10 @@ pub enum IdentityAction {
         /// `source` attributes only this principal may claim (repeatable).
         #[arg(long = "source")]
         sources: Vec<String>,
+        /// Chat users this principal is, `<platform>:<user id>` (e.g.
+        /// `slack:U024BE7LH`; the immutable id, not the name), repeatable.
+        #[arg(long = "chat")]
+        chat_ids: Vec<String>,
         /// The seed file to sign with.
         #[arg(long)]
         file: Option<PathBuf>,
@@ -106,6 +110,23 @@ pub fn identity_file(flag: Option<PathBuf>, config: &Config) -> PathBuf {
         .unwrap_or_else(default_identity_file)
 }
 
+/// Makes the operator's key (`TORONTO_IDENTITY_FILE`, else the default file) the one
+/// every request of this CLI process is signed with, when there is one; without it
+/// requests go unsigned, and a stack with `TORONTO_AUTH=required` refuses changes.
+pub fn install_operator_key() {
+    let Ok(config) = Config::from_env() else {
+        return;
+    };
+    let path = identity_file(None, &config);
+    if !path.exists() {
+        return;
+    }
+    match Signer::from_file(&path) {
+        Ok(signer) => toronto_runtime::auth::install_process_signer(signer),
+        Err(e) => eprintln!("warning: requests go unsigned: {e}"),
+    }
+}
+
 /// The operator's signer from `path`, with a hint when there is none.
 pub fn load_signer(path: &Path) -> anyhow::Result<Signer> {
     Signer::from_file(path).with_context(|| {
@@ -139,6 +160,7 @@ pub async fn run(action: IdentityAction, config: &Config) -> anyhow::Result<()> 
             kind,
             name,
             sources,
+            chat_ids,
             file,
         } => {
             let signer = load_signer(&identity_file(file, config))?;
@@ -150,6 +172,7 @@ pub async fn run(action: IdentityAction, config: &Config) -> anyhow::Result<()> 
                 revoked: false,
                 keys,
                 sources,
+                chat_ids,
             };
             let stored: Identities = send(
                 config,

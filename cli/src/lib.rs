@@ -15,4 +15,5 @@ pub mod identity;
 pub mod nats_server;
 pub mod out;
 pub mod settings_docs;
+pub mod trust;
 pub mod up;

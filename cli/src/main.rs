@@ -247,6 +247,9 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let output = cli.output;
+    if !matches!(cli.command, Command::Up { .. }) {
+        toronto_cli::identity::install_operator_key();
+    }
     match cli.command {
         Command::Up {
             nats_port,
@@ -312,6 +315,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 output,
                 config.nats.request_timeout(),
                 follow,
+                toronto_runtime::auth::process_signer().as_ref(),
             )
             .await?;
             if !text.is_empty() {

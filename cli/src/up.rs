@@ -274,6 +274,20 @@ async fn bootstrap_as_admin(
     Ok(())
 }
 
+/// Registers the stack's principals, signed by the operator.
+async fn register(
+    identities: &crate::trust::LocalIdentities,
+    config: &Config,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = toronto_runtime::Metrics::new();
+    let client =
+        toronto_runtime::connect::connect(&config.nats, "toronto-up", &metrics, shutdown).await?;
+    identities
+        .register(&client, config, config.nats.request_timeout())
+        .await
+}
+
 /// Starts the web console beside the stack: HTTP on `http_port_base + 6` of the
 /// configured host (a free port when the base is 0); returns its task and address.
 pub async fn start_console(
@@ -311,6 +325,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut passwords = std::collections::HashMap::new();
+    // The stack's keys: the services sign as the agent, the operator is the first admin.
+    let identities = if config.auth.mode == toronto_runtime::auth::AuthMode::Off {
+        None
+    } else {
+        Some(crate::trust::prepare(
+            &mut config,
+            &options.data_dir,
+            options.demo,
+        )?)
+    };
     let nats = if options.start_nats {
         let binary = find_binary()?;
         let secure_config = if options.secure {
@@ -376,6 +400,14 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
+        if let Some(identities) = &identities {
+            register(identities, &config, &shutdown)
+                .await
+                .map_err(invalid)?;
+            for line in identities.describe() {
+                eprintln!("toronto up: {line}");
+            }
+        }
         let demo = match &demo_settings {
             Some(settings) => {
                 let demo = crate::demo::Demo::start(&config, settings)

@@ -29,7 +29,7 @@ use toronto_protocol::incidents::{
 use toronto_protocol::rollout::{Rollout, RolloutList, Rollouts, SimFault, SimService};
 use toronto_protocol::tasks::{Plan, SloGet, SloStatuses};
 use toronto_protocol::{Encoding, Envelope, Message, RawEnvelope, ServiceKind, Subjects};
-use toronto_runtime::rpc::call;
+use toronto_runtime::rpc::call_signed;
 use uuid::Uuid;
 
 use super::{ENVIRONMENTS, OPERATORS, SERVICE, compression, scale_of};
@@ -44,6 +44,9 @@ pub struct IncidentArgs {
     /// Seconds each step may take before the story ends with the reason.
     #[arg(long, default_value_t = 60)]
     pub step_timeout_seconds: u64,
+    /// Where the demo people's keys are (`toronto up --demo` makes them).
+    #[arg(long, default_value = ".toronto/identities")]
+    pub identities_dir: PathBuf,
     /// Share of the bad version's requests that fail in production (0 to 1).
     #[arg(long, default_value_t = 0.5)]
     pub error_rate: f64,
@@ -76,6 +79,8 @@ struct Story<'a> {
     seen: Vec<(String, RawEnvelope)>,
     started: Instant,
     step: usize,
+    /// Each demo person's key (`toronto up --demo` makes them).
+    signers: std::collections::HashMap<String, toronto_runtime::auth::Signer>,
 }
 
 fn decode(message: &async_nats::Message) -> Option<(String, RawEnvelope)> {
@@ -194,8 +199,9 @@ impl Story<'_> {
     ) -> anyhow::Result<Resp> {
         let subject = self.subjects.command(service, verb);
         let envelope = Envelope::builder(format!("toronto://cli/{who}"), data).build();
-        let reply: Envelope<Resp> = call(
+        let reply: Envelope<Resp> = call_signed(
             self.client,
+            self.signers.get(who),
             &subject,
             &envelope,
             Encoding::Json,
@@ -217,13 +223,15 @@ impl Story<'_> {
             role: Role::Operator,
             source: format!("toronto://cli/{who}"),
         };
-        let text = crate::commands::run(
+        let text = crate::commands::run_following(
             self.client,
             &self.subjects,
             &command,
             &actor,
             Output::Json,
             self.timeout,
+            false,
+            self.signers.get(who),
         )
         .await
         .with_context(|| format!("{who}: toronto run {}", words.join(" ")))?;
@@ -305,6 +313,14 @@ pub async fn play(
         seen: Vec::new(),
         started: Instant::now(),
         step: 0,
+        signers: OPERATORS
+            .iter()
+            .filter_map(|who| {
+                let path = args.identities_dir.join(format!("{who}.nk"));
+                let signer = toronto_runtime::auth::Signer::from_file(&path).ok()?;
+                Some(((*who).to_owned(), signer))
+            })
+            .collect(),
     };
     let [first, second] = OPERATORS;
 

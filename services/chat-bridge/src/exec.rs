@@ -10,7 +10,7 @@ use toronto_protocol::chat::ChatCommandRecord;
 use toronto_protocol::tasks::{Plan, PlanGet};
 use toronto_protocol::{Encoding, Envelope, Subjects};
 use toronto_runtime::jetstream::Events;
-use toronto_runtime::rpc::{CallError, call, call_raw};
+use toronto_runtime::rpc::{CallError, call, call_raw_signed};
 
 use crate::settings::Settings;
 
@@ -74,6 +74,8 @@ pub struct Bridge {
     settings: Arc<Settings>,
     timeout: Duration,
     metrics: crate::metrics::ChatMetrics,
+    /// The identity registry: who a chat user is (none with `TORONTO_AUTH=off`).
+    registry: Option<toronto_runtime::auth::Registry>,
 }
 
 impl Bridge {
@@ -92,6 +94,44 @@ impl Bridge {
             settings,
             timeout,
             metrics: Default::default(),
+            registry: None,
+        }
+    }
+
+    /// Acts on behalf of the principal each chat user is in `registry`: a command from
+    /// a chat user no principal claims (`chat_ids`) is refused.
+    pub fn with_registry(mut self, registry: Option<toronto_runtime::auth::Registry>) -> Self {
+        self.registry = registry;
+        self
+    }
+
+    /// The bridge's own key acting for the principal `inv`'s user is, or why not.
+    fn delegate_for(
+        &self,
+        inv: &Invocation,
+    ) -> Result<Option<toronto_runtime::auth::Signer>, String> {
+        let own = toronto_runtime::auth::process_signer();
+        let Some(registry) = &self.registry else {
+            return Ok(own);
+        };
+        let chat_id = format!("{}:{}", inv.platform, inv.user_id);
+        let Some(principal) = registry.by_chat_id(&chat_id) else {
+            return Err(format!(
+                "your chat user `{chat_id}` is not a registered principal; an admin adds it with `toronto identity add <id> --key <key> --chat {chat_id} --role operator`"
+            ));
+        };
+        if principal.revoked {
+            return Err(format!("principal `{}` is revoked", principal.id));
+        }
+        match own {
+            Some(signer) => signer
+                .on_behalf_of(&principal.id)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            None => Err(
+                "the chat bridge has no identity of its own (TORONTO_IDENTITY_FILE) to act for you with"
+                    .to_owned(),
+            ),
         }
     }
 
@@ -203,11 +243,16 @@ impl Bridge {
             };
             return (reply, None, None);
         };
+        let signer = match self.delegate_for(inv) {
+            Ok(signer) => signer,
+            Err(why) => return forbidden(why),
+        };
         let subject = request.subject(&self.subjects);
         let envelope = request.envelope(&actor.source);
         let correlation = envelope.correlationid.clone();
-        let reply = match call_raw(
+        let reply = match call_raw_signed(
             &self.client,
+            signer.as_ref(),
             &subject,
             &envelope,
             Encoding::Json,

@@ -105,7 +105,8 @@ pub async fn start_with(
         settings.clone(),
         rt.config.nats.request_timeout(),
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_registry(rt.host.auth().and_then(|a| a.registry().cloned()));
     let replay_config = verify::replay_bucket_config(&rt.subjects, rt.config.jetstream.replicas);
     state.replay_guard().connect(rt.js.clone(), replay_config);
     if let Err(e) = state.replay_guard().open().await {

@@ -52,12 +52,15 @@ pub enum IntakeError {
     /// The events stream could not be read.
     #[error("planner state unavailable: cannot read the events stream: {0}")]
     Events(#[source] async_nats::Error),
+    /// The verified requester may not ask for this (e.g. an override by a non-admin).
+    #[error(transparent)]
+    Forbidden(#[from] toronto_runtime::auth::Refusal),
 }
 
 impl IntakeError {
     /// Whether sending the task again may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, IntakeError::Rejected(_))
+        !matches!(self, IntakeError::Rejected(_) | IntakeError::Forbidden(_))
     }
 }
 
@@ -66,6 +69,7 @@ impl From<IntakeError> for ErrorBody {
         match &e {
             IntakeError::Rejected(reasons) => ErrorBody::new(ErrorCode::BadRequest, e.to_string())
                 .with_details(json!({ "reasons": reasons })),
+            IntakeError::Forbidden(refusal) => ErrorBody::new(refusal.code(), e.to_string()),
             IntakeError::Store(WorkError::Contended { .. }) => {
                 ErrorBody::new(ErrorCode::Conflict, e.to_string())
             }
@@ -96,6 +100,8 @@ pub struct Planner {
     pub(crate) settings: crate::settings::Settings,
     /// This instance, as the owner of the plans it works on.
     pub(crate) instance: String,
+    /// Verifies requests and records decisions (none when the service runs without).
+    pub(crate) auth: Option<std::sync::Arc<toronto_runtime::auth::Authenticator>>,
 }
 
 fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
@@ -319,6 +325,7 @@ impl Planner {
             subjects: rt.subjects.clone(),
             settings,
             instance: rt.host.id().to_owned(),
+            auth: rt.host.auth().cloned(),
         }
     }
 
@@ -327,6 +334,7 @@ impl Planner {
         &self,
         envelope: &RawEnvelope,
         intake: &str,
+        caller: Option<&toronto_runtime::auth::Caller>,
     ) -> Result<SubmitAccepted, IntakeError> {
         let delegation = delegation_of(envelope);
         let taken = task_of(envelope).and_then(|task| {
@@ -345,7 +353,7 @@ impl Planner {
                 Err(IntakeError::Rejected(reasons))
             }
         });
-        let task = match taken {
+        let mut task = match taken {
             Ok(task) => task,
             Err(IntakeError::Rejected(reasons)) => {
                 // A delegating agent hears `reject_task` with every reason.
@@ -363,6 +371,7 @@ impl Planner {
             }
             Err(e) => return Err(e),
         };
+        crate::trust::check_override(&mut task, caller)?;
         // Claim the task id first: whoever claims it makes the plan.
         let task_key = format!("task.{}", envelope.id);
         let fresh_id = Uuid::now_v7();
@@ -411,6 +420,7 @@ impl Planner {
             task,
             state: PlanState::Queued,
             requested_by: envelope.source.clone(),
+            requested_by_principal: caller.map(|c| c.principal().id.clone()),
             correlationid: envelope.flow().correlationid,
             intake: intake.to_owned(),
             created_at: Utc::now(),

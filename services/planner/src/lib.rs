@@ -24,6 +24,7 @@ mod notify;
 pub mod pipeline;
 pub mod runner;
 pub mod settings;
+pub mod trust;
 
 use std::time::Duration;
 
@@ -76,6 +77,11 @@ pub async fn start_with(
     shutdown: CancellationToken,
 ) -> Result<ServiceRuntime, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
+    if let Some(auth) = rt.host.auth() {
+        // Both doors take tasks only from verified operators.
+        auth.protect("submit", toronto_protocol::auth::Access::OPERATOR);
+        auth.protect(QUEUE_DOOR, toronto_protocol::auth::Access::OPERATOR);
+    }
     identity::register(&rt).await?;
     let plans = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let lease = settings.lease;
@@ -91,10 +97,14 @@ pub async fn start_with(
             move |req: Request<serde_json::Value>| {
                 let intake = submit.clone();
                 async move {
-                    intake
-                        .take(&req.envelope, "submit")
-                        .await
-                        .map_err(ErrorBody::from)
+                    let taken = intake
+                        .take(&req.envelope, "submit", req.caller.as_deref())
+                        .await;
+                    if let Err(intake::IntakeError::Forbidden(refusal)) = &taken {
+                        req.audit(intake.auth.as_deref(), "submit:policy", Some(refusal))
+                            .await;
+                    }
+                    taken.map_err(ErrorBody::from)
                 }
             },
         )
@@ -146,7 +156,7 @@ pub async fn start_with(
         let decider = intake.clone();
         rt.endpoint(verb, move |req: Request<PlanDecision>| {
             let intake = decider.clone();
-            async move { intake.decide(req.data(), approve, &req.flow()).await }
+            async move { intake.decide(&req, approve).await }
         })
         .await?;
     }
@@ -235,6 +245,9 @@ pub async fn start_with(
     Ok(rt)
 }
 
+/// The access rule name of the JetStream task queue (the second door).
+const QUEUE_DOOR: &str = "queue";
+
 /// A task from the work queue: a plan, a rejection for the dead-letter stream, or a
 /// retry when state is unavailable.
 async fn take_queued(
@@ -261,7 +274,38 @@ async fn take_queued(
             reason: e.to_string(),
         };
     }
-    match intake.take(&envelope, "queue").await {
+    let caller = match &intake.auth {
+        Some(auth) => {
+            let id = envelope.id.to_string();
+            let presented = toronto_runtime::auth::Presented {
+                subject: delivery.subject(),
+                headers: delivery.headers(),
+                payload: delivery.payload(),
+                id: &id,
+                source: &envelope.source,
+                target: envelope.subject.as_deref(),
+            };
+            match auth
+                .admit_queued(QUEUE_DOOR, presented, delivery.stored_at())
+                .await
+            {
+                Ok(caller) => caller,
+                Err(refusal) if refusal.code() == toronto_protocol::ErrorCode::Unavailable => {
+                    return Outcome::Retry {
+                        delay: Some(Duration::from_secs(1)),
+                        reason: refusal.to_string(),
+                    };
+                }
+                Err(refusal) => {
+                    return Outcome::Reject {
+                        reason: refusal.to_string(),
+                    };
+                }
+            }
+        }
+        None => None,
+    };
+    match intake.take(&envelope, "queue", caller.as_deref()).await {
         Ok(accepted) => {
             tracing::info!(plan = %accepted.plan_id, duplicate = accepted.duplicate, "task from the queue planned");
             Outcome::Ack

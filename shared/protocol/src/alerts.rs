@@ -90,6 +90,7 @@ pub struct SloPut {
 impl Message for SloPut {
     const NAME: &'static str = "monitor.slo.put";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// An SLO the monitor evaluates.

@@ -212,6 +212,7 @@ pub struct CanaryWatch {
 impl Message for CanaryWatch {
     const NAME: &'static str = "canary.watch";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// Stops a continuous analysis (`toronto.devops.v1.monitor.canary.unwatch`).
@@ -225,6 +226,7 @@ pub struct CanaryUnwatch {
 impl Message for CanaryUnwatch {
     const NAME: &'static str = "canary.unwatch";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// Where a continuous analysis stands (the answer of `canary.watch` and

@@ -220,6 +220,37 @@ pub enum PrincipalKind {
     Service,
 }
 
+/// Who may send a request of a type ([`Message::ACCESS`]): the contract says it, so
+/// a service cannot forget to protect an endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone (read-only requests).
+    #[default]
+    Open,
+    /// Any verified, unrevoked principal.
+    Signed,
+    /// A verified principal holding the role.
+    Role(Role),
+}
+
+impl Access {
+    /// A verified principal holding the operator role.
+    pub const OPERATOR: Access = Access::Role(Role::Operator);
+    /// A verified principal holding the approver role.
+    pub const APPROVER: Access = Access::Role(Role::Approver);
+    /// A verified admin.
+    pub const ADMIN: Access = Access::Role(Role::Admin);
+
+    /// How the docs name it: `open`, `signed` or the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Open => "open",
+            Access::Signed => "signed",
+            Access::Role(role) => role.as_str(),
+        }
+    }
+}
+
 /// A right a principal holds. Roles come from the registry, never from a request.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
@@ -234,6 +265,18 @@ pub enum Role {
     Operator,
     /// May act on behalf of another principal (a chat bridge for a human).
     Delegate,
+}
+
+impl Role {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Approver => "approver",
+            Role::Operator => "operator",
+            Role::Delegate => "delegate",
+        }
+    }
 }
 
 /// One entry of the identity registry.
@@ -259,6 +302,11 @@ pub struct Principal {
     /// of these must be signed by this principal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sources: Vec<String>,
+    /// Its immutable chat user ids, `<platform>:<user id>` (e.g. `slack:U024BE7LH`,
+    /// `mattermost:abc123`), never a user name (users can change those): the chat
+    /// bridge acts on behalf of this principal for commands from these users.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chat_ids: Vec<String>,
 }
 
 impl Principal {
@@ -282,6 +330,7 @@ pub struct IdentityPut {
 impl Message for IdentityPut {
     const NAME: &'static str = "identity.put";
     const MAJOR: u32 = 1;
+    const ACCESS: Access = Access::ADMIN;
 }
 
 /// Revokes a principal: every key of it is refused from now on
@@ -296,6 +345,7 @@ pub struct IdentityRevoke {
 impl Message for IdentityRevoke {
     const NAME: &'static str = "identity.revoke";
     const MAJOR: u32 = 1;
+    const ACCESS: Access = Access::ADMIN;
 }
 
 /// Lists principals by id (`<prefix>.devops.v1.planner.identity.list`).
@@ -443,6 +493,7 @@ mod tests {
             revoked: false,
             keys: vec![],
             sources: vec![],
+            chat_ids: vec![],
         };
         assert!(p.has_role(Role::Approver) && p.has_role(Role::Delegate));
         assert!(valid_principal_id("security-agent.v2"));

@@ -11,6 +11,7 @@ use crate::alerts::{Alert, SloDefinition, SloEntries, SloList, SloPut};
 use crate::analysis::{
     CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch, CanaryWatchStatus, MetricBatch,
 };
+use crate::audit::AuditDecision;
 use crate::auth::{Identities, IdentityList, IdentityPut, IdentityRevoke};
 use crate::chat::ChatCommandRecord;
 use crate::delegation::{AcceptTask, AssignTask, ProgressUpdate, RejectTask, TaskCompleted};
@@ -100,6 +101,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<IdentityRevoke>(),
         payload::<IdentityList>(),
         payload::<Identities>(),
+        payload::<AuditDecision>(),
         payload::<SecurityScanRequest>(),
         payload::<QaTestRequest>(),
         payload::<GateVerdict>(),

@@ -10,6 +10,7 @@
 
 pub mod alerts;
 pub mod analysis;
+pub mod audit;
 pub mod auth;
 pub mod catalogue;
 pub mod chat;

@@ -86,6 +86,14 @@ pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'st
     const NAME: &'static str;
     /// Current major version.
     const MAJOR: u32;
+    /// Who may send it as a request (read-only requests are open); see
+    /// `docs/trust-model.md`.
+    const ACCESS: crate::auth::Access = crate::auth::Access::Open;
+
+    /// Writes the verified principal's id into the fields that name who acts (`by`,
+    /// `requested_by`, ...), so a handler never trusts what the caller wrote there.
+    /// Types without such a field keep the default, which changes nothing.
+    fn attribute(&mut self, _principal: &str) {}
 
     /// The current `type` attribute.
     fn message_type() -> MessageType {

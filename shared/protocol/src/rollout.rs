@@ -302,6 +302,11 @@ pub struct RolloutCommand {
 impl Message for RolloutCommand {
     const NAME: &'static str = "rollout.command";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        self.by = Some(principal.to_owned());
+    }
 }
 
 /// Lists rollouts (`rollout.list`), newest first.
@@ -429,6 +434,7 @@ pub struct SimFault {
 impl Message for SimFault {
     const NAME: &'static str = "sim.fault";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// An out-of-band change on the simulated cluster (`sim.tamper`), as someone running
@@ -454,6 +460,7 @@ pub struct SimTamper {
 impl Message for SimTamper {
     const NAME: &'static str = "sim.tamper";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// The simulated cluster's view of one service (answer of `sim.fault`, `sim.tamper`

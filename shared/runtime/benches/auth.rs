@@ -111,6 +111,7 @@ async fn main() {
             revoked: false,
             keys: vec![signer.public_key()],
             sources: vec![],
+            chat_ids: vec![],
         })
         .await
         .unwrap();

@@ -50,6 +50,9 @@ pub enum RuntimeError {
     /// The private CA for outgoing HTTPS cannot be trusted.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    /// The service's own identity (`TORONTO_IDENTITY_FILE`) cannot be read.
+    #[error("service identity: {0}")]
+    Identity(#[from] crate::auth::SeedError),
     /// The HTTP server could not bind.
     #[error("cannot serve HTTP on {addr}: {source}")]
     Http {
@@ -121,6 +124,10 @@ impl ServiceRuntime {
         // the same process, a test) leaves what is trusted as it is.
         if let Some(ca) = &config.http.tls_ca_file {
             crate::tls::trust_ca_file(Some(ca))?;
+        }
+        // The service signs the requests it sends to other services with its own seed.
+        if let Some(path) = &config.auth.identity_file {
+            crate::auth::install_process_signer(crate::auth::Signer::from_file(path)?);
         }
         let metrics = Metrics::new();
         let subjects = config.subjects();
@@ -194,6 +201,12 @@ impl ServiceRuntime {
                 crate::auth::Authenticator::unavailable(config.auth.mode)
             }
         };
+        auth.set_audit(crate::auth::AuditSink::new(
+            client.clone(),
+            subjects.event("audit", "decision"),
+            kind.service_name(),
+            subjects.source(kind),
+        ));
         host.set_auth(Arc::new(auth));
 
         let status_client = client.clone();

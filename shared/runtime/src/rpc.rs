@@ -58,7 +58,9 @@ impl CallError {
     }
 }
 
-/// Sends `envelope` to `subject` in `encoding` and decodes the reply as `Resp`.
+/// Sends `envelope` to `subject` in `encoding` and decodes the reply as `Resp`,
+/// signed with this process's identity when one is installed
+/// ([`crate::auth::install_process_signer`]).
 pub async fn call<Req: Message, Resp: Message>(
     client: &Client,
     subject: &str,
@@ -66,7 +68,16 @@ pub async fn call<Req: Message, Resp: Message>(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<Envelope<Resp>, CallError> {
-    call_signed(client, None, subject, envelope, encoding, timeout).await
+    let signer = crate::auth::process_signer();
+    call_signed(
+        client,
+        signer.as_ref(),
+        subject,
+        envelope,
+        encoding,
+        timeout,
+    )
+    .await
 }
 
 /// Like [`call`], signed by `signer` (see [`crate::auth`]) when one is given.
@@ -93,7 +104,16 @@ pub async fn call_raw(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<RawEnvelope, CallError> {
-    call_raw_signed(client, None, subject, envelope, encoding, timeout).await
+    let signer = crate::auth::process_signer();
+    call_raw_signed(
+        client,
+        signer.as_ref(),
+        subject,
+        envelope,
+        encoding,
+        timeout,
+    )
+    .await
 }
 
 /// Like [`call_raw`], signed by `signer` when one is given.

@@ -278,6 +278,12 @@ impl ServiceHost {
         if !is_micro_name(name) {
             return Err(ServiceError::InvalidName(name.to_owned()));
         }
+        let access = decoder.access();
+        if access != crate::auth::AccessRule::Open
+            && let Some(auth) = self.shared.auth.get()
+        {
+            auth.protect(name, access);
+        }
         {
             let mut stats = self.shared.stats.lock().expect("stats lock");
             if stats.contains_key(name) {
@@ -434,7 +440,7 @@ where
             if size > limit {
                 return Err(ProtocolError::TooLarge { size, limit }.into());
             }
-            let envelope = match self.decoder.decode(&message.payload, encoding?) {
+            let mut envelope = match self.decoder.decode(&message.payload, encoding?) {
                 Ok(envelope) => envelope,
                 Err((e, request_flow)) => {
                     flow = request_flow.map(|f| *f);
@@ -453,8 +459,12 @@ where
             let caller = match self.shared.auth.get() {
                 Some(auth) => {
                     let envelope_id = envelope.id.to_string();
-                    let presented =
-                        crate::auth::presented(&message, &envelope_id, &envelope.source);
+                    let presented = crate::auth::presented(
+                        &message,
+                        &envelope_id,
+                        &envelope.source,
+                        envelope.subject.as_deref(),
+                    );
                     match auth.admit(name, presented).await {
                         Ok(caller) => caller,
                         Err(e) => {
@@ -466,6 +476,10 @@ where
                 }
                 None => None,
             };
+            // Who acts is the verified principal, whatever the payload says.
+            if let Some(caller) = &caller {
+                D::attribute(&mut envelope.data, &caller.principal().id);
+            }
             // The headers go to the handler; a copy is kept only when a refused message
             // may have to be parked with them (no reply subject).
             let headers = if message.reply.is_some() {

@@ -43,7 +43,10 @@ pub use bin::{
 pub use cluster::NatsCluster;
 pub use error::TestkitError;
 pub use fake::fake_service;
-pub use identity::{TEST_ADMIN_SEED, test_identity, with_test_admin};
+pub use identity::{
+    TEST_ADMIN_SEED, person, principal, put_principal, test_identity, test_identity_file,
+    with_test_admin,
+};
 pub use recorder::Recorder;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
 pub use server::NatsServer;

@@ -59,14 +59,15 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// Requests to `<prefix>.<verb>`, in JSON, waiting at most [`REQUEST_TIMEOUT`].
+    /// Requests to `<prefix>.<verb>`, in JSON, waiting at most [`REQUEST_TIMEOUT`],
+    /// signed by the test admin ([`crate::test_identity`]; see [`Requester::unsigned`]).
     pub fn new(client: Client, prefix: impl Into<String>) -> Self {
         Self {
             client,
             prefix: prefix.into(),
             timeout: REQUEST_TIMEOUT,
             encoding: Encoding::Json,
-            signer: None,
+            signer: Some(crate::test_identity()),
         }
     }
 
@@ -92,6 +93,12 @@ impl Requester {
     /// `docs/trust-model.md`); [`crate::test_identity`] is the stacks' first admin.
     pub fn signed_by(mut self, signer: Signer) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// The same requester sending unsigned requests (to see them refused).
+    pub fn unsigned(mut self) -> Self {
+        self.signer = None;
         self
     }
 

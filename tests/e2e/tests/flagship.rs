@@ -67,7 +67,7 @@ impl Stream {
 }
 
 fn config(server: &NatsServer) -> Config {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;

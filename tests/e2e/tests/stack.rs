@@ -18,7 +18,7 @@ use toronto_runtime::rpc::call;
 use toronto_testkit::NatsServer;
 
 fn config(server: &NatsServer) -> Config {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = "127.0.0.1:0".into();
     config

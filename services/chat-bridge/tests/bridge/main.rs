@@ -59,7 +59,7 @@ fn settings() -> Settings {
 
 async fn bridge_with(settings: Settings) -> Bridge {
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.nats.request_timeout_ms = 3000;
     config.http.addr = "127.0.0.1:0".into();
@@ -69,6 +69,16 @@ async fn bridge_with(settings: Settings) -> Bridge {
         .unwrap();
     let http = rt.http_addr.unwrap();
     let client = server.client().await;
+    // The chat users are principals of the registry; the bridge acts on their behalf.
+    use toronto_protocol::auth::Role as R;
+    for (id, chat, roles) in [
+        ("viewer", "slack:U_VIEW", vec![]),
+        ("op1", "slack:U_OP1", vec![R::Operator, R::Approver]),
+        ("op2", "slack:U_OP2", vec![R::Operator, R::Approver]),
+        ("carol", "mattermost:mm42", vec![R::Admin]),
+    ] {
+        toronto_testkit::person(&client, id, &roles, &[chat]).await;
+    }
     Bridge {
         server,
         client,
@@ -227,6 +237,7 @@ fn production_plan(requested_by: &str) -> Plan {
         })),
         state: PlanState::Waiting,
         requested_by: requested_by.into(),
+        requested_by_principal: None,
         correlationid: "c".into(),
         intake: "submit".into(),
         created_at: chrono::Utc::now(),

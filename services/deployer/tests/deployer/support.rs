@@ -53,7 +53,7 @@ pub async fn start_deployer(
     settings: Settings,
     sim: &SimCluster,
 ) -> (CancellationToken, Started) {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;

@@ -38,7 +38,7 @@ struct Commander {
 }
 
 async fn start_commander(url: &str, settings: Settings) -> Commander {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = "127.0.0.1:0".into();
     config.shutdown_grace_secs = 5;

@@ -299,7 +299,7 @@ async fn a_watch_publishes_verdicts_until_unwatched_or_the_rollout_ends() {
 #[tokio::test]
 async fn unwatch_stops_a_watch_whichever_replica_runs_it() {
     let m = monitor().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![m.server.url()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();

@@ -30,7 +30,7 @@ struct Monitor {
 
 async fn monitor_with(settings: Settings) -> Monitor {
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = "127.0.0.1:0".into();
     let shutdown = CancellationToken::new();

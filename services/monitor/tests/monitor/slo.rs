@@ -250,7 +250,7 @@ async fn slos_are_put_listed_kept_across_restarts_and_bad_ones_refused() {
     );
 
     // A second monitor on the same NATS finds the SLO put to the first.
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![m.server.url()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();

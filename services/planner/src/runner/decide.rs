@@ -1,10 +1,10 @@
 //! Human approval: an approver decides on a plan waiting at its approval gate.
 
 use chrono::Utc;
-use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::tasks::GateEvent;
 use toronto_protocol::tasks::{Decision, Plan, PlanDecision, PlanState, StepKind, StepState};
 use toronto_protocol::{ErrorBody, ErrorCode};
+use toronto_runtime::Request;
 use toronto_runtime::work::Saved;
 
 use crate::intake::Planner;
@@ -13,15 +13,20 @@ impl Planner {
     /// A human approves or rejects a plan waiting for approval.
     pub(crate) async fn decide(
         &self,
-        decision: &PlanDecision,
+        request: &Request<PlanDecision>,
         approve: bool,
-        flow: &FlowContext,
     ) -> Result<Plan, ErrorBody> {
-        if !self
-            .settings
-            .approver_roles
-            .iter()
-            .any(|r| r == &decision.role)
+        let decision = request.data();
+        let flow = &request.flow();
+        let caller = request.caller.as_deref();
+        // A verified decider holds the approver role (the endpoint's access rule);
+        // the `role` text of the payload counts only when nothing is verified.
+        if caller.is_none()
+            && !self
+                .settings
+                .approver_roles
+                .iter()
+                .any(|r| r == &decision.role)
         {
             return Err(ErrorBody::new(
                 ErrorCode::Forbidden,
@@ -36,6 +41,14 @@ impl Planner {
             let (mut plan, revision) = self.load(decision.plan_id).await?.ok_or_else(|| {
                 ErrorBody::new(ErrorCode::NotFound, format!("no plan {}", decision.plan_id))
             })?;
+            if let Some(caller) = caller {
+                let verdict = crate::trust::check_two_person(&plan, caller);
+                let action = "plan-decide:two-person";
+                request
+                    .audit(self.auth.as_deref(), action, verdict.as_ref().err())
+                    .await;
+                verdict.map_err(ErrorBody::from)?;
+            }
             let requester = plan.requested_by.rsplit('/').next().unwrap_or_default();
             if decision.by == plan.requested_by || decision.by == requester {
                 return Err(ErrorBody::new(

@@ -141,19 +141,69 @@ impl Planner {
             };
         }
         if deploy.fix {
-            return StepResult::Passed {
-                reason: Some(format!(
-                    "the change is the fix: it passes although the budget is exhausted for {}",
-                    exhausted.join(", ")
-                )),
-                findings,
-                artifacts: Vec::new(),
+            // `fix: true` is a claim anyone can write: it counts only when the incident
+            // commander has an open incident of the service for it to fix.
+            return match self.open_incident(&deploy.service).await {
+                Ok(Some(incident)) => StepResult::Passed {
+                    reason: Some(format!(
+                        "the change is the fix of {incident}: it passes although the budget is exhausted for {}",
+                        exhausted.join(", ")
+                    )),
+                    findings,
+                    artifacts: Vec::new(),
+                },
+                Ok(None) => StepResult::Failed {
+                    reason: format!(
+                        "the error budget is exhausted for {}; `fix: true` is refused: {} has no open incident to fix",
+                        exhausted.join(", "),
+                        deploy.service
+                    ),
+                    findings,
+                },
+                Err(e) => StepResult::Failed {
+                    reason: format!(
+                        "the error budget is exhausted for {}; the incident commander could not tell whether {} has an open incident to fix: {e}",
+                        exhausted.join(", "),
+                        deploy.service
+                    ),
+                    findings,
+                },
             };
         }
         StepResult::Failed {
             reason: format!("the error budget is exhausted for {}", exhausted.join(", ")),
             findings,
         }
+    }
+
+    /// The newest open incident of `service`, as `incident <id> (<title>)`.
+    async fn open_incident(&self, service: &str) -> Result<Option<String>, CallError> {
+        let request = Envelope::builder(
+            self.source.clone(),
+            toronto_protocol::incidents::IncidentList {
+                service: Some(service.to_owned()),
+                open: true,
+                limit: Some(1),
+                ..Default::default()
+            },
+        )
+        .build();
+        let subject = self
+            .subjects
+            .command(ServiceKind::IncidentCommander, "list");
+        let reply = call::<_, toronto_protocol::incidents::Incidents>(
+            &self.client,
+            &subject,
+            &request,
+            Encoding::Json,
+            self.settings.gate_timeout,
+        )
+        .await?;
+        Ok(reply
+            .data
+            .incidents
+            .first()
+            .map(|i| format!("incident {} ({})", i.id, i.title)))
     }
 
     /// Asks a peer agent for a gate verdict; no answer within the deadline fails the

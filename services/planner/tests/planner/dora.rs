@@ -15,7 +15,7 @@ use crate::support::*;
 async fn dora_figures_match_a_hand_computed_event_history() {
     use toronto_protocol::tasks::{Change, DoraQuery, DoraReport, PlanState as S, RollbackTask};
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = "127.0.0.1:0".into();
     let shutdown = CancellationToken::new();
@@ -38,6 +38,7 @@ async fn dora_figures_match_a_hand_computed_event_history() {
             task,
             state: S::Completed,
             requested_by: "toronto://test".into(),
+            requested_by_principal: None,
             correlationid: "c".into(),
             intake: "submit".into(),
             created_at: at,

@@ -19,6 +19,7 @@ fn alice(key: &Signer) -> Principal {
         revoked: false,
         keys: vec![key.public_key()],
         sources: vec![],
+        chat_ids: vec![],
     }
 }
 
@@ -44,6 +45,8 @@ async fn only_a_signed_admin_changes_the_registry() {
     };
     let unsigned = remote_error(
         planner
+            .clone()
+            .unsigned()
             .request::<_, Identities>("identity.put", put.clone())
             .await,
     );

@@ -162,6 +162,7 @@ async fn the_work_queue_is_the_same_door() {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
         headers.insert("Content-Type", content_type);
+        toronto_testkit::test_identity().apply(&mut headers, "toronto.agents.devops.tasks", &bytes);
         async move {
             js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
                 .await
@@ -272,9 +273,14 @@ async fn a_plan_can_be_cancelled_once() {
         )
         .build();
         let client = p.client.clone();
+        let by = by.to_owned();
         async move {
-            call::<_, Plan>(
+            let roles = [toronto_protocol::auth::Role::Operator];
+            let who = if by.is_empty() { "nobody" } else { &by };
+            let signer = toronto_testkit::person(&client, who, &roles, &[]).await;
+            toronto_runtime::rpc::call_signed::<_, Plan>(
                 &client,
+                Some(&signer),
                 "toronto.devops.v1.planner.plan.cancel",
                 &req,
                 Encoding::Json,
@@ -358,11 +364,9 @@ async fn a_delegated_task_is_answered_in_the_agents_vocabulary() {
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
     headers.insert("Content-Type", "application/json");
-    js.publish_with_headers(
-        "toronto.agents.devops.tasks",
-        headers,
-        encode(&envelope, Encoding::Json).unwrap().into(),
-    )
+    let bytes = encode(&envelope, Encoding::Json).unwrap();
+    toronto_testkit::test_identity().apply(&mut headers, "toronto.agents.devops.tasks", &bytes);
+    js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
     .await
     .unwrap()
     .await

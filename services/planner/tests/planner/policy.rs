@@ -14,7 +14,7 @@ use crate::support::*;
 async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
     use toronto_protocol::tasks::{PolicyOverride, RollbackTask};
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     let now = chrono::Utc::now();
@@ -64,27 +64,34 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
         failed.reason
     );
 
-    // A non-admin override is refused; an admin's passes and is recorded.
+    // An override by a verified non-admin is refused at the door, whatever role it
+    // writes; a verified admin's passes and is recorded under the admin's id.
+    use toronto_protocol::auth::Role;
+    let dave = toronto_testkit::person(&p.client, "dave", &[Role::Operator], &[]).await;
+    let erin = toronto_testkit::person(&p.client, "erin", &[Role::Admin], &[]).await;
     let mut task = deploy("cart", "production");
     task.policy_override = Some(PolicyOverride {
-        by: "dave".into(),
-        role: "developer".into(),
+        by: "root".into(),
+        role: "admin".into(),
         reason: "hotfix".into(),
     });
     let refused = p
-        .submit(&Envelope::builder("toronto://test", task.clone()).build())
+        .submit_as(&Envelope::builder("toronto://test", task.clone()).build(), &dave)
         .await
-        .unwrap()
-        .plan_id;
-    let refused = p.wait_for_state(refused, PlanState::Failed).await;
-    assert!(refused.reason.unwrap().contains("not an admin role"));
+        .unwrap_err();
+    assert!(
+        matches!(&refused, toronto_runtime::rpc::CallError::Remote(e)
+            if e.code == toronto_protocol::ErrorCode::Forbidden
+            && e.message.contains("needs a verified admin")),
+        "{refused}"
+    );
     task.policy_override = Some(PolicyOverride {
-        by: "erin".into(),
-        role: "admin".into(),
+        by: "someone".into(),
+        role: "developer".into(),
         reason: "hotfix for INC-42".into(),
     });
     let overridden = p
-        .submit(&Envelope::builder("toronto://test", task).build())
+        .submit_as(&Envelope::builder("toronto://test", task).build(), &erin)
         .await
         .unwrap()
         .plan_id;

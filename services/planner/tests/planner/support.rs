@@ -62,7 +62,7 @@ pub async fn start_planner(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
 ) {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();
@@ -97,6 +97,24 @@ impl Planner {
     ) -> Result<SubmitAccepted, CallError> {
         call(
             &self.client,
+            SUBMIT,
+            task,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<SubmitAccepted>| r.data)
+    }
+
+    /// Submits `task` signed by `signer`.
+    pub async fn submit_as<T: Message>(
+        &self,
+        task: &Envelope<T>,
+        signer: &toronto_runtime::auth::Signer,
+    ) -> Result<SubmitAccepted, CallError> {
+        toronto_runtime::rpc::call_signed(
+            &self.client,
+            Some(signer),
             SUBMIT,
             task,
             Encoding::Json,
@@ -362,8 +380,18 @@ pub async fn decide(
         },
     )
     .build();
-    call(
+    // `by` is a verified principal holding what `role` names.
+    use toronto_protocol::auth::Role;
+    let roles = match role {
+        "approver" => vec![Role::Approver, Role::Operator],
+        "admin" => vec![Role::Admin],
+        "operator" => vec![Role::Operator],
+        _ => vec![],
+    };
+    let signer = toronto_testkit::person(&p.client, by, &roles, &[]).await;
+    toronto_runtime::rpc::call_signed(
         &p.client,
+        Some(&signer),
         &format!("toronto.devops.v1.planner.plan.{verb}"),
         &req,
         Encoding::Json,

@@ -33,6 +33,11 @@ pub struct IncidentOpen {
 impl Message for IncidentOpen {
     const NAME: &'static str = "incident.open";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Names an incident (`incident.get`).
@@ -106,6 +111,11 @@ pub struct IncidentAction {
 impl Message for IncidentAction {
     const NAME: &'static str = "incident.action";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// A role on an incident.
@@ -138,6 +148,11 @@ pub struct IncidentAssign {
 impl Message for IncidentAssign {
     const NAME: &'static str = "incident.assign";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Sets the severity by hand (`incident.severity`); rules no longer change it.
@@ -158,6 +173,11 @@ pub struct IncidentSeveritySet {
 impl Message for IncidentSeveritySet {
     const NAME: &'static str = "incident.severity";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Adds a note to the timeline (`incident.note`), from a human or an agent; with
@@ -180,6 +200,11 @@ pub struct IncidentNote {
 impl Message for IncidentNote {
     const NAME: &'static str = "incident.note";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Runs a playbook on an incident under a human's authority (`incident.playbook.run`),
@@ -199,6 +224,11 @@ pub struct PlaybookRunRequest {
 impl Message for PlaybookRunRequest {
     const NAME: &'static str = "incident.playbook.run";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Writes the postmortem (`incident.postmortem`) of a resolved incident and closes it;
@@ -218,6 +248,11 @@ pub struct PostmortemRequest {
 impl Message for PostmortemRequest {
     const NAME: &'static str = "incident.postmortem";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// A postmortem: Markdown and the durations it was computed with.

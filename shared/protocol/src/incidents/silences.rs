@@ -48,6 +48,11 @@ pub struct SilenceCreate {
 impl Message for SilenceCreate {
     const NAME: &'static str = "incident.silence.create";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.created_by);
+    }
 }
 
 /// A silence, kept in the KV bucket `toronto_silences` (`silence.<id>`).
@@ -115,6 +120,11 @@ pub struct SilenceExpire {
 impl Message for SilenceExpire {
     const NAME: &'static str = "incident.silence.expire";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Creates an inhibition rule (`incident.inhibition.create`): while an alert matching
@@ -140,6 +150,11 @@ pub struct InhibitionCreate {
 impl Message for InhibitionCreate {
     const NAME: &'static str = "incident.inhibition.create";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.created_by);
+    }
 }
 
 /// An inhibition rule, kept in the KV bucket `toronto_silences` (`inhibition.<id>`).
@@ -203,4 +218,9 @@ pub struct InhibitionDelete {
 impl Message for InhibitionDelete {
     const NAME: &'static str = "incident.inhibition.delete";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }

@@ -95,6 +95,11 @@ pub struct PlanCancel {
 impl Message for PlanCancel {
     const NAME: &'static str = "planner.plan.cancel";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// A human decision on a plan waiting for approval
@@ -116,6 +121,11 @@ pub struct PlanDecision {
 impl Message for PlanDecision {
     const NAME: &'static str = "planner.plan.decision";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::APPROVER;
+
+    fn attribute(&mut self, principal: &str) {
+        principal.clone_into(&mut self.by);
+    }
 }
 
 /// Asks for the DORA figures of a service or of everything

@@ -22,6 +22,7 @@ pub struct ExecuteRequest {
 impl Message for ExecuteRequest {
     const NAME: &'static str = "deployer.execute";
     const MAJOR: u32 = 1;
+    const ACCESS: crate::auth::Access = crate::auth::Access::OPERATOR;
 }
 
 /// The deployer took the work on.

@@ -210,6 +210,11 @@ pub struct Plan {
     pub state: PlanState,
     /// Who asked (the task envelope's `source`).
     pub requested_by: String,
+    /// The verified principal who asked (the human a delegate acted for, else the
+    /// signer); the two-person rule compares principals, not names. Absent when the
+    /// task was not verified (`TORONTO_AUTH=off` or `permissive`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by_principal: Option<String>,
     /// The flow the task belongs to.
     pub correlationid: String,
     /// Which door it came through: `submit` or `queue`.

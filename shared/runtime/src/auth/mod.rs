@@ -8,6 +8,7 @@
 //! [`Request::principal`](crate::Request::principal). The signed bytes and headers are
 //! defined in [`toronto_protocol::auth`]; `docs/trust-model.md` is the reviewer's page.
 
+mod audit;
 mod registry;
 mod replay;
 mod signer;
@@ -24,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use toronto_protocol::auth::{Principal, Role, Signature, SignatureError};
 use toronto_protocol::{ErrorBody, ErrorCode, Subjects};
 
+pub use audit::AuditSink;
 pub use registry::{BOOTSTRAP_ADMIN, Registry};
 pub use replay::ReplayGuard;
-pub use signer::{SeedError, Signer};
+pub use signer::{SeedError, Signer, install_process_signer, process_signer};
 
 /// Whether signatures are checked and enforced.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,17 +89,8 @@ impl Default for AuthConfig {
     }
 }
 
-/// Who may call an endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum AccessRule {
-    /// Anyone (read-only endpoints).
-    #[default]
-    Open,
-    /// Any verified, unrevoked principal.
-    Signed,
-    /// A verified principal holding the role.
-    Role(Role),
-}
+/// Who may call an endpoint (the contract's [`Access`](toronto_protocol::auth::Access)).
+pub use toronto_protocol::auth::Access as AccessRule;
 
 /// The verified sender of a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +153,7 @@ pub enum Refusal {
         window_secs: u64,
     },
     /// The envelope id was already taken.
-    #[error("unauthorized: message {id} was already received (replay)")]
+    #[error("unauthorized: message {id} was already received with this signature (replay)")]
     Replayed {
         /// The envelope id.
         id: String,
@@ -207,6 +200,10 @@ pub enum Refusal {
         /// The signer.
         id: String,
     },
+    /// A verified principal asked for something a rule of the service forbids (the
+    /// two-person rule, a policy override by a non-admin, ...).
+    #[error("forbidden: {0}")]
+    Policy(String),
     /// The service could not open the identity buckets at start.
     #[error("identity check unavailable: the identity registry could not be opened")]
     NoRegistry,
@@ -221,6 +218,7 @@ impl Refusal {
         match self {
             Refusal::NotDelegate { .. }
             | Refusal::MissingRole { .. }
+            | Refusal::Policy(_)
             | Refusal::ForgedSource { .. } => ErrorCode::Forbidden,
             Refusal::Unavailable(_) | Refusal::NoRegistry => ErrorCode::Unavailable,
             _ => ErrorCode::Unauthorized,
@@ -247,6 +245,8 @@ pub struct Presented<'a> {
     pub id: &'a str,
     /// The envelope's `source`.
     pub source: &'a str,
+    /// What it is about (the envelope's `subject` attribute), for the audit.
+    pub target: Option<&'a str>,
 }
 
 /// What [`Authenticator::admit`] needs of a NATS message.
@@ -254,6 +254,7 @@ pub fn presented<'a>(
     message: &'a async_nats::Message,
     id: &'a str,
     source: &'a str,
+    target: Option<&'a str>,
 ) -> Presented<'a> {
     Presented {
         subject: message.subject.as_str(),
@@ -261,6 +262,7 @@ pub fn presented<'a>(
         payload: &message.payload,
         id,
         source,
+        target,
     }
 }
 
@@ -271,6 +273,7 @@ pub struct Authenticator {
     registry: Option<Registry>,
     replay: Option<ReplayGuard>,
     rules: RwLock<HashMap<String, AccessRule>>,
+    audit: std::sync::OnceLock<AuditSink>,
 }
 
 impl Authenticator {
@@ -315,6 +318,7 @@ impl Authenticator {
             registry: Some(registry),
             replay: Some(ReplayGuard::new(replay, window)),
             rules: RwLock::new(HashMap::new()),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
@@ -325,6 +329,7 @@ impl Authenticator {
             registry: None,
             replay: None,
             rules: RwLock::new(HashMap::new()),
+            audit: std::sync::OnceLock::new(),
         }
     }
 
@@ -334,6 +339,30 @@ impl Authenticator {
         Self {
             mode,
             ..Self::off()
+        }
+    }
+
+    /// Records every decision from now on as an `audit.decision` event (once).
+    pub fn set_audit(&self, sink: AuditSink) {
+        let _ = self.audit.set(sink);
+    }
+
+    /// Records a decision a service made itself on a verified request (e.g. the
+    /// two-person rule): `refusal` is `None` when it allowed it.
+    pub async fn record(
+        &self,
+        action: &str,
+        request: &Presented<'_>,
+        caller: Option<&Caller>,
+        refusal: Option<&Refusal>,
+    ) {
+        if let Some(sink) = self.audit.get() {
+            let outcome = match refusal {
+                None => toronto_protocol::audit::AuditOutcome::Allowed,
+                Some(_) => toronto_protocol::audit::AuditOutcome::Refused,
+            };
+            let decision = sink.decision(action, request, outcome, caller, refusal);
+            sink.publish(decision).await;
         }
     }
 
@@ -379,25 +408,93 @@ impl Authenticator {
         if rule == AccessRule::Open || self.mode == AuthMode::Off {
             return Ok(None);
         }
+        use toronto_protocol::audit::AuditOutcome;
+        let audit = |outcome, caller: Option<&Caller>, refusal: Option<&Refusal>| {
+            self.audit.get().map(|sink| {
+                (
+                    sink,
+                    sink.decision(name, &request, outcome, caller, refusal),
+                )
+            })
+        };
         match self.verify(rule, request).await {
-            Ok(caller) => Ok(Some(Arc::new(caller))),
+            Ok(caller) => {
+                if let Some((sink, d)) = audit(AuditOutcome::Allowed, Some(&caller), None) {
+                    sink.publish(d).await;
+                }
+                Ok(Some(Arc::new(caller)))
+            }
             Err(refusal) if self.mode == AuthMode::Permissive => {
                 tracing::warn!(endpoint = name, reason = %refusal, "would refuse (permissive mode)");
+                if let Some((sink, d)) = audit(AuditOutcome::WouldRefuse, None, Some(&refusal)) {
+                    sink.publish(d).await;
+                }
                 Ok(None)
             }
             Err(refusal) => {
                 tracing::info!(endpoint = name, reason = %refusal, "request refused");
+                if let Some((sink, d)) = audit(AuditOutcome::Refused, None, Some(&refusal)) {
+                    sink.publish(d).await;
+                }
                 Err(refusal)
             }
         }
     }
 
-    /// Verifies a request against `rule` whatever the mode (for the JetStream intake
-    /// and tests).
+    /// Checks a message taken from a durable queue (a JetStream stream) against the
+    /// rule of `name`, like [`Authenticator::admit`], with two differences: its
+    /// signed-at time is compared with when the stream stored it, `stored_at` (a task
+    /// may wait in the queue longer than the window), and its signature is not recorded
+    /// as seen, since the stream redelivers it until it is acknowledged (the consumer's
+    /// idempotency, by envelope id, makes a replay harmless).
+    pub async fn admit_queued(
+        &self,
+        name: &str,
+        request: Presented<'_>,
+        stored_at: DateTime<Utc>,
+    ) -> Result<Option<Arc<Caller>>, Refusal> {
+        let rule = self.rule(name);
+        if rule == AccessRule::Open || self.mode == AuthMode::Off {
+            return Ok(None);
+        }
+        use toronto_protocol::audit::AuditOutcome;
+        let (outcome, result) = match self.check(rule, request, stored_at, false).await {
+            Ok(caller) => (AuditOutcome::Allowed, Ok(Some(Arc::new(caller)))),
+            Err(refusal) if self.mode == AuthMode::Permissive => {
+                tracing::warn!(endpoint = name, reason = %refusal, "would refuse (permissive mode)");
+                (AuditOutcome::WouldRefuse, Err(refusal))
+            }
+            Err(refusal) => (AuditOutcome::Refused, Err(refusal)),
+        };
+        if let Some(sink) = self.audit.get() {
+            let (caller, refusal) = match &result {
+                Ok(caller) => (caller.as_deref(), None),
+                Err(refusal) => (None, Some(refusal)),
+            };
+            sink.publish(sink.decision(name, &request, outcome, caller, refusal))
+                .await;
+        }
+        match result {
+            Err(_) if outcome == AuditOutcome::WouldRefuse => Ok(None),
+            other => other,
+        }
+    }
+
+    /// Verifies a request against `rule` whatever the mode (for tests).
     pub async fn verify(
         &self,
         rule: AccessRule,
         request: Presented<'_>,
+    ) -> Result<Caller, Refusal> {
+        self.check(rule, request, Utc::now(), true).await
+    }
+
+    async fn check(
+        &self,
+        rule: AccessRule,
+        request: Presented<'_>,
+        now: DateTime<Utc>,
+        record: bool,
     ) -> Result<Caller, Refusal> {
         let (Some(registry), Some(replay)) = (&self.registry, &self.replay) else {
             return Err(Refusal::NoRegistry);
@@ -412,7 +509,8 @@ impl Authenticator {
         let signed_at = signature
             .verify(request.subject, request.payload)
             .map_err(Refusal::Signature)?;
-        replay.check_time(signed_at, Utc::now())?;
+        let signature_text = signature.signature.clone();
+        replay.check_time(signed_at, now)?;
         let signer = registry
             .by_key(&signature.signer)
             .ok_or_else(|| Refusal::UnknownKey {
@@ -463,7 +561,9 @@ impl Authenticator {
                 role,
             });
         }
-        replay.check_new(request.id).await?;
+        if record {
+            replay.check_new(&signature_text, request.id).await?;
+        }
         Ok(caller)
     }
 }

@@ -22,6 +22,7 @@ struct Cache {
     by_id: HashMap<String, Arc<Principal>>,
     by_key: HashMap<String, String>,
     by_source: HashMap<String, String>,
+    by_chat_id: HashMap<String, String>,
 }
 
 impl Cache {
@@ -37,6 +38,15 @@ impl Cache {
                     self.by_source.remove(source);
                 }
             }
+            for chat_id in &old.chat_ids {
+                if self
+                    .by_chat_id
+                    .get(chat_id)
+                    .is_some_and(|owner| owner == id)
+                {
+                    self.by_chat_id.remove(chat_id);
+                }
+            }
         }
     }
 
@@ -47,6 +57,10 @@ impl Cache {
         }
         for source in &principal.sources {
             self.by_source.insert(source.clone(), principal.id.clone());
+        }
+        for chat_id in &principal.chat_ids {
+            self.by_chat_id
+                .insert(chat_id.clone(), principal.id.clone());
         }
         self.by_id.insert(principal.id.clone(), Arc::new(principal));
     }
@@ -89,6 +103,7 @@ impl Registry {
                 revoked: false,
                 keys: admins.to_vec(),
                 sources: vec![],
+                chat_ids: vec![],
             })
         });
         let registry = Self {
@@ -176,16 +191,18 @@ impl Registry {
 
     /// The principal holding public key `key`, if any (revoked ones included).
     pub fn by_key(&self, key: &str) -> Option<Arc<Principal>> {
-        if let Some(b) = &self.bootstrap
-            && b.keys.iter().any(|k| k == key)
+        // A registered principal wins over the configured first admin: once the admin
+        // is registered under a name, it is that name (and a revoke of it holds).
         {
-            return Some(b.clone());
+            let cache = self.cache.read().expect("registry lock");
+            if let Some(p) = cache.by_key.get(key).and_then(|id| cache.by_id.get(id)) {
+                return Some(p.clone());
+            }
         }
-        let cache = self.cache.read().expect("registry lock");
-        cache
-            .by_key
-            .get(key)
-            .and_then(|id| cache.by_id.get(id).cloned())
+        self.bootstrap
+            .as_ref()
+            .filter(|b| b.keys.iter().any(|k| k == key))
+            .cloned()
     }
 
     /// The principal `id`, if any.
@@ -209,6 +226,15 @@ impl Registry {
             .by_source
             .get(source)
             .cloned()
+    }
+
+    /// The principal a chat user (`<platform>:<user id>`) is, if one is.
+    pub fn by_chat_id(&self, chat_id: &str) -> Option<Arc<Principal>> {
+        let cache = self.cache.read().expect("registry lock");
+        cache
+            .by_chat_id
+            .get(chat_id)
+            .and_then(|id| cache.by_id.get(id).cloned())
     }
 
     /// Every principal, ordered by id, from `after` (exclusive), at most `limit`.

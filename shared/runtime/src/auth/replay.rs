@@ -1,6 +1,10 @@
 //! The replay guard: a signed request is taken once. Its signed-at time must be
-//! within the window of now, and its envelope id must be new; ids are kept in a KV
-//! bucket whose entries expire after twice the window, so every replica sees them.
+//! within the window of now, and its signature must be new; signatures are kept in a
+//! KV bucket whose entries expire after twice the window, so every replica sees them.
+//!
+//! The guard keys on the signature, not the envelope id: a client that retries a
+//! request (same envelope id, signed again) is not a replay, and the service's own
+//! idempotency answers it; the same signed bytes sent twice are.
 
 use std::time::Duration;
 
@@ -39,9 +43,10 @@ impl ReplayGuard {
         Ok(())
     }
 
-    /// Records `id` (an envelope id); refuses it if it was recorded before.
-    pub async fn check_new(&self, id: &str) -> Result<(), Refusal> {
-        match self.store.create(id, bytes::Bytes::new()).await {
+    /// Records `signature` (a verified base64url signature, a valid KV key) of the
+    /// request with envelope id `id`; refuses it if it was recorded before.
+    pub async fn check_new(&self, signature: &str, id: &str) -> Result<(), Refusal> {
+        match self.store.create(signature, bytes::Bytes::new()).await {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
                 Err(Refusal::Replayed { id: id.to_owned() })

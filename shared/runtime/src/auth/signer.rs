@@ -181,3 +181,19 @@ impl Signer {
         }
     }
 }
+
+/// This process's identity: the seed a service signs the requests it sends with.
+static PROCESS_SIGNER: std::sync::RwLock<Option<Signer>> = std::sync::RwLock::new(None);
+
+/// Makes `signer` the identity every [`crate::rpc::call`] of this process signs with
+/// (a service installs the seed of `TORONTO_IDENTITY_FILE` at start). One process is
+/// one service, so one identity; tests that run several services in one process give
+/// them the same one.
+pub fn install_process_signer(signer: Signer) {
+    *PROCESS_SIGNER.write().expect("signer lock") = Some(signer);
+}
+
+/// The identity installed with [`install_process_signer`], if any.
+pub fn process_signer() -> Option<Signer> {
+    PROCESS_SIGNER.read().expect("signer lock").clone()
+}

@@ -236,7 +236,7 @@ pub const ENV_VARS: &[Var<Config>] = &[
     ),
     Var::new(
         "TORONTO_IDENTITY_FILE",
-        "The NKey user seed file the CLI signs change requests with (mode 0600; `toronto identity init` writes it). Default: ~/.config/toronto/identity.nk.",
+        "The NKey user seed file (mode 0600) this process signs the change requests it sends with: the CLI's operator key (`toronto identity init` writes it; default ~/.config/toronto/identity.nk), or a service's own key (unset: the service sends unsigned requests, which `TORONTO_AUTH=required` peers refuse).",
         "",
         |c, v| {
             c.auth.identity_file = parse::optional_path(v);

@@ -77,6 +77,15 @@ impl Delivery {
         self.message.info().map(|i| i.stream_sequence).unwrap_or(0)
     }
 
+    /// When the stream stored it (now, when the server did not say).
+    pub fn stored_at(&self) -> chrono::DateTime<chrono::Utc> {
+        self.message
+            .info()
+            .ok()
+            .map(|i| i.published.with_timezone(&chrono::Utc))
+            .unwrap_or_else(chrono::Utc::now)
+    }
+
     /// Tells the server work is going on, resetting the ack deadline.
     pub async fn progress(&self) {
         if let Err(e) = self.message.ack_with(AckKind::Progress).await {

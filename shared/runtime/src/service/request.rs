@@ -35,6 +35,29 @@ impl<T> Request<T> {
     pub fn flow(&self) -> FlowContext {
         self.envelope.flow()
     }
+
+    /// Records a decision the handler made itself on this request (a rule of the
+    /// service such as the two-person rule) as an `audit.decision` event named
+    /// `action`; `refusal` is `None` when it allowed it.
+    pub async fn audit(
+        &self,
+        auth: Option<&crate::auth::Authenticator>,
+        action: &str,
+        refusal: Option<&crate::auth::Refusal>,
+    ) {
+        let Some(auth) = auth else { return };
+        let id = self.envelope.id.to_string();
+        let presented = crate::auth::Presented {
+            subject: &self.subject,
+            headers: self.headers.as_ref(),
+            payload: &[],
+            id: &id,
+            source: &self.envelope.source,
+            target: self.envelope.subject.as_deref(),
+        };
+        auth.record(action, &presented, self.caller.as_deref(), refusal)
+            .await;
+    }
 }
 
 /// How an endpoint turns request bytes into a typed envelope.
@@ -49,6 +72,12 @@ pub(super) trait RequestDecoder: Send + Sync + 'static {
     ) -> Result<Envelope<Self::Data>, DecodeFailure>;
     /// The request types, for `$SRV.INFO`.
     fn request_types(&self) -> Vec<(String, String)>;
+    /// Who may send it (the request type's [`Message::ACCESS`]).
+    fn access(&self) -> toronto_protocol::auth::Access {
+        toronto_protocol::auth::Access::Open
+    }
+    /// Writes the verified principal into the request ([`Message::attribute`]).
+    fn attribute(_data: &mut Self::Data, _principal: &str) {}
 }
 
 /// One payload type: decoded straight into `T`.
@@ -64,6 +93,12 @@ impl<T: Message> RequestDecoder for Typed<T> {
             T::message_type().to_string(),
             format!("schemas/{}", T::schema_path()),
         )]
+    }
+    fn access(&self) -> toronto_protocol::auth::Access {
+        T::ACCESS
+    }
+    fn attribute(data: &mut T, principal: &str) {
+        data.attribute(principal);
     }
 }
 

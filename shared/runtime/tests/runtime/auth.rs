@@ -21,6 +21,7 @@ fn principal(id: &str, roles: &[Role], keys: &[&Signer]) -> Principal {
         revoked: false,
         keys: keys.iter().map(|k| k.public_key()).collect(),
         sources: vec![],
+        chat_ids: vec![],
     }
 }
 

@@ -274,7 +274,7 @@ async fn mutual_tls_with_ca_and_client_certificate() {
 #[tokio::test]
 async fn on_a_three_node_cluster_a_service_survives_losing_its_node() {
     let mut cluster = toronto_testkit::NatsCluster::start(3).await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = cluster.urls();
     config.http.addr = "127.0.0.1:0".into();
     config.jetstream.replicas = 3;

@@ -156,7 +156,7 @@ async fn srv(client: &Client, subject: &str) -> serde_json::Value {
 }
 
 fn runtime_config(server: &NatsServer) -> Config {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = "127.0.0.1:0".into();
     config.shutdown_grace_secs = 10;

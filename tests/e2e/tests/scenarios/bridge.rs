@@ -144,7 +144,7 @@ async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real
         }],
         ..Settings::default()
     };
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.nats.request_timeout_ms = 3000;
     config.http.addr = "127.0.0.1:0".into();
@@ -155,7 +155,7 @@ async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real
     let http = bridge.http_addr.unwrap();
     let bridge = tokio::spawn(bridge.run_until_shutdown());
     let _peers = passing_peers(&client).await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     let planner_stop = CancellationToken::new();

@@ -54,7 +54,7 @@ async fn start_deployer(
     settings: Settings,
     sim: &SimCluster,
 ) -> (CancellationToken, Started) {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;
@@ -81,7 +81,7 @@ async fn stack_full(settings: Settings, deployers: usize, monitor: bool) -> Stac
     let mut list = Vec::new();
     let mut monitors = Vec::new();
     if monitor {
-        let mut config = Config::default();
+        let mut config = toronto_testkit::with_test_admin(Config::default());
         config.nats.urls = vec![server.url()];
         config.http.addr = String::new();
         config.shutdown_grace_secs = 2;

@@ -80,7 +80,7 @@ async fn after_a_nats_restart_every_loop_of_every_service_resumes() {
     let mut addrs = BTreeMap::new();
     let mut running = Vec::new();
     for kind in KINDS {
-        let mut config = Config::default();
+        let mut config = toronto_testkit::with_test_admin(Config::default());
         config.nats.urls = vec![server.url()];
         config.http.addr = "127.0.0.1:0".into();
         config.shutdown_grace_secs = 5;

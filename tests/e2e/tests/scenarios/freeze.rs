@@ -103,7 +103,7 @@ async fn a_sev1_freezes_its_blast_radius_until_it_resolves() {
     let server = NatsServer::start().await;
     let client = server.client().await;
     let mut bus = Recorder::start(&client, &["toronto.devops.v1.events.>"]).await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;

@@ -26,7 +26,7 @@ struct Commander {
 }
 
 async fn start_commander(url: &str, settings: Settings) -> Commander {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = "127.0.0.1:0".into();
     config.shutdown_grace_secs = 5;
@@ -203,7 +203,7 @@ async fn a_playbook_rolls_back_the_linked_change_and_resolves_only_once_the_moni
     let server = NatsServer::start().await;
     let client = server.client().await;
     let mut bus = bus(&client, "toronto.devops.v1.events.>").await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     config.shutdown_grace_secs = 2;

@@ -59,7 +59,7 @@ fn validate(dir: &Path, schema: &str, replies: &[serde_json::Value]) {
 #[tokio::test]
 async fn every_ping_info_and_stats_reply_follows_the_micro_v1_schemas() {
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = "127.0.0.1:0".into();
     let shutdown = CancellationToken::new();

@@ -62,7 +62,7 @@ async fn start_planner(
     CancellationToken,
     tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
 ) {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();
@@ -251,7 +251,7 @@ pub(crate) fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks:
 async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
     use toronto_protocol::tasks::{RollbackTask, SloStatus};
     let server = NatsServer::start().await;
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     let shutdown = CancellationToken::new();
@@ -370,7 +370,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
 
 /// The real deployer on its simulated cluster (a simulation), quick enough for a test.
 pub(crate) async fn real_deployer(url: &str) -> (CancellationToken, toronto_deployer::Started) {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![url.to_owned()];
     config.http.addr = String::new();
     let settings = toronto_deployer::Settings {
