@@ -1,6 +1,7 @@
 //! Request authentication: Slack's v0 signatures (HMAC-SHA256 over
 //! `v0:{timestamp}:{raw body}` with the signing secret, 5-minute window, no replays) and
-//! Mattermost's slash command tokens. Both compare in constant time.
+//! Mattermost's slash command tokens. Both compare in constant time (tokens as SHA-256
+//! digests, so their length does not show either).
 //!
 //! The replay guard keeps the signatures of accepted Slack requests in the KV bucket
 //! `<prefix>_chat_replay` (entries expire after twice the window), so every replica of
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use toronto_protocol::Subjects;
 
@@ -146,7 +147,8 @@ pub enum ReplayError {
 #[derive(Debug, Default)]
 pub struct ReplayGuard {
     target: std::sync::OnceLock<(jetstream::Context, kv::Config)>,
-    store: tokio::sync::OnceCell<kv::Store>,
+    /// The open bucket; dropped after a failed write, so the next request opens it again.
+    store: std::sync::Mutex<Option<kv::Store>>,
 }
 
 impl ReplayGuard {
@@ -157,21 +159,23 @@ impl ReplayGuard {
     }
 
     /// Opens the bucket: it exists (made by `toronto bootstrap`), or is created.
-    pub async fn open(&self) -> Result<&kv::Store, ReplayError> {
+    pub async fn open(&self) -> Result<kv::Store, ReplayError> {
+        if let Some(store) = self.store.lock().expect("replay guard lock").clone() {
+            return Ok(store);
+        }
         let (js, config) = self.target.get().ok_or(ReplayError::NotConnected)?;
-        self.store
-            .get_or_try_init(|| async {
-                if let Ok(store) = js.get_key_value(&config.bucket).await {
-                    return Ok(store);
-                }
-                js.create_key_value(config.clone())
-                    .await
-                    .map_err(|e| ReplayError::Unavailable {
+        let store =
+            match js.get_key_value(&config.bucket).await {
+                Ok(store) => store,
+                Err(_) => js.create_key_value(config.clone()).await.map_err(|e| {
+                    ReplayError::Unavailable {
                         bucket: config.bucket.clone(),
                         source: Box::new(e),
-                    })
-            })
-            .await
+                    }
+                })?,
+            };
+        *self.store.lock().expect("replay guard lock") = Some(store.clone());
+        Ok(store)
     }
 
     /// Takes `signature` once: records it, or refuses it as a replay when any replica
@@ -184,19 +188,25 @@ impl ReplayGuard {
         {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Err(ReplayError::Replayed),
-            Err(e) => Err(ReplayError::Unavailable {
-                bucket: store.name.clone(),
-                source: Box::new(e),
-            }),
+            Err(e) => {
+                self.store.lock().expect("replay guard lock").take();
+                Err(ReplayError::Unavailable {
+                    bucket: store.name.clone(),
+                    source: Box::new(e),
+                })
+            }
         }
     }
 }
 
-/// Whether `token` is one of `expected`, compared in constant time.
+/// Whether `token` is one of `expected`. Compared as SHA-256 digests in constant time,
+/// so neither a matching prefix nor the expected length shows in the time taken; every
+/// expected token is compared.
 pub fn token_matches(token: &str, expected: &[crate::settings::Secret]) -> bool {
+    let given = Sha256::digest(token.as_bytes());
     let mut any = subtle::Choice::from(0);
     for e in expected {
-        any |= token.as_bytes().ct_eq(e.expose().as_bytes());
+        any |= given.ct_eq(&Sha256::digest(e.expose().as_bytes()));
     }
     bool::from(any)
 }
@@ -204,6 +214,17 @@ pub fn token_matches(token: &str, expected: &[crate::settings::Secret]) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Secret;
+
+    #[test]
+    fn mattermost_tokens_match_only_exactly() {
+        let expected = [Secret::new("tok-one"), Secret::new("tok-two")];
+        assert!(token_matches("tok-two", &expected));
+        for wrong in ["", "tok", "tok-one ", "TOK-ONE", "tok-three"] {
+            assert!(!token_matches(wrong, &expected), "{wrong:?}");
+        }
+        assert!(!token_matches("tok-one", &[]));
+    }
 
     #[test]
     fn slack_documentation_example_verifies() {

@@ -106,7 +106,7 @@ async fn a_replay_in_any_hex_case_to_any_replica_is_refused_and_runs_nothing() {
 }
 
 #[tokio::test]
-async fn without_its_bucket_the_guard_refuses_slack_requests_with_503() {
+async fn without_its_bucket_the_guard_refuses_slack_requests_with_503_until_it_is_back() {
     let b = bridge_with(settings()).await;
     let js = async_nats::jetstream::new(b.client.clone());
     let bucket = js
@@ -137,6 +137,17 @@ async fn without_its_bucket_the_guard_refuses_slack_requests_with_503() {
             .contains("replay guard is unavailable"),
         "refused, not taken unguarded"
     );
+    // The next request opens the bucket again (here the bridge's NATS user may create
+    // it; under least privilege `toronto bootstrap` makes it).
+    let r = b
+        .slack_raw(
+            "/slack/commands",
+            &command_form("U_VIEW", "help"),
+            SECRET,
+            now() - 1,
+        )
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
     // Mattermost does not depend on it.
     let r = b.mattermost(MM_TOKEN, "help").await;
     assert_eq!(r.status(), StatusCode::OK);
