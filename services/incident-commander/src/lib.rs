@@ -190,8 +190,13 @@ pub async fn start_with(
     )
     .await?;
     http_auth.register(&rt.metrics);
-    if !settings.http_auth.enabled() {
-        tracing::info!("the HTTP intake takes alerts without credentials (none configured)");
+    if settings.http_auth.enabled() {
+        let schemes = settings.http_auth.schemes().join(", ");
+        tracing::info!(schemes, "the HTTP intake asks for credentials");
+    } else {
+        tracing::warn!(
+            "the HTTP intake takes alerts without credentials: set TORONTO_INCIDENT_HTTP_BEARER_TOKEN_FILE or TORONTO_INCIDENT_HTTP_BASIC_USER and _PASSWORD_FILE"
+        );
     }
     let incidents = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;

@@ -63,9 +63,18 @@ impl fmt::Debug for HttpAuthSettings {
 /// Reads a secret file: its content without the trailing line break; refuses an
 /// empty or unreadable file (the message names the file, never the content).
 fn read_secret(path: &str) -> Result<Vec<u8>, ValueError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = path.trim();
     let bytes =
         std::fs::read(path).map_err(|e| ValueError::Invalid(format!("cannot read {path}: {e}")))?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            file = path,
+            "the secret file is readable by group or others; make it mode 0600"
+        );
+    }
     let end = bytes
         .iter()
         .rposition(|b| !matches!(b, b'\n' | b'\r'))
@@ -120,6 +129,18 @@ impl HttpAuthSettings {
             ),
             _ => Ok(()),
         }
+    }
+
+    /// The schemes asked for, for the log line at start (never the secrets).
+    pub fn schemes(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.bearer.is_some() {
+            out.push("bearer");
+        }
+        if self.basic_password.is_some() {
+            out.push("basic");
+        }
+        out
     }
 
     /// Whether any credential is asked for.
