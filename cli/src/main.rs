@@ -174,6 +174,8 @@ enum Command {
         #[command(subcommand)]
         story: toronto_cli::demo::DemoCommand,
     },
+    /// List authorization decisions (`audit.decision` events), filtered, one page.
+    Audit(toronto_cli::audit::AuditArgs),
     /// Print every TORONTO_* variable and what it does.
     Config {
         /// Print the Markdown reference (docs/configuration.md) instead.
@@ -450,6 +452,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Audit(args) => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            toronto_cli::audit::run(&client, &config.subjects(), &args, output).await
+        }
         Command::Config { markdown } => {
             if output != Output::Table {
                 let doc: Vec<serde_json::Value> = toronto_cli::settings_docs::all()
@@ -665,6 +672,9 @@ async fn request(
     let bytes = toronto_protocol::encode(&raw, encoding)?;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Content-Type", encoding.content_type());
+    if let Some(signer) = toronto_runtime::auth::process_signer() {
+        signer.apply(&mut headers, &subject, &bytes);
+    }
     let reply = tokio::time::timeout(
         config.nats.request_timeout(),
         client.request_with_headers(subject.clone(), headers, bytes.into()),

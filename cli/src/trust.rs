@@ -1,6 +1,6 @@
 //! The identities of a local stack (`toronto up`): the agent's own key, the operator's
 //! key (the first admin), and with `--demo` the demo's two people, each a seed file of
-//! mode 0600, registered in the identity registry once the services run.
+//! mode 0600, registered in the identity registry before the services start.
 //!
 //! - `<data dir>/identities/agent.nk`: every service of the stack signs the requests
 //!   it sends with it (principal `toronto-agent`: operator and delegate).
@@ -11,14 +11,11 @@
 //!   that one asks for a change and the other approves it.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
-use toronto_protocol::auth::{Identities, IdentityPut, Principal, PrincipalKind, Role};
-use toronto_protocol::{Encoding, Envelope, ServiceKind};
+use toronto_protocol::auth::{Principal, PrincipalKind, Role};
 use toronto_runtime::Config;
-use toronto_runtime::auth::Signer;
-use toronto_runtime::rpc::call_signed;
+use toronto_runtime::auth::{Registry, Signer};
 
 /// The principal id of the stack's own services.
 pub const AGENT_ID: &str = "toronto-agent";
@@ -161,30 +158,31 @@ impl LocalIdentities {
         all
     }
 
-    /// Registers every principal, signed by the operator (the first admin).
+    /// Registers every principal before the services start: `toronto up` is the
+    /// admin of its NATS server (it bootstraps the streams), so it writes the registry
+    /// bucket itself, through the registry's own checks; the services find their
+    /// principals there from their first request on.
     pub async fn register(
         &self,
         client: &async_nats::Client,
         config: &Config,
-        timeout: Duration,
     ) -> anyhow::Result<()> {
-        let subject = config
-            .subjects()
-            .command(ServiceKind::Planner, "identity.put");
+        let js = async_nats::jetstream::new(client.clone());
+        let bucket = config.subjects().kv_bucket("identities");
+        let store =
+            toronto_runtime::jetstream::ensure_kv(&js, &bucket, 5, config.jetstream.replicas)
+                .await
+                .with_context(|| format!("the identity registry bucket {bucket}"))?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let registry = Registry::start(store, &[], stop.clone()).await?;
         for principal in self.principals() {
             let id = principal.id.clone();
-            let envelope = Envelope::builder("toronto://cli/up", IdentityPut { principal }).build();
-            let _: Envelope<Identities> = call_signed(
-                client,
-                Some(&self.operator),
-                &subject,
-                &envelope,
-                Encoding::Json,
-                timeout,
-            )
-            .await
-            .with_context(|| format!("registering principal `{id}`"))?;
+            registry
+                .put(&principal)
+                .await
+                .with_context(|| format!("registering principal `{id}`"))?;
         }
+        stop.cancel();
         Ok(())
     }
 

@@ -259,6 +259,7 @@ impl Stack {
 /// the services start under their own users.
 async fn bootstrap_as_admin(
     config: &Config,
+    identities: Option<&crate::trust::LocalIdentities>,
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError> {
     let metrics = toronto_runtime::Metrics::new();
@@ -271,21 +272,17 @@ async fn bootstrap_as_admin(
         done.streams.len(),
         done.buckets.len()
     );
+    if let Some(identities) = identities {
+        identities.register(&client, config).await.map_err(|e| {
+            RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!(
+                "{e:#}"
+            )))
+        })?;
+        for line in identities.describe() {
+            eprintln!("toronto up: {line}");
+        }
+    }
     Ok(())
-}
-
-/// Registers the stack's principals, signed by the operator.
-async fn register(
-    identities: &crate::trust::LocalIdentities,
-    config: &Config,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let metrics = toronto_runtime::Metrics::new();
-    let client =
-        toronto_runtime::connect::connect(&config.nats, "toronto-up", &metrics, shutdown).await?;
-    identities
-        .register(&client, config, config.nats.request_timeout())
-        .await
 }
 
 /// Starts the web console beside the stack: HTTP on `http_port_base + 6` of the
@@ -377,7 +374,7 @@ pub async fn run(
         if options.secure && !options.start_nats {
             eprintln!("toronto up: --secure applies to the nats-server toronto up starts; TORONTO_NATS_URL is used as it is");
         }
-        bootstrap_as_admin(&config, &shutdown).await?;
+        bootstrap_as_admin(&config, identities.as_ref(), &shutdown).await?;
         let invalid = |e: anyhow::Error| {
             RuntimeError::Config(toronto_runtime::config::ConfigError::Invalid(format!(
                 "{e:#}"
@@ -400,14 +397,8 @@ pub async fn run(
             shutdown.clone(),
         )
         .await?;
-        if let Some(identities) = &identities {
-            register(identities, &config, &shutdown)
-                .await
-                .map_err(invalid)?;
-            for line in identities.describe() {
-                eprintln!("toronto up: {line}");
-            }
-        }
+        let (console, console_addr) =
+            start_console(&config, options.http_port_base, shutdown.clone()).await?;
         let demo = match &demo_settings {
             Some(settings) => {
                 let demo = crate::demo::Demo::start(&config, settings)
@@ -420,8 +411,6 @@ pub async fn run(
             }
             None => None,
         };
-        let (console, console_addr) =
-            start_console(&config, options.http_port_base, shutdown.clone()).await?;
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
         if let Some(addr) = console_addr {
             eprintln!("toronto up: web console at http://{addr}/ (read-only without an auth proxy; docs/console.md)");

@@ -9,6 +9,28 @@ use toronto_testkit::{NatsServer, nats_server_bin};
 
 const TORONTO: &str = env!("CARGO_BIN_EXE_toronto");
 
+/// The tests' own config home (`XDG_CONFIG_HOME`): the operator's key that `toronto up`
+/// makes the first admin and the CLI signs with, made once for the whole binary.
+fn config_home() -> &'static std::path::Path {
+    static HOME: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    HOME.get_or_init(|| {
+        let home = tempfile::tempdir().unwrap();
+        let key = home.path().join("toronto").join("identity.nk");
+        toronto_runtime::auth::Signer::generate()
+            .write_new(&key)
+            .unwrap();
+        home
+    })
+    .path()
+}
+
+/// `toronto` with the tests' config home.
+fn tor() -> Command {
+    let mut command = Command::new(TORONTO);
+    command.env("XDG_CONFIG_HOME", config_home());
+    command
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -18,7 +40,7 @@ fn free_port() -> u16 {
 }
 
 async fn toronto(url: &str, args: &[&str]) -> Output {
-    Command::new(TORONTO)
+    tor()
         .args(args)
         .env("TORONTO_NATS_URL", url)
         .output()
@@ -57,7 +79,7 @@ async fn sigterm(child: &mut Child) -> std::process::ExitStatus {
 async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut up = Command::new(TORONTO)
+    let mut up = tor()
         .args([
             "up",
             "--nats-port",
@@ -112,8 +134,11 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
 #[tokio::test]
 async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
     let server = NatsServer::start().await;
-    let mut up = Command::new(TORONTO)
+    let data = tempfile::tempdir().unwrap();
+    let mut up = tor()
         .args(["up", "--http-port-base", "0"])
+        .arg("--data-dir")
+        .arg(data.path())
         .env("TORONTO_NATS_URL", server.url())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -212,8 +237,11 @@ async fn up_uses_an_existing_server_and_the_cli_drives_it_from_outside() {
 #[tokio::test]
 async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
     let server = NatsServer::start().await;
-    let mut up = Command::new(TORONTO)
+    let data = tempfile::tempdir().unwrap();
+    let mut up = tor()
         .args(["up", "--demo", "--http-port-base", "0"])
+        .arg("--data-dir")
+        .arg(data.path())
         .env("TORONTO_NATS_URL", server.url())
         .env("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "2")
         .env("TORONTO_LOG", "warn")
@@ -333,7 +361,7 @@ async fn up_demo_answers_status_and_ships_a_canary_past_its_demo_gates() {
 async fn up_secure_runs_every_service_as_its_own_nats_user() {
     let port = free_port();
     let data = tempfile::tempdir().unwrap();
-    let mut up = Command::new(TORONTO)
+    let mut up = tor()
         .args([
             "up",
             "--secure",
@@ -371,7 +399,7 @@ async fn up_secure_runs_every_service_as_its_own_nats_user() {
         let url = url.clone();
         let password = password.clone();
         async move {
-            Command::new(TORONTO)
+            tor()
                 .args(args)
                 .env("TORONTO_NATS_URL", url)
                 .env("TORONTO_NATS_USER", "admin")
@@ -415,8 +443,11 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let mut up = Command::new(TORONTO)
+    let data = tempfile::tempdir().unwrap();
+    let mut up = tor()
         .args(["up", "--demo", "--http-port-base", "0"])
+        .arg("--data-dir")
+        .arg(data.path())
         .env("TORONTO_NATS_URL", server.url())
         .env("TORONTO_LOG", "warn")
         .stdout(Stdio::null())
@@ -427,9 +458,11 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
     wait_until_all_answer(&server.url()).await;
     tokio::time::sleep(Duration::from_secs(3)).await; // healthy traffic for the SLOs
     let dir = tempfile::tempdir().unwrap();
-    let story = Command::new(TORONTO)
+    let story = tor()
         .args(["demo", "incident", "--postmortem-dir"])
         .arg(dir.path())
+        .arg("--identities-dir")
+        .arg(data.path().join("identities"))
         .env("TORONTO_NATS_URL", server.url())
         .output()
         .await

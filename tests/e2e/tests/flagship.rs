@@ -136,8 +136,49 @@ fn slo() -> String {
     toronto_monitor::slo::bus_availability("availability", SERVICE, ENV, 0.99)
 }
 
+/// Everything the services log in this test binary (one test: the global subscriber
+/// is this test's), kept to search it for secrets.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// A fresh NKey user seed and its signer (the seed is a secret the sweep looks for).
+fn seed_and_signer(dir: &std::path::Path, name: &str) -> (String, toronto_runtime::auth::Signer) {
+    let path = dir.join(format!("{name}.nk"));
+    toronto_runtime::auth::Signer::generate()
+        .write_new(&path)
+        .unwrap();
+    let seed = std::fs::read_to_string(&path).unwrap().trim().to_owned();
+    (
+        seed,
+        toronto_runtime::auth::Signer::from_file(&path).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_peers_deploy_is_approved_in_chat_rolled_back_on_a_fault_and_its_incident_written_up() {
+    let logs = Logs::default();
+    tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(logs.clone())
+        .init();
     let server = NatsServer::start().await;
     let client = server.client().await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -257,6 +298,20 @@ autonomy:
     .unwrap();
     let chat_http = chat.http_addr.expect("the bridge serves HTTP");
     running.push(chat);
+    // Everyone who acts is a principal of the registry (TORONTO_AUTH=required, the
+    // default): the two humans, known to the chat bridge by their Slack user ids, and
+    // the developer agent, whose key signs its task and who alone may claim its source.
+    use toronto_protocol::auth::{PrincipalKind, Role};
+    for (who, chat_id) in [("alice", "slack:U_ALICE"), ("bob", "slack:U_BOB")] {
+        toronto_testkit::person(&client, who, &[Role::Operator, Role::Approver], &[chat_id]).await;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let (developer_seed, developer) = seed_and_signer(keys.path(), "developer");
+    let (_, mut record) = toronto_testkit::principal("developer-agent", &[Role::Operator]);
+    record.keys = vec![developer.public_key()];
+    record.kind = PrincipalKind::Agent;
+    record.sources = vec!["toronto://agents/developer/dev-1".into()];
+    toronto_testkit::put_principal(&client, &record).await;
     let peers = peers(&client).await;
 
     // shop 1.0.0 runs in production.
@@ -318,17 +373,13 @@ autonomy:
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", task.id.to_string().as_str());
     headers.insert("Content-Type", "application/json");
-    js.publish_with_headers(
-        "toronto.agents.devops.tasks",
-        headers,
-        toronto_protocol::encode(&task, Encoding::Json)
-            .unwrap()
-            .into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    let bytes = toronto_protocol::encode(&task, Encoding::Json).unwrap();
+    developer.apply(&mut headers, "toronto.agents.devops.tasks", &bytes);
+    js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     // 2. Security and QA pass; the plan waits for a human.
     let waiting: Plan = stream
@@ -496,9 +547,61 @@ autonomy:
         postmortem.time_to_resolve_seconds.unwrap_or_default()
     );
 
+    // 9. No secret reached a log, an event, an error or /metrics: the Slack signing
+    // secret, the seeds of the services (the test admin's) and of the developer agent.
+    let forged = reqwest::Client::new()
+        .post(format!("http://{chat_http}/slack/commands"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "x-slack-request-timestamp",
+            chrono::Utc::now().timestamp().to_string(),
+        )
+        .header("x-slack-signature", format!("v0={}", "0".repeat(64)))
+        .body("user_id=U_BOB&text=help")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let mut outputs = vec![("the refused Slack request", forged.text().await.unwrap())];
+    let metrics = reqwest::get(format!("http://{chat_http}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    outputs.push(("the chat bridge's /metrics", metrics));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Ok(event) = stream.rx.try_recv() {
+        stream.seen.push(event);
+    }
+    for (subject, event) in &stream.seen {
+        outputs.push(("an event", format!("{subject} {event}")));
+    }
     peers.stop(Duration::from_millis(200)).await;
     shutdown.cancel();
     for rt in running {
         rt.run_until_shutdown().await.unwrap();
     }
+    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert!(logged.lines().count() > 50, "the services logged: {logged}");
+    outputs.push(("the logs", logged));
+    let secrets = [
+        ("the Slack signing secret", SECRET.to_owned()),
+        (
+            "the services' seed",
+            toronto_testkit::TEST_ADMIN_SEED.to_owned(),
+        ),
+        ("the developer agent's seed", developer_seed),
+    ];
+    for (what, secret) in &secrets {
+        for (where_, text) in &outputs {
+            assert!(!text.contains(secret.as_str()), "{what} is in {where_}");
+        }
+    }
+    println!(
+        "flagship: {} outputs ({} events, the logs, /metrics, an error) hold none of {} secrets",
+        outputs.len(),
+        stream.seen.len(),
+        secrets.len()
+    );
 }

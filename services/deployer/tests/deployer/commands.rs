@@ -75,13 +75,23 @@ async fn commands_pause_resume_promote_and_abort_a_rollout() {
         .await
         .unwrap_err();
     assert_eq!(remote_code(&err), ErrorCode::NotFound);
+    // Who aborted is the verified signer, whatever `by` says.
+    let alice = toronto_testkit::person(
+        &s.client,
+        "alice",
+        &[toronto_protocol::auth::Role::Operator],
+        &[],
+    )
+    .await;
     let _: Rollout = s
-        .request(
+        .request_as(
             "rollout.abort",
             RolloutCommand {
                 reason: Some("saw something odd".into()),
+                by: Some("mallory".into()),
                 ..by_name.clone()
             },
+            &alice,
         )
         .await
         .unwrap();

@@ -143,6 +143,26 @@ impl Stack {
         .map(|r: Envelope<Resp>| r.data)
     }
 
+    /// Like [`Stack::request`], signed by `signer`.
+    pub async fn request_as<Req: Message, Resp: Message>(
+        &self,
+        verb: &str,
+        data: Req,
+        signer: &toronto_runtime::auth::Signer,
+    ) -> Result<Resp, CallError> {
+        let envelope = Envelope::builder("toronto://test", data).build();
+        toronto_runtime::rpc::call_signed(
+            &self.client,
+            Some(signer),
+            &format!("toronto.devops.v1.deployer.{verb}"),
+            &envelope,
+            Encoding::Json,
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|r: Envelope<Resp>| r.data)
+    }
+
     pub async fn execute(&self, verb: &str, task: PlanTask) -> Result<ExecuteAccepted, CallError> {
         self.request(
             verb,

@@ -26,7 +26,7 @@ use toronto_protocol::incidents::{
 };
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
-use toronto_runtime::rpc::{CallError, call};
+use toronto_runtime::rpc::CallError;
 use toronto_testkit::{NatsServer, Recorder};
 
 type Running = tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>;
@@ -79,12 +79,15 @@ fn quick() -> Settings {
 struct Bus {
     client: async_nats::Client,
     events: Recorder,
+    /// The people the tests name, as verified principals (operators).
+    people: tokio::sync::Mutex<std::collections::HashMap<String, toronto_runtime::auth::Signer>>,
 }
 
 async fn bus(client: &async_nats::Client, subjects: &[&str]) -> Bus {
     Bus {
         client: client.clone(),
         events: Recorder::start(client, subjects).await,
+        people: Default::default(),
     }
 }
 
@@ -109,9 +112,30 @@ impl Bus {
         verb: &str,
         data: Req,
     ) -> Result<Resp, CallError> {
+        // A command names who acts (`by`, `created_by`): the test signs as that person,
+        // a registered operator, since the commander records the verified signer.
+        let value = serde_json::to_value(&data).unwrap();
+        let who = ["by", "created_by"]
+            .iter()
+            .find_map(|f| value.get(*f).and_then(|v| v.as_str()))
+            .filter(|w| toronto_protocol::auth::valid_principal_id(w))
+            .map(str::to_owned);
+        let signer = match who {
+            Some(who) => {
+                let mut people = self.people.lock().await;
+                if !people.contains_key(&who) {
+                    let roles = [toronto_protocol::auth::Role::Operator];
+                    let key = toronto_testkit::person(&self.client, &who, &roles, &[]).await;
+                    people.insert(who.clone(), key);
+                }
+                people.get(&who).cloned()
+            }
+            None => toronto_runtime::auth::process_signer(),
+        };
         let envelope = Envelope::builder("toronto://test", data).build();
-        call(
+        toronto_runtime::rpc::call_signed(
             &self.client,
+            signer.as_ref(),
             &format!("toronto.devops.v1.incident.{verb}"),
             &envelope,
             Encoding::Json,

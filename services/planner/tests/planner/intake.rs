@@ -367,10 +367,10 @@ async fn a_delegated_task_is_answered_in_the_agents_vocabulary() {
     let bytes = encode(&envelope, Encoding::Json).unwrap();
     toronto_testkit::test_identity().apply(&mut headers, "toronto.agents.devops.tasks", &bytes);
     js.publish_with_headers("toronto.agents.devops.tasks", headers, bytes.into())
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     let completed = loop {
         let m = tokio::time::timeout(Duration::from_secs(10), notify.next())

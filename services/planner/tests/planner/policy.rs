@@ -76,7 +76,10 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
         reason: "hotfix".into(),
     });
     let refused = p
-        .submit_as(&Envelope::builder("toronto://test", task.clone()).build(), &dave)
+        .submit_as(
+            &Envelope::builder("toronto://test", task.clone()).build(),
+            &dave,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -158,5 +161,59 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
             .unwrap()
             .contains(&format!("{rollback}:execute"))
     );
+    p.stop().await;
+}
+
+/// The two-person rule compares principals: the requester approving with a second key
+/// of their own, under another name in the payload, is still the requester.
+#[tokio::test]
+async fn one_principal_under_two_keys_and_two_names_cannot_approve_its_own_plan() {
+    use toronto_protocol::auth::Role;
+    use toronto_protocol::tasks::PlanDecision;
+    let p = planner().await;
+    let _peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let (laptop, mut mallory) =
+        toronto_testkit::principal("mallory", &[Role::Operator, Role::Approver]);
+    let phone = toronto_runtime::auth::Signer::generate();
+    mallory.keys.push(phone.public_key());
+    toronto_testkit::put_principal(&p.client, &mallory).await;
+
+    let task = Envelope::builder(
+        "toronto://agents/developer/dev-1",
+        deploy("cart", "production"),
+    )
+    .build();
+    let plan_id = p.submit_as(&task, &laptop).await.unwrap().plan_id;
+    let waiting = p.wait_for_state(plan_id, PlanState::Waiting).await;
+    assert_eq!(waiting.requested_by_principal.as_deref(), Some("mallory"));
+
+    let decision = Envelope::builder(
+        "toronto://humans/someone-else",
+        PlanDecision {
+            plan_id,
+            by: "someone-else".into(),
+            role: "approver".into(),
+            comment: None,
+        },
+    )
+    .build();
+    let refused = toronto_runtime::rpc::call_signed::<_, toronto_protocol::tasks::Plan>(
+        &p.client,
+        Some(&phone),
+        "toronto.devops.v1.planner.plan.approve",
+        &decision,
+        toronto_protocol::Encoding::Json,
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&refused, toronto_runtime::rpc::CallError::Remote(e)
+            if e.code == toronto_protocol::ErrorCode::Forbidden
+            && e.message.contains("`mallory` asked for this change")
+            && e.message.contains("two-person rule")),
+        "{refused}"
+    );
+    assert_eq!(p.plan(plan_id).await.unwrap().state, PlanState::Waiting);
     p.stop().await;
 }

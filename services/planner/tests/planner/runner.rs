@@ -281,7 +281,10 @@ async fn a_second_planner_resumes_a_plan_after_the_first_is_killed() {
             "TORONTO_AUTH_ADMINS",
             toronto_testkit::test_identity().public_key(),
         )
-        .env("TORONTO_IDENTITY_FILE", toronto_testkit::test_identity_file())
+        .env(
+            "TORONTO_IDENTITY_FILE",
+            toronto_testkit::test_identity_file(),
+        )
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)

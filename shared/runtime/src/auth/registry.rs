@@ -267,8 +267,11 @@ impl Registry {
                     "`{key}` is not an NKey user public key"
                 )));
             }
+            // The configured first admin's key may be registered under a name (which
+            // then wins); any other principal's key may not be taken.
             if let Some(owner) = self.by_key(key)
                 && owner.id != principal.id
+                && owner.id != BOOTSTRAP_ADMIN
             {
                 return Err(AuthError::BadPrincipal(format!(
                     "key {key} already belongs to `{}`",

@@ -176,6 +176,14 @@ async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real
     .unwrap();
     let planner = tokio::spawn(planner.run_until_shutdown());
 
+    // The chat users are principals; the bridge acts on their behalf (delegate).
+    for (who, chat_id) in [("op1", "slack:U_OP1"), ("op2", "slack:U_OP2")] {
+        let roles = [
+            toronto_protocol::auth::Role::Operator,
+            toronto_protocol::auth::Role::Approver,
+        ];
+        toronto_testkit::person(&client, who, &roles, &[chat_id]).await;
+    }
     let answer = slack(http, "U_OP1", "deploy shop 1.2.0 to production").await;
     assert!(
         text(&answer).contains("production needs an approval by another operator"),
@@ -222,7 +230,9 @@ async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real
         .unwrap();
     assert_eq!(plan.requested_by, "toronto://chat/slack/U_OP1");
     assert_eq!(plan.decisions.len(), 1);
-    assert_eq!(plan.decisions[0].by, "U_OP2");
+    // Who asked and who approved are the verified principals the bridge acted for.
+    assert_eq!(plan.requested_by_principal.as_deref(), Some("op1"));
+    assert_eq!(plan.decisions[0].by, "op2");
     assert_eq!(plan.decisions[0].role, "operator");
     assert!(plan.decisions[0].approved);
 

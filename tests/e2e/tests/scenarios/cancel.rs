@@ -190,8 +190,10 @@ async fn a_production_plan_cancelled_just_after_approval_never_ships() {
         },
     )
     .build();
-    let _: Envelope<toronto_protocol::tasks::Plan> = call(
+    let erin = p.person("erin").await;
+    let _: Envelope<toronto_protocol::tasks::Plan> = toronto_runtime::rpc::call_signed(
         &p.client,
+        Some(&erin),
         "toronto.devops.v1.planner.plan.approve",
         &approve,
         Encoding::Json,
@@ -200,7 +202,7 @@ async fn a_production_plan_cancelled_just_after_approval_never_ships() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_millis(1)).await;
-    let cancelled = p.cancel(plan_id, "erin", "change of mind").await.unwrap();
+    let cancelled = p.cancel_as(plan_id, &erin, "change of mind").await.unwrap();
     assert_eq!(cancelled.state, PlanState::Cancelled);
 
     // Longer than the whole canary (1 s at 10 percent, then 100) would take.

@@ -72,11 +72,11 @@ fn web_deploy(fix: bool) -> DeployTask {
     }
 }
 
-fn slow_canary(service: &str) -> PlanTask {
+fn slow_canary(service: &str, version: &str) -> PlanTask {
     PlanTask::Deploy(Box::new(DeployTask {
         service: service.into(),
-        version: "2.0.0".into(),
-        image: Some(format!("registry.example/{service}:2.0.0")),
+        version: version.into(),
+        image: Some(format!("registry.example/{service}:{version}")),
         environment: "production".into(),
         strategy: Strategy::Canary {
             steps: vec![
@@ -160,20 +160,36 @@ freeze:
         .unwrap();
     let ic_running = tokio::spawn(ic.run_until_shutdown());
 
+    // Each service runs 1.0.0 (a first deploy replaces at once: nothing to compare).
+    for service in ["api", "web", "batch"] {
+        let request = ExecuteRequest {
+            plan_id: uuid::Uuid::now_v7(),
+            idempotency_key: uuid::Uuid::now_v7().to_string(),
+            task: slow_canary(service, "1.0.0"),
+        };
+        let _: ExecuteAccepted = ask(&client, "toronto.devops.v1.deployer.rollout.start", request)
+            .await
+            .unwrap();
+        bus.wait(
+            "toronto.devops.v1.events.rollout.succeeded",
+            |r: &Rollout| r.service == service,
+        )
+        .await;
+    }
     // Rollouts in flight for api, web and batch (each waits at its first canary step).
     let mut rollouts = std::collections::BTreeMap::new();
     for service in ["api", "web", "batch"] {
         let request = ExecuteRequest {
             plan_id: uuid::Uuid::now_v7(),
             idempotency_key: uuid::Uuid::now_v7().to_string(),
-            task: slow_canary(service),
+            task: slow_canary(service, "2.0.0"),
         };
         let _: ExecuteAccepted = ask(&client, "toronto.devops.v1.deployer.rollout.start", request)
             .await
             .unwrap();
         let started: Rollout = bus
             .wait("toronto.devops.v1.events.rollout.started", |r: &Rollout| {
-                r.service == service
+                r.service == service && r.version == "2.0.0"
             })
             .await;
         rollouts.insert(service, started.id);

@@ -119,23 +119,42 @@ impl Planner {
         .map(|r: Envelope<Plan>| r.data)
     }
 
+    /// `who` as a verified principal (an operator and approver) and their key.
+    pub(crate) async fn person(&self, who: &str) -> toronto_runtime::auth::Signer {
+        use toronto_protocol::auth::Role;
+        toronto_testkit::person(&self.client, who, &[Role::Operator, Role::Approver], &[]).await
+    }
+
     pub(crate) async fn cancel(
         &self,
         plan_id: uuid::Uuid,
         by: &str,
         reason: &str,
     ) -> Result<Plan, CallError> {
+        let signer = self.person(by).await;
+        self.cancel_as(plan_id, &signer, reason).await
+    }
+
+    /// Cancels as the holder of `signer`.
+    pub(crate) async fn cancel_as(
+        &self,
+        plan_id: uuid::Uuid,
+        signer: &toronto_runtime::auth::Signer,
+        reason: &str,
+    ) -> Result<Plan, CallError> {
         let req = Envelope::builder(
             "toronto://test",
             toronto_protocol::tasks::PlanCancel {
                 plan_id,
-                by: by.into(),
+                // The planner records the verified signer, whatever this says.
+                by: String::new(),
                 reason: reason.into(),
             },
         )
         .build();
-        call(
+        toronto_runtime::rpc::call_signed(
             &self.client,
+            Some(signer),
             "toronto.devops.v1.planner.plan.cancel",
             &req,
             Encoding::Json,
@@ -318,14 +337,67 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
         refused.reason
     );
 
+    // `fix: true` is a claim: with no open incident of cart it passes nothing.
+    let mut commander_config = toronto_testkit::with_test_admin(Config::default());
+    commander_config.nats.urls = vec![p.server.url()];
+    commander_config.http.addr = String::new();
+    let commander = toronto_incident_commander::start(commander_config, p.shutdown.clone())
+        .await
+        .unwrap();
+    let commander = tokio::spawn(commander.run_until_shutdown());
     let mut fix = deploy("cart", "production");
     fix.fix = true;
+    let unfounded = p
+        .submit(&Envelope::builder("toronto://agents/developer/alice", fix.clone()).build())
+        .await
+        .unwrap()
+        .plan_id;
+    let unfounded = p.wait_for_state(unfounded, PlanState::Failed).await;
+    assert!(
+        unfounded
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("`fix: true` is refused: cart has no open incident to fix"),
+        "{:?}",
+        unfounded.reason
+    );
+    // With an incident of cart open, the same claim is the fix of that incident.
+    let opened: Envelope<toronto_protocol::incidents::Incident> = call(
+        &p.client,
+        "toronto.devops.v1.incident.open",
+        &Envelope::builder(
+            "toronto://test",
+            toronto_protocol::incidents::IncidentOpen {
+                title: "cart checkout errors".into(),
+                service: "cart".into(),
+                environment: "production".into(),
+                severity: None,
+                labels: Default::default(),
+                by: "alice".into(),
+            },
+        )
+        .build(),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
     let fix = p
         .submit(&Envelope::builder("toronto://agents/developer/alice", fix).build())
         .await
         .unwrap()
         .plan_id;
     let waiting = p.wait_for_state(fix, PlanState::Waiting).await;
+    assert!(
+        step(&waiting, "error-budget")
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains(&format!("the fix of incident {}", opened.data.id)),
+        "{:?}",
+        step(&waiting, "error-budget").reason
+    );
     assert!(
         step(&waiting, "error-budget")
             .reason
@@ -366,6 +438,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
     p.wait_for_state(rollback, PlanState::Completed).await;
     p.stop().await;
     monitor.await.unwrap().unwrap();
+    commander.await.unwrap().unwrap();
 }
 
 /// The real deployer on its simulated cluster (a simulation), quick enough for a test.
