@@ -28,6 +28,10 @@ use crate::message::Message;
 
 /// The signer's NKey user public key (`U...`).
 pub const SIGNER_HEADER: &str = "Toronto-Signer";
+/// Set (to `1`) on a request whose reply must be signed by the responder: the
+/// signature covers the reply subject (the requester's inbox) and the reply's bytes, so
+/// a gate verdict proves which agent gave it.
+pub const SIGN_REPLY_HEADER: &str = "Toronto-Sign-Reply";
 /// The ed25519 signature of [`signed_bytes`], base64url without padding.
 pub const SIGNATURE_HEADER: &str = "Toronto-Signature";
 /// When it was signed, RFC 3339 UTC (e.g. `2026-11-26T17:00:00.000Z`).

@@ -130,6 +130,48 @@ pub async fn call_raw_signed(
     Ok(decode_raw(&payload, reply_encoding)?)
 }
 
+/// A reply with what proves who sent it (see [`call_for_signed_reply`]).
+#[derive(Debug)]
+pub struct SignedReply<Resp> {
+    /// The decoded reply.
+    pub envelope: Envelope<Resp>,
+    /// The subject it came on (the requester's inbox; the signature covers it).
+    pub subject: String,
+    /// Its headers (the signature headers, when the responder signed).
+    pub headers: Option<HeaderMap>,
+    /// Its bytes as received.
+    pub payload: Bytes,
+}
+
+/// Like [`call`], asking the responder to sign its reply
+/// ([`toronto_protocol::auth::SIGN_REPLY_HEADER`]); the caller verifies it, e.g. with
+/// [`crate::auth::Authenticator::verify_reply`].
+pub async fn call_for_signed_reply<Req: Message, Resp: Message>(
+    client: &Client,
+    subject: &str,
+    envelope: &Envelope<Req>,
+    timeout: Duration,
+) -> Result<SignedReply<Resp>, CallError> {
+    let signer = crate::auth::process_signer();
+    let reply = send_message(
+        client,
+        signer.as_ref(),
+        subject,
+        envelope,
+        Encoding::Json,
+        timeout,
+        true,
+    )
+    .await?;
+    let (payload, encoding) = check_reply(&reply)?;
+    Ok(SignedReply {
+        envelope: decode(&payload, encoding)?,
+        subject: reply.subject.to_string(),
+        headers: reply.headers.clone(),
+        payload,
+    })
+}
+
 /// Sends the request and returns the reply's bytes and encoding, or the error it carried.
 async fn send<T: serde::Serialize>(
     client: &Client,
@@ -139,8 +181,25 @@ async fn send<T: serde::Serialize>(
     encoding: Encoding,
     timeout: Duration,
 ) -> Result<(Bytes, Encoding), CallError> {
+    let reply = send_message(client, signer, subject, envelope, encoding, timeout, false).await?;
+    check_reply(&reply)
+}
+
+/// Sends the request and returns the reply message.
+async fn send_message<T: serde::Serialize>(
+    client: &Client,
+    signer: Option<&Signer>,
+    subject: &str,
+    envelope: &Envelope<T>,
+    encoding: Encoding,
+    timeout: Duration,
+    sign_reply: bool,
+) -> Result<async_nats::Message, CallError> {
     let bytes = encode(envelope, encoding)?;
     let mut headers = HeaderMap::new();
+    if sign_reply {
+        headers.insert(toronto_protocol::auth::SIGN_REPLY_HEADER, "1");
+    }
     headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
     if let Some(tp) = &envelope.traceparent {
         headers.insert(TRACEPARENT_HEADER, tp.as_str());
@@ -166,6 +225,11 @@ async fn send<T: serde::Serialize>(
                 reason: e.to_string(),
             },
         })?;
+    Ok(reply)
+}
+
+/// The reply's bytes and encoding, or the error it carried.
+fn check_reply(reply: &async_nats::Message) -> Result<(Bytes, Encoding), CallError> {
     let headers = reply.headers.as_ref();
     let reply_encoding = Encoding::from_content_type(
         headers
@@ -189,5 +253,5 @@ async fn send<T: serde::Serialize>(
             });
         return Err(CallError::Remote(body));
     }
-    Ok((reply.payload, reply_encoding))
+    Ok((reply.payload.clone(), reply_encoding))
 }

@@ -433,6 +433,7 @@ where
         );
         let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
         let mut flow: Option<FlowContext> = None;
+        let mut sign_reply = false;
 
         let outcome: Result<(Resp, Option<String>), ErrorBody> = async {
             let size = message.payload.len();
@@ -480,6 +481,10 @@ where
             if let Some(caller) = &caller {
                 D::attribute(&mut envelope.data, &caller.principal().id);
             }
+            sign_reply = message
+                .headers
+                .as_ref()
+                .is_some_and(|h| h.get(toronto_protocol::auth::SIGN_REPLY_HEADER).is_some());
             // The headers go to the handler; a copy is kept only when a refused message
             // may have to be parked with them (no reply subject).
             let headers = if message.reply.is_some() {
@@ -600,6 +605,11 @@ where
                         SERVICE_ERROR_CODE_HEADER,
                         e.code.status().to_string().as_str(),
                     );
+                }
+                // Asked for a signed reply (a gate verdict): signed by this process's
+                // identity over the reply subject and bytes.
+                if sign_reply && let Some(signer) = crate::auth::process_signer() {
+                    signer.apply(&mut headers, &reply, &bytes);
                 }
                 if let Err(e) = self
                     .shared

@@ -4,7 +4,8 @@
 use chrono::Utc;
 use toronto_protocol::tasks::{GateVerdict, PlanState, PlanTask};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
-use toronto_runtime::rpc::{CallError, call};
+use toronto_runtime::auth::AuthMode;
+use toronto_runtime::rpc::{CallError, call, call_for_signed_reply};
 
 use super::StepResult;
 use crate::intake::Planner;
@@ -217,9 +218,31 @@ impl Planner {
         let subject = self.subjects.peer(role, verb);
         let timeout = self.settings.gate_timeout;
         let envelope = Envelope::builder(self.source.clone(), request).build();
-        match call::<_, GateVerdict>(&self.client, &subject, &envelope, Encoding::Json, timeout)
-            .await
-        {
+        let verdict =
+            call_for_signed_reply::<_, GateVerdict>(&self.client, &subject, &envelope, timeout)
+                .await;
+        // A registered agent's verdict counts only when that agent signed it.
+        if let (Ok(reply), Some(auth)) = (&verdict, &self.auth) {
+            let source = format!("toronto://agents/{role}");
+            match auth.verify_reply(
+                &source,
+                &reply.subject,
+                reply.headers.as_ref(),
+                &reply.payload,
+            ) {
+                Ok(_) => {}
+                Err(refusal) if auth.mode() == AuthMode::Permissive => {
+                    tracing::warn!(role, reason = %refusal, "would refuse the verdict (permissive mode)");
+                }
+                Err(refusal) => {
+                    return StepResult::Failed {
+                        reason: format!("the {role} agent's verdict is refused: {refusal}"),
+                        findings: None,
+                    };
+                }
+            }
+        }
+        match verdict.map(|reply| reply.envelope) {
             Ok(reply) if reply.data.passed => StepResult::Passed {
                 reason: reply.data.reason,
                 findings: reply.data.findings,

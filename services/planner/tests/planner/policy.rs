@@ -217,3 +217,36 @@ async fn one_principal_under_two_keys_and_two_names_cannot_approve_its_own_plan(
     assert_eq!(p.plan(plan_id).await.unwrap().state, PlanState::Waiting);
     p.stop().await;
 }
+
+/// Once a principal owns a peer agent's source, that agent's gate verdicts count only
+/// when it signed them: a verdict signed by anyone else fails the gate.
+#[tokio::test]
+async fn a_gate_verdict_not_signed_by_the_agent_asked_fails_the_gate() {
+    use toronto_protocol::auth::{PrincipalKind, Role};
+    let p = planner().await;
+    // The peers answer (and sign) as this process: the test admin.
+    let _peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
+    let (_, mut security) = toronto_testkit::principal("security-agent", &[Role::Operator]);
+    security.kind = PrincipalKind::Agent;
+    security.sources = vec!["toronto://agents/security".into()];
+    toronto_testkit::put_principal(&p.client, &security).await;
+
+    let task = Envelope::builder("toronto://test", deploy("cart", "staging")).build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let failed = p.wait_for_state(plan_id, PlanState::Failed).await;
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("the security agent's verdict is refused")
+            && reason.contains("belongs to `security-agent`"),
+        "{reason}"
+    );
+
+    // Signed by the agent's own key, the same verdict passes.
+    security.keys = vec![toronto_testkit::test_identity().public_key()];
+    toronto_testkit::put_principal(&p.client, &security).await;
+    let task = Envelope::builder("toronto://test", deploy("cart", "staging")).build();
+    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let done = p.wait_for_state(plan_id, PlanState::Completed).await;
+    assert_eq!(step(&done, "security-scan").state, StepState::Succeeded);
+    p.stop().await;
+}

@@ -480,6 +480,56 @@ impl Authenticator {
         }
     }
 
+    /// Verifies a signed reply claimed to come from `source` (e.g. the gate verdict of
+    /// `toronto://agents/security`): when a principal of the registry owns that source,
+    /// the reply must be signed by it over the reply `subject` and `payload`, within the
+    /// time window. `Ok(None)`: no principal owns the source (or nothing is checked in
+    /// mode `off`), so nobody can be asked to sign; `Ok(Some(id))`: signed by its owner.
+    pub fn verify_reply(
+        &self,
+        source: &str,
+        subject: &str,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<Option<String>, Refusal> {
+        let Some(registry) = &self.registry else {
+            return Ok(None);
+        };
+        let Some(owner) = registry.owner_of_source(source) else {
+            return Ok(None);
+        };
+        let signature =
+            Signature::from_headers(|name| headers.and_then(|h| h.get(name)).map(|v| v.as_str()))
+                .map_err(|e| match e {
+                SignatureError::Unsigned => Refusal::Unsigned,
+                e => Refusal::Signature(e),
+            })?;
+        let signed_at = signature
+            .verify(subject, payload)
+            .map_err(Refusal::Signature)?;
+        if let Some(replay) = &self.replay {
+            replay.check_time(signed_at, Utc::now())?;
+        }
+        let signer = registry
+            .by_key(&signature.signer)
+            .ok_or_else(|| Refusal::UnknownKey {
+                key: signature.signer.clone(),
+            })?;
+        if signer.revoked {
+            return Err(Refusal::Revoked {
+                id: signer.id.clone(),
+            });
+        }
+        if signer.id != owner {
+            return Err(Refusal::ForgedSource {
+                source_attr: source.to_owned(),
+                owner,
+                id: signer.id.clone(),
+            });
+        }
+        Ok(Some(owner))
+    }
+
     /// Verifies a request against `rule` whatever the mode (for tests).
     pub async fn verify(
         &self,
