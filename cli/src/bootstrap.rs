@@ -91,5 +91,15 @@ pub async fn bootstrap(
         bootstrap_kv(&js, &bucket, history, config.replicas).await?;
         done.buckets.push(bucket);
     }
+    // The chat bridge's Slack replay guard: entries expire (max_age), shared by replicas.
+    let replay = toronto_chat_bridge::verify::replay_bucket_config(subjects, config.replicas);
+    let name = replay.bucket.clone();
+    js.create_or_update_key_value(replay)
+        .await
+        .map_err(|source| JetStreamError::Bucket {
+            name: name.clone(),
+            source,
+        })?;
+    done.buckets.push(name);
     Ok(done)
 }

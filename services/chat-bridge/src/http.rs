@@ -22,7 +22,7 @@ use toronto_commands::Command;
 use crate::exec::{Bridge, Invocation, Reply};
 use crate::markup::{self, Part};
 use crate::settings::{ChatKind, Settings};
-use crate::verify::{ReplayGuard, token_matches, verify_slack};
+use crate::verify::{ReplayError, ReplayGuard, token_matches, verify_slack};
 use crate::webclient::WebClient;
 
 /// How long a post to a response URL may take.
@@ -47,6 +47,12 @@ impl HttpState {
             bridge,
             http: WebClient::new(),
         }
+    }
+
+    /// The Slack replay guard, to connect once the service is connected
+    /// ([`ReplayGuard::connect`]); until then Slack requests answer 503.
+    pub fn replay_guard(&self) -> &ReplayGuard {
+        &self.replay
     }
 }
 
@@ -83,7 +89,7 @@ fn field(form: &HashMap<String, String>, name: &str) -> Option<String> {
 }
 
 impl HttpState {
-    fn verify_slack(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
+    async fn verify_slack(&self, headers: &HeaderMap, body: &[u8]) -> Result<(), Refusal> {
         let Some(secret) = &self.settings.slack_signing_secret else {
             return Err(refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -94,14 +100,20 @@ impl HttpState {
         let timestamp = header("x-slack-request-timestamp");
         let signature = header("x-slack-signature");
         let now = chrono::Utc::now().timestamp();
-        let checked = verify_slack(secret.expose().as_bytes(), timestamp, signature, body, now)
-            .and_then(|()| {
-                let ts = timestamp.and_then(|t| t.trim().parse().ok()).unwrap_or(now);
-                self.replay.check(signature.unwrap_or_default(), ts, now)
-            });
-        checked.map_err(|e| {
-            tracing::warn!(reason = %e, "refused a Slack request");
-            refuse(StatusCode::UNAUTHORIZED, e.to_string())
+        let verified = verify_slack(secret.expose().as_bytes(), timestamp, signature, body, now)
+            .map_err(|e| {
+                tracing::warn!(reason = %e, "refused a Slack request");
+                refuse(StatusCode::UNAUTHORIZED, e.to_string())
+            })?;
+        self.replay.check(&verified).await.map_err(|e| match e {
+            ReplayError::Replayed => {
+                tracing::warn!(reason = %e, "refused a Slack request");
+                refuse(StatusCode::UNAUTHORIZED, e.to_string())
+            }
+            ReplayError::NotConnected | ReplayError::Unavailable { .. } => {
+                tracing::error!(error = %e, source = ?std::error::Error::source(&e), "refused a Slack request: no replay guard");
+                refuse(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
         })
     }
 
@@ -190,7 +202,7 @@ fn working(kind: ChatKind, inv: &Invocation) -> Value {
 }
 
 async fn slack_commands(State(st): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = st.verify_slack(&headers, &body) {
+    if let Err(r) = st.verify_slack(&headers, &body).await {
         return r.into_response();
     }
     let form = match form(&body) {
@@ -240,7 +252,7 @@ async fn slack_interactions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = st.verify_slack(&headers, &body) {
+    if let Err(r) = st.verify_slack(&headers, &body).await {
         return r.into_response();
     }
     let form = match form(&body) {

@@ -62,7 +62,8 @@ pub async fn start_with(
 ) -> Result<ServiceRuntime, RuntimeError> {
     let settings = Arc::new(settings);
     let cell = Arc::new(OnceLock::new());
-    let routes = http::routes(http::HttpState::new(settings.clone(), cell.clone()));
+    let state = http::HttpState::new(settings.clone(), cell.clone());
+    let routes = http::routes(state.clone());
     let version = env!("CARGO_PKG_VERSION");
     let rt = match settings.listen_addr {
         None => ServiceRuntime::start_with_routes(KIND, version, config, routes, shutdown).await?,
@@ -106,6 +107,11 @@ pub async fn start_with(
     )
     .with_metrics(metrics.clone())
     .with_registry(rt.host.auth().and_then(|a| a.registry().cloned()));
+    let replay_config = verify::replay_bucket_config(&rt.subjects, rt.config.jetstream.replicas);
+    state.replay_guard().connect(rt.js.clone(), replay_config);
+    if let Err(e) = state.replay_guard().open().await {
+        tracing::warn!(error = %e, "Slack requests are refused (503) until the replay guard's bucket can be used; run `toronto bootstrap`");
+    }
     let _ = cell.set(bridge);
     if !settings.webhooks.is_empty() {
         let router = notify::Router::start(&settings, &rt, metrics);

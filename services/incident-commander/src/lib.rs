@@ -180,14 +180,24 @@ pub async fn start_with(
 ) -> Result<ServiceRuntime, RuntimeError> {
     settings.policy.check().map_err(config_error)?;
     let slot: intake::Slot = Arc::new(OnceLock::new());
+    let http_auth = intake::HttpAuth::new(settings.http_auth.clone());
     let rt = ServiceRuntime::start_with_routes(
         KIND,
         env!("CARGO_PKG_VERSION"),
         config,
-        intake::routes(slot.clone()),
+        intake::routes(slot.clone(), http_auth.clone()),
         shutdown,
     )
     .await?;
+    http_auth.register(&rt.metrics);
+    if settings.http_auth.enabled() {
+        let schemes = settings.http_auth.schemes().join(", ");
+        tracing::info!(schemes, "the HTTP intake asks for credentials");
+    } else {
+        tracing::warn!(
+            "the HTTP intake takes alerts without credentials: set TORONTO_INCIDENT_HTTP_BEARER_TOKEN_FILE or TORONTO_INCIDENT_HTTP_BASIC_USER and _PASSWORD_FILE"
+        );
+    }
     let incidents = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;

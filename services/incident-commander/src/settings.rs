@@ -39,6 +39,8 @@ pub struct Settings {
     pub pagerduty_routing_keys: Vec<String>,
     /// Environment of alerts that do not name one.
     pub default_environment: String,
+    /// Credentials the HTTP intake asks for (none: open).
+    pub http_auth: crate::intake::HttpAuthSettings,
     /// Severity rules, schedules, escalation policies, playbooks, autonomy.
     pub policy: Policy,
 }
@@ -57,6 +59,7 @@ impl Default for Settings {
             recovery_window: "5m".into(),
             pagerduty_routing_keys: Vec::new(),
             default_environment: "production".into(),
+            http_auth: Default::default(),
             policy: Policy::default(),
         }
     }
@@ -529,6 +532,24 @@ pub const INCIDENT_VARS: &[Var<Settings>] = &[
         },
     ),
     Var::new(
+        "TORONTO_INCIDENT_HTTP_BEARER_TOKEN_FILE",
+        "File holding the bearer token the HTTP intake (Alertmanager webhook, /api/v2/alerts, /v2/enqueue) asks for, read at start; with basic auth too, either is accepted. Unset (and no basic auth): the intake is open.",
+        "",
+        |s, v| s.http_auth.set_bearer_file(v),
+    ),
+    Var::new(
+        "TORONTO_INCIDENT_HTTP_BASIC_USER",
+        "User name of the basic authentication the HTTP intake asks for (with TORONTO_INCIDENT_HTTP_BASIC_PASSWORD_FILE).",
+        "",
+        |s, v| s.http_auth.set_basic_user(v),
+    ),
+    Var::new(
+        "TORONTO_INCIDENT_HTTP_BASIC_PASSWORD_FILE",
+        "File holding the basic-auth password of TORONTO_INCIDENT_HTTP_BASIC_USER, read at start.",
+        "",
+        |s, v| s.http_auth.set_basic_password_file(v),
+    ),
+    Var::new(
         "TORONTO_INCIDENT_POLICY_FILE",
         "YAML file with severity rules, on-call schedules, escalation policies, playbooks and the autonomy policy; unset: SEV3 for everything, no paging.",
         "",
@@ -559,6 +580,7 @@ impl Settings {
         vars::refuse_unknown(PREFIX, &vars::docs(INCIDENT_VARS), vars)?;
         let mut s = Self::default();
         vars::read(&mut s, INCIDENT_VARS, vars)?;
+        s.http_auth.check().map_err(SettingsError::Inconsistent)?;
         if s.group_by.is_empty() {
             return Err(SettingsError::Inconsistent(
                 "TORONTO_INCIDENT_GROUP_BY must name at least one label".into(),

@@ -310,3 +310,4 @@ async fn next_post(rx: &mut mpsc::UnboundedReceiver<(u16, Value)>) -> (u16, Valu
 mod commands;
 mod incidents;
 mod notifications;
+mod replay;

@@ -2,6 +2,9 @@
 //! webhook receiver (payload version 4), an Alertmanager-compatible
 //! `POST /api/v2/alerts`, and a PagerDuty Events API v2 compatible `POST /v2/enqueue`.
 //!
+//! When credentials are configured ([`auth`]), the three HTTP routes ask for them
+//! (bearer or basic) before reading a body.
+//!
 //! Every payload is parsed and checked as a whole before anything is applied: a
 //! malformed one is refused (400 with the reason, or the dead-letter stream for bus
 //! events) and changes nothing.
@@ -17,12 +20,14 @@ use serde_json::json;
 use crate::engine::Engine;
 
 mod alertmanager;
+pub mod auth;
 mod bus;
 mod pagerduty;
 
 pub use alertmanager::{
     PostableAlert, WebhookAlert, WebhookPayload, postable_alerts, webhook_alerts,
 };
+pub use auth::{AuthRefusal, HttpAuth, HttpAuthSettings};
 pub use bus::{bus_alert, handle_bus_alert};
 pub use pagerduty::{PagerDutyAction, PagerDutyEvent, PagerDutyPayload, pagerduty_event};
 
@@ -36,12 +41,14 @@ pub const ALERTS_PATH: &str = "/api/v2/alerts";
 /// Path of the PagerDuty Events API v2 compatible endpoint.
 pub const ENQUEUE_PATH: &str = "/v2/enqueue";
 
-/// The routes, served beside `/healthz`, `/readyz` and `/metrics`.
-pub fn routes(slot: Slot) -> Router {
+/// The routes, served beside `/healthz`, `/readyz` and `/metrics` (which stay open);
+/// each asks for the credentials `auth` names, if any.
+pub fn routes(slot: Slot, auth: HttpAuth) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(alertmanager::alertmanager_webhook))
         .route(ALERTS_PATH, post(alertmanager::post_alerts))
         .route(ENQUEUE_PATH, post(pagerduty::pagerduty_enqueue))
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
         .with_state(slot)
 }
 

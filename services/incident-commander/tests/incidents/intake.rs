@@ -3,13 +3,13 @@
 use super::*;
 use toronto_protocol::incidents::Severity;
 
-struct Child {
+pub(super) struct Child {
     _child: tokio::process::Child,
-    url: String,
+    pub(super) url: String,
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -17,7 +17,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_ready(url: &str, log: &std::path::Path) {
+pub(super) async fn wait_ready(url: &str, log: &std::path::Path) {
     for _ in 0..200 {
         if let Ok(r) = reqwest::get(format!("{url}/-/ready")).await
             && r.status().is_success()
@@ -34,6 +34,12 @@ async fn wait_ready(url: &str, log: &std::path::Path) {
 
 /// Debian's Alertmanager 0.25 on a free port, sending to `webhook`.
 async fn alertmanager(webhook: &str) -> Child {
+    alertmanager_with(webhook, "").await
+}
+
+/// Debian's Alertmanager on a free port, sending to `webhook` with `http_config` (YAML
+/// lines indented for the webhook config, e.g. credentials).
+pub(super) async fn alertmanager_with(webhook: &str, http_config: &str) -> Child {
     let bin = std::env::var("TORONTO_ALERTMANAGER_BIN")
         .unwrap_or_else(|_| "prometheus-alertmanager".into());
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +48,7 @@ async fn alertmanager(webhook: &str) -> Child {
         &config,
         format!(
             "route:\n  receiver: incident\n  group_by: ['alertname', 'service']\n  group_wait: 100ms\n  group_interval: 300ms\n  repeat_interval: 1h\n\
-             receivers:\n  - name: incident\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n"
+             receivers:\n  - name: incident\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n{http_config}"
         ),
     )
     .unwrap();
@@ -162,43 +168,12 @@ async fn prometheus_fires_a_rule_straight_at_the_alerts_api() {
     let client = server.client().await;
     let mut bus = bus(&client, &["toronto.devops.v1.events.>"]).await;
     let ic = start_commander(&server.url(), quick()).await;
-    let bin = std::env::var("TORONTO_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("rules.yml"),
-        "groups:\n  - name: shop\n    interval: 200ms\n    rules:\n      - alert: ShopDown\n        expr: vector(1)\n        labels: { service: shop, environment: staging, severity: page }\n        annotations: { summary: 'shop is down' }\n",
+    let _prometheus = prometheus(
+        "labels: { service: shop, environment: staging, severity: page }",
+        ic.http,
+        "",
     )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("prometheus.yml"),
-        format!(
-            "global:\n  evaluation_interval: 200ms\nrule_files: ['{}']\nalerting:\n  alertmanagers:\n    - api_version: v2\n      static_configs:\n        - targets: ['{}']\n",
-            dir.path().join("rules.yml").display(),
-            ic.http
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let log = dir.path().join("prometheus.log");
-    let _prometheus = tokio::process::Command::new(&bin)
-        .arg(format!(
-            "--config.file={}",
-            dir.path().join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        // Alerts evaluated before the notifier has discovered its target (about 5 s)
-        // count as sent; resend soon rather than after the default minute.
-        .arg("--rules.alert.resend-delay=500ms")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install prometheus): {e}"));
-    wait_ready(&format!("http://127.0.0.1:{port}"), &log).await;
+    .await;
 
     let opened: IncidentEvent = bus
         .wait(OPENED, |e: &IncidentEvent| e.service == "shop")
@@ -328,4 +303,52 @@ async fn pagerduty_events_and_malformed_payloads_are_answered_and_never_half_app
     assert!(String::from_utf8_lossy(&parked).contains("\"status\":\"firing\""));
     assert_eq!(bus.incidents().await.len(), 1);
     ic.stop().await;
+}
+
+/// Debian's Prometheus on a free port, with one rule always firing (`ShopDown` with
+/// `labels`) and sending alerts to `/api/v2/alerts` of `target`, with `alerting` (YAML
+/// lines indented for the Alertmanager config, e.g. credentials).
+pub(super) async fn prometheus(labels: &str, target: SocketAddr, alerting: &str) -> Child {
+    let bin = std::env::var("TORONTO_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("rules.yml"),
+        format!("groups:\n  - name: shop\n    interval: 200ms\n    rules:\n      - alert: ShopDown\n        expr: vector(1)\n        {labels}\n        annotations: {{ summary: 'shop is down' }}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("prometheus.yml"),
+        format!(
+            "global:\n  evaluation_interval: 200ms\nrule_files: ['{}']\nalerting:\n  alertmanagers:\n    - api_version: v2\n      static_configs:\n        - targets: ['{target}']\n{alerting}",
+            dir.path().join("rules.yml").display(),
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.path().join("prometheus.log");
+    let child = tokio::process::Command::new(&bin)
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // Alerts evaluated before the notifier has discovered its target (about 5 s)
+        // count as sent; resend soon rather than after the default minute.
+        .arg("--rules.alert.resend-delay=500ms")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install prometheus): {e}"));
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&url, &log).await;
+    Child {
+        _child: child,
+        url,
+        _dir: dir,
+    }
 }

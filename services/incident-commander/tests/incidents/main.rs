@@ -5,6 +5,7 @@
 //! (`src/engine/*_tests.rs`); scenarios with the deployer and the monitor live in the
 //! end-to-end crate (`tests/e2e/tests/scenarios/incidents.rs`).
 
+mod http_auth;
 mod intake;
 mod lifecycle;
 mod outbound;
