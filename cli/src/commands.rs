@@ -68,20 +68,26 @@ pub async fn run(
     timeout: Duration,
 ) -> anyhow::Result<String> {
     let signer = toronto_runtime::auth::process_signer();
-    run_following(
-        client,
-        subjects,
-        command,
-        actor,
-        output,
+    let how = How {
         timeout,
-        false,
-        signer.as_ref(),
-    )
-    .await
+        follow: false,
+        signer: signer.as_ref(),
+    };
+    run_following(client, subjects, command, actor, output, how).await
 }
 
-/// [`run`], signed by `signer`; with `follow`, a command that starts a plan (deploy, rollback) prints its
+/// How [`run_following`] sends a command.
+#[derive(Debug, Clone, Copy)]
+pub struct How<'a> {
+    /// How long the reply may take.
+    pub timeout: Duration,
+    /// Whether to follow a started plan's events until it ends.
+    pub follow: bool,
+    /// The key to sign with (none: unsigned).
+    pub signer: Option<&'a toronto_runtime::auth::Signer>,
+}
+
+/// [`run`], signed by `how.signer`; with `how.follow`, a command that starts a plan (deploy, rollback) prints its
 /// reply at once, then every event of its flow (gates, rollout weight and step) until
 /// the plan ends, and fails when the plan does.
 pub async fn run_following(
@@ -90,10 +96,13 @@ pub async fn run_following(
     command: &Command,
     actor: &Actor,
     output: Output,
-    timeout: Duration,
-    follow: bool,
-    signer: Option<&toronto_runtime::auth::Signer>,
+    how: How<'_>,
 ) -> anyhow::Result<String> {
+    let How {
+        timeout,
+        follow,
+        signer,
+    } = how;
     let Some(request) = command.request(actor) else {
         return Ok(local_answer(command).unwrap_or_default());
     };

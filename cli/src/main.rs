@@ -315,9 +315,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 &command,
                 &actor,
                 output,
-                config.nats.request_timeout(),
-                follow,
-                toronto_runtime::auth::process_signer().as_ref(),
+                toronto_cli::commands::How {
+                    timeout: config.nats.request_timeout(),
+                    follow,
+                    signer: toronto_runtime::auth::process_signer().as_ref(),
+                },
             )
             .await?;
             if !text.is_empty() {

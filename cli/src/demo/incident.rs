@@ -229,9 +229,11 @@ impl Story<'_> {
             &command,
             &actor,
             Output::Json,
-            self.timeout,
-            false,
-            self.signers.get(who),
+            crate::commands::How {
+                timeout: self.timeout,
+                follow: false,
+                signer: self.signers.get(who),
+            },
         )
         .await
         .with_context(|| format!("{who}: toronto run {}", words.join(" ")))?;
