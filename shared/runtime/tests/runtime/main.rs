@@ -3,7 +3,7 @@
 //! reconnection and graceful shutdown. One binary, one module per concern:
 //! [`endpoints`] (requests, errors, encodings, the ADR-32 service API), [`delivery`]
 //! (JetStream publishes, consumers and dead letters) and [`lifecycle`] (reconnection,
-//! shutdown, credentials, TLS, clusters).
+//! shutdown, credentials, clusters) and [`tls`] (TLS to NATS).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -186,3 +186,4 @@ mod depth;
 mod endpoints;
 mod faults;
 mod lifecycle;
+mod tls;
