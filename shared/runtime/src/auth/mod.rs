@@ -89,6 +89,34 @@ impl Default for AuthConfig {
     }
 }
 
+/// The identity buckets, as services open them and `toronto bootstrap` creates them:
+/// `<prefix>_identities` (history 5) and `<prefix>_replay` (history 1, entries expire
+/// after twice the signature window and 5 s).
+pub fn bucket_configs(
+    subjects: &Subjects,
+    config: &AuthConfig,
+    replicas: usize,
+) -> [kv::Config; 2] {
+    let window = Duration::from_secs(config.window_secs.max(1));
+    [
+        kv::Config {
+            bucket: subjects.kv_bucket("identities"),
+            history: 5,
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+        kv::Config {
+            bucket: subjects.kv_bucket("replay"),
+            history: 1,
+            max_age: window * 2 + Duration::from_secs(5),
+            num_replicas: replicas,
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        },
+    ]
+}
+
 /// Who may call an endpoint (the contract's [`Access`](toronto_protocol::auth::Access)).
 pub use toronto_protocol::auth::Access as AccessRule;
 
@@ -293,22 +321,20 @@ impl Authenticator {
             );
             return Ok(Self::off());
         }
-        let identities =
-            crate::jetstream::ensure_kv(js, &subjects.kv_bucket("identities"), 5, replicas)
-                .await
-                .map_err(|e| AuthError::Bucket(Box::new(e)))?;
         let window = Duration::from_secs(config.window_secs.max(1));
-        let replay = js
-            .create_or_update_key_value(kv::Config {
-                bucket: subjects.kv_bucket("replay"),
-                history: 1,
-                max_age: window * 2 + Duration::from_secs(5),
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| AuthError::Bucket(Box::new(e)))?;
+        // Open what `toronto bootstrap` made; create only what is missing (a service
+        // user of deploy/nats/permissions.conf may not create or update a bucket).
+        let [identities, replay] = bucket_configs(subjects, config, replicas).map(|c| async {
+            match js.get_key_value(c.bucket.as_str()).await {
+                Ok(store) => Ok(store),
+                Err(_) => js
+                    .create_key_value(c)
+                    .await
+                    .map_err(|e| AuthError::Bucket(Box::new(e))),
+            }
+        });
+        let identities = identities.await?;
+        let replay = replay.await?;
         let registry = Registry::start(identities, &config.admins, stop).await?;
         if config.mode == AuthMode::Permissive {
             tracing::warn!("TORONTO_AUTH=permissive: refusals are logged, not enforced");
