@@ -77,16 +77,30 @@ async fn a_peer_publishes_tasks_answers_its_gate_reads_its_notify_and_nothing_el
             security.flush().await.unwrap();
         }
     });
-    let reply = tokio::time::timeout(
-        Duration::from_secs(3),
-        admin.request(
-            "toronto.agents.security.v1.scan",
-            Bytes::from_static(b"scan"),
-        ),
-    )
-    .await
-    .expect("the peer answers in time")
-    .expect("the peer may answer its gate");
+    // Retried while the server reports no responders (interest still propagating).
+    let mut reply = None;
+    for _ in 0..20 {
+        match tokio::time::timeout(
+            Duration::from_secs(3),
+            admin.request(
+                "toronto.agents.security.v1.scan",
+                Bytes::from_static(b"scan"),
+            ),
+        )
+        .await
+        .expect("the peer answers in time")
+        {
+            Ok(r) => {
+                reply = Some(r);
+                break;
+            }
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the peer may answer its gate: {e}"),
+        }
+    }
+    let reply = reply.expect("the peer's subscription to its gate subject is allowed");
     assert_eq!(&reply.payload[..], b"pass");
     answering.await.unwrap();
 
