@@ -258,8 +258,10 @@ mod tests {
         assert!(!tls_required(&config));
         config.urls = vec!["nats://a:4222".into(), "TLS://b:4222".into()];
         assert!(tls_required(&config));
-        let mut config = NatsConfig::default();
-        config.tls_ca = Some("/ca.pem".into());
+        let config = NatsConfig {
+            tls_ca: Some("/ca.pem".into()),
+            ..Default::default()
+        };
         assert!(tls_required(&config));
     }
 
