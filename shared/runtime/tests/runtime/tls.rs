@@ -47,15 +47,14 @@ impl Pki {
 
     /// The server's `tls {}` block; `verify` asks every client for a certificate.
     fn server_block(&self, verify: bool) -> String {
-        format!(
-            "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify} }}",
-            self.server_cert, self.server_key, self.ca
+        use std::path::Path;
+        toronto_testkit::tls_config(
+            Path::new(&self.server_cert),
+            Path::new(&self.server_key),
+            Path::new(&self.ca),
+            verify,
         )
     }
-}
-
-fn tls_url(server: &NatsServer) -> String {
-    format!("tls://127.0.0.1:{}", server.port())
 }
 
 fn config_from(pairs: &[(&str, String)]) -> Config {
@@ -71,7 +70,7 @@ async fn a_service_connects_and_answers_over_tls() {
     let pki = Pki::new();
     let server = NatsServer::start_with_config(&pki.server_block(false)).await;
     let mut config = config_from(&[
-        ("TORONTO_NATS_URL", tls_url(&server)),
+        ("TORONTO_NATS_URL", server.tls_url()),
         ("TORONTO_NATS_TLS_CA_FILE", pki.ca.clone()),
     ]);
     config.http.addr = "127.0.0.1:0".into();
@@ -116,7 +115,7 @@ async fn a_client_trusting_another_ca_is_refused_with_the_reason() {
     let other = Pki::new();
     let server = NatsServer::start_with_config(&pki.server_block(false)).await;
     let config = config_from(&[
-        ("TORONTO_NATS_URL", tls_url(&server)),
+        ("TORONTO_NATS_URL", server.tls_url()),
         ("TORONTO_NATS_TLS_CA_FILE", other.ca.clone()),
     ]);
     let err = toronto_runtime::connect::probe(&config.nats)
@@ -140,7 +139,7 @@ async fn a_client_trusting_another_ca_is_refused_with_the_reason() {
     );
     // The right CA connects.
     let good = config_from(&[
-        ("TORONTO_NATS_URL", tls_url(&server)),
+        ("TORONTO_NATS_URL", server.tls_url()),
         ("TORONTO_NATS_TLS_CA_FILE", pki.ca.clone()),
     ]);
     toronto_runtime::connect::probe(&good.nats)
@@ -153,7 +152,7 @@ async fn with_verify_the_server_refuses_a_client_without_a_certificate() {
     let pki = Pki::new();
     let server = NatsServer::start_with_config(&pki.server_block(true)).await;
     let with_cert = config_from(&[
-        ("TORONTO_NATS_URL", tls_url(&server)),
+        ("TORONTO_NATS_URL", server.tls_url()),
         ("TORONTO_NATS_TLS_CA_FILE", pki.ca.clone()),
         ("TORONTO_NATS_TLS_CERT_FILE", pki.client_cert.clone()),
         ("TORONTO_NATS_TLS_KEY_FILE", pki.client_key.clone()),
@@ -185,7 +184,7 @@ async fn with_verify_the_server_refuses_a_client_without_a_certificate() {
     );
 
     let without_cert = config_from(&[
-        ("TORONTO_NATS_URL", tls_url(&server)),
+        ("TORONTO_NATS_URL", server.tls_url()),
         ("TORONTO_NATS_TLS_CA_FILE", pki.ca.clone()),
     ]);
     assert!(
