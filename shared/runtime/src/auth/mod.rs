@@ -9,6 +9,7 @@
 //! defined in [`toronto_protocol::auth`]; `docs/trust-model.md` is the reviewer's page.
 
 mod audit;
+mod buckets;
 mod registry;
 mod replay;
 mod signer;
@@ -18,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use toronto_protocol::auth::{Principal, Role, Signature, SignatureError};
 use toronto_protocol::{ErrorBody, ErrorCode, Subjects};
 
 pub use audit::AuditSink;
+pub use buckets::bucket_configs;
 pub use registry::{BOOTSTRAP_ADMIN, Registry};
 pub use replay::ReplayGuard;
 pub use signer::{SeedError, Signer, install_process_signer, process_signer};
@@ -87,34 +89,6 @@ impl Default for AuthConfig {
             identity_file: None,
         }
     }
-}
-
-/// The identity buckets, as services open them and `toronto bootstrap` creates them:
-/// `<prefix>_identities` (history 5) and `<prefix>_replay` (history 1, entries expire
-/// after twice the signature window and 5 s).
-pub fn bucket_configs(
-    subjects: &Subjects,
-    config: &AuthConfig,
-    replicas: usize,
-) -> [kv::Config; 2] {
-    let window = Duration::from_secs(config.window_secs.max(1));
-    [
-        kv::Config {
-            bucket: subjects.kv_bucket("identities"),
-            history: 5,
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        },
-        kv::Config {
-            bucket: subjects.kv_bucket("replay"),
-            history: 1,
-            max_age: window * 2 + Duration::from_secs(5),
-            num_replicas: replicas,
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        },
-    ]
 }
 
 /// Who may call an endpoint (the contract's [`Access`](toronto_protocol::auth::Access)).
