@@ -6,6 +6,9 @@
 
 use async_nats::jetstream::{self, Context};
 use toronto_protocol::Subjects;
+
+use async_nats::jetstream::kv;
+use toronto_runtime::auth::AuthConfig;
 use toronto_runtime::config::JetStreamConfig;
 use toronto_runtime::jetstream::{JetStreamError, bootstrap_kv, bootstrap_streams};
 use toronto_runtime::work::WorkQueue;
@@ -34,6 +37,18 @@ pub fn all_buckets() -> Vec<(&'static str, i64)> {
     .collect()
 }
 
+/// The KV buckets with a TTL: the identity registry and the replay guard (their
+/// configurations are the runtime's, [`toronto_runtime::auth::bucket_configs`]) and the
+/// chat bridge's replay guard `<prefix>_chat_replay`.
+pub fn ttl_buckets(subjects: &Subjects, auth: &AuthConfig, replicas: usize) -> Vec<kv::Config> {
+    let mut configs = toronto_runtime::auth::bucket_configs(subjects, auth, replicas).to_vec();
+    // The chat bridge's Slack replay guard, exactly as the bridge makes it.
+    configs.push(toronto_chat_bridge::verify::replay_bucket_config(
+        subjects, replicas,
+    ));
+    configs
+}
+
 /// The work queues of the planner and the deployer (their descriptions as the
 /// services give them).
 fn work_queues(js: &Context, subjects: &Subjects) -> [WorkQueue; 2] {
@@ -56,11 +71,23 @@ fn work_queues(js: &Context, subjects: &Subjects) -> [WorkQueue; 2] {
 }
 
 /// Creates or updates every stream and KV bucket over `client` (which must be allowed
-/// to: the NATS admin, or a server without authorization).
+/// to: the NATS admin, or a server without authorization), the identity buckets with
+/// the default signature window.
 pub async fn bootstrap(
     client: &async_nats::Client,
     subjects: &Subjects,
     config: &JetStreamConfig,
+) -> Result<Bootstrapped, JetStreamError> {
+    bootstrap_with_auth(client, subjects, config, &AuthConfig::default()).await
+}
+
+/// [`bootstrap`] with the identity settings the services run with (the replay
+/// bucket's entries live twice their signature window).
+pub async fn bootstrap_with_auth(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    config: &JetStreamConfig,
+    auth: &AuthConfig,
 ) -> Result<Bootstrapped, JetStreamError> {
     let js = jetstream::new(client.clone());
     let mut done = Bootstrapped::default();
@@ -91,15 +118,15 @@ pub async fn bootstrap(
         bootstrap_kv(&js, &bucket, history, config.replicas).await?;
         done.buckets.push(bucket);
     }
-    // The chat bridge's Slack replay guard: entries expire (max_age), shared by replicas.
-    let replay = toronto_chat_bridge::verify::replay_bucket_config(subjects, config.replicas);
-    let name = replay.bucket.clone();
-    js.create_or_update_key_value(replay)
-        .await
-        .map_err(|source| JetStreamError::Bucket {
-            name: name.clone(),
-            source,
-        })?;
-    done.buckets.push(name);
+    for bucket in ttl_buckets(subjects, auth, config.replicas) {
+        let name = bucket.bucket.clone();
+        js.create_or_update_key_value(bucket)
+            .await
+            .map_err(|source| JetStreamError::Bucket {
+                name: name.clone(),
+                source,
+            })?;
+        done.buckets.push(name);
+    }
     Ok(done)
 }

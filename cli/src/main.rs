@@ -384,9 +384,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bootstrap => {
             let config = Config::from_env()?;
             let client = connect(&config).await?;
-            let done =
-                toronto_cli::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream)
-                    .await?;
+            let done = toronto_cli::bootstrap::bootstrap_with_auth(
+                &client,
+                &config.subjects(),
+                &config.jetstream,
+                &config.auth,
+            )
+            .await?;
             println!(
                 "streams: {}\nKV buckets: {}",
                 done.streams.join(", "),

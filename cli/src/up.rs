@@ -40,6 +40,9 @@ pub const SERVICE_USERS: [(ServiceKind, &str); 5] = [
     (ServiceKind::ChatBridge, "chat"),
 ];
 
+/// The peer agents' NATS users of `deploy/nats/permissions.conf` (docs/peers.md).
+pub const PEER_USERS: [&str; 3] = ["security", "qa", "architect"];
+
 /// The permissions file, built into the binary.
 pub const PERMISSIONS_CONF: &str = include_str!("../../deploy/nats/permissions.conf");
 
@@ -55,6 +58,7 @@ pub fn write_secure_config(
     for user in SERVICE_USERS
         .iter()
         .map(|(_, u)| *u)
+        .chain(PEER_USERS)
         .chain(std::iter::once("admin"))
     {
         let password = uuid::Uuid::new_v4().simple().to_string();
@@ -73,6 +77,17 @@ pub fn write_secure_config(
             passwords["admin"]
         ),
     )?;
+    let peers: String = PEER_USERS
+        .iter()
+        .map(|u| {
+            format!(
+                "TORONTO_NATS_{}_PASSWORD={}\n",
+                u.to_uppercase(),
+                passwords[*u]
+            )
+        })
+        .collect();
+    write_secret(&dir.join("peers.env"), &peers)?;
     Ok((file, passwords))
 }
 
@@ -266,7 +281,13 @@ async fn bootstrap_as_admin(
     let client =
         toronto_runtime::connect::connect(&config.nats, "toronto-bootstrap", &metrics, shutdown)
             .await?;
-    let done = crate::bootstrap::bootstrap(&client, &config.subjects(), &config.jetstream).await?;
+    let done = crate::bootstrap::bootstrap_with_auth(
+        &client,
+        &config.subjects(),
+        &config.jetstream,
+        &config.auth,
+    )
+    .await?;
     eprintln!(
         "toronto up: bootstrapped {} streams and {} KV buckets",
         done.streams.len(),
@@ -458,7 +479,12 @@ mod secure_files {
         std::fs::write(&admin, "old").unwrap();
         std::fs::set_permissions(&admin, std::fs::Permissions::from_mode(0o644)).unwrap();
         let (users, passwords) = super::write_secure_config(dir.path()).unwrap();
-        for file in [users, admin] {
+        let text = std::fs::read_to_string(&users).unwrap();
+        assert!(
+            !text.contains("$TORONTO_NATS_"),
+            "every password is filled in"
+        );
+        for file in [users, admin, dir.path().join("peers.env")] {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", file.display());
         }

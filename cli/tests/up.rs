@@ -420,6 +420,32 @@ async fn up_secure_runs_every_service_as_its_own_nats_user() {
     }
     let status = status.expect("every service answers status under its own user");
     assert!(status.contains("toronto-chat-bridge"), "{status}");
+    // Protected endpoints work under the services' own users: the planner reads and
+    // writes the identity registry, and checks the signature in the replay guard.
+    let peer = toronto_runtime::auth::Signer::generate().public_key();
+    let added = tor()
+        .args([
+            "identity", "add", "peer-x", "--role", "operator", "--key", &peer,
+        ])
+        .env("TORONTO_NATS_URL", &url)
+        .env("TORONTO_NATS_USER", "admin")
+        .env("TORONTO_NATS_PASSWORD", &password)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "a signed admin request is verified under --secure: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let listed = as_admin(&["identity", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("peer-x"),
+        "{}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
+    let peers = std::fs::read_to_string(data.path().join("peers.env")).unwrap();
+    assert!(peers.contains("TORONTO_NATS_SECURITY_PASSWORD="), "{peers}");
     let anonymous = toronto(&url, &["status"]).await;
     assert!(
         !anonymous.status.success(),

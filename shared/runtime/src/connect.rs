@@ -31,6 +31,17 @@ pub enum ConnectError {
         #[source]
         source: async_nats::ConnectError,
     },
+    /// A TLS file (CA, client certificate or key) could not be read.
+    #[error("cannot read NATS TLS {what} file {path}: {source}")]
+    TlsFile {
+        /// Which file: `CA`, `certificate` or `key`.
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A server URL does not parse.
     #[error("invalid NATS server URL `{url}`: {reason}")]
     Url {
@@ -65,8 +76,33 @@ pub fn server_addrs(config: &NatsConfig) -> Result<Vec<async_nats::ServerAddr>, 
         .collect()
 }
 
-/// Builds the client options from the configuration.
-pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, ConnectError> {
+/// Whether the configuration asks for TLS: `TORONTO_NATS_TLS_REQUIRED`, a `tls://` URL,
+/// a CA file or a client certificate.
+pub fn tls_required(config: &NatsConfig) -> bool {
+    config.tls_required
+        || config.tls_ca.is_some()
+        || config.tls_cert.is_some()
+        || config
+            .urls
+            .iter()
+            .any(|u| u.trim().to_ascii_lowercase().starts_with("tls://"))
+}
+
+/// Checks that a TLS file is readable now, so a wrong path is a clear error at start
+/// rather than a connection that never comes up.
+fn readable(what: &'static str, path: &std::path::Path) -> Result<(), ConnectError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|source| ConnectError::TlsFile {
+            what,
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// The client options for authentication and TLS only: one attempt, no reconnection
+/// (for [`probe`] and one-shot clients). [`options`] adds the service's settings.
+pub async fn base_options(config: &NatsConfig) -> Result<ConnectOptions, ConnectError> {
     let mut opts = match &config.creds_file {
         Some(path) => ConnectOptions::with_credentials_file(path)
             .await
@@ -86,21 +122,59 @@ pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, 
         opts = opts.user_and_password(user.clone(), password.clone());
     }
     if let Some(ca) = &config.tls_ca {
+        readable("CA", ca)?;
         opts = opts.add_root_certificates(ca.clone());
     }
     if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        readable("certificate", cert)?;
+        readable("key", key)?;
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
-    if config.tls_required || config.tls_ca.is_some() || config.tls_cert.is_some() {
+    if tls_required(config) {
         opts = opts.require_tls(true);
     }
-    Ok(opts
+    Ok(opts.connection_timeout(Duration::from_millis(config.connect_timeout_ms)))
+}
+
+/// Builds the client options from the configuration: [`base_options`], the client
+/// name, the request timeout, and reconnection forever with [`backoff`].
+pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, ConnectError> {
+    Ok(base_options(config)
+        .await?
         .name(name)
-        .connection_timeout(Duration::from_millis(config.connect_timeout_ms))
         .request_timeout(Some(config.request_timeout()))
         .retry_on_initial_connect()
         .max_reconnects(None)
         .reconnect_delay_callback(backoff))
+}
+
+/// One connection attempt with the configured credentials and TLS, closed at once:
+/// the error says why the server cannot be reached (refused, TLS handshake with the
+/// certificate problem named, authorization), which the reconnecting client does not.
+pub async fn probe(config: &NatsConfig) -> Result<(), ConnectError> {
+    let urls = config.urls.join(",");
+    let client = base_options(config)
+        .await?
+        .connect(server_addrs(config)?)
+        .await
+        .map_err(|source| ConnectError::Connect { urls, source })?;
+    drop(client);
+    Ok(())
+}
+
+/// The error and its sources, joined, for a log line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let next = e.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = e.source();
+    }
+    text
 }
 
 /// Connects (in the background: the client retries until the server is reachable)
@@ -127,6 +201,9 @@ pub async fn connect(
                     gauge.set(0);
                     tracing::warn!(service, "NATS disconnected; reconnecting");
                 }
+                Event::ClientError(e) => {
+                    tracing::warn!(service, error = %e, "NATS connection attempt failed")
+                }
                 Event::SlowConsumer(sid) => {
                     tracing::error!(service, sid, "slow consumer: messages were dropped")
                 }
@@ -145,8 +222,13 @@ pub async fn connect(
     let mut next_warning = tokio::time::Instant::now() + Duration::from_secs(5);
     while client.connection_state() != State::Connected {
         if tokio::time::Instant::now() >= next_warning {
-            tracing::warn!(urls, "still waiting for NATS");
-            next_warning += Duration::from_secs(5);
+            // Say why: the reconnecting client only reports the kind of failure.
+            let reason = match probe(config).await {
+                Ok(()) => "connecting".to_owned(),
+                Err(e) => chain(&e),
+            };
+            tracing::warn!(urls, reason, "still waiting for NATS");
+            next_warning = tokio::time::Instant::now() + Duration::from_secs(5);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Err(ConnectError::Cancelled),
@@ -168,5 +250,31 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_millis(800));
         assert_eq!(backoff(10), Duration::from_secs(5));
         assert_eq!(backoff(usize::MAX), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn tls_urls_a_ca_or_a_certificate_require_tls() {
+        let mut config = NatsConfig::default();
+        assert!(!tls_required(&config));
+        config.urls = vec!["nats://a:4222".into(), "TLS://b:4222".into()];
+        assert!(tls_required(&config));
+        let config = NatsConfig {
+            tls_ca: Some("/ca.pem".into()),
+            ..Default::default()
+        };
+        assert!(tls_required(&config));
+    }
+
+    #[tokio::test]
+    async fn a_missing_tls_file_is_named() {
+        let config = NatsConfig {
+            tls_ca: Some("/nonexistent/ca.pem".into()),
+            ..Default::default()
+        };
+        let err = base_options(&config).await.unwrap_err();
+        assert!(
+            err.to_string().contains("TLS CA file /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 }

@@ -35,6 +35,7 @@ const RESOURCES: &[(&str, &str, &str, bool)] = &[
     ("v1", "pods", "Pod", true),
     ("apps/v1", "deployments", "Deployment", true),
     ("apps/v1", "statefulsets", "StatefulSet", true),
+    ("batch/v1", "jobs", "Job", true),
     (
         "rbac.authorization.k8s.io/v1",
         "clusterroles",

@@ -49,7 +49,7 @@ pub use identity::{
 };
 pub use recorder::Recorder;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};
-pub use server::NatsServer;
+pub use server::{NatsServer, tls_config};
 
 /// The nats-server version the project pins for tests (installed by `scripts/install-tools`).
 pub const PINNED_NATS_SERVER_VERSION: &str = "2.15.1";

@@ -14,6 +14,19 @@ pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often a fresh start picks new ports when one was taken in the meantime.
 pub(crate) const FRESH_PORT_ATTEMPTS: usize = 4;
 
+/// A nats-server `tls {}` block for [`NatsServer::start_with_config`]: the server's
+/// certificate and key (PEM files), the CA that client certificates must chain to, and
+/// whether every client must present one (`verify`, mutual TLS). Readiness is then
+/// checked over the monitoring port, so the test kit's plain client is not needed.
+pub fn tls_config(cert: &Path, key: &Path, ca: &Path, verify: bool) -> String {
+    format!(
+        "tls {{ cert_file: \"{}\", key_file: \"{}\", ca_file: \"{}\", verify: {verify} }}",
+        cert.display(),
+        key.display(),
+        ca.display()
+    )
+}
+
 /// A real nats-server with JetStream for one test, listening on a free port of 127.0.0.1 with
 /// its config, log and JetStream store in a temporary directory.
 ///
@@ -109,6 +122,12 @@ impl NatsServer {
             #[cfg(feature = "testcontainers")]
             Inner::Container(c) => c.url(),
         }
+    }
+
+    /// The client URL with the `tls://` scheme, `tls://127.0.0.1:<port>`, for a server
+    /// started with a [`tls_config`] block (a client given it requires TLS).
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port())
     }
 
     /// The client port; it stays the same across [`NatsServer::restart`].

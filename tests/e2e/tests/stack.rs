@@ -337,7 +337,15 @@ fn permissions_conf() -> String {
     .unwrap();
     let mut text = text;
     for user in [
-        "planner", "deployer", "monitor", "incident", "chat", "admin",
+        "planner",
+        "deployer",
+        "monitor",
+        "incident",
+        "chat",
+        "security",
+        "qa",
+        "architect",
+        "admin",
     ] {
         text = text.replace(
             &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),

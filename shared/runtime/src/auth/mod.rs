@@ -9,6 +9,7 @@
 //! defined in [`toronto_protocol::auth`]; `docs/trust-model.md` is the reviewer's page.
 
 mod audit;
+mod buckets;
 mod registry;
 mod replay;
 mod signer;
@@ -18,7 +19,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +27,7 @@ use toronto_protocol::auth::{Principal, Role, Signature, SignatureError};
 use toronto_protocol::{ErrorBody, ErrorCode, Subjects};
 
 pub use audit::AuditSink;
+pub use buckets::bucket_configs;
 pub use registry::{BOOTSTRAP_ADMIN, Registry};
 pub use replay::ReplayGuard;
 pub use signer::{SeedError, Signer, install_process_signer, process_signer};
@@ -293,22 +295,20 @@ impl Authenticator {
             );
             return Ok(Self::off());
         }
-        let identities =
-            crate::jetstream::ensure_kv(js, &subjects.kv_bucket("identities"), 5, replicas)
-                .await
-                .map_err(|e| AuthError::Bucket(Box::new(e)))?;
         let window = Duration::from_secs(config.window_secs.max(1));
-        let replay = js
-            .create_or_update_key_value(kv::Config {
-                bucket: subjects.kv_bucket("replay"),
-                history: 1,
-                max_age: window * 2 + Duration::from_secs(5),
-                num_replicas: replicas,
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| AuthError::Bucket(Box::new(e)))?;
+        // Open what `toronto bootstrap` made; create only what is missing (a service
+        // user of deploy/nats/permissions.conf may not create or update a bucket).
+        let [identities, replay] = bucket_configs(subjects, config, replicas).map(|c| async {
+            match js.get_key_value(c.bucket.as_str()).await {
+                Ok(store) => Ok(store),
+                Err(_) => js
+                    .create_key_value(c)
+                    .await
+                    .map_err(|e| AuthError::Bucket(Box::new(e))),
+            }
+        });
+        let identities = identities.await?;
+        let replay = replay.await?;
         let registry = Registry::start(identities, &config.admins, stop).await?;
         if config.mode == AuthMode::Permissive {
             tracing::warn!("TORONTO_AUTH=permissive: refusals are logged, not enforced");

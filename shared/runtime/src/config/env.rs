@@ -73,8 +73,8 @@ pub const ENV_VARS: &[Var<Config>] = &[
         },
     ),
     Var::new(
-        "TORONTO_NATS_TLS_CA",
-        "CA certificate (PEM) that signed the NATS server's certificate.",
+        "TORONTO_NATS_TLS_CA_FILE",
+        "CA certificate (PEM) that signed the NATS server's certificate; setting it requires TLS.",
         "",
         |c, v| {
             c.nats.tls_ca = parse::optional_path(v);
@@ -82,8 +82,8 @@ pub const ENV_VARS: &[Var<Config>] = &[
         },
     ),
     Var::new(
-        "TORONTO_NATS_TLS_CERT",
-        "Client certificate (PEM) for mutual TLS, with TORONTO_NATS_TLS_KEY.",
+        "TORONTO_NATS_TLS_CERT_FILE",
+        "Client certificate (PEM) for mutual TLS (a server with `verify: true`), with TORONTO_NATS_TLS_KEY_FILE.",
         "",
         |c, v| {
             c.nats.tls_cert = parse::optional_path(v);
@@ -91,8 +91,8 @@ pub const ENV_VARS: &[Var<Config>] = &[
         },
     ),
     Var::new(
-        "TORONTO_NATS_TLS_KEY",
-        "Client key (PEM) for mutual TLS, with TORONTO_NATS_TLS_CERT.",
+        "TORONTO_NATS_TLS_KEY_FILE",
+        "Client key (PEM) for mutual TLS, with TORONTO_NATS_TLS_CERT_FILE (mode 0600).",
         "",
         |c, v| {
             c.nats.tls_key = parse::optional_path(v);
@@ -101,7 +101,7 @@ pub const ENV_VARS: &[Var<Config>] = &[
     ),
     Var::new(
         "TORONTO_NATS_TLS_REQUIRED",
-        "Require TLS to NATS even without certificates.",
+        "Require TLS to NATS even without a CA file (the system's roots verify the server); `tls://` URLs, a CA file or a client certificate require it too.",
         "false",
         |c, v| {
             c.nats.tls_required = parse::boolean(v)?;

@@ -426,7 +426,8 @@ concurrency = 8
             err.to_string().contains("one NATS authentication method"),
             "{err}"
         );
-        let err = Config::from_vars(&vars(&[("TORONTO_NATS_TLS_CERT", "/c.pem")])).unwrap_err();
+        let err =
+            Config::from_vars(&vars(&[("TORONTO_NATS_TLS_CERT_FILE", "/c.pem")])).unwrap_err();
         assert!(err.to_string().contains("together"), "{err}");
         let err = Config::from_vars(&vars(&[(
             "TORONTO_NATS_URL",

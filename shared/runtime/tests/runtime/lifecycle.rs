@@ -1,5 +1,5 @@
-//! Lifecycle: a NATS restart under a running service, graceful shutdown, credentials and
-//! TLS from `TORONTO_*` variables, and losing a node of a three-node cluster.
+//! Lifecycle: a NATS restart under a running service, graceful shutdown, credentials
+//! from `TORONTO_*` variables (TLS is in `tls.rs`), and losing a node of a three-node cluster.
 
 use super::*;
 
@@ -217,57 +217,6 @@ async fn nkey_seed_authenticates() {
         ]))
         .await,
         "an unknown key is refused"
-    );
-}
-
-#[tokio::test]
-async fn mutual_tls_with_ca_and_client_certificate() {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: String| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_str().unwrap().to_owned()
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&server_key, &ca)
-        .unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let client_cert = CertificateParams::new(vec!["toronto-test".into()])
-        .unwrap()
-        .signed_by(&client_key, &ca)
-        .unwrap();
-    let ca_file = write("ca.pem", ca.pem());
-    let server_file = write("server.pem", server_cert.pem());
-    let server_key_file = write("server-key.pem", server_key.serialize_pem());
-    let client_file = write("client.pem", client_cert.pem());
-    let client_key_file = write("client-key.pem", client_key.serialize_pem());
-
-    let server = NatsServer::start_with_config(&format!(
-        "tls {{ cert_file: \"{server_file}\", key_file: \"{server_key_file}\", ca_file: \"{ca_file}\", verify: true }}"
-    ))
-    .await;
-    assert!(
-        connects(&vars(&[
-            ("TORONTO_NATS_URL", server.url()),
-            ("TORONTO_NATS_TLS_CA", ca_file.clone()),
-            ("TORONTO_NATS_TLS_CERT", client_file),
-            ("TORONTO_NATS_TLS_KEY", client_key_file),
-        ]))
-        .await
-    );
-    assert!(
-        !connects(&vars(&[
-            ("TORONTO_NATS_URL", server.url()),
-            ("TORONTO_NATS_TLS_CA", ca_file)
-        ]))
-        .await,
-        "without a client certificate the server refuses"
     );
 }
 

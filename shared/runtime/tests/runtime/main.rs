@@ -2,8 +2,9 @@
 //! their errors, the ADR-32 service API, JetStream delivery and dead letters,
 //! reconnection and graceful shutdown. One binary, one module per concern:
 //! [`endpoints`] (requests, errors, encodings, the ADR-32 service API), [`delivery`]
-//! (JetStream publishes, consumers and dead letters) and [`lifecycle`] (reconnection,
-//! shutdown, credentials, TLS, clusters).
+//! (JetStream publishes, consumers and dead letters), [`lifecycle`] (reconnection,
+//! shutdown, credentials, clusters), [`tls`] (TLS to NATS) and [`peers`] (the peer
+//! agents' NATS users).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -186,3 +187,5 @@ mod depth;
 mod endpoints;
 mod faults;
 mod lifecycle;
+mod peers;
+mod tls;

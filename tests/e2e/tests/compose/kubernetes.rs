@@ -105,7 +105,10 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
     }
     // The config names only variables the services read.
     let known: BTreeSet<&str> = toronto_cli::settings_docs::names().into_iter().collect();
-    for cm in of_kind(&docs, "ConfigMap") {
+    for cm in of_kind(&docs, "ConfigMap")
+        .into_iter()
+        .filter(|c| c["metadata"]["name"].as_str() == Some("toronto-config"))
+    {
         for (k, _) in cm["data"].as_mapping().into_iter().flatten() {
             let k = k.as_str().unwrap_or_default();
             if !known.contains(k) {
@@ -114,6 +117,91 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         }
     }
     fail_if_any("deploy/kubernetes/toronto.yaml", problems);
+}
+
+#[test]
+fn kubernetes_nats_runs_with_tls_and_every_service_as_its_own_user() {
+    let docs = kubernetes_docs();
+    let mut problems = Vec::new();
+    let configs = of_kind(&docs, "ConfigMap");
+    let named = |name: &str| {
+        configs
+            .iter()
+            .find(|c| c["metadata"]["name"].as_str() == Some(name))
+            .copied()
+            .unwrap_or_else(|| panic!("no ConfigMap {name}"))
+    };
+    let nats = named("nats-config");
+    if nats["data"]["permissions.conf"].as_str()
+        != Some(read("deploy/nats/permissions.conf").as_str())
+    {
+        problems.push("nats-config's permissions.conf is not deploy/nats/permissions.conf".into());
+    }
+    let conf = nats["data"]["nats.conf"].as_str().unwrap_or_default();
+    for needed in [
+        "tls {",
+        "cert_file:",
+        "key_file:",
+        "include permissions.conf",
+    ] {
+        if !conf.contains(needed) {
+            problems.push(format!("nats.conf lacks `{needed}`"));
+        }
+    }
+    let service = named("toronto-config");
+    if !service["data"]["TORONTO_NATS_URL"]
+        .as_str()
+        .is_some_and(|u| u.starts_with("tls://"))
+        || service["data"]["TORONTO_NATS_TLS_CA_FILE"].is_null()
+    {
+        problems.push("services must connect over TLS and verify the CA".into());
+    }
+    let users = [
+        ("toronto-planner", "planner"),
+        ("toronto-deployer", "deployer"),
+        ("toronto-monitor", "monitor"),
+        ("toronto-incident-commander", "incident"),
+        ("toronto-chat-bridge", "chat"),
+    ];
+    for d in of_kind(&docs, "Deployment") {
+        let name = d["metadata"]["name"].as_str().unwrap_or_default();
+        let Some((_, user)) = users.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_sequence()
+            .cloned()
+            .unwrap_or_default();
+        let var = |n: &str| env.iter().find(|e| e["name"].as_str() == Some(n)).cloned();
+        if var("TORONTO_NATS_USER").map(|e| e["value"].clone()) != Some(Value::from(*user)) {
+            problems.push(format!("{name} must log in as NATS user {user}"));
+        }
+        let password = var("TORONTO_NATS_PASSWORD").unwrap_or_default();
+        let from = &password["valueFrom"]["secretKeyRef"];
+        if from["name"].as_str() != Some("toronto-nats-users") || from["key"].as_str() != Some(user)
+        {
+            problems.push(format!(
+                "{name}: its password must come from its own Secret key"
+            ));
+        }
+        for volume in d["spec"]["template"]["spec"]["volumes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+        {
+            let items = &volume["secret"]["items"];
+            if volume["secret"]["secretName"].as_str() == Some("toronto-nats-tls")
+                && items
+                    .as_sequence()
+                    .is_none_or(|i| i.iter().any(|i| i["key"].as_str() != Some("ca.crt")))
+            {
+                problems.push(format!(
+                    "{name} may mount only ca.crt of the NATS TLS Secret"
+                ));
+            }
+        }
+    }
+    fail_if_any("deploy/kubernetes/toronto.yaml (NATS)", problems);
 }
 
 #[tokio::test]

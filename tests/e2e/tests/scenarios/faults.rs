@@ -198,7 +198,15 @@ fn permissions_conf() -> String {
     )
     .unwrap();
     for user in [
-        "planner", "deployer", "monitor", "incident", "chat", "admin",
+        "planner",
+        "deployer",
+        "monitor",
+        "incident",
+        "chat",
+        "security",
+        "qa",
+        "architect",
+        "admin",
     ] {
         text = text.replace(
             &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),
@@ -341,4 +349,101 @@ async fn no_service_user_may_destroy_streams_buckets_or_other_consumers() {
     }
     js.get_key_value("toronto_incidents").await.unwrap();
     js.get_stream(subjects.tasks_stream()).await.unwrap();
+}
+
+#[tokio::test]
+async fn bootstrap_makes_the_identity_buckets_and_every_service_user_can_use_them() {
+    use toronto_runtime::auth::{AccessRule, AuthConfig, Authenticator, Presented, Signer};
+    let server = NatsServer::start_with_config(&permissions_conf()).await;
+    let subjects = toronto_protocol::Subjects::default();
+    let admin = connect_as(&server, "admin").await;
+    let done = toronto_cli::bootstrap::bootstrap(&admin, &subjects, &Default::default())
+        .await
+        .expect("the admin bootstraps");
+    // The buckets as the services would make them, TTLs included.
+    let js = async_nats::jetstream::new(admin.clone());
+    let wanted = toronto_cli::bootstrap::ttl_buckets(&subjects, &AuthConfig::default(), 1);
+    assert_eq!(wanted.len(), 3);
+    for want in wanted {
+        assert!(done.buckets.contains(&want.bucket), "{done:?}");
+        let status = js
+            .get_key_value(want.bucket.as_str())
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(status.history(), want.history, "{}", want.bucket);
+        assert_eq!(status.max_age(), want.max_age, "{}", want.bucket);
+    }
+    let chat_replay = js.get_key_value("toronto_chat_replay").await.unwrap();
+    assert_eq!(
+        chat_replay.status().await.unwrap().max_age(),
+        toronto_chat_bridge::verify::replay_bucket_config(
+            &toronto_protocol::Subjects::default(),
+            1
+        )
+        .max_age
+    );
+
+    // Each service user opens the registry and the replay guard and verifies a signed
+    // request (so protected endpoints answer rather than 503).
+    let operator = Signer::generate();
+    let config = AuthConfig {
+        admins: vec![operator.public_key()],
+        ..Default::default()
+    };
+    let stop = CancellationToken::new();
+    for user in ["planner", "deployer", "monitor", "incident", "chat"] {
+        let client = connect_as(&server, user).await;
+        let as_user = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build(client);
+        let auth = tokio::time::timeout(
+            Duration::from_secs(5),
+            Authenticator::start(&as_user, &subjects, &config, 1, stop.clone()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{user}: the identity buckets open in time"))
+        .unwrap_or_else(|e| panic!("{user}: {e}"));
+        let subject = "toronto.devops.v1.planner.plan.approve";
+        let payload = format!("{{\"id\":\"{user}\"}}");
+        let mut headers = async_nats::HeaderMap::new();
+        operator.apply(&mut headers, subject, payload.as_bytes());
+        let id = format!("req-{user}");
+        let request = Presented {
+            subject,
+            headers: Some(&headers),
+            payload: payload.as_bytes(),
+            id: &id,
+            source: "toronto://cli",
+            target: None,
+        };
+        auth.verify(AccessRule::Signed, request)
+            .await
+            .unwrap_or_else(|e| panic!("{user} verifies a signed request: {e}"));
+        let replayed = auth.verify(AccessRule::Signed, request).await.unwrap_err();
+        assert!(
+            replayed.to_string().contains("replay"),
+            "{user}: {replayed}"
+        );
+    }
+    // Only the planner writes the registry; only the chat bridge its replay guard.
+    for (user, bucket, allowed) in [
+        ("planner", "toronto_identities", true),
+        ("deployer", "toronto_identities", false),
+        ("chat", "toronto_chat_replay", true),
+        ("monitor", "toronto_chat_replay", false),
+    ] {
+        let client = connect_as(&server, user).await;
+        let as_user = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_millis(500))
+            .build(client);
+        let put = match as_user.get_key_value(bucket).await {
+            Ok(kv) => kv.put("probe", "x".into()).await.is_ok(),
+            Err(_) => false,
+        };
+        assert_eq!(put, allowed, "{user} writing {bucket}");
+    }
+    stop.cancel();
 }
