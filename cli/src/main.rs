@@ -532,7 +532,7 @@ async fn status(service: Option<String>, output: Output) -> anyhow::Result<()> {
             Ok(reply) => {
                 let s = reply.data;
                 println!(
-                    "{:<28} up {:>8.1}s  version {}  nats {}  instance {}",
+                    "{:<28} up {:>8.1}s  version {}  nats {}  auth {}  instance {}",
                     s.service,
                     s.uptime_seconds,
                     s.version,
@@ -540,6 +540,11 @@ async fn status(service: Option<String>, output: Output) -> anyhow::Result<()> {
                         "connected"
                     } else {
                         "disconnected"
+                    },
+                    match s.auth.as_deref() {
+                        Some("off") => "OFF (anyone may ask for changes)",
+                        Some(mode) => mode,
+                        None => "unknown",
                     },
                     s.instance_id
                 );

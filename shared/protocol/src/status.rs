@@ -36,6 +36,10 @@ pub struct Status {
     /// The instance's supervised background loops (consumers, watchers, timers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub loops: Vec<LoopStatus>,
+    /// How it verifies change requests: `required`, `permissive` or `off`
+    /// (`TORONTO_AUTH`); `off` means anyone on the bus may ask it for changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
 }
 
 /// One supervised background loop of a service instance, as `status` reports it.

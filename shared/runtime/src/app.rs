@@ -215,6 +215,7 @@ impl ServiceRuntime {
         let started = host.started();
         let service_name = kind.service_name().to_owned();
         let version_owned = version.to_owned();
+        let auth_mode = config.auth.mode.as_str();
         host.add_endpoint(
             "status",
             subjects.status(kind),
@@ -229,6 +230,7 @@ impl ServiceRuntime {
                     nats_connected: status_client.connection_state() == State::Connected,
                     build: build.clone(),
                     loops: status_loops.status(),
+                    auth: Some(auth_mode.to_owned()),
                 };
                 async move { Ok::<_, ErrorBody>(status) }
             },

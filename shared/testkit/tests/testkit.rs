@@ -434,6 +434,7 @@ async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHos
                 nats_connected: true,
                 build: BuildInfo::current("1.0.0"),
                 loops: Vec::new(),
+                auth: None,
             })
         },
     )
