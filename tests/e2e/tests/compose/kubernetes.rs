@@ -45,6 +45,21 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         {
             problems.push(format!("{name}: no resource requests"));
         }
+        // TORONTO_AUTH=required: each service signs with the agent's seed, copied from
+        // the Secret to a 0600 file of its own user, and knows the first admins.
+        let env_names: Vec<&str> = c["env"]
+            .as_array()
+            .map(|e| e.iter().filter_map(|v| v["name"].as_str()).collect())
+            .unwrap_or_default();
+        for var in ["TORONTO_IDENTITY_FILE", "TORONTO_AUTH_ADMINS"] {
+            if !env_names.contains(&var) {
+                problems.push(format!("{name}: no {var}"));
+            }
+        }
+        let init = spec["initContainers"][0]["command"].to_string();
+        if !(init.contains("0600") && init.contains("agent.nk")) {
+            problems.push(format!("{name}: no init step making the seed 0600: {init}"));
+        }
         // Services that keep state in one process must not run twice.
         let single = matches!(kind, ServiceKind::IncidentCommander | ServiceKind::Monitor);
         if single && d["spec"]["replicas"].as_u64() != Some(1) {
