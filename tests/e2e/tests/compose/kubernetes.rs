@@ -48,7 +48,7 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         // TORONTO_AUTH=required: each service signs with the agent's seed, copied from
         // the Secret to a 0600 file of its own user, and knows the first admins.
         let env_names: Vec<&str> = c["env"]
-            .as_array()
+            .as_sequence()
             .map(|e| e.iter().filter_map(|v| v["name"].as_str()).collect())
             .unwrap_or_default();
         for var in ["TORONTO_IDENTITY_FILE", "TORONTO_AUTH_ADMINS"] {
@@ -56,7 +56,7 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
                 problems.push(format!("{name}: no {var}"));
             }
         }
-        let init = spec["initContainers"][0]["command"].to_string();
+        let init = format!("{:?}", spec["initContainers"][0]["command"]);
         if !(init.contains("0600") && init.contains("agent.nk")) {
             problems.push(format!("{name}: no init step making the seed 0600: {init}"));
         }
