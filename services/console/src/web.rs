@@ -306,15 +306,20 @@ async fn dora(State(state): State<AppState>, viewer: Viewer) -> Response {
             .into_iter()
             .take(DORA_PAIRS)
             .map(|(service, environment)| async move {
-                let (week, month) = tokio::join!(
+                let (week, month, two, three, four) = tokio::join!(
                     b.dora(&service, &environment, 7),
-                    b.dora(&service, &environment, 30)
+                    b.dora(&service, &environment, 30),
+                    b.dora(&service, &environment, 14),
+                    b.dora(&service, &environment, 21),
+                    b.dora(&service, &environment, 28),
                 );
+                let text = |r: Result<_, ConsoleError>| r.map_err(|e| e.to_string());
                 pages::slo::DoraRow {
                     service,
                     environment,
-                    week: week.map_err(|e| e.to_string()),
-                    month: month.map_err(|e| e.to_string()),
+                    week: text(week),
+                    month: text(month),
+                    earlier: vec![text(two), text(three), text(four)],
                 }
             });
         let rows = futures::future::join_all(asks).await;
