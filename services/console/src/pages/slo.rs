@@ -328,7 +328,7 @@ mod tests {
         };
         // Oldest first: weeks 4, 3, 2, 1 back.
         assert_eq!(weekly(&row), Some(vec![(2, 0), (4, 1), (2, 0), (3, 1)]));
-        let page = dora(&Ctx::default(), &[row.clone()]).live;
+        let page = dora(&Ctx::default(), std::slice::from_ref(&row)).live;
         assert!(page.contains("<svg class=\"trend\""), "{page}");
         assert!(
             page.contains("failure rate 0% · 25% · 0% · 33.33%"),
