@@ -243,4 +243,30 @@ mod tests {
         };
         assert!(!action(&ctx, "/p", "approve", true).contains("disabled"));
     }
+
+    #[test]
+    fn the_page_says_why_it_is_read_only() {
+        let form = [action(&Ctx::default(), "/p", "approve", false)];
+        let user = |registered| Ctx {
+            user: Some("alice".into()),
+            registered,
+            console_signs: true,
+            ..Ctx::default()
+        };
+        for (ctx, says) in [
+            (Ctx::default(), "no signing key"),
+            (
+                Ctx {
+                    console_signs: true,
+                    ..Ctx::default()
+                },
+                "sign in",
+            ),
+            (user(false), "not a registered principal"),
+            (user(true), "operator needed"),
+        ] {
+            let note = actions_box(&ctx, &form);
+            assert!(note.contains(says), "{says}: {note}");
+        }
+    }
 }
