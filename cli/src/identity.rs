@@ -3,7 +3,8 @@
 //! `init` makes an NKey user seed in a new 0600 file (`--file`, `TORONTO_IDENTITY_FILE`,
 //! or `<config dir>/toronto/identity.nk`) and prints its public key. `add`, `revoke`
 //! and `list` go through the planner's `identity.*` endpoints; `add` and `revoke` are
-//! signed with that seed and need the admin role (see `docs/trust-model.md`).
+//! signed with that seed and need the admin role (see `docs/trust-model.md`). `token`
+//! prints a login token for the web console (`docs/console.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -61,6 +62,18 @@ pub enum IdentityAction {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Print a short-lived login token for the web console, signed with your key
+    /// (the console checks it against the identity registry; see docs/console.md).
+    Token {
+        /// Your principal id, as registered (e.g. `alice`).
+        id: String,
+        /// How long the token (and the console session) lasts: 30m, 8h, at most 24h.
+        #[arg(long, default_value = "8h", value_parser = parse_ttl)]
+        ttl: u64,
+        /// The seed file to sign with.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Revoke a principal: every key of it is refused from now on (admin only).
     Revoke {
         /// Principal id.
@@ -86,6 +99,14 @@ pub enum IdentityAction {
 fn parse_role(v: &str) -> Result<Role, String> {
     serde_json::from_value(serde_json::Value::String(v.to_ascii_lowercase()))
         .map_err(|_| format!("`{v}` is not one of: admin, approver, operator, delegate"))
+}
+
+fn parse_ttl(v: &str) -> Result<u64, String> {
+    let secs = toronto_commands::parse_duration(v)?;
+    if secs > 24 * 3600 {
+        return Err(format!("`{v}` is more than 24h"));
+    }
+    Ok(secs)
 }
 
 fn parse_kind(v: &str) -> Result<PrincipalKind, String> {
@@ -182,6 +203,16 @@ pub async fn run(action: IdentityAction, config: &Config) -> anyhow::Result<()> 
             )
             .await?;
             print_page(&stored, false)
+        }
+        IdentityAction::Token { id, ttl, file } => {
+            let signer = load_signer(&identity_file(file, config))?;
+            let ttl = chrono::Duration::seconds(i64::try_from(ttl)?);
+            let token = toronto_console::login::issue(&id, ttl, |subject, payload| {
+                signer.sign(subject, payload)
+            })
+            .with_context(|| format!("cannot make a token for `{id}`"))?;
+            println!("{token}");
+            Ok(())
         }
         IdentityAction::Revoke { id, file } => {
             let signer = load_signer(&identity_file(file, config))?;

@@ -1,5 +1,6 @@
-//! Who is asking: the identity header of a trusted proxy, the role it maps to, and the
-//! CSRF token (a double-submit cookie, `SameSite=Strict`) that every form carries.
+//! Who is asking: the identity header of a trusted proxy or a login session, the role
+//! it maps to, and the CSRF token (a double-submit cookie, `SameSite=Strict`) that
+//! every form carries.
 
 use std::net::SocketAddr;
 
@@ -55,17 +56,40 @@ pub fn identify(
     ok.then(|| value.to_owned())
 }
 
-/// The CSRF token of the request's cookie, if any.
-pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+/// The value of cookie `name` when it is `len` hex digits.
+pub fn hex_cookie(headers: &HeaderMap, name: &str, len: usize) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == CSRF_COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
-        .filter(|v| v.len() == 32 && v.chars().all(|c| c.is_ascii_hexdigit()))
+        .filter(|v| v.len() == len && v.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// The CSRF token of the request's cookie, if any.
+pub fn cookie_token(headers: &HeaderMap) -> Option<String> {
+    hex_cookie(headers, CSRF_COOKIE, 32)
+}
+
+/// The login session id of the request's cookie, if any.
+pub fn session_id(headers: &HeaderMap) -> Option<String> {
+    hex_cookie(headers, crate::login::SESSION_COOKIE, 64)
+}
+
+/// The console role a registered principal's roles give (admin: admin; operator or
+/// approver: operator).
+pub fn role_from_registry(principal: &toronto_protocol::auth::Principal) -> Role {
+    use toronto_protocol::auth::Role as R;
+    if principal.has_role(R::Admin) {
+        Role::Admin
+    } else if principal.has_role(R::Operator) || principal.has_role(R::Approver) {
+        Role::Operator
+    } else {
+        Role::Viewer
+    }
 }
 
 /// Whether the form's token is the cookie's.
@@ -93,8 +117,24 @@ impl FromRequestParts<AppState> for Viewer {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0);
-        let user = identify(settings, peer, &parts.headers);
-        let role = user.as_deref().map(|u| settings.role_of(u));
+        let now = chrono::Utc::now();
+        let user = identify(settings, peer, &parts.headers)
+            .or_else(|| session_id(&parts.headers).and_then(|id| state.sessions.user(&id, now)));
+        let live = state.live.get();
+        let signs = live.is_some_and(|l| l.backend.signs());
+        // The registry decides who exists: an unregistered or revoked user may look
+        // but not act.
+        let principal = match (user.as_deref(), live.and_then(|l| l.registry.as_ref())) {
+            (Some(u), Some(r)) => r.by_id(u).filter(|p| !p.revoked),
+            _ => None,
+        };
+        let role = user.as_deref().map(|u| {
+            let from_registry = principal
+                .as_deref()
+                .map(role_from_registry)
+                .unwrap_or(Role::Viewer);
+            settings.role_of(u).max(from_registry)
+        });
         let (csrf, set_cookie) = match cookie_token(&parts.headers) {
             Some(t) => (t, None),
             None => {
@@ -111,7 +151,9 @@ impl FromRequestParts<AppState> for Viewer {
         Ok(Viewer {
             ctx: Ctx {
                 base: settings.base_path.clone(),
-                can_act: role.is_some_and(|r| r >= Role::Operator),
+                can_act: signs && principal.is_some() && role.is_some_and(|r| r >= Role::Operator),
+                registered: principal.is_some(),
+                console_signs: signs,
                 user,
                 csrf,
             },
@@ -171,5 +213,6 @@ mod tests {
             format!("a=b; {CSRF_COOKIE}={t}").parse().unwrap(),
         );
         assert_eq!(cookie_token(&h), Some(t));
+        assert_eq!(session_id(&h), None);
     }
 }

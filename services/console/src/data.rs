@@ -15,7 +15,8 @@ use toronto_protocol::tasks::{DoraQuery, DoraReport, Plan, PlanGet, PlanList, Pl
 use toronto_protocol::{
     Encoding, Envelope, ErrorCode, Message, RawEnvelope, ServiceKind, Subjects,
 };
-use toronto_runtime::rpc::{CallError, call, call_raw};
+use toronto_runtime::auth::Signer;
+use toronto_runtime::rpc::{CallError, call, call_raw_signed};
 use uuid::Uuid;
 
 /// The most rows a listing asks a service for, whatever page is shown: pages past it
@@ -46,6 +47,14 @@ pub enum ConsoleError {
         #[source]
         source: CallError,
     },
+    /// The console has no signing key: it cannot act for anyone.
+    #[error("this console is read-only: it has no signing key (TORONTO_IDENTITY_FILE)")]
+    ReadOnly,
+    /// The user is not a registered, unrevoked principal.
+    #[error(
+        "{0} is not a registered principal (or is revoked): the console acts only for registered principals"
+    )]
+    NotRegistered(String),
     /// The console is still connecting to NATS.
     #[error("the console is starting; try again in a moment")]
     Starting,
@@ -59,7 +68,8 @@ impl ConsoleError {
             ConsoleError::BadRequest(_) => 400,
             ConsoleError::Unauthorized => 401,
             ConsoleError::Forbidden(_) => 403,
-            ConsoleError::Starting => 503,
+            ConsoleError::Starting | ConsoleError::ReadOnly => 503,
+            ConsoleError::NotRegistered(_) => 403,
             ConsoleError::Backend { source, .. } => match source.code() {
                 ErrorCode::NotFound => 404,
                 ErrorCode::Forbidden => 403,
@@ -112,6 +122,7 @@ pub struct Backend {
     subjects: Subjects,
     timeout: Duration,
     source: String,
+    signer: Option<Signer>,
 }
 
 impl Backend {
@@ -123,7 +134,20 @@ impl Backend {
             subjects,
             timeout,
             source,
+            signer: None,
         }
+    }
+
+    /// Signs actions with the console's own key, on behalf of the user.
+    #[must_use]
+    pub fn with_signer(mut self, signer: Option<Signer>) -> Self {
+        self.signer = signer;
+        self
+    }
+
+    /// Whether the console can send actions (it has a signing key).
+    pub fn signs(&self) -> bool {
+        self.signer.is_some()
     }
 
     async fn ask<Req: Message, Resp: Message>(
@@ -324,10 +348,17 @@ impl Backend {
                 .map_err(|e| ConsoleError::BadRequest(e.to_string()))?,
             },
         };
+        let signer = self
+            .signer
+            .as_ref()
+            .ok_or(ConsoleError::ReadOnly)?
+            .on_behalf_of(&actor.id)
+            .map_err(|_| ConsoleError::NotRegistered(actor.id.clone()))?;
         let envelope: RawEnvelope = request.envelope(&actor.source);
         let subject = request.subject(&self.subjects);
-        call_raw(
+        call_raw_signed(
             &self.client,
+            Some(&signer),
             &subject,
             &envelope,
             Encoding::Json,

@@ -44,8 +44,13 @@ pub struct Ctx {
     pub base: String,
     /// The identified user, if any.
     pub user: Option<String>,
-    /// Whether the user may act (identified, with the operator role).
+    /// Whether the user may act (identified, registered, with the operator role, and the
+    /// console has a signing key).
     pub can_act: bool,
+    /// Whether the user is a registered, unrevoked principal.
+    pub registered: bool,
+    /// Whether the console has its own signing key (without one it is read-only).
+    pub console_signs: bool,
     /// The CSRF token forms carry.
     pub csrf: String,
 }
@@ -91,9 +96,15 @@ pub fn layout(ctx: &Ctx, title: &str, live: &str, after: &str) -> String {
             let _ = write!(out, "signed in as <b id=\"user\">{}</b>", E(u));
         }
         Some(u) => {
-            let _ = write!(out, "<b id=\"user\">{}</b> (read-only role)", E(u));
+            let _ = write!(out, "<b id=\"user\">{}</b> (read-only)", E(u));
         }
-        None => out.push_str("read-only: no identity"),
+        None => {
+            let _ = write!(
+                out,
+                "read-only: <a href=\"{}\">sign in</a>",
+                E(&ctx.href("/login"))
+            );
+        }
     }
     let _ = write!(
         out,
@@ -157,10 +168,20 @@ pub fn actions_box(ctx: &Ctx, forms: &[String]) -> String {
     }
     let note = if ctx.can_act {
         String::new()
+    } else if !ctx.console_signs {
+        "<p class=\"muted\">Read-only console: it has no signing key \
+         (TORONTO_IDENTITY_FILE), so it cannot act for anyone.</p>"
+            .into()
+    } else if ctx.user.is_some() && !ctx.registered {
+        "<p class=\"muted\">You are not a registered principal (or you are revoked): \
+         read-only.</p>"
+            .into()
     } else if ctx.user.is_some() {
         "<p class=\"muted\">Your role may not act (operator needed).</p>".into()
     } else {
-        "<p class=\"muted\">Read-only: sign in through the authentication proxy to act.</p>".into()
+        "<p class=\"muted\">Read-only: sign in (login token or authentication proxy) \
+         to act.</p>"
+            .into()
     };
     format!(
         "<section id=\"actions\"><h2>Actions</h2>{}{note}</section>",
@@ -221,5 +242,31 @@ mod tests {
             ..Ctx::default()
         };
         assert!(!action(&ctx, "/p", "approve", true).contains("disabled"));
+    }
+
+    #[test]
+    fn the_page_says_why_it_is_read_only() {
+        let form = [action(&Ctx::default(), "/p", "approve", false)];
+        let user = |registered| Ctx {
+            user: Some("alice".into()),
+            registered,
+            console_signs: true,
+            ..Ctx::default()
+        };
+        for (ctx, says) in [
+            (Ctx::default(), "no signing key"),
+            (
+                Ctx {
+                    console_signs: true,
+                    ..Ctx::default()
+                },
+                "sign in",
+            ),
+            (user(false), "not a registered principal"),
+            (user(true), "operator needed"),
+        ] {
+            let note = actions_box(&ctx, &form);
+            assert!(note.contains(says), "{says}: {note}");
+        }
     }
 }

@@ -7,7 +7,9 @@
 //! the events stream through server-sent events (`/events`). Actions (approve or
 //! reject a plan; promote, pause, resume or abort a rollout; acknowledge or resolve an
 //! incident) are sent through the request path of `toronto_commands`, the one the CLI
-//! and the chat bridge use, as the user a trusted authentication proxy names.
+//! and the chat bridge use, signed with the console's own key on behalf of the user (a
+//! registered principal, named by a trusted authentication proxy or signed in with a
+//! login token, see [`login`]).
 //!
 //! - [`web`]: routes, actions, the live feed; [`auth`]: identity and CSRF;
 //! - [`pages`]: the pages; [`html`], [`svg`], [`markdown`]: how they are drawn;
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod data;
 pub mod history;
 pub mod html;
+pub mod login;
 pub mod markdown;
 pub mod pages;
 pub mod settings;
@@ -55,6 +58,7 @@ pub async fn start_with(
     let state = web::AppState {
         settings: Arc::new(settings),
         live: Arc::new(OnceLock::new()),
+        sessions: login::Sessions::default(),
     };
     let routes = web::routes(state.clone());
     let rt = ServiceRuntime::start_with_routes(
@@ -67,15 +71,27 @@ pub async fn start_with(
     .await?;
     let (events, _) = broadcast::channel(256);
     let history = history::SloHistory::default();
+    // The console's own key signs every action on behalf of the user; without one the
+    // console is read-only.
+    let signer = match &rt.config.auth.identity_file {
+        Some(path) => Some(toronto_runtime::auth::Signer::from_file(path)?),
+        None => {
+            tracing::warn!("no TORONTO_IDENTITY_FILE: the console is read-only");
+            None
+        }
+    };
     let backend = data::Backend::new(
         rt.client.clone(),
         rt.subjects.clone(),
         rt.config.nats.request_timeout(),
-    );
+    )
+    .with_signer(signer);
+    let registry = registry(&rt).await;
     let _ = state.live.set(web::Live {
         backend,
         events: events.clone(),
         history: history.clone(),
+        registry,
     });
 
     let client = rt.client.clone();
@@ -112,6 +128,36 @@ pub async fn start_with(
         },
     );
     Ok(rt)
+}
+
+/// The identity registry: the service host's when it checks signatures, else one the
+/// console follows itself (`<prefix>_identities`). None when the bucket cannot be
+/// opened: then nobody can log in with a token and nobody can act.
+async fn registry(rt: &ServiceRuntime) -> Option<toronto_runtime::auth::Registry> {
+    if let Some(r) = rt.host.auth().and_then(|a| a.registry()) {
+        return Some(r.clone());
+    }
+    let bucket = rt.subjects.kv_bucket("identities");
+    let opened = async {
+        let store =
+            toronto_runtime::jetstream::ensure_kv(&rt.js, &bucket, 5, rt.config.jetstream.replicas)
+                .await
+                .map_err(|e| e.to_string())?;
+        toronto_runtime::auth::Registry::start(store, &rt.config.auth.admins, rt.shutdown_token())
+            .await
+            .map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), opened).await {
+        Ok(Ok(r)) => Some(r),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "identity registry unavailable: the console is read-only");
+            None
+        }
+        Err(_) => {
+            tracing::error!("identity registry did not open within 2 s: the console is read-only");
+            None
+        }
+    }
 }
 
 /// Runs the console until `shutdown`.

@@ -33,6 +33,8 @@ pub struct Live {
     pub events: broadcast::Sender<String>,
     /// SLO budget history.
     pub history: SloHistory,
+    /// The identity registry (who may log in, whom the console may act for).
+    pub registry: Option<toronto_runtime::auth::Registry>,
 }
 
 /// The state every handler gets.
@@ -42,10 +44,12 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Set once connected.
     pub live: Arc<OnceLock<Live>>,
+    /// Open login sessions.
+    pub sessions: crate::login::Sessions,
 }
 
 impl AppState {
-    fn live(&self) -> Result<&Live, ConsoleError> {
+    pub(crate) fn live(&self) -> Result<&Live, ConsoleError> {
         self.live.get().ok_or(ConsoleError::Starting)
     }
 }
@@ -67,6 +71,11 @@ pub fn routes(state: AppState) -> Router {
         .route("/slos", get(slos))
         .route("/dora", get(dora))
         .route("/events", get(events))
+        .route(
+            "/login",
+            get(crate::login::login_page).post(crate::login::login_submit),
+        )
+        .route("/logout", post(crate::login::logout))
         .route("/assets/console.css", get(css))
         .route("/assets/live.js", get(js))
         .fallback(not_found);
@@ -84,7 +93,7 @@ pub fn routes(state: AppState) -> Router {
 
 /// Headers every page carries: no caching, no framing, scripts and styles only from
 /// the console itself.
-fn page_response(status: StatusCode, viewer: &Viewer, body: String) -> Response {
+pub(crate) fn page_response(status: StatusCode, viewer: &Viewer, body: String) -> Response {
     let mut response = (status, body).into_response();
     let h = response.headers_mut();
     h.insert(
@@ -122,7 +131,7 @@ fn respond(viewer: &Viewer, result: Result<View, ConsoleError>) -> Response {
     }
 }
 
-fn error_response(viewer: &Viewer, e: &ConsoleError) -> Response {
+pub(crate) fn error_response(viewer: &Viewer, e: &ConsoleError) -> Response {
     let status = e.status();
     if status >= 500 {
         tracing::warn!(error = %e, "console page failed");
@@ -297,15 +306,20 @@ async fn dora(State(state): State<AppState>, viewer: Viewer) -> Response {
             .into_iter()
             .take(DORA_PAIRS)
             .map(|(service, environment)| async move {
-                let (week, month) = tokio::join!(
+                let (week, month, two, three, four) = tokio::join!(
                     b.dora(&service, &environment, 7),
-                    b.dora(&service, &environment, 30)
+                    b.dora(&service, &environment, 30),
+                    b.dora(&service, &environment, 14),
+                    b.dora(&service, &environment, 21),
+                    b.dora(&service, &environment, 28),
                 );
+                let text = |r: Result<_, ConsoleError>| r.map_err(|e| e.to_string());
                 pages::slo::DoraRow {
                     service,
                     environment,
-                    week: week.map_err(|e| e.to_string()),
-                    month: month.map_err(|e| e.to_string()),
+                    week: text(week),
+                    month: text(month),
+                    earlier: vec![text(two), text(three), text(four)],
                 }
             });
         let rows = futures::future::join_all(asks).await;
@@ -361,7 +375,7 @@ struct ActionForm {
 /// The most a form may weigh.
 const MAX_FORM: usize = 4096;
 
-/// Checks identity, role and CSRF token; the actor and the reason given.
+/// Checks identity, registration, role and CSRF token; the actor and the reason given.
 fn authorize(
     viewer: &Viewer,
     headers: &HeaderMap,
@@ -370,6 +384,12 @@ fn authorize(
     let Some(user) = viewer.ctx.user.clone() else {
         return Err(ConsoleError::Unauthorized);
     };
+    if !viewer.ctx.console_signs {
+        return Err(ConsoleError::ReadOnly);
+    }
+    if !viewer.ctx.registered {
+        return Err(ConsoleError::NotRegistered(user));
+    }
     let role = viewer.role.unwrap_or(Role::Viewer);
     if role < Role::Operator {
         return Err(ConsoleError::Forbidden(format!(
@@ -399,7 +419,7 @@ fn authorize(
     Ok((actor, reason))
 }
 
-fn redirect(viewer: &Viewer, path: &str) -> Response {
+pub(crate) fn redirect(viewer: &Viewer, path: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(&viewer.ctx.href(path)) {
         response.headers_mut().insert(header::LOCATION, v);

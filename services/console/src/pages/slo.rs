@@ -148,6 +148,65 @@ pub struct DoraRow {
     pub week: Result<DoraReport, String>,
     /// The last 30 days, or why not.
     pub month: Result<DoraReport, String>,
+    /// The last 14, 21 and 28 days (with `week`, the cumulative windows the weekly
+    /// trend is the difference of).
+    pub earlier: Vec<Result<DoraReport, String>>,
+}
+
+/// Deploys and failed changes per week, oldest first: the differences of the planner's
+/// cumulative 7, 14, 21 and 28 day windows. None when one of them failed.
+pub fn weekly(row: &DoraRow) -> Option<Vec<(u64, u64)>> {
+    let mut cumulative = vec![row.week.as_ref().ok()?];
+    for r in &row.earlier {
+        cumulative.push(r.as_ref().ok()?);
+    }
+    let mut weeks: Vec<(u64, u64)> = Vec::with_capacity(cumulative.len());
+    let mut before = (0, 0);
+    for c in cumulative {
+        weeks.push((
+            c.deployments.saturating_sub(before.0),
+            c.failed_changes.saturating_sub(before.1),
+        ));
+        before = (c.deployments, c.failed_changes);
+    }
+    weeks.reverse();
+    Some(weeks)
+}
+
+/// The weekly trend as bars (deploys, with the failed ones in red), oldest left.
+fn trend_svg(weeks: &[(u64, u64)]) -> String {
+    let max = weeks.iter().map(|w| w.0).max().unwrap_or(0).max(1) as f64;
+    let (w, h, gap) = (18.0, 28.0, 4.0);
+    let width = weeks.len() as f64 * (w + gap);
+    let mut out = format!(
+        "<svg class=\"trend\" width=\"{width}\" height=\"{h}\" viewBox=\"0 0 {width} {h}\" role=\"img\"><title>deploys per week, failed in red, oldest first: {}</title>",
+        weeks
+            .iter()
+            .map(|(d, f)| format!("{d} ({f} failed)"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for (i, (deploys, failed)) in weeks.iter().enumerate() {
+        let x = i as f64 * (w + gap);
+        let dh = (*deploys as f64 / max * h).max(if *deploys > 0 { 1.0 } else { 0.0 });
+        let fh = *failed as f64 / max * h;
+        let _ = write!(
+            out,
+            "<rect x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{}\" class=\"ok\"/>",
+            trim_num(h - dh),
+            trim_num(dh)
+        );
+        if *failed > 0 {
+            let _ = write!(
+                out,
+                "<rect x=\"{x}\" y=\"{}\" width=\"{w}\" height=\"{}\" class=\"bad\"/>",
+                trim_num(h - fh),
+                trim_num(fh)
+            );
+        }
+    }
+    out.push_str("</svg>");
+    out
 }
 
 fn figures(r: &Result<DoraReport, String>) -> [String; 4] {
@@ -188,12 +247,12 @@ fn duration(seconds: f64) -> String {
 /// The DORA page.
 pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
     let mut out = String::from(
-        "<p class=\"muted\">Computed by the planner from the event stream; each cell shows the last 7 days → the last 30 days.</p>",
+        "<p class=\"muted\">Computed by the planner from the event stream; each cell shows the last 7 days → the last 30 days. The trend is deploys per week over the last 4 weeks (oldest first; failed changes in red, with the change failure rate per week).</p>",
     );
     if rows.is_empty() {
         out.push_str("<p class=\"muted\">No deploys yet.</p>");
     } else {
-        out.push_str("<table id=\"dora\"><tr><th>service</th><th>environment</th><th>deployment frequency</th><th>lead time (median)</th><th>change failure rate</th><th>time to restore (median)</th></tr>");
+        out.push_str("<table id=\"dora\"><tr><th>service</th><th>environment</th><th>deployment frequency</th><th>lead time (median)</th><th>change failure rate</th><th>time to restore (median)</th><th>last 4 weeks</th></tr>");
         for r in rows {
             let (w, m) = (figures(&r.week), figures(&r.month));
             let _ = write!(
@@ -205,6 +264,28 @@ pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
             for k in 0..4 {
                 let _ = write!(out, "<td>{} → {}</td>", w[k], m[k]);
             }
+            match weekly(r) {
+                Some(weeks) => {
+                    let rates = weeks
+                        .iter()
+                        .map(|(d, f)| {
+                            if *d == 0 {
+                                "–".to_owned()
+                            } else {
+                                format!("{}%", trim_num(*f as f64 * 100.0 / *d as f64))
+                            }
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" · ");
+                    let _ = write!(
+                        out,
+                        "<td>{}<br><span class=\"muted\">failure rate {}</span></td>",
+                        trend_svg(&weeks),
+                        E(&rates)
+                    );
+                }
+                None => out.push_str("<td>–</td>"),
+            }
             out.push_str("</tr>");
         }
         out.push_str("</table>");
@@ -213,5 +294,50 @@ pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
         title: "DORA".into(),
         live: out,
         after: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(deployments: u64, failed_changes: u64) -> Result<DoraReport, String> {
+        Ok(DoraReport {
+            service: Some("shop".into()),
+            environment: "production".into(),
+            window_start: chrono::Utc::now(),
+            window_end: chrono::Utc::now(),
+            deployments,
+            deployment_frequency_per_day: 0.0,
+            lead_time_median_seconds: None,
+            lead_time_mean_seconds: None,
+            failed_changes,
+            change_failure_rate: None,
+            time_to_restore_median_seconds: None,
+        })
+    }
+
+    #[test]
+    fn the_weekly_trend_is_the_difference_of_the_cumulative_windows() {
+        let row = DoraRow {
+            service: "shop".into(),
+            environment: "production".into(),
+            week: report(3, 1),
+            month: report(12, 2),
+            earlier: vec![report(5, 1), report(9, 2), report(11, 2)],
+        };
+        // Oldest first: weeks 4, 3, 2, 1 back.
+        assert_eq!(weekly(&row), Some(vec![(2, 0), (4, 1), (2, 0), (3, 1)]));
+        let page = dora(&Ctx::default(), std::slice::from_ref(&row)).live;
+        assert!(page.contains("<svg class=\"trend\""), "{page}");
+        assert!(
+            page.contains("failure rate 0% · 25% · 0% · 33.33%"),
+            "{page}"
+        );
+        let broken = DoraRow {
+            earlier: vec![Err("timeout".into())],
+            ..row
+        };
+        assert_eq!(weekly(&broken), None);
     }
 }

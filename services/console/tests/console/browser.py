@@ -16,6 +16,7 @@ import time
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -73,8 +74,15 @@ def state(key, timeout=150):
 
 
 def text(css):
-    found = driver.find_elements(By.CSS_SELECTOR, css)
-    return found[0].text if found else ""
+    # The live section is swapped on every event: an element found a moment ago may be
+    # gone by the time its text is read, so read again.
+    for _ in range(10):
+        try:
+            found = driver.find_elements(By.CSS_SELECTOR, css)
+            return found[0].text if found else ""
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return ""
 
 
 def wait(cond, what, timeout=30):
@@ -132,7 +140,7 @@ wait(lambda: len(driver.find_elements(By.CSS_SELECTOR, ".evidence tr")) >= 2, "n
 evidence = text(".analysis")
 check("fail" in evidence, f"the evidence shows no failing metric: {evidence}")
 check("p-value" in evidence and "baseline" in evidence, "the evidence lacks canary against baseline")
-check(text("#weight") == "0%", f"weight after the abort: {text('#weight')}")
+wait(lambda: text("#weight") == "0%", f"weight after the abort: {text('#weight')}")
 shot("rollout-aborted.png")
 
 # 3. The incident's timeline; hostile text shown as text; acknowledged from the page.

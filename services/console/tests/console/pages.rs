@@ -23,7 +23,7 @@ pub async fn get(url: &str, user: Option<&str>) -> (u16, String, String) {
     (status, res.text().await.unwrap(), cookie)
 }
 
-fn token(cookie: &str) -> &str {
+pub(crate) fn token(cookie: &str) -> &str {
     cookie.split_once('=').map(|(_, v)| v).unwrap_or_default()
 }
 
@@ -45,6 +45,98 @@ pub async fn post(url: &str, user: Option<&str>, cookie: &str, csrf: &str) -> (u
     (res.status().as_u16(), res.text().await.unwrap_or_default())
 }
 
+/// A POST of the login form with `token`; status, body and the session cookie set.
+async fn login(url: &str, cookie: &str, token: &str) -> (u16, String, String) {
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let body =
+        serde_urlencoded::to_string([("csrf", crate::pages::token(cookie)), ("token", token)])
+            .unwrap();
+    let res = client
+        .post(format!("{url}/login"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("cookie", cookie)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let set = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("toronto_console_session="))
+        .unwrap_or_default()
+        .to_owned();
+    (
+        res.status().as_u16(),
+        res.text().await.unwrap_or_default(),
+        set,
+    )
+}
+
+/// A GET with `cookie` and no identity header.
+async fn get_with(url: &str, cookie: &str) -> String {
+    let res = reqwest::Client::new()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    res.text().await.unwrap()
+}
+
+/// Token login: a token of a registered key opens a session (an `HttpOnly;
+/// SameSite=Strict` cookie); unknown, revoked and forged tokens are refused.
+async fn token_login(stack: &Stack, cookie: &str) {
+    use toronto_console::login::issue;
+    use toronto_runtime::auth::Signer;
+    let url = &stack.url;
+    let hour = chrono::Duration::hours(1);
+    let alice = issue("alice", hour, |s, p| stack.alice.sign(s, p)).unwrap();
+    let (status, body, set) = login(url, cookie, &alice).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+    let session = set.split(';').next().unwrap();
+    let body = get_with(&format!("{url}/"), &format!("{cookie}; {session}")).await;
+    assert!(
+        body.contains("signed in as <b id=\"user\">alice</b>"),
+        "{body}"
+    );
+
+    let mallory = Signer::generate();
+    let unknown = issue("mallory", hour, |s, p| mallory.sign(s, p)).unwrap();
+    let (status, body, set) = login(url, cookie, &unknown).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("mallory is not a registered principal"),
+        "{body}"
+    );
+    assert!(set.is_empty(), "no session for a refused token");
+
+    let (carol, mut record) = toronto_testkit::principal("carol", &[]);
+    record.revoked = true;
+    toronto_testkit::put_principal(&stack.client, &record).await;
+    let revoked = issue("carol", hour, |s, p| carol.sign(s, p)).unwrap();
+    let (status, body, _) = login(url, cookie, &revoked).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("carol is revoked"), "{body}");
+
+    // Mallory names alice in a token she signs: not alice's key.
+    let foreign = issue("alice", hour, |s, p| mallory.sign(s, p)).unwrap();
+    let (status, body, _) = login(url, cookie, &foreign).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not registered for alice"), "{body}");
+    let (status, body, _) = login(url, cookie, "tct1.bm90IGEgdG9rZW4").await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("not a login token"), "{body}");
+}
+
 #[tokio::test]
 async fn pages_render_escape_refuse_bad_input_and_actions_need_an_identity() {
     let mut stack = Box::pin(Stack::start()).await;
@@ -57,7 +149,7 @@ async fn pages_render_escape_refuse_bad_input_and_actions_need_an_identity() {
         body.contains("toronto-planner") && body.contains("badge up"),
         "{body}"
     );
-    assert!(body.contains("read-only: no identity"));
+    assert!(body.contains("read-only: <a href=\"/ops/login\">sign in</a>"));
     assert!(!cookie.is_empty(), "a CSRF cookie is set");
     for page in [
         "/rollouts",
@@ -115,7 +207,7 @@ async fn pages_render_escape_refuse_bad_input_and_actions_need_an_identity() {
     )
     .await;
     assert_eq!(status, 403);
-    // An unknown user has the default role (viewer): 403.
+    // A user who is not a registered principal: 403.
     let (status, body) = post(&action, Some("mallory"), &cookie, token(&cookie)).await;
     assert_eq!(status, 403, "{body}");
     let still: Incident = stack
@@ -154,7 +246,7 @@ async fn pages_render_escape_refuse_bad_input_and_actions_need_an_identity() {
     let (status, body) = post(&approve, Some("alice"), &cookie, token(&cookie)).await;
     assert_eq!(status, 403, "{body}");
     assert!(
-        body.contains("alice asked for this change and may not approve it"),
+        body.contains("asked for this change and may not approve it"),
         "{body}"
     );
     let (status, body) = post(&approve, Some("bob"), &cookie, token(&cookie)).await;
@@ -175,5 +267,6 @@ async fn pages_render_escape_refuse_bad_input_and_actions_need_an_identity() {
     );
     let (_, body, _) = get(&format!("{url}/plans/{plan}"), None).await;
     assert!(body.contains("approved by <b>bob</b>"), "{body}");
+    token_login(&stack, &cookie).await;
     stack.stop().await;
 }

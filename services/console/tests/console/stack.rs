@@ -1,7 +1,9 @@
 //! A stack for the console's tests: planner, deployer (simulated cluster), monitor and
 //! incident commander in-process against a test nats-server, the demo's peers and
 //! seeded service `shop`, and the console behind a "proxy" at 127.0.0.1 (the test
-//! itself, or the browser, sends the identity header from there).
+//! itself, or the browser, sends the identity header from there). Alice and bob are
+//! registered principals (operator and approver); the console signs with the test
+//! admin's seed on their behalf; everything runs with `TORONTO_AUTH=required`.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,11 +12,13 @@ use async_nats::Client;
 use tokio_util::sync::CancellationToken;
 use toronto_commands::Role;
 use toronto_console::Settings;
+use toronto_protocol::auth::Role as Right;
 use toronto_protocol::incidents::{Incident, IncidentOpen, Severity};
 use toronto_protocol::rollout::{Rollout, SimFault, SimService};
 use toronto_protocol::tasks::{CanaryStep, DeployTask, Plan, Strategy, SubmitAccepted};
 use toronto_protocol::{Encoding, Envelope, Message};
-use toronto_runtime::rpc::call;
+use toronto_runtime::auth::Signer;
+use toronto_runtime::rpc::call_signed;
 use toronto_runtime::{Config, ServiceRuntime};
 use toronto_testkit::{NatsServer, Recorder};
 
@@ -34,6 +38,8 @@ pub struct Stack {
     pub url: String,
     /// Events seen.
     pub events: Recorder,
+    /// Alice's key (a registered operator and approver).
+    pub alice: Signer,
     shutdown: CancellationToken,
     running: Vec<ServiceRuntime>,
     demo: Option<toronto_cli::demo::Demo>,
@@ -53,6 +59,9 @@ impl Stack {
         let server = NatsServer::start().await;
         let client = server.client().await;
         let events = Recorder::start(&client, &["toronto.devops.v1.events.>"]).await;
+        let rights = [Right::Operator, Right::Approver];
+        let alice = toronto_testkit::person(&client, "alice", &rights, &[]).await;
+        toronto_testkit::person(&client, "bob", &rights, &[]).await;
         let shutdown = CancellationToken::new();
         let mut running = Vec::new();
         running.push(
@@ -142,6 +151,7 @@ impl Stack {
             client,
             url,
             events,
+            alice,
             shutdown,
             running,
             demo: Some(demo),
@@ -171,16 +181,29 @@ impl Stack {
         self.server.stop().await;
     }
 
-    /// Asks `subject` as `source`.
+    /// Asks `subject` as `source`, signed by the test admin.
     pub async fn ask<Req: Message, Resp: Message>(
         &self,
         source: &str,
         subject: &str,
         data: Req,
     ) -> Resp {
+        self.ask_as(&toronto_testkit::test_identity(), source, subject, data)
+            .await
+    }
+
+    /// Asks `subject` as `source`, signed by `signer`.
+    pub async fn ask_as<Req: Message, Resp: Message>(
+        &self,
+        signer: &Signer,
+        source: &str,
+        subject: &str,
+        data: Req,
+    ) -> Resp {
         let envelope = Envelope::builder(source, data).build();
-        call(
+        call_signed(
             &self.client,
+            Some(signer),
             subject,
             &envelope,
             Encoding::Json,
@@ -217,7 +240,8 @@ impl Stack {
             policy_override: None,
         };
         let accepted: SubmitAccepted = self
-            .ask(
+            .ask_as(
+                &self.alice,
                 "toronto://humans/alice",
                 "toronto.devops.v1.planner.submit",
                 task,
