@@ -434,7 +434,7 @@ pub async fn run(
         };
         eprintln!("toronto up: all five services are running; ctrl-c or SIGTERM stops them");
         if let Some(addr) = console_addr {
-            eprintln!("toronto up: web console at http://{addr}/ (read-only without an auth proxy; docs/console.md)");
+            eprintln!("toronto up: web console at http://{addr}/ (sign in with a token from `toronto identity token <id>`; docs/console.md)");
         }
         for (kind, http) in &stack.services {
             eprintln!(

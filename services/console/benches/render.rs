@@ -136,6 +136,7 @@ fn status(name: &str) -> Status {
         nats_connected: true,
         build: BuildInfo::current("0.0.1"),
         loops: Vec::new(),
+        auth: Some("required".into()),
     }
 }
 
