@@ -12,6 +12,7 @@ mod audit;
 mod buckets;
 mod registry;
 mod replay;
+mod signed;
 mod signer;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use async_nats::jetstream;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::auth::{Principal, Role, Signature, SignatureError};
+use toronto_protocol::auth::{Principal, Role, SignatureError};
 use toronto_protocol::{ErrorBody, ErrorCode, Subjects};
 
 pub use audit::AuditSink;
@@ -492,34 +493,14 @@ impl Authenticator {
         headers: Option<&HeaderMap>,
         payload: &[u8],
     ) -> Result<Option<String>, Refusal> {
-        let Some(registry) = &self.registry else {
+        let (Some(registry), Some(replay)) = (&self.registry, &self.replay) else {
             return Ok(None);
         };
         let Some(owner) = registry.owner_of_source(source) else {
             return Ok(None);
         };
-        let signature =
-            Signature::from_headers(|name| headers.and_then(|h| h.get(name)).map(|v| v.as_str()))
-                .map_err(|e| match e {
-                SignatureError::Unsigned => Refusal::Unsigned,
-                e => Refusal::Signature(e),
-            })?;
-        let signed_at = signature
-            .verify(subject, payload)
-            .map_err(Refusal::Signature)?;
-        if let Some(replay) = &self.replay {
-            replay.check_time(signed_at, Utc::now())?;
-        }
-        let signer = registry
-            .by_key(&signature.signer)
-            .ok_or_else(|| Refusal::UnknownKey {
-                key: signature.signer.clone(),
-            })?;
-        if signer.revoked {
-            return Err(Refusal::Revoked {
-                id: signer.id.clone(),
-            });
-        }
+        let (_, _, signer) =
+            signed::verified(registry, replay, headers, subject, payload, Utc::now())?;
         if signer.id != owner {
             return Err(Refusal::ForgedSource {
                 source_attr: source.to_owned(),
@@ -549,28 +530,15 @@ impl Authenticator {
         let (Some(registry), Some(replay)) = (&self.registry, &self.replay) else {
             return Err(Refusal::NoRegistry);
         };
-        let headers = request.headers;
-        let signature =
-            Signature::from_headers(|name| headers.and_then(|h| h.get(name)).map(|v| v.as_str()))
-                .map_err(|e| match e {
-                SignatureError::Unsigned => Refusal::Unsigned,
-                e => Refusal::Signature(e),
-            })?;
-        let signed_at = signature
-            .verify(request.subject, request.payload)
-            .map_err(Refusal::Signature)?;
+        let (signature, signed_at, signer) = signed::verified(
+            registry,
+            replay,
+            request.headers,
+            request.subject,
+            request.payload,
+            now,
+        )?;
         let signature_text = signature.signature.clone();
-        replay.check_time(signed_at, now)?;
-        let signer = registry
-            .by_key(&signature.signer)
-            .ok_or_else(|| Refusal::UnknownKey {
-                key: signature.signer.clone(),
-            })?;
-        if signer.revoked {
-            return Err(Refusal::Revoked {
-                id: signer.id.clone(),
-            });
-        }
         let on_behalf_of = match &signature.on_behalf_of {
             None => None,
             Some(id) => {
