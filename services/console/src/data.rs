@@ -115,6 +115,37 @@ impl<T> Page<T> {
     }
 }
 
+/// Page `page` of `size` rows, newest first, walked with the service's own cursor:
+/// every request asks for `size` rows, so no reply grows with the page number (asking
+/// for every row up to the page overflowed the NATS payload limit on deep pages).
+async fn walk<T, F, Fut>(page: usize, size: usize, fetch: F) -> Result<Page<T>, ConsoleError>
+where
+    F: Fn(usize, Option<String>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, Option<String>), ConsoleError>>,
+{
+    let empty = |page| Page {
+        rows: Vec::new(),
+        page,
+        has_next: false,
+    };
+    if page * size >= MAX_LISTED {
+        return Ok(empty(page));
+    }
+    let mut cursor = None;
+    for _ in 0..page {
+        match fetch(size, cursor).await?.1 {
+            Some(next) => cursor = Some(next),
+            None => return Ok(empty(page)),
+        }
+    }
+    let (rows, next) = fetch(size, cursor).await?;
+    Ok(Page {
+        rows,
+        page,
+        has_next: next.is_some() && (page + 1) * size < MAX_LISTED,
+    })
+}
+
 /// The console's door to the bus.
 #[derive(Debug, Clone)]
 pub struct Backend {
@@ -202,15 +233,19 @@ impl Backend {
         page: usize,
         size: usize,
     ) -> Result<Page<Rollout>, ConsoleError> {
-        let list = RolloutList {
-            active,
-            limit: Some(Page::<()>::limit(page, size)),
-            ..Default::default()
-        };
-        let r: Rollouts = self
-            .ask("rollouts", ServiceKind::Deployer, "rollout.list", list)
-            .await?;
-        Ok(Page::cut(r.rollouts, page, size))
+        walk(page, size, |limit, cursor| async move {
+            let list = RolloutList {
+                active,
+                limit: Some(limit),
+                cursor,
+                ..Default::default()
+            };
+            let r: Rollouts = self
+                .ask("rollouts", ServiceKind::Deployer, "rollout.list", list)
+                .await?;
+            Ok((r.rollouts, r.next_cursor))
+        })
+        .await
     }
 
     /// One rollout.
@@ -225,14 +260,18 @@ impl Backend {
 
     /// Plans, newest first.
     pub async fn plans(&self, page: usize, size: usize) -> Result<Page<Plan>, ConsoleError> {
-        let list = PlanList {
-            limit: Some(Page::<()>::limit(page, size)),
-            ..Default::default()
-        };
-        let p: Plans = self
-            .ask("plans", ServiceKind::Planner, "plan.list", list)
-            .await?;
-        Ok(Page::cut(p.plans, page, size))
+        walk(page, size, |limit, cursor| async move {
+            let list = PlanList {
+                limit: Some(limit),
+                cursor,
+                ..Default::default()
+            };
+            let p: Plans = self
+                .ask("plans", ServiceKind::Planner, "plan.list", list)
+                .await?;
+            Ok((p.plans, p.next_cursor))
+        })
+        .await
     }
 
     /// One plan.
@@ -253,15 +292,19 @@ impl Backend {
         page: usize,
         size: usize,
     ) -> Result<Page<Incident>, ConsoleError> {
-        let list = IncidentList {
-            open,
-            limit: Some(Page::<()>::limit(page, size)),
-            ..Default::default()
-        };
-        let i: Incidents = self
-            .ask("incidents", ServiceKind::IncidentCommander, "list", list)
-            .await?;
-        Ok(Page::cut(i.incidents, page, size))
+        walk(page, size, |limit, cursor| async move {
+            let list = IncidentList {
+                open,
+                limit: Some(limit),
+                cursor,
+                ..Default::default()
+            };
+            let i: Incidents = self
+                .ask("incidents", ServiceKind::IncidentCommander, "list", list)
+                .await?;
+            Ok((i.incidents, i.next_cursor))
+        })
+        .await
     }
 
     /// One incident.
