@@ -126,6 +126,22 @@ fn slo(i: usize) -> SloEntry {
     .unwrap()
 }
 
+/// One page of `all` from the offset in `cursor`, and the next page's cursor (the
+/// stand-ins page as the services do: `limit` rows, a cursor while more remain; only
+/// the page's rows are cloned).
+fn paged<'a, T: Clone + 'a>(
+    all: impl Iterator<Item = &'a T>,
+    limit: Option<usize>,
+    cursor: Option<&str>,
+) -> (Vec<T>, Option<String>) {
+    let start = cursor.and_then(|c| c.parse().ok()).unwrap_or(0usize);
+    let limit = limit.unwrap_or(50);
+    let mut rows: Vec<T> = all.skip(start).take(limit + 1).cloned().collect();
+    let next = (rows.len() > limit).then(|| (start + limit).to_string());
+    rows.truncate(limit);
+    (rows, next)
+}
+
 fn status(name: &str) -> Status {
     Status {
         service: name.into(),
@@ -172,15 +188,11 @@ async fn main() {
             move |req: Request<RolloutList>| {
                 let (r, q) = (r.clone(), req.data().clone());
                 async move {
-                    let rows = r
-                        .iter()
-                        .filter(|x| !q.active || !x.phase.is_final())
-                        .take(q.limit.unwrap_or(50))
-                        .cloned()
-                        .collect();
+                    let all = r.iter().filter(|x| !q.active || !x.phase.is_final());
+                    let (rows, next_cursor) = paged(all, q.limit, q.cursor.as_deref());
                     Ok::<_, ErrorBody>(Rollouts {
                         rollouts: rows,
-                        next_cursor: None,
+                        next_cursor,
                     })
                 }
             },
@@ -218,15 +230,11 @@ async fn main() {
             move |req: Request<IncidentList>| {
                 let (i, q) = (i.clone(), req.data().clone());
                 async move {
-                    let rows = i
-                        .iter()
-                        .filter(|x| !q.open || x.state.is_open())
-                        .take(q.limit.unwrap_or(50))
-                        .cloned()
-                        .collect();
+                    let all = i.iter().filter(|x| !q.open || x.state.is_open());
+                    let (rows, next_cursor) = paged(all, q.limit, q.cursor.as_deref());
                     Ok::<_, ErrorBody>(Incidents {
                         incidents: rows,
-                        next_cursor: None,
+                        next_cursor,
                     })
                 }
             },
@@ -254,10 +262,8 @@ async fn main() {
             move |req: Request<PlanList>| {
                 let (p, q) = (p.clone(), req.data().clone());
                 async move {
-                    Ok::<_, ErrorBody>(Plans {
-                        next_cursor: None,
-                        plans: p.iter().take(q.limit.unwrap_or(100)).cloned().collect(),
-                    })
+                    let (plans, next_cursor) = paged(p.iter(), q.limit, q.cursor.as_deref());
+                    Ok::<_, ErrorBody>(Plans { plans, next_cursor })
                 }
             },
         )
