@@ -85,6 +85,9 @@ impl Stack {
                 toronto_deployer::Settings {
                     step_pause: Duration::from_secs(60),
                     drift_interval: Duration::ZERO,
+                    // The page shows the canary analysis' evidence: let the analysis,
+                    // not an SLO alert that may fire first, abort the bad canary.
+                    abort_on_alert: false,
                     ..Default::default()
                 },
                 None,
