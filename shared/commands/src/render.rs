@@ -352,6 +352,7 @@ pub fn command_summary(cmd: &Command) -> String {
             environment,
             strategy,
             steps,
+            ..
         } => {
             let s = match strategy {
                 None | Some(crate::StrategyArg::Rolling) => "rolling".to_owned(),
