@@ -391,4 +391,3 @@ fn parse_command(name: &'static str, args: Args<'_>) -> Result<Command, String> 
         other => return Err(format!("`{other}` is not implemented")),
     })
 }
-
