@@ -123,6 +123,9 @@ enum Command {
         /// until it ends; exit 1 when it fails.
         #[arg(long)]
         follow: bool,
+        /// For listings (plans, incidents): follow this many pages (at most 1000).
+        #[arg(long, default_value_t = 1)]
+        pages: u32,
         /// The command and its arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         words: Vec<String>,
@@ -265,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             user,
             role,
             follow,
+            pages,
             mut words,
         } => {
             let output = toronto_cli::commands::take_output(&mut words)?.unwrap_or(output);
@@ -294,6 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     timeout: config.nats.request_timeout(),
                     follow,
                     signer: toronto_runtime::auth::process_signer().as_ref(),
+                    pages,
                 },
             )
             .await?;

@@ -185,6 +185,7 @@ impl Story<'_> {
                 timeout: self.timeout,
                 follow: false,
                 signer: self.signers.get(who),
+                pages: 1,
             },
         )
         .await
