@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use toronto_protocol::incidents::Severity;
 use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
