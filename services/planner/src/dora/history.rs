@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use toronto_protocol::incidents::{IncidentEvent, IncidentState};
-use toronto_protocol::rollout::{Rollout, RolloutEvent};
+use toronto_protocol::rollout::{Rollout, RolloutEvent, RolloutPhase};
 use toronto_protocol::tasks::{Plan, PlanTask};
 use uuid::Uuid;
 
@@ -81,7 +81,11 @@ impl History {
     pub fn rollout(&mut self, what: RolloutEvent, r: &Rollout, at: DateTime<Utc>) {
         let ended_at = r.finished_at.unwrap_or(at);
         if r.is_rollback {
-            if matches!(what, RolloutEvent::Succeeded) {
+            // A rollback that completed is announced as `rolled_back` (older records:
+            // `succeeded`).
+            if matches!(what, RolloutEvent::Succeeded | RolloutEvent::RolledBack)
+                && r.phase == RolloutPhase::Succeeded
+            {
                 self.rollbacks.push(Rollback {
                     service: r.service.clone(),
                     environment: r.environment.clone(),

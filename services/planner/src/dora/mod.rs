@@ -109,6 +109,7 @@ impl Planner {
             RolloutEvent::Succeeded,
             RolloutEvent::Aborted,
             RolloutEvent::Failed,
+            RolloutEvent::RolledBack,
         ] {
             filters.push(self.subjects.event("rollout", what.as_str()));
         }

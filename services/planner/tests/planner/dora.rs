@@ -33,7 +33,13 @@ fn rollout(
     .unwrap();
     let mut event = Envelope::builder("toronto://devops/deployer", r).build();
     event.time = Some(ended);
-    (format!("toronto.devops.v1.events.rollout.{phase}"), event)
+    // The deployer announces a completed rollback as `rolled_back`.
+    let what = if is_rollback && phase == "succeeded" {
+        "rolled_back"
+    } else {
+        phase
+    };
+    (format!("toronto.devops.v1.events.rollout.{what}"), event)
 }
 
 #[tokio::test]
