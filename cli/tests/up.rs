@@ -594,6 +594,21 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
         1,
         "one rollback"
     );
+    // DORA, asked as a user would: the bad change is one failed change, shown by its
+    // rollback and by its incident, with a time to restore.
+    let dora = tor()
+        .args(["run", "dora", "shop", "--output", "json"])
+        .env("TORONTO_NATS_URL", server.url())
+        .output()
+        .await
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&dora.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&dora.stdout)));
+    let report = &doc["data"];
+    assert_eq!(report["failed_changes"], 1, "{report}");
+    assert_eq!(report["failures_by_cause"]["rolled_back"], 1, "{report}");
+    assert_eq!(report["failures_by_cause"]["incident"], 1, "{report}");
+    assert!(report["time_to_restore_median_seconds"].is_number(), "{report}");
     let exit = sigterm(&mut up).await;
     assert!(exit.success());
 }
