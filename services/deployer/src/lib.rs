@@ -35,7 +35,7 @@ use toronto_runtime::{Request, ServiceRuntime};
 
 pub use commands::Verb;
 pub use engine::{Deployer, Release};
-pub use settings::{Settings, TargetKind};
+pub use settings::{AnalysisMode, Settings, TargetKind};
 pub use sim::{SimCluster, SimSettings};
 pub use target::Target;
 pub use toronto_runtime::{Config, RuntimeError};
@@ -139,6 +139,7 @@ pub async fn start_with(
         heard: Arc::default(),
         applied_here: Arc::default(),
         last_analysis: Arc::default(),
+        last_outcome: Arc::default(),
     };
     runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {

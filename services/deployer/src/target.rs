@@ -211,6 +211,12 @@ pub trait Target: Send + Sync + 'static {
     /// `kubernetes` or `simulated`.
     fn kind(&self) -> &'static str;
 
+    /// The namespace an environment's objects live in (analysis templates'
+    /// `{{namespace}}`): the environment itself unless the target maps it.
+    fn namespace_of(&self, environment: &str) -> String {
+        environment.to_owned()
+    }
+
     /// Makes the live state match `layout` (idempotent; objects of the service that
     /// the layout does not name are left alone).
     async fn apply(&self, layout: &Layout) -> Result<(), TargetError>;

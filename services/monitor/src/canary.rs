@@ -13,6 +13,10 @@
 //! fewer than `min_samples` samples (default 3) makes the metric **inconclusive**, or
 //! failing when it `must_have_data`.
 //!
+//! A metric with `max_value` or `min_value` is a **threshold check** instead: the
+//! median of the canary's samples against those bounds, no baseline read. A query's
+//! placeholders are filled per side ([`crate::prometheus::render`]).
+//!
 //! **Scoring (Kayenta-like).** A failing critical metric fails the analysis. Otherwise
 //! the score is the share of passing metrics among the conclusive ones; the analysis
 //! fails when more than half of the conclusive metrics fail (score below 50%), is
@@ -30,7 +34,7 @@ use toronto_protocol::analysis::{
     SampleSummary,
 };
 
-use crate::prometheus::{Prometheus, with_selector};
+use crate::prometheus::{Prometheus, render, with_selector};
 use crate::stats::{Alternative, mann_whitney_u, mean, median};
 use crate::store::{Labels, Store, now_ms};
 
@@ -96,6 +100,9 @@ pub fn evaluate_metric(
         reason: String::new(),
     };
     let min = min_samples.max(1);
+    if metric.is_threshold() {
+        return evaluate_threshold(metric, canary, min, evidence);
+    }
     if canary.len() < min || baseline.len() < min {
         let what = if canary.is_empty() || baseline.is_empty() {
             "no data"
@@ -196,6 +203,60 @@ pub fn evaluate_metric(
     evidence
 }
 
+/// A threshold check: the median of the canary's samples against `max_value` and
+/// `min_value` (the baseline is not read).
+fn evaluate_threshold(
+    metric: &AnalysisMetric,
+    canary: &[f64],
+    min: usize,
+    mut evidence: MetricEvidence,
+) -> MetricEvidence {
+    if canary.len() < min {
+        let what = if canary.is_empty() {
+            "no data"
+        } else {
+            "too few samples"
+        };
+        evidence.reason = format!(
+            "{what}: {} canary samples in the window (need {min})",
+            canary.len()
+        );
+        if metric.must_have_data {
+            evidence.outcome = AnalysisOutcome::Fail;
+            evidence.reason.push_str("; the metric must have data");
+        }
+        return evidence;
+    }
+    let value = evidence.canary.median.unwrap_or(0.0);
+    let mut broken = Vec::new();
+    if let Some(max) = metric.max_value
+        && value > max
+    {
+        broken.push(format!("above the maximum {}", fmt(max)));
+    }
+    if let Some(min) = metric.min_value
+        && value < min
+    {
+        broken.push(format!("below the minimum {}", fmt(min)));
+    }
+    let bounds = [
+        metric.min_value.map(|v| format!("min {}", fmt(v))),
+        metric.max_value.map(|v| format!("max {}", fmt(v))),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(", ");
+    if broken.is_empty() {
+        evidence.outcome = AnalysisOutcome::Pass;
+        evidence.reason = format!("canary median {} within {bounds}", fmt(value));
+    } else {
+        evidence.outcome = AnalysisOutcome::Fail;
+        evidence.reason = format!("canary median {} is {}", fmt(value), broken.join(" and "));
+    }
+    evidence
+}
+
 /// The overall outcome and its reason from every metric's evidence (the scoring rule
 /// of the module documentation).
 pub fn score(evidence: &[MetricEvidence]) -> (AnalysisOutcome, String) {
@@ -280,6 +341,8 @@ impl Analyzer {
         labels
     }
 
+    /// The values of `query` over the window for one side: its placeholders filled
+    /// from that side's labels (see [`render`]), then its `{{selector}}`.
     async fn prometheus_values(
         prometheus: &Prometheus,
         query: &str,
@@ -290,8 +353,9 @@ impl Analyzer {
         let start = end - window_seconds;
         // About 100 points per side, one per second at most.
         let step = Duration::from_secs_f64((window_seconds / 100.0).max(1.0));
+        let rendered = render(query, labels, window_seconds).map_err(|e| e.to_string())?;
         let series = prometheus
-            .query_range(&with_selector(query, labels), start, end, step)
+            .query_range(&with_selector(&rendered, labels), start, end, step)
             .await
             .map_err(|e| e.to_string())?;
         Ok(series
@@ -313,9 +377,23 @@ impl Analyzer {
         for metric in &req.metrics {
             let e = match (&metric.query, &self.prometheus) {
                 (Some(query), Some(prometheus)) => {
+                    let baseline_values = async {
+                        if metric.is_threshold() {
+                            // A threshold check reads the canary only.
+                            Ok(Vec::new())
+                        } else {
+                            Self::prometheus_values(
+                                prometheus,
+                                query,
+                                &baseline,
+                                req.window_seconds,
+                            )
+                            .await
+                        }
+                    };
                     let (c, b) = tokio::join!(
                         Self::prometheus_values(prometheus, query, &canary, req.window_seconds),
-                        Self::prometheus_values(prometheus, query, &baseline, req.window_seconds),
+                        baseline_values,
                     );
                     match (c, b) {
                         (Ok(c), Ok(b)) => {
@@ -365,6 +443,8 @@ mod tests {
             max_absolute_effect: None,
             critical: false,
             must_have_data: false,
+            max_value: None,
+            min_value: None,
         }
     }
 
@@ -438,6 +518,28 @@ mod tests {
         must.must_have_data = true;
         let missing = evaluate_metric(&must, &[], &[1.0, 2.0, 3.0], 0.95, 3);
         assert_eq!(missing.outcome, AnalysisOutcome::Fail);
+    }
+
+    #[test]
+    fn thresholds_judge_the_canary_alone() {
+        let mut m = metric("http_error_ratio");
+        m.max_value = Some(0.05);
+        let ok = evaluate_metric(&m, &[0.01; 5], &[], 0.95, 3);
+        assert_eq!(ok.outcome, AnalysisOutcome::Pass, "{ok:?}");
+        let bad = evaluate_metric(&m, &[0.2; 5], &[], 0.95, 3);
+        assert_eq!(bad.outcome, AnalysisOutcome::Fail, "{bad:?}");
+        assert!(
+            bad.reason.contains("above the maximum 0.05"),
+            "{}",
+            bad.reason
+        );
+        let mut rps = metric("rps");
+        rps.min_value = Some(1.0);
+        let low = evaluate_metric(&rps, &[0.5; 5], &[], 0.95, 3);
+        assert_eq!(low.outcome, AnalysisOutcome::Fail, "{low:?}");
+        let none = evaluate_metric(&rps, &[], &[], 0.95, 3);
+        assert_eq!(none.outcome, AnalysisOutcome::Inconclusive, "{none:?}");
+        assert!(none.reason.starts_with("no data"), "{}", none.reason);
     }
 
     fn ev(name: &str, outcome: AnalysisOutcome, critical: bool) -> MetricEvidence {

@@ -43,6 +43,9 @@ use crate::target::{Layout, Target, TargetError};
 mod analysis;
 mod layout;
 mod reconcile;
+mod templates;
+
+pub use templates::{BUILT_IN, built_in, load_templates, template_for};
 
 pub use layout::{
     Family, StepsError, check_weights, plan_steps, rollback_layout, steady_layout, step_layout,
@@ -75,6 +78,13 @@ pub(crate) struct Heard {
     at: DateTime<Utc>,
     rollout_id: Option<Uuid>,
     source: &'static str,
+    verdict: CanaryVerdict,
+}
+
+/// The latest analysis of a rollout's step.
+#[derive(Debug, Clone)]
+pub(crate) struct LastOutcome {
+    step: String,
     verdict: CanaryVerdict,
 }
 
@@ -111,6 +121,8 @@ pub struct Deployer {
     /// step in flight once, to be sure it reached the target).
     pub(crate) applied_here: Arc<Mutex<HashSet<String>>>,
     pub(crate) last_analysis: Arc<Mutex<HashMap<Uuid, std::time::Instant>>>,
+    /// The latest analysis outcome of each rollout's current step (for `on_no_data`).
+    pub(crate) last_outcome: Arc<Mutex<HashMap<Uuid, LastOutcome>>>,
 }
 
 impl std::fmt::Debug for Deployer {

@@ -173,6 +173,11 @@ impl Target for KubeTarget {
         TARGET
     }
 
+    fn namespace_of(&self, environment: &str) -> String {
+        self.namespace(environment)
+            .unwrap_or_else(|_| environment.to_owned())
+    }
+
     async fn apply(&self, layout: &Layout) -> Result<(), TargetError> {
         let ns = self.namespace(&layout.environment)?;
         for manifest in self.manifests(layout)? {

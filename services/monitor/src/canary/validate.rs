@@ -70,6 +70,24 @@ pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
                 ));
             }
         }
+        for (field, value) in [("max_value", m.max_value), ("min_value", m.min_value)] {
+            if let Some(v) = value
+                && !v.is_finite()
+            {
+                errors.push(problem(
+                    &format!("metrics[{i}].{field}"),
+                    &format!("{v} must be a finite number"),
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (m.min_value, m.max_value)
+            && lo > hi
+        {
+            errors.push(problem(
+                &format!("metrics[{i}].min_value"),
+                &format!("{lo} is above max_value {hi}"),
+            ));
+        }
         if m.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
             errors.push(problem(&format!("metrics[{i}].query"), "must not be empty"));
         }
