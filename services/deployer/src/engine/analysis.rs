@@ -68,7 +68,7 @@ impl Deployer {
                 version: w.map(|w| w.version.clone()),
             }
         });
-        let (source, verdict) = self.analyze(r, &sides[0], &sides[1]).await?;
+        let (source, verdict) = Box::pin(self.analyze(r, &sides[0], &sides[1])).await?;
         self.last_outcome
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -245,10 +245,8 @@ impl Deployer {
         baseline_side: &Side,
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
-            return Some(
-                self.analyze_with_template(r, canary_side, baseline_side)
-                    .await,
-            );
+            // Boxed: keeps the reconciler's future small (it is polled on small stacks).
+            return Some(Box::pin(self.analyze_with_template(r, canary_side, baseline_side)).await);
         }
         let (canary, baseline) = (canary_side.track, baseline_side.track);
         let request = CanaryAnalyze {

@@ -276,9 +276,11 @@ mod tests {
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         let loaded = load_templates(dir.path()).unwrap();
         assert_eq!(loaded["slo"].metrics[0].max_value, Some(0.01));
-        let mut s = Settings::default();
-        s.custom_templates = loaded;
-        s.analysis_template = "slo".into();
+        let s = Settings {
+            custom_templates: loaded,
+            analysis_template: "slo".into(),
+            ..Settings::default()
+        };
         assert_eq!(
             template_for("shop", &s).unwrap().on_no_data,
             Some(toronto_protocol::analysis::OnNoData::Fail)

@@ -9,3 +9,4 @@
 mod commands;
 mod strategies;
 mod support;
+mod templates;
