@@ -11,8 +11,8 @@ use toronto_runtime::work::{Created, Taken};
 use uuid::Uuid;
 
 use crate::engine::{
-    DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, idempotency_key, plan_steps,
-    steady_layout,
+    DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, honest_weights, idempotency_key,
+    plan_steps, steady_layout,
 };
 
 mod drift;
@@ -71,12 +71,16 @@ impl Deployer {
             .release(&task.service, &task.environment)
             .await?
             .map(|(r, _)| r);
-        let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
-            .map_err(|e| bad(e.to_string()))?;
-        let now = Utc::now();
         let replicas = before
             .as_ref()
             .map_or(DEFAULT_REPLICAS, |b| b.current.replicas.max(1));
+        let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
+            .map_err(|e| bad(e.to_string()))?;
+        let steps = honest_weights(steps, replicas, self.target.traffic_split());
+        for note in steps.iter().filter_map(|s| s.note.as_deref()) {
+            tracing::warn!(service = %task.service, environment = %task.environment, note, "canary weight by replica ratio");
+        }
+        let now = Utc::now();
         let rollout = Rollout {
             id: Uuid::now_v7(),
             service: task.service.clone(),

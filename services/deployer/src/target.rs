@@ -217,6 +217,12 @@ pub trait Target: Send + Sync + 'static {
         environment.to_owned()
     }
 
+    /// How it splits canary traffic: exactly (a traffic router; the default) or by
+    /// replica ratio.
+    fn traffic_split(&self) -> crate::engine::TrafficSplit {
+        crate::engine::TrafficSplit::Exact
+    }
+
     /// Makes the live state match `layout` (idempotent; objects of the service that
     /// the layout does not name are left alone).
     async fn apply(&self, layout: &Layout) -> Result<(), TargetError>;

@@ -44,6 +44,9 @@ mod analysis;
 mod layout;
 mod reconcile;
 mod templates;
+mod weights;
+
+pub use weights::{TrafficSplit, canary_replicas, honest_weights};
 
 pub use templates::{BUILT_IN, built_in, load_templates, template_for};
 

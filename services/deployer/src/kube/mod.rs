@@ -173,6 +173,14 @@ impl Target for KubeTarget {
         TARGET
     }
 
+    fn traffic_split(&self) -> crate::engine::TrafficSplit {
+        if self.settings.gateway.is_some() {
+            crate::engine::TrafficSplit::Exact
+        } else {
+            crate::engine::TrafficSplit::ReplicaRatio
+        }
+    }
+
     fn namespace_of(&self, environment: &str) -> String {
         self.namespace(environment)
             .unwrap_or_else(|_| environment.to_owned())
