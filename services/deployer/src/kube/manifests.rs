@@ -442,8 +442,8 @@ impl Builder<'_> {
                 }],
                 "rules": [{
                     "backendRefs": [
-                        {"group": "", "kind": "Service", "name": format!("{svc}-stable"), "port": self.settings.service_port, "weight": stable},
-                        {"group": "", "kind": "Service", "name": format!("{svc}-canary"), "port": self.settings.service_port, "weight": canary},
+                        {"group": "", "kind": "Service", "name": format!("{svc}-stable"), "port": self.settings.service_port, "weight": stable, "filters": [track_header("stable")]},
+                        {"group": "", "kind": "Service", "name": format!("{svc}-canary"), "port": self.settings.service_port, "weight": canary, "filters": [track_header("canary")]},
                     ]
                 }]
             }
@@ -451,6 +451,17 @@ impl Builder<'_> {
         obj.metadata = self.meta(svc, None);
         obj
     }
+}
+
+/// A backend filter that names the track in the response (`x-toronto-track`). It
+/// also makes Envoy Gateway give each backend its own cluster
+/// (`httproute/<ns>/<route>/rule/0/backend/<i>`), so that its metrics tell the canary
+/// from the stable (the `envoy-gateway` analysis template reads them).
+fn track_header(track: &str) -> serde_json::Value {
+    json!({
+        "type": "ResponseHeaderModifier",
+        "responseHeaderModifier": {"set": [{"name": "x-toronto-track", "value": track}]}
+    })
 }
 
 #[cfg(test)]

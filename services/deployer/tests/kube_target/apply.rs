@@ -299,8 +299,10 @@ async fn canary_with_gateway_weighs_an_httproute() {
             "spec": {
                 "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra", "name": "public"}],
                 "rules": [{"backendRefs": [
-                    {"group": "", "kind": "Service", "name": "shop-api-stable", "port": 80, "weight": 90},
-                    {"group": "", "kind": "Service", "name": "shop-api-canary", "port": 80, "weight": 10}
+                    {"group": "", "kind": "Service", "name": "shop-api-stable", "port": 80, "weight": 90,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-toronto-track", "value": "stable"}]}}]},
+                    {"group": "", "kind": "Service", "name": "shop-api-canary", "port": 80, "weight": 10,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-toronto-track", "value": "canary"}]}}]}
                 ]}]
             }
         })
