@@ -17,6 +17,7 @@ use crate::engine::{
 
 mod drift;
 mod rollouts;
+mod workload;
 
 use drift::zero_missing;
 
@@ -76,7 +77,20 @@ impl Deployer {
             .map_or(DEFAULT_REPLICAS, |b| b.current.replicas.max(1));
         let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
             .map_err(|e| bad(e.to_string()))?;
-        let steps = honest_weights(steps, replicas, self.target.traffic_split());
+        let mut steps = honest_weights(steps, replicas, self.target.traffic_split());
+        if self.target.kind() == "kubernetes"
+            && self
+                .workload(&task.service, &task.environment)
+                .await?
+                .is_none()
+            && let Some(first) = steps.first_mut()
+        {
+            let minimal = "minimal spec: no workload template is registered for the service, so its Deployments have the image and one `http` port only (adopt the service's own Deployment with deployer.workload.put)";
+            first.note = Some(match first.note.take() {
+                Some(n) => format!("{n}; {minimal}"),
+                None => minimal.to_owned(),
+            });
+        }
         for note in steps.iter().filter_map(|s| s.note.as_deref()) {
             tracing::warn!(service = %task.service, environment = %task.environment, note, "canary weight by replica ratio");
         }

@@ -108,6 +108,11 @@ pub struct Layout {
     pub step_key: String,
     /// Seconds a workload may take to become ready before its rollout fails.
     pub progress_deadline_seconds: u32,
+    /// The service's pod template (a Kubernetes `PodTemplateSpec`, registered with
+    /// `workload.put`) its workloads are made from; `None`: the minimal spec (the
+    /// image and one `http` port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<serde_json::Value>,
 }
 
 impl Layout {
@@ -221,6 +226,32 @@ pub trait Target: Send + Sync + 'static {
     /// replica ratio.
     fn traffic_split(&self) -> crate::engine::TrafficSplit {
         crate::engine::TrafficSplit::Exact
+    }
+
+    /// The pod template of the user's Deployment `deployment` in an environment (to
+    /// adopt it). Targets without Deployments refuse.
+    async fn read_pod_template(
+        &self,
+        environment: &str,
+        deployment: &str,
+    ) -> Result<serde_json::Value, TargetError> {
+        let _ = (environment, deployment);
+        Err(TargetError::Refused {
+            target: self.kind(),
+            message: "it has no Deployments to adopt; register a pod_template instead".into(),
+        })
+    }
+
+    /// Scales the user's adopted Deployment (never deletes it); a no-op where there
+    /// is none.
+    async fn scale_adopted(
+        &self,
+        environment: &str,
+        deployment: &str,
+        replicas: u32,
+    ) -> Result<(), TargetError> {
+        let _ = (environment, deployment, replicas);
+        Ok(())
     }
 
     /// Makes the live state match `layout` (idempotent; objects of the service that

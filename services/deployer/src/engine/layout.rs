@@ -267,6 +267,7 @@ pub fn steady_layout(
             routing,
             step_key: String::new(),
             progress_deadline_seconds: 0,
+            pod_template: None,
         },
         before,
     )
@@ -317,6 +318,7 @@ pub fn step_layout(
                     },
                     step_key: String::new(),
                     progress_deadline_seconds: 0,
+                    pod_template: None,
                 },
                 before_layout,
             )
@@ -364,6 +366,7 @@ pub fn step_layout(
                     routing,
                     step_key: String::new(),
                     progress_deadline_seconds: 0,
+                    pod_template: None,
                 },
                 before_layout,
             )

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use toronto_protocol::analysis::CanaryVerdict;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::rollout::{AdvanceRollout, Revision, Rollout};
+use toronto_protocol::workload::WorkloadTemplate;
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, Subjects};
 use toronto_runtime::jetstream::{Events, JetStreamError};
 use toronto_runtime::work::{Created, KeyLock, Records, Saved, Taken, WorkError, WorkQueue};
@@ -107,6 +108,8 @@ pub struct Deployer {
     pub(crate) records: Records<Rollout>,
     /// Releases (`release.<service>.<environment>`).
     pub(crate) release_records: Records<Release>,
+    /// Workload templates (`workload.<service>.<environment>`).
+    pub(crate) workload_records: Records<WorkloadTemplate>,
     /// One active rollout per service and environment (`active.<service>.<environment>`).
     pub(crate) active_lock: KeyLock<Rollout>,
     /// The work queue of rollouts to advance.
@@ -173,6 +176,11 @@ pub(crate) fn rollout_records(kv: kv::Store) -> Records<Rollout> {
 /// The releases of a bucket, under `release.<service>.<environment>`.
 pub(crate) fn release_records(kv: kv::Store) -> Records<Release> {
     Records::new(kv, "release", |_| false)
+}
+
+/// The workload templates of a bucket, under `workload.<service>.<environment>`.
+pub(crate) fn workload_records(kv: kv::Store) -> Records<WorkloadTemplate> {
+    Records::new(kv, "workload", |_| false)
 }
 
 /// The one-active-rollout locks beside `records`, under `active.<service>.<environment>`.
@@ -270,6 +278,39 @@ impl Deployer {
         let id = scope(&release.layout.service, &release.layout.environment);
         self.release_records.put(id, release).await?;
         Ok(())
+    }
+
+    /// The workload template of a service in an environment, if one is registered.
+    pub async fn workload(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<Option<WorkloadTemplate>, EngineError> {
+        Ok(self
+            .workload_records
+            .load(scope(service, environment))
+            .await?
+            .map(|v| v.value))
+    }
+
+    /// Stores a workload template.
+    pub(crate) async fn put_workload(&self, w: &WorkloadTemplate) -> Result<(), EngineError> {
+        self.workload_records
+            .put(scope(&w.service, &w.environment), w)
+            .await?;
+        Ok(())
+    }
+
+    /// `layout` made from the service's pod template, when one is registered.
+    pub(crate) async fn with_pod_template(
+        &self,
+        mut layout: Layout,
+    ) -> Result<Layout, EngineError> {
+        layout.pod_template = self
+            .workload(&layout.service, &layout.environment)
+            .await?
+            .map(|w| w.pod_template);
+        Ok(layout)
     }
 
     /// Takes the one-active-rollout lock of a service and environment for `id`.

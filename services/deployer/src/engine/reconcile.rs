@@ -362,6 +362,7 @@ impl Deployer {
 
     /// Applies a step's layout; the target refusing fails the rollout.
     async fn apply(&self, r: &Rollout, layout: &Layout) -> Result<Next, EngineError> {
+        let layout = &self.with_pod_template(layout.clone()).await?;
         match self.target.apply(layout).await {
             Ok(()) => {
                 self.applied_here
@@ -404,7 +405,9 @@ impl Deployer {
         phase: RolloutPhase,
         reason: String,
     ) -> Result<Next, EngineError> {
-        let layout = rollback_layout(&r, before, &self.settings);
+        let layout = self
+            .with_pod_template(rollback_layout(&r, before, &self.settings))
+            .await?;
         match self.target.apply(&layout).await {
             Ok(()) => {}
             Err(TargetError::Unavailable { message, .. }) => {
@@ -481,6 +484,7 @@ impl Deployer {
         }
         let excess = history.len().saturating_sub(10);
         history.drain(..excess);
+        let layout = self.with_pod_template(layout).await?;
         let release = Release {
             layout,
             current: Revision {
@@ -493,6 +497,15 @@ impl Deployer {
             at: now,
         };
         self.put_release(&release).await?;
+        // The user's adopted Deployment hands its traffic over once ours serve.
+        if let Some(adopted) = self
+            .workload(&r.service, &r.environment)
+            .await?
+            .and_then(|w| w.adopted)
+            && let Err(e) = self.target.scale_adopted(&r.environment, &adopted, 0).await
+        {
+            tracing::warn!(rollout = %r.id, deployment = adopted, error = %e, "cannot scale the adopted Deployment down");
+        }
         r.phase = RolloutPhase::Succeeded;
         r.weight = 100;
         r.lease = None;

@@ -246,6 +246,9 @@ fn validate(layout: &Layout) -> Result<(), String> {
     if layout.workloads.is_empty() {
         return Err("no workloads".into());
     }
+    if let Some(t) = &layout.pod_template {
+        super::pod_template::parse_pod_template(t)?;
+    }
     let mut seen = Vec::new();
     for w in &layout.workloads {
         check_dns_label(&w.name).map_err(|e| format!("workload name {:?}: {e}", w.name))?;
@@ -383,29 +386,47 @@ impl Builder<'_> {
                     i32::try_from(self.layout.progress_deadline_seconds).unwrap_or(i32::MAX),
                 ),
                 revision_history_limit: Some(self.settings.revision_history_limit),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(pod_labels),
-                        ..ObjectMeta::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: self.layout.service.clone(),
-                            image: Some(w.image.clone()),
-                            ports: Some(vec![ContainerPort {
-                                name: Some("http".into()),
-                                container_port: self.settings.container_port,
-                                protocol: Some("TCP".into()),
-                                ..ContainerPort::default()
-                            }]),
-                            ..Container::default()
-                        }],
-                        ..PodSpec::default()
-                    }),
+                template: match &self.layout.pod_template {
+                    // Checked in `validate`.
+                    Some(user) => super::pod_template::adopted(
+                        user,
+                        &self.layout.service,
+                        &w.image,
+                        &pod_labels,
+                    )
+                    .unwrap_or_default(),
+                    None => self.minimal_pod_template(w, pod_labels),
                 },
                 ..DeploymentSpec::default()
             }),
             ..Deployment::default()
+        }
+    }
+
+    fn minimal_pod_template(
+        &self,
+        w: &Workload,
+        pod_labels: BTreeMap<String, String>,
+    ) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(pod_labels),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: self.layout.service.clone(),
+                    image: Some(w.image.clone()),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".into()),
+                        container_port: self.settings.container_port,
+                        protocol: Some("TCP".into()),
+                        ..ContainerPort::default()
+                    }]),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
         }
     }
 
@@ -485,6 +506,7 @@ mod tests {
             routing,
             step_key: "r:s".into(),
             progress_deadline_seconds: 600,
+            pod_template: None,
         }
     }
 

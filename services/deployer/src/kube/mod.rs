@@ -17,7 +17,9 @@
 //! layout is a rollback. Deployments keep `revisionHistoryLimit` old ReplicaSets, so
 //! a rollback to a recent version reuses its ReplicaSet.
 
+mod adopt;
 mod manifests;
+mod pod_template;
 mod settings;
 
 use async_trait::async_trait;
@@ -32,6 +34,9 @@ pub use manifests::{
     ANNOTATION_ENVIRONMENT, ANNOTATION_STEP, FIELD_MANAGER, InvalidLayout, LABEL_COLOUR,
     LABEL_MANAGED_BY, LABEL_NAME, LABEL_TRACK, LABEL_VERSION, Manifest, http_route_resource,
     int_or_percent, manifest_list, manifests, namespace_manifest, track_label,
+};
+pub use pod_template::{
+    MAX_POD_TEMPLATE_BYTES, adopted as adopted_pod_template, parse_pod_template,
 };
 pub use settings::{GatewayRef, KUBE_VARS, KubeSettings};
 
@@ -171,6 +176,24 @@ impl KubeTarget {
 impl Target for KubeTarget {
     fn kind(&self) -> &'static str {
         TARGET
+    }
+
+    async fn read_pod_template(
+        &self,
+        environment: &str,
+        deployment: &str,
+    ) -> Result<serde_json::Value, TargetError> {
+        self.read_deployment_template(environment, deployment).await
+    }
+
+    async fn scale_adopted(
+        &self,
+        environment: &str,
+        deployment: &str,
+        replicas: u32,
+    ) -> Result<(), TargetError> {
+        self.scale_deployment(environment, deployment, replicas)
+            .await
     }
 
     fn traffic_split(&self) -> crate::engine::TrafficSplit {

@@ -10,3 +10,4 @@ mod commands;
 mod strategies;
 mod support;
 mod templates;
+mod workload;

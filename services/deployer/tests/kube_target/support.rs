@@ -214,6 +214,7 @@ pub fn rolling(version: &str, step: &str) -> Layout {
         },
         step_key: step.into(),
         progress_deadline_seconds: 600,
+        pod_template: None,
     }
 }
 
@@ -228,6 +229,7 @@ pub fn blue_green(active: Track, preview: Option<Track>, blue: u32, step: &str) 
         routing: Routing::BlueGreen { active, preview },
         step_key: step.into(),
         progress_deadline_seconds: 600,
+        pod_template: None,
     }
 }
 
@@ -244,6 +246,7 @@ pub fn canary(weight: u8, stable: u32, canary: u32, step: &str) -> Layout {
         },
         step_key: step.into(),
         progress_deadline_seconds: 300,
+        pod_template: None,
     }
 }
 
