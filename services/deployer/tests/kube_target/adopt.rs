@@ -56,7 +56,10 @@ async fn the_users_deployment_is_the_template_of_every_copy_and_is_only_scaled()
     target.apply(&layout).await.expect("apply");
     let reqs = requests(&log);
     let (stable, canary_d) = (&reqs[1].body, &reqs[2].body);
-    assert_eq!(reqs[2].line(), format!("PATCH {DEPLOYMENTS}/shop-api-canary"));
+    assert_eq!(
+        reqs[2].line(),
+        format!("PATCH {DEPLOYMENTS}/shop-api-canary")
+    );
     for (d, image, track) in [
         (stable, "registry.example/shop-api:2.4.0", "stable"),
         (canary_d, "registry.example/shop-api:2.4.1", "canary"),
@@ -73,11 +76,17 @@ async fn the_users_deployment_is_the_template_of_every_copy_and_is_only_scaled()
         assert_eq!(pod["spec"]["serviceAccountName"], "shop-api");
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
         assert_eq!(pod["spec"]["volumes"][0]["configMap"]["name"], "shop-api");
-        assert_eq!(pod["metadata"]["annotations"]["prometheus.io/scrape"], "true");
+        assert_eq!(
+            pod["metadata"]["annotations"]["prometheus.io/scrape"],
+            "true"
+        );
         // The labels the deployer owns are set; the user's are kept.
         assert_eq!(pod["metadata"]["labels"]["track"], track);
         assert_eq!(pod["metadata"]["labels"]["app"], "shop-api");
-        assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], "shop-api");
+        assert_eq!(
+            pod["metadata"]["labels"]["app.kubernetes.io/name"],
+            "shop-api"
+        );
         // The Deployment's own selector is the deployer's.
         assert_eq!(d["spec"]["selector"]["matchLabels"]["track"], track);
     }

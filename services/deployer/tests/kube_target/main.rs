@@ -11,5 +11,6 @@
 mod adopt;
 mod apply;
 mod errors;
+mod mesh;
 mod status;
 mod support;

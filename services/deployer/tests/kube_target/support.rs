@@ -179,6 +179,17 @@ pub fn settings() -> KubeSettings {
     .expect("settings")
 }
 
+pub fn istio_settings() -> KubeSettings {
+    KubeSettings::from_vars(&HashMap::from([
+        (
+            "TORONTO_DEPLOYER_NAMESPACES".to_string(),
+            "production=prod".to_string(),
+        ),
+        ("TORONTO_DEPLOYER_MESH".to_string(), "istio".to_string()),
+    ]))
+    .expect("settings")
+}
+
 pub fn gateway_settings() -> KubeSettings {
     KubeSettings::from_vars(&HashMap::from([
         (
@@ -253,6 +264,7 @@ pub fn canary(weight: u8, stable: u32, canary: u32, step: &str) -> Layout {
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/prod/deployments";
 pub const SERVICES: &str = "/api/v1/namespaces/prod/services";
 pub const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes";
+pub const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/namespaces/prod/virtualservices";
 
 /// The body without the step annotation (what differs between any two steps).
 pub fn without_step(body: &Value) -> Value {
