@@ -412,6 +412,15 @@ impl Settings {
         vars::refuse_unknown(PREFIX, &docs(), vars)?;
         let mut s = Self::default();
         vars::read(&mut s, DEPLOYER_VARS, vars)?;
+        // Every template named must exist (a typo would pause every canary).
+        for service in std::iter::once("").chain(s.service_templates.keys().map(String::as_str)) {
+            if let Err(e) = crate::engine::template_for(service, &s) {
+                return Err(SettingsError::Inconsistent(format!(
+                    "TORONTO_DEPLOYER_ANALYSIS_TEMPLATE(S): {}",
+                    e.replace(" of  ", " ")
+                )));
+            }
+        }
         Ok(s)
     }
 }
@@ -467,6 +476,13 @@ mod tests {
             ("TORONTO_DEPLOYER_TARGET", "kubernetes"),
         ]))
         .unwrap();
+        let err = Settings::from_vars(&vars(&[(
+            "TORONTO_DEPLOYER_ANALYSIS_TEMPLATES",
+            "shop=istoi",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`istoi` of shop does not exist"), "{err}");
         assert!(s.drift_interval.is_zero());
         assert_eq!(s.step_pause, Duration::from_millis(250));
         assert_eq!(s.target, TargetKind::Kubernetes);

@@ -143,7 +143,13 @@ async fn until(s: &Stack, id: Uuid, what: &str, done: impl Fn(&Rollout) -> bool)
 }
 
 fn template_settings() -> Settings {
+    // `lone` has a template of its own that fails a canary without data.
+    let mut strict = toronto_deployer::engine::built_in("app", &settings()).unwrap();
+    strict.name = "strict".into();
+    strict.on_no_data = Some(toronto_protocol::analysis::OnNoData::Fail);
     Settings {
+        custom_templates: [("strict".to_owned(), strict)].into(),
+        service_templates: [("lone".to_owned(), "strict".to_owned())].into(),
         analysis: AnalysisMode::Templates,
         analysis_window: Duration::from_secs(6),
         analysis_interval: Duration::from_millis(500),
@@ -171,7 +177,7 @@ async fn scenario() {
     let (stop_monitor, monitor_running) = monitor(&s._server.url(), &url).await;
     // Let Prometheus gather a few scrapes.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for service in ["shop", "cart", "quiet"] {
+    for service in ["shop", "cart", "quiet", "lone"] {
         s.deployed(service, "1.0.0", canary(&[50], 0)).await;
     }
 
@@ -239,6 +245,13 @@ async fn scenario() {
         .await
         .unwrap();
     s.event(quiet, "succeeded", Duration::from_secs(30)).await;
+
+    // A template's own `on_no_data: fail` aborts instead.
+    let lone = s.start(deploy("lone", "2.0.0", canary(&[50], 1))).await;
+    let aborted = s.event(lone, "aborted", Duration::from_secs(30)).await;
+    let reason = aborted.reason.unwrap_or_default();
+    assert!(reason.contains("(on_no_data: fail)"), "{reason}");
+    assert!(aborted.rolled_back);
 
     // A Prometheus outage is no data too: the healthy service now pauses.
     prom.kill().await.unwrap();

@@ -135,4 +135,25 @@ mod tests {
         assert_eq!(fields, vec!["metrics", "window_seconds", "confidence"]);
         assert!(validate(&request()).is_ok());
     }
+
+    #[test]
+    fn thresholds_must_be_finite_and_in_order() {
+        let mut req = request();
+        req.metrics[0].min_value = Some(2.0);
+        req.metrics[0].max_value = Some(1.0);
+        let err = validate(&req).unwrap_err();
+        assert!(
+            err.message.contains("metrics[0].min_value"),
+            "{}",
+            err.message
+        );
+        req.metrics[0].min_value = None;
+        req.metrics[0].max_value = Some(f64::NAN);
+        let err = validate(&req).unwrap_err();
+        assert!(
+            err.message.contains("metrics[0].max_value"),
+            "{}",
+            err.message
+        );
+    }
 }
