@@ -72,17 +72,23 @@ impl Deployer {
             .release(&task.service, &task.environment)
             .await?
             .map(|(r, _)| r);
-        let replicas = before
-            .as_ref()
-            .map_or(DEFAULT_REPLICAS, |b| b.current.replicas.max(1));
+        let workload = self.workload(&task.service, &task.environment).await?;
+        // An adopted service's first rollout runs as many replicas as the user's
+        // Deployment did.
+        let replicas = before.as_ref().map_or_else(
+            || {
+                workload
+                    .as_ref()
+                    .and_then(|w| w.replicas)
+                    .unwrap_or(DEFAULT_REPLICAS)
+            },
+            |b| b.current.replicas.max(1),
+        );
         let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
             .map_err(|e| bad(e.to_string()))?;
         let mut steps = honest_weights(steps, replicas, self.target.traffic_split());
         if self.target.kind() == "kubernetes"
-            && self
-                .workload(&task.service, &task.environment)
-                .await?
-                .is_none()
+            && workload.is_none()
             && let Some(first) = steps.first_mut()
         {
             let minimal = "minimal spec: no workload template is registered for the service, so its Deployments have the image and one `http` port only (adopt the service's own Deployment with deployer.workload.put)";

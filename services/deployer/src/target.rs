@@ -228,13 +228,13 @@ pub trait Target: Send + Sync + 'static {
         crate::engine::TrafficSplit::Exact
     }
 
-    /// The pod template of the user's Deployment `deployment` in an environment (to
-    /// adopt it). Targets without Deployments refuse.
+    /// The pod template and the replicas of the user's Deployment `deployment` in an
+    /// environment (to adopt it). Targets without Deployments refuse.
     async fn read_pod_template(
         &self,
         environment: &str,
         deployment: &str,
-    ) -> Result<serde_json::Value, TargetError> {
+    ) -> Result<(serde_json::Value, Option<u32>), TargetError> {
         let _ = (environment, deployment);
         Err(TargetError::Refused {
             target: self.kind(),

@@ -52,6 +52,10 @@ pub struct WorkloadTemplate {
     /// The user's Deployment it was read from, when adopted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adopted: Option<String>,
+    /// The adopted Deployment's replicas when it was read: the service's first
+    /// rollout runs as many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
     /// Who registered it (the verified principal).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,

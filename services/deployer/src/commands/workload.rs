@@ -31,7 +31,7 @@ impl Deployer {
         let put = req.data();
         dns_label("service", &put.service)?;
         dns_label("environment", &put.environment)?;
-        let (pod_template, adopted) = match (&put.deployment, &put.pod_template) {
+        let (pod_template, adopted, replicas) = match (&put.deployment, &put.pod_template) {
             (Some(name), None) => {
                 dns_label("deployment", name)?;
                 if owned_names(&put.service).contains(name) {
@@ -40,14 +40,14 @@ impl Deployer {
                         put.service
                     )));
                 }
-                let template = self
+                let (template, replicas) = self
                     .target
                     .read_pod_template(&put.environment, name)
                     .await
                     .map_err(EngineError::from)?;
-                (template, Some(name.clone()))
+                (template, Some(name.clone()), replicas.filter(|r| *r > 0))
             }
-            (None, Some(t)) => (t.clone(), None),
+            (None, Some(t)) => (t.clone(), None, None),
             _ => {
                 return Err(bad(
                     "give exactly one of `deployment` (adopt the user's Deployment) and `pod_template`",
@@ -60,6 +60,7 @@ impl Deployer {
             environment: put.environment.clone(),
             pod_template,
             adopted,
+            replicas,
             by: req.principal().map(|p| p.id.clone()),
             updated_at: Utc::now(),
         };

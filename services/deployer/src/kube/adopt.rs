@@ -10,12 +10,13 @@ use super::{FIELD_MANAGER, KubeTarget, refused};
 use crate::target::TargetError;
 
 impl KubeTarget {
-    /// The pod template of Deployment `name` in the environment's namespace.
+    /// The pod template and the replicas of Deployment `name` in the environment's
+    /// namespace.
     pub async fn read_deployment_template(
         &self,
         environment: &str,
         name: &str,
-    ) -> Result<serde_json::Value, TargetError> {
+    ) -> Result<(serde_json::Value, Option<u32>), TargetError> {
         let ns = self.namespace(environment)?;
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &ns);
         let what = format!("get deployment {name} in {ns}");
@@ -23,8 +24,11 @@ impl KubeTarget {
         let Some(d) = found else {
             return Err(refused(format!("{what}: there is no such Deployment")));
         };
-        let template = d.spec.map(|s| s.template).unwrap_or_default();
-        serde_json::to_value(&template).map_err(|e| refused(format!("{what}: {e}")))
+        let spec = d.spec.unwrap_or_default();
+        let replicas = spec.replicas.and_then(|r| u32::try_from(r).ok());
+        let template =
+            serde_json::to_value(&spec.template).map_err(|e| refused(format!("{what}: {e}")))?;
+        Ok((template, replicas))
     }
 
     /// Sets `spec.replicas` of the user's Deployment `name` (a merge patch of that

@@ -201,7 +201,7 @@ impl Target for KubeTarget {
         &self,
         environment: &str,
         deployment: &str,
-    ) -> Result<serde_json::Value, TargetError> {
+    ) -> Result<(serde_json::Value, Option<u32>), TargetError> {
         self.read_deployment_template(environment, deployment).await
     }
 

@@ -44,10 +44,11 @@ async fn the_users_deployment_is_the_template_of_every_copy_and_is_only_scaled()
         settings(),
         api_server(vec![(path.clone(), users_deployment())]),
     );
-    let template = target
+    let (template, replicas) = target
         .read_pod_template("production", "shop-api-app")
         .await
         .expect("read");
+    assert_eq!(replicas, Some(4));
     assert_eq!(requests(&log)[0].line(), format!("GET {path}"));
     assert_eq!(template["spec"]["serviceAccountName"], "shop-api");
 
