@@ -77,6 +77,8 @@ pub struct Settings {
     pub service_templates: BTreeMap<String, String>,
     /// Templates loaded from a directory, by name.
     pub custom_templates: BTreeMap<String, AnalysisTemplate>,
+    /// Workload templates read from a directory of manifests.
+    pub workload_manifests: crate::engine::ManifestWorkloads,
     /// The simulated cluster's behaviour.
     pub sim: SimSettings,
 }
@@ -116,6 +118,7 @@ impl Default for Settings {
             analysis_template: "app".into(),
             service_templates: BTreeMap::new(),
             custom_templates: BTreeMap::new(),
+            workload_manifests: BTreeMap::new(),
             sim: SimSettings::default(),
         }
     }
@@ -326,6 +329,18 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
             s.custom_templates = match parse::optional_path(v) {
                 None => BTreeMap::new(),
                 Some(dir) => crate::engine::load_templates(&dir).map_err(ValueError::Invalid)?,
+            };
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_WORKLOAD_DIR",
+        "Directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, read at start): each Deployment annotated `toronto.dev/service` and `toronto.dev/environment` is that service's workload template there, unless one is registered with `workload.put`; empty reads none.",
+        "",
+        |s, v| {
+            s.workload_manifests = match parse::optional_path(v) {
+                None => BTreeMap::new(),
+                Some(dir) => crate::engine::load_workloads(&dir).map_err(ValueError::Invalid)?,
             };
             Ok(())
         },

@@ -43,10 +43,14 @@ use crate::target::{Layout, Target, TargetError};
 
 mod analysis;
 mod layout;
+mod manifest_dir;
 mod reconcile;
 mod templates;
 mod weights;
 
+pub use manifest_dir::{
+    ANNOTATION_ENVIRONMENT, ANNOTATION_SERVICE, ManifestWorkload, ManifestWorkloads, load_workloads,
+};
 pub use weights::{TrafficSplit, canary_replicas, honest_weights};
 
 pub use templates::{BUILT_IN, built_in, load_templates, template_for};
@@ -280,17 +284,32 @@ impl Deployer {
         Ok(())
     }
 
-    /// The workload template of a service in an environment, if one is registered.
+    /// The workload template of a service in an environment: the one registered with
+    /// `workload.put`, else one read from `TORONTO_DEPLOYER_WORKLOAD_DIR`.
     pub async fn workload(
         &self,
         service: &str,
         environment: &str,
     ) -> Result<Option<WorkloadTemplate>, EngineError> {
-        Ok(self
+        let registered = self
             .workload_records
             .load(scope(service, environment))
             .await?
-            .map(|v| v.value))
+            .map(|v| v.value);
+        Ok(registered.or_else(|| {
+            self.settings
+                .workload_manifests
+                .get(&(service.to_owned(), environment.to_owned()))
+                .map(|m| WorkloadTemplate {
+                    service: service.to_owned(),
+                    environment: environment.to_owned(),
+                    pod_template: m.pod_template.clone(),
+                    adopted: None,
+                    replicas: m.replicas,
+                    by: Some(format!("file {}", m.file)),
+                    updated_at: Utc::now(),
+                })
+        }))
     }
 
     /// Stores a workload template.
