@@ -359,6 +359,8 @@ impl Deployer {
         let mut layout = zero_missing(layout, &release.layout);
         layout.step_key = format!("scale:{}", request.idempotency_key);
         layout.progress_deadline_seconds = release.layout.progress_deadline_seconds.max(1);
+        // Scaling keeps the service's pod template.
+        let layout = self.with_pod_template(layout).await?;
         self.target
             .apply(&layout)
             .await
@@ -404,6 +406,10 @@ impl Deployer {
                 };
                 let mut layout = steady_layout(Family::Rolling, &s.service, &task.name, &rev, None);
                 layout.step_key = format!("provision:{}", req.envelope.data.idempotency_key);
+                layout.pod_template = self
+                    .workload(&s.service, &task.name)
+                    .await?
+                    .map(|w| w.pod_template);
                 layout.progress_deadline_seconds =
                     self.settings.progress_deadline.as_secs().clamp(1, 86_400) as u32;
                 self.target
