@@ -504,11 +504,18 @@ pub fn workload_status(name: &str, d: &Deployment) -> WorkloadStatus {
     }
 }
 
+/// The image of the service's container: the one named after it, else the first (as
+/// an adopted pod template is filled).
 fn container_image(d: &Deployment, container: &str) -> Value {
     d.spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == container))
+        .and_then(|p| {
+            p.containers
+                .iter()
+                .find(|c| c.name == container)
+                .or_else(|| p.containers.first())
+        })
         .and_then(|c| c.image.clone())
         .map_or(Value::Null, Value::String)
 }
