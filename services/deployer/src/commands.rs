@@ -11,12 +11,13 @@ use toronto_runtime::work::{Created, Taken};
 use uuid::Uuid;
 
 use crate::engine::{
-    DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, idempotency_key, plan_steps,
-    steady_layout,
+    DEFAULT_REPLICAS, Deployer, EngineError, Family, Release, honest_weights, idempotency_key,
+    plan_steps, steady_layout,
 };
 
 mod drift;
 mod rollouts;
+mod workload;
 
 use drift::zero_missing;
 
@@ -71,12 +72,35 @@ impl Deployer {
             .release(&task.service, &task.environment)
             .await?
             .map(|(r, _)| r);
+        let workload = self.workload(&task.service, &task.environment).await?;
+        // An adopted service's first rollout runs as many replicas as the user's
+        // Deployment did.
+        let replicas = before.as_ref().map_or_else(
+            || {
+                workload
+                    .as_ref()
+                    .and_then(|w| w.replicas)
+                    .unwrap_or(DEFAULT_REPLICAS)
+            },
+            |b| b.current.replicas.max(1),
+        );
         let steps = plan_steps(&task.strategy, before.as_ref(), &self.settings, false)
             .map_err(|e| bad(e.to_string()))?;
+        let mut steps = honest_weights(steps, replicas, self.target.traffic_split());
+        if self.target.kind() == "kubernetes"
+            && workload.is_none()
+            && let Some(first) = steps.first_mut()
+        {
+            let minimal = "minimal spec: no workload template is registered for the service, so its Deployments have the image and one `http` port only (adopt the service's own Deployment with deployer.workload.put)";
+            first.note = Some(match first.note.take() {
+                Some(n) => format!("{n}; {minimal}"),
+                None => minimal.to_owned(),
+            });
+        }
+        for note in steps.iter().filter_map(|s| s.note.as_deref()) {
+            tracing::warn!(service = %task.service, environment = %task.environment, note, "canary weight by replica ratio");
+        }
         let now = Utc::now();
-        let replicas = before
-            .as_ref()
-            .map_or(DEFAULT_REPLICAS, |b| b.current.replicas.max(1));
         let rollout = Rollout {
             id: Uuid::now_v7(),
             service: task.service.clone(),
@@ -335,6 +359,8 @@ impl Deployer {
         let mut layout = zero_missing(layout, &release.layout);
         layout.step_key = format!("scale:{}", request.idempotency_key);
         layout.progress_deadline_seconds = release.layout.progress_deadline_seconds.max(1);
+        // Scaling keeps the service's pod template.
+        let layout = self.with_pod_template(layout).await?;
         self.target
             .apply(&layout)
             .await
@@ -380,6 +406,10 @@ impl Deployer {
                 };
                 let mut layout = steady_layout(Family::Rolling, &s.service, &task.name, &rev, None);
                 layout.step_key = format!("provision:{}", req.envelope.data.idempotency_key);
+                layout.pod_template = self
+                    .workload(&s.service, &task.name)
+                    .await?
+                    .map(|w| w.pod_template);
                 layout.progress_deadline_seconds =
                     self.settings.progress_deadline.as_secs().clamp(1, 86_400) as u32;
                 self.target

@@ -27,6 +27,7 @@ use toronto_protocol::rollout::{
     AdvanceRollout, DriftCheck, RolloutCommand, RolloutList, RolloutRef, SimFault, SimTamper,
 };
 use toronto_protocol::tasks::ExecuteRequest;
+use toronto_protocol::workload::WorkloadPut;
 use toronto_runtime::config::ConfigError;
 use toronto_runtime::jetstream::Delivery;
 use toronto_runtime::supervise::LoopSpec;
@@ -35,7 +36,7 @@ use toronto_runtime::{Request, ServiceRuntime};
 
 pub use commands::Verb;
 pub use engine::{Deployer, Release};
-pub use settings::{Settings, TargetKind};
+pub use settings::{AnalysisMode, Settings, TargetKind};
 pub use sim::{SimCluster, SimSettings};
 pub use target::Target;
 pub use toronto_runtime::{Config, RuntimeError};
@@ -126,6 +127,7 @@ pub async fn start_with(
         source: rt.source(),
         events: rt.events.clone(),
         release_records: engine::release_records(rollouts.clone()),
+        workload_records: engine::workload_records(rollouts.clone()),
         active_lock: engine::active_lock(records.clone()),
         records,
         runs: runs.clone(),
@@ -139,6 +141,7 @@ pub async fn start_with(
         heard: Arc::default(),
         applied_here: Arc::default(),
         last_analysis: Arc::default(),
+        last_outcome: Arc::default(),
     };
     runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {
@@ -292,6 +295,12 @@ async fn register(rt: &ServiceRuntime, deployer: &Deployer) -> Result<(), Runtim
     rt.endpoint("chaos.get", move |req: Request<RolloutRef>| {
         let d = d.clone();
         async move { d.chaos_get(req.data()).await }
+    })
+    .await?;
+    let d = deployer.clone();
+    rt.endpoint("workload.put", move |req: Request<WorkloadPut>| {
+        let d = d.clone();
+        async move { d.workload_put(req).await }
     })
     .await?;
     let d = deployer.clone();

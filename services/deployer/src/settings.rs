@@ -1,7 +1,9 @@
 //! The deployer's own settings, from `TORONTO_DEPLOYER_*` variables.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
+
+use toronto_protocol::analysis::{AnalysisTemplate, OnNoData};
 
 pub use toronto_runtime::config::SettingsError;
 use toronto_runtime::config::{ValueError, Var, VarDoc, parse, vars};
@@ -15,6 +17,17 @@ pub enum TargetKind {
     Simulated,
     /// A Kubernetes API server (kubeconfig or in-cluster).
     Kubernetes,
+}
+
+/// What a canary is judged by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnalysisMode {
+    /// Templates on Kubernetes, bus metrics on the simulated cluster.
+    Auto,
+    /// The metrics the simulated cluster (or an agent) pushes over the bus.
+    Bus,
+    /// The service's analysis template (PromQL read by the monitor from Prometheus).
+    Templates,
 }
 
 /// How rollouts run.
@@ -54,8 +67,31 @@ pub struct Settings {
     pub drift_interval: Duration,
     /// Put the desired spec back when drift is found.
     pub drift_remediate: bool,
+    /// What canaries are judged by.
+    pub analysis: AnalysisMode,
+    /// What a rollout does when its template analysis sees no data.
+    pub on_no_data: OnNoData,
+    /// The analysis template of services not named in `service_templates`.
+    pub analysis_template: String,
+    /// The analysis template per service.
+    pub service_templates: BTreeMap<String, String>,
+    /// Templates loaded from a directory, by name.
+    pub custom_templates: BTreeMap<String, AnalysisTemplate>,
+    /// Workload templates read from a directory of manifests.
+    pub workload_manifests: crate::engine::ManifestWorkloads,
     /// The simulated cluster's behaviour.
     pub sim: SimSettings,
+}
+
+impl Settings {
+    /// Whether canaries are judged by templates (else by bus metrics).
+    pub fn uses_templates(&self) -> bool {
+        match self.analysis {
+            AnalysisMode::Auto => self.target == TargetKind::Kubernetes,
+            AnalysisMode::Bus => false,
+            AnalysisMode::Templates => true,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -77,6 +113,12 @@ impl Default for Settings {
             abort_on_alert: true,
             drift_interval: Duration::from_secs(60),
             drift_remediate: false,
+            analysis: AnalysisMode::Auto,
+            on_no_data: OnNoData::Pause,
+            analysis_template: "app".into(),
+            service_templates: BTreeMap::new(),
+            custom_templates: BTreeMap::new(),
+            workload_manifests: BTreeMap::new(),
             sim: SimSettings::default(),
         }
     }
@@ -230,6 +272,80 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
         },
     ),
     Var::new(
+        "TORONTO_DEPLOYER_ANALYSIS",
+        "What canaries are judged by: `auto` (analysis templates on Kubernetes, bus metrics on the simulated cluster), `bus` or `templates`.",
+        "auto",
+        |s, v| {
+            s.analysis = parse::one_of(
+                v,
+                &[
+                    ("auto", AnalysisMode::Auto),
+                    ("bus", AnalysisMode::Bus),
+                    ("templates", AnalysisMode::Templates),
+                ],
+            )?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_ON_NO_DATA",
+        "What a rollout judged by a template does when its analysis has no data at the end of a step (no series, or Prometheus or the monitor unreachable): `pause` (hold with the reason until resumed, promoted or aborted), `fail` (abort and roll back) or `promote` (go on unverified, recorded on the rollout). A template's own `on_no_data` wins.",
+        "pause",
+        |s, v| {
+            s.on_no_data = parse::one_of(
+                v,
+                &[
+                    ("pause", OnNoData::Pause),
+                    ("fail", OnNoData::Fail),
+                    ("promote", OnNoData::Promote),
+                ],
+            )?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_ANALYSIS_TEMPLATE",
+        "The analysis template of every service not named in TORONTO_DEPLOYER_ANALYSIS_TEMPLATES: a built-in (`app`, `envoy-gateway`, `istio`, `linkerd`) or one loaded from TORONTO_DEPLOYER_ANALYSIS_TEMPLATE_DIR.",
+        "app",
+        |s, v| {
+            s.analysis_template = parse::non_empty(v.trim())?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_ANALYSIS_TEMPLATES",
+        "Analysis template per service, `service=template` pairs separated by commas (e.g. `shop=istio,cart=my-slo`).",
+        "",
+        |s, v| {
+            s.service_templates = pairs(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_ANALYSIS_TEMPLATE_DIR",
+        "Directory of analysis templates, one JSON file each (`<name>.json`, an `AnalysisTemplate`: `name`, `metrics` with PromQL `query`s, optional `on_no_data`), read at start; empty reads none.",
+        "",
+        |s, v| {
+            s.custom_templates = match parse::optional_path(v) {
+                None => BTreeMap::new(),
+                Some(dir) => crate::engine::load_templates(&dir).map_err(ValueError::Invalid)?,
+            };
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_WORKLOAD_DIR",
+        "Directory of Kubernetes manifests (`*.yaml`, `*.yml`, `*.json`, read at start): each Deployment annotated `toronto.dev/service` and `toronto.dev/environment` is that service's workload template there, unless one is registered with `workload.put`; empty reads none.",
+        "",
+        |s, v| {
+            s.workload_manifests = match parse::optional_path(v) {
+                None => BTreeMap::new(),
+                Some(dir) => crate::engine::load_workloads(&dir).map_err(ValueError::Invalid)?,
+            };
+            Ok(())
+        },
+    ),
+    Var::new(
         "TORONTO_DEPLOYER_SIM_TICK_MS",
         "Simulated cluster: milliseconds between traffic ticks.",
         "100",
@@ -274,6 +390,23 @@ fn lease(v: &str) -> Result<Duration, ValueError> {
     Ok(lease)
 }
 
+fn pairs(v: &str) -> Result<BTreeMap<String, String>, ValueError> {
+    let mut out = BTreeMap::new();
+    for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, t) = pair
+            .split_once('=')
+            .map(|(k, t)| (k.trim(), t.trim()))
+            .filter(|(k, t)| !k.is_empty() && !t.is_empty())
+            .ok_or_else(|| {
+                ValueError::Invalid(format!("{pair:?} is not of the form service=template"))
+            })?;
+        if out.insert(k.to_owned(), t.to_owned()).is_some() {
+            return Err(ValueError::Invalid(format!("service {k:?} is named twice")));
+        }
+    }
+    Ok(out)
+}
+
 fn canary_steps(v: &str) -> Result<Vec<u8>, ValueError> {
     let steps = v
         .split(',')
@@ -294,6 +427,15 @@ impl Settings {
         vars::refuse_unknown(PREFIX, &docs(), vars)?;
         let mut s = Self::default();
         vars::read(&mut s, DEPLOYER_VARS, vars)?;
+        // Every template named must exist (a typo would pause every canary).
+        for service in std::iter::once("").chain(s.service_templates.keys().map(String::as_str)) {
+            if let Err(e) = crate::engine::template_for(service, &s) {
+                return Err(SettingsError::Inconsistent(format!(
+                    "TORONTO_DEPLOYER_ANALYSIS_TEMPLATE(S): {}",
+                    e.replace(" of  ", " ")
+                )));
+            }
+        }
         Ok(s)
     }
 }
@@ -349,6 +491,13 @@ mod tests {
             ("TORONTO_DEPLOYER_TARGET", "kubernetes"),
         ]))
         .unwrap();
+        let err = Settings::from_vars(&vars(&[(
+            "TORONTO_DEPLOYER_ANALYSIS_TEMPLATES",
+            "shop=istoi",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("`istoi` of shop does not exist"), "{err}");
         assert!(s.drift_interval.is_zero());
         assert_eq!(s.step_pause, Duration::from_millis(250));
         assert_eq!(s.target, TargetKind::Kubernetes);

@@ -108,6 +108,11 @@ pub struct Layout {
     pub step_key: String,
     /// Seconds a workload may take to become ready before its rollout fails.
     pub progress_deadline_seconds: u32,
+    /// The service's pod template (a Kubernetes `PodTemplateSpec`, registered with
+    /// `workload.put`) its workloads are made from; `None`: the minimal spec (the
+    /// image and one `http` port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<serde_json::Value>,
 }
 
 impl Layout {
@@ -210,6 +215,44 @@ pub enum TargetError {
 pub trait Target: Send + Sync + 'static {
     /// `kubernetes` or `simulated`.
     fn kind(&self) -> &'static str;
+
+    /// The namespace an environment's objects live in (analysis templates'
+    /// `{{namespace}}`): the environment itself unless the target maps it.
+    fn namespace_of(&self, environment: &str) -> String {
+        environment.to_owned()
+    }
+
+    /// How it splits canary traffic: exactly (a traffic router; the default) or by
+    /// replica ratio.
+    fn traffic_split(&self) -> crate::engine::TrafficSplit {
+        crate::engine::TrafficSplit::Exact
+    }
+
+    /// The pod template and the replicas of the user's Deployment `deployment` in an
+    /// environment (to adopt it). Targets without Deployments refuse.
+    async fn read_pod_template(
+        &self,
+        environment: &str,
+        deployment: &str,
+    ) -> Result<(serde_json::Value, Option<u32>), TargetError> {
+        let _ = (environment, deployment);
+        Err(TargetError::Refused {
+            target: self.kind(),
+            message: "it has no Deployments to adopt; register a pod_template instead".into(),
+        })
+    }
+
+    /// Scales the user's adopted Deployment (never deletes it); a no-op where there
+    /// is none.
+    async fn scale_adopted(
+        &self,
+        environment: &str,
+        deployment: &str,
+        replicas: u32,
+    ) -> Result<(), TargetError> {
+        let _ = (environment, deployment, replicas);
+        Ok(())
+    }
 
     /// Makes the live state match `layout` (idempotent; objects of the service that
     /// the layout does not name are left alone).

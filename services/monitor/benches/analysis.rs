@@ -72,6 +72,8 @@ fn canary_latency(rt: &tokio::runtime::Runtime) {
                 max_absolute_effect: None,
                 critical: m == 0,
                 must_have_data: false,
+                max_value: None,
+                min_value: None,
             })
             .collect(),
         window_seconds: 120.0,

@@ -13,6 +13,10 @@
 //! fewer than `min_samples` samples (default 3) makes the metric **inconclusive**, or
 //! failing when it `must_have_data`.
 //!
+//! A metric with `max_value` or `min_value` is a **threshold check** instead: the
+//! median of the canary's samples against those bounds, no baseline read. A query's
+//! placeholders are filled per side ([`crate::prometheus::render`]).
+//!
 //! **Scoring (Kayenta-like).** A failing critical metric fails the analysis. Otherwise
 //! the score is the share of passing metrics among the conclusive ones; the analysis
 //! fails when more than half of the conclusive metrics fail (score below 50%), is
@@ -30,11 +34,14 @@ use toronto_protocol::analysis::{
     SampleSummary,
 };
 
-use crate::prometheus::{Prometheus, with_selector};
+use crate::prometheus::{Prometheus, render, with_selector};
 use crate::stats::{Alternative, mann_whitney_u, mean, median};
 use crate::store::{Labels, Store, now_ms};
 
+mod threshold;
 mod validate;
+
+use threshold::evaluate_threshold;
 
 pub use validate::validate;
 
@@ -96,6 +103,9 @@ pub fn evaluate_metric(
         reason: String::new(),
     };
     let min = min_samples.max(1);
+    if metric.is_threshold() {
+        return evaluate_threshold(metric, canary, min, evidence);
+    }
     if canary.len() < min || baseline.len() < min {
         let what = if canary.is_empty() || baseline.is_empty() {
             "no data"
@@ -280,6 +290,8 @@ impl Analyzer {
         labels
     }
 
+    /// The values of `query` over the window for one side: its placeholders filled
+    /// from that side's labels (see [`render`]), then its `{{selector}}`.
     async fn prometheus_values(
         prometheus: &Prometheus,
         query: &str,
@@ -290,8 +302,9 @@ impl Analyzer {
         let start = end - window_seconds;
         // About 100 points per side, one per second at most.
         let step = Duration::from_secs_f64((window_seconds / 100.0).max(1.0));
+        let rendered = render(query, labels, window_seconds).map_err(|e| e.to_string())?;
         let series = prometheus
-            .query_range(&with_selector(query, labels), start, end, step)
+            .query_range(&with_selector(&rendered, labels), start, end, step)
             .await
             .map_err(|e| e.to_string())?;
         Ok(series
@@ -313,9 +326,23 @@ impl Analyzer {
         for metric in &req.metrics {
             let e = match (&metric.query, &self.prometheus) {
                 (Some(query), Some(prometheus)) => {
+                    let baseline_values = async {
+                        if metric.is_threshold() {
+                            // A threshold check reads the canary only.
+                            Ok(Vec::new())
+                        } else {
+                            Self::prometheus_values(
+                                prometheus,
+                                query,
+                                &baseline,
+                                req.window_seconds,
+                            )
+                            .await
+                        }
+                    };
                     let (c, b) = tokio::join!(
                         Self::prometheus_values(prometheus, query, &canary, req.window_seconds),
-                        Self::prometheus_values(prometheus, query, &baseline, req.window_seconds),
+                        baseline_values,
                     );
                     match (c, b) {
                         (Ok(c), Ok(b)) => {
@@ -365,6 +392,8 @@ mod tests {
             max_absolute_effect: None,
             critical: false,
             must_have_data: false,
+            max_value: None,
+            min_value: None,
         }
     }
 
@@ -438,6 +467,28 @@ mod tests {
         must.must_have_data = true;
         let missing = evaluate_metric(&must, &[], &[1.0, 2.0, 3.0], 0.95, 3);
         assert_eq!(missing.outcome, AnalysisOutcome::Fail);
+    }
+
+    #[test]
+    fn thresholds_judge_the_canary_alone() {
+        let mut m = metric("http_error_ratio");
+        m.max_value = Some(0.05);
+        let ok = evaluate_metric(&m, &[0.01; 5], &[], 0.95, 3);
+        assert_eq!(ok.outcome, AnalysisOutcome::Pass, "{ok:?}");
+        let bad = evaluate_metric(&m, &[0.2; 5], &[], 0.95, 3);
+        assert_eq!(bad.outcome, AnalysisOutcome::Fail, "{bad:?}");
+        assert!(
+            bad.reason.contains("above the maximum 0.05"),
+            "{}",
+            bad.reason
+        );
+        let mut rps = metric("rps");
+        rps.min_value = Some(1.0);
+        let low = evaluate_metric(&rps, &[0.5; 5], &[], 0.95, 3);
+        assert_eq!(low.outcome, AnalysisOutcome::Fail, "{low:?}");
+        let none = evaluate_metric(&rps, &[], &[], 0.95, 3);
+        assert_eq!(none.outcome, AnalysisOutcome::Inconclusive, "{none:?}");
+        assert!(none.reason.starts_with("no data"), "{}", none.reason);
     }
 
     fn ev(name: &str, outcome: AnalysisOutcome, critical: bool) -> MetricEvidence {

@@ -255,6 +255,72 @@ pub fn matchers(labels: &Labels) -> String {
         .join(",")
 }
 
+/// A query's placeholder names no value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown placeholder `{{{{{name}}}}}` in the query (known: {known})")]
+pub struct UnknownPlaceholder {
+    /// The placeholder's name.
+    pub name: String,
+    /// The names that have values, comma-separated.
+    pub known: String,
+}
+
+/// A PromQL duration for `seconds` (whole milliseconds, e.g. `30000ms`).
+pub fn promql_duration(seconds: f64) -> String {
+    format!("{}ms", (seconds * 1000.0).round().max(1.0) as u64)
+}
+
+/// Fills a template's placeholders: `{{name}}` becomes the value of `name` in `values`
+/// (escaped for a PromQL string) and `{{window}}` the window as a PromQL duration;
+/// `{{selector}}` is left for [`with_selector`]. Any other placeholder is an error.
+pub fn render(
+    query: &str,
+    values: &Labels,
+    window_seconds: f64,
+) -> Result<String, UnknownPlaceholder> {
+    let mut out = String::with_capacity(query.len() + 64);
+    let mut rest = query;
+    while let Some(at) = rest.find("{{") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[at..]);
+            return Ok(out);
+        };
+        let name = after[..end].trim();
+        let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            // Not a placeholder (PromQL braces, e.g. `m{{a="b"}`): keep one brace and go on.
+            out.push('{');
+            rest = &rest[at + 1..];
+            continue;
+        }
+        match name {
+            "selector" => out.push_str("{{selector}}"),
+            "window" => out.push_str(&promql_duration(window_seconds)),
+            _ => match values.get(name) {
+                Some(v) => out.push_str(
+                    &v.replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n"),
+                ),
+                None => {
+                    let mut known: Vec<&str> = values.keys().map(String::as_str).collect();
+                    known.push("window");
+                    known.push("selector");
+                    return Err(UnknownPlaceholder {
+                        name: name.to_owned(),
+                        known: known.join(", "),
+                    });
+                }
+            },
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 /// Puts the matchers of `labels` where a query says `{{selector}}`: bare when the
 /// placeholder is inside braces (`m{{{selector}}}`, `m{job="x",{{selector}}}`), in
 /// braces otherwise (`rate(m{{selector}}[1m])`).
@@ -283,6 +349,38 @@ pub fn with_selector(query: &str, labels: &Labels) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_filled_escaped_and_unknown_ones_refused() {
+        let values: Labels = [
+            ("track", "canary"),
+            ("version", "2.0\"x"),
+            ("namespace", "prod"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(
+            render(
+                r#"sum(rate(m{namespace="{{namespace}}",track="{{ track }}",v="{{version}}"}[{{window}}]))"#,
+                &values,
+                2.5
+            )
+            .unwrap(),
+            r#"sum(rate(m{namespace="prod",track="canary",v="2.0\"x"}[2500ms]))"#
+        );
+        // `{{selector}}` stays for `with_selector`; PromQL's own braces are kept.
+        assert_eq!(
+            render("m{{{selector}}}", &values, 1.0).unwrap(),
+            "m{{{selector}}}"
+        );
+        let err = render("m{x=\"{{colour}}\"}", &values, 1.0).unwrap_err();
+        assert_eq!(err.name, "colour");
+        assert!(
+            err.to_string().contains("namespace, track, version"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn selectors_go_where_the_query_says() {

@@ -83,6 +83,70 @@ pub struct AnalysisMetric {
     /// Without data this metric fails instead of being inconclusive.
     #[serde(default)]
     pub must_have_data: bool,
+    /// A threshold check instead of a comparison: the canary fails when the median of
+    /// its samples is above this value (no baseline is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_value: Option<f64>,
+    /// A threshold check instead of a comparison: the canary fails when the median of
+    /// its samples is below this value (no baseline is read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_value: Option<f64>,
+}
+
+impl AnalysisMetric {
+    /// Whether the metric is checked against thresholds rather than compared with the
+    /// baseline.
+    pub fn is_threshold(&self) -> bool {
+        self.max_value.is_some() || self.min_value.is_some()
+    }
+}
+
+/// What a rollout does when its analysis sees no data (no samples, no series, or no
+/// answer from Prometheus or the monitor) by the end of a step's pause.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNoData {
+    /// Hold the rollout (phase `paused`, with the reason) until an operator resumes
+    /// (analyse again), promotes (go on unverified) or aborts it.
+    #[default]
+    Pause,
+    /// Abort the rollout and roll back.
+    Fail,
+    /// Go on to the next step unverified; the rollout records that it did.
+    Promote,
+}
+
+impl OnNoData {
+    /// Its name as written in settings and templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pause => "pause",
+            Self::Fail => "fail",
+            Self::Promote => "promote",
+        }
+    }
+}
+
+/// A named set of metrics a service is analysed with, as PromQL with placeholders
+/// (like Argo Rollouts' AnalysisTemplate or Flagger's MetricTemplate).
+///
+/// Each metric's `query` may use `{{service}}`, `{{namespace}}`, `{{version}}`,
+/// `{{track}}` (`stable`, `canary`, `blue`, `green`), `{{track_label}}` (`track` or
+/// `colour`, the pod label that tells the tracks apart), `{{workload}}` (the
+/// Deployment's name), `{{backend}}` (the HTTPRoute backend index: 0 stable, 1 canary)
+/// and `{{window}}` (the analysis window as a PromQL duration, e.g. `30s`). The monitor
+/// fills them per side: once for the canary, once for the baseline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisTemplate {
+    /// Its name, e.g. `app`, `istio`.
+    pub name: String,
+    /// The metrics (at least one, each with a `query`).
+    pub metrics: Vec<AnalysisMetric>,
+    /// What a rollout does when the analysis sees no data (the deployer's setting
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_no_data: Option<OnNoData>,
 }
 
 /// Asks whether a canary is healthy compared with its baseline
@@ -94,7 +158,8 @@ pub struct CanaryAnalyze {
     pub service: String,
     /// Its environment.
     pub environment: String,
-    /// Labels that select the canary's series, e.g. `{"track": "canary"}`.
+    /// Labels that select the canary's series, e.g. `{"track": "canary"}`; they are
+    /// also the values of a query's placeholders (`{{track}}`, `{{version}}`, ...).
     pub canary: BTreeMap<String, String>,
     /// Labels that select the baseline's series, e.g. `{"track": "stable"}`.
     pub baseline: BTreeMap<String, String>,

@@ -136,6 +136,8 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<DriftCheck>(),
         payload::<Drift>(),
         payload::<DriftReport>(),
+        payload::<crate::workload::WorkloadPut>(),
+        payload::<crate::workload::WorkloadTemplate>(),
         payload::<SimFault>(),
         payload::<SimTamper>(),
         payload::<SimService>(),

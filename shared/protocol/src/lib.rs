@@ -28,6 +28,7 @@ pub mod status;
 pub mod subjects;
 pub mod tasks;
 pub mod trace;
+pub mod workload;
 
 pub use codec::{Encoding, decode, decode_raw, encode};
 pub use domain::{DnsLabel, Environment, ServiceName, Version};

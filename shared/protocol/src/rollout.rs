@@ -119,6 +119,10 @@ pub struct RolloutStep {
     /// When it was done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub done_at: Option<DateTime<Utc>>,
+    /// What the step really does when that differs from what was asked, e.g. a canary
+    /// weight the replica count cannot reach without a traffic router.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// A version of a service as it runs (or ran) in an environment.

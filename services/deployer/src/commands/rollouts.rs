@@ -189,6 +189,23 @@ fn apply_command(
             wake = true;
             event = Some(RolloutEvent::Resumed);
         }
+        Verb::Promote
+            if r.phase == RolloutPhase::Paused
+                && r.steps.get(r.step_index).is_some_and(|s| {
+                    s.state == toronto_protocol::rollout::RolloutStepState::Running
+                }) =>
+        {
+            // Paused within a step (no analysis data, or `rollout.pause`): the runner
+            // ends the step, unverified.
+            r.phase = RolloutPhase::Progressing;
+            r.reason = None;
+            r.pending = Some(PendingCommand::Promote {
+                by: by.to_owned(),
+                full: c.full,
+            });
+            wake = true;
+            event = Some(RolloutEvent::Promoted);
+        }
         Verb::Promote if r.phase == RolloutPhase::Paused => {
             // Held between steps: go on to the next (or, `full`, the last).
             r.phase = RolloutPhase::Progressing;

@@ -3,16 +3,21 @@
 //! monitor answers.
 
 use chrono::{DateTime, Utc};
+use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
+
 use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, MetricEvidence,
-    SampleSummary,
+    OnNoData, SampleSummary,
 };
 use toronto_protocol::rollout::{AnalysisRecord, Rollout, RolloutStep, RolloutStepKind};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
 use toronto_runtime::rpc::{CallError, call};
 
-use super::{Deployer, EngineError, Heard, Release, step_layout};
+use uuid::Uuid;
+
+use super::{Deployer, EngineError, Heard, LastOutcome, Release, step_layout, template_for};
+use crate::kube::track_label;
 use crate::settings::Settings;
 use crate::sim::SimCluster;
 use crate::target::Track;
@@ -37,16 +42,43 @@ impl Deployer {
             });
         }
         {
-            let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
-            if last
+            // A step not analysed yet is analysed now, whatever the interval.
+            let same_step = self
+                .last_outcome
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
                 .get(&r.id)
-                .is_some_and(|t| t.elapsed() < self.settings.analysis_interval)
+                .is_some_and(|o| o.step == step.id);
+            let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
+            if same_step
+                && last
+                    .get(&r.id)
+                    .is_some_and(|t| t.elapsed() < self.settings.analysis_interval)
             {
                 return None;
             }
             last.insert(r.id, std::time::Instant::now());
         }
-        let (source, verdict) = self.analyze(r, canary, baseline).await?;
+        let layout = step_layout(r, step, before, &self.settings);
+        let sides = [canary, baseline].map(|track| {
+            let w = layout.workloads.iter().find(|w| w.track == track);
+            Side {
+                track,
+                workload: w.map_or_else(|| default_workload(&r.service, track), |w| w.name.clone()),
+                version: w.map(|w| w.version.clone()),
+            }
+        });
+        let (source, verdict) = Box::pin(self.analyze(r, &sides[0], &sides[1])).await?;
+        self.last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                r.id,
+                LastOutcome {
+                    step: step.id.clone(),
+                    verdict: verdict.clone(),
+                },
+            );
         (verdict.outcome == AnalysisOutcome::Fail).then(|| AnalysisRecord {
             step: step.id.clone(),
             source: source.into(),
@@ -83,14 +115,140 @@ impl Deployer {
             .cloned()
     }
 
+    /// Why a rollout judged by a template has nothing to go on at the end of its
+    /// step's pause (its latest analysis of the step is inconclusive, or there is
+    /// none), with the policy that applies; `None` when it has data, when the step is
+    /// not analysed, or when bus metrics judge it.
+    pub(super) fn no_data(
+        &self,
+        r: &Rollout,
+        step: &RolloutStep,
+        before: Option<&Release>,
+    ) -> Option<(OnNoData, CanaryVerdict)> {
+        if !self.settings.uses_templates() {
+            return None;
+        }
+        analysis_tracks(r, step, before, &self.settings)?;
+        let policy = template_for(&r.service, &self.settings)
+            .ok()
+            .and_then(|t| t.on_no_data)
+            .unwrap_or(self.settings.on_no_data);
+        let last = self
+            .last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.id)
+            .filter(|o| o.step == step.id)
+            .map(|o| o.verdict.clone());
+        match last {
+            Some(v) if v.outcome != AnalysisOutcome::Inconclusive => None,
+            Some(v) => Some((policy, v)),
+            None => Some((
+                policy,
+                inconclusive(r, "the step was never analysed".into()),
+            )),
+        }
+    }
+
+    /// Forgets a rollout's analyses (paused for lack of data, or ended), so that the
+    /// next pass analyses afresh.
+    pub(super) fn forget_analyses(&self, id: Uuid) {
+        self.last_analysis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+        self.last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Asks the monitor with the service's template: any failure to get an answer is
+    /// no data (never a pass).
+    async fn analyze_with_template(
+        &self,
+        r: &Rollout,
+        canary: &Side,
+        baseline: &Side,
+    ) -> (&'static str, CanaryVerdict) {
+        let template = match template_for(&r.service, &self.settings) {
+            Ok(t) => t,
+            Err(e) => return ("template", inconclusive(r, e)),
+        };
+        let namespace = self.target.namespace_of(&r.environment);
+        let vars = |side: &Side, fallback_version: Option<&str>| -> BTreeMap<String, String> {
+            let version = side
+                .version
+                .clone()
+                .or_else(|| fallback_version.map(str::to_owned))
+                .unwrap_or_default();
+            [
+                ("service", r.service.clone()),
+                ("namespace", namespace.clone()),
+                ("version", version),
+                ("track", side.track.as_str().to_owned()),
+                ("track_label", track_label(side.track).to_owned()),
+                ("workload", side.workload.clone()),
+                (
+                    "backend",
+                    if side.track == Track::Canary {
+                        "1"
+                    } else {
+                        "0"
+                    }
+                    .to_owned(),
+                ),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect()
+        };
+        let request = CanaryAnalyze {
+            service: r.service.clone(),
+            environment: r.environment.clone(),
+            canary: vars(canary, Some(&r.version)),
+            baseline: vars(baseline, r.previous.as_ref().map(|p| p.version.as_str())),
+            metrics: template.metrics,
+            window_seconds: self.settings.analysis_window.as_secs_f64(),
+            confidence: None,
+            rollout_id: Some(r.id),
+        };
+        let envelope = Envelope::builder(self.source.clone(), request)
+            .subject(r.service.clone())
+            .build();
+        let subject = self
+            .subjects
+            .command(ServiceKind::Monitor, "canary.analyze");
+        match call::<_, CanaryVerdict>(
+            &self.client,
+            &subject,
+            &envelope,
+            Encoding::Json,
+            self.settings.analysis_timeout,
+        )
+        .await
+        {
+            Ok(reply) => ("monitor", reply.data),
+            Err(e) => (
+                "monitor",
+                inconclusive(r, format!("no analysis: the monitor did not answer: {e}")),
+            ),
+        }
+    }
+
     /// Asks the monitor; falls back to the simulated target's own numbers when no
-    /// monitor answers.
+    /// monitor answers. With templates, asks with the service's template.
     async fn analyze(
         &self,
         r: &Rollout,
-        canary: Track,
-        baseline: Track,
+        canary_side: &Side,
+        baseline_side: &Side,
     ) -> Option<(&'static str, CanaryVerdict)> {
+        if self.settings.uses_templates() {
+            // Boxed: keeps the reconciler's future small (it is polled on small stacks).
+            return Some(Box::pin(self.analyze_with_template(r, canary_side, baseline_side)).await);
+        }
+        let (canary, baseline) = (canary_side.track, baseline_side.track);
         let request = CanaryAnalyze {
             service: r.service.clone(),
             environment: r.environment.clone(),
@@ -118,6 +276,8 @@ impl Deployer {
                     max_absolute_effect: Some(self.settings.max_error_ratio_increase),
                     critical: true,
                     must_have_data: false,
+                    max_value: None,
+                    min_value: None,
                 },
                 AnalysisMetric {
                     name: "http_latency_seconds".into(),
@@ -127,6 +287,8 @@ impl Deployer {
                     max_absolute_effect: None,
                     critical: false,
                     must_have_data: false,
+                    max_value: None,
+                    min_value: None,
                 },
             ],
             window_seconds: self.settings.analysis_window.as_secs_f64(),
@@ -252,6 +414,34 @@ impl Deployer {
                 );
             }
         }
+    }
+}
+
+/// One side of a comparison: its track, workload and version.
+struct Side {
+    track: Track,
+    workload: String,
+    version: Option<String>,
+}
+
+/// The workload name a track has by convention (see [`crate::target::Workload`]).
+fn default_workload(service: &str, track: Track) -> String {
+    match track {
+        Track::Stable => service.to_owned(),
+        t => format!("{service}-{}", t.as_str()),
+    }
+}
+
+/// An inconclusive verdict (no data) with its reason.
+pub(super) fn inconclusive(r: &Rollout, reason: String) -> CanaryVerdict {
+    CanaryVerdict {
+        service: r.service.clone(),
+        environment: r.environment.clone(),
+        rollout_id: Some(r.id),
+        outcome: AnalysisOutcome::Inconclusive,
+        reason,
+        metrics: Vec::new(),
+        analyzed_at: Utc::now(),
     }
 }
 

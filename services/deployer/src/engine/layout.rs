@@ -9,6 +9,7 @@ use toronto_protocol::rollout::{
 use toronto_protocol::tasks::Strategy;
 
 use super::Release;
+use super::weights::canary_replicas;
 use crate::settings::Settings;
 use crate::target::{Layout, Routing, Track, Workload};
 
@@ -89,6 +90,7 @@ fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> Rollo
         applied_at: None,
         ready_at: None,
         done_at: None,
+        note: None,
     }
 }
 
@@ -265,6 +267,7 @@ pub fn steady_layout(
             routing,
             step_key: String::new(),
             progress_deadline_seconds: 0,
+            pod_template: None,
         },
         before,
     )
@@ -300,7 +303,7 @@ pub fn step_layout(
         RolloutStepKind::Promote => steady_layout(Family::Canary, svc, env, &new, before_layout),
         RolloutStepKind::Weight => {
             let total = r.replicas.max(1);
-            let canary = ((total * u32::from(step.weight)).div_ceil(100)).max(1);
+            let canary = canary_replicas(total, step.weight);
             let stable = total.saturating_sub(canary).max(1);
             zero_others(
                 Layout {
@@ -315,6 +318,7 @@ pub fn step_layout(
                     },
                     step_key: String::new(),
                     progress_deadline_seconds: 0,
+                    pod_template: None,
                 },
                 before_layout,
             )
@@ -362,6 +366,7 @@ pub fn step_layout(
                     routing,
                     step_key: String::new(),
                     progress_deadline_seconds: 0,
+                    pod_template: None,
                 },
                 before_layout,
             )

@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use toronto_protocol::analysis::CanaryVerdict;
 use toronto_protocol::envelope::FlowContext;
 use toronto_protocol::rollout::{AdvanceRollout, Revision, Rollout};
+use toronto_protocol::workload::WorkloadTemplate;
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode, Subjects};
 use toronto_runtime::jetstream::{Events, JetStreamError};
 use toronto_runtime::work::{Created, KeyLock, Records, Saved, Taken, WorkError, WorkQueue};
@@ -42,7 +43,17 @@ use crate::target::{Layout, Target, TargetError};
 
 mod analysis;
 mod layout;
+mod manifest_dir;
 mod reconcile;
+mod templates;
+mod weights;
+
+pub use manifest_dir::{
+    ANNOTATION_ENVIRONMENT, ANNOTATION_SERVICE, ManifestWorkload, ManifestWorkloads, load_workloads,
+};
+pub use weights::{TrafficSplit, canary_replicas, honest_weights};
+
+pub use templates::{BUILT_IN, built_in, load_templates, template_for};
 
 pub use layout::{
     Family, StepsError, check_weights, plan_steps, rollback_layout, steady_layout, step_layout,
@@ -78,6 +89,13 @@ pub(crate) struct Heard {
     verdict: CanaryVerdict,
 }
 
+/// The latest analysis of a rollout's step.
+#[derive(Debug, Clone)]
+pub(crate) struct LastOutcome {
+    step: String,
+    verdict: CanaryVerdict,
+}
+
 /// Evidence heard per service and environment.
 pub(crate) type HeardBook = HashMap<(String, String), Vec<Heard>>;
 
@@ -94,6 +112,8 @@ pub struct Deployer {
     pub(crate) records: Records<Rollout>,
     /// Releases (`release.<service>.<environment>`).
     pub(crate) release_records: Records<Release>,
+    /// Workload templates (`workload.<service>.<environment>`).
+    pub(crate) workload_records: Records<WorkloadTemplate>,
     /// One active rollout per service and environment (`active.<service>.<environment>`).
     pub(crate) active_lock: KeyLock<Rollout>,
     /// The work queue of rollouts to advance.
@@ -111,6 +131,8 @@ pub struct Deployer {
     /// step in flight once, to be sure it reached the target).
     pub(crate) applied_here: Arc<Mutex<HashSet<String>>>,
     pub(crate) last_analysis: Arc<Mutex<HashMap<Uuid, std::time::Instant>>>,
+    /// The latest analysis outcome of each rollout's current step (for `on_no_data`).
+    pub(crate) last_outcome: Arc<Mutex<HashMap<Uuid, LastOutcome>>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -158,6 +180,11 @@ pub(crate) fn rollout_records(kv: kv::Store) -> Records<Rollout> {
 /// The releases of a bucket, under `release.<service>.<environment>`.
 pub(crate) fn release_records(kv: kv::Store) -> Records<Release> {
     Records::new(kv, "release", |_| false)
+}
+
+/// The workload templates of a bucket, under `workload.<service>.<environment>`.
+pub(crate) fn workload_records(kv: kv::Store) -> Records<WorkloadTemplate> {
+    Records::new(kv, "workload", |_| false)
 }
 
 /// The one-active-rollout locks beside `records`, under `active.<service>.<environment>`.
@@ -255,6 +282,54 @@ impl Deployer {
         let id = scope(&release.layout.service, &release.layout.environment);
         self.release_records.put(id, release).await?;
         Ok(())
+    }
+
+    /// The workload template of a service in an environment: the one registered with
+    /// `workload.put`, else one read from `TORONTO_DEPLOYER_WORKLOAD_DIR`.
+    pub async fn workload(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<Option<WorkloadTemplate>, EngineError> {
+        let registered = self
+            .workload_records
+            .load(scope(service, environment))
+            .await?
+            .map(|v| v.value);
+        Ok(registered.or_else(|| {
+            self.settings
+                .workload_manifests
+                .get(&(service.to_owned(), environment.to_owned()))
+                .map(|m| WorkloadTemplate {
+                    service: service.to_owned(),
+                    environment: environment.to_owned(),
+                    pod_template: m.pod_template.clone(),
+                    adopted: None,
+                    replicas: m.replicas,
+                    by: Some(format!("file {}", m.file)),
+                    updated_at: Utc::now(),
+                })
+        }))
+    }
+
+    /// Stores a workload template.
+    pub(crate) async fn put_workload(&self, w: &WorkloadTemplate) -> Result<(), EngineError> {
+        self.workload_records
+            .put(scope(&w.service, &w.environment), w)
+            .await?;
+        Ok(())
+    }
+
+    /// `layout` made from the service's pod template, when one is registered.
+    pub(crate) async fn with_pod_template(
+        &self,
+        mut layout: Layout,
+    ) -> Result<Layout, EngineError> {
+        layout.pod_template = self
+            .workload(&layout.service, &layout.environment)
+            .await?
+            .map(|w| w.pod_template);
+        Ok(layout)
     }
 
     /// Takes the one-active-rollout lock of a service and environment for `id`.

@@ -6,8 +6,10 @@ use std::time::Duration;
 use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::Utc;
+use toronto_protocol::analysis::OnNoData;
 use toronto_protocol::rollout::{
-    PendingCommand, Revision, Rollout, RolloutPhase, RolloutStepKind, RolloutStepState,
+    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStepKind,
+    RolloutStepState,
 };
 use toronto_runtime::jetstream::{Delivery, Outcome};
 use toronto_runtime::work::{Claim, Driven, Next, Saved, drive, lease};
@@ -266,6 +268,46 @@ impl Deployer {
                             .max(Duration::from_millis(20)),
                     ));
                 }
+                if !promoted
+                    && let Some((policy, verdict)) = self.no_data(&r, &current, before.as_ref())
+                {
+                    let step_id = current.id.clone();
+                    let why = format!(
+                        "no analysis data for step {step_id} (on_no_data: {}): {}",
+                        policy.as_str(),
+                        verdict.reason
+                    );
+                    r.analyses.push(AnalysisRecord {
+                        step: step_id,
+                        source: "no_data".into(),
+                        verdict,
+                    });
+                    trim(&mut r.analyses);
+                    self.forget_analyses(r.id);
+                    match policy {
+                        OnNoData::Fail => {
+                            return self
+                                .roll_back(r, revision, before.as_ref(), RolloutPhase::Aborted, why)
+                                .await;
+                        }
+                        OnNoData::Pause => {
+                            r.phase = RolloutPhase::Paused;
+                            r.reason = Some(format!(
+                                "{why}; resume to analyse again, promote to go on unverified, or abort"
+                            ));
+                            r.lease = None;
+                            if self.save(&mut r, revision).await?.is_stored() {
+                                tracing::warn!(rollout = %r.id, reason = r.reason.as_deref().unwrap_or(""), "rollout paused: no analysis data");
+                                self.announce(RolloutEvent::Paused, &r).await;
+                                return Ok(Next::Done);
+                            }
+                            return Ok(Next::After(Duration::ZERO));
+                        }
+                        OnNoData::Promote => {
+                            tracing::warn!(rollout = %r.id, why, "promoting without analysis data");
+                        }
+                    }
+                }
                 let full = matches!(r.pending, Some(PendingCommand::Promote { full: true, .. }));
                 r.pending = None;
                 {
@@ -320,6 +362,7 @@ impl Deployer {
 
     /// Applies a step's layout; the target refusing fails the rollout.
     async fn apply(&self, r: &Rollout, layout: &Layout) -> Result<Next, EngineError> {
+        let layout = &self.with_pod_template(layout.clone()).await?;
         match self.target.apply(layout).await {
             Ok(()) => {
                 self.applied_here
@@ -362,7 +405,9 @@ impl Deployer {
         phase: RolloutPhase,
         reason: String,
     ) -> Result<Next, EngineError> {
-        let layout = rollback_layout(&r, before, &self.settings);
+        let layout = self
+            .with_pod_template(rollback_layout(&r, before, &self.settings))
+            .await?;
         match self.target.apply(&layout).await {
             Ok(()) => {}
             Err(TargetError::Unavailable { message, .. }) => {
@@ -396,10 +441,7 @@ impl Deployer {
         .await;
         self.announce(RolloutEvent::RolledBack, &r).await;
         self.release_active(&r).await?;
-        self.last_analysis
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&r.id);
+        self.forget_analyses(r.id);
         Ok(Next::Done)
     }
 
@@ -442,6 +484,7 @@ impl Deployer {
         }
         let excess = history.len().saturating_sub(10);
         history.drain(..excess);
+        let layout = self.with_pod_template(layout).await?;
         let release = Release {
             layout,
             current: Revision {
@@ -454,6 +497,15 @@ impl Deployer {
             at: now,
         };
         self.put_release(&release).await?;
+        // The user's adopted Deployment hands its traffic over once ours serve.
+        if let Some(adopted) = self
+            .workload(&r.service, &r.environment)
+            .await?
+            .and_then(|w| w.adopted)
+            && let Err(e) = self.target.scale_adopted(&r.environment, &adopted, 0).await
+        {
+            tracing::warn!(rollout = %r.id, deployment = adopted, error = %e, "cannot scale the adopted Deployment down");
+        }
         r.phase = RolloutPhase::Succeeded;
         r.weight = 100;
         r.lease = None;

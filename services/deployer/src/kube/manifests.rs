@@ -26,10 +26,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use serde_json::json;
 
-use super::settings::{KubeSettings, check_dns_label, check_label_value};
+use super::routes;
+use super::settings::{KubeSettings, Mesh, check_dns_label, check_label_value};
 use crate::target::{Layout, Routing, Track, Workload};
 
 /// The field manager of every server-side apply.
@@ -49,14 +50,6 @@ pub const ANNOTATION_STEP: &str = "toronto.dev/step";
 /// Annotation on a namespace: the environment it holds.
 pub const ANNOTATION_ENVIRONMENT: &str = "toronto.dev/environment";
 
-/// The Gateway API HTTPRoute resource (`gateway.networking.k8s.io/v1`).
-pub fn http_route_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"),
-        "httproutes",
-    )
-}
-
 /// One object the target applies.
 #[derive(Debug, Clone)]
 pub enum Manifest {
@@ -68,6 +61,8 @@ pub enum Manifest {
     Service(Box<Service>),
     /// A Gateway API HTTPRoute (canary weights).
     HttpRoute(Box<DynamicObject>),
+    /// An Istio VirtualService (canary weights).
+    VirtualService(Box<DynamicObject>),
 }
 
 impl Manifest {
@@ -78,6 +73,7 @@ impl Manifest {
             Self::Deployment(_) => "Deployment",
             Self::Service(_) => "Service",
             Self::HttpRoute(_) => "HTTPRoute",
+            Self::VirtualService(_) => "VirtualService",
         }
     }
 
@@ -87,7 +83,7 @@ impl Manifest {
             Self::Namespace(o) => &o.metadata,
             Self::Deployment(o) => &o.metadata,
             Self::Service(o) => &o.metadata,
-            Self::HttpRoute(o) => &o.metadata,
+            Self::HttpRoute(o) | Self::VirtualService(o) => &o.metadata,
         };
         meta.name.as_deref().unwrap_or_default()
     }
@@ -103,7 +99,7 @@ impl Manifest {
             Self::Namespace(o) => serde_json::to_value(o),
             Self::Deployment(o) => serde_json::to_value(o),
             Self::Service(o) => serde_json::to_value(o),
-            Self::HttpRoute(o) => serde_json::to_value(o),
+            Self::HttpRoute(o) | Self::VirtualService(o) => serde_json::to_value(o),
         };
         // Serialising these types cannot fail (string keys, no non-finite floats).
         value.unwrap_or(serde_json::Value::Null)
@@ -159,9 +155,28 @@ pub fn manifests(layout: &Layout, settings: &KubeSettings) -> Result<Vec<Manifes
                 ));
             }
         }
-        Routing::Canary { canary_weight } => match &settings.gateway {
-            None => out.push(service(svc, None)),
-            Some(gateway) => {
+        Routing::Canary { canary_weight } => match (&settings.gateway, settings.mesh) {
+            (None, None) => out.push(service(svc, None)),
+            (None, Some(Mesh::Istio)) => {
+                // In-mesh clients of `<svc>` are routed by the VirtualService; the
+                // Service itself selects the stable pods.
+                out.push(service(svc, Some((LABEL_TRACK, Track::Stable))));
+                out.push(service(
+                    &format!("{svc}-stable"),
+                    Some((LABEL_TRACK, Track::Stable)),
+                ));
+                out.push(service(
+                    &format!("{svc}-canary"),
+                    Some((LABEL_TRACK, Track::Canary)),
+                ));
+                out.push(Manifest::VirtualService(Box::new(routes::virtual_service(
+                    svc,
+                    settings.service_port,
+                    *canary_weight,
+                    b.meta(svc, None),
+                ))));
+            }
+            (Some(gateway), _) => {
                 // In-cluster clients that do not pass the Gateway stay on stable.
                 out.push(service(svc, Some((LABEL_TRACK, Track::Stable))));
                 out.push(service(
@@ -172,10 +187,12 @@ pub fn manifests(layout: &Layout, settings: &KubeSettings) -> Result<Vec<Manifes
                     &format!("{svc}-canary"),
                     Some((LABEL_TRACK, Track::Canary)),
                 ));
-                out.push(Manifest::HttpRoute(Box::new(b.http_route(
-                    &gateway.namespace,
-                    &gateway.name,
+                out.push(Manifest::HttpRoute(Box::new(routes::http_route(
+                    svc,
+                    settings.service_port,
+                    (&gateway.namespace, &gateway.name),
                     *canary_weight,
+                    b.meta(svc, None),
                 ))));
             }
         },
@@ -245,6 +262,9 @@ fn validate(layout: &Layout) -> Result<(), String> {
     }
     if layout.workloads.is_empty() {
         return Err("no workloads".into());
+    }
+    if let Some(t) = &layout.pod_template {
+        super::pod_template::parse_pod_template(t)?;
     }
     let mut seen = Vec::new();
     for w in &layout.workloads {
@@ -383,29 +403,47 @@ impl Builder<'_> {
                     i32::try_from(self.layout.progress_deadline_seconds).unwrap_or(i32::MAX),
                 ),
                 revision_history_limit: Some(self.settings.revision_history_limit),
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(pod_labels),
-                        ..ObjectMeta::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: self.layout.service.clone(),
-                            image: Some(w.image.clone()),
-                            ports: Some(vec![ContainerPort {
-                                name: Some("http".into()),
-                                container_port: self.settings.container_port,
-                                protocol: Some("TCP".into()),
-                                ..ContainerPort::default()
-                            }]),
-                            ..Container::default()
-                        }],
-                        ..PodSpec::default()
-                    }),
+                template: match &self.layout.pod_template {
+                    // Checked in `validate`.
+                    Some(user) => super::pod_template::adopted(
+                        user,
+                        &self.layout.service,
+                        &w.image,
+                        &pod_labels,
+                    )
+                    .unwrap_or_default(),
+                    None => self.minimal_pod_template(w, pod_labels),
                 },
                 ..DeploymentSpec::default()
             }),
             ..Deployment::default()
+        }
+    }
+
+    fn minimal_pod_template(
+        &self,
+        w: &Workload,
+        pod_labels: BTreeMap<String, String>,
+    ) -> PodTemplateSpec {
+        PodTemplateSpec {
+            metadata: Some(ObjectMeta {
+                labels: Some(pod_labels),
+                ..ObjectMeta::default()
+            }),
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: self.layout.service.clone(),
+                    image: Some(w.image.clone()),
+                    ports: Some(vec![ContainerPort {
+                        name: Some("http".into()),
+                        container_port: self.settings.container_port,
+                        protocol: Some("TCP".into()),
+                        ..ContainerPort::default()
+                    }]),
+                    ..Container::default()
+                }],
+                ..PodSpec::default()
+            }),
         }
     }
 
@@ -426,30 +464,6 @@ impl Builder<'_> {
             }),
             ..Service::default()
         }
-    }
-
-    fn http_route(&self, gw_namespace: &str, gw_name: &str, canary_weight: u8) -> DynamicObject {
-        let svc = &self.layout.service;
-        let stable = 100 - i32::from(canary_weight.min(100));
-        let canary = i32::from(canary_weight.min(100));
-        let mut obj = DynamicObject::new(svc, &http_route_resource()).data(json!({
-            "spec": {
-                "parentRefs": [{
-                    "group": "gateway.networking.k8s.io",
-                    "kind": "Gateway",
-                    "namespace": gw_namespace,
-                    "name": gw_name,
-                }],
-                "rules": [{
-                    "backendRefs": [
-                        {"group": "", "kind": "Service", "name": format!("{svc}-stable"), "port": self.settings.service_port, "weight": stable},
-                        {"group": "", "kind": "Service", "name": format!("{svc}-canary"), "port": self.settings.service_port, "weight": canary},
-                    ]
-                }]
-            }
-        }));
-        obj.metadata = self.meta(svc, None);
-        obj
     }
 }
 
@@ -474,6 +488,7 @@ mod tests {
             routing,
             step_key: "r:s".into(),
             progress_deadline_seconds: 600,
+            pod_template: None,
         }
     }
 

@@ -17,7 +17,10 @@
 //! layout is a rollback. Deployments keep `revisionHistoryLimit` old ReplicaSets, so
 //! a rollback to a recent version reuses its ReplicaSet.
 
+mod adopt;
 mod manifests;
+mod pod_template;
+mod routes;
 mod settings;
 
 use async_trait::async_trait;
@@ -30,10 +33,14 @@ use toronto_protocol::tasks::ChaosFault;
 
 pub use manifests::{
     ANNOTATION_ENVIRONMENT, ANNOTATION_STEP, FIELD_MANAGER, InvalidLayout, LABEL_COLOUR,
-    LABEL_MANAGED_BY, LABEL_NAME, LABEL_TRACK, LABEL_VERSION, Manifest, http_route_resource,
-    int_or_percent, manifest_list, manifests, namespace_manifest, track_label,
+    LABEL_MANAGED_BY, LABEL_NAME, LABEL_TRACK, LABEL_VERSION, Manifest, int_or_percent,
+    manifest_list, manifests, namespace_manifest, track_label,
 };
-pub use settings::{GatewayRef, KUBE_VARS, KubeSettings};
+pub use pod_template::{
+    MAX_POD_TEMPLATE_BYTES, adopted as adopted_pod_template, parse_pod_template,
+};
+pub use routes::{http_route_resource, virtual_service_resource};
+pub use settings::{GatewayRef, KUBE_VARS, KubeSettings, Mesh};
 
 use crate::target::{Layout, ServiceStatus, Target, TargetError, WorkloadStatus};
 
@@ -157,6 +164,23 @@ impl KubeTarget {
                     Ok(result) => result.map(drop).map_err(|e| map_error(&what, e)),
                 }
             }
+            Manifest::VirtualService(o) => {
+                let api: Api<DynamicObject> =
+                    Api::namespaced_with(self.client.clone(), ns, &virtual_service_resource());
+                match self
+                    .call(&what, api.patch(name, &params, &Patch::Apply(o)))
+                    .await
+                {
+                    // The namespace exists (the Services were just applied), so a 404
+                    // means the cluster does not serve VirtualService v1.
+                    Err(TargetError::Refused { message, .. }) if message.contains(": 404") => {
+                        Err(refused(format!(
+                            "{message}: is Istio installed? TORONTO_DEPLOYER_MESH=istio needs VirtualService networking.istio.io/v1"
+                        )))
+                    }
+                    other => other.map(drop),
+                }
+            }
             Manifest::Namespace(o) => {
                 let api: Api<Namespace> = Api::all(self.client.clone());
                 self.call(&what, api.patch(name, &params, &Patch::Apply(o)))
@@ -171,6 +195,37 @@ impl KubeTarget {
 impl Target for KubeTarget {
     fn kind(&self) -> &'static str {
         TARGET
+    }
+
+    async fn read_pod_template(
+        &self,
+        environment: &str,
+        deployment: &str,
+    ) -> Result<(serde_json::Value, Option<u32>), TargetError> {
+        self.read_deployment_template(environment, deployment).await
+    }
+
+    async fn scale_adopted(
+        &self,
+        environment: &str,
+        deployment: &str,
+        replicas: u32,
+    ) -> Result<(), TargetError> {
+        self.scale_deployment(environment, deployment, replicas)
+            .await
+    }
+
+    fn traffic_split(&self) -> crate::engine::TrafficSplit {
+        if self.settings.gateway.is_some() || self.settings.mesh.is_some() {
+            crate::engine::TrafficSplit::Exact
+        } else {
+            crate::engine::TrafficSplit::ReplicaRatio
+        }
+    }
+
+    fn namespace_of(&self, environment: &str) -> String {
+        self.namespace(environment)
+            .unwrap_or_else(|_| environment.to_owned())
     }
 
     async fn apply(&self, layout: &Layout) -> Result<(), TargetError> {
@@ -220,12 +275,17 @@ impl Target for KubeTarget {
                         .await?
                         .map(|live| diffs = service_diffs(want, &live))
                 }
-                Manifest::HttpRoute(want) => {
+                Manifest::HttpRoute(want) | Manifest::VirtualService(want) => {
+                    let resource = if matches!(desired, Manifest::HttpRoute(_)) {
+                        http_route_resource()
+                    } else {
+                        virtual_service_resource()
+                    };
                     let api: Api<DynamicObject> =
-                        Api::namespaced_with(self.client.clone(), &ns, &http_route_resource());
+                        Api::namespaced_with(self.client.clone(), &ns, &resource);
                     self.call(&what, api.get_opt(&name))
                         .await?
-                        .map(|live| diffs = http_route_diffs(want, &live))
+                        .map(|live| diffs = routes::route_diffs(want, &live))
                 }
                 Manifest::Namespace(_) => Some(()),
             };
@@ -444,11 +504,18 @@ pub fn workload_status(name: &str, d: &Deployment) -> WorkloadStatus {
     }
 }
 
+/// The image of the service's container: the one named after it, else the first (as
+/// an adopted pod template is filled).
 fn container_image(d: &Deployment, container: &str) -> Value {
     d.spec
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.iter().find(|c| c.name == container))
+        .and_then(|p| {
+            p.containers
+                .iter()
+                .find(|c| c.name == container)
+                .or_else(|| p.containers.first())
+        })
         .and_then(|c| c.image.clone())
         .map_or(Value::Null, Value::String)
 }
@@ -496,40 +563,4 @@ fn service_diffs(want: &Service, live: &Service) -> Vec<(String, Value, Value)> 
     } else {
         vec![("spec.selector".to_string(), w, l)]
     }
-}
-
-/// Weight per backend name over all rules (Gateway API's default weight is 1).
-fn backend_weights(route: &DynamicObject) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
-    let rules = route.data.pointer("/spec/rules").and_then(Value::as_array);
-    for rule in rules.into_iter().flatten() {
-        let refs = rule.get("backendRefs").and_then(Value::as_array);
-        for r in refs.into_iter().flatten() {
-            if let Some(name) = r.get("name").and_then(Value::as_str) {
-                let weight = r.get("weight").cloned().unwrap_or_else(|| json!(1));
-                out.push((name.to_string(), weight));
-            }
-        }
-    }
-    out
-}
-
-fn http_route_diffs(want: &DynamicObject, live: &DynamicObject) -> Vec<(String, Value, Value)> {
-    let live_weights = backend_weights(live);
-    backend_weights(want)
-        .into_iter()
-        .filter_map(|(name, w)| {
-            let l = live_weights
-                .iter()
-                .find(|(n, _)| *n == name)
-                .map_or(Value::Null, |(_, v)| v.clone());
-            (w != l).then(|| {
-                (
-                    format!("spec.rules[0].backendRefs[name={name}].weight"),
-                    w,
-                    l,
-                )
-            })
-        })
-        .collect()
 }

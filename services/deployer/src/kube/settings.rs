@@ -14,6 +14,13 @@ pub struct GatewayRef {
     pub name: String,
 }
 
+/// A service mesh that splits canary traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mesh {
+    /// Istio: a VirtualService `<svc>` weighs `<svc>-stable` against `<svc>-canary`.
+    Istio,
+}
+
 /// How the Kubernetes target maps layouts to objects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeSettings {
@@ -22,6 +29,8 @@ pub struct KubeSettings {
     /// The parent Gateway for canary HTTPRoutes; `None` splits canary traffic by
     /// replica ratio behind one Service.
     pub gateway: Option<GatewayRef>,
+    /// The mesh that splits canary traffic when no Gateway is set.
+    pub mesh: Option<Mesh>,
     /// Port of the Services.
     pub service_port: i32,
     /// Container port (named `http`) the Services target.
@@ -37,6 +46,7 @@ impl Default for KubeSettings {
         Self {
             namespaces: BTreeMap::new(),
             gateway: None,
+            mesh: None,
             service_port: 80,
             container_port: 8080,
             revision_history_limit: 10,
@@ -67,6 +77,18 @@ pub const KUBE_VARS: &[Var<KubeSettings>] = &[
             s.gateway = match v.trim() {
                 "" => None,
                 raw => Some(parse_gateway(raw).map_err(ValueError::Invalid)?),
+            };
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_MESH",
+        "`istio`: canary traffic is split by an Istio VirtualService `<svc>` over Services `<svc>-stable` and `<svc>-canary` (exact weights for in-mesh clients); empty: no mesh. TORONTO_DEPLOYER_GATEWAY wins when both are set.",
+        "",
+        |s, v| {
+            s.mesh = match v.trim() {
+                "" => None,
+                raw => Some(parse::one_of(raw, &[("istio", Mesh::Istio)])?),
             };
             Ok(())
         },

@@ -558,6 +558,7 @@ fn view(service: &str, environment: &str, svc: &SimSvc) -> SimService {
         routing: svc.routing.clone(),
         step_key: String::new(),
         progress_deadline_seconds: 0,
+        pod_template: None,
     };
     SimService {
         simulated: true,

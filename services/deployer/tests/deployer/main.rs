@@ -9,3 +9,5 @@
 mod commands;
 mod strategies;
 mod support;
+mod templates;
+mod workload;

@@ -299,8 +299,10 @@ async fn canary_with_gateway_weighs_an_httproute() {
             "spec": {
                 "parentRefs": [{"group": "gateway.networking.k8s.io", "kind": "Gateway", "namespace": "infra", "name": "public"}],
                 "rules": [{"backendRefs": [
-                    {"group": "", "kind": "Service", "name": "shop-api-stable", "port": 80, "weight": 90},
-                    {"group": "", "kind": "Service", "name": "shop-api-canary", "port": 80, "weight": 10}
+                    {"group": "", "kind": "Service", "name": "shop-api-stable", "port": 80, "weight": 90,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-toronto-track", "value": "stable"}]}}]},
+                    {"group": "", "kind": "Service", "name": "shop-api-canary", "port": 80, "weight": 10,
+                     "filters": [{"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "x-toronto-track", "value": "canary"}]}}]}
                 ]}]
             }
         })
@@ -339,4 +341,59 @@ async fn an_invalid_layout_is_refused_before_any_request() {
         );
     }
     assert!(requests(&log).is_empty());
+}
+
+#[tokio::test]
+async fn without_a_router_canary_weights_are_the_ones_the_replicas_reach() {
+    use toronto_deployer::Settings;
+    use toronto_deployer::engine::{TrafficSplit, canary_replicas, honest_weights, plan_steps};
+    use toronto_protocol::tasks::{CanaryStep, Strategy};
+
+    let (plain, _) = mock_target(settings(), api_server(vec![]));
+    let (routed, _) = mock_target(gateway_settings(), api_server(vec![]));
+    assert_eq!(plain.traffic_split(), TrafficSplit::ReplicaRatio);
+    assert_eq!(routed.traffic_split(), TrafficSplit::Exact);
+
+    let strategy = Strategy::Canary {
+        steps: [10, 50]
+            .map(|weight| CanaryStep {
+                weight,
+                pause_seconds: Some(5),
+            })
+            .to_vec(),
+    };
+    let before = toronto_deployer::Release {
+        layout: rolling("2.4.0", "r0:s0"),
+        current: toronto_protocol::rollout::Revision {
+            version: "2.4.0".into(),
+            image: "registry.example/shop-api:2.4.0".into(),
+            replicas: 3,
+        },
+        history: Vec::new(),
+        rollout_id: None,
+        at: chrono::Utc::now(),
+    };
+    let planned = plan_steps(&strategy, Some(&before), &Settings::default(), false).unwrap();
+    // Behind an HTTPRoute the weights are exact.
+    let exact = honest_weights(planned.clone(), 3, routed.traffic_split());
+    assert_eq!(
+        exact.iter().map(|s| s.weight).collect::<Vec<_>>(),
+        [10, 50, 100]
+    );
+    // Behind one Service, 3 replicas reach 33% and 67%: the plan says so.
+    let honest = honest_weights(planned, 3, plain.traffic_split());
+    assert_eq!(
+        honest.iter().map(|s| s.weight).collect::<Vec<_>>(),
+        [33, 67, 100]
+    );
+    assert!(
+        honest[0]
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("10% asked, 33% reached")
+    );
+    // And the 33% step applies one canary pod beside two stable ones.
+    assert_eq!(canary_replicas(3, honest[0].weight), 1);
+    assert_eq!(canary_replicas(3, honest[1].weight), 2);
 }

@@ -198,6 +198,7 @@ async fn kubectl_accepts_the_manifests_of_every_strategy() {
                     Manifest::Deployment(_) => "deployment.apps",
                     Manifest::Service(_) => "service",
                     Manifest::HttpRoute(_) => "httproute.gateway.networking.k8s.io",
+                    Manifest::VirtualService(_) => "virtualservice.networking.istio.io",
                 };
                 format!("{resource}/{} created (dry run)", m.name())
             })

@@ -8,7 +8,9 @@
 //! discovery: a loopback stub answers that), and one test runs against a real
 //! cluster when `KUBECONFIG` is set.
 
+mod adopt;
 mod apply;
 mod errors;
+mod mesh;
 mod status;
 mod support;

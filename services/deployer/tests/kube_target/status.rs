@@ -257,6 +257,7 @@ async fn no_drift_when_live_objects_match_and_route_weights_are_compared() {
                 Manifest::Deployment(_) => DEPLOYMENTS,
                 Manifest::Service(_) => SERVICES,
                 Manifest::HttpRoute(_) => ROUTES,
+                Manifest::VirtualService(_) => VIRTUAL_SERVICES,
                 Manifest::Namespace(_) => "/api/v1/namespaces",
             };
             (format!("{base}/{}", m.name()), m.to_json())

@@ -179,6 +179,17 @@ pub fn settings() -> KubeSettings {
     .expect("settings")
 }
 
+pub fn istio_settings() -> KubeSettings {
+    KubeSettings::from_vars(&HashMap::from([
+        (
+            "TORONTO_DEPLOYER_NAMESPACES".to_string(),
+            "production=prod".to_string(),
+        ),
+        ("TORONTO_DEPLOYER_MESH".to_string(), "istio".to_string()),
+    ]))
+    .expect("settings")
+}
+
 pub fn gateway_settings() -> KubeSettings {
     KubeSettings::from_vars(&HashMap::from([
         (
@@ -214,6 +225,7 @@ pub fn rolling(version: &str, step: &str) -> Layout {
         },
         step_key: step.into(),
         progress_deadline_seconds: 600,
+        pod_template: None,
     }
 }
 
@@ -228,6 +240,7 @@ pub fn blue_green(active: Track, preview: Option<Track>, blue: u32, step: &str) 
         routing: Routing::BlueGreen { active, preview },
         step_key: step.into(),
         progress_deadline_seconds: 600,
+        pod_template: None,
     }
 }
 
@@ -244,12 +257,14 @@ pub fn canary(weight: u8, stable: u32, canary: u32, step: &str) -> Layout {
         },
         step_key: step.into(),
         progress_deadline_seconds: 300,
+        pod_template: None,
     }
 }
 
 pub const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/prod/deployments";
 pub const SERVICES: &str = "/api/v1/namespaces/prod/services";
 pub const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/namespaces/prod/httproutes";
+pub const VIRTUAL_SERVICES: &str = "/apis/networking.istio.io/v1/namespaces/prod/virtualservices";
 
 /// The body without the step annotation (what differs between any two steps).
 pub fn without_step(body: &Value) -> Value {

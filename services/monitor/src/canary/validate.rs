@@ -70,6 +70,24 @@ pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
                 ));
             }
         }
+        for (field, value) in [("max_value", m.max_value), ("min_value", m.min_value)] {
+            if let Some(v) = value
+                && !v.is_finite()
+            {
+                errors.push(problem(
+                    &format!("metrics[{i}].{field}"),
+                    &format!("{v} must be a finite number"),
+                ));
+            }
+        }
+        if let (Some(lo), Some(hi)) = (m.min_value, m.max_value)
+            && lo > hi
+        {
+            errors.push(problem(
+                &format!("metrics[{i}].min_value"),
+                &format!("{lo} is above max_value {hi}"),
+            ));
+        }
         if m.query.as_deref().is_some_and(|q| q.trim().is_empty()) {
             errors.push(problem(&format!("metrics[{i}].query"), "must not be empty"));
         }
@@ -116,5 +134,26 @@ mod tests {
             .collect();
         assert_eq!(fields, vec!["metrics", "window_seconds", "confidence"]);
         assert!(validate(&request()).is_ok());
+    }
+
+    #[test]
+    fn thresholds_must_be_finite_and_in_order() {
+        let mut req = request();
+        req.metrics[0].min_value = Some(2.0);
+        req.metrics[0].max_value = Some(1.0);
+        let err = validate(&req).unwrap_err();
+        assert!(
+            err.message.contains("metrics[0].min_value"),
+            "{}",
+            err.message
+        );
+        req.metrics[0].min_value = None;
+        req.metrics[0].max_value = Some(f64::NAN);
+        let err = validate(&req).unwrap_err();
+        assert!(
+            err.message.contains("metrics[0].max_value"),
+            "{}",
+            err.message
+        );
     }
 }

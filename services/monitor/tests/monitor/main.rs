@@ -168,6 +168,8 @@ fn metric(name: &str) -> AnalysisMetric {
         max_absolute_effect: None,
         critical: false,
         must_have_data: false,
+        max_value: None,
+        min_value: None,
     }
 }
 

@@ -1,0 +1,296 @@
+//! Analysis templates: which metrics a service's canary is judged by on Kubernetes,
+//! as PromQL with placeholders the monitor fills per side (see
+//! [`toronto_protocol::analysis::AnalysisTemplate`]).
+//!
+//! Built in:
+//!
+//! - `app`: the application's own `http_requests_total` (with a `code` label) and
+//!   `http_request_duration_seconds` histogram, scraped from its pods with the pod
+//!   labels kept (`namespace`, `app_kubernetes_io_name`, `app_kubernetes_io_version`,
+//!   `track` or `colour`).
+//! - `envoy-gateway`: Envoy Gateway's proxy metrics per HTTPRoute backend
+//!   (`envoy_cluster_upstream_rq_xx`, `envoy_cluster_upstream_rq_time_bucket`, cluster
+//!   `httproute/<namespace>/<service>/rule/0/backend/<0 stable, 1 canary>`).
+//! - `istio`: `istio_requests_total` and `istio_request_duration_milliseconds_bucket`
+//!   reported by the destination workload.
+//! - `linkerd`: `response_total` (`classification="failure"`) and
+//!   `response_latency_ms_bucket`, inbound, by deployment.
+//!
+//! Each has a critical error ratio (the canary fails when it exceeds the baseline's by
+//! more than `TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE`) and a p99 latency (fails
+//! beyond `TORONTO_DEPLOYER_MAX_LATENCY_INCREASE`, not critical).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use toronto_protocol::analysis::{AnalysisMetric, AnalysisTemplate, Direction};
+
+use crate::settings::Settings;
+
+/// The names of the built-in templates.
+pub const BUILT_IN: &[&str] = &["app", "envoy-gateway", "istio", "linkerd"];
+
+fn error_ratio(query: String, settings: &Settings) -> AnalysisMetric {
+    AnalysisMetric {
+        name: "error_ratio".into(),
+        query: Some(query),
+        direction: Direction::Increase,
+        max_relative_effect: None,
+        max_absolute_effect: Some(settings.max_error_ratio_increase),
+        critical: true,
+        must_have_data: false,
+        max_value: None,
+        min_value: None,
+    }
+}
+
+fn latency(query: String, settings: &Settings) -> AnalysisMetric {
+    AnalysisMetric {
+        name: "latency_p99".into(),
+        query: Some(query),
+        direction: Direction::Increase,
+        max_relative_effect: Some(settings.max_latency_increase),
+        max_absolute_effect: None,
+        critical: false,
+        must_have_data: false,
+        max_value: None,
+        min_value: None,
+    }
+}
+
+/// `errors / all` over the window; no error series at all counts as no errors, no
+/// requests at all as no data.
+fn ratio(errors: &str, all: &str) -> String {
+    format!("(sum(rate({errors}[{{{{window}}}}])) or vector(0)) / sum(rate({all}[{{{{window}}}}]))")
+}
+
+fn p99(buckets: &str) -> String {
+    format!("histogram_quantile(0.99, sum by (le) (rate({buckets}[{{{{window}}}}])))")
+}
+
+/// A built-in template by name, with the thresholds of `settings`.
+pub fn built_in(name: &str, settings: &Settings) -> Option<AnalysisTemplate> {
+    let metrics = match name {
+        "app" => {
+            let sel = r#"namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}""#;
+            vec![
+                error_ratio(
+                    ratio(
+                        &format!(r#"http_requests_total{{{sel},code=~"5.."}}"#),
+                        &format!("http_requests_total{{{sel}}}"),
+                    ),
+                    settings,
+                ),
+                latency(
+                    p99(&format!("http_request_duration_seconds_bucket{{{sel}}}")),
+                    settings,
+                ),
+            ]
+        }
+        "envoy-gateway" => {
+            let cluster = r#"envoy_cluster_name="httproute/{{namespace}}/{{service}}/rule/0/backend/{{backend}}""#;
+            vec![
+                error_ratio(
+                    ratio(
+                        &format!(
+                            r#"envoy_cluster_upstream_rq_xx{{{cluster},envoy_response_code_class="5"}}"#
+                        ),
+                        &format!("envoy_cluster_upstream_rq_xx{{{cluster}}}"),
+                    ),
+                    settings,
+                ),
+                latency(
+                    p99(&format!(
+                        "envoy_cluster_upstream_rq_time_bucket{{{cluster}}}"
+                    )),
+                    settings,
+                ),
+            ]
+        }
+        "istio" => {
+            let sel = r#"reporter="destination",destination_workload_namespace="{{namespace}}",destination_workload="{{workload}}""#;
+            vec![
+                error_ratio(
+                    ratio(
+                        &format!(r#"istio_requests_total{{{sel},response_code=~"5.."}}"#),
+                        &format!("istio_requests_total{{{sel}}}"),
+                    ),
+                    settings,
+                ),
+                latency(
+                    p99(&format!(
+                        "istio_request_duration_milliseconds_bucket{{{sel}}}"
+                    )),
+                    settings,
+                ),
+            ]
+        }
+        "linkerd" => {
+            let sel = r#"direction="inbound",namespace="{{namespace}}",deployment="{{workload}}""#;
+            vec![
+                error_ratio(
+                    ratio(
+                        &format!(r#"response_total{{{sel},classification="failure"}}"#),
+                        &format!("response_total{{{sel}}}"),
+                    ),
+                    settings,
+                ),
+                latency(
+                    p99(&format!("response_latency_ms_bucket{{{sel}}}")),
+                    settings,
+                ),
+            ]
+        }
+        _ => return None,
+    };
+    Some(AnalysisTemplate {
+        name: name.to_owned(),
+        metrics,
+        on_no_data: None,
+    })
+}
+
+/// The template a service is analysed with: its own (`TORONTO_DEPLOYER_ANALYSIS_TEMPLATES`),
+/// else the default (`TORONTO_DEPLOYER_ANALYSIS_TEMPLATE`); a template loaded from
+/// `TORONTO_DEPLOYER_ANALYSIS_TEMPLATE_DIR` wins over a built-in of the same name.
+pub fn template_for(service: &str, settings: &Settings) -> Result<AnalysisTemplate, String> {
+    let name = settings
+        .service_templates
+        .get(service)
+        .unwrap_or(&settings.analysis_template);
+    if let Some(t) = settings.custom_templates.get(name) {
+        return Ok(t.clone());
+    }
+    built_in(name, settings).ok_or_else(|| {
+        let mut known: Vec<&str> = BUILT_IN.to_vec();
+        known.extend(settings.custom_templates.keys().map(String::as_str));
+        format!(
+            "analysis template `{name}` of {service} does not exist (known: {})",
+            known.join(", ")
+        )
+    })
+}
+
+/// Largest template file read.
+const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
+
+/// Reads every `<name>.json` of `dir` as an analysis template (each at most 64 KiB,
+/// its `name` the file's, every metric with a query).
+pub fn load_templates(dir: &Path) -> Result<BTreeMap<String, AnalysisTemplate>, String> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the directory {}: {e}", dir.display()))?;
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read the directory {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let bad = |why: String| format!("{}: {why}", path.display());
+        let size = std::fs::metadata(&path)
+            .map_err(|e| bad(e.to_string()))?
+            .len();
+        if size > MAX_TEMPLATE_BYTES {
+            return Err(bad(format!("larger than {MAX_TEMPLATE_BYTES} bytes")));
+        }
+        let bytes = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+        let t: AnalysisTemplate =
+            toronto_protocol::codec::from_json_bounded(&bytes).map_err(|e| bad(e.to_string()))?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+        if t.name != stem {
+            return Err(bad(format!(
+                "names the template {:?}, not {stem:?}",
+                t.name
+            )));
+        }
+        if t.metrics.is_empty() {
+            return Err(bad("names no metric".into()));
+        }
+        if let Some(m) = t.metrics.iter().find(|m| m.query.is_none()) {
+            return Err(bad(format!("metric {:?} has no query", m.name)));
+        }
+        out.insert(t.name.clone(), t);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_ins_name_their_metrics_and_use_only_known_placeholders() {
+        let s = Settings::default();
+        for name in BUILT_IN {
+            let t = built_in(name, &s).expect(name);
+            assert_eq!(t.metrics.len(), 2);
+            assert!(t.metrics[0].critical);
+            for m in &t.metrics {
+                let q = m.query.as_deref().unwrap();
+                for p in q.split("{{").skip(1) {
+                    let p = p.split("}}").next().unwrap();
+                    assert!(
+                        [
+                            "service",
+                            "namespace",
+                            "version",
+                            "track",
+                            "track_label",
+                            "workload",
+                            "backend",
+                            "window"
+                        ]
+                        .contains(&p),
+                        "{name}: {p} in {q}"
+                    );
+                }
+            }
+        }
+        let app = built_in("app", &s).unwrap();
+        assert_eq!(
+            app.metrics[0].query.as_deref().unwrap(),
+            r#"(sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}",code=~"5.."}[{{window}}])) or vector(0)) / sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}"}[{{window}}]))"#
+        );
+    }
+
+    #[test]
+    fn a_service_gets_its_own_or_the_default_template() {
+        let mut s = Settings::default();
+        s.service_templates.insert("cart".into(), "istio".into());
+        assert_eq!(template_for("cart", &s).unwrap().name, "istio");
+        assert_eq!(template_for("shop", &s).unwrap().name, "app");
+        s.service_templates.insert("shop".into(), "nope".into());
+        let err = template_for("shop", &s).unwrap_err();
+        assert!(err.contains("`nope`") && err.contains("linkerd"), "{err}");
+    }
+
+    #[test]
+    fn templates_load_from_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("slo.json"),
+            r#"{"name":"slo","on_no_data":"fail","metrics":[{"name":"errors","query":"sum(x{track=\"{{track}}\"})","max_value":0.01}]}"#,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let loaded = load_templates(dir.path()).unwrap();
+        assert_eq!(loaded["slo"].metrics[0].max_value, Some(0.01));
+        let s = Settings {
+            custom_templates: loaded,
+            analysis_template: "slo".into(),
+            ..Settings::default()
+        };
+        assert_eq!(
+            template_for("shop", &s).unwrap().on_no_data,
+            Some(toronto_protocol::analysis::OnNoData::Fail)
+        );
+        std::fs::write(
+            dir.path().join("other.json"),
+            r#"{"name":"x","metrics":[]}"#,
+        )
+        .unwrap();
+        let err = load_templates(dir.path()).unwrap_err();
+        assert!(err.contains("other.json"), "{err}");
+    }
+}
