@@ -4,7 +4,7 @@
 //!
 //! Each test gathers every problem it finds and fails once, listing what to fix.
 //! One binary, one module per file checked: [`dockerfile`], [`compose_file`],
-//! [`kubernetes`] and [`monitoring`].
+//! [`kubernetes`], [`kustomize`] and [`monitoring`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -241,4 +241,5 @@ fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mu
 mod compose_file;
 mod dockerfile;
 mod kubernetes;
+mod kustomize;
 mod monitoring;
