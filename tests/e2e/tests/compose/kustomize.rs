@@ -234,3 +234,83 @@ fn the_production_overlay_is_highly_available() {
     }
     fail_if_any("deploy/kubernetes/overlays/production", problems);
 }
+
+/// The value Kubernetes would give each variable of the NATS container: literals with
+/// `$(VAR)` expanded from the variables before them, a stand-in for Secret keys, the pod's
+/// name for `metadata.name`.
+fn nats_env(docs: &[Value]) -> Vec<(String, String)> {
+    let nats = named(docs, "StatefulSet", "nats");
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for e in nats["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+    {
+        let name = e["name"].as_str().unwrap_or_default().to_owned();
+        let value = if let Some(v) = e["value"].as_str() {
+            vars.iter()
+                .fold(v.to_owned(), |v, (n, x)| v.replace(&format!("$({n})"), x))
+        } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name" {
+            "nats-0".to_owned()
+        } else {
+            format!(
+                "secret-of-{}",
+                e["valueFrom"]["secretKeyRef"]["key"]
+                    .as_str()
+                    .unwrap_or("?")
+            )
+        };
+        vars.push((name, value));
+    }
+    vars
+}
+
+#[test]
+fn nats_server_accepts_each_overlays_configuration() {
+    let bin = toronto_testkit::nats_server_bin().expect("nats-server (TORONTO_NATS_SERVER_BIN)");
+    let cert = rcgen::generate_simple_self_signed(vec!["nats.toronto.svc".into()]).unwrap();
+    for overlay in ["small", "production"] {
+        let docs = docs_of(&render(&format!("overlays/{overlay}")));
+        let cm = of_kind(&docs, "ConfigMap")
+            .into_iter()
+            .find(|c| {
+                c["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("nats-config-"))
+            })
+            .expect("the generated nats-config");
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().display().to_string();
+        // Where the StatefulSet mounts them, moved into the temporary directory.
+        let conf = cm["data"]["nats.conf"]
+            .as_str()
+            .unwrap()
+            .replace("/etc/nats/tls/", &format!("{here}/"))
+            .replace("store_dir: /data", &format!("store_dir: \"{here}/data\""));
+        std::fs::write(dir.path().join("nats.conf"), conf).unwrap();
+        std::fs::write(
+            dir.path().join("permissions.conf"),
+            cm["data"]["permissions.conf"].as_str().unwrap(),
+        )
+        .unwrap();
+        for name in ["tls.crt", "ca.crt"] {
+            std::fs::write(dir.path().join(name), cert.cert.pem()).unwrap();
+        }
+        std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem()).unwrap();
+        // `-t`: parse the configuration (every `$VARIABLE` must be set) and exit.
+        let out = std::process::Command::new(&bin)
+            .arg("-t")
+            .arg("-c")
+            .arg(dir.path().join("nats.conf"))
+            .env_clear()
+            .envs(nats_env(&docs))
+            .output()
+            .expect("nats-server runs");
+        assert!(
+            out.status.success(),
+            "nats-server refuses the configuration of overlays/{overlay}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
