@@ -240,6 +240,7 @@ fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mu
 /// Whether a service runs Prometheus or Alertmanager (checked on their own).
 mod compose_file;
 mod dockerfile;
+mod grafana;
 mod kubernetes;
 mod kustomize;
 mod monitoring;
