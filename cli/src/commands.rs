@@ -72,6 +72,7 @@ pub async fn run(
         timeout,
         follow: false,
         signer: signer.as_ref(),
+        pages: 1,
     };
     run_following(client, subjects, command, actor, output, how).await
 }
@@ -85,6 +86,38 @@ pub struct How<'a> {
     pub follow: bool,
     /// The key to sign with (none: unsigned).
     pub signer: Option<&'a toronto_runtime::auth::Signer>,
+    /// For a listing: how many pages to follow (its `next_cursor`), at least 1.
+    pub pages: u32,
+}
+
+/// The most pages `toronto run --pages` follows.
+pub const MAX_PAGES: u32 = 1000;
+
+/// Appends the rows of `more` (each array it shares with `page`) to `page`, and takes
+/// its `next_cursor` (none when it has none).
+fn merge_page(page: &mut serde_json::Value, more: serde_json::Value) {
+    let (Some(page), serde_json::Value::Object(more)) = (page.as_object_mut(), more) else {
+        return;
+    };
+    page.remove("next_cursor");
+    for (key, value) in more {
+        match (page.get_mut(&key), value) {
+            (Some(serde_json::Value::Array(rows)), serde_json::Value::Array(extra)) => {
+                rows.extend(extra)
+            }
+            (_, value) if key == "next_cursor" => {
+                page.insert(key, value);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The cursor of the next page of a listing's reply, if there may be more.
+fn next_cursor(data: &serde_json::Value) -> Option<String> {
+    data.get("next_cursor")
+        .and_then(|c| c.as_str())
+        .map(str::to_owned)
 }
 
 /// [`run`], signed by `how.signer`; with `how.follow`, a command that starts a plan (deploy, rollback) prints its
@@ -102,6 +135,7 @@ pub async fn run_following(
         timeout,
         follow,
         signer,
+        pages,
     } = how;
     let Some(request) = command.request(actor) else {
         return Ok(local_answer(command).unwrap_or_default());
@@ -117,11 +151,37 @@ pub async fn run_following(
     } else {
         None
     };
-    match call_raw_signed(client, signer, &subject, &envelope, Encoding::Json, timeout).await {
+    let mut first =
+        call_raw_signed(client, signer, &subject, &envelope, Encoding::Json, timeout).await;
+    // A listing goes on page by page while it has a cursor and pages are wanted.
+    let mut followed = 1;
+    while let Ok(reply) = &mut first
+        && followed < pages.clamp(1, MAX_PAGES)
+        && let Some(cursor) = next_cursor(&reply.data)
+    {
+        let mut next = envelope.clone();
+        next.id = toronto_protocol::envelope::new_id();
+        if let Some(data) = next.data.as_object_mut() {
+            data.insert("cursor".into(), cursor.into());
+        }
+        match call_raw_signed(client, signer, &subject, &next, Encoding::Json, timeout).await {
+            Ok(more) => merge_page(&mut reply.data, more.data),
+            Err(e) => bail!("{} failed on page {}: {e}", command.name(), followed + 1),
+        }
+        followed += 1;
+    }
+    match first {
         Ok(reply) => {
-            let text = output.render(&serde_json::to_value(&reply)?, false, || {
+            let mut text = output.render(&serde_json::to_value(&reply)?, false, || {
                 render(command, &reply.data)
             });
+            if output == Output::Table && next_cursor(&reply.data).is_some() {
+                text.push_str(&format!(
+                    "\n(more: `toronto run --pages {} {}` shows the next pages)",
+                    followed + 1,
+                    command.name()
+                ));
+            }
             let Some(events) = events else {
                 return Ok(text);
             };
@@ -281,6 +341,22 @@ pub async fn watch(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pages_join_their_rows_and_keep_the_last_cursor() {
+        let mut page = serde_json::json!({"plans": [1, 2], "next_cursor": "a", "total": 9});
+        super::merge_page(
+            &mut page,
+            serde_json::json!({"plans": [3], "next_cursor": "b"}),
+        );
+        assert_eq!(
+            page,
+            serde_json::json!({"plans": [1, 2, 3], "next_cursor": "b", "total": 9})
+        );
+        super::merge_page(&mut page, serde_json::json!({"plans": [4]}));
+        assert_eq!(super::next_cursor(&page), None);
+        assert_eq!(page["plans"], serde_json::json!([1, 2, 3, 4]));
+    }
+
     use toronto_protocol::tasks::{DeployTask, PlanTask};
 
     /// What `toronto run deploy SERVICE VERSION to ENV` says: `Ok` or the grammar's reason.

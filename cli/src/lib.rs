@@ -14,6 +14,7 @@ pub mod commands;
 pub mod demo;
 pub mod identity;
 pub mod nats_server;
+pub mod ops;
 pub mod out;
 pub mod settings_docs;
 pub mod trust;

@@ -40,6 +40,9 @@ pub const SERVICE_USERS: [(ServiceKind, &str); 5] = [
     (ServiceKind::ChatBridge, "chat"),
 ];
 
+/// The web console's NATS user of `deploy/nats/permissions.conf`.
+pub const CONSOLE_USER: &str = "console";
+
 /// The peer agents' NATS users of `deploy/nats/permissions.conf` (docs/peers.md).
 pub const PEER_USERS: [&str; 3] = ["security", "qa", "architect"];
 
@@ -59,7 +62,7 @@ pub fn write_secure_config(
         .iter()
         .map(|(_, u)| *u)
         .chain(PEER_USERS)
-        .chain(std::iter::once("admin"))
+        .chain([CONSOLE_USER, "admin"])
     {
         let password = uuid::Uuid::new_v4().simple().to_string();
         text = text.replace(
@@ -307,10 +310,12 @@ async fn bootstrap_as_admin(
 }
 
 /// Starts the web console beside the stack: HTTP on `http_port_base + 6` of the
-/// configured host (a free port when the base is 0); returns its task and address.
+/// configured host (a free port when the base is 0), as the NATS user `console` when
+/// `passwords` has one; returns its task and address.
 pub async fn start_console(
     config: &Config,
     http_port_base: u16,
+    passwords: &std::collections::HashMap<String, String>,
     shutdown: CancellationToken,
 ) -> Result<
     (
@@ -331,6 +336,11 @@ pub async fn start_console(
         http_port_base + 6
     };
     config.http.addr = format!("{host}:{port}");
+    if let Some(password) = passwords.get(CONSOLE_USER) {
+        config.nats.user = Some(CONSOLE_USER.to_owned());
+        config.nats.password = Some(password.clone());
+        config.nats.token = None;
+    }
     let rt = start_service(ServiceKind::Console, config, shutdown).await?;
     let addr = rt.http_addr;
     Ok((tokio::spawn(rt.run_until_shutdown()), addr))
@@ -419,7 +429,7 @@ pub async fn run(
         )
         .await?;
         let (console, console_addr) =
-            start_console(&config, options.http_port_base, shutdown.clone()).await?;
+            start_console(&config, options.http_port_base, &passwords, shutdown.clone()).await?;
         let demo = match &demo_settings {
             Some(settings) => {
                 let demo = crate::demo::Demo::start(&config, settings)

@@ -350,3 +350,66 @@ async fn completions_and_version() {
         "{version}"
     );
 }
+
+#[tokio::test]
+async fn run_follows_the_pages_of_a_listing() {
+    use toronto_protocol::tasks::{CiSystem, Language, PipelineTask, Stages};
+    let server = NatsServer::start().await;
+    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let planner = toronto_testkit::Requester::service(client.clone(), "planner");
+    // Thirteen plans: more than the one page of ten `plans` asks for.
+    for n in 0..13 {
+        let task = PipelineTask {
+            service: format!("svc-{n}"),
+            repository: "github.com/acme/shop-api".into(),
+            language: Language::Rust,
+            ci: CiSystem::GithubActions,
+            stages: Stages::default(),
+            environments: vec!["staging".into()],
+            image: None,
+        };
+        let _: SubmitAccepted = planner.request("submit", task).await.unwrap();
+    }
+    let count = |out: &std::process::Output| {
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+        doc["data"]["plans"].as_array().map(Vec::len).unwrap_or(0)
+    };
+    let one = toronto(&server.url(), &["run", "plans", "--output", "json"]).await;
+    assert!(one.status.success(), "{one:?}");
+    assert_eq!(count(&one), 10);
+    let table = toronto(&server.url(), &["run", "plans"]).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("(more: `toronto run --pages 2 plans`"),
+        "{text}"
+    );
+    let all = toronto(
+        &server.url(),
+        &["run", "--pages", "3", "plans", "--output", "json"],
+    )
+    .await;
+    assert!(all.status.success(), "{all:?}");
+    assert_eq!(count(&all), 13, "every plan, once");
+    let doc: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let mut ids: Vec<&str> = doc["data"]["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["id"].as_str())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 13);
+    assert!(doc["data"].get("next_cursor").is_none());
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

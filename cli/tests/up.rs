@@ -376,7 +376,7 @@ async fn up_secure_runs_every_service_as_its_own_nats_user() {
         .env("TORONTO_NATS_SERVER_BIN", nats_server_bin().unwrap())
         .env("TORONTO_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(data.path().join("up.err")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -456,8 +456,36 @@ async fn up_secure_runs_every_service_as_its_own_nats_user() {
         !conf.contains("$TORONTO_NATS_"),
         "every password was filled in"
     );
+    // The console runs as its own user, and that user may do all the console does:
+    // every page renders without an error, and the server saw no permission violation.
+    let err = std::fs::read_to_string(data.path().join("up.err")).unwrap();
+    let console = err
+        .split("web console at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the console's URL is printed: {err}"))
+        .trim_end_matches('/')
+        .to_owned();
+    let http = toronto_runtime::tls::http_client().build().unwrap();
+    for page in [
+        "/readyz",
+        "/",
+        "/rollouts",
+        "/plans",
+        "/incidents",
+        "/slos",
+        "/dora",
+    ] {
+        let response = http.get(format!("{console}{page}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{page}");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("class=\"error\""), "{page}: {body}");
+    }
     let exit = sigterm(&mut up).await;
     assert_eq!(exit.code(), Some(0));
+    let log = std::fs::read_to_string(data.path().join("nats/nats-server.log")).unwrap();
+    let violations: Vec<&str> = log.lines().filter(|l| l.contains("Violation")).collect();
+    assert!(violations.is_empty(), "{violations:#?}");
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@
 //! incident). [`incident`] plays the incident story against it (`toronto demo incident`).
 
 pub mod incident;
+mod story;
 
 use std::time::Duration;
 

@@ -298,8 +298,19 @@ async fn main() {
                         lead_time_median_seconds: Some(5400.0),
                         lead_time_mean_seconds: Some(6000.0),
                         failed_changes: 2,
+                        failures_by_cause: Default::default(),
                         change_failure_rate: Some(0.05),
                         time_to_restore_median_seconds: Some(600.0),
+                        trend: (0..q.weeks.unwrap_or(0))
+                            .map(|_| toronto_protocol::tasks::DoraWeek {
+                                start: chrono::Utc::now(),
+                                end: chrono::Utc::now(),
+                                deployments: 10,
+                                failed_changes: 1,
+                                lead_time_median_seconds: Some(5400.0),
+                                time_to_restore_median_seconds: Some(600.0),
+                            })
+                            .collect(),
                     })
                 }
             },

@@ -343,17 +343,20 @@ impl Backend {
         Ok(e.slos)
     }
 
-    /// The DORA figures of a service in an environment.
+    /// The DORA figures of a service in an environment over `window_days`, with the
+    /// last `weeks` week by week.
     pub async fn dora(
         &self,
         service: &str,
         environment: &str,
         window_days: u32,
+        weeks: u32,
     ) -> Result<DoraReport, ConsoleError> {
         let q = DoraQuery {
             service: Some(service.to_owned()),
             environment: Some(environment.to_owned()),
             window_days: Some(window_days),
+            weeks: Some(weeks),
             ..Default::default()
         };
         self.ask("DORA figures", ServiceKind::Planner, "dora.get", q)

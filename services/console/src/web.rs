@@ -291,6 +291,9 @@ async fn slos(State(state): State<AppState>, viewer: Viewer) -> Response {
 /// At most this many service and environment pairs on the DORA page.
 const DORA_PAIRS: usize = 24;
 
+/// Weeks in the DORA page's trend.
+const TREND_WEEKS: u32 = 4;
+
 async fn dora(State(state): State<AppState>, viewer: Viewer) -> Response {
     let result = async {
         let b = &state.live()?.backend;
@@ -306,20 +309,11 @@ async fn dora(State(state): State<AppState>, viewer: Viewer) -> Response {
             .into_iter()
             .take(DORA_PAIRS)
             .map(|(service, environment)| async move {
-                let (week, month, two, three, four) = tokio::join!(
-                    b.dora(&service, &environment, 7),
-                    b.dora(&service, &environment, 30),
-                    b.dora(&service, &environment, 14),
-                    b.dora(&service, &environment, 21),
-                    b.dora(&service, &environment, 28),
-                );
-                let text = |r: Result<_, ConsoleError>| r.map_err(|e| e.to_string());
+                let report = b.dora(&service, &environment, 30, TREND_WEEKS).await;
                 pages::slo::DoraRow {
                     service,
                     environment,
-                    week: text(week),
-                    month: text(month),
-                    earlier: vec![text(two), text(three), text(four)],
+                    report: report.map_err(|e| e.to_string()),
                 }
             });
         let rows = futures::future::join_all(asks).await;

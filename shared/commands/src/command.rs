@@ -57,6 +57,10 @@ pub enum Command {
         strategy: Option<StrategyArg>,
         /// Canary weights in percent, increasing (100 is appended when missing).
         steps: Vec<u8>,
+        /// The commit being deployed (`--commit SHA`), for lead time and the audit.
+        commit: Option<String>,
+        /// When it was committed (`--committed-at RFC3339`): DORA's lead time starts here.
+        committed_at: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// `rollback SERVICE in ENV [--to VERSION]`.
     Rollback {

@@ -137,7 +137,12 @@ struct Args<'a> {
 /// The options each command takes: (name, takes a value).
 fn options_of(command: &str) -> &'static [(&'static str, bool)] {
     match command {
-        "deploy" => &[("strategy", true), ("steps", true)],
+        "deploy" => &[
+            ("strategy", true),
+            ("steps", true),
+            ("commit", true),
+            ("committed-at", true),
+        ],
         "rollback" => &[("to", true)],
         "promote" => &[("full", false)],
         _ => &[],
@@ -249,12 +254,16 @@ fn parse_command(name: &'static str, args: Args<'_>) -> Result<Command, String> 
             } else {
                 Some(StrategyArg::Canary)
             };
+            let commit = args.value("commit").map(commit_id).transpose()?;
+            let committed_at = args.value("committed-at").map(commit_time).transpose()?;
             Command::Deploy {
                 service,
                 version: ver,
                 environment: env,
                 strategy,
                 steps,
+                commit,
+                committed_at,
             }
         }
         "rollback" => {

@@ -327,7 +327,7 @@ pub fn render(cmd: &Command, data: &Value) -> String {
         },
         Command::Dora { .. } => match typed::<DoraReport>(data) {
             Some(d) => format!(
-                "DORA for {} in {} over {} days: {} deploys ({:.2}/day), lead time {} (median), change failure rate {}, time to restore {} (median)",
+                "DORA for {} in {} over {} days: {} deploys ({:.2}/day), lead time {} (median), change failure rate {} ({} failed: {} aborted, {} rolled back, {} with an incident), time to restore {} (median)",
                 d.service.as_deref().unwrap_or("all services"),
                 d.environment,
                 (d.window_end - d.window_start).num_days(),
@@ -335,6 +335,10 @@ pub fn render(cmd: &Command, data: &Value) -> String {
                 d.deployment_frequency_per_day,
                 hours(d.lead_time_median_seconds),
                 pct(d.change_failure_rate),
+                d.failed_changes,
+                d.failures_by_cause.aborted,
+                d.failures_by_cause.rolled_back,
+                d.failures_by_cause.incident,
                 hours(d.time_to_restore_median_seconds),
             ),
             None => fallback(),
@@ -352,6 +356,7 @@ pub fn command_summary(cmd: &Command) -> String {
             environment,
             strategy,
             steps,
+            ..
         } => {
             let s = match strategy {
                 None | Some(crate::StrategyArg::Rolling) => "rolling".to_owned(),

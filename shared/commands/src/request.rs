@@ -7,7 +7,7 @@ use toronto_protocol::incidents::{
 };
 use toronto_protocol::rollout::{RolloutCommand, RolloutList};
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, DoraQuery, PlanDecision, PlanList, RollbackTask, Strategy,
+    CanaryStep, Change, DeployTask, DoraQuery, PlanDecision, PlanList, RollbackTask, Strategy,
 };
 use toronto_protocol::{Message, MessageType, RawEnvelope, ServiceKind, Subjects, TraceParent};
 
@@ -99,7 +99,15 @@ impl Command {
                 environment,
                 strategy,
                 steps,
+                commit,
+                committed_at,
             } => {
+                let change = (commit.is_some() || committed_at.is_some()).then(|| Change {
+                    commit: commit.clone(),
+                    author: None,
+                    link: None,
+                    commit_time: *committed_at,
+                });
                 let strategy = match strategy {
                     None | Some(StrategyArg::Rolling) => Strategy::Rolling,
                     Some(StrategyArg::BlueGreen) => Strategy::BlueGreen,
@@ -122,7 +130,7 @@ impl Command {
                         image: None,
                         environment: environment.clone(),
                         strategy,
-                        change: None,
+                        change,
                         fix: false,
                         policy_override: None,
                     },

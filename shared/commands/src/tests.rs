@@ -27,6 +27,8 @@ fn every_command_parses() {
             environment: "staging".into(),
             strategy: Some(StrategyArg::Canary),
             steps: vec![10, 25, 50, 100],
+            commit: None,
+            committed_at: None,
         }
     );
     assert_eq!(
@@ -37,6 +39,8 @@ fn every_command_parses() {
             environment: "production".into(),
             strategy: None,
             steps: vec![],
+            commit: None,
+            committed_at: None,
         }
     );
     assert!(matches!(
@@ -304,6 +308,21 @@ const MALFORMED: &[(&str, &str, &str)] = &[
         "longer than 90 days",
     ),
     ("slo", "slo", "SERVICE is missing"),
+    (
+        "deploy a 1 to b --commit 'rm -rf'",
+        "deploy",
+        "is not a commit id",
+    ),
+    (
+        "deploy a 1 to b --committed-at yesterday",
+        "deploy",
+        "is not an RFC 3339 time",
+    ),
+    (
+        "deploy a 1 to b --committed-at 2999-01-01T00:00:00Z",
+        "deploy",
+        "is in the future",
+    ),
     ("dora a b", "dora", "unexpected `b`"),
     ("help nothing", "help", "not a command"),
 ];
@@ -378,6 +397,28 @@ fn deploy_becomes_a_planner_submit_of_a_deploy_task() {
                 .collect()
         }
     );
+}
+
+#[test]
+fn deploy_carries_its_commit_for_lead_time() {
+    let cmd = ok(
+        "deploy shop 1.2.0 to production --commit 9F3A1C0 --committed-at 2026-11-26T08:30:00+01:00",
+    );
+    let req = cmd.request(&actor(Role::Operator)).unwrap();
+    let env = req.envelope("toronto://cli/alice");
+    let task: toronto_protocol::tasks::DeployTask = serde_json::from_value(env.data).unwrap();
+    let change = task.change.expect("the change is carried");
+    assert_eq!(change.commit.as_deref(), Some("9f3a1c0"));
+    assert_eq!(
+        change.commit_time.map(|t| t.to_rfc3339()),
+        Some("2026-11-26T07:30:00+00:00".to_owned())
+    );
+    // Without the options the task names no change.
+    let plain = ok("deploy shop 1.2.0 to production")
+        .request(&actor(Role::Operator))
+        .unwrap()
+        .envelope("toronto://cli/alice");
+    assert!(plain.data.get("change").is_none());
 }
 
 #[test]

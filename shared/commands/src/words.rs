@@ -154,3 +154,39 @@ pub(crate) fn parse_steps(list: &str) -> Result<Vec<u8>, String> {
     }
     Ok(steps)
 }
+
+/// A commit id: 4 to 64 hexadecimal digits (SHA-1 or SHA-256, abbreviated or whole).
+pub(crate) fn commit_id(word: &str) -> Result<String, String> {
+    if (4..=64).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(word.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{}` is not a commit id (4 to 64 hexadecimal digits)",
+            shorten(word)
+        ))
+    }
+}
+
+/// A commit time in RFC 3339 (`2026-11-26T10:00:00Z`), not in the future.
+pub(crate) fn commit_time(word: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    let at = chrono::DateTime::parse_from_rfc3339(word)
+        .map_err(|e| {
+            format!(
+                "`{}` is not an RFC 3339 time such as 2026-11-26T10:00:00Z: {e}",
+                shorten(word)
+            )
+        })?
+        .with_timezone(&chrono::Utc);
+    if at > chrono::Utc::now() + chrono::Duration::minutes(5) {
+        return Err(format!("--committed-at {word} is in the future"));
+    }
+    Ok(at)
+}
+
+/// At most 40 characters of a word the user typed, for an error message.
+fn shorten(word: &str) -> String {
+    match word.char_indices().nth(40) {
+        Some((end, _)) => format!("{}…", &word[..end]),
+        None => word.to_owned(),
+    }
+}

@@ -383,6 +383,12 @@ pub struct IncidentEvent {
     pub alerts_total: u64,
     /// What happened (the timeline entry's text).
     pub change: String,
+    /// The rollouts triage linked to it as changes that may have caused it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<Uuid>,
+    /// When the first alert of it fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detected_at: Option<DateTime<Utc>>,
     /// Who did it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,

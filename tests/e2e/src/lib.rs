@@ -59,3 +59,35 @@ pub async fn srv_replies(client: &async_nats::Client, verb: &str) -> Vec<serde_j
     }
     out
 }
+
+/// `deploy/nats/permissions.conf` with the password `pw-<user>` for every user it
+/// names (`$TORONTO_NATS_<USER>_PASSWORD` becomes `"pw-<user>"`).
+pub fn permissions_conf() -> String {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/permissions.conf"),
+    )
+    .expect("deploy/nats/permissions.conf is readable");
+    let (open, close) = ("$TORONTO_NATS_", "_PASSWORD");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(open) {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + open.len()..];
+        match after.find(close) {
+            Some(end)
+                if after[..end]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_') =>
+            {
+                out.push_str(&format!("\"pw-{}\"", after[..end].to_ascii_lowercase()));
+                rest = &after[end + close.len()..];
+            }
+            _ => {
+                out.push_str(open);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}

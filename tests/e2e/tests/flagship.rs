@@ -547,6 +547,33 @@ autonomy:
         postmortem.time_to_resolve_seconds.unwrap_or_default()
     );
 
+    // 8b. DORA counts the canary as one failed change, shown by its abort and by its
+    // incident, restored when traffic went back.
+    let dora: toronto_protocol::tasks::DoraReport = ask(
+        &client,
+        "toronto.devops.v1.planner.dora.get",
+        toronto_protocol::tasks::DoraQuery {
+            service: Some(SERVICE.into()),
+            environment: Some(ENV.into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(dora.failed_changes, 1, "{dora:?}");
+    let causes = &dora.failures_by_cause;
+    assert_eq!(
+        (causes.aborted, causes.rolled_back, causes.incident),
+        (1, 0, 1),
+        "{dora:?}"
+    );
+    assert!(dora.time_to_restore_median_seconds.is_some(), "{dora:?}");
+    println!(
+        "flagship: DORA {} deploys, {} failed, time to restore {:.1} s",
+        dora.deployments,
+        dora.failed_changes,
+        dora.time_to_restore_median_seconds.unwrap_or_default()
+    );
+
     // 9. No secret reached a log, an event, an error or /metrics: the Slack signing
     // secret, the seeds of the services (the test admin's) and of the developer agent.
     let forged = reqwest::Client::new()

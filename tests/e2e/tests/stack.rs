@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+use toronto_e2e::permissions_conf;
 
 use async_nats::Client;
 use bytes::Bytes;
@@ -327,32 +328,6 @@ async fn wait_for(rollouts: &mut async_nats::Subscriber, what: &str) -> serde_js
             return serde_json::from_slice::<serde_json::Value>(&m.payload).unwrap();
         }
     }
-}
-
-/// deploy/nats/permissions.conf with a known password per user.
-fn permissions_conf() -> String {
-    let text = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy/nats/permissions.conf"),
-    )
-    .unwrap();
-    let mut text = text;
-    for user in [
-        "planner",
-        "deployer",
-        "monitor",
-        "incident",
-        "chat",
-        "security",
-        "qa",
-        "architect",
-        "admin",
-    ] {
-        text = text.replace(
-            &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),
-            &format!("\"pw-{user}\""),
-        );
-    }
-    text
 }
 
 fn as_user(server: &NatsServer, user: &str) -> Config {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use toronto_protocol::alerts::SloEntry;
-use toronto_protocol::tasks::DoraReport;
+use toronto_protocol::tasks::{DoraReport, DoraWeek};
 
 use super::View;
 use crate::history::SloHistory;
@@ -137,40 +137,23 @@ pub fn page(_ctx: &Ctx, slos: &[SloEntry], history: &SloHistory) -> View {
     }
 }
 
-/// One row of the DORA page: a service in an environment, last 7 and last 30 days.
+/// One row of the DORA page: a service in an environment.
 #[derive(Debug, Clone)]
 pub struct DoraRow {
     /// The service.
     pub service: String,
     /// The environment.
     pub environment: String,
-    /// The last 7 days, or why not.
-    pub week: Result<DoraReport, String>,
-    /// The last 30 days, or why not.
-    pub month: Result<DoraReport, String>,
-    /// The last 14, 21 and 28 days (with `week`, the cumulative windows the weekly
-    /// trend is the difference of).
-    pub earlier: Vec<Result<DoraReport, String>>,
+    /// The last 30 days with the last weeks one by one, or why not.
+    pub report: Result<DoraReport, String>,
 }
 
-/// Deploys and failed changes per week, oldest first: the differences of the planner's
-/// cumulative 7, 14, 21 and 28 day windows. None when one of them failed.
-pub fn weekly(row: &DoraRow) -> Option<Vec<(u64, u64)>> {
-    let mut cumulative = vec![row.week.as_ref().ok()?];
-    for r in &row.earlier {
-        cumulative.push(r.as_ref().ok()?);
-    }
-    let mut weeks: Vec<(u64, u64)> = Vec::with_capacity(cumulative.len());
-    let mut before = (0, 0);
-    for c in cumulative {
-        weeks.push((
-            c.deployments.saturating_sub(before.0),
-            c.failed_changes.saturating_sub(before.1),
-        ));
-        before = (c.deployments, c.failed_changes);
-    }
-    weeks.reverse();
-    Some(weeks)
+/// Deploys and failed changes per week, oldest first.
+fn weekly(trend: &[DoraWeek]) -> Vec<(u64, u64)> {
+    trend
+        .iter()
+        .map(|w| (w.deployments, w.failed_changes))
+        .collect()
 }
 
 /// The weekly trend as bars (deploys, with the failed ones in red), oldest left.
@@ -209,29 +192,55 @@ fn trend_svg(weeks: &[(u64, u64)]) -> String {
     out
 }
 
-fn figures(r: &Result<DoraReport, String>) -> [String; 4] {
-    match r {
-        Ok(r) => [
+fn or_dash(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "–".into())
+}
+
+fn rate(failed: u64, deploys: u64) -> Option<f64> {
+    (deploys > 0).then(|| failed as f64 / deploys as f64)
+}
+
+/// The four figures of the last week (from the trend) and of the whole window.
+fn figures(r: &DoraReport) -> [(String, String); 4] {
+    let week = r.trend.last();
+    let month = (
+        format!(
+            "{}/day ({})",
+            trim_num(r.deployment_frequency_per_day),
+            r.deployments
+        ),
+        or_dash(r.lead_time_median_seconds, duration),
+        or_dash(r.change_failure_rate, |c| {
+            format!("{}% ({})", trim_num(c * 100.0), r.failed_changes)
+        }),
+        or_dash(r.time_to_restore_median_seconds, duration),
+    );
+    let week = match week {
+        Some(w) => (
             format!(
                 "{}/day ({})",
-                trim_num(r.deployment_frequency_per_day),
-                r.deployments
+                trim_num(w.deployments as f64 / 7.0),
+                w.deployments
             ),
-            r.lead_time_median_seconds
-                .map(duration)
-                .unwrap_or_else(|| "–".into()),
-            r.change_failure_rate
-                .map(|c| format!("{}% ({})", trim_num(c * 100.0), r.failed_changes))
-                .unwrap_or_else(|| "–".into()),
-            r.time_to_restore_median_seconds
-                .map(duration)
-                .unwrap_or_else(|| "–".into()),
-        ],
-        Err(e) => {
-            let e = format!("<span class=\"error\">{}</span>", E(e));
-            [e.clone(), e.clone(), e.clone(), e]
-        }
-    }
+            or_dash(w.lead_time_median_seconds, duration),
+            or_dash(rate(w.failed_changes, w.deployments), |c| {
+                format!("{}% ({})", trim_num(c * 100.0), w.failed_changes)
+            }),
+            or_dash(w.time_to_restore_median_seconds, duration),
+        ),
+        None => ("–".into(), "–".into(), "–".into(), "–".into()),
+    };
+    [
+        (week.0, month.0),
+        (week.1, month.1),
+        (week.2, month.2),
+        (week.3, month.3),
+    ]
+}
+
+/// One figure per week, oldest first, joined with dots.
+fn per_week(trend: &[DoraWeek], f: impl Fn(&DoraWeek) -> String) -> String {
+    trend.iter().map(f).collect::<Vec<_>>().join(" · ")
 }
 
 fn duration(seconds: f64) -> String {
@@ -247,46 +256,53 @@ fn duration(seconds: f64) -> String {
 /// The DORA page.
 pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
     let mut out = String::from(
-        "<p class=\"muted\">Computed by the planner from the event stream; each cell shows the last 7 days → the last 30 days. The trend is deploys per week over the last 4 weeks (oldest first; failed changes in red, with the change failure rate per week).</p>",
+        "<p class=\"muted\">Computed by the planner from the event stream; each cell shows the last 7 days → the last 30 days. The trend covers the last 4 weeks, oldest first: deploys per week (failed changes in red), then each week's change failure rate, median lead time and median time to restore.</p>",
     );
     if rows.is_empty() {
         out.push_str("<p class=\"muted\">No deploys yet.</p>");
     } else {
         out.push_str("<table id=\"dora\"><tr><th>service</th><th>environment</th><th>deployment frequency</th><th>lead time (median)</th><th>change failure rate</th><th>time to restore (median)</th><th>last 4 weeks</th></tr>");
         for r in rows {
-            let (w, m) = (figures(&r.week), figures(&r.month));
             let _ = write!(
                 out,
                 "<tr><td>{}</td><td>{}</td>",
                 E(&r.service),
                 E(&r.environment)
             );
-            for k in 0..4 {
-                let _ = write!(out, "<td>{} → {}</td>", w[k], m[k]);
-            }
-            match weekly(r) {
-                Some(weeks) => {
-                    let rates = weeks
-                        .iter()
-                        .map(|(d, f)| {
-                            if *d == 0 {
-                                "–".to_owned()
-                            } else {
-                                format!("{}%", trim_num(*f as f64 * 100.0 / *d as f64))
-                            }
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" · ");
+            let report = match &r.report {
+                Ok(report) => report,
+                Err(e) => {
                     let _ = write!(
                         out,
-                        "<td>{}<br><span class=\"muted\">failure rate {}</span></td>",
-                        trend_svg(&weeks),
-                        E(&rates)
+                        "<td colspan=\"5\"><span class=\"error\">{}</span></td></tr>",
+                        E(e)
                     );
+                    continue;
                 }
-                None => out.push_str("<td>–</td>"),
+            };
+            for (week, month) in figures(report) {
+                let _ = write!(out, "<td>{week} → {month}</td>");
             }
-            out.push_str("</tr>");
+            if report.trend.is_empty() {
+                out.push_str("<td>–</td></tr>");
+                continue;
+            }
+            let t = &report.trend;
+            let rates = per_week(t, |w| {
+                or_dash(rate(w.failed_changes, w.deployments), |c| {
+                    format!("{}%", trim_num(c * 100.0))
+                })
+            });
+            let leads = per_week(t, |w| or_dash(w.lead_time_median_seconds, duration));
+            let restores = per_week(t, |w| or_dash(w.time_to_restore_median_seconds, duration));
+            let _ = write!(
+                out,
+                "<td>{}<br><span class=\"muted\">failure rate {}<br>lead time {}<br>time to restore {}</span></td></tr>",
+                trend_svg(&weekly(t)),
+                E(&rates),
+                E(&leads),
+                E(&restores)
+            );
         }
         out.push_str("</table>");
     }
@@ -301,43 +317,62 @@ pub fn dora(_ctx: &Ctx, rows: &[DoraRow]) -> View {
 mod tests {
     use super::*;
 
-    fn report(deployments: u64, failed_changes: u64) -> Result<DoraReport, String> {
-        Ok(DoraReport {
+    fn week(deployments: u64, failed: u64, lead: Option<f64>, restore: Option<f64>) -> DoraWeek {
+        DoraWeek {
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            deployments,
+            failed_changes: failed,
+            lead_time_median_seconds: lead,
+            time_to_restore_median_seconds: restore,
+        }
+    }
+
+    #[test]
+    fn the_trend_shows_every_figure_week_by_week() {
+        let report = DoraReport {
             service: Some("shop".into()),
             environment: "production".into(),
             window_start: chrono::Utc::now(),
             window_end: chrono::Utc::now(),
-            deployments,
-            deployment_frequency_per_day: 0.0,
-            lead_time_median_seconds: None,
+            deployments: 12,
+            deployment_frequency_per_day: 0.4,
+            lead_time_median_seconds: Some(5400.0),
             lead_time_mean_seconds: None,
-            failed_changes,
-            change_failure_rate: None,
-            time_to_restore_median_seconds: None,
-        })
-    }
-
-    #[test]
-    fn the_weekly_trend_is_the_difference_of_the_cumulative_windows() {
+            failed_changes: 2,
+            failures_by_cause: Default::default(),
+            change_failure_rate: Some(2.0 / 12.0),
+            time_to_restore_median_seconds: Some(600.0),
+            trend: vec![
+                week(2, 0, Some(3600.0), None),
+                week(4, 1, Some(7200.0), Some(90.0)),
+                week(0, 0, None, None),
+                week(3, 1, Some(9000.0), Some(900.0)),
+            ],
+        };
         let row = DoraRow {
             service: "shop".into(),
             environment: "production".into(),
-            week: report(3, 1),
-            month: report(12, 2),
-            earlier: vec![report(5, 1), report(9, 2), report(11, 2)],
+            report: Ok(report),
         };
-        // Oldest first: weeks 4, 3, 2, 1 back.
-        assert_eq!(weekly(&row), Some(vec![(2, 0), (4, 1), (2, 0), (3, 1)]));
         let page = dora(&Ctx::default(), std::slice::from_ref(&row)).live;
         assert!(page.contains("<svg class=\"trend\""), "{page}");
         assert!(
-            page.contains("failure rate 0% · 25% · 0% · 33.33%"),
+            page.contains("failure rate 0% · 25% · – · 33.33%"),
             "{page}"
         );
+        assert!(page.contains("lead time 60m · 2h · – · 2.5h"), "{page}");
+        assert!(page.contains("time to restore – · 90s · – · 15m"), "{page}");
+        // The last week's figures stand before the 30 days'.
+        assert!(page.contains("<td>33.33% (1) → 16.67% (2)</td>"), "{page}");
         let broken = DoraRow {
-            earlier: vec![Err("timeout".into())],
+            report: Err("timeout".into()),
             ..row
         };
-        assert_eq!(weekly(&broken), None);
+        let page = dora(&Ctx::default(), &[broken]).live;
+        assert!(
+            page.contains("<span class=\"error\">timeout</span>"),
+            "{page}"
+        );
     }
 }

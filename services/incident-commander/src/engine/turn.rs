@@ -199,6 +199,8 @@ impl<'a> Turn<'a> {
             alerts_firing: inc.alerts_firing,
             alerts_total: inc.alerts_total,
             change: text,
+            changes: inc.changes.iter().map(|c| c.rollout_id).collect(),
+            detected_at: Some(inc.detected_at),
             by: by.map(str::to_owned),
             at: self.now,
         };

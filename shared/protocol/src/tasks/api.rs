@@ -146,6 +146,10 @@ pub struct DoraQuery {
     /// change (default 24).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_window_hours: Option<u32>,
+    /// Also give the figures of each of the last this many weeks (at most 13), oldest
+    /// first, in [`DoraReport::trend`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weeks: Option<u32>,
 }
 
 impl Message for DoraQuery {
@@ -165,7 +169,8 @@ pub struct DoraReport {
     pub window_start: DateTime<Utc>,
     /// End of the window (now).
     pub window_end: DateTime<Utc>,
-    /// Deploys that completed in the window.
+    /// Deploys that reached the environment and ended in the window (succeeded,
+    /// aborted or failed; rollbacks are not deploys).
     pub deployments: u64,
     /// Deploys per day over the window.
     pub deployment_frequency_per_day: f64,
@@ -175,12 +180,52 @@ pub struct DoraReport {
     /// Mean of the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lead_time_mean_seconds: Option<f64>,
-    /// Deploys followed by a rollback within the failure window.
+    /// Deploys that failed: aborted or failed by the deployer, rolled back (by a plan,
+    /// a playbook or a person) within the failure window, or linked to an incident by
+    /// triage. A deploy with several of these counts once.
     pub failed_changes: u64,
+    /// The failed changes by what showed the failure (one change may show several).
+    #[serde(default)]
+    pub failures_by_cause: DoraFailureCauses,
     /// `failed_changes / deployments`; absent without deployments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change_failure_rate: Option<f64>,
-    /// Median seconds from a failed deploy to the completed rollback that restored it.
+    /// Median seconds from the failure (the incident's detection, else the faulty
+    /// version taking traffic) to recovery (traffic back on the previous version, a
+    /// completed rollback, or the incident mitigated or resolved, whichever is first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_to_restore_median_seconds: Option<f64>,
+    /// The figures of each of the last [`DoraQuery::weeks`] weeks, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trend: Vec<DoraWeek>,
+}
+
+/// How the failed changes of a [`DoraReport`] showed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct DoraFailureCauses {
+    /// Aborted by analysis, an alert or a person, or failed by the deployer.
+    pub aborted: u64,
+    /// Rolled back afterwards by a rollback (plan, playbook or person).
+    pub rolled_back: u64,
+    /// Linked to an incident by the incident commander's triage.
+    pub incident: u64,
+}
+
+/// The DORA figures of one week (seven days ending at `end`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct DoraWeek {
+    /// Start of the week.
+    pub start: DateTime<Utc>,
+    /// Its end.
+    pub end: DateTime<Utc>,
+    /// Deploys that ended in it.
+    pub deployments: u64,
+    /// Of those, failed changes.
+    pub failed_changes: u64,
+    /// Median lead time of its deploys, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_time_median_seconds: Option<f64>,
+    /// Median time to restore of its failed changes, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_to_restore_median_seconds: Option<f64>,
 }

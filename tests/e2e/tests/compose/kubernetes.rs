@@ -211,6 +211,7 @@ fn kubernetes_nats_runs_with_tls_and_every_service_as_its_own_user() {
         ("toronto-monitor", "monitor"),
         ("toronto-incident-commander", "incident"),
         ("toronto-chat-bridge", "chat"),
+        ("toronto-console", "console"),
     ];
     for d in of_kind(&docs, "Deployment") {
         let name = d["metadata"]["name"].as_str().unwrap_or_default();

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+use toronto_e2e::permissions_conf;
 
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
@@ -188,32 +189,6 @@ async fn after_a_nats_restart_every_loop_of_every_service_resumes() {
     for r in running {
         r.await.unwrap().unwrap();
     }
-}
-
-/// deploy/nats/permissions.conf with the password `pw-<user>` for each user.
-fn permissions_conf() -> String {
-    let mut text = std::fs::read_to_string(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../../deploy/nats/permissions.conf"),
-    )
-    .unwrap();
-    for user in [
-        "planner",
-        "deployer",
-        "monitor",
-        "incident",
-        "chat",
-        "security",
-        "qa",
-        "architect",
-        "admin",
-    ] {
-        text = text.replace(
-            &format!("$TORONTO_NATS_{}_PASSWORD", user.to_uppercase()),
-            &format!("\"pw-{user}\""),
-        );
-    }
-    text
 }
 
 async fn connect_as(server: &NatsServer, user: &str) -> async_nats::Client {

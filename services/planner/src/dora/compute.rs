@@ -1,0 +1,300 @@
+//! The four DORA figures from a [`History`], as of a moment: a pure function, so a
+//! hand-computed example checks it exactly.
+//!
+//! - A **deployment** is a deploy rollout that ended in the window, however it ended.
+//! - A **failed change** is one that was aborted or failed, rolled back by a later
+//!   rollback (plan, playbook or person) within the failure window and before the
+//!   service's next deploy, or linked to an incident by triage.
+//! - **Time to restore** runs from the failure (the incident's detection, else the
+//!   faulty version taking traffic, else the deploy's end) to the first recovery:
+//!   traffic back after an abort, a completed rollback, or the incident mitigated or
+//!   resolved.
+//! - **Lead time** runs from the commit time the task carried to the deploy's end, for
+//!   deploys that succeeded.
+
+use chrono::{DateTime, Duration, Utc};
+use toronto_protocol::tasks::{DoraFailureCauses, DoraQuery, DoraReport, DoraWeek};
+
+use super::history::{Deploy, Ending, History};
+
+/// The most weeks a trend may ask for.
+pub const MAX_WEEKS: u32 = 13;
+
+fn median(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+fn seconds(d: Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
+}
+
+/// What the failure of one deploy looked like.
+#[derive(Debug, Default)]
+struct Failure {
+    causes: DoraFailureCauses,
+    start: Option<DateTime<Utc>>,
+    restored: Option<DateTime<Utc>>,
+}
+
+impl Failure {
+    fn failed(&self) -> bool {
+        self.causes != DoraFailureCauses::default()
+    }
+
+    fn restored_at(&mut self, at: DateTime<Utc>) {
+        self.restored = Some(self.restored.map_or(at, |r| r.min(at)));
+    }
+}
+
+/// The figures over `deploys` (already filtered to the window and the query's service
+/// and environment) with `history` to judge them.
+struct Figures {
+    deployments: u64,
+    failed: u64,
+    causes: DoraFailureCauses,
+    lead_times: Vec<f64>,
+    restores: Vec<f64>,
+}
+
+fn figures(deploys: &[&Deploy], history: &History, failure_window: Duration) -> Figures {
+    let mut out = Figures {
+        deployments: deploys.len() as u64,
+        failed: 0,
+        causes: DoraFailureCauses::default(),
+        lead_times: Vec::new(),
+        restores: Vec::new(),
+    };
+    for deploy in deploys {
+        if deploy.ending == Ending::Succeeded
+            && let Some(commit) = deploy.plan_id.and_then(|p| history.commits.get(&p))
+        {
+            let lead = seconds(deploy.ended_at - *commit);
+            if lead >= 0.0 {
+                out.lead_times.push(lead);
+            }
+        }
+        let f = judge(deploy, history, failure_window);
+        if f.failed() {
+            out.failed += 1;
+            out.causes.aborted += f.causes.aborted;
+            out.causes.rolled_back += f.causes.rolled_back;
+            out.causes.incident += f.causes.incident;
+            if let (Some(start), Some(end)) = (f.start, f.restored) {
+                out.restores.push(seconds(end - start).max(0.0));
+            }
+        }
+    }
+    out
+}
+
+/// Whether `deploy` failed, how, and its failure's start and recovery.
+fn judge(deploy: &Deploy, history: &History, failure_window: Duration) -> Failure {
+    let mut f = Failure::default();
+    if deploy.ending == Ending::Aborted {
+        f.causes.aborted = 1;
+        f.start = Some(deploy.started_at);
+        f.restored_at(deploy.ended_at);
+    }
+    // The next deploy of the service ends what a later rollback can undo.
+    let next = history
+        .deploys
+        .iter()
+        .filter(|d| d.service == deploy.service && d.environment == deploy.environment)
+        .filter(|d| d.ended_at > deploy.ended_at && d.ending == Ending::Succeeded)
+        .map(|d| d.ended_at)
+        .min();
+    if deploy.ending == Ending::Succeeded
+        && let Some(at) = history
+            .rollbacks
+            .iter()
+            .filter(|r| r.service == deploy.service && r.environment == deploy.environment)
+            .filter(|r| r.at > deploy.ended_at && r.at <= deploy.ended_at + failure_window)
+            .filter(|r| next.is_none_or(|n| r.at < n))
+            .map(|r| r.at)
+            .min()
+    {
+        f.causes.rolled_back = 1;
+        f.start.get_or_insert(deploy.ended_at);
+        f.restored_at(at);
+    }
+    let mut incidents: Vec<_> = history
+        .incidents
+        .values()
+        .filter(|i| i.changes.contains(&deploy.rollout_id))
+        .collect();
+    incidents.sort_by_key(|i| i.detected_at);
+    if let Some(first) = incidents.first() {
+        f.causes.incident = 1;
+        // The incident's detection is when users were first seen hurting.
+        f.start = Some(first.detected_at);
+        if let Some(at) = first.restored_at {
+            f.restored_at(at);
+        }
+        // A recovery before the incident was detected does not end it.
+        if f.restored.is_some_and(|r| r < first.detected_at) {
+            f.restored = first.restored_at;
+        }
+    }
+    f
+}
+
+/// The figures for `query` from `history`, as of `now`.
+pub fn compute(query: &DoraQuery, history: &History, now: DateTime<Utc>) -> DoraReport {
+    let environment = query
+        .environment
+        .clone()
+        .unwrap_or_else(|| "production".into());
+    let days = query.window_days.unwrap_or(30).max(1);
+    let failure_window = Duration::hours(query.failure_window_hours.unwrap_or(24) as i64);
+    let in_scope = |d: &&Deploy| {
+        d.environment == environment && query.service.as_deref().is_none_or(|s| d.service == s)
+    };
+    let between = |start: DateTime<Utc>, end: DateTime<Utc>| -> Vec<&Deploy> {
+        history
+            .deploys
+            .iter()
+            .filter(in_scope)
+            .filter(|d| d.ended_at > start && d.ended_at <= end)
+            .collect()
+    };
+    let window_start = now - Duration::days(days as i64);
+    let mut all = figures(&between(window_start, now), history, failure_window);
+    let trend = (0..query.weeks.unwrap_or(0).min(MAX_WEEKS))
+        .rev()
+        .map(|back| {
+            let end = now - Duration::weeks(back as i64);
+            let start = end - Duration::weeks(1);
+            let mut week = figures(&between(start, end), history, failure_window);
+            DoraWeek {
+                start,
+                end,
+                deployments: week.deployments,
+                failed_changes: week.failed,
+                lead_time_median_seconds: median(&mut week.lead_times),
+                time_to_restore_median_seconds: median(&mut week.restores),
+            }
+        })
+        .collect();
+    let n = all.deployments;
+    DoraReport {
+        service: query.service.clone(),
+        environment,
+        window_start,
+        window_end: now,
+        deployments: n,
+        deployment_frequency_per_day: n as f64 / days as f64,
+        lead_time_mean_seconds: (!all.lead_times.is_empty())
+            .then(|| all.lead_times.iter().sum::<f64>() / all.lead_times.len() as f64),
+        lead_time_median_seconds: median(&mut all.lead_times),
+        failed_changes: all.failed,
+        failures_by_cause: all.causes,
+        change_failure_rate: (n > 0).then(|| all.failed as f64 / n as f64),
+        time_to_restore_median_seconds: median(&mut all.restores),
+        trend,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::history::{IncidentRecord, Rollback};
+    use super::*;
+    use uuid::Uuid;
+
+    fn deploy(service: &str, ended: DateTime<Utc>, ending: Ending) -> Deploy {
+        Deploy {
+            rollout_id: Uuid::now_v7(),
+            service: service.into(),
+            environment: "production".into(),
+            plan_id: Some(Uuid::now_v7()),
+            started_at: ended - Duration::minutes(10),
+            ended_at: ended,
+            ending,
+        }
+    }
+
+    #[test]
+    fn every_kind_of_failure_counts_once_with_its_restore_time() {
+        let now = Utc::now();
+        let mut h = History::default();
+        // Aborted canary: restored when traffic went back, 10 minutes after it began.
+        h.deploys
+            .push(deploy("shop", now - Duration::days(3), Ending::Aborted));
+        // Rolled back 30 minutes later and also linked to an incident detected 5
+        // minutes after the deploy and mitigated at 20: one failure, restored by the
+        // incident's mitigation 15 minutes after its detection.
+        let both = deploy("shop", now - Duration::days(2), Ending::Succeeded);
+        h.rollbacks.push(Rollback {
+            service: "shop".into(),
+            environment: "production".into(),
+            at: both.ended_at + Duration::minutes(30),
+        });
+        h.incidents.insert(
+            Uuid::now_v7(),
+            IncidentRecord {
+                detected_at: both.ended_at + Duration::minutes(5),
+                changes: vec![both.rollout_id],
+                restored_at: Some(both.ended_at + Duration::minutes(20)),
+            },
+        );
+        h.deploys.push(both.clone());
+        // Healthy, with a commit 2 hours before its end.
+        let good = deploy("shop", now - Duration::days(1), Ending::Succeeded);
+        h.commits
+            .insert(good.plan_id.unwrap(), good.ended_at - Duration::hours(2));
+        h.deploys.push(good);
+        let r = compute(
+            &DoraQuery {
+                weeks: Some(2),
+                ..Default::default()
+            },
+            &h,
+            now,
+        );
+        assert_eq!(r.deployments, 3);
+        assert_eq!(r.failed_changes, 2);
+        assert_eq!(
+            r.failures_by_cause,
+            DoraFailureCauses {
+                aborted: 1,
+                rolled_back: 1,
+                incident: 1
+            }
+        );
+        // 600 s and 900 s.
+        assert_eq!(r.time_to_restore_median_seconds, Some(750.0));
+        assert_eq!(r.lead_time_median_seconds, Some(7200.0));
+        assert_eq!(r.trend.len(), 2);
+        assert_eq!(r.trend[0].deployments, 0);
+        assert_eq!(r.trend[1].deployments, 3);
+        assert_eq!(r.trend[1].time_to_restore_median_seconds, Some(750.0));
+    }
+
+    #[test]
+    fn a_rollback_after_the_next_deploy_or_the_window_blames_nothing() {
+        let now = Utc::now();
+        let mut h = History::default();
+        h.deploys
+            .push(deploy("shop", now - Duration::days(5), Ending::Succeeded));
+        h.deploys
+            .push(deploy("shop", now - Duration::days(4), Ending::Succeeded));
+        // Two days after the second deploy: outside the 24 h failure window.
+        h.rollbacks.push(Rollback {
+            service: "shop".into(),
+            environment: "production".into(),
+            at: now - Duration::days(2),
+        });
+        let r = compute(&DoraQuery::default(), &h, now);
+        assert_eq!((r.deployments, r.failed_changes), (2, 0));
+        assert_eq!(r.change_failure_rate, Some(0.0));
+        assert_eq!(r.time_to_restore_median_seconds, None);
+    }
+}

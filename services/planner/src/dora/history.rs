@@ -1,0 +1,144 @@
+//! The records DORA is computed from, folded from the event stream: deploy and
+//! rollback rollouts (the deployer's `rollout.*` events), completed deploy plans (for
+//! their commit time) and incidents (with the changes triage linked to them).
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use toronto_protocol::incidents::{IncidentEvent, IncidentState};
+use toronto_protocol::rollout::{Rollout, RolloutEvent};
+use toronto_protocol::tasks::{Plan, PlanTask};
+use uuid::Uuid;
+
+/// How a deploy rollout ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The new version serves all traffic.
+    Succeeded,
+    /// Stopped by analysis, an alert or a person, or failed by the deployer; traffic
+    /// went back to the previous version.
+    Aborted,
+}
+
+/// A deploy rollout (not a rollback) that ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deploy {
+    /// The rollout.
+    pub rollout_id: Uuid,
+    /// The service.
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+    /// The plan that asked for it.
+    pub plan_id: Option<Uuid>,
+    /// When the new version began taking traffic (the rollout's start).
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub ended_at: DateTime<Utc>,
+    /// How.
+    pub ending: Ending,
+}
+
+/// A rollback rollout that completed: the service was restored at `at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollback {
+    /// The service.
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+    /// When traffic was back on the old version.
+    pub at: DateTime<Utc>,
+}
+
+/// An incident, as its events tell it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentRecord {
+    /// When its first alert fired.
+    pub detected_at: DateTime<Utc>,
+    /// The rollouts triage linked to it.
+    pub changes: Vec<Uuid>,
+    /// When it was first mitigated or resolved.
+    pub restored_at: Option<DateTime<Utc>>,
+}
+
+/// Everything DORA needs from a stretch of the event stream.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// Deploy rollouts that ended.
+    pub deploys: Vec<Deploy>,
+    /// Rollback rollouts that completed.
+    pub rollbacks: Vec<Rollback>,
+    /// Commit time of completed deploy plans, by plan.
+    pub commits: HashMap<Uuid, DateTime<Utc>>,
+    /// Incidents by id.
+    pub incidents: HashMap<Uuid, IncidentRecord>,
+}
+
+impl History {
+    /// Adds a rollout event (`what`) published at `at`.
+    pub fn rollout(&mut self, what: RolloutEvent, r: &Rollout, at: DateTime<Utc>) {
+        let ended_at = r.finished_at.unwrap_or(at);
+        if r.is_rollback {
+            if matches!(what, RolloutEvent::Succeeded) {
+                self.rollbacks.push(Rollback {
+                    service: r.service.clone(),
+                    environment: r.environment.clone(),
+                    at: ended_at,
+                });
+            }
+            return;
+        }
+        let ending = match what {
+            RolloutEvent::Succeeded => Ending::Succeeded,
+            RolloutEvent::Aborted | RolloutEvent::Failed => Ending::Aborted,
+            _ => return,
+        };
+        // One record a rollout: an abort is followed by `rolled_back`, which is ignored.
+        if self.deploys.iter().any(|d| d.rollout_id == r.id) {
+            return;
+        }
+        self.deploys.push(Deploy {
+            rollout_id: r.id,
+            service: r.service.clone(),
+            environment: r.environment.clone(),
+            plan_id: r.plan_id,
+            started_at: r.created_at,
+            ended_at,
+            ending,
+        });
+    }
+
+    /// Adds a completed plan; only deploys with a commit time matter.
+    pub fn plan_completed(&mut self, plan: &Plan) {
+        if let PlanTask::Deploy(d) = &plan.task
+            && let Some(commit) = d.change.as_ref().and_then(|c| c.commit_time)
+        {
+            self.commits.insert(plan.id, commit);
+        }
+    }
+
+    /// Adds an incident event (`what`).
+    pub fn incident(&mut self, what: &str, e: &IncidentEvent) {
+        let record = self.incidents.entry(e.id).or_insert(IncidentRecord {
+            detected_at: e.detected_at.unwrap_or(e.at),
+            changes: Vec::new(),
+            restored_at: None,
+        });
+        if let Some(detected) = e.detected_at {
+            record.detected_at = record.detected_at.min(detected);
+        }
+        for c in &e.changes {
+            if !record.changes.contains(c) {
+                record.changes.push(*c);
+            }
+        }
+        let restored = matches!(what, "mitigated" | "resolved")
+            || matches!(
+                e.state,
+                IncidentState::Mitigated | IncidentState::Resolved | IncidentState::Closed
+            );
+        if restored && record.restored_at.is_none() {
+            record.restored_at = Some(e.at);
+        }
+    }
+}

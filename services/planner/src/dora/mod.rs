@@ -1,0 +1,187 @@
+//! DORA metrics computed from the event stream (the stream is the record): deployment
+//! frequency, lead time for changes, change failure rate and time to restore.
+//!
+//! [`history`] folds the events of the window into records; [`compute`] says which
+//! deploys failed and how long service took to come back (its module documents the
+//! definitions).
+
+pub mod compute;
+pub mod history;
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::AtomicU64;
+use toronto_protocol::incidents::IncidentEvent;
+use toronto_protocol::rollout::{Rollout, RolloutEvent};
+use toronto_protocol::tasks::{DoraQuery, DoraReport, Plan};
+use toronto_protocol::{Encoding, Envelope, decode};
+
+use crate::intake::{IntakeError, Planner};
+pub use compute::compute;
+pub use history::History;
+
+/// Labels of the DORA gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DoraLabels {
+    /// The service (`*` for all).
+    pub service: String,
+    /// The environment.
+    pub environment: String,
+}
+
+/// The DORA figures on `/metrics`, updated whenever they are computed.
+#[derive(Clone, Debug, Default)]
+pub struct DoraGauges {
+    frequency: Family<DoraLabels, Gauge<f64, AtomicU64>>,
+    lead_time: Family<DoraLabels, Gauge<f64, AtomicU64>>,
+    failure_rate: Family<DoraLabels, Gauge<f64, AtomicU64>>,
+    restore: Family<DoraLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl DoraGauges {
+    /// Registers the gauges with the service's metrics.
+    pub fn register(metrics: &toronto_runtime::Metrics) -> Self {
+        let g = Self::default();
+        metrics.register(
+            "dora_deployments_per_day",
+            "DORA deployment frequency over the last 30 days",
+            g.frequency.clone(),
+        );
+        metrics.register(
+            "dora_lead_time_seconds",
+            "DORA lead time for changes (median, commit to deploy)",
+            g.lead_time.clone(),
+        );
+        metrics.register(
+            "dora_change_failure_rate",
+            "DORA change failure rate (deploys aborted, rolled back or linked to an incident)",
+            g.failure_rate.clone(),
+        );
+        metrics.register(
+            "dora_time_to_restore_seconds",
+            "DORA time to restore service (median, failure to recovery)",
+            g.restore.clone(),
+        );
+        g
+    }
+
+    fn set(&self, report: &DoraReport) {
+        let labels = DoraLabels {
+            service: report.service.clone().unwrap_or_else(|| "*".into()),
+            environment: report.environment.clone(),
+        };
+        self.frequency
+            .get_or_create(&labels)
+            .set(report.deployment_frequency_per_day);
+        if let Some(v) = report.lead_time_median_seconds {
+            self.lead_time.get_or_create(&labels).set(v);
+        }
+        if let Some(v) = report.change_failure_rate {
+            self.failure_rate.get_or_create(&labels).set(v);
+        }
+        if let Some(v) = report.time_to_restore_median_seconds {
+            self.restore.get_or_create(&labels).set(v);
+        }
+    }
+}
+
+impl Planner {
+    /// The DORA records in the event stream since `since`: rollouts that ended,
+    /// completed plans and incident events.
+    pub async fn history_since(&self, since: DateTime<Utc>) -> Result<History, IntakeError> {
+        let events = |e: async_nats::Error| IntakeError::Events(e);
+        let stream = self
+            .js
+            .get_stream(self.subjects.events_stream())
+            .await
+            .map_err(|e| events(e.into()))?;
+        let mut filters = vec![
+            self.subjects.event("plan", "completed"),
+            self.subjects.event("incident", ">"),
+        ];
+        for what in [
+            RolloutEvent::Succeeded,
+            RolloutEvent::Aborted,
+            RolloutEvent::Failed,
+        ] {
+            filters.push(self.subjects.event("rollout", what.as_str()));
+        }
+        let mut consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+                ack_policy: AckPolicy::None,
+                filter_subjects: filters,
+                inactive_threshold: Duration::from_secs(30),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| events(e.into()))?;
+        let pending = consumer
+            .info()
+            .await
+            .map_err(|e| events(e.into()))?
+            .num_pending as usize;
+        let mut history = History::default();
+        if pending == 0 {
+            return Ok(history);
+        }
+        let plan_completed = self.subjects.event("plan", "completed");
+        let rollout_prefix = self.subjects.event("rollout", "");
+        let incident_prefix = self.subjects.event("incident", "");
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| events(e.into()))?
+            .take(pending);
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| events(e.into()))?;
+            let subject = message.subject.as_str();
+            // An event that does not decode is someone else's mistake: it is skipped.
+            if subject == plan_completed {
+                if let Ok(e) = decode::<Plan>(&message.payload, Encoding::Json) {
+                    history.plan_completed(&e.data);
+                }
+            } else if let Some(what) = subject.strip_prefix(&rollout_prefix) {
+                if let (Ok(what), Ok(e)) = (
+                    what.parse::<RolloutEvent>(),
+                    decode::<Rollout>(&message.payload, Encoding::Json),
+                ) {
+                    let Envelope { time, data, .. } = e;
+                    history.rollout(what, &data, time.unwrap_or_else(Utc::now));
+                }
+            } else if let Some(what) = subject.strip_prefix(&incident_prefix)
+                && let Ok(e) = decode::<IncidentEvent>(&message.payload, Encoding::Json)
+            {
+                history.incident(what, &e.data);
+            }
+        }
+        Ok(history)
+    }
+
+    /// The DORA figures for `query`, from the event stream; also set on `/metrics`.
+    pub async fn dora(
+        &self,
+        query: &DoraQuery,
+        gauges: &DoraGauges,
+    ) -> Result<DoraReport, IntakeError> {
+        let now = Utc::now();
+        let days = query.window_days.unwrap_or(30).max(1) as i64;
+        let weeks = query.weeks.unwrap_or(0).min(compute::MAX_WEEKS) as i64;
+        let failure = query.failure_window_hours.unwrap_or(24) as i64;
+        // A deploy of the window's first day may have begun, or been committed, a
+        // little earlier; its rollback lands after it.
+        let back = chrono::Duration::days(days.max(weeks * 7) + 1);
+        let history = self
+            .history_since(now - back - chrono::Duration::hours(failure))
+            .await?;
+        let report = compute(query, &history, now);
+        gauges.set(&report);
+        Ok(report)
+    }
+}
