@@ -308,6 +308,30 @@ fn deploy_scripts_sign_with_a_0600_seed_and_pass_the_commit() {
             !words.contains("SUAFAKESEED"),
             "the seed is not an argument"
         );
+        // What follows `toronto run --follow` is a deploy the CLI's grammar takes whole.
+        let at = args.iter().position(|a| a == "--follow").unwrap() + 1;
+        match toronto_commands::parse_words(&args[at..]) {
+            Ok(toronto_commands::Command::Deploy {
+                version,
+                environment,
+                commit,
+                committed_at,
+                image,
+                ..
+            }) => {
+                assert_eq!(
+                    (version.as_str(), environment.as_str()),
+                    ("0123abcd", "staging")
+                );
+                assert_eq!(commit.as_deref(), Some("0123abcd"));
+                assert_eq!(
+                    committed_at.map(|t| t.to_rfc3339()).as_deref(),
+                    Some("2026-11-26T22:00:00+00:00")
+                );
+                assert_eq!(image.as_deref(), Some("ghcr.io/acme/shop-api:0123abcd"));
+            }
+            other => panic!("{ci:?}: `toronto run` would not deploy: {other:?}"),
+        }
         match ci {
             CiSystem::GithubActions => {
                 assert!(words.contains("--env TORONTO_IDENTITY_FILE=/run/toronto/identity.nk"));
