@@ -7,9 +7,7 @@
 use super::*;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::tasks::{
-    Change, DeployTask, DoraQuery, PlanGet, PlanState, RollbackTask, SubmitAccepted,
-};
+use toronto_protocol::tasks::{Change, DeployTask, DoraQuery, PlanGet, PlanState, SubmitAccepted};
 use toronto_testkit::{NatsServer, Requester};
 
 /// The dashboards, one file each.
@@ -281,9 +279,9 @@ async fn finish(planner: &Requester, plan_id: uuid::Uuid) {
 }
 
 /// Work for the stack, so that the families the dashboards read have series: a deploy
-/// of a commit and its rollback (rollout events, simulated traffic per version, then
-/// every DORA figure), an incident, a refused request (request errors) and a malformed
-/// task (a dead letter).
+/// of a commit and an incident it caused, resolved (rollout events, simulated traffic
+/// per version, incident figures, then every DORA figure), a refused request (request
+/// errors) and a malformed task (a dead letter).
 async fn drive(client: &async_nats::Client) {
     let planner = Requester::service(client.clone(), "planner");
     let task = DeployTask {
@@ -302,21 +300,6 @@ async fn drive(client: &async_nats::Client) {
         policy_override: None,
     };
     let deploy: SubmitAccepted = planner.request("submit", task).await.unwrap();
-    let incident = Requester::service(client.clone(), "incident");
-    let _: toronto_protocol::incidents::Incident = incident
-        .request(
-            "open",
-            toronto_protocol::incidents::IncidentOpen {
-                title: "checkout is slow".into(),
-                service: "shop".into(),
-                environment: "staging".into(),
-                severity: None,
-                labels: Default::default(),
-                by: String::new(),
-            },
-        )
-        .await
-        .unwrap();
     let deployer = Requester::service(client.clone(), "deployer");
     let missing: Result<toronto_protocol::rollout::Rollout, _> = deployer
         .request(
@@ -335,26 +318,49 @@ async fn drive(client: &async_nats::Client) {
         .unwrap()
         .await
         .unwrap();
-    // The demo's peers pass every gate: the deploy completes, and its rollback too.
+    // The demo's peers pass every gate: the deploy completes. An incident then hits the
+    // service (triage links the deploy: a failed change); once it is resolved, by the demo
+    // policy's playbook or here, DORA has a time to restore.
     finish(&planner, deploy.plan_id).await;
-    let rollback = RollbackTask {
-        service: "shop".into(),
-        environment: "staging".into(),
-        target_version: None,
-    };
-    let rollback: SubmitAccepted = planner.request("submit", rollback).await.unwrap();
-    finish(&planner, rollback.plan_id).await;
-    let query = DoraQuery {
-        service: Some("shop".into()),
-        environment: Some("staging".into()),
-        ..Default::default()
-    };
-    let report: toronto_protocol::tasks::DoraReport =
-        planner.request("dora.get", query).await.unwrap();
-    assert!(
-        report.time_to_restore_median_seconds.is_some(),
-        "the rollback restored the deploy: {report:?}"
-    );
+    let incident = Requester::service(client.clone(), "incident");
+    let opened: toronto_protocol::incidents::Incident = incident
+        .request(
+            "open",
+            toronto_protocol::incidents::IncidentOpen {
+                title: "checkout is slow".into(),
+                service: "shop".into(),
+                environment: "staging".into(),
+                severity: None,
+                labels: Default::default(),
+                by: String::new(),
+            },
+        )
+        .await
+        .unwrap();
+    let mut last = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resolve = toronto_protocol::incidents::IncidentAction {
+            id: opened.id,
+            by: String::new(),
+            reason: Some("checked by the test".into()),
+        };
+        // Refused once the playbook resolved it first.
+        let _: Result<toronto_protocol::incidents::Incident, _> =
+            incident.request("resolve", resolve).await;
+        let query = DoraQuery {
+            service: Some("shop".into()),
+            environment: Some("staging".into()),
+            ..Default::default()
+        };
+        let report: toronto_protocol::tasks::DoraReport =
+            planner.request("dora.get", query).await.unwrap();
+        if report.time_to_restore_median_seconds.is_some() {
+            return;
+        }
+        last = Some(report);
+    }
+    panic!("no DORA time to restore after the incident: {last:?}");
 }
 
 #[tokio::test]
