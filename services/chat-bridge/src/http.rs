@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | `POST /slack/commands` | Slack slash command | form (`text`, `user_id`, `user_name`, `channel_id`, `response_url`), signed |
 //! | `POST /slack/interactions` | Slack block actions (Approve / Reject buttons) | form field `payload` (JSON), signed |
-//! | `POST /mattermost/commands` | Mattermost slash command | form (`token`, `text`, `user_id`, `user_name`, `channel_id`, `response_url`) |
+//! | `POST /mattermost/commands` | Mattermost slash command, or outgoing webhook | form (`token`, `text`, `user_id`, `user_name`, `channel_id`, `response_url`), or JSON (`application/json`: the same fields and `trigger_word`, stripped from `text`) |
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -323,7 +323,46 @@ async fn slack_interactions(
     axum::Json(body).into_response()
 }
 
-async fn mattermost_commands(State(st): State<HttpState>, body: Bytes) -> Response {
+/// What Mattermost sends: a slash command (a form) or an outgoing webhook (JSON, whose
+/// `text` starts with the `trigger_word` that fired it).
+fn mattermost_fields(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(HashMap<String, String>, bool), Refusal> {
+    let json = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().starts_with("application/json"));
+    if !json {
+        return form(body).map(|f| (f, false));
+    }
+    let value: serde_json::Value = toronto_protocol::codec::from_json_bounded(body)
+        .map_err(|_| refuse(StatusCode::BAD_REQUEST, "the body is not JSON"))?;
+    let Some(object) = value.as_object() else {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the body is not a JSON object",
+        ));
+    };
+    // Only the string fields matter (Mattermost sends `timestamp` as a number).
+    let mut fields: HashMap<String, String> = object
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+        .collect();
+    if let Some(trigger) = fields.get("trigger_word").cloned()
+        && let Some(text) = fields.get_mut("text")
+        && let Some(rest) = text.trim_start().strip_prefix(trigger.as_str())
+    {
+        *text = rest.trim_start().to_owned();
+    }
+    Ok((fields, true))
+}
+
+async fn mattermost_commands(
+    State(st): State<HttpState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if st.settings.mattermost_tokens.is_empty() {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -331,12 +370,18 @@ async fn mattermost_commands(State(st): State<HttpState>, body: Bytes) -> Respon
         )
         .into_response();
     }
-    let form = match form(&body) {
+    let (form, outgoing) = match mattermost_fields(&headers, &body) {
         Ok(f) => f,
         Err(r) => return r.into_response(),
     };
-    let token = form.get("token").map(String::as_str).unwrap_or_default();
-    if !token_matches(token, &st.settings.mattermost_tokens) {
+    let Some(token) = field(&form, "token") else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "the token is missing: send a slash command (a form) or an outgoing webhook (JSON) with Mattermost's token",
+        )
+        .into_response();
+    };
+    if !token_matches(&token, &st.settings.mattermost_tokens) {
         tracing::warn!("refused a Mattermost request with a wrong token");
         return refuse(StatusCode::UNAUTHORIZED, "the token does not match").into_response();
     }
@@ -350,12 +395,11 @@ async fn mattermost_commands(State(st): State<HttpState>, body: Bytes) -> Respon
         channel: field(&form, "channel_id"),
         text: form.get("text").cloned().unwrap_or_default(),
     };
-    answer(
-        &st,
-        inv,
-        None,
-        ChatKind::Mattermost,
-        field(&form, "response_url"),
-    )
-    .await
+    // An outgoing webhook has no response URL: its answer is the reply itself.
+    let response_url = if outgoing {
+        None
+    } else {
+        field(&form, "response_url")
+    };
+    answer(&st, inv, None, ChatKind::Mattermost, response_url).await
 }

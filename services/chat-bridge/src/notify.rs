@@ -15,6 +15,7 @@ use crate::markup::Part;
 use crate::settings::Severity;
 
 mod deliver;
+mod steps;
 
 pub use deliver::{
     ATTEMPTS, MAX_LINES, Outgoing, QUEUE, Router, batch, follow_events, post, sender,
@@ -68,6 +69,11 @@ fn plan_note(what: &str, plan: &Plan) -> Option<Note> {
         parts: Vec::new(),
     };
     let id = plan.id.to_string();
+    if let Some((severity, parts)) = steps::step_note(what, plan, &task) {
+        note.severity = severity;
+        note.parts = parts;
+        return Some(note);
+    }
     let (severity, parts) = match what {
         "plan.created" => (
             Severity::Info,

@@ -21,6 +21,7 @@ pub mod outbound;
 pub mod playbook;
 pub mod postmortem;
 pub mod publisher;
+pub mod schedule;
 pub mod settings;
 
 use std::sync::atomic::AtomicU64;

@@ -6,7 +6,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use toronto_protocol::incidents::Severity;
 use toronto_runtime::config::{SettingsError, ValueError, Var, parse, vars};
@@ -177,49 +176,7 @@ pub struct SeverityRule {
     pub min_services: Option<usize>,
 }
 
-/// An on-call rotation with handoffs and overrides.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Schedule {
-    /// Its name (`schedule:<name>` in escalation targets).
-    pub name: String,
-    /// Who takes turns, in order.
-    pub participants: Vec<String>,
-    /// When the first participant's turn began.
-    pub start: DateTime<Utc>,
-    /// Length of a turn in seconds (handoff every this many seconds).
-    pub handoff_seconds: u64,
-    /// Who stands in for whom, when.
-    #[serde(default)]
-    pub overrides: Vec<Override>,
-}
-
-/// Someone on call instead of the rotation, for a while.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Override {
-    /// Who.
-    pub who: String,
-    /// From.
-    pub start: DateTime<Utc>,
-    /// Until.
-    pub end: DateTime<Utc>,
-}
-
-impl Schedule {
-    /// Who is on call at `at`.
-    pub fn on_call(&self, at: DateTime<Utc>) -> Option<String> {
-        if let Some(o) = self.overrides.iter().find(|o| o.start <= at && at < o.end) {
-            return Some(o.who.clone());
-        }
-        if self.participants.is_empty() || self.handoff_seconds == 0 {
-            return None;
-        }
-        let elapsed = (at - self.start).num_seconds().max(0) as u64;
-        let turn = (elapsed / self.handoff_seconds) as usize % self.participants.len();
-        Some(self.participants[turn].clone())
-    }
-}
+pub use crate::schedule::{Override, Schedule};
 
 /// An escalation policy: notify a level, wait for an acknowledgement, go to the next;
 /// go round `repeat` more times.
@@ -382,6 +339,9 @@ impl Policy {
             if !known(name) {
                 return Err(format!("escalation policy `{name}` is not defined"));
             }
+        }
+        for schedule in &self.schedules {
+            schedule.check()?;
         }
         for p in &self.escalation_policies {
             if p.levels.is_empty() {

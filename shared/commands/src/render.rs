@@ -15,13 +15,16 @@ fn typed<T: DeserializeOwned>(data: &Value) -> Option<T> {
     serde_json::from_value(data.clone()).ok()
 }
 
-/// Columns padded to their widest cell, separated by two spaces.
+/// Columns padded to their widest cell, separated by two spaces. Widths are display
+/// columns (a CJK character or an emoji takes two), so the columns line up in a
+/// terminal whatever the text.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    use unicode_width::UnicodeWidthStr;
+    let mut widths: Vec<usize> = header.iter().map(|h| h.width()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(cell.width());
             }
         }
     }
@@ -29,7 +32,14 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         cells
             .iter()
             .enumerate()
-            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .map(|(i, c)| {
+                let pad = widths
+                    .get(i)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(c.width());
+                format!("{c}{}", " ".repeat(pad))
+            })
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()

@@ -556,3 +556,25 @@ fn replies_render_as_text() {
     assert_eq!(parse_duration("1d6h").unwrap(), 108_000);
     assert_eq!(render::human_duration(108_000), "1d6h");
 }
+
+#[test]
+fn tables_line_up_by_display_width() {
+    let t = crate::render::table(
+        &["service", "state"],
+        &[
+            vec!["商店".into(), "ok".into()],
+            vec!["shop🚀".into(), "ok".into()],
+            vec!["shop".into(), "ok".into()],
+        ],
+    );
+    // Every `ok` starts in the same terminal column.
+    let columns: Vec<usize> = t
+        .lines()
+        .skip(1)
+        .map(|l| {
+            use unicode_width::UnicodeWidthStr;
+            l[..l.find("ok").unwrap()].width()
+        })
+        .collect();
+    assert_eq!(columns, vec![9, 9, 9], "{t}");
+}

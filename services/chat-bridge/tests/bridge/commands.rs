@@ -142,6 +142,32 @@ async fn a_slash_command_reaches_the_planner_and_its_reply_reaches_the_user() {
     let r = b.mattermost("guess", "deploy shop 1.2.0 to qa").await;
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A Mattermost outgoing webhook (JSON): the trigger word is not part of the command.
+    let r = b
+        .mattermost_outgoing(MM_TOKEN, "devops", "deploy shop 1.2.0 to qa")
+        .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let answer: Value = r.json().await.unwrap();
+    assert!(
+        text(&answer).contains(&format!("plan {} accepted", plan.id)),
+        "{answer}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    let r = b
+        .mattermost_outgoing("guess", "devops", "deploy shop 1.2.0 to qa")
+        .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // JSON without a token says what is expected, instead of "does not match".
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/mattermost/commands", b.http))
+        .json(&serde_json::json!({"text": "help", "user_id": "mm42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.text().await.unwrap().contains("outgoing webhook"));
+    assert_eq!(seen.lock().unwrap().len(), 3);
     b.stop().await;
 }
 

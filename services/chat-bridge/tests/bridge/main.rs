@@ -143,6 +143,27 @@ impl Bridge {
             .unwrap()
     }
 
+    /// A Mattermost outgoing webhook (JSON) from `carol`, fired by `trigger` at the
+    /// start of `text`.
+    async fn mattermost_outgoing(
+        &self,
+        token: &str,
+        trigger: &str,
+        text: &str,
+    ) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("http://{}/mattermost/commands", self.http))
+            .json(&serde_json::json!({
+                "token": token, "team_id": "t1", "team_domain": "acme", "channel_id": "c1",
+                "channel_name": "ops", "timestamp": 1764150000000u64, "user_id": "mm42",
+                "user_name": "carol", "post_id": "p1", "text": format!("{trigger} {text}"),
+                "trigger_word": trigger, "file_ids": "",
+            }))
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// A fake planner: `submit`, `plan.get` and `plan.approve` record what reaches them.
     async fn fake_planner(&self, plan: Plan) -> Arc<Mutex<Vec<(String, Value)>>> {
         let seen = Arc::new(Mutex::new(Vec::new()));

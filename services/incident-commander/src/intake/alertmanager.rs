@@ -218,6 +218,8 @@ pub(super) async fn post_alerts(State(slot): State<Slot>, body: Bytes) -> Respon
             engine.ingest(alerts);
             StatusCode::OK.into_response()
         }
-        Err(reason) => refuse(reason.to_string()),
+        // Alertmanager's API answers a bad request with the reason as a JSON string
+        // (its OpenAPI `BadRequest` response), which its clients print as it is.
+        Err(reason) => (StatusCode::BAD_REQUEST, axum::Json(reason.to_string())).into_response(),
     }
 }

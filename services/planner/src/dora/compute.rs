@@ -15,7 +15,11 @@
 use chrono::{DateTime, Duration, Utc};
 use toronto_protocol::tasks::{DoraFailureCauses, DoraQuery, DoraReport, DoraWeek};
 
-use super::history::{Deploy, Ending, History};
+use std::collections::HashMap;
+
+use uuid::Uuid;
+
+use super::history::{Deploy, Ending, History, IncidentRecord};
 
 /// The most weeks a trend may ask for.
 pub const MAX_WEEKS: u32 = 13;
@@ -65,7 +69,7 @@ struct Figures {
     restores: Vec<f64>,
 }
 
-fn figures(deploys: &[&Deploy], history: &History, failure_window: Duration) -> Figures {
+fn figures(deploys: &[&Deploy], index: &Index<'_>, failure_window: Duration) -> Figures {
     let mut out = Figures {
         deployments: deploys.len() as u64,
         failed: 0,
@@ -75,14 +79,14 @@ fn figures(deploys: &[&Deploy], history: &History, failure_window: Duration) -> 
     };
     for deploy in deploys {
         if deploy.ending == Ending::Succeeded
-            && let Some(commit) = deploy.plan_id.and_then(|p| history.commits.get(&p))
+            && let Some(commit) = deploy.plan_id.and_then(|p| index.history.commits.get(&p))
         {
             let lead = seconds(deploy.ended_at - *commit);
             if lead >= 0.0 {
                 out.lead_times.push(lead);
             }
         }
-        let f = judge(deploy, history, failure_window);
+        let f = judge(deploy, index, failure_window);
         if f.failed() {
             out.failed += 1;
             out.causes.aborted += f.causes.aborted;
@@ -96,43 +100,90 @@ fn figures(deploys: &[&Deploy], history: &History, failure_window: Duration) -> 
     out
 }
 
+/// The history arranged for lookups, so that judging a deploy costs a few binary
+/// searches instead of a scan of every other record.
+struct Index<'a> {
+    history: &'a History,
+    /// End times of succeeded deploys, per service and environment, sorted.
+    succeeded: HashMap<(&'a str, &'a str), Vec<DateTime<Utc>>>,
+    /// Completed rollbacks, per service and environment, sorted.
+    rollbacks: HashMap<(&'a str, &'a str), Vec<DateTime<Utc>>>,
+    /// Incidents per linked rollout, earliest detected first.
+    incidents: HashMap<Uuid, Vec<&'a IncidentRecord>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(history: &'a History) -> Self {
+        let mut succeeded: HashMap<_, Vec<_>> = HashMap::new();
+        for d in history
+            .deploys
+            .iter()
+            .filter(|d| d.ending == Ending::Succeeded)
+        {
+            succeeded
+                .entry((d.service.as_str(), d.environment.as_str()))
+                .or_default()
+                .push(d.ended_at);
+        }
+        let mut rollbacks: HashMap<_, Vec<_>> = HashMap::new();
+        for r in &history.rollbacks {
+            rollbacks
+                .entry((r.service.as_str(), r.environment.as_str()))
+                .or_default()
+                .push(r.at);
+        }
+        for times in succeeded.values_mut().chain(rollbacks.values_mut()) {
+            times.sort();
+        }
+        let mut incidents: HashMap<Uuid, Vec<&IncidentRecord>> = HashMap::new();
+        for i in history.incidents.values() {
+            for change in &i.changes {
+                incidents.entry(*change).or_default().push(i);
+            }
+        }
+        for list in incidents.values_mut() {
+            list.sort_by_key(|i| i.detected_at);
+        }
+        Self {
+            history,
+            succeeded,
+            rollbacks,
+            incidents,
+        }
+    }
+
+    /// The first time in `sorted` after `t`.
+    fn first_after(sorted: Option<&Vec<DateTime<Utc>>>, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let sorted = sorted?;
+        sorted.get(sorted.partition_point(|x| *x <= t)).copied()
+    }
+}
+
 /// Whether `deploy` failed, how, and its failure's start and recovery.
-fn judge(deploy: &Deploy, history: &History, failure_window: Duration) -> Failure {
+fn judge(deploy: &Deploy, index: &Index<'_>, failure_window: Duration) -> Failure {
     let mut f = Failure::default();
     if deploy.ending == Ending::Aborted {
         f.causes.aborted = 1;
         f.start = Some(deploy.started_at);
         f.restored_at(deploy.ended_at);
     }
+    let key = (deploy.service.as_str(), deploy.environment.as_str());
     // The next deploy of the service ends what a later rollback can undo.
-    let next = history
-        .deploys
-        .iter()
-        .filter(|d| d.service == deploy.service && d.environment == deploy.environment)
-        .filter(|d| d.ended_at > deploy.ended_at && d.ending == Ending::Succeeded)
-        .map(|d| d.ended_at)
-        .min();
+    let next = Index::first_after(index.succeeded.get(&key), deploy.ended_at);
     if deploy.ending == Ending::Succeeded
-        && let Some(at) = history
-            .rollbacks
-            .iter()
-            .filter(|r| r.service == deploy.service && r.environment == deploy.environment)
-            .filter(|r| r.at > deploy.ended_at && r.at <= deploy.ended_at + failure_window)
-            .filter(|r| next.is_none_or(|n| r.at < n))
-            .map(|r| r.at)
-            .min()
+        && let Some(at) = Index::first_after(index.rollbacks.get(&key), deploy.ended_at)
+            .filter(|at| *at <= deploy.ended_at + failure_window)
+            .filter(|at| next.is_none_or(|n| *at < n))
     {
         f.causes.rolled_back = 1;
         f.start.get_or_insert(deploy.ended_at);
         f.restored_at(at);
     }
-    let mut incidents: Vec<_> = history
+    if let Some(first) = index
         .incidents
-        .values()
-        .filter(|i| i.changes.contains(&deploy.rollout_id))
-        .collect();
-    incidents.sort_by_key(|i| i.detected_at);
-    if let Some(first) = incidents.first() {
+        .get(&deploy.rollout_id)
+        .and_then(|l| l.first())
+    {
         f.causes.incident = 1;
         // The incident's detection is when users were first seen hurting.
         f.start = Some(first.detected_at);
@@ -166,14 +217,15 @@ pub fn compute(query: &DoraQuery, history: &History, now: DateTime<Utc>) -> Dora
             .filter(|d| d.ended_at > start && d.ended_at <= end)
             .collect()
     };
+    let index = Index::new(history);
     let window_start = now - Duration::days(days as i64);
-    let mut all = figures(&between(window_start, now), history, failure_window);
+    let mut all = figures(&between(window_start, now), &index, failure_window);
     let trend = (0..query.weeks.unwrap_or(0).min(MAX_WEEKS))
         .rev()
         .map(|back| {
             let end = now - Duration::weeks(back as i64);
             let start = end - Duration::weeks(1);
-            let mut week = figures(&between(start, end), history, failure_window);
+            let mut week = figures(&between(start, end), &index, failure_window);
             DoraWeek {
                 start,
                 end,
@@ -205,9 +257,8 @@ pub fn compute(query: &DoraQuery, history: &History, now: DateTime<Utc>) -> Dora
 
 #[cfg(test)]
 mod tests {
-    use super::super::history::{IncidentRecord, Rollback};
+    use super::super::history::Rollback;
     use super::*;
-    use uuid::Uuid;
 
     fn deploy(service: &str, ended: DateTime<Utc>, ending: Ending) -> Deploy {
         Deploy {

@@ -2,7 +2,7 @@
 //! rollback rollouts (the deployer's `rollout.*` events), completed deploy plans (for
 //! their commit time) and incidents (with the changes triage linked to them).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use toronto_protocol::incidents::{IncidentEvent, IncidentState};
@@ -72,6 +72,8 @@ pub struct History {
     pub commits: HashMap<Uuid, DateTime<Utc>>,
     /// Incidents by id.
     pub incidents: HashMap<Uuid, IncidentRecord>,
+    /// The deploy rollouts recorded (one record each).
+    recorded: HashSet<Uuid>,
 }
 
 impl History {
@@ -94,7 +96,7 @@ impl History {
             _ => return,
         };
         // One record a rollout: an abort is followed by `rolled_back`, which is ignored.
-        if self.deploys.iter().any(|d| d.rollout_id == r.id) {
+        if !self.recorded.insert(r.id) {
             return;
         }
         self.deploys.push(Deploy {
