@@ -73,6 +73,11 @@ fn every_example_loads_through_the_services_parsers() {
         policy.schedules[0].on_call(christmas).as_deref(),
         Some("alice")
     );
+    // Toronto's Monday 09:00 is 14:00 UTC in winter and 13:00 UTC in summer.
+    let secondary = &policy.schedules[1];
+    let at = |t: &str| secondary.on_call(t.parse().unwrap());
+    assert_ne!(at("2026-07-06T12:59:00Z"), at("2026-07-06T13:01:00Z"));
+    assert_ne!(at("2026-01-12T13:59:00Z"), at("2026-01-12T14:01:00Z"));
 
     // The chat bridge's variables, as its settings table reads them.
     let vars: HashMap<String, String> = read("chat/chat.env")
