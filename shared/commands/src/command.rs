@@ -61,6 +61,9 @@ pub enum Command {
         commit: Option<String>,
         /// When it was committed (`--committed-at RFC3339`): DORA's lead time starts here.
         committed_at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The image to run (`--image REF`, e.g. the one a CI pipeline pushed); default:
+        /// the service's image at that version.
+        image: Option<String>,
     },
     /// `rollback SERVICE in ENV [--to VERSION]`.
     Rollback {

@@ -142,6 +142,7 @@ fn options_of(command: &str) -> &'static [(&'static str, bool)] {
             ("steps", true),
             ("commit", true),
             ("committed-at", true),
+            ("image", true),
         ],
         "rollback" => &[("to", true)],
         "promote" => &[("full", false)],
@@ -256,6 +257,7 @@ fn parse_command(name: &'static str, args: Args<'_>) -> Result<Command, String> 
             };
             let commit = args.value("commit").map(commit_id).transpose()?;
             let committed_at = args.value("committed-at").map(commit_time).transpose()?;
+            let image = args.value("image").map(image_ref).transpose()?;
             Command::Deploy {
                 service,
                 version: ver,
@@ -264,6 +266,7 @@ fn parse_command(name: &'static str, args: Args<'_>) -> Result<Command, String> 
                 steps,
                 commit,
                 committed_at,
+                image,
             }
         }
         "rollback" => {

@@ -101,6 +101,7 @@ impl Command {
                 steps,
                 commit,
                 committed_at,
+                image,
             } => {
                 let change = (commit.is_some() || committed_at.is_some()).then(|| Change {
                     commit: commit.clone(),
@@ -127,7 +128,7 @@ impl Command {
                     DeployTask {
                         service: service.clone(),
                         version: version.clone(),
-                        image: None,
+                        image: image.clone(),
                         environment: environment.clone(),
                         strategy,
                         change,

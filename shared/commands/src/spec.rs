@@ -65,7 +65,7 @@ pub struct Spec {
 pub const SPECS: &[Spec] = &[
     Spec {
         name: "deploy",
-        usage: "deploy SERVICE VERSION to ENV [--strategy rolling|blue-green|canary] [--steps 10,25,50] [--commit SHA] [--committed-at RFC3339]",
+        usage: "deploy SERVICE VERSION to ENV [--strategy rolling|blue-green|canary] [--steps 10,25,50] [--commit SHA] [--committed-at RFC3339] [--image REF]",
         summary: "Hand a deploy to the planner (production needs an approval by another operator).",
         example: "deploy shop-api 2.4.1 to production --strategy canary --steps 10,25,50",
         role: Role::Operator,

@@ -29,6 +29,7 @@ fn every_command_parses() {
             steps: vec![10, 25, 50, 100],
             commit: None,
             committed_at: None,
+            image: None,
         }
     );
     assert_eq!(
@@ -41,6 +42,7 @@ fn every_command_parses() {
             steps: vec![],
             commit: None,
             committed_at: None,
+            image: None,
         }
     );
     assert!(matches!(
@@ -314,6 +316,11 @@ const MALFORMED: &[(&str, &str, &str)] = &[
         "is not a commit id",
     ),
     (
+        "deploy a 1 to b --image ''",
+        "deploy",
+        "is not an image reference",
+    ),
+    (
         "deploy a 1 to b --committed-at yesterday",
         "deploy",
         "is not an RFC 3339 time",
@@ -397,6 +404,17 @@ fn deploy_becomes_a_planner_submit_of_a_deploy_task() {
                 .collect()
         }
     );
+}
+
+#[test]
+fn deploy_carries_the_image_a_pipeline_pushed() {
+    let cmd = ok("deploy shop 0123abcd to staging --image ghcr.io/acme/shop:0123abcd");
+    let env = cmd
+        .request(&actor(Role::Operator))
+        .unwrap()
+        .envelope("toronto://cli/alice");
+    let task: toronto_protocol::tasks::DeployTask = serde_json::from_value(env.data).unwrap();
+    assert_eq!(task.image.as_deref(), Some("ghcr.io/acme/shop:0123abcd"));
 }
 
 #[test]

@@ -183,6 +183,22 @@ pub(crate) fn commit_time(word: &str) -> Result<chrono::DateTime<chrono::Utc>, S
     Ok(at)
 }
 
+/// An image reference (`registry.example.com/shop:1.2.0`): 1 to 255 characters, no
+/// spaces or control characters (the planner's rule for a task's image).
+pub(crate) fn image_ref(word: &str) -> Result<String, String> {
+    if !word.is_empty()
+        && word.len() <= 255
+        && !word.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        Ok(word.to_owned())
+    } else {
+        Err(format!(
+            "`{}` is not an image reference (1 to 255 characters without spaces)",
+            shorten(word)
+        ))
+    }
+}
+
 /// At most 40 characters of a word the user typed, for an error message.
 fn shorten(word: &str) -> String {
     match word.char_indices().nth(40) {

@@ -5,8 +5,11 @@ use super::dockerfile::{Image, check_dockerfile};
 use super::*;
 
 fn is_monitoring(service: &Value) -> bool {
-    scalar(&service["image"])
-        .is_some_and(|i| i.starts_with("prom/prometheus:") || i.starts_with("prom/alertmanager:"))
+    scalar(&service["image"]).is_some_and(|i| {
+        i.starts_with("prom/prometheus:")
+            || i.starts_with("prom/alertmanager:")
+            || i.starts_with("grafana/grafana:")
+    })
 }
 
 /// Whether a service runs the official NATS image.

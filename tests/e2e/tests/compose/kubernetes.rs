@@ -1,16 +1,42 @@
-//! deploy/kubernetes: the agent itself on Kubernetes, with probes and least RBAC.
+//! deploy/kubernetes: the agent itself on Kubernetes, with probes and least RBAC. These
+//! checks read the Kustomize base as `kubectl kustomize` renders it; [`super::kustomize`]
+//! checks the overlays.
 
 use super::*;
 
-fn kubernetes_docs() -> Vec<Value> {
-    let text = read("deploy/kubernetes/toronto.yaml");
-    serde_yaml_ng::Deserializer::from_str(&text)
+/// `kubectl kustomize deploy/kubernetes/<dir>`: the YAML Kubernetes would get.
+pub(super) fn render(dir: &str) -> String {
+    let kubectl = toronto_testkit::kubectl::kubectl().unwrap_or_else(|| {
+        panic!(
+            "kubectl is needed to render deploy/kubernetes/{dir} (install kubectl, or set KUBECTL)"
+        )
+    });
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(root().join("deploy/kubernetes").join(dir))
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize deploy/kubernetes/{dir} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 YAML")
+}
+
+/// The objects of a rendered kustomization.
+pub(super) fn docs_of(text: &str) -> Vec<Value> {
+    serde_yaml_ng::Deserializer::from_str(text)
         .map(|d| <Value as serde::Deserialize>::deserialize(d).expect("a YAML document"))
         .filter(|v| !v.is_null())
         .collect()
 }
 
-fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+fn kubernetes_docs() -> Vec<Value> {
+    docs_of(&render("base"))
+}
+
+pub(super) fn of_kind<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
     docs.iter()
         .filter(|d| d["kind"].as_str() == Some(kind))
         .collect()
@@ -60,10 +86,9 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
         if !(init.contains("0600") && init.contains("agent.nk")) {
             problems.push(format!("{name}: no init step making the seed 0600: {init}"));
         }
-        // Services that keep state in one process must not run twice.
-        let single = matches!(kind, ServiceKind::IncidentCommander | ServiceKind::Monitor);
-        if single && d["spec"]["replicas"].as_u64() != Some(1) {
-            problems.push(format!("{name} must run one replica"));
+        // The base runs one of each; the overlays set the counts (kustomize.rs).
+        if d["spec"]["replicas"].as_u64() != Some(1) {
+            problems.push(format!("{name}: the base runs one replica"));
         }
         let sa = spec["serviceAccountName"].as_str().unwrap_or_default();
         let api_access = spec["automountServiceAccountToken"].as_bool() != Some(false);
@@ -131,7 +156,7 @@ fn kubernetes_manifests_run_every_service_with_probes_and_least_rbac() {
             }
         }
     }
-    fail_if_any("deploy/kubernetes/toronto.yaml", problems);
+    fail_if_any("deploy/kubernetes/base", problems);
 }
 
 #[test]
@@ -139,10 +164,15 @@ fn kubernetes_nats_runs_with_tls_and_every_service_as_its_own_user() {
     let docs = kubernetes_docs();
     let mut problems = Vec::new();
     let configs = of_kind(&docs, "ConfigMap");
+    // A generated ConfigMap's name ends in a hash of its content.
     let named = |name: &str| {
         configs
             .iter()
-            .find(|c| c["metadata"]["name"].as_str() == Some(name))
+            .find(|c| {
+                c["metadata"]["name"].as_str().is_some_and(|n| {
+                    n == name || n.strip_prefix(name).is_some_and(|h| h.starts_with('-'))
+                })
+            })
             .copied()
             .unwrap_or_else(|| panic!("no ConfigMap {name}"))
     };
@@ -150,7 +180,11 @@ fn kubernetes_nats_runs_with_tls_and_every_service_as_its_own_user() {
     if nats["data"]["permissions.conf"].as_str()
         != Some(read("deploy/nats/permissions.conf").as_str())
     {
-        problems.push("nats-config's permissions.conf is not deploy/nats/permissions.conf".into());
+        problems.push(
+            "deploy/kubernetes/base/nats/permissions.conf is not a copy of \
+             deploy/nats/permissions.conf: cp deploy/nats/permissions.conf deploy/kubernetes/base/nats/"
+                .into(),
+        );
     }
     let conf = nats["data"]["nats.conf"].as_str().unwrap_or_default();
     for needed in [
@@ -217,7 +251,7 @@ fn kubernetes_nats_runs_with_tls_and_every_service_as_its_own_user() {
             }
         }
     }
-    fail_if_any("deploy/kubernetes/toronto.yaml (NATS)", problems);
+    fail_if_any("deploy/kubernetes/base (NATS)", problems);
 }
 
 #[tokio::test]
@@ -226,11 +260,12 @@ async fn kubectl_accepts_the_kubernetes_manifests() {
         println!("SKIPPED: kubectl is not installed; deploy/kubernetes not validated by kubectl");
         return;
     };
-    let docs = kubernetes_docs();
+    let text = render("base");
+    let docs = docs_of(&text);
     let out = kubectl
-        .apply(&read("deploy/kubernetes/toronto.yaml"))
+        .apply(&text)
         .await
-        .unwrap_or_else(|e| panic!("kubectl refused deploy/kubernetes/toronto.yaml:\n{e}"));
+        .unwrap_or_else(|e| panic!("kubectl refused deploy/kubernetes/base:\n{e}"));
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), docs.len(), "{out}");
     assert!(

@@ -4,7 +4,7 @@
 //!
 //! Each test gathers every problem it finds and fails once, listing what to fix.
 //! One binary, one module per file checked: [`dockerfile`], [`compose_file`],
-//! [`kubernetes`] and [`monitoring`].
+//! [`kubernetes`], [`kustomize`] and [`monitoring`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -240,5 +240,7 @@ fn check_toronto_vars(what: &str, vars: &BTreeMap<String, String>, problems: &mu
 /// Whether a service runs Prometheus or Alertmanager (checked on their own).
 mod compose_file;
 mod dockerfile;
+mod grafana;
 mod kubernetes;
+mod kustomize;
 mod monitoring;

@@ -4,6 +4,7 @@
 mod bridge;
 mod cancel;
 mod deployer;
+mod examples;
 mod faults;
 mod freeze;
 mod incidents;
