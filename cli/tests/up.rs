@@ -608,7 +608,10 @@ async fn demo_incident_tells_the_whole_story_from_a_bad_change_to_a_postmortem()
     assert_eq!(report["failed_changes"], 1, "{report}");
     assert_eq!(report["failures_by_cause"]["rolled_back"], 1, "{report}");
     assert_eq!(report["failures_by_cause"]["incident"], 1, "{report}");
-    assert!(report["time_to_restore_median_seconds"].is_number(), "{report}");
+    assert!(
+        report["time_to_restore_median_seconds"].is_number(),
+        "{report}"
+    );
     let exit = sigterm(&mut up).await;
     assert!(exit.success());
 }
