@@ -136,6 +136,7 @@ pub enum LeaseError {
 #[derive(Debug, Clone)]
 pub struct LeaseWatch {
     rx: watch::Receiver<LeaseStatus>,
+    me: Arc<str>,
 }
 
 impl LeaseWatch {
@@ -164,6 +165,19 @@ impl LeaseWatch {
     /// The instance holding the lease as last seen (this one when owner).
     pub fn holder(&self) -> Option<String> {
         self.rx.borrow().holder.clone()
+    }
+
+    /// Whether this instance may write what its single-writer work keeps: it owns the
+    /// lease, or it let the lease go at shutdown and nobody has taken it since (it
+    /// writes what it had left). A deposed owner may not.
+    pub fn may_write(&self) -> bool {
+        let s = self.rx.borrow();
+        s.role == LeaseRole::Owner || s.holder.as_deref() == Some(&*self.me)
+    }
+
+    /// This instance's id.
+    pub fn me(&self) -> &str {
+        &self.me
     }
 
     /// A receiver that wakes on every change.
@@ -227,7 +241,13 @@ impl Candidate {
             owner_gauge: Gauge::default(),
             takeovers: Counter::default(),
         };
-        (candidate, LeaseWatch { rx })
+        (
+            candidate,
+            LeaseWatch {
+                rx,
+                me: Arc::from(me),
+            },
+        )
     }
 
     /// Registers `lease_owner` (1 while owner) and `lease_takeovers` (times this
@@ -423,7 +443,8 @@ impl Candidate {
     /// if it is still this instance's revision.
     async fn release(&mut self) {
         let Some(held) = self.held.take() else { return };
-        self.publish(LeaseRole::Standby, None, None);
+        // Standby, the last holder: the work stops, and what it left may be written.
+        self.publish(LeaseRole::Standby, None, Some(self.me.clone()));
         let delete = self
             .kv
             .delete_expect_revision(&self.name, Some(held.revision));
@@ -486,8 +507,12 @@ mod tests {
             token: None,
             holder: Some("b".into()),
         });
-        let w = LeaseWatch { rx };
+        let w = LeaseWatch {
+            rx,
+            me: Arc::from("a"),
+        };
         assert!(!w.is_owner());
+        assert!(!w.may_write());
         assert_eq!(w.token(), None);
         assert_eq!(w.holder().as_deref(), Some("b"));
         tx.send_replace(LeaseStatus {
@@ -499,5 +524,6 @@ mod tests {
         assert!(w.is_owner());
         assert!(w.holds(7));
         assert!(!w.holds(6));
+        assert!(w.may_write());
     }
 }

@@ -39,8 +39,8 @@ impl OwnerRoute for LeaseWatch {
             return Route::Here;
         }
         match self.holder() {
-            Some(holder) => Route::Forward(holder),
-            None => Route::NoOwner,
+            Some(holder) if holder != self.me() => Route::Forward(holder),
+            _ => Route::NoOwner,
         }
     }
 }

@@ -173,9 +173,14 @@ async fn the_lease_shows_in_status_and_readyz_and_moves_on_shutdown() {
     let mut config = runtime_config(&server);
     config.lease = FAST;
     let (stop_a, stop_b) = (CancellationToken::new(), CancellationToken::new());
-    let a = ServiceRuntime::start(ServiceKind::Monitor, "1.0.0", config.clone(), stop_a.clone())
-        .await
-        .unwrap();
+    let a = ServiceRuntime::start(
+        ServiceKind::Monitor,
+        "1.0.0",
+        config.clone(),
+        stop_a.clone(),
+    )
+    .await
+    .unwrap();
     let watch_a = a.lease("monitor").await.unwrap();
     until_role(&watch_a, LeaseRole::Owner, Duration::from_secs(5)).await;
     let b = ServiceRuntime::start(ServiceKind::Monitor, "1.0.0", config, stop_b.clone())
