@@ -417,6 +417,11 @@ impl ServiceRuntime {
         Ok(watch)
     }
 
+    /// The lease joined with [`ServiceRuntime::lease`], if any.
+    pub fn lease_watch(&self) -> Option<crate::lease::LeaseWatch> {
+        self.lease.get().cloned()
+    }
+
     /// Waits for shutdown, then stops taking requests, finishes those in flight
     /// (within the grace period), drains the connection and stops HTTP.
     pub async fn run_until_shutdown(mut self) -> Result<(), RuntimeError> {
