@@ -250,5 +250,6 @@ impl Prometheus {
 
 mod alerts;
 mod canary;
+mod replicas;
 mod slo;
 mod sources;
