@@ -224,3 +224,159 @@ async fn the_lease_shows_in_status_and_readyz_and_moves_on_shutdown() {
     stop_b.cancel();
     b.run_until_shutdown().await.unwrap();
 }
+
+/// A route that the test sets.
+#[derive(Debug, Clone)]
+struct Fixed(Arc<std::sync::Mutex<toronto_runtime::service::Route>>);
+
+impl toronto_runtime::service::OwnerRoute for Fixed {
+    fn route(&self) -> toronto_runtime::service::Route {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A host whose `approve` endpoint needs the approver role and echoes the principal,
+/// served where `route` says.
+async fn routed_host(client: &Client, route: Fixed) -> ServiceHost {
+    use toronto_protocol::auth::Role;
+    use toronto_runtime::auth::{AccessRule, AuthConfig, Authenticator};
+    let auth = Authenticator::start(
+        &jetstream::new(client.clone()),
+        &toronto_protocol::Subjects::default(),
+        &AuthConfig::default(),
+        1,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    auth.protect("approve", AccessRule::Role(Role::Approver));
+    let host = ServiceHost::start(
+        client.clone(),
+        spec(),
+        EndpointConfig::default(),
+        Metrics::new(),
+        None,
+    )
+    .await
+    .unwrap();
+    host.set_auth(Arc::new(auth));
+    host.set_route(Arc::new(route));
+    host.add_endpoint(
+        "approve",
+        "test.devops.v1.approve",
+        |req: Request<Echo>| async move {
+            let who = req.principal().map(|p| p.id.clone()).unwrap_or_default();
+            Ok::<_, ErrorBody>(Echoed { text: who })
+        },
+    )
+    .await
+    .unwrap();
+    host
+}
+
+/// Sends `bytes` signed with `headers`: the reply's text, or its error code.
+async fn approve(client: &Client, bytes: &[u8], mut headers: HeaderMap) -> Result<String, u16> {
+    headers.insert("Content-Type", "application/cloudevents+json");
+    let reply = client
+        .request_with_headers(
+            "test.devops.v1.approve",
+            headers,
+            Bytes::copy_from_slice(bytes),
+        )
+        .await
+        .unwrap();
+    let code = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Nats-Service-Error-Code"))
+        .map(|v| v.as_str().parse::<u16>().unwrap());
+    let env = toronto_protocol::decode_raw(&reply.payload, Encoding::Json).unwrap();
+    match code {
+        None => Ok(env.data["text"].as_str().unwrap().to_owned()),
+        Some(code) => Err(code),
+    }
+}
+
+#[tokio::test]
+async fn a_standby_forwards_signed_requests_and_the_owner_verifies_them_once() {
+    use toronto_protocol::auth::{Principal, PrincipalKind, Role};
+    use toronto_runtime::auth::Signer;
+    use toronto_runtime::service::Route;
+    let server = NatsServer::start().await;
+    let (client_a, client_b) = (server.client().await, server.client().await);
+    let route_a = Fixed(Arc::new(std::sync::Mutex::new(Route::Here)));
+    let a = routed_host(&client_a, route_a.clone()).await;
+    let route_b = Fixed(Arc::new(std::sync::Mutex::new(Route::Forward(
+        a.id().to_owned(),
+    ))));
+    let b = routed_host(&client_b, route_b.clone()).await;
+    let alice = Signer::generate();
+    a.auth()
+        .unwrap()
+        .registry()
+        .unwrap()
+        .put(&Principal {
+            id: "alice".into(),
+            kind: PrincipalKind::Human,
+            roles: vec![Role::Approver],
+            display_name: "alice".into(),
+            revoked: false,
+            keys: vec![alice.public_key()],
+            sources: vec![],
+            chat_ids: vec![],
+        })
+        .await
+        .unwrap();
+    // Both registries follow the bucket; give B's a moment (B checks nothing anyway).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Requests reach both replicas of the queue group; every one is verified and
+    // served by the owner, as alice.
+    let client = server.client().await;
+    let signed = |bytes: &[u8]| {
+        let mut h = HeaderMap::new();
+        alice.apply(&mut h, "test.devops.v1.approve", bytes);
+        h
+    };
+    for _ in 0..12 {
+        let bytes = encode(
+            &Envelope::builder("toronto://cli", Echo::default()).build(),
+            Encoding::Json,
+        )
+        .unwrap();
+        assert_eq!(
+            approve(&client, &bytes, signed(&bytes)).await,
+            Ok("alice".into())
+        );
+    }
+    let served = |host: &ServiceHost| host.stats()["endpoints"][0]["num_requests"].as_u64();
+    assert_eq!(served(&a), Some(12), "{}", a.stats());
+    assert_eq!(served(&b), Some(0), "{}", b.stats());
+
+    // The same signed bytes again are a replay, whichever replica takes them.
+    let bytes = encode(
+        &Envelope::builder("toronto://cli", Echo::default()).build(),
+        Encoding::Json,
+    )
+    .unwrap();
+    let headers = signed(&bytes);
+    assert_eq!(
+        approve(&client, &bytes, headers.clone()).await,
+        Ok("alice".into())
+    );
+    for _ in 0..4 {
+        assert_eq!(approve(&client, &bytes, headers.clone()).await, Err(401));
+    }
+
+    // With no owner (a takeover under way), every replica answers 503.
+    *route_a.0.lock().unwrap() = Route::NoOwner;
+    *route_b.0.lock().unwrap() = Route::NoOwner;
+    for _ in 0..4 {
+        let bytes = encode(
+            &Envelope::builder("toronto://cli", Echo::default()).build(),
+            Encoding::Json,
+        )
+        .unwrap();
+        assert_eq!(approve(&client, &bytes, signed(&bytes)).await, Err(503));
+    }
+}
