@@ -230,11 +230,11 @@ pub async fn start_with(
 
     // Replicas: the lease; requests and HTTP intake go to its owner.
     let lease = rt.lease(replica::LEASE).await?;
-    rt.host.set_route(Arc::new(lease.clone()));
-    let ownership = replica::Ownership::new(lease.clone());
+    let ownership = replica::Ownership::new(lease);
+    rt.host.set_route(Arc::new(ownership.clone()));
     let _ = forwarding.set(intake::forward::Replicas {
         client: rt.client.clone(),
-        lease: lease.clone(),
+        route: ownership.clone(),
         timeout: rt.config.nats.request_timeout(),
     });
 
@@ -306,10 +306,11 @@ pub async fn start_with(
     owner_work::spawn(&rt, &ownership, &engine, playbooks_rx, tick);
 
     // Every replica: HTTP intake forwarded by the others, requests, freezes.
-    let (client, me, intake_slot, token) = (
+    let (client, me, intake_slot, serving, token) = (
         rt.client.clone(),
         rt.host.id().to_owned(),
         slot.clone(),
+        ownership.clone(),
         rt.shutdown_token(),
     );
     rt.spawn_background("forwarded HTTP intake", move || {
@@ -317,7 +318,7 @@ pub async fn start_with(
             client.clone(),
             me.clone(),
             intake_slot.clone(),
-            lease.clone(),
+            serving.clone(),
             token.clone(),
         )
     });

@@ -6,8 +6,9 @@
 //! writes delivery results on the timeline) runs only on the owner, in *terms*: a
 //! replica that takes the lease first restores the engine from KV, then starts the
 //! work under the term's token; when it loses the lease, the token is cancelled and
-//! the work stops. Requests (NATS) are forwarded to the owner by the service host;
-//! HTTP intake is forwarded by [`crate::intake`]. The publisher writes only while this
+//! the work stops. Requests (NATS) are forwarded to the owner by the service host and
+//! HTTP intake by [`crate::intake`], both routed by [`Ownership`]: served here only once
+//! the term has begun, so never by an engine still being restored. The publisher writes only while this
 //! replica owns the lease (or has just let it go at shutdown), so a replica that lost
 //! the lease does not overwrite the new owner's records.
 
@@ -19,6 +20,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::status::LeaseRole;
 use toronto_runtime::lease::LeaseWatch;
+use toronto_runtime::service::{OwnerRoute, Route};
 
 /// The lease's name (its key in `<prefix>_leases`).
 pub const LEASE: &str = "incident-commander";
@@ -160,9 +162,33 @@ impl Ownership {
         Ok(())
     }
 
+    /// Whether this replica serves the engine's requests now: it owns the lease and
+    /// its term has begun (the engine is restored).
+    pub fn serves(&self) -> bool {
+        self.term().is_some_and(|t| self.lease.holds(t.token))
+    }
+
     /// Whether this replica may write the engine's records: it owns the lease, or let
     /// it go at shutdown and writes what was left.
     pub fn may_write(&self) -> bool {
         self.lease.may_write()
+    }
+}
+
+/// Requests are served where the engine is current: here once this replica's term has
+/// begun, at the owner when another replica holds the lease, and nowhere (503) while
+/// the lease is free or this replica is still restoring the engine for its term.
+impl OwnerRoute for Ownership {
+    fn route(&self) -> Route {
+        if self.serves() {
+            return Route::Here;
+        }
+        if self.lease.is_owner() {
+            return Route::NoOwner;
+        }
+        match self.lease.holder() {
+            Some(holder) if holder != self.lease.me() => Route::Forward(holder),
+            _ => Route::NoOwner,
+        }
     }
 }

@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use toronto_runtime::lease::LeaseWatch;
 use toronto_runtime::service::{OwnerRoute, Route, owner_prefix};
 
 use super::{ALERTS_PATH, ENQUEUE_PATH, Slot, WEBHOOK_PATH};
@@ -30,8 +29,8 @@ pub type Forwarding = Arc<OnceLock<Replicas>>;
 pub struct Replicas {
     /// The NATS connection.
     pub client: Client,
-    /// The lease.
-    pub lease: LeaseWatch,
+    /// Where the engine is served (the replica's ownership).
+    pub route: crate::replica::Ownership,
     /// How long to wait for the owner's answer.
     pub timeout: Duration,
 }
@@ -70,7 +69,7 @@ pub(super) async fn to_owner(
     let Some(replicas) = forwarding.get() else {
         return next.run(request).await;
     };
-    let owner = match replicas.lease.route() {
+    let owner = match replicas.route.route() {
         Route::Here => return next.run(request).await,
         Route::NoOwner => return no_owner(),
         Route::Forward(owner) => owner,
@@ -115,12 +114,12 @@ pub(super) async fn to_owner(
 }
 
 /// Serves the HTTP intake other replicas forward to this one (`me`) until
-/// `shutdown`; refused with 503 unless this replica owns the lease.
+/// `shutdown`; refused with 503 unless this replica serves the engine now.
 pub async fn serve_forwarded(
     client: Client,
     me: String,
     slot: Slot,
-    lease: LeaseWatch,
+    route: crate::replica::Ownership,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::SubscribeError> {
     let mut sub = client.subscribe(subject(&me)).await?;
@@ -129,7 +128,7 @@ pub async fn serve_forwarded(
         tokio::select! {
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             message = sub.next(), if in_flight.len() < CONCURRENCY => match message {
-                Some(message) => in_flight.push(answer(&client, &slot, &lease, message)),
+                Some(message) => in_flight.push(answer(&client, &slot, &route, message)),
                 None => return Ok(()),
             },
             _ = shutdown.cancelled() => {
@@ -141,7 +140,12 @@ pub async fn serve_forwarded(
     }
 }
 
-async fn answer(client: &Client, slot: &Slot, lease: &LeaseWatch, message: async_nats::Message) {
+async fn answer(
+    client: &Client,
+    slot: &Slot,
+    route: &crate::replica::Ownership,
+    message: async_nats::Message,
+) {
     let Some(reply) = message.reply else { return };
     let path = message
         .headers
@@ -149,7 +153,7 @@ async fn answer(client: &Client, slot: &Slot, lease: &LeaseWatch, message: async
         .and_then(|h| h.get(PATH_HEADER))
         .map(|v| v.as_str().to_owned())
         .unwrap_or_default();
-    let response = if !lease.is_owner() {
+    let response = if route.route() != Route::Here {
         no_owner()
     } else {
         let (slot, body) = (State(slot.clone()), message.payload);
