@@ -22,7 +22,8 @@ pub struct Bootstrapped {
     pub buckets: Vec<String>,
 }
 
-/// Every KV bucket of every service: (bucket name without prefix, history).
+/// Every KV bucket of every service, and the replicas' leases: (bucket name without
+/// prefix, history).
 pub fn all_buckets() -> Vec<(&'static str, i64)> {
     [
         toronto_planner::BUCKETS,
@@ -30,6 +31,7 @@ pub fn all_buckets() -> Vec<(&'static str, i64)> {
         toronto_monitor::BUCKETS,
         toronto_incident_commander::BUCKETS,
         toronto_chat_bridge::BUCKETS,
+        &[toronto_runtime::lease::BUCKET],
     ]
     .into_iter()
     .flatten()

@@ -135,23 +135,7 @@ impl Freezer {
         engine: Arc<Engine>,
         store: kv::Store,
     ) -> Result<Arc<Self>, RuntimeError> {
-        let mut freezes = BTreeMap::new();
-        let keys: Vec<String> = match store.keys().await {
-            Ok(k) => k.filter_map(|k| async move { k.ok() }).collect().await,
-            Err(e) => {
-                return Err(RuntimeError::Restore {
-                    from: format!("KV bucket {}", store.name),
-                    source: Box::new(e),
-                });
-            }
-        };
-        for key in keys.into_iter().filter(|k| k.starts_with(KEY_PREFIX)) {
-            if let Ok(Some(v)) = store.get(&key).await
-                && let Ok(f) = serde_json::from_slice::<Freeze>(&v)
-            {
-                freezes.insert(f.incident_id, f);
-            }
-        }
+        let freezes = load(&store).await?;
         Ok(Arc::new(Self {
             engine,
             client: rt.client.clone(),
@@ -162,6 +146,12 @@ impl Freezer {
             store,
             freezes: Mutex::new(freezes),
         }))
+    }
+
+    /// Reads the freezes again from the bucket (a replica that takes over).
+    pub async fn reload(&self) -> Result<(), RuntimeError> {
+        *self.freezes.lock().await = load(&self.store).await?;
+        Ok(())
     }
 
     fn policy(&self) -> &FreezePolicy {
@@ -401,12 +391,35 @@ impl Freezer {
     }
 }
 
+/// The freezes kept in the incidents bucket.
+async fn load(store: &kv::Store) -> Result<BTreeMap<Uuid, Freeze>, RuntimeError> {
+    let mut freezes = BTreeMap::new();
+    let keys: Vec<String> = match store.keys().await {
+        Ok(k) => k.filter_map(|k| async move { k.ok() }).collect().await,
+        Err(e) => {
+            return Err(RuntimeError::Restore {
+                from: format!("KV bucket {}", store.name),
+                source: Box::new(e),
+            });
+        }
+    };
+    for key in keys.into_iter().filter(|k| k.starts_with(KEY_PREFIX)) {
+        if let Ok(Some(v)) = store.get(&key).await
+            && let Ok(f) = serde_json::from_slice::<Freeze>(&v)
+        {
+            freezes.insert(f.incident_id, f);
+        }
+    }
+    Ok(freezes)
+}
+
 /// Registers `incident.freeze.list` and `incident.freeze.lift`, and runs the sweep
 /// every `tick` (supervised by the runtime).
 pub async fn run(
     rt: &ServiceRuntime,
     freezer: Arc<Freezer>,
     tick: Duration,
+    ownership: crate::replica::Ownership,
 ) -> Result<(), RuntimeError> {
     let f = freezer.clone();
     rt.endpoint("freeze.list", move |req: Request<FreezeList>| {
@@ -421,17 +434,25 @@ pub async fn run(
     })
     .await?;
     let token: CancellationToken = rt.shutdown_token();
+    // The sweep is the owner's work (it pauses and resumes rollouts).
     rt.spawn_background("freezes", move || {
-        let (freezer, token) = (freezer.clone(), token.clone());
+        let (freezer, token, ownership) = (freezer.clone(), token.clone(), ownership.clone());
         async move {
-            let mut every = tokio::time::interval(tick);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                    _ = every.tick() => freezer.sweep().await,
-                }
-            }
+            ownership
+                .each_term(&token, |stop| {
+                    let freezer = freezer.clone();
+                    async move {
+                        let mut every = tokio::time::interval(tick);
+                        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                        loop {
+                            tokio::select! {
+                                _ = stop.cancelled() => return Ok::<(), std::convert::Infallible>(()),
+                                _ = every.tick() => freezer.sweep().await,
+                            }
+                        }
+                    }
+                })
+                .await
         }
     });
     Ok(())

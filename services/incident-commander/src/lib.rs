@@ -18,9 +18,11 @@ pub mod engine;
 pub mod freeze;
 pub mod intake;
 pub mod outbound;
+mod owner_work;
 pub mod playbook;
 pub mod postmortem;
 pub mod publisher;
+pub mod replica;
 pub mod schedule;
 pub mod settings;
 
@@ -33,7 +35,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::ServiceKind;
-use toronto_runtime::jetstream::{ConsumerSpec, run_consumer};
 use toronto_runtime::supervise::LoopSpec;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
@@ -172,8 +173,31 @@ async fn compact_alert_log(
     }
 }
 
+/// Restores the engine from KV: incidents, the alert log (compacted when long),
+/// silences and inhibitions.
+async fn restore_engine(
+    engine: &Engine,
+    incidents: &async_nats::jetstream::kv::Store,
+    silences: &async_nats::jetstream::kv::Store,
+) -> Result<(), RuntimeError> {
+    let alert_log = read_alert_log(incidents).await?;
+    engine.restore(
+        read_bucket(incidents, "incident.").await?,
+        alert_log.1,
+        read_bucket(silences, "silence.").await?,
+        read_bucket(silences, "inhibition.").await?,
+    );
+    compact_alert_log(engine, incidents, alert_log.0).await;
+    Ok(())
+}
+
 /// Starts the service with these settings and returns it running; stop it by
 /// cancelling `shutdown` and awaiting [`ServiceRuntime::run_until_shutdown`].
+///
+/// Several replicas may run: they share the lease [`replica::LEASE`], the owner does
+/// the single-writer work, and every replica serves requests and HTTP intake (see
+/// [`replica`]). It returns once this replica owns the work (its engine restored) or
+/// knows which replica does, or after a TTL and two renewals.
 pub async fn start_with(
     config: Config,
     settings: Settings,
@@ -181,12 +205,13 @@ pub async fn start_with(
 ) -> Result<ServiceRuntime, RuntimeError> {
     settings.policy.check().map_err(config_error)?;
     let slot: intake::Slot = Arc::new(OnceLock::new());
+    let forwarding: intake::forward::Forwarding = Arc::default();
     let http_auth = intake::HttpAuth::new(settings.http_auth.clone());
     let rt = ServiceRuntime::start_with_routes(
         KIND,
         env!("CARGO_PKG_VERSION"),
         config,
-        intake::routes(slot.clone(), http_auth.clone()),
+        intake::routes(slot.clone(), http_auth.clone(), forwarding.clone()),
         shutdown,
     )
     .await?;
@@ -202,8 +227,18 @@ pub async fn start_with(
     let incidents = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let silences = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
     rt.kv(BUCKETS[2].0, BUCKETS[2].1).await?;
-
     outbound::start::ensure_stream(&rt).await?;
+
+    // Replicas: the lease; requests and HTTP intake go to its owner.
+    let lease = rt.lease(replica::LEASE).await?;
+    let ownership = replica::Ownership::new(lease);
+    rt.host.set_route(Arc::new(ownership.clone()));
+    let _ = forwarding.set(intake::forward::Replicas {
+        client: rt.client.clone(),
+        route: ownership.clone(),
+        timeout: rt.config.nats.request_timeout(),
+    });
+
     let (effects, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let (playbooks, playbooks_rx) = tokio::sync::mpsc::unbounded_channel();
     let tick = settings.tick;
@@ -214,19 +249,12 @@ pub async fn start_with(
         effects,
         playbooks.clone(),
     ));
-    let alert_log = read_alert_log(&incidents).await?;
-    engine.restore(
-        read_bucket(&incidents, "incident.").await?,
-        alert_log.1,
-        read_bucket(&silences, "silence.").await?,
-        read_bucket(&silences, "inhibition.").await?,
-    );
-    compact_alert_log(&engine, &incidents, alert_log.0).await;
     let sink = publisher::Sink {
         js: rt.js.clone(),
         client: rt.client.clone(),
         incidents: incidents.clone(),
-        silences,
+        silences: silences.clone(),
+        fence: Some(ownership.clone()),
     };
     let (publishing, effects_rx, token) = (
         engine.clone(),
@@ -246,118 +274,60 @@ pub async fn start_with(
         }
     });
     register_metrics(&rt, &engine);
-    outbound::start::spawn_sender(&rt, engine.clone());
+    let freezer = freeze::Freezer::start(&rt, engine.clone(), incidents.clone()).await?;
 
-    let remote = playbook::Remote {
-        client: rt.client.clone(),
-        subjects: rt.subjects.clone(),
-        source: rt.source(),
-        timeout: rt.config.nats.request_timeout(),
-    };
-    let (running, runner_remote, playbooks_rx, token) = (
+    // Each term of ownership begins with the state as the last owner left it.
+    let (restoring, reloading, own, token) = (
         engine.clone(),
-        remote.clone(),
-        Arc::new(tokio::sync::Mutex::new(playbooks_rx)),
+        freezer.clone(),
+        ownership.clone(),
         rt.shutdown_token(),
     );
-    rt.spawn_background("playbooks", move || {
-        let (engine, remote, rx, token) = (
-            running.clone(),
-            runner_remote.clone(),
-            playbooks_rx.clone(),
+    rt.spawn_background("ownership", move || {
+        let (engine, freezer, own, token) = (
+            restoring.clone(),
+            reloading.clone(),
+            own.clone(),
             token.clone(),
         );
+        let (incidents, silences, playbooks) =
+            (incidents.clone(), silences.clone(), playbooks.clone());
         async move {
-            let mut rx = rx.lock_owned().await;
-            playbook::runner(engine, remote, &mut rx, token).await
+            own.run_terms(&token, || async {
+                restore_engine(&engine, &incidents, &silences).await?;
+                freezer.reload().await?;
+                for id in engine.running_playbooks() {
+                    let _ = playbooks.send(id);
+                }
+                Ok::<(), RuntimeError>(())
+            })
+            .await
         }
     });
-    for id in engine.running_playbooks() {
-        let _ = playbooks.send(id);
-    }
-    let (following, js, subjects, token) = (
-        engine.clone(),
-        rt.js.clone(),
-        rt.subjects.clone(),
+    owner_work::spawn(&rt, &ownership, &engine, playbooks_rx, tick);
+
+    // Every replica: HTTP intake forwarded by the others, requests, freezes.
+    let (client, me, intake_slot, serving, token) = (
+        rt.client.clone(),
+        rt.host.id().to_owned(),
+        slot.clone(),
+        ownership.clone(),
         rt.shutdown_token(),
     );
-    rt.spawn_background("rollout events", move || {
-        playbook::follow_rollouts(
-            following.clone(),
-            js.clone(),
-            subjects.clone(),
+    rt.spawn_background("forwarded HTTP intake", move || {
+        intake::forward::serve_forwarded(
+            client.clone(),
+            me.clone(),
+            intake_slot.clone(),
+            serving.clone(),
             token.clone(),
         )
     });
-    let (ticker, token, tick_remote) = (engine.clone(), rt.shutdown_token(), remote.clone());
-    rt.spawn_background("deadlines", move || {
-        let (ticker, token, tick_remote) = (ticker.clone(), token.clone(), tick_remote.clone());
-        async move {
-            let mut every = tokio::time::interval(tick);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                    _ = every.tick() => {
-                        let quiet = ticker.deadlines();
-                        playbook::confirm_quiet(&ticker, &tick_remote, quiet).await;
-                    }
-                }
-            }
-        }
-    });
-
-    let (keeper, token) = (engine.clone(), rt.shutdown_token());
-    rt.spawn_background("housekeeping", move || {
-        let (keeper, token) = (keeper.clone(), token.clone());
-        async move {
-            let mut every = tokio::time::interval(crate::engine::HOUSEKEEPING_EVERY);
-            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return Ok::<(), std::convert::Infallible>(()),
-                    _ = every.tick() => {
-                        let forgotten = keeper.housekeeping();
-                        tracing::debug!(forgotten, "alerts resolved long ago forgotten");
-                    }
-                }
-            }
-        }
-    });
-
     endpoints::register(&rt, &engine).await?;
-    let freezer = freeze::Freezer::start(&rt, engine.clone(), incidents).await?;
-    freeze::run(&rt, freezer, tick).await?;
-
-    // Alerts from the bus: a durable consumer, so none is lost while the service is down.
-    let bus = engine.clone();
-    let spec = ConsumerSpec {
-        stream: rt.subjects.events_stream(),
-        durable: format!("{}-alerts", KIND.service_name()),
-        filter_subject: Some(rt.subjects.event("alert", ">")),
-        ack_wait: Duration::from_secs(30),
-        max_deliver: 5,
-        // One at a time: a firing and its resolution must not swap places.
-        concurrency: 1,
-    };
-    let (js, dead_letters, metrics, token) = (
-        rt.js.clone(),
-        rt.dead_letters.clone(),
-        rt.metrics.clone(),
-        rt.shutdown_token(),
-    );
-    rt.spawn_background("alerts from the bus", move || {
-        let bus = bus.clone();
-        run_consumer(
-            js.clone(),
-            spec.clone(),
-            dead_letters.clone(),
-            metrics.clone(),
-            token.clone(),
-            move |delivery| intake::handle_bus_alert(bus.clone(), delivery),
-        )
-    });
+    freeze::run(&rt, freezer, tick, ownership.clone()).await?;
     let _ = slot.set(engine);
+    let lease_time = rt.config.lease.ttl() + rt.config.lease.renew() * 2;
+    ownership.settled(lease_time).await;
     Ok(rt)
 }
 

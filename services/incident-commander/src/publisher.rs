@@ -36,6 +36,8 @@ pub struct Sink {
     pub incidents: kv::Store,
     /// The silences bucket.
     pub silences: kv::Store,
+    /// With replicas: writes only while this replica may ([`crate::replica`]).
+    pub fence: Option<crate::replica::Ownership>,
 }
 
 /// An incident changed again within this time of its last write waits (its latest
@@ -129,6 +131,26 @@ async fn write(
     deferred: &mut Deferred,
     everything: bool,
 ) {
+    if let Some(fence) = &sink.fence
+        && !fence.may_write()
+    {
+        // Another replica owns the records now: write nothing, answer the barriers.
+        let dropped = batch
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::Barrier(tx) => {
+                    let _ = tx.send(());
+                    None
+                }
+                other => Some(other),
+            })
+            .count();
+        deferred.waiting.clear();
+        if dropped > 0 {
+            tracing::warn!(dropped, "not the owner: changes not written");
+        }
+        return;
+    }
     let mut acks = Vec::new();
     let mut barriers = Vec::new();
     let mut dirty: Vec<Record> = Vec::new();

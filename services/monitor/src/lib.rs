@@ -22,6 +22,7 @@ pub mod canary;
 pub mod evaluate;
 pub mod probes;
 pub mod prometheus;
+pub mod replica;
 pub mod scrape;
 pub mod settings;
 pub mod slo;
@@ -33,10 +34,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::alerts::{AlertStatus, SloDefinition, SloEntries, SloList, SloPut};
+use toronto_protocol::alerts::{SloDefinition, SloEntries, SloList, SloPut};
 use toronto_protocol::analysis::{CanaryAnalyze, CanaryUnwatch, CanaryWatch, CanaryWatchStatus};
 use toronto_protocol::tasks::{SloGet, SloStatus, SloStatuses};
-use toronto_protocol::{Envelope, ErrorBody, ErrorCode, Priority, ServiceKind};
+use toronto_protocol::{ErrorBody, ErrorCode, ServiceKind};
 use toronto_runtime::Request;
 pub use toronto_runtime::{Config, RuntimeError, ServiceRuntime};
 
@@ -72,6 +73,13 @@ pub async fn start_with(
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
     let status = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
     let definitions = rt.kv(BUCKETS[1].0, BUCKETS[1].1).await?;
+    // Replicas: every one ingests and answers; the lease's owner announces.
+    let lease = rt.lease(replica::LEASE).await?;
+    let announcer = replica::Announcer::new(lease, rt.events.clone(), rt.source(), status.clone());
+    let (announcing, token) = (announcer.clone(), rt.shutdown_token());
+    rt.spawn_background("lease takeovers", move || {
+        replica::follow_takeovers(announcing.clone(), token.clone())
+    });
     let store = Arc::new(Store::new(StoreLimits {
         retention_ms: settings.retention.as_millis() as i64,
         max_samples_per_series: settings.max_samples_per_series,
@@ -168,10 +176,10 @@ pub async fn start_with(
 
     // Synthetic probes and anomaly detection.
     if !settings.probes.is_empty() {
-        let (probing, probed, events, source, token) = (
+        let (probing, probed, announcing, source, token) = (
             settings.clone(),
             store.clone(),
-            rt.events.clone(),
+            announcer.clone(),
             rt.source(),
             rt.shutdown_token(),
         );
@@ -179,7 +187,7 @@ pub async fn start_with(
             probe_loop(
                 probing.clone(),
                 probed.clone(),
-                events.clone(),
+                announcing.clone(),
                 source.clone(),
                 token.clone(),
             )
@@ -188,9 +196,9 @@ pub async fn start_with(
     if !settings.anomaly_metrics.is_empty() {
         // A restarted run starts from a fresh detector.
         let detecting = settings.clone();
-        let (watched, events, source, token) = (
+        let (watched, announcing, source, token) = (
             store.clone(),
-            rt.events.clone(),
+            announcer.clone(),
             rt.source(),
             rt.shutdown_token(),
         );
@@ -207,8 +215,7 @@ pub async fn start_with(
                 detector,
                 detecting.anomaly_interval,
                 watched.clone(),
-                events.clone(),
-                source.clone(),
+                announcing.clone(),
                 token.clone(),
             )
         });
@@ -283,6 +290,16 @@ pub async fn start_with(
     }
     load_put_slos(&definitions, &engine).await;
     tracing::info!(slos = engine.len(), "SLOs loaded");
+    // SLOs put through any replica reach every replica's engine.
+    let (following, watched_definitions, token) =
+        (engine.clone(), definitions.clone(), rt.shutdown_token());
+    rt.spawn_background("SLO definitions", move || {
+        replica::follow_definitions(
+            watched_definitions.clone(),
+            following.clone(),
+            token.clone(),
+        )
+    });
     let put_engine = engine.clone();
     rt.endpoint("slo.put", move |req: Request<SloPut>| {
         let (engine, definitions) = (put_engine.clone(), definitions.clone());
@@ -296,20 +313,18 @@ pub async fn start_with(
         async move { Ok::<_, ErrorBody>(SloEntries { slos }) }
     })
     .await?;
-    let (evaluated, slo_status, events, source, every, token) = (
+    let (evaluated, slo_status, announcing, every, token) = (
         engine,
         status.clone(),
-        rt.events.clone(),
-        rt.source(),
+        announcer.clone(),
         settings.slo_interval,
         rt.shutdown_token(),
     );
     rt.spawn_background("SLO evaluation", move || {
-        evaluation_loop(
+        replica::evaluation_loop(
             evaluated.clone(),
             slo_status.clone(),
-            events.clone(),
-            source.clone(),
+            announcing.clone(),
             every,
             token.clone(),
         )
@@ -398,79 +413,11 @@ async fn put_slo(
     Ok(engine.put(slo))
 }
 
-/// Evaluates every SLO every `interval`: writes each status to the status bucket,
-/// publishes `alert.firing` / `alert.resolved` and `slo.budget.exhausted` events.
-async fn evaluation_loop(
-    engine: evaluate::SloEngine,
-    status: async_nats::jetstream::kv::Store,
-    events: toronto_runtime::jetstream::Events,
-    source: String,
-    interval: Duration,
-    shutdown: CancellationToken,
-) -> Result<(), std::convert::Infallible> {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = ticks.tick() => {}
-        }
-        for evaluation in engine.evaluate_all().await {
-            let s = &evaluation.status;
-            let key = format!("{}.{}", s.service, s.slo);
-            match serde_json::to_vec(s) {
-                Ok(bytes) => {
-                    if let Err(e) = status.put(&key, bytes.into()).await {
-                        tracing::warn!(key, error = %e, "cannot write an SLO status");
-                    }
-                }
-                Err(e) => tracing::warn!(key, error = %e, "cannot encode an SLO status"),
-            }
-            for alert in evaluation.transitions {
-                publish_alert(&events, &source, alert).await;
-            }
-            if evaluation.newly_exhausted {
-                let envelope = Envelope::builder(source.clone(), s.clone())
-                    .subject(s.service.clone())
-                    .priority(Priority::High)
-                    .build();
-                if let Err(e) = events.publish("slo", "budget.exhausted", &envelope).await {
-                    tracing::warn!(key, error = %e, "cannot publish budget exhaustion");
-                }
-            }
-        }
-    }
-}
-
-/// Publishes an alert as `alert.firing` or `alert.resolved` (priority high for a firing
-/// page), subject its `service` label.
-async fn publish_alert(
-    events: &toronto_runtime::jetstream::Events,
-    source: &str,
-    alert: toronto_protocol::alerts::Alert,
-) {
-    let severity = alert.labels.get("severity").cloned().unwrap_or_default();
-    let (what, priority) = match (alert.status, severity.as_str()) {
-        (AlertStatus::Firing, "page") => ("firing", Priority::High),
-        (AlertStatus::Firing, _) => ("firing", Priority::Normal),
-        (AlertStatus::Resolved, _) => ("resolved", Priority::Normal),
-    };
-    let name = alert.labels.get("alertname").cloned().unwrap_or_default();
-    tracing::info!(alert = name, severity, what, fingerprint = %alert.fingerprint, "alert");
-    let mut envelope = Envelope::builder(source.to_owned(), alert.clone()).priority(priority);
-    if let Some(service) = alert.labels.get("service") {
-        envelope = envelope.subject(service.clone());
-    }
-    if let Err(e) = events.publish("alert", what, &envelope.build()).await {
-        tracing::warn!(alert = name, error = %e, "cannot publish an alert");
-    }
-}
-
 /// Probes every target every `interval`; alerts on repeated failures.
 async fn probe_loop(
     settings: Settings,
     store: Arc<Store>,
-    events: toronto_runtime::jetstream::Events,
+    announcer: replica::Announcer,
     source: String,
     shutdown: CancellationToken,
 ) -> Result<(), reqwest::Error> {
@@ -497,7 +444,7 @@ async fn probe_loop(
             if let Some(alert) =
                 track.observe(target, &result, &settings.default_environment, &source)
             {
-                publish_alert(&events, &source, alert).await;
+                announcer.transitions(vec![alert]).await;
             }
         }
     }
@@ -508,8 +455,7 @@ async fn anomaly_loop(
     mut detector: anomaly::AnomalyDetector,
     interval: Duration,
     store: Arc<Store>,
-    events: toronto_runtime::jetstream::Events,
-    source: String,
+    announcer: replica::Announcer,
     shutdown: CancellationToken,
 ) -> Result<(), std::convert::Infallible> {
     let mut ticks = tokio::time::interval(interval);
@@ -519,9 +465,7 @@ async fn anomaly_loop(
             _ = shutdown.cancelled() => return Ok(()),
             _ = ticks.tick() => {}
         }
-        for alert in detector.check(&store) {
-            publish_alert(&events, &source, alert).await;
-        }
+        announcer.transitions(detector.check(&store)).await;
     }
 }
 

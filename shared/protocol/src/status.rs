@@ -40,6 +40,35 @@ pub struct Status {
     /// (`TORONTO_AUTH`); `off` means anyone on the bus may ask it for changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<String>,
+    /// The instance's part in a replicated service's single-writer work (the KV
+    /// lease): absent for a service that does not replicate such work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
+}
+
+/// Where an instance stands with its service's lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct LeaseStatus {
+    /// The lease's name (its key in the `<prefix>_leases` bucket), e.g. `incident-commander`.
+    pub name: String,
+    /// Owner (does the single-writer work) or standby.
+    pub role: LeaseRole,
+    /// The fencing token while owner: the KV revision of the write that took the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<u64>,
+    /// The instance that holds the lease as last seen, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
+}
+
+/// An instance's role under a lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseRole {
+    /// Holds the lease: runs the single-writer work.
+    Owner,
+    /// Does not hold it: serves what every replica serves, and waits to take over.
+    Standby,
 }
 
 /// One supervised background loop of a service instance, as `status` reports it.

@@ -93,6 +93,7 @@ pub struct ServiceRuntime {
     http_stop: CancellationToken,
     http_task: Option<tokio::task::JoinHandle<()>>,
     loops: Loops,
+    lease: Arc<std::sync::OnceLock<crate::lease::LeaseWatch>>,
 }
 
 impl ServiceRuntime {
@@ -216,6 +217,8 @@ impl ServiceRuntime {
         let service_name = kind.service_name().to_owned();
         let version_owned = version.to_owned();
         let auth_mode = config.auth.mode.as_str();
+        let lease: Arc<std::sync::OnceLock<crate::lease::LeaseWatch>> = Arc::default();
+        let status_lease = lease.clone();
         host.add_endpoint(
             "status",
             subjects.status(kind),
@@ -231,6 +234,7 @@ impl ServiceRuntime {
                     build: build.clone(),
                     loops: status_loops.status(),
                     auth: Some(auth_mode.to_owned()),
+                    lease: status_lease.get().map(crate::lease::LeaseWatch::current),
                 };
                 async move { Ok::<_, ErrorBody>(status) }
             },
@@ -244,6 +248,7 @@ impl ServiceRuntime {
                 let ready_client = client.clone();
                 let ready_stopping = stopping.clone();
                 let ready_loops = loops.clone();
+                let ready_lease = lease.clone();
                 let readiness: Readiness = Arc::new(move || {
                     if ready_stopping.load(Ordering::Relaxed) {
                         return Err("shutting down".into());
@@ -254,7 +259,18 @@ impl ServiceRuntime {
                     }
                     let down = ready_loops.down();
                     if down.is_empty() {
-                        Ok(())
+                        // A replica of a leased service says which part it plays.
+                        Ok(ready_lease.get().map(|l| {
+                            let s = l.current();
+                            let role = match s.role {
+                                toronto_protocol::status::LeaseRole::Owner => "owner",
+                                toronto_protocol::status::LeaseRole::Standby => "standby",
+                            };
+                            match s.token {
+                                Some(token) => format!("lease {}: {role} (token {token})", s.name),
+                                None => format!("lease {}: {role}", s.name),
+                            }
+                        }))
                     } else {
                         Err(format!("background loops down: {}", down.join(", ")))
                     }
@@ -291,6 +307,7 @@ impl ServiceRuntime {
             http_stop,
             http_task,
             loops,
+            lease,
         };
         // Readiness turns false as soon as shutdown begins.
         let token = rt.shutdown.clone();
@@ -376,6 +393,33 @@ impl ServiceRuntime {
             self.config.jetstream.replicas,
         )
         .await?)
+    }
+
+    /// Joins the lease `name` (in the `<prefix>_leases` bucket, as this instance's
+    /// service id) and keeps it as a supervised loop until shutdown: the returned
+    /// watch says whether this instance owns the single-writer work now, and with
+    /// which fencing token. `status`, `/readyz` and the `lease_owner` metric report
+    /// it. One lease per service.
+    pub async fn lease(&self, name: &str) -> Result<crate::lease::LeaseWatch, RuntimeError> {
+        let kv = self
+            .kv(crate::lease::BUCKET.0, crate::lease::BUCKET.1)
+            .await?;
+        let (candidate, watch) =
+            crate::lease::Candidate::new(kv, name, self.host.id(), self.config.lease.clone());
+        candidate.register_metrics(&self.metrics);
+        let _ = self.lease.set(watch.clone());
+        let candidate = Arc::new(tokio::sync::Mutex::new(candidate));
+        let token = self.shutdown.clone();
+        self.spawn_background("lease", move || {
+            let (candidate, token) = (candidate.clone(), token.clone());
+            async move { candidate.lock_owned().await.run(token).await }
+        });
+        Ok(watch)
+    }
+
+    /// The lease joined with [`ServiceRuntime::lease`], if any.
+    pub fn lease_watch(&self) -> Option<crate::lease::LeaseWatch> {
+        self.lease.get().cloned()
     }
 
     /// Waits for shutdown, then stops taking requests, finishes those in flight

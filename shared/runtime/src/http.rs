@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
-/// Answers whether the service is ready, and if not, why.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+/// Answers whether the service is ready (with an optional line of detail, e.g. its
+/// lease role), and if not, why.
+pub type Readiness = Arc<dyn Fn() -> Result<Option<String>, String> + Send + Sync>;
 
 #[derive(Clone)]
 struct AppState {
@@ -36,7 +37,8 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     match (state.readiness)() {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(None) => (StatusCode::OK, "ready\n".to_owned()),
+        Ok(Some(detail)) => (StatusCode::OK, format!("ready\n{detail}\n")),
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod connect;
 pub mod http;
 pub mod jetstream;
+pub mod lease;
 pub mod metrics;
 pub mod rpc;
 pub mod service;

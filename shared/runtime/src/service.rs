@@ -39,9 +39,11 @@ use crate::jetstream::DeadLetters;
 use crate::metrics::{EndpointMetrics, Metrics};
 
 mod adr32;
+mod forward;
 mod request;
 
 use adr32::{EndpointCounters, verb_subscriptions};
+pub use forward::{OwnerRoute, Route, owner_prefix};
 pub use request::{Accepts, Request};
 use request::{RequestDecoder, Typed};
 
@@ -103,6 +105,7 @@ struct Shared {
     tracker: TaskTracker,
     stop: CancellationToken,
     auth: std::sync::OnceLock<Arc<crate::auth::Authenticator>>,
+    route: forward::RouteSlot,
 }
 
 /// A running ADR-32 service: answers `$SRV.PING|INFO|STATS` and hosts endpoints.
@@ -154,6 +157,7 @@ impl ServiceHost {
             tracker: TaskTracker::new(),
             stop: CancellationToken::new(),
             auth: std::sync::OnceLock::new(),
+            route: forward::RouteSlot::new(),
         });
         let name = shared.spec.name.clone();
         let mut pings = verb_subscriptions(&client, "PING", &name, &shared.id).await?;
@@ -208,6 +212,13 @@ impl ServiceHost {
     /// The authenticator, once set.
     pub fn auth(&self) -> Option<&Arc<crate::auth::Authenticator>> {
         self.shared.auth.get()
+    }
+
+    /// Serves the endpoints added from now on where `route` says: here, or at the
+    /// owner of the service's lease (see [`OwnerRoute`]); those added before (such as
+    /// `status`) are always served here. Set once.
+    pub fn set_route(&self, route: Arc<dyn OwnerRoute>) {
+        let _ = self.shared.route.set(route);
     }
 
     /// The client the service talks through.
@@ -315,7 +326,7 @@ impl ServiceHost {
                     ),
                 ])
             });
-        let mut sub = self
+        let sub = self
             .shared
             .client
             .queue_subscribe(subject.clone(), self.shared.spec.queue_group.clone())
@@ -324,9 +335,26 @@ impl ServiceHost {
                 subject: subject.clone(),
                 source,
             })?;
+        // A replicated service also takes the requests other replicas forward to it.
+        let owned = match self.shared.route.get() {
+            Some(_) => {
+                let owned = format!("{}{}", forward::owner_prefix(&self.shared.id), subject);
+                Some(
+                    self.shared
+                        .client
+                        .subscribe(owned.clone())
+                        .await
+                        .map_err(|source| ServiceError::Subscribe {
+                            subject: owned,
+                            source,
+                        })?,
+                )
+            }
+            None => None,
+        };
         // Once this returns, the server routes requests to the endpoint.
         confirm_subscriptions(&self.shared.client).await;
-        let endpoint = Endpoint {
+        let endpoint = Arc::new(Endpoint {
             metrics: self.shared.metrics.endpoint(name),
             shared: self.shared.clone(),
             name: name.to_owned(),
@@ -335,30 +363,14 @@ impl ServiceHost {
             handler,
             reply_type: Resp::message_type().to_string(),
             reply_schema: format!("schemas/{}", Resp::schema_path()),
-        };
-        let concurrency = self.shared.limits.concurrency.max(1);
-        self.shared.tracker.spawn(async move {
-            // Requests are served on this task, up to `concurrency` at once: no task per
-            // request. A panic in one request is caught and ends only that request.
-            let mut in_flight = FuturesUnordered::new();
-            let mut open = true;
-            let mut draining = false;
-            while open || !in_flight.is_empty() {
-                tokio::select! {
-                    biased;
-                    Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                    message = sub.next(), if open && in_flight.len() < concurrency => match message {
-                        Some(message) => in_flight.push(endpoint.serve_caught(message)),
-                        None => open = false,
-                    },
-                    _ = endpoint.shared.stop.cancelled(), if !draining => {
-                        // Stop taking work; what the server already sent is still served.
-                        let _ = sub.drain().await;
-                        draining = true;
-                    }
-                }
-            }
         });
+        if let Some(owned) = owned {
+            let prefix = forward::owner_prefix(&self.shared.id);
+            self.shared
+                .tracker
+                .spawn(endpoint.clone().serve_all(owned, Some(prefix)));
+        }
+        self.shared.tracker.spawn(endpoint.serve_all(sub, None));
         Ok(())
     }
 
@@ -402,11 +414,48 @@ where
     H: Fn(Request<D::Data>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
 {
+    /// Serves the requests of `sub` until the service stops. `forwarded`: the prefix
+    /// of the subjects other replicas forward requests to this instance on.
+    async fn serve_all(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        forwarded: Option<String>,
+    ) {
+        // Requests are served on this task, up to `concurrency` at once: no task per
+        // request. A panic in one request is caught and ends only that request.
+        let concurrency = self.shared.limits.concurrency.max(1);
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
+        let mut draining = false;
+        while open || !in_flight.is_empty() {
+            tokio::select! {
+                biased;
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                message = sub.next(), if open && in_flight.len() < concurrency => match message {
+                    Some(message) => {
+                        if let Some((message, refusal)) = forward::route(&self.shared.route, &self.shared.client, message, forwarded.as_deref()).await {
+                            in_flight.push(self.serve_caught(message, refusal));
+                        }
+                    }
+                    None => open = false,
+                },
+                _ = self.shared.stop.cancelled(), if !draining => {
+                    // Stop taking work; what the server already sent is still served.
+                    let _ = sub.drain().await;
+                    draining = true;
+                }
+            }
+        }
+    }
+
     /// Serves one request and records it; a panic outside the handler (which has its
     /// own guard) is logged and leaves the request unanswered.
-    async fn serve_caught(&self, message: async_nats::Message) {
+    async fn serve_caught(&self, message: async_nats::Message, refusal: Option<ErrorBody>) {
         let started = Instant::now();
-        match AssertUnwindSafe(self.serve(message)).catch_unwind().await {
+        match AssertUnwindSafe(self.serve(message, refusal))
+            .catch_unwind()
+            .await
+        {
             Ok(error) => {
                 let elapsed = started.elapsed();
                 self.counters.record(elapsed, error.as_ref());
@@ -421,8 +470,13 @@ where
         }
     }
 
-    /// Serves one request; returns the error it answered with.
-    async fn serve(&self, mut message: async_nats::Message) -> Option<ErrorBody> {
+    /// Serves one request (or answers it with `refusal`); returns the error it
+    /// answered with.
+    async fn serve(
+        &self,
+        mut message: async_nats::Message,
+        refusal: Option<ErrorBody>,
+    ) -> Option<ErrorBody> {
         let name = self.name.as_str();
         let encoding = Encoding::from_content_type(
             message
@@ -436,6 +490,9 @@ where
         let mut sign_reply = false;
 
         let outcome: Result<(Resp, Option<String>), ErrorBody> = async {
+            if let Some(refusal) = refusal {
+                return Err(refusal);
+            }
             let size = message.payload.len();
             let limit = self.shared.limits.max_payload_bytes;
             if size > limit {

@@ -435,6 +435,7 @@ async fn status_host(client: &async_nats::Client) -> toronto_runtime::ServiceHos
                 build: BuildInfo::current("1.0.0"),
                 loops: Vec::new(),
                 auth: None,
+                lease: None,
             })
         },
     )

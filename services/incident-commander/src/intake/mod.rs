@@ -22,6 +22,7 @@ use crate::engine::Engine;
 mod alertmanager;
 pub mod auth;
 mod bus;
+pub mod forward;
 mod pagerduty;
 
 pub use alertmanager::{
@@ -42,12 +43,17 @@ pub const ALERTS_PATH: &str = "/api/v2/alerts";
 pub const ENQUEUE_PATH: &str = "/v2/enqueue";
 
 /// The routes, served beside `/healthz`, `/readyz` and `/metrics` (which stay open);
-/// each asks for the credentials `auth` names, if any.
-pub fn routes(slot: Slot, auth: HttpAuth) -> Router {
+/// each asks for the credentials `auth` names, if any, and a standby replica then
+/// hands the request to the owner ([`forward`]).
+pub fn routes(slot: Slot, auth: HttpAuth, forwarding: forward::Forwarding) -> Router {
     Router::new()
         .route(WEBHOOK_PATH, post(alertmanager::alertmanager_webhook))
         .route(ALERTS_PATH, post(alertmanager::post_alerts))
         .route(ENQUEUE_PATH, post(pagerduty::pagerduty_enqueue))
+        .route_layer(axum::middleware::from_fn_with_state(
+            forwarding,
+            forward::to_owner,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(auth, auth::require))
         .with_state(slot)
 }

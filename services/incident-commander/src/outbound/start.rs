@@ -49,8 +49,14 @@ pub async fn ensure_stream(rt: &ServiceRuntime) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// Runs the sender (supervised by the runtime) until shutdown.
-pub fn spawn_sender(rt: &ServiceRuntime, engine: Arc<Engine>) {
+/// Runs the sender (supervised by the runtime) in every term this replica owns the
+/// work (it writes delivery results on the timeline), until shutdown. A message in
+/// flight when a term ends is delivered again to the next owner after its ack wait.
+pub fn spawn_sender(
+    rt: &ServiceRuntime,
+    engine: Arc<Engine>,
+    ownership: crate::replica::Ownership,
+) {
     let n = &engine.settings.policy.notifications;
     let timeout = Duration::from_millis(n.timeout_ms);
     let spec = ConsumerSpec {
@@ -75,14 +81,31 @@ pub fn spawn_sender(rt: &ServiceRuntime, engine: Arc<Engine>) {
         rt.shutdown_token(),
     );
     rt.spawn_background("outbox sender", move || {
-        let (engine, http) = (engine.clone(), http.clone());
-        run_consumer(
+        let (engine, http, own, token) = (
+            engine.clone(),
+            http.clone(),
+            ownership.clone(),
+            token.clone(),
+        );
+        let (js, spec, dead_letters, metrics) = (
             js.clone(),
             spec.clone(),
             dead_letters.clone(),
             metrics.clone(),
-            token.clone(),
-            move |delivery| super::sender::handle(engine.clone(), http.clone(), delivery),
-        )
+        );
+        async move {
+            own.each_term(&token, |stop| {
+                let (engine, http) = (engine.clone(), http.clone());
+                run_consumer(
+                    js.clone(),
+                    spec.clone(),
+                    dead_letters.clone(),
+                    metrics.clone(),
+                    stop,
+                    move |delivery| super::sender::handle(engine.clone(), http.clone(), delivery),
+                )
+            })
+            .await
+        }
     });
 }

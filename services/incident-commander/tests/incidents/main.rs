@@ -9,6 +9,7 @@ mod http_auth;
 mod intake;
 mod lifecycle;
 mod outbound;
+mod replicas;
 mod suppress;
 
 use std::collections::BTreeMap;

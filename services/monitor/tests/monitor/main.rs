@@ -252,5 +252,6 @@ impl Prometheus {
 
 mod alerts;
 mod canary;
+mod replicas;
 mod slo;
 mod sources;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-const CART_SLO: &str = r#"apiVersion: openslo/v1
+pub(super) const CART_SLO: &str = r#"apiVersion: openslo/v1
 kind: SLO
 metadata:
   name: availability
@@ -26,7 +26,7 @@ spec:
 
 /// Publishes a tick of `cart` traffic every 100 ms, with the errors in `errors` (out
 /// of 100 requests), until `stop`.
-fn traffic(
+pub(super) fn traffic(
     client: async_nats::Client,
     errors: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
@@ -58,7 +58,7 @@ fn traffic(
     })
 }
 
-fn compressed(slo_dir: &std::path::Path) -> Settings {
+pub(super) fn compressed(slo_dir: &std::path::Path) -> Settings {
     Settings {
         slo_dir: Some(slo_dir.to_owned()),
         // 1h lasts 10 s, 5m 0.83 s, 30m 5 s, the 30-day SLO window 2 hours.

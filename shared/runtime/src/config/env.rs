@@ -243,6 +243,24 @@ pub const ENV_VARS: &[Var<Config>] = &[
             Ok(())
         },
     ),
+    Var::new(
+        "TORONTO_LEASE_TTL_SECONDS",
+        "Replicated services (monitor, incident commander): seconds without a renewal after which a standby takes over the single-writer work from its owner (a fraction is allowed).",
+        "5",
+        |c, v| {
+            c.lease.ttl_ms = parse::seconds(v)?.as_millis() as u64;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_LEASE_RENEW_SECONDS",
+        "Replicated services: seconds between the owner's lease renewals and a standby's looks at the lease; at most half the TTL.",
+        "1",
+        |c, v| {
+            c.lease.renew_ms = parse::seconds(v)?.as_millis() as u64;
+            Ok(())
+        },
+    ),
     Var::deprecated(
         "TORONTO_SHUTDOWN_GRACE_SECS",
         "Seconds to finish in-flight work after SIGTERM.",

@@ -70,6 +70,8 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Verified identity (`TORONTO_AUTH*`).
     pub auth: crate::auth::AuthConfig,
+    /// The lease of a replicated service's single-writer work (`TORONTO_LEASE_*`).
+    pub lease: crate::lease::LeaseConfig,
 }
 
 impl Default for Config {
@@ -83,6 +85,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown_grace_secs: 20,
             auth: crate::auth::AuthConfig::default(),
+            lease: crate::lease::LeaseConfig::default(),
         }
     }
 }
@@ -307,6 +310,7 @@ impl Config {
                 self.subject_prefix
             )));
         }
+        self.lease.check().map_err(ConfigError::Invalid)?;
         if self.endpoints.concurrency == 0 {
             return Err(ConfigError::Invalid(
                 "endpoint concurrency must be at least 1".into(),

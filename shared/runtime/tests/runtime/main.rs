@@ -3,8 +3,8 @@
 //! reconnection and graceful shutdown. One binary, one module per concern:
 //! [`endpoints`] (requests, errors, encodings, the ADR-32 service API), [`delivery`]
 //! (JetStream publishes, consumers and dead letters), [`lifecycle`] (reconnection,
-//! shutdown, credentials, clusters), [`tls`] (TLS to NATS) and [`peers`] (the peer
-//! agents' NATS users).
+//! shutdown, credentials, clusters), [`tls`] (TLS to NATS), [`peers`] (the peer
+//! agents' NATS users) and [`lease`] (the replicas' lease).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -186,6 +186,7 @@ mod delivery;
 mod depth;
 mod endpoints;
 mod faults;
+mod lease;
 mod lifecycle;
 mod peers;
 mod tls;
