@@ -153,6 +153,7 @@ fn status(name: &str) -> Status {
         build: BuildInfo::current("0.0.1"),
         loops: Vec::new(),
         auth: Some("required".into()),
+        lease: None,
     }
 }
 
