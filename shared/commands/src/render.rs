@@ -133,9 +133,15 @@ fn pct(x: Option<f64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// A duration in the unit that reads best: `40s`, `12m`, `4.0h`, `3.5d`.
 fn hours(x: Option<f64>) -> String {
-    x.map(|s| format!("{:.1}h", s / 3600.0))
-        .unwrap_or_else(|| "-".into())
+    match x {
+        None => "-".into(),
+        Some(s) if s < 120.0 => format!("{s:.1}s"),
+        Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        Some(s) if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        Some(s) => format!("{:.1}d", s / 86_400.0),
+    }
 }
 
 fn str_field<'a>(v: &'a Value, keys: &[&str]) -> &'a str {

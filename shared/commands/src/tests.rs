@@ -578,3 +578,22 @@ fn tables_line_up_by_display_width() {
         .collect();
     assert_eq!(columns, vec![9, 9, 9], "{t}");
 }
+
+#[test]
+fn dora_reads_in_units_that_fit_and_names_each_cause() {
+    let report = serde_json::json!({
+        "service": "shop", "environment": "production",
+        "window_start": "2026-10-28T00:00:00Z", "window_end": "2026-11-27T00:00:00Z",
+        "deployments": 4, "deployment_frequency_per_day": 0.13,
+        "lead_time_median_seconds": 14400.0, "failed_changes": 3,
+        "failures_by_cause": {"aborted": 1, "rolled_back": 1, "incident": 1},
+        "change_failure_rate": 0.75, "time_to_restore_median_seconds": 0.16,
+    });
+    let text = crate::render(&ok("dora shop"), &report);
+    assert!(text.contains("lead time 4.0h (median)"), "{text}");
+    assert!(text.contains("time to restore 0.2s (median)"), "{text}");
+    assert!(
+        text.contains("(3 failed: 1 aborted, 1 rolled back, 1 with an incident)"),
+        "{text}"
+    );
+}
