@@ -207,6 +207,11 @@ impl Engine {
         self.turn(|st, t| triage::note_rollout(st, t, what, r, at));
     }
 
+    /// The incident an alert belongs to, if any.
+    pub fn incident_of(&self, fingerprint: &str) -> Option<Uuid> {
+        self.read(|st| st.alerts.get(fingerprint).and_then(|a| a.incident))
+    }
+
     /// `incident.get`.
     pub fn get(&self, id: Uuid) -> Result<Incident, EngineError> {
         self.read(|st| lifecycle::get(st, id))

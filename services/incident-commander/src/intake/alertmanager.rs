@@ -42,6 +42,20 @@ pub struct WebhookPayload {
     pub external_url: String,
     /// The alerts.
     pub alerts: Vec<WebhookAlert>,
+    /// How many alerts of the group Alertmanager left out (its `max_alerts`).
+    #[serde(default)]
+    pub truncated_alerts: u64,
+}
+
+/// A checked webhook payload: its alerts, and how many Alertmanager left out.
+#[derive(Debug)]
+pub struct WebhookBatch {
+    /// The alerts.
+    pub alerts: Vec<AlertIn>,
+    /// Alerts of the group left out of the payload (`truncatedAlerts`).
+    pub truncated: u64,
+    /// The group's key.
+    pub group_key: String,
 }
 
 /// One alert of a webhook payload.
@@ -69,6 +83,11 @@ pub struct WebhookAlert {
 
 /// Checks an Alertmanager webhook payload (version 4) and turns it into alerts.
 pub fn webhook_alerts(body: &[u8]) -> Result<Vec<AlertIn>, IntakeError> {
+    webhook_batch(body).map(|b| b.alerts)
+}
+
+/// [`webhook_alerts`], with what the payload says of the alerts it left out.
+pub fn webhook_batch(body: &[u8]) -> Result<WebhookBatch, IntakeError> {
     let p: WebhookPayload = parse(body)?;
     if p.version != "4" {
         return Err(IntakeError::Invalid(format!(
@@ -115,17 +134,41 @@ pub fn webhook_alerts(body: &[u8]) -> Result<Vec<AlertIn>, IntakeError> {
             origin: "alertmanager",
         });
     }
-    Ok(out)
+    Ok(WebhookBatch {
+        alerts: out,
+        truncated: p.truncated_alerts,
+        group_key: p.group_key,
+    })
 }
 
 pub(super) async fn alertmanager_webhook(State(slot): State<Slot>, body: Bytes) -> Response {
     let Some(engine) = slot.get() else {
         return unavailable();
     };
-    match webhook_alerts(&body) {
-        Ok(alerts) => {
-            let n = alerts.len();
-            engine.ingest(alerts);
+    match webhook_batch(&body) {
+        Ok(batch) => {
+            let n = batch.alerts.len();
+            let first = batch.alerts.first().map(|a| a.fingerprint.clone());
+            engine.ingest(batch.alerts);
+            // Alertmanager's `max_alerts` left some out: say so on the incident, which
+            // otherwise looks smaller than it is.
+            if batch.truncated > 0
+                && let Some(id) = first.and_then(|f| engine.incident_of(&f))
+            {
+                let note = toronto_protocol::incidents::IncidentNote {
+                    id,
+                    by: "alertmanager".into(),
+                    text: format!(
+                        "Alertmanager left {} alert(s) of group {} out of its notification (truncatedAlerts); they are in Alertmanager",
+                        batch.truncated,
+                        batch.group_key.chars().take(200).collect::<String>()
+                    ),
+                    action_item: false,
+                };
+                if let Err(e) = engine.note(&note) {
+                    tracing::warn!(error = %e, "cannot note the truncated alerts");
+                }
+            }
             engine.flush().await;
             (
                 StatusCode::OK,

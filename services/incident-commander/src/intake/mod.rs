@@ -26,7 +26,8 @@ pub mod forward;
 mod pagerduty;
 
 pub use alertmanager::{
-    PostableAlert, WebhookAlert, WebhookPayload, postable_alerts, webhook_alerts,
+    PostableAlert, WebhookAlert, WebhookBatch, WebhookPayload, postable_alerts, webhook_alerts,
+    webhook_batch,
 };
 pub use auth::{AuthRefusal, HttpAuth, HttpAuthSettings};
 pub use bus::{bus_alert, handle_bus_alert};

@@ -303,6 +303,33 @@ async fn pagerduty_events_and_malformed_payloads_are_answered_and_never_half_app
     let parked = bus.raw("toronto.devops.v1.dlq.incident").await;
     assert!(String::from_utf8_lossy(&parked).contains("\"status\":\"firing\""));
     assert_eq!(bus.incidents().await.len(), 1);
+
+    // Alertmanager left alerts out of a notification (`max_alerts`): the incident says so.
+    let truncated = serde_json::json!({
+        "version": "4", "groupKey": "{}:{alertname=\"Batch\"}", "status": "firing",
+        "receiver": "incident", "externalURL": "http://am", "truncatedAlerts": 7,
+        "alerts": [
+            { "status": "firing", "labels": { "alertname": "Batch", "service": "batch" },
+              "startsAt": "2026-11-26T08:00:00Z", "fingerprint": "batch-1" }
+        ]
+    });
+    let r = post(&ic.url("/api/v1/alertmanager/webhook"), &truncated).await;
+    assert_eq!(r.status(), 200);
+    let opened = bus
+        .incidents()
+        .await
+        .into_iter()
+        .find(|i| i.service == "batch")
+        .expect("the batch incident");
+    let incident = bus.incident(opened.id).await;
+    assert!(
+        incident
+            .timeline
+            .iter()
+            .any(|e| e.text.contains("left 7 alert(s)") && e.text.contains("truncatedAlerts")),
+        "{:?}",
+        incident.timeline
+    );
     ic.stop().await;
 }
 
