@@ -5,11 +5,10 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use toronto_testkit::TcpProxy as Proxy;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-
-use tokio::task::JoinSet;
 
 use super::*;
 
@@ -52,37 +51,6 @@ async fn receivers() -> (Arrivals, SocketAddr) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (a, addr)
-}
-
-/// A TCP proxy in front of the nats-server: cutting it is the owner's host dying
-/// (no goodbye, no released lease; its client only fails to reconnect).
-struct Proxy {
-    url: String,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start(to: SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("nats://{}", listener.local_addr().unwrap());
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Proxy { url, tasks }
-    }
-
-    /// Closes the listener and every proxied connection.
-    fn cut(mut self) {
-        self.tasks.abort_all();
-    }
 }
 
 const DEADLINE: Duration = Duration::from_secs(3);

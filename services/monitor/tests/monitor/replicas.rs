@@ -3,8 +3,8 @@
 //! takes over and the page still fires, once.
 
 use std::time::Instant;
+use toronto_testkit::TcpProxy as Proxy;
 
-use tokio::task::JoinSet;
 use toronto_protocol::status::LeaseRole;
 use toronto_runtime::lease::{LeaseConfig, LeaseWatch};
 
@@ -15,35 +15,6 @@ const LEASE: LeaseConfig = LeaseConfig {
     ttl_ms: 1_000,
     renew_ms: 200,
 };
-
-/// A TCP proxy in front of the nats-server: cutting it is the owner's host dying.
-struct Proxy {
-    url: String,
-    tasks: JoinSet<()>,
-}
-
-impl Proxy {
-    async fn start(to: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("nats://{}", listener.local_addr().unwrap());
-        let mut tasks = JoinSet::new();
-        tasks.spawn(async move {
-            let mut conns = JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        });
-        Proxy { url, tasks }
-    }
-
-    fn cut(mut self) {
-        self.tasks.abort_all();
-    }
-}
 
 struct Replica {
     shutdown: CancellationToken,
