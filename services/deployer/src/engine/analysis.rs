@@ -213,13 +213,28 @@ impl Deployer {
             confidence: None,
             rollout_id: Some(r.id),
         };
+        match self.ask_monitor(r, request).await {
+            Ok(verdict) => ("monitor", verdict),
+            Err(e) => (
+                "monitor",
+                inconclusive(r, format!("no analysis: the monitor did not answer: {e}")),
+            ),
+        }
+    }
+
+    /// The monitor's `canary.analyze` verdict on `request` about `r`.
+    async fn ask_monitor(
+        &self,
+        r: &Rollout,
+        request: CanaryAnalyze,
+    ) -> Result<CanaryVerdict, CallError> {
         let envelope = Envelope::builder(self.source.clone(), request)
             .subject(r.service.clone())
             .build();
         let subject = self
             .subjects
             .command(ServiceKind::Monitor, "canary.analyze");
-        match call::<_, CanaryVerdict>(
+        call::<_, CanaryVerdict>(
             &self.client,
             &subject,
             &envelope,
@@ -227,13 +242,7 @@ impl Deployer {
             self.settings.analysis_timeout,
         )
         .await
-        {
-            Ok(reply) => ("monitor", reply.data),
-            Err(e) => (
-                "monitor",
-                inconclusive(r, format!("no analysis: the monitor did not answer: {e}")),
-            ),
-        }
+        .map(|reply| reply.data)
     }
 
     /// Asks the monitor; falls back to the simulated target's own numbers when no
@@ -295,22 +304,8 @@ impl Deployer {
             confidence: None,
             rollout_id: Some(r.id),
         };
-        let envelope = Envelope::builder(self.source.clone(), request)
-            .subject(r.service.clone())
-            .build();
-        let subject = self
-            .subjects
-            .command(ServiceKind::Monitor, "canary.analyze");
-        match call::<_, CanaryVerdict>(
-            &self.client,
-            &subject,
-            &envelope,
-            Encoding::Json,
-            self.settings.analysis_timeout,
-        )
-        .await
-        {
-            Ok(reply) => Some(("monitor", reply.data)),
+        match self.ask_monitor(r, request).await {
+            Ok(verdict) => Some(("monitor", verdict)),
             Err(CallError::NoResponders(_) | CallError::Timeout { .. }) => {
                 let sim = self.sim.as_ref()?;
                 Some((
