@@ -41,6 +41,24 @@ async fn fake_planner(
     (host, seen, plan_id.to_string())
 }
 
+/// The real planner on `server`, with the test identity as its admin; cancel the token
+/// and await the handle to stop it.
+async fn real_planner(
+    server: &NatsServer,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<(), toronto_runtime::RuntimeError>>,
+) {
+    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    (shutdown, tokio::spawn(rt.run_until_shutdown()))
+}
+
 async fn toronto(url: &str, args: &[&str]) -> std::process::Output {
     Command::new(TORONTO)
         .args(args)
@@ -195,14 +213,7 @@ fn chrono_now() -> chrono::DateTime<chrono::Utc> {
 async fn identity_init_add_list_and_a_refusal() {
     use std::os::unix::fs::PermissionsExt as _;
     let server = NatsServer::start().await;
-    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
-    config.nats.urls = vec![server.url()];
-    config.http.addr = String::new();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
-        .await
-        .unwrap();
-    let running = tokio::spawn(rt.run_until_shutdown());
+    let (shutdown, running) = real_planner(&server).await;
     let dir = tempfile::tempdir().unwrap();
     let admin_file = dir.path().join("admin.nk");
     std::fs::write(
@@ -355,14 +366,7 @@ async fn completions_and_version() {
 async fn run_follows_the_pages_of_a_listing() {
     use toronto_protocol::tasks::{CiSystem, Language, PipelineTask, Stages};
     let server = NatsServer::start().await;
-    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
-    config.nats.urls = vec![server.url()];
-    config.http.addr = String::new();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let rt = toronto_planner::start_with(config, Default::default(), shutdown.clone())
-        .await
-        .unwrap();
-    let running = tokio::spawn(rt.run_until_shutdown());
+    let (shutdown, running) = real_planner(&server).await;
     let client = server.client().await;
     let planner = toronto_testkit::Requester::service(client.clone(), "planner");
     // Thirteen plans: more than the one page of ten `plans` asks for.

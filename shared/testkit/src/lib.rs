@@ -32,6 +32,7 @@ mod fake;
 mod identity;
 pub mod kubectl;
 mod node;
+mod prometheus;
 mod proxy;
 pub mod recorder;
 pub mod request;
@@ -48,6 +49,7 @@ pub use identity::{
     TEST_ADMIN_SEED, person, principal, put_principal, test_identity, test_identity_file,
     with_test_admin,
 };
+pub use prometheus::Prometheus;
 pub use proxy::TcpProxy;
 pub use recorder::Recorder;
 pub use request::{REQUEST_TIMEOUT, Requester, TEST_SOURCE, remote_error, request};

@@ -63,51 +63,6 @@ async fn exporter(traffic: Traffic) -> (std::net::SocketAddr, CancellationToken)
     (addr, stop)
 }
 
-/// A real Prometheus on a free port scraping `target` every 200 ms.
-async fn prometheus(
-    target: std::net::SocketAddr,
-) -> (tokio::process::Child, String, tempfile::TempDir) {
-    let bin = std::env::var("TORONTO_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n\
-             scrape_configs:\n  - job_name: app\n    static_configs:\n      - targets: ['{target}']\n"
-        ),
-    )
-    .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(&bin)
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.path().join("data").display()
-        ))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {bin} (apt-get install prometheus): {e}"));
-    let url = format!("http://127.0.0.1:{port}");
-    let http = toronto_runtime::tls::http_client().build().unwrap();
-    for _ in 0..150 {
-        if let Ok(r) = http.get(format!("{url}/-/ready")).send().await
-            && r.status().is_success()
-        {
-            return (child, url, dir);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("Prometheus never became ready");
-}
-
 /// The monitor, reading Prometheus at `url`, on the stack's server.
 async fn monitor(nats: &str, url: &str) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let mut config = toronto_testkit::with_test_admin(Config::default());
@@ -172,7 +127,8 @@ async fn scenario() {
     ]
     .into();
     let (addr, stop_exporter) = exporter(traffic).await;
-    let (mut prom, url, _dir) = prometheus(addr).await;
+    let mut prom = toronto_testkit::Prometheus::start(addr, "app").await;
+    let url = prom.url.clone();
     let mut s = stack_with(template_settings(), 1).await;
     let (stop_monitor, monitor_running) = monitor(&s._server.url(), &url).await;
     // Let Prometheus gather a few scrapes.
@@ -254,7 +210,7 @@ async fn scenario() {
     assert!(aborted.rolled_back);
 
     // A Prometheus outage is no data too: the healthy service now pauses.
-    prom.kill().await.unwrap();
+    prom.child.kill().await.unwrap();
     let blind = s.start(deploy("shop", "3.0.0", canary(&[50], 1))).await;
     let paused = s.event(blind, "paused", Duration::from_secs(30)).await;
     let reason = paused.reason.clone().unwrap_or_default();

@@ -15,7 +15,7 @@ use toronto_protocol::analysis::{
 use toronto_protocol::{Encoding, Envelope, ErrorCode, encode};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::CallError;
-use toronto_testkit::{NatsServer, Requester};
+use toronto_testkit::{NatsServer, Prometheus, Requester};
 use uuid::Uuid;
 
 struct Monitor {
@@ -193,61 +193,6 @@ fn standard_metrics() -> Vec<AnalysisMetric> {
     let mut latency = metric("http_latency_seconds");
     latency.max_relative_effect = Some(0.2);
     vec![errors, latency]
-}
-
-/// A real Prometheus (Debian's `/usr/bin/prometheus`) on a free port, with its own
-/// data directory, scraping `target` every 200 ms.
-struct Prometheus {
-    child: tokio::process::Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    async fn start(target: std::net::SocketAddr) -> Prometheus {
-        let bin = std::env::var("TORONTO_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 200ms\n  scrape_timeout: 150ms\n\
-                 scrape_configs:\n  - job_name: exporter\n    static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(&bin)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {bin} (apt-get install prometheus, or set TORONTO_PROMETHEUS_BIN): {e}")
-            });
-        let url = format!("http://127.0.0.1:{port}");
-        for _ in 0..150 {
-            if let Ok(r) = reqwest::get(format!("{url}/-/ready")).await
-                && r.status().is_success()
-            {
-                return Prometheus {
-                    child,
-                    url,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-        panic!("Prometheus never became ready:\n{log}");
-    }
 }
 
 mod alerts;

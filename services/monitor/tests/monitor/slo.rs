@@ -340,7 +340,7 @@ async fn an_slo_read_from_a_real_prometheus_pages_and_resolves() {
     use toronto_protocol::alerts::{AlertStatus, SloEntries, SloList};
     let failing = Arc::new(AtomicBool::new(true));
     let (addr, stop_exporter) = counters(failing.clone()).await;
-    let mut prometheus = Prometheus::start(addr).await;
+    let mut prometheus = Prometheus::start(addr, "exporter").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("shop.yaml"),

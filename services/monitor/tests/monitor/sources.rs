@@ -72,7 +72,7 @@ async fn scraped_endpoints_feed_the_store_and_the_analysis() {
 #[tokio::test]
 async fn canary_metrics_with_a_query_are_read_from_a_real_prometheus() {
     let (addr, stop) = exporter(0.3).await;
-    let mut prometheus = Prometheus::start(addr).await;
+    let mut prometheus = Prometheus::start(addr, "exporter").await;
 
     // The client: an instant query sees the exporter up.
     let client =
