@@ -129,6 +129,7 @@ pub async fn start_with(
         release_records: engine::release_records(rollouts.clone()),
         workload_records: engine::workload_records(rollouts.clone()),
         active_lock: engine::active_lock(records.clone()),
+        index: rt.key_index("rollout index", rollouts.clone(), "rollout"),
         records,
         runs: runs.clone(),
         rollouts,

@@ -86,6 +86,8 @@ pub struct Planner {
     pub(crate) plans: kv::Store,
     /// Plans (`plan.<id>`).
     pub(crate) records: Records<Plan>,
+    /// The plan ids in memory, newest first for `plan.list`.
+    pub(crate) index: toronto_runtime::work::KeyIndex,
     /// One running plan per service and environment (`turn.<service>.<environment>`).
     pub(crate) turns: KeyLock<Plan>,
     /// The work queue of plans to advance.
@@ -309,6 +311,7 @@ impl Planner {
         Self {
             turns: crate::runner::turns(records.clone()),
             queue: crate::index::QueueIndex::new(plans.clone(), records.policy()),
+            index: rt.key_index("plan index", plans.clone(), "plan"),
             records,
             runs: WorkQueue::new(
                 rt.js.clone(),

@@ -1,8 +1,9 @@
 //! `plan.list`, page by page: newest first (plan ids are UUID v7, so key order is
 //! creation order), a capped `limit`, and an opaque cursor (the last plan id of the
-//! page) to go on from. Only the plans a page shows, and at most [`SCAN_PAGES`] pages'
-//! worth that filters drop, are read and decoded; the key listing is the one part that
-//! still grows with history.
+//! page) to go on from. The ids come from the plans' live index
+//! ([`toronto_runtime::work::KeyIndex`]), so a page costs the same whatever the history;
+//! only the plans a page shows, and at most [`SCAN_PAGES`] pages' worth that filters
+//! drop, are read and decoded.
 
 use toronto_protocol::page;
 use toronto_protocol::tasks::{PlanList, Plans};
@@ -26,14 +27,14 @@ impl Planner {
                 )])
             })?),
         };
-        let ids = self.records.ids().await?;
+        let cursor = before.map(|b| b.to_string());
+        let ids = self
+            .index
+            .newest_or_list(&self.records, cursor.as_deref(), limit * SCAN_PAGES + 1)
+            .await?;
         let mut plans = Vec::new();
         let mut last = None;
-        let newest_first = ids
-            .iter()
-            .rev()
-            .filter_map(|id| id.parse::<Uuid>().ok())
-            .filter(|id| before.is_none_or(|b| *id < b));
+        let newest_first = ids.iter().filter_map(|id| id.parse::<Uuid>().ok());
         for (scanned, id) in newest_first.enumerate() {
             if plans.len() == limit || scanned == limit * SCAN_PAGES {
                 return Ok(Plans {

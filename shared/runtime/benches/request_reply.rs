@@ -9,7 +9,8 @@
 //!
 //! Run: `cargo bench -p toronto-runtime --bench request_reply`
 //! (set `BENCH_SCALE=0.2` for a quicker, noisier run; `BENCH_SPLIT=1` breaks the
-//! runtime's cost down into headers, service side and client side).
+//! runtime's cost down into headers, service side and client side; `BENCH_ONLY=raw|floor|service|client|runtime`
+//! runs one path 64-way, for a profiler).
 
 use std::time::{Duration, Instant};
 
@@ -328,6 +329,19 @@ async fn main() {
     });
     responder.flush().await.unwrap();
 
+    if let Ok(only) = std::env::var("BENCH_ONLY") {
+        // One path, 64-way, for a profiler (`perf record`).
+        let path = match only.as_str() {
+            "raw" => Path::Raw,
+            "floor" => Path::Floor,
+            "service" => Path::RuntimeRawClient,
+            "client" => Path::Canned,
+            _ => Path::Runtime,
+        };
+        let rate = concurrent(&requester, path, 64, scale(100_000), &payload, &envelope).await;
+        println!("{only}: 64-way {rate:.0}/s");
+        return;
+    }
     if std::env::var("BENCH_SPLIT").is_ok() {
         // Where the runtime's cost goes: headers alone, then a task per request, then
         // the service side alone (pre-encoded request, no client-side codec), the whole

@@ -378,6 +378,24 @@ impl ServiceRuntime {
         self.loops.spawn(spec, factory);
     }
 
+    /// A live index of the ids under `<prefix>.` in `kv` (see [`crate::work::KeyIndex`]),
+    /// followed by a supervised loop named `name`. The loop is optional for readiness:
+    /// while it is down, listings fall back to listing the bucket's keys.
+    pub fn key_index(
+        &self,
+        name: &'static str,
+        kv: async_nats::jetstream::kv::Store,
+        prefix: &'static str,
+    ) -> crate::work::KeyIndex {
+        let index = crate::work::KeyIndex::new(kv, prefix);
+        let (follow, stop) = (index.clone(), self.shutdown_token());
+        self.spawn_loop(LoopSpec::new(name).optional(), move || {
+            let (index, stop) = (follow.clone(), stop.clone());
+            async move { index.run(stop).await }
+        });
+        index
+    }
+
     /// The supervised background loops of this instance.
     pub fn loops(&self) -> &Loops {
         &self.loops

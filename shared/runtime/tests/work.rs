@@ -361,3 +361,60 @@ async fn the_work_queue_drives_each_record_to_its_end() {
     shutdown.cancel();
     runner.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_key_index_pages_newest_first_and_follows_every_change() {
+    use toronto_runtime::work::KeyIndex;
+    let server = NatsServer::start().await;
+    let (_js, jobs) = jobs(&server).await;
+    // Written before the index starts: found by its first listing.
+    let mut ids: Vec<Uuid> = Vec::new();
+    for _ in 0..5 {
+        let job = Job::new();
+        let _ = jobs.create(job.id, &job).await.unwrap();
+        ids.push(job.id);
+    }
+    // Another kind of record in the same bucket is not indexed.
+    jobs.kv().put("other.1", "x".into()).await.unwrap();
+    let index = KeyIndex::new(jobs.kv().clone(), "job");
+    assert_eq!(index.newest(None, 3), None, "not live before it runs");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let index = index.clone();
+        let stop = stop.clone();
+        async move { index.run(stop).await }
+    });
+    let s = |v: &[Uuid]| v.iter().map(Uuid::to_string).collect::<Vec<_>>();
+    let live = |want: usize| {
+        let index = index.clone();
+        async move {
+            for _ in 0..200 {
+                if index.is_live() && index.len() == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("the index never held {want} ids (holds {})", index.len());
+        }
+    };
+    live(5).await;
+    assert_eq!(index.newest(None, 2).unwrap(), s(&[ids[4], ids[3]]));
+    let cursor = ids[3].to_string();
+    assert_eq!(
+        index.newest(Some(&cursor), 10).unwrap(),
+        s(&[ids[2], ids[1], ids[0]])
+    );
+
+    // Written and deleted while it runs: followed.
+    let job = Job::new();
+    let _ = jobs.create(job.id, &job).await.unwrap();
+    live(6).await;
+    assert_eq!(index.newest(None, 1).unwrap(), s(&[job.id]));
+    jobs.kv().delete(jobs.key(ids[0])).await.unwrap();
+    live(5).await;
+    assert!(!index.newest(None, 10).unwrap().contains(&ids[0].to_string()));
+
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    assert!(!index.is_live(), "stopped: callers fall back to listing");
+}

@@ -59,8 +59,9 @@ impl Deployer {
 
     /// `rollout.list`: newest first (rollout ids are UUID v7: key order is creation
     /// order), one page of at most the capped `limit`, going on after `cursor` (the
-    /// last id of the page before). Only the rollouts a page shows, and at most ten
-    /// pages' worth that filters drop, are read and decoded.
+    /// last id of the page before). The ids come from the live index; only the
+    /// rollouts a page shows, and at most ten pages' worth that filters drop, are read
+    /// and decoded.
     pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
         let limit = toronto_protocol::page::limit(q.limit);
         let before = match &q.cursor {
@@ -71,14 +72,13 @@ impl Deployer {
                 ))
             })?),
         };
-        let ids = self.rollout_ids().await?;
+        let cursor = before.map(|b| b.to_string());
+        let ids = self
+            .newest_rollout_ids(cursor.as_deref(), limit * 10 + 1)
+            .await?;
         let mut out = Vec::new();
         let mut last: Option<Uuid> = None;
-        let newest_first = ids
-            .iter()
-            .rev()
-            .filter_map(|id| id.parse::<Uuid>().ok())
-            .filter(|id| before.is_none_or(|b| *id < b));
+        let newest_first = ids.iter().filter_map(|id| id.parse::<Uuid>().ok());
         for (scanned, id) in newest_first.enumerate() {
             if out.len() == limit || scanned == limit * 10 {
                 return Ok(Rollouts {

@@ -18,7 +18,7 @@
 //! `analysis` gathers the evidence against a canary. The record store, the lease,
 //! the one-active-rollout lock and the work queue are [`toronto_runtime::work`]'s.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use toronto_protocol::EventKind;
 use toronto_protocol::rollout::RolloutEvent;
@@ -110,6 +110,8 @@ pub struct Deployer {
     pub(crate) rollouts: kv::Store,
     /// Rollouts (`rollout.<id>`).
     pub(crate) records: Records<Rollout>,
+    /// The rollout ids in memory, newest first for `rollout.list`.
+    pub(crate) index: toronto_runtime::work::KeyIndex,
     /// Releases (`release.<service>.<environment>`).
     pub(crate) release_records: Records<Release>,
     /// Workload templates (`workload.<service>.<environment>`).
@@ -266,9 +268,14 @@ impl Deployer {
             .map(|v| (v.value, v.revision)))
     }
 
-    /// The ids of every rollout, sorted.
-    pub(crate) async fn rollout_ids(&self) -> Result<BTreeSet<String>, EngineError> {
-        Ok(self.records.ids().await?)
+    /// Up to `n` rollout ids, newest first, before `before` when given: from the live
+    /// index, so the cost does not grow with the number of past rollouts.
+    pub(crate) async fn newest_rollout_ids(
+        &self,
+        before: Option<&str>,
+        n: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(self.index.newest_or_list(&self.records, before, n).await?)
     }
 
     /// Every release (for drift checks).

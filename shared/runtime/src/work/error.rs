@@ -30,6 +30,12 @@ pub enum WorkError {
         #[source]
         source: kv::WatcherError,
     },
+    /// The live index of a bucket's ids could not be filled or stopped following it.
+    #[error("the index of the bucket's ids is down: {reason}")]
+    Index {
+        /// What happened.
+        reason: String,
+    },
     /// A stored record is not what its type says.
     #[error("{key} holds an unreadable record")]
     Decode {

@@ -6,6 +6,8 @@
 //! - [`lease`]: who works on a record now. A lease is written into the record, so
 //!   the revision of the write that took it is its fencing token: a former holder's
 //!   next compare-and-set fails.
+//! - [`KeyIndex`]: the ids of one kind of record in memory, kept current by a KV
+//!   watch, so that a listing's page does not grow with history.
 //! - [`KeyLock`]: one active record per scope (one plan, one rollout per service and
 //!   environment), taken over when its holder has ended without letting go.
 //! - [`WorkQueue`]: the work-queue stream of "advance record X" messages, and
@@ -13,12 +15,14 @@
 //!   with progress acks, on top of [`crate::jetstream::run_consumer`].
 
 mod error;
+mod index;
 pub mod lease;
 mod lock;
 mod queue;
 mod store;
 
 pub use error::WorkError;
+pub use index::KeyIndex;
 pub use lease::Claim;
 pub use lock::{KeyLock, Taken};
 pub use queue::{Driven, Next, WorkQueue, drive};
