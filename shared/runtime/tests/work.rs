@@ -412,7 +412,12 @@ async fn the_key_index_pages_newest_first_and_follows_every_change() {
     assert_eq!(index.newest(None, 1).unwrap(), s(&[job.id]));
     jobs.kv().delete(jobs.key(ids[0])).await.unwrap();
     live(5).await;
-    assert!(!index.newest(None, 10).unwrap().contains(&ids[0].to_string()));
+    assert!(
+        !index
+            .newest(None, 10)
+            .unwrap()
+            .contains(&ids[0].to_string())
+    );
 
     stop.cancel();
     running.await.unwrap().unwrap();

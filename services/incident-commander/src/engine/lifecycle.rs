@@ -38,22 +38,37 @@ pub fn get(st: &State, id: Uuid) -> Result<Incident, EngineError> {
         .ok_or(EngineError::NoIncident(id))
 }
 
-/// `incident.list`: newest first, filtered.
-pub fn list(st: &State, q: &IncidentList, before: Option<Uuid>) -> Vec<Incident> {
-    // Ids are UUID v7: id order is opening order, and the cursor is the last id shown.
-    let mut out: Vec<&Incident> = st
-        .incidents
-        .values()
-        .filter(|i| before.is_none_or(|b| i.id < b))
-        .filter(|i| q.state.is_none_or(|s| i.state == s))
-        .filter(|i| q.service.as_ref().is_none_or(|s| &i.service == s))
-        .filter(|i| !q.open || i.state.is_open())
-        .collect();
-    out.sort_by_key(|i| std::cmp::Reverse(i.id));
-    out.into_iter()
-        .take(toronto_protocol::page::limit(q.limit))
-        .cloned()
-        .collect()
+/// How many pages' worth of incidents one `incident.list` may pass over while its
+/// filters drop them; past that the page ends early, with a cursor to go on from.
+const SCAN_PAGES: usize = 10;
+
+/// `incident.list`: newest first, filtered, with the cursor of the next page when
+/// there may be more. Walks the incidents by id from the cursor down and stops after
+/// a page, or after [`SCAN_PAGES`] pages' worth that the filters dropped, so its cost
+/// does not grow with history.
+pub fn list(st: &State, q: &IncidentList, before: Option<Uuid>) -> (Vec<Incident>, Option<Uuid>) {
+    // Ids are UUID v7: id order is opening order, and the cursor is the last id seen.
+    let limit = toronto_protocol::page::limit(q.limit);
+    let newest_first = match before {
+        Some(b) => st.incidents.range(..b),
+        None => st.incidents.range(..),
+    }
+    .rev();
+    let mut out = Vec::new();
+    let mut last = None;
+    for (scanned, (id, i)) in newest_first.enumerate() {
+        if out.len() == limit || scanned == limit * SCAN_PAGES {
+            return (out, last);
+        }
+        last = Some(*id);
+        if q.state.is_none_or(|s| i.state == s)
+            && q.service.as_ref().is_none_or(|s| &i.service == s)
+            && (!q.open || i.state.is_open())
+        {
+            out.push(i.clone());
+        }
+    }
+    (out, None)
 }
 
 /// `incident.ack`: stops the escalation; the first to acknowledge becomes commander.

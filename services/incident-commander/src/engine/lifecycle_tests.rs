@@ -244,7 +244,7 @@ fn lists_filter_and_put_the_newest_first() {
     let now = w.now;
     w.ingest(vec![fire("d1", &[("service", "db")], now)]);
     w.run(|st, t| resolve(st, t, first, "ann", "x")).unwrap();
-    let all = list(&w.st, &IncidentList::default(), None);
+    let all = list(&w.st, &IncidentList::default(), None).0;
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].id, first, "newest first");
     let open_only = list(
@@ -254,7 +254,8 @@ fn lists_filter_and_put_the_newest_first() {
             ..Default::default()
         },
         None,
-    );
+    )
+    .0;
     assert_eq!(open_only.len(), 1);
     assert_eq!(open_only[0].service, "db");
     let api = list(
@@ -264,7 +265,8 @@ fn lists_filter_and_put_the_newest_first() {
             ..Default::default()
         },
         None,
-    );
+    )
+    .0;
     assert_eq!(api[0].id, first);
     let resolved = list(
         &w.st,
@@ -274,7 +276,8 @@ fn lists_filter_and_put_the_newest_first() {
             ..Default::default()
         },
         None,
-    );
+    )
+    .0;
     assert_eq!(resolved.len(), 1);
     assert_eq!(
         list(
@@ -285,6 +288,7 @@ fn lists_filter_and_put_the_newest_first() {
             },
             None
         )
+        .0
         .len(),
         1
     );
@@ -301,4 +305,50 @@ fn acknowledging_an_alert_acknowledges_its_incident() {
         w.run(|st, t| ack_alert(st, t, "nobody", "pagerduty"))
             .is_none()
     );
+}
+
+#[test]
+fn a_list_pages_by_cursor_and_a_filter_walks_a_bounded_number_of_incidents() {
+    let mut w = World::new();
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        let now = w.now;
+        let name = format!("s{n}");
+        w.ingest(vec![fire(&name, &[("service", name.as_str())], now)]);
+        w.advance(1);
+        ids.push(w.st.incidents.keys().next_back().copied().unwrap());
+    }
+    let page = |cursor: Option<Uuid>, q: IncidentList| list(&w.st, &q, cursor);
+    let two = IncidentList {
+        limit: Some(2),
+        ..Default::default()
+    };
+    let (first, next) = page(None, two.clone());
+    assert_eq!(
+        first.iter().map(|i| i.id).collect::<Vec<_>>(),
+        [ids[29], ids[28]]
+    );
+    assert_eq!(next, Some(ids[28]));
+    let (second, _) = page(next, two.clone());
+    assert_eq!(
+        second[0].id, ids[27],
+        "the next page starts after the cursor"
+    );
+
+    // A filter nothing matches stops after ten pages' worth and says where to go on.
+    let none = IncidentList {
+        limit: Some(2),
+        service: Some("nobody".into()),
+        ..Default::default()
+    };
+    let (empty, next) = page(None, none.clone());
+    assert!(empty.is_empty());
+    assert_eq!(
+        next,
+        Some(ids[29 - 19]),
+        "20 incidents walked, then a cursor"
+    );
+    let (empty, next) = page(next, none);
+    assert!(empty.is_empty());
+    assert_eq!(next, None, "the last ten walked, and the end");
 }

@@ -229,14 +229,10 @@ impl Engine {
                     .map_err(|_| EngineError::BadCursor(c.clone()))?,
             ),
         };
-        let incidents = self.read(|st| lifecycle::list(st, q, before));
-        // A full page says where to go on (the page after may be empty).
-        let next_cursor = (incidents.len() == toronto_protocol::page::limit(q.limit))
-            .then(|| incidents.last().map(|i| i.id.to_string()))
-            .flatten();
+        let (incidents, next) = self.read(|st| lifecycle::list(st, q, before));
         Ok(toronto_protocol::incidents::Incidents {
             incidents,
-            next_cursor,
+            next_cursor: next.map(|id| id.to_string()),
         })
     }
 

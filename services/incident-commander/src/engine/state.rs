@@ -90,7 +90,7 @@ pub struct RecentChange {
 #[derive(Debug, Default)]
 pub struct State {
     /// Incidents by id.
-    pub(super) incidents: HashMap<Uuid, Incident>,
+    pub(super) incidents: BTreeMap<Uuid, Incident>,
     /// The open incident of each group key.
     pub(super) open_by_key: HashMap<String, Uuid>,
     /// The last resolved incident of each group key.
