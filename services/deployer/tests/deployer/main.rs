@@ -12,6 +12,7 @@
 mod commands;
 mod kube_env;
 mod kube_rollouts;
+mod kube_target_fake;
 mod strategies;
 mod support;
 mod templates;

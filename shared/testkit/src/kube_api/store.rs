@@ -566,6 +566,9 @@ mod tests {
         assert_eq!(err.code, 404);
         assert_eq!(err.status()["reason"], "NotFound");
         let verbs: Vec<&str> = s.writes.iter().map(|w| w.verb).collect();
-        assert_eq!(verbs, ["create", "create", "apply", "apply", "apply", "delete"]);
+        assert_eq!(
+            verbs,
+            ["create", "create", "apply", "apply", "apply", "delete"]
+        );
     }
 }
