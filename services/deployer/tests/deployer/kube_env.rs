@@ -105,12 +105,6 @@ pub fn run(body: impl Future<Output = ()> + Send + 'static) {
     });
 }
 
-/// A new series has samples enough for the analysis once it is about as old as the
-/// analysis window.
-pub async fn warm_up() {
-    tokio::time::sleep(WINDOW + Duration::from_secs(1)).await;
-}
-
 /// The analysis window of these tests.
 pub const WINDOW: Duration = Duration::from_secs(6);
 
@@ -121,7 +115,7 @@ pub fn kube_settings() -> Settings {
         analysis: AnalysisMode::Templates,
         analysis_window: WINDOW,
         analysis_interval: Duration::from_millis(500),
-        analysis_timeout: Duration::from_secs(3),
+        analysis_timeout: Duration::from_secs(5),
         progress_deadline: Duration::from_secs(30),
         ..crate::support::settings()
     }
@@ -143,7 +137,7 @@ pub struct KubeStack {
     /// The namespace of [`ENV`].
     pub ns: String,
     pub faults: Faults,
-    _prom: Prometheus,
+    prom: Prometheus,
     stop_monitor: CancellationToken,
     monitor: tokio::task::JoinHandle<()>,
     stop_exporter: CancellationToken,
@@ -191,7 +185,7 @@ pub async fn kube_stack(
         client,
         ns,
         faults,
-        _prom: prom,
+        prom,
         stop_monitor,
         monitor,
         stop_exporter,
@@ -240,6 +234,63 @@ impl KubeStack {
         self.s.start(task).await
     }
 
+    /// Waits until Prometheus holds a whole analysis window of every series served
+    /// (a new series has too few samples for the analysis before that; how long it
+    /// takes depends on how busy the machine is).
+    pub async fn warm_up(&self) {
+        let http = toronto_runtime::tls::http_client().build().unwrap();
+        let names: Vec<String> = self
+            .faults
+            .lock()
+            .unwrap()
+            .keys()
+            .map(|(s, _)| s.clone())
+            .collect();
+        let query = format!(
+            "count by (app_kubernetes_io_name, app_kubernetes_io_version) (count_over_time(http_requests_total{{app_kubernetes_io_name=~\"{}\",code=\"200\",track=\"canary\"}}[{}s]))",
+            names.join("|"),
+            WINDOW.as_secs() + 1
+        );
+        let wanted = self.faults.lock().unwrap().len();
+        for _ in 0..120 {
+            let end = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            let start = end - WINDOW.as_secs_f64();
+            let params = format!(
+                "query={}&start={start:.3}&end={end:.3}&step=1",
+                encode(&query)
+            );
+            let body = http
+                .get(format!("{}/api/v1/query_range?{params}", self.prom.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let full = v["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|series| {
+                    // Every point of the window has a series holding a few samples.
+                    series["values"].as_array().is_some_and(|points| {
+                        points.len() > WINDOW.as_secs() as usize
+                            && points.iter().all(|p| p[1].as_str() == Some("1"))
+                    })
+                })
+                .count();
+            if full >= wanted {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("Prometheus never held a window of the test's series");
+    }
+
     pub async fn deployment(&self, name: &str) -> Option<Deployment> {
         let api: Api<Deployment> = Api::namespaced(self.client.clone(), &self.ns);
         api.get_opt(name).await.expect("get deployment")
@@ -280,7 +331,7 @@ pub async fn full_canary(
 ) -> Rollout {
     k.traffic(service, "1.0.0", 0.01);
     k.traffic(service, "2.0.0", 0.01);
-    warm_up().await;
+    k.warm_up().await;
     let first = k
         .start_image(
             service,
@@ -340,4 +391,16 @@ pub async fn succeeded(k: &KubeStack, id: Uuid) -> Rollout {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("rollout {id} never ended: {:#?}", k.s.rollout(id).await);
+}
+
+/// Percent-encodes a URL query value.
+fn encode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -18,7 +18,7 @@ use toronto_testkit::FakeKubeApi;
 
 use crate::kube_env::{
     KubeStack, client_for, fake_api, full_canary, image_and_replicas, kube_settings, kube_stack,
-    run, warm_up,
+    run,
 };
 use crate::support::{ENV, canary};
 
@@ -162,7 +162,7 @@ async fn aborts_roll_back_drift_is_remediated_and_a_users_deployment_is_adopted_
     k.traffic("feed", "2.0.0", 0.30);
     k.traffic("img", "1.0.0", 0.01);
     k.traffic("img", "2.0.0", 0.01);
-    warm_up().await;
+    k.warm_up().await;
     deployed(&mut k, "feed", "1.0.0", canary(&[50], 0)).await;
     deployed(&mut k, "img", "1.0.0", canary(&[50], 0)).await;
 
@@ -309,7 +309,7 @@ async fn a_deployer_killed_mid_rollout_on_kubernetes_is_resumed_by_another_body(
     let mut k = kube_stack(client_for(fake.url()), ENV, 2, kube_settings()).await;
     k.traffic("orders", "1.0.0", 0.01);
     k.traffic("orders", "1.1.0", 0.01);
-    warm_up().await;
+    k.warm_up().await;
     deployed(&mut k, "orders", "1.0.0", canary(&[100], 1)).await;
     let id = k
         .start_image(
