@@ -97,7 +97,8 @@ pub async fn start_with(
     sim: Option<SimCluster>,
     shutdown: CancellationToken,
 ) -> Result<Started, RuntimeError> {
-    start_inner(config, settings, sim, None, shutdown).await
+    // Boxed: the caller's future stays small (tests poll it on small stacks).
+    Box::pin(start_inner(config, settings, sim, None, shutdown)).await
 }
 
 /// Starts the service with rollouts landing on `target` (for instance a
@@ -108,7 +109,7 @@ pub async fn start_on(
     target: Arc<dyn Target>,
     shutdown: CancellationToken,
 ) -> Result<Started, RuntimeError> {
-    start_inner(config, settings, None, Some(target), shutdown).await
+    Box::pin(start_inner(config, settings, None, Some(target), shutdown)).await
 }
 
 async fn start_inner(
