@@ -88,7 +88,8 @@ async fn exporter(ns: String, faults: Faults) -> (std::net::SocketAddr, Cancella
 
 /// Runs a test body on a runtime whose two worker threads have 16 MiB stacks: a
 /// deployer, the monitor and their clients polled on one default 2 MiB test thread
-/// overflow it in a debug build (the `templates` test does too).
+/// overflow it in a debug build. (`scripts/test` raises `RUST_MIN_STACK` for the test
+/// threads of the other tests; these do not depend on it.)
 pub fn run(body: impl Future<Output = ()> + Send + 'static) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
