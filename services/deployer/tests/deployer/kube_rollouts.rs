@@ -12,7 +12,7 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 use toronto_deployer::Settings;
 use toronto_protocol::rollout::{DriftCheck, DriftReport, RolloutPhase};
-use toronto_protocol::tasks::Strategy;
+use toronto_protocol::tasks::{PlanTask, RollbackTask, Strategy};
 use toronto_protocol::workload::{WorkloadPut, WorkloadTemplate};
 use toronto_testkit::FakeKubeApi;
 
@@ -20,7 +20,7 @@ use crate::kube_env::{
     KubeStack, client_for, fake_api, full_canary, image_and_replicas, kube_settings, kube_stack,
     run,
 };
-use crate::support::{ENV, canary};
+use crate::support::{ENV, canary, rollout_id};
 
 fn image(service: &str, version: &str) -> String {
     format!("registry.example/{service}:{version}")
@@ -142,6 +142,35 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
         "blue"
     };
     until_replicas(&fake, &format!("pay-{old}"), 0).await;
+
+    // A rollback: one step back to 1.0.0 on the old colour, which takes the traffic.
+    let accepted =
+        k.s.execute(
+            "rollback",
+            PlanTask::Rollback(RollbackTask {
+                service: "pay".into(),
+                environment: ENV.into(),
+                target_version: None,
+            }),
+        )
+        .await
+        .unwrap();
+    let back = rollout_id(&accepted);
+    let done =
+        k.s.event(back, "rolled_back", Duration::from_secs(60))
+            .await;
+    assert!(done.is_rollback);
+    let svc = k.service("pay").await.unwrap();
+    let selector = svc.spec.unwrap().selector.unwrap();
+    let serving = selector.get("colour").cloned().expect("a colour");
+    let d = k.deployment(&format!("pay-{serving}")).await.unwrap();
+    let (image_now, replicas) = image_and_replicas(&d);
+    assert_eq!(image_now, image("pay", "1.0.0"));
+    assert!(replicas > 0);
+    let ready = fake
+        .object("Deployment", ENV, &format!("pay-{serving}"))
+        .unwrap();
+    assert_eq!(ready["status"]["readyReplicas"], json!(replicas), "{ready}");
     k.stop().await;
 }
 
