@@ -1,7 +1,7 @@
 //! The Kubernetes target alone against the fake API server (a fake: no Kubernetes API
 //! server runs here): environments provisioned and torn down, a Gateway API canary
-//! whose HTTPRoute is edited behind the deployer's back, and the API server's refusals
-//! as the target reports them.
+//! whose HTTPRoute is edited behind the deployer's back, a chaos pod kill, and the API
+//! server's refusals as the target reports them.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams
 use serde_json::json;
 use toronto_deployer::kube::{GatewayRef, KubeSettings, KubeTarget};
 use toronto_deployer::target::{Layout, Routing, Target, TargetError, Track, Workload};
+use toronto_protocol::tasks::ChaosFault;
 
 use crate::kube_env::{client_for, fake_api};
 
@@ -154,6 +155,27 @@ async fn environments_a_gateway_canary_drift_and_refusals_on_the_fake_api_server
     // Applying the step again (forced) puts the weights back.
     target.apply(&canary).await.unwrap();
     assert_eq!(target.drift(&canary).await.unwrap(), vec![]);
+
+    // Chaos: a pod killed through the API is started again by the controller.
+    assert_eq!(fake.names("Pod", "staging").len(), 4);
+    target
+        .inject("shop", "staging", &ChaosFault::PodKill { count: 1 })
+        .await
+        .unwrap();
+    let mut seen_down = false;
+    for _ in 0..100 {
+        let status = target.status("shop", "staging", &names).await.unwrap();
+        let ready = status.workloads.iter().all(|w| w.is_ready());
+        seen_down |= !ready;
+        if seen_down && ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(seen_down, "a killed pod is missed for a tick");
+    let status = target.status("shop", "staging", &names).await.unwrap();
+    assert!(status.workloads.iter().all(|w| w.is_ready()), "{status:?}");
+    assert_eq!(fake.names("Pod", "staging").len(), 4);
 
     // A Deployment of the service's name that the user made with another selector:
     // the API server refuses to change a selector, and the target says so.

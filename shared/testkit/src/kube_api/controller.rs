@@ -1,13 +1,15 @@
 //! The Deployment controller, played on a tick: it observes a new `generation`,
-//! starts one pod of the current template per tick, makes one ready per tick (never,
-//! for an image a test marked bad), removes old pods as new ones become ready, and
+//! starts one pod of the current template per tick, makes one ready per tick (a tick
+//! after it started at the earliest; never for an image a test marked bad), removes
+//! old pods as new ones become ready, and
 //! writes `status` the way the real controller does: `observedGeneration`,
 //! `replicas`, `updatedReplicas`, `readyReplicas`, `availableReplicas`, and the
 //! `Available` and `Progressing` conditions, with `ProgressDeadlineExceeded` when a
 //! rollout makes no progress within its deadline.
 //!
-//! Not modelled: ReplicaSets and Pods as objects (a template change always starts
-//! its pods from zero, also a rollback to an old template), `maxSurge` and
+//! Its pods are Pod objects (see the `pods` module): deleting one makes the controller
+//! start it again. Not modelled: ReplicaSets as objects (a template change always
+//! starts its pods from zero, also a rollback to an old template), `maxSurge` and
 //! `maxUnavailable` (one pod at a time), `minReadySeconds`, and pausing.
 
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ use super::store::{Store, now_rfc3339};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Progress {
     template: Value,
+    old_template: Value,
     observed: i64,
     updated: u32,
     ready: u32,
@@ -55,6 +58,15 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
         .cloned()
         .collect();
     for key in keys {
+        // Pods of the current template deleted since the last tick no longer count.
+        let lost = store
+            .objects
+            .get(&key)
+            .and_then(|s| s.rollout.as_ref())
+            .map_or(0, |p| {
+                let rs = format!("{}-{:08x}", key.2, fxhash(&p.template));
+                super::pods::deleted(store, &key.1, &rs, p.updated)
+            });
         let bad_images = store.bad_images.clone();
         let Some(stored) = store.objects.get_mut(&key) else {
             continue;
@@ -74,6 +86,7 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
         let deadline = deadline.map_or(own_deadline, |cap| cap.min(own_deadline));
         let p = stored.rollout.get_or_insert_with(|| Progress {
             template: template.clone(),
+            old_template: Value::Null,
             observed: 0,
             updated: 0,
             ready: 0,
@@ -81,6 +94,10 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
             old_ready: 0,
             last_progress: now,
         });
+        if lost > 0 {
+            p.updated -= lost.min(p.updated);
+            p.ready = p.ready.min(p.updated);
+        }
         if p.observed < generation {
             p.observed = generation;
             p.last_progress = now;
@@ -89,11 +106,13 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
                 p.old_ready += p.ready;
                 p.updated = 0;
                 p.ready = 0;
-                p.template = template.clone();
+                p.old_template = std::mem::replace(&mut p.template, template.clone());
             }
         }
         let bad = images(&template).iter().any(|i| bad_images.contains(*i));
         let mut progressed = false;
+        // A pod started in this tick is ready in the next one at the earliest.
+        let started_before = p.updated;
         if p.updated < desired {
             p.updated += 1;
             progressed = true;
@@ -102,7 +121,7 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
             p.ready = p.ready.min(desired);
             progressed = true;
         }
-        if !bad && p.ready < p.updated {
+        if !bad && p.ready < p.updated.min(started_before) {
             p.ready += 1;
             progressed = true;
         }
@@ -146,6 +165,13 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
             )
         };
         let available = ready >= desired;
+        let want = super::pods::wanted(
+            &rs,
+            &name,
+            &p.template,
+            &p.old_template,
+            (p.updated, p.ready, p.old, p.old_ready),
+        );
         let observed = p.observed;
         let old_status = stored.object.get("status").cloned().unwrap_or_default();
         let condition = |type_: &str, status: &str, reason: &str, message: &str| {
@@ -185,7 +211,9 @@ pub fn tick(store: &mut Store, now: Instant, deadline: Option<Duration>) {
                 s.object["metadata"]["resourceVersion"] = json!(rv);
             }
         }
+        super::pods::sync(store, &key.1, &key.2, want);
     }
+    super::pods::collect(store);
 }
 
 /// A short stable hash of a template (the ReplicaSet name suffix).
@@ -230,6 +258,19 @@ mod tests {
             (json!(2), json!(2))
         );
         assert_eq!(st["conditions"][1]["reason"], "NewReplicaSetAvailable");
+        // Its two pods are objects; one deleted is started again.
+        let pods = resource_of_kind("Pod").unwrap();
+        let all = super::super::selector::Selector::parse("app=shop").unwrap();
+        let listed = s.list(pods, Some("prod"), &all);
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let victim = listed[0]["metadata"]["name"].as_str().unwrap().to_owned();
+        s.delete(pods, "prod", &victim, &Value::Null).unwrap();
+        tick(&mut s, t0 + Duration::from_millis(3), None);
+        let st = status(&s);
+        assert_eq!(st["readyReplicas"], 1, "{st}");
+        tick(&mut s, t0 + Duration::from_millis(3), None);
+        assert_eq!(status(&s)["readyReplicas"], 2);
+        assert_eq!(s.list(pods, Some("prod"), &all).len(), 2);
 
         s.bad_images.insert("shop:2".into());
         s.apply(d, "prod", "shop", "t", true, deployment("shop:2"))

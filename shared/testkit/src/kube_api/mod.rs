@@ -25,10 +25,11 @@
 //! - validation: names, label values, a Deployment's selector (required, matching
 //!   its template, immutable), containers with a name and an image, Service ports;
 //! - the Deployment controller on a tick (see the `controller` module), with images
-//!   a test marks bad never becoming ready and reporting `ProgressDeadlineExceeded`.
+//!   a test marks bad never becoming ready and reporting `ProgressDeadlineExceeded`,
+//!   and its pods as Pod objects (deleting one makes the controller start it again).
 //!
-//! Not modelled: watches, authentication and RBAC, admission, ReplicaSets and Pods as
-//! objects, finalizers (deletes are immediate; deleting a namespace deletes its
+//! Not modelled: watches, authentication and RBAC, admission, ReplicaSets as objects,
+//! finalizers (deletes are immediate; deleting a namespace deletes its
 //! objects at once), `dryRun`, field selectors, JSON patches, and API discovery.
 //!
 //! Every request body is read up to [`MAX_BODY_BYTES`] (413 beyond) and parsed by
@@ -37,6 +38,7 @@
 mod controller;
 mod fields;
 mod http;
+mod pods;
 mod resources;
 mod selector;
 mod store;
