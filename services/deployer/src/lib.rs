@@ -97,15 +97,38 @@ pub async fn start_with(
     sim: Option<SimCluster>,
     shutdown: CancellationToken,
 ) -> Result<Started, RuntimeError> {
+    // Boxed: the caller's future stays small (tests poll it on small stacks).
+    Box::pin(start_inner(config, settings, sim, None, shutdown)).await
+}
+
+/// Starts the service with rollouts landing on `target` (for instance a
+/// [`kube::KubeTarget`] on a client of the caller's choosing).
+pub async fn start_on(
+    config: Config,
+    settings: Settings,
+    target: Arc<dyn Target>,
+    shutdown: CancellationToken,
+) -> Result<Started, RuntimeError> {
+    Box::pin(start_inner(config, settings, None, Some(target), shutdown)).await
+}
+
+async fn start_inner(
+    config: Config,
+    settings: Settings,
+    sim: Option<SimCluster>,
+    given: Option<Arc<dyn Target>>,
+    shutdown: CancellationToken,
+) -> Result<Started, RuntimeError> {
     let rt = ServiceRuntime::start(KIND, env!("CARGO_PKG_VERSION"), config, shutdown).await?;
     let rollouts = rt.kv(BUCKETS[0].0, BUCKETS[0].1).await?;
-    let (target, sim): (Arc<dyn Target>, Option<SimCluster>) = match (sim, settings.target) {
-        (Some(sim), _) => (Arc::new(sim.clone()), Some(sim)),
-        (None, TargetKind::Simulated) => {
+    let (target, sim): (Arc<dyn Target>, Option<SimCluster>) = match (given, sim, settings.target) {
+        (_, Some(sim), _) => (Arc::new(sim.clone()), Some(sim)),
+        (Some(target), None, _) => (target, None),
+        (None, None, TargetKind::Simulated) => {
             let sim = SimCluster::new(settings.sim.clone());
             (Arc::new(sim.clone()), Some(sim))
         }
-        (None, TargetKind::Kubernetes) => {
+        (None, None, TargetKind::Kubernetes) => {
             let kube_settings = kube::KubeSettings::from_env().map_err(invalid)?;
             let target = kube::KubeTarget::infer(kube_settings)
                 .await

@@ -30,6 +30,7 @@ mod container;
 mod error;
 mod fake;
 mod identity;
+pub mod kube_api;
 pub mod kubectl;
 mod node;
 mod prometheus;
@@ -49,6 +50,7 @@ pub use identity::{
     TEST_ADMIN_SEED, person, principal, put_principal, test_identity, test_identity_file,
     with_test_admin,
 };
+pub use kube_api::{FakeKubeApi, FakeKubeOptions};
 pub use prometheus::Prometheus;
 pub use proxy::TcpProxy;
 pub use recorder::Recorder;

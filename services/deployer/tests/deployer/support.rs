@@ -1,11 +1,12 @@
 //! Shared helpers: deployers on a simulated cluster over a test server, and what
 //! they announce.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
-use toronto_deployer::{Settings, SimCluster, SimSettings, Started};
+use toronto_deployer::{Settings, SimCluster, SimSettings, Started, Target};
 use toronto_protocol::rollout::{Rollout, RolloutRef, SimService};
 use toronto_protocol::tasks::{
     CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
@@ -70,12 +71,41 @@ pub async fn start_deployer(
 /// rollout events they publish.
 pub async fn stack_with(settings: Settings, deployers: usize) -> Stack {
     let server = NatsServer::start().await;
-    let client = server.client().await;
     let sim = SimCluster::new(settings.sim.clone());
     let mut list = Vec::new();
     for _ in 0..deployers {
         list.push(start_deployer(&server.url(), settings.clone(), &sim).await);
     }
+    stack_of(server, sim, list).await
+}
+
+/// A nats-server and one deployer per target (each on its own target, which may
+/// reach the same cluster), and the rollout events they publish. (`sim` is unused.)
+pub async fn stack_on(settings: Settings, targets: Vec<Arc<dyn Target>>) -> Stack {
+    let server = NatsServer::start().await;
+    let sim = SimCluster::new(settings.sim.clone());
+    let mut list = Vec::new();
+    for target in targets {
+        let mut config = toronto_testkit::with_test_admin(Config::default());
+        config.nats.urls = vec![server.url()];
+        config.http.addr = String::new();
+        config.shutdown_grace_secs = 2;
+        let shutdown = CancellationToken::new();
+        let started =
+            toronto_deployer::start_on(config, settings.clone(), target, shutdown.clone())
+                .await
+                .expect("deployer starts");
+        list.push((shutdown, started));
+    }
+    stack_of(server, sim, list).await
+}
+
+async fn stack_of(
+    server: NatsServer,
+    sim: SimCluster,
+    list: Vec<(CancellationToken, Started)>,
+) -> Stack {
+    let client = server.client().await;
     let mut sub = client
         .subscribe("toronto.devops.v1.events.rollout.>")
         .await
