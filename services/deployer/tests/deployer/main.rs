@@ -10,4 +10,5 @@ mod commands;
 mod strategies;
 mod support;
 mod templates;
+mod verify;
 mod workload;
