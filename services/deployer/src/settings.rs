@@ -57,7 +57,8 @@ pub struct Settings {
     pub rolling_batches: Vec<u8>,
     /// Pause after each canary step (and each blue-green phase), with analysis.
     pub step_pause: Duration,
-    /// A first deploy's pause with threshold analysis before it succeeds.
+    /// A first deploy's pause with threshold analysis before it succeeds (at most
+    /// `step_pause`).
     pub first_deploy_pause: Duration,
     /// A first deploy fails when its error ratio is above this.
     pub first_deploy_max_error_ratio: f64,
@@ -237,7 +238,7 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
     ),
     Var::new(
         "TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS",
-        "Seconds a service's first deploy (nothing to compare with) runs with threshold analysis before it succeeds; 0 does not pause.",
+        "Seconds a service's first deploy (nothing to compare with) runs with threshold analysis before it succeeds, at most the step pause; 0 does not pause.",
         "5",
         |s, v| {
             s.first_deploy_pause = parse::seconds_or_zero(v)?;

@@ -108,7 +108,8 @@ fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> Rollo
 /// it is verified too, and so is a rollback (its strategy is the service's current
 /// shape). A first deploy has nothing to compare with: one `first-deploy` step puts
 /// the version in place in the strategy's shape and pauses
-/// (`TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS`) while its analysis checks
+/// (`TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS`, at most the step pause) while its
+/// analysis checks
 /// thresholds. Only an `emergency` (a rollback the operator called one) is one
 /// unanalysed `replace` step.
 pub fn plan_steps(
@@ -138,7 +139,7 @@ pub fn plan_steps(
             FIRST_DEPLOY.into(),
             RolloutStepKind::Replace,
             100,
-            settings.first_deploy_pause,
+            settings.first_deploy_pause.min(settings.step_pause),
         );
         only.note = Some(format!(
             "first deploy: nothing to compare with, so the analysis checks thresholds (error ratio at most {}, latency at most {} s)",
@@ -494,6 +495,15 @@ mod tests {
         assert_eq!(
             first[0].pause_seconds,
             settings.first_deploy_pause.as_secs()
+        );
+        // Never longer than the step pause.
+        let quick = Settings {
+            step_pause: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        assert_eq!(
+            plan_steps(&strategy, None, &quick, false).unwrap()[0].pause_seconds,
+            2
         );
     }
 

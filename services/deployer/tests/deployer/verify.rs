@@ -117,6 +117,7 @@ async fn a_first_deploy_is_checked_against_thresholds() {
     let mut s = stack_with(
         Settings {
             first_deploy_pause: Duration::from_secs(2),
+            step_pause: Duration::from_secs(2),
             ..settings()
         },
         1,
