@@ -121,6 +121,7 @@ impl Deployer {
             reason: None,
             rolled_back: false,
             is_rollback: false,
+            emergency: false,
             pending: None,
             analyses: Vec::new(),
             plan_id: Some(request.plan_id),
@@ -183,7 +184,9 @@ impl Deployer {
     }
 
     /// `rollback`: aborts the running rollout of the service, or puts an earlier
-    /// version back at once (the one before the current, or `target_version`).
+    /// version back (the one before the current, or `target_version`) through the
+    /// analysed steps of the service's shape; in one unanalysed step when the task
+    /// says `emergency`.
     pub async fn rollback(
         &self,
         req: Request<ExecuteRequest>,
@@ -264,8 +267,20 @@ impl Deployer {
             Family::BlueGreen => Strategy::BlueGreen,
             Family::Canary => Strategy::Canary { steps: Vec::new() },
         };
-        let steps = plan_steps(&strategy, Some(&release), &self.settings, true)
+        // Verified in the service's own shape like any deploy, unless the operator
+        // calls it an emergency.
+        let steps = plan_steps(&strategy, Some(&release), &self.settings, task.emergency)
             .map_err(|e| bad(e.to_string()))?;
+        let steps = honest_weights(steps, release.current.replicas, self.target.traffic_split());
+        let reason = if task.emergency {
+            tracing::warn!(service = %task.service, environment = %task.environment, by = %source, "emergency rollback: verification skipped");
+            format!(
+                "emergency rollback from {} requested by {source}: put back in one step without analysis",
+                release.current.version
+            )
+        } else {
+            format!("rollback from {}", release.current.version)
+        };
         let now = Utc::now();
         let rollout = Rollout {
             id: Uuid::now_v7(),
@@ -281,9 +296,10 @@ impl Deployer {
             step_index: 0,
             weight: 0,
             manual_promotion: false,
-            reason: Some(format!("rollback from {}", release.current.version)),
+            reason: Some(reason),
             rolled_back: false,
             is_rollback: true,
+            emergency: task.emergency,
             pending: None,
             analyses: Vec::new(),
             plan_id: Some(request.plan_id),

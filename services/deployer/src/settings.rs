@@ -57,6 +57,13 @@ pub struct Settings {
     pub rolling_batches: Vec<u8>,
     /// Pause after each canary step (and each blue-green phase), with analysis.
     pub step_pause: Duration,
+    /// A first deploy's pause with threshold analysis before it succeeds (at most
+    /// `step_pause`).
+    pub first_deploy_pause: Duration,
+    /// A first deploy fails when its error ratio is above this.
+    pub first_deploy_max_error_ratio: f64,
+    /// A first deploy fails when its latency is above this many seconds.
+    pub first_deploy_max_latency_seconds: f64,
     /// Environments whose rollouts wait for `rollout.promote` between steps.
     pub manual_promotion: Vec<String>,
     /// Blue-green: how long the old colour stays up after the switch.
@@ -108,6 +115,9 @@ impl Default for Settings {
             canary_steps: vec![10, 25, 50, 100],
             rolling_batches: vec![25, 50],
             step_pause: Duration::from_secs(30),
+            first_deploy_pause: Duration::from_secs(5),
+            first_deploy_max_error_ratio: 0.05,
+            first_deploy_max_latency_seconds: 1.0,
             manual_promotion: Vec::new(),
             scale_down_delay: Duration::from_secs(30),
             abort_on_alert: true,
@@ -223,6 +233,33 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
         "30",
         |s, v| {
             s.step_pause = parse::seconds_or_zero(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS",
+        "Seconds a service's first deploy (nothing to compare with) runs with threshold analysis before it succeeds, at most the step pause; 0 does not pause.",
+        "5",
+        |s, v| {
+            s.first_deploy_pause = parse::seconds_or_zero(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_FIRST_DEPLOY_MAX_ERROR_RATIO",
+        "A first deploy aborts when its error ratio is above this (0 to 1).",
+        "0.05",
+        |s, v| {
+            s.first_deploy_max_error_ratio = parse::non_negative_f64(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_FIRST_DEPLOY_MAX_LATENCY_SECONDS",
+        "A first deploy aborts when its latency (p99 with templates, the simulated cluster's mean on bus metrics) is above this many seconds.",
+        "1",
+        |s, v| {
+            s.first_deploy_max_latency_seconds = parse::non_negative_f64(v)?;
             Ok(())
         },
     ),

@@ -211,6 +211,8 @@ async fn run_one(engine: &Engine, remote: &Remote, id: Uuid) {
                     service: inc.service.clone(),
                     environment: inc.environment.clone(),
                     target_version: target_version.clone(),
+                    // An open incident: the playbook puts the version back at once.
+                    emergency: true,
                 });
                 match execute(remote, "rollback", id, key, task, &inc.service).await {
                     Ok(reference) => {

@@ -1,4 +1,5 @@
-//! Statistics of canary analysis: medians, means and the Mann-Whitney U test.
+//! Statistics of canary analysis: medians, means, the Mann-Whitney U test, and a
+//! sequential test of an error ratio ([`SequentialTest`]).
 //!
 //! The test follows SciPy's `scipy.stats.mannwhitneyu` (method `auto`, continuity
 //! correction on): the exact distribution of U when one sample has at most
@@ -160,6 +161,82 @@ pub fn mann_whitney_u(x: &[f64], y: &[f64], alternative: Alternative) -> Option<
     })
 }
 
+/// Requests and errors counted on one side (canary or baseline) since a sequential
+/// test began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Requests.
+    pub trials: u64,
+    /// Failed requests among them.
+    pub errors: u64,
+}
+
+/// The mixture likelihood ratio of the mixture sequential probability ratio test
+/// (mSPRT; Johari, Pekelis and Walsh, "Always valid inference", 2017) that the
+/// canary's error ratio exceeds the baseline's by more than `allowed`, from the counts
+/// since the test began. The difference of the error ratios is taken as normal with
+/// the variance of two binomial proportions (each ratio smoothed by one error in two
+/// requests, so that a side without errors still has a variance), and the effect is
+/// mixed over a normal prior of scale `tau` centred on `allowed`:
+/// `sqrt(V / (V + tau^2)) * exp(tau^2 d^2 / (2 V (V + tau^2)))` with `d` the observed
+/// difference less `allowed`. One-sided: 0 when the canary is not worse than allowed.
+/// `None` when a side has no requests.
+pub fn msprt_ratio(canary: Counts, baseline: Counts, allowed: f64, tau: f64) -> Option<f64> {
+    if canary.trials == 0 || baseline.trials == 0 {
+        return None;
+    }
+    let smoothed = |c: Counts| (c.errors as f64 + 1.0) / (c.trials as f64 + 2.0);
+    let (pc, pb) = (smoothed(canary), smoothed(baseline));
+    let raw = |c: Counts| c.errors as f64 / c.trials as f64;
+    let d = raw(canary) - raw(baseline) - allowed;
+    if d <= 0.0 {
+        return Some(0.0);
+    }
+    let v = pc * (1.0 - pc) / canary.trials as f64 + pb * (1.0 - pb) / baseline.trials as f64;
+    let t2 = tau * tau;
+    Some((v / (v + t2)).sqrt() * (t2 * d * d / (2.0 * v * (v + t2))).exp())
+}
+
+/// An always-valid test of "the canary fails more than the baseline by more than
+/// `allowed`", looked at as often as wanted: after every look its p-value is the
+/// smallest `1 / ratio` seen ([`msprt_ratio`]), so stopping at the first look where it
+/// falls below `alpha` keeps the chance of a false alarm at most `alpha` however many
+/// looks are taken (the guarantee the windowed Mann-Whitney test, repeated every
+/// interval, does not have). The counts are cumulative from the start of the test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SequentialTest {
+    allowed: f64,
+    tau: f64,
+    p_value: f64,
+}
+
+impl SequentialTest {
+    /// A test allowing the canary's error ratio `allowed` above the baseline's, with
+    /// the mixing scale `tau` (the size of effect it is quickest to find, e.g. 0.1).
+    pub fn new(allowed: f64, tau: f64) -> Self {
+        Self {
+            allowed,
+            tau,
+            p_value: 1.0,
+        }
+    }
+
+    /// Looks at the counts so far; returns the always-valid p-value.
+    pub fn look(&mut self, canary: Counts, baseline: Counts) -> f64 {
+        if let Some(ratio) = msprt_ratio(canary, baseline, self.allowed, self.tau)
+            && ratio > 0.0
+        {
+            self.p_value = self.p_value.min(1.0 / ratio);
+        }
+        self.p_value
+    }
+
+    /// The always-valid p-value after the last look.
+    pub fn p_value(&self) -> f64 {
+        self.p_value
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +364,23 @@ mod tests {
             let lower = 1.0 - exact_sf((24 - k + 1) as f64, 4, 6);
             close(upper, lower, 1e-12);
         }
+    }
+
+    #[test]
+    fn the_sequential_test_finds_a_bad_canary_and_not_a_healthy_one() {
+        let c = |trials, errors| Counts { trials, errors };
+        // 20% errors against 1%, 100 requests each side: far beyond 0.02 allowed.
+        let r = msprt_ratio(c(100, 20), c(100, 1), 0.02, 0.1).unwrap();
+        assert!(r > 100.0, "{r}");
+        // No worse than allowed: no evidence at all.
+        assert_eq!(msprt_ratio(c(100, 2), c(100, 1), 0.02, 0.1), Some(0.0));
+        assert_eq!(msprt_ratio(c(0, 0), c(100, 1), 0.02, 0.1), None);
+        // The p-value only goes down, look after look.
+        let mut t = SequentialTest::new(0.02, 0.1);
+        assert_eq!(t.look(c(10, 0), c(10, 0)), 1.0);
+        let p = t.look(c(200, 40), c(600, 6));
+        assert!(p < 0.01, "{p}");
+        assert_eq!(t.look(c(400, 4), c(1200, 12)), p);
+        assert_eq!(t.p_value(), p);
     }
 }

@@ -32,6 +32,22 @@ pub struct Settings {
     pub admin_roles: Vec<String>,
     /// Environments whose deploys pass the error-budget gate (asked of the monitor).
     pub budget_environments: Vec<String>,
+    /// Environments whose infrastructure changes (first deploy, change of strategy
+    /// family, scaling beyond `architect_scale_factor`) pass the architect gate; `*`
+    /// for every environment. Any name given also gates `provision_environment`.
+    pub architect_environments: Vec<String>,
+    /// A scale to more than this many times the replicas running (or fewer than
+    /// them divided by it) is reviewed by the architect.
+    pub architect_scale_factor: f64,
+}
+
+impl Settings {
+    /// Whether infrastructure changes in `environment` pass the architect gate.
+    pub fn architect_reviews(&self, environment: &str) -> bool {
+        self.architect_environments
+            .iter()
+            .any(|e| e == "*" || e == environment)
+    }
 }
 
 /// A period in which deploys to an environment are refused (rollbacks still pass).
@@ -59,6 +75,8 @@ impl Default for Settings {
             freeze_windows: Vec::new(),
             admin_roles: vec!["admin".into()],
             budget_environments: vec!["production".into()],
+            architect_environments: Vec::new(),
+            architect_scale_factor: 2.0,
         }
     }
 }
@@ -101,6 +119,24 @@ pub const PLANNER_VARS: &[Var<Settings>] = &[
         "staging,production",
         |s, v| {
             s.qa_environments = parse::list(v);
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_PLANNER_ARCHITECT_ENVIRONMENTS",
+        "Environments whose infrastructure changes (first deploy of a service, change of strategy family, scaling beyond the factor) pass the architect gate, comma-separated; `*`: every environment; any name also gates provision_environment; empty: none does.",
+        "",
+        |s, v| {
+            s.architect_environments = parse::list(v);
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_PLANNER_ARCHITECT_SCALE_FACTOR",
+        "A scale to more than this many times the running replicas (or below them divided by it) passes the architect gate (a number above 0; 1 reviews every change).",
+        "2",
+        |s, v| {
+            s.architect_scale_factor = parse::positive_f64(v)?;
             Ok(())
         },
     ),

@@ -65,7 +65,7 @@ pub enum Command {
         /// the service's image at that version.
         image: Option<String>,
     },
-    /// `rollback SERVICE in ENV [--to VERSION]`.
+    /// `rollback SERVICE in ENV [--to VERSION] [--emergency]`.
     Rollback {
         /// The service.
         service: String,
@@ -73,6 +73,8 @@ pub enum Command {
         environment: String,
         /// The version to go back to (the previous one when absent).
         to: Option<String>,
+        /// `--emergency`: put it back in one step, skipping the analysed steps.
+        emergency: bool,
     },
     /// `promote SERVICE in ENV [--full]`.
     Promote {

@@ -144,7 +144,7 @@ fn options_of(command: &str) -> &'static [(&'static str, bool)] {
             ("committed-at", true),
             ("image", true),
         ],
-        "rollback" => &[("to", true)],
+        "rollback" => &[("to", true), ("emergency", false)],
         "promote" => &[("full", false)],
         _ => &[],
     }
@@ -277,6 +277,7 @@ fn parse_command(name: &'static str, args: Args<'_>) -> Result<Command, String> 
                 service,
                 environment,
                 to,
+                emergency: args.flag("emergency"),
             }
         }
         "promote" => {

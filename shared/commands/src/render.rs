@@ -79,13 +79,14 @@ pub fn describe_task(task: &PlanTask) -> String {
             strategy(&t.strategy)
         ),
         PlanTask::Rollback(t) => format!(
-            "rollback {} in {}{}",
+            "rollback {} in {}{}{}",
             t.service,
             t.environment,
             t.target_version
                 .as_ref()
                 .map(|v| format!(" to {v}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if t.emergency { " (emergency)" } else { "" }
         ),
         PlanTask::Scale(t) => format!("scale {} in {} to {}", t.service, t.environment, t.replicas),
         PlanTask::Pipeline(t) => format!("pipeline for {}", t.service),
@@ -393,9 +394,11 @@ pub fn command_summary(cmd: &Command) -> String {
             service,
             environment,
             to,
+            emergency,
         } => format!(
-            "rollback {service} in {environment}{}",
-            to.as_ref().map(|v| format!(" to {v}")).unwrap_or_default()
+            "rollback {service} in {environment}{}{}",
+            to.as_ref().map(|v| format!(" to {v}")).unwrap_or_default(),
+            if *emergency { " (emergency)" } else { "" }
         ),
         other => other.name().to_owned(),
     }

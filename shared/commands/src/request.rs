@@ -142,6 +142,7 @@ impl Command {
                 service,
                 environment,
                 to,
+                emergency,
             } => Request::typed(
                 Planner,
                 "submit",
@@ -149,6 +150,7 @@ impl Command {
                     service: service.clone(),
                     environment: environment.clone(),
                     target_version: to.clone(),
+                    emergency: *emergency,
                 },
             )
             .about(Some(service)),

@@ -72,8 +72,8 @@ pub const SPECS: &[Spec] = &[
     },
     Spec {
         name: "rollback",
-        usage: "rollback SERVICE in ENV [--to VERSION]",
-        summary: "Hand a rollback to the planner (to the previous version unless --to).",
+        usage: "rollback SERVICE in ENV [--to VERSION] [--emergency]",
+        summary: "Hand a rollback to the planner (to the previous version unless --to); it is verified in the strategy's analysed steps unless --emergency.",
         example: "rollback shop-api in production --to 2.4.0",
         role: Role::Operator,
     },

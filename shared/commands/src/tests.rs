@@ -63,6 +63,7 @@ fn every_command_parses() {
             service: "shop".into(),
             environment: "production".into(),
             to: Some("1.1.0".into()),
+            emergency: false,
         }
     );
     assert_eq!(
@@ -71,6 +72,16 @@ fn every_command_parses() {
             service: "shop".into(),
             environment: "production".into(),
             to: None,
+            emergency: false,
+        }
+    );
+    assert_eq!(
+        ok("rollback shop in production --to 1.1.0 --emergency"),
+        Command::Rollback {
+            service: "shop".into(),
+            environment: "production".into(),
+            to: Some("1.1.0".into()),
+            emergency: true,
         }
     );
     assert_eq!(

@@ -31,10 +31,10 @@ use crate::rollout::{
 };
 use crate::status::{Status, StatusRequest};
 use crate::tasks::{
-    AdvancePlan, ChaosExperimentTask, DeployTask, DoraQuery, DoraReport, ExecuteAccepted,
-    ExecuteRequest, GateVerdict, PipelineTask, Plan, PlanCancel, PlanDecision, PlanGet, PlanList,
-    Plans, ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask, SecurityScanRequest,
-    SloGet, SloStatus, SloStatuses, SubmitAccepted,
+    AdvancePlan, ArchitectReviewRequest, ChaosExperimentTask, DeployTask, DoraQuery, DoraReport,
+    ExecuteAccepted, ExecuteRequest, GateVerdict, PipelineTask, Plan, PlanCancel, PlanDecision,
+    PlanGet, PlanList, Plans, ProvisionEnvironmentTask, QaTestRequest, RollbackTask, ScaleTask,
+    SecurityScanRequest, SloGet, SloStatus, SloStatuses, SubmitAccepted,
 };
 
 /// One schema file: its path under `schemas/` and its content.
@@ -104,6 +104,7 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<AuditDecision>(),
         payload::<SecurityScanRequest>(),
         payload::<QaTestRequest>(),
+        payload::<ArchitectReviewRequest>(),
         payload::<GateVerdict>(),
         payload::<ExecuteRequest>(),
         payload::<ExecuteAccepted>(),

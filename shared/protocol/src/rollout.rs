@@ -188,6 +188,10 @@ pub struct Rollout {
     /// This rollout is a rollback (`rollback` command or task) to `version`.
     #[serde(default)]
     pub is_rollback: bool,
+    /// A rollback the operator called an emergency: one `replace` step, no analysis
+    /// (`requested_by` says who skipped the verification).
+    #[serde(default)]
+    pub emergency: bool,
     /// A command waiting for the instance running the rollout to carry it out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<PendingCommand>,

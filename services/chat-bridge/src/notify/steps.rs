@@ -15,6 +15,7 @@ pub(super) fn label(kind: StepKind) -> &'static str {
         StepKind::ErrorBudget => "error budget gate",
         StepKind::SecurityScan => "security gate",
         StepKind::QaTest => "QA gate",
+        StepKind::ArchitectReview => "architect gate",
         StepKind::Approval => "approval",
         StepKind::Execute => "execute step",
         StepKind::Generate => "generate step",

@@ -144,6 +144,7 @@ fn rollout(id: uuid::Uuid, weight: u8) -> Rollout {
         reason: None,
         rolled_back: false,
         is_rollback: false,
+        emergency: false,
         pending: None,
         analyses: vec![],
         plan_id: None,

@@ -15,6 +15,7 @@ fn decider(kind: StepKind) -> &'static str {
         StepKind::ErrorBudget => "the monitor (error budget)",
         StepKind::SecurityScan => "the security agent",
         StepKind::QaTest => "the QA agent",
+        StepKind::ArchitectReview => "the architect agent",
         StepKind::Approval => "a human approver",
         StepKind::Execute => "the deployer",
         StepKind::Generate => "the planner",

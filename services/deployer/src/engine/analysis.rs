@@ -7,8 +7,7 @@ use std::collections::BTreeMap;
 use tokio_util::sync::CancellationToken;
 
 use toronto_protocol::analysis::{
-    AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, MetricEvidence,
-    OnNoData, SampleSummary,
+    AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, OnNoData,
 };
 use toronto_protocol::rollout::{AnalysisRecord, Rollout, RolloutStep, RolloutStepKind};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
@@ -16,10 +15,13 @@ use toronto_runtime::rpc::{CallError, call};
 
 use uuid::Uuid;
 
-use super::{Deployer, EngineError, Heard, LastOutcome, Release, step_layout, template_for};
+use super::sim_verdict::threshold_verdict;
+use super::{
+    Deployer, EngineError, Heard, LastOutcome, Release, first_deploy_metrics, step_layout,
+    template_for,
+};
 use crate::kube::track_label;
 use crate::settings::Settings;
-use crate::sim::SimCluster;
 use crate::target::Track;
 
 impl Deployer {
@@ -31,9 +33,9 @@ impl Deployer {
         step: &RolloutStep,
         before: Option<&Release>,
     ) -> Option<AnalysisRecord> {
-        // Only steps that send traffic to the new version are judged (not a rollback,
-        // which the alert that asked for it must not abort).
-        let (canary, baseline) = analysis_tracks(r, step, before, &self.settings)?;
+        // Only steps that send traffic to the new version are judged (not an emergency
+        // rollback's one step).
+        let judged = analysis_tracks(r, step, before, &self.settings)?;
         if let Some(h) = self.take_heard(r) {
             return Some(AnalysisRecord {
                 step: step.id.clone(),
@@ -60,15 +62,19 @@ impl Deployer {
             last.insert(r.id, std::time::Instant::now());
         }
         let layout = step_layout(r, step, before, &self.settings);
-        let sides = [canary, baseline].map(|track| {
+        let side = |track: Track| {
             let w = layout.workloads.iter().find(|w| w.track == track);
             Side {
                 track,
                 workload: w.map_or_else(|| default_workload(&r.service, track), |w| w.name.clone()),
                 version: w.map(|w| w.version.clone()),
             }
-        });
-        let (source, verdict) = Box::pin(self.analyze(r, &sides[0], &sides[1])).await?;
+        };
+        let (canary, baseline) = match judged {
+            Judged::Compare { new, baseline } => (side(new), Some(side(baseline))),
+            Judged::Thresholds { new } => (side(new), None),
+        };
+        let (source, verdict) = Box::pin(self.analyze(r, &canary, baseline.as_ref())).await?;
         self.last_outcome
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -110,7 +116,9 @@ impl Deployer {
             .find(|h| {
                 h.at >= r.created_at
                     && h.rollout_id.is_none_or(|id| id == r.id)
-                    && (h.source != "alert" || self.settings.abort_on_alert)
+                    // An alert on the service is about the version a rollback takes
+                    // traffic away from: the rollback's own analysis judges it.
+                    && (h.source != "alert" || (self.settings.abort_on_alert && !r.is_rollback))
             })
             .cloned()
     }
@@ -169,12 +177,36 @@ impl Deployer {
         &self,
         r: &Rollout,
         canary: &Side,
-        baseline: &Side,
+        baseline: Option<&Side>,
     ) -> (&'static str, CanaryVerdict) {
         let template = match template_for(&r.service, &self.settings) {
             Ok(t) => t,
             Err(e) => return ("template", inconclusive(r, e)),
         };
+        let metrics = match baseline {
+            Some(_) => template.metrics.clone(),
+            None => first_deploy_metrics(&template, &self.settings),
+        };
+        if metrics.is_empty() {
+            return (
+                "template",
+                inconclusive(
+                    r,
+                    format!(
+                        "analysis template `{}` has no metric a first deploy can be checked by (no threshold, no error_ratio)",
+                        template.name
+                    ),
+                ),
+            );
+        }
+        // A first deploy has no baseline: its threshold checks never read one, but
+        // the request names a side that selects nothing.
+        let nothing = Side {
+            track: canary.track,
+            workload: format!("{}-no-baseline", canary.workload),
+            version: Some("none".into()),
+        };
+        let baseline = baseline.unwrap_or(&nothing);
         let namespace = self.target.namespace_of(&r.environment);
         let vars = |side: &Side, fallback_version: Option<&str>| -> BTreeMap<String, String> {
             let version = side
@@ -208,7 +240,7 @@ impl Deployer {
             environment: r.environment.clone(),
             canary: vars(canary, Some(&r.version)),
             baseline: vars(baseline, r.previous.as_ref().map(|p| p.version.as_str())),
-            metrics: template.metrics,
+            metrics,
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
@@ -251,13 +283,62 @@ impl Deployer {
         &self,
         r: &Rollout,
         canary_side: &Side,
-        baseline_side: &Side,
+        baseline_side: Option<&Side>,
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
             // Boxed: keeps the reconciler's future small (it is polled on small stacks).
             return Some(Box::pin(self.analyze_with_template(r, canary_side, baseline_side)).await);
         }
-        let (canary, baseline) = (canary_side.track, baseline_side.track);
+        let canary = canary_side.track;
+        let baseline = baseline_side.map(|b| b.track);
+        let metric = |name: &str, critical: bool| AnalysisMetric {
+            name: name.into(),
+            query: None,
+            direction: Direction::Increase,
+            max_relative_effect: None,
+            max_absolute_effect: None,
+            critical,
+            must_have_data: false,
+            max_value: None,
+            min_value: None,
+        };
+        let (baseline_labels, metrics) = match baseline {
+            Some(track) => (
+                [("track".to_owned(), track.as_str().to_owned())]
+                    .into_iter()
+                    .chain(
+                        r.previous
+                            .as_ref()
+                            .map(|p| ("version".to_owned(), p.version.clone())),
+                    )
+                    .collect(),
+                vec![
+                    AnalysisMetric {
+                        max_absolute_effect: Some(self.settings.max_error_ratio_increase),
+                        ..metric("http_error_ratio", true)
+                    },
+                    AnalysisMetric {
+                        max_relative_effect: Some(self.settings.max_latency_increase),
+                        ..metric("http_latency_seconds", false)
+                    },
+                ],
+            ),
+            // A first deploy: absolute limits, no baseline read (the labels select
+            // nothing).
+            None => (
+                [("baseline".to_owned(), "none".to_owned())].into(),
+                vec![
+                    AnalysisMetric {
+                        max_value: Some(self.settings.first_deploy_max_error_ratio),
+                        ..metric("http_error_ratio", true)
+                    },
+                    AnalysisMetric {
+                        max_value: Some(self.settings.first_deploy_max_latency_seconds),
+                        ..metric("http_latency_seconds", false)
+                    },
+                ],
+            ),
+        };
         let request = CanaryAnalyze {
             service: r.service.clone(),
             environment: r.environment.clone(),
@@ -268,38 +349,8 @@ impl Deployer {
                 ("version".to_owned(), r.version.clone()),
             ]
             .into(),
-            baseline: [("track".to_owned(), baseline.as_str().to_owned())]
-                .into_iter()
-                .chain(
-                    r.previous
-                        .as_ref()
-                        .map(|p| ("version".to_owned(), p.version.clone())),
-                )
-                .collect(),
-            metrics: vec![
-                AnalysisMetric {
-                    name: "http_error_ratio".into(),
-                    query: None,
-                    direction: Direction::Increase,
-                    max_relative_effect: None,
-                    max_absolute_effect: Some(self.settings.max_error_ratio_increase),
-                    critical: true,
-                    must_have_data: false,
-                    max_value: None,
-                    min_value: None,
-                },
-                AnalysisMetric {
-                    name: "http_latency_seconds".into(),
-                    query: None,
-                    direction: Direction::Increase,
-                    max_relative_effect: Some(self.settings.max_latency_increase),
-                    max_absolute_effect: None,
-                    critical: false,
-                    must_have_data: false,
-                    max_value: None,
-                    min_value: None,
-                },
-            ],
+            baseline: baseline_labels,
+            metrics,
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
@@ -445,88 +496,55 @@ pub(super) fn trim(analyses: &mut Vec<AnalysisRecord>) {
     analyses.drain(..excess);
 }
 
-/// Which tracks a step compares (new, baseline), when it has something to analyse:
-/// the canary with the stable, or the new colour (behind the preview Service, then
-/// active) with the old one.
+/// What a step's analysis judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Judged {
+    /// The new version's track against the old version's.
+    Compare {
+        /// Where the new version runs.
+        new: Track,
+        /// Where the old one runs.
+        baseline: Track,
+    },
+    /// A first deploy: the new version's track against absolute thresholds.
+    Thresholds {
+        /// Where the new version runs.
+        new: Track,
+    },
+}
+
+/// What a step analyses, when it has something to analyse: the canary with the
+/// stable, the new colour (behind the preview Service, then active) with the old one,
+/// or a first deploy against thresholds. An emergency rollback's one step is not
+/// analysed.
 fn analysis_tracks(
     r: &Rollout,
     step: &RolloutStep,
     before: Option<&Release>,
     settings: &Settings,
-) -> Option<(Track, Track)> {
+) -> Option<Judged> {
+    let new_track = || {
+        step_layout(r, step, before, settings)
+            .workloads
+            .iter()
+            .find(|w| w.version == r.version && w.replicas > 0)
+            .map(|w| w.track)
+    };
     match step.kind {
-        RolloutStepKind::Weight => Some((Track::Canary, Track::Stable)),
+        RolloutStepKind::Weight => Some(Judged::Compare {
+            new: Track::Canary,
+            baseline: Track::Stable,
+        }),
         RolloutStepKind::Preview | RolloutStepKind::Switch => {
-            let layout = step_layout(r, step, before, settings);
-            let new = layout
-                .workloads
-                .iter()
-                .find(|w| w.version == r.version && w.replicas > 0)?
-                .track;
-            Some((new, new.other_colour()))
+            let new = new_track()?;
+            Some(Judged::Compare {
+                new,
+                baseline: new.other_colour(),
+            })
+        }
+        RolloutStepKind::Replace if r.previous.is_none() && !r.emergency => {
+            Some(Judged::Thresholds { new: new_track()? })
         }
         _ => None,
-    }
-}
-
-/// A threshold check on the simulated cluster's own counts: the canary fails when its
-/// error ratio exceeds the baseline's by more than the allowed increase.
-fn threshold_verdict(
-    sim: &SimCluster,
-    r: &Rollout,
-    canary: Track,
-    baseline: Track,
-    settings: &Settings,
-) -> CanaryVerdict {
-    let window = settings.analysis_window;
-    let c = sim.observed(&r.service, &r.environment, canary, window);
-    let b = sim.observed(&r.service, &r.environment, baseline, window);
-    let summary = |x: Option<(u64, u64, f64)>| SampleSummary {
-        count: x.map_or(0, |v| v.0 as usize),
-        median: None,
-        mean: x.map(|(req, err, _)| err as f64 / req.max(1) as f64),
-    };
-    let (outcome, reason) = match (c, b) {
-        (Some((cr, ce, _)), Some((br, be, _))) => {
-            let cratio = ce as f64 / cr.max(1) as f64;
-            let bratio = be as f64 / br.max(1) as f64;
-            if cratio - bratio > settings.max_error_ratio_increase {
-                (
-                    AnalysisOutcome::Fail,
-                    format!(
-                        "canary error ratio {cratio:.3} exceeds the baseline's {bratio:.3} by more than {}",
-                        settings.max_error_ratio_increase
-                    ),
-                )
-            } else {
-                (
-                    AnalysisOutcome::Pass,
-                    format!("canary error ratio {cratio:.3}, baseline {bratio:.3}"),
-                )
-            }
-        }
-        _ => (
-            AnalysisOutcome::Inconclusive,
-            "no traffic measured yet".to_owned(),
-        ),
-    };
-    CanaryVerdict {
-        service: r.service.clone(),
-        environment: r.environment.clone(),
-        rollout_id: Some(r.id),
-        outcome,
-        reason: reason.clone(),
-        metrics: vec![MetricEvidence {
-            name: "http_error_ratio".into(),
-            outcome,
-            critical: true,
-            canary: summary(c),
-            baseline: summary(b),
-            u: None,
-            p_value: None,
-            effect: None,
-            reason,
-        }],
-        analyzed_at: Utc::now(),
     }
 }

@@ -80,6 +80,9 @@ impl Family {
     }
 }
 
+/// The id of a first deploy's one step, analysed against thresholds.
+pub const FIRST_DEPLOY: &str = "first-deploy";
+
 fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> RolloutStep {
     RolloutStep {
         id,
@@ -102,13 +105,18 @@ fn step(id: String, kind: RolloutStepKind, weight: u8, pause: Duration) -> Rollo
 /// - blue-green: `preview`, `switch`, `scale-down`.
 ///
 /// A change of strategy family takes the new strategy's steps from the old shape, so
-/// it is verified too. Only a first deploy (nothing to compare with) and a rollback to
-/// what ran before put the version in place in one `replace` step.
+/// it is verified too, and so is a rollback (its strategy is the service's current
+/// shape). A first deploy has nothing to compare with: one `first-deploy` step puts
+/// the version in place in the strategy's shape and pauses
+/// (`TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS`, at most the step pause) while its
+/// analysis checks
+/// thresholds. Only an `emergency` (a rollback the operator called one) is one
+/// unanalysed `replace` step.
 pub fn plan_steps(
     strategy: &Strategy,
     previous: Option<&Release>,
     settings: &Settings,
-    is_rollback: bool,
+    emergency: bool,
 ) -> Result<Vec<RolloutStep>, StepsError> {
     let pause = settings.step_pause;
     if let Strategy::Canary { steps } = strategy
@@ -116,13 +124,28 @@ pub fn plan_steps(
     {
         check_weights(&steps.iter().map(|s| s.weight).collect::<Vec<_>>())?;
     }
-    if is_rollback || previous.is_none() {
-        return Ok(vec![step(
+    if emergency {
+        let mut only = step(
             "replace".into(),
             RolloutStepKind::Replace,
             100,
             Duration::ZERO,
-        )]);
+        );
+        only.note = Some("emergency: put in place in one step, without analysis".into());
+        return Ok(vec![only]);
+    }
+    if previous.is_none() {
+        let mut only = step(
+            FIRST_DEPLOY.into(),
+            RolloutStepKind::Replace,
+            100,
+            settings.first_deploy_pause.min(settings.step_pause),
+        );
+        only.note = Some(format!(
+            "first deploy: nothing to compare with, so the analysis checks thresholds (error ratio at most {}, latency at most {} s)",
+            settings.first_deploy_max_error_ratio, settings.first_deploy_max_latency_seconds
+        ));
+        return Ok(vec![only]);
     }
     Ok(match strategy {
         Strategy::Rolling => {
@@ -468,6 +491,20 @@ mod tests {
         let first = plan_steps(&strategy, None, &settings, false).unwrap();
         assert_eq!(first.len(), 1);
         assert_eq!(first[0].kind, RolloutStepKind::Replace);
+        assert_eq!(first[0].id, FIRST_DEPLOY);
+        assert_eq!(
+            first[0].pause_seconds,
+            settings.first_deploy_pause.as_secs()
+        );
+        // Never longer than the step pause.
+        let quick = Settings {
+            step_pause: Duration::from_secs(2),
+            ..Settings::default()
+        };
+        assert_eq!(
+            plan_steps(&strategy, None, &quick, false).unwrap()[0].pause_seconds,
+            2
+        );
     }
 
     #[test]
@@ -498,7 +535,7 @@ mod tests {
         let canary = Strategy::Canary { steps: Vec::new() };
         let steps = plan_steps(&canary, Some(&from_rolling), &settings, false).unwrap();
         assert_eq!(steps[0].id, "weight-10");
-        // A rollback to what ran before is one step.
+        // Only an emergency is one unanalysed step.
         let back = plan_steps(&Strategy::Rolling, Some(&from_bg), &settings, true).unwrap();
         assert_eq!(
             ids(back),
@@ -528,6 +565,7 @@ mod tests {
             reason: None,
             rolled_back: false,
             is_rollback: false,
+            emergency: false,
             pending: None,
             analyses: Vec::new(),
             plan_id: None,

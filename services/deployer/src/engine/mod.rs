@@ -45,6 +45,7 @@ mod analysis;
 mod layout;
 mod manifest_dir;
 mod reconcile;
+mod sim_verdict;
 mod templates;
 mod weights;
 
@@ -53,10 +54,11 @@ pub use manifest_dir::{
 };
 pub use weights::{TrafficSplit, canary_replicas, honest_weights};
 
-pub use templates::{BUILT_IN, built_in, load_templates, template_for};
+pub use templates::{BUILT_IN, built_in, first_deploy_metrics, load_templates, template_for};
 
 pub use layout::{
-    Family, StepsError, check_weights, plan_steps, rollback_layout, steady_layout, step_layout,
+    FIRST_DEPLOY, Family, StepsError, check_weights, plan_steps, rollback_layout, steady_layout,
+    step_layout,
 };
 
 /// Replicas of a service deployed for the first time.

@@ -245,7 +245,9 @@ impl Deployer {
             }
             RolloutStepState::Running => {
                 // Ready: pause with analysis, unless promoted.
-                if let Some(evidence) = self.evidence_against(&r, &current, before.as_ref()).await {
+                // Boxed: keeps this future small (it is polled on small stacks).
+                let evidence = Box::pin(self.evidence_against(&r, &current, before.as_ref())).await;
+                if let Some(evidence) = evidence {
                     let why = format!(
                         "{} analysis failed: {}",
                         evidence.source, evidence.verdict.reason

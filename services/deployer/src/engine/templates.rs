@@ -171,6 +171,46 @@ pub fn template_for(service: &str, settings: &Settings) -> Result<AnalysisTempla
     })
 }
 
+/// The metrics a first deploy (nothing to compare with) is judged by, from the
+/// service's template: its threshold checks as they are, and its comparisons turned
+/// into thresholds where the limit is known: `error_ratio` at most
+/// `TORONTO_DEPLOYER_FIRST_DEPLOY_MAX_ERROR_RATIO`, and a built-in template's
+/// `latency_p99` at most `TORONTO_DEPLOYER_FIRST_DEPLOY_MAX_LATENCY_SECONDS` (in the
+/// template's unit: seconds for `app`, milliseconds for the others). Any other
+/// comparison is left out: it has no baseline to be compared with.
+pub fn first_deploy_metrics(
+    template: &AnalysisTemplate,
+    settings: &Settings,
+) -> Vec<AnalysisMetric> {
+    let built_in = !settings.custom_templates.contains_key(&template.name)
+        && BUILT_IN.contains(&template.name.as_str());
+    let latency_unit = match template.name.as_str() {
+        _ if !built_in => None,
+        "app" => Some(1.0),
+        _ => Some(1000.0),
+    };
+    template
+        .metrics
+        .iter()
+        .filter_map(|m| {
+            if m.is_threshold() {
+                return Some(m.clone());
+            }
+            let max = match m.name.as_str() {
+                "error_ratio" => settings.first_deploy_max_error_ratio,
+                "latency_p99" => settings.first_deploy_max_latency_seconds * latency_unit?,
+                _ => return None,
+            };
+            Some(AnalysisMetric {
+                max_value: Some(max),
+                max_relative_effect: None,
+                max_absolute_effect: None,
+                ..m.clone()
+            })
+        })
+        .collect()
+}
+
 /// Largest template file read.
 const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
 
@@ -252,6 +292,38 @@ mod tests {
             app.metrics[0].query.as_deref().unwrap(),
             r#"(sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}",code=~"5.."}[{{window}}])) or vector(0)) / sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}"}[{{window}}]))"#
         );
+    }
+
+    #[test]
+    fn a_first_deploy_checks_thresholds_in_the_templates_unit() {
+        let s = Settings::default();
+        let app = first_deploy_metrics(&built_in("app", &s).unwrap(), &s);
+        assert_eq!(app.len(), 2);
+        assert_eq!(app[0].max_value, Some(s.first_deploy_max_error_ratio));
+        assert_eq!(app[0].max_absolute_effect, None);
+        assert_eq!(app[1].max_value, Some(s.first_deploy_max_latency_seconds));
+        let istio = first_deploy_metrics(&built_in("istio", &s).unwrap(), &s);
+        assert_eq!(
+            istio[1].max_value,
+            Some(s.first_deploy_max_latency_seconds * 1000.0)
+        );
+        // A user's template: its thresholds and its error ratio; an unknown latency
+        // unit is left out.
+        let mut custom = built_in("app", &s).unwrap();
+        custom.name = "mine".into();
+        let mut sat = custom.metrics[0].clone();
+        sat.name = "saturation".into();
+        sat.max_value = Some(0.9);
+        custom.metrics.push(sat);
+        let s = Settings {
+            custom_templates: [("mine".to_owned(), custom.clone())].into(),
+            ..Settings::default()
+        };
+        let names: Vec<_> = first_deploy_metrics(&custom, &s)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, ["error_ratio", "saturation"]);
     }
 
     #[test]

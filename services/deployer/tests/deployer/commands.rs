@@ -120,6 +120,7 @@ async fn bad_input_gets_a_clear_error() {
                 service: "ghost".into(),
                 environment: ENV.into(),
                 target_version: None,
+                emergency: false,
             }),
         ),
         (

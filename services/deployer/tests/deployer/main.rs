@@ -16,4 +16,5 @@ mod kube_target_fake;
 mod strategies;
 mod support;
 mod templates;
+mod verify;
 mod workload;

@@ -42,14 +42,20 @@ async fn blue_green_switches_then_rolls_back_to_the_old_colour() {
                 service: "pay".into(),
                 environment: ENV.into(),
                 target_version: None,
+                emergency: false,
             }),
         )
         .await
         .unwrap();
     let back = rollout_id(&accepted);
-    let done = s.event(back, "rolled_back", Duration::from_secs(10)).await;
+    let done = s.event(back, "rolled_back", Duration::from_secs(15)).await;
     assert!(done.is_rollback);
-    assert_eq!(done.steps.len(), 1, "a rollback skips the steps");
+    let steps: Vec<_> = done.steps.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(
+        steps,
+        ["preview", "switch", "scale-down"],
+        "a rollback is previewed with analysis like a deploy"
+    );
     let view = s.sim_view("pay").await;
     assert_eq!(view.traffic.get("1.0.0"), Some(&100), "{view:?}");
     assert_eq!(view.workloads["pay-blue"].version, "1.0.0");
@@ -61,6 +67,7 @@ async fn blue_green_switches_then_rolls_back_to_the_old_colour() {
                 service: "pay".into(),
                 environment: ENV.into(),
                 target_version: None,
+                emergency: false,
             }),
         )
         .await

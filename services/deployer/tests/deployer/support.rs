@@ -27,6 +27,7 @@ pub fn settings() -> Settings {
         analysis_window: Duration::from_secs(2),
         analysis_timeout: Duration::from_millis(300),
         step_pause: Duration::from_secs(1),
+        first_deploy_pause: Duration::from_millis(500),
         scale_down_delay: Duration::from_secs(1),
         progress_deadline: Duration::from_secs(30),
         drift_interval: Duration::ZERO,

@@ -109,6 +109,7 @@ fn template_settings() -> Settings {
         analysis_window: Duration::from_secs(6),
         analysis_interval: Duration::from_millis(500),
         analysis_timeout: Duration::from_secs(3),
+        first_deploy_pause: Duration::from_secs(1),
         ..settings()
     }
 }
@@ -124,6 +125,9 @@ async fn scenario() {
         (("shop", "2.0.0", "canary"), (100.0, 0.01)),
         (("cart", "1.0.0", "stable"), (100.0, 0.01)),
         (("cart", "2.0.0", "canary"), (100.0, 0.30)),
+        // First deploys are checked against thresholds: every 1.0.0 has traffic.
+        (("quiet", "1.0.0", "stable"), (100.0, 0.01)),
+        (("lone", "1.0.0", "stable"), (100.0, 0.01)),
     ]
     .into();
     let (addr, stop_exporter) = exporter(traffic).await;
@@ -131,8 +135,8 @@ async fn scenario() {
     let url = prom.url.clone();
     let mut s = stack_with(template_settings(), 1).await;
     let (stop_monitor, monitor_running) = monitor(&s._server.url(), &url).await;
-    // Let Prometheus gather a few scrapes.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Let Prometheus gather enough scrapes for the first deploys' threshold checks.
+    tokio::time::sleep(Duration::from_secs(8)).await;
     for service in ["shop", "cart", "quiet", "lone"] {
         s.deployed(service, "1.0.0", canary(&[50], 0)).await;
     }

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::intake::{IntakeError, Planner};
 use crate::settings::Settings;
 
+mod architect;
 mod decide;
 mod freeze;
 mod gates;
@@ -39,10 +40,13 @@ pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
     match task {
         PlanTask::Pipeline(_) => return vec![Step::new("generate", StepKind::Generate)],
         PlanTask::ProvisionEnvironment(_) => {
-            return vec![
-                Step::new("execute", StepKind::Execute),
-                Step::new("teardown", StepKind::Teardown),
-            ];
+            let mut steps = Vec::new();
+            if !settings.architect_environments.is_empty() {
+                steps.push(Step::new("architect-review", StepKind::ArchitectReview));
+            }
+            steps.push(Step::new("execute", StepKind::Execute));
+            steps.push(Step::new("teardown", StepKind::Teardown));
+            return steps;
         }
         _ => {}
     }
@@ -56,6 +60,15 @@ pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
         if settings.qa_environments.contains(&deploy.environment) {
             steps.push(Step::new("qa-test", StepKind::QaTest));
         }
+    }
+    // Asked at run time, and only when the task is an infrastructure change.
+    let infrastructure = match task {
+        PlanTask::Deploy(d) => settings.architect_reviews(&d.environment),
+        PlanTask::Scale(s) => settings.architect_reviews(&s.environment),
+        _ => false,
+    };
+    if infrastructure {
+        steps.push(Step::new("architect-review", StepKind::ArchitectReview));
     }
     let needs_approval = !matches!(task, PlanTask::Rollback(_))
         && settings
@@ -362,6 +375,7 @@ impl Planner {
                     | StepKind::ErrorBudget
                     | StepKind::SecurityScan
                     | StepKind::QaTest
+                    | StepKind::ArchitectReview
             );
             let mut retry = None;
             let mut wait = false;

@@ -62,6 +62,7 @@ impl Planner {
                 };
                 self.ask_peer("qa", "test", request).await
             }
+            (StepKind::ArchitectReview, _) => self.architect_review(plan, key).await,
             (StepKind::Execute | StepKind::Teardown, task) => {
                 let verb = match task {
                     PlanTask::ProvisionEnvironment(_) if step.kind == StepKind::Teardown => {

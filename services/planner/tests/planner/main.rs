@@ -3,6 +3,7 @@
 //! (Plans that need the monitor or the real deployer are end-to-end scenarios in
 //! `tests/e2e/tests/scenarios/planner.rs`.)
 
+mod architect;
 mod dora;
 mod identity;
 mod intake;

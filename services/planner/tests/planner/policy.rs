@@ -146,6 +146,7 @@ async fn the_policy_gate_keeps_promotion_order_and_freeze_windows() {
                     service: "search".into(),
                     environment: "qa".into(),
                     target_version: None,
+                    emergency: false,
                 },
             )
             .build(),

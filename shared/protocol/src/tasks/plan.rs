@@ -50,6 +50,9 @@ pub enum StepKind {
     SecurityScan,
     /// Gate: the QA agent tests the version.
     QaTest,
+    /// Gate: the architect agent reviews an infrastructure change (first deploy, new
+    /// environment, change of strategy family, large scale).
+    ArchitectReview,
     /// Gate: a human with the right role approves.
     Approval,
     /// The deployer carries the task out.

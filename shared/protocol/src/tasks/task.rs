@@ -110,6 +110,11 @@ pub struct RollbackTask {
     /// The version to return to; the previous one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_version: Option<String>,
+    /// An emergency: put the version back in one step, without the strategy's
+    /// analysed steps (recorded on the rollout and in its events). Without it a
+    /// rollback is verified like any deploy.
+    #[serde(default)]
+    pub emergency: bool,
 }
 
 impl Message for RollbackTask {

@@ -428,6 +428,7 @@ async fn an_exhausted_error_budget_refuses_production_deploys_but_not_fixes() {
                     service: "cart".into(),
                     environment: "production".into(),
                     target_version: None,
+                    emergency: false,
                 },
             )
             .build(),
