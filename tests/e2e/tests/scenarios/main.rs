@@ -10,3 +10,4 @@ mod freeze;
 mod incidents;
 mod micro;
 mod planner;
+mod world;
