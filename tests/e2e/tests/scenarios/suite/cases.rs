@@ -38,6 +38,7 @@ enum Fault {
     KillIncidentCommander,
     RestartNats,
     KillTrafficPublisher,
+    KillNatsNode,
 }
 
 /// Injects `fault` while `rollout` runs; a note for the table.
@@ -91,8 +92,14 @@ async fn inject(
             Ok("killed the lease holder; the standby took over".into())
         }
         Fault::RestartNats => {
-            c.server.restart().await;
+            let server = c.server.as_mut().ok_or("no single nats-server")?;
+            server.restart().await;
             Ok("nats-server restarted at step 1".into())
+        }
+        Fault::KillNatsNode => {
+            let nodes = c.nodes.as_mut().ok_or("no NATS cluster")?;
+            nodes.kill(0).await;
+            Ok("node 0 of 3 killed at step 1".into())
         }
         Fault::KillTrafficPublisher => {
             let lease = toronto_deployer::sim::TRAFFIC_LEASE;
@@ -270,6 +277,17 @@ pub async fn started_before_nats() -> Row {
     row(
         "a service started before NATS is up",
         "it waits, connects when NATS comes up, and serves",
+        result,
+    )
+}
+
+pub async fn three_node_cluster_loses_a_node() -> Row {
+    let mut cluster = Cluster::start_on_three_nodes().await;
+    let result = canary_with(&mut cluster, "rthree", Fault::KillNatsNode).await;
+    cluster.stop().await;
+    row(
+        "a 3-node NATS cluster (R3 streams and KV) loses a node mid-rollout",
+        "services carry on through the other nodes; the plan completes; each step once",
         result,
     )
 }

@@ -12,7 +12,7 @@ use toronto_protocol::tasks::{
     CanaryStep, DeployTask, GateVerdict, Plan, PlanGet, PlanState, Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Encoding, Envelope};
-use toronto_testkit::{NatsServer, Requester};
+use toronto_testkit::{NatsCluster, NatsServer, Requester};
 use uuid::Uuid;
 
 /// The environment every case deploys to (security and QA gates, no approval).
@@ -30,7 +30,11 @@ pub struct Proc {
 
 /// The nats-server, the service processes and the test peers.
 pub struct Cluster {
-    pub server: NatsServer,
+    /// The single nats-server, or
+    pub server: Option<NatsServer>,
+    /// a cluster of nats-servers (streams and buckets at three replicas).
+    pub nodes: Option<NatsCluster>,
+    urls: String,
     pub client: async_nats::Client,
     pub procs: Vec<Proc>,
     logs: std::path::PathBuf,
@@ -41,6 +45,10 @@ pub struct Cluster {
 pub fn service_env(url: &str) -> Vec<(&'static str, String)> {
     [
         ("TORONTO_NATS_URL", url),
+        (
+            "TORONTO_JETSTREAM_REPLICAS",
+            if url.contains(',') { "3" } else { "1" },
+        ),
         ("TORONTO_HTTP_ADDR", ""),
         ("TORONTO_LOG", "info"),
         ("TORONTO_LOG_FORMAT", "text"),
@@ -97,23 +105,54 @@ impl Cluster {
     pub async fn start() -> Self {
         let server = NatsServer::start().await;
         let client = server.client().await;
-        // Kept after the run, to read when a case fails.
-        let logs = std::env::temp_dir().join(format!("toronto-fault-suite-{}", std::process::id()));
-        std::fs::create_dir_all(&logs).unwrap();
-        let peers = tokio::spawn(peers(client.clone()));
-        let mut cluster = Self {
-            server,
-            client,
-            procs: Vec::new(),
-            logs,
-            peers,
-        };
+        let urls = server.url();
+        let mut cluster = Self::with(Some(server), None, urls, client);
         for kind in KINDS {
             for _ in 0..2 {
                 cluster.add(kind).await;
             }
         }
         cluster
+    }
+
+    /// A 3-node NATS cluster (every stream and bucket at three replicas), one planner,
+    /// monitor and incident commander, two deployers, and the test peers.
+    pub async fn start_on_three_nodes() -> Self {
+        let nodes = NatsCluster::start(3).await;
+        let urls = nodes.urls();
+        let addrs: Vec<async_nats::ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
+        let client = async_nats::connect(addrs).await.unwrap();
+        let mut cluster = Self::with(None, Some(nodes), urls.join(","), client);
+        for kind in KINDS {
+            cluster.add(kind).await;
+        }
+        cluster.add("deployer").await;
+        cluster
+    }
+
+    fn with(
+        server: Option<NatsServer>,
+        nodes: Option<NatsCluster>,
+        urls: String,
+        client: async_nats::Client,
+    ) -> Self {
+        // Kept after the run, to read when a case fails.
+        let logs = std::env::temp_dir().join(format!(
+            "toronto-fault-suite-{}-{}",
+            std::process::id(),
+            if nodes.is_some() { "r3" } else { "r1" }
+        ));
+        std::fs::create_dir_all(&logs).unwrap();
+        let peers = tokio::spawn(peers(client.clone()));
+        Self {
+            server,
+            nodes,
+            urls,
+            client,
+            procs: Vec::new(),
+            logs,
+            peers,
+        }
     }
 
     /// Where the service processes write their logs (one file per kind).
@@ -124,7 +163,7 @@ impl Cluster {
     /// Starts one more process of `kind`.
     pub async fn add(&mut self, kind: &'static str) {
         let log = self.logs.join(format!("{kind}.log"));
-        let proc = spawn(kind, &self.server.url(), &log).await;
+        let proc = spawn(kind, &self.urls, &log).await;
         self.procs.push(proc);
     }
 

@@ -83,6 +83,9 @@ async fn run_suite() {
     if wanted("before-nats") {
         rows.push(cases::started_before_nats().await);
     }
+    if wanted("three-nodes") {
+        rows.push(cases::three_node_cluster_loses_a_node().await);
+    }
     let table = table(&rows);
     println!(
         "\nfault suite ({:.0} s):\n\n{table}",
