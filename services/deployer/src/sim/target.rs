@@ -246,3 +246,74 @@ fn inject_into(svc: &mut SimSvc, service: &str, environment: &str, fault: &Chaos
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::SimSettings;
+    use crate::target::{Routing, Track, Workload};
+
+    fn layout(version: &str, replicas: u32, step: &str) -> Layout {
+        Layout {
+            service: "shop".into(),
+            environment: "prod".into(),
+            workloads: vec![Workload {
+                name: "shop".into(),
+                track: Track::Stable,
+                version: version.into(),
+                image: format!("shop:{version}"),
+                replicas,
+            }],
+            routing: Routing::Rolling {
+                max_surge: "25%".into(),
+                max_unavailable: "0".into(),
+            },
+            step_key: step.into(),
+            progress_deadline_seconds: 30,
+            pod_template: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_step_is_recorded_once_however_often_it_is_applied() {
+        let sim = SimCluster::new(SimSettings::default());
+        for _ in 0..3 {
+            sim.apply(&layout("1.0.0", 2, "r1:replace")).await.unwrap();
+        }
+        sim.apply(&layout("1.1.0", 2, "r2:replace")).await.unwrap();
+        sim.apply(&layout("1.1.0", 2, "r2:replace")).await.unwrap();
+        let keys: Vec<_> = sim
+            .applied_steps()
+            .into_iter()
+            .map(|a| a.step_key)
+            .collect();
+        assert_eq!(keys, ["r1:replace", "r2:replace"]);
+        assert_eq!(sim.apply_calls(), 5);
+        let view = sim.get("shop", "prod").await.unwrap().unwrap();
+        assert_eq!(view.workloads["shop"].version, "1.1.0");
+        assert_eq!(view.traffic.get("1.1.0"), Some(&100));
+    }
+
+    #[tokio::test]
+    async fn faults_need_a_deployed_service_and_a_valid_rate() {
+        let sim = SimCluster::new(SimSettings::default());
+        let fault = SimFault {
+            service: "shop".into(),
+            environment: "prod".into(),
+            version: "1.0.0".into(),
+            error_rate: 0.5,
+            ..Default::default()
+        };
+        assert!(sim.set_fault(fault.clone()).await.is_err());
+        sim.apply(&layout("1.0.0", 1, "r1:replace")).await.unwrap();
+        let view = sim.set_fault(fault.clone()).await.unwrap();
+        assert_eq!(view.faults["1.0.0"].error_rate, 0.5);
+        let bad = SimFault {
+            error_rate: 1.5,
+            ..fault
+        };
+        assert!(sim.set_fault(bad).await.is_err());
+        sim.teardown_environment("prod").await.unwrap();
+        assert_eq!(sim.get("shop", "prod").await.unwrap(), None);
+    }
+}

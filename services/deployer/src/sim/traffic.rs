@@ -469,3 +469,51 @@ fn shares(svc: &SimSvc, per_tick: u32, ready: &dyn Fn(&str) -> bool) -> Vec<(Str
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use chrono::Utc;
+    use toronto_protocol::analysis::{MetricBatch, MetricSample};
+
+    use crate::sim::{SimCluster, SimSettings};
+    use crate::target::Track;
+
+    fn sample(name: &str, track: &str, value: f64) -> MetricSample {
+        MetricSample {
+            name: name.into(),
+            labels: [("track".to_owned(), track.to_owned())].into(),
+            value,
+            timestamp: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn heard_batches_are_the_history_per_track() {
+        let sim = SimCluster::new(SimSettings::default());
+        let batch = MetricBatch {
+            service: "shop".into(),
+            environment: "prod".into(),
+            source: super::SOURCE.into(),
+            samples: vec![
+                sample("http_requests", "stable", 90.0),
+                sample("http_errors", "stable", 0.0),
+                sample("http_latency_seconds", "stable", 0.02),
+                sample("http_requests", "canary", 10.0),
+                sample("http_errors", "canary", 5.0),
+                sample("http_latency_seconds", "canary", 0.1),
+            ],
+        };
+        sim.hear(&batch);
+        sim.hear(&batch);
+        let window = Duration::from_secs(10);
+        let (requests, errors, latency) =
+            sim.observed("shop", "prod", Track::Canary, window).unwrap();
+        assert_eq!((requests, errors), (20, 10));
+        assert!((latency - 0.1).abs() < 1e-9);
+        let (requests, errors, _) = sim.observed("shop", "prod", Track::Stable, window).unwrap();
+        assert_eq!((requests, errors), (180, 0));
+        assert!(sim.observed("shop", "dev", Track::Stable, window).is_none());
+    }
+}

@@ -7,7 +7,7 @@ use toronto_protocol::tasks::PlanState;
 use toronto_testkit::NatsServer;
 
 use super::Row;
-use super::harness::{Cluster, completed, spawn};
+use super::harness::{Cluster, ESCALATION_DEADLINE, completed, spawn};
 
 const PLAN_WITHIN: Duration = Duration::from_secs(120);
 
@@ -288,6 +288,109 @@ pub async fn three_node_cluster_loses_a_node() -> Row {
     row(
         "a 3-node NATS cluster (R3 streams and KV) loses a node mid-rollout",
         "services carry on through the other nodes; the plan completes; each step once",
+        result,
+    )
+}
+
+/// The next page seen within `within`.
+async fn next_page(
+    seen: &mut tokio::sync::mpsc::UnboundedReceiver<(usize, std::time::Instant)>,
+    within: Duration,
+) -> Option<(usize, std::time::Instant)> {
+    tokio::time::timeout(within, seen.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Pages seen on the bus (only this case opens incidents): (level, when).
+async fn pages(
+    client: &async_nats::Client,
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<(usize, std::time::Instant)>, String> {
+    use futures::StreamExt;
+    let mut sub = client
+        .subscribe("toronto.devops.v1.events.page.sent")
+        .await
+        .map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            if let Ok(e) = toronto_protocol::decode::<toronto_protocol::incidents::Page>(
+                &m.payload,
+                toronto_protocol::Encoding::Json,
+            ) {
+                let _ = tx.send((e.data.level.unwrap_or(0), std::time::Instant::now()));
+            }
+        }
+    });
+    Ok(rx)
+}
+
+pub async fn kill_incident_commander_mid_escalation(cluster: &mut Cluster) -> Row {
+    let result = async {
+        let mut seen = pages(&cluster.client).await?;
+        let labels: std::collections::BTreeMap<String, String> = [
+            ("alertname", "Down"),
+            ("service", "escalate"),
+            ("environment", "staging"),
+            ("severity", "page"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let alert = toronto_protocol::alerts::Alert {
+            fingerprint: toronto_protocol::alerts::fingerprint(&labels),
+            status: toronto_protocol::alerts::AlertStatus::Firing,
+            labels,
+            annotations: Default::default(),
+            burn_rates: Default::default(),
+            budget_remaining: None,
+            starts_at: chrono::Utc::now(),
+            ends_at: None,
+            generator: "toronto://fault-suite".into(),
+        };
+        let envelope = toronto_protocol::Envelope::builder("toronto://fault-suite", alert).build();
+        let bytes = toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json)
+            .map_err(|e| e.to_string())?;
+        let js = async_nats::jetstream::new(cluster.client.clone());
+        js.publish("toronto.devops.v1.events.alert.firing", bytes.into())
+            .await
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((0, first_at)) = next_page(&mut seen, Duration::from_secs(20)).await else {
+            return Err("the first level was never paged".to_owned());
+        };
+        // A second into the level's deadline, the lease holder dies.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let lease = toronto_incident_commander::replica::LEASE;
+        let holder = lease_holder(cluster, "toronto_leases", lease)
+            .await
+            .ok_or("no incident commander holds its lease")?;
+        cluster.kill(&holder).await;
+        cluster.add("incident-commander").await;
+        let Some((1, second_at)) = next_page(&mut seen, Duration::from_secs(20)).await else {
+            return Err("the second level was never paged after the kill".to_owned());
+        };
+        let after = second_at - first_at;
+        if after + Duration::from_millis(500) < ESCALATION_DEADLINE {
+            return Err(format!("the second level was paged early, after {after:?}"));
+        }
+        // Nothing more: each level paged once.
+        if let Some((level, _)) = next_page(&mut seen, Duration::from_secs(4)).await {
+            return Err(format!("level {level} was paged again"));
+        }
+        Ok(format!(
+            "killed the lease holder; level 1 paged once, {:.1} s after level 0 (deadline {} s)",
+            after.as_secs_f64(),
+            ESCALATION_DEADLINE.as_secs()
+        ))
+    }
+    .await;
+    row(
+        "kill -9 incident commander mid-escalation",
+        "the standby pages the next level once, not before its deadline",
         result,
     )
 }

@@ -71,8 +71,32 @@ pub fn service_env(url: &str) -> Vec<(&'static str, String)> {
     .collect()
 }
 
+/// The incident commanders' policy: the on-call person is paged, then, without an
+/// acknowledgement within 4 s, the next level.
+const POLICY: &str = r#"
+escalation_policies:
+  - name: default
+    levels:
+      - { notify: [user:alice], ack_timeout_seconds: 4 }
+      - { notify: [user:bob], ack_timeout_seconds: 600 }
+default_escalation: default
+"#;
+
+/// The first level's acknowledgement deadline in [`POLICY`].
+pub const ESCALATION_DEADLINE: Duration = Duration::from_secs(4);
+
 /// Starts one service process and waits until it says which instance it is.
 pub async fn spawn(kind: &'static str, url: &str, log: &std::path::Path) -> Proc {
+    spawn_with(kind, url, log, &[]).await
+}
+
+/// [`spawn`] with more variables.
+pub async fn spawn_with(
+    kind: &'static str,
+    url: &str,
+    log: &std::path::Path,
+    extra: &[(&str, String)],
+) -> Proc {
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -81,6 +105,7 @@ pub async fn spawn(kind: &'static str, url: &str, log: &std::path::Path) -> Proc
     let mut child = Command::new(env!("CARGO_BIN_EXE_test_service"))
         .arg(kind)
         .envs(service_env(url))
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .stderr(stderr)
         .kill_on_drop(true)
@@ -143,6 +168,7 @@ impl Cluster {
             if nodes.is_some() { "r3" } else { "r1" }
         ));
         std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("incident-policy.yaml"), POLICY).unwrap();
         let peers = tokio::spawn(peers(client.clone()));
         Self {
             server,
@@ -163,7 +189,16 @@ impl Cluster {
     /// Starts one more process of `kind`.
     pub async fn add(&mut self, kind: &'static str) {
         let log = self.logs.join(format!("{kind}.log"));
-        let proc = spawn(kind, &self.urls, &log).await;
+        let proc = spawn_with(
+            kind,
+            &self.urls,
+            &log,
+            &[(
+                "TORONTO_INCIDENT_POLICY_FILE",
+                self.logs.join("incident-policy.yaml").display().to_string(),
+            )],
+        )
+        .await;
         self.procs.push(proc);
     }
 

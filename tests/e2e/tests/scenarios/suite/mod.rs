@@ -69,6 +69,9 @@ async fn run_suite() {
     if wanted("incident") {
         rows.push(cases::kill_incident_commander(&mut cluster).await);
     }
+    if wanted("escalation") {
+        rows.push(cases::kill_incident_commander_mid_escalation(&mut cluster).await);
+    }
     if wanted("nats-restart") {
         rows.push(cases::nats_restart_mid_rollout(&mut cluster).await);
     }
