@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use toronto_protocol::alerts::{SloDefinition, SloPut};
-use toronto_protocol::rollout::{Rollout, RolloutRef};
+use toronto_protocol::rollout::{DriftCheck, DriftReport, Rollout, RolloutRef, SimService};
 use toronto_protocol::tasks::{
     DeployTask, ExecuteAccepted, ExecuteRequest, GateVerdict, PlanTask, QaTestRequest,
     SecurityScanRequest, Strategy,
@@ -345,7 +345,34 @@ async fn seed(
         },
     )
     .await;
-    if existing.is_err() {
+    if existing.is_ok() {
+        // A restart: the simulated cluster is kept in KV and normally still runs the
+        // demo service; if it was lost (a data dir from before the world was kept, or
+        // a wiped bucket), put the released version back once instead of leaving an
+        // empty cluster that drifts forever.
+        let world = ask::<_, SimService>(
+            client,
+            subjects.command(ServiceKind::Deployer, "sim.get"),
+            RolloutRef {
+                service: Some(SERVICE.into()),
+                environment: Some(env.into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        if world.is_err() {
+            let _: DriftReport = ask(
+                client,
+                subjects.command(ServiceKind::Deployer, "drift.check"),
+                DriftCheck {
+                    service: Some(SERVICE.into()),
+                    environment: Some(env.into()),
+                    remediate: Some(true),
+                },
+            )
+            .await?;
+        }
+    } else {
         let _: ExecuteAccepted = ask(
             client,
             subjects.command(ServiceKind::Deployer, "rollout.start"),

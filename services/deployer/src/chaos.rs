@@ -5,8 +5,9 @@
 //! An experiment runs in the deployer that accepted it and is recorded in KV
 //! (`chaos.<id>`) with its outcome; its events are `chaos.started`, `.aborted`,
 //! `.completed` and `.failed`. It is not taken over by another replica if that deployer
-//! dies: on the simulated cluster the fault dies with it, and a pod kill on Kubernetes
-//! is over once the pods are deleted.
+//! dies: on the simulated cluster (one world shared by every deployer) the fault stays
+//! until it is cleared (`sim.fault` with no effect), and a pod kill on Kubernetes is
+//! over once the pods are deleted.
 
 use std::time::Duration;
 use toronto_protocol::EventKind;

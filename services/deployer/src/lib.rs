@@ -90,7 +90,8 @@ pub async fn start(
 
 /// Starts the service with these settings. With `sim`, rollouts land on that
 /// simulated cluster (shared with whoever else holds it); without, the settings'
-/// target is created.
+/// target is created (the simulated one keeps its world in the deployer's bucket,
+/// shared by every deployer on it).
 pub async fn start_with(
     config: Config,
     settings: Settings,
@@ -125,7 +126,7 @@ async fn start_inner(
         (_, Some(sim), _) => (Arc::new(sim.clone()), Some(sim)),
         (Some(target), None, _) => (target, None),
         (None, None, TargetKind::Simulated) => {
-            let sim = SimCluster::new(settings.sim.clone());
+            let sim = SimCluster::shared(settings.sim.clone(), rollouts.clone());
             (Arc::new(sim.clone()), Some(sim))
         }
         (None, None, TargetKind::Kubernetes) => {
@@ -169,22 +170,7 @@ async fn start_inner(
     };
     runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {
-        sim.register_metrics(&rt.metrics);
-        let (sim, client, subjects, source, token) = (
-            sim.clone(),
-            rt.client.clone(),
-            rt.subjects.clone(),
-            rt.source(),
-            rt.shutdown_token(),
-        );
-        rt.spawn_background("simulated cluster traffic", move || {
-            sim.clone().run_traffic(
-                client.clone(),
-                subjects.clone(),
-                source.clone(),
-                token.clone(),
-            )
-        });
+        sim.run(&rt);
     }
 
     register(&rt, &deployer).await?;
@@ -336,19 +322,19 @@ async fn register(rt: &ServiceRuntime, deployer: &Deployer) -> Result<(), Runtim
     let d = deployer.clone();
     rt.endpoint("sim.fault", move |req: Request<SimFault>| {
         let d = d.clone();
-        async move { d.sim_fault(req.envelope.data) }
+        async move { d.sim_fault(req.envelope.data).await }
     })
     .await?;
     let d = deployer.clone();
     rt.endpoint("sim.tamper", move |req: Request<SimTamper>| {
         let d = d.clone();
-        async move { d.sim_tamper(req.envelope.data) }
+        async move { d.sim_tamper(req.envelope.data).await }
     })
     .await?;
     let d = deployer.clone();
     rt.endpoint("sim.get", move |req: Request<RolloutRef>| {
         let d = d.clone();
-        async move { d.sim_get(req.data()) }
+        async move { d.sim_get(req.data()).await }
     })
     .await?;
     Ok(())

@@ -142,7 +142,7 @@ pub const PREFIX: &str = "TORONTO_DEPLOYER_";
 pub const DEPLOYER_VARS: &[Var<Settings>] = &[
     Var::new(
         "TORONTO_DEPLOYER_TARGET",
-        "`simulated` (the in-process simulated cluster) or `kubernetes` (kubeconfig or in-cluster).",
+        "`simulated` (the simulated cluster, one world kept in KV and shared by every deployer) or `kubernetes` (kubeconfig or in-cluster).",
         "simulated",
         |s, v| {
             s.target = parse::one_of(

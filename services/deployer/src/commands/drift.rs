@@ -80,21 +80,29 @@ impl Deployer {
     }
 
     /// `sim.fault`: injects faults into a version on the simulated cluster.
-    pub fn sim_fault(&self, f: SimFault) -> Result<SimService, ErrorBody> {
-        self.sim()?.set_fault(f).map_err(|e| bad(e.to_string()))
+    pub async fn sim_fault(&self, f: SimFault) -> Result<SimService, ErrorBody> {
+        self.sim()?
+            .set_fault(f)
+            .await
+            .map_err(|e| bad(e.to_string()))
     }
 
     /// `sim.tamper`: an out-of-band change on the simulated cluster.
-    pub fn sim_tamper(&self, t: SimTamper) -> Result<SimService, ErrorBody> {
-        self.sim()?.tamper(t).map_err(|e| bad(e.to_string()))
+    pub async fn sim_tamper(&self, t: SimTamper) -> Result<SimService, ErrorBody> {
+        self.sim()?.tamper(t).await.map_err(|e| bad(e.to_string()))
     }
 
     /// `sim.get`: the simulated cluster's view of a service.
-    pub fn sim_get(&self, q: &RolloutRef) -> Result<SimService, ErrorBody> {
+    pub async fn sim_get(&self, q: &RolloutRef) -> Result<SimService, ErrorBody> {
         let (Some(s), Some(e)) = (q.service.as_deref(), q.environment.as_deref()) else {
             return Err(bad("sim.get needs `service` and `environment`"));
         };
-        self.sim()?.get(s, e).ok_or_else(|| {
+        let sim = self.sim()?;
+        let view = sim
+            .get(s, e)
+            .await
+            .map_err(|e| ErrorBody::from(EngineError::from(e)))?;
+        view.ok_or_else(|| {
             not_found(format!(
                 "{s} is not deployed in {e} on the simulated cluster"
             ))

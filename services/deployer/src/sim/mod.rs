@@ -1,31 +1,51 @@
-//! The simulated cluster: an in-process [`Target`] with pods per version, a traffic
-//! split and injectable faults per version (error rate, added latency, crash loop).
+//! The simulated cluster: a [`Target`](crate::target::Target) with pods per version, a
+//! traffic split and injectable faults per version (error rate, added latency, crash
+//! loop).
 //!
 //! **It is a simulation**: nothing real is deployed. It exists so that `toronto up`,
 //! the demo and the end-to-end tests can run whole rollouts on one machine without a
-//! Kubernetes API server. It generates synthetic requests every tick, counts them in
-//! Prometheus metrics (`toronto_sim_*`, served on the deployer's `/metrics`) and
-//! publishes them on `toronto.metrics.<service>.<environment>` as `metrics.batch`
-//! envelopes, so the monitor reads them as it reads real metrics.
+//! Kubernetes API server.
+//!
+//! It is one world, outside the deployers, as a real cluster is. A deployer started
+//! against the simulated target ([`SimCluster::shared`]) keeps the world in the
+//! deployer's KV bucket (`<prefix>_rollouts`, one record per service and environment
+//! under `sim.<service>.<environment>`), changed only by compare-and-set on the
+//! record's revision: every replica of the deployer, and a deployer restarted, sees
+//! the same pods, versions, traffic split and faults, and two replicas applying at
+//! once lose no update. Pod start times are wall-clock milliseconds, so every
+//! replica agrees on which pods are ready.
+//!
+//! One replica at a time (the holder of the `deployer-sim-traffic` lease in the same
+//! bucket) generates the world's synthetic requests every tick, counts them in
+//! Prometheus metrics (`toronto_sim_*` on its `/metrics`: summing the replicas counts
+//! each request once) and publishes them on `toronto.metrics.<service>.<environment>`
+//! as `metrics.batch` envelopes, so the monitor reads them as it reads real metrics.
+//! Every replica hears those batches back and keeps the last two minutes of them, so
+//! that each judges a canary by the same traffic ([`SimCluster::observed`]).
+//!
+//! [`SimCluster::new`] makes a world that lives in one process instead (for tests
+//! that share it between in-process deployers).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use rand::Rng;
-use tokio_util::sync::CancellationToken;
-use toronto_protocol::analysis::{MetricBatch, MetricSample};
+use serde::{Deserialize, Serialize};
 use toronto_protocol::rollout::{SimFault, SimService, SimTamper, SimWorkload};
-use toronto_protocol::{Envelope, Subjects};
+use toronto_runtime::work::Edit;
 
 use crate::target::{Layout, Routing, TargetError, Track};
 
 mod target;
+mod traffic;
+mod world;
+
+pub use world::{SIM_PREFIX, TRAFFIC_LEASE, WorldError};
 
 /// How the simulation behaves.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,12 +71,18 @@ impl Default for SimSettings {
     }
 }
 
-#[derive(Debug, Clone)]
+/// The step keys a service record remembers (the newest).
+const APPLIED_KEPT: usize = 256;
+
+/// One pod: when it (last) started, in Unix milliseconds (one clock for every replica
+/// of the world).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 struct Pod {
-    started: Instant,
+    started_ms: i64,
 }
 
-#[derive(Debug, Clone)]
+/// One workload as the world keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct SimWl {
     track: Track,
     version: String,
@@ -73,10 +99,10 @@ impl SimWl {
     fn serving<'a>(
         &'a self,
         faults: &BTreeMap<String, SimFault>,
-        now: Instant,
+        now_ms: i64,
         pod_start: Duration,
     ) -> (&'a str, u32) {
-        let ready = ready_pods(self, faults.get(&self.version), now, pod_start);
+        let ready = ready_pods(self, faults.get(&self.version), now_ms, pod_start);
         match &self.retiring {
             Some(old) if ready < self.replicas => (old.as_str(), self.replicas),
             _ => (self.version.as_str(), ready),
@@ -84,7 +110,9 @@ impl SimWl {
     }
 }
 
-#[derive(Debug, Clone)]
+/// One service in one environment: the record stored under
+/// `sim.<service>.<environment>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct SimSvc {
     workloads: BTreeMap<String, SimWl>,
     routing: Routing,
@@ -92,6 +120,23 @@ struct SimSvc {
     last_step_key: Option<String>,
     /// It has served traffic (it gets traffic, and errors, from then on).
     served: bool,
+    /// The step keys of its change-producing applies, oldest first (the newest
+    /// [`APPLIED_KEPT`]).
+    #[serde(default)]
+    applied: VecDeque<String>,
+}
+
+impl SimSvc {
+    fn new(routing: Routing) -> Self {
+        Self {
+            workloads: BTreeMap::new(),
+            routing,
+            faults: BTreeMap::new(),
+            last_step_key: None,
+            served: false,
+            applied: VecDeque::new(),
+        }
+    }
 }
 
 /// One change-producing apply, as the simulated API server saw it.
@@ -114,13 +159,30 @@ struct TickStats {
     latency_sum: f64,
 }
 
+/// A service record as this process last saw it, with its KV revision (0 in a
+/// process-local world); `None` once deleted.
+#[derive(Debug, Clone)]
+struct Mirrored {
+    revision: u64,
+    svc: Option<SimSvc>,
+}
+
+type Key = (String, String);
+
 #[derive(Debug, Default)]
 struct State {
-    environments: BTreeSet<String>,
-    services: BTreeMap<(String, String), SimSvc>,
-    applied: Vec<AppliedStep>,
+    /// The world (process-local), or the newest records seen of it (shared).
+    services: BTreeMap<Key, Mirrored>,
     apply_calls: u64,
     history: BTreeMap<(String, String, String), VecDeque<TickStats>>,
+}
+
+impl State {
+    fn live(&self) -> impl Iterator<Item = (&Key, &SimSvc)> {
+        self.services
+            .iter()
+            .filter_map(|(k, m)| m.svc.as_ref().map(|s| (k, s)))
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -150,25 +212,50 @@ impl Default for SimMetrics {
     }
 }
 
-/// The simulated cluster. Cheap to clone (shared state): two deployers given the same
-/// cluster see the same "API server", as two replicas would.
+/// The simulated cluster. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct SimCluster {
     state: Arc<Mutex<State>>,
     settings: SimSettings,
     metrics: SimMetrics,
+    /// The shared world in KV; `None`: the world lives in this process.
+    world: Option<world::Shared>,
+    /// A process-local world: whether one of its holders generates traffic now.
+    driving: Arc<AtomicBool>,
 }
 
 const HISTORY: Duration = Duration::from_secs(120);
 
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
 impl SimCluster {
-    /// A new, empty simulated cluster.
+    /// A new, empty simulated cluster that lives in this process: deployers given
+    /// the same (cloned) cluster see the same "API server", as two replicas would.
     pub fn new(settings: SimSettings) -> Self {
         Self {
             state: Arc::default(),
             settings,
             metrics: SimMetrics::default(),
+            world: None,
+            driving: Arc::default(),
         }
+    }
+
+    /// The shared simulated cluster whose world is kept in `kv` (the deployer's
+    /// bucket) under `sim.<service>.<environment>`: every deployer opening the same
+    /// bucket sees the same world. [`SimCluster::run`] starts its loops.
+    pub fn shared(settings: SimSettings, kv: async_nats::jetstream::kv::Store) -> Self {
+        Self {
+            world: Some(world::Shared::new(kv)),
+            ..Self::new(settings)
+        }
+    }
+
+    /// Whether the world is kept in KV (shared by every deployer on the bucket).
+    pub fn is_shared(&self) -> bool {
+        self.world.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -197,72 +284,83 @@ impl SimCluster {
 
     /// Sets the faults of one version (replacing earlier ones); a fault with no effect
     /// clears them.
-    pub fn set_fault(&self, fault: SimFault) -> Result<SimService, TargetError> {
+    pub async fn set_fault(&self, fault: SimFault) -> Result<SimService, TargetError> {
         if !(0.0..=1.0).contains(&fault.error_rate) {
             return Err(refused("error_rate must be between 0 and 1"));
         }
-        let mut state = self.lock();
-        let key = (fault.service.clone(), fault.environment.clone());
-        let svc = state.services.get_mut(&key).ok_or_else(|| {
-            refused(format!(
-                "{} is not deployed in {} on the simulated cluster",
-                fault.service, fault.environment
-            ))
-        })?;
-        if fault.error_rate == 0.0 && fault.latency_ms == 0 && !fault.crash_loop {
-            svc.faults.remove(&fault.version);
-        } else {
-            svc.faults.insert(fault.version.clone(), fault.clone());
-        }
-        Ok(view(&fault.service, &fault.environment, svc))
+        let svc = self
+            .edit(&fault.service, &fault.environment, None, |svc| {
+                if fault.error_rate == 0.0 && fault.latency_ms == 0 && !fault.crash_loop {
+                    svc.faults.remove(&fault.version);
+                } else {
+                    svc.faults.insert(fault.version.clone(), fault.clone());
+                }
+                Ok(Edit::Save(svc.clone()))
+            })
+            .await?
+            .ok_or_else(|| not_deployed(&fault.service, &fault.environment))?;
+        Ok(view(&fault.service, &fault.environment, &svc))
     }
 
     /// Changes a live workload behind the deployer's back (as `kubectl edit` would).
-    pub fn tamper(&self, change: SimTamper) -> Result<SimService, TargetError> {
-        let mut state = self.lock();
-        let key = (change.service.clone(), change.environment.clone());
-        let svc = state.services.get_mut(&key).ok_or_else(|| {
-            refused(format!(
-                "{} is not deployed in {} on the simulated cluster",
-                change.service, change.environment
-            ))
-        })?;
+    pub async fn tamper(&self, change: SimTamper) -> Result<SimService, TargetError> {
         let name = change
             .workload
             .clone()
             .unwrap_or_else(|| change.service.clone());
-        let wl = svc
-            .workloads
-            .get_mut(&name)
-            .ok_or_else(|| refused(format!("no workload {name}")))?;
-        let now = Instant::now();
-        if let Some(image) = change.image {
-            wl.image = image;
-            wl.pods = (0..wl.replicas).map(|_| Pod { started: now }).collect();
-        }
-        if let Some(replicas) = change.replicas {
-            wl.replicas = replicas;
-            wl.pods.resize(replicas as usize, Pod { started: now });
-        }
-        Ok(view(&change.service, &change.environment, svc))
+        let now = now_ms();
+        let svc = self
+            .edit(&change.service, &change.environment, None, |svc| {
+                let wl = svc
+                    .workloads
+                    .get_mut(&name)
+                    .ok_or_else(|| refused(format!("no workload {name}")))?;
+                if let Some(image) = &change.image {
+                    wl.image = image.clone();
+                    wl.pods = (0..wl.replicas).map(|_| Pod { started_ms: now }).collect();
+                }
+                if let Some(replicas) = change.replicas {
+                    wl.replicas = replicas;
+                    wl.pods.resize(replicas as usize, Pod { started_ms: now });
+                }
+                Ok(Edit::Save(svc.clone()))
+            })
+            .await?
+            .ok_or_else(|| not_deployed(&change.service, &change.environment))?;
+        Ok(view(&change.service, &change.environment, &svc))
     }
 
-    /// The live view of one service.
-    pub fn get(&self, service: &str, environment: &str) -> Option<SimService> {
+    /// The live view of one service (read from the world itself, not a cache).
+    pub async fn get(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<Option<SimService>, TargetError> {
+        Ok(self
+            .load(service, environment)
+            .await?
+            .map(|svc| view(service, environment, &svc)))
+    }
+
+    /// Every change-producing apply this process has seen in the world (each
+    /// service's newest 256), by service and environment, oldest first within each
+    /// (re-applying the step that produced the live state changes nothing and is not
+    /// listed).
+    pub fn applied_steps(&self) -> Vec<AppliedStep> {
         let state = self.lock();
         state
-            .services
-            .get(&(service.to_owned(), environment.to_owned()))
-            .map(|svc| view(service, environment, svc))
+            .live()
+            .flat_map(|((service, environment), svc)| {
+                svc.applied.iter().map(|step_key| AppliedStep {
+                    service: service.clone(),
+                    environment: environment.clone(),
+                    step_key: step_key.clone(),
+                })
+            })
+            .collect()
     }
 
-    /// Every change-producing apply so far, oldest first (re-applying the step that
-    /// produced the live state changes nothing and is not listed).
-    pub fn applied_steps(&self) -> Vec<AppliedStep> {
-        self.lock().applied.clone()
-    }
-
-    /// How many times `apply` was called, changes or not.
+    /// How many times `apply` was called through this handle, changes or not.
     pub fn apply_calls(&self) -> u64 {
         self.lock().apply_calls
     }
@@ -291,234 +389,21 @@ impl SimCluster {
         }
         (requests > 0).then(|| (requests, errors, latency / requests as f64))
     }
-
-    /// Generates traffic every tick and publishes it on the bus until `shutdown`.
-    pub async fn run_traffic(
-        self,
-        client: async_nats::Client,
-        subjects: Subjects,
-        source: String,
-        shutdown: CancellationToken,
-    ) -> Result<(), std::convert::Infallible> {
-        let mut interval = tokio::time::interval(self.settings.tick);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = interval.tick() => {}
-            }
-            for batch in self.tick() {
-                let subject = subjects.metrics(&batch.service, &batch.environment);
-                let envelope = Envelope::builder(source.clone(), batch).build();
-                let Ok(bytes) =
-                    toronto_protocol::encode(&envelope, toronto_protocol::Encoding::Json)
-                else {
-                    continue;
-                };
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(
-                    "Content-Type",
-                    toronto_protocol::Encoding::Json.content_type(),
-                );
-                if let Err(e) = client
-                    .publish_with_headers(subject, headers, bytes.into())
-                    .await
-                {
-                    tracing::debug!(error = %e, "cannot publish simulated metrics");
-                }
-            }
-        }
-    }
-
-    /// One tick of synthetic traffic: what every service served, as metric batches.
-    pub fn tick(&self) -> Vec<MetricBatch> {
-        let now = Instant::now();
-        let timestamp = Utc::now();
-        let pod_start = self.settings.pod_start;
-        let per_tick = self.settings.requests_per_tick;
-        let base = self.settings.base_latency.as_secs_f64();
-        let mut rng = rand::rng();
-        let mut state = self.lock();
-        let mut batches = Vec::new();
-        let mut history = Vec::new();
-        let mut served = Vec::new();
-        for ((service, environment), svc) in &state.services {
-            let mut samples = Vec::new();
-            let ready = |name: &str| {
-                svc.workloads
-                    .get(name)
-                    .is_some_and(|w| w.serving(&svc.faults, now, pod_start).1 > 0)
-            };
-            let routed = shares(svc, per_tick, &ready);
-            if !svc.served && !routed.iter().any(|(n, _)| ready(n)) {
-                // Nobody calls a service that has never come up.
-                continue;
-            }
-            served.push((service.clone(), environment.clone()));
-            for (name, share) in routed {
-                let Some(wl) = svc.workloads.get(&name) else {
-                    continue;
-                };
-                let (version, ready) = wl.serving(&svc.faults, now, pod_start);
-                let fault = svc.faults.get(version);
-                let (mut errors, mut latency_sum) = (0u64, 0.0f64);
-                let labels = RequestLabels {
-                    service: service.clone(),
-                    environment: environment.clone(),
-                    version: version.to_owned(),
-                    track: wl.track.as_str().to_owned(),
-                };
-                let histogram = self.metrics.latency.get_or_create(&labels);
-                for _ in 0..share {
-                    let failed = ready == 0
-                        || fault.is_some_and(|f| rng.random_bool(f.error_rate.clamp(0.0, 1.0)));
-                    let added = fault.map_or(0.0, |f| f.latency_ms as f64 / 1000.0);
-                    let latency = base * rng.random_range(0.7..1.3) + added;
-                    errors += u64::from(failed);
-                    latency_sum += latency;
-                    histogram.observe(latency);
-                }
-                drop(histogram);
-                let requests = u64::from(share);
-                self.metrics
-                    .requests
-                    .get_or_create(&labels)
-                    .inc_by(requests);
-                self.metrics.errors.get_or_create(&labels).inc_by(errors);
-                history.push((
-                    (service.clone(), environment.clone(), labels.track.clone()),
-                    TickStats {
-                        at: now,
-                        requests,
-                        errors,
-                        latency_sum,
-                    },
-                ));
-                let sample_labels: BTreeMap<String, String> = [
-                    ("service".to_owned(), service.clone()),
-                    ("environment".to_owned(), environment.clone()),
-                    ("version".to_owned(), labels.version.clone()),
-                    ("track".to_owned(), labels.track.clone()),
-                ]
-                .into();
-                let mut sample = |name: &str, value: f64| {
-                    samples.push(MetricSample {
-                        name: name.to_owned(),
-                        labels: sample_labels.clone(),
-                        value,
-                        timestamp,
-                    });
-                };
-                sample("http_requests", requests as f64);
-                sample("http_errors", errors as f64);
-                if requests > 0 {
-                    sample("http_error_ratio", errors as f64 / requests as f64);
-                    sample("http_latency_seconds", latency_sum / requests as f64);
-                }
-            }
-            if !samples.is_empty() {
-                batches.push(MetricBatch {
-                    service: service.clone(),
-                    environment: environment.clone(),
-                    source: "simulated-cluster".into(),
-                    samples,
-                });
-            }
-        }
-        for key in served {
-            if let Some(svc) = state.services.get_mut(&key) {
-                svc.served = true;
-            }
-        }
-        // Rolling updates finish once the new pods are ready.
-        for svc in state.services.values_mut() {
-            let faults = svc.faults.clone();
-            for wl in svc.workloads.values_mut() {
-                if wl.retiring.is_some()
-                    && ready_pods(wl, faults.get(&wl.version), now, pod_start) >= wl.replicas
-                {
-                    wl.retiring = None;
-                }
-            }
-        }
-        for (key, stats) in history {
-            let ticks = state.history.entry(key).or_default();
-            ticks.push_back(stats);
-            while ticks
-                .front()
-                .is_some_and(|t| now.duration_since(t.at) > HISTORY)
-            {
-                ticks.pop_front();
-            }
-        }
-        batches
-    }
 }
 
-/// Requests per workload this tick: users' traffic by the routing's weights (only
-/// to workloads with ready pods, as a Service's endpoints are; all of it fails when
-/// none is ready), and a trickle of smoke-test traffic to a blue-green preview.
-fn shares(svc: &SimSvc, per_tick: u32, ready: &dyn Fn(&str) -> bool) -> Vec<(String, u32)> {
-    let by_track = |t: Track| {
-        svc.workloads
-            .iter()
-            .find(|(_, w)| w.track == t)
-            .map(|(n, _)| n.clone())
-    };
-    let split = |weight: u8| (per_tick * u32::from(weight)).div_ceil(100);
-    match &svc.routing {
-        Routing::Rolling { .. } => svc
-            .workloads
-            .keys()
-            .next()
-            .map(|n| vec![(n.clone(), per_tick)])
-            .unwrap_or_default(),
-        Routing::BlueGreen { active, preview } => {
-            let mut out: Vec<_> = by_track(*active)
-                .map(|n| (n, per_tick))
-                .into_iter()
-                .collect();
-            if let Some(p) = preview.and_then(by_track).filter(|p| ready(p)) {
-                out.push((p, (per_tick / 10).max(1)));
-            }
-            out
-        }
-        Routing::Canary { canary_weight } => {
-            let mut out = Vec::new();
-            let canary_ready = by_track(Track::Canary).is_some_and(|n| ready(&n));
-            let stable_ready = by_track(Track::Stable).is_some_and(|n| ready(&n));
-            let weight = match (stable_ready, canary_ready) {
-                (_, false) => 0,
-                (false, true) => 100,
-                (true, true) => *canary_weight,
-            };
-            if weight < 100
-                && let Some(n) = by_track(Track::Stable)
-            {
-                out.push((n, split(100 - weight)));
-            }
-            if weight > 0
-                && let Some(n) = by_track(Track::Canary)
-            {
-                out.push((n, split(weight)));
-            }
-            out
-        }
-    }
-}
-
-fn ready_pods(wl: &SimWl, fault: Option<&SimFault>, now: Instant, pod_start: Duration) -> u32 {
+fn ready_pods(wl: &SimWl, fault: Option<&SimFault>, now_ms: i64, pod_start: Duration) -> u32 {
     if fault.is_some_and(|f| f.crash_loop) {
         return 0;
     }
+    let start = i64::try_from(pod_start.as_millis()).unwrap_or(i64::MAX);
     wl.pods
         .iter()
-        .filter(|p| now.duration_since(p.started) >= pod_start)
+        .filter(|p| now_ms.saturating_sub(p.started_ms) >= start)
         .count() as u32
 }
 
 fn view(service: &str, environment: &str, svc: &SimSvc) -> SimService {
-    let now = Instant::now();
+    let now = now_ms();
     let workloads = svc
         .workloads
         .iter()
@@ -575,4 +460,10 @@ fn refused(message: impl Into<String>) -> TargetError {
         target: "simulated cluster",
         message: message.into(),
     }
+}
+
+fn not_deployed(service: &str, environment: &str) -> TargetError {
+    refused(format!(
+        "{service} is not deployed in {environment} on the simulated cluster"
+    ))
 }

@@ -143,7 +143,8 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
     };
     until_replicas(&fake, &format!("pay-{old}"), 0).await;
 
-    // A rollback: one step back to 1.0.0 on the old colour, which takes the traffic.
+    // An emergency rollback: one step back to 1.0.0 on the old colour, which takes
+    // the traffic (a verified rollback previews it first, tested on the sim).
     let accepted =
         k.s.execute(
             "rollback",
@@ -151,6 +152,7 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
                 service: "pay".into(),
                 environment: ENV.into(),
                 target_version: None,
+                emergency: true,
             }),
         )
         .await

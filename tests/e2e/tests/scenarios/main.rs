@@ -10,3 +10,5 @@ mod freeze;
 mod incidents;
 mod micro;
 mod planner;
+mod suite;
+mod world;

@@ -1,6 +1,8 @@
 //! The `toronto` binary as a user runs it: `toronto up` with its own nats-server or
 //! against TORONTO_NATS_URL, `status`, `ping`, `request`, and SIGTERM.
 
+mod restart;
+
 use std::process::{Output, Stdio};
 use std::time::Duration;
 

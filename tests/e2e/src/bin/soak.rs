@@ -1,0 +1,268 @@
+//! The soak's load (not a product binary; `scripts/soak` runs it against `toronto up`):
+//! `alert.firing` events published to the events stream at a steady rate, and deploy
+//! tasks submitted to the planner at a steady rate, for a bounded time. It prints the
+//! throughput, the p50 and p99 latency of `planner.submit` and `plan.get`, and what
+//! became of every plan (completed, failed, not finished) and of every event (stored in
+//! the stream or not).
+//!
+//! `soak --url nats://127.0.0.1:4222 --identity <seed file> [--minutes 10]
+//! [--events-per-second 1000] [--tasks-per-minute 100] [--services 20]`
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use toronto_protocol::alerts::{Alert, AlertStatus};
+use toronto_protocol::tasks::{DeployTask, Plan, PlanGet, PlanState, Strategy, SubmitAccepted};
+use toronto_protocol::{Encoding, Envelope};
+use toronto_runtime::auth::Signer;
+use toronto_testkit::Requester;
+use uuid::Uuid;
+
+struct Args {
+    url: String,
+    identity: std::path::PathBuf,
+    minutes: f64,
+    events_per_second: u64,
+    tasks_per_minute: u64,
+    services: usize,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        url: "nats://127.0.0.1:4222".into(),
+        identity: std::path::PathBuf::new(),
+        minutes: 10.0,
+        events_per_second: 1000,
+        tasks_per_minute: 100,
+        services: 20,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--url" => a.url = value,
+            "--identity" => a.identity = value.into(),
+            "--minutes" => a.minutes = value.parse()?,
+            "--events-per-second" => a.events_per_second = value.parse()?,
+            "--tasks-per-minute" => a.tasks_per_minute = value.parse()?,
+            "--services" => a.services = value.parse()?,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+fn alert(i: u64) -> Alert {
+    let labels: BTreeMap<String, String> = [
+        ("alertname", "SoakAlert".to_owned()),
+        ("service", format!("soak-alerts-{}", i % 10)),
+        ("environment", "soak".to_owned()),
+        ("severity", "ticket".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Alert {
+        fingerprint: toronto_protocol::alerts::fingerprint(&labels),
+        status: AlertStatus::Firing,
+        labels,
+        annotations: BTreeMap::new(),
+        burn_rates: BTreeMap::new(),
+        budget_remaining: None,
+        starts_at: Utc::now(),
+        ends_at: None,
+        generator: "toronto://soak".into(),
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn summary(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name}: {} requests, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms.len(),
+        percentile(&ms, 0.5),
+        percentile(&ms, 0.99),
+        ms.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut s) => s.info().await.map(|i| i.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    let signer = Signer::from_file(&args.identity)?;
+    let client = async_nats::connect(&args.url).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let planner = Requester::service(client.clone(), "planner")
+        .signed_by(signer)
+        .with_timeout(Duration::from_secs(10));
+    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    let events_before = stream_messages(&js, "TORONTO_DEVOPS_EVENTS").await;
+    let started = Instant::now();
+
+    // Events: batches every 10 ms.
+    let published = Arc::new(AtomicU64::new(0));
+    let publish_errors = Arc::new(AtomicU64::new(0));
+    let events = {
+        let (client, published, publish_errors) =
+            (client.clone(), published.clone(), publish_errors.clone());
+        let rate = args.events_per_second as f64;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut i = 0u64;
+            while started.elapsed() < duration {
+                tick.tick().await;
+                // As many as the rate asks for by now: a slow tick is caught up.
+                let due = (started.elapsed().as_secs_f64() * rate) as u64;
+                while i < due {
+                    let envelope = Envelope::builder("toronto://soak", alert(i)).build();
+                    i += 1;
+                    let Ok(bytes) = toronto_protocol::encode(&envelope, Encoding::Json) else {
+                        continue;
+                    };
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Content-Type", Encoding::Json.content_type());
+                    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+                    match client
+                        .publish_with_headers(
+                            "toronto.devops.v1.events.alert.firing",
+                            headers,
+                            bytes.into(),
+                        )
+                        .await
+                    {
+                        Ok(()) => published.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => publish_errors.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            }
+            let _ = client.flush().await;
+        })
+    };
+
+    // Tasks: one every 60 / tasks-per-minute seconds, round robin over the services,
+    // each submitted without waiting for the one before.
+    let mut submits = tokio::task::JoinSet::new();
+    let every = Duration::from_secs_f64(60.0 / args.tasks_per_minute.max(1) as f64);
+    let mut tick = tokio::time::interval(every);
+    let mut n = 0usize;
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let task = DeployTask {
+            service: format!("soak-{}", n % args.services),
+            version: format!("1.0.{n}"),
+            image: None,
+            environment: "staging".into(),
+            strategy: Strategy::Rolling,
+            change: None,
+            fix: false,
+            policy_override: None,
+        };
+        n += 1;
+        let planner = planner.clone();
+        submits.spawn(async move {
+            let t = Instant::now();
+            planner
+                .request::<_, SubmitAccepted>("submit", task)
+                .await
+                .map(|a| (a.plan_id, t.elapsed().as_secs_f64() * 1000.0))
+        });
+    }
+    let mut submit_ms = Vec::new();
+    let mut plans = Vec::new();
+    let mut submit_errors = 0u64;
+    while let Some(done) = submits.join_next().await {
+        match done? {
+            Ok((id, ms)) => {
+                plans.push(id);
+                submit_ms.push(ms);
+            }
+            Err(e) => {
+                submit_errors += 1;
+                eprintln!("submit failed: {e}");
+            }
+        }
+    }
+    events.await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let published = published.load(Ordering::Relaxed);
+
+    // Let the last plans finish, then read every plan.
+    let settle = Instant::now();
+    let mut states: BTreeMap<String, u64> = BTreeMap::new();
+    let mut get_ms = Vec::new();
+    let mut pending: Vec<Uuid> = plans.clone();
+    while !pending.is_empty() && settle.elapsed() < Duration::from_secs(120) {
+        let mut still = Vec::new();
+        for id in pending {
+            let t = Instant::now();
+            match planner
+                .request::<_, Plan>("plan.get", PlanGet { plan_id: id })
+                .await
+            {
+                Ok(p) => {
+                    get_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+                    if !p.state.is_final() {
+                        still.push(id);
+                    }
+                }
+                Err(_) => still.push(id),
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    for id in &plans {
+        let state = match planner
+            .request::<_, Plan>("plan.get", PlanGet { plan_id: *id })
+            .await
+        {
+            Ok(p) if p.state == PlanState::Completed => "completed".to_owned(),
+            Ok(p) => format!("{:?}", p.state).to_lowercase(),
+            Err(_) => "unreadable".to_owned(),
+        };
+        *states.entry(state).or_default() += 1;
+    }
+    let stored = stream_messages(&js, "TORONTO_DEVOPS_EVENTS")
+        .await
+        .saturating_sub(events_before);
+
+    println!("ran {elapsed:.0} s");
+    println!(
+        "events: {published} published ({:.0}/s), {} publish errors; events stream grew by {stored} (alerts plus the stack's own events)",
+        published as f64 / elapsed,
+        publish_errors.load(Ordering::Relaxed),
+    );
+    println!(
+        "tasks: {} submitted ({:.1}/min), {submit_errors} refused or timed out",
+        plans.len(),
+        plans.len() as f64 / elapsed * 60.0
+    );
+    println!("plans: {states:?}");
+    summary("planner.submit", submit_ms);
+    summary("planner.plan.get", get_ms);
+    Ok(())
+}
