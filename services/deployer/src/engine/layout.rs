@@ -322,7 +322,19 @@ pub fn step_layout(
             };
             steady_layout(family, svc, env, &new, before_layout)
         }
-        RolloutStepKind::Rolling => steady_layout(Family::Rolling, svc, env, &new, before_layout),
+        RolloutStepKind::Rolling => {
+            let mut layout = steady_layout(Family::Rolling, svc, env, &new, before_layout);
+            // The batches ran the new version as `<svc>-canary`: it stops now.
+            let canary = format!("{svc}-canary");
+            if r.steps.iter().any(|s| s.kind == RolloutStepKind::Weight)
+                && !layout.workloads.iter().any(|w| w.name == canary)
+            {
+                layout
+                    .workloads
+                    .push(workload(canary, Track::Canary, &new, 0));
+            }
+            layout
+        }
         RolloutStepKind::Promote => steady_layout(Family::Canary, svc, env, &new, before_layout),
         RolloutStepKind::Weight => {
             let total = r.replicas.max(1);
@@ -543,22 +555,18 @@ mod tests {
         );
     }
 
-    #[test]
-    fn blue_green_switches_to_the_other_colour() {
-        let settings = Settings::default();
-        let before = release(Family::BlueGreen, "1.0.0");
-        let steps = plan_steps(&Strategy::BlueGreen, Some(&before), &settings, false).unwrap();
-        let r = Rollout {
+    fn rollout(strategy: Strategy, steps: Vec<RolloutStep>, before: &Release) -> Rollout {
+        Rollout {
             id: Uuid::nil(),
             service: "shop".into(),
             environment: "production".into(),
             version: "2.0.0".into(),
             image: "shop:2.0.0".into(),
-            strategy: Strategy::BlueGreen,
+            strategy,
             replicas: 4,
             previous: Some(before.current.clone()),
             phase: RolloutPhase::Progressing,
-            steps: steps.clone(),
+            steps,
             step_index: 0,
             weight: 0,
             manual_promotion: false,
@@ -576,7 +584,41 @@ mod tests {
             created_at: Utc::now(),
             updated_at: Utc::now(),
             finished_at: None,
+        }
+    }
+
+    #[test]
+    fn the_last_rolling_step_stops_the_batches_canary() {
+        let settings = Settings::default();
+        let before = release(Family::Rolling, "1.0.0");
+        let steps = plan_steps(&Strategy::Rolling, Some(&before), &settings, false).unwrap();
+        let r = rollout(Strategy::Rolling, steps.clone(), &before);
+        let batch = step_layout(&r, &steps[0], Some(&before), &settings);
+        let canary = |l: &Layout| {
+            l.workloads
+                .iter()
+                .find(|w| w.name == "shop-canary")
+                .map(|w| w.replicas)
         };
+        assert!(
+            canary(&batch).is_some_and(|n| n > 0),
+            "a batch runs the canary"
+        );
+        let last = step_layout(&r, steps.last().unwrap(), Some(&before), &settings);
+        assert_eq!(
+            canary(&last),
+            Some(0),
+            "the end stops it: {:?}",
+            last.workloads
+        );
+    }
+
+    #[test]
+    fn blue_green_switches_to_the_other_colour() {
+        let settings = Settings::default();
+        let before = release(Family::BlueGreen, "1.0.0");
+        let steps = plan_steps(&Strategy::BlueGreen, Some(&before), &settings, false).unwrap();
+        let r = rollout(Strategy::BlueGreen, steps.clone(), &before);
         let preview = step_layout(&r, &steps[0], Some(&before), &settings);
         assert_eq!(
             preview.routing,

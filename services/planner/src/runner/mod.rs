@@ -221,7 +221,20 @@ impl Planner {
                 self.settings.lease,
                 Duration::MAX,
             ) {
-                // Another planner is on it; it carries on by itself.
+                // Another planner holds it. A first delivery is a wake-up while the
+                // holder works (its own message keeps it going); a redelivery may be a
+                // dead holder's own message, so it is kept until the lease runs out and
+                // taken then (acknowledging it would strand the plan with nobody to
+                // advance it).
+                Claim::Held { until, owner } if delivery.deliveries() > 1 => {
+                    let left = (until - now).to_std().unwrap_or_default();
+                    return Ok(Outcome::Retry {
+                        delay: Some(
+                            (left + Duration::from_millis(50)).min(self.settings.lease / 4),
+                        ),
+                        reason: format!("held by {owner} until its lease runs out"),
+                    });
+                }
                 Claim::Held { .. } => return Ok(Outcome::Ack),
                 Claim::Take(lease) => plan.lease = Some(lease),
                 Claim::Keep => {}
