@@ -82,6 +82,7 @@ impl Deployer {
                 r.id,
                 LastOutcome {
                     step: step.id.clone(),
+                    source,
                     verdict: verdict.clone(),
                 },
             );
@@ -127,6 +128,25 @@ impl Deployer {
     /// step's pause (its latest analysis of the step is inconclusive, or there is
     /// none), with the policy that applies; `None` when it has data, when the step is
     /// not analysed, or when bus metrics judge it.
+    /// The passing verdict of `step`'s last analysis, to keep on the rollout as the
+    /// evidence the step went on with (none when it was not analysed).
+    pub(super) fn passed_analysis(
+        &self,
+        r: &Rollout,
+        step: &RolloutStep,
+    ) -> Option<AnalysisRecord> {
+        self.last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.id)
+            .filter(|o| o.step == step.id && o.verdict.outcome == AnalysisOutcome::Pass)
+            .map(|o| AnalysisRecord {
+                step: step.id.clone(),
+                source: o.source.into(),
+                verdict: o.verdict.clone(),
+            })
+    }
+
     pub(super) fn no_data(
         &self,
         r: &Rollout,

@@ -322,19 +322,7 @@ pub fn step_layout(
             };
             steady_layout(family, svc, env, &new, before_layout)
         }
-        RolloutStepKind::Rolling => {
-            let mut layout = steady_layout(Family::Rolling, svc, env, &new, before_layout);
-            // The batches ran the new version as `<svc>-canary`: it stops now.
-            let canary = format!("{svc}-canary");
-            if r.steps.iter().any(|s| s.kind == RolloutStepKind::Weight)
-                && !layout.workloads.iter().any(|w| w.name == canary)
-            {
-                layout
-                    .workloads
-                    .push(workload(canary, Track::Canary, &new, 0));
-            }
-            layout
-        }
+        RolloutStepKind::Rolling => steady_layout(Family::Rolling, svc, env, &new, before_layout),
         RolloutStepKind::Promote => steady_layout(Family::Canary, svc, env, &new, before_layout),
         RolloutStepKind::Weight => {
             let total = r.replicas.max(1);
@@ -585,32 +573,6 @@ mod tests {
             updated_at: Utc::now(),
             finished_at: None,
         }
-    }
-
-    #[test]
-    fn the_last_rolling_step_stops_the_batches_canary() {
-        let settings = Settings::default();
-        let before = release(Family::Rolling, "1.0.0");
-        let steps = plan_steps(&Strategy::Rolling, Some(&before), &settings, false).unwrap();
-        let r = rollout(Strategy::Rolling, steps.clone(), &before);
-        let batch = step_layout(&r, &steps[0], Some(&before), &settings);
-        let canary = |l: &Layout| {
-            l.workloads
-                .iter()
-                .find(|w| w.name == "shop-canary")
-                .map(|w| w.replicas)
-        };
-        assert!(
-            canary(&batch).is_some_and(|n| n > 0),
-            "a batch runs the canary"
-        );
-        let last = step_layout(&r, steps.last().unwrap(), Some(&before), &settings);
-        assert_eq!(
-            canary(&last),
-            Some(0),
-            "the end stops it: {:?}",
-            last.workloads
-        );
     }
 
     #[test]

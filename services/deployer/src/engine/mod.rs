@@ -95,6 +95,7 @@ pub(crate) struct Heard {
 #[derive(Debug, Clone)]
 pub(crate) struct LastOutcome {
     step: String,
+    source: &'static str,
     verdict: CanaryVerdict,
 }
 

@@ -310,6 +310,12 @@ impl Deployer {
                         }
                     }
                 }
+                // A step that goes on keeps the analysis it passed, so a rollout shows
+                // what it was judged on, not only what failed it.
+                if let Some(passed) = self.passed_analysis(&r, &current) {
+                    r.analyses.push(passed);
+                    trim(&mut r.analyses);
+                }
                 let full = matches!(r.pending, Some(PendingCommand::Promote { full: true, .. }));
                 r.pending = None;
                 {

@@ -17,8 +17,8 @@ use toronto_protocol::workload::{WorkloadPut, WorkloadTemplate};
 use toronto_testkit::FakeKubeApi;
 
 use crate::kube_env::{
-    KubeStack, client_for, fake_api, full_canary, image_and_replicas, kube_settings, kube_stack,
-    run,
+    KubeStack, assert_all_passed, client_for, fake_api, full_canary, image_and_replicas,
+    kube_settings, kube_stack, run,
 };
 use crate::support::{ENV, canary, rollout_id};
 
@@ -73,6 +73,8 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
             k.traffic(service, v, 0.01);
         }
     }
+    // A first deploy is checked against thresholds: Prometheus must hold its series.
+    k.warm_up().await;
     let cart = k
         .start_image("cart", "1.0.0", &image("cart", "1.0.0"), Strategy::Rolling)
         .await;
@@ -112,19 +114,19 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
     let ids: Vec<&str> = done.steps.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids.last(), Some(&"rolling"), "{ids:?}");
     assert!(ids[0].starts_with("batch-"), "{ids:?}");
-    assert!(done.analyses.is_empty(), "nothing failed: {done:?}");
+    assert_all_passed(&done);
     let d = k.deployment("cart").await.unwrap();
     assert_eq!(image_and_replicas(&d).0, image("cart", "1.1.0"));
     until_replicas(&fake, "cart", i64::from(image_and_replicas(&d).1)).await;
     // The Service sends every request to the rolled Deployment. (The batches'
     // Deployment `cart-canary` keeps its pods: the final rolling layout does not name
-    // it, so nothing scales it down; found by this test, to be fixed in the engine.)
+    // it, so nothing scales it down; a known defect of the engine.)
     let svc = k.service("cart").await.unwrap();
     let selector = svc.spec.unwrap().selector.unwrap();
     assert_eq!(selector.get("track").map(String::as_str), Some("stable"));
 
     let done = k.s.event(pay, "succeeded", Duration::from_secs(60)).await;
-    assert!(done.analyses.is_empty(), "nothing failed: {done:?}");
+    assert_all_passed(&done);
     let mut new_colour = None;
     for colour in ["blue", "green"] {
         let d = k.deployment(&format!("pay-{colour}")).await.unwrap();

@@ -282,5 +282,8 @@ async fn a_faulty_rolling_deploy_is_caught_in_its_first_batch_even_after_a_chang
     let done = s.event(id, "succeeded", Duration::from_secs(30)).await;
     let ids: Vec<&str> = done.steps.iter().map(|st| st.id.as_str()).collect();
     assert_eq!(ids, ["batch-25", "batch-50", "rolling"]);
+    // Each batch keeps the passing analysis it went on with.
+    let judged: Vec<&str> = done.analyses.iter().map(|a| a.step.as_str()).collect();
+    assert_eq!(judged, ["batch-25", "batch-50"], "{:?}", done.analyses);
     s.stop().await;
 }
