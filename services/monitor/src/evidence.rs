@@ -281,8 +281,9 @@ fn rules(req: &AnalysisReplay) -> Result<Vec<AnalysisMetric>, EvidenceError> {
     let probe = CanaryAnalyze {
         service: req.service.clone(),
         environment: req.environment.clone().unwrap_or_else(|| "any".into()),
-        canary: Default::default(),
-        baseline: Default::default(),
+        // Only the rules are checked: the sides are the recorded ones.
+        canary: [("track".to_owned(), "canary".to_owned())].into(),
+        baseline: [("track".to_owned(), "stable".to_owned())].into(),
         metrics: metrics.clone(),
         window_seconds: 60.0,
         confidence: req.confidence,
