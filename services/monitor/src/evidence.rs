@@ -215,7 +215,7 @@ impl EvidenceStore {
             groups.entry(group).or_default().push((k.at_ms, key));
         }
         // Oldest first: by the first analysis, then the group's name.
-        let mut ordered: Vec<((i64, String), Vec<(i64, String)>)> = groups
+        let mut ordered: Vec<(Position, Vec<(i64, String)>)> = groups
             .into_iter()
             .map(|(name, mut steps)| {
                 steps.sort();
@@ -292,6 +292,9 @@ fn rules(req: &AnalysisReplay) -> Result<Vec<AnalysisMetric>, EvidenceError> {
     validate(&probe).map_err(|e| EvidenceError::BadRequest(e.message))?;
     Ok(metrics)
 }
+
+/// Where a rollout stands in the replay's order: its first analysis, then its name.
+type Position = (i64, String);
 
 struct Key<'a> {
     service: &'a str,
