@@ -387,7 +387,8 @@ impl Analyzer {
             analyzed_at: chrono::Utc::now(),
         };
         if let Some(kept) = &self.evidence {
-            kept.record(req, &verdict, samples).await;
+            // Boxed: a KV put is a large future, and analyses run on small stacks.
+            Box::pin(kept.record(req, &verdict, samples)).await;
         }
         Ok(verdict)
     }

@@ -224,12 +224,14 @@ pub async fn start_with(
     }
 
     // Canary analysis, once and continuous.
-    let evidence = evidence::EvidenceStore::open(
+    // Boxed: the bucket calls are large futures, and `start_with` runs inline in
+    // `toronto up` and the stack tests.
+    let evidence = Box::pin(evidence::EvidenceStore::open(
         &rt.js,
         &rt.subjects,
         settings.evidence_days,
         rt.config.jetstream.replicas,
-    )
+    ))
     .await?;
     let analyzer = canary::Analyzer::new(store.clone(), prometheus.clone(), settings.min_samples)
         .with_evidence(evidence.clone());
@@ -237,8 +239,7 @@ pub async fn start_with(
     rt.endpoint("analysis.replay", move |req: Request<AnalysisReplay>| {
         let evidence = evidence.clone();
         async move {
-            evidence
-                .replay(req.data(), min_samples)
+            Box::pin(evidence.replay(req.data(), min_samples))
                 .await
                 .map_err(ErrorBody::from)
         }
