@@ -51,6 +51,15 @@ pub fn ttl_buckets(subjects: &Subjects, auth: &AuthConfig, replicas: usize) -> V
     configs
 }
 
+/// The monitor's verdict evidence `<prefix>_analysis_evidence`, kept
+/// `TORONTO_MONITOR_EVIDENCE_DAYS` (read from the environment, 30 when unset).
+pub fn evidence_bucket(subjects: &Subjects, replicas: usize) -> kv::Config {
+    let days = toronto_monitor::Settings::from_env()
+        .map(|s| s.evidence_days)
+        .unwrap_or(toronto_monitor::Settings::default().evidence_days);
+    toronto_monitor::evidence::bucket_config(subjects, days, replicas)
+}
+
 /// The work queues of the planner and the deployer (their descriptions as the
 /// services give them).
 fn work_queues(js: &Context, subjects: &Subjects) -> [WorkQueue; 2] {
@@ -120,7 +129,9 @@ pub async fn bootstrap_with_auth(
         bootstrap_kv(&js, &bucket, history, config.replicas).await?;
         done.buckets.push(bucket);
     }
-    for bucket in ttl_buckets(subjects, auth, config.replicas) {
+    let ttl = ttl_buckets(subjects, auth, config.replicas);
+    let evidence = evidence_bucket(subjects, config.replicas);
+    for bucket in ttl.into_iter().chain([evidence]) {
         let name = bucket.bucket.clone();
         js.create_or_update_key_value(bucket)
             .await

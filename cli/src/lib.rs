@@ -8,6 +8,7 @@ macro_rules! println {
     ($($arg:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+pub mod analysis;
 pub mod audit;
 pub mod bootstrap;
 pub mod commands;

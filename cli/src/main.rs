@@ -173,6 +173,11 @@ enum Command {
         #[command(subcommand)]
         story: toronto_cli::demo::DemoCommand,
     },
+    /// Canary analysis: replay past rollouts under new rules (what-if).
+    Analysis {
+        #[command(subcommand)]
+        action: toronto_cli::analysis::AnalysisAction,
+    },
     /// List authorization decisions (`audit.decision` events), filtered, one page.
     Audit(toronto_cli::audit::AuditArgs),
     /// Print every TORONTO_* variable and what it does.
@@ -437,6 +442,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Analysis { action } => {
+            let config = Config::from_env()?;
+            let client = connect(&config).await?;
+            toronto_cli::analysis::run(&client, &config.subjects(), &action, output).await
         }
         Command::Audit(args) => {
             let config = Config::from_env()?;

@@ -417,3 +417,114 @@ async fn run_follows_the_pages_of_a_listing() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn analysis_replay_prints_then_and_now() {
+    use toronto_protocol::analysis::{
+        AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, MetricBatch,
+        MetricSample,
+    };
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let mut config = toronto_testkit::with_test_admin(toronto_runtime::Config::default());
+    config.nats.urls = vec![server.url()];
+    config.http.addr = String::new();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let rt = toronto_monitor::start_with(config, Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    // A canary failing 25% of requests against a 1% baseline, 5 s of ticks.
+    let now = chrono_now();
+    for i in 0..50i64 {
+        let at = now - chrono::Duration::milliseconds((50 - i) * 100);
+        let samples = [("stable", 0.01), ("canary", 0.25)]
+            .map(|(track, ratio)| MetricSample {
+                name: "http_error_ratio".into(),
+                labels: [("track".to_owned(), track.to_owned())].into(),
+                value: ratio + (i % 3) as f64 / 1000.0,
+                timestamp: at,
+            })
+            .to_vec();
+        let batch = MetricBatch {
+            service: "cart".into(),
+            environment: "production".into(),
+            source: "test".into(),
+            samples,
+        };
+        let env = Envelope::builder("toronto://test", batch).build();
+        let bytes = toronto_protocol::encode(&env, toronto_protocol::Encoding::Json).unwrap();
+        client
+            .publish("toronto.metrics.cart.production", bytes.into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let api = toronto_testkit::Requester::service(client.clone(), "monitor");
+    let rule = AnalysisMetric {
+        name: "http_error_ratio".into(),
+        query: None,
+        direction: Direction::Increase,
+        max_relative_effect: None,
+        max_absolute_effect: Some(0.02),
+        critical: true,
+        must_have_data: false,
+        max_value: None,
+        min_value: None,
+    };
+    let analyze = CanaryAnalyze {
+        service: "cart".into(),
+        environment: "production".into(),
+        canary: [("track".to_owned(), "canary".to_owned())].into(),
+        baseline: [("track".to_owned(), "stable".to_owned())].into(),
+        metrics: vec![rule],
+        window_seconds: 60.0,
+        confidence: None,
+        rollout_id: Some(uuid::Uuid::new_v4()),
+    };
+    // The rollout's analysis fails once the samples are in (the bus is asynchronous).
+    let mut failed = false;
+    for _ in 0..50 {
+        let v: CanaryVerdict = api
+            .request("canary.analyze", analyze.clone())
+            .await
+            .unwrap();
+        if v.outcome == AnalysisOutcome::Fail {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(failed, "the bad canary never failed");
+
+    let out = toronto(
+        &server.url(),
+        &[
+            "analysis",
+            "replay",
+            "--service",
+            "cart",
+            "--since",
+            "1h",
+            "--max-absolute-effect",
+            "0.5",
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("ROLLOUT"), "{text}");
+    assert!(text.contains("fail@"), "{text}");
+    assert!(text.contains("yes: no longer aborts"), "{text}");
+    assert!(text.contains("1 of 1 rollouts change"), "{text}");
+    // No rules: the CLI says what to give.
+    let out = toronto(&server.url(), &["analysis", "replay", "--service", "cart"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--template"));
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

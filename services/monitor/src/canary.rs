@@ -54,6 +54,7 @@ pub struct Analyzer {
     store: Arc<Store>,
     prometheus: Option<Prometheus>,
     min_samples: usize,
+    evidence: Option<crate::evidence::EvidenceStore>,
 }
 
 fn summary(values: &[f64]) -> SampleSummary {
@@ -276,7 +277,14 @@ impl Analyzer {
             store,
             prometheus,
             min_samples,
+            evidence: None,
         }
+    }
+
+    /// The same analyzer, keeping every verdict's evidence in `evidence`.
+    pub fn with_evidence(mut self, evidence: crate::evidence::EvidenceStore) -> Self {
+        self.evidence = Some(evidence);
+        self
     }
 
     fn selector(req: &CanaryAnalyze, side: &BTreeMap<String, String>) -> Labels {
@@ -323,8 +331,9 @@ impl Analyzer {
         let to = now_ms();
         let from = to - (req.window_seconds * 1000.0).round() as i64;
         let mut evidence = Vec::with_capacity(req.metrics.len());
+        let mut samples = Vec::with_capacity(req.metrics.len());
         for metric in &req.metrics {
-            let e = match (&metric.query, &self.prometheus) {
+            let (c, b, failed) = match (&metric.query, &self.prometheus) {
                 (Some(query), Some(prometheus)) => {
                     let baseline_values = async {
                         if metric.is_threshold() {
@@ -340,34 +349,35 @@ impl Analyzer {
                             .await
                         }
                     };
-                    let (c, b) = tokio::join!(
+                    match tokio::join!(
                         Self::prometheus_values(prometheus, query, &canary, req.window_seconds),
                         baseline_values,
-                    );
-                    match (c, b) {
-                        (Ok(c), Ok(b)) => {
-                            evaluate_metric(metric, &c, &b, confidence, self.min_samples)
-                        }
-                        (Err(e), _) | (_, Err(e)) => {
-                            let mut ev = evaluate_metric(metric, &[], &[], confidence, 1);
-                            ev.reason = format!("Prometheus query failed: {e}");
-                            if metric.must_have_data {
-                                ev.reason.push_str("; the metric must have data");
-                            }
-                            ev
-                        }
+                    ) {
+                        (Ok(c), Ok(b)) => (c, b, None),
+                        (Err(e), _) | (_, Err(e)) => (Vec::new(), Vec::new(), Some(e)),
                     }
                 }
-                _ => {
-                    let c = self.store.values(&metric.name, &canary, from, to);
-                    let b = self.store.values(&metric.name, &baseline, from, to);
-                    evaluate_metric(metric, &c, &b, confidence, self.min_samples)
-                }
+                _ => (
+                    self.store.values(&metric.name, &canary, from, to),
+                    self.store.values(&metric.name, &baseline, from, to),
+                    None,
+                ),
             };
-            evidence.push(e);
+            evidence.push(match failed {
+                None => evaluate_metric(metric, &c, &b, confidence, self.min_samples),
+                Some(e) => {
+                    let mut ev = evaluate_metric(metric, &[], &[], confidence, 1);
+                    ev.reason = format!("Prometheus query failed: {e}");
+                    if metric.must_have_data {
+                        ev.reason.push_str("; the metric must have data");
+                    }
+                    ev
+                }
+            });
+            samples.push(crate::evidence::capped(&metric.name, c, b));
         }
         let (outcome, reason) = score(&evidence);
-        Ok(CanaryVerdict {
+        let verdict = CanaryVerdict {
             service: req.service.clone(),
             environment: req.environment.clone(),
             rollout_id: req.rollout_id,
@@ -375,7 +385,12 @@ impl Analyzer {
             reason,
             metrics: evidence,
             analyzed_at: chrono::Utc::now(),
-        })
+        };
+        if let Some(kept) = &self.evidence {
+            // Boxed: a KV put is a large future, and analyses run on small stacks.
+            Box::pin(kept.record(req, &verdict, samples)).await;
+        }
+        Ok(verdict)
     }
 }
 

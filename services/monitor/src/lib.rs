@@ -20,6 +20,7 @@ pub mod anomaly;
 pub mod bus;
 pub mod canary;
 pub mod evaluate;
+pub mod evidence;
 pub mod probes;
 pub mod prometheus;
 pub mod replica;
@@ -36,6 +37,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::alerts::{SloDefinition, SloEntries, SloList, SloPut};
 use toronto_protocol::analysis::{CanaryAnalyze, CanaryUnwatch, CanaryWatch, CanaryWatchStatus};
+use toronto_protocol::replay::AnalysisReplay;
 use toronto_protocol::tasks::{SloGet, SloStatus, SloStatuses};
 use toronto_protocol::{ErrorBody, ErrorCode, ServiceKind};
 use toronto_runtime::Request;
@@ -222,7 +224,27 @@ pub async fn start_with(
     }
 
     // Canary analysis, once and continuous.
-    let analyzer = canary::Analyzer::new(store.clone(), prometheus.clone(), settings.min_samples);
+    // Boxed: the bucket calls are large futures, and `start_with` runs inline in
+    // `toronto up` and the stack tests.
+    let evidence = Box::pin(evidence::EvidenceStore::open(
+        &rt.js,
+        &rt.subjects,
+        settings.evidence_days,
+        rt.config.jetstream.replicas,
+    ))
+    .await?;
+    let analyzer = canary::Analyzer::new(store.clone(), prometheus.clone(), settings.min_samples)
+        .with_evidence(evidence.clone());
+    let min_samples = settings.min_samples;
+    rt.endpoint("analysis.replay", move |req: Request<AnalysisReplay>| {
+        let evidence = evidence.clone();
+        async move {
+            Box::pin(evidence.replay(req.data(), min_samples))
+                .await
+                .map_err(ErrorBody::from)
+        }
+    })
+    .await?;
     let analyze = analyzer.clone();
     rt.endpoint("canary.analyze", move |req: Request<CanaryAnalyze>| {
         let analyzer = analyze.clone();

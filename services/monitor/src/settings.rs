@@ -56,6 +56,8 @@ pub struct Settings {
     pub anomaly_threshold: f64,
     /// Time between two anomaly checks.
     pub anomaly_interval: Duration,
+    /// Days every canary verdict's evidence is kept for `analysis.replay`.
+    pub evidence_days: u64,
 }
 
 impl Default for Settings {
@@ -79,6 +81,7 @@ impl Default for Settings {
             anomaly_metrics: Vec::new(),
             anomaly_threshold: 5.0,
             anomaly_interval: Duration::from_secs(10),
+            evidence_days: 30,
         }
     }
 }
@@ -121,6 +124,15 @@ pub const MONITOR_VARS: &[Var<Settings>] = &[
         "3",
         |s, v| {
             s.min_samples = parse::positive(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_MONITOR_EVIDENCE_DAYS",
+        "Days every canary verdict's evidence (its samples, capped at 512 per metric and side) is kept in the `<prefix>_analysis_evidence` bucket for `analysis.replay`.",
+        "30",
+        |s, v| {
+            s.evidence_days = parse::positive(v)?;
             Ok(())
         },
     ),

@@ -122,6 +122,8 @@ pub fn all() -> Vec<SchemaFile> {
         payload::<CanaryWatch>(),
         payload::<CanaryUnwatch>(),
         payload::<CanaryWatchStatus>(),
+        payload::<crate::replay::AnalysisReplay>(),
+        payload::<crate::replay::ReplayPage>(),
         payload::<Alert>(),
         payload::<SloPut>(),
         payload::<SloDefinition>(),

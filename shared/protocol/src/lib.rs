@@ -23,6 +23,7 @@ pub mod event_kind;
 pub mod incidents;
 pub mod message;
 pub mod page;
+pub mod replay;
 pub mod rollout;
 pub mod status;
 pub mod subjects;

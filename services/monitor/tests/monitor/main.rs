@@ -197,6 +197,7 @@ fn standard_metrics() -> Vec<AnalysisMetric> {
 
 mod alerts;
 mod canary;
+mod replay;
 mod replicas;
 mod slo;
 mod sources;
