@@ -392,24 +392,6 @@ async fn seed(
             },
         )
         .await?;
-        // A first deploy is verified for a few seconds: the demo is ready once it has
-        // ended, so a deploy typed at once does not meet "still running".
-        for _ in 0..120 {
-            let r = ask::<_, Rollout>(
-                client,
-                subjects.command(ServiceKind::Deployer, "rollout.get"),
-                RolloutRef {
-                    service: Some(SERVICE.into()),
-                    environment: Some(env.into()),
-                    ..Default::default()
-                },
-            )
-            .await;
-            if r.is_ok_and(|r| r.phase.is_final()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
     }
     let _: SloDefinition = ask(
         client,

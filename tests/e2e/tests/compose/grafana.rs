@@ -299,8 +299,25 @@ async fn drive(client: &async_nats::Client) {
         fix: false,
         policy_override: None,
     };
-    let deploy: SubmitAccepted = planner.request("submit", task).await.unwrap();
+    // The demo's own first deploy of shop (verified for a few seconds) ends first.
     let deployer = Requester::service(client.clone(), "deployer");
+    for _ in 0..120 {
+        let seeded: Result<toronto_protocol::rollout::Rollout, _> = deployer
+            .request(
+                "rollout.get",
+                toronto_protocol::rollout::RolloutRef {
+                    id: None,
+                    service: Some("shop".into()),
+                    environment: Some("staging".into()),
+                },
+            )
+            .await;
+        if seeded.is_ok_and(|r| r.phase.is_final()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deploy: SubmitAccepted = planner.request("submit", task).await.unwrap();
     let missing: Result<toronto_protocol::rollout::Rollout, _> = deployer
         .request(
             "rollout.get",
