@@ -64,6 +64,27 @@ async fn shop_serving(url: &str) -> serde_json::Value {
     panic!("shop 1.0.0 never served all of staging's traffic: {sim}");
 }
 
+/// Waits until the demo's own first deploys (verified for a few seconds) have ended.
+async fn seeds_ended(url: &str) {
+    for env in ["staging", "production"] {
+        let data = format!(r#"{{"service":"shop","environment":"{env}"}}"#);
+        for _ in 0..150 {
+            let phase = request(
+                url,
+                "toronto.devops.v1.deployer.rollout.get",
+                "ai.toronto.devops.rollout.ref.v1",
+                &data,
+            )
+            .await
+            .map(|r| r["phase"].as_str().unwrap_or_default().to_owned());
+            if phase.is_some_and(|p| ["succeeded", "aborted", "failed"].contains(&p.as_str())) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_restarted_demo_keeps_its_simulated_cluster_without_drift_and_rolls_bad_canaries_back_to_it()
  {
@@ -74,6 +95,7 @@ async fn a_restarted_demo_keeps_its_simulated_cluster_without_drift_and_rolls_ba
     let mut up = demo(port, data.path());
     wait_until_all_answer(&url).await;
     let before = shop_serving(&url).await;
+    seeds_ended(&url).await;
     assert!(sigterm(&mut up).await.success());
 
     let mut up = demo(port, data.path());
