@@ -705,6 +705,7 @@ async fn main() {
     for r in incidents(samples).await {
         r.print();
     }
-    slos().print();
+    // Its own runtime, on a thread of its own.
+    tokio::task::spawn_blocking(slos).await.unwrap().print();
     dora(samples / 2, &rollout).await.print();
 }
