@@ -104,6 +104,8 @@ pub struct Planner {
     pub(crate) instance: String,
     /// Verifies requests and records decisions (none when the service runs without).
     pub(crate) auth: Option<std::sync::Arc<toronto_runtime::auth::Authenticator>>,
+    /// The DORA records folded from the events stream.
+    pub(crate) dora: std::sync::Arc<tokio::sync::Mutex<crate::dora::ledger::State>>,
 }
 
 fn dns_label(what: &str, value: &str, reasons: &mut Vec<String>) {
@@ -329,6 +331,7 @@ impl Planner {
             settings,
             instance: rt.host.id().to_owned(),
             auth: rt.host.auth().cloned(),
+            dora: Default::default(),
         }
     }
 

@@ -114,6 +114,18 @@ impl History {
         });
     }
 
+    /// Drops the records that ended before `since`: deploys and rollbacks by their end,
+    /// incidents by their detection. Commit times are kept while a deploy of theirs is.
+    pub fn retain_since(&mut self, since: DateTime<Utc>) {
+        self.deploys.retain(|d| d.ended_at >= since);
+        self.rollbacks.retain(|r| r.at >= since);
+        self.incidents.retain(|_, i| i.detected_at >= since);
+        self.recorded = self.deploys.iter().map(|d| d.rollout_id).collect();
+        let plans: HashSet<Uuid> = self.deploys.iter().filter_map(|d| d.plan_id).collect();
+        self.commits
+            .retain(|plan, at| *at >= since || plans.contains(plan));
+    }
+
     /// Adds a completed plan; only deploys with a commit time matter.
     pub fn plan_completed(&mut self, plan: &Plan) {
         if let PlanTask::Deploy(d) = &plan.task

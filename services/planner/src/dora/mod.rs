@@ -3,15 +3,17 @@
 //!
 //! [`history`] folds the events of the window into records; [`compute`] says which
 //! deploys failed and how long service took to come back (its module documents the
-//! definitions).
+//! definitions); [`ledger`] keeps the folded records in memory, so a query reads only
+//! the events published since the one before.
 
 pub mod compute;
 pub mod history;
+pub mod ledger;
 
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
@@ -92,9 +94,9 @@ impl DoraGauges {
 }
 
 impl Planner {
-    /// The DORA records in the event stream since `since`: rollouts that ended,
-    /// completed plans and incident events.
-    pub async fn history_since(&self, since: DateTime<Utc>) -> Result<History, IntakeError> {
+    /// Folds the DORA records published since the ledger's last read into it: rollouts
+    /// that ended, completed plans and incident events.
+    async fn catch_up(&self, state: &mut ledger::State) -> Result<(), IntakeError> {
         let events = |e: async_nats::Error| IntakeError::Events(e);
         let stream = self
             .js
@@ -113,9 +115,15 @@ impl Planner {
         ] {
             filters.push(self.subjects.event("rollout", what.as_str()));
         }
+        let deliver_policy = match state.start(Utc::now()) {
+            ledger::Start::Sequence(start_sequence) => {
+                DeliverPolicy::ByStartSequence { start_sequence }
+            }
+            ledger::Start::Time(start_time) => DeliverPolicy::ByStartTime { start_time },
+        };
         let mut consumer = stream
             .create_consumer(pull::Config {
-                deliver_policy: DeliverPolicy::ByStartTime { start_time: since },
+                deliver_policy,
                 ack_policy: AckPolicy::None,
                 filter_subjects: filters,
                 inactive_threshold: Duration::from_secs(30),
@@ -128,9 +136,8 @@ impl Planner {
             .await
             .map_err(|e| events(e.into()))?
             .num_pending as usize;
-        let mut history = History::default();
         if pending == 0 {
-            return Ok(history);
+            return Ok(());
         }
         let plan_completed = self.subjects.event("plan", "completed");
         let rollout_prefix = self.subjects.event("rollout", "");
@@ -140,8 +147,13 @@ impl Planner {
             .await
             .map_err(|e| events(e.into()))?
             .take(pending);
+        let history = &mut state.history;
+        let mut last = None;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| events(e.into()))?;
+            if let Ok(info) = message.info() {
+                last = Some(info.stream_sequence);
+            }
             let subject = message.subject.as_str();
             // An event that does not decode is someone else's mistake: it is skipped.
             if subject == plan_completed {
@@ -162,26 +174,33 @@ impl Planner {
                 history.incident(what, &e.data);
             }
         }
-        Ok(history)
+        if let Some(last) = last {
+            state.read_to(last);
+        }
+        Ok(())
     }
 
-    /// The DORA figures for `query`, from the event stream; also set on `/metrics`.
+    /// The DORA figures for `query`, from the ledger brought up to date with the event
+    /// stream; also set on `/metrics`.
     pub async fn dora(
         &self,
         query: &DoraQuery,
         gauges: &DoraGauges,
     ) -> Result<DoraReport, IntakeError> {
+        let reasons = ledger::check(query);
+        if !reasons.is_empty() {
+            return Err(IntakeError::Rejected(reasons));
+        }
+        let mut state = self.dora.lock().await;
+        self.catch_up(&mut state).await?;
         let now = Utc::now();
-        let days = query.window_days.unwrap_or(30).max(1) as i64;
-        let weeks = query.weeks.unwrap_or(0).min(compute::MAX_WEEKS) as i64;
-        let failure = query.failure_window_hours.unwrap_or(24) as i64;
-        // A deploy of the window's first day may have begun, or been committed, a
-        // little earlier; its rollback lands after it.
-        let back = chrono::Duration::days(days.max(weeks * 7) + 1);
-        let history = self
-            .history_since(now - back - chrono::Duration::hours(failure))
-            .await?;
-        let report = compute(query, &history, now);
+        state.prune(now);
+        if let Some(report) = state.cached(query) {
+            return Ok(report);
+        }
+        let report = compute(query, &state.history, now);
+        state.keep(query, &report);
+        drop(state);
         gauges.set(&report);
         Ok(report)
     }

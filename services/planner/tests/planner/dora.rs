@@ -308,6 +308,40 @@ async fn dora_counts_every_failure_and_matches_a_hand_computed_history() {
     // All services in production: shop's four and cart's one.
     let all = ask(DoraQuery::default()).await;
     assert_eq!((all.deployments, all.failed_changes), (5, 3));
+    // The same query again is answered from memory; an event published since is counted.
+    assert_eq!(ask(DoraQuery::default()).await, all);
+    let (subject, event) = rollout(
+        "cart",
+        "production",
+        "succeeded",
+        now - h(1),
+        now,
+        None,
+        false,
+    );
+    toronto_runtime::jetstream::publish_envelope(&js, &subject, &event)
+        .await
+        .unwrap();
+    let after = ask(DoraQuery::default()).await;
+    assert_eq!((after.deployments, after.failed_changes), (6, 3));
+    // A window beyond what the planner keeps is refused, with the limit.
+    let refused = call::<_, DoraReport>(
+        &client,
+        "toronto.devops.v1.planner.dora.get",
+        &Envelope::builder(
+            "toronto://test",
+            DoraQuery {
+                window_days: Some(365),
+                ..Default::default()
+            },
+        )
+        .build(),
+        Encoding::Json,
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("at most 92"), "{refused}");
 
     let text = http_get(&format!("http://{metrics}/metrics")).await;
     assert!(

@@ -8,6 +8,8 @@
 //! services' KV buckets and event stream (copies of records the services made
 //! themselves), so that building 10,000 past plans takes seconds, not hours.
 
+mod dora;
+
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -602,89 +604,6 @@ spec:
     }
 }
 
-/// `planner.dora.get` over a history of rollout events in its window.
-async fn dora(samples: usize, rollout: &Rollout) -> Row {
-    let server = NatsServer::start().await;
-    let shutdown = CancellationToken::new();
-    let rt = toronto_planner::start_with(config(&server), Default::default(), shutdown.clone())
-        .await
-        .unwrap();
-    let running = tokio::spawn(rt.run_until_shutdown());
-    let client = server.client().await;
-    let js = jetstream::new(client.clone());
-    let history = sizes(1000);
-    let mut count = 0;
-    let mut times = [Duration::ZERO; 3];
-    let now = chrono::Utc::now();
-    for (level, target) in history.iter().enumerate() {
-        let mut acks = Vec::new();
-        while count < *target {
-            // Deploys spread over the last 20 days, one in ten aborted.
-            let mut r = rollout.clone();
-            r.id = Uuid::now_v7();
-            r.service = format!("svc-{}", count % 50);
-            r.environment = "production".into();
-            r.created_at = now - chrono::Duration::seconds((count as i64 * 7919) % (20 * 86_400));
-            r.finished_at = Some(r.created_at + chrono::Duration::seconds(90));
-            let what = if count % 10 == 0 {
-                "aborted"
-            } else {
-                "succeeded"
-            };
-            let envelope = Envelope::builder("toronto://agents/devops/deployer", r)
-                .subject("svc")
-                .build();
-            let bytes = encode(&envelope, Encoding::Json).unwrap();
-            acks.push(
-                js.publish(format!("{V1}.events.rollout.{what}"), bytes.into())
-                    .await
-                    .unwrap(),
-            );
-            count += 1;
-            if acks.len() == 512 {
-                for a in futures::future::join_all(
-                    acks.drain(..).map(std::future::IntoFuture::into_future),
-                )
-                .await
-                {
-                    a.unwrap();
-                }
-            }
-        }
-        for a in
-            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
-                .await
-        {
-            a.unwrap();
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        times[level] = time(samples, |_| {
-            let client = client.clone();
-            async move {
-                let report: DoraReport = ask(
-                    &client,
-                    "planner.dora.get",
-                    DoraQuery {
-                        environment: Some("production".into()),
-                        ..Default::default()
-                    },
-                )
-                .await;
-                assert!(report.deployments > 0);
-            }
-        })
-        .await;
-    }
-    shutdown.cancel();
-    let _ = running.await;
-    Row {
-        operation: "planner.dora.get (30 days)",
-        history,
-        unit: "events",
-        median: times,
-    }
-}
-
 #[tokio::main]
 async fn main() {
     toronto_runtime::auth::install_process_signer(toronto_testkit::test_identity());
@@ -707,5 +626,7 @@ async fn main() {
     }
     // Its own runtime, on a thread of its own.
     tokio::task::spawn_blocking(slos).await.unwrap().print();
-    dora(samples / 2, &rollout).await.print();
+    for r in dora::dora(samples / 2, &rollout).await {
+        r.print();
+    }
 }

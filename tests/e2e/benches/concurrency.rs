@@ -1,0 +1,306 @@
+//! Concurrency at scale: many canary rollouts in flight at once on the simulated
+//! cluster, each analysed every second, with the deployer and the monitor running as
+//! their own processes on a real nats-server. Prints the analysis latency (request to
+//! verdict, timed by a third party listening on the bus), how punctual the analyses were
+//! (the gap between two analyses of one rollout), and the CPU each process used.
+//! Asserts nothing.
+//!
+//! Run: `cargo bench -p toronto-e2e --bench concurrency`. `BENCH_ROLLOUTS` (default 100)
+//! and `BENCH_SECONDS` (default 30, the measured stretch) change the load.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures::{FutureExt, StreamExt};
+use tokio::process::{Child, Command};
+use toronto_protocol::analysis::CanaryAnalyze;
+use toronto_protocol::tasks::{
+    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
+};
+use toronto_protocol::{Encoding, decode};
+use toronto_testkit::{NatsServer, Requester};
+use uuid::Uuid;
+
+const INTERVAL: Duration = Duration::from_secs(1);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One service process (the e2e test fixture running the real service).
+async fn spawn(kind: &str, url: &str, pause: u64) -> Child {
+    let log = std::env::temp_dir().join(format!(
+        "toronto-bench-concurrency-{}-{kind}.log",
+        std::process::id()
+    ));
+    let stderr = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_test_service"))
+        .arg(kind)
+        .envs([
+            ("TORONTO_NATS_URL", url.to_owned()),
+            ("TORONTO_HTTP_ADDR", String::new()),
+            ("TORONTO_LOG", "warn".into()),
+            ("TORONTO_LOG_FORMAT", "text".into()),
+            (
+                "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
+                INTERVAL.as_millis().to_string(),
+            ),
+            ("TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS", "1".into()),
+            ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", pause.to_string()),
+            ("TORONTO_DEPLOYER_DRIFT_INTERVAL_SECONDS", "0".into()),
+            ("TORONTO_DEPLOYER_SIM_POD_START_MS", "100".into()),
+            ("TORONTO_DEPLOYER_SCALE_DOWN_DELAY_SECONDS", "1".into()),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut out = tokio::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    tokio::time::timeout(Duration::from_secs(60), async {
+        use tokio::io::AsyncBufReadExt;
+        while out.read_line(&mut line).await.unwrap() > 0 {
+            if line.starts_with("instance ") {
+                return;
+            }
+            line.clear();
+        }
+        panic!("{kind} ended; see {}", log.display());
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{kind} did not start; see {}", log.display()));
+    child
+}
+
+/// CPU time (user + system) a process has used so far.
+fn cpu(child: &Child) -> Duration {
+    let pid = child.id().expect("running");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command's closing parenthesis; utime and stime are 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // The kernel's USER_HZ is 100 on every Linux this runs on.
+    Duration::from_millis(ticks * 10)
+}
+
+fn deploy(service: &str, version: &str, pause: u64) -> ExecuteRequest {
+    ExecuteRequest {
+        plan_id: Uuid::now_v7(),
+        idempotency_key: Uuid::now_v7().to_string(),
+        task: PlanTask::Deploy(Box::new(DeployTask {
+            service: service.into(),
+            version: version.into(),
+            image: None,
+            environment: "staging".into(),
+            strategy: Strategy::Canary {
+                steps: [10, 50]
+                    .into_iter()
+                    .map(|weight| CanaryStep {
+                        weight,
+                        pause_seconds: Some(pause),
+                    })
+                    .collect(),
+            },
+            change: None,
+            fix: false,
+            policy_override: None,
+        })),
+    }
+}
+
+/// Starts one deploy of every service; the ids of the rollouts.
+async fn wave(deployer: &Requester, services: &[String], version: &str, pause: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for service in services {
+        let accepted: ExecuteAccepted = deployer
+            .request("rollout.start", deploy(service, version, pause))
+            .await
+            .unwrap();
+        let reference = accepted.reference.expect("a rollout reference");
+        ids.push(reference.trim_start_matches("rollout ").to_owned());
+    }
+    ids
+}
+
+async fn wait_ended(ended: &mut async_nats::Subscriber, ids: &[String], limit: Duration) -> usize {
+    let mut open: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !open.is_empty() {
+        let Ok(Some(m)) = tokio::time::timeout_at(deadline, ended.next()).await else {
+            break;
+        };
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload)
+            && let Some(id) = v["data"]["id"].as_str()
+        {
+            open.remove(id);
+        }
+    }
+    ids.len() - open.len()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() {
+    let rollouts = env_number("BENCH_ROLLOUTS", 100) as usize;
+    let seconds = env_number("BENCH_SECONDS", 30);
+    // Each canary step lasts longer than the measured stretch plus the time to start
+    // every rollout, so that all of them are in flight while it is measured.
+    let pause = seconds + 30;
+    let server = NatsServer::start().await;
+    let url = server.url();
+    let monitor = spawn("monitor", &url, pause).await;
+    let deployer_proc = spawn("deployer", &url, pause).await;
+    let client = server.client().await;
+    let deployer = Requester::service(client.clone(), "deployer")
+        .signed_by(toronto_testkit::test_identity())
+        .with_timeout(Duration::from_secs(10));
+    let services: Vec<String> = (0..rollouts).map(|i| format!("svc-{i}")).collect();
+    let mut ended = client
+        .subscribe("toronto.devops.v1.events.rollout.*")
+        .await
+        .unwrap();
+
+    // Every service's first deploy, so that the canaries have a baseline.
+    let first = wave(&deployer, &services, "1.0.0", pause).await;
+    let done = wait_ended(&mut ended, &first, Duration::from_secs(300)).await;
+    println!("first deploys ended: {done} of {rollouts}");
+
+    // The canaries, observed on the bus: every analysis request and its reply.
+    let mut asks = client
+        .subscribe("toronto.devops.v1.monitor.canary.analyze")
+        .await
+        .unwrap();
+    let mut replies = client.subscribe("_INBOX.>").await.unwrap();
+    let started_at = Instant::now();
+    let canaries = wave(&deployer, &services, "2.0.0", pause).await;
+    println!(
+        "{} canaries started in {:.1} s",
+        canaries.len(),
+        started_at.elapsed().as_secs_f64()
+    );
+    // Let every canary reach its first analysis, then measure.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    while asks.next().now_or_never().flatten().is_some() {}
+    while replies.next().now_or_never().flatten().is_some() {}
+    let cpu_start = (cpu(&deployer_proc), cpu(&monitor));
+    let wall = Instant::now();
+    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    let mut asked: HashMap<String, (Instant, String)> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut last_by_rollout: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut gaps = Vec::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => break,
+            Some(m) = asks.next() => {
+                let now = Instant::now();
+                let Some(reply) = m.reply.as_ref() else { continue };
+                let rollout = decode::<CanaryAnalyze>(&m.payload, Encoding::Json)
+                    .ok()
+                    .and_then(|e| e.data.rollout_id)
+                    .map(|id| id.to_string())
+                    .unwrap_or_default();
+                if let Some(before) = last_by_rollout.insert(rollout.clone(), now) {
+                    gaps.push(now - before);
+                }
+                asked.insert(reply.to_string(), (now, rollout));
+            }
+            Some(m) = replies.next() => {
+                if let Some((at, _)) = asked.remove(m.subject.as_str()) {
+                    latencies.push(at.elapsed());
+                }
+            }
+        }
+    }
+    let wall = wall.elapsed();
+    let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
+    let in_flight = last_by_rollout.len();
+    latencies.sort();
+    gaps.sort();
+    let late = gaps
+        .iter()
+        .filter(|g| **g > INTERVAL + INTERVAL / 2)
+        .count();
+    let expected = (in_flight as f64 * wall.as_secs_f64() / INTERVAL.as_secs_f64()) as usize;
+    println!();
+    println!(
+        "{rollouts} canaries, analysis every {} ms, {} s measured on {} cores",
+        INTERVAL.as_millis(),
+        seconds,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("{:<44} {:>10}", "figure", "value");
+    println!(
+        "{:<44} {:>10}",
+        "rollouts analysed in the stretch", in_flight
+    );
+    println!(
+        "{:<44} {:>10}",
+        "analyses answered (expected at 1/s each)",
+        format!("{} / {expected}", latencies.len())
+    );
+    println!("{:<44} {:>10}", "analyses unanswered", asked.len());
+    println!(
+        "{:<44} {:>10}",
+        "analysis latency p50 (ms)",
+        ms(percentile(&latencies, 0.5))
+    );
+    println!(
+        "{:<44} {:>10}",
+        "analysis latency p99 (ms)",
+        ms(percentile(&latencies, 0.99))
+    );
+    println!(
+        "{:<44} {:>10}",
+        "analysis latency max (ms)",
+        ms(percentile(&latencies, 1.0))
+    );
+    println!(
+        "{:<44} {:>10}",
+        "gap between analyses p50 (ms)",
+        ms(percentile(&gaps, 0.5))
+    );
+    println!(
+        "{:<44} {:>10}",
+        "gap between analyses p99 (ms)",
+        ms(percentile(&gaps, 0.99))
+    );
+    println!(
+        "{:<44} {:>10}",
+        "analyses late (gap > 1.5 x interval)",
+        format!("{late} of {}", gaps.len())
+    );
+    for (name, (a, b)) in [
+        ("deployer", (cpu_start.0, cpu_end.0)),
+        ("monitor", (cpu_start.1, cpu_end.1)),
+    ] {
+        println!(
+            "{:<44} {:>10}",
+            format!("{name} CPU (% of one core)"),
+            format!("{:.0}", (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0)
+        );
+    }
+    let goal = percentile(&latencies, 0.99) < Duration::from_millis(50) && late == 0;
+    println!(
+        "goal (every analysis on time, p99 under 50 ms): {}",
+        if goal { "met" } else { "NOT met" }
+    );
+    let _ = wait_ended(&mut ended, &canaries, Duration::from_millis(10)).await;
+    drop((deployer_proc, monitor));
+}

@@ -1,0 +1,110 @@
+//! `planner.dora.get` against the events in its window.
+
+use super::*;
+
+/// `planner.dora.get` over a history of rollout events in its window.
+pub async fn dora(samples: usize, rollout: &Rollout) -> Vec<Row> {
+    let server = NatsServer::start().await;
+    let shutdown = CancellationToken::new();
+    let rt = toronto_planner::start_with(config(&server), Default::default(), shutdown.clone())
+        .await
+        .unwrap();
+    let running = tokio::spawn(rt.run_until_shutdown());
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let history = sizes(1000);
+    let mut count = 0;
+    let mut times = [Duration::ZERO; 3];
+    let mut fresh = [Duration::ZERO; 3];
+    let now = chrono::Utc::now();
+    // Deploys spread over the last 20 days, one in ten aborted.
+    let event = |count: usize| {
+        let mut r = rollout.clone();
+        r.id = Uuid::now_v7();
+        r.service = format!("svc-{}", count % 50);
+        r.environment = "production".into();
+        r.created_at = now - chrono::Duration::seconds((count as i64 * 7919) % (20 * 86_400));
+        r.finished_at = Some(r.created_at + chrono::Duration::seconds(90));
+        let what = if count % 10 == 0 {
+            "aborted"
+        } else {
+            "succeeded"
+        };
+        let envelope = Envelope::builder("toronto://agents/devops/deployer", r)
+            .subject("svc")
+            .build();
+        (
+            format!("{V1}.events.rollout.{what}"),
+            encode(&envelope, Encoding::Json).unwrap(),
+        )
+    };
+    let query = |client: async_nats::Client| async move {
+        let report: DoraReport = ask(
+            &client,
+            "planner.dora.get",
+            DoraQuery {
+                environment: Some("production".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+        assert!(report.deployments > 0);
+    };
+    for (level, target) in history.iter().enumerate() {
+        let mut acks = Vec::new();
+        while count < *target {
+            let (subject, bytes) = event(count);
+            acks.push(js.publish(subject, bytes.into()).await.unwrap());
+            count += 1;
+            if acks.len() == 512 {
+                for a in futures::future::join_all(
+                    acks.drain(..).map(std::future::IntoFuture::into_future),
+                )
+                .await
+                {
+                    a.unwrap();
+                }
+            }
+        }
+        for a in
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future))
+                .await
+        {
+            a.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        times[level] = time(samples, |_| query(client.clone())).await;
+        // The same query after each new event: the ledger reads the one event and the
+        // report is computed again from memory.
+        let mut samples_fresh = Vec::new();
+        for _ in 0..samples {
+            let (subject, bytes) = event(count);
+            js.publish(subject, bytes.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            count += 1;
+            let started = Instant::now();
+            query(client.clone()).await;
+            samples_fresh.push(started.elapsed());
+        }
+        fresh[level] = median(samples_fresh);
+    }
+    shutdown.cancel();
+    let _ = running.await;
+    vec![
+        Row {
+            operation: "planner.dora.get (30 days)",
+            history,
+            unit: "events",
+            median: times,
+        },
+        Row {
+            operation: "planner.dora.get, new event",
+            history,
+            unit: "events",
+            median: fresh,
+        },
+    ]
+}
