@@ -2,32 +2,49 @@
 //! an abort condition holds (an alert fires on the service, or its error ratio passes a
 //! threshold), and in any case at the end.
 //!
-//! An experiment runs in the deployer that accepted it and is recorded in KV
-//! (`chaos.<id>`) with its outcome; its events are `chaos.started`, `.aborted`,
-//! `.completed` and `.failed`. It is not taken over by another replica if that deployer
-//! dies: on the simulated cluster (one world shared by every deployer) the fault stays
-//! until it is cleared (`sim.fault` with no effect), and a pod kill on Kubernetes is
-//! over once the pods are deleted.
+//! An experiment is recorded in KV (`chaos.<id>`) with its outcome; its events are
+//! `chaos.started`, `.aborted`, `.completed` and `.failed`. Any deployer replica may
+//! start one (it injects the fault); the holder of the `deployer-chaos` lease watches
+//! every running experiment (their ids are kept under `chaos-running.all`). When that
+//! replica dies, the next holder of the lease takes the experiments over and watches
+//! each until its original end, so no fault outlives its experiment by more than a lease.
+//! A graceful shutdown of the watching replica aborts its experiments and removes their
+//! faults.
 
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use toronto_protocol::EventKind;
 use toronto_protocol::rollout::ChaosEvent;
 
 use bytes::Bytes;
 use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 use toronto_protocol::rollout::{ChaosRun, ChaosState, RolloutRef};
 use toronto_protocol::tasks::{AbortCondition, ExecuteAccepted, ExecuteRequest, PlanTask};
 use toronto_protocol::{Envelope, ErrorBody, ErrorCode};
-use toronto_runtime::Request;
+use toronto_runtime::lease::{Candidate, LeaseWatch};
+use toronto_runtime::supervise::LoopSpec;
+use toronto_runtime::work::{Created, Edit, Records};
+use toronto_runtime::{Request, ServiceRuntime};
 use uuid::Uuid;
-
-use toronto_runtime::work::{Created, Records};
 
 use crate::engine::{Deployer, EngineError, idempotency_key};
 use crate::target::Track;
 
 /// How often abort conditions are checked.
 const CHECK_EVERY: Duration = Duration::from_millis(200);
+
+/// The lease whose holder watches every running experiment.
+pub const CHAOS_LEASE: &str = "deployer-chaos";
+
+/// The ids of the experiments running now (one record, `chaos-running.all`): what a
+/// new watcher takes over, without reading the history of every experiment.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Running {
+    ids: BTreeSet<Uuid>,
+}
 
 impl Deployer {
     /// `chaos.run`: starts an experiment (once per idempotency key; 409 while a rollout
@@ -111,10 +128,9 @@ impl Deployer {
             return Err(EngineError::from(e).into());
         }
         self.save_chaos(&run).await?;
+        self.mark_running(run.id, true).await?;
         self.announce_chaos(ChaosEvent::Started, &run).await;
         let id = run.id;
-        let deployer = self.clone();
-        tokio::spawn(async move { deployer.watch_experiment(run).await });
         Ok(ExecuteAccepted {
             reference: Some(format!("chaos {id}")),
         })
@@ -141,6 +157,133 @@ impl Deployer {
         Records::new(self.rollouts.clone(), "chaos", |r: &ChaosRun| {
             r.state != ChaosState::Running
         })
+    }
+
+    fn running(&self) -> Records<Running> {
+        Records::new(self.rollouts.clone(), "chaos-running", |_| false)
+    }
+
+    /// Adds `id` to the running experiments, or removes it.
+    async fn mark_running(&self, id: Uuid, running: bool) -> Result<(), EngineError> {
+        let records = self.running();
+        for _ in records.policy().tries() {
+            let edited = records
+                .update("all", |r| {
+                    let changed = if running {
+                        r.ids.insert(id)
+                    } else {
+                        r.ids.remove(&id)
+                    };
+                    if changed {
+                        Edit::Save(())
+                    } else {
+                        Edit::Keep(())
+                    }
+                })
+                .await?;
+            if edited.is_some() || !running {
+                return Ok(());
+            }
+            let first = Running {
+                ids: BTreeSet::from([id]),
+            };
+            if matches!(records.create("all", &first).await?, Created::Stored(_)) {
+                return Ok(());
+            }
+        }
+        Err(records.policy().exhausted(records.key("all")).into())
+    }
+
+    /// Starts the candidacy for the chaos lease and the watcher (both supervised).
+    pub(crate) fn run_chaos(&self, rt: &ServiceRuntime) {
+        let (candidate, watch) = Candidate::new(
+            self.rollouts.clone(),
+            CHAOS_LEASE,
+            rt.host.id(),
+            rt.config.lease.clone(),
+        );
+        let candidate = Arc::new(tokio::sync::Mutex::new(candidate));
+        // A crash stops the candidacy as a shutdown does.
+        let token = CancellationToken::new();
+        {
+            let (a, b, t) = (self.shutdown.clone(), self.crash.clone(), token.clone());
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = a.cancelled() => {}
+                    _ = b.cancelled() => {}
+                }
+                t.cancel();
+            });
+        }
+        rt.spawn_loop(
+            LoopSpec::new("chaos lease").until(token.clone()),
+            move || {
+                let (candidate, token) = (candidate.clone(), token.clone());
+                async move { candidate.lock_owned().await.run(token).await }
+            },
+        );
+        let deployer = self.clone();
+        rt.spawn_loop(
+            LoopSpec::new("chaos watcher").until(self.crash.clone()),
+            move || deployer.clone().watch_running(watch.clone()),
+        );
+    }
+
+    /// While this replica holds the chaos lease: watches every running experiment,
+    /// taking over those a dead holder watched. Losing the lease stops the watches (the
+    /// next holder goes on with them).
+    async fn watch_running(self, lease: LeaseWatch) -> Result<(), EngineError> {
+        let watching: Arc<Mutex<HashSet<Uuid>>> = Arc::default();
+        let mut term: Option<CancellationToken> = None;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = self.crash.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
+            }
+            if !lease.is_owner() {
+                if let Some(t) = term.take() {
+                    t.cancel();
+                }
+                continue;
+            }
+            let term = term.get_or_insert_with(CancellationToken::new).clone();
+            let ids = match self.running().load("all").await {
+                Ok(r) => r.map(|r| r.value.ids).unwrap_or_default(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the running experiments");
+                    continue;
+                }
+            };
+            for id in ids {
+                if !watching.lock().expect("not poisoned").insert(id) {
+                    continue;
+                }
+                let (deployer, term, watching) = (self.clone(), term.clone(), watching.clone());
+                tokio::spawn(async move {
+                    deployer.watch_one(id, term).await;
+                    watching.lock().expect("not poisoned").remove(&id);
+                });
+            }
+        }
+    }
+
+    /// Loads one experiment and watches it to its end (or until `term` ends).
+    async fn watch_one(self, id: Uuid, term: CancellationToken) {
+        match self.chaos_runs().load(id).await {
+            Ok(Some(run)) if run.value.state == ChaosState::Running => {
+                self.watch_experiment(run.value, term).await;
+            }
+            Ok(_) => {
+                // Ended, or never recorded: nothing to watch.
+                if let Err(e) = self.mark_running(id, false).await {
+                    tracing::warn!(experiment = %id, error = %e, "cannot update the running experiments");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(experiment = %id, error = %e, "cannot read an experiment");
+            }
+        }
     }
 
     async fn save_chaos(&self, run: &ChaosRun) -> Result<(), EngineError> {
@@ -193,15 +336,19 @@ impl Deployer {
         None
     }
 
-    /// Watches an experiment until an abort condition holds or its time is up, then
-    /// removes the fault and records the outcome.
-    async fn watch_experiment(self, mut run: ChaosRun) {
+    /// Watches an experiment until an abort condition holds or its time (from its
+    /// start) is up, then removes the fault and records the outcome. When `term` ends
+    /// (the lease is lost) or the deployer crashes, it stops without a word: the next
+    /// holder of the lease goes on.
+    async fn watch_experiment(&self, mut run: ChaosRun, term: CancellationToken) {
         let exp = run.experiment.clone();
-        let until = tokio::time::Instant::now() + Duration::from_secs(exp.duration_seconds);
+        let until = run.started_at + chrono::Duration::seconds(exp.duration_seconds as i64);
         let mut aborted = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_EVERY) => {}
+                _ = term.cancelled() => return,
+                _ = self.crash.cancelled() => return,
                 _ = self.shutdown.cancelled() => {
                     aborted = Some("the deployer shut down".to_owned());
                     break;
@@ -211,7 +358,7 @@ impl Deployer {
                 aborted = Some(reason);
                 break;
             }
-            if tokio::time::Instant::now() >= until {
+            if Utc::now() >= until {
                 break;
             }
         }
@@ -240,6 +387,9 @@ impl Deployer {
         };
         if let Err(e) = self.save_chaos(&run).await {
             tracing::error!(experiment = %run.id, error = %e, "cannot record the experiment");
+        }
+        if let Err(e) = self.mark_running(run.id, false).await {
+            tracing::warn!(experiment = %run.id, error = %e, "cannot update the running experiments");
         }
         self.announce_chaos(what, &run).await;
     }

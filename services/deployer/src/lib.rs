@@ -174,6 +174,7 @@ async fn start_inner(
     }
 
     register(&rt, &deployer).await?;
+    deployer.run_chaos(&rt);
 
     let (listener, token) = (deployer.clone(), rt.shutdown_token());
     rt.spawn_background("alert and analysis listener", move || {

@@ -118,10 +118,19 @@ fn deploy(service: &str, version: &str, pause: u64) -> ExecuteRequest {
 async fn wave(deployer: &Requester, services: &[String], version: &str, pause: u64) -> Vec<String> {
     let mut ids = Vec::new();
     for service in services {
-        let accepted: ExecuteAccepted = deployer
-            .request("rollout.start", deploy(service, version, pause))
-            .await
-            .unwrap();
+        let request = deploy(service, version, pause);
+        // The service's slot frees a moment after its last rollout's final event.
+        let mut tries = 0;
+        let accepted: ExecuteAccepted = loop {
+            match deployer.request("rollout.start", request.clone()).await {
+                Ok(accepted) => break accepted,
+                Err(e) if tries < 50 && e.to_string().contains("still running") => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("rollout.start of {service}: {e}"),
+            }
+        };
         let reference = accepted.reference.expect("a rollout reference");
         ids.push(reference.trim_start_matches("rollout ").to_owned());
     }
@@ -135,6 +144,10 @@ async fn wait_ended(ended: &mut async_nats::Subscriber, ids: &[String], limit: D
         let Ok(Some(m)) = tokio::time::timeout_at(deadline, ended.next()).await else {
             break;
         };
+        let last = m.subject.as_str().rsplit('.').next().unwrap_or_default();
+        if !matches!(last, "succeeded" | "aborted" | "failed") {
+            continue;
+        }
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload)
             && let Some(id) = v["data"]["id"].as_str()
         {
@@ -180,6 +193,8 @@ async fn main() {
     let first = wave(&deployer, &services, "1.0.0", pause).await;
     let done = wait_ended(&mut ended, &first, Duration::from_secs(300)).await;
     println!("first deploys ended: {done} of {rollouts}");
+    // The rollouts' slots are released just after their final events.
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The canaries, observed on the bus: every analysis request and its reply.
     let mut asks = client

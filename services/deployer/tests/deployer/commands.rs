@@ -398,3 +398,73 @@ async fn chaos_experiments_stop_when_an_abort_condition_holds_and_clean_up() {
     assert!(s.sim_view("quiz").await.faults.is_empty());
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_running_experiment_is_taken_over_when_its_watcher_dies() {
+    let mut s = stack_with(settings(), 2).await;
+    s.deployed("dice", "1.0.0", Strategy::Rolling).await;
+    let accepted = s
+        .execute(
+            "chaos.run",
+            PlanTask::ChaosExperiment(toronto_protocol::tasks::ChaosExperimentTask {
+                service: "dice".into(),
+                environment: ENV.into(),
+                fault: toronto_protocol::tasks::ChaosFault::ErrorRate { rate: 0.5 },
+                duration_seconds: 6,
+                abort_conditions: vec![toronto_protocol::tasks::AbortCondition::AlertFiring],
+            }),
+        )
+        .await
+        .unwrap();
+    let id: Uuid = accepted
+        .reference
+        .unwrap()
+        .strip_prefix("chaos ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    // The holder of the chaos lease watches it: crash that one, as a kill -9 would.
+    let kv = async_nats::jetstream::new(s.client.clone())
+        .get_key_value("toronto_rollouts")
+        .await
+        .unwrap();
+    let holder = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(v) = kv.get("deployer-chaos").await.unwrap() {
+                let record: serde_json::Value = serde_json::from_slice(&v).unwrap();
+                return record["holder"].as_str().unwrap().to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("a deployer holds the chaos lease");
+    let victim = s
+        .deployers
+        .iter()
+        .position(|(_, d)| d.runtime.host.id() == holder)
+        .expect("one of ours holds it");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.deployers[victim].1.crash();
+    assert!(
+        !s.sim_view("dice").await.faults.is_empty(),
+        "the fault is in while the experiment runs"
+    );
+    // The survivor takes the lease over and ends the experiment on time.
+    let run = s.chaos_until_done(id).await;
+    assert_eq!(
+        run.state,
+        toronto_protocol::rollout::ChaosState::Completed,
+        "{run:?}"
+    );
+    let ran = run.ended_at.unwrap() - run.started_at;
+    assert!(
+        ran >= chrono::Duration::seconds(6) && ran < chrono::Duration::seconds(20),
+        "it ran its course from its start, not again from the takeover: {ran}"
+    );
+    assert!(
+        s.sim_view("dice").await.faults.is_empty(),
+        "the survivor removed the fault"
+    );
+    s.stop().await;
+}

@@ -21,7 +21,7 @@ fn row(fault: &'static str, checked: &'static str, result: Result<String, String
 }
 
 /// The holder of lease `key` in `bucket`, if any.
-async fn lease_holder(cluster: &Cluster, bucket: &str, key: &str) -> Option<String> {
+pub(super) async fn lease_holder(cluster: &Cluster, bucket: &str, key: &str) -> Option<String> {
     let js = async_nats::jetstream::new(cluster.client.clone());
     let kv = js.get_key_value(bucket).await.ok()?;
     let value = kv.get(key).await.ok()??;

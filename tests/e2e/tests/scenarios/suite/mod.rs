@@ -10,6 +10,7 @@
 //! `cargo test -p toronto-e2e --test scenarios suite -- --nocapture` prints it.
 
 mod cases;
+mod chaos;
 mod harness;
 
 use std::time::Instant;
@@ -81,6 +82,9 @@ async fn run_suite() {
     }
     if wanted("metrics") {
         rows.push(cases::metrics_source_disappears(&mut cluster).await);
+    }
+    if wanted("chaos") {
+        rows.push(chaos::kill_deployer_mid_chaos(&mut cluster).await);
     }
     cluster.stop().await;
     if wanted("before-nats") {
