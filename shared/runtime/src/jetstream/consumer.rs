@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::metrics::{ConsumerLabels, Metrics};
 
@@ -283,6 +284,20 @@ where
         let handler = handler.clone();
         let dead_letters = dead_letters.clone();
         let spec = spec.clone();
+        // The handler runs in a span whose parent is the message's trace context.
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format_args!("{} process", spec.durable),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = %delivery.subject(),
+            messaging.consumer.group.name = %spec.durable,
+            deliveries,
+        );
+        crate::telemetry::propagation::set_parent(
+            &span,
+            crate::telemetry::propagation::remote_context(delivery.headers(), None),
+        );
         tracker.spawn(async move {
             let _permit = permit;
             let Delivery { message } = delivery;
@@ -290,6 +305,7 @@ where
                 message: message.clone(),
             }))
             .catch_unwind()
+            .instrument(span)
             .await
             .unwrap_or_else(|_| Outcome::Retry {
                 delay: None,
