@@ -246,10 +246,15 @@ where
             }
             Err(body) => {
                 let builder = Envelope::builder(self.shared.spec.source.clone(), body.clone());
-                let envelope = match &flow {
-                    Some(flow) => builder.caused_by(flow).build(),
-                    None => builder.build(),
+                let builder = match &flow {
+                    Some(flow) => builder.caused_by(flow),
+                    None => builder,
                 };
+                let envelope = match &served_in {
+                    Some(sc) => builder.traceparent(propagation::traceparent_of(sc)),
+                    None => builder,
+                }
+                .build();
                 (
                     encode(&envelope, reply_encoding),
                     envelope.traceparent,
