@@ -133,6 +133,38 @@ mod tests {
         assert!(TraceParent::parse(&TraceParent::new_root().to_string()).is_some());
     }
 
+    thread_local! {
+        static TEST_CURRENT: std::cell::RefCell<Option<TraceParent>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    fn test_source() -> Option<TraceParent> {
+        TEST_CURRENT.with(|c| c.borrow().clone())
+    }
+
+    #[test]
+    fn a_traced_process_sends_from_its_current_span() {
+        // The source answers only on this test's thread: other tests see no span.
+        set_current_source(test_source);
+        let current =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        TEST_CURRENT.with(|c| *c.borrow_mut() = Some(current.clone()));
+        assert_eq!(TraceParent::new_root(), current);
+        let received = TraceParent {
+            span_id: "1111111111111111".into(),
+            ..current.clone()
+        };
+        assert_eq!(received.child(), current);
+        // Another trace keeps its own trace id.
+        let other =
+            TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01").unwrap();
+        let child = other.child();
+        assert_eq!(child.trace_id, other.trace_id);
+        assert_ne!(child.span_id, current.span_id);
+        TEST_CURRENT.with(|c| *c.borrow_mut() = None);
+        assert_ne!(TraceParent::new_root().trace_id, current.trace_id);
+    }
+
     #[test]
     fn refuses_invalid_context() {
         for bad in [

@@ -294,7 +294,9 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
     peers.abort();
 
     // The peers were asked within the trace, with its state.
-    for (traceparent, tracestate) in gate_requests.lock().unwrap().iter() {
+    let gate_requests = gate_requests.lock().unwrap().clone();
+    assert!(!gate_requests.is_empty(), "the security and QA gates ran");
+    for (traceparent, tracestate) in &gate_requests {
         assert!(traceparent.contains(TRACE_ID), "gate request {traceparent}");
         assert_eq!(tracestate, TRACESTATE);
     }
@@ -345,8 +347,7 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
         .iter()
         .filter_map(|s| {
             let parent = ids.get(s.parent.as_str())?;
-            (parent.service != s.service)
-                .then_some((parent.service.as_str(), s.service.as_str()))
+            (parent.service != s.service).then_some((parent.service.as_str(), s.service.as_str()))
         })
         .fold(BTreeMap::new(), |mut m, k| {
             *m.entry(k).or_default() += 1;
