@@ -134,7 +134,13 @@ async fn peers(client: async_nats::Client, seen: Arc<Mutex<Vec<(String, String)>
 }
 
 /// One service process exporting spans to `endpoint`.
-async fn spawn(kind: &str, url: &str, endpoint: &str, log: &std::path::Path) -> Child {
+async fn spawn(
+    kind: &str,
+    url: &str,
+    endpoint: &str,
+    log: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Child {
     let stderr = std::fs::File::create(log).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_test_service"))
         .arg(kind)
@@ -158,6 +164,7 @@ async fn spawn(kind: &str, url: &str, endpoint: &str, log: &std::path::Path) -> 
             // when the process shut down.
             ("OTEL_BSP_SCHEDULE_DELAY", "60000"),
         ])
+        .envs(extra.iter().copied())
         .env_remove("OTEL_SERVICE_NAME")
         .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .stdout(Stdio::piped())
@@ -179,8 +186,9 @@ async fn spawn(kind: &str, url: &str, endpoint: &str, log: &std::path::Path) -> 
     child
 }
 
-/// SIGTERM, and the exit within the shutdown grace.
-async fn terminate(child: &mut Child) {
+/// SIGTERM, and the exit within the shutdown grace; how long it took.
+async fn terminate(child: &mut Child) -> Duration {
+    let asked = std::time::Instant::now();
     let pid = child.id().expect("running").to_string();
     let status = Command::new("kill")
         .args(["-TERM", &pid])
@@ -193,6 +201,7 @@ async fn terminate(child: &mut Child) {
         .expect("the service exits after SIGTERM")
         .unwrap();
     assert!(exit.success(), "exit status {exit}");
+    asked.elapsed()
 }
 
 /// Sends the deploy task with the caller's `traceparent` and `tracestate`.
@@ -242,7 +251,7 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
     let mut procs = Vec::new();
     for kind in ["planner", "deployer", "monitor"] {
         let log = logs.join(format!("{kind}.log"));
-        procs.push((kind, spawn(kind, &server.url(), &endpoint, &log).await));
+        procs.push((kind, spawn(kind, &server.url(), &endpoint, &log, &[]).await));
     }
 
     let task = DeployTask {
@@ -374,4 +383,50 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
         ids.contains_key(traced["span_id"].as_str().unwrap_or_default()),
         "the log line names an exported span: {traced}"
     );
+}
+
+/// A collector that takes connections and never answers: requests are served as
+/// usual, and SIGTERM still ends the process (the last flush gives up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_blocks_no_request_and_no_shutdown() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let collector = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            held.push(connection);
+        }
+    });
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let logs = std::env::temp_dir().join(format!("toronto-tracing-stuck-{}", std::process::id()));
+    std::fs::create_dir_all(&logs).unwrap();
+    let mut planner = spawn(
+        "planner",
+        &server.url(),
+        &endpoint,
+        &logs.join("planner.log"),
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    )
+    .await;
+    let requester =
+        Requester::service(client.clone(), "planner").with_timeout(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        requester
+            .request::<_, toronto_protocol::status::Status>(
+                "status",
+                toronto_protocol::status::StatusRequest {},
+            )
+            .await
+            .expect("answered while export hangs");
+    }
+    let served = started.elapsed();
+    let exit = terminate(&mut planner).await;
+    println!(
+        "collector never answers: 50 status requests in {} ms, exit {} ms after SIGTERM",
+        served.as_millis(),
+        exit.as_millis()
+    );
+    collector.abort();
 }
