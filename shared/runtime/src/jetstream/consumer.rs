@@ -294,10 +294,15 @@ where
             messaging.consumer.group.name = %spec.durable,
             deliveries,
         );
-        crate::telemetry::propagation::set_parent(
-            &span,
-            crate::telemetry::propagation::remote_context(delivery.headers(), None),
-        );
+        if crate::telemetry::exporting() {
+            crate::telemetry::propagation::set_parent(
+                &span,
+                crate::telemetry::propagation::remote_context(
+                    delivery.headers(),
+                    body_traceparent(&delivery).as_ref(),
+                ),
+            );
+        }
         tracker.spawn(async move {
             let _permit = permit;
             let Delivery { message } = delivery;
@@ -319,6 +324,29 @@ where
     tracker.close();
     tracker.wait().await;
     ended
+}
+
+/// The envelope's `traceparent` attribute of a JSON message published without the
+/// header (a peer that sets only the attribute). Our own publishes carry the header,
+/// equal to the attribute, and are not parsed twice.
+fn body_traceparent(delivery: &Delivery) -> Option<toronto_protocol::TraceParent> {
+    #[derive(Deserialize)]
+    struct Attributes {
+        traceparent: Option<String>,
+    }
+    let headers = delivery.headers();
+    if headers.is_some_and(|h| h.get(toronto_protocol::trace::TRACEPARENT_HEADER).is_some()) {
+        return None;
+    }
+    let content_type = headers.and_then(|h| h.get(toronto_protocol::codec::CONTENT_TYPE_HEADER));
+    if toronto_protocol::Encoding::from_content_type(content_type.map(|v| v.as_str())).ok()
+        != Some(toronto_protocol::Encoding::Json)
+    {
+        return None;
+    }
+    let attributes: Attributes =
+        toronto_protocol::codec::from_json_bounded(delivery.payload()).ok()?;
+    toronto_protocol::TraceParent::parse(&attributes.traceparent?)
 }
 
 async fn settle(

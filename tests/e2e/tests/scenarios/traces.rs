@@ -24,7 +24,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use toronto_protocol::codec::CONTENT_TYPE_HEADER;
 use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, GateVerdict, Plan, PlanGet, PlanState, Strategy, SubmitAccepted,
+    CanaryStep, DeployTask, GateVerdict, Plan, PlanList, PlanState, Plans, Strategy, SubmitAccepted,
 };
 use toronto_protocol::{Encoding, Envelope, ServiceKind, Subjects, TraceParent};
 use toronto_testkit::{NatsServer, Requester};
@@ -34,6 +34,10 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 /// The caller's vendor state, to be kept along the whole trace.
 const TRACESTATE: &str = "toronto-test=kept";
+/// A second deploy, queued by a peer that sets only the envelope's `traceparent`
+/// attribute (no header).
+const QUEUED_TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
+const QUEUED_CALLER_SPAN: &str = "b7ad6b7169203331";
 
 /// One span as received.
 #[derive(Debug, Clone)]
@@ -237,6 +241,93 @@ async fn submit(client: &async_nats::Client, task: DeployTask) -> SubmitAccepted
         .data
 }
 
+/// Publishes the deploy task on the task queue with the trace context in the
+/// envelope only.
+async fn enqueue(client: &async_nats::Client, task: DeployTask) {
+    let subject = Subjects::default().tasks();
+    let traceparent =
+        TraceParent::parse(&format!("00-{QUEUED_TRACE_ID}-{QUEUED_CALLER_SPAN}-01")).unwrap();
+    let envelope = Envelope::builder("toronto://agents/test", task)
+        .traceparent(traceparent)
+        .build();
+    let bytes = toronto_protocol::encode(&envelope, Encoding::Json).unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", envelope.id.to_string().as_str());
+    headers.insert(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
+    toronto_testkit::test_identity().apply(&mut headers, &subject, &bytes);
+    async_nats::jetstream::new(client.clone())
+        .publish_with_headers(subject, headers, bytes.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Waits for the plan of `service` to end; its final state.
+async fn plan_end(planner: &Requester, service: &str, logs: &std::path::Path) -> Plan {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let plans = planner
+            .request::<_, Plans>(
+                "plan.list",
+                PlanList {
+                    service: Some(service.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .ok();
+        let plan = plans.and_then(|p| p.plans.into_iter().find(|p| p.state.is_final()));
+        if let Some(plan) = plan {
+            return plan;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the plan of {service} did not end; logs in {}",
+            logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn deploy(service: &str) -> DeployTask {
+    DeployTask {
+        service: service.into(),
+        version: "1.2.3".into(),
+        image: Some(format!("registry.example/{service}:1.2.3")),
+        environment: "staging".into(),
+        strategy: Strategy::Canary {
+            steps: [50, 100]
+                .into_iter()
+                .map(|weight| CanaryStep {
+                    weight,
+                    pause_seconds: Some(1),
+                })
+                .collect(),
+        },
+        change: None,
+        fix: false,
+        policy_override: None,
+    }
+}
+
+/// The spans of `trace_id`, and a line per span to print.
+fn spans_of(received: &Received, trace_id: &str) -> (Vec<Got>, String) {
+    let spans: Vec<Got> = received
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.trace_id == trace_id)
+        .cloned()
+        .collect();
+    let tree = spans
+        .iter()
+        .map(|s| format!("{} {} {} <- {}", s.service, s.name, s.span_id, s.parent))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (spans, tree)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
     let received: Received = Arc::default();
@@ -254,48 +345,21 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
         procs.push((kind, spawn(kind, &server.url(), &endpoint, &log, &[]).await));
     }
 
-    let task = DeployTask {
-        service: "traced-api".into(),
-        version: "1.2.3".into(),
-        image: Some("registry.example/traced-api:1.2.3".into()),
-        environment: "staging".into(),
-        strategy: Strategy::Canary {
-            steps: [50, 100]
-                .into_iter()
-                .map(|weight| CanaryStep {
-                    weight,
-                    pause_seconds: Some(1),
-                })
-                .collect(),
-        },
-        change: None,
-        fix: false,
-        policy_override: None,
-    };
-    let plan_id = submit(&client, task).await.plan_id;
+    let plan_id = submit(&client, deploy("traced-api")).await.plan_id;
+    enqueue(&client, deploy("queued-api")).await;
     let planner =
         Requester::service(client.clone(), "planner").with_timeout(Duration::from_secs(5));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let plan = loop {
-        let plan = planner
-            .request::<_, Plan>("plan.get", PlanGet { plan_id })
-            .await
-            .ok();
-        if let Some(plan) = plan.filter(|p| p.state.is_final()) {
-            break plan;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the plan did not end; logs in {}",
-            logs.display()
+    for service in ["traced-api", "queued-api"] {
+        let plan = plan_end(&planner, service, &logs).await;
+        assert_eq!(
+            plan.state,
+            PlanState::Completed,
+            "the deploy succeeds: {plan:?}"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        plan.state,
-        PlanState::Completed,
-        "the deploy succeeds: {plan:?}"
-    );
+        if service == "traced-api" {
+            assert_eq!(plan.id, plan_id);
+        }
+    }
 
     for (_, child) in &mut procs {
         terminate(child).await;
@@ -306,22 +370,18 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
     let gate_requests = gate_requests.lock().unwrap().clone();
     assert!(!gate_requests.is_empty(), "the security and QA gates ran");
     for (traceparent, tracestate) in &gate_requests {
-        assert!(traceparent.contains(TRACE_ID), "gate request {traceparent}");
-        assert_eq!(tracestate, TRACESTATE);
+        if traceparent.contains(TRACE_ID) {
+            assert_eq!(tracestate, TRACESTATE);
+        } else {
+            assert!(
+                traceparent.contains(QUEUED_TRACE_ID),
+                "gate request {traceparent}"
+            );
+            assert_eq!(tracestate, "", "no state was given with the queued task");
+        }
     }
 
-    let spans: Vec<Got> = received
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|s| s.trace_id == TRACE_ID)
-        .cloned()
-        .collect();
-    let tree = spans
-        .iter()
-        .map(|s| format!("{} {} {} <- {}", s.service, s.name, s.span_id, s.parent))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let (spans, tree) = spans_of(&received, TRACE_ID);
     println!("the deploy's trace ({} spans):\n{tree}", spans.len());
     let services: BTreeSet<&str> = spans.iter().map(|s| s.service.as_str()).collect();
     for service in ["toronto-planner", "toronto-deployer", "toronto-monitor"] {
@@ -369,6 +429,31 @@ async fn one_deploy_is_one_trace_across_planner_deployer_and_monitor() {
     assert!(
         crossings.contains_key(&("toronto-deployer", "toronto-monitor")),
         "{crossings:?}\n{tree}"
+    );
+
+    // The queued deploy, its context in the envelope only, is a trace of its own
+    // from the planner's consumer to the monitor.
+    let (queued, queued_tree) = spans_of(&received, QUEUED_TRACE_ID);
+    let queued_ids: BTreeSet<&str> = queued.iter().map(|s| s.span_id.as_str()).collect();
+    let first = queued
+        .iter()
+        .find(|s| s.parent == QUEUED_CALLER_SPAN)
+        .unwrap_or_else(|| panic!("no span continues the queued task's trace:\n{queued_tree}"));
+    assert_eq!(first.service, "toronto-planner", "{queued_tree}");
+    for s in &queued {
+        assert!(
+            s.parent == QUEUED_CALLER_SPAN || queued_ids.contains(s.parent.as_str()),
+            "{} {}: parent {} is not in the trace:\n{queued_tree}",
+            s.service,
+            s.name,
+            s.parent
+        );
+    }
+    let queued_services: BTreeSet<&str> = queued.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(
+        queued_services,
+        BTreeSet::from(["toronto-deployer", "toronto-monitor", "toronto-planner"]),
+        "{queued_tree}"
     );
 
     // The services' JSON log lines inside the trace carry its ids.
