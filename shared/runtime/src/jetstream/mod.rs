@@ -269,7 +269,9 @@ pub async fn publish_envelope<T: Message>(
         .header(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
     if let Some(tp) = &envelope.traceparent {
         publish = publish.header(TRACEPARENT_HEADER, tp.as_str());
-        if let Some(sc) = crate::telemetry::propagation::current() {
+        if crate::telemetry::exporting()
+            && let Some(sc) = crate::telemetry::propagation::current()
+        {
             let mut state = async_nats::HeaderMap::new();
             crate::telemetry::propagation::add_tracestate_of(&mut state, tp, &sc);
             if let Some(value) = state.get(TRACESTATE_HEADER) {

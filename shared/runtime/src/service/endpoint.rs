@@ -130,11 +130,14 @@ where
                     .and_then(|h| h.get(TRACEPARENT_HEADER))
                     .and_then(|v| TraceParent::parse(v.as_str()));
             }
-            // The remote parent, read before the handler takes the headers.
-            let parent = propagation::remote_context(
-                message.headers.as_ref(),
-                request_flow.traceparent.as_ref(),
-            );
+            // The remote parent (when traces are exported), read before the handler
+            // takes the headers.
+            let parent = crate::telemetry::exporting().then(|| {
+                propagation::remote_context(
+                    message.headers.as_ref(),
+                    request_flow.traceparent.as_ref(),
+                )
+            });
             let subject_attr = envelope.subject.clone();
             let caller = match self.shared.auth.get() {
                 Some(auth) => {
@@ -193,8 +196,10 @@ where
             {
                 span.record("trace_id", tp.trace_id.as_str());
             }
-            propagation::set_parent(&span, parent);
-            served_in = propagation::span_context(&span);
+            if let Some(parent) = parent {
+                propagation::set_parent(&span, parent);
+                served_in = propagation::span_context(&span);
+            }
             flow = Some(request_flow);
             // The decoded request reaches the handler here.
             let result = AssertUnwindSafe((self.handler)(request))
