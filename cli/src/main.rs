@@ -248,6 +248,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let config = Config::from_env()?;
             toronto_runtime::telemetry::init(&config.log);
+            // Every service runs in this process: its spans are exported as `toronto`.
+            toronto_runtime::telemetry::start_export("toronto");
             let options = toronto_cli::up::UpOptions {
                 nats_port,
                 data_dir,
@@ -257,7 +259,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 secure,
             };
             let shutdown = toronto_runtime::shutdown::on_signal();
-            toronto_cli::up::run(config, options, shutdown).await
+            let ended = toronto_cli::up::run(config, options, shutdown).await;
+            toronto_runtime::telemetry::shutdown().await;
+            ended
         }
         Command::Status { service, json } => {
             status(service, if json { Output::Json } else { output }).await

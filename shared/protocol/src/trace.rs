@@ -1,12 +1,37 @@
 //! W3C trace context (`traceparent`), carried as a NATS header and as the envelope
-//! extension attribute of the same name.
+//! extension attribute of the same name; `tracestate` travels beside it as a NATS
+//! header.
+//!
+//! A process that traces its work ([`set_current_source`]) makes the `traceparent`
+//! of what it sends name its current span, so that the receiver's span is a child of
+//! it; otherwise span ids are made up, the trace id carried along.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 use uuid::Uuid;
 
 /// The NATS header (and envelope attribute) name.
 pub const TRACEPARENT_HEADER: &str = "traceparent";
+
+/// The NATS header of the W3C `tracestate` that goes with a `traceparent`.
+pub const TRACESTATE_HEADER: &str = "tracestate";
+
+/// Where the current span's context comes from, once a tracer is installed.
+static CURRENT: OnceLock<fn() -> Option<TraceParent>> = OnceLock::new();
+
+/// Installs the source of the current span's context (the runtime's tracing layer).
+/// From then on [`TraceParent::new_root`] continues the current span's trace and
+/// [`TraceParent::child`] names the current span when it is in the same trace. The
+/// first source installed stays.
+pub fn set_current_source(source: fn() -> Option<TraceParent>) {
+    let _ = CURRENT.set(source);
+}
+
+/// The current span's context, when a source is installed and a span is active.
+pub fn current() -> Option<TraceParent> {
+    CURRENT.get().and_then(|source| source())
+}
 
 /// A parsed `traceparent`: `00-<trace id>-<parent span id>-<flags>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +80,12 @@ impl TraceParent {
         })
     }
 
-    /// Starts a new trace (sampled).
+    /// Starts a new trace (sampled), or, inside a traced span, the current span's
+    /// context (the message is sent from it).
     pub fn new_root() -> Self {
+        if let Some(current) = current() {
+            return current;
+        }
         Self {
             trace_id: Uuid::new_v4().simple().to_string(),
             span_id: random_hex(16),
@@ -64,8 +93,12 @@ impl TraceParent {
         }
     }
 
-    /// A new span in the same trace.
+    /// A new span in the same trace: the current span when one of this trace is
+    /// active, else a made-up span id.
     pub fn child(&self) -> Self {
+        if let Some(current) = current().filter(|c| c.trace_id == self.trace_id) {
+            return current;
+        }
         Self {
             trace_id: self.trace_id.clone(),
             span_id: random_hex(16),
@@ -98,6 +131,38 @@ mod tests {
         assert_ne!(child.span_id, parsed.span_id);
         assert!(TraceParent::parse(&child.to_string()).is_some());
         assert!(TraceParent::parse(&TraceParent::new_root().to_string()).is_some());
+    }
+
+    thread_local! {
+        static TEST_CURRENT: std::cell::RefCell<Option<TraceParent>> =
+            const { std::cell::RefCell::new(None) };
+    }
+
+    fn test_source() -> Option<TraceParent> {
+        TEST_CURRENT.with(|c| c.borrow().clone())
+    }
+
+    #[test]
+    fn a_traced_process_sends_from_its_current_span() {
+        // The source answers only on this test's thread: other tests see no span.
+        set_current_source(test_source);
+        let current =
+            TraceParent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        TEST_CURRENT.with(|c| *c.borrow_mut() = Some(current.clone()));
+        assert_eq!(TraceParent::new_root(), current);
+        let received = TraceParent {
+            span_id: "1111111111111111".into(),
+            ..current.clone()
+        };
+        assert_eq!(received.child(), current);
+        // Another trace keeps its own trace id.
+        let other =
+            TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01").unwrap();
+        let child = other.child();
+        assert_eq!(child.trace_id, other.trace_id);
+        assert_ne!(child.span_id, current.span_id);
+        TEST_CURRENT.with(|c| *c.borrow_mut() = None);
+        assert_ne!(TraceParent::new_root().trace_id, current.trace_id);
     }
 
     #[test]

@@ -126,6 +126,8 @@ impl ServiceRuntime {
         if let Some(ca) = &config.http.tls_ca_file {
             crate::tls::trust_ca_file(Some(ca))?;
         }
+        // Spans are exported as this service (when an OTLP endpoint is set).
+        crate::telemetry::start_export(kind.service_name());
         // The service signs the requests it sends to other services with its own seed.
         if let Some(path) = &config.auth.identity_file {
             crate::auth::install_process_signer(crate::auth::Signer::from_file(path)?);
@@ -491,7 +493,7 @@ where
     };
     crate::telemetry::init(&config.log);
     let shutdown = crate::shutdown::on_signal();
-    match run(config, shutdown).await {
+    let code = match run(config, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(RuntimeError::Connect(ConnectError::Cancelled)) => ExitCode::SUCCESS,
         Err(e) => {
@@ -499,5 +501,8 @@ where
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // The last spans are sent before the process ends.
+    crate::telemetry::shutdown().await;
+    code
 }

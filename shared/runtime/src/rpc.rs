@@ -203,6 +203,9 @@ async fn send_message<T: serde::Serialize>(
     headers.insert(CONTENT_TYPE_HEADER, encoding.content_type());
     if let Some(tp) = &envelope.traceparent {
         headers.insert(TRACEPARENT_HEADER, tp.as_str());
+        if crate::telemetry::exporting() {
+            crate::telemetry::propagation::add_tracestate(&mut headers, tp);
+        }
     }
     if let Some(signer) = signer {
         signer.apply(&mut headers, subject, &bytes);

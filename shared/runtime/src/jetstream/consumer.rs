@@ -17,6 +17,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::metrics::{ConsumerLabels, Metrics};
 
@@ -283,6 +284,25 @@ where
         let handler = handler.clone();
         let dead_letters = dead_letters.clone();
         let spec = spec.clone();
+        // The handler runs in a span whose parent is the message's trace context.
+        let span = tracing::info_span!(
+            "consume",
+            otel.name = %format_args!("{} process", spec.durable),
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = %delivery.subject(),
+            messaging.consumer.group.name = %spec.durable,
+            deliveries,
+        );
+        if crate::telemetry::exporting() {
+            crate::telemetry::propagation::set_parent(
+                &span,
+                crate::telemetry::propagation::remote_context(
+                    delivery.headers(),
+                    body_traceparent(&delivery).as_ref(),
+                ),
+            );
+        }
         tracker.spawn(async move {
             let _permit = permit;
             let Delivery { message } = delivery;
@@ -290,6 +310,7 @@ where
                 message: message.clone(),
             }))
             .catch_unwind()
+            .instrument(span)
             .await
             .unwrap_or_else(|_| Outcome::Retry {
                 delay: None,
@@ -303,6 +324,29 @@ where
     tracker.close();
     tracker.wait().await;
     ended
+}
+
+/// The envelope's `traceparent` attribute of a JSON message published without the
+/// header (a peer that sets only the attribute). Our own publishes carry the header,
+/// equal to the attribute, and are not parsed twice.
+fn body_traceparent(delivery: &Delivery) -> Option<toronto_protocol::TraceParent> {
+    #[derive(Deserialize)]
+    struct Attributes {
+        traceparent: Option<String>,
+    }
+    let headers = delivery.headers();
+    if headers.is_some_and(|h| h.get(toronto_protocol::trace::TRACEPARENT_HEADER).is_some()) {
+        return None;
+    }
+    let content_type = headers.and_then(|h| h.get(toronto_protocol::codec::CONTENT_TYPE_HEADER));
+    if toronto_protocol::Encoding::from_content_type(content_type.map(|v| v.as_str())).ok()
+        != Some(toronto_protocol::Encoding::Json)
+    {
+        return None;
+    }
+    let attributes: Attributes =
+        toronto_protocol::codec::from_json_bounded(delivery.payload()).ok()?;
+    toronto_protocol::TraceParent::parse(&attributes.traceparent?)
 }
 
 async fn settle(

@@ -10,7 +10,7 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use toronto_protocol::codec::CONTENT_TYPE_HEADER;
-use toronto_protocol::trace::TRACEPARENT_HEADER;
+use toronto_protocol::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
 use toronto_protocol::{Encoding, Envelope, Message, Subjects, encode};
 
 use crate::config::JetStreamConfig;
@@ -269,6 +269,15 @@ pub async fn publish_envelope<T: Message>(
         .header(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
     if let Some(tp) = &envelope.traceparent {
         publish = publish.header(TRACEPARENT_HEADER, tp.as_str());
+        if crate::telemetry::exporting()
+            && let Some(sc) = crate::telemetry::propagation::current()
+        {
+            let mut state = async_nats::HeaderMap::new();
+            crate::telemetry::propagation::add_tracestate_of(&mut state, tp, &sc);
+            if let Some(value) = state.get(TRACESTATE_HEADER) {
+                publish = publish.header(TRACESTATE_HEADER, value.as_str());
+            }
+        }
     }
     js.send_publish(subject.to_owned(), publish)
         .await

@@ -5,6 +5,10 @@
 
 use super::*;
 
+use opentelemetry::trace::SpanContext;
+
+use crate::telemetry::propagation;
+
 /// One endpoint: what serving a request needs, resolved once when it is added.
 pub(super) struct Endpoint<D, H> {
     pub(super) shared: Arc<Shared>,
@@ -99,6 +103,8 @@ where
         let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
         let mut flow: Option<FlowContext> = None;
         let mut sign_reply = false;
+        // The span of the handler, when traces are exported: the reply names it.
+        let mut served_in: Option<SpanContext> = None;
 
         let outcome: Result<(Resp, Option<String>), ErrorBody> = async {
             if let Some(refusal) = refusal {
@@ -124,6 +130,14 @@ where
                     .and_then(|h| h.get(TRACEPARENT_HEADER))
                     .and_then(|v| TraceParent::parse(v.as_str()));
             }
+            // The remote parent (when traces are exported), read before the handler
+            // takes the headers.
+            let parent = crate::telemetry::exporting().then(|| {
+                propagation::remote_context(
+                    message.headers.as_ref(),
+                    request_flow.traceparent.as_ref(),
+                )
+            });
             let subject_attr = envelope.subject.clone();
             let caller = match self.shared.auth.get() {
                 Some(auth) => {
@@ -168,6 +182,10 @@ where
             };
             let span = tracing::info_span!(
                 "request",
+                otel.name = %format_args!("{} {name}", self.shared.spec.name),
+                otel.kind = "server",
+                messaging.system = "nats",
+                messaging.destination.name = %message.subject,
                 endpoint = name,
                 id = %request_flow.id,
                 correlationid = %request_flow.correlationid,
@@ -177,6 +195,10 @@ where
                 && let Some(tp) = &request_flow.traceparent
             {
                 span.record("trace_id", tp.trace_id.as_str());
+            }
+            if let Some(parent) = parent {
+                propagation::set_parent(&span, parent);
+                served_in = propagation::span_context(&span);
             }
             flow = Some(request_flow);
             // The decoded request reaches the handler here.
@@ -201,12 +223,15 @@ where
         let (bytes, traceparent, error) = match outcome {
             Ok((data, subject)) => {
                 let flow = flow.as_ref().expect("a served request has its flow");
-                let traceparent = flow
-                    .traceparent
-                    .as_ref()
-                    .map(TraceParent::child)
-                    .unwrap_or_else(TraceParent::new_root)
-                    .to_string();
+                let traceparent = match &served_in {
+                    Some(sc) => propagation::traceparent_of(sc),
+                    None => flow
+                        .traceparent
+                        .as_ref()
+                        .map(TraceParent::child)
+                        .unwrap_or_else(TraceParent::new_root),
+                }
+                .to_string();
                 let reply = EnvelopeRef {
                     specversion: SPEC_VERSION,
                     id: uuid::Uuid::now_v7(),
@@ -226,10 +251,15 @@ where
             }
             Err(body) => {
                 let builder = Envelope::builder(self.shared.spec.source.clone(), body.clone());
-                let envelope = match &flow {
-                    Some(flow) => builder.caused_by(flow).build(),
-                    None => builder.build(),
+                let builder = match &flow {
+                    Some(flow) => builder.caused_by(flow),
+                    None => builder,
                 };
+                let envelope = match &served_in {
+                    Some(sc) => builder.traceparent(propagation::traceparent_of(sc)),
+                    None => builder,
+                }
+                .build();
                 (
                     encode(&envelope, reply_encoding),
                     envelope.traceparent,
@@ -264,6 +294,9 @@ where
                 headers.insert(CONTENT_TYPE_HEADER, reply_encoding.content_type());
                 if let Some(tp) = &traceparent {
                     headers.insert(TRACEPARENT_HEADER, tp.as_str());
+                    if let Some(sc) = &served_in {
+                        propagation::add_tracestate_of(&mut headers, tp, sc);
+                    }
                 }
                 if let Some(e) = &error {
                     // A header value cannot hold a line break; the body keeps the original.

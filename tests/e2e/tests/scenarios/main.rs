@@ -11,4 +11,5 @@ mod incidents;
 mod micro;
 mod planner;
 mod suite;
+mod traces;
 mod world;
