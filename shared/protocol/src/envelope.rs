@@ -62,7 +62,8 @@ pub struct Envelope<T> {
     /// Encoding of `data`; `application/json` for ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datacontenttype: Option<String>,
-    /// The schema of `data`: an absolute URI under [`crate::message::SCHEMA_BASE_URI`].
+    /// The schema of `data`: an absolute URI, `https://toronto.dev/schemas/` followed by
+    /// the schema's path in the repository's `schemas/` folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataschema: Option<String>,
     /// What the message is about, e.g. the service name.
@@ -81,8 +82,8 @@ pub struct Envelope<T> {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
     /// The payload. CloudEvents makes `data` optional: a received envelope without it
-    /// decodes into a payload type only when that type can be made from no fields (see
-    /// [`crate::codec::decode`]); [`RawEnvelope`] holds `null` for it.
+    /// decodes into a payload type only when that type can be made from no fields
+    /// (a request whose fields all have defaults); a raw envelope holds `null` for it.
     pub data: T,
 }
 
@@ -460,6 +461,33 @@ impl<T: Message> EnvelopeBuilder<T> {
     }
 }
 
+/// The longest id used as it is in a key or subject token by [`id_token`].
+pub const MAX_ID_TOKEN_LEN: usize = 128;
+
+/// A message id as one token of a NATS subject or KV key: the id itself when it is
+/// made of letters, digits, `-` and `_` only (every UUID) and at most
+/// [`MAX_ID_TOKEN_LEN`] bytes, else `h_` and the hex SHA-256 of the id. Two ids give
+/// the same token only if they are equal (or their SHA-256 collide).
+pub fn id_token(id: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_ID_TOKEN_LEN
+        && !id.starts_with("h_")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let mut token = String::with_capacity(2 + 64);
+    token.push_str("h_");
+    for b in digest {
+        token.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(token)
+}
+
 /// A fresh message id (UUID v7).
 pub fn new_id() -> Uuid {
     Uuid::now_v7()
@@ -468,4 +496,22 @@ pub fn new_id() -> Uuid {
 /// The current time in RFC 3339, as the `time` attribute carries it.
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_safe_tokens() {
+        let uuid = new_id().to_string();
+        assert_eq!(id_token(&uuid), uuid.as_str());
+        assert_eq!(id_token("T-42_a"), "T-42_a");
+        for odd in ["a b", "a.b", "x/y", "h_abc", "é", &"x".repeat(129)] {
+            let token = id_token(odd);
+            assert!(token.starts_with("h_") && token.len() == 66, "{odd}: {token}");
+            assert_eq!(token, id_token(odd));
+        }
+        assert_ne!(id_token("a b"), id_token("a.b"));
+    }
 }

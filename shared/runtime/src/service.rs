@@ -324,7 +324,7 @@ impl ServiceHost {
                     ("request_schema".to_owned(), join(|t| &t.1)),
                     (
                         "response_schema".to_owned(),
-                        format!("schemas/{}", Resp::schema_path()),
+                        Resp::schema_uri(),
                     ),
                 ])
             });
@@ -364,7 +364,7 @@ impl ServiceHost {
             decoder,
             handler,
             reply_type: Resp::message_type().to_string(),
-            reply_schema: format!("schemas/{}", Resp::schema_path()),
+            reply_schema: Resp::schema_uri(),
         });
         if let Some(owned) = owned {
             let prefix = forward::owner_prefix(&self.shared.id);

@@ -207,9 +207,10 @@ where
                     .map(TraceParent::child)
                     .unwrap_or_else(TraceParent::new_root)
                     .to_string();
+                let mut id = uuid::Uuid::encode_buffer();
                 let reply = EnvelopeRef {
                     specversion: SPEC_VERSION,
-                    id: uuid::Uuid::now_v7(),
+                    id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id),
                     source: &self.shared.spec.source,
                     ty: &self.reply_type,
                     time: Some(chrono::Utc::now()),
@@ -217,7 +218,7 @@ where
                     dataschema: Some(&self.reply_schema),
                     subject: subject.as_deref(),
                     correlationid: Some(&flow.correlationid),
-                    causationid: Some(flow.id),
+                    causationid: Some(&flow.id),
                     priority: None,
                     traceparent: Some(&traceparent),
                     data: &data,

@@ -91,7 +91,7 @@ impl<T: Message> RequestDecoder for Typed<T> {
     fn request_types(&self) -> Vec<(String, String)> {
         vec![(
             T::message_type().to_string(),
-            format!("schemas/{}", T::schema_path()),
+            T::schema_uri(),
         )]
     }
     fn access(&self) -> toronto_protocol::auth::Access {
@@ -132,7 +132,7 @@ impl Accepts {
             supported: T::supported_types(),
             majors: T::supported_majors(),
             current: T::message_type().to_string(),
-            schema: format!("schemas/{}", T::schema_path()),
+            schema: T::schema_uri(),
         });
         self
     }
