@@ -1,4 +1,5 @@
-//! JSON and MessagePack codecs for envelopes, chosen by the `Content-Type` header.
+//! JSON and MessagePack codecs for envelopes, chosen by the `Content-Type` header, and
+//! the binary content mode of the CloudEvents NATS binding ([`binary`]).
 //!
 //! MessagePack uses named maps and human-readable forms (ids and times as strings),
 //! so the two encodings carry the same document.
@@ -18,6 +19,7 @@ pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
 
 const INITIAL_CAPACITY: usize = 1024;
 
+pub mod binary;
 pub mod depth;
 
 pub use depth::{MAX_DEPTH, TooDeep};

@@ -278,21 +278,21 @@ pub(crate) fn absent_data<T: Message>(ty: &MessageType) -> Result<T, ProtocolErr
 /// its type is known: a JSON value, or the raw JSON text (no intermediate tree).
 #[derive(Debug, Deserialize)]
 pub(crate) struct UncheckedEnvelope<D> {
-    specversion: Option<String>,
-    id: Option<String>,
-    source: Option<String>,
+    pub(crate) specversion: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) source: Option<String>,
     #[serde(rename = "type")]
-    ty: Option<String>,
-    time: Option<String>,
-    datacontenttype: Option<String>,
-    dataschema: Option<String>,
-    subject: Option<String>,
-    correlationid: Option<String>,
-    causationid: Option<String>,
-    priority: Option<String>,
-    traceparent: Option<String>,
+    pub(crate) ty: Option<String>,
+    pub(crate) time: Option<String>,
+    pub(crate) datacontenttype: Option<String>,
+    pub(crate) dataschema: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) correlationid: Option<String>,
+    pub(crate) causationid: Option<String>,
+    pub(crate) priority: Option<String>,
+    pub(crate) traceparent: Option<String>,
     #[serde(default = "Option::default")]
-    data: Option<D>,
+    pub(crate) data: Option<D>,
 }
 
 fn required(value: Option<String>, name: &'static str) -> Result<String, ProtocolError> {
