@@ -39,12 +39,14 @@ use crate::jetstream::DeadLetters;
 use crate::metrics::{EndpointMetrics, Metrics};
 
 mod adr32;
+mod cloudevent;
 mod endpoint;
 mod forward;
 mod request;
 
 use adr32::{EndpointCounters, verb_subscriptions};
 use endpoint::Endpoint;
+pub use cloudevent::{decode_message, decode_message_raw, decode_message_with_flow, is_binary};
 pub use forward::{OwnerRoute, Route, owner_prefix};
 pub use request::{Accepts, Request};
 use request::{RequestDecoder, Typed};

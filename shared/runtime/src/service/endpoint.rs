@@ -109,7 +109,13 @@ where
             if size > limit {
                 return Err(ProtocolError::TooLarge { size, limit }.into());
             }
-            let mut envelope = match self.decoder.decode(&message.payload, encoding?) {
+            let decoded = cloudevent::decode_request(
+                &self.decoder,
+                message.headers.as_ref(),
+                &message.payload,
+                encoding,
+            );
+            let mut envelope = match decoded {
                 Ok(envelope) => envelope,
                 Err((e, request_flow)) => {
                     flow = request_flow.map(|f| *f);

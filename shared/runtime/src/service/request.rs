@@ -4,7 +4,7 @@
 use async_nats::HeaderMap;
 use toronto_protocol::codec::{DecodeFailure, decode_with_flow};
 use toronto_protocol::envelope::FlowContext;
-use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, ProtocolError};
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, ProtocolError, RawEnvelope};
 
 /// A decoded, validated request handed to a handler.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub(super) trait RequestDecoder: Send + Sync + 'static {
         bytes: &[u8],
         encoding: Encoding,
     ) -> Result<Envelope<Self::Data>, DecodeFailure>;
+    /// Checks a request already decoded in binary content mode.
+    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<Self::Data>, DecodeFailure>;
     /// The request types, for `$SRV.INFO`.
     fn request_types(&self) -> Vec<(String, String)>;
     /// Who may send it (the request type's [`Message::ACCESS`]).
@@ -87,6 +89,10 @@ impl<T: Message> RequestDecoder for Typed<T> {
     type Data = T;
     fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
         decode_with_flow::<T>(bytes, encoding)
+    }
+    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<T>, DecodeFailure> {
+        let flow = Box::new(raw.flow());
+        raw.into_typed().map_err(|e| (e, Some(flow)))
     }
     fn request_types(&self) -> Vec<(String, String)> {
         vec![(
@@ -161,6 +167,12 @@ impl RequestDecoder for Accepts {
         encoding: Encoding,
     ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
+        self.from_raw(raw)
+    }
+    fn from_raw(
+        &self,
+        raw: RawEnvelope,
+    ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let flow = Box::new(raw.flow());
         let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
         self.check(&ty).map_err(|e| (e, Some(flow)))?;
