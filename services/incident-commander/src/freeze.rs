@@ -191,8 +191,8 @@ impl Freezer {
             .subject(f.incident_id.to_string())
             .event("freeze", what)
             .build();
-        env.id = derived_id(&format!("freeze:{}:{what}:{}", f.incident_id, f.started_at))
-            .to_string();
+        env.id =
+            derived_id(&format!("freeze:{}:{what}:{}", f.incident_id, f.started_at)).to_string();
         let subject = self.subjects.event("freeze", what);
         if let Err(e) = toronto_runtime::jetstream::publish_envelope(&self.js, &subject, &env).await
         {

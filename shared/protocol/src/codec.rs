@@ -445,8 +445,8 @@ mod tests {
         // The payload's own type, which events carried before, is still accepted.
         let mut old = serde_json::to_value(&event).unwrap();
         old["type"] = "ai.toronto.devops.alert.v1".into();
-        let back: Envelope<Plan> = decode(&serde_json::to_vec(&old).unwrap(), Encoding::Json)
-            .unwrap();
+        let back: Envelope<Plan> =
+            decode(&serde_json::to_vec(&old).unwrap(), Encoding::Json).unwrap();
         assert_eq!(back.data, plan);
         // Another payload's event is still the wrong type.
         old["type"] = "ai.toronto.devops.rollout.started.v1".into();

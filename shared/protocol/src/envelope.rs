@@ -268,9 +268,7 @@ pub(crate) fn absent_data<T: Message>(ty: &MessageType) -> Result<T, ProtocolErr
             .or_else(|_| T::upgrade(ty.major, empty))
             .ok()
     };
-    made.ok_or_else(|| ProtocolError::MissingData {
-        ty: ty.to_string(),
-    })
+    made.ok_or_else(|| ProtocolError::MissingData { ty: ty.to_string() })
 }
 
 /// The wire form before validation: every attribute optional, so that a missing one
@@ -509,7 +507,10 @@ mod tests {
         assert_eq!(id_token("T-42_a"), "T-42_a");
         for odd in ["a b", "a.b", "x/y", "h_abc", "é", &"x".repeat(129)] {
             let token = id_token(odd);
-            assert!(token.starts_with("h_") && token.len() == 66, "{odd}: {token}");
+            assert!(
+                token.starts_with("h_") && token.len() == 66,
+                "{odd}: {token}"
+            );
             assert_eq!(token, id_token(odd));
         }
         assert_ne!(id_token("a b"), id_token("a.b"));

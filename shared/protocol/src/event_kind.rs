@@ -190,7 +190,12 @@ mod tests {
     fn every_event_names_its_payload() {
         use crate::Message;
         use crate::tasks::Plan;
-        for name in ["plan.created", "step.started", "step.finished", "gate.passed"] {
+        for name in [
+            "plan.created",
+            "step.started",
+            "step.finished",
+            "gate.passed",
+        ] {
             assert_eq!(payload_of_event(name), Some(Plan::NAME), "{name}");
             assert!(Plan::is_event(name));
         }
@@ -209,7 +214,13 @@ mod tests {
         ] {
             assert_eq!(payload_of_event(name), Some(payload), "{name}");
         }
-        for name in ["plan.get", "plan.bogus", "rollout", "task.deploy", "alert.bogus"] {
+        for name in [
+            "plan.get",
+            "plan.bogus",
+            "rollout",
+            "task.deploy",
+            "alert.bogus",
+        ] {
             assert_eq!(payload_of_event(name), None, "{name}");
         }
         assert!(!Plan::is_event("rollout.started"));

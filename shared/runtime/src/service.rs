@@ -45,8 +45,8 @@ mod forward;
 mod request;
 
 use adr32::{EndpointCounters, verb_subscriptions};
-use endpoint::Endpoint;
 pub use cloudevent::{decode_message, decode_message_raw, decode_message_with_flow, is_binary};
+use endpoint::Endpoint;
 pub use forward::{OwnerRoute, Route, owner_prefix};
 pub use request::{Accepts, Request};
 use request::{RequestDecoder, Typed};
@@ -324,10 +324,7 @@ impl ServiceHost {
                     ("request_type".to_owned(), join(|t| &t.0)),
                     ("response_type".to_owned(), Resp::message_type().to_string()),
                     ("request_schema".to_owned(), join(|t| &t.1)),
-                    (
-                        "response_schema".to_owned(),
-                        Resp::schema_uri(),
-                    ),
+                    ("response_schema".to_owned(), Resp::schema_uri()),
                 ])
             });
         let sub = self

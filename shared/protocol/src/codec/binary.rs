@@ -4,7 +4,8 @@
 //!
 //! A message is in binary mode when it carries a `ce-specversion` header and its
 //! `Content-Type` is not a structured-mode one (`application/cloudevents+...`).
-//! Header values are taken as they are (the NATS binding has no percent-encoding).
+//! Header values are percent-decoded, as the CloudEvents HTTP binding (and the SDKs
+//! that follow it) encode them; a value that does not decode to UTF-8 is kept as sent.
 //! Binary-mode messages are checked exactly like structured envelopes (the same
 //! required attributes, the same validation) and bounded: the `ce-*` headers together
 //! at most [`MAX_BINARY_HEADER_BYTES`], the body at most [`super::MAX_DEPTH`] levels deep.
@@ -95,6 +96,11 @@ pub fn decode_binary_raw(
             limit: MAX_BINARY_HEADER_BYTES,
         });
     }
+    for value in values.iter_mut().flatten() {
+        if value.contains('%') {
+            *value = percent_decode(value);
+        }
+    }
     let content_type = header(CONTENT_TYPE_HEADER);
     let data = if body.is_empty() {
         None
@@ -144,6 +150,27 @@ pub fn decode_binary_raw(
     Ok(unchecked
         .validate()?
         .map_data(|d| d.unwrap_or(serde_json::Value::Null)))
+}
+
+/// `%XX` sequences decoded; the value as it is when the result is not UTF-8.
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
 }
 
 /// Decodes and validates a binary-mode message whose payload is `T`; a failure after
@@ -222,13 +249,19 @@ mod tests {
         pairs[3] = ("ce-type", "ai.toronto.devops.status.request.v1");
         let env: Envelope<StatusRequest> = decode_binary(headers(&pairs), b"").unwrap();
         assert_eq!(env.data, StatusRequest::default());
-        let err = decode_binary::<ErrorBody>(headers(&BASE), b"").unwrap_err().0;
+        let err = decode_binary::<ErrorBody>(headers(&BASE), b"")
+            .unwrap_err()
+            .0;
         assert!(matches!(err, ProtocolError::MissingData { .. }), "{err}");
     }
 
     #[test]
     fn binary_messages_are_checked_and_bounded() {
-        let without_id: Vec<_> = BASE.iter().copied().filter(|(k, _)| *k != "ce-id").collect();
+        let without_id: Vec<_> = BASE
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "ce-id")
+            .collect();
         let err = decode_binary_raw(headers(&without_id), b"{}").unwrap_err();
         assert_eq!(err.to_string(), "missing required attribute `id`");
         let mut pairs = BASE.to_vec();
@@ -246,6 +279,17 @@ mod tests {
         let err = decode_binary::<ErrorBody>(headers(&BASE), b"{\"code\":1}").unwrap_err();
         assert!(matches!(err.0, ProtocolError::InvalidData(_)));
         assert_eq!(err.1.unwrap().id, "A234-1234-1234");
+    }
+
+    #[test]
+    fn header_values_are_percent_decoded() {
+        let mut pairs = BASE.to_vec();
+        pairs[1] = ("ce-id", "an%20id%25");
+        pairs.push(("ce-subject", "caf%C3%A9 50%"));
+        let env = decode_binary_raw(headers(&pairs), b"").unwrap();
+        assert_eq!(env.id, "an id%");
+        assert_eq!(env.subject.as_deref(), Some("café 50%"));
+        assert_eq!(percent_decode("%ff%fe"), "%ff%fe");
     }
 
     #[test]

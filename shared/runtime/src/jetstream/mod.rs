@@ -10,9 +10,9 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use toronto_protocol::codec::CONTENT_TYPE_HEADER;
-use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::codec::encode_ref;
 use toronto_protocol::envelope::EnvelopeRef;
+use toronto_protocol::trace::TRACEPARENT_HEADER;
 use toronto_protocol::{Encoding, Envelope, Message, Subjects};
 
 use crate::config::JetStreamConfig;

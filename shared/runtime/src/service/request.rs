@@ -95,10 +95,7 @@ impl<T: Message> RequestDecoder for Typed<T> {
         raw.into_typed().map_err(|e| (e, Some(flow)))
     }
     fn request_types(&self) -> Vec<(String, String)> {
-        vec![(
-            T::message_type().to_string(),
-            T::schema_uri(),
-        )]
+        vec![(T::message_type().to_string(), T::schema_uri())]
     }
     fn access(&self) -> toronto_protocol::auth::Access {
         T::ACCESS
@@ -169,10 +166,7 @@ impl RequestDecoder for Accepts {
         let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
         self.from_raw(raw)
     }
-    fn from_raw(
-        &self,
-        raw: RawEnvelope,
-    ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
+    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let flow = Box::new(raw.flow());
         let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
         self.check(&ty).map_err(|e| (e, Some(flow)))?;
