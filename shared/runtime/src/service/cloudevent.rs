@@ -68,7 +68,7 @@ pub fn decode_message_raw(
 }
 
 /// Decodes a request for an endpoint: binary mode through the endpoint's checks
-/// ([`RequestDecoder::from_raw`]), structured mode in `encoding` (the request's
+/// ([`RequestDecoder::check_raw`]), structured mode in `encoding` (the request's
 /// `Content-Type`, already read).
 pub(super) fn decode_request<D: RequestDecoder>(
     decoder: &D,
@@ -78,7 +78,7 @@ pub(super) fn decode_request<D: RequestDecoder>(
 ) -> Result<Envelope<D::Data>, DecodeFailure> {
     if is_binary(headers) {
         let raw = binary::decode_binary_raw(lookup(headers), payload).map_err(|e| (e, None))?;
-        return decoder.from_raw(raw);
+        return decoder.check_raw(raw);
     }
     decoder.decode(payload, encoding.map_err(|e| (e, None))?)
 }

@@ -71,7 +71,7 @@ pub(super) trait RequestDecoder: Send + Sync + 'static {
         encoding: Encoding,
     ) -> Result<Envelope<Self::Data>, DecodeFailure>;
     /// Checks a request already decoded in binary content mode.
-    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<Self::Data>, DecodeFailure>;
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<Self::Data>, DecodeFailure>;
     /// The request types, for `$SRV.INFO`.
     fn request_types(&self) -> Vec<(String, String)>;
     /// Who may send it (the request type's [`Message::ACCESS`]).
@@ -90,7 +90,7 @@ impl<T: Message> RequestDecoder for Typed<T> {
     fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
         decode_with_flow::<T>(bytes, encoding)
     }
-    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<T>, DecodeFailure> {
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<T>, DecodeFailure> {
         let flow = Box::new(raw.flow());
         raw.into_typed().map_err(|e| (e, Some(flow)))
     }
@@ -164,9 +164,9 @@ impl RequestDecoder for Accepts {
         encoding: Encoding,
     ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
-        self.from_raw(raw)
+        self.check_raw(raw)
     }
-    fn from_raw(&self, raw: RawEnvelope) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let flow = Box::new(raw.flow());
         let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
         self.check(&ty).map_err(|e| (e, Some(flow)))?;
