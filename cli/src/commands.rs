@@ -160,7 +160,7 @@ pub async fn run_following(
         && let Some(cursor) = next_cursor(&reply.data)
     {
         let mut next = envelope.clone();
-        next.id = toronto_protocol::envelope::new_id();
+        next.id = toronto_protocol::envelope::new_id().to_string();
         if let Some(data) = next.data.as_object_mut() {
             data.insert("cursor".into(), cursor.into());
         }

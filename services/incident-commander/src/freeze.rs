@@ -189,8 +189,10 @@ impl Freezer {
     async fn announce(&self, what: &str, f: &Freeze) {
         let mut env = Envelope::builder(self.source.clone(), f.clone())
             .subject(f.incident_id.to_string())
+            .event("freeze", what)
             .build();
-        env.id = derived_id(&format!("freeze:{}:{what}:{}", f.incident_id, f.started_at));
+        env.id =
+            derived_id(&format!("freeze:{}:{what}:{}", f.incident_id, f.started_at)).to_string();
         let subject = self.subjects.event("freeze", what);
         if let Err(e) = toronto_runtime::jetstream::publish_envelope(&self.js, &subject, &env).await
         {

@@ -7,7 +7,6 @@ use futures::StreamExt;
 use prometheus_client::metrics::counter::Counter;
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::analysis::MetricBatch;
-use toronto_protocol::{Encoding, decode};
 
 use crate::store::{Labels, Store};
 
@@ -36,11 +35,11 @@ pub enum BatchError {
 /// Stores the samples of one message; returns how many were kept.
 pub fn ingest_message(
     store: &Store,
+    headers: Option<&async_nats::HeaderMap>,
     payload: &[u8],
-    content_type: Option<&str>,
 ) -> Result<usize, BatchError> {
-    let encoding = Encoding::from_content_type(content_type)?;
-    let envelope = decode::<MetricBatch>(payload, encoding)?;
+    // Structured (JSON or MessagePack) or binary CloudEvents content mode.
+    let envelope = toronto_runtime::service::decode_message::<MetricBatch>(headers, payload)?;
     let batch = envelope.data;
     if let Some(i) = batch.samples.iter().position(|s| s.name.trim().is_empty()) {
         return Err(BatchError::EmptyName(i));
@@ -85,12 +84,7 @@ pub async fn run(
                 None => break,
             },
         };
-        let content_type = msg
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Content-Type"))
-            .map(|v| v.as_str().to_owned());
-        match ingest_message(&store, &msg.payload, content_type.as_deref()) {
+        match ingest_message(&store, msg.headers.as_ref(), &msg.payload) {
             Ok(kept) => {
                 counters.batches.inc();
                 counters.samples.inc_by(kept as u64);

@@ -379,7 +379,10 @@ impl Planner {
         };
         crate::trust::check_override(&mut task, caller)?;
         // Claim the task id first: whoever claims it makes the plan.
-        let task_key = format!("task.{}", envelope.id);
+        let task_key = format!(
+            "task.{}",
+            toronto_protocol::envelope::id_token(&envelope.id)
+        );
         let fresh_id = Uuid::now_v7();
         let (plan_id, duplicate) = match self
             .plans
@@ -422,7 +425,7 @@ impl Planner {
         // A claim without its plan (the claimer died in between) is completed here.
         let plan = Plan {
             id: plan_id,
-            task_id: envelope.id,
+            task_id: envelope.id.clone(),
             task,
             state: PlanState::Queued,
             requested_by: envelope.source.clone(),

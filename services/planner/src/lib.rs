@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use toronto_protocol::tasks::{
     AdvancePlan, DoraQuery, PlanCancel, PlanDecision, PlanGet, PlanList,
 };
-use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind, decode_raw};
+use toronto_protocol::{Encoding, ErrorBody, ErrorCode, ServiceKind};
 use toronto_runtime::jetstream::{ConsumerSpec, Delivery, Outcome, run_consumer};
 use toronto_runtime::{Request, ServiceRuntime};
 
@@ -255,13 +255,11 @@ async fn take_queued(
     accepts: &toronto_runtime::Accepts,
     delivery: &Delivery,
 ) -> Outcome {
-    let content_type = delivery
-        .headers()
-        .and_then(|h| h.get("Content-Type"))
-        .map(|v| v.as_str().to_owned());
-    let envelope = match Encoding::from_content_type(content_type.as_deref())
-        .and_then(|encoding| decode_raw(delivery.payload(), encoding))
-    {
+    // Structured or binary CloudEvents content mode.
+    let envelope = match toronto_runtime::service::decode_message_raw(
+        delivery.headers(),
+        delivery.payload(),
+    ) {
         Ok(envelope) => envelope,
         Err(e) => {
             return Outcome::Reject {

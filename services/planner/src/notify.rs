@@ -22,6 +22,7 @@ impl Planner {
     ) -> Result<(), IntakeError> {
         let event = Envelope::builder(self.source.clone(), plan.clone())
             .subject(plan.task.service())
+            .event(K::ENTITY, what.as_str())
             .caused_by(flow)
             .build();
         self.events

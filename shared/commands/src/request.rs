@@ -68,17 +68,20 @@ impl Request {
     /// A fresh envelope around it, sent by `source`, starting a new flow (its
     /// correlation id is its own id).
     pub fn envelope(&self, source: &str) -> RawEnvelope {
-        let id = new_id();
+        let id = new_id().to_string();
         RawEnvelope {
             specversion: SPEC_VERSION.to_owned(),
-            id,
+            id: id.clone(),
             source: source.to_owned(),
             ty: self.message_type.to_string(),
             time: Some(chrono::Utc::now()),
             datacontenttype: Some("application/json".to_owned()),
-            dataschema: self.schema.as_ref().map(|s| format!("schemas/{s}")),
+            dataschema: self
+                .schema
+                .as_ref()
+                .map(|s| toronto_protocol::message::schema_uri(s)),
             subject: self.about.clone(),
-            correlationid: Some(id.to_string()),
+            correlationid: Some(id),
             causationid: None,
             priority: None,
             traceparent: Some(TraceParent::new_root().to_string()),

@@ -52,7 +52,7 @@ fn payload<T: Message>() -> SchemaFile {
     let mut schema = schemars::schema_for!(T).to_value();
     let ty = T::message_type().to_string();
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("$id".into(), format!("schemas/{}", T::schema_path()).into());
+        obj.insert("$id".into(), T::schema_uri().into());
         obj.insert("x-cloudevents-type".into(), ty.clone().into());
     }
     SchemaFile {
@@ -65,7 +65,7 @@ fn payload<T: Message>() -> SchemaFile {
 fn document<T: JsonSchema>(path: &str) -> SchemaFile {
     let mut schema = schemars::schema_for!(T).to_value();
     if let Some(obj) = schema.as_object_mut() {
-        obj.insert("$id".into(), format!("schemas/{path}").into());
+        obj.insert("$id".into(), crate::message::schema_uri(path).into());
     }
     SchemaFile {
         path: path.to_owned(),
@@ -77,7 +77,7 @@ fn document<T: JsonSchema>(path: &str) -> SchemaFile {
 /// Every schema of the contract.
 pub fn all() -> Vec<SchemaFile> {
     vec![
-        document::<Envelope<serde_json::Value>>("v1/envelope.json"),
+        document::<Envelope<Option<serde_json::Value>>>("v1/envelope.json"),
         payload::<ErrorBody>(),
         payload::<StatusRequest>(),
         payload::<Status>(),

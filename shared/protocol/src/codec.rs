@@ -1,4 +1,5 @@
-//! JSON and MessagePack codecs for envelopes, chosen by the `Content-Type` header.
+//! JSON and MessagePack codecs for envelopes, chosen by the `Content-Type` header, and
+//! the binary content mode of the CloudEvents NATS binding ([`binary`]).
 //!
 //! MessagePack uses named maps and human-readable forms (ids and times as strings),
 //! so the two encodings carry the same document.
@@ -18,6 +19,7 @@ pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
 
 const INITIAL_CAPACITY: usize = 1024;
 
+pub mod binary;
 pub mod depth;
 
 pub use depth::{MAX_DEPTH, TooDeep};
@@ -197,7 +199,10 @@ pub fn decode_with_flow<T: Message>(
     let typed = (|| {
         let ty = envelope.message_type()?;
         T::check_type(&ty)?;
-        let text = envelope.data.map(|raw| raw.get()).unwrap_or("null");
+        let text = match envelope.data.map(|raw| raw.get()) {
+            None | Some("null") => return crate::envelope::absent_data(&ty),
+            Some(text) => text,
+        };
         let data = if ty.major == T::MAJOR {
             serde_json::from_str(text).map_err(|e| ProtocolError::InvalidData(e.to_string()))?
         } else {
@@ -260,22 +265,7 @@ mod tests {
     fn a_borrowed_envelope_encodes_to_the_same_bytes() {
         let mut env = sample();
         env.causationid = Some(crate::envelope::new_id().to_string());
-        let causation = env.causationid.as_deref().unwrap().parse().unwrap();
-        let borrowed = EnvelopeRef {
-            specversion: &env.specversion,
-            id: env.id,
-            source: &env.source,
-            ty: &env.ty,
-            time: env.time,
-            datacontenttype: env.datacontenttype.as_deref(),
-            dataschema: env.dataschema.as_deref(),
-            subject: env.subject.as_deref(),
-            correlationid: env.correlationid.as_deref(),
-            causationid: Some(causation),
-            priority: env.priority,
-            traceparent: env.traceparent.as_deref(),
-            data: &env.data,
-        };
+        let borrowed = env.borrowed();
         for encoding in [Encoding::Json, Encoding::MessagePack] {
             assert_eq!(
                 encode_ref(&borrowed, encoding).unwrap(),
@@ -301,7 +291,10 @@ mod tests {
         let child = Envelope::builder("toronto://child", StatusRequest::default())
             .caused_by(&parent.flow())
             .build();
-        assert_eq!(child.id.get_version_num(), 7);
+        assert_eq!(
+            uuid::Uuid::parse_str(&child.id).unwrap().get_version_num(),
+            7
+        );
         assert_eq!(child.ty, "ai.toronto.devops.status.request.v1");
         assert_eq!(child.correlationid, parent.correlationid);
         assert_eq!(child.causationid, Some(parent.id.to_string()));
@@ -310,7 +303,7 @@ mod tests {
         assert_eq!(parent_tp.trace_id, child_tp.trace_id);
         assert_eq!(
             child.dataschema.as_deref(),
-            Some("schemas/v1/status.request.json")
+            Some("https://toronto.dev/schemas/v1/status.request.json")
         );
     }
 
@@ -323,7 +316,7 @@ mod tests {
                 serde_json::Value::Null,
                 "missing required attribute `id`",
             ),
-            ("id", "not-a-uuid".into(), "not a UUID"),
+            ("id", "".into(), "missing required attribute `id`"),
             ("source", "".into(), "missing required attribute `source`"),
             (
                 "type",
@@ -368,6 +361,100 @@ mod tests {
             decode::<ErrorBody>(&serde_json::to_vec(&doc).unwrap(), Encoding::Json).unwrap_err();
         assert!(matches!(err, ProtocolError::WrongType { .. }));
         assert_eq!(err.code(), ErrorCode::BadRequest);
+    }
+
+    #[test]
+    fn any_non_empty_id_is_accepted_as_is() {
+        let mut doc = serde_json::to_value(sample()).unwrap();
+        for id in ["A234-1234-1234", "1", "not a uuid at all"] {
+            doc["id"] = id.into();
+            let bytes = serde_json::to_vec(&doc).unwrap();
+            for encoding in [Encoding::Json, Encoding::MessagePack] {
+                let bytes = match encoding {
+                    Encoding::Json => bytes.clone(),
+                    Encoding::MessagePack => {
+                        let env: Envelope<ErrorBody> = decode(&bytes, Encoding::Json).unwrap();
+                        encode(&env, encoding).unwrap()
+                    }
+                };
+                let env: Envelope<ErrorBody> = decode(&bytes, encoding).unwrap();
+                assert_eq!(env.id, id);
+                assert_eq!(env.flow().id, id);
+                assert_eq!(env.flow().correlationid, sample_correlation(&doc));
+            }
+        }
+    }
+
+    fn sample_correlation(doc: &serde_json::Value) -> String {
+        doc["correlationid"].as_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn data_is_optional_unless_the_type_needs_it() {
+        let env = Envelope::builder("toronto://test", StatusRequest::default()).build();
+        let mut doc = serde_json::to_value(&env).unwrap();
+        doc.as_object_mut().unwrap().remove("data");
+        let absent = serde_json::to_vec(&doc).unwrap();
+        doc["data"] = serde_json::Value::Null;
+        let null = serde_json::to_vec(&doc).unwrap();
+        for bytes in [&absent, &null] {
+            let raw = decode_raw(bytes, Encoding::Json).unwrap();
+            assert!(raw.data.is_null());
+            let typed: Envelope<StatusRequest> = decode(bytes, Encoding::Json).unwrap();
+            assert_eq!(typed.data, StatusRequest::default());
+            let typed: Envelope<StatusRequest> = raw.into_typed().unwrap();
+            assert_eq!(typed.data, StatusRequest::default());
+        }
+        // A type with required fields says that `data` is missing.
+        let mut doc = serde_json::to_value(sample()).unwrap();
+        doc.as_object_mut().unwrap().remove("data");
+        let bytes = serde_json::to_vec(&doc).unwrap();
+        let err = decode::<ErrorBody>(&bytes, Encoding::Json).unwrap_err();
+        assert!(matches!(err, ProtocolError::MissingData { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "`data` is required for type `ai.toronto.devops.error.v1`"
+        );
+        assert_eq!(err.code(), ErrorCode::BadRequest);
+        let err = decode_raw(&bytes, Encoding::Json)
+            .unwrap()
+            .into_typed::<ErrorBody>()
+            .unwrap_err();
+        assert!(matches!(err, ProtocolError::MissingData { .. }), "{err}");
+    }
+
+    #[test]
+    fn events_have_their_own_type_and_decode_under_the_old_one_too() {
+        use crate::alerts::Alert as Plan;
+        let plan: Plan = serde_json::from_value(serde_json::json!({
+            "fingerprint": "f1", "status": "firing", "labels": {"service": "shop-api"},
+            "starts_at": "2026-11-27T05:00:00Z", "generator": "toronto://devops/monitor"
+        }))
+        .unwrap();
+        let event = Envelope::builder("toronto://monitor", plan.clone())
+            .event("alert", "firing")
+            .build();
+        assert_eq!(event.ty, "ai.toronto.devops.alert.firing.v1");
+        assert_eq!(
+            event.dataschema.as_deref(),
+            Some("https://toronto.dev/schemas/v1/alert.json")
+        );
+        let bytes = encode(&event, Encoding::Json).unwrap();
+        let back: Envelope<Plan> = decode(&bytes, Encoding::Json).unwrap();
+        assert_eq!(back.data, plan);
+        // The payload's own type, which events carried before, is still accepted.
+        let mut old = serde_json::to_value(&event).unwrap();
+        old["type"] = "ai.toronto.devops.alert.v1".into();
+        let back: Envelope<Plan> =
+            decode(&serde_json::to_vec(&old).unwrap(), Encoding::Json).unwrap();
+        assert_eq!(back.data, plan);
+        // Another payload's event is still the wrong type.
+        old["type"] = "ai.toronto.devops.rollout.started.v1".into();
+        let err = decode::<Plan>(&serde_json::to_vec(&old).unwrap(), Encoding::Json).unwrap_err();
+        assert!(matches!(err, ProtocolError::WrongType { .. }), "{err}");
+        old["type"] = "ai.toronto.devops.alert.resolved.v7".into();
+        let err = decode::<Plan>(&serde_json::to_vec(&old).unwrap(), Encoding::Json).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
     }
 
     /// An envelope whose `data` is `arrays` nested arrays around `1`, in `encoding`.

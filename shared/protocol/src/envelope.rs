@@ -47,8 +47,10 @@ impl Priority {
 pub struct Envelope<T> {
     /// Always `1.0`.
     pub specversion: String,
-    /// Unique id of this message (UUID, v7 when we make it). Also the `Nats-Msg-Id`.
-    pub id: Uuid,
+    /// Unique id of this message: any non-empty string, as CloudEvents allows (a
+    /// UUID v7 when we make it). Also the `Nats-Msg-Id` of JetStream publishes.
+    #[schemars(length(min = 1))]
+    pub id: String,
     /// Who sent it, e.g. `toronto://agents/developer/alice`.
     pub source: String,
     /// `ai.toronto.devops.<name>.v<N>`.
@@ -60,7 +62,8 @@ pub struct Envelope<T> {
     /// Encoding of `data`; `application/json` for ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub datacontenttype: Option<String>,
-    /// The schema of `data`, relative to the repository's `schemas/` folder.
+    /// The schema of `data`: an absolute URI, `https://toronto.dev/schemas/` followed by
+    /// the schema's path in the repository's `schemas/` folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataschema: Option<String>,
     /// What the message is about, e.g. the service name.
@@ -78,7 +81,9 @@ pub struct Envelope<T> {
     /// W3C trace context of the sender.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
-    /// The payload.
+    /// The payload. CloudEvents makes `data` optional: a received envelope without it
+    /// decodes into a payload type only when that type can be made from no fields
+    /// (a request whose fields all have defaults); a raw envelope holds `null` for it.
     pub data: T,
 }
 
@@ -90,7 +95,7 @@ pub struct EnvelopeRef<'a, T> {
     /// Always `1.0`.
     pub specversion: &'a str,
     /// Unique id of this message.
-    pub id: Uuid,
+    pub id: &'a str,
     /// Who sent it.
     pub source: &'a str,
     /// `ai.toronto.devops.<name>.v<N>`.
@@ -113,7 +118,7 @@ pub struct EnvelopeRef<'a, T> {
     pub correlationid: Option<&'a str>,
     /// The id of the message that caused this one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub causationid: Option<Uuid>,
+    pub causationid: Option<&'a str>,
     /// How urgent it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
@@ -128,7 +133,7 @@ pub struct EnvelopeRef<'a, T> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowContext {
     /// The message's id.
-    pub id: Uuid,
+    pub id: String,
     /// Its correlation id (its own id when it started the flow).
     pub correlationid: String,
     /// Its trace context, if any.
@@ -139,12 +144,32 @@ impl<T> Envelope<T> {
     /// The attributes a reply or follow-up message inherits.
     pub fn flow(&self) -> FlowContext {
         FlowContext {
-            id: self.id,
+            id: self.id.clone(),
             correlationid: self
                 .correlationid
                 .clone()
-                .unwrap_or_else(|| self.id.to_string()),
+                .unwrap_or_else(|| self.id.clone()),
             traceparent: self.traceparent.as_deref().and_then(TraceParent::parse),
+        }
+    }
+
+    /// The envelope with its attributes and payload borrowed, to encode it (or a
+    /// variant of it, e.g. with another `type`) without copying.
+    pub fn borrowed(&self) -> EnvelopeRef<'_, T> {
+        EnvelopeRef {
+            specversion: &self.specversion,
+            id: &self.id,
+            source: &self.source,
+            ty: &self.ty,
+            time: self.time,
+            datacontenttype: self.datacontenttype.as_deref(),
+            dataschema: self.dataschema.as_deref(),
+            subject: self.subject.as_deref(),
+            correlationid: self.correlationid.as_deref(),
+            causationid: self.causationid.as_deref(),
+            priority: self.priority,
+            traceparent: self.traceparent.as_deref(),
+            data: &self.data,
         }
     }
 
@@ -204,7 +229,9 @@ impl RawEnvelope {
             traceparent,
             data,
         } = self;
-        let data = if ty.major == T::MAJOR {
+        let data = if data.is_null() {
+            absent_data(&ty)?
+        } else if ty.major == T::MAJOR {
             serde_json::from_value(data).map_err(|e| ProtocolError::InvalidData(e.to_string()))?
         } else {
             T::upgrade(ty.major, data)?
@@ -227,26 +254,43 @@ impl RawEnvelope {
     }
 }
 
+/// The payload `T` of an envelope without `data` (absent or `null`): `T` made from
+/// no fields when it can be (a request whose fields all have defaults), otherwise
+/// [`ProtocolError::MissingData`].
+pub(crate) fn absent_data<T: Message>(ty: &MessageType) -> Result<T, ProtocolError> {
+    let empty = serde_json::Value::Object(serde_json::Map::new());
+    let made = if ty.major == T::MAJOR {
+        serde_json::from_value(serde_json::Value::Null)
+            .or_else(|_| serde_json::from_value(empty))
+            .ok()
+    } else {
+        T::upgrade(ty.major, serde_json::Value::Null)
+            .or_else(|_| T::upgrade(ty.major, empty))
+            .ok()
+    };
+    made.ok_or_else(|| ProtocolError::MissingData { ty: ty.to_string() })
+}
+
 /// The wire form before validation: every attribute optional, so that a missing one
 /// is reported by name rather than as a parse error. `D` is how `data` is held until
 /// its type is known: a JSON value, or the raw JSON text (no intermediate tree).
 #[derive(Debug, Deserialize)]
 pub(crate) struct UncheckedEnvelope<D> {
-    specversion: Option<String>,
-    id: Option<String>,
-    source: Option<String>,
+    pub(crate) specversion: Option<String>,
+    pub(crate) id: Option<String>,
+    pub(crate) source: Option<String>,
     #[serde(rename = "type")]
-    ty: Option<String>,
-    time: Option<String>,
-    datacontenttype: Option<String>,
-    dataschema: Option<String>,
-    subject: Option<String>,
-    correlationid: Option<String>,
-    causationid: Option<String>,
-    priority: Option<String>,
-    traceparent: Option<String>,
+    pub(crate) ty: Option<String>,
+    pub(crate) time: Option<String>,
+    pub(crate) datacontenttype: Option<String>,
+    pub(crate) dataschema: Option<String>,
+    pub(crate) subject: Option<String>,
+    pub(crate) correlationid: Option<String>,
+    pub(crate) causationid: Option<String>,
+    pub(crate) priority: Option<String>,
+    pub(crate) traceparent: Option<String>,
     #[serde(default = "Option::default")]
-    data: Option<D>,
+    pub(crate) data: Option<D>,
 }
 
 fn required(value: Option<String>, name: &'static str) -> Result<String, ProtocolError> {
@@ -257,7 +301,7 @@ fn required(value: Option<String>, name: &'static str) -> Result<String, Protoco
 }
 
 impl<D> UncheckedEnvelope<D> {
-    /// Validates the attributes: required ones present, `specversion` 1.0, `id` a UUID,
+    /// Validates the attributes: required ones present (`id` any non-empty string), `specversion` 1.0,
     /// `type` well formed, `time` RFC 3339, `priority` known. An invalid `traceparent`
     /// is dropped, as W3C trace context asks.
     pub(crate) fn validate(self) -> Result<Envelope<Option<D>>, ProtocolError> {
@@ -269,10 +313,6 @@ impl<D> UncheckedEnvelope<D> {
             });
         }
         let id = required(self.id, "id")?;
-        let id = Uuid::parse_str(&id).map_err(|_| ProtocolError::InvalidAttribute {
-            attribute: "id",
-            reason: format!("`{id}` is not a UUID"),
-        })?;
         let source = required(self.source, "source")?;
         let ty = required(self.ty, "type")?;
         ty.parse::<MessageType>()?;
@@ -318,11 +358,13 @@ impl<D> UncheckedEnvelope<D> {
 }
 
 /// Builds an outgoing envelope: fresh UUID v7 id, current time, `type` and
-/// `dataschema` from the payload type, and flow attributes from a parent message.
+/// `dataschema` from the payload type (or the event's own `type`, see
+/// [`EnvelopeBuilder::event`]), and flow attributes from a parent message.
 #[derive(Debug)]
 pub struct EnvelopeBuilder<T> {
     source: String,
     data: T,
+    ty: Option<MessageType>,
     subject: Option<String>,
     correlationid: Option<String>,
     causationid: Option<String>,
@@ -336,12 +378,21 @@ impl<T: Message> EnvelopeBuilder<T> {
         Self {
             source: source.into(),
             data,
+            ty: None,
             subject: None,
             correlationid: None,
             causationid: None,
             priority: None,
             traceparent: None,
         }
+    }
+
+    /// Makes this envelope the event `<entity>.<what>` (published on
+    /// `<prefix>.devops.v1.events.<entity>.<what>`): its `type` becomes the event's own,
+    /// [`crate::message::event_type`], instead of the payload's.
+    pub fn event(mut self, entity: &str, what: &str) -> Self {
+        self.ty = Some(crate::message::event_type(entity, what, T::MAJOR));
+        self
     }
 
     /// Sets what the message is about.
@@ -372,7 +423,7 @@ impl<T: Message> EnvelopeBuilder<T> {
     /// set to the parent's id, and a child span of the parent's trace.
     pub fn caused_by(mut self, parent: &FlowContext) -> Self {
         self.correlationid = Some(parent.correlationid.clone());
-        self.causationid = Some(parent.id.to_string());
+        self.causationid = Some(parent.id.clone());
         self.traceparent = Some(
             parent
                 .traceparent
@@ -385,17 +436,17 @@ impl<T: Message> EnvelopeBuilder<T> {
 
     /// Finishes the envelope.
     pub fn build(self) -> Envelope<T> {
-        let id = Uuid::now_v7();
+        let id = Uuid::now_v7().to_string();
         Envelope {
             specversion: SPEC_VERSION.to_owned(),
-            id,
+            id: id.clone(),
             source: self.source,
-            ty: T::message_type().to_string(),
+            ty: self.ty.unwrap_or_else(T::message_type).to_string(),
             time: Some(Utc::now()),
             datacontenttype: Some("application/json".to_owned()),
-            dataschema: Some(format!("schemas/{}", T::schema_path())),
+            dataschema: Some(T::schema_uri()),
             subject: self.subject,
-            correlationid: Some(self.correlationid.unwrap_or_else(|| id.to_string())),
+            correlationid: Some(self.correlationid.unwrap_or(id)),
             causationid: self.causationid,
             priority: self.priority,
             traceparent: Some(
@@ -408,6 +459,33 @@ impl<T: Message> EnvelopeBuilder<T> {
     }
 }
 
+/// The longest id used as it is in a key or subject token by [`id_token`].
+pub const MAX_ID_TOKEN_LEN: usize = 128;
+
+/// A message id as one token of a NATS subject or KV key: the id itself when it is
+/// made of letters, digits, `-` and `_` only (every UUID) and at most
+/// [`MAX_ID_TOKEN_LEN`] bytes, else `h_` and the hex SHA-256 of the id. Two ids give
+/// the same token only if they are equal (or their SHA-256 collide).
+pub fn id_token(id: &str) -> std::borrow::Cow<'_, str> {
+    let plain = !id.is_empty()
+        && id.len() <= MAX_ID_TOKEN_LEN
+        && !id.starts_with("h_")
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return std::borrow::Cow::Borrowed(id);
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(id.as_bytes());
+    let mut token = String::with_capacity(2 + 64);
+    token.push_str("h_");
+    for b in digest {
+        token.push_str(&format!("{b:02x}"));
+    }
+    std::borrow::Cow::Owned(token)
+}
+
 /// A fresh message id (UUID v7).
 pub fn new_id() -> Uuid {
     Uuid::now_v7()
@@ -416,4 +494,25 @@ pub fn new_id() -> Uuid {
 /// The current time in RFC 3339, as the `time` attribute carries it.
 pub fn now_rfc3339() -> String {
     Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_become_safe_tokens() {
+        let uuid = new_id().to_string();
+        assert_eq!(id_token(&uuid), uuid.as_str());
+        assert_eq!(id_token("T-42_a"), "T-42_a");
+        for odd in ["a b", "a.b", "x/y", "h_abc", "é", &"x".repeat(129)] {
+            let token = id_token(odd);
+            assert!(
+                token.starts_with("h_") && token.len() == 66,
+                "{odd}: {token}"
+            );
+            assert_eq!(token, id_token(odd));
+        }
+        assert_ne!(id_token("a b"), id_token("a.b"));
+    }
 }

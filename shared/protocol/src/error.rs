@@ -200,6 +200,12 @@ pub enum ProtocolError {
         /// The types accepted.
         supported: Vec<String>,
     },
+    /// The envelope has no `data` (CloudEvents allows that) but its type needs some.
+    #[error("`data` is required for type `{ty}`")]
+    MissingData {
+        /// The envelope's type.
+        ty: String,
+    },
     /// `data` does not match the payload type.
     #[error("invalid data: {0}")]
     InvalidData(String),

@@ -61,6 +61,43 @@ pub trait EventKind: Copy + Eq + Sized + 'static {
     }
 }
 
+/// The payload type's `NAME` of the event named `name` (`<entity>.<what>`, e.g.
+/// `step.started`), for every event the agent publishes; `None` for a name that is no
+/// event of ours. The event's `type` is `ai.toronto.devops.<name>.v<major>` with the
+/// payload's major.
+pub fn payload_of_event(name: &str) -> Option<&'static str> {
+    use crate::message::Message;
+    use crate::rollout::{ChaosEvent, ChaosRun, Rollout, RolloutEvent};
+    use crate::tasks::{GateEvent, Plan, PlanEvent, StepEvent};
+    if PlanEvent::from_event_name(name).is_some()
+        || StepEvent::from_event_name(name).is_some()
+        || GateEvent::from_event_name(name).is_some()
+    {
+        return Some(Plan::NAME);
+    }
+    if RolloutEvent::from_event_name(name).is_some() {
+        return Some(Rollout::NAME);
+    }
+    if ChaosEvent::from_event_name(name).is_some() {
+        return Some(ChaosRun::NAME);
+    }
+    let (entity, what) = name.split_once('.')?;
+    Some(match (entity, what) {
+        ("drift", "detected") => crate::rollout::Drift::NAME,
+        ("alert", "firing" | "resolved") => crate::alerts::Alert::NAME,
+        ("slo", "budget.exhausted") => crate::tasks::SloStatus::NAME,
+        ("analysis", "result") => crate::analysis::CanaryVerdict::NAME,
+        ("page", "sent") => crate::incidents::Page::NAME,
+        ("chat", "command") => crate::chat::ChatCommandRecord::NAME,
+        ("audit", "decision") => crate::audit::AuditDecision::NAME,
+        // The incident commander's incident and freeze events are open-ended
+        // (`incident.opened`, `incident.escalated`, `freeze.started`, ...).
+        ("incident", _) => crate::incidents::IncidentEvent::NAME,
+        ("freeze", _) => crate::incidents::Freeze::NAME,
+        _ => return None,
+    })
+}
+
 /// Defines an event-kind enum: variants with their subject tokens, `EventKind`,
 /// `Display` and `FromStr`.
 macro_rules! event_kinds {
@@ -147,6 +184,46 @@ mod tests {
             "nope".parse::<RolloutEvent>().unwrap_err().to_string(),
             "`nope` is not a rollout event"
         );
+    }
+
+    #[test]
+    fn every_event_names_its_payload() {
+        use crate::Message;
+        use crate::tasks::Plan;
+        for name in [
+            "plan.created",
+            "step.started",
+            "step.finished",
+            "gate.passed",
+        ] {
+            assert_eq!(payload_of_event(name), Some(Plan::NAME), "{name}");
+            assert!(Plan::is_event(name));
+        }
+        for (name, payload) in [
+            ("rollout.rolled_back", "rollout"),
+            ("chaos.started", "chaos.run"),
+            ("drift.detected", "drift"),
+            ("alert.firing", "alert"),
+            ("slo.budget.exhausted", "slo.status"),
+            ("analysis.result", "canary.verdict"),
+            ("incident.opened", "incident.event"),
+            ("page.sent", "page"),
+            ("freeze.started", "freeze"),
+            ("chat.command", "chat.command"),
+            ("audit.decision", "audit.decision"),
+        ] {
+            assert_eq!(payload_of_event(name), Some(payload), "{name}");
+        }
+        for name in [
+            "plan.get",
+            "plan.bogus",
+            "rollout",
+            "task.deploy",
+            "alert.bogus",
+        ] {
+            assert_eq!(payload_of_event(name), None, "{name}");
+        }
+        assert!(!Plan::is_event("rollout.started"));
     }
 
     /// Every kind is documented in `schemas/asyncapi.yaml`.

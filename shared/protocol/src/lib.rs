@@ -1,8 +1,8 @@
 //! The bus contract of the Toronto DevOps agent.
 //!
-//! Every message on the bus is a CloudEvents 1.0 envelope in structured mode
-//! ([`Envelope`]), encoded as JSON or MessagePack ([`codec`]) according to the
-//! `Content-Type` header. Message payloads are Rust types implementing [`Message`];
+//! Every message on the bus is a CloudEvents 1.0 event ([`Envelope`]): sent in
+//! structured mode, encoded as JSON or MessagePack ([`codec`]) according to the
+//! `Content-Type` header, and accepted in binary mode too ([`codec::binary`]). Message payloads are Rust types implementing [`Message`];
 //! their JSON Schemas under `schemas/v1/` are generated from these types
 //! ([`catalogue`]). Subjects are built by [`Subjects`] over a configurable prefix,
 //! and failures travel as the error envelope of [`error`].

@@ -13,6 +13,16 @@ use crate::error::ProtocolError;
 /// Every `type` of ours starts with this.
 pub const TYPE_PREFIX: &str = "ai.toronto.devops.";
 
+/// The base of every schema URI: a payload's `dataschema` and its schema's `$id` are
+/// this followed by its path under the repository's `schemas/` folder
+/// (`https://toronto.dev/schemas/v1/plan.json` is `schemas/v1/plan.json`).
+pub const SCHEMA_BASE_URI: &str = "https://toronto.dev/schemas/";
+
+/// The absolute URI of a schema file given by its path under `schemas/`.
+pub fn schema_uri(path: &str) -> String {
+    format!("{SCHEMA_BASE_URI}{path}")
+}
+
 /// A parsed `type` attribute: `ai.toronto.devops.<name>.v<major>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct MessageType {
@@ -76,6 +86,14 @@ impl FromStr for MessageType {
     }
 }
 
+/// The `type` of an event: `ai.toronto.devops.<entity>.<what>.v<major>`, where
+/// `<entity>.<what>` is the event's name (the tokens after `events.` in its subject,
+/// e.g. `plan.created`) and `major` is its payload type's major. Every distinct event
+/// has its own type; its `dataschema` stays the payload's schema.
+pub fn event_type(entity: &str, what: &str, major: u32) -> MessageType {
+    MessageType::new(format!("{entity}.{what}"), major)
+}
+
 /// A payload type of the contract.
 ///
 /// `NAME` and `MAJOR` make the CloudEvents `type`; the JSON Schema comes from
@@ -94,6 +112,15 @@ pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'st
     /// `requested_by`, ...), so a handler never trusts what the caller wrote there.
     /// Types without such a field keep the default, which changes nothing.
     fn attribute(&mut self, _principal: &str) {}
+
+    /// Whether this type is the data of the event named `name` (`plan.created`): an
+    /// event's `type` is [`event_type`], and a typed decode of an event accepts it as
+    /// well as the payload's own type (which events carried before they had their own,
+    /// and which older events in the stream still carry). The default looks the
+    /// event up in [`crate::event_kind::payload_of_event`].
+    fn is_event(name: &str) -> bool {
+        crate::event_kind::payload_of_event(name) == Some(Self::NAME)
+    }
 
     /// The current `type` attribute.
     fn message_type() -> MessageType {
@@ -122,6 +149,11 @@ pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'st
         format!("v{}/{}.json", Self::MAJOR, Self::NAME)
     }
 
+    /// The schema's absolute URI: the `dataschema` attribute and the schema's `$id`.
+    fn schema_uri() -> String {
+        schema_uri(&Self::schema_path())
+    }
+
     /// Converts a payload of an accepted older major into the current type. The
     /// default treats the older major as wire-compatible (additive changes only).
     fn upgrade(major: u32, data: serde_json::Value) -> Result<Self, ProtocolError> {
@@ -129,9 +161,10 @@ pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'st
         serde_json::from_value(data).map_err(|e| ProtocolError::InvalidData(e.to_string()))
     }
 
-    /// Checks that `ty` names this message at a supported major.
+    /// Checks that `ty` names this message, or an event whose data it is
+    /// ([`Message::is_event`]), at a supported major.
     fn check_type(ty: &MessageType) -> Result<(), ProtocolError> {
-        if ty.name != Self::NAME {
+        if ty.name != Self::NAME && !Self::is_event(&ty.name) {
             return Err(ProtocolError::WrongType {
                 got: ty.to_string(),
                 expected: Self::supported_types(),

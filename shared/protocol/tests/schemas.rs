@@ -24,7 +24,14 @@ fn every_schema_is_draft_2020_12_with_an_id() {
             "{}",
             file.path
         );
-        assert_eq!(file.schema["$id"], format!("schemas/{}", file.path));
+        assert_eq!(
+            file.schema["$id"],
+            format!("https://toronto.dev/schemas/{}", file.path)
+        );
+        assert_eq!(
+            file.schema["$id"],
+            toronto_protocol::message::schema_uri(&file.path)
+        );
     }
 }
 

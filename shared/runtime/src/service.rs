@@ -39,11 +39,13 @@ use crate::jetstream::DeadLetters;
 use crate::metrics::{EndpointMetrics, Metrics};
 
 mod adr32;
+mod cloudevent;
 mod endpoint;
 mod forward;
 mod request;
 
 use adr32::{EndpointCounters, verb_subscriptions};
+pub use cloudevent::{decode_message, decode_message_raw, decode_message_with_flow, is_binary};
 use endpoint::Endpoint;
 pub use forward::{OwnerRoute, Route, owner_prefix};
 pub use request::{Accepts, Request};
@@ -322,10 +324,7 @@ impl ServiceHost {
                     ("request_type".to_owned(), join(|t| &t.0)),
                     ("response_type".to_owned(), Resp::message_type().to_string()),
                     ("request_schema".to_owned(), join(|t| &t.1)),
-                    (
-                        "response_schema".to_owned(),
-                        format!("schemas/{}", Resp::schema_path()),
-                    ),
+                    ("response_schema".to_owned(), Resp::schema_uri()),
                 ])
             });
         let sub = self
@@ -364,7 +363,7 @@ impl ServiceHost {
             decoder,
             handler,
             reply_type: Resp::message_type().to_string(),
-            reply_schema: format!("schemas/{}", Resp::schema_path()),
+            reply_schema: Resp::schema_uri(),
         });
         if let Some(owned) = owned {
             let prefix = forward::owner_prefix(&self.shared.id);

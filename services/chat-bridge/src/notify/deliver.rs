@@ -9,7 +9,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::Encoding;
 
 use super::{Note, describe};
 use crate::markup::render;
@@ -238,15 +237,10 @@ pub async fn follow_events(
             _ = shutdown.cancelled() => break,
             m = events.next() => match m { Some(m) => m, None => break },
         };
-        let encoding = Encoding::from_content_type(
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(toronto_protocol::codec::CONTENT_TYPE_HEADER))
-                .map(|v| v.as_str()),
-        )
-        .unwrap_or(Encoding::Json);
-        let Ok(envelope) = toronto_protocol::decode_raw(&message.payload, encoding) else {
+        let Ok(envelope) = toronto_runtime::service::decode_message_raw(
+            message.headers.as_ref(),
+            &message.payload,
+        ) else {
             tracing::debug!(subject = %message.subject, "not an envelope; no notification");
             continue;
         };

@@ -245,7 +245,7 @@ fn production_plan(requested_by: &str) -> Plan {
     approval.state = StepState::Waiting;
     Plan {
         id: uuid::Uuid::now_v7(),
-        task_id: uuid::Uuid::now_v7(),
+        task_id: uuid::Uuid::now_v7().to_string(),
         task: PlanTask::Deploy(Box::new(DeployTask {
             service: "shop".into(),
             version: "1.2.0".into(),

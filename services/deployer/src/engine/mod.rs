@@ -378,7 +378,7 @@ impl Deployer {
     /// Publishes `rollout.<what>` with the rollout as data.
     pub(crate) async fn announce(&self, what: RolloutEvent, r: &Rollout) {
         let flow = FlowContext {
-            id: r.id,
+            id: r.id.to_string(),
             correlationid: r.correlationid.clone().unwrap_or_else(|| r.id.to_string()),
             traceparent: None,
         };

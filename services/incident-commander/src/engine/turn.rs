@@ -127,12 +127,19 @@ impl<'a> Turn<'a> {
         data: T,
         about: &str,
         id: Option<Uuid>,
-    ) -> Option<(Vec<u8>, Uuid)> {
-        let mut env = Envelope::builder(self.source.to_owned(), data)
-            .subject(about.to_owned())
-            .build();
+    ) -> Option<(Vec<u8>, String)> {
+        self.encode_envelope(Envelope::builder(self.source.to_owned(), data), about, id)
+    }
+
+    fn encode_envelope<T: Message>(
+        &self,
+        builder: toronto_protocol::EnvelopeBuilder<T>,
+        about: &str,
+        id: Option<Uuid>,
+    ) -> Option<(Vec<u8>, String)> {
+        let mut env = builder.subject(about.to_owned()).build();
         if let Some(id) = id {
-            env.id = id;
+            env.id = id.to_string();
         }
         match toronto_protocol::encode(&env, toronto_protocol::Encoding::Json) {
             Ok(bytes) => Some((bytes, env.id)),
@@ -153,14 +160,15 @@ impl<'a> Turn<'a> {
         data: T,
         id: Option<Uuid>,
     ) {
-        let Some((payload, id)) = self.envelope(data, about, id) else {
+        let builder = Envelope::builder(self.source.to_owned(), data).event(entity, what);
+        let Some((payload, id)) = self.encode_envelope(builder, about, id) else {
             return;
         };
         let subject = format!("{}.devops.v1.events.{entity}.{what}", self.prefix);
         self.push(Effect::Event {
             subject,
             payload: payload.into(),
-            msg_id: id.to_string(),
+            msg_id: id,
         });
     }
 

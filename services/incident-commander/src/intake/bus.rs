@@ -19,7 +19,22 @@ pub fn bus_alert(
 ) -> Result<AlertIn, IntakeError> {
     let encoding = Encoding::from_content_type(content_type).map_err(IntakeError::Decode)?;
     let env = decode::<Alert>(payload, encoding).map_err(IntakeError::Decode)?;
-    let a = env.data;
+    checked_alert(subject, env.data)
+}
+
+/// Like [`bus_alert`], for a message in either CloudEvents content mode (structured,
+/// or binary with `ce-*` headers and the bare alert as its body).
+pub fn bus_alert_message(
+    subject: &str,
+    headers: Option<&async_nats::HeaderMap>,
+    payload: &[u8],
+) -> Result<AlertIn, IntakeError> {
+    let env = toronto_runtime::service::decode_message::<Alert>(headers, payload)
+        .map_err(IntakeError::Decode)?;
+    checked_alert(subject, env.data)
+}
+
+fn checked_alert(subject: &str, a: Alert) -> Result<AlertIn, IntakeError> {
     let expected = if subject.ends_with(".firing") {
         AlertStatus::Firing
     } else if subject.ends_with(".resolved") {
@@ -54,15 +69,7 @@ pub fn bus_alert(
 
 /// Handles one delivery of the alerts consumer.
 pub async fn handle_bus_alert(engine: Arc<Engine>, delivery: Delivery) -> Outcome {
-    let content_type = delivery
-        .headers()
-        .and_then(|h| h.get("Content-Type"))
-        .map(|v| v.as_str().to_owned());
-    match bus_alert(
-        delivery.subject(),
-        content_type.as_deref(),
-        delivery.payload(),
-    ) {
+    match bus_alert_message(delivery.subject(), delivery.headers(), delivery.payload()) {
         Ok(alert) => {
             engine.ingest(vec![alert]);
             engine.flush().await;

@@ -247,7 +247,7 @@ async fn a_watch_publishes_verdicts_until_unwatched_or_the_rollout_ends() {
         let v = next_verdict(&mut results).await;
         assert_eq!(v.data.rollout_id, Some(first));
         assert_eq!(v.subject.as_deref(), Some("cart"));
-        assert_eq!(v.ty, "ai.toronto.devops.canary.verdict.v1");
+        assert_eq!(v.ty, "ai.toronto.devops.analysis.result.v1");
         if v.data.outcome == AnalysisOutcome::Fail {
             fails += 1;
         }

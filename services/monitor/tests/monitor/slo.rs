@@ -145,7 +145,7 @@ async fn a_fast_burn_pages_exhausts_the_budget_and_resolves_when_errors_stop() {
     errors.store(50, std::sync::atomic::Ordering::Relaxed);
     let (subject, fired) = next_alert(&mut page_events, "page").await;
     assert_eq!(subject, "toronto.devops.v1.events.alert.firing");
-    assert_eq!(fired.ty, "ai.toronto.devops.alert.v1");
+    assert_eq!(fired.ty, "ai.toronto.devops.alert.firing.v1");
     assert_eq!(fired.subject.as_deref(), Some("cart"));
     let alert = &fired.data;
     assert_eq!(alert.status, AlertStatus::Firing);

@@ -204,7 +204,7 @@ impl Planner {
                 return Ok(Outcome::Ack);
             };
             let flow = FlowContext {
-                id: plan.task_id,
+                id: plan.task_id.clone(),
                 correlationid: plan.correlationid.clone(),
                 traceparent: None,
             };

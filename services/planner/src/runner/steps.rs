@@ -93,7 +93,7 @@ impl Planner {
                 // The rollout continues the plan's flow: one correlation id from the
                 // task to the last rollout event.
                 .caused_by(&FlowContext {
-                    id: plan.task_id,
+                    id: plan.task_id.clone(),
                     correlationid: plan.correlationid.clone(),
                     traceparent: None,
                 })

@@ -76,7 +76,7 @@ async fn dora_counts_every_failure_and_matches_a_hand_computed_history() {
         });
         let plan = Plan {
             id: uuid::Uuid::now_v7(),
-            task_id: uuid::Uuid::now_v7(),
+            task_id: uuid::Uuid::now_v7().to_string(),
             task: PlanTask::Deploy(Box::new(task)),
             state: S::Completed,
             requested_by: "toronto://test".into(),

@@ -43,7 +43,7 @@ async fn history(p: &Planner, count: usize, pad: usize) -> HashSet<Uuid> {
             let kv = kv.clone();
             let plan = Plan {
                 id,
-                task_id: Uuid::now_v7(),
+                task_id: Uuid::now_v7().to_string(),
                 reason: Some("x".repeat(pad)),
                 ..template.clone()
             };

@@ -4,6 +4,7 @@
 //! `tests/e2e/tests/scenarios/planner.rs`.)
 
 mod architect;
+mod cloudevents;
 mod dora;
 mod identity;
 mod intake;

@@ -205,8 +205,9 @@ pub struct Stopped {
 pub struct Plan {
     /// The plan's id.
     pub id: Uuid,
-    /// The id of the task's envelope (tasks are deduplicated by it).
-    pub task_id: Uuid,
+    /// The id of the task's envelope (tasks are deduplicated by it): any non-empty
+    /// string, as CloudEvents allows.
+    pub task_id: String,
     /// The task.
     pub task: PlanTask,
     /// Where it stands.

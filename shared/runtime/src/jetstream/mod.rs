@@ -10,8 +10,10 @@ use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::{self, DiscardPolicy, RetentionPolicy, StorageType};
 use bytes::Bytes;
 use toronto_protocol::codec::CONTENT_TYPE_HEADER;
+use toronto_protocol::codec::encode_ref;
+use toronto_protocol::envelope::EnvelopeRef;
 use toronto_protocol::trace::{TRACEPARENT_HEADER, TRACESTATE_HEADER};
-use toronto_protocol::{Encoding, Envelope, Message, Subjects, encode};
+use toronto_protocol::{Encoding, Envelope, Message, Subjects};
 
 use crate::config::JetStreamConfig;
 use crate::metrics::{EventLabels, Metrics};
@@ -232,7 +234,9 @@ impl Events {
     }
 
     /// Publishes `envelope` as `<prefix>.devops.v1.events.<entity>.<what>` with
-    /// `Nats-Msg-Id` set to the envelope id, so a retried publish is stored once.
+    /// `Nats-Msg-Id` set to the envelope id, so a retried publish is stored once. The
+    /// published `type` is the event's own (`ai.toronto.devops.<entity>.<what>.v<N>`,
+    /// [`toronto_protocol::message::event_type`]) whatever the envelope was built with.
     pub async fn publish<T: Message>(
         &self,
         entity: &str,
@@ -240,12 +244,13 @@ impl Events {
         envelope: &Envelope<T>,
     ) -> Result<PublishAck, JetStreamError> {
         let subject = self.subjects.event(entity, what);
-        let ack = publish_envelope(&self.js, &subject, envelope).await?;
+        let ty = toronto_protocol::message::event_type(entity, what, T::MAJOR).to_string();
+        let mut wire = envelope.borrowed();
+        wire.ty = &ty;
+        let ack = publish_ref(&self.js, &subject, &wire).await?;
         self.metrics
             .events_published
-            .get_or_create(&EventLabels {
-                r#type: envelope.ty.clone(),
-            })
+            .get_or_create(&EventLabels { r#type: ty })
             .inc();
         Ok(ack)
     }
@@ -258,17 +263,25 @@ pub async fn publish_envelope<T: Message>(
     subject: &str,
     envelope: &Envelope<T>,
 ) -> Result<PublishAck, JetStreamError> {
+    publish_ref(js, subject, &envelope.borrowed()).await
+}
+
+async fn publish_ref<T: Message>(
+    js: &Context,
+    subject: &str,
+    envelope: &EnvelopeRef<'_, T>,
+) -> Result<PublishAck, JetStreamError> {
     let failed = |reason: String| JetStreamError::Publish {
         subject: subject.to_owned(),
         reason,
     };
-    let bytes = encode(envelope, Encoding::Json).map_err(|e| failed(e.to_string()))?;
+    let bytes = encode_ref(envelope, Encoding::Json).map_err(|e| failed(e.to_string()))?;
     let mut publish = Publish::build()
         .payload(Bytes::from(bytes))
-        .message_id(envelope.id.to_string())
+        .message_id(envelope.id)
         .header(CONTENT_TYPE_HEADER, Encoding::Json.content_type());
-    if let Some(tp) = &envelope.traceparent {
-        publish = publish.header(TRACEPARENT_HEADER, tp.as_str());
+    if let Some(tp) = envelope.traceparent {
+        publish = publish.header(TRACEPARENT_HEADER, tp);
         if crate::telemetry::exporting()
             && let Some(sc) = crate::telemetry::propagation::current()
         {

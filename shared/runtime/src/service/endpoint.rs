@@ -115,7 +115,13 @@ where
             if size > limit {
                 return Err(ProtocolError::TooLarge { size, limit }.into());
             }
-            let mut envelope = match self.decoder.decode(&message.payload, encoding?) {
+            let decoded = cloudevent::decode_request(
+                &self.decoder,
+                message.headers.as_ref(),
+                &message.payload,
+                encoding,
+            );
+            let mut envelope = match decoded {
                 Ok(envelope) => envelope,
                 Err((e, request_flow)) => {
                     flow = request_flow.map(|f| *f);
@@ -232,9 +238,10 @@ where
                         .unwrap_or_else(TraceParent::new_root),
                 }
                 .to_string();
+                let mut id = uuid::Uuid::encode_buffer();
                 let reply = EnvelopeRef {
                     specversion: SPEC_VERSION,
-                    id: uuid::Uuid::now_v7(),
+                    id: uuid::Uuid::now_v7().hyphenated().encode_lower(&mut id),
                     source: &self.shared.spec.source,
                     ty: &self.reply_type,
                     time: Some(chrono::Utc::now()),
@@ -242,7 +249,7 @@ where
                     dataschema: Some(&self.reply_schema),
                     subject: subject.as_deref(),
                     correlationid: Some(&flow.correlationid),
-                    causationid: Some(flow.id),
+                    causationid: Some(&flow.id),
                     priority: None,
                     traceparent: Some(&traceparent),
                     data: &data,

@@ -4,7 +4,7 @@
 use async_nats::HeaderMap;
 use toronto_protocol::codec::{DecodeFailure, decode_with_flow};
 use toronto_protocol::envelope::FlowContext;
-use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, ProtocolError};
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, ProtocolError, RawEnvelope};
 
 /// A decoded, validated request handed to a handler.
 #[derive(Debug)]
@@ -70,6 +70,8 @@ pub(super) trait RequestDecoder: Send + Sync + 'static {
         bytes: &[u8],
         encoding: Encoding,
     ) -> Result<Envelope<Self::Data>, DecodeFailure>;
+    /// Checks a request already decoded in binary content mode.
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<Self::Data>, DecodeFailure>;
     /// The request types, for `$SRV.INFO`.
     fn request_types(&self) -> Vec<(String, String)>;
     /// Who may send it (the request type's [`Message::ACCESS`]).
@@ -88,11 +90,12 @@ impl<T: Message> RequestDecoder for Typed<T> {
     fn decode(&self, bytes: &[u8], encoding: Encoding) -> Result<Envelope<T>, DecodeFailure> {
         decode_with_flow::<T>(bytes, encoding)
     }
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<T>, DecodeFailure> {
+        let flow = Box::new(raw.flow());
+        raw.into_typed().map_err(|e| (e, Some(flow)))
+    }
     fn request_types(&self) -> Vec<(String, String)> {
-        vec![(
-            T::message_type().to_string(),
-            format!("schemas/{}", T::schema_path()),
-        )]
+        vec![(T::message_type().to_string(), T::schema_uri())]
     }
     fn access(&self) -> toronto_protocol::auth::Access {
         T::ACCESS
@@ -132,7 +135,7 @@ impl Accepts {
             supported: T::supported_types(),
             majors: T::supported_majors(),
             current: T::message_type().to_string(),
-            schema: format!("schemas/{}", T::schema_path()),
+            schema: T::schema_uri(),
         });
         self
     }
@@ -161,6 +164,9 @@ impl RequestDecoder for Accepts {
         encoding: Encoding,
     ) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let raw = toronto_protocol::decode_raw(bytes, encoding).map_err(|e| (e, None))?;
+        self.check_raw(raw)
+    }
+    fn check_raw(&self, raw: RawEnvelope) -> Result<Envelope<serde_json::Value>, DecodeFailure> {
         let flow = Box::new(raw.flow());
         let ty = raw.message_type().map_err(|e| (e, Some(flow.clone())))?;
         self.check(&ty).map_err(|e| (e, Some(flow)))?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::Context;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::{Encoding, Envelope, Message};
+use toronto_protocol::{Envelope, Message};
 
 use crate::Metrics;
 use crate::jetstream::{
@@ -136,7 +136,10 @@ impl WorkQueue {
             move |delivery: Delivery| {
                 let handler = handler.clone();
                 async move {
-                    match toronto_protocol::decode::<M>(delivery.payload(), Encoding::Json) {
+                    match crate::service::decode_message::<M>(
+                        delivery.headers(),
+                        delivery.payload(),
+                    ) {
                         Ok(work) => handler(work.data, delivery).await,
                         Err(e) => Outcome::Reject {
                             reason: e.to_string(),

@@ -35,13 +35,13 @@ async fn each_bad_input_gets_its_code_and_the_service_keeps_answering() {
         "missing required attribute `source`",
     ));
     let mut bad_id = good.clone();
-    bad_id["id"] = "12345".into();
+    bad_id["id"] = "".into();
     cases.push((
-        "non-UUID id",
+        "empty id",
         serde_json::to_vec(&bad_id).unwrap(),
         json_headers(),
         400,
-        "not a UUID",
+        "missing required attribute `id`",
     ));
     let mut future = good.clone();
     future["type"] = "ai.toronto.devops.test.echo.v3".into();
@@ -431,4 +431,52 @@ async fn an_endpoint_can_take_several_request_types() {
         info["endpoints"][0]["metadata"]["request_type"],
         "ai.toronto.devops.test.echo.v2,ai.toronto.devops.test.shout.v1"
     );
+}
+
+#[tokio::test]
+async fn binary_content_mode_is_served_and_checked_like_structured_mode() {
+    let server = NatsServer::start().await;
+    let client = server.client().await;
+    let _host = echo_host(&client, EndpointConfig::default()).await;
+    let binary = |id: &str, ty: &str| {
+        let mut h = HeaderMap::new();
+        h.insert("ce-specversion", "1.0");
+        h.insert("ce-id", id);
+        h.insert("ce-source", "urn:peer:binary");
+        h.insert("ce-type", ty);
+        h.insert("ce-correlationid", "flow-7");
+        h.insert("Content-Type", "application/json");
+        h
+    };
+    let echo = Echo::message_type().to_string();
+    let (code, reply, reply_headers) = raw(
+        &client,
+        br#"{"text":"bare data"}"#.to_vec(),
+        binary("order 7", &echo),
+    )
+    .await;
+    assert_eq!(code, None);
+    assert_eq!(reply.data["text"], "bare data");
+    assert_eq!(reply.causationid.as_deref(), Some("order 7"));
+    assert_eq!(reply.correlationid.as_deref(), Some("flow-7"));
+    // The reply is a structured envelope.
+    assert_eq!(
+        reply_headers.get("Content-Type").unwrap().as_str(),
+        "application/cloudevents+json"
+    );
+    // Checked like structured mode: a missing attribute, bad data, an unknown major.
+    let mut no_source = binary("x", &echo);
+    no_source.insert("ce-source", "");
+    let (code, reply, _) = raw(&client, b"{}".to_vec(), no_source).await;
+    assert_eq!(code, Some(400));
+    assert!(reply.data["message"].as_str().unwrap().contains("`source`"));
+    let (code, _, _) = raw(&client, br#"{"text":1}"#.to_vec(), binary("x", &echo)).await;
+    assert_eq!(code, Some(400));
+    let (code, _, _) = raw(
+        &client,
+        b"{}".to_vec(),
+        binary("x", "ai.toronto.devops.test.echo.v9"),
+    )
+    .await;
+    assert_eq!(code, Some(422));
 }
