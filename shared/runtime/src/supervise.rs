@@ -153,6 +153,10 @@ impl Loops {
                 last_error: None,
             },
         );
+        // The loop's series exists (at 0) before its first restart.
+        self.restarts
+            .get_or_create(&vec![("loop".to_owned(), unique.clone())])
+            .inc_by(0);
         unique
     }
 
