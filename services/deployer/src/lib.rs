@@ -15,6 +15,7 @@ pub mod chaos;
 pub mod commands;
 pub mod engine;
 pub mod kube;
+pub mod promql;
 pub mod settings;
 pub mod sim;
 pub mod target;

@@ -362,36 +362,31 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
     );
     let open = Gauge::<i64>::default();
     let by_severity = Family::<Vec<(String, String)>, Gauge<i64>>::default();
-    let mtta = Gauge::<f64, AtomicU64>::default();
-    let mttr = Gauge::<f64, AtomicU64>::default();
     let mtbf = Gauge::<f64, AtomicU64>::default();
     rt.metrics
-        .register("incident_open", "Incidents open now", open.clone());
+        .register("incidents_open", "Incidents open now", open.clone());
     rt.metrics.register(
-        "incident_incidents",
-        "Incidents by severity",
+        "incidents",
+        "Incidents known, by severity",
         by_severity.clone(),
     );
-    rt.metrics.register(
-        "incident_mtta_seconds",
-        "Mean time to acknowledge",
-        mtta.clone(),
-    );
-    rt.metrics.register(
-        "incident_mttr_seconds",
-        "Mean time to resolve",
-        mttr.clone(),
-    );
+    for sev in ["sev1", "sev2", "sev3", "sev4"] {
+        by_severity
+            .get_or_create(&vec![("severity".to_owned(), sev.to_owned())])
+            .set(0);
+    }
+    rt.metrics
+        .register_collector(engine::metrics::ResponseTimes(engine.clone()));
     rt.metrics.register(
         "incident_mtbf_seconds",
         "Mean time between incidents of a service",
         mtbf.clone(),
     );
     let (engine, token) = (engine.clone(), rt.shutdown_token());
-    let gauges = (open, by_severity, mtta, mttr, mtbf);
+    let gauges = (open, by_severity, mtbf);
     rt.spawn_loop(LoopSpec::new("incident metrics").optional(), move || {
         let (engine, token) = (engine.clone(), token.clone());
-        let (open, by_severity, mtta, mttr, mtbf) = gauges.clone();
+        let (open, by_severity, mtbf) = gauges.clone();
         async move {
         let mut every = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -403,8 +398,6 @@ fn register_metrics(rt: &ServiceRuntime, engine: &Arc<Engine>) {
                     for (sev, n) in &m.by_severity {
                         by_severity.get_or_create(&vec![("severity".to_owned(), sev.clone())]).set(*n as i64);
                     }
-                    mtta.set(m.mtta_seconds.unwrap_or(0.0));
-                    mttr.set(m.mttr_seconds.unwrap_or(0.0));
                     mtbf.set(m.mtbf_seconds.unwrap_or(0.0));
                 }
             }

@@ -132,7 +132,15 @@ fn query(field: &str, source: &MetricSource) -> Result<String, SloError> {
             "must use {{.window}} as the rate window",
         ));
     }
+    check_promql(q).map_err(|why| invalid(&format!("{field}.metricSource.spec.query"), why))?;
     Ok(q.to_owned())
+}
+
+/// Parses `query` (its `{{.window}}` as `5m`) with `promql-parser`, Prometheus' grammar.
+fn check_promql(query: &str) -> Result<(), String> {
+    promql_parser::parser::parse(&query.replace("{{.window}}", "5m"))
+        .map(drop)
+        .map_err(|e| format!("is not valid PromQL: {e}"))
 }
 
 /// Parses and validates an SLO document; a malformed one is refused with the field
@@ -170,13 +178,14 @@ pub fn parse(yaml: &str) -> Result<Slo, SloError> {
     let [window] = spec.time_window.as_slice() else {
         return Err(invalid("spec.timeWindow", "give exactly one window"));
     };
-    let window_days = match window.duration.as_str() {
-        "28d" => 28,
-        "30d" => 30,
-        other => {
+    // `28d`, `4w`, `30d`, `720h`: any spelling humantime reads of 28 or 30 days.
+    let window_days = match humantime::parse_duration(&window.duration).map(|d| d.as_secs()) {
+        Ok(s) if s == 28 * 86_400 => 28,
+        Ok(s) if s == 30 * 86_400 => 30,
+        _ => {
             return Err(invalid(
                 "spec.timeWindow[0].duration",
-                format!("`{other}` is not supported; use 28d or 30d"),
+                format!("`{}` is not supported; use 28d or 30d", window.duration),
             ));
         }
     };
@@ -295,6 +304,8 @@ pub fn parse(yaml: &str) -> Result<Slo, SloError> {
             ));
         }
     };
+    check_promql(&error_ratio_query)
+        .map_err(|why| invalid("spec.indicator.spec", format!("the error ratio {why}")))?;
     let environment = doc.metadata.labels.get("environment").cloned();
     if let Some(env) = &environment {
         dns_label("metadata.labels.environment", env)?;
@@ -356,6 +367,22 @@ spec:
     }
 
     #[test]
+    fn a_window_is_read_by_humantime_and_the_rules_are_promql() {
+        let slo = parse(&GOOD.replace("duration: 30d", "duration: 4w")).unwrap();
+        assert_eq!(slo.window_days, 28);
+        let rules: serde_json::Value = serde_yaml_ng::from_str(&prometheus_rules(&slo)).unwrap();
+        let mut exprs = 0;
+        for group in rules["groups"].as_array().unwrap() {
+            for rule in group["rules"].as_array().unwrap() {
+                let expr = rule["expr"].as_str().unwrap();
+                promql_parser::parser::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
+                exprs += 1;
+            }
+        }
+        assert!(exprs > 8, "{rules}");
+    }
+
+    #[test]
     fn malformed_documents_name_the_field() {
         let cases = [
             (
@@ -381,6 +408,13 @@ spec:
             (
                 GOOD.replace("name: shop-api-availability", "name: Shop API"),
                 "metadata.name",
+            ),
+            (
+                GOOD.replace(
+                    "sum(rate(http_requests_total[{{.window}}]))",
+                    "sum(rate(http_requests_total[{{.window}}])",
+                ),
+                "spec.indicator.spec.ratioMetric.total.metricSource.spec.query",
             ),
         ];
         for (doc, field) in cases {

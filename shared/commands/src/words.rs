@@ -59,35 +59,15 @@ pub(crate) fn rest_text(words: &[&str]) -> Option<String> {
     (!words.is_empty()).then(|| words.join(" "))
 }
 
-/// Parses `30s`, `15m`, `2h`, `1d`, `1h30m` into seconds (1 minute to 90 days).
+/// Parses `30s`, `15m`, `2h`, `1d`, `1h30m` (anything humantime reads, in whole
+/// seconds) into seconds (1 minute to 90 days).
 pub fn parse_duration(word: &str) -> Result<u64, String> {
     let bad = || format!("`{word}` is not a duration like 30m, 2h, 1d or 1h30m");
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    let mut any = false;
-    for c in word.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            'w' => 604_800,
-            _ => return Err(bad()),
-        };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        total = total
-            .checked_add(n.checked_mul(unit).ok_or_else(bad)?)
-            .ok_or_else(bad)?;
-        digits.clear();
-        any = true;
-    }
-    if !digits.is_empty() || !any {
+    let duration = humantime::parse_duration(word).map_err(|_| bad())?;
+    if duration.subsec_nanos() != 0 {
         return Err(bad());
     }
+    let total = duration.as_secs();
     if total < 60 {
         return Err(format!("`{word}` is shorter than a minute"));
     }

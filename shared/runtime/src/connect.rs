@@ -55,11 +55,26 @@ pub enum ConnectError {
     Cancelled,
 }
 
-/// Delay before reconnect attempt `attempts`: 100 ms doubling, capped at 5 s.
+/// Delay before reconnect attempt `attempts`: 100 ms doubling up to 5 s, plus a random
+/// jitter of up to as much again, so that many clients cut off at once do not come back
+/// in step.
 pub fn backoff(attempts: usize) -> Duration {
-    let exp = attempts.min(16) as u32;
-    Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp)))
-        .min(Duration::from_secs(5))
+    exponential_backoff(Duration::from_millis(100), Duration::from_secs(5), attempts)
+}
+
+/// Delay number `n` (from 0) of backon's exponential backoff: `min` doubling up to
+/// `max`, plus a random jitter of up to as much again.
+pub fn exponential_backoff(min: Duration, max: Duration, n: usize) -> Duration {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(n.min(32))
+        .unwrap_or(max)
 }
 
 /// The configured server URLs, parsed (the client fails over between them).
@@ -245,11 +260,20 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(10), Duration::from_secs(5));
-        assert_eq!(backoff(usize::MAX), Duration::from_secs(5));
+        let within = |n: usize, base: Duration| {
+            let d = backoff(n);
+            assert!(
+                d >= base && d <= base * 2,
+                "attempt {n}: {d:?} from {base:?}"
+            );
+        };
+        within(0, Duration::from_millis(100));
+        within(1, Duration::from_millis(200));
+        within(3, Duration::from_millis(800));
+        within(10, Duration::from_secs(5));
+        within(usize::MAX, Duration::from_secs(5));
+        let spread: std::collections::BTreeSet<Duration> = (0..20).map(|_| backoff(5)).collect();
+        assert!(spread.len() > 1, "jittered: {spread:?}");
     }
 
     #[test]

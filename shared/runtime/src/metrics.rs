@@ -140,7 +140,8 @@ impl Metrics {
         }
     }
 
-    /// Adds a service's own metric (under the `toronto_` prefix).
+    /// Adds a service's own metric (under the `toronto_` prefix). A family is in the
+    /// exposition once it has a series: give label sets known at start a zero series.
     pub fn register(
         &self,
         name: &str,
@@ -151,6 +152,15 @@ impl Metrics {
             .lock()
             .expect("metrics registry lock")
             .register(name, help, metric);
+    }
+
+    /// Adds a collector that writes its own families at every scrape (figures
+    /// computed from state, such as histograms over recorded times).
+    pub fn register_collector(&self, collector: impl prometheus_client::collector::Collector) {
+        self.registry
+            .lock()
+            .expect("metrics registry lock")
+            .register_collector(Box::new(collector));
     }
 
     /// The registry in Prometheus text exposition format.

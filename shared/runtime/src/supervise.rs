@@ -26,14 +26,11 @@ pub const HEALTHY_RUN: Duration = Duration::from_secs(30);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How long to wait before run number `failures + 1` of a loop that failed
-/// `failures` times in a row: 200 ms doubling up to [`MAX_BACKOFF`], with jitter.
+/// `failures` times in a row: 200 ms doubling up to [`MAX_BACKOFF`], plus a random
+/// jitter of up to as much again (backon), so that the loops of many instances do not
+/// restart in step.
 pub fn backoff(failures: u32) -> Duration {
-    let exp = failures.min(16);
-    let base =
-        Duration::from_millis(100u64.saturating_mul(2u64.saturating_pow(exp))).min(MAX_BACKOFF);
-    // Up to 20 % jitter, so that the loops of many instances do not restart in step.
-    let jitter = u64::from(uuid::Uuid::now_v7().as_u128() as u16) % 1000;
-    base + base.mul_f64(jitter as f64 / 5000.0)
+    crate::connect::exponential_backoff(Duration::from_millis(100), MAX_BACKOFF, failures as usize)
 }
 
 /// How a loop is supervised: its name, whether readiness depends on it, and an
@@ -153,6 +150,10 @@ impl Loops {
                 last_error: None,
             },
         );
+        // The loop's series exists (at 0) before its first restart.
+        self.restarts
+            .get_or_create(&vec![("loop".to_owned(), unique.clone())])
+            .inc_by(0);
         unique
     }
 
@@ -233,9 +234,9 @@ mod tests {
     #[test]
     fn backoff_grows_and_is_capped() {
         assert!(backoff(1) >= Duration::from_millis(200));
-        assert!(backoff(1) < Duration::from_millis(250));
+        assert!(backoff(1) <= Duration::from_millis(400));
         assert!(backoff(3) >= Duration::from_millis(800));
-        assert!(backoff(30) <= MAX_BACKOFF.mul_f64(1.2));
+        assert!(backoff(30) <= MAX_BACKOFF * 2);
     }
 
     #[tokio::test]

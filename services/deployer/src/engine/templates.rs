@@ -215,7 +215,7 @@ pub fn first_deploy_metrics(
 const MAX_TEMPLATE_BYTES: u64 = 64 * 1024;
 
 /// Reads every `<name>.json` of `dir` as an analysis template (each at most 64 KiB,
-/// its `name` the file's, every metric with a query).
+/// its `name` the file's, every metric with a query that parses as PromQL).
 pub fn load_templates(dir: &Path) -> Result<BTreeMap<String, AnalysisTemplate>, String> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot read the directory {}: {e}", dir.display()))?;
@@ -250,6 +250,7 @@ pub fn load_templates(dir: &Path) -> Result<BTreeMap<String, AnalysisTemplate>, 
         if let Some(m) = t.metrics.iter().find(|m| m.query.is_none()) {
             return Err(bad(format!("metric {:?} has no query", m.name)));
         }
+        crate::promql::check_template(&t).map_err(|e| bad(e.to_string()))?;
         out.insert(t.name.clone(), t);
     }
     Ok(out)

@@ -1,12 +1,78 @@
 //! Incident metrics from the recorded times: MTTA, MTTR, MTBF (between incidents of
-//! one service) and counts by severity.
+//! one service) and counts by severity; and, for `/metrics`, the times to acknowledge
+//! and to resolve as Prometheus histograms.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::histogram::Histogram;
 use toronto_protocol::incidents::{Incident, IncidentMetrics};
 
+use super::Engine;
 use super::state::State;
+
+/// Upper bounds, in seconds, of the time-to-acknowledge and time-to-resolve
+/// histograms: 30 seconds to 3 days (then `+Inf`).
+pub const RESPONSE_BUCKETS: [f64; 13] = [
+    30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
+    259200.0,
+];
+
+/// Seconds from opening to acknowledgement, and from opening to resolution, of every
+/// incident that got there.
+pub fn response_times(st: &State) -> (Vec<f64>, Vec<f64>) {
+    let mut acknowledged = Vec::new();
+    let mut resolved = Vec::new();
+    for i in st.incidents.values() {
+        if let Some(t) = i.acknowledged_at {
+            acknowledged.push(secs(i.opened_at, t));
+        }
+        if let Some(t) = i.resolved_at {
+            resolved.push(secs(i.opened_at, t));
+        }
+    }
+    (acknowledged, resolved)
+}
+
+fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
+    (b - a).num_milliseconds() as f64 / 1000.0
+}
+
+/// `toronto_incident_time_to_acknowledge_seconds` and
+/// `toronto_incident_time_to_resolve_seconds`: histograms built at every scrape from the
+/// incidents' recorded times (so they survive restarts and agree with `incident.metrics`).
+/// MTTA is `sum / count` of the first, MTTR of the second.
+#[derive(Debug)]
+pub struct ResponseTimes(pub Arc<Engine>);
+
+impl Collector for ResponseTimes {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let (acknowledged, resolved) = self.0.response_times();
+        for (name, help, values) in [
+            (
+                "incident_time_to_acknowledge_seconds",
+                "Time from opening to acknowledgement of each acknowledged incident (MTTA is sum / count)",
+                acknowledged,
+            ),
+            (
+                "incident_time_to_resolve_seconds",
+                "Time from opening to resolution of each resolved incident (MTTR is sum / count)",
+                resolved,
+            ),
+        ] {
+            let histogram = Histogram::new(RESPONSE_BUCKETS);
+            for v in values {
+                histogram.observe(v);
+            }
+            let metric = encoder.encode_descriptor(name, help, None, histogram.metric_type())?;
+            histogram.encode(metric)?;
+        }
+        Ok(())
+    }
+}
 
 /// Metrics over every incident (of one service, with `service`).
 pub fn metrics(st: &State, service: Option<&str>) -> IncidentMetrics {
@@ -21,7 +87,6 @@ pub fn metrics(st: &State, service: Option<&str>) -> IncidentMetrics {
 /// Metrics over these incidents.
 pub fn of(incidents: &[&Incident]) -> IncidentMetrics {
     let mean = |xs: Vec<f64>| (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64);
-    let secs = |a: DateTime<Utc>, b: DateTime<Utc>| (b - a).num_milliseconds() as f64 / 1000.0;
     let mtta = mean(
         incidents
             .iter()
@@ -99,6 +164,42 @@ mod tests {
         assert_eq!(m.by_severity["sev1"], 1);
         assert_eq!(m.by_severity["sev3"], 2);
         assert_eq!(m.by_severity["sev4"], 0);
+    }
+
+    #[test]
+    fn response_time_histograms_from_recorded_times() {
+        let t0 = Utc::now();
+        let mut a = incident(
+            "a",
+            IncidentState::Resolved,
+            Some(t0 + Duration::seconds(600)),
+        );
+        a.opened_at = t0;
+        a.acknowledged_at = Some(t0 + Duration::seconds(45));
+        let metrics = toronto_runtime::Metrics::new();
+        let (tx, _) = tokio::sync::mpsc::unbounded_channel();
+        let (playbooks, _) = tokio::sync::mpsc::unbounded_channel();
+        let engine = Engine::new(
+            Default::default(),
+            "test".into(),
+            "toronto".into(),
+            tx,
+            playbooks,
+        );
+        engine.restore(vec![a], vec![], vec![], vec![]);
+        metrics.register_collector(ResponseTimes(Arc::new(engine)));
+        let text = metrics.render();
+        for line in [
+            "# TYPE toronto_incident_time_to_acknowledge_seconds histogram",
+            "toronto_incident_time_to_acknowledge_seconds_bucket{le=\"30.0\"} 0",
+            "toronto_incident_time_to_acknowledge_seconds_bucket{le=\"60.0\"} 1",
+            "toronto_incident_time_to_acknowledge_seconds_sum 45.0",
+            "toronto_incident_time_to_resolve_seconds_bucket{le=\"300.0\"} 0",
+            "toronto_incident_time_to_resolve_seconds_bucket{le=\"600.0\"} 1",
+            "toronto_incident_time_to_resolve_seconds_count 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
     }
 
     #[test]

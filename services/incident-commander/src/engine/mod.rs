@@ -425,6 +425,11 @@ impl Engine {
     pub fn metrics(&self, service: Option<&str>) -> IncidentMetrics {
         self.read(|st| metrics::metrics(st, service))
     }
+
+    /// Seconds to acknowledge and to resolve, per incident (see [`metrics::response_times`]).
+    pub fn response_times(&self) -> (Vec<f64>, Vec<f64>) {
+        self.read(metrics::response_times)
+    }
 }
 
 /// A record encoded for KV (Ok(None): gone).

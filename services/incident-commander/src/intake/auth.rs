@@ -271,6 +271,18 @@ impl HttpAuth {
             "HTTP intake requests refused for their credentials, by reason",
             self.refused.clone(),
         );
+        for reason in [
+            AuthRefusal::Missing,
+            AuthRefusal::Malformed,
+            AuthRefusal::Scheme,
+            AuthRefusal::Wrong,
+        ] {
+            self.refused
+                .get_or_create(&RefusalLabels {
+                    reason: reason.as_str(),
+                })
+                .inc_by(0);
+        }
     }
 }
 

@@ -51,8 +51,8 @@ impl DoraGauges {
     pub fn register(metrics: &toronto_runtime::Metrics) -> Self {
         let g = Self::default();
         metrics.register(
-            "dora_deployments_per_day",
-            "DORA deployment frequency over the last 30 days",
+            "dora_deployments_per_second",
+            "DORA deployment frequency over the window asked for (30 days by default), per second",
             g.frequency.clone(),
         );
         metrics.register(
@@ -61,7 +61,7 @@ impl DoraGauges {
             g.lead_time.clone(),
         );
         metrics.register(
-            "dora_change_failure_rate",
+            "dora_change_failure_ratio",
             "DORA change failure rate (deploys aborted, rolled back or linked to an incident)",
             g.failure_rate.clone(),
         );
@@ -80,7 +80,7 @@ impl DoraGauges {
         };
         self.frequency
             .get_or_create(&labels)
-            .set(report.deployment_frequency_per_day);
+            .set(report.deployment_frequency_per_day / 86_400.0);
         if let Some(v) = report.lead_time_median_seconds {
             self.lead_time.get_or_create(&labels).set(v);
         }

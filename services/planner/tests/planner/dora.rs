@@ -346,7 +346,7 @@ async fn dora_counts_every_failure_and_matches_a_hand_computed_history() {
     let text = http_get(&format!("http://{metrics}/metrics")).await;
     assert!(
         text.contains(
-            "toronto_dora_change_failure_rate{service=\"shop\",environment=\"production\"} 0.75"
+            "toronto_dora_change_failure_ratio{service=\"shop\",environment=\"production\"} 0.75"
         ),
         "{text}"
     );
@@ -357,7 +357,9 @@ async fn dora_counts_every_failure_and_matches_a_hand_computed_history() {
         "{text}"
     );
     assert!(
-        text.contains("toronto_dora_deployments_per_day{service=\"*\",environment=\"production\"}"),
+        text.contains(
+            "toronto_dora_deployments_per_second{service=\"*\",environment=\"production\"}"
+        ),
         "{text}"
     );
     shutdown.cancel();

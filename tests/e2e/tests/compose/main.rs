@@ -4,7 +4,8 @@
 //!
 //! Each test gathers every problem it finds and fails once, listing what to fix.
 //! One binary, one module per file checked: [`dockerfile`], [`compose_file`],
-//! [`kubernetes`], [`kustomize`] and [`monitoring`].
+//! [`kubernetes`], [`kustomize`] and [`monitoring`]; [`grafana`] and [`metric_names`]
+//! run the services and read their `/metrics`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -243,4 +244,5 @@ mod dockerfile;
 mod grafana;
 mod kubernetes;
 mod kustomize;
+mod metric_names;
 mod monitoring;
