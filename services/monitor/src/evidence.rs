@@ -288,6 +288,7 @@ fn rules(req: &AnalysisReplay) -> Result<Vec<AnalysisMetric>, EvidenceError> {
         window_seconds: 60.0,
         confidence: req.confidence,
         rollout_id: None,
+        sequential: None,
     };
     validate(&probe).map_err(|e| EvidenceError::BadRequest(e.message))?;
     Ok(metrics)

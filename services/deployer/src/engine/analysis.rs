@@ -4,10 +4,12 @@
 
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, OnNoData,
+    SequentialAnalysis,
 };
 use toronto_protocol::rollout::{AnalysisRecord, Rollout, RolloutStep, RolloutStepKind};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
@@ -52,11 +54,8 @@ impl Deployer {
                 .get(&r.id)
                 .is_some_and(|o| o.step == step.id);
             let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
-            if same_step
-                && last
-                    .get(&r.id)
-                    .is_some_and(|t| t.elapsed() < self.settings.analysis_interval)
-            {
+            let every = self.analysis_period(matches!(judged, Judged::Compare { .. }));
+            if same_step && last.get(&r.id).is_some_and(|t| t.elapsed() < every) {
                 return None;
             }
             last.insert(r.id, std::time::Instant::now());
@@ -74,7 +73,10 @@ impl Deployer {
             Judged::Compare { new, baseline } => (side(new), Some(side(baseline))),
             Judged::Thresholds { new } => (side(new), None),
         };
-        let (source, verdict) = Box::pin(self.analyze(r, &canary, baseline.as_ref())).await?;
+        // The sequential test counts from when the step's workloads were ready.
+        let since = step.ready_at.unwrap_or_else(Utc::now);
+        let (source, verdict) =
+            Box::pin(self.analyze(r, &canary, baseline.as_ref(), since)).await?;
         self.last_outcome
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -91,6 +93,31 @@ impl Deployer {
             source: source.into(),
             verdict,
         })
+    }
+
+    /// Whether comparisons run the sequential test beside the windowed one (bus
+    /// metrics only: the monitor counts requests and errors from the bus samples).
+    pub(super) fn sequential_on(&self) -> bool {
+        self.settings.sequential_analysis && !self.settings.uses_templates()
+    }
+
+    /// Time between two analyses of a step: the sequential interval when a comparison
+    /// runs the sequential test, else the analysis interval.
+    fn analysis_period(&self, compare: bool) -> Duration {
+        if compare && self.sequential_on() {
+            self.settings.sequential_interval
+        } else {
+            self.settings.analysis_interval
+        }
+    }
+
+    /// How long a pausing step sleeps between passes, so that analyses run on time.
+    pub(super) fn analysis_wake(&self) -> Duration {
+        if self.sequential_on() {
+            self.settings.sequential_interval / 2
+        } else {
+            self.settings.analysis_interval / 4
+        }
     }
 
     /// A firing alert heard on the service since `since`, described.
@@ -264,6 +291,7 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
+            sequential: None,
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => ("monitor", verdict),
@@ -304,6 +332,7 @@ impl Deployer {
         r: &Rollout,
         canary_side: &Side,
         baseline_side: Option<&Side>,
+        since: DateTime<Utc>,
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
             // Boxed: keeps the reconciler's future small (it is polled on small stacks).
@@ -374,6 +403,9 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
+            // The error ratio of a comparison is also judged by the sequential test.
+            sequential: (baseline.is_some() && self.sequential_on())
+                .then(|| SequentialAnalysis::error_ratio_since(since)),
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => Some(("monitor", verdict)),

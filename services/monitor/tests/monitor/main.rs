@@ -183,6 +183,7 @@ fn analysis(service: &str, metrics: Vec<AnalysisMetric>) -> CanaryAnalyze {
         window_seconds: 60.0,
         confidence: None,
         rollout_id: None,
+        sequential: None,
     }
 }
 
