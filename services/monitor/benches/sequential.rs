@@ -106,15 +106,18 @@ fn windowed(ticks: &Ticks) -> Option<usize> {
 fn sequential(ticks: &Ticks) -> Option<usize> {
     let mut test = SequentialTest::new(ALLOWED, TAU);
     let (mut c, mut b) = (Counts::default(), Counts::default());
-    ticks.iter().enumerate().find_map(|(i, (ct, bt))| {
-        c.trials += ct.trials;
-        c.errors += ct.errors;
-        b.trials += bt.trials;
-        b.errors += bt.errors;
-        (test.look(c, b) < ALPHA_SEQUENTIAL).then_some(i + 1)
-    })
-    // Seen at the deployer's next ask.
-    .map(|t| t.div_ceil(SEQUENTIAL_ASK_TICKS) * SEQUENTIAL_ASK_TICKS)
+    ticks
+        .iter()
+        .enumerate()
+        .find_map(|(i, (ct, bt))| {
+            c.trials += ct.trials;
+            c.errors += ct.errors;
+            b.trials += bt.trials;
+            b.errors += bt.errors;
+            (test.look(c, b) < ALPHA_SEQUENTIAL).then_some(i + 1)
+        })
+        // Seen at the deployer's next ask.
+        .map(|t| t.div_ceil(SEQUENTIAL_ASK_TICKS) * SEQUENTIAL_ASK_TICKS)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -129,7 +132,10 @@ fn main() {
     let mut rng = Rng(0x5EED_CA4A_2026);
     let methods: [(&str, Method); 2] = [
         ("windowed Mann-Whitney (2 s window, every 1 s)", windowed),
-        ("sequential mSPRT (looks every 100 ms, asked every 200 ms)", sequential),
+        (
+            "sequential mSPRT (looks every 100 ms, asked every 200 ms)",
+            sequential,
+        ),
     ];
     println!(
         "canary tests of the error ratio on simulated canaries (a statistical simulation): {runs} fault runs, {runs} healthy runs"

@@ -367,9 +367,14 @@ impl Analyzer {
             evidence.push(match failed {
                 None => {
                     let mut ev = evaluate_metric(metric, &c, &b, confidence, self.min_samples);
-                    if let Some(seq) = req.sequential.as_ref().filter(|s| sequential::applies(s, metric)) {
+                    if let Some(seq) = req
+                        .sequential
+                        .as_ref()
+                        .filter(|s| sequential::applies(s, metric))
+                    {
                         let allowed = metric.max_absolute_effect.unwrap_or(0.0);
-                        let found = sequential::run(&self.store, seq, &canary, &baseline, allowed, to);
+                        let found =
+                            sequential::run(&self.store, seq, &canary, &baseline, allowed, to);
                         sequential::decide(&mut ev, found, seq, allowed);
                     }
                     ev

@@ -209,11 +209,28 @@ mod tests {
         assert_eq!(bad.canary.trials, 800);
         assert!(bad.p_value < ALPHA, "{bad:?}");
         // Counting only the healthy first second: no rejection.
-        let healthy =
-            run(&store, &s, &labels("canary"), &labels("stable"), 0.02, start + 950).unwrap();
+        let healthy = run(
+            &store,
+            &s,
+            &labels("canary"),
+            &labels("stable"),
+            0.02,
+            start + 950,
+        )
+        .unwrap();
         assert!(healthy.p_value > ALPHA, "{healthy:?}");
         // Nothing counted after `since`.
-        assert!(run(&store, &seq(now), &labels("canary"), &labels("stable"), 0.02, now).is_none());
+        assert!(
+            run(
+                &store,
+                &seq(now),
+                &labels("canary"),
+                &labels("stable"),
+                0.02,
+                now
+            )
+            .is_none()
+        );
     }
 
     fn evidence(outcome: AnalysisOutcome) -> MetricEvidence {
@@ -250,7 +267,11 @@ mod tests {
         let mut e = evidence(AnalysisOutcome::Inconclusive);
         decide(&mut e, found(0.001), &s, 0.02);
         assert_eq!(e.outcome, AnalysisOutcome::Fail);
-        assert!(e.reason.starts_with("sequential test (mSPRT) rejects"), "{}", e.reason);
+        assert!(
+            e.reason.starts_with("sequential test (mSPRT) rejects"),
+            "{}",
+            e.reason
+        );
         assert!(e.reason.contains("100 of 500"), "{}", e.reason);
         // A windowed failure the sequential test does not confirm passes.
         let mut e = evidence(AnalysisOutcome::Fail);
