@@ -19,7 +19,7 @@ use toronto_protocol::tasks::{
 };
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
-use toronto_runtime::rpc::call;
+use toronto_runtime::rpc::call_signed;
 use toronto_testkit::NatsServer;
 use uuid::Uuid;
 
@@ -27,7 +27,7 @@ use uuid::Uuid;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn config(server: &NatsServer) -> Config {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     config
@@ -39,8 +39,10 @@ async fn request<Req: Message, Resp: Message>(
     data: Req,
 ) -> Resp {
     let envelope = Envelope::builder("toronto://bench", data).build();
-    call(
+    // Signed by the test admin (the stack runs with authentication required).
+    call_signed(
         client,
+        Some(&toronto_testkit::test_identity()),
         &format!("toronto.devops.v1.deployer.{verb}"),
         &envelope,
         Encoding::Json,
