@@ -481,6 +481,7 @@ async fn analysis_replay_prints_then_and_now() {
         window_seconds: 60.0,
         confidence: None,
         rollout_id: Some(uuid::Uuid::new_v4()),
+        sequential: None,
     };
     // The rollout's analysis fails once the samples are in (the bus is asynchronous).
     let mut failed = false;

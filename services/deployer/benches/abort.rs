@@ -1,6 +1,10 @@
 //! From fault injection in a canary to the `rollout.aborted` event, on the simulated
-//! cluster (a simulation) with the real monitor analysing every second, against one
-//! real nats-server. Prints every run and the median; asserts nothing.
+//! cluster (a simulation) with the real monitor, against a real nats-server. Runs the
+//! two methods one after the other in one run, each on a fresh stack: the windowed
+//! Mann-Whitney test alone (analysis every second over the last two,
+//! `TORONTO_DEPLOYER_SEQUENTIAL_ANALYSIS=false`) and the sequential test beside it
+//! (the default: analysis every 200 ms). Prints every run and each method's median;
+//! asserts nothing.
 //!
 //! Run: `cargo bench -p toronto-deployer --bench abort` (`BENCH_RUNS=3` for a quick run).
 
@@ -15,7 +19,7 @@ use toronto_protocol::tasks::{
 };
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
-use toronto_runtime::rpc::call;
+use toronto_runtime::rpc::call_signed;
 use toronto_testkit::NatsServer;
 use uuid::Uuid;
 
@@ -23,7 +27,7 @@ use uuid::Uuid;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn config(server: &NatsServer) -> Config {
-    let mut config = Config::default();
+    let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();
     config
@@ -35,8 +39,10 @@ async fn request<Req: Message, Resp: Message>(
     data: Req,
 ) -> Resp {
     let envelope = Envelope::builder("toronto://bench", data).build();
-    call(
+    // Signed by the test admin (the stack runs with authentication required).
+    call_signed(
         client,
+        Some(&toronto_testkit::test_identity()),
         &format!("toronto.devops.v1.deployer.{verb}"),
         &envelope,
         Encoding::Json,
@@ -99,14 +105,26 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .unwrap()
-        .block_on(bench(runs));
+        .unwrap();
+    let mut medians = Vec::new();
+    for (name, sequential) in [
+        ("windowed Mann-Whitney alone", false),
+        ("sequential test (mSPRT) beside the windowed test", true),
+    ] {
+        println!("== {name}");
+        let median = runtime.block_on(bench(runs, sequential));
+        medians.push((name, median));
+    }
+    println!("fault (20% canary errors) to rollout.aborted, median over {runs} runs each:");
+    for (name, median) in medians {
+        println!("  {name}: {:.2} s", median.as_secs_f64());
+    }
 }
 
-async fn bench(runs: usize) {
+async fn bench(runs: usize, sequential: bool) -> Duration {
     let server = NatsServer::start().await;
     let shutdown = CancellationToken::new();
     let monitor = toronto_monitor::start_with(
@@ -118,11 +136,16 @@ async fn bench(runs: usize) {
     .unwrap();
     let settings = Settings {
         drift_interval: Duration::ZERO,
+        sequential_analysis: sequential,
         ..Settings::default()
     };
     println!(
-        "deployer defaults: analysis every {:?} over the last {:?}; simulated cluster tick {:?}, {} requests per tick",
-        settings.analysis_interval,
+        "deployer: analysis every {:?} over the last {:?}; simulated cluster tick {:?}, {} requests per tick",
+        if sequential {
+            settings.sequential_interval
+        } else {
+            settings.analysis_interval
+        },
         settings.analysis_window,
         settings.sim.tick,
         settings.sim.requests_per_tick
@@ -172,8 +195,13 @@ async fn bench(runs: usize) {
             .last()
             .map(|a| a.source.clone())
             .unwrap_or_default();
+        let reason: String = aborted
+            .analyses
+            .last()
+            .map(|a| a.verdict.reason.chars().take(70).collect())
+            .unwrap_or_default();
         println!(
-            "run {run}: fault (20% errors) to rollout.aborted in {:.2} s (verdict from {source})",
+            "run {run}: fault (20% errors) to rollout.aborted in {:.2} s (verdict from {source}: {reason}...)",
             took.as_secs_f64()
         );
         figures.push(took);
@@ -181,7 +209,7 @@ async fn bench(runs: usize) {
     figures.sort();
     let median = figures[figures.len() / 2];
     println!(
-        "median over {runs} runs: {:.2} s from fault injection to rollout.aborted (goal: at most 3 s; min {:.2} s, max {:.2} s)",
+        "median over {runs} runs: {:.2} s from fault injection to rollout.aborted (goal: at most 1 s; min {:.2} s, max {:.2} s)",
         median.as_secs_f64(),
         figures[0].as_secs_f64(),
         figures[figures.len() - 1].as_secs_f64()
@@ -189,4 +217,5 @@ async fn bench(runs: usize) {
     shutdown.cancel();
     deployer.runtime.run_until_shutdown().await.unwrap();
     monitor.run_until_shutdown().await.unwrap();
+    median
 }

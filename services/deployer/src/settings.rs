@@ -42,6 +42,11 @@ pub struct Settings {
     pub analysis_interval: Duration,
     /// How far back each analysis looks.
     pub analysis_window: Duration,
+    /// Judge the critical error metric with the sequential test (mSPRT) beside the
+    /// windowed test, analysing every `sequential_interval` (bus metrics only).
+    pub sequential_analysis: bool,
+    /// Time between analyses while the sequential test runs.
+    pub sequential_interval: Duration,
     /// Largest error-ratio increase of the canary over the baseline that passes.
     pub max_error_ratio_increase: f64,
     /// Largest relative latency increase of the canary that passes.
@@ -108,6 +113,8 @@ impl Default for Settings {
             lease: Duration::from_secs(30),
             analysis_interval: Duration::from_secs(1),
             analysis_window: Duration::from_secs(2),
+            sequential_analysis: true,
+            sequential_interval: Duration::from_millis(200),
             max_error_ratio_increase: 0.02,
             max_latency_increase: 0.25,
             analysis_timeout: Duration::from_secs(2),
@@ -179,6 +186,28 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
         "2",
         |s, v| {
             s.analysis_window = parse::seconds(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_SEQUENTIAL_ANALYSIS",
+        "Judge a canary's error ratio with the sequential test (mSPRT, always-valid p-value below 0.01) beside the windowed test, so a failing canary aborts without waiting for a window (bus metrics; templates use the windowed test alone).",
+        "true",
+        |s, v| {
+            s.sequential_analysis = parse::boolean(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_DEPLOYER_SEQUENTIAL_INTERVAL_MS",
+        "Milliseconds between canary analyses while the sequential test runs (at least 100).",
+        "200",
+        |s, v| {
+            let d = parse::millis(v)?;
+            if d < Duration::from_millis(100) {
+                return Err(ValueError::Invalid("must be at least 100 ms".into()));
+            }
+            s.sequential_interval = d;
             Ok(())
         },
     ),

@@ -79,6 +79,7 @@ fn canary_latency(rt: &tokio::runtime::Runtime) {
         window_seconds: 120.0,
         confidence: None,
         rollout_id: None,
+        sequential: None,
     };
     let verdict = rt.block_on(analyzer.analyze(&request)).unwrap();
     assert!(

@@ -7,7 +7,10 @@
 //!   p < 0.05 and the medians differ by more than 0.02 (what the monitor does now);
 //! - sequential: the mSPRT ([`toronto_monitor::stats::SequentialTest`]) on the counts
 //!   since the step began, looked at every tick (100 ms), failing when its
-//!   always-valid p-value is below 0.01.
+//!   always-valid p-value is below 0.01, as the monitor computes it
+//!   ([`toronto_monitor::canary::sequential`]); the deployer asks every 200 ms
+//!   (`TORONTO_DEPLOYER_SEQUENTIAL_INTERVAL_MS`), so the failure is seen at the first
+//!   ask after the rejecting tick.
 //!
 //! Traffic: 200 requests per 100 ms tick, the canary at 25% (50 requests a tick), 1% of
 //! requests failing on both sides. Fault runs: the canary turns to 20% errors at a
@@ -27,8 +30,9 @@ const INTERVAL_TICKS: usize = 10;
 const STEP_TICKS: usize = 300;
 const ALLOWED: f64 = 0.02;
 const ALPHA_WINDOWED: f64 = 0.05;
-const ALPHA_SEQUENTIAL: f64 = 0.01;
-const TAU: f64 = 0.1;
+const ALPHA_SEQUENTIAL: f64 = toronto_monitor::canary::sequential::ALPHA;
+const TAU: f64 = toronto_monitor::canary::sequential::TAU;
+const SEQUENTIAL_ASK_TICKS: usize = 2;
 
 /// One step's traffic, tick by tick: (canary, baseline) counts.
 type Ticks = [(Counts, Counts)];
@@ -102,13 +106,18 @@ fn windowed(ticks: &Ticks) -> Option<usize> {
 fn sequential(ticks: &Ticks) -> Option<usize> {
     let mut test = SequentialTest::new(ALLOWED, TAU);
     let (mut c, mut b) = (Counts::default(), Counts::default());
-    ticks.iter().enumerate().find_map(|(i, (ct, bt))| {
-        c.trials += ct.trials;
-        c.errors += ct.errors;
-        b.trials += bt.trials;
-        b.errors += bt.errors;
-        (test.look(c, b) < ALPHA_SEQUENTIAL).then_some(i + 1)
-    })
+    ticks
+        .iter()
+        .enumerate()
+        .find_map(|(i, (ct, bt))| {
+            c.trials += ct.trials;
+            c.errors += ct.errors;
+            b.trials += bt.trials;
+            b.errors += bt.errors;
+            (test.look(c, b) < ALPHA_SEQUENTIAL).then_some(i + 1)
+        })
+        // Seen at the deployer's next ask.
+        .map(|t| t.div_ceil(SEQUENTIAL_ASK_TICKS) * SEQUENTIAL_ASK_TICKS)
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -123,7 +132,10 @@ fn main() {
     let mut rng = Rng(0x5EED_CA4A_2026);
     let methods: [(&str, Method); 2] = [
         ("windowed Mann-Whitney (2 s window, every 1 s)", windowed),
-        ("sequential mSPRT (every 100 ms)", sequential),
+        (
+            "sequential mSPRT (looks every 100 ms, asked every 200 ms)",
+            sequential,
+        ),
     ];
     println!(
         "canary tests of the error ratio on simulated canaries (a statistical simulation): {runs} fault runs, {runs} healthy runs"

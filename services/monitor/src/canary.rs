@@ -38,6 +38,7 @@ use crate::prometheus::{Prometheus, render, with_selector};
 use crate::stats::{Alternative, mann_whitney_u, mean, median};
 use crate::store::{Labels, Store, now_ms};
 
+pub mod sequential;
 mod threshold;
 mod validate;
 
@@ -364,7 +365,20 @@ impl Analyzer {
                 ),
             };
             evidence.push(match failed {
-                None => evaluate_metric(metric, &c, &b, confidence, self.min_samples),
+                None => {
+                    let mut ev = evaluate_metric(metric, &c, &b, confidence, self.min_samples);
+                    if let Some(seq) = req
+                        .sequential
+                        .as_ref()
+                        .filter(|s| sequential::applies(s, metric))
+                    {
+                        let allowed = metric.max_absolute_effect.unwrap_or(0.0);
+                        let found =
+                            sequential::run(&self.store, seq, &canary, &baseline, allowed, to);
+                        sequential::decide(&mut ev, found, seq, allowed);
+                    }
+                    ev
+                }
                 Some(e) => {
                     let mut ev = evaluate_metric(metric, &[], &[], confidence, 1);
                     ev.reason = format!("Prometheus query failed: {e}");
@@ -422,6 +436,7 @@ mod tests {
             window_seconds: 60.0,
             confidence: None,
             rollout_id: None,
+            sequential: None,
         }
     }
 

@@ -10,8 +10,10 @@
 //! are `<service>.<environment>.<unix ms, 13 digits>.<rollout id or none>.<unique>`, so
 //! a replay finds a service's verdicts in a time range from the keys alone.
 //!
-//! **Replaying** ([`replay`]) reads the keys of the service (and environment) in the
-//! range, groups the verdicts by rollout (a verdict without a rollout is its own
+//! **Replaying** ([`replay`]) reads the keys of the service (and environment) only,
+//! by a subject filter on the bucket's stream (headers only, the last entry per key),
+//! so a replay's cost does not grow with the other services' evidence; it keeps those
+//! in the range, groups the verdicts by rollout (a verdict without a rollout is its own
 //! entry), and pages the groups oldest first. Each recorded verdict is judged again:
 //! every new metric is matched by name with the samples kept for it, evaluated as the
 //! analysis does ([`crate::canary::evaluate_metric`]) and scored
@@ -46,12 +48,9 @@ pub const MAX_VERDICTS_PER_PAGE: usize = 5_000;
 /// Why evidence could not be kept or a replay could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
-    /// The keys could not be listed.
+    /// The service's keys could not be read from the bucket's stream.
     #[error("cannot list the evidence: {0}")]
-    List(#[source] kv::HistoryError),
-    /// A key could not be read while listing.
-    #[error("cannot list the evidence: {0}")]
-    Keys(#[source] kv::WatcherError),
+    Scan(#[source] async_nats::Error),
     /// A verdict could not be read.
     #[error("cannot read the evidence {key}: {source}")]
     Get {
@@ -171,6 +170,75 @@ impl EvidenceStore {
         }
     }
 
+    /// The keys of `service`'s verdicts (in `environment`, or in all), read by a
+    /// subject filter on the bucket's stream, headers only: other services' evidence
+    /// is never listed.
+    async fn keys_of(
+        &self,
+        service: &str,
+        environment: Option<&str>,
+    ) -> Result<Vec<String>, EvidenceError> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let token = |t: &str| {
+            if t.is_empty() || t.contains(['.', '*', '>', ' ']) {
+                Err(EvidenceError::BadRequest(format!(
+                    "`{t}` is not a service or environment name"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        token(service)?;
+        if let Some(e) = environment {
+            token(e)?;
+        }
+        let filter = format!(
+            "{}{service}.{}.>",
+            self.kv.prefix,
+            environment.unwrap_or("*")
+        );
+        let consumer = self
+            .kv
+            .stream
+            .create_consumer(OrderedConfig {
+                filter_subject: filter,
+                headers_only: true,
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EvidenceError::Scan(Box::new(e)))?;
+        let mut pending = consumer.cached_info().num_pending;
+        let mut keys = Vec::with_capacity(pending as usize);
+        if pending == 0 {
+            return Ok(keys);
+        }
+        let mut messages = consumer
+            .messages()
+            .await
+            .map_err(|e| EvidenceError::Scan(Box::new(e)))?;
+        while pending > 0 {
+            let Some(message) = messages
+                .try_next()
+                .await
+                .map_err(|e| EvidenceError::Scan(Box::new(e)))?
+            else {
+                break;
+            };
+            pending = message.info().map_err(EvidenceError::Scan)?.pending;
+            let deleted = message.headers.as_ref().is_some_and(|h| {
+                h.get("KV-Operation")
+                    .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+            });
+            if let Some(key) = message.subject.strip_prefix(self.kv.prefix.as_str())
+                && !deleted
+            {
+                keys.push(key.to_owned());
+            }
+        }
+        Ok(keys)
+    }
+
     /// The replay of `req` (see the module documentation).
     pub async fn replay(
         &self,
@@ -186,14 +254,9 @@ impl EvidenceStore {
             return Err(EvidenceError::BadRequest("`since` is after `until`".into()));
         }
         let after = req.cursor.as_deref().map(parse_cursor).transpose()?;
-        let keys: Vec<String> = self
-            .kv
-            .keys()
-            .await
-            .map_err(EvidenceError::List)?
-            .try_collect()
-            .await
-            .map_err(EvidenceError::Keys)?;
+        let keys = self
+            .keys_of(&req.service, req.environment.as_deref())
+            .await?;
         let (from, to) = (since.timestamp_millis(), until.timestamp_millis());
         let mut groups: BTreeMap<String, Vec<(i64, String)>> = BTreeMap::new();
         for key in keys {
@@ -288,6 +351,7 @@ fn rules(req: &AnalysisReplay) -> Result<Vec<AnalysisMetric>, EvidenceError> {
         window_seconds: 60.0,
         confidence: req.confidence,
         rollout_id: None,
+        sequential: None,
     };
     validate(&probe).map_err(|e| EvidenceError::BadRequest(e.message))?;
     Ok(metrics)

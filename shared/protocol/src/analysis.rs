@@ -173,6 +173,59 @@ pub struct CanaryAnalyze {
     /// The rollout this analysis is for, if any (carried into the verdict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_id: Option<Uuid>,
+    /// A sequential test of an error ratio beside the windowed test: the metric it
+    /// names fails as soon as the test rejects (absent: the windowed test alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<SequentialAnalysis>,
+}
+
+/// The sequential test of a canary analysis: an always-valid test (mSPRT) that the
+/// canary's error ratio exceeds the baseline's by more than the metric's
+/// `max_absolute_effect`, on the requests and errors counted on each side since
+/// `since`. It may be looked at as often as wanted without raising false failures,
+/// so the metric it names fails as soon as it rejects, without waiting for a window
+/// to fill; the windowed test still decides the other metrics, and whether this one
+/// passes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialAnalysis {
+    /// The metric (one of the request's, compared with the baseline, read from the
+    /// bus) whose failure the test decides, e.g. `http_error_ratio`.
+    #[serde(default = "default_sequential_metric")]
+    pub metric: String,
+    /// The series of requests counted per interval, e.g. `http_requests`.
+    #[serde(default = "default_sequential_requests")]
+    pub requests: String,
+    /// The series of failed requests counted per interval, e.g. `http_errors`.
+    #[serde(default = "default_sequential_errors")]
+    pub errors: String,
+    /// Counting starts here, e.g. when the step began to take traffic.
+    pub since: DateTime<Utc>,
+}
+
+fn default_sequential_metric() -> String {
+    "http_error_ratio".into()
+}
+
+fn default_sequential_requests() -> String {
+    "http_requests".into()
+}
+
+fn default_sequential_errors() -> String {
+    "http_errors".into()
+}
+
+impl SequentialAnalysis {
+    /// The test of `http_error_ratio`, counted from `http_requests` and `http_errors`
+    /// since `since`.
+    pub fn error_ratio_since(since: DateTime<Utc>) -> Self {
+        Self {
+            metric: default_sequential_metric(),
+            requests: default_sequential_requests(),
+            errors: default_sequential_errors(),
+            since,
+        }
+    }
 }
 
 impl Message for CanaryAnalyze {

@@ -4,10 +4,11 @@
 
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
-use tokio_util::sync::CancellationToken;
+use std::time::Duration;
 
 use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryVerdict, Direction, OnNoData,
+    SequentialAnalysis,
 };
 use toronto_protocol::rollout::{AnalysisRecord, Rollout, RolloutStep, RolloutStepKind};
 use toronto_protocol::{Encoding, Envelope, ServiceKind};
@@ -17,8 +18,7 @@ use uuid::Uuid;
 
 use super::sim_verdict::threshold_verdict;
 use super::{
-    Deployer, EngineError, Heard, LastOutcome, Release, first_deploy_metrics, step_layout,
-    template_for,
+    Deployer, Heard, LastOutcome, Release, first_deploy_metrics, step_layout, template_for,
 };
 use crate::kube::track_label;
 use crate::settings::Settings;
@@ -52,11 +52,8 @@ impl Deployer {
                 .get(&r.id)
                 .is_some_and(|o| o.step == step.id);
             let mut last = self.last_analysis.lock().unwrap_or_else(|e| e.into_inner());
-            if same_step
-                && last
-                    .get(&r.id)
-                    .is_some_and(|t| t.elapsed() < self.settings.analysis_interval)
-            {
+            let every = self.analysis_period(matches!(judged, Judged::Compare { .. }));
+            if same_step && last.get(&r.id).is_some_and(|t| t.elapsed() < every) {
                 return None;
             }
             last.insert(r.id, std::time::Instant::now());
@@ -74,7 +71,10 @@ impl Deployer {
             Judged::Compare { new, baseline } => (side(new), Some(side(baseline))),
             Judged::Thresholds { new } => (side(new), None),
         };
-        let (source, verdict) = Box::pin(self.analyze(r, &canary, baseline.as_ref())).await?;
+        // The sequential test counts from when the step's workloads were ready.
+        let since = step.ready_at.unwrap_or_else(Utc::now);
+        let (source, verdict) =
+            Box::pin(self.analyze(r, &canary, baseline.as_ref(), since)).await?;
         self.last_outcome
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -91,6 +91,31 @@ impl Deployer {
             source: source.into(),
             verdict,
         })
+    }
+
+    /// Whether comparisons run the sequential test beside the windowed one (bus
+    /// metrics only: the monitor counts requests and errors from the bus samples).
+    pub(super) fn sequential_on(&self) -> bool {
+        self.settings.sequential_analysis && !self.settings.uses_templates()
+    }
+
+    /// Time between two analyses of a step: the sequential interval when a comparison
+    /// runs the sequential test, else the analysis interval.
+    fn analysis_period(&self, compare: bool) -> Duration {
+        if compare && self.sequential_on() {
+            self.settings.sequential_interval
+        } else {
+            self.settings.analysis_interval
+        }
+    }
+
+    /// How long a pausing step sleeps between passes, so that analyses run on time.
+    pub(super) fn analysis_wake(&self) -> Duration {
+        if self.sequential_on() {
+            self.settings.sequential_interval / 2
+        } else {
+            self.settings.analysis_interval / 4
+        }
     }
 
     /// A firing alert heard on the service since `since`, described.
@@ -264,6 +289,7 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
+            sequential: None,
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => ("monitor", verdict),
@@ -304,6 +330,7 @@ impl Deployer {
         r: &Rollout,
         canary_side: &Side,
         baseline_side: Option<&Side>,
+        since: DateTime<Utc>,
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
             // Boxed: keeps the reconciler's future small (it is polled on small stacks).
@@ -374,6 +401,9 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
+            // The error ratio of a comparison is also judged by the sequential test.
+            sequential: (baseline.is_some() && self.sequential_on())
+                .then(|| SequentialAnalysis::error_ratio_since(since)),
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => Some(("monitor", verdict)),
@@ -387,97 +417,6 @@ impl Deployer {
             Err(e) => {
                 tracing::warn!(rollout = %r.id, error = %e, "canary analysis failed");
                 None
-            }
-        }
-    }
-
-    /// Records a failing verdict or a firing alert heard on the bus.
-    pub(crate) fn hear(&self, service: &str, environment: &str, heard: Heard) {
-        let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map
-            .entry((service.to_owned(), environment.to_owned()))
-            .or_default();
-        list.push(heard);
-        let excess = list.len().saturating_sub(50);
-        list.drain(..excess);
-    }
-
-    /// Listens for alerts on services and failing continuous analyses until shutdown.
-    pub(crate) async fn listen(self, shutdown: CancellationToken) -> Result<(), EngineError> {
-        use futures::StreamExt;
-        let root = format!("{}.events", self.subjects.devops_root());
-        let mut alerts = self
-            .client
-            .subscribe(format!("{root}.alert.firing"))
-            .await?;
-        let mut results = self
-            .client
-            .subscribe(format!("{root}.analysis.result"))
-            .await?;
-        toronto_runtime::service::confirm_subscriptions(&self.client).await;
-        loop {
-            let (message, is_alert) = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = self.crash.cancelled() => return Ok(()),
-                Some(m) = alerts.next() => (m, true),
-                Some(m) = results.next() => (m, false),
-                else => return Ok(()),
-            };
-            let Ok(raw) =
-                toronto_protocol::codec::from_json_bounded::<serde_json::Value>(&message.payload)
-            else {
-                continue;
-            };
-            let data = raw.get("data").cloned().unwrap_or_default();
-            if is_alert {
-                let label = |name: &str| {
-                    data.get(name)
-                        .or_else(|| data.get("labels").and_then(|l| l.get(name)))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
-                };
-                let (Some(service), Some(environment)) = (label("service"), label("environment"))
-                else {
-                    continue;
-                };
-                let summary = label("summary")
-                    .or_else(|| label("alertname"))
-                    .or_else(|| label("slo"))
-                    .unwrap_or_else(|| "alert".into());
-                let verdict = CanaryVerdict {
-                    service: service.clone(),
-                    environment: environment.clone(),
-                    rollout_id: None,
-                    outcome: AnalysisOutcome::Fail,
-                    reason: format!("alert firing on {service} in {environment}: {summary}"),
-                    metrics: Vec::new(),
-                    analyzed_at: Utc::now(),
-                };
-                self.hear(
-                    &service,
-                    &environment,
-                    Heard {
-                        at: Utc::now(),
-                        rollout_id: None,
-                        source: "alert",
-                        verdict,
-                    },
-                );
-            } else if let Ok(verdict) = serde_json::from_value::<CanaryVerdict>(data)
-                && verdict.outcome == AnalysisOutcome::Fail
-                && verdict.rollout_id.is_some()
-            {
-                let (service, environment) = (verdict.service.clone(), verdict.environment.clone());
-                self.hear(
-                    &service,
-                    &environment,
-                    Heard {
-                        at: Utc::now(),
-                        rollout_id: verdict.rollout_id,
-                        source: "monitor",
-                        verdict,
-                    },
-                );
             }
         }
     }

@@ -322,7 +322,17 @@ pub fn step_layout(
             };
             steady_layout(family, svc, env, &new, before_layout)
         }
-        RolloutStepKind::Rolling => steady_layout(Family::Rolling, svc, env, &new, before_layout),
+        RolloutStepKind::Rolling => {
+            let mut l = steady_layout(Family::Rolling, svc, env, &new, before_layout);
+            // The analysed batches ran the new version on `<svc>-canary`: it stops now.
+            let canary = format!("{svc}-canary");
+            if r.steps.iter().any(|s| s.kind == RolloutStepKind::Weight)
+                && !l.workloads.iter().any(|w| w.name == canary)
+            {
+                l.workloads.push(workload(canary, Track::Canary, &new, 0));
+            }
+            l
+        }
         RolloutStepKind::Promote => steady_layout(Family::Canary, svc, env, &new, before_layout),
         RolloutStepKind::Weight => {
             let total = r.replicas.max(1);

@@ -43,6 +43,7 @@ use crate::target::{Layout, Target, TargetError};
 
 mod analysis;
 mod layout;
+mod listen;
 mod manifest_dir;
 mod reconcile;
 mod sim_verdict;

@@ -266,7 +266,7 @@ impl Deployer {
                     let left = Duration::from_secs(current.pause_seconds)
                         .saturating_sub((now - ready_at).to_std().unwrap_or_default());
                     return Ok(Next::After(
-                        left.min(self.settings.analysis_interval / 4)
+                        left.min(self.analysis_wake())
                             .max(Duration::from_millis(20)),
                     ));
                 }

@@ -286,8 +286,14 @@ fn validate(layout: &Layout) -> Result<(), String> {
         seen.push(w.track);
     }
     let has = |t: Track| seen.contains(&t);
-    let only = |allowed: &[Track], what: &str| match seen.iter().find(|t| !allowed.contains(t)) {
-        Some(t) => Err(format!("track {} in a {what} layout", t.as_str())),
+    // A workload of another shape may be named at 0 replicas: what a change of shape
+    // (or a rolling rollout's analysed batches) leaves behind, scaled down.
+    let only = |allowed: &[Track], what: &str| match layout
+        .workloads
+        .iter()
+        .find(|w| w.replicas > 0 && !allowed.contains(&w.track))
+    {
+        Some(w) => Err(format!("track {} in a {what} layout", w.track.as_str())),
         None => Ok(()),
     };
     match &layout.routing {
@@ -568,6 +574,15 @@ mod tests {
         let mut long = layout(rolling("1", "0"), vec![("shop-api", Track::Stable, 3)]);
         long.service = "a".repeat(56);
         assert!(manifests(&long, &s).is_err());
+        // What a rolling rollout's batches leave behind may be named at 0 replicas.
+        let scaled_down = layout(
+            rolling("1", "0"),
+            vec![
+                ("shop-api", Track::Stable, 3),
+                ("shop-api-canary", Track::Canary, 0),
+            ],
+        );
+        assert!(manifests(&scaled_down, &s).is_ok());
     }
 
     #[test]

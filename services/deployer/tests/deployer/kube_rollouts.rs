@@ -118,9 +118,15 @@ async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body(
     let d = k.deployment("cart").await.unwrap();
     assert_eq!(image_and_replicas(&d).0, image("cart", "1.1.0"));
     until_replicas(&fake, "cart", i64::from(image_and_replicas(&d).1)).await;
-    // The Service sends every request to the rolled Deployment. (The batches'
-    // Deployment `cart-canary` keeps its pods: the final rolling layout does not name
-    // it, so nothing scales it down; a known defect of the engine.)
+    // The batches' Deployment `cart-canary` is scaled to 0 by the final step, and the
+    // Service sends every request to the rolled Deployment.
+    let batches = until_replicas(&fake, "cart-canary", 0).await;
+    assert_eq!(batches["metadata"]["labels"]["track"], "canary");
+    assert_eq!(
+        batches["status"]["readyReplicas"].as_i64().unwrap_or(0),
+        0,
+        "{batches}"
+    );
     let svc = k.service("cart").await.unwrap();
     let selector = svc.spec.unwrap().selector.unwrap();
     assert_eq!(selector.get("track").map(String::as_str), Some("stable"));

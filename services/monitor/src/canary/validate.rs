@@ -92,6 +92,23 @@ pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
             errors.push(problem(&format!("metrics[{i}].query"), "must not be empty"));
         }
     }
+    if let Some(seq) = &req.sequential {
+        for (field, value) in [
+            ("metric", &seq.metric),
+            ("requests", &seq.requests),
+            ("errors", &seq.errors),
+        ] {
+            if value.trim().is_empty() {
+                errors.push(problem(&format!("sequential.{field}"), "must not be empty"));
+            }
+        }
+        if !seq.metric.trim().is_empty() && !req.metrics.iter().any(|m| m.name == seq.metric) {
+            errors.push(problem(
+                "sequential.metric",
+                &format!("`{}` is not one of the request's metrics", seq.metric),
+            ));
+        }
+    }
     if errors.is_empty() {
         return Ok(());
     }
@@ -155,5 +172,22 @@ mod tests {
             "{}",
             err.message
         );
+    }
+
+    #[test]
+    fn the_sequential_test_names_one_of_the_metrics() {
+        let mut req = request();
+        let since = chrono::Utc::now();
+        req.sequential = Some(toronto_protocol::analysis::SequentialAnalysis {
+            metric: "nope".into(),
+            ..toronto_protocol::analysis::SequentialAnalysis::error_ratio_since(since)
+        });
+        let err = validate(&req).unwrap_err();
+        assert!(err.message.contains("sequential.metric"), "{}", err.message);
+        req.sequential = Some(toronto_protocol::analysis::SequentialAnalysis {
+            metric: req.metrics[0].name.clone(),
+            ..toronto_protocol::analysis::SequentialAnalysis::error_ratio_since(since)
+        });
+        assert!(validate(&req).is_ok());
     }
 }

@@ -79,6 +79,61 @@ async fn a_bad_canary_fails_with_its_evidence_and_a_good_one_passes() {
 }
 
 #[tokio::test]
+async fn the_sequential_test_fails_a_20_percent_error_canary_and_passes_a_healthy_one() {
+    let m = monitor().await;
+    // One second of traffic: ten ticks.
+    publish_batches(
+        &m.client,
+        cluster_batches("cart", "production", 10, 0.2, 0.1),
+    )
+    .await;
+    publish_batches(
+        &m.client,
+        cluster_batches("shop-api", "production", 10, 0.01, 0.1),
+    )
+    .await;
+    let with_sequential = |service: &str| CanaryAnalyze {
+        sequential: Some(SequentialAnalysis::error_ratio_since(
+            chrono::Utc::now() - chrono::Duration::seconds(5),
+        )),
+        ..analysis(service, standard_metrics())
+    };
+    let bad = m.analyze_when_ingested(with_sequential("cart"), 10).await;
+    assert_eq!(bad.outcome, AnalysisOutcome::Fail, "{bad:#?}");
+    assert!(
+        bad.reason.starts_with(
+            "critical metric http_error_ratio failed: sequential test (mSPRT) rejects"
+        ),
+        "{}",
+        bad.reason
+    );
+    assert!(
+        bad.metrics[0].reason.contains("always-valid p="),
+        "{}",
+        bad.metrics[0].reason
+    );
+
+    let good = m
+        .analyze_when_ingested(with_sequential("shop-api"), 10)
+        .await;
+    assert_eq!(good.outcome, AnalysisOutcome::Pass, "{good:#?}");
+    assert!(
+        good.metrics[0]
+            .reason
+            .contains("sequential test (mSPRT) does not reject"),
+        "{}",
+        good.metrics[0].reason
+    );
+    // A sequential test naming a metric the request does not have is refused.
+    let mut wrong = with_sequential("cart");
+    wrong.sequential.as_mut().unwrap().metric = "nope".into();
+    let err = m.analyze(wrong).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BadRequest, "{err}");
+    assert!(err.to_string().contains("sequential.metric"), "{err}");
+    m.stop().await;
+}
+
+#[tokio::test]
 async fn missing_data_is_inconclusive_unless_required_and_bad_requests_name_the_field() {
     let m = monitor().await;
     let verdict = m

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use toronto_monitor::Settings;
 use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, CanaryAnalyze, CanaryUnwatch, CanaryVerdict, CanaryWatch,
-    CanaryWatchStatus, Direction, MetricBatch, MetricSample,
+    CanaryWatchStatus, Direction, MetricBatch, MetricSample, SequentialAnalysis,
 };
 use toronto_protocol::{Encoding, Envelope, ErrorCode, encode};
 use toronto_runtime::Config;
@@ -183,6 +183,7 @@ fn analysis(service: &str, metrics: Vec<AnalysisMetric>) -> CanaryAnalyze {
         window_seconds: 60.0,
         confidence: None,
         rollout_id: None,
+        sequential: None,
     }
 }
 

@@ -1,0 +1,289 @@
+//! The sequential test of a canary analysis (`CanaryAnalyze.sequential`): the mSPRT
+//! of [`crate::stats::SequentialTest`] on the requests and errors each side served
+//! since the request's `since`, beside the windowed Mann-Whitney test of the metric it
+//! names.
+//!
+//! **The path, not one look.** The counts arrive as samples per interval (the
+//! simulated cluster pushes `http_requests` and `http_errors` every 100 ms). The test
+//! looks after every instant at which samples arrived since `since`, in time order,
+//! and its p-value is the smallest `1 / ratio` of all those looks: the always-valid
+//! p-value of the whole path. So an analysis asked every 200 ms still sees every
+//! 100 ms look, and a later request never forgets an earlier rejection.
+//!
+//! **Deciding.** The metric fails as soon as the p-value is below [`ALPHA`] (the
+//! canary's error ratio exceeds the baseline's by more than the metric's
+//! `max_absolute_effect`); the reason names the test, the counts and the p-value.
+//! Otherwise the windowed test decides the metric as always, except that a windowed
+//! failure the sequential test does not confirm passes: the sequential test is the one
+//! whose false-failure rate is bounded however often it is asked, and it decides this
+//! metric's failures. Without counts on both sides the windowed test decides alone.
+
+use toronto_protocol::analysis::{
+    AnalysisMetric, AnalysisOutcome, Direction, MetricEvidence, SequentialAnalysis,
+};
+
+use crate::stats::{Counts, SequentialTest};
+use crate::store::{Labels, Store};
+
+/// The level below which the always-valid p-value rejects: at most 1% of healthy
+/// canaries fail, however often they are analysed.
+pub const ALPHA: f64 = 0.01;
+
+/// The mixing scale of the mSPRT: the size of the error-ratio excess it finds
+/// quickest (0.1, i.e. ten points above what is allowed).
+pub const TAU: f64 = 0.1;
+
+/// What the sequential test found over the path since `since`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SequentialOutcome {
+    /// The always-valid p-value after the last look.
+    pub p_value: f64,
+    /// The canary's counts since `since`.
+    pub canary: Counts,
+    /// The baseline's counts since `since`.
+    pub baseline: Counts,
+    /// How many looks the path had.
+    pub looks: usize,
+}
+
+/// Whether the sequential test applies to `metric`: the one the request names,
+/// compared with the baseline (not a threshold check), higher being worse.
+pub fn applies(seq: &SequentialAnalysis, metric: &AnalysisMetric) -> bool {
+    metric.name == seq.metric && !metric.is_threshold() && metric.direction == Direction::Increase
+}
+
+/// Runs the test over the counts in `store` from `since` to `to_ms`; `None` when a
+/// side has no request counted.
+pub fn run(
+    store: &Store,
+    seq: &SequentialAnalysis,
+    canary: &Labels,
+    baseline: &Labels,
+    allowed: f64,
+    to_ms: i64,
+) -> Option<SequentialOutcome> {
+    let from_ms = seq.since.timestamp_millis();
+    // (timestamp, side: 0 canary 1 baseline, is an error count, value)
+    let mut events: Vec<(i64, usize, bool, f64)> = Vec::new();
+    for (side, labels) in [canary, baseline].into_iter().enumerate() {
+        for (name, errors) in [(&seq.requests, false), (&seq.errors, true)] {
+            for (_, samples) in store.select(name, labels, from_ms, to_ms) {
+                events.extend(
+                    samples
+                        .into_iter()
+                        .map(|(t, v)| (t, side, errors, v.max(0.0))),
+                );
+            }
+        }
+    }
+    events.sort_by_key(|e| e.0);
+    let mut test = SequentialTest::new(allowed, TAU);
+    let mut counts = [Counts::default(); 2];
+    let mut looks = 0;
+    let mut i = 0;
+    while i < events.len() {
+        let at = events[i].0;
+        while i < events.len() && events[i].0 == at {
+            let (_, side, errors, v) = events[i];
+            let c = &mut counts[side];
+            if errors {
+                c.errors += v.round() as u64;
+            } else {
+                c.trials += v.round() as u64;
+            }
+            i += 1;
+        }
+        if counts[0].trials > 0 && counts[1].trials > 0 {
+            // A tick's error count may land before its request count: never more
+            // errors than requests.
+            let capped = counts.map(|c| Counts {
+                trials: c.trials,
+                errors: c.errors.min(c.trials),
+            });
+            test.look(capped[0], capped[1]);
+            looks += 1;
+        }
+    }
+    (looks > 0).then(|| SequentialOutcome {
+        p_value: test.p_value(),
+        canary: counts[0],
+        baseline: counts[1],
+        looks,
+    })
+}
+
+fn ratio(c: Counts) -> f64 {
+    if c.trials == 0 {
+        0.0
+    } else {
+        c.errors.min(c.trials) as f64 / c.trials as f64
+    }
+}
+
+/// Decides `evidence` (the windowed test's, of a metric the test applies to) with the
+/// sequential test's `outcome` (see the module documentation).
+pub fn decide(
+    evidence: &mut MetricEvidence,
+    outcome: Option<SequentialOutcome>,
+    seq: &SequentialAnalysis,
+    allowed: f64,
+) {
+    let Some(o) = outcome else {
+        evidence.reason.push_str(&format!(
+            "; sequential test: no `{}` counted on both sides since {}",
+            seq.requests,
+            seq.since.to_rfc3339()
+        ));
+        return;
+    };
+    let counted = format!(
+        "canary {:.4} ({} of {} requests) vs baseline {:.4} ({} of {}) since {}",
+        ratio(o.canary),
+        o.canary.errors.min(o.canary.trials),
+        o.canary.trials,
+        ratio(o.baseline),
+        o.baseline.errors.min(o.baseline.trials),
+        o.baseline.trials,
+        seq.since.to_rfc3339()
+    );
+    if o.p_value < ALPHA {
+        evidence.outcome = AnalysisOutcome::Fail;
+        evidence.reason = format!(
+            "sequential test (mSPRT) rejects: error ratio {counted}, more than {allowed} above the baseline (always-valid p={:.2e} < {ALPHA} after {} looks); windowed test: {}",
+            o.p_value, o.looks, evidence.reason
+        );
+        return;
+    }
+    let windowed = std::mem::take(&mut evidence.reason);
+    if evidence.outcome == AnalysisOutcome::Fail {
+        evidence.outcome = AnalysisOutcome::Pass;
+        evidence.reason = format!(
+            "windowed test: {windowed}; not confirmed by the sequential test, which decides this metric's failures (p={:.3} >= {ALPHA}; error ratio {counted})",
+            o.p_value
+        );
+    } else {
+        evidence.reason = format!(
+            "{windowed}; sequential test (mSPRT) does not reject (p={:.3} >= {ALPHA}; error ratio {counted})",
+            o.p_value
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreLimits;
+    use chrono::{TimeZone, Utc};
+
+    fn labels(track: &str) -> Labels {
+        [("track".to_owned(), track.to_owned())].into()
+    }
+
+    /// Ticks of 100 ms from `start_ms`: 50 canary and 150 baseline requests each, the
+    /// canary failing `canary_errors` of its 50, the baseline 1 in 150.
+    fn fill(store: &Store, start_ms: i64, ticks: i64, canary_errors: f64) {
+        for t in 0..ticks {
+            let at = start_ms + t * 100;
+            store.insert("http_requests", &labels("canary"), at, 50.0);
+            store.insert("http_errors", &labels("canary"), at, canary_errors);
+            store.insert("http_requests", &labels("stable"), at, 150.0);
+            store.insert("http_errors", &labels("stable"), at, 1.0);
+        }
+    }
+
+    fn seq(since_ms: i64) -> SequentialAnalysis {
+        SequentialAnalysis::error_ratio_since(Utc.timestamp_millis_opt(since_ms).unwrap())
+    }
+
+    #[test]
+    fn a_failing_canary_is_rejected_within_a_second_and_a_healthy_one_is_not() {
+        let store = Store::new(StoreLimits::default());
+        let now = crate::store::now_ms();
+        let start = now - 2_000;
+        // Healthy for the first second, then 20% errors (10 of 50) for 0.6 s.
+        fill(&store, start, 10, 0.0);
+        fill(&store, start + 1_000, 6, 10.0);
+        let s = seq(start);
+        let bad = run(&store, &s, &labels("canary"), &labels("stable"), 0.02, now).unwrap();
+        assert_eq!(bad.looks, 16);
+        assert_eq!(bad.canary.trials, 800);
+        assert!(bad.p_value < ALPHA, "{bad:?}");
+        // Counting only the healthy first second: no rejection.
+        let healthy = run(
+            &store,
+            &s,
+            &labels("canary"),
+            &labels("stable"),
+            0.02,
+            start + 950,
+        )
+        .unwrap();
+        assert!(healthy.p_value > ALPHA, "{healthy:?}");
+        // Nothing counted after `since`.
+        assert!(
+            run(
+                &store,
+                &seq(now),
+                &labels("canary"),
+                &labels("stable"),
+                0.02,
+                now
+            )
+            .is_none()
+        );
+    }
+
+    fn evidence(outcome: AnalysisOutcome) -> MetricEvidence {
+        MetricEvidence {
+            name: "http_error_ratio".into(),
+            outcome,
+            critical: true,
+            canary: crate::canary::summary(&[]),
+            baseline: crate::canary::summary(&[]),
+            u: None,
+            p_value: None,
+            effect: None,
+            reason: "windowed reason".into(),
+        }
+    }
+
+    #[test]
+    fn the_sequential_test_decides_failures_and_the_window_decides_passes() {
+        let s = seq(0);
+        let found = |p| {
+            Some(SequentialOutcome {
+                p_value: p,
+                canary: Counts {
+                    trials: 500,
+                    errors: 100,
+                },
+                baseline: Counts {
+                    trials: 1500,
+                    errors: 15,
+                },
+                looks: 10,
+            })
+        };
+        let mut e = evidence(AnalysisOutcome::Inconclusive);
+        decide(&mut e, found(0.001), &s, 0.02);
+        assert_eq!(e.outcome, AnalysisOutcome::Fail);
+        assert!(
+            e.reason.starts_with("sequential test (mSPRT) rejects"),
+            "{}",
+            e.reason
+        );
+        assert!(e.reason.contains("100 of 500"), "{}", e.reason);
+        // A windowed failure the sequential test does not confirm passes.
+        let mut e = evidence(AnalysisOutcome::Fail);
+        decide(&mut e, found(0.5), &s, 0.02);
+        assert_eq!(e.outcome, AnalysisOutcome::Pass);
+        assert!(e.reason.contains("not confirmed"), "{}", e.reason);
+        // Too little windowed data stays inconclusive; no counts: the window alone.
+        let mut e = evidence(AnalysisOutcome::Inconclusive);
+        decide(&mut e, found(0.5), &s, 0.02);
+        assert_eq!(e.outcome, AnalysisOutcome::Inconclusive);
+        let mut e = evidence(AnalysisOutcome::Fail);
+        decide(&mut e, None, &s, 0.02);
+        assert_eq!(e.outcome, AnalysisOutcome::Fail);
+    }
+}
