@@ -289,7 +289,11 @@ async fn main() {
         "analysis rounds (expected: 1/s per rollout)",
         format!("{rounds} / {expected}")
     );
-    println!("{:<44} {:>10}", "canary.analyze requests answered", latencies.len());
+    println!(
+        "{:<44} {:>10}",
+        "canary.analyze requests answered",
+        latencies.len()
+    );
     println!("{:<44} {:>10}", "analyses unanswered", asked.len());
     println!(
         "{:<44} {:>10}",
