@@ -25,7 +25,7 @@ pub async fn dora(samples: usize, rollout: &Rollout) -> Vec<Row> {
         r.environment = "production".into();
         r.created_at = now - chrono::Duration::seconds((count as i64 * 7919) % (20 * 86_400));
         r.finished_at = Some(r.created_at + chrono::Duration::seconds(90));
-        let what = if count % 10 == 0 {
+        let what = if count.is_multiple_of(10) {
             "aborted"
         } else {
             "succeeded"

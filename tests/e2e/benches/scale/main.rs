@@ -7,6 +7,7 @@
 //! history by ten, for a quick look). The history is written straight into the
 //! services' KV buckets and event stream (copies of records the services made
 //! themselves), so that building 10,000 past plans takes seconds, not hours.
+//! `BENCH_ONLY=plans|rollouts|incidents|slos|dora` runs one group.
 
 mod dora;
 
@@ -612,21 +613,37 @@ async fn main() {
         "{:<34} {:>7} {:>7} {:>8} {:<9} {:>9} {:>9} {:>9} {:>8}",
         "operation (median ms)", "1x", "10x", "100x", "history", "1x", "10x", "100x", "100x/1x"
     );
-    let mut rows = plans(samples).await;
-    for r in &rows {
-        r.print();
+    // `BENCH_ONLY=plans|rollouts|incidents|slos|dora` runs one group.
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if wanted("plans") {
+        for r in plans(samples).await {
+            r.print();
+        }
     }
-    let (more, rollout) = rollouts(samples).await;
-    for r in &more {
-        r.print();
+    // DORA's history is copies of a rollout the deployer made.
+    let mut rollout = None;
+    if wanted("rollouts") || wanted("dora") {
+        let (rows, made) = rollouts(samples).await;
+        if wanted("rollouts") {
+            for r in &rows {
+                r.print();
+            }
+        }
+        rollout = Some(made);
     }
-    rows.extend(more);
-    for r in incidents(samples).await {
-        r.print();
+    if wanted("incidents") {
+        for r in incidents(samples).await {
+            r.print();
+        }
     }
-    // Its own runtime, on a thread of its own.
-    tokio::task::spawn_blocking(slos).await.unwrap().print();
-    for r in dora::dora(samples / 2, &rollout).await {
-        r.print();
+    if wanted("slos") {
+        // Its own runtime, on a thread of its own.
+        tokio::task::spawn_blocking(slos).await.unwrap().print();
+    }
+    if let Some(rollout) = rollout.filter(|_| wanted("dora")) {
+        for r in dora::dora(samples / 2, &rollout).await {
+            r.print();
+        }
     }
 }
