@@ -217,12 +217,18 @@ async fn a_peers_deploy_is_approved_in_chat_rolled_back_on_a_fault_and_its_incid
         .await
         .unwrap(),
     );
-    // The deployer on the simulated cluster: analysis every second, as by default.
+    // The deployer on the simulated cluster: analysis every second with the windowed
+    // test alone. With the sequential test (the default) a canary failing every request
+    // is aborted in about 0.2 s, before its errors burn the SLO, so no incident would
+    // open; the windowed test takes about 1.5 s, which burns the time-compressed SLO
+    // and lets the story go on to its incident. (The sequential path is proved by the
+    // deployer's and the monitor's tests and the abort benchmark.)
     let deployer = toronto_deployer::start_with(
         config(&server),
         toronto_deployer::Settings {
             step_pause: Duration::from_secs(60),
             drift_interval: Duration::ZERO,
+            sequential_analysis: false,
             ..Default::default()
         },
         None,
