@@ -197,16 +197,19 @@ async fn the_postmortem_has_the_timeline_and_the_durations_and_metrics_count_it(
             .text()
             .await
             .unwrap();
-        if text.contains("incident_incidents{severity=\"sev2\"} 1") {
+        if text.contains("toronto_incidents{severity=\"sev2\"} 1") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        text.contains("incident_incidents{severity=\"sev2\"} 1"),
+        text.contains("toronto_incidents{severity=\"sev2\"} 1"),
         "{text}"
     );
-    assert!(text.contains("incident_mttr_seconds"), "{text}");
+    assert!(
+        text.contains("toronto_incident_time_to_resolve_seconds_count 1"),
+        "{text}"
+    );
     ic.stop().await;
 }
 
