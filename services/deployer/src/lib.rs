@@ -216,7 +216,7 @@ async fn start_inner(
         });
     }
     let (spec, dead_letters, metrics) = (
-        runs.consumer(settings.lease, 50, 32),
+        runs.consumer(settings.lease, 50, ACTIVE_ROLLOUTS),
         rt.dead_letters.clone(),
         rt.metrics.clone(),
     );
@@ -241,6 +241,11 @@ async fn start_inner(
         deployer,
     })
 }
+
+/// How many rollouts one deployer advances at once. A rollout holds its slot through its
+/// step pauses (a task waiting on a timer), so this bounds the rollouts in flight per
+/// replica, not the CPU.
+const ACTIVE_ROLLOUTS: usize = 256;
 
 async fn register(rt: &ServiceRuntime, deployer: &Deployer) -> Result<(), RuntimeError> {
     let d = deployer.clone();
