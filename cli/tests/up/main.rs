@@ -109,9 +109,17 @@ async fn up_starts_its_own_nats_server_and_stops_cleanly_on_sigterm() {
     ] {
         assert!(status.contains(name), "{status}");
     }
-    let ping = toronto(&url, &["ping"]).await;
-    assert!(ping.status.success());
-    let pings = String::from_utf8(ping.stdout).unwrap();
+    // The console joins the bus a moment after the five services answer `status`.
+    let mut pings = String::new();
+    for _ in 0..40 {
+        let ping = toronto(&url, &["ping"]).await;
+        assert!(ping.status.success());
+        pings = String::from_utf8(ping.stdout).unwrap();
+        if pings.lines().count() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(
         pings.lines().count(),
         6,

@@ -87,17 +87,7 @@ async fn experiment_taken_over(c: &mut Cluster, service: &str) -> Result<String,
 
 /// How many faults the shared simulated world holds for `service`.
 async fn faults(c: &Cluster, service: &str) -> Result<usize, String> {
-    let js = async_nats::jetstream::new(c.client.clone());
-    let kv = js
-        .get_key_value("toronto_rollouts")
-        .await
-        .map_err(|e| e.to_string())?;
-    let entry = kv
-        .get(format!("sim.{service}.{ENV}"))
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{service} is not in the simulated world"))?;
-    let record: serde_json::Value = serde_json::from_slice(&entry).map_err(|e| e.to_string())?;
+    let record = c.sim_record(service).await?;
     Ok(record["faults"].as_object().map_or(0, |f| f.len()))
 }
 

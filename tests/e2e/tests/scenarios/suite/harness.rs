@@ -356,8 +356,8 @@ impl Cluster {
         completed(self.plan_end(plan, Duration::from_secs(90)).await?)
     }
 
-    /// The shared simulated world's change-producing applies of `service`.
-    pub async fn applied(&self, service: &str) -> Result<Vec<String>, String> {
+    /// The shared simulated world's record of `service`.
+    pub async fn sim_record(&self, service: &str) -> Result<serde_json::Value, String> {
         let js = async_nats::jetstream::new(self.client.clone());
         let kv = js
             .get_key_value("toronto_rollouts")
@@ -368,8 +368,12 @@ impl Cluster {
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{service} is not in the simulated world"))?;
-        let record: serde_json::Value =
-            serde_json::from_slice(&entry).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&entry).map_err(|e| e.to_string())
+    }
+
+    /// The shared simulated world's change-producing applies of `service`.
+    pub async fn applied(&self, service: &str) -> Result<Vec<String>, String> {
+        let record = self.sim_record(service).await?;
         Ok(record["applied"]
             .as_array()
             .into_iter()
