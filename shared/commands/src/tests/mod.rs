@@ -220,7 +220,6 @@ fn every_command_parses() {
     }
 }
 
-
 mod malformed;
 mod replies;
 mod requests;

@@ -142,4 +142,3 @@ fn help_explains_a_command() {
     let all = render(&ok("help"), &serde_json::Value::Null);
     assert_eq!(all.lines().count(), SPECS.len() + 1);
 }
-
