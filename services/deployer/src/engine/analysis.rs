@@ -149,10 +149,6 @@ impl Deployer {
             .cloned()
     }
 
-    /// Why a rollout judged by a template has nothing to go on at the end of its
-    /// step's pause (its latest analysis of the step is inconclusive, or there is
-    /// none), with the policy that applies; `None` when it has data, when the step is
-    /// not analysed, or when bus metrics judge it.
     /// The passing verdict of `step`'s last analysis, to keep on the rollout as the
     /// evidence the step went on with (none when it was not analysed).
     pub(super) fn passed_analysis(
@@ -172,6 +168,43 @@ impl Deployer {
             })
     }
 
+    /// How long `step` holds once its workloads are ready before it may go on: its
+    /// pause, and, while a step judged by a template has no conclusive analysis yet,
+    /// at least one analysis window plus one analysis interval. The series of pods
+    /// the step started begin when they do: the window Prometheus is asked about
+    /// fills only that long after, so `on_no_data` is decided then, not before
+    /// anyone could have seen the new version.
+    pub(super) fn step_hold(
+        &self,
+        r: &Rollout,
+        step: &RolloutStep,
+        before: Option<&Release>,
+    ) -> Duration {
+        let pause = Duration::from_secs(step.pause_seconds);
+        if !self.settings.uses_templates()
+            || analysis_tracks(r, step, before, &self.settings).is_none()
+        {
+            return pause;
+        }
+        let conclusive = self
+            .last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.id)
+            .is_some_and(|o| {
+                o.step == step.id && o.verdict.outcome != AnalysisOutcome::Inconclusive
+            });
+        if conclusive {
+            pause
+        } else {
+            pause.max(self.settings.analysis_window + self.settings.analysis_interval)
+        }
+    }
+
+    /// Why a rollout judged by a template has nothing to go on once its step's hold
+    /// is over (its latest analysis of the step is inconclusive, or there is none),
+    /// with the policy that applies; `None` when it has data, when the step is not
+    /// analysed, or when bus metrics judge it.
     pub(super) fn no_data(
         &self,
         r: &Rollout,

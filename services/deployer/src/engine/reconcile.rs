@@ -259,12 +259,11 @@ impl Deployer {
                         .await;
                 }
                 let ready_at = current.ready_at.unwrap_or(now);
-                let pause_over = (now - ready_at).to_std().unwrap_or_default()
-                    >= Duration::from_secs(current.pause_seconds);
+                let hold = self.step_hold(&r, &current, before.as_ref());
+                let pause_over = (now - ready_at).to_std().unwrap_or_default() >= hold;
                 let promoted = matches!(r.pending, Some(PendingCommand::Promote { .. }));
                 if !pause_over && !promoted {
-                    let left = Duration::from_secs(current.pause_seconds)
-                        .saturating_sub((now - ready_at).to_std().unwrap_or_default());
+                    let left = hold.saturating_sub((now - ready_at).to_std().unwrap_or_default());
                     return Ok(Next::After(
                         left.min(self.analysis_wake())
                             .max(Duration::from_millis(20)),
