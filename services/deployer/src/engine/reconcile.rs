@@ -224,6 +224,7 @@ impl Deployer {
                 if waiting.is_empty() {
                     r.steps[r.step_index].ready_at = Some(now);
                     if self.save(&mut r, revision).await?.is_stored() {
+                        Box::pin(self.hand_over_adopted(&r, before.as_ref())).await;
                         self.announce(RolloutEvent::Progressed, &r).await;
                     }
                     return Ok(Next::After(Duration::ZERO));
@@ -412,6 +413,9 @@ impl Deployer {
         phase: RolloutPhase,
         reason: String,
     ) -> Result<Next, EngineError> {
+        if !Box::pin(self.restore_adopted(&r, before)).await {
+            return Ok(Next::After(Duration::from_secs(1)));
+        }
         let layout = self
             .with_pod_template(rollback_layout(&r, before, &self.settings))
             .await?;
