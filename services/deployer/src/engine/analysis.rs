@@ -93,8 +93,10 @@ impl Deployer {
         })
     }
 
-    /// Whether comparisons run the sequential test beside the windowed one (bus
-    /// metrics only: the monitor counts requests and errors from the bus samples).
+    /// Whether comparisons run the sequential test on bus metrics, asked every
+    /// sequential interval (a template's sequential test, on counts read from
+    /// Prometheus, is asked at the analysis interval, with the template's other
+    /// metrics).
     pub(super) fn sequential_on(&self) -> bool {
         self.settings.sequential_analysis && !self.settings.uses_templates()
     }
@@ -256,6 +258,7 @@ impl Deployer {
         r: &Rollout,
         canary: &Side,
         baseline: Option<&Side>,
+        since: DateTime<Utc>,
     ) -> (&'static str, CanaryVerdict) {
         let template = match template_for(&r.service, &self.settings) {
             Ok(t) => t,
@@ -265,6 +268,19 @@ impl Deployer {
             Some(_) => template.metrics.clone(),
             None => first_deploy_metrics(&template, &self.settings),
         };
+        // A comparison also runs the template's sequential test on the counts it
+        // names, from when the step's workloads were ready.
+        let sequential = template
+            .sequential
+            .as_ref()
+            .filter(|_| baseline.is_some() && self.settings.sequential_analysis)
+            .map(|q| SequentialAnalysis {
+                metric: q.metric.clone(),
+                requests_query: Some(q.requests_query.clone()),
+                errors_query: Some(q.errors_query.clone()),
+                interval_seconds: q.interval_seconds,
+                ..SequentialAnalysis::error_ratio_since(since)
+            });
         if metrics.is_empty() {
             return (
                 "template",
@@ -322,7 +338,7 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
-            sequential: None,
+            sequential,
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => ("monitor", verdict),
@@ -367,7 +383,9 @@ impl Deployer {
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
             // Boxed: keeps the reconciler's future small (it is polled on small stacks).
-            return Some(Box::pin(self.analyze_with_template(r, canary_side, baseline_side)).await);
+            return Some(
+                Box::pin(self.analyze_with_template(r, canary_side, baseline_side, since)).await,
+            );
         }
         let canary = canary_side.track;
         let baseline = baseline_side.map(|b| b.track);

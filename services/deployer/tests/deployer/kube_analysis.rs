@@ -81,3 +81,57 @@ async fn a_version_is_judged_on_its_own_pods_series_and_one_nobody_sees_pauses_b
     assert_eq!(image_and_replicas(&stable).0, image("1.0.0"));
     k.stop().await;
 }
+
+#[test]
+fn the_templates_sequential_test_judges_canaries_on_prometheus_counts() {
+    run(the_templates_sequential_test_judges_canaries_on_prometheus_counts_body());
+}
+
+async fn the_templates_sequential_test_judges_canaries_on_prometheus_counts_body() {
+    let fake = fake_api().await;
+    let mut k = kube_stack(config_for(fake.url()), ENV, 1, kube_settings()).await;
+    let image = |v: &str| format!("registry.example/cart:{v}");
+    k.traffic("cart", "1.0.0", 0.01);
+    let first = k
+        .start_image("cart", "1.0.0", &image("1.0.0"), canary(&[50], 0))
+        .await;
+    succeeded(&k, first).await;
+
+    // A healthy canary: the `app` template's error ratio is also judged by the
+    // sequential test on the request and error counts Prometheus holds.
+    k.traffic("cart", "1.1.0", 0.01);
+    let healthy = k
+        .start_image("cart", "1.1.0", &image("1.1.0"), canary(&[50], 0))
+        .await;
+    let done = succeeded(&k, healthy).await;
+    let errors = done
+        .analyses
+        .iter()
+        .filter(|a| a.step.starts_with("weight-"))
+        .flat_map(|a| a.verdict.metrics.iter())
+        .find(|m| m.name == "error_ratio")
+        .unwrap_or_else(|| panic!("the canary step kept its analysis: {done:#?}"));
+    assert!(
+        errors
+            .reason
+            .contains("sequential test (mSPRT) does not reject"),
+        "{errors:#?}"
+    );
+
+    // A canary failing 25% of its requests, with a pause far longer than needed: the
+    // sequential test rejects it on its counts.
+    k.traffic("cart", "2.0.0", 0.25);
+    let bad = k
+        .start_image("cart", "2.0.0", &image("2.0.0"), canary(&[50], 60))
+        .await;
+    let aborted = k.s.event(bad, "aborted", Duration::from_secs(40)).await;
+    assert!(aborted.rolled_back, "{aborted:?}");
+    let reason = aborted.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("critical metric error_ratio failed: sequential test (mSPRT) rejects"),
+        "{reason}"
+    );
+    let stable = k.deployment("cart").await.expect("the stable Deployment");
+    assert_eq!(image_and_replicas(&stable).0, image("1.1.0"));
+    k.stop().await;
+}
