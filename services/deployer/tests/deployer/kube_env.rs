@@ -1,6 +1,7 @@
 //! The stack for rollouts on a Kubernetes API: deployers whose target is the
 //! Kubernetes target on a real kube client, the real monitor reading a real
-//! Prometheus that scrapes canary and baseline series this test serves, and the
+//! Prometheus that scrapes the series this test serves for the ready pods of the
+//! namespace (as a scrape of each pod with its labels kept would), and the
 //! shared full-canary scenario that runs against the testkit's fake API server here
 //! and against a real cluster when `KUBECONFIG` is set.
 
