@@ -57,12 +57,28 @@ pub fn with_samples(query: &str) -> String {
     out
 }
 
-/// Parses every query of `template` (placeholders filled with samples).
+/// Parses every query of `template`, its sequential test's counts too (placeholders
+/// filled with samples).
 pub fn check_template(template: &AnalysisTemplate) -> Result<(), InvalidQuery> {
-    for m in &template.metrics {
-        let Some(query) = &m.query else { continue };
+    let metrics = template
+        .metrics
+        .iter()
+        .filter_map(|m| m.query.as_ref().map(|q| (m.name.clone(), q)));
+    let counts = template.sequential.iter().flat_map(|s| {
+        [
+            (
+                format!("{} (sequential requests_query)", s.metric),
+                &s.requests_query,
+            ),
+            (
+                format!("{} (sequential errors_query)", s.metric),
+                &s.errors_query,
+            ),
+        ]
+    });
+    for (metric, query) in metrics.chain(counts) {
         promql_parser::parser::parse(&with_samples(query)).map_err(|reason| InvalidQuery {
-            metric: m.name.clone(),
+            metric,
             query: query.clone(),
             reason,
         })?;

@@ -43,7 +43,8 @@ pub struct Settings {
     /// How far back each analysis looks.
     pub analysis_window: Duration,
     /// Judge the critical error metric with the sequential test (mSPRT) beside the
-    /// windowed test, analysing every `sequential_interval` (bus metrics only).
+    /// windowed test: on bus metrics, analysing every `sequential_interval`; on a
+    /// template's request and error counts when it names them.
     pub sequential_analysis: bool,
     /// Time between analyses while the sequential test runs.
     pub sequential_interval: Duration,
@@ -191,7 +192,7 @@ pub const DEPLOYER_VARS: &[Var<Settings>] = &[
     ),
     Var::new(
         "TORONTO_DEPLOYER_SEQUENTIAL_ANALYSIS",
-        "Judge a canary's error ratio with the sequential test (mSPRT, always-valid p-value below 0.01) beside the windowed test, so a failing canary aborts without waiting for a window (bus metrics; templates use the windowed test alone).",
+        "Judge a canary's error ratio with the sequential test (mSPRT, always-valid p-value below 0.01) beside the windowed test, so a failing canary aborts without waiting for a window (bus metrics, asked every `TORONTO_DEPLOYER_SEQUENTIAL_INTERVAL_MS`; an analysis template that names its request and error counts, as the built-in ones do, runs it on those counts read from Prometheus at the analysis interval).",
         "true",
         |s, v| {
             s.sequential_analysis = parse::boolean(v)?;

@@ -373,9 +373,32 @@ impl Analyzer {
                         .filter(|s| sequential::applies(s, metric))
                     {
                         let allowed = metric.max_absolute_effect.unwrap_or(0.0);
-                        let found =
-                            sequential::run(&self.store, seq, &canary, &baseline, allowed, to);
-                        sequential::decide(&mut ev, found, seq, allowed);
+                        let from_prometheus = match &self.prometheus {
+                            Some(p) => {
+                                Box::pin(sequential::run_prometheus(
+                                    p, seq, &canary, &baseline, allowed, to,
+                                ))
+                                .await
+                            }
+                            None => None,
+                        };
+                        match from_prometheus {
+                            Some(Ok(found)) => sequential::decide(&mut ev, found, seq, allowed),
+                            Some(Err(e)) => ev.reason.push_str(&format!(
+                                "; sequential test: Prometheus query failed: {e}"
+                            )),
+                            None => {
+                                let found = sequential::run(
+                                    &self.store,
+                                    seq,
+                                    &canary,
+                                    &baseline,
+                                    allowed,
+                                    to,
+                                );
+                                sequential::decide(&mut ev, found, seq, allowed);
+                            }
+                        }
                     }
                     ev
                 }

@@ -147,6 +147,29 @@ pub struct AnalysisTemplate {
     /// when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_no_data: Option<OnNoData>,
+    /// The sequential test of one of its error-ratio metrics, on request and error
+    /// counts read from Prometheus (absent: the windowed test alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequential: Option<SequentialQueries>,
+}
+
+/// The counts a template's sequential test reads: PromQL with the template's
+/// placeholders, each giving one side's count in one look's interval (its
+/// `{{window}}` is that interval, e.g. `sum(increase(http_requests_total{...}[{{window}}]))`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SequentialQueries {
+    /// The metric whose failures the test decides (one of the template's, a
+    /// comparison where higher is worse), e.g. `error_ratio`.
+    pub metric: String,
+    /// The requests served in the interval.
+    pub requests_query: String,
+    /// The requests that failed in the interval.
+    pub errors_query: String,
+    /// The shortest look interval in seconds (default 1): at least twice Prometheus'
+    /// scrape interval, so that `increase()` over one interval sees two scrapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
 }
 
 /// Asks whether a canary is healthy compared with its baseline
@@ -201,6 +224,18 @@ pub struct SequentialAnalysis {
     pub errors: String,
     /// Counting starts here, e.g. when the step began to take traffic.
     pub since: DateTime<Utc>,
+    /// PromQL counting one side's requests in one look's interval (see
+    /// [`SequentialQueries`]): with `errors_query`, the counts are read from
+    /// Prometheus instead of the bus series `requests` and `errors`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_query: Option<String>,
+    /// PromQL counting one side's failed requests in one look's interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors_query: Option<String>,
+    /// The shortest look interval of the counts read from Prometheus, in seconds
+    /// (default 1; see [`SequentialQueries::interval_seconds`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_seconds: Option<f64>,
 }
 
 fn default_sequential_metric() -> String {
@@ -224,6 +259,9 @@ impl SequentialAnalysis {
             requests: default_sequential_requests(),
             errors: default_sequential_errors(),
             since,
+            requests_query: None,
+            errors_query: None,
+            interval_seconds: None,
         }
     }
 }

@@ -93,8 +93,10 @@ impl Deployer {
         })
     }
 
-    /// Whether comparisons run the sequential test beside the windowed one (bus
-    /// metrics only: the monitor counts requests and errors from the bus samples).
+    /// Whether comparisons run the sequential test on bus metrics, asked every
+    /// sequential interval (a template's sequential test, on counts read from
+    /// Prometheus, is asked at the analysis interval, with the template's other
+    /// metrics).
     pub(super) fn sequential_on(&self) -> bool {
         self.settings.sequential_analysis && !self.settings.uses_templates()
     }
@@ -149,10 +151,6 @@ impl Deployer {
             .cloned()
     }
 
-    /// Why a rollout judged by a template has nothing to go on at the end of its
-    /// step's pause (its latest analysis of the step is inconclusive, or there is
-    /// none), with the policy that applies; `None` when it has data, when the step is
-    /// not analysed, or when bus metrics judge it.
     /// The passing verdict of `step`'s last analysis, to keep on the rollout as the
     /// evidence the step went on with (none when it was not analysed).
     pub(super) fn passed_analysis(
@@ -172,6 +170,43 @@ impl Deployer {
             })
     }
 
+    /// How long `step` holds once its workloads are ready before it may go on: its
+    /// pause, and, while a step judged by a template has no conclusive analysis yet,
+    /// at least one analysis window plus one analysis interval. The series of pods
+    /// the step started begin when they do: the window Prometheus is asked about
+    /// fills only that long after, so `on_no_data` is decided then, not before
+    /// anyone could have seen the new version.
+    pub(super) fn step_hold(
+        &self,
+        r: &Rollout,
+        step: &RolloutStep,
+        before: Option<&Release>,
+    ) -> Duration {
+        let pause = Duration::from_secs(step.pause_seconds);
+        if !self.settings.uses_templates()
+            || analysis_tracks(r, step, before, &self.settings).is_none()
+        {
+            return pause;
+        }
+        let conclusive = self
+            .last_outcome
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&r.id)
+            .is_some_and(|o| {
+                o.step == step.id && o.verdict.outcome != AnalysisOutcome::Inconclusive
+            });
+        if conclusive {
+            pause
+        } else {
+            pause.max(self.settings.analysis_window + self.settings.analysis_interval)
+        }
+    }
+
+    /// Why a rollout judged by a template has nothing to go on once its step's hold
+    /// is over (its latest analysis of the step is inconclusive, or there is none),
+    /// with the policy that applies; `None` when it has data, when the step is not
+    /// analysed, or when bus metrics judge it.
     pub(super) fn no_data(
         &self,
         r: &Rollout,
@@ -223,6 +258,7 @@ impl Deployer {
         r: &Rollout,
         canary: &Side,
         baseline: Option<&Side>,
+        since: DateTime<Utc>,
     ) -> (&'static str, CanaryVerdict) {
         let template = match template_for(&r.service, &self.settings) {
             Ok(t) => t,
@@ -232,6 +268,19 @@ impl Deployer {
             Some(_) => template.metrics.clone(),
             None => first_deploy_metrics(&template, &self.settings),
         };
+        // A comparison also runs the template's sequential test on the counts it
+        // names, from when the step's workloads were ready.
+        let sequential = template
+            .sequential
+            .as_ref()
+            .filter(|_| baseline.is_some() && self.settings.sequential_analysis)
+            .map(|q| SequentialAnalysis {
+                metric: q.metric.clone(),
+                requests_query: Some(q.requests_query.clone()),
+                errors_query: Some(q.errors_query.clone()),
+                interval_seconds: q.interval_seconds,
+                ..SequentialAnalysis::error_ratio_since(since)
+            });
         if metrics.is_empty() {
             return (
                 "template",
@@ -289,7 +338,7 @@ impl Deployer {
             window_seconds: self.settings.analysis_window.as_secs_f64(),
             confidence: None,
             rollout_id: Some(r.id),
-            sequential: None,
+            sequential,
         };
         match self.ask_monitor(r, request).await {
             Ok(verdict) => ("monitor", verdict),
@@ -334,7 +383,9 @@ impl Deployer {
     ) -> Option<(&'static str, CanaryVerdict)> {
         if self.settings.uses_templates() {
             // Boxed: keeps the reconciler's future small (it is polled on small stacks).
-            return Some(Box::pin(self.analyze_with_template(r, canary_side, baseline_side)).await);
+            return Some(
+                Box::pin(self.analyze_with_template(r, canary_side, baseline_side, since)).await,
+            );
         }
         let canary = canary_side.track;
         let baseline = baseline_side.map(|b| b.track);

@@ -41,6 +41,7 @@ use crate::settings::Settings;
 use crate::sim::SimCluster;
 use crate::target::{Layout, Target, TargetError};
 
+mod adoption;
 mod analysis;
 mod layout;
 mod listen;

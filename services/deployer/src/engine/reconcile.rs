@@ -224,6 +224,7 @@ impl Deployer {
                 if waiting.is_empty() {
                     r.steps[r.step_index].ready_at = Some(now);
                     if self.save(&mut r, revision).await?.is_stored() {
+                        Box::pin(self.hand_over_adopted(&r, before.as_ref())).await;
                         self.announce(RolloutEvent::Progressed, &r).await;
                     }
                     return Ok(Next::After(Duration::ZERO));
@@ -259,12 +260,11 @@ impl Deployer {
                         .await;
                 }
                 let ready_at = current.ready_at.unwrap_or(now);
-                let pause_over = (now - ready_at).to_std().unwrap_or_default()
-                    >= Duration::from_secs(current.pause_seconds);
+                let hold = self.step_hold(&r, &current, before.as_ref());
+                let pause_over = (now - ready_at).to_std().unwrap_or_default() >= hold;
                 let promoted = matches!(r.pending, Some(PendingCommand::Promote { .. }));
                 if !pause_over && !promoted {
-                    let left = Duration::from_secs(current.pause_seconds)
-                        .saturating_sub((now - ready_at).to_std().unwrap_or_default());
+                    let left = hold.saturating_sub((now - ready_at).to_std().unwrap_or_default());
                     return Ok(Next::After(
                         left.min(self.analysis_wake())
                             .max(Duration::from_millis(20)),
@@ -413,6 +413,9 @@ impl Deployer {
         phase: RolloutPhase,
         reason: String,
     ) -> Result<Next, EngineError> {
+        if !Box::pin(self.restore_adopted(&r, before)).await {
+            return Ok(Next::After(Duration::from_secs(1)));
+        }
         let layout = self
             .with_pod_template(rollback_layout(&r, before, &self.settings))
             .await?;

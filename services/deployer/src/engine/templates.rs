@@ -18,12 +18,14 @@
 //!
 //! Each has a critical error ratio (the canary fails when it exceeds the baseline's by
 //! more than `TORONTO_DEPLOYER_MAX_ERROR_RATIO_INCREASE`) and a p99 latency (fails
-//! beyond `TORONTO_DEPLOYER_MAX_LATENCY_INCREASE`, not critical).
+//! beyond `TORONTO_DEPLOYER_MAX_LATENCY_INCREASE`, not critical), and names the
+//! request and error counts its error ratio is made of, so that a comparison also runs
+//! the sequential test (mSPRT) on them.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use toronto_protocol::analysis::{AnalysisMetric, AnalysisTemplate, Direction};
+use toronto_protocol::analysis::{AnalysisMetric, AnalysisTemplate, Direction, SequentialQueries};
 
 use crate::settings::Settings;
 
@@ -64,89 +66,70 @@ fn ratio(errors: &str, all: &str) -> String {
     format!("(sum(rate({errors}[{{{{window}}}}])) or vector(0)) / sum(rate({all}[{{{{window}}}}]))")
 }
 
+/// The sequential test of `error_ratio` on `errors` and `all` counted per look
+/// interval (the `{{window}}` of these queries).
+fn counts(errors: &str, all: &str) -> SequentialQueries {
+    SequentialQueries {
+        metric: "error_ratio".into(),
+        requests_query: format!("sum(increase({all}[{{{{window}}}}]))"),
+        errors_query: format!("sum(increase({errors}[{{{{window}}}}]))"),
+        interval_seconds: None,
+    }
+}
+
 fn p99(buckets: &str) -> String {
     format!("histogram_quantile(0.99, sum by (le) (rate({buckets}[{{{{window}}}}])))")
 }
 
-/// A built-in template by name, with the thresholds of `settings`.
+/// A built-in template by name, with the thresholds of `settings`: its error ratio
+/// (also judged by the sequential test on the same counts) and its p99 latency.
 pub fn built_in(name: &str, settings: &Settings) -> Option<AnalysisTemplate> {
-    let metrics = match name {
+    // (failed requests, all requests, latency histogram buckets)
+    let (errors, all, buckets) = match name {
         "app" => {
             let sel = r#"namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}""#;
-            vec![
-                error_ratio(
-                    ratio(
-                        &format!(r#"http_requests_total{{{sel},code=~"5.."}}"#),
-                        &format!("http_requests_total{{{sel}}}"),
-                    ),
-                    settings,
-                ),
-                latency(
-                    p99(&format!("http_request_duration_seconds_bucket{{{sel}}}")),
-                    settings,
-                ),
-            ]
+            (
+                format!(r#"http_requests_total{{{sel},code=~"5.."}}"#),
+                format!("http_requests_total{{{sel}}}"),
+                format!("http_request_duration_seconds_bucket{{{sel}}}"),
+            )
         }
         "envoy-gateway" => {
             let cluster = r#"envoy_cluster_name="httproute/{{namespace}}/{{service}}/rule/0/backend/{{backend}}""#;
-            vec![
-                error_ratio(
-                    ratio(
-                        &format!(
-                            r#"envoy_cluster_upstream_rq_xx{{{cluster},envoy_response_code_class="5"}}"#
-                        ),
-                        &format!("envoy_cluster_upstream_rq_xx{{{cluster}}}"),
-                    ),
-                    settings,
+            (
+                format!(
+                    r#"envoy_cluster_upstream_rq_xx{{{cluster},envoy_response_code_class="5"}}"#
                 ),
-                latency(
-                    p99(&format!(
-                        "envoy_cluster_upstream_rq_time_bucket{{{cluster}}}"
-                    )),
-                    settings,
-                ),
-            ]
+                format!("envoy_cluster_upstream_rq_xx{{{cluster}}}"),
+                format!("envoy_cluster_upstream_rq_time_bucket{{{cluster}}}"),
+            )
         }
         "istio" => {
             let sel = r#"reporter="destination",destination_workload_namespace="{{namespace}}",destination_workload="{{workload}}""#;
-            vec![
-                error_ratio(
-                    ratio(
-                        &format!(r#"istio_requests_total{{{sel},response_code=~"5.."}}"#),
-                        &format!("istio_requests_total{{{sel}}}"),
-                    ),
-                    settings,
-                ),
-                latency(
-                    p99(&format!(
-                        "istio_request_duration_milliseconds_bucket{{{sel}}}"
-                    )),
-                    settings,
-                ),
-            ]
+            (
+                format!(r#"istio_requests_total{{{sel},response_code=~"5.."}}"#),
+                format!("istio_requests_total{{{sel}}}"),
+                format!("istio_request_duration_milliseconds_bucket{{{sel}}}"),
+            )
         }
         "linkerd" => {
             let sel = r#"direction="inbound",namespace="{{namespace}}",deployment="{{workload}}""#;
-            vec![
-                error_ratio(
-                    ratio(
-                        &format!(r#"response_total{{{sel},classification="failure"}}"#),
-                        &format!("response_total{{{sel}}}"),
-                    ),
-                    settings,
-                ),
-                latency(
-                    p99(&format!("response_latency_ms_bucket{{{sel}}}")),
-                    settings,
-                ),
-            ]
+            (
+                format!(r#"response_total{{{sel},classification="failure"}}"#),
+                format!("response_total{{{sel}}}"),
+                format!("response_latency_ms_bucket{{{sel}}}"),
+            )
         }
         _ => return None,
     };
     Some(AnalysisTemplate {
         name: name.to_owned(),
-        metrics,
+        metrics: vec![
+            error_ratio(ratio(&errors, &all), settings),
+            latency(p99(&buckets), settings),
+        ],
         on_no_data: None,
+        sequential: Some(counts(&errors, &all)),
     })
 }
 
@@ -251,6 +234,23 @@ pub fn load_templates(dir: &Path) -> Result<BTreeMap<String, AnalysisTemplate>, 
             return Err(bad(format!("metric {:?} has no query", m.name)));
         }
         crate::promql::check_template(&t).map_err(|e| bad(e.to_string()))?;
+        if let Some(i) = t.sequential.as_ref().and_then(|s| s.interval_seconds)
+            && !(0.1..=3600.0).contains(&i)
+        {
+            return Err(bad(format!(
+                "the sequential test's interval_seconds {i} is not between 0.1 and 3600"
+            )));
+        }
+        if let Some(seq) = &t.sequential
+            && !t.metrics.iter().any(|m| {
+                m.name == seq.metric && !m.is_threshold() && m.direction == Direction::Increase
+            })
+        {
+            return Err(bad(format!(
+                "the sequential test names {:?}, not one of its comparisons where higher is worse",
+                seq.metric
+            )));
+        }
         out.insert(t.name.clone(), t);
     }
     Ok(out)
@@ -267,8 +267,14 @@ mod tests {
             let t = built_in(name, &s).expect(name);
             assert_eq!(t.metrics.len(), 2);
             assert!(t.metrics[0].critical);
-            for m in &t.metrics {
-                let q = m.query.as_deref().unwrap();
+            let seq = t.sequential.as_ref().expect("a sequential test");
+            assert_eq!(seq.metric, t.metrics[0].name);
+            let queries = t
+                .metrics
+                .iter()
+                .map(|m| m.query.as_deref().unwrap())
+                .chain([seq.requests_query.as_str(), seq.errors_query.as_str()]);
+            for q in queries {
                 for p in q.split("{{").skip(1) {
                     let p = p.split("}}").next().unwrap();
                     assert!(
@@ -289,6 +295,10 @@ mod tests {
             }
         }
         let app = built_in("app", &s).unwrap();
+        assert_eq!(
+            app.sequential.unwrap().errors_query,
+            r#"sum(increase(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}",code=~"5.."}[{{window}}]))"#
+        );
         assert_eq!(
             app.metrics[0].query.as_deref().unwrap(),
             r#"(sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}",code=~"5.."}[{{window}}])) or vector(0)) / sum(rate(http_requests_total{namespace="{{namespace}}",app_kubernetes_io_name="{{service}}",app_kubernetes_io_version="{{version}}",{{track_label}}="{{track}}"}[{{window}}]))"#
@@ -358,6 +368,17 @@ mod tests {
             template_for("shop", &s).unwrap().on_no_data,
             Some(toronto_protocol::analysis::OnNoData::Fail)
         );
+        std::fs::write(
+            dir.path().join("seq.json"),
+            r#"{"name":"seq","metrics":[{"name":"errors","query":"sum(x{track=\"{{track}}\"})","max_value":0.01}],"sequential":{"metric":"errors","requests_query":"sum(increase(r[{{window}}]))","errors_query":"sum(increase(e[{{window}}]))"}}"#,
+        )
+        .unwrap();
+        let err = load_templates(dir.path()).unwrap_err();
+        assert!(
+            err.contains("seq.json") && err.contains("sequential"),
+            "{err}"
+        );
+        std::fs::remove_file(dir.path().join("seq.json")).unwrap();
         std::fs::write(
             dir.path().join("other.json"),
             r#"{"name":"x","metrics":[]}"#,

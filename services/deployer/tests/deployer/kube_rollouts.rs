@@ -17,7 +17,7 @@ use toronto_protocol::workload::{WorkloadPut, WorkloadTemplate};
 use toronto_testkit::FakeKubeApi;
 
 use crate::kube_env::{
-    KubeStack, assert_all_passed, client_for, fake_api, full_canary, image_and_replicas,
+    KubeStack, assert_all_passed, config_for, fake_api, full_canary, image_and_replicas,
     kube_settings, kube_stack, run,
 };
 use crate::support::{ENV, canary, rollout_id};
@@ -67,14 +67,12 @@ fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server() {
 
 async fn canary_rolling_and_blue_green_succeed_against_the_fake_api_server_body() {
     let fake = fake_api().await;
-    let mut k = kube_stack(client_for(fake.url()), ENV, 1, kube_settings()).await;
+    let mut k = kube_stack(config_for(fake.url()), ENV, 1, kube_settings()).await;
     for (service, versions) in [("cart", ["1.0.0", "1.1.0"]), ("pay", ["1.0.0", "2.0.0"])] {
         for v in versions {
             k.traffic(service, v, 0.01);
         }
     }
-    // A first deploy is checked against thresholds: Prometheus must hold its series.
-    k.warm_up().await;
     let cart = k
         .start_image("cart", "1.0.0", &image("cart", "1.0.0"), Strategy::Rolling)
         .await;
@@ -196,12 +194,11 @@ async fn aborts_roll_back_drift_is_remediated_and_a_users_deployment_is_adopted_
         progress_deadline: Duration::from_secs(4),
         ..kube_settings()
     };
-    let mut k = kube_stack(client_for(fake.url()), ENV, 1, settings).await;
+    let mut k = kube_stack(config_for(fake.url()), ENV, 1, settings).await;
     k.traffic("feed", "1.0.0", 0.01);
     k.traffic("feed", "2.0.0", 0.30);
     k.traffic("img", "1.0.0", 0.01);
     k.traffic("img", "2.0.0", 0.01);
-    k.warm_up().await;
     deployed(&mut k, "feed", "1.0.0", canary(&[50], 0)).await;
     deployed(&mut k, "img", "1.0.0", canary(&[50], 0)).await;
 
@@ -345,10 +342,9 @@ fn a_deployer_killed_mid_rollout_on_kubernetes_is_resumed_by_another() {
 
 async fn a_deployer_killed_mid_rollout_on_kubernetes_is_resumed_by_another_body() {
     let fake = fake_api().await;
-    let mut k = kube_stack(client_for(fake.url()), ENV, 2, kube_settings()).await;
+    let mut k = kube_stack(config_for(fake.url()), ENV, 2, kube_settings()).await;
     k.traffic("orders", "1.0.0", 0.01);
     k.traffic("orders", "1.1.0", 0.01);
-    k.warm_up().await;
     deployed(&mut k, "orders", "1.0.0", canary(&[100], 1)).await;
     let id = k
         .start_image(
@@ -413,13 +409,14 @@ async fn the_full_canary_on_a_real_cluster_when_kubeconfig_is_set_body() {
         return;
     }
     toronto_runtime::tls::install_crypto_provider();
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .expect("a client from KUBECONFIG");
+        .expect("a client configuration from KUBECONFIG");
+    let client = kube::Client::try_from(config.clone()).expect("a client from KUBECONFIG");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     // ENV's namespace, made for this run and deleted after it.
     let ns = format!("toronto-it-{}", std::process::id());
-    let mut k = kube_stack(client.clone(), &ns, 1, kube_settings()).await;
+    let mut k = kube_stack(config, &ns, 1, kube_settings()).await;
     let made = namespaces
         .create(
             &Default::default(),

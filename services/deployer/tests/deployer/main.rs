@@ -10,6 +10,8 @@
 //! `tests/e2e/tests/scenarios/deployer.rs`.)
 
 mod commands;
+mod kube_adopt;
+mod kube_analysis;
 mod kube_env;
 mod kube_rollouts;
 mod kube_target_fake;

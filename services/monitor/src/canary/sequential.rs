@@ -22,6 +22,9 @@ use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, Direction, MetricEvidence, SequentialAnalysis,
 };
 
+use std::time::Duration;
+
+use crate::prometheus::{Prometheus, render, with_selector};
 use crate::stats::{Counts, SequentialTest};
 use crate::store::{Labels, Store};
 
@@ -63,8 +66,7 @@ pub fn run(
     to_ms: i64,
 ) -> Option<SequentialOutcome> {
     let from_ms = seq.since.timestamp_millis();
-    // (timestamp, side: 0 canary 1 baseline, is an error count, value)
-    let mut events: Vec<(i64, usize, bool, f64)> = Vec::new();
+    let mut events: Vec<Event> = Vec::new();
     for (side, labels) in [canary, baseline].into_iter().enumerate() {
         for (name, errors) in [(&seq.requests, false), (&seq.errors, true)] {
             for (_, samples) in store.select(name, labels, from_ms, to_ms) {
@@ -76,6 +78,70 @@ pub fn run(
             }
         }
     }
+    path(events, allowed)
+}
+
+/// Most looks a test on Prometheus counts asks for per side and query.
+pub const MAX_PROMETHEUS_LOOKS: f64 = 500.0;
+
+/// Runs the test over counts read from Prometheus with the request's
+/// `requests_query` and `errors_query` (`None` without both): each is evaluated from
+/// `since` to `to_ms` every look interval (`interval_seconds`, default 1 s, longer
+/// when the span holds more than [`MAX_PROMETHEUS_LOOKS`]), its `{{window}}` that
+/// interval and its other placeholders filled from each side's labels, so each point
+/// is the side's count in the interval before it.
+pub async fn run_prometheus(
+    prometheus: &Prometheus,
+    seq: &SequentialAnalysis,
+    canary: &Labels,
+    baseline: &Labels,
+    allowed: f64,
+    to_ms: i64,
+) -> Option<Result<Option<SequentialOutcome>, String>> {
+    let (Some(requests), Some(errors)) = (&seq.requests_query, &seq.errors_query) else {
+        return None;
+    };
+    let since = seq.since.timestamp_millis() as f64 / 1000.0;
+    let end = to_ms as f64 / 1000.0;
+    let shortest = seq.interval_seconds.unwrap_or(1.0);
+    let interval = ((end - since) / MAX_PROMETHEUS_LOOKS).max(shortest);
+    let step = Duration::from_secs_f64(interval);
+    let mut events: Vec<Event> = Vec::new();
+    for (side, labels) in [canary, baseline].into_iter().enumerate() {
+        for (query, is_errors) in [(requests, false), (errors, true)] {
+            if since + interval > end {
+                break;
+            }
+            let rendered = match render(query, labels, interval) {
+                Ok(q) => with_selector(&q, labels),
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            let series = match prometheus
+                .query_range(&rendered, since + interval, end, step)
+                .await
+            {
+                Ok(s) => s,
+                Err(e) => return Some(Err(e.to_string())),
+            };
+            for s in series {
+                events.extend(
+                    s.points
+                        .into_iter()
+                        .filter(|(_, v)| v.is_finite())
+                        .map(|(t, v)| ((t * 1000.0).round() as i64, side, is_errors, v.max(0.0))),
+                );
+            }
+        }
+    }
+    Some(Ok(path(events, allowed)))
+}
+
+/// A count at an instant: (timestamp in ms, side: 0 canary 1 baseline, whether it
+/// counts errors, value).
+type Event = (i64, usize, bool, f64);
+
+/// The test looked at after every instant of `events` (see the module documentation).
+fn path(mut events: Vec<Event>, allowed: f64) -> Option<SequentialOutcome> {
     events.sort_by_key(|e| e.0);
     let mut test = SequentialTest::new(allowed, TAU);
     let mut counts = [Counts::default(); 2];
@@ -131,7 +197,7 @@ pub fn decide(
     let Some(o) = outcome else {
         evidence.reason.push_str(&format!(
             "; sequential test: no `{}` counted on both sides since {}",
-            seq.requests,
+            seq.requests_query.as_deref().unwrap_or(&seq.requests),
             seq.since.to_rfc3339()
         ));
         return;

@@ -102,6 +102,29 @@ pub fn validate(req: &CanaryAnalyze) -> Result<(), ErrorBody> {
                 errors.push(problem(&format!("sequential.{field}"), "must not be empty"));
             }
         }
+        if seq
+            .interval_seconds
+            .is_some_and(|i| !(0.1..=3600.0).contains(&i))
+        {
+            errors.push(problem(
+                "sequential.interval_seconds",
+                "must be between 0.1 and 3600",
+            ));
+        }
+        if seq.requests_query.is_some() != seq.errors_query.is_some() {
+            errors.push(problem(
+                "sequential.errors_query",
+                "give both requests_query and errors_query, or neither",
+            ));
+        }
+        for (field, value) in [
+            ("requests_query", &seq.requests_query),
+            ("errors_query", &seq.errors_query),
+        ] {
+            if value.as_ref().is_some_and(|q| q.trim().is_empty()) {
+                errors.push(problem(&format!("sequential.{field}"), "must not be empty"));
+            }
+        }
         if !seq.metric.trim().is_empty() && !req.metrics.iter().any(|m| m.name == seq.metric) {
             errors.push(problem(
                 "sequential.metric",
@@ -188,6 +211,20 @@ mod tests {
             metric: req.metrics[0].name.clone(),
             ..toronto_protocol::analysis::SequentialAnalysis::error_ratio_since(since)
         });
+        assert!(validate(&req).is_ok());
+        // Counts from Prometheus: both queries or neither.
+        if let Some(seq) = req.sequential.as_mut() {
+            seq.requests_query = Some("sum(increase(r[{{window}}]))".into());
+        }
+        let err = validate(&req).unwrap_err();
+        assert!(
+            err.message.contains("sequential.errors_query"),
+            "{}",
+            err.message
+        );
+        if let Some(seq) = req.sequential.as_mut() {
+            seq.errors_query = Some("sum(increase(e[{{window}}]))".into());
+        }
         assert!(validate(&req).is_ok());
     }
 }
