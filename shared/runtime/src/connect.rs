@@ -151,12 +151,22 @@ pub async fn base_options(config: &NatsConfig) -> Result<ConnectOptions, Connect
     Ok(opts.connection_timeout(Duration::from_millis(config.connect_timeout_ms)))
 }
 
+/// Messages a subscription holds that its reader has not taken yet. Beyond it the
+/// client drops what arrives for that subscription (core NATS is at most once; the
+/// drop is logged as a slow consumer) instead of buffering it: a reader that falls
+/// behind a busy subject (every `alert.firing` event at 1,000 a second) costs at most
+/// this many messages of memory. The client's own default (65,536 per subscription)
+/// let a starved `toronto up` hold hundreds of megabytes of undelivered events.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// Builds the client options from the configuration: [`base_options`], the client
-/// name, the request timeout, and reconnection forever with [`backoff`].
+/// name, the request timeout, the [`SUBSCRIPTION_CAPACITY`], and reconnection
+/// forever with [`backoff`].
 pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, ConnectError> {
     Ok(base_options(config)
         .await?
         .name(name)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .request_timeout(Some(config.request_timeout()))
         .retry_on_initial_connect()
         .max_reconnects(None)
