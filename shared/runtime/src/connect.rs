@@ -1,6 +1,7 @@
 //! The NATS connection: credentials and TLS from [`NatsConfig`], reconnecting
 //! forever with capped exponential backoff.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::connection::State;
@@ -151,12 +152,22 @@ pub async fn base_options(config: &NatsConfig) -> Result<ConnectOptions, Connect
     Ok(opts.connection_timeout(Duration::from_millis(config.connect_timeout_ms)))
 }
 
+/// Messages a subscription holds that its reader has not taken yet. Beyond it the
+/// client drops what arrives for that subscription (core NATS is at most once; the
+/// drop is logged as a slow consumer) instead of buffering it: a reader that falls
+/// behind a busy subject (every `alert.firing` event at 1,000 a second) costs at most
+/// this many messages of memory. The client's own default (65,536 per subscription)
+/// let a starved `toronto up` hold hundreds of megabytes of undelivered events.
+pub const SUBSCRIPTION_CAPACITY: usize = 4096;
+
 /// Builds the client options from the configuration: [`base_options`], the client
-/// name, the request timeout, and reconnection forever with [`backoff`].
+/// name, the request timeout, the [`SUBSCRIPTION_CAPACITY`], and reconnection
+/// forever with [`backoff`].
 pub async fn options(config: &NatsConfig, name: &str) -> Result<ConnectOptions, ConnectError> {
     Ok(base_options(config)
         .await?
         .name(name)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .request_timeout(Some(config.request_timeout()))
         .retry_on_initial_connect()
         .max_reconnects(None)
@@ -192,6 +203,33 @@ fn chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// How often a slow consumer is logged at most: a reader behind a busy subject drops
+/// messages by the thousand, and one line per message would flood the log.
+const SLOW_CONSUMER_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Messages dropped by slow subscriptions since the last log line.
+#[derive(Debug, Default)]
+struct SlowConsumers {
+    dropped: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl SlowConsumers {
+    /// Counts one dropped message; `Some(count since the last line)` when a line is due.
+    fn drop_seen(&mut self) -> Option<u64> {
+        self.dropped += 1;
+        let now = std::time::Instant::now();
+        if self
+            .logged
+            .is_some_and(|at| now.duration_since(at) < SLOW_CONSUMER_LOG_EVERY)
+        {
+            return None;
+        }
+        self.logged = Some(now);
+        Some(std::mem::take(&mut self.dropped))
+    }
+}
+
 /// Connects (in the background: the client retries until the server is reachable)
 /// and waits for the first connection, or for `shutdown`. Connection events are
 /// logged and mirrored in the `toronto_nats_connected` gauge.
@@ -203,9 +241,11 @@ pub async fn connect(
 ) -> Result<Client, ConnectError> {
     let gauge = metrics.nats_connected.clone();
     let service = name.to_owned();
+    let slow = Arc::new(Mutex::new(SlowConsumers::default()));
     let opts = options(config, name).await?.event_callback(move |event| {
         let gauge = gauge.clone();
         let service = service.clone();
+        let slow = slow.clone();
         async move {
             match &event {
                 Event::Connected => {
@@ -220,7 +260,15 @@ pub async fn connect(
                     tracing::warn!(service, error = %e, "NATS connection attempt failed")
                 }
                 Event::SlowConsumer(sid) => {
-                    tracing::error!(service, sid, "slow consumer: messages were dropped")
+                    let report = slow.lock().unwrap_or_else(|e| e.into_inner()).drop_seen();
+                    if let Some(dropped) = report {
+                        tracing::error!(
+                            service,
+                            sid,
+                            dropped,
+                            "slow consumer: messages were dropped"
+                        )
+                    }
                 }
                 other => tracing::info!(service, event = %other, "NATS event"),
             }
@@ -257,6 +305,17 @@ pub async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slow_consumers_are_logged_at_most_every_ten_seconds_with_the_count() {
+        let mut slow = SlowConsumers::default();
+        assert_eq!(slow.drop_seen(), Some(1));
+        for _ in 0..999 {
+            assert_eq!(slow.drop_seen(), None);
+        }
+        slow.logged = Some(std::time::Instant::now() - SLOW_CONSUMER_LOG_EVERY);
+        assert_eq!(slow.drop_seen(), Some(1000));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -315,3 +315,40 @@ async fn a_task_refused_for_a_64_kib_field_is_parked_with_its_reason() {
     shutdown.cancel();
     worker.await.unwrap().unwrap();
 }
+
+/// A reader that stops taking messages from a busy subject holds at most
+/// `SUBSCRIPTION_CAPACITY` of them: the rest are dropped, not buffered (what let
+/// `toronto up` grow by hundreds of megabytes when starved under the soak's load).
+#[tokio::test]
+async fn a_subscription_that_falls_behind_holds_a_bounded_number_of_messages() {
+    use toronto_runtime::connect::SUBSCRIPTION_CAPACITY;
+    let server = NatsServer::start().await;
+    let config = runtime_config(&server);
+    let token = CancellationToken::new();
+    let reader = toronto_runtime::connect::connect(&config.nats, "slow", &Metrics::new(), &token)
+        .await
+        .expect("connects");
+    let mut sub = reader.subscribe("busy.subject").await.unwrap();
+    reader.flush().await.unwrap();
+    let writer = server.client().await;
+    let sent = 3 * SUBSCRIPTION_CAPACITY;
+    for i in 0..sent {
+        writer
+            .publish("busy.subject", Bytes::from(format!("message {i}")))
+            .await
+            .unwrap();
+    }
+    writer.flush().await.unwrap();
+    // The reader's connection has taken everything in (a round trip after the last
+    // publish), while its reader took nothing.
+    reader.flush().await.unwrap();
+    let mut held = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
+        held += 1;
+    }
+    // At most the capacity, give or take the message the subscription has in hand.
+    assert!(
+        held <= SUBSCRIPTION_CAPACITY + 8 && held > 0,
+        "{held} of {sent} messages held (capacity {SUBSCRIPTION_CAPACITY})"
+    );
+}

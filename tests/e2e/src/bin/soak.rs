@@ -235,13 +235,21 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
+    // Why plans failed, by reason (its first 120 characters).
+    let mut failures: BTreeMap<String, u64> = BTreeMap::new();
     for id in &plans {
         let state = match planner
             .request::<_, Plan>("plan.get", PlanGet { plan_id: *id })
             .await
         {
             Ok(p) if p.state == PlanState::Completed => "completed".to_owned(),
-            Ok(p) => format!("{:?}", p.state).to_lowercase(),
+            Ok(p) => {
+                if p.state == PlanState::Failed {
+                    let reason: String = p.reason.unwrap_or_default().chars().take(120).collect();
+                    *failures.entry(reason).or_default() += 1;
+                }
+                format!("{:?}", p.state).to_lowercase()
+            }
             Err(_) => "unreadable".to_owned(),
         };
         *states.entry(state).or_default() += 1;
@@ -262,6 +270,9 @@ async fn main() -> anyhow::Result<()> {
         plans.len() as f64 / elapsed * 60.0
     );
     println!("plans: {states:?}");
+    for (reason, n) in &failures {
+        println!("  failed ({n}): {reason}");
+    }
     summary("planner.submit", submit_ms);
     summary("planner.plan.get", get_ms);
     Ok(())

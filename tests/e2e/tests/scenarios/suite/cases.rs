@@ -162,22 +162,17 @@ pub async fn kill_planner_mid_plan(cluster: &mut Cluster) -> Row {
             return Err(format!("no planner process is instance {owner}"));
         }
         cluster.add("planner").await;
-        // Known to orphan the plan at times (below): a shorter wait keeps the suite short.
+        // The replica takes the plan over once the dead owner's lease runs out.
         completed(cluster.plan_end(plan, Duration::from_secs(40)).await?)?;
         let once = cluster.once_each("kplan", 2).await?;
         Ok(format!("killed the owning planner; {once}"))
     }
     .await;
-    Row {
-        known: Some(
-            "planner: a redelivered run message that finds the dead owner's lease still valid is acked (`Claim::Held` → `Outcome::Ack` in services/planner/src/runner/mod.rs), so the plan is orphaned; about one run in two",
-        ),
-        ..row(
-            "kill -9 planner mid-plan",
-            "another replica carries the plan on; one rollout; each step once",
-            result,
-        )
-    }
+    row(
+        "kill -9 planner mid-plan",
+        "another replica carries the plan on; one rollout; each step once",
+        result,
+    )
 }
 
 pub async fn kill_monitor_mid_analysis(cluster: &mut Cluster) -> Row {
