@@ -22,7 +22,12 @@ use toronto_protocol::{Encoding, decode};
 use toronto_testkit::{NatsServer, Requester};
 use uuid::Uuid;
 
-const INTERVAL: Duration = Duration::from_secs(1);
+/// Time between two analyses of one rollout (`BENCH_INTERVAL_MS`, default 1000): the
+/// deployer's analysis interval and its sequential test's interval both, so that each
+/// rollout is analysed once per interval, the sequential test included.
+fn interval() -> Duration {
+    Duration::from_millis(env_number("BENCH_INTERVAL_MS", 1000))
+}
 /// Requests about one rollout closer than this belong to one analysis round.
 const ROUND: Duration = Duration::from_millis(100);
 
@@ -49,7 +54,11 @@ async fn spawn(kind: &str, url: &str, pause: u64) -> Child {
             ("TORONTO_LOG_FORMAT", "text".into()),
             (
                 "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
-                INTERVAL.as_millis().to_string(),
+                interval().as_millis().to_string(),
+            ),
+            (
+                "TORONTO_DEPLOYER_SEQUENTIAL_INTERVAL_MS",
+                interval().as_millis().to_string(),
             ),
             ("TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS", "1".into()),
             ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", pause.to_string()),
@@ -129,7 +138,13 @@ async fn wave(deployer: &Requester, services: &[String], version: &str, pause: u
                 let accepted: ExecuteAccepted = loop {
                     match deployer.request("rollout.start", request.clone()).await {
                         Ok(accepted) => break accepted,
-                        Err(e) if tries < 50 && e.to_string().contains("still running") => {
+                        // The same request again (its idempotency key makes it one
+                        // rollout) when the deployer was too busy to answer in time.
+                        Err(e)
+                            if tries < 50
+                                && (e.to_string().contains("still running")
+                                    || e.to_string().contains("did not answer")) =>
+                        {
                             tries += 1;
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -269,13 +284,13 @@ async fn main() {
     gaps.sort();
     let late = gaps
         .iter()
-        .filter(|g| **g > INTERVAL + INTERVAL / 2)
+        .filter(|g| **g > interval() + interval() / 2)
         .count();
-    let expected = (in_flight as f64 * wall.as_secs_f64() / INTERVAL.as_secs_f64()) as usize;
+    let expected = (in_flight as f64 * wall.as_secs_f64() / interval().as_secs_f64()) as usize;
     println!();
     println!(
         "{rollouts} canaries, analysis every {} ms, {} s measured on {} cores",
-        INTERVAL.as_millis(),
+        interval().as_millis(),
         seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -335,6 +350,14 @@ async fn main() {
             format!("{:.0}", (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0)
         );
     }
+    println!(
+        "{:<44} {:>10}",
+        "load average (1 min) at the end",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default()
+    );
     let goal = percentile(&latencies, 0.99) < Duration::from_millis(50) && late == 0;
     println!(
         "goal (every analysis on time, p99 under 50 ms): {}",

@@ -8,8 +8,8 @@ use toronto_protocol::rollout::RolloutEvent;
 use chrono::Utc;
 use toronto_protocol::analysis::OnNoData;
 use toronto_protocol::rollout::{
-    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStepKind,
-    RolloutStepState,
+    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStep,
+    RolloutStepKind, RolloutStepState,
 };
 use toronto_runtime::jetstream::{Delivery, Outcome};
 use toronto_runtime::work::{Claim, Driven, Next, Saved, drive, lease};
@@ -265,10 +265,13 @@ impl Deployer {
                 if !pause_over && !promoted {
                     let left = Duration::from_secs(current.pause_seconds)
                         .saturating_sub((now - ready_at).to_std().unwrap_or_default());
-                    return Ok(Next::After(
-                        left.min(self.analysis_wake())
-                            .max(Duration::from_millis(20)),
-                    ));
+                    // Sleeps until the next analysis is due or the pause ends, whichever
+                    // comes first, unless evidence is heard on the service sooner.
+                    let wait = left
+                        .min(self.next_analysis_in(r.id, &current))
+                        .max(Duration::from_millis(20));
+                    self.pause(&r.service, &r.environment, wait).await;
+                    return Ok(Next::After(Duration::ZERO));
                 }
                 if !promoted
                     && let Some((policy, verdict)) = self.no_data(&r, &current, before.as_ref())
@@ -365,6 +368,39 @@ impl Deployer {
                 }
                 Ok(Next::After(Duration::ZERO))
             }
+        }
+    }
+
+    /// Time until the next analysis of `step` is due: one analysis period after the
+    /// last analysis of the rollout began (a full period when it is overdue, which is
+    /// a step that is not analysed: its pass found nothing to do).
+    fn next_analysis_in(&self, id: Uuid, step: &RolloutStep) -> Duration {
+        let compare = matches!(
+            step.kind,
+            RolloutStepKind::Weight | RolloutStepKind::Preview | RolloutStepKind::Switch
+        );
+        let every = self.analysis_period(compare);
+        let since = self
+            .last_analysis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(std::time::Instant::elapsed);
+        match since {
+            Some(since) if since < every => every - since,
+            _ => every,
+        }
+    }
+
+    /// Sleeps for `wait`, or until evidence against the service is heard (see
+    /// [`Deployer::hear`]), or this instance stops.
+    async fn pause(&self, service: &str, environment: &str, wait: Duration) {
+        let waker = self.waker(service, environment);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = waker.notified() => {}
+            _ = self.crash.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
         }
     }
 
