@@ -244,6 +244,8 @@ async fn main() {
     let mut last_by_rollout: BTreeMap<String, Instant> = BTreeMap::new();
     let mut gaps = Vec::new();
     let mut rounds = 0usize;
+    // Requests that joined a round already asked.
+    let mut doubled = 0usize;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(until) => break,
@@ -257,7 +259,7 @@ async fn main() {
                     .unwrap_or_default();
                 // Requests of one rollout less than 100 ms apart are one round.
                 match last_by_rollout.get(&rollout) {
-                    Some(before) if now - *before < ROUND => {}
+                    Some(before) if now - *before < ROUND => doubled += 1,
                     Some(before) => {
                         gaps.push(now - *before);
                         last_by_rollout.insert(rollout.clone(), now);
@@ -310,6 +312,7 @@ async fn main() {
         latencies.len()
     );
     println!("{:<44} {:>10}", "analyses unanswered", asked.len());
+    println!("{:<44} {:>10}", "requests beyond one per round", doubled);
     println!(
         "{:<44} {:>10}",
         "analysis latency p50 (ms)",
@@ -358,6 +361,20 @@ async fn main() {
             .and_then(|l| l.split_whitespace().next().map(str::to_owned))
             .unwrap_or_default()
     );
+    // CPU per analysis: a figure that another load on the machine changes little.
+    for (name, (a, b)) in [
+        ("deployer", (cpu_start.0, cpu_end.0)),
+        ("monitor", (cpu_start.1, cpu_end.1)),
+    ] {
+        println!(
+            "{:<44} {:>10}",
+            format!("{name} CPU per analysis (ms)"),
+            format!(
+                "{:.2}",
+                (b - a).as_secs_f64() * 1000.0 / latencies.len().max(1) as f64
+            )
+        );
+    }
     let goal = percentile(&latencies, 0.99) < Duration::from_millis(50) && late == 0;
     println!(
         "goal (every analysis on time, p99 under 50 ms): {}",

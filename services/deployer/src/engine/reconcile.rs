@@ -8,8 +8,8 @@ use toronto_protocol::rollout::RolloutEvent;
 use chrono::Utc;
 use toronto_protocol::analysis::OnNoData;
 use toronto_protocol::rollout::{
-    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStep,
-    RolloutStepKind, RolloutStepState,
+    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStep, RolloutStepKind,
+    RolloutStepState,
 };
 use toronto_runtime::jetstream::{Delivery, Outcome};
 use toronto_runtime::work::{Claim, Driven, Next, Saved, drive, lease};
