@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::process::{Child, Command};
 use toronto_protocol::analysis::CanaryAnalyze;
 use toronto_protocol::tasks::{
@@ -220,11 +220,31 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The canaries, observed on the bus: every analysis request and its reply.
-    let mut asks = client
+    // An observer on its own connection, which only timestamps what it hears (every
+    // analysis request, and every reply to anyone) in two tasks; the requests are
+    // matched and decoded after the stretch, so that the observer's own work does
+    // not delay what it times.
+    let observer = server.client().await;
+    let asks = observer
         .subscribe("toronto.devops.v1.monitor.canary.analyze")
         .await
         .unwrap();
-    let mut replies = client.subscribe("_INBOX.>").await.unwrap();
+    let replies = observer.subscribe("_INBOX.>").await.unwrap();
+    let recording = tokio_util::sync::CancellationToken::new();
+    let record = |mut sub: async_nats::Subscriber, token: tokio_util::sync::CancellationToken| {
+        tokio::spawn(async move {
+            let mut heard: Vec<(Instant, async_nats::Message)> = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return heard,
+                    m = sub.next() => match m {
+                        Some(m) => heard.push((Instant::now(), m)),
+                        None => return heard,
+                    },
+                }
+            }
+        })
+    };
     let started_at = Instant::now();
     let canaries = wave(&deployer, &services, "2.0.0", pause).await;
     println!(
@@ -234,53 +254,67 @@ async fn main() {
     );
     // Let every canary reach its first analysis, then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    while asks.next().now_or_never().flatten().is_some() {}
-    while replies.next().now_or_never().flatten().is_some() {}
+    let (asks, replies) = (
+        record(asks, recording.clone()),
+        record(replies, recording.clone()),
+    );
     let cpu_start = (cpu(&deployer_proc), cpu(&monitor));
-    let wall = Instant::now();
-    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let mut asked: HashMap<String, (Instant, String)> = HashMap::new();
+    let measured_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
+    let measured_to = Instant::now();
+    let wall = measured_to - measured_from;
+    // Replies to the last requests may come a moment after the stretch.
+    let stop = recording.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+    });
+    recording.cancelled().await;
+    let (asks, replies) = (asks.await.unwrap(), replies.await.unwrap());
+    let answered: HashMap<String, Instant> = replies
+        .into_iter()
+        .rev()
+        .map(|(at, m)| (m.subject.to_string(), at))
+        .collect();
+    let mut asked = 0usize;
     let mut latencies = Vec::new();
     let mut last_by_rollout: BTreeMap<String, Instant> = BTreeMap::new();
     let mut gaps = Vec::new();
     let mut rounds = 0usize;
     // Requests that joined a round already asked.
     let mut doubled = 0usize;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            Some(m) = asks.next() => {
-                let now = Instant::now();
-                let Some(reply) = m.reply.as_ref() else { continue };
-                let rollout = decode::<CanaryAnalyze>(&m.payload, Encoding::Json)
-                    .ok()
-                    .and_then(|e| e.data.rollout_id)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
-                // Requests of one rollout less than 100 ms apart are one round.
-                match last_by_rollout.get(&rollout) {
-                    Some(before) if now - *before < ROUND => doubled += 1,
-                    Some(before) => {
-                        gaps.push(now - *before);
-                        last_by_rollout.insert(rollout.clone(), now);
-                        rounds += 1;
-                    }
-                    None => {
-                        last_by_rollout.insert(rollout.clone(), now);
-                        rounds += 1;
-                    }
-                }
-                asked.insert(reply.to_string(), (now, rollout));
+    for (now, m) in asks {
+        if now > measured_to {
+            continue;
+        }
+        let Some(reply) = m.reply.as_ref() else {
+            continue;
+        };
+        asked += 1;
+        let rollout = decode::<CanaryAnalyze>(&m.payload, Encoding::Json)
+            .ok()
+            .and_then(|e| e.data.rollout_id)
+            .map(|id| id.to_string())
+            .unwrap_or_default();
+        // Requests of one rollout less than 100 ms apart are one round.
+        match last_by_rollout.get(&rollout) {
+            Some(before) if now - *before < ROUND => doubled += 1,
+            Some(before) => {
+                gaps.push(now - *before);
+                last_by_rollout.insert(rollout.clone(), now);
+                rounds += 1;
             }
-            Some(m) = replies.next() => {
-                if let Some((at, _)) = asked.remove(m.subject.as_str()) {
-                    latencies.push(at.elapsed());
-                }
+            None => {
+                last_by_rollout.insert(rollout.clone(), now);
+                rounds += 1;
             }
         }
+        if let Some(at) = answered.get(reply.as_str()).filter(|at| **at >= now) {
+            latencies.push(*at - now);
+        }
     }
-    let wall = wall.elapsed();
-    let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
+
     let in_flight = last_by_rollout.len();
     latencies.sort();
     gaps.sort();
@@ -311,7 +345,11 @@ async fn main() {
         "canary.analyze requests answered",
         latencies.len()
     );
-    println!("{:<44} {:>10}", "analyses unanswered", asked.len());
+    println!(
+        "{:<44} {:>10}",
+        "analyses unanswered",
+        asked - latencies.len()
+    );
     println!("{:<44} {:>10}", "requests beyond one per round", doubled);
     println!(
         "{:<44} {:>10}",

@@ -103,6 +103,9 @@ pub(crate) struct LastOutcome {
 /// Evidence heard per service and environment.
 pub(crate) type HeardBook = HashMap<(String, String), Vec<Heard>>;
 
+/// The wakers of pausing rollouts per service and environment.
+pub(crate) type WakerBook = HashMap<(String, String), Arc<tokio::sync::Notify>>;
+
 /// The deployer's state and connections, shared by its endpoints and its runner.
 #[derive(Clone)]
 pub struct Deployer {
@@ -141,7 +144,7 @@ pub struct Deployer {
     pub(crate) last_outcome: Arc<Mutex<HashMap<Uuid, LastOutcome>>>,
     /// Per service and environment: woken when evidence against it is heard, so that
     /// a pausing rollout judges it at once rather than at its next analysis.
-    pub(crate) wakers: Arc<Mutex<HashMap<(String, String), Arc<tokio::sync::Notify>>>>,
+    pub(crate) wakers: Arc<Mutex<WakerBook>>,
 }
 
 impl std::fmt::Debug for Deployer {
