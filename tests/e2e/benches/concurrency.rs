@@ -272,47 +272,60 @@ async fn main() {
     });
     recording.cancelled().await;
     let (asks, replies) = (asks.await.unwrap(), replies.await.unwrap());
-    let answered: HashMap<String, Instant> = replies
+    // Timed by the envelopes' own `time` (set by the deployer as it sends a request,
+    // by the monitor as it answers), so that when the observer hears them does not
+    // matter.
+    let sent_at = |payload: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["time"].as_str().map(str::to_owned))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let answered: HashMap<String, async_nats::Message> = replies
         .into_iter()
         .rev()
-        .map(|(at, m)| (m.subject.to_string(), at))
+        .map(|(_, m)| (m.subject.to_string(), m))
         .collect();
-    let mut asked = 0usize;
+    let mut requests: Vec<(chrono::DateTime<chrono::Utc>, String, Option<Duration>)> = asks
+        .into_iter()
+        .filter(|(heard, _)| *heard <= measured_to)
+        .filter_map(|(_, m)| {
+            let envelope = decode::<CanaryAnalyze>(&m.payload, Encoding::Json).ok()?;
+            let at = envelope.time?;
+            let rollout = envelope.data.rollout_id?.to_string();
+            let latency = m
+                .reply
+                .as_ref()
+                .and_then(|r| answered.get(r.as_str()))
+                .and_then(|reply| sent_at(&reply.payload))
+                .and_then(|answered_at| (answered_at - at).to_std().ok());
+            Some((at, rollout, latency))
+        })
+        .collect();
+    requests.sort_by_key(|r| r.0);
+    let asked = requests.len();
     let mut latencies = Vec::new();
-    let mut last_by_rollout: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last_by_rollout: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     let mut gaps = Vec::new();
     let mut rounds = 0usize;
     // Requests that joined a round already asked.
     let mut doubled = 0usize;
-    for (now, m) in asks {
-        if now > measured_to {
-            continue;
-        }
-        let Some(reply) = m.reply.as_ref() else {
-            continue;
-        };
-        asked += 1;
-        let rollout = decode::<CanaryAnalyze>(&m.payload, Encoding::Json)
-            .ok()
-            .and_then(|e| e.data.rollout_id)
-            .map(|id| id.to_string())
-            .unwrap_or_default();
+    for (at, rollout, latency) in requests {
         // Requests of one rollout less than 100 ms apart are one round.
         match last_by_rollout.get(&rollout) {
-            Some(before) if now - *before < ROUND => doubled += 1,
+            Some(before) if (at - *before).to_std().unwrap_or_default() < ROUND => doubled += 1,
             Some(before) => {
-                gaps.push(now - *before);
-                last_by_rollout.insert(rollout.clone(), now);
+                gaps.push((at - *before).to_std().unwrap_or_default());
+                last_by_rollout.insert(rollout.clone(), at);
                 rounds += 1;
             }
             None => {
-                last_by_rollout.insert(rollout.clone(), now);
+                last_by_rollout.insert(rollout.clone(), at);
                 rounds += 1;
             }
         }
-        if let Some(at) = answered.get(reply.as_str()).filter(|at| **at >= now) {
-            latencies.push(*at - now);
-        }
+        latencies.extend(latency);
     }
 
     let in_flight = last_by_rollout.len();
