@@ -270,7 +270,8 @@ impl Deployer {
                     let wait = left
                         .min(self.next_analysis_in(r.id, &current))
                         .max(Duration::from_millis(20));
-                    self.pause(&r.service, &r.environment, wait).await;
+                    // Boxed: keeps the reconciler's future small.
+                    Box::pin(self.pause(&r.service, &r.environment, wait)).await;
                     return Ok(Next::After(Duration::ZERO));
                 }
                 if !promoted
