@@ -168,6 +168,7 @@ async fn start_inner(
         applied_here: Arc::default(),
         last_analysis: Arc::default(),
         last_outcome: Arc::default(),
+        wakers: Arc::default(),
     };
     runs.ensure(rt.config.jetstream.replicas).await?;
     if let Some(sim) = &sim {

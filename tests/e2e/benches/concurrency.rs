@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio::process::{Child, Command};
 use toronto_protocol::analysis::CanaryAnalyze;
 use toronto_protocol::tasks::{
@@ -22,7 +22,12 @@ use toronto_protocol::{Encoding, decode};
 use toronto_testkit::{NatsServer, Requester};
 use uuid::Uuid;
 
-const INTERVAL: Duration = Duration::from_secs(1);
+/// Time between two analyses of one rollout (`BENCH_INTERVAL_MS`, default 1000): the
+/// deployer's analysis interval and its sequential test's interval both, so that each
+/// rollout is analysed once per interval, the sequential test included.
+fn interval() -> Duration {
+    Duration::from_millis(env_number("BENCH_INTERVAL_MS", 1000))
+}
 /// Requests about one rollout closer than this belong to one analysis round.
 const ROUND: Duration = Duration::from_millis(100);
 
@@ -49,7 +54,11 @@ async fn spawn(kind: &str, url: &str, pause: u64) -> Child {
             ("TORONTO_LOG_FORMAT", "text".into()),
             (
                 "TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS",
-                INTERVAL.as_millis().to_string(),
+                interval().as_millis().to_string(),
+            ),
+            (
+                "TORONTO_DEPLOYER_SEQUENTIAL_INTERVAL_MS",
+                interval().as_millis().to_string(),
             ),
             ("TORONTO_DEPLOYER_FIRST_DEPLOY_PAUSE_SECONDS", "1".into()),
             ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", pause.to_string()),
@@ -129,7 +138,13 @@ async fn wave(deployer: &Requester, services: &[String], version: &str, pause: u
                 let accepted: ExecuteAccepted = loop {
                     match deployer.request("rollout.start", request.clone()).await {
                         Ok(accepted) => break accepted,
-                        Err(e) if tries < 50 && e.to_string().contains("still running") => {
+                        // The same request again (its idempotency key makes it one
+                        // rollout) when the deployer was too busy to answer in time.
+                        Err(e)
+                            if tries < 50
+                                && (e.to_string().contains("still running")
+                                    || e.to_string().contains("did not answer")) =>
+                        {
                             tries += 1;
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
@@ -205,11 +220,31 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The canaries, observed on the bus: every analysis request and its reply.
-    let mut asks = client
+    // An observer on its own connection, which only timestamps what it hears (every
+    // analysis request, and every reply to anyone) in two tasks; the requests are
+    // matched and decoded after the stretch, so that the observer's own work does
+    // not delay what it times.
+    let observer = server.client().await;
+    let asks = observer
         .subscribe("toronto.devops.v1.monitor.canary.analyze")
         .await
         .unwrap();
-    let mut replies = client.subscribe("_INBOX.>").await.unwrap();
+    let replies = observer.subscribe("_INBOX.>").await.unwrap();
+    let recording = tokio_util::sync::CancellationToken::new();
+    let record = |mut sub: async_nats::Subscriber, token: tokio_util::sync::CancellationToken| {
+        tokio::spawn(async move {
+            let mut heard: Vec<(Instant, async_nats::Message)> = Vec::new();
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => return heard,
+                    m = sub.next() => match m {
+                        Some(m) => heard.push((Instant::now(), m)),
+                        None => return heard,
+                    },
+                }
+            }
+        })
+    };
     let started_at = Instant::now();
     let canaries = wave(&deployer, &services, "2.0.0", pause).await;
     println!(
@@ -219,63 +254,92 @@ async fn main() {
     );
     // Let every canary reach its first analysis, then measure.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    while asks.next().now_or_never().flatten().is_some() {}
-    while replies.next().now_or_never().flatten().is_some() {}
+    let (asks, replies) = (
+        record(asks, recording.clone()),
+        record(replies, recording.clone()),
+    );
     let cpu_start = (cpu(&deployer_proc), cpu(&monitor));
-    let wall = Instant::now();
-    let until = tokio::time::Instant::now() + Duration::from_secs(seconds);
-    let mut asked: HashMap<String, (Instant, String)> = HashMap::new();
+    let measured_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
+    let measured_to = Instant::now();
+    let wall = measured_to - measured_from;
+    // Replies to the last requests may come a moment after the stretch.
+    let stop = recording.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        stop.cancel();
+    });
+    recording.cancelled().await;
+    let (asks, replies) = (asks.await.unwrap(), replies.await.unwrap());
+    // Timed by the envelopes' own `time` (set by the deployer as it sends a request,
+    // by the monitor as it answers), so that when the observer hears them does not
+    // matter.
+    let sent_at = |payload: &[u8]| {
+        serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v["time"].as_str().map(str::to_owned))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    };
+    let answered: HashMap<String, async_nats::Message> = replies
+        .into_iter()
+        .rev()
+        .map(|(_, m)| (m.subject.to_string(), m))
+        .collect();
+    let mut requests: Vec<(chrono::DateTime<chrono::Utc>, String, Option<Duration>)> = asks
+        .into_iter()
+        .filter(|(heard, _)| *heard <= measured_to)
+        .filter_map(|(_, m)| {
+            let envelope = decode::<CanaryAnalyze>(&m.payload, Encoding::Json).ok()?;
+            let at = envelope.time?;
+            let rollout = envelope.data.rollout_id?.to_string();
+            let latency = m
+                .reply
+                .as_ref()
+                .and_then(|r| answered.get(r.as_str()))
+                .and_then(|reply| sent_at(&reply.payload))
+                .and_then(|answered_at| (answered_at - at).to_std().ok());
+            Some((at, rollout, latency))
+        })
+        .collect();
+    requests.sort_by_key(|r| r.0);
+    let asked = requests.len();
     let mut latencies = Vec::new();
-    let mut last_by_rollout: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last_by_rollout: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     let mut gaps = Vec::new();
     let mut rounds = 0usize;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep_until(until) => break,
-            Some(m) = asks.next() => {
-                let now = Instant::now();
-                let Some(reply) = m.reply.as_ref() else { continue };
-                let rollout = decode::<CanaryAnalyze>(&m.payload, Encoding::Json)
-                    .ok()
-                    .and_then(|e| e.data.rollout_id)
-                    .map(|id| id.to_string())
-                    .unwrap_or_default();
-                // Requests of one rollout less than 100 ms apart are one round.
-                match last_by_rollout.get(&rollout) {
-                    Some(before) if now - *before < ROUND => {}
-                    Some(before) => {
-                        gaps.push(now - *before);
-                        last_by_rollout.insert(rollout.clone(), now);
-                        rounds += 1;
-                    }
-                    None => {
-                        last_by_rollout.insert(rollout.clone(), now);
-                        rounds += 1;
-                    }
-                }
-                asked.insert(reply.to_string(), (now, rollout));
+    // Requests that joined a round already asked.
+    let mut doubled = 0usize;
+    for (at, rollout, latency) in requests {
+        // Requests of one rollout less than 100 ms apart are one round.
+        match last_by_rollout.get(&rollout) {
+            Some(before) if (at - *before).to_std().unwrap_or_default() < ROUND => doubled += 1,
+            Some(before) => {
+                gaps.push((at - *before).to_std().unwrap_or_default());
+                last_by_rollout.insert(rollout.clone(), at);
+                rounds += 1;
             }
-            Some(m) = replies.next() => {
-                if let Some((at, _)) = asked.remove(m.subject.as_str()) {
-                    latencies.push(at.elapsed());
-                }
+            None => {
+                last_by_rollout.insert(rollout.clone(), at);
+                rounds += 1;
             }
         }
+        latencies.extend(latency);
     }
-    let wall = wall.elapsed();
-    let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
+
     let in_flight = last_by_rollout.len();
     latencies.sort();
     gaps.sort();
     let late = gaps
         .iter()
-        .filter(|g| **g > INTERVAL + INTERVAL / 2)
+        .filter(|g| **g > interval() + interval() / 2)
         .count();
-    let expected = (in_flight as f64 * wall.as_secs_f64() / INTERVAL.as_secs_f64()) as usize;
+    let expected = (in_flight as f64 * wall.as_secs_f64() / interval().as_secs_f64()) as usize;
     println!();
     println!(
         "{rollouts} canaries, analysis every {} ms, {} s measured on {} cores",
-        INTERVAL.as_millis(),
+        interval().as_millis(),
         seconds,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -294,7 +358,12 @@ async fn main() {
         "canary.analyze requests answered",
         latencies.len()
     );
-    println!("{:<44} {:>10}", "analyses unanswered", asked.len());
+    println!(
+        "{:<44} {:>10}",
+        "analyses unanswered",
+        asked - latencies.len()
+    );
+    println!("{:<44} {:>10}", "requests beyond one per round", doubled);
     println!(
         "{:<44} {:>10}",
         "analysis latency p50 (ms)",
@@ -333,6 +402,28 @@ async fn main() {
             "{:<44} {:>10}",
             format!("{name} CPU (% of one core)"),
             format!("{:.0}", (b - a).as_secs_f64() / wall.as_secs_f64() * 100.0)
+        );
+    }
+    println!(
+        "{:<44} {:>10}",
+        "load average (1 min) at the end",
+        std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+            .unwrap_or_default()
+    );
+    // CPU per analysis: a figure that another load on the machine changes little.
+    for (name, (a, b)) in [
+        ("deployer", (cpu_start.0, cpu_end.0)),
+        ("monitor", (cpu_start.1, cpu_end.1)),
+    ] {
+        println!(
+            "{:<44} {:>10}",
+            format!("{name} CPU per analysis (ms)"),
+            format!(
+                "{:.2}",
+                (b - a).as_secs_f64() * 1000.0 / latencies.len().max(1) as f64
+            )
         );
     }
     let goal = percentile(&latencies, 0.99) < Duration::from_millis(50) && late == 0;

@@ -9,15 +9,21 @@ use toronto_protocol::analysis::{AnalysisOutcome, CanaryVerdict};
 use super::{Deployer, EngineError, Heard};
 
 impl Deployer {
-    /// Records a failing verdict or a firing alert heard on the bus.
+    /// Records a failing verdict or a firing alert heard on the bus, and wakes the
+    /// service's pausing rollout to judge it.
     pub(crate) fn hear(&self, service: &str, environment: &str, heard: Heard) {
-        let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
-        let list = map
-            .entry((service.to_owned(), environment.to_owned()))
-            .or_default();
-        list.push(heard);
-        let excess = list.len().saturating_sub(50);
-        list.drain(..excess);
+        {
+            let mut map = self.heard.lock().unwrap_or_else(|e| e.into_inner());
+            let list = map
+                .entry((service.to_owned(), environment.to_owned()))
+                .or_default();
+            list.push(heard);
+            let excess = list.len().saturating_sub(50);
+            list.drain(..excess);
+        }
+        // One permit is kept when nobody waits: the next pause ends at once, and the
+        // pass before it reads what was heard.
+        self.waker(service, environment).notify_one();
     }
 
     /// Listens for alerts on services and failing continuous analyses until shutdown.

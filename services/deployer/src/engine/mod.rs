@@ -104,6 +104,9 @@ pub(crate) struct LastOutcome {
 /// Evidence heard per service and environment.
 pub(crate) type HeardBook = HashMap<(String, String), Vec<Heard>>;
 
+/// The wakers of pausing rollouts per service and environment.
+pub(crate) type WakerBook = HashMap<(String, String), Arc<tokio::sync::Notify>>;
+
 /// The deployer's state and connections, shared by its endpoints and its runner.
 #[derive(Clone)]
 pub struct Deployer {
@@ -140,6 +143,9 @@ pub struct Deployer {
     pub(crate) last_analysis: Arc<Mutex<HashMap<Uuid, std::time::Instant>>>,
     /// The latest analysis outcome of each rollout's current step (for `on_no_data`).
     pub(crate) last_outcome: Arc<Mutex<HashMap<Uuid, LastOutcome>>>,
+    /// Per service and environment: woken when evidence against it is heard, so that
+    /// a pausing rollout judges it at once rather than at its next analysis.
+    pub(crate) wakers: Arc<Mutex<WakerBook>>,
 }
 
 impl std::fmt::Debug for Deployer {
@@ -375,6 +381,16 @@ impl Deployer {
             .active_lock
             .release(&scope(&r.service, &r.environment), r.id)
             .await?)
+    }
+
+    /// The waker of a service in an environment (see [`Deployer::hear`]).
+    pub(crate) fn waker(&self, service: &str, environment: &str) -> Arc<tokio::sync::Notify> {
+        self.wakers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((service.to_owned(), environment.to_owned()))
+            .or_default()
+            .clone()
     }
 
     /// Publishes `rollout.<what>` with the rollout as data.

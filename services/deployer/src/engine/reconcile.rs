@@ -8,7 +8,7 @@ use toronto_protocol::rollout::RolloutEvent;
 use chrono::Utc;
 use toronto_protocol::analysis::OnNoData;
 use toronto_protocol::rollout::{
-    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStepKind,
+    AnalysisRecord, PendingCommand, Revision, Rollout, RolloutPhase, RolloutStep, RolloutStepKind,
     RolloutStepState,
 };
 use toronto_runtime::jetstream::{Delivery, Outcome};
@@ -264,11 +264,16 @@ impl Deployer {
                 let pause_over = (now - ready_at).to_std().unwrap_or_default() >= hold;
                 let promoted = matches!(r.pending, Some(PendingCommand::Promote { .. }));
                 if !pause_over && !promoted {
-                    let left = hold.saturating_sub((now - ready_at).to_std().unwrap_or_default());
-                    return Ok(Next::After(
-                        left.min(self.analysis_wake())
-                            .max(Duration::from_millis(20)),
-                    ));
+                    let left = hold
+                        .saturating_sub((now - ready_at).to_std().unwrap_or_default());
+                    // Sleeps until the next analysis is due or the pause ends, whichever
+                    // comes first, unless evidence is heard on the service sooner.
+                    let wait = left
+                        .min(self.next_analysis_in(r.id, &current))
+                        .max(Duration::from_millis(20));
+                    // Boxed: keeps the reconciler's future small.
+                    Box::pin(self.pause(&r.service, &r.environment, wait)).await;
+                    return Ok(Next::After(Duration::ZERO));
                 }
                 if !promoted
                     && let Some((policy, verdict)) = self.no_data(&r, &current, before.as_ref())
@@ -368,6 +373,39 @@ impl Deployer {
         }
     }
 
+    /// Time until the next analysis of `step` is due: one analysis period after the
+    /// last analysis of the rollout began (a full period when it is overdue, which is
+    /// a step that is not analysed: its pass found nothing to do).
+    fn next_analysis_in(&self, id: Uuid, step: &RolloutStep) -> Duration {
+        let compare = matches!(
+            step.kind,
+            RolloutStepKind::Weight | RolloutStepKind::Preview | RolloutStepKind::Switch
+        );
+        let every = self.analysis_period(compare);
+        let since = self
+            .last_analysis
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .map(std::time::Instant::elapsed);
+        match since {
+            Some(since) if since < every => every - since,
+            _ => every,
+        }
+    }
+
+    /// Sleeps for `wait`, or until evidence against the service is heard (see
+    /// [`Deployer::hear`]), or this instance stops.
+    async fn pause(&self, service: &str, environment: &str, wait: Duration) {
+        let waker = self.waker(service, environment);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = waker.notified() => {}
+            _ = self.crash.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+    }
+
     /// Applies a step's layout; the target refusing fails the rollout.
     async fn apply(&self, r: &Rollout, layout: &Layout) -> Result<Next, EngineError> {
         let layout = &self.with_pod_template(layout.clone()).await?;
@@ -452,7 +490,7 @@ impl Deployer {
         .await;
         self.announce(RolloutEvent::RolledBack, &r).await;
         self.release_active(&r).await?;
-        self.forget_analyses(r.id);
+        self.forget_rollout(r.id);
         Ok(Next::Done)
     }
 
@@ -535,6 +573,7 @@ impl Deployer {
         )
         .await;
         self.release_active(&r).await?;
+        self.forget_rollout(r.id);
         Ok(Next::Done)
     }
 }

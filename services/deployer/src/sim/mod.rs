@@ -222,6 +222,9 @@ pub struct SimCluster {
     world: Option<world::Shared>,
     /// A process-local world: whether one of its holders generates traffic now.
     driving: Arc<AtomicBool>,
+    /// Marks the traffic this handle (and its clones) publishes, so that it keeps
+    /// what it generated at once and skips hearing it back.
+    origin: Arc<str>,
 }
 
 const HISTORY: Duration = Duration::from_secs(120);
@@ -240,6 +243,7 @@ impl SimCluster {
             metrics: SimMetrics::default(),
             world: None,
             driving: Arc::default(),
+            origin: uuid::Uuid::new_v4().simple().to_string().into(),
         }
     }
 

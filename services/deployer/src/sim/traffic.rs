@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use futures::StreamExt;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::analysis::{MetricBatch, MetricSample};
 use toronto_protocol::{Encoding, Envelope, Subjects};
@@ -23,6 +23,10 @@ use crate::target::{Routing, Track};
 
 /// The `source` of the batches the simulation publishes.
 const SOURCE: &str = "simulated-cluster";
+
+/// The header naming the handle that generated a batch (see [`SimCluster`]'s
+/// `origin`): the generator keeps its own traffic without hearing it back.
+const ORIGIN_HEADER: &str = "Toronto-Sim-Origin";
 
 /// What one tick generated, and what it changed in a shared world.
 #[derive(Debug, Default)]
@@ -146,6 +150,7 @@ impl SimCluster {
                 };
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Content-Type", Encoding::Json.content_type());
+                headers.insert(ORIGIN_HEADER, &*self.origin);
                 if let Err(e) = client
                     .publish_with_headers(subject, headers, bytes.into())
                     .await
@@ -215,6 +220,15 @@ impl SimCluster {
                 _ = shutdown.cancelled() => return Ok(()),
                 m = sub.next() => m.ok_or(WorldError::Ended("simulated traffic subscription"))?,
             };
+            // What this handle generated is in its history already.
+            let own = message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(ORIGIN_HEADER))
+                .is_some_and(|o| o.as_str() == &*self.origin);
+            if own {
+                continue;
+            }
             let Ok(envelope) =
                 toronto_protocol::decode::<MetricBatch>(&message.payload, Encoding::Json)
             else {
@@ -263,9 +277,10 @@ impl SimCluster {
         }
     }
 
-    /// One tick of synthetic traffic: what every service served, as metric batches.
-    /// A process-local world records it at once; a shared world hears it back from
-    /// the bus and stores its changes in [`SimCluster::settle`].
+    /// One tick of synthetic traffic: what every service served, as metric batches,
+    /// kept in this handle's history at once (other replicas of a shared world hear
+    /// it from the bus). A process-local world records its changes at once; a shared
+    /// world stores them in [`SimCluster::settle`].
     fn tick(&self) -> Tick {
         let now = Instant::now();
         let now_ms = now_ms();
@@ -274,7 +289,9 @@ impl SimCluster {
         let per_tick = self.settings.requests_per_tick;
         let base = self.settings.base_latency.as_secs_f64();
         let local = self.world.is_none();
-        let mut rng = rand::rng();
+        // A fast generator, seeded from the thread's: twenty thousand draws a tick
+        // for a hundred services.
+        let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
         let mut state = self.lock();
         let mut tick = Tick::default();
         let mut history = Vec::new();
@@ -332,9 +349,9 @@ impl SimCluster {
                         latency_sum,
                     },
                 ));
+                // The batch names the service and environment; each sample only what
+                // tells the series apart (the monitor adds the batch's two).
                 let sample_labels: BTreeMap<String, String> = [
-                    ("service".to_owned(), service.clone()),
-                    ("environment".to_owned(), environment.clone()),
                     ("version".to_owned(), labels.version.clone()),
                     ("track".to_owned(), labels.track.clone()),
                 ]
@@ -387,9 +404,9 @@ impl SimCluster {
                     wl.retiring = None;
                 }
             }
-            for (key, stats) in history {
-                push_history(&mut state.history, key, stats);
-            }
+        }
+        for (key, stats) in history {
+            push_history(&mut state.history, key, stats);
         }
         tick
     }
