@@ -264,8 +264,7 @@ impl Deployer {
                 let pause_over = (now - ready_at).to_std().unwrap_or_default() >= hold;
                 let promoted = matches!(r.pending, Some(PendingCommand::Promote { .. }));
                 if !pause_over && !promoted {
-                    let left = hold
-                        .saturating_sub((now - ready_at).to_std().unwrap_or_default());
+                    let left = hold.saturating_sub((now - ready_at).to_std().unwrap_or_default());
                     // Sleeps until the next analysis is due or the pause ends, whichever
                     // comes first, unless evidence is heard on the service sooner.
                     let wait = left
