@@ -79,6 +79,17 @@ pub struct Ledger {
     environments: HashMap<String, Environment>,
 }
 
+/// The value under `key`, made if missing (without allocating the key when it is there).
+fn entry<'a, V: Default>(map: &'a mut HashMap<String, V>, key: &str) -> &'a mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    match map.get_mut(key) {
+        Some(v) => v,
+        None => unreachable!("inserted above"),
+    }
+}
+
 /// The lookups of a judgement, over the ledger's records.
 struct Records<'a> {
     timelines: &'a HashMap<String, HashMap<String, Timeline>>,
@@ -130,21 +141,14 @@ impl Ledger {
     }
 
     fn timeline(&mut self, service: &str, env: &str) -> &mut Timeline {
-        self.timelines
-            .entry(service.to_owned())
-            .or_default()
-            .entry(env.to_owned())
-            .or_default()
+        entry(entry(&mut self.timelines, service), env)
     }
 
     /// The two days (all services, and the deploy's own) a deploy counts in.
     fn days_of(&mut self, deploy: &Deploy) -> [&mut Day; 2] {
         let day = day_of(deploy.ended_at);
-        let env = self
-            .environments
-            .entry(deploy.environment.clone())
-            .or_default();
-        let service = env.services.entry(deploy.service.clone()).or_default();
+        let env = entry(&mut self.environments, &deploy.environment);
+        let service = entry(&mut env.services, &deploy.service);
         [
             env.all.entry(day).or_default(),
             service.entry(day).or_default(),
@@ -219,13 +223,13 @@ impl Ledger {
             ending,
         };
         if ending == Ending::Succeeded {
-            self.timeline(&r.service, &r.environment)
-                .succeeded
-                .entry(ended_at)
-                .or_default()
-                .push(r.id);
-            // This deploy ends what a later rollback can undo of the one before.
-            self.rejudge_before(&r.service, &r.environment, ended_at);
+            let tl = self.timeline(&r.service, &r.environment);
+            tl.succeeded.entry(ended_at).or_default().push(r.id);
+            // This deploy ends what a later rollback can undo of the one before, which
+            // matters only if a rollback came after it.
+            if tl.rollbacks.range(ended_at..).next().is_some() {
+                self.rejudge_before(&r.service, &r.environment, ended_at);
+            }
         }
         let lead = self.lead(&deploy);
         if let Some(plan) = deploy.plan_id {
