@@ -2,7 +2,7 @@
 //! scrapes, probes), per series (name + labels), for a bounded time and a bounded
 //! number of samples per series and of series.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -43,12 +43,71 @@ pub struct StoreCounters {
     pub refused: AtomicU64,
 }
 
+/// The series of one metric name.
+#[derive(Debug, Default)]
+struct Metric {
+    /// Samples by labels.
+    series: HashMap<Labels, Samples>,
+    /// The labels of the series by each (label, value) pair they hold, so that a
+    /// selection reads the series of one pair instead of every series of the name.
+    by_pair: HashMap<(String, String), HashSet<Labels>>,
+}
+
+impl Metric {
+    fn index(&mut self, labels: &Labels) {
+        for (k, v) in labels {
+            self.by_pair
+                .entry((k.clone(), v.clone()))
+                .or_default()
+                .insert(labels.clone());
+        }
+    }
+
+    fn unindex(&mut self, labels: &Labels) {
+        for (k, v) in labels {
+            let pair = (k.clone(), v.clone());
+            if let Some(set) = self.by_pair.get_mut(&pair) {
+                set.remove(labels);
+                if set.is_empty() {
+                    self.by_pair.remove(&pair);
+                }
+            }
+        }
+    }
+
+    /// The series whose labels hold all of `matchers`.
+    fn matching<'a>(
+        &'a self,
+        matchers: &'a Labels,
+    ) -> Box<dyn Iterator<Item = (&'a Labels, &'a Samples)> + 'a> {
+        if matchers.is_empty() {
+            return Box::new(self.series.iter());
+        }
+        // The pair held by the fewest series.
+        let mut fewest: Option<&HashSet<Labels>> = None;
+        for (k, v) in matchers {
+            match self.by_pair.get(&(k.clone(), v.clone())) {
+                None => return Box::new(std::iter::empty()),
+                Some(set) if fewest.is_none_or(|f| set.len() < f.len()) => fewest = Some(set),
+                Some(_) => {}
+            }
+        }
+        Box::new(
+            fewest
+                .into_iter()
+                .flatten()
+                .filter(move |labels| matches(labels, matchers))
+                .filter_map(|labels| self.series.get_key_value(labels)),
+        )
+    }
+}
+
 /// The store. Cheap to share behind an `Arc`; every method takes `&self`.
 #[derive(Debug)]
 pub struct Store {
     limits: StoreLimits,
     // name -> labels -> samples
-    series: RwLock<HashMap<String, HashMap<Labels, Samples>>>,
+    series: RwLock<HashMap<String, Metric>>,
     count: AtomicU64,
     /// What was taken and refused.
     pub counters: StoreCounters,
@@ -91,21 +150,22 @@ impl Store {
         let mut kept = 0;
         let mut refused = 0;
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        let by_labels = map.entry(name.to_owned()).or_default();
-        let series = match by_labels.get_mut(labels) {
-            Some(s) => s,
-            None => {
-                if self.count.load(Ordering::Relaxed) as usize >= self.limits.max_series {
-                    let n = samples.into_iter().count() as u64;
-                    self.counters.refused.fetch_add(n, Ordering::Relaxed);
-                    if by_labels.is_empty() {
-                        map.remove(name);
-                    }
-                    return 0;
+        let metric = map.entry(name.to_owned()).or_default();
+        if !metric.series.contains_key(labels) {
+            if self.count.load(Ordering::Relaxed) as usize >= self.limits.max_series {
+                let n = samples.into_iter().count() as u64;
+                self.counters.refused.fetch_add(n, Ordering::Relaxed);
+                if metric.series.is_empty() {
+                    map.remove(name);
                 }
-                self.count.fetch_add(1, Ordering::Relaxed);
-                by_labels.entry(labels.clone()).or_default()
+                return 0;
             }
+            self.count.fetch_add(1, Ordering::Relaxed);
+            metric.index(labels);
+            metric.series.insert(labels.clone(), Samples::new());
+        }
+        let Some(series) = metric.series.get_mut(labels) else {
+            return 0;
         };
         for (ts, value) in samples {
             if !value.is_finite() || ts < oldest {
@@ -147,12 +207,11 @@ impl Store {
         to_ms: i64,
     ) -> Vec<(Labels, Vec<(i64, f64)>)> {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let Some(by_labels) = map.get(name) else {
+        let Some(metric) = map.get(name) else {
             return Vec::new();
         };
-        by_labels
-            .iter()
-            .filter(|(labels, _)| matches(labels, matchers))
+        metric
+            .matching(matchers)
             .map(|(labels, samples)| {
                 let start = samples.partition_point(|&(t, _)| t < from_ms);
                 let picked: Vec<(i64, f64)> = samples
@@ -169,14 +228,11 @@ impl Store {
     /// The values of every matching series in `[from_ms, to_ms]`, pooled.
     pub fn values(&self, name: &str, matchers: &Labels, from_ms: i64, to_ms: i64) -> Vec<f64> {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let Some(by_labels) = map.get(name) else {
+        let Some(metric) = map.get(name) else {
             return Vec::new();
         };
         let mut out = Vec::new();
-        for (labels, samples) in by_labels {
-            if !matches(labels, matchers) {
-                continue;
-            }
+        for (_, samples) in metric.matching(matchers) {
             let start = samples.partition_point(|&(t, _)| t < from_ms);
             out.extend(
                 samples
@@ -191,14 +247,11 @@ impl Store {
     /// The sum of the values of every matching series in `(from_ms, to_ms]`.
     pub fn sum(&self, name: &str, matchers: &Labels, from_ms: i64, to_ms: i64) -> (f64, usize) {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let Some(by_labels) = map.get(name) else {
+        let Some(metric) = map.get(name) else {
             return (0.0, 0);
         };
         let (mut sum, mut n) = (0.0, 0);
-        for (labels, samples) in by_labels {
-            if !matches(labels, matchers) {
-                continue;
-            }
+        for (_, samples) in metric.matching(matchers) {
             let start = samples.partition_point(|&(t, _)| t <= from_ms);
             for &(_, v) in samples.range(start..).take_while(|&&(t, _)| t <= to_ms) {
                 sum += v;
@@ -213,18 +266,23 @@ impl Store {
         let oldest = now_ms() - self.limits.retention_ms;
         let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
         let mut removed = 0u64;
-        map.retain(|_, by_labels| {
-            by_labels.retain(|_, samples| {
+        map.retain(|_, metric| {
+            let mut gone = Vec::new();
+            metric.series.retain(|labels, samples| {
                 while samples.front().is_some_and(|&(t, _)| t < oldest) {
                     samples.pop_front();
                 }
                 let keep = !samples.is_empty();
                 if !keep {
-                    removed += 1;
+                    gone.push(labels.clone());
                 }
                 keep
             });
-            !by_labels.is_empty()
+            removed += gone.len() as u64;
+            for labels in &gone {
+                metric.unindex(labels);
+            }
+            !metric.series.is_empty()
         });
         self.count.fetch_sub(removed, Ordering::Relaxed);
     }
@@ -232,10 +290,10 @@ impl Store {
     /// How many series and samples it holds.
     pub fn size(&self) -> (usize, usize) {
         let map = self.series.read().unwrap_or_else(|e| e.into_inner());
-        let series = map.values().map(HashMap::len).sum();
+        let series = map.values().map(|m| m.series.len()).sum();
         let samples = map
             .values()
-            .flat_map(|m| m.values())
+            .flat_map(|m| m.series.values())
             .map(VecDeque::len)
             .sum();
         (series, samples)
@@ -279,6 +337,40 @@ mod tests {
         assert!(store.values("other", &Labels::new(), 0, now).is_empty());
         let (sum, n) = store.sum("m", &labels(&[("track", "canary")]), now - 500, now);
         assert_eq!((sum, n), (6.0 + 7.0 + 8.0 + 9.0, 4));
+        // Both labels, a pair no series holds, and a pair of another name.
+        let both = labels(&[("service", "a"), ("track", "stable")]);
+        assert_eq!(store.values("m", &both, 0, now), vec![100.0; 10]);
+        assert!(
+            store
+                .values("m", &labels(&[("service", "b")]), 0, now)
+                .is_empty()
+        );
+        assert!(
+            store
+                .values("m", &labels(&[("track", "x")]), 0, now)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_series_pruned_away_is_no_longer_selected() {
+        let store = Store::new(StoreLimits {
+            retention_ms: 1000,
+            ..Default::default()
+        });
+        let now = now_ms();
+        let old = labels(&[("service", "old")]);
+        let new = labels(&[("service", "new")]);
+        store.insert("m", &old, now - 900, 1.0);
+        store.insert("m", &new, now, 2.0);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        store.prune();
+        assert_eq!(store.size().0, 1);
+        assert!(store.select("m", &old, 0, i64::MAX).is_empty());
+        assert_eq!(store.select("m", &Labels::new(), 0, i64::MAX).len(), 1);
+        // It comes back with a new sample.
+        store.insert("m", &old, now_ms(), 3.0);
+        assert_eq!(store.values("m", &old, 0, i64::MAX), vec![3.0]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The four DORA figures from a [`History`], as of a moment: a pure function, so a
-//! hand-computed example checks it exactly.
+//! The four DORA figures from a [`History`], as of a moment, computed exactly from every
+//! deploy in the window: a pure function, so a hand-computed example checks it, and the
+//! reference the day ledger ([`super::days`]) is checked against.
 //!
 //! - A **deployment** is a deploy rollout that ended in the window, however it ended.
 //! - A **failed change** is one that was aborted or failed, rolled back by a later
@@ -20,6 +21,7 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use super::history::{Deploy, Ending, History, IncidentRecord};
+use super::judge::{Lookup, judge, seconds};
 
 /// The most weeks a trend may ask for.
 pub const MAX_WEEKS: u32 = 13;
@@ -37,28 +39,6 @@ fn median(values: &mut [f64]) -> Option<f64> {
     })
 }
 
-fn seconds(d: Duration) -> f64 {
-    d.num_milliseconds() as f64 / 1000.0
-}
-
-/// What the failure of one deploy looked like.
-#[derive(Debug, Default)]
-struct Failure {
-    causes: DoraFailureCauses,
-    start: Option<DateTime<Utc>>,
-    restored: Option<DateTime<Utc>>,
-}
-
-impl Failure {
-    fn failed(&self) -> bool {
-        self.causes != DoraFailureCauses::default()
-    }
-
-    fn restored_at(&mut self, at: DateTime<Utc>) {
-        self.restored = Some(self.restored.map_or(at, |r| r.min(at)));
-    }
-}
-
 /// The figures over `deploys` (already filtered to the window and the query's service
 /// and environment) with `history` to judge them.
 struct Figures {
@@ -69,7 +49,7 @@ struct Figures {
     restores: Vec<f64>,
 }
 
-fn figures(deploys: &[&Deploy], index: &Index<'_>, failure_window: Duration) -> Figures {
+fn figures(deploys: &[&Deploy], index: &Index<'_>, failure_window: u32) -> Figures {
     let mut out = Figures {
         deployments: deploys.len() as u64,
         failed: 0,
@@ -86,15 +66,13 @@ fn figures(deploys: &[&Deploy], index: &Index<'_>, failure_window: Duration) -> 
                 out.lead_times.push(lead);
             }
         }
-        let f = judge(deploy, index, failure_window);
-        if f.failed() {
+        let c = judge(deploy, index).for_window(failure_window);
+        if c.failed() {
             out.failed += 1;
-            out.causes.aborted += f.causes.aborted;
-            out.causes.rolled_back += f.causes.rolled_back;
-            out.causes.incident += f.causes.incident;
-            if let (Some(start), Some(end)) = (f.start, f.restored) {
-                out.restores.push(seconds(end - start).max(0.0));
-            }
+            out.causes.aborted += c.causes.aborted;
+            out.causes.rolled_back += c.causes.rolled_back;
+            out.causes.incident += c.causes.incident;
+            out.restores.extend(c.restore);
         }
     }
     out
@@ -159,43 +137,20 @@ impl<'a> Index<'a> {
     }
 }
 
-/// Whether `deploy` failed, how, and its failure's start and recovery.
-fn judge(deploy: &Deploy, index: &Index<'_>, failure_window: Duration) -> Failure {
-    let mut f = Failure::default();
-    if deploy.ending == Ending::Aborted {
-        f.causes.aborted = 1;
-        f.start = Some(deploy.started_at);
-        f.restored_at(deploy.ended_at);
+impl Lookup for Index<'_> {
+    fn next_succeeded(&self, service: &str, env: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        Self::first_after(self.succeeded.get(&(service, env)), t)
     }
-    let key = (deploy.service.as_str(), deploy.environment.as_str());
-    // The next deploy of the service ends what a later rollback can undo.
-    let next = Index::first_after(index.succeeded.get(&key), deploy.ended_at);
-    if deploy.ending == Ending::Succeeded
-        && let Some(at) = Index::first_after(index.rollbacks.get(&key), deploy.ended_at)
-            .filter(|at| *at <= deploy.ended_at + failure_window)
-            .filter(|at| next.is_none_or(|n| *at < n))
-    {
-        f.causes.rolled_back = 1;
-        f.start.get_or_insert(deploy.ended_at);
-        f.restored_at(at);
+
+    fn first_rollback(&self, service: &str, env: &str, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        Self::first_after(self.rollbacks.get(&(service, env)), t)
     }
-    if let Some(first) = index
-        .incidents
-        .get(&deploy.rollout_id)
-        .and_then(|l| l.first())
-    {
-        f.causes.incident = 1;
-        // The incident's detection is when users were first seen hurting.
-        f.start = Some(first.detected_at);
-        if let Some(at) = first.restored_at {
-            f.restored_at(at);
-        }
-        // A recovery before the incident was detected does not end it.
-        if f.restored.is_some_and(|r| r < first.detected_at) {
-            f.restored = first.restored_at;
-        }
+
+    fn first_incident(&self, rollout: Uuid) -> Option<&IncidentRecord> {
+        self.incidents
+            .get(&rollout)
+            .and_then(|l| l.first().copied())
     }
-    f
 }
 
 /// The figures for `query` from `history`, as of `now`.
@@ -205,7 +160,7 @@ pub fn compute(query: &DoraQuery, history: &History, now: DateTime<Utc>) -> Dora
         .clone()
         .unwrap_or_else(|| "production".into());
     let days = query.window_days.unwrap_or(30).max(1);
-    let failure_window = Duration::hours(query.failure_window_hours.unwrap_or(24) as i64);
+    let failure_window = query.failure_window_hours.unwrap_or(24);
     let in_scope = |d: &&Deploy| {
         d.environment == environment && query.service.as_deref().is_none_or(|s| d.service == s)
     };

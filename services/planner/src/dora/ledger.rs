@@ -1,8 +1,8 @@
 //! The DORA ledger: the records of the event stream, folded once and kept in memory.
 //!
 //! A query reads only the events published since the previous one (from the stream
-//! sequence where that one stopped), so its cost does not grow with the events already
-//! folded. A report is kept until a new event arrives or [`REPORT_TTL`] passes, so
+//! sequence where that one stopped) and sums the figures kept per day
+//! ([`super::days`]), so its cost does not grow with the events already folded. A report is kept until a new event arrives or [`REPORT_TTL`] passes, so
 //! dashboards polling the same figures cost one small stream read each. Records older
 //! than [`HORIZON`] are dropped.
 
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use toronto_protocol::tasks::{DoraQuery, DoraReport};
 
-use super::History;
+use super::days::Ledger;
 
 /// The longest window a query may ask for, in days.
 pub const MAX_WINDOW_DAYS: u32 = 92;
@@ -30,8 +30,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// The ledger's state; one query at a time updates it.
 #[derive(Debug)]
 pub struct State {
-    /// The records folded so far.
-    pub history: History,
+    /// The records folded so far, with their figures per day.
+    pub records: Ledger,
     /// The stream sequence of the next event to read; `None` before the first read.
     pub next: Option<u64>,
     pruned: Instant,
@@ -48,7 +48,7 @@ struct Cached {
 impl Default for State {
     fn default() -> Self {
         Self {
-            history: History::default(),
+            records: Ledger::default(),
             next: None,
             pruned: Instant::now(),
             reports: HashMap::new(),
@@ -73,7 +73,7 @@ impl State {
     /// Drops records older than the horizon, now and then.
     pub fn prune(&mut self, now: DateTime<Utc>) {
         if self.pruned.elapsed() >= PRUNE_EVERY {
-            self.history.retain_since(now - HORIZON);
+            self.records.retain_since(now - HORIZON);
             self.pruned = Instant::now();
         }
     }
@@ -143,7 +143,7 @@ mod tests {
 
     fn report(deployments: u64) -> DoraReport {
         let query = DoraQuery::default();
-        let mut report = super::super::compute(&query, &History::default(), Utc::now());
+        let mut report = Ledger::default().report(&query, Utc::now());
         report.deployments = deployments;
         report
     }

@@ -1,14 +1,21 @@
 //! DORA metrics computed from the event stream (the stream is the record): deployment
 //! frequency, lead time for changes, change failure rate and time to restore.
 //!
-//! [`history`] folds the events of the window into records; [`compute`] says which
-//! deploys failed and how long service took to come back (its module documents the
-//! definitions); [`ledger`] keeps the folded records in memory, so a query reads only
-//! the events published since the one before.
+//! [`judge`] says whether a deploy failed and how long service took to come back
+//! ([`compute`] documents the definitions and computes the figures exactly from the
+//! records of [`history`]); [`days`] folds the events into deploys judged as they arrive
+//! and figures kept per day ([`summary`]); [`ledger`] keeps them in memory, so a query
+//! reads only the events published since the one before and sums at most one figure
+//! per day of its window.
 
 pub mod compute;
+pub mod days;
 pub mod history;
+pub mod judge;
 pub mod ledger;
+pub mod summary;
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
@@ -147,7 +154,7 @@ impl Planner {
             .await
             .map_err(|e| events(e.into()))?
             .take(pending);
-        let history = &mut state.history;
+        let history = &mut state.records;
         let mut last = None;
         while let Some(message) = messages.next().await {
             let message = message.map_err(|e| events(e.into()))?;
@@ -198,7 +205,7 @@ impl Planner {
         if let Some(report) = state.cached(query) {
             return Ok(report);
         }
-        let report = compute(query, &state.history, now);
+        let report = state.records.report(query, now);
         state.keep(query, &report);
         drop(state);
         gauges.set(&report);
