@@ -15,7 +15,9 @@ pub struct Prometheus {
 
 impl Prometheus {
     /// Starts Prometheus scraping `target` under the job name `job`, and waits until
-    /// it is ready.
+    /// it is ready and has scraped `target` once (a fresh Prometheus takes a few
+    /// seconds to start its scrape loops; a test that deploys at once would otherwise
+    /// find no data where a running Prometheus has some).
     pub async fn start(target: SocketAddr, job: &str) -> Prometheus {
         let bin = std::env::var("TORONTO_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
         let dir = tempfile::tempdir().expect("a temporary directory");
@@ -52,6 +54,22 @@ impl Prometheus {
             if let Ok(r) = http.get(format!("{url}/-/ready")).send().await
                 && r.status().is_success()
             {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let up = format!("{url}/api/v1/query?query=up%7Bjob%3D%22{job}%22%7D");
+        for _ in 0..150 {
+            let scraped = match http.get(&up).send().await {
+                Ok(r) => r.json::<serde_json::Value>().await.ok(),
+                Err(_) => None,
+            };
+            let is_up = scraped.is_some_and(|v| {
+                v["data"]["result"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().any(|s| s["value"][1] == "1"))
+            });
+            if is_up {
                 return Prometheus {
                     child,
                     url,
@@ -61,6 +79,6 @@ impl Prometheus {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let log = std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
-        panic!("Prometheus never became ready:\n{log}");
+        panic!("Prometheus never became ready or never scraped {target}:\n{log}");
     }
 }
