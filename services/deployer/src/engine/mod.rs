@@ -404,12 +404,32 @@ impl Deployer {
             .subject(r.service.clone())
             .caused_by(&flow)
             .build();
-        if let Err(e) = self
-            .events
-            .publish(RolloutEvent::ENTITY, what.as_str(), &event)
-            .await
-        {
-            tracing::error!(rollout = %r.id, what = what.as_str(), error = %e, "cannot publish rollout event");
+        // Retried for about half a minute (a stream electing a new leader after a node
+        // is lost refuses publishes for a while): the planner waits for this event, and
+        // the envelope id as `Nats-Msg-Id` keeps a retried event stored once.
+        const ATTEMPTS: usize = 10;
+        for attempt in 0..ATTEMPTS {
+            let Err(e) = self
+                .events
+                .publish(RolloutEvent::ENTITY, what.as_str(), &event)
+                .await
+            else {
+                return;
+            };
+            if attempt + 1 == ATTEMPTS {
+                tracing::error!(rollout = %r.id, what = what.as_str(), error = %e, "cannot publish rollout event; giving up");
+                return;
+            }
+            tracing::warn!(rollout = %r.id, what = what.as_str(), error = %e, "cannot publish rollout event; retrying");
+            let delay = toronto_runtime::connect::exponential_backoff(
+                std::time::Duration::from_millis(200),
+                std::time::Duration::from_secs(4),
+                attempt,
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.crash.cancelled() => return,
+            }
         }
     }
 }
