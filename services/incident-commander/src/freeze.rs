@@ -18,9 +18,13 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use toronto_protocol::incidents::{Freeze, FreezeList, Freezes, IncidentAction, Severity};
+use toronto_protocol::incidents::{
+    Freeze, FreezeEvent, FreezeList, Freezes, IncidentAction, IncidentEventKind, Severity,
+};
 use toronto_protocol::rollout::{Rollout, RolloutCommand, RolloutList, Rollouts};
-use toronto_protocol::{Encoding, Envelope, ErrorBody, ErrorCode, Message, ServiceKind, Subjects};
+use toronto_protocol::{
+    Encoding, Envelope, ErrorBody, ErrorCode, EventKind, Message, ServiceKind, Subjects,
+};
 use toronto_runtime::rpc::{CallError, call};
 use toronto_runtime::{Request, RuntimeError, ServiceRuntime};
 use uuid::Uuid;
@@ -186,14 +190,14 @@ impl Freezer {
         }
     }
 
-    async fn announce(&self, what: &str, f: &Freeze) {
+    async fn announce(&self, what: FreezeEvent, f: &Freeze) {
         let mut env = Envelope::builder(self.source.clone(), f.clone())
             .subject(f.incident_id.to_string())
-            .event("freeze", what)
+            .event("freeze", what.as_str())
             .build();
         env.id =
             derived_id(&format!("freeze:{}:{what}:{}", f.incident_id, f.started_at)).to_string();
-        let subject = self.subjects.event("freeze", what);
+        let subject = what.subject(&self.subjects);
         if let Err(e) = toronto_runtime::jetstream::publish_envelope(&self.js, &subject, &env).await
         {
             tracing::error!(subject, error = %e, "cannot publish a freeze event");
@@ -299,8 +303,9 @@ impl Freezer {
                 text.push_str("; ");
                 text.push_str(&n);
             }
-            self.engine.remark(inc.id, "frozen", text, Some(SELF));
-            self.announce("started", &f).await;
+            self.engine
+                .remark(inc.id, IncidentEventKind::Frozen, text, Some(SELF));
+            self.announce(FreezeEvent::Started, &f).await;
             freezes.insert(inc.id, f);
         }
         let severe_ids: BTreeSet<Uuid> = severe.iter().map(|i| i.id).collect();
@@ -356,8 +361,8 @@ impl Freezer {
             text.push_str(&n);
         }
         self.engine
-            .remark(f.incident_id, "unfrozen", text, Some(by));
-        self.announce("lifted", f).await;
+            .remark(f.incident_id, IncidentEventKind::Unfrozen, text, Some(by));
+        self.announce(FreezeEvent::Lifted, f).await;
     }
 
     /// `incident.freeze.lift`: an admin lifts a freeze early, with a reason.

@@ -66,6 +66,7 @@ pub trait EventKind: Copy + Eq + Sized + 'static {
 /// event of ours. The event's `type` is `ai.toronto.devops.<name>.v<major>` with the
 /// payload's major.
 pub fn payload_of_event(name: &str) -> Option<&'static str> {
+    use crate::incidents::{Freeze, FreezeEvent, IncidentEvent, IncidentEventKind};
     use crate::message::Message;
     use crate::rollout::{ChaosEvent, ChaosRun, Rollout, RolloutEvent};
     use crate::tasks::{GateEvent, Plan, PlanEvent, StepEvent};
@@ -77,6 +78,12 @@ pub fn payload_of_event(name: &str) -> Option<&'static str> {
     }
     if RolloutEvent::from_event_name(name).is_some() {
         return Some(Rollout::NAME);
+    }
+    if IncidentEventKind::from_event_name(name).is_some() {
+        return Some(IncidentEvent::NAME);
+    }
+    if FreezeEvent::from_event_name(name).is_some() {
+        return Some(Freeze::NAME);
     }
     if ChaosEvent::from_event_name(name).is_some() {
         return Some(ChaosRun::NAME);
@@ -90,10 +97,6 @@ pub fn payload_of_event(name: &str) -> Option<&'static str> {
         ("page", "sent") => crate::incidents::Page::NAME,
         ("chat", "command") => crate::chat::ChatCommandRecord::NAME,
         ("audit", "decision") => crate::audit::AuditDecision::NAME,
-        // The incident commander's incident and freeze events are open-ended
-        // (`incident.opened`, `incident.escalated`, `freeze.started`, ...).
-        ("incident", _) => crate::incidents::IncidentEvent::NAME,
-        ("freeze", _) => crate::incidents::Freeze::NAME,
         _ => return None,
     })
 }
@@ -152,6 +155,7 @@ pub(crate) use event_kinds;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::incidents::{FreezeEvent, IncidentEventKind};
     use crate::rollout::{ChaosEvent, RolloutEvent};
     use crate::tasks::{GateEvent, PlanEvent, StepEvent};
 
@@ -175,6 +179,8 @@ mod tests {
         round_trips::<PlanEvent>(&subjects);
         round_trips::<StepEvent>(&subjects);
         round_trips::<GateEvent>(&subjects);
+        round_trips::<IncidentEventKind>(&subjects);
+        round_trips::<FreezeEvent>(&subjects);
         assert_eq!(
             RolloutEvent::RolledBack.subject(&subjects),
             "acme.devops.v1.events.rollout.rolled_back"
@@ -220,6 +226,8 @@ mod tests {
             "rollout",
             "task.deploy",
             "alert.bogus",
+            "incident.bogus",
+            "freeze.bogus",
         ] {
             assert_eq!(payload_of_event(name), None, "{name}");
         }
@@ -238,6 +246,8 @@ mod tests {
         all.extend(PlanEvent::ALL.iter().map(|k| k.subject(&subjects)));
         all.extend(StepEvent::ALL.iter().map(|k| k.subject(&subjects)));
         all.extend(GateEvent::ALL.iter().map(|k| k.subject(&subjects)));
+        all.extend(IncidentEventKind::ALL.iter().map(|k| k.subject(&subjects)));
+        all.extend(FreezeEvent::ALL.iter().map(|k| k.subject(&subjects)));
         for subject in all {
             assert!(
                 text.contains(&format!("address: {subject}\n")),

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::event_kind::event_kinds;
 use crate::message::Message;
 
 mod commands;
@@ -357,6 +358,36 @@ pub struct Incident {
 impl Message for Incident {
     const NAME: &'static str = "incident";
     const MAJOR: u32 = 1;
+}
+
+event_kinds! {
+    /// The incident events the incident commander publishes
+    /// (`events.incident.<kind>`; the data is the [`IncidentEvent`]).
+    pub enum IncidentEventKind for "incident" {
+        /// A new incident: its first alert fired, or someone declared it.
+        Opened = "opened",
+        /// Someone acknowledged it and owns it.
+        Acknowledged = "acknowledged",
+        /// Its escalation moved to the next level (or started over).
+        Escalated = "escalated",
+        /// Anything else on its timeline: an alert, a linked change, a playbook, an
+        /// assignment, a severity change, a note, a reopening.
+        Updated = "updated",
+        /// Users are no longer affected (by hand, or its alerts stopped).
+        Mitigated = "mitigated",
+        /// The cause is fixed.
+        Resolved = "resolved",
+        /// Closed after its postmortem.
+        Closed = "closed",
+        /// A notification about it was delivered.
+        Notified = "notified",
+        /// An attempt to deliver a notification about it failed.
+        NotifyFailed = "notify_failed",
+        /// A change freeze started for its service.
+        Frozen = "frozen",
+        /// The change freeze it started was lifted.
+        Unfrozen = "unfrozen",
+    }
 }
 
 /// The data of every `toronto.devops.v1.events.incident.<what>` event: the incident

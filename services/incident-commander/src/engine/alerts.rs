@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::TimelineKind;
 use uuid::Uuid;
 
@@ -141,7 +142,14 @@ pub fn announce(st: &mut State, t: &mut Turn<'_>) {
             push_timeline(inc, t.now, TimelineKind::Alert, None, earlier);
         }
         // The last note goes to the timeline through emit; the event lists all.
-        t.emit_with(inc, "updated", TimelineKind::Alert, last, text, None);
+        t.emit_with(
+            inc,
+            IncidentEventKind::Updated,
+            TimelineKind::Alert,
+            last,
+            text,
+            None,
+        );
     }
 }
 

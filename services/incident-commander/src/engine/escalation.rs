@@ -2,6 +2,7 @@
 //! acknowledges, rounds repeated as the policy says, schedules resolved to the person
 //! on call.
 
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{EscalationState, Incident, IncidentState, Page, TimelineKind};
 use uuid::Uuid;
 
@@ -147,7 +148,13 @@ pub fn advance(t: &mut Turn<'_>, inc: &mut Incident, reason: &str, by: Option<&s
     let Some(policy) = policy_of(t, inc) else {
         inc.escalation.next_at = None;
         let text = format!("escalated: {reason} (no escalation policy)");
-        t.emit(inc, "escalated", TimelineKind::Escalated, text, by);
+        t.emit(
+            inc,
+            IncidentEventKind::Escalated,
+            TimelineKind::Escalated,
+            text,
+            by,
+        );
         return;
     };
     let mut level = inc.escalation.level + 1;
@@ -156,7 +163,13 @@ pub fn advance(t: &mut Turn<'_>, inc: &mut Incident, reason: &str, by: Option<&s
             inc.escalation.exhausted = true;
             inc.escalation.next_at = None;
             let text = format!("escalation exhausted: {reason}");
-            t.emit(inc, "escalated", TimelineKind::Escalated, text, by);
+            t.emit(
+                inc,
+                IncidentEventKind::Escalated,
+                TimelineKind::Escalated,
+                text,
+                by,
+            );
             return;
         }
         inc.escalation.cycle += 1;
@@ -168,7 +181,13 @@ pub fn advance(t: &mut Turn<'_>, inc: &mut Incident, reason: &str, by: Option<&s
         "escalated to level {level} (round {}): {reason}",
         inc.escalation.cycle
     );
-    t.emit(inc, "escalated", TimelineKind::Escalated, text, by);
+    t.emit(
+        inc,
+        IncidentEventKind::Escalated,
+        TimelineKind::Escalated,
+        text,
+        by,
+    );
 }
 
 /// Escalates every triggered incident whose level was not acknowledged in time.

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{
     EscalationState, Incident, IncidentOpen, IncidentState, Severity, TimelineKind,
 };
@@ -170,7 +171,13 @@ fn reopen(
         inc.alerts_total += 1;
     }
     let text = format!("reopened: alert {name} ({fp}) fired again");
-    t.emit(inc, "updated", TimelineKind::Reopened, text, None);
+    t.emit(
+        inc,
+        IncidentEventKind::Updated,
+        TimelineKind::Reopened,
+        text,
+        None,
+    );
     escalation::start(t, inc);
     st.resolved_by_key.remove(key);
     st.open_by_key.insert(key.to_owned(), id);
@@ -203,7 +210,13 @@ fn open(
         inc.title,
         inc.severity_reason
     );
-    t.emit(&mut inc, "opened", TimelineKind::Opened, text, by);
+    t.emit(
+        &mut inc,
+        IncidentEventKind::Opened,
+        TimelineKind::Opened,
+        text,
+        by,
+    );
     escalation::start(t, &mut inc);
     playbooks::match_playbook(t, &mut inc);
     st.open_by_key.insert(inc.key.clone(), inc.id);

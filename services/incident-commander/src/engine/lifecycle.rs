@@ -2,6 +2,7 @@
 //! severity by hand and notes; incidents whose alerts went quiet, and recovery that
 //! the monitor has not confirmed yet.
 
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{
     Incident, IncidentAssign, IncidentList, IncidentNote, IncidentRole, IncidentSeveritySet,
     IncidentState, PlaybookState, TimelineKind,
@@ -97,7 +98,7 @@ pub fn ack(
     let text = format!("acknowledged by {by}{}", suffix(reason));
     t.emit(
         inc,
-        "acknowledged",
+        IncidentEventKind::Acknowledged,
         TimelineKind::Acknowledged,
         text,
         Some(by),
@@ -148,7 +149,13 @@ pub fn mitigate(
     inc.mitigated_at.get_or_insert(t.now);
     inc.escalation.next_at = None;
     let text = format!("mitigated: {reason}");
-    t.emit(inc, "mitigated", TimelineKind::Mitigated, text, Some(by));
+    t.emit(
+        inc,
+        IncidentEventKind::Mitigated,
+        TimelineKind::Mitigated,
+        text,
+        Some(by),
+    );
     Ok(inc.clone())
 }
 
@@ -169,7 +176,13 @@ pub fn resolve(
     inc.escalation.next_at = None;
     inc.quiet_since = None;
     let text = format!("resolved: {reason}");
-    t.emit(inc, "resolved", TimelineKind::Resolved, text, Some(by));
+    t.emit(
+        inc,
+        IncidentEventKind::Resolved,
+        TimelineKind::Resolved,
+        text,
+        Some(by),
+    );
     let policy = escalation::policy_of(t, inc);
     outbound::follow_up(t, inc, policy, NotifyAction::Resolve, Some(by), reason);
     let out = inc.clone();
@@ -210,7 +223,13 @@ pub fn assign(
         escalation::page(t, inc, &req.who, None, &format!("assigned as {role}"));
     }
     let text = format!("{} is {role} (assigned by {})", req.who, req.by);
-    t.emit(inc, "updated", TimelineKind::Assigned, text, Some(&req.by));
+    t.emit(
+        inc,
+        IncidentEventKind::Updated,
+        TimelineKind::Assigned,
+        text,
+        Some(&req.by),
+    );
     Ok(inc.clone())
 }
 
@@ -232,7 +251,13 @@ pub fn set_severity(
         req.severity.label(),
         req.by,
     );
-    t.emit(inc, "updated", TimelineKind::Severity, text, Some(&req.by));
+    t.emit(
+        inc,
+        IncidentEventKind::Updated,
+        TimelineKind::Severity,
+        text,
+        Some(&req.by),
+    );
     Ok(inc.clone())
 }
 
@@ -248,7 +273,13 @@ pub fn note(st: &mut State, t: &mut Turn<'_>, req: &IncidentNote) -> Result<Inci
     } else {
         TimelineKind::Note
     };
-    t.emit(inc, "updated", kind, req.text.clone(), Some(&req.by));
+    t.emit(
+        inc,
+        IncidentEventKind::Updated,
+        kind,
+        req.text.clone(),
+        Some(&req.by),
+    );
     Ok(inc.clone())
 }
 
@@ -277,7 +308,13 @@ pub fn close(
     inc.state = IncidentState::Closed;
     inc.closed_at = Some(t.now);
     let text = format!("postmortem written by {by}; closed");
-    t.emit(inc, "closed", TimelineKind::Closed, text, Some(by));
+    t.emit(
+        inc,
+        IncidentEventKind::Closed,
+        TimelineKind::Closed,
+        text,
+        Some(by),
+    );
     Ok(inc.clone())
 }
 
@@ -317,7 +354,13 @@ pub fn recovery_pending(st: &mut State, t: &mut Turn<'_>, id: Uuid, why: &str) {
         inc.state = IncidentState::Mitigated;
         inc.mitigated_at.get_or_insert(t.now);
         let text = format!("alerts resolved; waiting for the monitor to confirm recovery: {why}");
-        t.emit(inc, "mitigated", TimelineKind::Mitigated, text, None);
+        t.emit(
+            inc,
+            IncidentEventKind::Mitigated,
+            TimelineKind::Mitigated,
+            text,
+            None,
+        );
     }
     if inc.quiet_since.is_some_and(|at| t.now - at >= timeout) {
         inc.quiet_since = Some(t.now);
@@ -332,7 +375,11 @@ pub fn notified(st: &mut State, t: &mut Turn<'_>, id: Uuid, ok: bool, text: Stri
     let Some(inc) = st.incidents.get_mut(&id) else {
         return;
     };
-    let what = if ok { "notified" } else { "notify_failed" };
+    let what = if ok {
+        IncidentEventKind::Notified
+    } else {
+        IncidentEventKind::NotifyFailed
+    };
     t.emit(inc, what, TimelineKind::Page, text, None);
 }
 
@@ -342,7 +389,7 @@ pub fn remark(
     st: &mut State,
     t: &mut Turn<'_>,
     id: Uuid,
-    what: &str,
+    what: IncidentEventKind,
     text: String,
     by: Option<&str>,
 ) {

@@ -36,6 +36,7 @@ use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{
     Incident, IncidentAssign, IncidentList, IncidentMetrics, IncidentNote, IncidentOpen,
     IncidentSeveritySet, InhibitionCreate, InhibitionRule, PlaybookState, Silence, SilenceCreate,
@@ -360,7 +361,7 @@ impl Engine {
 
     /// An entry on an incident's timeline from outside the engine (a freeze), also
     /// published as the event `incident.<what>`.
-    pub fn remark(&self, id: Uuid, what: &str, text: String, by: Option<&str>) {
+    pub fn remark(&self, id: Uuid, what: IncidentEventKind, text: String, by: Option<&str>) {
         self.turn(|st, t| lifecycle::remark(st, t, id, what, text, by));
     }
 

@@ -1,6 +1,7 @@
 //! Playbooks on incidents: which playbook applies, whether it may act alone under the
 //! autonomy policy, runs started by a human, and the progress of a run.
 
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{Incident, PlaybookRun, PlaybookState, TimelineKind};
 use uuid::Uuid;
 
@@ -98,7 +99,13 @@ pub fn run(
         detail: Some(format!("approved by {by}")),
     });
     let text = format!("playbook {name} started by {by}");
-    t.emit(inc, "updated", TimelineKind::Playbook, text, Some(by));
+    t.emit(
+        inc,
+        IncidentEventKind::Updated,
+        TimelineKind::Playbook,
+        text,
+        Some(by),
+    );
     t.playbooks.push(id);
     Ok(inc.clone())
 }
@@ -154,7 +161,7 @@ pub fn progress(
     }
     t.emit(
         inc,
-        "updated",
+        IncidentEventKind::Updated,
         TimelineKind::Playbook,
         text,
         Some("playbook"),

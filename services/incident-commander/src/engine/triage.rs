@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use toronto_protocol::rollout::RolloutEvent;
 
 use chrono::{DateTime, Utc};
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{Incident, LinkedChange, Severity, TimelineKind};
 use toronto_protocol::rollout::Rollout;
 
@@ -40,7 +41,13 @@ pub fn record_change(st: &mut State, t: &mut Turn<'_>, change: RecentChange) {
                 inc.severity.label(),
                 inc.severity_reason
             );
-            t.emit(inc, "updated", TimelineKind::Change, text, None);
+            t.emit(
+                inc,
+                IncidentEventKind::Updated,
+                TimelineKind::Change,
+                text,
+                None,
+            );
         }
     }
 }
@@ -74,7 +81,7 @@ pub fn note_rollout(
         {
             t.emit(
                 inc,
-                "updated",
+                IncidentEventKind::Updated,
                 TimelineKind::Rollout,
                 text.clone(),
                 Some("deployer"),

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use tokio::sync::oneshot;
+use toronto_protocol::incidents::IncidentEventKind;
 use toronto_protocol::incidents::{Incident, IncidentEvent, TimelineEntry, TimelineKind};
 use toronto_protocol::{Envelope, Message};
 use uuid::Uuid;
@@ -176,7 +177,7 @@ impl<'a> Turn<'a> {
     pub fn emit(
         &mut self,
         inc: &mut Incident,
-        what: &str,
+        what: IncidentEventKind,
         kind: TimelineKind,
         text: String,
         by: Option<&str>,
@@ -188,7 +189,7 @@ impl<'a> Turn<'a> {
     pub fn emit_with(
         &mut self,
         inc: &mut Incident,
-        what: &str,
+        what: IncidentEventKind,
         kind: TimelineKind,
         entry: String,
         text: String,
@@ -212,7 +213,7 @@ impl<'a> Turn<'a> {
             by: by.map(str::to_owned),
             at: self.now,
         };
-        self.event("incident", what, &inc.id.to_string(), event, None);
+        self.event("incident", what.as_str(), &inc.id.to_string(), event, None);
         self.persist(Record::Incident(inc.id));
     }
 }

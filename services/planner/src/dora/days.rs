@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
-use toronto_protocol::incidents::{IncidentEvent, IncidentState};
+use toronto_protocol::incidents::{IncidentEvent, IncidentEventKind};
 use toronto_protocol::rollout::{Rollout, RolloutEvent, RolloutPhase};
 use toronto_protocol::tasks::{DoraQuery, DoraReport, DoraWeek, Plan, PlanTask};
 use uuid::Uuid;
@@ -288,29 +288,14 @@ impl Ledger {
         }
     }
 
-    /// Adds an incident event (`what`).
-    pub fn incident(&mut self, what: &str, e: &IncidentEvent) {
-        let record = self.incidents.entry(e.id).or_insert(IncidentRecord {
-            detected_at: e.detected_at.unwrap_or(e.at),
-            changes: Vec::new(),
-            restored_at: None,
-        });
-        if let Some(detected) = e.detected_at {
-            record.detected_at = record.detected_at.min(detected);
-        }
-        for c in &e.changes {
-            if !record.changes.contains(c) {
-                record.changes.push(*c);
-                self.linked.entry(*c).or_default().push(e.id);
-            }
-        }
-        let restored = matches!(what, "mitigated" | "resolved")
-            || matches!(
-                e.state,
-                IncidentState::Mitigated | IncidentState::Resolved | IncidentState::Closed
-            );
-        if restored && record.restored_at.is_none() {
-            record.restored_at = Some(e.at);
+    /// Adds an incident event (`what`), judging again the deploys linked to it.
+    pub fn incident(&mut self, what: IncidentEventKind, e: &IncidentEvent) {
+        let record = self
+            .incidents
+            .entry(e.id)
+            .or_insert_with(|| IncidentRecord::new(e));
+        for c in record.fold(what, e) {
+            self.linked.entry(c).or_default().push(e.id);
         }
         for id in record.changes.clone() {
             self.rejudge(id);

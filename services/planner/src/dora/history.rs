@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use toronto_protocol::incidents::{IncidentEvent, IncidentState};
+use toronto_protocol::incidents::{IncidentEvent, IncidentEventKind, IncidentState};
 use toronto_protocol::rollout::{Rollout, RolloutEvent, RolloutPhase};
 use toronto_protocol::tasks::{Plan, PlanTask};
 use uuid::Uuid;
@@ -59,6 +59,43 @@ pub struct IncidentRecord {
     pub changes: Vec<Uuid>,
     /// When it was first mitigated or resolved.
     pub restored_at: Option<DateTime<Utc>>,
+}
+
+impl IncidentRecord {
+    /// The record of an incident whose first event is `e`.
+    pub fn new(e: &IncidentEvent) -> Self {
+        Self {
+            detected_at: e.detected_at.unwrap_or(e.at),
+            changes: Vec::new(),
+            restored_at: None,
+        }
+    }
+
+    /// Folds in one of its events (`what`): the earliest detection, the changes linked
+    /// to it, when it was first restored. Returns the changes this event linked first.
+    pub fn fold(&mut self, what: IncidentEventKind, e: &IncidentEvent) -> Vec<Uuid> {
+        if let Some(detected) = e.detected_at {
+            self.detected_at = self.detected_at.min(detected);
+        }
+        let mut linked = Vec::new();
+        for c in &e.changes {
+            if !self.changes.contains(c) {
+                self.changes.push(*c);
+                linked.push(*c);
+            }
+        }
+        let restored = matches!(
+            what,
+            IncidentEventKind::Mitigated | IncidentEventKind::Resolved
+        ) || matches!(
+            e.state,
+            IncidentState::Mitigated | IncidentState::Resolved | IncidentState::Closed
+        );
+        if restored && self.restored_at.is_none() {
+            self.restored_at = Some(e.at);
+        }
+        linked
+    }
 }
 
 /// Everything DORA needs from a stretch of the event stream.
@@ -136,27 +173,10 @@ impl History {
     }
 
     /// Adds an incident event (`what`).
-    pub fn incident(&mut self, what: &str, e: &IncidentEvent) {
-        let record = self.incidents.entry(e.id).or_insert(IncidentRecord {
-            detected_at: e.detected_at.unwrap_or(e.at),
-            changes: Vec::new(),
-            restored_at: None,
-        });
-        if let Some(detected) = e.detected_at {
-            record.detected_at = record.detected_at.min(detected);
-        }
-        for c in &e.changes {
-            if !record.changes.contains(c) {
-                record.changes.push(*c);
-            }
-        }
-        let restored = matches!(what, "mitigated" | "resolved")
-            || matches!(
-                e.state,
-                IncidentState::Mitigated | IncidentState::Resolved | IncidentState::Closed
-            );
-        if restored && record.restored_at.is_none() {
-            record.restored_at = Some(e.at);
-        }
+    pub fn incident(&mut self, what: IncidentEventKind, e: &IncidentEvent) {
+        self.incidents
+            .entry(e.id)
+            .or_insert_with(|| IncidentRecord::new(e))
+            .fold(what, e);
     }
 }

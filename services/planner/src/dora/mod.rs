@@ -26,7 +26,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::AtomicU64;
-use toronto_protocol::incidents::IncidentEvent;
+use toronto_protocol::incidents::{IncidentEvent, IncidentEventKind};
 use toronto_protocol::rollout::{Rollout, RolloutEvent};
 use toronto_protocol::tasks::{DoraQuery, DoraReport, Plan};
 use toronto_protocol::{Encoding, Envelope, decode};
@@ -176,6 +176,7 @@ impl Planner {
                     history.rollout(what, &data, time.unwrap_or_else(Utc::now));
                 }
             } else if let Some(what) = subject.strip_prefix(&incident_prefix)
+                && let Ok(what) = what.parse::<IncidentEventKind>()
                 && let Ok(e) = decode::<IncidentEvent>(&message.payload, Encoding::Json)
             {
                 history.incident(what, &e.data);

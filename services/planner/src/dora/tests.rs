@@ -3,7 +3,7 @@
 //! event after later ones).
 
 use chrono::{DateTime, Duration, Utc};
-use toronto_protocol::incidents::{IncidentEvent, IncidentState, Severity};
+use toronto_protocol::incidents::{IncidentEvent, IncidentEventKind, IncidentState, Severity};
 use toronto_protocol::rollout::{Rollout, RolloutEvent};
 use toronto_protocol::tasks::{
     Change, DeployTask, DoraQuery, DoraReport, Plan, PlanState, PlanTask, Strategy,
@@ -36,7 +36,7 @@ impl Random {
 enum Event {
     Rollout(RolloutEvent, Rollout),
     Plan(Plan),
-    Incident(&'static str, IncidentEvent),
+    Incident(IncidentEventKind, IncidentEvent),
 }
 
 fn rollout(service: &str, env: &str, phase: &str, ended: DateTime<Utc>) -> Rollout {
@@ -173,11 +173,11 @@ fn history(seed: u64, now: DateTime<Utc>, deploys: usize, days: i64) -> Vec<Even
             changes.push(other);
         }
         events.push(Event::Incident(
-            "opened",
+            IncidentEventKind::Opened,
             incident(id, IncidentState::Triggered, vec![], detected, detected),
         ));
         events.push(Event::Incident(
-            "updated",
+            IncidentEventKind::Updated,
             incident(
                 id,
                 IncidentState::Triggered,
@@ -189,7 +189,7 @@ fn history(seed: u64, now: DateTime<Utc>, deploys: usize, days: i64) -> Vec<Even
         if rng.below(4) != 0 {
             let at = detected + rng.millis(Duration::hours(6));
             events.push(Event::Incident(
-                "mitigated",
+                IncidentEventKind::Mitigated,
                 incident(id, IncidentState::Mitigated, changes, detected, at),
             ));
         }
@@ -214,8 +214,8 @@ fn fold(events: &[Event], now: DateTime<Utc>) -> (Ledger, History) {
                 exact.plan_completed(p);
             }
             Event::Incident(what, i) => {
-                ledger.incident(what, i);
-                exact.incident(what, i);
+                ledger.incident(*what, i);
+                exact.incident(*what, i);
             }
         }
     }

@@ -7,9 +7,21 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::event_kind::event_kinds;
 use crate::message::Message;
 
 use super::Severity;
+
+event_kinds! {
+    /// The freeze events the incident commander publishes (`events.freeze.<kind>`; the
+    /// data is the [`Freeze`]).
+    pub enum FreezeEvent for "freeze" {
+        /// A severe incident froze its blast radius.
+        Started = "started",
+        /// The freeze was lifted (its incident mitigated or resolved, or by command).
+        Lifted = "lifted",
+    }
+}
 
 /// A freeze (`toronto.devops.v1.events.freeze.started|lifted`, and in
 /// `incident.freeze.list`).
