@@ -8,6 +8,7 @@ use serde_json::Value;
 use toronto_commands::render::describe_task;
 use toronto_protocol::RawEnvelope;
 use toronto_protocol::alerts::{Alert, AlertStatus};
+use toronto_protocol::incidents::{IncidentEvent, IncidentEventKind, Page};
 use toronto_protocol::rollout::{Rollout, RolloutEvent, RolloutPhase};
 use toronto_protocol::tasks::{Plan, StepKind, StepState};
 
@@ -278,74 +279,66 @@ fn alert_note(a: &Alert) -> Note {
     }
 }
 
-/// The incident commander's events, read loosely (its types are not in the contract
-/// on main yet; the fields are those of its branch's `IncidentEvent`): `id`, `title`,
-/// `severity` (`sev1`..`sev4`), `service`, `environment`, `state`, `change`, `by`, at
-/// the top of `data` or under `data.incident`.
-fn incident_note(what: &str, data: &Value) -> Note {
-    let i = data.get("incident").unwrap_or(data);
-    let level = str_of(i, &["severity"])
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let severity = match (what, level.as_str()) {
-        ("resolved" | "closed" | "mitigated", _) => Severity::Info,
-        (_, "sev1" | "critical") => Severity::Critical,
-        (_, "sev2" | "error") => Severity::Error,
-        (_, "sev3" | "warning") => Severity::Warning,
-        ("opened" | "escalated", _) => Severity::Error,
+/// An incident event (`incident.<what>`): its title, what happened, its severity, and
+/// for a new or escalated incident the command that acknowledges it.
+fn incident_note(what: IncidentEventKind, i: &IncidentEvent) -> Note {
+    use IncidentEventKind as K;
+    use toronto_protocol::incidents::Severity as Sev;
+    let severity = match (what, i.severity) {
+        (K::Resolved | K::Closed | K::Mitigated, _) => Severity::Info,
+        (_, Sev::Sev1) => Severity::Critical,
+        (_, Sev::Sev2) => Severity::Error,
+        (_, Sev::Sev3) => Severity::Warning,
+        (K::Opened | K::Escalated, _) => Severity::Error,
         _ => Severity::Info,
     };
-    let id = str_of(i, &["id", "incident_id"]).unwrap_or("?").to_owned();
     let mut parts = vec![
         ours("🚨 incident "),
-        strong(str_of(i, &["title", "summary"]).unwrap_or("?")),
+        strong(&i.title),
         ours(" "),
-        theirs(what.replace('_', " ")),
+        theirs(what.as_str().replace('_', " ")),
+        ours(" ("),
+        theirs(i.severity.label()),
+        ours(")"),
     ];
-    if !level.is_empty() {
-        parts.push(ours(" ("));
-        parts.push(theirs(level.to_uppercase()));
-        parts.push(ours(")"));
-    }
-    if let Some(change) = str_of(i, &["change"]) {
+    if !i.change.is_empty() {
         parts.push(ours(": "));
-        parts.push(theirs(change));
+        parts.push(theirs(&i.change));
     }
-    if let Some(by) = str_of(i, &["by"]) {
+    if let Some(by) = &i.by {
         parts.push(ours(" by "));
         parts.push(theirs(by));
     }
-    if matches!(what, "opened" | "escalated" | "reopened") {
+    if matches!(what, K::Opened | K::Escalated) {
         parts.push(ours(" — "));
-        parts.push(Part::Code(format!("ack {id}")));
+        parts.push(Part::Code(format!("ack {}", i.id)));
     }
     Note {
         severity,
-        service: str_of(i, &["service"]).map(str::to_owned),
-        environment: str_of(i, &["environment"]).map(str::to_owned),
+        service: Some(i.service.clone()),
+        environment: Some(i.environment.clone()),
         group_key: None,
         approval: None,
         parts,
     }
 }
 
-/// A page the incident commander sent (`page.sent`), read loosely: `target`, `title`,
-/// `severity`, `reason`.
-fn page_note(data: &Value) -> Note {
+/// A page the incident commander sent (`page.sent`): who, for which incident, why.
+fn page_note(page: &Page) -> Note {
     let mut parts = vec![
         ours("📟 paged "),
-        theirs(str_of(data, &["target"]).unwrap_or("?")),
+        theirs(&page.target),
         ours(" for "),
-        strong(str_of(data, &["title"]).unwrap_or("?")),
+        strong(&page.title),
     ];
-    if let Some(reason) = str_of(data, &["reason"]) {
+    if !page.reason.is_empty() {
         parts.push(ours(": "));
-        parts.push(theirs(reason));
+        parts.push(theirs(&page.reason));
     }
     Note {
         severity: Severity::Warning,
-        service: str_of(data, &["service"]).map(str::to_owned),
-        environment: str_of(data, &["environment"]).map(str::to_owned),
+        service: None,
+        environment: None,
         group_key: None,
         approval: None,
         parts,
@@ -361,8 +354,11 @@ pub fn describe(event: &str, envelope: &RawEnvelope) -> Option<Note> {
         "plan" | "gate" | "step" => plan_note(event, &typed::<Plan>(data)?),
         "rollout" => Some(rollout_note(what, &typed::<Rollout>(data)?)),
         "alert" => Some(alert_note(&typed::<Alert>(data)?)),
-        "incident" => Some(incident_note(what, data)),
-        "page" if what == "sent" => Some(page_note(data)),
+        "incident" => Some(incident_note(
+            what.parse().ok()?,
+            &typed::<IncidentEvent>(data)?,
+        )),
+        "page" if what == "sent" => Some(page_note(&typed::<Page>(data)?)),
         "slo" if what == "budget.exhausted" => {
             let service = str_of(data, &["service"]).map(str::to_owned);
             Some(Note {
@@ -414,22 +410,52 @@ mod tests {
     use crate::markup::render;
     use crate::settings::ChatKind;
 
-    #[test]
-    fn incident_events_read_loosely() {
-        let envelope: RawEnvelope = serde_json::from_value(json!({
+    fn incident_envelope(data: &IncidentEvent) -> RawEnvelope {
+        serde_json::from_value(json!({
             "specversion": "1.0", "id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a1",
-            "source": "toronto://devops/incident", "type": "ai.toronto.devops.incident.event.v1",
-            "data": {"id": "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2", "title": "shop <errors>",
-                     "service": "shop", "environment": "production", "state": "triggered",
-                     "severity": "sev1", "change": "opened from 2 alerts"}
+            "source": "toronto://devops/incident", "type": "ai.toronto.devops.incident.opened.v1",
+            "data": data,
         }))
-        .unwrap();
-        let note = describe("incident.opened", &envelope).unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn incident_events_name_the_incident_and_how_to_acknowledge_it() {
+        let id: uuid::Uuid = "0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2".parse().unwrap();
+        let mut event = IncidentEvent {
+            id,
+            key: "shop/production".into(),
+            title: "shop <errors>".into(),
+            service: "shop".into(),
+            environment: "production".into(),
+            state: toronto_protocol::incidents::IncidentState::Triggered,
+            severity: toronto_protocol::incidents::Severity::Sev1,
+            alerts_firing: 2,
+            alerts_total: 2,
+            change: "opened from 2 alerts".into(),
+            changes: vec![],
+            detected_at: None,
+            by: None,
+            at: chrono::Utc::now(),
+        };
+        let note = describe("incident.opened", &incident_envelope(&event)).unwrap();
         assert_eq!(note.severity, Severity::Critical);
         assert_eq!(note.environment.as_deref(), Some("production"));
         assert_eq!(
             render(ChatKind::Slack, &note.parts),
             "🚨 incident *shop &lt;errors&gt;* opened (SEV1): opened from 2 alerts — `ack 0193a4f0-8c1e-7cc3-9a0e-2b7f61c3d9a2`"
         );
+        event.change = "mitigated by hand".into();
+        event.by = Some("alice".into());
+        let note = describe("incident.notify_failed", &incident_envelope(&event)).unwrap();
+        assert_eq!(note.severity, Severity::Critical);
+        assert_eq!(
+            render(ChatKind::Slack, &note.parts),
+            "🚨 incident *shop &lt;errors&gt;* notify failed (SEV1): mitigated by hand by alice"
+        );
+        let note = describe("incident.mitigated", &incident_envelope(&event)).unwrap();
+        assert_eq!(note.severity, Severity::Info);
+        // An incident event of no kind the contract names is not posted.
+        assert_eq!(describe("incident.bogus", &incident_envelope(&event)), None);
     }
 }
