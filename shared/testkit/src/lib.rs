@@ -33,6 +33,7 @@ mod identity;
 pub mod kube_api;
 pub mod kubectl;
 mod node;
+pub mod peers;
 mod prometheus;
 mod proxy;
 pub mod recorder;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 use toronto_protocol::tasks::{
     DeployTask, Plan, PlanGet, PlanList, PlanState, Plans, Strategy, SubmitAccepted,
@@ -13,13 +12,7 @@ use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
 
-use toronto_protocol::ErrorBody;
-use toronto_protocol::tasks::{
-    ExecuteAccepted, ExecuteRequest, GateVerdict, PlanDecision, QaTestRequest, SecurityScanRequest,
-};
-use toronto_runtime::Metrics;
-use toronto_runtime::config::EndpointConfig;
-use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+use toronto_protocol::tasks::PlanDecision;
 
 pub const SUBMIT: &str = "toronto.devops.v1.planner.submit";
 
@@ -212,148 +205,20 @@ impl Planner {
     }
 }
 
-/// How a fake peer answers.
-#[derive(Clone, Copy)]
-pub enum Peer {
-    Pass,
-    Fail,
-    Silent,
-}
+pub use toronto_testkit::peers::{Peer, Peers};
 
-pub fn verdict(peer: Peer) -> Option<GateVerdict> {
-    match peer {
-        Peer::Pass => Some(GateVerdict {
-            passed: true,
-            reason: Some("clean".into()),
-            findings: None,
-        }),
-        Peer::Fail => Some(GateVerdict {
-            passed: false,
-            reason: Some("CVE-2026-1234 in libfoo".into()),
-            findings: Some(serde_json::json!([{"id": "CVE-2026-1234", "severity": "critical"}])),
-        }),
-        Peer::Silent => None,
-    }
-}
-
-/// Testkit peers standing in for the security and QA agents and the deployer (a peer
-/// service of ours not built yet). The deployer records each idempotency key it sees.
-pub struct Peers {
-    pub hosts: Vec<ServiceHost>,
-    pub executed: Arc<Mutex<Vec<String>>>,
-    pub scans: Arc<Mutex<u32>>,
-}
-
-impl Peers {
-    pub async fn stop(self) {
-        for host in self.hosts {
-            host.stop(Duration::from_millis(100)).await;
-        }
-    }
-}
-
+/// The fake security and QA agents answering `security` and `qa`, and the fake deployer.
 pub async fn peers(client: &async_nats::Client, security: Peer, qa: Peer) -> Peers {
-    peers_with(client, move |_| security, qa).await
+    Peers::start(client, move |_| security, qa, true).await
 }
 
+/// Like [`peers`], the security agent answering its `n`th scan as `security(n)`.
 pub async fn peers_with(
     client: &async_nats::Client,
     security: impl Fn(u32) -> Peer + Send + Sync + 'static,
     qa: Peer,
 ) -> Peers {
-    let spec = |name: &str| ServiceSpec {
-        name: name.into(),
-        version: "0.0.1".into(),
-        description: "test peer".into(),
-        metadata: Default::default(),
-        queue_group: name.into(),
-        source: format!("toronto://agents/{name}"),
-    };
-    let host = |name: &str| {
-        ServiceHost::start(
-            client.clone(),
-            spec(name),
-            EndpointConfig::default(),
-            Metrics::new(),
-            None,
-        )
-    };
-    let scans = Arc::new(Mutex::new(0u32));
-    let security_host = host("fake-security").await.unwrap();
-    let counter = scans.clone();
-    let security = Arc::new(security);
-    security_host
-        .add_endpoint(
-            "scan",
-            "toronto.agents.security.v1.scan",
-            move |_req: Request<SecurityScanRequest>| {
-                let n = {
-                    let mut c = counter.lock().unwrap();
-                    *c += 1;
-                    *c
-                };
-                let answer = verdict(security(n));
-                async move {
-                    match answer {
-                        Some(v) => Ok::<_, ErrorBody>(v),
-                        None => std::future::pending().await,
-                    }
-                }
-            },
-        )
-        .await
-        .unwrap();
-    let qa_host = host("fake-qa").await.unwrap();
-    qa_host
-        .add_endpoint(
-            "test",
-            "toronto.agents.qa.v1.test",
-            move |_req: Request<QaTestRequest>| async move {
-                match verdict(qa) {
-                    Some(v) => Ok::<_, ErrorBody>(v),
-                    None => std::future::pending().await,
-                }
-            },
-        )
-        .await
-        .unwrap();
-    let executed = Arc::new(Mutex::new(Vec::new()));
-    let deployer = host("fake-deployer").await.unwrap();
-    for verb in [
-        "rollout.start",
-        "rollback",
-        "scale",
-        "environment.provision",
-        "environment.teardown",
-    ] {
-        let seen = executed.clone();
-        deployer
-            .add_endpoint(
-                &verb.replace('.', "-"),
-                format!("toronto.devops.v1.deployer.{verb}"),
-                move |req: Request<ExecuteRequest>| {
-                    let seen = seen.clone();
-                    async move {
-                        let key = req.data().idempotency_key.clone();
-                        let mut seen = seen.lock().unwrap();
-                        if !seen.contains(&key) {
-                            seen.push(key.clone());
-                        }
-                        Ok::<_, ErrorBody>(ExecuteAccepted {
-                            reference: Some(format!("rollout-{key}")),
-                        })
-                    }
-                },
-            )
-            .await
-            .unwrap();
-    }
-    client.flush().await.unwrap();
-    Peers {
-        hosts: vec![security_host, qa_host, deployer],
-        executed,
-        scans,
-    }
+    Peers::start(client, security, qa, true).await
 }
 
 pub fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {

@@ -12,10 +12,9 @@ use toronto_chat_bridge::settings::{ChatKind, Secret, Webhook};
 use toronto_chat_bridge::verify::slack_signature;
 use toronto_chat_bridge::{Config, Settings};
 use toronto_commands::Role;
-use toronto_protocol::ErrorBody;
-use toronto_protocol::tasks::{GateVerdict, Plan, PlanGet, QaTestRequest, SecurityScanRequest};
-use toronto_runtime::service::{Request, ServiceHost};
-use toronto_testkit::{NatsServer, Requester, fake_service};
+use toronto_protocol::tasks::{Plan, PlanGet};
+use toronto_testkit::peers::{Peer, Peers};
+use toronto_testkit::{NatsServer, Requester};
 
 const SECRET: &str = "8f742231b10e8888abcd99yyyzzz85a5";
 
@@ -88,41 +87,6 @@ fn text(v: &Value) -> &str {
     v["text"].as_str().unwrap_or_default()
 }
 
-/// Security and QA agents that pass every gate.
-async fn passing_peers(client: &async_nats::Client) -> Vec<ServiceHost> {
-    let mut hosts = Vec::new();
-    for (name, subject) in [
-        ("fake-security", "toronto.agents.security.v1.scan"),
-        ("fake-qa", "toronto.agents.qa.v1.test"),
-    ] {
-        let host = fake_service(client, name, &format!("toronto://agents/{name}")).await;
-        let pass = || GateVerdict {
-            passed: true,
-            reason: Some("clean".into()),
-            findings: None,
-        };
-        if name == "fake-security" {
-            host.add_endpoint(
-                "scan",
-                subject,
-                move |_r: Request<SecurityScanRequest>| async move { Ok::<_, ErrorBody>(pass()) },
-            )
-            .await
-            .unwrap();
-        } else {
-            host.add_endpoint(
-                "test",
-                subject,
-                move |_r: Request<QaTestRequest>| async move { Ok::<_, ErrorBody>(pass()) },
-            )
-            .await
-            .unwrap();
-        }
-        hosts.push(host);
-    }
-    hosts
-}
-
 #[tokio::test]
 async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real_planner() {
     let server = NatsServer::start().await;
@@ -154,7 +118,7 @@ async fn a_production_deploy_from_slack_waits_for_another_operator_with_the_real
         .unwrap();
     let http = bridge.http_addr.unwrap();
     let bridge = tokio::spawn(bridge.run_until_shutdown());
-    let _peers = passing_peers(&client).await;
+    let _peers = Peers::start(&client, |_| Peer::Pass, Peer::Pass, false).await;
     let mut config = toronto_testkit::with_test_admin(Config::default());
     config.nats.urls = vec![server.url()];
     config.http.addr = String::new();

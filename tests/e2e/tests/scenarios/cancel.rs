@@ -51,12 +51,7 @@ fn canary(
 async fn a_canary_cancelled_at_ten_percent_is_aborted_and_rolled_back() {
     let p = planner().await;
     let mut peers = passing_peers(&p.client).await;
-    peers
-        .hosts
-        .pop()
-        .unwrap()
-        .stop(Duration::from_millis(100))
-        .await;
+    peers.stop_deployer().await;
     let (deployer_stop, deployer) = real_deployer(&p.server.url()).await;
     let events = p
         .client
@@ -166,12 +161,7 @@ async fn a_canary_cancelled_at_ten_percent_is_aborted_and_rolled_back() {
 async fn a_production_plan_cancelled_just_after_approval_never_ships() {
     let p = planner().await;
     let mut peers = passing_peers(&p.client).await;
-    peers
-        .hosts
-        .pop()
-        .unwrap()
-        .stop(Duration::from_millis(100))
-        .await;
+    peers.stop_deployer().await;
     let (deployer_stop, deployer) = real_deployer(&p.server.url()).await;
 
     let plan_id = p

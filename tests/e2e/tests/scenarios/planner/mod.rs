@@ -12,14 +12,7 @@ use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
-
-use toronto_protocol::ErrorBody;
-use toronto_protocol::tasks::{
-    ExecuteAccepted, ExecuteRequest, GateVerdict, QaTestRequest, SecurityScanRequest,
-};
-use toronto_runtime::Metrics;
-use toronto_runtime::config::EndpointConfig;
-use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
+use toronto_testkit::peers::Peers;
 
 const SUBMIT: &str = "toronto.devops.v1.planner.submit";
 
@@ -182,81 +175,8 @@ impl Planner {
 
 /// Fake security and QA agents that pass every gate, and a fake deployer that
 /// accepts every execute request (a test stops it when the real one takes over).
-pub(crate) struct Peers {
-    pub(crate) hosts: Vec<ServiceHost>,
-}
-
-impl Peers {
-    pub(crate) async fn stop(self) {
-        for host in self.hosts {
-            host.stop(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-fn pass() -> GateVerdict {
-    GateVerdict {
-        passed: true,
-        reason: Some("clean".into()),
-        findings: None,
-    }
-}
-
 pub(crate) async fn passing_peers(client: &async_nats::Client) -> Peers {
-    let spec = |name: &str| ServiceSpec {
-        name: name.into(),
-        version: "0.0.1".into(),
-        description: "test peer".into(),
-        metadata: Default::default(),
-        queue_group: name.into(),
-        source: format!("toronto://agents/{name}"),
-    };
-    let host = |name: &str| {
-        ServiceHost::start(
-            client.clone(),
-            spec(name),
-            EndpointConfig::default(),
-            Metrics::new(),
-            None,
-        )
-    };
-    let security = host("fake-security").await.unwrap();
-    security
-        .add_endpoint(
-            "scan",
-            "toronto.agents.security.v1.scan",
-            |_req: Request<SecurityScanRequest>| async { Ok::<_, ErrorBody>(pass()) },
-        )
-        .await
-        .unwrap();
-    let qa = host("fake-qa").await.unwrap();
-    qa.add_endpoint(
-        "test",
-        "toronto.agents.qa.v1.test",
-        |_req: Request<QaTestRequest>| async { Ok::<_, ErrorBody>(pass()) },
-    )
-    .await
-    .unwrap();
-    let deployer = host("fake-deployer").await.unwrap();
-    for verb in ["rollout.start", "rollback", "scale"] {
-        deployer
-            .add_endpoint(
-                &verb.replace('.', "-"),
-                format!("toronto.devops.v1.deployer.{verb}"),
-                |req: Request<ExecuteRequest>| async move {
-                    let key = req.data().idempotency_key.clone();
-                    Ok::<_, ErrorBody>(ExecuteAccepted {
-                        reference: Some(format!("rollout-{key}")),
-                    })
-                },
-            )
-            .await
-            .unwrap();
-    }
-    client.flush().await.unwrap();
-    Peers {
-        hosts: vec![security, qa, deployer],
-    }
+    Peers::passing(client).await
 }
 
 pub(crate) fn step<'a>(plan: &'a Plan, id: &str) -> &'a toronto_protocol::tasks::Step {

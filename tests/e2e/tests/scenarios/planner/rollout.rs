@@ -7,12 +7,7 @@ async fn a_plan_ends_with_its_rollout_on_the_real_deployer() {
     let p = planner().await;
     let mut peers = passing_peers(&p.client).await;
     // The fake deployer steps aside for the real one.
-    peers
-        .hosts
-        .pop()
-        .unwrap()
-        .stop(Duration::from_millis(100))
-        .await;
+    peers.stop_deployer().await;
     let (deployer_stop, deployer) = real_deployer(&p.server.url()).await;
 
     let mut first = deploy("basket", "staging");
