@@ -38,6 +38,7 @@ mod prometheus;
 mod proxy;
 pub mod recorder;
 pub mod request;
+pub mod rollouts;
 mod server;
 
 pub use bin::{

@@ -43,6 +43,7 @@ async fn commands_pause_resume_promote_and_abort_a_rollout() {
     let r: Rollout = s.request("rollout.promote", by_name.clone()).await.unwrap();
     assert_eq!(r.phase, RolloutPhase::Progressing);
     let paused_again = s
+        .rollouts
         .seen
         .iter()
         .filter(|(w, r)| w == "paused" && r.id == id)

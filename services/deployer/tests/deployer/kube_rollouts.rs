@@ -368,7 +368,8 @@ async fn a_deployer_killed_mid_rollout_on_kubernetes_is_resumed_by_another_body(
     let done = k.s.event(id, "succeeded", Duration::from_secs(60)).await;
     assert_eq!(done.lease, None);
     let finished_by: Vec<_> =
-        k.s.seen
+        k.s.rollouts
+            .seen
             .iter()
             .filter(|(w, r)| w == "progressed" && r.id == id && r.weight > first.weight)
             .filter_map(|(_, r)| r.lease.as_ref().map(|l| l.owner.clone()))

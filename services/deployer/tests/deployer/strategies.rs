@@ -220,6 +220,7 @@ async fn a_deployer_killed_mid_rollout_is_resumed_by_another_without_repeating_a
     assert_eq!(unique.len(), keys.len());
     // The survivor finished it.
     let finished_by: Vec<_> = s
+        .rollouts
         .seen
         .iter()
         .filter(|(w, r)| w == "progressed" && r.id == id && r.weight > 10)

@@ -4,17 +4,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_deployer::{Settings, SimCluster, SimSettings, Started, Target};
 use toronto_protocol::rollout::{Rollout, RolloutRef, SimService};
-use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
-};
+use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
 use toronto_protocol::{Encoding, Envelope, ErrorCode, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
+pub use toronto_testkit::rollouts::{RolloutEvents, canary, deploy_task, rollout_id};
 use uuid::Uuid;
 
 pub const ENV: &str = "production";
@@ -46,8 +44,7 @@ pub struct Stack {
     pub client: async_nats::Client,
     pub sim: SimCluster,
     pub deployers: Vec<(CancellationToken, Started)>,
-    pub events: tokio::sync::mpsc::UnboundedReceiver<(String, Rollout)>,
-    pub seen: Vec<(String, Rollout)>,
+    pub rollouts: RolloutEvents,
 }
 
 pub async fn start_deployer(
@@ -107,53 +104,19 @@ async fn stack_of(
     list: Vec<(CancellationToken, Started)>,
 ) -> Stack {
     let client = server.client().await;
-    let mut sub = client
-        .subscribe("toronto.devops.v1.events.rollout.>")
-        .await
-        .unwrap();
-    toronto_runtime::service::confirm_subscriptions(&client).await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let what = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
-            if let Ok(e) = toronto_protocol::decode::<Rollout>(&m.payload, Encoding::Json) {
-                let _ = tx.send((what, e.data));
-            }
-        }
-    });
+    let rollouts = RolloutEvents::subscribe(&client).await;
     Stack {
         _server: server,
         client,
         sim,
         deployers: list,
-        events: rx,
-        seen: Vec::new(),
+        rollouts,
     }
 }
 
+/// A deploy of `version` of `service` to [`ENV`].
 pub fn deploy(service: &str, version: &str, strategy: Strategy) -> PlanTask {
-    PlanTask::Deploy(Box::new(DeployTask {
-        service: service.into(),
-        version: version.into(),
-        image: Some(format!("registry.example/{service}:{version}")),
-        environment: ENV.into(),
-        strategy,
-        change: None,
-        fix: false,
-        policy_override: None,
-    }))
-}
-
-pub fn canary(weights: &[u8], pause: u64) -> Strategy {
-    Strategy::Canary {
-        steps: weights
-            .iter()
-            .map(|w| CanaryStep {
-                weight: *w,
-                pause_seconds: Some(pause),
-            })
-            .collect(),
-    }
+    deploy_task(service, version, ENV, strategy)
 }
 
 impl Stack {
@@ -239,26 +202,7 @@ impl Stack {
 
     /// Waits for the event `rollout.<what>` of rollout `id`.
     pub async fn event(&mut self, id: Uuid, what: &str, within: Duration) -> Rollout {
-        if let Some((_, r)) = self.seen.iter().find(|(w, r)| w == what && r.id == id) {
-            return r.clone();
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
-            let Ok(Some((w, r))) = next else {
-                let seen: Vec<_> = self
-                    .seen
-                    .iter()
-                    .filter(|(_, r)| r.id == id)
-                    .map(|(w, r)| format!("{w}({:?} {:?})", r.phase, r.reason))
-                    .collect();
-                panic!("no rollout.{what} for {id} within {within:?}; saw {seen:?}");
-            };
-            self.seen.push((w.clone(), r.clone()));
-            if w == what && r.id == id {
-                return r;
-            }
-        }
+        self.rollouts.wait(id, what, within).await
     }
 
     /// Deploys `version` of `service` and waits for it to succeed.
@@ -273,15 +217,6 @@ impl Stack {
             started.runtime.run_until_shutdown().await.unwrap();
         }
     }
-}
-
-pub fn rollout_id(accepted: &ExecuteAccepted) -> Uuid {
-    let reference = accepted.reference.as_deref().expect("a reference");
-    reference
-        .strip_prefix("rollout ")
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a rollout reference: {reference}"))
 }
 
 pub fn remote_code(e: &CallError) -> ErrorCode {

@@ -4,17 +4,15 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use toronto_deployer::{Settings, SimCluster, SimSettings, Started};
 use toronto_protocol::rollout::{Rollout, RolloutPhase, RolloutRef, SimFault, SimService};
-use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
-};
+use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
+use toronto_testkit::rollouts::{RolloutEvents, canary, deploy_task, rollout_id};
 use uuid::Uuid;
 
 const ENV: &str = "production";
@@ -45,8 +43,7 @@ struct Stack {
     client: async_nats::Client,
     monitors: Vec<(CancellationToken, toronto_runtime::ServiceRuntime)>,
     deployers: Vec<(CancellationToken, Started)>,
-    events: tokio::sync::mpsc::UnboundedReceiver<(String, Rollout)>,
-    seen: Vec<(String, Rollout)>,
+    rollouts: RolloutEvents,
 }
 
 async fn start_deployer(
@@ -98,53 +95,18 @@ async fn stack_full(settings: Settings, deployers: usize, monitor: bool) -> Stac
     for _ in 0..deployers {
         list.push(start_deployer(&server.url(), settings.clone(), &sim).await);
     }
-    let mut sub = client
-        .subscribe("toronto.devops.v1.events.rollout.>")
-        .await
-        .unwrap();
-    toronto_runtime::service::confirm_subscriptions(&client).await;
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(m) = sub.next().await {
-            let what = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
-            if let Ok(e) = toronto_protocol::decode::<Rollout>(&m.payload, Encoding::Json) {
-                let _ = tx.send((what, e.data));
-            }
-        }
-    });
+    let rollouts = RolloutEvents::subscribe(&client).await;
     Stack {
         _server: server,
         client,
         monitors,
         deployers: list,
-        events: rx,
-        seen: Vec::new(),
+        rollouts,
     }
 }
 
 fn deploy(service: &str, version: &str, strategy: Strategy) -> PlanTask {
-    PlanTask::Deploy(Box::new(DeployTask {
-        service: service.into(),
-        version: version.into(),
-        image: Some(format!("registry.example/{service}:{version}")),
-        environment: ENV.into(),
-        strategy,
-        change: None,
-        fix: false,
-        policy_override: None,
-    }))
-}
-
-fn canary(weights: &[u8], pause: u64) -> Strategy {
-    Strategy::Canary {
-        steps: weights
-            .iter()
-            .map(|w| CanaryStep {
-                weight: *w,
-                pause_seconds: Some(pause),
-            })
-            .collect(),
-    }
+    deploy_task(service, version, ENV, strategy)
 }
 
 impl Stack {
@@ -198,35 +160,12 @@ impl Stack {
 
     /// Waits for the event `rollout.<what>` of rollout `id`.
     async fn event(&mut self, id: Uuid, what: &str, within: Duration) -> Rollout {
-        if let Some((_, r)) = self.seen.iter().find(|(w, r)| w == what && r.id == id) {
-            return r.clone();
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
-            let Ok(Some((w, r))) = next else {
-                let seen: Vec<_> = self
-                    .seen
-                    .iter()
-                    .filter(|(_, r)| r.id == id)
-                    .map(|(w, r)| format!("{w}({:?} {:?})", r.phase, r.reason))
-                    .collect();
-                panic!("no rollout.{what} for {id} within {within:?}; saw {seen:?}");
-            };
-            self.seen.push((w.clone(), r.clone()));
-            if w == what && r.id == id {
-                return r;
-            }
-        }
+        self.rollouts.wait(id, what, within).await
     }
 
     /// Events of rollout `id` seen so far, in order.
     fn events_of(&self, id: Uuid) -> Vec<String> {
-        self.seen
-            .iter()
-            .filter(|(_, r)| r.id == id)
-            .map(|(w, _)| w.clone())
-            .collect()
+        self.rollouts.of(id)
     }
 
     /// Deploys `version` of `service` and waits for it to succeed.
@@ -245,15 +184,6 @@ impl Stack {
             rt.run_until_shutdown().await.unwrap();
         }
     }
-}
-
-fn rollout_id(accepted: &ExecuteAccepted) -> Uuid {
-    let reference = accepted.reference.as_deref().expect("a reference");
-    reference
-        .strip_prefix("rollout ")
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("not a rollout reference: {reference}"))
 }
 
 #[tokio::test]
@@ -278,6 +208,7 @@ async fn healthy_canary_is_promoted_step_by_step_to_all_traffic() {
     assert_eq!(done.weight, 100);
     assert!(!done.rolled_back);
     let progressed: Vec<u8> = s
+        .rollouts
         .seen
         .iter()
         .filter(|(w, r)| w == "progressed" && r.id == id)
