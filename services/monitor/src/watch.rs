@@ -44,7 +44,7 @@ const STOPPED_KEPT: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct Watches {
     running: Arc<Mutex<HashMap<Uuid, Running>>>,
-    stopped: Arc<Mutex<HashMap<Uuid, (tokio::time::Instant, CanaryWatchStatus)>>>,
+    stopped: Arc<Mutex<Stopped>>,
     generation: Arc<AtomicU64>,
     analyzer: Analyzer,
     events: Events,
@@ -61,6 +61,22 @@ impl std::fmt::Debug for Watches {
             )
             .finish()
     }
+}
+
+/// The stopped watches' figures, by rollout id.
+type Stopped = HashMap<Uuid, (tokio::time::Instant, CanaryWatchStatus)>;
+
+/// Keeps a stopped watch's figures for [`STOPPED_KEPT`], forgetting those kept
+/// longer: a watch that ends with its rollout is never unwatched, so what is kept
+/// would otherwise grow with every canary.
+fn keep_stopped(
+    stopped: &mut Stopped,
+    now: tokio::time::Instant,
+    rollout_id: Uuid,
+    status: CanaryWatchStatus,
+) {
+    stopped.retain(|_, (at, _)| now.saturating_duration_since(*at) < STOPPED_KEPT);
+    stopped.insert(rollout_id, (now, status));
 }
 
 fn bad(field: &str, reason: &str) -> ErrorBody {
@@ -204,10 +220,12 @@ impl Watches {
                 until: None,
                 verdicts: r.verdicts.load(Ordering::Relaxed),
             };
-            self.stopped
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(rollout_id, (tokio::time::Instant::now(), status));
+            keep_stopped(
+                &mut self.stopped.lock().unwrap_or_else(|e| e.into_inner()),
+                tokio::time::Instant::now(),
+                rollout_id,
+                status,
+            );
         }
         tracing::info!(%rollout_id, verdicts = verdicts.load(Ordering::Relaxed), "canary watch ended");
     }
@@ -228,7 +246,12 @@ impl Watches {
                     until: None,
                     verdicts: r.verdicts.load(Ordering::Relaxed),
                 };
-                stopped.insert(rollout_id, (tokio::time::Instant::now(), status.clone()));
+                keep_stopped(
+                    &mut stopped,
+                    tokio::time::Instant::now(),
+                    rollout_id,
+                    status.clone(),
+                );
                 status
             }
             None => stopped
@@ -331,4 +354,34 @@ fn rollout_id_of(payload: &[u8]) -> Option<Uuid> {
     [&data["id"], &data["rollout_id"]]
         .into_iter()
         .find_map(|v| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(rollout_id: Uuid) -> CanaryWatchStatus {
+        CanaryWatchStatus {
+            rollout_id,
+            watching: false,
+            interval_ms: 1000,
+            until: None,
+            verdicts: 3,
+        }
+    }
+
+    #[test]
+    fn stopped_watches_are_kept_for_a_while_not_forever() {
+        let mut stopped = Stopped::new();
+        let old = Uuid::now_v7();
+        let then = tokio::time::Instant::now();
+        keep_stopped(&mut stopped, then, old, status(old));
+        let later = then + STOPPED_KEPT + Duration::from_secs(1);
+        for _ in 0..100 {
+            let id = Uuid::now_v7();
+            keep_stopped(&mut stopped, later, id, status(id));
+        }
+        assert!(!stopped.contains_key(&old), "forgotten after STOPPED_KEPT");
+        assert_eq!(stopped.len(), 100, "the recent ones are kept");
+    }
 }

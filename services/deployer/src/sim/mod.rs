@@ -26,7 +26,7 @@
 //! [`SimCluster::new`] makes a world that lives in one process instead (for tests
 //! that share it between in-process deployers).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -198,6 +198,9 @@ struct SimMetrics {
     requests: Family<RequestLabels, Counter>,
     errors: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram>,
+    /// The label sets of versions the world ran at the last tick: what the families
+    /// may hold (see `SimMetrics::forget_retired`).
+    known: Arc<Mutex<HashSet<RequestLabels>>>,
 }
 
 impl Default for SimMetrics {
@@ -208,6 +211,7 @@ impl Default for SimMetrics {
             latency: Family::new_with_constructor(|| {
                 Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
             }),
+            known: Arc::default(),
         }
     }
 }

@@ -408,7 +408,54 @@ impl SimCluster {
         for (key, stats) in history {
             push_history(&mut state.history, key, stats);
         }
+        self.metrics.forget_retired(state.live());
         tick
+    }
+}
+
+impl super::SimMetrics {
+    /// Removes the request, error and latency series of every version that no
+    /// workload of `live` runs any more (retired by a rolling update, or its workload
+    /// or service removed), as a real version's process would have restarted: else
+    /// the families keep one label set per version ever deployed. In steady state it
+    /// allocates nothing but one set of borrowed labels.
+    fn forget_retired<'a>(&self, live: impl Iterator<Item = (&'a super::Key, &'a SimSvc)>) {
+        let mut running: std::collections::HashSet<(&str, &str, &str, &str)> =
+            std::collections::HashSet::new();
+        for ((service, environment), svc) in live {
+            for wl in svc.workloads.values() {
+                for version in std::iter::once(&wl.version).chain(wl.retiring.as_ref()) {
+                    running.insert((service, environment, version, wl.track.as_str()));
+                }
+            }
+        }
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        known.retain(|l| {
+            let key = (
+                l.service.as_str(),
+                l.environment.as_str(),
+                l.version.as_str(),
+                l.track.as_str(),
+            );
+            let keep = running.contains(&key);
+            if !keep {
+                self.requests.remove(l);
+                self.errors.remove(l);
+                self.latency.remove(l);
+            }
+            keep
+        });
+        // `known` is a subset of `running` now: equal sizes, nothing new.
+        if known.len() < running.len() {
+            for (service, environment, version, track) in running {
+                known.insert(RequestLabels {
+                    service: service.to_owned(),
+                    environment: environment.to_owned(),
+                    version: version.to_owned(),
+                    track: track.to_owned(),
+                });
+            }
+        }
     }
 }
 
@@ -495,7 +542,7 @@ mod tests {
     use toronto_protocol::analysis::{MetricBatch, MetricSample};
 
     use crate::sim::{SimCluster, SimSettings};
-    use crate::target::Track;
+    use crate::target::{Layout, Routing, Target, Track, Workload};
 
     fn sample(name: &str, track: &str, value: f64) -> MetricSample {
         MetricSample {
@@ -504,6 +551,66 @@ mod tests {
             value,
             timestamp: Utc::now(),
         }
+    }
+
+    fn rolling(version: &str, step: &str) -> Layout {
+        Layout {
+            service: "shop".into(),
+            environment: "prod".into(),
+            workloads: vec![Workload {
+                name: "shop".into(),
+                track: Track::Stable,
+                version: version.into(),
+                image: format!("shop:{version}"),
+                replicas: 2,
+            }],
+            routing: Routing::Rolling {
+                max_surge: "25%".into(),
+                max_unavailable: "0".into(),
+            },
+            step_key: step.into(),
+            progress_deadline_seconds: 30,
+            pod_template: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retired_version_leaves_the_metrics_and_a_running_one_keeps_counting() {
+        let sim = SimCluster::new(SimSettings {
+            pod_start: Duration::ZERO,
+            ..SimSettings::default()
+        });
+        let metrics = toronto_runtime::Metrics::new();
+        sim.register_metrics(&metrics);
+        let series = |text: &str, version: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains(&format!("version=\"{version}\"")))
+                .count()
+        };
+        for (i, version) in ["1.0.0", "1.1.0", "1.2.0"].into_iter().enumerate() {
+            sim.apply(&rolling(version, &format!("r{i}:replace")))
+                .await
+                .unwrap();
+            sim.tick();
+            sim.tick();
+        }
+        let text = metrics.render();
+        assert_eq!(series(&text, "1.0.0"), 0, "{text}");
+        assert_eq!(series(&text, "1.1.0"), 0, "{text}");
+        assert!(series(&text, "1.2.0") > 2, "{text}");
+        let per_tick = SimSettings::default().requests_per_tick;
+        let requests = text
+            .lines()
+            .find(|l| l.starts_with("toronto_sim_http_requests_total{") && l.contains("1.2.0"))
+            .unwrap_or_else(|| panic!("no request counter of 1.2.0 in {text}"));
+        assert!(
+            requests.ends_with(&format!(" {}", 2 * per_tick)),
+            "both ticks counted: {requests}"
+        );
+        // The service removed from the world: its last series go too.
+        sim.teardown_environment("prod").await.unwrap();
+        sim.tick();
+        assert_eq!(series(&metrics.render(), "1.2.0"), 0);
     }
 
     #[test]

@@ -1,13 +1,7 @@
-//! The soak's load (not a product binary; `scripts/soak` runs it against `toronto up`):
-//! `alert.firing` events published to the events stream at a steady rate, and deploy
-//! tasks submitted to the planner at a steady rate, for a bounded time. It prints the
-//! throughput, the p50 and p99 latency of `planner.submit` and `plan.get`, and what
-//! became of every plan (completed, failed, not finished) and of every event (stored in
-//! the stream or not).
-//!
-//! `soak --url nats://127.0.0.1:4222 --identity <seed file> [--minutes 10]
-//! [--events-per-second 1000] [--tasks-per-minute 100] [--services 20]`
-#![forbid(unsafe_code)]
+//! The soak's load: `alert.firing` events published to the events stream at a steady
+//! rate, and deploy tasks submitted to the planner at a steady rate, for a bounded
+//! time ([`drive`]); then what became of every plan and event, and the latency of
+//! `planner.submit` and `plan.get` ([`settle`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,44 +12,46 @@ use chrono::Utc;
 use toronto_protocol::alerts::{Alert, AlertStatus};
 use toronto_protocol::tasks::{DeployTask, Plan, PlanGet, PlanState, Strategy, SubmitAccepted};
 use toronto_protocol::{Encoding, Envelope};
-use toronto_runtime::auth::Signer;
 use toronto_testkit::Requester;
 use uuid::Uuid;
 
-struct Args {
-    url: String,
-    identity: std::path::PathBuf,
-    minutes: f64,
-    events_per_second: u64,
-    tasks_per_minute: u64,
-    services: usize,
+/// How much load, for how long.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// How long the load runs.
+    pub duration: Duration,
+    /// `alert.firing` events per second.
+    pub events_per_second: u64,
+    /// Deploy tasks per minute.
+    pub tasks_per_minute: u64,
+    /// The services the tasks deploy (round robin), each task a new version.
+    pub services: usize,
 }
 
-fn args() -> anyhow::Result<Args> {
-    let mut a = Args {
-        url: "nats://127.0.0.1:4222".into(),
-        identity: std::path::PathBuf::new(),
-        minutes: 10.0,
-        events_per_second: 1000,
-        tasks_per_minute: 100,
-        services: 20,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
-        match flag.as_str() {
-            "--url" => a.url = value,
-            "--identity" => a.identity = value.into(),
-            "--minutes" => a.minutes = value.parse()?,
-            "--events-per-second" => a.events_per_second = value.parse()?,
-            "--tasks-per-minute" => a.tasks_per_minute = value.parse()?,
-            "--services" => a.services = value.parse()?,
-            other => anyhow::bail!("unknown flag {other}"),
-        }
+/// What the load did.
+#[derive(Debug)]
+pub struct Driven {
+    elapsed: f64,
+    published: u64,
+    publish_errors: u64,
+    events_before: u64,
+    plans: Vec<Uuid>,
+    submit_ms: Vec<f64>,
+    submit_errors: u64,
+}
+
+impl Driven {
+    /// Submits that were refused or timed out, and events not published.
+    pub fn errors(&self) -> u64 {
+        self.submit_errors + self.publish_errors
     }
-    Ok(a)
+}
+
+/// What became of the plans.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Plans not completed (failed, cancelled, unfinished or unreadable).
+    pub not_completed: u64,
 }
 
 fn alert(i: u64) -> Alert {
@@ -107,16 +103,10 @@ async fn stream_messages(js: &async_nats::jetstream::Context, stream: &str) -> u
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = args()?;
-    let signer = Signer::from_file(&args.identity)?;
-    let client = async_nats::connect(&args.url).await?;
+/// Runs the load for its duration; returns once the last submit is answered.
+pub async fn drive(client: &async_nats::Client, planner: &Requester, load: &Load) -> Driven {
     let js = async_nats::jetstream::new(client.clone());
-    let planner = Requester::service(client.clone(), "planner")
-        .signed_by(signer)
-        .with_timeout(Duration::from_secs(10));
-    let duration = Duration::from_secs_f64(args.minutes * 60.0);
+    let duration = load.duration;
     let events_before = stream_messages(&js, "TORONTO_DEVOPS_EVENTS").await;
     let started = Instant::now();
 
@@ -126,7 +116,7 @@ async fn main() -> anyhow::Result<()> {
     let events = {
         let (client, published, publish_errors) =
             (client.clone(), published.clone(), publish_errors.clone());
-        let rate = args.events_per_second as f64;
+        let rate = load.events_per_second as f64;
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(10));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -164,13 +154,13 @@ async fn main() -> anyhow::Result<()> {
     // Tasks: one every 60 / tasks-per-minute seconds, round robin over the services,
     // each submitted without waiting for the one before.
     let mut submits = tokio::task::JoinSet::new();
-    let every = Duration::from_secs_f64(60.0 / args.tasks_per_minute.max(1) as f64);
+    let every = Duration::from_secs_f64(60.0 / load.tasks_per_minute.max(1) as f64);
     let mut tick = tokio::time::interval(every);
     let mut n = 0usize;
     while started.elapsed() < duration {
         tick.tick().await;
         let task = DeployTask {
-            service: format!("soak-{}", n % args.services),
+            service: format!("soak-{}", n % load.services.max(1)),
             version: format!("1.0.{n}"),
             image: None,
             environment: "staging".into(),
@@ -189,31 +179,54 @@ async fn main() -> anyhow::Result<()> {
                 .map(|a| (a.plan_id, t.elapsed().as_secs_f64() * 1000.0))
         });
     }
-    let mut submit_ms = Vec::new();
-    let mut plans = Vec::new();
-    let mut submit_errors = 0u64;
+    let mut driven = Driven {
+        elapsed: 0.0,
+        published: 0,
+        publish_errors: 0,
+        events_before,
+        plans: Vec::new(),
+        submit_ms: Vec::new(),
+        submit_errors: 0,
+    };
     while let Some(done) = submits.join_next().await {
-        match done? {
-            Ok((id, ms)) => {
-                plans.push(id);
-                submit_ms.push(ms);
+        match done {
+            Ok(Ok((id, ms))) => {
+                driven.plans.push(id);
+                driven.submit_ms.push(ms);
+            }
+            Ok(Err(e)) => {
+                driven.submit_errors += 1;
+                eprintln!("submit failed: {e}");
             }
             Err(e) => {
-                submit_errors += 1;
-                eprintln!("submit failed: {e}");
+                driven.submit_errors += 1;
+                eprintln!("submit task failed: {e}");
             }
         }
     }
-    events.await?;
-    let elapsed = started.elapsed().as_secs_f64();
-    let published = published.load(Ordering::Relaxed);
+    if let Err(e) = events.await {
+        eprintln!("the event publisher failed: {e}");
+    }
+    driven.elapsed = started.elapsed().as_secs_f64();
+    driven.published = published.load(Ordering::Relaxed);
+    driven.publish_errors = publish_errors.load(Ordering::Relaxed);
+    driven
+}
 
-    // Let the last plans finish, then read every plan.
+/// Waits up to `within` for the last plans to finish, reads every plan and prints
+/// the load's figures.
+pub async fn settle(
+    client: &async_nats::Client,
+    planner: &Requester,
+    driven: Driven,
+    within: Duration,
+) -> Settled {
+    let js = async_nats::jetstream::new(client.clone());
     let settle = Instant::now();
     let mut states: BTreeMap<String, u64> = BTreeMap::new();
     let mut get_ms = Vec::new();
-    let mut pending: Vec<Uuid> = plans.clone();
-    while !pending.is_empty() && settle.elapsed() < Duration::from_secs(120) {
+    let mut pending: Vec<Uuid> = driven.plans.clone();
+    while !pending.is_empty() && settle.elapsed() < within {
         let mut still = Vec::new();
         for id in pending {
             let t = Instant::now();
@@ -237,7 +250,8 @@ async fn main() -> anyhow::Result<()> {
     }
     // Why plans failed, by reason (its first 120 characters).
     let mut failures: BTreeMap<String, u64> = BTreeMap::new();
-    for id in &plans {
+    let mut settled = Settled::default();
+    for id in &driven.plans {
         let state = match planner
             .request::<_, Plan>("plan.get", PlanGet { plan_id: *id })
             .await
@@ -252,28 +266,33 @@ async fn main() -> anyhow::Result<()> {
             }
             Err(_) => "unreadable".to_owned(),
         };
+        if state != "completed" {
+            settled.not_completed += 1;
+        }
         *states.entry(state).or_default() += 1;
     }
     let stored = stream_messages(&js, "TORONTO_DEVOPS_EVENTS")
         .await
-        .saturating_sub(events_before);
-
+        .saturating_sub(driven.events_before);
+    let elapsed = driven.elapsed;
     println!("ran {elapsed:.0} s");
     println!(
-        "events: {published} published ({:.0}/s), {} publish errors; events stream grew by {stored} (alerts plus the stack's own events)",
-        published as f64 / elapsed,
-        publish_errors.load(Ordering::Relaxed),
+        "events: {} published ({:.0}/s), {} publish errors; events stream grew by {stored} (alerts plus the stack's own events)",
+        driven.published,
+        driven.published as f64 / elapsed,
+        driven.publish_errors,
     );
     println!(
-        "tasks: {} submitted ({:.1}/min), {submit_errors} refused or timed out",
-        plans.len(),
-        plans.len() as f64 / elapsed * 60.0
+        "tasks: {} submitted ({:.1}/min), {} refused or timed out",
+        driven.plans.len(),
+        driven.plans.len() as f64 / elapsed * 60.0,
+        driven.submit_errors
     );
     println!("plans: {states:?}");
     for (reason, n) in &failures {
         println!("  failed ({n}): {reason}");
     }
-    summary("planner.submit", submit_ms);
+    summary("planner.submit", driven.submit_ms);
     summary("planner.plan.get", get_ms);
-    Ok(())
+    settled
 }
