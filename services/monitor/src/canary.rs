@@ -56,6 +56,8 @@ pub struct Analyzer {
     prometheus: Option<Prometheus>,
     min_samples: usize,
     evidence: Option<crate::evidence::EvidenceStore>,
+    /// The sequential tests' paths walked so far.
+    paths: Arc<sequential::Paths>,
 }
 
 fn summary(values: &[f64]) -> SampleSummary {
@@ -279,6 +281,7 @@ impl Analyzer {
             prometheus,
             min_samples,
             evidence: None,
+            paths: Arc::default(),
         }
     }
 
@@ -388,7 +391,7 @@ impl Analyzer {
                                 "; sequential test: Prometheus query failed: {e}"
                             )),
                             None => {
-                                let found = sequential::run(
+                                let found = self.paths.run(
                                     &self.store,
                                     seq,
                                     &canary,

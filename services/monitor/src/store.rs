@@ -147,10 +147,44 @@ impl Store {
         samples: impl IntoIterator<Item = (i64, f64)>,
     ) -> usize {
         let oldest = now_ms() - self.limits.retention_ms;
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        self.insert_locked(&mut map, name, labels, samples, oldest)
+    }
+
+    /// Adds the samples of one message, each `(name, labels, timestamp_ms, value)`,
+    /// under one hold of the lock; returns how many were kept.
+    pub fn insert_batch<'a>(
+        &self,
+        samples: impl IntoIterator<Item = (&'a str, &'a Labels, i64, f64)>,
+    ) -> usize {
+        let oldest = now_ms() - self.limits.retention_ms;
+        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
+        samples
+            .into_iter()
+            .map(|(name, labels, ts, value)| {
+                self.insert_locked(&mut map, name, labels, std::iter::once((ts, value)), oldest)
+            })
+            .sum()
+    }
+
+    /// Adds samples of one series to `map` (the store's, locked); returns how many were
+    /// kept.
+    fn insert_locked(
+        &self,
+        map: &mut HashMap<String, Metric>,
+        name: &str,
+        labels: &Labels,
+        samples: impl IntoIterator<Item = (i64, f64)>,
+        oldest: i64,
+    ) -> usize {
         let mut kept = 0;
         let mut refused = 0;
-        let mut map = self.series.write().unwrap_or_else(|e| e.into_inner());
-        let metric = map.entry(name.to_owned()).or_default();
+        if !map.contains_key(name) {
+            map.insert(name.to_owned(), Metric::default());
+        }
+        let Some(metric) = map.get_mut(name) else {
+            return 0;
+        };
         if !metric.series.contains_key(labels) {
             if self.count.load(Ordering::Relaxed) as usize >= self.limits.max_series {
                 let n = samples.into_iter().count() as u64;
@@ -350,6 +384,33 @@ mod tests {
                 .values("m", &labels(&[("track", "x")]), 0, now)
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_batch_stores_like_single_inserts() {
+        let store = Store::new(StoreLimits {
+            max_series: 2,
+            ..Default::default()
+        });
+        let now = now_ms();
+        let (a, b, c) = (
+            labels(&[("track", "a")]),
+            labels(&[("track", "b")]),
+            labels(&[("track", "c")]),
+        );
+        let kept = store.insert_batch([
+            ("m", &a, now, 1.0),
+            ("m", &a, now - 5, 0.5),
+            ("n", &b, now, 2.0),
+            ("m", &a, now, f64::NAN),
+            // A third series is beyond the limit.
+            ("m", &c, now, 3.0),
+        ]);
+        assert_eq!(kept, 3);
+        assert_eq!(store.values("m", &a, 0, now), vec![0.5, 1.0]);
+        assert_eq!(store.values("n", &b, 0, now), vec![2.0]);
+        assert_eq!(store.size(), (2, 3));
+        assert_eq!(store.counters.refused.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -24,6 +24,10 @@ use crate::target::{Routing, Track};
 /// The `source` of the batches the simulation publishes.
 const SOURCE: &str = "simulated-cluster";
 
+/// How the batches are encoded: MessagePack, less to write and to read than JSON for
+/// a batch of numbers (the monitor reads either).
+const ENCODING: Encoding = Encoding::MessagePack;
+
 /// The header naming the handle that generated a batch (see [`SimCluster`]'s
 /// `origin`): the generator keeps its own traffic without hearing it back.
 const ORIGIN_HEADER: &str = "Toronto-Sim-Origin";
@@ -141,18 +145,27 @@ impl SimCluster {
             if !mine {
                 continue;
             }
-            let tick = self.tick();
-            for batch in &tick.batches {
-                let subject = subjects.metrics(&batch.service, &batch.environment);
-                let envelope = Envelope::builder(source.clone(), batch.clone()).build();
-                let Ok(bytes) = toronto_protocol::encode(&envelope, Encoding::Json) else {
-                    continue;
-                };
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert("Content-Type", Encoding::Json.content_type());
-                headers.insert(ORIGIN_HEADER, &*self.origin);
+            // Generated and encoded on the blocking pool: a tick of a hundred services
+            // is thousands of random draws and a hundred encodings, which would
+            // otherwise hold one of the async workers that serve the deployer's
+            // requests and rollouts for as long.
+            let (sim, subjects, source) = (self.clone(), subjects.clone(), source.clone());
+            let generated =
+                tokio::task::spawn_blocking(move || sim.tick_encoded(&subjects, &source)).await;
+            let (tick, messages) = match generated {
+                Ok(generated) => generated,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    // Cancelled: the runtime is shutting down.
+                    Err(_) => return Ok(()),
+                },
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Content-Type", ENCODING.content_type());
+            headers.insert(ORIGIN_HEADER, &*self.origin);
+            for (subject, bytes) in messages {
                 if let Err(e) = client
-                    .publish_with_headers(subject, headers, bytes.into())
+                    .publish_with_headers(subject, headers.clone(), bytes.into())
                     .await
                 {
                     tracing::debug!(error = %e, "cannot publish simulated metrics");
@@ -229,9 +242,10 @@ impl SimCluster {
             if own {
                 continue;
             }
-            let Ok(envelope) =
-                toronto_protocol::decode::<MetricBatch>(&message.payload, Encoding::Json)
-            else {
+            let Ok(envelope) = toronto_runtime::service::decode_message::<MetricBatch>(
+                message.headers.as_ref(),
+                &message.payload,
+            ) else {
                 continue;
             };
             if envelope.data.source == SOURCE {
@@ -275,6 +289,27 @@ impl SimCluster {
                 stats,
             );
         }
+    }
+
+    /// One tick ([`SimCluster::tick`]) with its batches encoded: what is left of the
+    /// tick, and each batch's subject and bytes.
+    fn tick_encoded(&self, subjects: &Subjects, source: &str) -> (Tick, Vec<(String, Vec<u8>)>) {
+        let mut tick = self.tick();
+        let messages = std::mem::take(&mut tick.batches)
+            .into_iter()
+            .filter_map(|batch| {
+                let subject = subjects.metrics(&batch.service, &batch.environment);
+                let envelope = Envelope::builder(source.to_owned(), batch).build();
+                match toronto_protocol::encode(&envelope, ENCODING) {
+                    Ok(bytes) => Some((subject, bytes)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot encode simulated metrics");
+                        None
+                    }
+                }
+            })
+            .collect();
+        (tick, messages)
     }
 
     /// One tick of synthetic traffic: what every service served, as metric batches,

@@ -17,11 +17,20 @@
 //! failure the sequential test does not confirm passes: the sequential test is the one
 //! whose false-failure rate is bounded however often it is asked, and it decides this
 //! metric's failures. Without counts on both sides the windowed test decides alone.
+//!
+//! **Each count walked once.** The analyzer keeps each test's path ([`Paths`]) walked up
+//! to [`SETTLED_MS`] before its last analysis, so that the next analysis of the same
+//! rollout walks only the counts that arrived since, instead of every count since the
+//! step began (which grows with the step's pause). A count stored more than
+//! [`SETTLED_MS`] after its own timestamp, behind an instant already walked, is left
+//! out of that path.
 
 use toronto_protocol::analysis::{
     AnalysisMetric, AnalysisOutcome, Direction, MetricEvidence, SequentialAnalysis,
 };
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::prometheus::{Prometheus, render, with_selector};
@@ -65,8 +74,24 @@ pub fn run(
     allowed: f64,
     to_ms: i64,
 ) -> Option<SequentialOutcome> {
-    let from_ms = seq.since.timestamp_millis();
+    let mut walk = Walk::new(allowed, seq.since.timestamp_millis() - 1);
+    walk.extend(read(store, seq, canary, baseline, walk.upto + 1, to_ms));
+    walk.outcome()
+}
+
+/// The counts in `store` in `[from_ms, to_ms]`, as events.
+fn read(
+    store: &Store,
+    seq: &SequentialAnalysis,
+    canary: &Labels,
+    baseline: &Labels,
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<Event> {
     let mut events: Vec<Event> = Vec::new();
+    if from_ms > to_ms {
+        return events;
+    }
     for (side, labels) in [canary, baseline].into_iter().enumerate() {
         for (name, errors) in [(&seq.requests, false), (&seq.errors, true)] {
             for (_, samples) in store.select(name, labels, from_ms, to_ms) {
@@ -78,7 +103,88 @@ pub fn run(
             }
         }
     }
-    path(events, allowed)
+    events
+}
+
+/// How long after an instant its counts are taken as all stored: a test's path is
+/// kept walked up to this long before its last analysis.
+pub const SETTLED_MS: i64 = 2_000;
+
+/// Most paths kept; beyond it, paths not analysed in the last [`IDLE_MS`] are dropped
+/// (and, if that is not enough, all).
+pub const MAX_PATHS: usize = 4_096;
+
+/// A path not analysed for this long may be dropped.
+pub const IDLE_MS: i64 = 5 * 60 * 1000;
+
+/// What identifies one test's path: the sides' selectors, the count metrics, `since`,
+/// and the allowed excess (its bits).
+type PathKey = (Labels, Labels, String, String, i64, u64);
+
+/// The paths of the sequential tests analysed lately, each walked up to a settled
+/// instant (see the module documentation). Shared by the analyses of one analyzer.
+#[derive(Debug, Default)]
+pub struct Paths {
+    walked: Mutex<HashMap<PathKey, (Walk, i64)>>,
+}
+
+impl Paths {
+    /// Like [`run`], continuing the path kept for this test and keeping it walked up
+    /// to [`SETTLED_MS`] before `to_ms`.
+    pub fn run(
+        &self,
+        store: &Store,
+        seq: &SequentialAnalysis,
+        canary: &Labels,
+        baseline: &Labels,
+        allowed: f64,
+        to_ms: i64,
+    ) -> Option<SequentialOutcome> {
+        let since = seq.since.timestamp_millis();
+        let key: PathKey = (
+            canary.clone(),
+            baseline.clone(),
+            seq.requests.clone(),
+            seq.errors.clone(),
+            since,
+            allowed.to_bits(),
+        );
+        let kept = self
+            .lock()
+            .get(&key)
+            .map(|(walk, _)| walk.clone())
+            .filter(|walk| walk.upto <= to_ms);
+        let mut walk = kept.unwrap_or_else(|| Walk::new(allowed, since - 1));
+        let settled = to_ms - SETTLED_MS;
+        if settled > walk.upto {
+            walk.extend(read(store, seq, canary, baseline, walk.upto + 1, settled));
+            walk.upto = settled;
+            let mut walked = self.lock();
+            if walked.len() >= MAX_PATHS && !walked.contains_key(&key) {
+                walked.retain(|_, (_, used)| *used > to_ms - IDLE_MS);
+                if walked.len() >= MAX_PATHS {
+                    walked.clear();
+                }
+            }
+            walked.insert(key, (walk.clone(), to_ms));
+        }
+        walk.extend(read(store, seq, canary, baseline, walk.upto + 1, to_ms));
+        walk.outcome()
+    }
+
+    /// How many paths are kept.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathKey, (Walk, i64)>> {
+        self.walked.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Most looks a test on Prometheus counts asks for per side and query.
@@ -141,41 +247,72 @@ pub async fn run_prometheus(
 type Event = (i64, usize, bool, f64);
 
 /// The test looked at after every instant of `events` (see the module documentation).
-fn path(mut events: Vec<Event>, allowed: f64) -> Option<SequentialOutcome> {
-    events.sort_by_key(|e| e.0);
-    let mut test = SequentialTest::new(allowed, TAU);
-    let mut counts = [Counts::default(); 2];
-    let mut looks = 0;
-    let mut i = 0;
-    while i < events.len() {
-        let at = events[i].0;
-        while i < events.len() && events[i].0 == at {
-            let (_, side, errors, v) = events[i];
-            let c = &mut counts[side];
-            if errors {
-                c.errors += v.round() as u64;
-            } else {
-                c.trials += v.round() as u64;
-            }
-            i += 1;
-        }
-        if counts[0].trials > 0 && counts[1].trials > 0 {
-            // A tick's error count may land before its request count: never more
-            // errors than requests.
-            let capped = counts.map(|c| Counts {
-                trials: c.trials,
-                errors: c.errors.min(c.trials),
-            });
-            test.look(capped[0], capped[1]);
-            looks += 1;
+fn path(events: Vec<Event>, allowed: f64) -> Option<SequentialOutcome> {
+    let mut walk = Walk::new(allowed, i64::MIN);
+    walk.extend(events);
+    walk.outcome()
+}
+
+/// A test's path walked so far: the test, the counts, the looks, and the instant up
+/// to which every count was taken.
+#[derive(Debug, Clone)]
+struct Walk {
+    test: SequentialTest,
+    counts: [Counts; 2],
+    looks: usize,
+    upto: i64,
+}
+
+impl Walk {
+    fn new(allowed: f64, upto: i64) -> Self {
+        Self {
+            test: SequentialTest::new(allowed, TAU),
+            counts: [Counts::default(); 2],
+            looks: 0,
+            upto,
         }
     }
-    (looks > 0).then(|| SequentialOutcome {
-        p_value: test.p_value(),
-        canary: counts[0],
-        baseline: counts[1],
-        looks,
-    })
+
+    /// Walks on through `events` (all after the instants walked), a look after each
+    /// instant.
+    fn extend(&mut self, mut events: Vec<Event>) {
+        events.sort_by_key(|e| e.0);
+        let mut i = 0;
+        while i < events.len() {
+            let at = events[i].0;
+            while i < events.len() && events[i].0 == at {
+                let (_, side, errors, v) = events[i];
+                let c = &mut self.counts[side];
+                if errors {
+                    c.errors += v.round() as u64;
+                } else {
+                    c.trials += v.round() as u64;
+                }
+                i += 1;
+            }
+            let counts = self.counts;
+            if counts[0].trials > 0 && counts[1].trials > 0 {
+                // A tick's error count may land before its request count: never more
+                // errors than requests.
+                let capped = counts.map(|c| Counts {
+                    trials: c.trials,
+                    errors: c.errors.min(c.trials),
+                });
+                self.test.look(capped[0], capped[1]);
+                self.looks += 1;
+            }
+            self.upto = self.upto.max(at);
+        }
+    }
+
+    fn outcome(&self) -> Option<SequentialOutcome> {
+        (self.looks > 0).then(|| SequentialOutcome {
+            p_value: self.test.p_value(),
+            canary: self.counts[0],
+            baseline: self.counts[1],
+            looks: self.looks,
+        })
+    }
 }
 
 fn ratio(c: Counts) -> f64 {
@@ -297,6 +434,34 @@ mod tests {
             )
             .is_none()
         );
+    }
+
+    #[test]
+    fn a_kept_path_gives_what_walking_it_whole_gives() {
+        let store = Store::new(StoreLimits::default());
+        let now = crate::store::now_ms();
+        let start = now - 9_000;
+        let s = seq(start);
+        let paths = Paths::default();
+        let (c, b) = (labels("canary"), labels("stable"));
+        // Healthy, then failing; analysed every half second as the counts arrive.
+        for step in 0..18 {
+            let at = start + step * 500;
+            fill(&store, at, 5, if step < 12 { 0.0 } else { 10.0 });
+            let to = at + 499;
+            let whole = run(&store, &s, &c, &b, 0.02, to);
+            assert_eq!(
+                paths.run(&store, &s, &c, &b, 0.02, to),
+                whole,
+                "at step {step}"
+            );
+        }
+        assert_eq!(paths.len(), 1);
+        let last = paths.run(&store, &s, &c, &b, 0.02, now).unwrap();
+        assert!(last.p_value < ALPHA, "{last:?}");
+        // Another test (another `since`) has its own path.
+        paths.run(&store, &seq(start + 1_000), &c, &b, 0.02, now);
+        assert_eq!(paths.len(), 2);
     }
 
     fn evidence(outcome: AnalysisOutcome) -> MetricEvidence {
