@@ -542,8 +542,14 @@ spec:
         let prometheus = BUS_SLO
             .replace("cart", "zz")
             .replace("type: Bus", "type: Prometheus")
-            .replace("'http_errors{service=\"zz\"}'", "'sum(rate(errors[{{.window}}]))'")
-            .replace("'http_requests{service=\"zz\"}'", "'sum(rate(requests[{{.window}}]))'");
+            .replace(
+                "'http_errors{service=\"zz\"}'",
+                "'sum(rate(errors[{{.window}}]))'",
+            )
+            .replace(
+                "'http_requests{service=\"zz\"}'",
+                "'sum(rate(requests[{{.window}}]))'",
+            );
         assert!(parse(&prometheus).unwrap().bus.is_none());
         engine.put(parse(&prometheus).unwrap());
         for _ in 0..2 {
