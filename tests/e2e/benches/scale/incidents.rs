@@ -36,6 +36,7 @@ pub async fn incidents(samples: usize) -> Vec<Row> {
         .await
         .unwrap();
     client.flush().await.unwrap();
+    let js = jetstream::new(client.clone());
     let http = reqwest::Client::new();
     let post = |alerts: Vec<serde_json::Value>| {
         let (http, url) = (http.clone(), url.clone());
@@ -80,6 +81,9 @@ pub async fn incidents(samples: usize) -> Vec<Row> {
             .await
             .is_ok()
         {}
+        // And stored: the commander writes each incident to its bucket after the
+        // event; timing before it has written them all would time that catching up.
+        until_written(&js).await;
         let mut taken = Vec::new();
         for i in 0..samples + 2 {
             let t = Instant::now();
@@ -119,4 +123,20 @@ pub async fn incidents(samples: usize) -> Vec<Row> {
             median: list,
         },
     ]
+}
+
+/// Waits until the incidents bucket has taken no write for a second (at most two
+/// minutes).
+async fn until_written(js: &jetstream::Context) {
+    let mut stream = js.get_stream("KV_toronto_incidents").await.unwrap();
+    let mut last = None;
+    for _ in 0..120 {
+        let now = stream.info().await.unwrap().state.last_sequence;
+        if last == Some(now) {
+            return;
+        }
+        last = Some(now);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the incident commander still writes to its bucket after two minutes");
 }
