@@ -20,6 +20,7 @@
 //! page within seconds; the evaluation interval is real time.
 
 use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub const WINDOW_SECONDS: [(&str, u64); 7] = [
     ("1d", 86400),
     ("3d", 259200),
 ];
+
+/// Bus SLOs evaluated per hold of the engine's lock.
+const BUS_BATCH: usize = 256;
 
 /// A firing alert stays firing while its burn rates are above this share of the
 /// threshold (hysteresis).
@@ -277,53 +281,85 @@ impl SloEngine {
     /// Evaluates every SLO once, now (bus SLOs from the store, the others from
     /// Prometheus when one is configured; without one they are skipped).
     pub async fn evaluate_all(&self) -> Vec<Evaluation> {
+        let mut out = Vec::with_capacity(self.len());
+        self.evaluate_bus(&mut out);
+        let Some(prometheus) = &self.prometheus else {
+            return out;
+        };
+        // Prometheus SLOs are asked over the network: copied out, so that the engine
+        // is not locked while a query runs.
         let keys: Vec<(String, Slo)> = self
             .lock()
             .iter()
+            .filter(|(_, s)| s.slo.bus.is_none())
             .map(|(k, s)| (k.clone(), s.slo.clone()))
             .collect();
-        let mut out = Vec::with_capacity(keys.len());
         for (k, slo) in keys {
-            let now = now_ms();
-            let ratios = if slo.bus.is_some() {
-                None
-            } else if let Some(p) = &self.prometheus {
-                Some(self.prometheus_ratios(p, &slo).await)
-            } else {
-                continue;
-            };
+            let (ratios, slo_ratio) = self.prometheus_ratios(prometheus, &slo).await;
             let mut slos = self.lock();
-            let Some(state) = slos.get_mut(&k) else {
-                continue;
-            };
-            let (ratios, slo_ratio) = match ratios {
-                Some(r) => r,
-                None => {
-                    let history = state.history.as_mut().expect("bus SLOs have a history");
-                    let sli = state.slo.bus.as_ref().expect("bus SLO");
-                    history.ingest(
-                        &self.store,
-                        sli,
-                        now,
-                        self.settings.retention.as_millis() as i64,
-                    );
-                    let ratio = |span: i64| {
-                        let (bad, total) = history.window(span);
-                        (total > 0.0).then(|| bad / total)
-                    };
-                    let ratios = WINDOW_SECONDS
-                        .iter()
-                        .filter_map(|(name, secs)| {
-                            ratio(self.scaled_ms(*secs)).map(|r| ((*name).to_owned(), r))
-                        })
-                        .collect();
-                    let slo_ratio = ratio(self.scaled_ms(state.slo.window_days as u64 * 86_400));
-                    (ratios, slo_ratio)
-                }
-            };
-            out.push(self.conclude(state, ratios, slo_ratio));
+            if let Some(state) = slos.get_mut(&k) {
+                out.push(self.conclude(state, ratios, slo_ratio));
+            }
         }
         out
+    }
+
+    /// Evaluates every bus SLO in place, [`BUS_BATCH`] at a time under the lock: no
+    /// SLO is copied or looked up by its key, so a round costs the same per SLO
+    /// whatever their number, and listing or adding an SLO waits for one batch at most.
+    fn evaluate_bus(&self, out: &mut Vec<Evaluation>) {
+        let mut after: Option<String> = None;
+        loop {
+            let mut slos = self.lock();
+            let range = match after.take() {
+                None => slos.range_mut::<String, _>(..),
+                Some(a) => slos.range_mut::<String, _>((Bound::Excluded(a), Bound::Unbounded)),
+            };
+            let mut visited = 0;
+            let mut last = None;
+            for (k, state) in range {
+                out.extend(self.evaluate_from_store(state));
+                last = Some(k);
+                visited += 1;
+                if visited == BUS_BATCH {
+                    break;
+                }
+            }
+            if visited < BUS_BATCH {
+                return;
+            }
+            after = last.cloned();
+        }
+    }
+
+    /// One evaluation of a bus SLO (`None` for the others): what the store got since
+    /// the last one, then the error ratio of each window from the SLO's history.
+    fn evaluate_from_store(&self, state: &mut SloState) -> Option<Evaluation> {
+        let (ratios, slo_ratio) = {
+            let (Some(history), Some(sli)) = (state.history.as_mut(), state.slo.bus.as_ref())
+            else {
+                return None;
+            };
+            history.ingest(
+                &self.store,
+                sli,
+                now_ms(),
+                self.settings.retention.as_millis() as i64,
+            );
+            let ratio = |span: i64| {
+                let (bad, total) = history.window(span);
+                (total > 0.0).then(|| bad / total)
+            };
+            let ratios: BTreeMap<String, f64> = WINDOW_SECONDS
+                .iter()
+                .filter_map(|(name, secs)| {
+                    ratio(self.scaled_ms(*secs)).map(|r| ((*name).to_owned(), r))
+                })
+                .collect();
+            let slo_ratio = ratio(self.scaled_ms(state.slo.window_days as u64 * 86_400));
+            (ratios, slo_ratio)
+        };
+        Some(self.conclude(state, ratios, slo_ratio))
     }
 
     fn conclude(
@@ -488,6 +524,48 @@ spec:
         total:
           metricSource: { type: Bus, spec: { query: 'http_requests{service="cart"}' } }
 "#;
+
+    #[tokio::test]
+    async fn a_round_evaluates_every_slo_once_across_batches() {
+        let store = Arc::new(Store::new(StoreLimits::default()));
+        let engine = SloEngine::new(store.clone(), None, settings(1.0), "test".into());
+        let n = 2 * BUS_BATCH + 3;
+        let now = now_ms();
+        for i in 0..n {
+            let service = format!("svc-{i:04}");
+            engine.put(parse(&BUS_SLO.replace("cart", &service)).unwrap());
+            let labels: Labels = [("service".to_owned(), service)].into();
+            store.insert("http_requests", &labels, now - 2_000, 100.0);
+            store.insert("http_errors", &labels, now - 2_000, (i % 2) as f64);
+        }
+        // A Prometheus SLO without a Prometheus is skipped.
+        let prometheus = BUS_SLO
+            .replace("cart", "zz")
+            .replace("type: Bus", "type: Prometheus")
+            .replace(
+                "'http_errors{service=\"zz\"}'",
+                "'sum(rate(errors[{{.window}}]))'",
+            )
+            .replace(
+                "'http_requests{service=\"zz\"}'",
+                "'sum(rate(requests[{{.window}}]))'",
+            );
+        assert!(parse(&prometheus).unwrap().bus.is_none());
+        engine.put(parse(&prometheus).unwrap());
+        for _ in 0..2 {
+            let round = engine.evaluate_all().await;
+            let services: std::collections::BTreeSet<_> =
+                round.iter().map(|e| e.status.service.clone()).collect();
+            assert_eq!(round.len(), n);
+            assert_eq!(services.len(), n, "each SLO once");
+            // What the store holds counts: every other service has 1% errors.
+            let odd = round
+                .iter()
+                .find(|e| e.status.service == "svc-0001")
+                .unwrap();
+            assert!(odd.status.burn_rates["5m"] > 0.0, "{odd:?}");
+        }
+    }
 
     #[tokio::test]
     async fn a_fast_burn_pages_and_resolves_with_hysteresis() {

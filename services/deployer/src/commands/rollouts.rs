@@ -13,6 +13,9 @@ use uuid::Uuid;
 use super::{Verb, bad, not_found};
 use crate::engine::{Deployer, EngineError};
 
+/// Most rollouts `rollout.list` reads from the bucket at once.
+const LOAD_AHEAD: usize = 64;
+
 impl Deployer {
     /// Finds a rollout by id, or the newest of a service in an environment.
     pub async fn find(
@@ -61,7 +64,8 @@ impl Deployer {
     /// order), one page of at most the capped `limit`, going on after `cursor` (the
     /// last id of the page before). The ids come from the live index; only the
     /// rollouts a page shows, and at most ten pages' worth that filters drop, are read
-    /// and decoded.
+    /// and decoded, as many at once as the page still lacks (at most [`LOAD_AHEAD`]),
+    /// so that a page costs a few round trips to the bucket rather than one per rollout.
     pub async fn list(&self, q: &RolloutList) -> Result<Rollouts, ErrorBody> {
         let limit = toronto_protocol::page::limit(q.limit);
         let before = match &q.cursor {
@@ -73,30 +77,38 @@ impl Deployer {
             })?),
         };
         let cursor = before.map(|b| b.to_string());
-        let ids = self
-            .newest_rollout_ids(cursor.as_deref(), limit * 10 + 1)
-            .await?;
+        let budget = limit * 10;
+        let ids: Vec<Uuid> = self
+            .newest_rollout_ids(cursor.as_deref(), budget + 1)
+            .await?
+            .iter()
+            .filter_map(|id| id.parse::<Uuid>().ok())
+            .collect();
         let mut out = Vec::new();
-        let mut last: Option<Uuid> = None;
-        let newest_first = ids.iter().filter_map(|id| id.parse::<Uuid>().ok());
-        for (scanned, id) in newest_first.enumerate() {
-            if out.len() == limit || scanned == limit * 10 {
+        let mut scanned = 0;
+        while scanned < ids.len() {
+            if out.len() == limit || scanned == budget {
                 return Ok(Rollouts {
                     rollouts: out,
-                    next_cursor: last.map(|id| id.to_string()),
+                    next_cursor: Some(ids[scanned - 1].to_string()),
                 });
             }
-            last = Some(id);
-            let Some((r, _)) = self.load(id).await? else {
-                continue;
-            };
-            if q.service.as_ref().is_some_and(|s| s != &r.service)
-                || q.environment.as_ref().is_some_and(|e| e != &r.environment)
-                || (q.active && r.phase.is_final())
-            {
-                continue;
+            let wanted = (limit - out.len()).min(budget - scanned).min(LOAD_AHEAD);
+            let batch = &ids[scanned..(scanned + wanted).min(ids.len())];
+            scanned += batch.len();
+            let loaded = futures::future::join_all(batch.iter().map(|id| self.load(*id))).await;
+            for found in loaded {
+                let Some((r, _)) = found? else {
+                    continue;
+                };
+                if q.service.as_ref().is_some_and(|s| s != &r.service)
+                    || q.environment.as_ref().is_some_and(|e| e != &r.environment)
+                    || (q.active && r.phase.is_final())
+                {
+                    continue;
+                }
+                out.push(r);
             }
-            out.push(r);
         }
         Ok(Rollouts {
             rollouts: out,

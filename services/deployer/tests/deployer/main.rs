@@ -15,6 +15,7 @@ mod kube_analysis;
 mod kube_env;
 mod kube_rollouts;
 mod kube_target_fake;
+mod list;
 mod strategies;
 mod support;
 mod templates;

@@ -1,6 +1,6 @@
 //! `planner.dora.get` against the events in its window.
 
-use super::*;
+use crate::common::*;
 
 /// `planner.dora.get` over a history of rollout events in its window.
 pub async fn dora(samples: usize, rollout: &Rollout) -> Vec<Row> {
