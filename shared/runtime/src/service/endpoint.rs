@@ -183,7 +183,7 @@ where
             let request = Request {
                 envelope,
                 headers,
-                subject: message.subject.to_string(),
+                subject: message.subject.as_str().to_owned(),
                 caller,
             };
             let span = tracing::info_span!(
@@ -362,7 +362,8 @@ fn oversized(
     bytes: Vec<u8>,
     error: Option<ErrorBody>,
 ) -> (Vec<u8>, Option<ErrorBody>) {
-    let limit = client.server_info().max_payload;
+    // The atomic the client keeps, not `server_info()`, which clones the whole INFO.
+    let limit = client.max_payload();
     if limit == 0 || bytes.len() + REPLY_HEADER_ROOM <= limit {
         return (bytes, error);
     }
