@@ -203,9 +203,14 @@ pub fn decode_with_flow<T: Message>(
             None => typed_from_raw(envelope.map_data(|_| None)),
         };
     }
-    // Otherwise hold `data` as raw JSON text and parse it once, straight into `T`.
+    decode_json_general(bytes)
+}
+
+/// The general JSON path: `data` held as raw JSON text, then parsed once, straight
+/// into `T`. It decides every document the one-pass path does not take.
+fn decode_json_general<T: Message>(bytes: &[u8]) -> Result<Envelope<T>, DecodeFailure> {
     let unchecked: UncheckedEnvelope<&serde_json::value::RawValue> =
-        parse(bytes, encoding).map_err(|e| (e, None))?;
+        parse(bytes, Encoding::Json).map_err(|e| (e, None))?;
     let envelope = unchecked.validate().map_err(|e| (e, None))?;
     typed_from_raw(envelope)
 }

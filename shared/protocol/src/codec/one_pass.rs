@@ -149,7 +149,7 @@ pub(super) fn parse<T: Message>(bytes: &[u8]) -> Option<UncheckedEnvelope<Data<'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Encoding, decode, decode_raw, encode};
+    use crate::codec::{Encoding, decode, decode_json_general, encode};
     use crate::envelope::Envelope;
     use crate::error::{ErrorBody, ErrorCode};
 
@@ -160,11 +160,9 @@ mod tests {
         serde_json::to_value(env).unwrap()
     }
 
-    /// The general path's outcome: decode the attributes, then `data`.
+    /// The general path's outcome, flow included.
     fn general(bytes: &[u8]) -> Result<Envelope<ErrorBody>, String> {
-        decode_raw(bytes, Encoding::Json)
-            .and_then(|raw| raw.into_typed())
-            .map_err(|e| e.to_string())
+        decode_json_general(bytes).map_err(|(e, flow)| format!("{e} {flow:?}"))
     }
 
     #[test]
@@ -211,7 +209,8 @@ mod tests {
         cases.push(format!("{text} trailing").into_bytes());
         cases.push(b"[\"1.0\"]".to_vec());
         for bytes in cases {
-            let fast = decode::<ErrorBody>(&bytes, Encoding::Json).map_err(|e| e.to_string());
+            let fast = crate::codec::decode_with_flow::<ErrorBody>(&bytes, Encoding::Json)
+                .map_err(|(e, flow)| format!("{e} {flow:?}"));
             assert_eq!(fast, general(&bytes), "{}", String::from_utf8_lossy(&bytes));
         }
     }
