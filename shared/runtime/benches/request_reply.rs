@@ -204,13 +204,16 @@ fn cpu_ticks(pid: &str) -> Option<u64> {
 /// The nats-server this process started (the test kit's child), to read its CPU.
 fn nats_server_pid() -> Option<String> {
     let me = std::process::id().to_string();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid = entry.file_name().into_string().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-        let ppid = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?;
-        (comm == "nats-server" && ppid == me).then_some(pid)
-    })
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            let ppid = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?;
+            (comm == "nats-server" && ppid == me).then_some(pid)
+        })
 }
 
 async fn sequential(client: &Client, path: Path, n: usize, load: &Load) -> (f64, f64) {
@@ -222,7 +225,10 @@ async fn sequential(client: &Client, path: Path, n: usize, load: &Load) -> (f64,
     }
     samples.sort();
     let us = |d: Duration| d.as_secs_f64() * 1e6;
-    (us(percentile(&samples, 0.5)), us(percentile(&samples, 0.99)))
+    (
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99)),
+    )
 }
 
 async fn concurrent(

@@ -236,8 +236,7 @@ async fn send_message<T: serde::Serialize>(
 fn check_reply(reply: &async_nats::Message) -> Result<(Bytes, Encoding), CallError> {
     let headers = reply.headers.as_ref();
     let reply_encoding = Encoding::from_content_type(header(headers, CONTENT_TYPE_HEADER))?;
-    let error_code =
-        header(headers, SERVICE_ERROR_CODE_HEADER).and_then(|v| v.parse::<u16>().ok());
+    let error_code = header(headers, SERVICE_ERROR_CODE_HEADER).and_then(|v| v.parse::<u16>().ok());
     if let Some(status) = error_code {
         let body = decode::<ErrorBody>(&reply.payload, reply_encoding)
             .map(|e| e.data)

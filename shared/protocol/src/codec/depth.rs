@@ -61,8 +61,7 @@ fn to_quote_or_backslash(bytes: &[u8], mut i: usize) -> usize {
     let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
     while let Some(chunk) = bytes.get(i..i + 8) {
         let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
-        if has_zero(word ^ (ONES * u64::from(b'"'))) || has_zero(word ^ (ONES * u64::from(b'\\')))
-        {
+        if has_zero(word ^ (ONES * u64::from(b'"'))) || has_zero(word ^ (ONES * u64::from(b'\\'))) {
             break;
         }
         i += 8;

@@ -97,11 +97,10 @@ impl<'de, T: Message> Visitor<'de> for OnePass<T> {
                 Field::Source => once(&mut e.source, &mut seen[2], m, "source")?,
                 Field::Type => {
                     once(&mut e.ty, &mut seen[3], m, "type")?;
-                    typed = e
-                        .ty
-                        .as_deref()
-                        .and_then(|t| t.parse::<MessageType>().ok())
-                        .is_some_and(|ty| ty.major == T::MAJOR && T::check_type(&ty).is_ok());
+                    typed =
+                        e.ty.as_deref()
+                            .and_then(|t| t.parse::<MessageType>().ok())
+                            .is_some_and(|ty| ty.major == T::MAJOR && T::check_type(&ty).is_ok());
                 }
                 Field::Time => once(&mut e.time, &mut seen[4], m, "time")?,
                 Field::Datacontenttype => {
@@ -139,9 +138,7 @@ impl<'de, T: Message> Visitor<'de> for OnePass<T> {
 /// must decide.
 pub(super) fn parse<T: Message>(bytes: &[u8]) -> Option<UncheckedEnvelope<Data<'_, T>>> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let envelope = (&mut de)
-        .deserialize_map(OnePass::<T>(PhantomData))
-        .ok()?;
+    let envelope = (&mut de).deserialize_map(OnePass::<T>(PhantomData)).ok()?;
     de.end().ok()?;
     Some(envelope)
 }
@@ -167,8 +164,8 @@ mod tests {
 
     #[test]
     fn an_envelope_we_encode_takes_the_fast_path() {
-        let env = Envelope::builder("toronto://test", ErrorBody::new(ErrorCode::Conflict, "x"))
-            .build();
+        let env =
+            Envelope::builder("toronto://test", ErrorBody::new(ErrorCode::Conflict, "x")).build();
         let bytes = encode(&env, Encoding::Json).unwrap();
         let parsed = parse::<ErrorBody>(&bytes).unwrap();
         assert!(matches!(parsed.data, Some(Data::Typed(_))));

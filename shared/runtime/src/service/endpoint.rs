@@ -125,8 +125,8 @@ where
             };
             let mut request_flow = envelope.flow();
             if request_flow.traceparent.is_none() {
-                request_flow.traceparent =
-                    header(message.headers.as_ref(), TRACEPARENT_HEADER).and_then(TraceParent::parse);
+                request_flow.traceparent = header(message.headers.as_ref(), TRACEPARENT_HEADER)
+                    .and_then(TraceParent::parse);
             }
             // The remote parent (when traces are exported), read before the handler
             // takes the headers.
@@ -188,13 +188,10 @@ where
                 endpoint = name,
                 id = %request_flow.id,
                 correlationid = %request_flow.correlationid,
-                trace_id = tracing::field::Empty,
+                // Given here, not recorded afterwards: a JSON log layer re-parses and
+                // re-writes a span's fields on every later record.
+                trace_id = request_flow.traceparent.as_ref().map(|tp| tp.trace_id.as_str()),
             );
-            if !span.is_disabled()
-                && let Some(tp) = &request_flow.traceparent
-            {
-                span.record("trace_id", tp.trace_id.as_str());
-            }
             if let Some(parent) = parent {
                 propagation::set_parent(&span, parent);
                 served_in = propagation::span_context(&span);
