@@ -21,6 +21,7 @@ const INITIAL_CAPACITY: usize = 1024;
 
 pub mod binary;
 pub mod depth;
+mod one_pass;
 
 pub use depth::{MAX_DEPTH, TooDeep};
 
@@ -192,10 +193,32 @@ pub fn decode_with_flow<T: Message>(
         let flow = Box::new(raw.flow());
         return raw.into_typed().map_err(|e| (e, Some(flow)));
     }
-    // JSON: hold `data` as raw text and parse it once, straight into `T`.
+    // JSON: one pass, `data` straight into `T`, when the document allows it.
+    check_depth(bytes, encoding).map_err(|e| (e, None))?;
+    if let Some(unchecked) = one_pass::parse::<T>(bytes) {
+        let mut envelope = unchecked.validate().map_err(|e| (e, None))?;
+        return match envelope.data.take() {
+            Some(one_pass::Data::Typed(data)) => Ok(envelope.map_data(|_| data)),
+            Some(one_pass::Data::Raw(raw)) => typed_from_raw(envelope.map_data(|_| Some(raw))),
+            None => typed_from_raw(envelope.map_data(|_| None)),
+        };
+    }
+    decode_json_general(bytes)
+}
+
+/// The general JSON path: `data` held as raw JSON text, then parsed once, straight
+/// into `T`. It decides every document the one-pass path does not take.
+fn decode_json_general<T: Message>(bytes: &[u8]) -> Result<Envelope<T>, DecodeFailure> {
     let unchecked: UncheckedEnvelope<&serde_json::value::RawValue> =
-        parse(bytes, encoding).map_err(|e| (e, None))?;
+        parse(bytes, Encoding::Json).map_err(|e| (e, None))?;
     let envelope = unchecked.validate().map_err(|e| (e, None))?;
+    typed_from_raw(envelope)
+}
+
+/// The envelope with `data` (raw JSON text, or absent) decoded as `T`.
+fn typed_from_raw<T: Message>(
+    envelope: Envelope<Option<&serde_json::value::RawValue>>,
+) -> Result<Envelope<T>, DecodeFailure> {
     let typed = (|| {
         let ty = envelope.message_type()?;
         T::check_type(&ty)?;
@@ -213,21 +236,7 @@ pub fn decode_with_flow<T: Message>(
         Ok(data)
     })();
     match typed {
-        Ok(data) => Ok(Envelope {
-            specversion: envelope.specversion,
-            id: envelope.id,
-            source: envelope.source,
-            ty: envelope.ty,
-            time: envelope.time,
-            datacontenttype: envelope.datacontenttype,
-            dataschema: envelope.dataschema,
-            subject: envelope.subject,
-            correlationid: envelope.correlationid,
-            causationid: envelope.causationid,
-            priority: envelope.priority,
-            traceparent: envelope.traceparent,
-            data,
-        }),
+        Ok(data) => Ok(envelope.map_data(|_| data)),
         Err(e) => Err((e, Some(Box::new(envelope.flow())))),
     }
 }

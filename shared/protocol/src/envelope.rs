@@ -336,9 +336,7 @@ impl<D> UncheckedEnvelope<D> {
                 })
             })
             .transpose()?;
-        let traceparent = self
-            .traceparent
-            .filter(|tp| TraceParent::parse(tp).is_some());
+        let traceparent = self.traceparent.filter(|tp| TraceParent::is_valid(tp));
         Ok(Envelope {
             specversion,
             id,

@@ -51,15 +51,36 @@ fn is_hex(s: &str, len: usize) -> bool {
         && s.bytes().any(|b| b != b'0')
 }
 
-fn random_hex(len: usize) -> String {
-    let mut out = Uuid::new_v4().simple().to_string();
-    out.truncate(len);
-    out
+/// 16 random lowercase hex digits, never all zero (the high half of a v4 UUID holds
+/// its version digit, 4), written without the formatting machinery.
+fn random_span_id() -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = Uuid::new_v4().as_u64_pair().0;
+    (0..16)
+        .rev()
+        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }
 
 impl TraceParent {
     /// Parses a `traceparent` value; `None` when it is not valid W3C trace context.
     pub fn parse(value: &str) -> Option<Self> {
+        let (trace_id, span_id, flags) = Self::fields(value)?;
+        Some(Self {
+            trace_id: trace_id.to_owned(),
+            span_id: span_id.to_owned(),
+            flags,
+        })
+    }
+
+    /// Whether `value` is a valid `traceparent` ([`TraceParent::parse`] would take
+    /// it), checked without allocating.
+    pub fn is_valid(value: &str) -> bool {
+        Self::fields(value).is_some()
+    }
+
+    /// The trace id, span id and flags of a valid `traceparent`.
+    fn fields(value: &str) -> Option<(&str, &str, u8)> {
         let mut parts = value.trim().split('-');
         let (version, trace_id, span_id, flags) =
             (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
@@ -73,11 +94,7 @@ impl TraceParent {
             return None;
         }
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self {
-            trace_id: trace_id.to_owned(),
-            span_id: span_id.to_owned(),
-            flags,
-        })
+        Some((trace_id, span_id, flags))
     }
 
     /// Starts a new trace (sampled), or, inside a traced span, the current span's
@@ -88,7 +105,7 @@ impl TraceParent {
         }
         Self {
             trace_id: Uuid::new_v4().simple().to_string(),
-            span_id: random_hex(16),
+            span_id: random_span_id(),
             flags: 1,
         }
     }
@@ -101,7 +118,7 @@ impl TraceParent {
         }
         Self {
             trace_id: self.trace_id.clone(),
-            span_id: random_hex(16),
+            span_id: random_span_id(),
             flags: self.flags,
         }
     }
@@ -109,11 +126,18 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            self.trace_id, self.span_id, self.flags
-        )
+        // `00-{trace_id}-{span_id}-{flags:02x}`, piece by piece (no format parsing).
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let flags = [
+            HEX[usize::from(self.flags >> 4)],
+            HEX[usize::from(self.flags & 0xf)],
+        ];
+        f.write_str("00-")?;
+        f.write_str(&self.trace_id)?;
+        f.write_str("-")?;
+        f.write_str(&self.span_id)?;
+        f.write_str("-")?;
+        f.write_str(std::str::from_utf8(&flags).expect("hex digits"))
     }
 }
 

@@ -7,11 +7,21 @@
 //! reply of the runtime's reply size, no codec and no validation), and the runtime (a
 //! typed endpoint called through `rpc::call`).
 //!
+//! The paths are measured in rounds (`BENCH_ROUNDS`, 5 unless set): each round runs
+//! every row (sequential, 16-way, 64-way) of every path, the paths in turn, so that
+//! load from other processes on a shared machine falls on all of them alike. Each
+//! figure is the median over the rounds and each ratio the median of the per-round
+//! ratios; beside wall time it prints the CPU time per request of this process and
+//! of the nats-server (from `/proc/<pid>/stat`), which load disturbs far less.
+//!
 //! Run: `cargo bench -p toronto-runtime --bench request_reply`
 //! (set `BENCH_SCALE=0.2` for a quicker, noisier run; `BENCH_SPLIT=1` breaks the
-//! runtime's cost down into headers, service side and client side; `BENCH_ONLY=raw|floor|service|client|runtime`
-//! runs one path 64-way, for a profiler).
+//! runtime's cost down into headers, service side and client side;
+//! `BENCH_ONLY=raw|floor|service|client|runtime` runs one path `BENCH_WAYS` (64)
+//! way, for a profiler; `BENCH_LOGS=1` installs the logging every service installs,
+//! JSON at `info`, so that the runtime's per-request span is recorded as in a service).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
@@ -70,15 +80,35 @@ enum Path {
 /// The traceparent the floor path sends and answers with, as the contract's headers do.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &Envelope<Payload>) {
+/// What every request of a path sends, built once.
+struct Load {
+    /// The raw paths' 512 bytes.
+    payload: Bytes,
+    /// The typed client's request envelope.
+    envelope: Envelope<Payload>,
+    /// That envelope's JSON bytes, for the paths that send it without a codec.
+    request_bytes: Bytes,
+}
+
+async fn one_request(client: &Client, path: Path, load: &Load) {
+    let Load {
+        payload,
+        envelope,
+        request_bytes,
+    } = load;
     match path {
         Path::Raw => {
             let reply = client.request(RAW_SUBJECT, payload.clone()).await.unwrap();
             assert_eq!(reply.payload.len(), payload.len());
         }
         Path::RuntimeRawClient => {
-            let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
-            let reply = client.request(RUNTIME_SUBJECT, bytes).await.unwrap();
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("Content-Type", "application/cloudevents+json");
+            h.insert("traceparent", TRACEPARENT);
+            let reply = client
+                .request_with_headers(RUNTIME_SUBJECT, h, request_bytes.clone())
+                .await
+                .unwrap();
             assert!(reply.payload.len() > 512);
         }
         Path::Canned => {
@@ -96,12 +126,11 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
         Path::Floor => {
             // The contract's floor: the request envelope's bytes and headers, answered
             // with the same headers and a reply of the runtime's reply size, no codec.
-            let bytes = Bytes::from(encode(envelope, Encoding::Json).unwrap());
             let mut h = async_nats::HeaderMap::new();
             h.insert("Content-Type", "application/cloudevents+json");
             h.insert("traceparent", TRACEPARENT);
             let reply = client
-                .request_with_headers("bench.floor", h, bytes)
+                .request_with_headers("bench.floor", h, request_bytes.clone())
                 .await
                 .unwrap();
             assert!(reply.payload.len() > 512);
@@ -140,24 +169,66 @@ async fn one_request(client: &Client, path: Path, payload: &Bytes, envelope: &En
     }
 }
 
-async fn sequential(
-    client: &Client,
-    path: Path,
-    n: usize,
-    payload: &Bytes,
-    envelope: &Envelope<Payload>,
-) -> (Duration, Duration) {
-    for _ in 0..scale(200) {
-        one_request(client, path, payload, envelope).await;
-    }
+/// One measured stretch: sequential latency or concurrent throughput.
+#[derive(Clone, Copy)]
+enum Row {
+    Sequential,
+    Ways(usize),
+}
+
+/// What one stretch of one path measured.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    /// p50 in µs (sequential) or requests per second (concurrent).
+    value: f64,
+    /// p99 in µs (sequential only).
+    p99: f64,
+    /// CPU time of this process per request, µs.
+    cpu_us: f64,
+    /// CPU time of the nats-server per request, µs (0 when it cannot be read).
+    server_cpu_us: f64,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU ticks of process `pid` (`self` for this one).
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces: the fields start after its `)`.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
+/// The nats-server this process started (the test kit's child), to read its CPU.
+fn nats_server_pid() -> Option<String> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid = entry.file_name().into_string().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
+            let ppid = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?;
+            (comm == "nats-server" && ppid == me).then_some(pid)
+        })
+}
+
+async fn sequential(client: &Client, path: Path, n: usize, load: &Load) -> (f64, f64) {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        one_request(client, path, payload, envelope).await;
+        one_request(client, path, load).await;
         samples.push(start.elapsed());
     }
     samples.sort();
-    (percentile(&samples, 0.5), percentile(&samples, 0.99))
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    (
+        us(percentile(&samples, 0.5)),
+        us(percentile(&samples, 0.99)),
+    )
 }
 
 async fn concurrent(
@@ -165,19 +236,17 @@ async fn concurrent(
     path: Path,
     workers: usize,
     total: usize,
-    payload: &Bytes,
-    envelope: &Envelope<Payload>,
-) -> f64 {
+    load: &Arc<Load>,
+) -> (f64, usize) {
     let per_worker = total / workers;
     let start = Instant::now();
     let tasks: Vec<_> = (0..workers)
         .map(|_| {
             let client = client.clone();
-            let payload = payload.clone();
-            let envelope = envelope.clone();
+            let load = load.clone();
             tokio::spawn(async move {
                 for _ in 0..per_worker {
-                    one_request(&client, path, &payload, &envelope).await;
+                    one_request(&client, path, &load).await;
                 }
             })
         })
@@ -185,7 +254,84 @@ async fn concurrent(
     for t in tasks {
         t.await.unwrap();
     }
-    (per_worker * workers) as f64 / start.elapsed().as_secs_f64()
+    let done = per_worker * workers;
+    (done as f64 / start.elapsed().as_secs_f64(), done)
+}
+
+/// Measures one stretch of `path`, with the CPU this process and the server spent on it.
+async fn measure(
+    client: &Client,
+    path: Path,
+    row: Row,
+    (n, total): (usize, usize),
+    load: &Arc<Load>,
+    server: Option<&str>,
+) -> Sample {
+    for _ in 0..scale(100) {
+        one_request(client, path, load).await;
+    }
+    let cpu = || cpu_ticks("self").unwrap_or(0);
+    let server_cpu = || server.and_then(cpu_ticks).unwrap_or(0);
+    let (cpu0, server0) = (cpu(), server_cpu());
+    let (value, p99, count) = match row {
+        Row::Sequential => {
+            let (p50, p99) = sequential(client, path, n, load).await;
+            (p50, p99, n)
+        }
+        Row::Ways(workers) => {
+            let (rate, done) = concurrent(client, path, workers, total, load).await;
+            (rate, 0.0, done)
+        }
+    };
+    let per_request = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / count as f64;
+    Sample {
+        value,
+        p99,
+        cpu_us: per_request(cpu() - cpu0),
+        server_cpu_us: per_request(server_cpu() - server0),
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+/// Every round measures each row of each path once, the paths in turn (each round
+/// starting with the next path), so that load from elsewhere falls on all of them.
+/// Returns `[row][path][round]`.
+async fn interleaved(
+    client: &Client,
+    paths: &[Path],
+    rows: &[Row],
+    sizes: (usize, usize),
+    rounds: usize,
+    load: &Arc<Load>,
+    server: Option<&str>,
+) -> Vec<Vec<Vec<Sample>>> {
+    let mut results = vec![vec![Vec::with_capacity(rounds); paths.len()]; rows.len()];
+    for round in 0..rounds {
+        for (r, row) in rows.iter().enumerate() {
+            for k in 0..paths.len() {
+                let p = (k + round) % paths.len();
+                let sample = measure(client, paths[p], *row, sizes, load, server).await;
+                results[r][p].push(sample);
+            }
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+    results
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
 }
 
 fn codec_rate(encoding: Encoding, n: usize) -> f64 {
@@ -208,6 +354,11 @@ fn codec_rate(encoding: Encoding, n: usize) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    if std::env::var("BENCH_LOGS").is_ok() {
+        // The logging every service installs (JSON on stderr, `info`), so that the
+        // request's span costs what it costs in a service.
+        toronto_runtime::telemetry::init(&toronto_runtime::config::LogConfig::default());
+    }
     let server = NatsServer::start().await;
     let responder = server.client().await;
     let requester = server.client().await;
@@ -292,7 +443,6 @@ async fn main() {
     .unwrap();
     responder.flush().await.unwrap();
 
-    let payload = Bytes::from(vec![b'x'; 512]);
     let envelope = Envelope::builder(
         "toronto://bench",
         Payload {
@@ -300,13 +450,16 @@ async fn main() {
         },
     )
     .build();
+    let request_bytes = Bytes::from(encode(&envelope, Encoding::Json).unwrap());
+    let load = Arc::new(Load {
+        payload: Bytes::from(vec![b'x'; 512]),
+        envelope,
+        request_bytes: request_bytes.clone(),
+    });
 
     // The floor: raw, with the contract's headers both ways and the runtime's reply size.
     let reply_size = requester
-        .request(
-            RUNTIME_SUBJECT,
-            Bytes::from(encode(&envelope, Encoding::Json).unwrap()),
-        )
+        .request(RUNTIME_SUBJECT, request_bytes)
         .await
         .unwrap()
         .payload
@@ -330,7 +483,7 @@ async fn main() {
     responder.flush().await.unwrap();
 
     if let Ok(only) = std::env::var("BENCH_ONLY") {
-        // One path, 64-way, for a profiler (`perf record`).
+        // One path, `BENCH_WAYS` in flight (64 unless set), for a profiler (`perf record`).
         let path = match only.as_str() {
             "raw" => Path::Raw,
             "floor" => Path::Floor,
@@ -338,15 +491,30 @@ async fn main() {
             "client" => Path::Canned,
             _ => Path::Runtime,
         };
-        let rate = concurrent(&requester, path, 64, scale(100_000), &payload, &envelope).await;
-        println!("{only}: 64-way {rate:.0}/s");
+        let ways = std::env::var("BENCH_WAYS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(64);
+        let (rate, _) = concurrent(&requester, path, ways, scale(100_000), &load).await;
+        println!("{only}: {ways}-way {rate:.0}/s");
         return;
     }
+
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(5)
+        .max(1);
+    let server_pid = nats_server_pid();
+    let rows = [Row::Sequential, Row::Ways(16), Row::Ways(64)];
+    let (n, total) = (scale(2000), scale(20_000));
+    let load_before = loadavg();
+
     if std::env::var("BENCH_SPLIT").is_ok() {
         // Where the runtime's cost goes: headers alone, then a task per request, then
         // the service side alone (pre-encoded request, no client-side codec), the whole
         // path, and the typed client alone (against a raw responder with a fixed reply).
-        for (name, path) in [
+        let paths = [
             ("raw", Path::Raw),
             ("raw+headers", Path::RawHeaders),
             ("raw+headers+spawn", Path::RawSpawn),
@@ -354,77 +522,150 @@ async fn main() {
             ("runtime, raw client", Path::RuntimeRawClient),
             ("runtime", Path::Runtime),
             ("typed client only", Path::Canned),
-        ] {
-            let (p50, _) = sequential(&requester, path, scale(3000), &payload, &envelope).await;
-            let rate = concurrent(&requester, path, 64, scale(20_000), &payload, &envelope).await;
+        ];
+        let kinds: Vec<Path> = paths.iter().map(|(_, p)| *p).collect();
+        let results = interleaved(
+            &requester,
+            &kinds,
+            &rows,
+            (n, total),
+            rounds,
+            &load,
+            server_pid.as_deref(),
+        )
+        .await;
+        println!(
+            "{rounds} rounds interleaved, medians; load average {load_before} before, {} after",
+            loadavg()
+        );
+        println!(
+            "{:<22} {:>10} {:>10} {:>10} {:>24}",
+            "", "p50", "16-way", "64-way", "CPU/request 16-way"
+        );
+        for (i, (name, _)) in paths.iter().enumerate() {
+            let value = |r: usize| median(results[r][i].iter().map(|s| s.value).collect());
+            let cpu = median(results[1][i].iter().map(|s| s.cpu_us).collect());
+            let server = median(results[1][i].iter().map(|s| s.server_cpu_us).collect());
             println!(
-                "{name:<22} p50 {:>7.1} us  64-way {rate:>8.0}/s",
-                p50.as_secs_f64() * 1e6
+                "{name:<22} {:>7.1} us {:>8.0}/s {:>8.0}/s {cpu:>6.1} us + server {server:>5.1} us",
+                value(0),
+                value(1),
+                value(2),
             );
         }
         return;
     }
-    let n = scale(5000);
-    let total = scale(40_000);
+
+    let paths = [Path::Raw, Path::Floor, Path::Runtime];
+    let results = interleaved(
+        &requester,
+        &paths,
+        &rows,
+        (n, total),
+        rounds,
+        &load,
+        server_pid.as_deref(),
+    )
+    .await;
     println!(
         "request/reply against nats-server at {} (512-byte payload; floor: raw with the \
          contract's headers both ways, the request envelope's bytes and a {reply_size}-byte reply)",
         server.url()
     );
     println!(
-        "{:<34} {:>11} {:>11} {:>11} {:>8} {:>8}",
+        "{rounds} rounds, raw/floor/runtime interleaved; each figure the median over rounds, each \
+         ratio the median of the per-round ratios; load average {load_before} before, {} after",
+        loadavg()
+    );
+    println!(
+        "{:<38} {:>11} {:>11} {:>11} {:>8} {:>8}",
         "", "raw", "floor", "runtime", "vs raw", "vs floor"
     );
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    let mut p50s = Vec::new();
-    let mut p99s = Vec::new();
-    for path in [Path::Raw, Path::Floor, Path::Runtime] {
-        let (p50, p99) = sequential(&requester, path, n, &payload, &envelope).await;
-        p50s.push(us(p50));
-        p99s.push(us(p99));
-    }
-    for (label, v, goal) in [
-        (
-            format!("sequential p50 ({n} requests)"),
-            &p50s,
-            "  (goal <= 1.25x raw)",
-        ),
-        ("sequential p99".to_owned(), &p99s, ""),
-    ] {
+    // One table line: the median of each path and of the runtime's per-round ratios.
+    let line = |label: String, r: usize, pick: fn(&Sample) -> f64, unit: &str, goal: &str| {
+        let of = |p: usize| median(results[r][p].iter().map(pick).collect());
+        let ratio = |p: usize| {
+            median(
+                (0..rounds)
+                    .map(|i| pick(&results[r][2][i]) / pick(&results[r][p][i]))
+                    .collect(),
+            )
+        };
+        let cell = |v: f64| match unit {
+            "/s" => format!("{v:>9.0}/s"),
+            _ => format!("{v:>8.1} {unit}"),
+        };
         println!(
-            "{label:<34} {:>8.1} us {:>8.1} us {:>8.1} us {:>7.2}x {:>7.2}x{goal}",
-            v[0],
-            v[1],
-            v[2],
-            v[2] / v[0],
-            v[2] / v[1]
+            "{label:<38} {} {} {} {:>7.2}x {:>7.2}x{goal}",
+            cell(of(0)),
+            cell(of(1)),
+            cell(of(2)),
+            ratio(0),
+            ratio(1)
         );
-    }
-    for workers in [16, 64] {
-        let mut rates = Vec::new();
-        for path in [Path::Raw, Path::Floor, Path::Runtime] {
-            rates.push(concurrent(&requester, path, workers, total, &payload, &envelope).await);
+    };
+    let latency_goal = "  (goal <= 1.25x raw, <= 1.10x floor)";
+    let rate_goal = "  (goal >= 0.80x raw, >= 0.90x floor)";
+    line(
+        format!("sequential p50 ({n} requests)"),
+        0,
+        |s| s.value,
+        "us",
+        latency_goal,
+    );
+    line("sequential p99".to_owned(), 0, |s| s.p99, "us", "");
+    line(
+        format!("16-way concurrent ({total} requests)"),
+        1,
+        |s| s.value,
+        "/s",
+        rate_goal,
+    );
+    line(
+        format!("64-way concurrent ({total} requests)"),
+        2,
+        |s| s.value,
+        "/s",
+        rate_goal,
+    );
+    for (r, ways) in [(1, 16), (2, 64)] {
+        line(
+            format!("CPU/request {ways}-way, this process"),
+            r,
+            |s| s.cpu_us,
+            "us",
+            "",
+        );
+        if server_pid.is_some() {
+            line(
+                format!("CPU/request {ways}-way, nats-server"),
+                r,
+                |s| s.server_cpu_us,
+                "us",
+                "",
+            );
         }
-        println!(
-            "{:<34} {:>9.0}/s {:>9.0}/s {:>9.0}/s {:>7.2}x {:>7.2}x  (goal >= 0.80x raw)",
-            format!("{workers}-way concurrent ({total} requests)"),
-            rates[0],
-            rates[1],
-            rates[2],
-            rates[2] / rates[0],
-            rates[2] / rates[1]
-        );
     }
-
     let stats = host.stats();
     let avg_ns = stats["endpoints"][0]["average_processing_time"]
         .as_u64()
         .unwrap_or(0);
     println!(
-        "{:<34} {:>28.1} us",
+        "{:<38} {:>35.1} us",
         "time inside the endpoint (average)",
         avg_ns as f64 / 1000.0
     );
+    // The spread: runtime against floor, round by round.
+    for (r, what, pick) in [
+        (0, "p50", (|s: &Sample| s.value) as fn(&Sample) -> f64),
+        (1, "16-way", |s: &Sample| s.value),
+        (2, "64-way", |s: &Sample| s.value),
+    ] {
+        let ratios: Vec<String> = (0..rounds)
+            .map(|i| format!("{:.2}", pick(&results[r][2][i]) / pick(&results[r][1][i])))
+            .collect();
+        println!("runtime/floor by round, {what:<7} {}", ratios.join(" "));
+    }
 
     let codec_n = scale(100_000);
     println!();

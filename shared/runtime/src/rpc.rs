@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::auth::Signer;
+use crate::service::header;
 use async_nats::client::{Request as NatsRequest, RequestErrorKind};
 use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
@@ -234,23 +235,16 @@ async fn send_message<T: serde::Serialize>(
 /// The reply's bytes and encoding, or the error it carried.
 fn check_reply(reply: &async_nats::Message) -> Result<(Bytes, Encoding), CallError> {
     let headers = reply.headers.as_ref();
-    let reply_encoding = Encoding::from_content_type(
-        headers
-            .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-            .map(|v| v.as_str()),
-    )?;
-    let error_code = headers
-        .and_then(|h| h.get(SERVICE_ERROR_CODE_HEADER))
-        .and_then(|v| v.as_str().parse::<u16>().ok());
+    let reply_encoding = Encoding::from_content_type(header(headers, CONTENT_TYPE_HEADER))?;
+    let error_code = header(headers, SERVICE_ERROR_CODE_HEADER).and_then(|v| v.parse::<u16>().ok());
     if let Some(status) = error_code {
         let body = decode::<ErrorBody>(&reply.payload, reply_encoding)
             .map(|e| e.data)
             .unwrap_or_else(|_| {
                 ErrorBody::new(
                     ErrorCode::from_status(status),
-                    headers
-                        .and_then(|h| h.get(SERVICE_ERROR_HEADER))
-                        .map(|v| v.as_str().to_owned())
+                    header(headers, SERVICE_ERROR_HEADER)
+                        .map(str::to_owned)
                         .unwrap_or_else(|| format!("error {status}")),
                 )
             });

@@ -127,6 +127,17 @@ impl std::fmt::Debug for ServiceHost {
     }
 }
 
+/// The first value of header `name`, matched exactly as `HeaderMap::get` matches it,
+/// but without building a `HeaderName` (which allocates for a custom name) or hashing
+/// it: a message carries a handful of headers.
+pub(crate) fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    headers?
+        .iter()
+        .find(|(k, _)| AsRef::<str>::as_ref(*k) == name)
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
+}
+
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         (*s).to_owned()

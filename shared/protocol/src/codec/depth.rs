@@ -29,10 +29,11 @@ pub fn json(bytes: &[u8]) -> Result<(), TooDeep> {
                 // Skip the string: its brackets are text.
                 i += 1;
                 while i < bytes.len() {
-                    match bytes[i] {
-                        b'\\' => i += 2,
-                        b'"' => break,
-                        _ => i += 1,
+                    i = to_quote_or_backslash(bytes, i);
+                    match bytes.get(i) {
+                        Some(b'\\') => i += 2,
+                        Some(_) => break,
+                        None => {}
                     }
                 }
             }
@@ -48,6 +49,30 @@ pub fn json(bytes: &[u8]) -> Result<(), TooDeep> {
         i += 1;
     }
     Ok(())
+}
+
+/// The first position from `i` on holding `"` or `\\` (`bytes.len()` when none), eight
+/// bytes at a time: most of an envelope's bytes are string contents, so this is where
+/// the scan spends its time.
+fn to_quote_or_backslash(bytes: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Whether any byte of `word` is zero (exact: no false positives for "any").
+    let has_zero = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("eight bytes"));
+        if has_zero(word ^ (ONES * u64::from(b'"'))) || has_zero(word ^ (ONES * u64::from(b'\\'))) {
+            break;
+        }
+        i += 8;
+    }
+    while let Some(&b) = bytes.get(i) {
+        if b == b'"' || b == b'\\' {
+            break;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// What one MessagePack value's header says: bytes of body to skip, and for a
@@ -173,6 +198,27 @@ mod tests {
     fn json_brackets_inside_strings_do_not_count() {
         let text = format!(r#"{{"a": "{}\"[", "b": [1]}}"#, "[".repeat(500));
         assert_eq!(json(text.as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn json_escapes_are_found_at_every_offset_of_a_long_string() {
+        for offset in 0..24 {
+            let pad = "x".repeat(offset);
+            // An escaped quote inside the string keeps its brackets text.
+            let text = format!(r#"{{"a": "{pad}\"{}\\", "b": [1]}}"#, "[".repeat(70));
+            assert_eq!(json(text.as_bytes()), Ok(()), "{offset}");
+            // After the string ends, brackets count again.
+            let deep = format!(
+                r#"{{"a": "{pad}\\", "b": {}1{}}}"#,
+                "[".repeat(MAX_DEPTH),
+                "]".repeat(MAX_DEPTH)
+            );
+            assert_eq!(
+                json(deep.as_bytes()),
+                Err(TooDeep { limit: MAX_DEPTH }),
+                "{offset}"
+            );
+        }
     }
 
     #[test]

@@ -14,15 +14,19 @@ use super::request::RequestDecoder;
 /// headers in lowercase; NATS keeps the case it was sent with).
 fn lookup(headers: Option<&HeaderMap>) -> impl Fn(&str) -> Option<String> + '_ {
     move |name: &str| {
-        let headers = headers?;
-        if let Some(value) = headers.get(name) {
-            return Some(value.as_str().to_owned());
+        // The exact name first, else the first that differs only in case; one pass,
+        // without building a `HeaderName`.
+        let mut folded = None;
+        for (k, values) in headers?.iter() {
+            let k: &str = k.as_ref();
+            if k == name {
+                return values.first().map(|v| v.as_str().to_owned());
+            }
+            if folded.is_none() && k.eq_ignore_ascii_case(name) {
+                folded = values.first();
+            }
         }
-        headers
-            .iter()
-            .find(|(k, _)| AsRef::<str>::as_ref(*k).eq_ignore_ascii_case(name))
-            .and_then(|(_, values)| values.first())
-            .map(|v| v.as_str().to_owned())
+        folded.map(|v| v.as_str().to_owned())
     }
 }
 

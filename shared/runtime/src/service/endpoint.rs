@@ -93,13 +93,8 @@ where
         refusal: Option<ErrorBody>,
     ) -> Option<ErrorBody> {
         let name = self.name.as_str();
-        let encoding = Encoding::from_content_type(
-            message
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(CONTENT_TYPE_HEADER))
-                .map(|v| v.as_str()),
-        );
+        let encoding =
+            Encoding::from_content_type(header(message.headers.as_ref(), CONTENT_TYPE_HEADER));
         let reply_encoding = *encoding.as_ref().unwrap_or(&Encoding::Json);
         let mut flow: Option<FlowContext> = None;
         let mut sign_reply = false;
@@ -130,11 +125,8 @@ where
             };
             let mut request_flow = envelope.flow();
             if request_flow.traceparent.is_none() {
-                request_flow.traceparent = message
-                    .headers
-                    .as_ref()
-                    .and_then(|h| h.get(TRACEPARENT_HEADER))
-                    .and_then(|v| TraceParent::parse(v.as_str()));
+                request_flow.traceparent = header(message.headers.as_ref(), TRACEPARENT_HEADER)
+                    .and_then(TraceParent::parse);
             }
             // The remote parent (when traces are exported), read before the handler
             // takes the headers.
@@ -169,10 +161,11 @@ where
             if let Some(caller) = &caller {
                 D::attribute(&mut envelope.data, &caller.principal().id);
             }
-            sign_reply = message
-                .headers
-                .as_ref()
-                .is_some_and(|h| h.get(toronto_protocol::auth::SIGN_REPLY_HEADER).is_some());
+            sign_reply = header(
+                message.headers.as_ref(),
+                toronto_protocol::auth::SIGN_REPLY_HEADER,
+            )
+            .is_some();
             // The headers go to the handler; a copy is kept only when a refused message
             // may have to be parked with them (no reply subject).
             let headers = if message.reply.is_some() {
@@ -183,7 +176,7 @@ where
             let request = Request {
                 envelope,
                 headers,
-                subject: message.subject.to_string(),
+                subject: message.subject.as_str().to_owned(),
                 caller,
             };
             let span = tracing::info_span!(
@@ -195,13 +188,10 @@ where
                 endpoint = name,
                 id = %request_flow.id,
                 correlationid = %request_flow.correlationid,
-                trace_id = tracing::field::Empty,
+                // Given here, not recorded afterwards: a JSON log layer re-parses and
+                // re-writes a span's fields on every later record.
+                trace_id = request_flow.traceparent.as_ref().map(|tp| tp.trace_id.as_str()),
             );
-            if !span.is_disabled()
-                && let Some(tp) = &request_flow.traceparent
-            {
-                span.record("trace_id", tp.trace_id.as_str());
-            }
             if let Some(parent) = parent {
                 propagation::set_parent(&span, parent);
                 served_in = propagation::span_context(&span);
@@ -362,7 +352,8 @@ fn oversized(
     bytes: Vec<u8>,
     error: Option<ErrorBody>,
 ) -> (Vec<u8>, Option<ErrorBody>) {
-    let limit = client.server_info().max_payload;
+    // The atomic the client keeps, not `server_info()`, which clones the whole INFO.
+    let limit = client.max_payload();
     if limit == 0 || bytes.len() + REPLY_HEADER_ROOM <= limit {
         return (bytes, error);
     }
