@@ -3,8 +3,8 @@
 //! number of samples per series and of series.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// Labels of a series, sorted by name.
 pub type Labels = BTreeMap<String, String>;
@@ -46,20 +46,20 @@ pub struct StoreCounters {
 /// The series of one metric name.
 #[derive(Debug, Default)]
 struct Metric {
-    /// Samples by labels.
-    series: HashMap<Labels, Samples>,
+    /// Samples by labels. Each series' labels are held once, shared with the index.
+    series: HashMap<Arc<Labels>, Samples>,
     /// The labels of the series by each (label, value) pair they hold, so that a
     /// selection reads the series of one pair instead of every series of the name.
-    by_pair: HashMap<(String, String), HashSet<Labels>>,
+    by_pair: HashMap<(String, String), HashSet<Arc<Labels>>>,
 }
 
 impl Metric {
-    fn index(&mut self, labels: &Labels) {
-        for (k, v) in labels {
+    fn index(&mut self, labels: &Arc<Labels>) {
+        for (k, v) in labels.iter() {
             self.by_pair
                 .entry((k.clone(), v.clone()))
                 .or_default()
-                .insert(labels.clone());
+                .insert(Arc::clone(labels));
         }
     }
 
@@ -81,10 +81,10 @@ impl Metric {
         matchers: &'a Labels,
     ) -> Box<dyn Iterator<Item = (&'a Labels, &'a Samples)> + 'a> {
         if matchers.is_empty() {
-            return Box::new(self.series.iter());
+            return Box::new(self.series.iter().map(|(l, s)| (&**l, s)));
         }
         // The pair held by the fewest series.
-        let mut fewest: Option<&HashSet<Labels>> = None;
+        let mut fewest: Option<&HashSet<Arc<Labels>>> = None;
         for (k, v) in matchers {
             match self.by_pair.get(&(k.clone(), v.clone())) {
                 None => return Box::new(std::iter::empty()),
@@ -97,7 +97,8 @@ impl Metric {
                 .into_iter()
                 .flatten()
                 .filter(move |labels| matches(labels, matchers))
-                .filter_map(|labels| self.series.get_key_value(labels)),
+                .filter_map(|labels| self.series.get_key_value(&**labels))
+                .map(|(l, s)| (&**l, s)),
         )
     }
 }
@@ -195,8 +196,9 @@ impl Store {
                 return 0;
             }
             self.count.fetch_add(1, Ordering::Relaxed);
-            metric.index(labels);
-            metric.series.insert(labels.clone(), Samples::new());
+            let shared = Arc::new(labels.clone());
+            metric.index(&shared);
+            metric.series.insert(shared, Samples::new());
         }
         let Some(series) = metric.series.get_mut(labels) else {
             return 0;
@@ -308,7 +310,7 @@ impl Store {
                 }
                 let keep = !samples.is_empty();
                 if !keep {
-                    gone.push(labels.clone());
+                    gone.push(Arc::clone(labels));
                 }
                 keep
             });
@@ -432,6 +434,20 @@ mod tests {
         // It comes back with a new sample.
         store.insert("m", &old, now_ms(), 3.0);
         assert_eq!(store.values("m", &old, 0, i64::MAX), vec![3.0]);
+    }
+
+    #[test]
+    fn a_series_labels_are_held_once_and_shared_with_the_index() {
+        let store = Store::new(StoreLimits::default());
+        let three = labels(&[("service", "shop"), ("track", "canary"), ("version", "2")]);
+        store.insert("m", &three, now_ms(), 1.0);
+        store.insert("m", &three, now_ms(), 2.0);
+        let map = store.series.read().unwrap();
+        let metric = &map["m"];
+        let (held, _) = metric.series.get_key_value(&three).unwrap();
+        // The series map's copy and one per (label, value) pair in the index.
+        assert_eq!(Arc::strong_count(held), 1 + 3);
+        assert_eq!(metric.by_pair.len(), 3);
     }
 
     #[test]
