@@ -4,7 +4,9 @@
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
+use toronto_protocol::alerts::Alert;
 use toronto_protocol::analysis::{AnalysisOutcome, CanaryVerdict};
+use toronto_runtime::service::decode_message;
 
 use super::{Deployer, EngineError, Heard};
 
@@ -47,27 +49,24 @@ impl Deployer {
                 Some(m) = results.next() => (m, false),
                 else => return Ok(()),
             };
-            let Ok(raw) =
-                toronto_protocol::codec::from_json_bounded::<serde_json::Value>(&message.payload)
-            else {
-                continue;
-            };
-            let data = raw.get("data").cloned().unwrap_or_default();
+            let headers = message.headers.as_ref();
             if is_alert {
-                let label = |name: &str| {
-                    data.get(name)
-                        .or_else(|| data.get("labels").and_then(|l| l.get(name)))
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned)
+                // Typed and bounded, in whichever encoding or content mode it came.
+                let Ok(alert) = decode_message::<Alert>(headers, &message.payload) else {
+                    continue;
                 };
-                let (Some(service), Some(environment)) = (label("service"), label("environment"))
+                let alert = alert.data;
+                let (Some(service), Some(environment)) =
+                    (alert.labels.get("service"), alert.labels.get("environment"))
                 else {
                     continue;
                 };
-                let summary = label("summary")
-                    .or_else(|| label("alertname"))
-                    .or_else(|| label("slo"))
-                    .unwrap_or_else(|| "alert".into());
+                let summary = alert
+                    .annotations
+                    .get("summary")
+                    .or_else(|| alert.labels.get("alertname"))
+                    .or_else(|| alert.labels.get("slo"))
+                    .map_or("alert", String::as_str);
                 let verdict = CanaryVerdict {
                     service: service.clone(),
                     environment: environment.clone(),
@@ -78,8 +77,8 @@ impl Deployer {
                     analyzed_at: Utc::now(),
                 };
                 self.hear(
-                    &service,
-                    &environment,
+                    service,
+                    environment,
                     Heard {
                         at: Utc::now(),
                         rollout_id: None,
@@ -87,10 +86,11 @@ impl Deployer {
                         verdict,
                     },
                 );
-            } else if let Ok(verdict) = serde_json::from_value::<CanaryVerdict>(data)
-                && verdict.outcome == AnalysisOutcome::Fail
-                && verdict.rollout_id.is_some()
+            } else if let Ok(verdict) = decode_message::<CanaryVerdict>(headers, &message.payload)
+                && verdict.data.outcome == AnalysisOutcome::Fail
+                && verdict.data.rollout_id.is_some()
             {
+                let verdict = verdict.data;
                 let (service, environment) = (verdict.service.clone(), verdict.environment.clone());
                 self.hear(
                     &service,
