@@ -322,11 +322,9 @@ pub fn close(
 /// playbook is not running): recovery is to be confirmed, then they resolve.
 pub fn quiet(st: &State, t: &Turn<'_>) -> Vec<Uuid> {
     let hold = chrono::Duration::from_std(t.settings.resolve_hold).unwrap_or_default();
-    st.incidents
-        .values()
+    st.open_incidents()
         .filter(|i| {
-            i.state.is_open()
-                && i.alerts_firing == 0
+            i.alerts_firing == 0
                 && i.quiet_since.is_some_and(|at| t.now - at >= hold)
                 && i.playbook
                     .as_ref()

@@ -75,11 +75,17 @@ impl Collector for ResponseTimes {
 }
 
 /// Metrics over every incident (of one service, with `service`).
+///
+/// Over every service the totals are kept as incidents change (see
+/// [`super::index::Index`]); one service's are computed from its incidents.
 pub fn metrics(st: &State, service: Option<&str>) -> IncidentMetrics {
+    let Some(service) = service else {
+        return st.index.metrics();
+    };
     let incidents: Vec<&Incident> = st
         .incidents
         .values()
-        .filter(|i| service.is_none_or(|s| i.service == s))
+        .filter(|i| i.service == service)
         .collect();
     of(&incidents)
 }

@@ -20,6 +20,7 @@ pub mod alerts;
 mod error;
 pub mod escalation;
 pub mod grouping;
+mod index;
 pub mod lifecycle;
 pub mod metrics;
 pub mod playbooks;
@@ -115,6 +116,7 @@ impl Engine {
             &self.counters,
         );
         let out = verb(&mut st, &mut turn);
+        st.reindex(&turn.effects);
         // Sent under the lock, so effects of two turns never interleave.
         for effect in turn.effects {
             let _ = self.out.send(effect);
@@ -371,9 +373,8 @@ impl Engine {
         severities: &[toronto_protocol::incidents::Severity],
     ) -> Vec<Incident> {
         self.read(|st| {
-            st.incidents
-                .values()
-                .filter(|i| i.state.is_open() && severities.contains(&i.severity))
+            st.open_incidents()
+                .filter(|i| severities.contains(&i.severity))
                 .cloned()
                 .collect()
         })
@@ -381,13 +382,7 @@ impl Engine {
 
     /// The ids of the open incidents.
     pub fn open_ids(&self) -> std::collections::BTreeSet<Uuid> {
-        self.read(|st| {
-            st.incidents
-                .values()
-                .filter(|i| i.state.is_open())
-                .map(|i| i.id)
-                .collect()
-        })
+        self.read(|st| st.index.open().clone())
     }
 
     /// Pages a target for a playbook.
