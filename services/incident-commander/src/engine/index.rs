@@ -181,3 +181,7 @@ fn set<T: Ord>(s: &mut BTreeSet<T>, v: T, add: bool) {
         s.remove(&v);
     }
 }
+
+#[cfg(test)]
+#[path = "index_tests.rs"]
+mod tests;
