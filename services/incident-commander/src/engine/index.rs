@@ -3,9 +3,9 @@
 //! incident ever kept.
 //!
 //! The index is kept in one place: after every turn, each incident the turn asked to
-//! persist is re-read ([`Index::update`]); at start, every incident loaded from KV is.
-//! Every change of an incident is persisted, so the index always agrees with the
-//! incidents.
+//! persist, or holds an alert note for, is re-read ([`Index::update`]); at start, every
+//! incident loaded from KV is. Every change of an incident is persisted (an alert that
+//! resolves when its note is announced), so the index always agrees with the incidents.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -18,6 +18,7 @@ use uuid::Uuid;
 struct Entry {
     open: bool,
     escalate_at: Option<DateTime<Utc>>,
+    quiet_since: Option<DateTime<Utc>>,
     severity: Severity,
     service: String,
     opened_at: DateTime<Utc>,
@@ -33,6 +34,9 @@ impl Entry {
                 .escalation
                 .next_at
                 .filter(|_| inc.state == IncidentState::Triggered),
+            quiet_since: inc
+                .quiet_since
+                .filter(|_| inc.state.is_open() && inc.alerts_firing == 0),
             severity: inc.severity,
             service: inc.service.clone(),
             opened_at: inc.opened_at,
@@ -77,6 +81,8 @@ pub struct Index {
     entries: HashMap<Uuid, Entry>,
     open: BTreeSet<Uuid>,
     escalations: BTreeSet<(DateTime<Utc>, Uuid)>,
+    /// Open incidents with no alert firing, by when they went quiet.
+    quiet: BTreeSet<(DateTime<Utc>, Uuid)>,
     by_severity: BTreeMap<Severity, u64>,
     acknowledged: Sum,
     resolved: Sum,
@@ -112,6 +118,9 @@ impl Index {
         if let Some(at) = e.escalate_at {
             set(&mut self.escalations, (at, id), add);
         }
+        if let Some(at) = e.quiet_since {
+            set(&mut self.quiet, (at, id), add);
+        }
         let n = self.by_severity.entry(e.severity).or_default();
         *n = if add { *n + 1 } else { n.saturating_sub(1) };
         self.acknowledged.add(e.ack_ms, sign);
@@ -136,6 +145,14 @@ impl Index {
     pub fn escalations_due(&self, now: DateTime<Utc>) -> Vec<Uuid> {
         self.escalations
             .range(..=(now, Uuid::max()))
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Open incidents with no alert firing since `since` or earlier.
+    pub fn quiet_since(&self, since: DateTime<Utc>) -> Vec<Uuid> {
+        self.quiet
+            .range(..=(since, Uuid::max()))
             .map(|(_, id)| *id)
             .collect()
     }

@@ -58,6 +58,16 @@ fn agrees(st: &State, now: DateTime<Utc>) -> BTreeSet<Uuid> {
         .collect();
     let indexed: BTreeSet<Uuid> = st.index.escalations_due(now).into_iter().collect();
     assert_eq!(indexed, due, "the escalations due");
+    let quiet: BTreeSet<Uuid> = st
+        .incidents
+        .values()
+        .filter(|i| {
+            i.state.is_open() && i.alerts_firing == 0 && i.quiet_since.is_some_and(|at| at <= now)
+        })
+        .map(|i| i.id)
+        .collect();
+    let indexed: BTreeSet<Uuid> = st.index.quiet_since(now).into_iter().collect();
+    assert_eq!(indexed, quiet, "the quiet incidents");
     let all: Vec<&Incident> = st.incidents.values().collect();
     let (kept, walked) = (st.index.metrics(), of(&all));
     assert_eq!(
@@ -136,6 +146,8 @@ fn the_index_follows_an_incident_through_its_life_and_a_restart() {
     w.advance(10);
     let now = w.now;
     w.ingest(vec![clear("a1", API, now)]);
+    assert_eq!(w.st.index.quiet_since(now), vec![id], "its alert resolved");
+    agrees(&w.st, now);
     w.run(|st, t| resolve(st, t, id, "ann", "fixed")).unwrap();
     assert!(agrees(&w.st, w.now).is_empty(), "resolved is not open");
     assert_eq!(w.st.index.metrics().mttr_seconds, Some(111.0));

@@ -372,6 +372,9 @@ impl Engine {
         &self,
         severities: &[toronto_protocol::incidents::Severity],
     ) -> Vec<Incident> {
+        if severities.is_empty() {
+            return Vec::new();
+        }
         self.read(|st| {
             st.open_incidents()
                 .filter(|i| severities.contains(&i.severity))

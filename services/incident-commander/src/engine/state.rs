@@ -155,12 +155,16 @@ impl State {
     }
 
     /// Brings the index up to date with the incidents a turn asked to persist (every
-    /// change of an incident is persisted).
+    /// change of an incident is persisted) and those with alert notes not yet
+    /// announced (an alert that resolved, persisted when its note is announced).
     pub(super) fn reindex(&mut self, effects: &[Effect]) {
         for e in effects {
             if let Effect::Persist(Record::Incident(id)) = e {
                 self.index.update(*id, self.incidents.get(id));
             }
+        }
+        for (id, _) in &self.pending {
+            self.index.update(*id, self.incidents.get(id));
         }
     }
 
