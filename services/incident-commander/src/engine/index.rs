@@ -13,6 +13,8 @@ use chrono::{DateTime, Utc};
 use toronto_protocol::incidents::{Incident, IncidentMetrics, IncidentState, Severity};
 use uuid::Uuid;
 
+use super::metrics::RESPONSE_BUCKETS;
+
 /// What one incident adds to the index, as last read.
 #[derive(Debug, Clone, PartialEq)]
 struct Entry {
@@ -74,6 +76,60 @@ impl Sum {
     }
 }
 
+/// A response-time histogram kept as incidents change: the sum and count, and how many
+/// times fall in each bucket of [`RESPONSE_BUCKETS`] (the last past its last bound).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Times {
+    sum: Sum,
+    buckets: [u64; RESPONSE_BUCKETS.len() + 1],
+}
+
+impl Times {
+    fn add(&mut self, v: Option<i64>, sign: i128) {
+        let Some(v) = v else {
+            return;
+        };
+        self.sum.add(Some(v), sign);
+        let secs = v as f64 / 1000.0;
+        let i = RESPONSE_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(RESPONSE_BUCKETS.len());
+        let n = &mut self.buckets[i];
+        *n = if sign > 0 {
+            *n + 1
+        } else {
+            n.saturating_sub(1)
+        };
+    }
+
+    /// The sum of the times, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum.ms as f64 / 1000.0
+    }
+
+    /// How many times.
+    pub fn count(&self) -> u64 {
+        self.sum.count
+    }
+
+    /// The mean, in seconds (None: no times).
+    pub fn mean_seconds(&self) -> Option<f64> {
+        self.sum.mean_seconds()
+    }
+
+    /// Each bucket's upper bound (the last `+Inf`) and how many times fall in it (not
+    /// cumulative).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
+        RESPONSE_BUCKETS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets)
+            .collect()
+    }
+}
+
 /// The open incidents, the escalations by when they are due, and the totals that
 /// `incident.metrics` (over every service) reports.
 #[derive(Debug, Default)]
@@ -84,8 +140,8 @@ pub struct Index {
     /// Open incidents with no alert firing, by when they went quiet.
     quiet: BTreeSet<(DateTime<Utc>, Uuid)>,
     by_severity: BTreeMap<Severity, u64>,
-    acknowledged: Sum,
-    resolved: Sum,
+    acknowledged: Times,
+    resolved: Times,
     /// Opening times of each service's incidents, for MTBF.
     opened: HashMap<String, BTreeSet<(DateTime<Utc>, Uuid)>>,
     /// Sum of the gaps between consecutive incidents of a service (the span from the
@@ -155,6 +211,11 @@ impl Index {
             .range(..=(since, Uuid::max()))
             .map(|(_, id)| *id)
             .collect()
+    }
+
+    /// Times to acknowledge and to resolve, over every incident that got there.
+    pub fn response_times(&self) -> (Times, Times) {
+        (self.acknowledged, self.resolved)
     }
 
     /// MTTA, MTTR, MTBF and counts over every incident.

@@ -1,7 +1,7 @@
 use super::*;
 use crate::engine::escalation::escalate_due;
 use crate::engine::lifecycle::{ack, close, mitigate, resolve};
-use crate::engine::metrics::of;
+use crate::engine::metrics::{RESPONSE_BUCKETS, of};
 use crate::engine::state::State;
 use crate::engine::testing::{World, clear, fire};
 
@@ -77,6 +77,33 @@ fn agrees(st: &State, now: DateTime<Utc>) -> BTreeSet<Uuid> {
     assert!(close_to(kept.mtta_seconds, walked.mtta_seconds), "MTTA");
     assert!(close_to(kept.mttr_seconds, walked.mttr_seconds), "MTTR");
     assert!(close_to(kept.mtbf_seconds, walked.mtbf_seconds), "MTBF");
+    let (acknowledged, resolved) = st.index.response_times();
+    for (times, walked) in [
+        (
+            acknowledged,
+            all.iter()
+                .filter_map(|i| i.acknowledged_at.map(|t| (i.opened_at, t)))
+                .collect::<Vec<_>>(),
+        ),
+        (
+            resolved,
+            all.iter()
+                .filter_map(|i| i.resolved_at.map(|t| (i.opened_at, t)))
+                .collect(),
+        ),
+    ] {
+        let mut buckets = vec![0u64; RESPONSE_BUCKETS.len() + 1];
+        for (from, to) in walked {
+            let secs = (to - from).num_milliseconds() as f64 / 1000.0;
+            buckets[RESPONSE_BUCKETS
+                .iter()
+                .position(|b| secs <= *b)
+                .unwrap_or(13)] += 1;
+        }
+        let kept: Vec<u64> = times.buckets().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(kept, buckets, "response-time buckets");
+        assert_eq!(times.count(), buckets.iter().sum::<u64>());
+    }
     open
 }
 

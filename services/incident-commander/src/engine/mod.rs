@@ -47,6 +47,7 @@ use uuid::Uuid;
 
 pub use alerts::{Intake, alert_name};
 pub use error::EngineError;
+pub use index::Times;
 pub use state::{AlertIn, AlertRecord, AlertState, RecentChange, State};
 pub use turn::{Counters, Effect, Record, Turn, alert_key, derived_id, fnv};
 
@@ -425,8 +426,8 @@ impl Engine {
         self.read(|st| metrics::metrics(st, service))
     }
 
-    /// Seconds to acknowledge and to resolve, per incident (see [`metrics::response_times`]).
-    pub fn response_times(&self) -> (Vec<f64>, Vec<f64>) {
+    /// Times to acknowledge and to resolve (see [`metrics::response_times`]).
+    pub fn response_times(&self) -> (Times, Times) {
         self.read(metrics::response_times)
     }
 }
