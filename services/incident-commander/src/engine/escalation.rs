@@ -190,23 +190,22 @@ pub fn advance(t: &mut Turn<'_>, inc: &mut Incident, reason: &str, by: Option<&s
     );
 }
 
-/// Escalates every triggered incident whose level was not acknowledged in time.
+/// Escalates every triggered incident whose level was not acknowledged in time (found
+/// by when its escalation is due, not by walking every incident).
 /// Returns the incidents escalated.
 pub fn escalate_due(st: &mut State, t: &mut Turn<'_>) -> Vec<Uuid> {
     let now = t.now;
-    let due: Vec<Uuid> = st
-        .incidents
-        .values()
-        .filter(|i| {
-            i.state == IncidentState::Triggered && i.escalation.next_at.is_some_and(|at| at <= now)
+    let mut due = st.index.escalations_due(now);
+    due.retain(|id| {
+        st.incidents.get_mut(id).is_some_and(|inc| {
+            let is_due = inc.state == IncidentState::Triggered
+                && inc.escalation.next_at.is_some_and(|at| at <= now);
+            if is_due {
+                advance(t, inc, "not acknowledged in time", None);
+            }
+            is_due
         })
-        .map(|i| i.id)
-        .collect();
-    for id in &due {
-        if let Some(inc) = st.incidents.get_mut(id) {
-            advance(t, inc, "not acknowledged in time", None);
-        }
-    }
+    });
     due
 }
 

@@ -322,8 +322,10 @@ pub fn close(
 /// playbook is not running): recovery is to be confirmed, then they resolve.
 pub fn quiet(st: &State, t: &Turn<'_>) -> Vec<Uuid> {
     let hold = chrono::Duration::from_std(t.settings.resolve_hold).unwrap_or_default();
-    st.incidents
-        .values()
+    st.index
+        .quiet_since(t.now - hold)
+        .into_iter()
+        .filter_map(|id| st.incidents.get(&id))
         .filter(|i| {
             i.state.is_open()
                 && i.alerts_firing == 0

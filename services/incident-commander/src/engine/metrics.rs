@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use toronto_protocol::incidents::{Incident, IncidentMetrics};
 
 use super::Engine;
+use super::index::Times;
 use super::state::State;
 
 /// Upper bounds, in seconds, of the time-to-acknowledge and time-to-resolve
@@ -21,20 +22,10 @@ pub const RESPONSE_BUCKETS: [f64; 13] = [
     259200.0,
 ];
 
-/// Seconds from opening to acknowledgement, and from opening to resolution, of every
-/// incident that got there.
-pub fn response_times(st: &State) -> (Vec<f64>, Vec<f64>) {
-    let mut acknowledged = Vec::new();
-    let mut resolved = Vec::new();
-    for i in st.incidents.values() {
-        if let Some(t) = i.acknowledged_at {
-            acknowledged.push(secs(i.opened_at, t));
-        }
-        if let Some(t) = i.resolved_at {
-            resolved.push(secs(i.opened_at, t));
-        }
-    }
-    (acknowledged, resolved)
+/// The times from opening to acknowledgement, and from opening to resolution, of every
+/// incident that got there: kept as incidents change, not walked at each scrape.
+pub fn response_times(st: &State) -> (Times, Times) {
+    st.index.response_times()
 }
 
 fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
@@ -42,8 +33,9 @@ fn secs(a: DateTime<Utc>, b: DateTime<Utc>) -> f64 {
 }
 
 /// `toronto_incident_time_to_acknowledge_seconds` and
-/// `toronto_incident_time_to_resolve_seconds`: histograms built at every scrape from the
-/// incidents' recorded times (so they survive restarts and agree with `incident.metrics`).
+/// `toronto_incident_time_to_resolve_seconds`: histograms of the
+/// incidents' recorded times, kept as they change (so they survive restarts and agree
+/// with `incident.metrics`).
 /// MTTA is `sum / count` of the first, MTTR of the second.
 #[derive(Debug)]
 pub struct ResponseTimes(pub Arc<Engine>);
@@ -63,23 +55,30 @@ impl Collector for ResponseTimes {
                 resolved,
             ),
         ] {
-            let histogram = Histogram::new(RESPONSE_BUCKETS);
-            for v in values {
-                histogram.observe(v);
-            }
-            let metric = encoder.encode_descriptor(name, help, None, histogram.metric_type())?;
-            histogram.encode(metric)?;
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Histogram)?;
+            metric.encode_histogram::<NoLabelSet>(
+                values.sum_seconds(),
+                values.count(),
+                &values.buckets(),
+                None,
+            )?;
         }
         Ok(())
     }
 }
 
 /// Metrics over every incident (of one service, with `service`).
+///
+/// Over every service the totals are kept as incidents change (see
+/// [`super::index::Index`]); one service's are computed from its incidents.
 pub fn metrics(st: &State, service: Option<&str>) -> IncidentMetrics {
+    let Some(service) = service else {
+        return st.index.metrics();
+    };
     let incidents: Vec<&Incident> = st
         .incidents
         .values()
-        .filter(|i| service.is_none_or(|s| i.service == s))
+        .filter(|i| i.service == service)
         .collect();
     of(&incidents)
 }

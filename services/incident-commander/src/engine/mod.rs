@@ -20,6 +20,7 @@ pub mod alerts;
 mod error;
 pub mod escalation;
 pub mod grouping;
+mod index;
 pub mod lifecycle;
 pub mod metrics;
 pub mod playbooks;
@@ -46,6 +47,7 @@ use uuid::Uuid;
 
 pub use alerts::{Intake, alert_name};
 pub use error::EngineError;
+pub use index::Times;
 pub use state::{AlertIn, AlertRecord, AlertState, RecentChange, State};
 pub use turn::{Counters, Effect, Record, Turn, alert_key, derived_id, fnv};
 
@@ -115,6 +117,7 @@ impl Engine {
             &self.counters,
         );
         let out = verb(&mut st, &mut turn);
+        st.reindex(&turn.effects);
         // Sent under the lock, so effects of two turns never interleave.
         for effect in turn.effects {
             let _ = self.out.send(effect);
@@ -370,10 +373,12 @@ impl Engine {
         &self,
         severities: &[toronto_protocol::incidents::Severity],
     ) -> Vec<Incident> {
+        if severities.is_empty() {
+            return Vec::new();
+        }
         self.read(|st| {
-            st.incidents
-                .values()
-                .filter(|i| i.state.is_open() && severities.contains(&i.severity))
+            st.open_incidents()
+                .filter(|i| severities.contains(&i.severity))
                 .cloned()
                 .collect()
         })
@@ -381,13 +386,7 @@ impl Engine {
 
     /// The ids of the open incidents.
     pub fn open_ids(&self) -> std::collections::BTreeSet<Uuid> {
-        self.read(|st| {
-            st.incidents
-                .values()
-                .filter(|i| i.state.is_open())
-                .map(|i| i.id)
-                .collect()
-        })
+        self.read(|st| st.index.open().clone())
     }
 
     /// Pages a target for a playbook.
@@ -427,8 +426,8 @@ impl Engine {
         self.read(|st| metrics::metrics(st, service))
     }
 
-    /// Seconds to acknowledge and to resolve, per incident (see [`metrics::response_times`]).
-    pub fn response_times(&self) -> (Vec<f64>, Vec<f64>) {
+    /// Times to acknowledge and to resolve (see [`metrics::response_times`]).
+    pub fn response_times(&self) -> (Times, Times) {
         self.read(metrics::response_times)
     }
 }

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 use toronto_protocol::incidents::{Incident, InhibitionRule, Silence};
 use uuid::Uuid;
 
+use super::index::Index;
+use super::turn::{Effect, Record};
+
 /// Whether an alert fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,6 +112,8 @@ pub struct State {
     pub(super) pending: Vec<(Uuid, String)>,
     /// Compiled regular expressions of matchers (None: invalid).
     pub(super) regexes: RefCell<HashMap<String, Option<regex::Regex>>>,
+    /// The open incidents, escalations by when they are due, and running totals.
+    pub(super) index: Index,
 }
 
 impl State {
@@ -131,6 +136,7 @@ impl State {
             {
                 st.resolved_by_key.insert(inc.key.clone(), inc.id);
             }
+            st.index.update(inc.id, Some(&inc));
             st.incidents.insert(inc.id, inc);
         }
         for a in alerts {
@@ -146,6 +152,28 @@ impl State {
             st.inhibitions.insert(r.id, r);
         }
         st
+    }
+
+    /// Brings the index up to date with the incidents a turn asked to persist (every
+    /// change of an incident is persisted) and those with alert notes not yet
+    /// announced (an alert that resolved, persisted when its note is announced).
+    pub(super) fn reindex(&mut self, effects: &[Effect]) {
+        for e in effects {
+            if let Effect::Persist(Record::Incident(id)) = e {
+                self.index.update(*id, self.incidents.get(id));
+            }
+        }
+        for (id, _) in &self.pending {
+            self.index.update(*id, self.incidents.get(id));
+        }
+    }
+
+    /// The open incidents.
+    pub(super) fn open_incidents(&self) -> impl Iterator<Item = &Incident> {
+        self.index
+            .open()
+            .iter()
+            .filter_map(|id| self.incidents.get(id))
     }
 
     /// One incident.

@@ -134,6 +134,7 @@ impl World {
             &self.counters,
         );
         let out = verb(&mut self.st, &mut t);
+        self.st.reindex(&t.effects);
         self.effects.extend(t.effects);
         self.playbooks.extend(t.playbooks);
         out

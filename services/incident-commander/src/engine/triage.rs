@@ -28,9 +28,15 @@ pub fn record_change(st: &mut State, t: &mut Turn<'_>, change: RecentChange) {
         st.changes.remove(0);
     }
     let State {
-        incidents, changes, ..
+        incidents,
+        changes,
+        index,
+        ..
     } = st;
-    for inc in incidents.values_mut().filter(|i| i.state.is_open()) {
+    for id in index.open() {
+        let Some(inc) = incidents.get_mut(id) else {
+            continue;
+        };
         let before = inc.changes.len();
         link_changes(t, inc, changes);
         if inc.changes.len() > before {
@@ -69,9 +75,14 @@ pub fn note_rollout(
         r.environment,
         if r.is_rollback { " (rollback)" } else { "" }
     );
-    for inc in st.incidents.values_mut() {
-        if inc.state.is_open()
-            && inc.services.contains(&r.service)
+    let State {
+        incidents, index, ..
+    } = st;
+    for id in index.open() {
+        let Some(inc) = incidents.get_mut(id) else {
+            continue;
+        };
+        if inc.services.contains(&r.service)
             && inc.environment == r.environment
             && at >= inc.opened_at
             && !inc
