@@ -248,12 +248,13 @@ fn inject_into(svc: &mut SimSvc, service: &str, environment: &str, fault: &Chaos
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::sim::SimSettings;
     use crate::target::{Routing, Track, Workload};
 
-    fn layout(version: &str, replicas: u32, step: &str) -> Layout {
+    /// A rolling layout of `shop` in `prod` at `version`.
+    pub(crate) fn layout(version: &str, replicas: u32, step: &str) -> Layout {
         Layout {
             service: "shop".into(),
             environment: "prod".into(),

@@ -10,13 +10,12 @@ use tokio_util::sync::CancellationToken;
 use toronto_deployer::target::{Layout, Routing, Target, Track, Workload};
 use toronto_deployer::{Settings, SimCluster, SimSettings, Started};
 use toronto_protocol::rollout::{Rollout, RolloutRef, SimFault, SimService};
-use toronto_protocol::tasks::{
-    CanaryStep, DeployTask, ExecuteAccepted, ExecuteRequest, PlanTask, Strategy,
-};
+use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, PlanTask, Strategy};
 use toronto_protocol::{Encoding, Envelope, Message};
 use toronto_runtime::Config;
 use toronto_runtime::rpc::{CallError, call};
 use toronto_testkit::NatsServer;
+use toronto_testkit::rollouts::{canary, deploy_task};
 use uuid::Uuid;
 
 const ENV: &str = "production";
@@ -85,28 +84,7 @@ async fn request<Req: Message, Resp: Message>(
 }
 
 fn deploy(service: &str, version: &str, strategy: Strategy) -> PlanTask {
-    PlanTask::Deploy(Box::new(DeployTask {
-        service: service.into(),
-        version: version.into(),
-        image: Some(format!("registry.example/{service}:{version}")),
-        environment: ENV.into(),
-        strategy,
-        change: None,
-        fix: false,
-        policy_override: None,
-    }))
-}
-
-fn canary(weights: &[u8], pause: u64) -> Strategy {
-    Strategy::Canary {
-        steps: weights
-            .iter()
-            .map(|w| CanaryStep {
-                weight: *w,
-                pause_seconds: Some(pause),
-            })
-            .collect(),
-    }
+    deploy_task(service, version, ENV, strategy)
 }
 
 /// Starts a rollout (whichever deployer answers) and waits for its final event.
