@@ -145,18 +145,39 @@ pub async fn kill_deployer_mid_rollout(cluster: &mut Cluster) -> Row {
 pub async fn kill_planner_mid_plan(cluster: &mut Cluster) -> Row {
     let result = async {
         cluster.baseline("kplan").await?;
-        let plan = cluster.submit("kplan", "1.1.0", &[50, 100]).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let owner = loop {
-            if let Some(p) = cluster.plan(plan).await
-                && let Some(lease) = p.lease
-            {
-                break lease.owner;
+        // A plan that ends before its owner is seen leaves nothing to kill: the case
+        // tries again with the next version (at most three times).
+        let mut owned = None;
+        for attempt in 1..=3 {
+            let plan = cluster
+                .submit("kplan", &format!("1.1.{attempt}"), &[50, 100])
+                .await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let mut last = None;
+            let owner = loop {
+                if let Some(p) = cluster.plan(plan).await {
+                    if let Some(lease) = p.lease {
+                        break Some(lease.owner);
+                    }
+                    if p.state.is_final() {
+                        break None;
+                    }
+                    last = Some(p.state);
+                }
+                if tokio::time::Instant::now() > deadline {
+                    return Err(format!(
+                        "the plan never had an owner (last state {last:?} after 30 s)"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if let Some(owner) = owner {
+                owned = Some((plan, owner, attempt));
+                break;
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err("the plan never had an owner".to_owned());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let Some((plan, owner, plans)) = owned else {
+            return Err("three plans ended before an owner was seen".to_owned());
         };
         if cluster.kill(&owner).await.is_none() {
             return Err(format!("no planner process is instance {owner}"));
@@ -164,15 +185,21 @@ pub async fn kill_planner_mid_plan(cluster: &mut Cluster) -> Row {
         cluster.add("planner").await;
         // The replica takes the plan over once the dead owner's lease runs out.
         completed(cluster.plan_end(plan, Duration::from_secs(40)).await?)?;
-        let once = cluster.once_each("kplan", 2).await?;
+        // The baseline's rollout and one per plan submitted.
+        let once = cluster.once_each("kplan", 1 + plans).await?;
         Ok(format!("killed the owning planner; {once}"))
     }
     .await;
-    row(
-        "kill -9 planner mid-plan",
-        "another replica carries the plan on; one rollout; each step once",
-        result,
-    )
+    Row {
+        known: Some(
+            "one full-suite run in two on 2026-11-27 saw no owner within 30 s; see docs/testing.md",
+        ),
+        ..row(
+            "kill -9 planner mid-plan",
+            "another replica carries the plan on; one rollout; each step once",
+            result,
+        )
+    }
 }
 
 pub async fn kill_monitor_mid_analysis(cluster: &mut Cluster) -> Row {
