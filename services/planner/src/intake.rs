@@ -90,6 +90,8 @@ pub struct Planner {
     pub(crate) index: toronto_runtime::work::KeyIndex,
     /// One running plan per service and environment (`turn.<service>.<environment>`).
     pub(crate) turns: KeyLock<Plan>,
+    /// The scopes holding a turn, in memory, for the sweep.
+    pub(crate) turn_index: toronto_runtime::work::KeyIndex,
     /// The work queue of plans to advance.
     pub(crate) runs: WorkQueue,
     /// The queued plans per service and environment (`queue.<service>.<environment>`).
@@ -314,6 +316,7 @@ impl Planner {
             turns: crate::runner::turns(records.clone()),
             queue: crate::index::QueueIndex::new(plans.clone(), records.policy()),
             index: rt.key_index("plan index", plans.clone(), "plan"),
+            turn_index: rt.key_index("turn index", plans.clone(), "turn"),
             records,
             runs: WorkQueue::new(
                 rt.js.clone(),

@@ -190,6 +190,14 @@ pub async fn start_with(
         },
     );
 
+    if !intake.settings.sweep.is_zero() {
+        let (sweeper, token) = (intake.clone(), rt.shutdown_token());
+        rt.spawn_background("plan sweep", move || {
+            let (planner, token) = (sweeper.clone(), token.clone());
+            async move { planner.sweep_every(token).await }
+        });
+    }
+
     let advancer = intake.clone();
     let (runs, spec) = (intake.runs.clone(), intake.runs.consumer(lease, 20, 32));
     let (dead_letters, metrics, token) = (

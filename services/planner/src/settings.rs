@@ -39,6 +39,9 @@ pub struct Settings {
     /// A scale to more than this many times the replicas running (or fewer than
     /// them divided by it) is reviewed by the architect.
     pub architect_scale_factor: f64,
+    /// How often each planner looks at the plan holding every turn and repairs what
+    /// a lost event left undone (zero: never).
+    pub sweep: Duration,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             budget_environments: vec!["production".into()],
             architect_environments: Vec::new(),
             architect_scale_factor: 2.0,
+            sweep: Duration::from_secs(15),
         }
     }
 }
@@ -206,6 +210,15 @@ pub const PLANNER_VARS: &[Var<Settings>] = &[
         "60",
         |s, v| {
             s.lease = parse::seconds(v)?;
+            Ok(())
+        },
+    ),
+    Var::new(
+        "TORONTO_PLANNER_SWEEP_SECONDS",
+        "Seconds between two sweeps: each planner reads the plan holding every service and environment's turn and does what a lost event would have done (releases a turn whose plan ended, wakes a plan whose rollout ended, runs again a plan nobody worked on for two leases); 0: never.",
+        "15",
+        |s, v| {
+            s.sweep = parse::seconds_or_zero(v)?;
             Ok(())
         },
     ),

@@ -34,6 +34,9 @@ mod freeze;
 mod gates;
 mod steps;
 mod stop;
+mod sweep;
+
+pub use sweep::Swept;
 
 /// The steps of a plan for `task`.
 pub fn steps_for(task: &PlanTask, settings: &Settings) -> Vec<Step> {
@@ -161,26 +164,9 @@ impl Planner {
     }
 
     /// Gives up the turn held by `plan` (if it holds it) and wakes the oldest queued
-    /// plan of the same service and environment, found in that scope's queue index
-    /// (plans that left the queue meanwhile are dropped from it on the way).
+    /// plan of the same service and environment.
     pub(crate) async fn release_turn(&self, plan: &Plan) -> Result<(), IntakeError> {
-        let scope = scope(plan);
-        self.turns.release(&scope, plan.id).await?;
-        let mut gone = vec![plan.id];
-        for id in self.queue.queued(&scope).await? {
-            if id == plan.id {
-                continue;
-            }
-            match self.load(id).await? {
-                Some((next, _)) if next.state == PlanState::Queued => {
-                    self.enqueue(next.id).await?;
-                    break;
-                }
-                _ => gone.push(id),
-            }
-        }
-        self.queue.remove(&scope, &gone).await?;
-        Ok(())
+        self.release_scope(&scope(plan), plan.id).await
     }
 
     /// Advances a plan as far as it can go now.

@@ -176,7 +176,7 @@ impl Planner {
     }
 
     /// Where a rollout the deployer took on stands, as a step result.
-    async fn rollout_result(&self, id: Uuid) -> StepResult {
+    pub(super) async fn rollout_result(&self, id: Uuid) -> StepResult {
         match self.deployer_get::<Rollout>("rollout.get", id).await {
             Ok(r) => match r.phase {
                 RolloutPhase::Succeeded => StepResult::Passed {
@@ -224,7 +224,7 @@ impl Planner {
 
     /// Where a chaos experiment the deployer runs stands, as a step result: it passes
     /// when the experiment ran its course and fails when an abort condition held.
-    async fn chaos_result(&self, id: Uuid) -> StepResult {
+    pub(super) async fn chaos_result(&self, id: Uuid) -> StepResult {
         match self.deployer_get::<ChaosRun>("chaos.get", id).await {
             Ok(run) => {
                 let reason = run.reason.clone().unwrap_or_default();

@@ -13,3 +13,4 @@ mod pipelines;
 mod policy;
 mod runner;
 mod support;
+mod sweep;

@@ -41,6 +41,7 @@ pub fn settings() -> toronto_planner::Settings {
     toronto_planner::Settings {
         gate_timeout: Duration::from_millis(800),
         lease: Duration::from_secs(3),
+        sweep: Duration::from_millis(500),
         // Promotion order and the error budget have their own tests; the others go
         // straight to production with no monitor running.
         promotion: Vec::new(),

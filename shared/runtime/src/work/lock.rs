@@ -127,6 +127,15 @@ impl<T: Serialize + DeserializeOwned> KeyLock<T> {
             .filter(|r| !self.records.has_ended(r)))
     }
 
+    /// The id of the record holding the lock of `scope`, whether or not it has ended.
+    pub async fn holder(&self, scope: &str) -> Result<Option<Uuid>, WorkError> {
+        Ok(self
+            .entry(&self.key(scope))
+            .await?
+            .as_ref()
+            .and_then(holder_of))
+    }
+
     /// Lets go of the lock of `scope` if `holder` holds it. Someone having moved it on
     /// meanwhile is no failure.
     pub async fn release(&self, scope: &str, holder: Uuid) -> Result<(), WorkError> {

@@ -57,6 +57,7 @@ pub fn service_env(url: &str) -> Vec<(&'static str, String)> {
         ("TORONTO_LEASE_RENEW_SECONDS", "1"),
         ("TORONTO_PLANNER_GATE_TIMEOUT_MS", "2000"),
         ("TORONTO_PLANNER_LEASE_SECONDS", "4"),
+        ("TORONTO_PLANNER_SWEEP_SECONDS", "2"),
         ("TORONTO_DEPLOYER_LEASE_SECONDS", "2"),
         ("TORONTO_DEPLOYER_STEP_PAUSE_SECONDS", "1"),
         ("TORONTO_DEPLOYER_ANALYSIS_INTERVAL_MS", "300"),
@@ -419,8 +420,8 @@ pub fn completed(plan: Plan) -> Result<(), String> {
 }
 
 /// Test peers for the security and QA agents: they pass, except for services named
-/// `silent-*` (never answered) and `garbage-*` (answered with bytes that are no
-/// envelope).
+/// `silent-*` (never answered), `slow-*` (answered after [`SLOW_PEER`]) and
+/// `garbage-*` (answered with bytes that are no envelope).
 async fn peers(client: async_nats::Client) {
     let mut scan = client
         .subscribe("toronto.agents.security.v1.scan")
@@ -440,19 +441,36 @@ async fn peers(client: async_nats::Client) {
         let service = request["data"]["service"].as_str().unwrap_or_default();
         let body = if service.starts_with("silent-") {
             continue;
+        } else if service.starts_with("slow-") {
+            // Answered after a second, in time for the gate: the plan holds its lease
+            // all that while.
+            let (client, verdict) = (client.clone(), passing());
+            tokio::spawn(async move {
+                tokio::time::sleep(SLOW_PEER).await;
+                let _ = client.publish(reply, verdict).await;
+            });
+            continue;
         } else if service.starts_with("garbage-") {
             bytes::Bytes::from_static(b"\x93\xffnot an envelope{")
         } else {
-            let verdict = GateVerdict {
-                passed: true,
-                reason: Some("test peer: clean".into()),
-                findings: None,
-            };
-            let envelope = Envelope::builder("toronto://agents/test", verdict).build();
-            toronto_protocol::encode(&envelope, Encoding::Json)
-                .unwrap()
-                .into()
+            passing()
         };
         let _ = client.publish(reply, body).await;
     }
+}
+
+/// How long a `slow-*` service's peers take to answer (the gate timeout is 2 s).
+const SLOW_PEER: Duration = Duration::from_secs(1);
+
+/// A passing gate verdict, encoded.
+fn passing() -> bytes::Bytes {
+    let verdict = GateVerdict {
+        passed: true,
+        reason: Some("test peer: clean".into()),
+        findings: None,
+    };
+    let envelope = Envelope::builder("toronto://agents/test", verdict).build();
+    toronto_protocol::encode(&envelope, Encoding::Json)
+        .unwrap()
+        .into()
 }
