@@ -100,6 +100,12 @@ impl Planner {
         .map(|r: Envelope<SubmitAccepted>| r.data)
     }
 
+    /// Submits a deploy asked by a developer agent; the plan's id.
+    pub async fn deploy(&self, task: DeployTask) -> uuid::Uuid {
+        let envelope = Envelope::builder("toronto://agents/developer/alice", task).build();
+        self.submit(&envelope).await.unwrap().plan_id
+    }
+
     /// Submits `task` signed by `signer`.
     pub async fn submit_as<T: Message>(
         &self,

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use toronto_protocol::Envelope;
 use toronto_protocol::ErrorBody;
 use toronto_protocol::rollout::{Rollout, RolloutRef};
 use toronto_protocol::tasks::{ExecuteAccepted, ExecuteRequest, Plan, PlanState, StepState};
@@ -72,12 +71,7 @@ async fn a_plan_whose_rollout_ended_unannounced_is_woken_by_the_sweep() {
     let peers = Peers::start(&p.client, |_| Peer::Pass, Peer::Pass, false).await;
     let done = Arc::new(AtomicBool::new(false));
     let deployer = silent_deployer(&p.client, done.clone()).await;
-    let task = Envelope::builder(
-        "toronto://agents/developer/alice",
-        deploy("cart", "staging"),
-    )
-    .build();
-    let plan_id = p.submit(&task).await.unwrap().plan_id;
+    let plan_id = p.deploy(deploy("cart", "staging")).await;
     let waiting = p.wait_for_state(plan_id, PlanState::Waiting).await;
     assert_eq!(step(&waiting, "execute").state, StepState::Waiting);
     // The rollout ends; its end event never reaches the planner.
@@ -96,25 +90,11 @@ async fn a_turn_left_by_an_ended_plan_is_released_and_the_next_plan_runs() {
     let peers = peers(&p.client, Peer::Pass, Peer::Pass).await;
     // A production plan holds the turn of cart/production while it waits for its
     // approval; a second one queues behind it.
-    let first = p
-        .submit(
-            &Envelope::builder(
-                "toronto://agents/developer/alice",
-                deploy("cart", "production"),
-            )
-            .build(),
-        )
-        .await
-        .unwrap()
-        .plan_id;
+    let first = p.deploy(deploy("cart", "production")).await;
     p.wait_for_state(first, PlanState::Waiting).await;
-    let mut second_task = deploy("cart", "production");
-    second_task.version = "2.4.2".into();
-    let second = p
-        .submit(&Envelope::builder("toronto://agents/developer/alice", second_task).build())
-        .await
-        .unwrap()
-        .plan_id;
+    let mut second = deploy("cart", "production");
+    second.version = "2.4.2".into();
+    let second = p.deploy(second).await;
     p.wait_for_state(second, PlanState::Queued).await;
     // The first plan ends, stored by a planner that died before it let go of the
     // turn (written straight into the bucket, as that planner's last write).
