@@ -92,6 +92,8 @@ pub struct Planner {
     pub(crate) turns: KeyLock<Plan>,
     /// The scopes holding a turn, in memory, for the sweep.
     pub(crate) turn_index: toronto_runtime::work::KeyIndex,
+    /// The scopes with a queue of plans, in memory, for the sweep.
+    pub(crate) queue_index: toronto_runtime::work::KeyIndex,
     /// The work queue of plans to advance.
     pub(crate) runs: WorkQueue,
     /// The queued plans per service and environment (`queue.<service>.<environment>`).
@@ -317,6 +319,7 @@ impl Planner {
             queue: crate::index::QueueIndex::new(plans.clone(), records.policy()),
             index: rt.key_index("plan index", plans.clone(), "plan"),
             turn_index: rt.key_index("turn index", plans.clone(), "turn"),
+            queue_index: rt.key_index("queue index", plans.clone(), "queue"),
             records,
             runs: WorkQueue::new(
                 rt.js.clone(),

@@ -14,10 +14,15 @@
 //! - the holder is running, nobody has held its lease for two lease lengths and no step
 //!   of it waits for a time: it is put on the run queue again.
 //!
-//! A sweep reads one turn per active scope, from a live index of the turns, and never
-//! the plans' history. Every replica sweeps; each repair is a compare-and-set (or an
+//! - nobody holds a scope's turn while plans are queued in it, the oldest unchanged for
+//!   two lease lengths: that plan is woken.
+//!
+//! A sweep reads one turn (and one queue) per active scope, from live indexes of the
+//! turns and the queues, and never the plans' history. Every replica sweeps; each repair is a compare-and-set (or an
 //! extra "advance plan X", which a plan someone works on acknowledges), so replicas
 //! sweeping at once repair a plan once.
+
+use std::collections::BTreeSet;
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -40,8 +45,11 @@ pub struct Swept {
     pub released: usize,
     /// Plans woken because the work they waited for had ended.
     pub woken: usize,
-    /// Running plans nobody worked on, put on the run queue again.
+    /// Plans nobody worked on (running, or first in a free scope's queue), put on
+    /// the run queue again.
     pub requeued: usize,
+    /// Scopes that could not be read (the next sweep reads them again).
+    pub failed: usize,
 }
 
 impl Swept {
@@ -59,9 +67,7 @@ enum Repair {
 }
 
 impl Planner {
-    /// Sweeps every `TORONTO_PLANNER_SWEEP_SECONDS` until `stop` is cancelled. A
-    /// sweep that fails (the bucket unavailable) is logged, and the next one tries
-    /// again.
+    /// Sweeps every `TORONTO_PLANNER_SWEEP_SECONDS` until `stop` is cancelled.
     pub async fn sweep_every(&self, stop: CancellationToken) -> Result<(), IntakeError> {
         let mut tick = tokio::time::interval(self.settings.sweep);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -71,36 +77,55 @@ impl Planner {
                 _ = stop.cancelled() => return Ok(()),
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "plan sweep failed; the next one tries again");
-            }
+            self.sweep().await;
         }
     }
 
-    /// Reads the holder of every turn and repairs what a lost event left undone.
-    /// Nothing is read while the turn index is not live (the next sweep reads them).
-    pub async fn sweep(&self) -> Result<Swept, IntakeError> {
-        let Some(scopes) = self.turn_index.newest(None, MAX_SCOPES) else {
-            return Ok(Swept::default());
+    /// Reads the holder of every turn and the queue of every scope with one, and
+    /// repairs what a lost event left undone. Nothing is read while either index is
+    /// not live (the next sweep reads them); a scope that cannot be read is logged and
+    /// the others are swept.
+    pub async fn sweep(&self) -> Swept {
+        let (Some(turns), Some(queues)) = (
+            self.turn_index.newest(None, MAX_SCOPES),
+            self.queue_index.newest(None, MAX_SCOPES),
+        ) else {
+            return Swept::default();
         };
+        let scopes: BTreeSet<String> = turns.into_iter().chain(queues).collect();
         let mut swept = Swept {
             scopes: scopes.len(),
             ..Swept::default()
         };
         for scope in scopes {
-            match self.sweep_scope(&scope).await? {
-                Some(Repair::Released) => swept.released += 1,
-                Some(Repair::Woken) => swept.woken += 1,
-                Some(Repair::Requeued) => swept.requeued += 1,
-                None => {}
+            match self.sweep_scope(&scope).await {
+                Ok(Some(Repair::Released)) => swept.released += 1,
+                Ok(Some(Repair::Woken)) => swept.woken += 1,
+                Ok(Some(Repair::Requeued)) => swept.requeued += 1,
+                Ok(None) => {}
+                Err(e) => {
+                    swept.failed += 1;
+                    tracing::warn!(scope, error = %e, "sweep: cannot read this scope now");
+                }
             }
         }
-        Ok(swept)
+        swept
     }
 
     async fn sweep_scope(&self, scope: &str) -> Result<Option<Repair>, IntakeError> {
         let Some(holder) = self.turns.holder(scope).await? else {
-            return Ok(None);
+            // Nobody holds the turn: the oldest queued plan, if it has waited long
+            // enough that no wake-up is on its way, is woken.
+            return Ok(self
+                .wake_next(scope, None, Some(self.settings.lease * 2))
+                .await?
+                .then(|| {
+                    tracing::info!(
+                        scope,
+                        "sweep: a free turn with plans queued; the oldest woken"
+                    );
+                    Repair::Requeued
+                }));
         };
         let plan = match self.load(holder).await? {
             Some((plan, _)) if !plan.state.is_final() => plan,
@@ -150,25 +175,45 @@ impl Planner {
     }
 
     /// Gives up the turn of `scope` if `holder` holds it, and wakes the oldest plan
-    /// still queued in that scope (found in the scope's queue index; plans that left
-    /// the queue meanwhile are dropped from it on the way).
+    /// still queued in that scope.
     pub(crate) async fn release_scope(&self, scope: &str, holder: Uuid) -> Result<(), IntakeError> {
         self.turns.release(scope, holder).await?;
-        let mut gone = vec![holder];
+        self.wake_next(scope, Some(holder), None).await?;
+        Ok(())
+    }
+
+    /// Wakes the oldest plan still queued in `scope` (found in the scope's queue
+    /// index; plans that left the queue meanwhile, and `left`, are dropped from it on
+    /// the way), if it has not changed for `quiet` when given; whether it woke one.
+    async fn wake_next(
+        &self,
+        scope: &str,
+        left: Option<Uuid>,
+        quiet: Option<std::time::Duration>,
+    ) -> Result<bool, IntakeError> {
+        let mut gone: Vec<Uuid> = left.into_iter().collect();
+        let mut woken = false;
         for id in self.queue.queued(scope).await? {
-            if id == holder {
+            if Some(id) == left {
                 continue;
             }
             match self.load(id).await? {
                 Some((next, _)) if next.state == PlanState::Queued => {
-                    self.enqueue(next.id).await?;
+                    let changed = next.updated_at.unwrap_or(next.created_at);
+                    let waited = (Utc::now() - changed).to_std().unwrap_or_default();
+                    if quiet.is_none_or(|q| waited > q) {
+                        self.enqueue(next.id).await?;
+                        woken = true;
+                    }
                     break;
                 }
                 _ => gone.push(id),
             }
         }
-        self.queue.remove(scope, &gone).await?;
-        Ok(())
+        if !gone.is_empty() {
+            self.queue.remove(scope, &gone).await?;
+        }
+        Ok(woken)
     }
 }
 
