@@ -122,7 +122,14 @@ impl Planner {
         ] {
             filters.push(self.subjects.event("rollout", what.as_str()));
         }
-        let deliver_policy = match state.start(Utc::now()) {
+        // Nothing stored since the last fold: no consumer to make (the common case of
+        // a report asked again).
+        let stored_to = stream.cached_info().state.last_sequence;
+        let start = state.start(Utc::now());
+        if matches!(start, ledger::Start::Sequence(next) if next > stored_to) {
+            return Ok(());
+        }
+        let deliver_policy = match start {
             ledger::Start::Sequence(start_sequence) => {
                 DeliverPolicy::ByStartSequence { start_sequence }
             }
@@ -144,6 +151,8 @@ impl Planner {
             .map_err(|e| events(e.into()))?
             .num_pending as usize;
         if pending == 0 {
+            // None of the events stored up to `stored_to` is one the ledger folds.
+            state.read_to(stored_to);
             return Ok(());
         }
         let plan_completed = self.subjects.event("plan", "completed");
