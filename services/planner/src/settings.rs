@@ -215,7 +215,7 @@ pub const PLANNER_VARS: &[Var<Settings>] = &[
     ),
     Var::new(
         "TORONTO_PLANNER_SWEEP_SECONDS",
-        "Seconds between two sweeps: each planner reads the plan holding every service and environment's turn and does what a lost event would have done (releases a turn whose plan ended, wakes a plan whose rollout ended, runs again a plan nobody worked on for two leases); 0: never.",
+        "Seconds between two sweeps: each planner reads the plan holding every service and environment's turn and does what a lost event would have done (releases a turn whose plan ended, wakes a plan whose rollout ended, runs again a plan nobody worked on for two leases, wakes the first plan queued behind a free turn); 0: never.",
         "15",
         |s, v| {
             s.sweep = parse::seconds_or_zero(v)?;
