@@ -333,25 +333,30 @@ impl ServiceRuntime {
     /// Adds the command `<prefix>.devops.v1.<service>.<verb>`. Its micro endpoint name is
     /// `verb` with every dot turned into a dash (`plan.get` → `plan-get`): micro v1 names
     /// match `^[a-zA-Z0-9_-]+$`, while the subject keeps its dots.
-    pub async fn endpoint<Req, Resp, H, Fut>(
-        &self,
-        verb: &str,
+    pub fn endpoint<'a, Req, Resp, H, Fut>(
+        &'a self,
+        verb: &'a str,
         handler: H,
-    ) -> Result<(), RuntimeError>
+    ) -> futures::future::BoxFuture<'a, Result<(), RuntimeError>>
     where
         Req: Message,
         Resp: Message,
         H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
-        self.host
-            .add_endpoint(
-                &verb.replace('.', "-"),
-                self.subjects.command(self.kind, verb),
-                handler,
-            )
-            .await?;
-        Ok(())
+        // Boxed: a service registers a dozen endpoints in one function, and in a debug
+        // build each registration's future, held by value, made that function's frame
+        // about a megabyte (a stack overflow on a 2 MiB thread).
+        Box::pin(async move {
+            self.host
+                .add_endpoint(
+                    &verb.replace('.', "-"),
+                    self.subjects.command(self.kind, verb),
+                    handler,
+                )
+                .await?;
+            Ok(())
+        })
     }
 
     /// Runs a required background loop (a consumer, a watcher, a timer) named `what`

@@ -255,12 +255,14 @@ impl ServiceHost {
         H: Fn(Request<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
-        self.add(
+        // Boxed: the registration future is large in a debug build, and a service
+        // that registers a dozen endpoints would otherwise hold them all in one frame.
+        Box::pin(self.add(
             name,
             subject.into(),
             Typed::<Req>(std::marker::PhantomData),
             handler,
-        )
+        ))
         .await
     }
 
@@ -280,7 +282,7 @@ impl ServiceHost {
         H: Fn(Request<serde_json::Value>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Resp, ErrorBody>> + Send + 'static,
     {
-        self.add(name, subject.into(), accepts, handler).await
+        Box::pin(self.add(name, subject.into(), accepts, handler)).await
     }
 
     async fn add<D, Resp, H, Fut>(
