@@ -260,6 +260,9 @@ async fn main() {
     );
     let cpu_start = (cpu(&deployer_proc), cpu(&monitor));
     let measured_from = Instant::now();
+    // Requests sent before the stretch wait in the subscriptions' buffers until the
+    // recorders start: they are told apart by the time the deployer sent them.
+    let sent_from = chrono::Utc::now();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     let cpu_end = (cpu(&deployer_proc), cpu(&monitor));
     let measured_to = Instant::now();
@@ -292,7 +295,7 @@ async fn main() {
         .filter(|(heard, _)| *heard <= measured_to)
         .filter_map(|(_, m)| {
             let envelope = decode::<CanaryAnalyze>(&m.payload, Encoding::Json).ok()?;
-            let at = envelope.time?;
+            let at = envelope.time.filter(|at| *at >= sent_from)?;
             let rollout = envelope.data.rollout_id?.to_string();
             let latency = m
                 .reply
