@@ -244,6 +244,9 @@ fn typed_from_span<T: Message>(
     match typed {
         Ok(Some(data)) => Some(Ok(envelope.map_data(|_| data))),
         Ok(None) => None,
+        // The general path, which builds `data`'s tree first, refuses a string in it
+        // that is not UTF-8 before it looks at `type`.
+        Err(_) if envelope.data.is_some_and(|span| !span.is_utf8()) => None,
         Err(e) => Some(Err((e, Some(Box::new(envelope.flow()))))),
     }
 }

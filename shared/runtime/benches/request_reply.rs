@@ -389,7 +389,9 @@ fn rate(n: usize, mut f: impl FnMut()) -> f64 {
 /// The codec rates of both encodings, whatever `BENCH_ENCODING` says: envelope round
 /// trips (encode and decode) and decodes alone, 1 KiB data, and MessagePack decodes
 /// through the general path (a `Value` tree for `data`, then the payload from it: what
-/// `decode` did before its direct path). Measured in 5 interleaved rounds; medians.
+/// `decode` did before its direct path). Measured in 5 interleaved rounds of `codec_n`
+/// each (long enough for the CPU clock, which may advance a scheduler tick at a time);
+/// medians.
 fn print_codec_rates() {
     let codec_n = scale(100_000);
     let envelope = Envelope::builder(
@@ -418,7 +420,7 @@ fn print_codec_rates() {
         std::hint::black_box((back, flow));
     };
     let rounds = 5;
-    let per_round = (codec_n / rounds).max(1);
+    let per_round = codec_n;
     let mut rates = vec![Vec::new(); 5];
     for _ in 0..rounds {
         rates[0].push(rate(per_round, || round_trip(Encoding::Json)));
@@ -436,8 +438,8 @@ fn print_codec_rates() {
         .try_into()
         .unwrap();
     println!(
-        "envelope codec, 1 KiB data ({codec_n} each in {rounds} interleaved rounds, medians; per \
-         second of CPU time; load average {})",
+        "envelope codec, 1 KiB data ({codec_n} each in each of {rounds} interleaved rounds, \
+         medians; per second of CPU time; load average {})",
         loadavg()
     );
     println!("  {:<9} {:>16} {:>16}", "", "encode+decode", "decode only");

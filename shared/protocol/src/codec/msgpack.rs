@@ -5,8 +5,8 @@
 //! The general path decodes `data` into a `Value` and the payload from that `Value`.
 //! To decide every document exactly as it does, the direct path only takes documents
 //! whose every value a `Value` holds as it is: nil, booleans, integers, finite floats,
-//! UTF-8 strings, arrays, and maps with distinct string keys (a scan checks this first),
-//! and it decodes `data` through [`Node`], a deserializer that presents a value as
+//! UTF-8 strings, arrays, and maps with distinct string keys (a scan checks this first,
+//! and the decode checks each string's UTF-8 as it reads it), and it decodes `data` through [`Node`], a deserializer that presents a value as
 //! `Value`'s own deserializer presents it (numbers as `u64`/`i64`/`f64`, enums only
 //! as a string or a one-key map, ...). Anything else (binary, extension types, a NaN,
 //! a repeated attribute, an array for the envelope, trailing bytes, a payload that does
@@ -64,6 +64,9 @@ enum Kind<'a> {
     NegInt(i64),
     Float(f64),
     Str(&'a str),
+    /// A string not checked for UTF-8 (the scan of `data` leaves that to [`Node`],
+    /// which checks every string it reads).
+    Text(&'a [u8]),
     Array(u32),
     Map(u32),
 }
@@ -110,8 +113,13 @@ impl<'a> Reader<'a> {
         Some(u32::from_be_bytes(self.array()?))
     }
 
-    fn str(&mut self, len: usize) -> Option<Kind<'a>> {
-        std::str::from_utf8(self.take(len)?).ok().map(Kind::Str)
+    fn str(&mut self, len: usize, utf8: bool) -> Option<Kind<'a>> {
+        let bytes = self.take(len)?;
+        if utf8 {
+            std::str::from_utf8(bytes).ok().map(Kind::Str)
+        } else {
+            Some(Kind::Text(bytes))
+        }
     }
 
     fn float(v: f64) -> Option<Kind<'a>> {
@@ -126,12 +134,17 @@ impl<'a> Reader<'a> {
     /// `Value` does not hold as it is (binary, extension types, NaN and infinities,
     /// strings that are not UTF-8) and for truncated bytes.
     fn next(&mut self) -> Option<Kind<'a>> {
+        self.next_checking(true)
+    }
+
+    /// [`Reader::next`], leaving strings unchecked ([`Kind::Text`]) unless `utf8`.
+    fn next_checking(&mut self, utf8: bool) -> Option<Kind<'a>> {
         let marker = self.byte()?;
         Some(match marker {
             0x00..=0x7f => Kind::UInt(marker.into()),
             0x80..=0x8f => Kind::Map((marker & 0x0f).into()),
             0x90..=0x9f => Kind::Array((marker & 0x0f).into()),
-            0xa0..=0xbf => self.str((marker & 0x1f).into())?,
+            0xa0..=0xbf => self.str((marker & 0x1f).into(), utf8)?,
             0xc0 => Kind::Nil,
             0xc2 => Kind::Bool(false),
             0xc3 => Kind::Bool(true),
@@ -147,15 +160,15 @@ impl<'a> Reader<'a> {
             0xd3 => int(i64::from_be_bytes(self.array()?)),
             0xd9 => {
                 let len = self.byte()?;
-                self.str(len.into())?
+                self.str(len.into(), utf8)?
             }
             0xda => {
                 let len = self.u16()?;
-                self.str(len.into())?
+                self.str(len.into(), utf8)?
             }
             0xdb => {
                 let len = self.u32()?;
-                self.str(usize::try_from(len).ok()?)?
+                self.str(usize::try_from(len).ok()?, utf8)?
             }
             0xdc => Kind::Array(self.u16()?.into()),
             0xdd => Kind::Array(self.u32()?),
@@ -168,30 +181,34 @@ impl<'a> Reader<'a> {
     }
 
     /// Passes over one value, checking that it holds only what a `Value` holds as it is
-    /// and that no map repeats a key (a `Value` would keep the last).
-    fn skip(&mut self, depth: usize) -> Option<()> {
+    /// and that no map repeats a key (a `Value` would keep the last). Strings are checked
+    /// for UTF-8 only when `utf8`: a span [`Node`] decodes needs no check here, as `Node`
+    /// checks every string it reads and refuses a span it does not read to the end.
+    fn skip(&mut self, depth: usize, utf8: bool) -> Option<()> {
         if depth > SCAN_DEPTH {
             return None;
         }
-        match self.next()? {
-            Kind::Array(len) => (0..len).try_for_each(|_| self.skip(depth + 1)),
+        match self.next_checking(utf8)? {
+            Kind::Array(len) => (0..len).try_for_each(|_| self.skip(depth + 1, utf8)),
             Kind::Map(len) => {
                 // The first keys on the stack; a big map's in a set.
-                let mut first = [""; 16];
+                let mut first: [&[u8]; 16] = [b""; 16];
                 let mut more = std::collections::HashSet::new();
                 for i in 0..len as usize {
-                    let Kind::Str(key) = self.next()? else {
-                        return None;
+                    let key = match self.next_checking(utf8)? {
+                        Kind::Str(key) => key.as_bytes(),
+                        Kind::Text(key) => key,
+                        _ => return None,
                     };
                     let repeated =
                         first[..i.min(16)].contains(&key) || (i >= 16 && !more.insert(key));
-                    if key == RAW_VALUE_TOKEN || repeated {
+                    if key == RAW_VALUE_TOKEN.as_bytes() || repeated {
                         return None;
                     }
                     if i < 16 {
                         first[i] = key;
                     }
-                    self.skip(depth + 1)?;
+                    self.skip(depth + 1, utf8)?;
                 }
                 Some(())
             }
@@ -200,7 +217,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// `data` as the byte span of its MessagePack value, checked by the scan.
+/// `data` as the byte span of its MessagePack value, checked by the scan (all but its
+/// strings' UTF-8, which the decode checks as it reads them; see [`Span::is_utf8`]).
 #[derive(Clone, Copy)]
 pub(super) struct Span<'a>(&'a [u8]);
 
@@ -211,6 +229,13 @@ impl<'a> Span<'a> {
         let mut reader = Reader::new(self.0);
         let value = D::deserialize(Node(&mut reader)).ok()?;
         (reader.pos == self.0.len()).then_some(value)
+    }
+
+    /// Whether every string of the span is UTF-8: the scan leaves that to the decode,
+    /// so a span that is not decoded (the type was refused first) is checked here.
+    pub(super) fn is_utf8(self) -> bool {
+        let mut reader = Reader::new(self.0);
+        reader.skip(0, true).is_some() && reader.pos == self.0.len()
     }
 }
 
@@ -259,7 +284,7 @@ pub(super) fn parse(bytes: &[u8]) -> Option<UncheckedEnvelope<Span<'_>>> {
                     return None;
                 }
                 let start = r.pos;
-                r.skip(1)?;
+                r.skip(1, false)?;
                 // `nil` is absent data, as the general path reads it.
                 let span = &bytes[start..r.pos];
                 e.data = (span != [0xc0]).then_some(Span(span));
@@ -267,7 +292,7 @@ pub(super) fn parse(bytes: &[u8]) -> Option<UncheckedEnvelope<Span<'_>>> {
             }
             // An extension attribute: ignored, as the general path ignores it.
             _ => {
-                r.skip(1)?;
+                r.skip(1, true)?;
                 continue;
             }
         };

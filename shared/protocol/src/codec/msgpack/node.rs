@@ -75,6 +75,8 @@ impl<'de> Deserializer<'de> for Node<'_, 'de> {
             Kind::Str(v) => visitor.visit_str(v),
             Kind::Array(len) => self.seq(len, visitor),
             Kind::Map(len) => self.map(len, visitor),
+            // Never read here: strings are checked.
+            Kind::Text(_) => Err(Refused),
         }
     }
 
@@ -224,7 +226,7 @@ impl<'de> Deserializer<'de> for Node<'_, 'de> {
     }
 
     fn deserialize_ignored_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Refused> {
-        self.0.skip(0).ok_or(Refused)?;
+        self.0.skip(0, true).ok_or(Refused)?;
         visitor.visit_unit()
     }
 }

@@ -234,6 +234,18 @@ fn every_document_decodes_as_the_general_path_decodes_it() {
         ),
         ("tags bin", data_with("tags", vec![0xc4, 1, b'a'])),
         ("unknown bin", data_with("unknown", vec![0xc4, 1, 0])),
+        (
+            "unknown not UTF-8",
+            data_with("unknown", vec![0xa2, 0xff, 0xfe]),
+        ),
+        (
+            "tags not UTF-8",
+            data_with("tags", vec![0x91, 0xa2, 0xc3, 0x28]),
+        ),
+        (
+            "key not UTF-8",
+            data_with("labels", vec![0x81, 0xa2, 0xff, 0xfe, 0x01]),
+        ),
         ("unknown ext", data_with("unknown", vec![0xd4, 1, 0])),
         (
             "unknown map",
@@ -278,6 +290,7 @@ fn every_document_decodes_as_the_general_path_decodes_it() {
         ("old specversion", "specversion", mp(&"0.3")),
         ("extension", "ext", mp(&json!({"a": [1, 2]}))),
         ("extension bin", "ext", vec![0xc4, 1, 0]),
+        ("extension not UTF-8", "ext", vec![0xa2, 0xff, 0xfe]),
         ("repeated id", "id", mp(&"again")),
         (
             "repeated data",
