@@ -21,6 +21,7 @@ const INITIAL_CAPACITY: usize = 1024;
 
 pub mod binary;
 pub mod depth;
+mod msgpack;
 mod one_pass;
 
 pub use depth::{MAX_DEPTH, TooDeep};
@@ -188,13 +189,18 @@ pub fn decode_with_flow<T: Message>(
     bytes: &[u8],
     encoding: Encoding,
 ) -> Result<Envelope<T>, DecodeFailure> {
+    check_depth(bytes, encoding).map_err(|e| (e, None))?;
     if encoding == Encoding::MessagePack {
-        let raw = decode_raw(bytes, encoding).map_err(|e| (e, None))?;
-        let flow = Box::new(raw.flow());
-        return raw.into_typed().map_err(|e| (e, Some(flow)));
+        // Attributes read directly, `data` straight into `T`, when the document allows it.
+        if let Some(unchecked) = msgpack::parse(bytes) {
+            let envelope = unchecked.validate().map_err(|e| (e, None))?;
+            if let Some(decoded) = typed_from_span(envelope) {
+                return decoded;
+            }
+        }
+        return decode_msgpack_general(bytes);
     }
     // JSON: one pass, `data` straight into `T`, when the document allows it.
-    check_depth(bytes, encoding).map_err(|e| (e, None))?;
     if let Some(unchecked) = one_pass::parse::<T>(bytes) {
         let mut envelope = unchecked.validate().map_err(|e| (e, None))?;
         return match envelope.data.take() {
@@ -204,6 +210,45 @@ pub fn decode_with_flow<T: Message>(
         };
     }
     decode_json_general(bytes)
+}
+
+/// The general MessagePack path: `data` decoded into a `Value` tree, then into `T`. It
+/// decides every document the direct path does not take.
+fn decode_msgpack_general<T: Message>(bytes: &[u8]) -> Result<Envelope<T>, DecodeFailure> {
+    let raw = decode_raw(bytes, Encoding::MessagePack).map_err(|e| (e, None))?;
+    let flow = Box::new(raw.flow());
+    raw.into_typed().map_err(|e| (e, Some(flow)))
+}
+
+/// The envelope with `data` (a MessagePack span, or absent) decoded as `T`, as
+/// [`RawEnvelope::into_typed`] decodes it; `None` when the span does not decode, for
+/// the general path to report why.
+fn typed_from_span<T: Message>(
+    envelope: Envelope<Option<msgpack::Span<'_>>>,
+) -> Option<Result<Envelope<T>, DecodeFailure>> {
+    let typed = (|| {
+        let ty = envelope.message_type()?;
+        T::check_type(&ty)?;
+        let Some(span) = envelope.data else {
+            return crate::envelope::absent_data(&ty).map(Some);
+        };
+        Ok(if ty.major == T::MAJOR {
+            span.decode::<T>()
+        } else {
+            match span.decode::<serde_json::Value>() {
+                Some(value) => Some(T::upgrade(ty.major, value)?),
+                None => None,
+            }
+        })
+    })();
+    match typed {
+        Ok(Some(data)) => Some(Ok(envelope.map_data(|_| data))),
+        Ok(None) => None,
+        // The general path, which builds `data`'s tree first, refuses a string in it
+        // that is not UTF-8 before it looks at `type`.
+        Err(_) if envelope.data.is_some_and(|span| !span.is_utf8()) => None,
+        Err(e) => Some(Err((e, Some(Box::new(envelope.flow()))))),
+    }
 }
 
 /// The general JSON path: `data` held as raw JSON text, then parsed once, straight

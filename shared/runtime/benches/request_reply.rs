@@ -20,6 +20,10 @@
 //! `BENCH_ONLY=raw|floor|service|client|runtime` runs one path `BENCH_WAYS` (64)
 //! way, for a profiler; `BENCH_LOGS=1` installs the logging every service installs,
 //! JSON at `info`, so that the runtime's per-request span is recorded as in a service).
+//! `BENCH_ENCODING=json|msgpack` (json unless set) picks the envelope encoding: the
+//! floor then carries the MessagePack bytes of the same envelopes, and the runtime's
+//! client sends MessagePack (the service answers in the request's encoding).
+//! `BENCH_ONLY=codec` prints only the envelope codec rates (both encodings).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +33,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, decode, encode};
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, decode, decode_raw, encode};
 use toronto_runtime::Metrics;
 use toronto_runtime::config::EndpointConfig;
 use toronto_runtime::rpc::call;
@@ -86,8 +90,36 @@ struct Load {
     payload: Bytes,
     /// The typed client's request envelope.
     envelope: Envelope<Payload>,
-    /// That envelope's JSON bytes, for the paths that send it without a codec.
+    /// That envelope's bytes in `encoding`, for the paths that send it without a codec.
     request_bytes: Bytes,
+    /// The envelope encoding of every path that carries an envelope (`BENCH_ENCODING`).
+    encoding: Encoding,
+}
+
+/// The encoding named by `BENCH_ENCODING` (`json` unless set).
+fn bench_encoding() -> Encoding {
+    match std::env::var("BENCH_ENCODING").as_deref() {
+        Err(_) | Ok("json") => Encoding::Json,
+        Ok("msgpack") => Encoding::MessagePack,
+        Ok(other) => panic!("BENCH_ENCODING={other}: use json or msgpack"),
+    }
+}
+
+fn encoding_name(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::Json => "json",
+        Encoding::MessagePack => "msgpack",
+    }
+}
+
+/// `Content-Type` (and `traceparent`, when asked) as the contract's requests carry them.
+fn contract_headers(encoding: Encoding, traceparent: bool) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Content-Type", encoding.content_type());
+    if traceparent {
+        h.insert("traceparent", TRACEPARENT);
+    }
+    h
 }
 
 async fn one_request(client: &Client, path: Path, load: &Load) {
@@ -95,16 +127,16 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
         payload,
         envelope,
         request_bytes,
+        encoding,
     } = load;
+    let encoding = *encoding;
     match path {
         Path::Raw => {
             let reply = client.request(RAW_SUBJECT, payload.clone()).await.unwrap();
             assert_eq!(reply.payload.len(), payload.len());
         }
         Path::RuntimeRawClient => {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Content-Type", "application/cloudevents+json");
-            h.insert("traceparent", TRACEPARENT);
+            let h = contract_headers(encoding, true);
             let reply = client
                 .request_with_headers(RUNTIME_SUBJECT, h, request_bytes.clone())
                 .await
@@ -116,7 +148,7 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
                 client,
                 "bench.canned",
                 envelope,
-                Encoding::Json,
+                encoding,
                 Duration::from_secs(10),
             )
             .await
@@ -126,9 +158,7 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
         Path::Floor => {
             // The contract's floor: the request envelope's bytes and headers, answered
             // with the same headers and a reply of the runtime's reply size, no codec.
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Content-Type", "application/cloudevents+json");
-            h.insert("traceparent", TRACEPARENT);
+            let h = contract_headers(encoding, true);
             let reply = client
                 .request_with_headers("bench.floor", h, request_bytes.clone())
                 .await
@@ -136,8 +166,7 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
             assert!(reply.payload.len() > 512);
         }
         Path::RawSpawn => {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Content-Type", "application/cloudevents+json");
+            let h = contract_headers(encoding, false);
             let reply = client
                 .request_with_headers("bench.rawspawn", h, payload.clone())
                 .await
@@ -145,9 +174,7 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
             assert_eq!(reply.payload.len(), payload.len());
         }
         Path::RawHeaders => {
-            let mut h = async_nats::HeaderMap::new();
-            h.insert("Content-Type", "application/cloudevents+json");
-            h.insert("traceparent", TRACEPARENT);
+            let h = contract_headers(encoding, true);
             let reply = client
                 .request_with_headers(RAW_SUBJECT, h, payload.clone())
                 .await
@@ -159,7 +186,7 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
                 client,
                 RUNTIME_SUBJECT,
                 envelope,
-                Encoding::Json,
+                encoding,
                 Duration::from_secs(10),
             )
             .await
@@ -334,7 +361,39 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
-fn codec_rate(encoding: Encoding, n: usize) -> f64 {
+/// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`); load from other
+/// processes disturbs it far less than wall time.
+fn thread_cpu_ns() -> Option<u64> {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Runs `f` `n` times; per second of this thread's CPU time (of wall time when that
+/// cannot be read).
+fn rate(n: usize, mut f: impl FnMut()) -> f64 {
+    let (cpu0, start) = (thread_cpu_ns(), Instant::now());
+    for _ in 0..n {
+        f();
+    }
+    let seconds = match (cpu0, thread_cpu_ns()) {
+        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
+        _ => start.elapsed().as_secs_f64(),
+    };
+    n as f64 / seconds
+}
+
+/// The codec rates of both encodings, whatever `BENCH_ENCODING` says: envelope round
+/// trips (encode and decode) and decodes alone, 1 KiB data, and MessagePack decodes
+/// through the general path (a `Value` tree for `data`, then the payload from it: what
+/// `decode` did before its direct path). Measured in 5 interleaved rounds of `codec_n`
+/// each (long enough for the CPU clock, which may advance a scheduler tick at a time);
+/// medians.
+fn print_codec_rates() {
+    let codec_n = scale(100_000);
     let envelope = Envelope::builder(
         "toronto://bench",
         Payload {
@@ -343,17 +402,62 @@ fn codec_rate(encoding: Encoding, n: usize) -> f64 {
     )
     .subject("shop-api")
     .build();
-    let start = Instant::now();
-    for _ in 0..n {
+    let bytes = |encoding| encode(&envelope, encoding).unwrap();
+    let (json, msgpack) = (bytes(Encoding::Json), bytes(Encoding::MessagePack));
+    let round_trip = |encoding| {
         let bytes = encode(&envelope, encoding).unwrap();
         let back: Envelope<Payload> = decode(&bytes, encoding).unwrap();
         std::hint::black_box(back);
+    };
+    let decode_only = |bytes: &[u8], encoding| {
+        let back: Envelope<Payload> = decode(std::hint::black_box(bytes), encoding).unwrap();
+        std::hint::black_box(back);
+    };
+    let general = |bytes: &[u8]| {
+        let raw = decode_raw(std::hint::black_box(bytes), Encoding::MessagePack).unwrap();
+        let flow = raw.flow();
+        let back: Envelope<Payload> = raw.into_typed().unwrap();
+        std::hint::black_box((back, flow));
+    };
+    let rounds = 5;
+    let per_round = codec_n;
+    let mut rates = vec![Vec::new(); 5];
+    for _ in 0..rounds {
+        rates[0].push(rate(per_round, || round_trip(Encoding::Json)));
+        rates[1].push(rate(per_round, || decode_only(&json, Encoding::Json)));
+        rates[2].push(rate(per_round, || round_trip(Encoding::MessagePack)));
+        rates[3].push(rate(per_round, || {
+            decode_only(&msgpack, Encoding::MessagePack)
+        }));
+        rates[4].push(rate(per_round, || general(&msgpack)));
     }
-    n as f64 / start.elapsed().as_secs_f64()
+    let [rt_json, json, rt_msgpack, msgpack, tree] = rates
+        .into_iter()
+        .map(median)
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
+    println!(
+        "envelope codec, 1 KiB data ({codec_n} each in each of {rounds} interleaved rounds, \
+         medians; per second of CPU time; load average {})",
+        loadavg()
+    );
+    println!("  {:<9} {:>16} {:>16}", "", "encode+decode", "decode only");
+    println!("  {:<9} {rt_json:>14.0}/s {json:>14.0}/s", "json");
+    println!("  {:<9} {rt_msgpack:>14.0}/s {msgpack:>14.0}/s", "msgpack");
+    println!(
+        "  {:<9} {:>16} {tree:>14.0}/s  (general path: Value tree, then the payload)",
+        "msgpack", ""
+    );
 }
 
 #[tokio::main]
 async fn main() {
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("codec") {
+        print_codec_rates();
+        return;
+    }
+    let encoding = bench_encoding();
     if std::env::var("BENCH_LOGS").is_ok() {
         // The logging every service installs (JSON on stderr, `info`), so that the
         // request's span costs what it costs in a service.
@@ -382,8 +486,7 @@ async fn main() {
             let c = spawn_client.clone();
             tokio::spawn(async move {
                 if let Some(reply) = m.reply {
-                    let mut h = async_nats::HeaderMap::new();
-                    h.insert("Content-Type", "application/cloudevents+json");
+                    let h = contract_headers(encoding, false);
                     c.publish_with_headers(reply, h, m.payload).await.unwrap();
                 }
             });
@@ -391,6 +494,7 @@ async fn main() {
     });
 
     // Raw, answering a fixed reply envelope: isolates the typed client's cost.
+    let canned_headers = contract_headers(encoding, false);
     let canned = Bytes::from(
         encode(
             &Envelope::builder(
@@ -400,7 +504,7 @@ async fn main() {
                 },
             )
             .build(),
-            Encoding::Json,
+            encoding,
         )
         .unwrap(),
     );
@@ -409,7 +513,16 @@ async fn main() {
     tokio::spawn(async move {
         while let Some(m) = canned_sub.next().await {
             if let Some(reply) = m.reply {
-                canned_client.publish(reply, canned.clone()).await.unwrap();
+                // JSON needs no header (absent means JSON), as before.
+                let sent = match encoding {
+                    Encoding::Json => canned_client.publish(reply, canned.clone()).await,
+                    Encoding::MessagePack => {
+                        canned_client
+                            .publish_with_headers(reply, canned_headers.clone(), canned.clone())
+                            .await
+                    }
+                };
+                sent.unwrap();
             }
         }
     });
@@ -450,29 +563,39 @@ async fn main() {
         },
     )
     .build();
-    let request_bytes = Bytes::from(encode(&envelope, Encoding::Json).unwrap());
+    let request_bytes = Bytes::from(encode(&envelope, encoding).unwrap());
     let load = Arc::new(Load {
         payload: Bytes::from(vec![b'x'; 512]),
         envelope,
         request_bytes: request_bytes.clone(),
+        encoding,
     });
 
     // The floor: raw, with the contract's headers both ways and the runtime's reply size.
-    let reply_size = requester
-        .request(RUNTIME_SUBJECT, request_bytes)
+    let probe = requester
+        .request_with_headers(
+            RUNTIME_SUBJECT,
+            contract_headers(encoding, true),
+            request_bytes,
+        )
         .await
-        .unwrap()
-        .payload
-        .len();
+        .unwrap();
+    // The service answers in the request's encoding.
+    let reply_type = probe
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Content-Type"))
+        .map(|v| v.as_str().to_owned());
+    assert_eq!(reply_type.as_deref(), Some(encoding.content_type()));
+    let _: Envelope<Payload> = decode(&probe.payload, encoding).unwrap();
+    let reply_size = probe.payload.len();
     let floor_reply = Bytes::from(vec![b'x'; reply_size]);
     let mut floor_sub = responder.subscribe("bench.floor").await.unwrap();
     let floor_client = responder.clone();
     tokio::spawn(async move {
         while let Some(m) = floor_sub.next().await {
             if let Some(reply) = m.reply {
-                let mut h = async_nats::HeaderMap::new();
-                h.insert("Content-Type", "application/cloudevents+json");
-                h.insert("traceparent", TRACEPARENT);
+                let h = contract_headers(encoding, true);
                 floor_client
                     .publish_with_headers(reply, h, floor_reply.clone())
                     .await
@@ -535,7 +658,9 @@ async fn main() {
         )
         .await;
         println!(
-            "{rounds} rounds interleaved, medians; load average {load_before} before, {} after",
+            "encoding {}; {rounds} rounds interleaved, medians; load average {load_before} \
+             before, {} after",
+            encoding_name(encoding),
             loadavg()
         );
         println!(
@@ -568,8 +693,10 @@ async fn main() {
     )
     .await;
     println!(
-        "request/reply against nats-server at {} (512-byte payload; floor: raw with the \
-         contract's headers both ways, the request envelope's bytes and a {reply_size}-byte reply)",
+        "request/reply, encoding {}, against nats-server at {} (512-byte payload; floor: raw \
+         with the contract's headers both ways, the request envelope's bytes and a \
+         {reply_size}-byte reply)",
+        encoding_name(encoding),
         server.url()
     );
     println!(
@@ -667,13 +794,7 @@ async fn main() {
         println!("runtime/floor by round, {what:<7} {}", ratios.join(" "));
     }
 
-    let codec_n = scale(100_000);
     println!();
-    println!("envelope encode+decode, 1 KiB data ({codec_n} round trips)");
-    println!("  json     {:>10.0}/s", codec_rate(Encoding::Json, codec_n));
-    println!(
-        "  msgpack  {:>10.0}/s",
-        codec_rate(Encoding::MessagePack, codec_n)
-    );
+    print_codec_rates();
     host.stop(Duration::from_secs(1)).await;
 }
