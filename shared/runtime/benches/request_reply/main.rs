@@ -26,23 +26,29 @@
 //! `BENCH_ONLY=codec` prints only the envelope codec rates (both encodings).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_nats::Client;
 use bytes::Bytes;
 use futures::StreamExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, decode, decode_raw, encode};
+use toronto_protocol::{Encoding, Envelope, ErrorBody, Message, decode, encode};
 use toronto_runtime::Metrics;
 use toronto_runtime::config::EndpointConfig;
 use toronto_runtime::rpc::call;
 use toronto_runtime::service::{Request, ServiceHost, ServiceSpec};
 use toronto_testkit::NatsServer;
 
+mod codec;
+mod measure;
+
+use codec::print_codec_rates;
+use measure::*;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-struct Payload {
-    text: String,
+pub(crate) struct Payload {
+    pub(crate) text: String,
 }
 
 impl Message for Payload {
@@ -57,7 +63,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const RAW_SUBJECT: &str = "bench.raw";
 const RUNTIME_SUBJECT: &str = "bench.runtime";
 
-fn scale(n: usize) -> usize {
+pub(crate) fn scale(n: usize) -> usize {
     let s: f64 = std::env::var("BENCH_SCALE")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -196,259 +202,10 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
     }
 }
 
-/// One measured stretch: sequential latency or concurrent throughput.
-#[derive(Clone, Copy)]
-enum Row {
-    Sequential,
-    Ways(usize),
-}
-
-/// What one stretch of one path measured.
-#[derive(Clone, Copy, Default)]
-struct Sample {
-    /// p50 in µs (sequential) or requests per second (concurrent).
-    value: f64,
-    /// p99 in µs (sequential only).
-    p99: f64,
-    /// CPU time of this process per request, µs.
-    cpu_us: f64,
-    /// CPU time of the nats-server per request, µs (0 when it cannot be read).
-    server_cpu_us: f64,
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat` (`USER_HZ`, 100 on Linux).
-const TICKS_PER_SECOND: f64 = 100.0;
-
-/// User plus system CPU ticks of process `pid` (`self` for this one).
-fn cpu_ticks(pid: &str) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces: the fields start after its `)`.
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
-    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after `)`.
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-/// The nats-server this process started (the test kit's child), to read its CPU.
-fn nats_server_pid() -> Option<String> {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let pid = entry.file_name().into_string().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let comm = &stat[stat.find('(')? + 1..stat.rfind(')')?];
-            let ppid = stat[stat.rfind(')')? + 2..].split(' ').nth(1)?;
-            (comm == "nats-server" && ppid == me).then_some(pid)
-        })
-}
-
-async fn sequential(client: &Client, path: Path, n: usize, load: &Load) -> (f64, f64) {
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let start = Instant::now();
-        one_request(client, path, load).await;
-        samples.push(start.elapsed());
-    }
-    samples.sort();
-    let us = |d: Duration| d.as_secs_f64() * 1e6;
-    (
-        us(percentile(&samples, 0.5)),
-        us(percentile(&samples, 0.99)),
-    )
-}
-
-async fn concurrent(
-    client: &Client,
-    path: Path,
-    workers: usize,
-    total: usize,
-    load: &Arc<Load>,
-) -> (f64, usize) {
-    let per_worker = total / workers;
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..workers)
-        .map(|_| {
-            let client = client.clone();
-            let load = load.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_worker {
-                    one_request(&client, path, &load).await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let done = per_worker * workers;
-    (done as f64 / start.elapsed().as_secs_f64(), done)
-}
-
-/// Measures one stretch of `path`, with the CPU this process and the server spent on it.
-async fn measure(
-    client: &Client,
-    path: Path,
-    row: Row,
-    (n, total): (usize, usize),
-    load: &Arc<Load>,
-    server: Option<&str>,
-) -> Sample {
-    for _ in 0..scale(100) {
-        one_request(client, path, load).await;
-    }
-    let cpu = || cpu_ticks("self").unwrap_or(0);
-    let server_cpu = || server.and_then(cpu_ticks).unwrap_or(0);
-    let (cpu0, server0) = (cpu(), server_cpu());
-    let (value, p99, count) = match row {
-        Row::Sequential => {
-            let (p50, p99) = sequential(client, path, n, load).await;
-            (p50, p99, n)
-        }
-        Row::Ways(workers) => {
-            let (rate, done) = concurrent(client, path, workers, total, load).await;
-            (rate, 0.0, done)
-        }
-    };
-    let per_request = |ticks: u64| ticks as f64 / TICKS_PER_SECOND * 1e6 / count as f64;
-    Sample {
-        value,
-        p99,
-        cpu_us: per_request(cpu() - cpu0),
-        server_cpu_us: per_request(server_cpu() - server0),
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len() % 2 == 1 {
-        values[mid]
-    } else {
-        (values[mid - 1] + values[mid]) / 2.0
-    }
-}
-
-/// Every round measures each row of each path once, the paths in turn (each round
-/// starting with the next path), so that load from elsewhere falls on all of them.
-/// Returns `[row][path][round]`.
-async fn interleaved(
-    client: &Client,
-    paths: &[Path],
-    rows: &[Row],
-    sizes: (usize, usize),
-    rounds: usize,
-    load: &Arc<Load>,
-    server: Option<&str>,
-) -> Vec<Vec<Vec<Sample>>> {
-    let mut results = vec![vec![Vec::with_capacity(rounds); paths.len()]; rows.len()];
-    for round in 0..rounds {
-        for (r, row) in rows.iter().enumerate() {
-            for k in 0..paths.len() {
-                let p = (k + round) % paths.len();
-                let sample = measure(client, paths[p], *row, sizes, load, server).await;
-                results[r][p].push(sample);
-            }
-        }
-        eprintln!("round {}/{rounds} done", round + 1);
-    }
-    results
-}
-
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split(' ').take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "unknown".to_owned())
-}
-
-/// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`); load from other
-/// processes disturbs it far less than wall time.
-fn thread_cpu_ns() -> Option<u64> {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Runs `f` `n` times; per second of this thread's CPU time (of wall time when that
-/// cannot be read).
-fn rate(n: usize, mut f: impl FnMut()) -> f64 {
-    let (cpu0, start) = (thread_cpu_ns(), Instant::now());
-    for _ in 0..n {
-        f();
-    }
-    let seconds = match (cpu0, thread_cpu_ns()) {
-        (Some(a), Some(b)) if b > a => (b - a) as f64 / 1e9,
-        _ => start.elapsed().as_secs_f64(),
-    };
-    n as f64 / seconds
-}
-
-/// The codec rates of both encodings, whatever `BENCH_ENCODING` says: envelope round
-/// trips (encode and decode) and decodes alone, 1 KiB data, and MessagePack decodes
-/// through the general path (a `Value` tree for `data`, then the payload from it: what
-/// `decode` did before its direct path). Measured in 5 interleaved rounds of `codec_n`
-/// each (long enough for the CPU clock, which may advance a scheduler tick at a time);
-/// medians.
-fn print_codec_rates() {
-    let codec_n = scale(100_000);
-    let envelope = Envelope::builder(
-        "toronto://bench",
-        Payload {
-            text: "x".repeat(1024),
-        },
-    )
-    .subject("shop-api")
-    .build();
-    let bytes = |encoding| encode(&envelope, encoding).unwrap();
-    let (json, msgpack) = (bytes(Encoding::Json), bytes(Encoding::MessagePack));
-    let round_trip = |encoding| {
-        let bytes = encode(&envelope, encoding).unwrap();
-        let back: Envelope<Payload> = decode(&bytes, encoding).unwrap();
-        std::hint::black_box(back);
-    };
-    let decode_only = |bytes: &[u8], encoding| {
-        let back: Envelope<Payload> = decode(std::hint::black_box(bytes), encoding).unwrap();
-        std::hint::black_box(back);
-    };
-    let general = |bytes: &[u8]| {
-        let raw = decode_raw(std::hint::black_box(bytes), Encoding::MessagePack).unwrap();
-        let flow = raw.flow();
-        let back: Envelope<Payload> = raw.into_typed().unwrap();
-        std::hint::black_box((back, flow));
-    };
-    let rounds = 5;
-    let per_round = codec_n;
-    let mut rates = vec![Vec::new(); 5];
-    for _ in 0..rounds {
-        rates[0].push(rate(per_round, || round_trip(Encoding::Json)));
-        rates[1].push(rate(per_round, || decode_only(&json, Encoding::Json)));
-        rates[2].push(rate(per_round, || round_trip(Encoding::MessagePack)));
-        rates[3].push(rate(per_round, || {
-            decode_only(&msgpack, Encoding::MessagePack)
-        }));
-        rates[4].push(rate(per_round, || general(&msgpack)));
-    }
-    let [rt_json, json, rt_msgpack, msgpack, tree] = rates
-        .into_iter()
-        .map(median)
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
-    println!(
-        "envelope codec, 1 KiB data ({codec_n} each in each of {rounds} interleaved rounds, \
-         medians; per second of CPU time; load average {})",
-        loadavg()
-    );
-    println!("  {:<9} {:>16} {:>16}", "", "encode+decode", "decode only");
-    println!("  {:<9} {rt_json:>14.0}/s {json:>14.0}/s", "json");
-    println!("  {:<9} {rt_msgpack:>14.0}/s {msgpack:>14.0}/s", "msgpack");
-    println!(
-        "  {:<9} {:>16} {tree:>14.0}/s  (general path: Value tree, then the payload)",
-        "msgpack", ""
-    );
 }
 
 #[tokio::main]
