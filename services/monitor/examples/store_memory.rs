@@ -79,6 +79,7 @@ fn main() {
     let mut counts: Vec<[Counts; 2]> = (0..DEPLOYS).map(|_| Default::default()).collect();
     let rss_before = rss_kib();
     let took = Instant::now();
+    let mut half = (0, 0);
     for second in 0..seconds {
         let ts = start + second * 1000 + (noise.next() % 3) as i64;
         let live = (0..DEPLOYS).filter(|d| (0..LIFE).contains(&(second - d * EVERY_MS / 1000)));
@@ -99,7 +100,11 @@ fn main() {
             }
         }
         if second % 5 == 0 {
-            store.prune();
+            // As the service does every 5 s, at the load's time.
+            store.prune_at(start + second * 1000);
+        }
+        if second == seconds / 2 {
+            half = (rss_kib(), store.size().0);
         }
     }
     store.prune();
@@ -112,7 +117,8 @@ fn main() {
          (counters, ratios, latencies), loaded in {elapsed:.2?}:\n  \
          {series} series, {samples} samples: Store::bytes {:.2} MiB, {} bytes a series, \
          {:.2} bytes a sample\n  \
-         RSS {:.1} -> {:.1} MiB (+{:.2} MiB, {} bytes a series)",
+         RSS {:.1} -> {:.1} MiB (+{:.2} MiB, {} bytes a series; {} bytes a series over the \
+         second half)",
         bytes as f64 / 1048576.0,
         bytes / series.max(1),
         bytes as f64 / samples.max(1) as f64,
@@ -120,5 +126,6 @@ fn main() {
         rss_after as f64 / 1024.0,
         rss_after.saturating_sub(rss_before) as f64 / 1024.0,
         rss_after.saturating_sub(rss_before) * 1024 / series.max(1) as u64,
+        rss_after.saturating_sub(half.0) * 1024 / (series.saturating_sub(half.1).max(1)) as u64,
     );
 }

@@ -155,7 +155,9 @@ fn encode(samples: &[(i64, f64)]) -> Box<[u8]> {
         s.time = t;
         s.bits = bits;
     }
-    w.bytes.into_boxed_slice()
+    // A copy of the exact size: shrinking the grown buffer in place would keep its
+    // allocation (mimalloc keeps a block when the new size is at least half of it).
+    Box::from(w.bytes.as_slice())
 }
 
 /// The samples of a block, decoded as they are read.

@@ -316,7 +316,12 @@ impl Store {
     /// strings and index entries only they held); seals the open buffer of series gone
     /// quiet.
     pub fn prune(&self) {
-        let now = now_ms();
+        self.prune_at(now_ms());
+    }
+
+    /// [`Store::prune`] as at `now` (milliseconds since the epoch): for replaying a
+    /// load faster than it happened.
+    pub fn prune_at(&self, now: i64) {
         let oldest = now - self.limits.retention_ms;
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         let Inner { strings, metrics } = &mut *inner;
