@@ -58,6 +58,21 @@ impl Strings {
         }
     }
 
+    /// Lets go of unused capacity once three quarters of it is unused.
+    pub(super) fn shrink(&mut self) {
+        if self.ids.len() * 4 >= self.entries.capacity() {
+            return;
+        }
+        while self.entries.last().is_some_and(|(s, _)| s.is_none()) {
+            self.entries.pop();
+        }
+        let len = self.entries.len();
+        self.free.retain(|&id| (id as usize) < len);
+        self.entries.shrink_to_fit();
+        self.free.shrink_to_fit();
+        self.ids.shrink_to_fit();
+    }
+
     /// The string of `id`.
     pub(super) fn name(&self, id: u32) -> &str {
         self.entries[id as usize].0.as_deref().unwrap_or_default()
@@ -186,6 +201,18 @@ impl Index {
             } else if ids.capacity() > 2 * ids.len() + 4 {
                 ids.shrink_to_fit();
             }
+        }
+    }
+
+    /// Lets go of the tables' capacity when three quarters of it is unused.
+    pub(super) fn shrink<'a>(&mut self, key_of: impl Fn(u32) -> Option<&'a [(u32, u32)]>) {
+        if self.by_key.len() * 4 < self.by_key.capacity() {
+            let hasher = &self.hasher;
+            self.by_key
+                .shrink_to_fit(|&id| hasher.hash_one(key_of(id).unwrap_or_default()));
+        }
+        if self.by_pair.len() * 4 < self.by_pair.capacity() {
+            self.by_pair.shrink_to_fit();
         }
     }
 
