@@ -126,6 +126,7 @@ pub async fn start_with(
     });
     let series_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     let samples_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+    let bytes_gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
     rt.metrics.register(
         "monitor_store_series",
         "Series in the in-memory store",
@@ -136,11 +137,20 @@ pub async fn start_with(
         "Samples in the in-memory store",
         samples_gauge.clone(),
     );
+    rt.metrics.register(
+        "monitor_store_bytes",
+        "Heap bytes of the in-memory store (estimated from its structures' capacities)",
+        bytes_gauge.clone(),
+    );
     let pruned = store.clone();
     let token = rt.shutdown_token();
     rt.spawn_background("store pruning", move || {
         let (pruned, token) = (pruned.clone(), token.clone());
-        let (series_gauge, samples_gauge) = (series_gauge.clone(), samples_gauge.clone());
+        let (series_gauge, samples_gauge, bytes_gauge) = (
+            series_gauge.clone(),
+            samples_gauge.clone(),
+            bytes_gauge.clone(),
+        );
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
             loop {
@@ -151,6 +161,7 @@ pub async fn start_with(
                         let (series, samples) = pruned.size();
                         series_gauge.set(series as i64);
                         samples_gauge.set(samples as i64);
+                        bytes_gauge.set(pruned.bytes() as i64);
                     }
                 }
             }
