@@ -12,15 +12,14 @@
 //! - the holder waits for a rollout or an experiment that has ended: it is woken, as
 //!   the end event would have woken it;
 //! - the holder is running, nobody has held its lease for two lease lengths and no step
-//!   of it waits for a time: it is put on the run queue again.
-//!
+//!   of it waits for a time: it is put on the run queue again;
 //! - nobody holds a scope's turn while plans are queued in it, the oldest unchanged for
 //!   two lease lengths: that plan is woken.
 //!
 //! A sweep reads one turn (and one queue) per active scope, from live indexes of the
-//! turns and the queues, and never the plans' history. Every replica sweeps; each repair is a compare-and-set (or an
-//! extra "advance plan X", which a plan someone works on acknowledges), so replicas
-//! sweeping at once repair a plan once.
+//! turns and the queues, and never the plans' history. Every replica sweeps; each
+//! repair is a compare-and-set (or an extra "advance plan X", which a plan someone
+//! works on acknowledges), so replicas sweeping at once repair a plan once.
 
 use std::collections::BTreeSet;
 
@@ -39,7 +38,7 @@ const MAX_SCOPES: usize = 10_000;
 /// What one sweep did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Swept {
-    /// Turns read.
+    /// Scopes read (with a turn held, plans queued, or both).
     pub scopes: usize,
     /// Turns released because their holder had ended.
     pub released: usize,
