@@ -16,7 +16,6 @@ fn row(fault: &'static str, checked: &'static str, result: Result<String, String
         fault,
         checked,
         result,
-        known: None,
     }
 }
 

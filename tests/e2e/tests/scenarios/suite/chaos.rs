@@ -96,6 +96,5 @@ pub async fn kill_deployer_mid_chaos(cluster: &mut Cluster) -> Row {
         fault: "kill -9 deployer mid-chaos-experiment",
         checked: "another replica takes the experiment over, ends it on time, removes the fault",
         result: experiment_taken_over(cluster, "chaosk").await,
-        known: None,
     }
 }
