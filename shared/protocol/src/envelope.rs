@@ -301,6 +301,25 @@ fn required(value: Option<String>, name: &'static str) -> Result<String, Protoco
 }
 
 impl<D> UncheckedEnvelope<D> {
+    /// An envelope with no attribute set yet, for a decoder to fill in.
+    pub(crate) fn empty() -> Self {
+        Self {
+            specversion: None,
+            id: None,
+            source: None,
+            ty: None,
+            time: None,
+            datacontenttype: None,
+            dataschema: None,
+            subject: None,
+            correlationid: None,
+            causationid: None,
+            priority: None,
+            traceparent: None,
+            data: None,
+        }
+    }
+
     /// Validates the attributes: required ones present (`id` any non-empty string), `specversion` 1.0,
     /// `type` well formed, `time` RFC 3339, `priority` known. An invalid `traceparent`
     /// is dropped, as W3C trace context asks.

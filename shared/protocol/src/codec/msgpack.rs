@@ -246,21 +246,7 @@ pub(super) fn parse(bytes: &[u8]) -> Option<UncheckedEnvelope<Span<'_>>> {
     let Kind::Map(len) = r.next()? else {
         return None;
     };
-    let mut e = UncheckedEnvelope {
-        specversion: None,
-        id: None,
-        source: None,
-        ty: None,
-        time: None,
-        datacontenttype: None,
-        dataschema: None,
-        subject: None,
-        correlationid: None,
-        causationid: None,
-        priority: None,
-        traceparent: None,
-        data: None,
-    };
+    let mut e = UncheckedEnvelope::empty();
     let mut seen = [false; 13];
     for _ in 0..len {
         let Kind::Str(key) = r.next()? else {

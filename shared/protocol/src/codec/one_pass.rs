@@ -71,21 +71,7 @@ impl<'de, T: Message> Visitor<'de> for OnePass<T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut e = UncheckedEnvelope {
-            specversion: None,
-            id: None,
-            source: None,
-            ty: None,
-            time: None,
-            datacontenttype: None,
-            dataschema: None,
-            subject: None,
-            correlationid: None,
-            causationid: None,
-            priority: None,
-            traceparent: None,
-            data: None,
-        };
+        let mut e = UncheckedEnvelope::empty();
         let mut seen = [false; 13];
         // Whether `type` names `T` at its current major, so that `data` decodes as `T`.
         let mut typed = false;
