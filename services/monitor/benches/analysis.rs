@@ -109,27 +109,6 @@ fn canary_latency(rt: &tokio::runtime::Runtime) {
     );
 }
 
-const SLO: &str = r#"apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: availability-NAME
-spec:
-  service: svc-NAME
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.999
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: { type: Bus, spec: { query: 'http_errors{service="svc-NAME"}' } }
-        total:
-          metricSource: { type: Bus, spec: { query: 'http_requests{service="svc-NAME"}' } }
-"#;
-
 fn slo_evaluation(rt: &tokio::runtime::Runtime) {
     const SLOS: usize = 1000;
     let rss_before = rss_kib();
@@ -147,7 +126,12 @@ fn slo_evaluation(rt: &tokio::runtime::Runtime) {
         "bench".into(),
     );
     for i in 0..SLOS {
-        let doc = SLO.replace("NAME", &i.to_string());
+        let doc = toronto_testkit::slo::bus_availability(
+            &format!("availability-{i}"),
+            &format!("svc-{i}"),
+            &format!(r#"service="svc-{i}""#),
+            0.999,
+        );
         engine.put(toronto_monitor::slo::parse(&doc).unwrap());
     }
     let rss_loaded = rss_kib();

@@ -40,6 +40,7 @@ pub mod recorder;
 pub mod request;
 pub mod rollouts;
 mod server;
+pub mod slo;
 
 pub use bin::{
     BACKEND_ENV, BIN_ENV, INSTALL_HINT, nats_server_bin, parse_nats_server_version,

@@ -14,27 +14,10 @@ pub(super) fn settings(scale: f64) -> EvalSettings {
     }
 }
 
-pub(crate) const BUS_SLO: &str = r#"
-apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: availability
-spec:
-  service: cart
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.99
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: { type: Bus, spec: { query: 'http_errors{service="cart"}' } }
-        total:
-          metricSource: { type: Bus, spec: { query: 'http_requests{service="cart"}' } }
-"#;
+/// The availability SLO of `cart` on bus metrics.
+pub(crate) fn bus_slo() -> String {
+    toronto_testkit::slo::bus_availability("availability", "cart", r#"service="cart""#, 0.99)
+}
 
 #[tokio::test]
 async fn a_round_evaluates_every_slo_once_across_batches() {
@@ -44,13 +27,13 @@ async fn a_round_evaluates_every_slo_once_across_batches() {
     let now = now_ms();
     for i in 0..n {
         let service = format!("svc-{i:04}");
-        engine.put(parse(&BUS_SLO.replace("cart", &service)).unwrap());
+        engine.put(parse(&bus_slo().replace("cart", &service)).unwrap());
         let labels: Labels = [("service".to_owned(), service)].into();
         store.insert("http_requests", &labels, now - 2_000, 100.0);
         store.insert("http_errors", &labels, now - 2_000, (i % 2) as f64);
     }
     // A Prometheus SLO without a Prometheus is skipped.
-    let prometheus = BUS_SLO
+    let prometheus = bus_slo()
         .replace("cart", "zz")
         .replace("type: Bus", "type: Prometheus")
         .replace(
@@ -83,7 +66,7 @@ async fn a_fast_burn_pages_and_resolves_with_hysteresis() {
     let store = Arc::new(Store::new(StoreLimits::default()));
     // Scale 3600: 1h lasts a second, 5m 83 ms.
     let engine = SloEngine::new(store.clone(), None, settings(3600.0), "test".into());
-    engine.put(parse(BUS_SLO).unwrap());
+    engine.put(parse(&bus_slo()).unwrap());
     let labels: Labels = [("service".to_owned(), "cart".to_owned())].into();
     let feed = |errors: f64| {
         let t = now_ms();

@@ -8,7 +8,7 @@ use toronto_testkit::TcpProxy as Proxy;
 use toronto_protocol::status::LeaseRole;
 use toronto_runtime::lease::{LeaseConfig, LeaseWatch};
 
-use super::slo::{CART_SLO, compressed, traffic};
+use super::slo::{cart_slo, compressed, traffic};
 use super::*;
 
 const LEASE: LeaseConfig = LeaseConfig {
@@ -53,7 +53,7 @@ async fn the_owner_cut_off_while_an_slo_burns_the_page_still_fires_once() {
     let server = NatsServer::start().await;
     let client = server.client().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("cart.yaml"), CART_SLO).unwrap();
+    std::fs::write(dir.path().join("cart.yaml"), cart_slo()).unwrap();
     let nats: std::net::SocketAddr = server.url().trim_start_matches("nats://").parse().unwrap();
     let proxy = Proxy::start(nats).await;
     let a = replica(&proxy.url, compressed(dir.path())).await;

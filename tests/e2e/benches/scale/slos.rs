@@ -7,27 +7,6 @@ use crate::common::*;
 pub fn slos() -> Vec<Row> {
     use toronto_monitor::evaluate::{EvalSettings, SloEngine};
     use toronto_monitor::store::{Labels, Store, StoreLimits, now_ms};
-    const SLO: &str = r#"
-apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: svc-NAME-availability
-spec:
-  service: svc-NAME
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.999
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: { type: Bus, spec: { query: 'http_errors{service="svc-NAME"}' } }
-        total:
-          metricSource: { type: Bus, spec: { query: 'http_requests{service="svc-NAME"}' } }
-"#;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -50,7 +29,13 @@ spec:
         );
         let now = now_ms();
         for i in 0..n {
-            engine.put(toronto_monitor::slo::parse(&SLO.replace("NAME", &i.to_string())).unwrap());
+            let slo = toronto_testkit::slo::bus_availability(
+                &format!("svc-{i}-availability"),
+                &format!("svc-{i}"),
+                &format!(r#"service="svc-{i}""#),
+                0.999,
+            );
+            engine.put(toronto_monitor::slo::parse(&slo).unwrap());
             let l: Labels = [("service".to_owned(), format!("svc-{i}"))].into();
             // Two minutes of 1 Hz ticks per service.
             store.insert_many(

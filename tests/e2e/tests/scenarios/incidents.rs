@@ -128,27 +128,11 @@ async fn publish_alert(client: &async_nats::Client, pairs: &[(&str, &str)], stat
 }
 
 fn slo(service: &str) -> String {
-    format!(
-        r#"apiVersion: openslo/v1
-kind: SLO
-metadata:
-  name: availability
-spec:
-  service: {service}
-  budgetingMethod: Occurrences
-  timeWindow:
-    - duration: 30d
-      isRolling: true
-  objectives:
-    - target: 0.99
-  indicator:
-    spec:
-      ratioMetric:
-        bad:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_errors{{service="{service}",environment="production"}}' }} }}
-        total:
-          metricSource: {{ type: Bus, spec: {{ query: 'http_requests{{service="{service}",environment="production"}}' }} }}
-"#
+    toronto_testkit::slo::bus_availability(
+        "availability",
+        service,
+        &format!(r#"service="{service}",environment="production""#),
+        0.99,
     )
 }
 
