@@ -10,6 +10,8 @@ use crate::error::ProtocolError;
 use crate::message::{Message, MessageType};
 use crate::trace::TraceParent;
 
+mod time;
+
 /// The only CloudEvents version we speak.
 pub const SPEC_VERSION: &str = "1.0";
 
@@ -57,7 +59,11 @@ pub struct Envelope<T> {
     #[serde(rename = "type")]
     pub ty: String,
     /// When it was made (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "time::serialize"
+    )]
     pub time: Option<DateTime<Utc>>,
     /// Encoding of `data`; `application/json` for ours.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,7 +108,10 @@ pub struct EnvelopeRef<'a, T> {
     #[serde(rename = "type")]
     pub ty: &'a str,
     /// When it was made.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "time::serialize"
+    )]
     pub time: Option<DateTime<Utc>>,
     /// Encoding of `data`.
     #[serde(skip_serializing_if = "Option::is_none")]

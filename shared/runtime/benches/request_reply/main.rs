@@ -4,8 +4,11 @@
 //! Three paths side by side in one run: raw (512 bytes echoed, no headers), the
 //! contract's floor (raw async-nats carrying what the contract makes every request
 //! carry: the request envelope's bytes, `Content-Type` and `traceparent` both ways, a
-//! reply of the runtime's reply size, no codec and no validation), and the runtime (a
-//! typed endpoint called through `rpc::call`).
+//! reply of the runtime's reply size, no codec and no validation), the floor plus the
+//! contract's codec (the request envelope encoded and decoded, a reply envelope built,
+//! encoded and decoded: the least any implementation of the contract does, on raw
+//! async-nats with no task, stats or tracing), and the runtime (a typed endpoint called
+//! through `rpc::call`).
 //!
 //! The paths are measured in rounds (`BENCH_ROUNDS`, 5 unless set): each round runs
 //! every row (sequential, 16-way, 64-way) of every path, the paths in turn, so that
@@ -17,7 +20,7 @@
 //! Run: `cargo bench -p toronto-runtime --bench request_reply`
 //! (set `BENCH_SCALE=0.2` for a quicker, noisier run; `BENCH_SPLIT=1` breaks the
 //! runtime's cost down into headers, service side and client side;
-//! `BENCH_ONLY=raw|floor|service|client|runtime` runs one path `BENCH_WAYS` (64)
+//! `BENCH_ONLY=raw|floor|codecfloor|service|client|runtime` runs one path `BENCH_WAYS` (64)
 //! way, for a profiler; `BENCH_LOGS=1` installs the logging every service installs,
 //! JSON at `info`, so that the runtime's per-request span is recorded as in a service).
 //! `BENCH_ENCODING=json|msgpack` (json unless set) picks the envelope encoding: the
@@ -85,6 +88,7 @@ enum Path {
     RawSpawn,
     Canned,
     Floor,
+    CodecFloor,
 }
 
 /// The traceparent the floor path sends and answers with, as the contract's headers do.
@@ -170,6 +174,18 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
                 .await
                 .unwrap();
             assert!(reply.payload.len() > 512);
+        }
+        Path::CodecFloor => {
+            // The floor plus the contract's codec, and nothing else: the request
+            // envelope encoded, sent with the contract's headers, the reply decoded.
+            let h = contract_headers(encoding, true);
+            let bytes = Bytes::from(encode(envelope, encoding).unwrap());
+            let reply = client
+                .request_with_headers("bench.codecfloor", h, bytes)
+                .await
+                .unwrap();
+            let reply: Envelope<Payload> = decode(&reply.payload, encoding).unwrap();
+            assert_eq!(reply.data.text.len(), envelope.data.text.len());
         }
         Path::RawSpawn => {
             let h = contract_headers(encoding, false);
@@ -360,6 +376,26 @@ async fn main() {
             }
         }
     });
+    // The floor plus the contract's codec: the request decoded and validated, a reply
+    // envelope (fresh id and time, the request's flow) encoded; no task, no stats.
+    let mut codec_sub = responder.subscribe("bench.codecfloor").await.unwrap();
+    let codec_client = responder.clone();
+    tokio::spawn(async move {
+        while let Some(m) = codec_sub.next().await {
+            if let Some(reply) = m.reply {
+                let request: Envelope<Payload> = decode(&m.payload, encoding).unwrap();
+                let flow = request.flow();
+                let answer = Envelope::builder("toronto://bench", request.data)
+                    .caused_by(&flow)
+                    .build();
+                let h = contract_headers(encoding, true);
+                codec_client
+                    .publish_with_headers(reply, h, Bytes::from(encode(&answer, encoding).unwrap()))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
     responder.flush().await.unwrap();
 
     if let Ok(only) = std::env::var("BENCH_ONLY") {
@@ -367,6 +403,7 @@ async fn main() {
         let path = match only.as_str() {
             "raw" => Path::Raw,
             "floor" => Path::Floor,
+            "codecfloor" => Path::CodecFloor,
             "service" => Path::RuntimeRawClient,
             "client" => Path::Canned,
             _ => Path::Runtime,
@@ -399,6 +436,7 @@ async fn main() {
             ("raw+headers", Path::RawHeaders),
             ("raw+headers+spawn", Path::RawSpawn),
             ("floor", Path::Floor),
+            ("floor+codec", Path::CodecFloor),
             ("runtime, raw client", Path::RuntimeRawClient),
             ("runtime", Path::Runtime),
             ("typed client only", Path::Canned),
@@ -438,7 +476,8 @@ async fn main() {
         return;
     }
 
-    let paths = [Path::Raw, Path::Floor, Path::Runtime];
+    let paths = [Path::Raw, Path::Floor, Path::CodecFloor, Path::Runtime];
+    const RUNTIME: usize = 3;
     let results = interleaved(
         &requester,
         &paths,
@@ -452,18 +491,19 @@ async fn main() {
     println!(
         "request/reply, encoding {}, against nats-server at {} (512-byte payload; floor: raw \
          with the contract's headers both ways, the request envelope's bytes and a \
-         {reply_size}-byte reply)",
+         {reply_size}-byte reply; floor+codec: the floor plus the contract's \
+         envelope encode and decode on both sides)",
         encoding_name(encoding),
         server.url()
     );
     println!(
-        "{rounds} rounds, raw/floor/runtime interleaved; each figure the median over rounds, each \
+        "{rounds} rounds, the paths interleaved; each figure the median over rounds, each \
          ratio the median of the per-round ratios; load average {load_before} before, {} after",
         loadavg()
     );
     println!(
-        "{:<38} {:>11} {:>11} {:>11} {:>8} {:>8}",
-        "", "raw", "floor", "runtime", "vs raw", "vs floor"
+        "{:<38} {:>11} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8}",
+        "", "raw", "floor", "floor+codec", "runtime", "vs raw", "vs floor", "vs f+c"
     );
     // One table line: the median of each path and of the runtime's per-round ratios.
     let line = |label: String, r: usize, pick: fn(&Sample) -> f64, unit: &str, goal: &str| {
@@ -471,7 +511,7 @@ async fn main() {
         let ratio = |p: usize| {
             median(
                 (0..rounds)
-                    .map(|i| pick(&results[r][2][i]) / pick(&results[r][p][i]))
+                    .map(|i| pick(&results[r][RUNTIME][i]) / pick(&results[r][p][i]))
                     .collect(),
             )
         };
@@ -480,12 +520,14 @@ async fn main() {
             _ => format!("{v:>8.1} {unit}"),
         };
         println!(
-            "{label:<38} {} {} {} {:>7.2}x {:>7.2}x{goal}",
+            "{label:<38} {} {} {} {} {:>7.2}x {:>7.2}x {:>7.2}x{goal}",
             cell(of(0)),
             cell(of(1)),
             cell(of(2)),
+            cell(of(RUNTIME)),
             ratio(0),
-            ratio(1)
+            ratio(1),
+            ratio(2)
         );
     };
     let latency_goal = "  (goal <= 1.25x raw, <= 1.10x floor)";
@@ -535,7 +577,7 @@ async fn main() {
         .as_u64()
         .unwrap_or(0);
     println!(
-        "{:<38} {:>35.1} us",
+        "{:<38} {:>47.1} us",
         "time inside the endpoint (average)",
         avg_ns as f64 / 1000.0
     );
@@ -546,7 +588,12 @@ async fn main() {
         (2, "64-way", |s: &Sample| s.value),
     ] {
         let ratios: Vec<String> = (0..rounds)
-            .map(|i| format!("{:.2}", pick(&results[r][2][i]) / pick(&results[r][1][i])))
+            .map(|i| {
+                format!(
+                    "{:.2}",
+                    pick(&results[r][RUNTIME][i]) / pick(&results[r][1][i])
+                )
+            })
             .collect();
         println!("runtime/floor by round, {what:<7} {}", ratios.join(" "));
     }
