@@ -1,13 +1,16 @@
 //! The live DORA record: every deploy judged as its events arrive, and figures kept per
-//! day (per environment, and per service in it), so that a report sums at most one
-//! figure per day of its window instead of judging every deploy in it.
+//! day and per hour (per environment, and per service in it), so that a report sums at
+//! most one figure per day of its window, and one per hour of a day it covers in part,
+//! instead of judging every deploy in it.
 //!
 //! A new deploy is judged and added to its day. A later event that changes how an
 //! earlier deploy is judged (a rollback after it, an incident linked to it, the next
 //! deploy of the service, which ends what a later rollback can undo) judges that deploy
 //! again; if its judgement changed, its days are summed again from their deploys at the
-//! next report. A day the window only partly covers (its start, or a week's edge in a
-//! trend) is summed from the deploys of that day in the window.
+//! next report. A day the window only partly covers (its start and its end, or a week's
+//! edge in a trend) is summed from its hours, and an hour the window only partly covers
+//! from the deploys of that hour in the window: the walk is one hour's deploys, whatever
+//! the history holds.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -35,15 +38,75 @@ fn day_of(t: DateTime<Utc>) -> i64 {
     t.timestamp().div_euclid(86_400)
 }
 
-/// One day of one scope: its deploys and what they add up to.
+/// The hour of `t`: hours since the epoch, UTC.
+fn hour_of(t: DateTime<Utc>) -> i64 {
+    t.timestamp().div_euclid(3_600)
+}
+
+/// One stretch of time of one scope (a day, or an hour of it): its deploys and what
+/// they add up to.
 #[derive(Debug, Clone, Default)]
-struct Day {
+struct Bucket {
     deploys: Vec<Uuid>,
     first: Option<DateTime<Utc>>,
     last: Option<DateTime<Utc>>,
     figures: DayFigures,
     /// A deploy's judgement changed: the figures are summed again before use.
     stale: bool,
+}
+
+impl Bucket {
+    fn add(&mut self, id: Uuid, ended_at: DateTime<Utc>, judgement: &Judgement, lead: Option<f64>) {
+        self.deploys.push(id);
+        self.first = Some(self.first.map_or(ended_at, |f| f.min(ended_at)));
+        self.last = Some(self.last.map_or(ended_at, |l| l.max(ended_at)));
+        self.figures.add(judgement, lead);
+    }
+
+    /// How the window `(start, end]` covers its deploys: `None` not at all,
+    /// `Some(true)` all of them, `Some(false)` some.
+    fn cover(&self, (start, end): (DateTime<Utc>, DateTime<Utc>)) -> Option<bool> {
+        let (first, last) = (self.first?, self.last?);
+        if last <= start || first > end {
+            return None;
+        }
+        Some(first > start && last <= end)
+    }
+
+    /// Its figures, summed again from its deploys when a judgement changed.
+    fn figures(&mut self, entries: &HashMap<Uuid, Entry>) -> &DayFigures {
+        if self.stale {
+            self.figures = DayFigures::default();
+            for e in self.deploys.iter().filter_map(|id| entries.get(id)) {
+                self.figures.add(&e.judgement, e.lead);
+            }
+            self.stale = false;
+        }
+        &self.figures
+    }
+
+    /// Adds its deploys that ended in `(start, end]`, one by one.
+    fn walk(
+        &self,
+        entries: &HashMap<Uuid, Entry>,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+        totals: &mut Totals,
+        hours: u32,
+    ) {
+        for e in self.deploys.iter().filter_map(|id| entries.get(id)) {
+            let at = e.deploy.ended_at;
+            if at > start && at <= end {
+                totals.add_deploy(&e.judgement, e.lead, hours);
+            }
+        }
+    }
+}
+
+/// One day of one scope: the day as a whole, and its hours by [`hour_of`].
+#[derive(Debug, Clone, Default)]
+struct Day {
+    whole: Bucket,
+    hours: BTreeMap<i64, Bucket>,
 }
 
 /// The days of one scope, by [`day_of`].
@@ -144,15 +207,17 @@ impl Ledger {
         entry(entry(&mut self.timelines, service), env)
     }
 
-    /// The two days (all services, and the deploy's own) a deploy counts in.
-    fn days_of(&mut self, deploy: &Deploy) -> [&mut Day; 2] {
-        let day = day_of(deploy.ended_at);
+    /// The buckets a deploy counts in: its day and its hour, of all services and of
+    /// its own.
+    fn days_of(&mut self, deploy: &Deploy) -> [&mut Bucket; 4] {
+        let (day, hour) = (day_of(deploy.ended_at), hour_of(deploy.ended_at));
         let env = entry(&mut self.environments, &deploy.environment);
         let service = entry(&mut env.services, &deploy.service);
-        [
-            env.all.entry(day).or_default(),
-            service.entry(day).or_default(),
-        ]
+        let Day { whole: all, hours } = env.all.entry(day).or_default();
+        let all_hour = hours.entry(hour).or_default();
+        let Day { whole: own, hours } = service.entry(day).or_default();
+        let own_hour = hours.entry(hour).or_default();
+        [all, all_hour, own, own_hour]
     }
 
     /// Judges `id` again; if its judgement changed, its days are summed again later.
@@ -168,8 +233,8 @@ impl Ledger {
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.judgement = judgement;
         }
-        for day in self.days_of(&deploy) {
-            day.stale = true;
+        for bucket in self.days_of(&deploy) {
+            bucket.stale = true;
         }
     }
 
@@ -236,11 +301,8 @@ impl Ledger {
             self.by_plan.entry(plan).or_default().push(r.id);
         }
         let judgement = judge(&deploy, &self.records());
-        for day in self.days_of(&deploy) {
-            day.deploys.push(deploy.rollout_id);
-            day.first = Some(day.first.map_or(ended_at, |f| f.min(ended_at)));
-            day.last = Some(day.last.map_or(ended_at, |l| l.max(ended_at)));
-            day.figures.add(&judgement, lead);
+        for bucket in self.days_of(&deploy) {
+            bucket.add(deploy.rollout_id, ended_at, &judgement, lead);
         }
         self.entries.insert(
             r.id,
@@ -279,10 +341,10 @@ impl Ledger {
             if let Some(entry) = self.entries.get_mut(&id) {
                 entry.lead = lead;
             }
-            for day in self.days_of(&deploy) {
+            for bucket in self.days_of(&deploy) {
                 match (old, lead) {
-                    (None, Some(lead)) => day.figures.add_lead(lead),
-                    _ => day.stale = true,
+                    (None, Some(lead)) => bucket.figures.add_lead(lead),
+                    _ => bucket.stale = true,
                 }
             }
         }
@@ -413,28 +475,19 @@ impl Ledger {
             },
         };
         let entries = &self.entries;
+        let window = (start, end);
         for (_, day) in days.range_mut(day_of(start)..=day_of(end)) {
-            let (Some(first), Some(last)) = (day.first, day.last) else {
-                continue;
-            };
-            if last <= start || first > end {
-                continue;
-            }
-            if first > start && last <= end {
-                if day.stale {
-                    day.figures = DayFigures::default();
-                    for e in day.deploys.iter().filter_map(|id| entries.get(id)) {
-                        day.figures.add(&e.judgement, e.lead);
-                    }
-                    day.stale = false;
-                }
-                totals.add_day(&day.figures, hours);
-            } else {
-                // The window covers part of the day: its deploys in the window.
-                for e in day.deploys.iter().filter_map(|id| entries.get(id)) {
-                    let at = e.deploy.ended_at;
-                    if at > start && at <= end {
-                        totals.add_deploy(&e.judgement, e.lead, hours);
+            match day.whole.cover(window) {
+                None => {}
+                Some(true) => totals.add_day(day.whole.figures(entries), hours),
+                // The window covers part of the day: its hours, whole or in part.
+                Some(false) => {
+                    for (_, hour) in day.hours.range_mut(hour_of(start)..=hour_of(end)) {
+                        match hour.cover(window) {
+                            None => {}
+                            Some(true) => totals.add_day(hour.figures(entries), hours),
+                            Some(false) => hour.walk(entries, window, &mut totals, hours),
+                        }
                     }
                 }
             }
