@@ -1,10 +1,27 @@
-//! Envelope codec throughput, both encodings, per second of this thread's CPU time.
+//! The envelope encoding the bench runs with, and envelope codec throughput in both
+//! encodings, per second of this thread's CPU time.
 
 use std::time::Instant;
 
 use toronto_protocol::{Encoding, Envelope, decode, decode_raw, encode};
 
 use crate::{Payload, loadavg, median, scale};
+
+/// The encoding named by `BENCH_ENCODING` (`json` unless set).
+pub(crate) fn bench_encoding() -> Encoding {
+    match std::env::var("BENCH_ENCODING").as_deref() {
+        Err(_) | Ok("json") => Encoding::Json,
+        Ok("msgpack") => Encoding::MessagePack,
+        Ok(other) => panic!("BENCH_ENCODING={other}: use json or msgpack"),
+    }
+}
+
+pub(crate) fn encoding_name(encoding: Encoding) -> &'static str {
+    match encoding {
+        Encoding::Json => "json",
+        Encoding::MessagePack => "msgpack",
+    }
+}
 
 /// CPU time this thread has run, in ns (`/proc/thread-self/schedstat`); load from other
 /// processes disturbs it far less than wall time.

@@ -46,7 +46,7 @@ use toronto_testkit::NatsServer;
 mod codec;
 mod measure;
 
-use codec::print_codec_rates;
+use codec::{bench_encoding, encoding_name, print_codec_rates};
 use measure::*;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -104,22 +104,6 @@ struct Load {
     request_bytes: Bytes,
     /// The envelope encoding of every path that carries an envelope (`BENCH_ENCODING`).
     encoding: Encoding,
-}
-
-/// The encoding named by `BENCH_ENCODING` (`json` unless set).
-fn bench_encoding() -> Encoding {
-    match std::env::var("BENCH_ENCODING").as_deref() {
-        Err(_) | Ok("json") => Encoding::Json,
-        Ok("msgpack") => Encoding::MessagePack,
-        Ok(other) => panic!("BENCH_ENCODING={other}: use json or msgpack"),
-    }
-}
-
-fn encoding_name(encoding: Encoding) -> &'static str {
-    match encoding {
-        Encoding::Json => "json",
-        Encoding::MessagePack => "msgpack",
-    }
 }
 
 /// `Content-Type` (and `traceparent`, when asked) as the contract's requests carry them.
