@@ -129,14 +129,6 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
             let reply = client.request(RAW_SUBJECT, payload.clone()).await.unwrap();
             assert_eq!(reply.payload.len(), payload.len());
         }
-        Path::RuntimeRawClient => {
-            let h = contract_headers(encoding, true);
-            let reply = client
-                .request_with_headers(RUNTIME_SUBJECT, h, request_bytes.clone())
-                .await
-                .unwrap();
-            assert!(reply.payload.len() > 512);
-        }
         Path::Canned => {
             let reply: Envelope<Payload> = call(
                 client,
@@ -149,12 +141,17 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
             .unwrap();
             assert_eq!(reply.data.text.len(), 512);
         }
-        Path::Floor => {
-            // The contract's floor: the request envelope's bytes and headers, answered
-            // with the same headers and a reply of the runtime's reply size, no codec.
+        Path::Floor | Path::RuntimeRawClient => {
+            // The request envelope's bytes and the contract's headers, no codec: to the
+            // floor's responder (the same headers back and a reply of the runtime's
+            // reply size), or to the runtime's endpoint (its service side alone).
+            let subject = match path {
+                Path::Floor => "bench.floor",
+                _ => RUNTIME_SUBJECT,
+            };
             let h = contract_headers(encoding, true);
             let reply = client
-                .request_with_headers("bench.floor", h, request_bytes.clone())
+                .request_with_headers(subject, h, request_bytes.clone())
                 .await
                 .unwrap();
             assert!(reply.payload.len() > 512);
@@ -171,18 +168,16 @@ async fn one_request(client: &Client, path: Path, load: &Load) {
             let reply: Envelope<Payload> = decode(&reply.payload, encoding).unwrap();
             assert_eq!(reply.data.text.len(), envelope.data.text.len());
         }
-        Path::RawSpawn => {
-            let h = contract_headers(encoding, false);
+        Path::RawSpawn | Path::RawHeaders => {
+            // 512 raw bytes with headers: to a responder with a task per request, or
+            // to the raw echo.
+            let (subject, traceparent) = match path {
+                Path::RawSpawn => ("bench.rawspawn", false),
+                _ => (RAW_SUBJECT, true),
+            };
+            let h = contract_headers(encoding, traceparent);
             let reply = client
-                .request_with_headers("bench.rawspawn", h, payload.clone())
-                .await
-                .unwrap();
-            assert_eq!(reply.payload.len(), payload.len());
-        }
-        Path::RawHeaders => {
-            let h = contract_headers(encoding, true);
-            let reply = client
-                .request_with_headers(RAW_SUBJECT, h, payload.clone())
+                .request_with_headers(subject, h, payload.clone())
                 .await
                 .unwrap();
             assert_eq!(reply.payload.len(), payload.len());

@@ -131,11 +131,10 @@ pub async fn dora(samples: usize, rollout: &Rollout) -> Vec<Row> {
 /// Waits until the planner's durable consumer of rollout events has taken in every
 /// event stored.
 async fn planner_caught_up(js: &jetstream::Context) {
-    let name = js
-        .stream_by_subject(format!("{V1}.events.rollout.succeeded"))
+    let stream = js
+        .get_stream(toronto_protocol::Subjects::default().events_stream())
         .await
         .unwrap();
-    let stream = js.get_stream(name).await.unwrap();
     loop {
         let info = stream
             .consumer_info(toronto_planner::ROLLOUTS_CONSUMER)
