@@ -17,10 +17,13 @@ pub const JSON_CONTENT_TYPE: &str = "application/cloudevents+json";
 /// Structured-mode CloudEvents in MessagePack.
 pub const MSGPACK_CONTENT_TYPE: &str = "application/cloudevents+msgpack";
 
+/// The encoders' first buffer: the attributes alone take ~400 bytes, so start big
+/// enough to grow rarely.
 const INITIAL_CAPACITY: usize = 1024;
 
 pub mod binary;
 pub mod depth;
+mod json;
 mod msgpack;
 mod one_pass;
 
@@ -128,13 +131,7 @@ fn encode_document<E: Serialize>(
     encoding: Encoding,
 ) -> Result<Vec<u8>, ProtocolError> {
     match encoding {
-        Encoding::Json => {
-            // The attributes alone take ~400 bytes: start big enough to grow rarely.
-            let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
-            serde_json::to_writer(&mut buf, envelope)
-                .map_err(|e| ProtocolError::Encode(e.to_string()))?;
-            Ok(buf)
-        }
+        Encoding::Json => json::encode(envelope, INITIAL_CAPACITY),
         Encoding::MessagePack => {
             let mut buf = Vec::with_capacity(INITIAL_CAPACITY);
             let mut serializer = rmp_serde::Serializer::new(&mut buf)

@@ -343,7 +343,7 @@ impl<D> UncheckedEnvelope<D> {
         let id = required(self.id, "id")?;
         let source = required(self.source, "source")?;
         let ty = required(self.ty, "type")?;
-        ty.parse::<MessageType>()?;
+        MessageType::parts(&ty).map_err(|why| crate::message::invalid_type(&ty, why))?;
         let time = self
             .time
             .map(|t| {
@@ -462,12 +462,16 @@ impl<T: Message> EnvelopeBuilder<T> {
 
     /// Finishes the envelope.
     pub fn build(self) -> Envelope<T> {
-        let id = Uuid::now_v7().to_string();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let id = String::from(&*Uuid::now_v7().hyphenated().encode_lower(&mut text));
         Envelope {
             specversion: SPEC_VERSION.to_owned(),
             id: id.clone(),
             source: self.source,
-            ty: self.ty.unwrap_or_else(T::message_type).to_string(),
+            ty: match self.ty {
+                Some(ty) => ty.attribute(),
+                None => crate::message::type_attribute(T::NAME, T::MAJOR),
+            },
             time: Some(Utc::now()),
             datacontenttype: Some("application/json".to_owned()),
             dataschema: Some(T::schema_uri()),
@@ -478,7 +482,7 @@ impl<T: Message> EnvelopeBuilder<T> {
             traceparent: Some(
                 self.traceparent
                     .unwrap_or_else(TraceParent::new_root)
-                    .to_string(),
+                    .header_value(),
             ),
             data: self.data,
         }

@@ -20,7 +20,10 @@ pub const SCHEMA_BASE_URI: &str = "https://toronto.dev/schemas/";
 
 /// The absolute URI of a schema file given by its path under `schemas/`.
 pub fn schema_uri(path: &str) -> String {
-    format!("{SCHEMA_BASE_URI}{path}")
+    let mut uri = String::with_capacity(SCHEMA_BASE_URI.len() + path.len());
+    uri.push_str(SCHEMA_BASE_URI);
+    uri.push_str(path);
+    uri
 }
 
 /// A parsed `type` attribute: `ai.toronto.devops.<name>.v<major>`.
@@ -42,9 +45,38 @@ impl MessageType {
     }
 }
 
+impl MessageType {
+    /// The `type` attribute's text, in one allocation of the right size (what every
+    /// envelope built carries; `to_string` gives the same text).
+    pub fn attribute(&self) -> String {
+        type_attribute(&self.name, self.major)
+    }
+
+    /// The name and major of a `type` attribute, borrowed from it; why not when it is
+    /// malformed.
+    pub fn parts(s: &str) -> Result<(&str, u32), &'static str> {
+        let rest = s
+            .strip_prefix(TYPE_PREFIX)
+            .ok_or("must start with `ai.toronto.devops.`")?;
+        let (name, version) = rest.rsplit_once('.').ok_or("must end in `.v<major>`")?;
+        let major = version
+            .strip_prefix('v')
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u32>().ok())
+            .ok_or("must end in `.v<major>` with a decimal major")?;
+        if !name.split('.').all(valid_token) {
+            return Err("name tokens must be non-empty lowercase letters, digits, `_` or `-`");
+        }
+        Ok((name, major))
+    }
+}
+
 impl fmt::Display for MessageType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{TYPE_PREFIX}{}.v{}", self.name, self.major)
+        f.write_str(TYPE_PREFIX)?;
+        f.write_str(&self.name)?;
+        f.write_str(".v")?;
+        fmt::Display::fmt(&self.major, f)
     }
 }
 
@@ -55,30 +87,31 @@ fn valid_token(token: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// The `type` attribute naming `name` at `major`, in one allocation of the right size.
+pub fn type_attribute(name: &str, major: u32) -> String {
+    let mut digits = itoa::Buffer::new();
+    let major = digits.format(major);
+    let mut text = String::with_capacity(TYPE_PREFIX.len() + name.len() + 2 + major.len());
+    text.push_str(TYPE_PREFIX);
+    text.push_str(name);
+    text.push_str(".v");
+    text.push_str(major);
+    text
+}
+
+/// The error for a malformed `type` attribute.
+pub(crate) fn invalid_type(value: &str, reason: &str) -> ProtocolError {
+    ProtocolError::InvalidType {
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
 impl FromStr for MessageType {
     type Err = ProtocolError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = |why: &str| ProtocolError::InvalidType {
-            value: s.to_owned(),
-            reason: why.to_owned(),
-        };
-        let rest = s
-            .strip_prefix(TYPE_PREFIX)
-            .ok_or_else(|| invalid("must start with `ai.toronto.devops.`"))?;
-        let (name, version) = rest
-            .rsplit_once('.')
-            .ok_or_else(|| invalid("must end in `.v<major>`"))?;
-        let major = version
-            .strip_prefix('v')
-            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|digits| digits.parse::<u32>().ok())
-            .ok_or_else(|| invalid("must end in `.v<major>` with a decimal major"))?;
-        if !name.split('.').all(valid_token) {
-            return Err(invalid(
-                "name tokens must be non-empty lowercase letters, digits, `_` or `-`",
-            ));
-        }
+        let (name, major) = Self::parts(s).map_err(|why| invalid_type(s, why))?;
         Ok(Self {
             name: name.to_owned(),
             major,
@@ -146,12 +179,24 @@ pub trait Message: Serialize + DeserializeOwned + JsonSchema + Send + Sync + 'st
 
     /// The schema file, relative to the repository's `schemas/` folder.
     fn schema_path() -> String {
-        format!("v{}/{}.json", Self::MAJOR, Self::NAME)
+        Self::schema_uri()[SCHEMA_BASE_URI.len()..].to_owned()
     }
 
-    /// The schema's absolute URI: the `dataschema` attribute and the schema's `$id`.
+    /// The schema's absolute URI: the `dataschema` attribute and the schema's `$id`
+    /// (built in one allocation: every envelope built carries it).
     fn schema_uri() -> String {
-        schema_uri(&Self::schema_path())
+        let mut digits = itoa::Buffer::new();
+        let major = digits.format(Self::MAJOR);
+        let mut uri = String::with_capacity(
+            SCHEMA_BASE_URI.len() + 1 + major.len() + 1 + Self::NAME.len() + 5,
+        );
+        uri.push_str(SCHEMA_BASE_URI);
+        uri.push('v');
+        uri.push_str(major);
+        uri.push('/');
+        uri.push_str(Self::NAME);
+        uri.push_str(".json");
+        uri
     }
 
     /// Converts a payload of an accepted older major into the current type. The
@@ -190,6 +235,27 @@ mod tests {
         assert_eq!(ty.name, "task.deploy");
         assert_eq!(ty.major, 1);
         assert_eq!(ty.to_string(), "ai.toronto.devops.task.deploy.v1");
+        assert_eq!(ty.attribute(), ty.to_string());
+        assert_eq!(
+            MessageType::new("plan", 12).attribute(),
+            "ai.toronto.devops.plan.v12"
+        );
+        assert_eq!(
+            MessageType::parts("ai.toronto.devops.a.b.v3"),
+            Ok(("a.b", 3))
+        );
+    }
+
+    #[test]
+    fn schema_uris_name_the_schema_file() {
+        assert_eq!(
+            crate::tasks::DeployTask::schema_uri(),
+            format!("{SCHEMA_BASE_URI}v1/task.deploy.json")
+        );
+        assert_eq!(
+            crate::tasks::DeployTask::schema_path(),
+            "v1/task.deploy.json"
+        );
     }
 
     #[test]

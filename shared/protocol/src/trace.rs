@@ -56,10 +56,14 @@ fn is_hex(s: &str, len: usize) -> bool {
 fn random_span_id() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = Uuid::new_v4().as_u64_pair().0;
-    (0..16)
-        .rev()
-        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
-        .collect()
+    let digits: [u8; 16] = std::array::from_fn(|i| HEX[((bits >> ((15 - i) * 4)) & 0xf) as usize]);
+    String::from(std::str::from_utf8(&digits).expect("hex digits"))
+}
+
+/// 32 random lowercase hex digits (a v4 UUID's), never all zero.
+fn random_trace_id() -> String {
+    let mut digits = [0u8; 32];
+    String::from(&*Uuid::new_v4().simple().encode_lower(&mut digits))
 }
 
 impl TraceParent {
@@ -104,10 +108,19 @@ impl TraceParent {
             return current;
         }
         Self {
-            trace_id: Uuid::new_v4().simple().to_string(),
+            trace_id: random_trace_id(),
             span_id: random_span_id(),
             flags: 1,
         }
+    }
+
+    /// The `traceparent` text (as `to_string` writes it), in one allocation of the
+    /// right size.
+    pub fn header_value(&self) -> String {
+        let mut text = String::with_capacity(3 + self.trace_id.len() + 1 + self.span_id.len() + 3);
+        // `fmt::Write` for `String` cannot fail.
+        let _ = fmt::write(&mut text, format_args!("{self}"));
+        text
     }
 
     /// A new span in the same trace: the current span when one of this trace is
@@ -155,6 +168,9 @@ mod tests {
         assert_ne!(child.span_id, parsed.span_id);
         assert!(TraceParent::parse(&child.to_string()).is_some());
         assert!(TraceParent::parse(&TraceParent::new_root().to_string()).is_some());
+        let root = TraceParent::new_root();
+        assert_eq!(root.header_value(), root.to_string());
+        assert_eq!(root.header_value().len(), 55);
     }
 
     thread_local! {

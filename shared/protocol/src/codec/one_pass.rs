@@ -83,10 +83,14 @@ impl<'de, T: Message> Visitor<'de> for OnePass<T> {
                 Field::Source => once(&mut e.source, &mut seen[2], m, "source")?,
                 Field::Type => {
                     once(&mut e.ty, &mut seen[3], m, "type")?;
+                    // `check_type` without building a `MessageType`: the current major
+                    // is always supported.
                     typed =
                         e.ty.as_deref()
-                            .and_then(|t| t.parse::<MessageType>().ok())
-                            .is_some_and(|ty| ty.major == T::MAJOR && T::check_type(&ty).is_ok());
+                            .and_then(|t| MessageType::parts(t).ok())
+                            .is_some_and(|(name, major)| {
+                                major == T::MAJOR && (name == T::NAME || T::is_event(name))
+                            });
                 }
                 Field::Time => once(&mut e.time, &mut seen[4], m, "time")?,
                 Field::Datacontenttype => {

@@ -227,7 +227,7 @@ where
                         .map(TraceParent::child)
                         .unwrap_or_else(TraceParent::new_root),
                 }
-                .to_string();
+                .header_value();
                 let mut id = uuid::Uuid::encode_buffer();
                 let reply = EnvelopeRef {
                     specversion: SPEC_VERSION,
