@@ -127,7 +127,11 @@ impl<'de, T: Message> Visitor<'de> for OnePass<T> {
 /// Parses `bytes` (depth already checked) in one pass; `None` when the general path
 /// must decide.
 pub(super) fn parse<T: Message>(bytes: &[u8]) -> Option<UncheckedEnvelope<Data<'_, T>>> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
+    // UTF-8 checked once for the whole document rather than string by string (key and
+    // value), as a slice reader checks it; a document that is not UTF-8 is the general
+    // path's to report.
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
     let envelope = (&mut de).deserialize_map(OnePass::<T>(PhantomData)).ok()?;
     de.end().ok()?;
     Some(envelope)
@@ -194,6 +198,15 @@ mod tests {
         let text = serde_json::to_string(&good).unwrap();
         cases.push(format!("{},\"id\":\"again\"}}", &text[..text.len() - 1]).into_bytes());
         cases.push(format!("{text} trailing").into_bytes());
+        // Not UTF-8 inside a string value, and inside `data`.
+        let mut bad = text.clone().into_bytes();
+        let at = text.find("shop").unwrap();
+        bad[at] = 0xff;
+        cases.push(bad);
+        let mut bad = text.clone().into_bytes();
+        let at = text.find("conflict").unwrap();
+        bad[at + 1] = 0xc3;
+        cases.push(bad);
         cases.push(b"[\"1.0\"]".to_vec());
         for bytes in cases {
             let fast = crate::codec::decode_with_flow::<ErrorBody>(&bytes, Encoding::Json)
