@@ -322,6 +322,7 @@ impl Deployer {
                         &exp.service,
                         &exp.environment,
                         Track::Stable,
+                        None,
                         Duration::from_secs(2),
                     )?;
                     let ratio = errors as f64 / requests.max(1) as f64;

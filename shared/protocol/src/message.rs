@@ -43,9 +43,7 @@ impl MessageType {
             major,
         }
     }
-}
 
-impl MessageType {
     /// The `type` attribute's text, in one allocation of the right size (what every
     /// envelope built carries; `to_string` gives the same text).
     pub fn attribute(&self) -> String {

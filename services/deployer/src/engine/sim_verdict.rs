@@ -9,8 +9,8 @@ use crate::settings::Settings;
 use crate::sim::SimCluster;
 use crate::target::Track;
 
-/// A threshold check on the simulated cluster's own counts. Against a `baseline`, the
-/// canary fails when its error ratio exceeds the baseline's by more than the allowed
+/// A threshold check on the simulated cluster's own counts (the canary's of the
+/// rollout's version only). Against a `baseline`, the canary fails when its error ratio exceeds the baseline's by more than the allowed
 /// increase; without one (a first deploy), when its error ratio or mean latency is
 /// above the first deploy's limits.
 pub(super) fn threshold_verdict(
@@ -21,8 +21,10 @@ pub(super) fn threshold_verdict(
     settings: &Settings,
 ) -> CanaryVerdict {
     let window = settings.analysis_window;
-    let c = sim.observed(&r.service, &r.environment, canary, window);
-    let b = baseline.and_then(|b| sim.observed(&r.service, &r.environment, b, window));
+    // The canary's evidence is its own version's requests: right after another
+    // rollout of the service, the track's window still holds that one's.
+    let c = sim.observed(&r.service, &r.environment, canary, Some(&r.version), window);
+    let b = baseline.and_then(|b| sim.observed(&r.service, &r.environment, b, None, window));
     let summary = |x: Option<(u64, u64, f64)>| SampleSummary {
         count: x.map_or(0, |v| v.0 as usize),
         median: None,

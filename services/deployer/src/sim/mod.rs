@@ -151,9 +151,11 @@ pub struct AppliedStep {
 }
 
 /// What one track served in one tick.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct TickStats {
     at: Instant,
+    /// The version that served these requests.
+    version: String,
     requests: u64,
     errors: u64,
     latency_sum: f64,
@@ -374,12 +376,14 @@ impl SimCluster {
     }
 
     /// Requests, errors and mean latency (seconds) that one track of a service served
-    /// over the last `window`; `None` without traffic.
+    /// over the last `window`, of `version` only when it is given; `None` without
+    /// traffic.
     pub fn observed(
         &self,
         service: &str,
         environment: &str,
         track: Track,
+        version: Option<&str>,
         window: Duration,
     ) -> Option<(u64, u64, f64)> {
         let state = self.lock();
@@ -390,7 +394,8 @@ impl SimCluster {
         ))?;
         let since = Instant::now().checked_sub(window)?;
         let (mut requests, mut errors, mut latency) = (0, 0, 0.0);
-        for t in ticks.iter().filter(|t| t.at >= since) {
+        let served = |t: &&TickStats| version.is_none_or(|v| t.version == v);
+        for t in ticks.iter().filter(|t| t.at >= since).filter(served) {
             requests += t.requests;
             errors += t.errors;
             latency += t.latency_sum;

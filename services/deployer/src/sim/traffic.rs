@@ -254,20 +254,27 @@ impl SimCluster {
         }
     }
 
-    /// Adds one published batch to the history, per track.
+    /// Adds one published batch to the history, per track and version.
     fn hear(&self, batch: &MetricBatch) {
         let now = Instant::now();
-        let mut per_track: BTreeMap<String, TickStats> = BTreeMap::new();
+        let mut per_track: BTreeMap<(String, String), TickStats> = BTreeMap::new();
+        let key = |s: &toronto_protocol::analysis::MetricSample| {
+            let version = s.labels.get("version").cloned().unwrap_or_default();
+            Some((s.labels.get("track")?.clone(), version))
+        };
         for s in &batch.samples {
-            let Some(track) = s.labels.get("track") else {
+            let Some((track, version)) = key(s) else {
                 continue;
             };
-            let stats = per_track.entry(track.clone()).or_insert(TickStats {
-                at: now,
-                requests: 0,
-                errors: 0,
-                latency_sum: 0.0,
-            });
+            let stats = per_track
+                .entry((track, version.clone()))
+                .or_insert(TickStats {
+                    at: now,
+                    version,
+                    requests: 0,
+                    errors: 0,
+                    latency_sum: 0.0,
+                });
             match s.name.as_str() {
                 "http_requests" => stats.requests += s.value.max(0.0) as u64,
                 "http_errors" => stats.errors += s.value.max(0.0) as u64,
@@ -276,13 +283,13 @@ impl SimCluster {
         }
         for s in &batch.samples {
             if s.name == "http_latency_seconds"
-                && let Some(stats) = s.labels.get("track").and_then(|t| per_track.get_mut(t))
+                && let Some(stats) = key(s).and_then(|k| per_track.get_mut(&k))
             {
                 stats.latency_sum += s.value * stats.requests as f64;
             }
         }
         let mut state = self.lock();
-        for (track, stats) in per_track {
+        for ((track, _), stats) in per_track {
             push_history(
                 &mut state.history,
                 (batch.service.clone(), batch.environment.clone(), track),
@@ -379,6 +386,7 @@ impl SimCluster {
                     (service.clone(), environment.clone(), labels.track.clone()),
                     TickStats {
                         at: now,
+                        version: labels.version.clone(),
                         requests,
                         errors,
                         latency_sum,

@@ -9,9 +9,18 @@ use crate::sim::{SimCluster, SimSettings};
 use crate::target::{Layout, Target, Track};
 
 fn sample(name: &str, track: &str, value: f64) -> MetricSample {
+    let version = if track == "canary" { "1.3.0" } else { "1.2.0" };
+    versioned(name, track, version, value)
+}
+
+fn versioned(name: &str, track: &str, version: &str, value: f64) -> MetricSample {
     MetricSample {
         name: name.into(),
-        labels: [("track".to_owned(), track.to_owned())].into(),
+        labels: [
+            ("track".to_owned(), track.to_owned()),
+            ("version".to_owned(), version.to_owned()),
+        ]
+        .into(),
         value,
         timestamp: Utc::now(),
     }
@@ -79,10 +88,30 @@ fn heard_batches_are_the_history_per_track() {
     sim.hear(&batch);
     sim.hear(&batch);
     let window = Duration::from_secs(10);
-    let (requests, errors, latency) = sim.observed("shop", "prod", Track::Canary, window).unwrap();
+    let observed = |track, version| sim.observed("shop", "prod", track, version, window);
+    let (requests, errors, latency) = observed(Track::Canary, None).unwrap();
     assert_eq!((requests, errors), (20, 10));
     assert!((latency - 0.1).abs() < 1e-9);
-    let (requests, errors, _) = sim.observed("shop", "prod", Track::Stable, window).unwrap();
+    let (requests, errors, _) = observed(Track::Stable, None).unwrap();
     assert_eq!((requests, errors), (180, 0));
-    assert!(sim.observed("shop", "dev", Track::Stable, window).is_none());
+    assert!(
+        sim.observed("shop", "dev", Track::Stable, None, window)
+            .is_none()
+    );
+
+    // The next rollout's canary on the same track: its own version's requests only.
+    sim.hear(&MetricBatch {
+        samples: vec![
+            versioned("http_requests", "canary", "1.4.0", 10.0),
+            versioned("http_errors", "canary", "1.4.0", 0.0),
+            versioned("http_latency_seconds", "canary", "1.4.0", 0.05),
+        ],
+        ..batch
+    });
+    let (requests, errors, latency) = observed(Track::Canary, Some("1.4.0")).unwrap();
+    assert_eq!((requests, errors), (10, 0));
+    assert!((latency - 0.05).abs() < 1e-9);
+    assert_eq!(observed(Track::Canary, Some("1.3.0")).unwrap().0, 20);
+    assert_eq!(observed(Track::Canary, None).unwrap().0, 30);
+    assert!(observed(Track::Canary, Some("9.9.9")).is_none());
 }
