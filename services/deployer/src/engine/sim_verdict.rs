@@ -10,9 +10,9 @@ use crate::sim::SimCluster;
 use crate::target::Track;
 
 /// A threshold check on the simulated cluster's own counts (the canary's of the
-/// rollout's version only). Against a `baseline`, the canary fails when its error ratio exceeds the baseline's by more than the allowed
-/// increase; without one (a first deploy), when its error ratio or mean latency is
-/// above the first deploy's limits.
+/// rollout's version only). Against a `baseline`, the canary fails when its error ratio
+/// exceeds the baseline's by more than the allowed increase; without one (a first
+/// deploy), when its error ratio or mean latency is above the first deploy's limits.
 pub(super) fn threshold_verdict(
     sim: &SimCluster,
     r: &Rollout,
